@@ -1,0 +1,326 @@
+"""The ``dgbatch`` command: parse, wire, and map errors to exit codes. Nothing else.
+
+Exit codes (each ``BatchError`` subclass carries its own, see ``batch.errors``):
+0 all items done · 1 some failed · 2 bad usage or input · 3 Deepgram refused the key ·
+4 another run holds the state lock · 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import shlex
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from batch import __version__
+from batch.config import URL_ENV, RunConfig, check_api_url, load_api_key
+from batch.errors import BatchError, UsageError
+from batch.formats import parse_formats
+from batch.job import RunOutcome, run_batch
+from batch.models import Filters
+from batch.naming import AUDIO_EXTENSIONS
+from batch.params import DEFAULT_PARAMS, merge_params, parse_param
+from batch.progress import make_progress
+from batch.redact import RedactingFilter, redact_text
+from batch.report import WRITERS, format_status, iter_report, status_summary
+from batch.state import State
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("dgbatch")
+
+
+def setup_logging(verbose: int, secrets: tuple[str, ...] = ()) -> None:
+    """Log to stderr through a filter that scrubs the key and URL signatures."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
+    log.handlers[:] = [handler]
+    log.propagate = False
+    log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
+
+
+def fail(exc: BatchError) -> None:
+    """Print ``Error: message`` once and exit with the error's code."""
+    click.echo(f"Error: {exc}", err=True)
+    sys.exit(exc.exit_code)
+
+
+def state_option(fn: F) -> F:
+    """``--state PATH``, shared by status and report."""
+    return click.option(
+        "--state",
+        "state_path",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=Path(".dgbatch/state.sqlite"),
+        show_default=True,
+        help="State file of a run (default for --out DIR is DIR/.dgbatch/state.sqlite).",
+    )(fn)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="dgbatch")
+def cli() -> None:
+    """Transcribe batches of audio with Deepgram: every item exactly once, resumably."""
+
+
+@cli.command()
+@click.argument("sources", nargs=-1, required=True)
+@click.option("--out", required=True, help="Output folder for transcripts.")
+@click.option(
+    "--state",
+    "state_path",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="State file [default: OUT/.dgbatch/state.sqlite].",
+)
+@click.option("--formats", default="json,txt", show_default=True, help="Comma-separated: json,txt.")
+@click.option(
+    "--concurrency",
+    "-c",
+    default=10,
+    show_default=True,
+    type=int,
+    help="Requests in flight at most (Deepgram allows 100 per project for Nova).",
+)
+@click.option(
+    "--max-retries",
+    default=5,
+    show_default=True,
+    type=int,
+    help="Retries per item after the first attempt.",
+)
+@click.option(
+    "--timeout",
+    default=1200.0,
+    show_default=True,
+    type=float,
+    help="Seconds per request, plus an allowance that grows with the upload size.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Deepgram query parameter (repeatable); defaults model=nova-3 smart_format=true.",
+)
+@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (folders).")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (folders).")
+@click.option(
+    "--api-url",
+    envvar=URL_ENV,
+    default="https://api.deepgram.com",
+    show_default=True,
+    help=f"Deepgram API base URL (env {URL_ENV}).",
+)
+@click.option(
+    "--api-key-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="Read the key from this file (mode 600) instead of DEEPGRAM_API_KEY.",
+)
+@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
+@click.option("--retry-failed", is_flag=True, help="Re-queue items that failed in earlier runs.")
+@click.option(
+    "--backoff-base",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="First retry waits up to this many seconds (doubling, full jitter).",
+)
+@click.option(
+    "--backoff-cap",
+    default=60.0,
+    show_default=True,
+    type=float,
+    help="Longest wait between retries, in seconds.",
+)
+@click.option(
+    "--grace",
+    default=30.0,
+    show_default=True,
+    type=float,
+    help="Seconds in-flight requests get to finish after Ctrl-C/SIGTERM.",
+)
+@click.option(
+    "--progress",
+    type=click.Choice(["auto", "bar", "log", "none"]),
+    default="auto",
+    show_default=True,
+    help="Progress display (auto: bar on a terminal, log lines else).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
+@click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+def run(**opts: Any) -> None:
+    """Transcribe SOURCES: files, folders, URLs, manifests (.txt .jsonl .csv) or - (stdin).
+
+    \b
+    Example:
+        export DEEPGRAM_API_KEY=...
+        dgbatch run ./calls --out ./transcripts
+        dgbatch run urls.txt recordings.jsonl --out out --param diarize=true
+        find . -name '*.mp3' | dgbatch run - --out out
+    """
+    setup_logging(opts["verbose"])
+    try:
+        config = build_config(opts)
+        setup_logging(opts["verbose"], (config.api_key,))
+        progress = make_progress("none" if opts["quiet"] else opts["progress"])
+        outcome = asyncio.run(run_batch(config, progress, stdin=sys.stdin))
+    except BatchError as exc:
+        fail(exc)
+    if not opts["quiet"]:
+        click.echo(format_summary(outcome), err=True)
+    if outcome.error is not None:
+        click.echo(f"Error: {outcome.error}", err=True)
+    sys.exit(outcome.exit_code)
+
+
+def build_config(opts: dict[str, Any]) -> RunConfig:
+    """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
+    out = str(opts["out"])
+    try:
+        formats = parse_formats(opts["formats"])
+    except ValueError as exc:
+        raise UsageError(f"--formats: {exc}") from exc
+    params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
+    api_url = check_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
+    return RunConfig(
+        sources=tuple(opts["sources"]),
+        out=out,
+        state_path=opts["state_path"] or Path(out) / ".dgbatch" / "state.sqlite",
+        api_key=load_api_key(opts["api_key_file"]),
+        api_url=api_url,
+        formats=formats,
+        params=params,
+        filters=Filters(tuple(opts["include"]), tuple(opts["exclude"]), AUDIO_EXTENSIONS),
+        concurrency=opts["concurrency"],
+        max_retries=opts["max_retries"],
+        timeout=opts["timeout"],
+        retry_failed=opts["retry_failed"],
+        backoff_base=opts["backoff_base"],
+        backoff_cap=opts["backoff_cap"],
+        grace=opts["grace"],
+        progress=opts["progress"],
+        command=shlex.join(["dgbatch", *sys.argv[1:]]),
+    )
+
+
+def format_summary(outcome: RunOutcome) -> str:
+    """One paragraph: what happened, how long it took, where the report is."""
+    s, c = outcome.stats, outcome.counts
+    lines = [
+        f"done {s.done}, failed {s.failed}, retried {s.retries} "
+        f"({s.timeout_retries} after a timeout), audio {s.audio_seconds / 3600:.2f} h, "
+        f"wall {outcome.wall_seconds:.1f} s",
+        f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
+    ]
+    if s.recovered:
+        lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
+    if outcome.report_path is not None:
+        lines.append(f"report: {outcome.report_path}")
+    return "\n".join(lines)
+
+
+@cli.command()
+@state_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def status(state_path: Path, as_json: bool) -> None:
+    """Counts by status, attempts, audio hours and the commonest errors of a state file.
+
+    \b
+    Example:
+        dgbatch status --state out/.dgbatch/state.sqlite --json
+    """
+    try:
+        state = State.open(state_path, readonly=True)
+        try:
+            summary = status_summary(state)
+        finally:
+            state.close()
+    except BatchError as exc:
+        fail(exc)
+    click.echo(json.dumps(summary, indent=2) if as_json else format_status(summary))
+
+
+@cli.command()
+@state_option
+@click.option(
+    "--format", "fmt", type=click.Choice(sorted(WRITERS)), default="jsonl", show_default=True
+)
+@click.option("--failed", is_flag=True, help="Only failed items.")
+@click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
+def report(state_path: Path, fmt: str, failed: bool, output: Any) -> None:
+    """One row per item: id, source, status, attempts, http_status, error, request_id, …
+
+    \b
+    Example:
+        dgbatch report --state out/.dgbatch/state.sqlite --format csv --failed -o failed.csv
+    """
+    try:
+        state = State.open(state_path, readonly=True)
+        try:
+            WRITERS[fmt](iter_report(state, failed_only=failed), output)
+        finally:
+            state.close()
+    except BatchError as exc:
+        fail(exc)
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
+@click.option("--latency", default=0.0, show_default=True, type=float, help="Seconds per request.")
+@click.option(
+    "--fault-rate",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Share of requests answered with 429/5xx/reset/truncated/garbage.",
+)
+@click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight.")
+@click.option("--key", envvar="DGBATCH_EMULATOR_KEY", help="Accepted API key (default: any).")
+@click.option("--seed", type=int, help="Seed the fault RNG for reproducible runs.")
+def emulator(
+    host: str,
+    port: int,
+    latency: float,
+    fault_rate: float,
+    max_concurrency: int | None,
+    key: str | None,
+    seed: int | None,
+) -> None:
+    """Serve a Deepgram-compatible /v1/listen on loopback for demos and tests.
+
+    \b
+    Example:
+        dgbatch emulator --port 8080 --latency 0.2 --fault-rate 0.1 --max-concurrency 8
+    """
+    from batch.emulator import EmulatorConfig, serve
+
+    serve(
+        EmulatorConfig(
+            host=host,
+            port=port,
+            key=key,
+            latency=latency,
+            fault_rate=fault_rate,
+            max_concurrency=max_concurrency,
+            seed=seed,
+        )
+    )
+
+
+def main() -> None:
+    """Console-script entry point; secrets never reach a traceback's message."""
+    try:
+        cli()
+    except KeyboardInterrupt:
+        click.echo("Error: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # last line of defence: no raw traceback for users
+        click.echo(f"Error: internal error: {redact_text(str(exc))}", err=True)
+        sys.exit(1)

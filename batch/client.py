@@ -1,0 +1,167 @@
+"""One Deepgram ``/v1/listen`` request: a URL as JSON, or audio streamed as the body.
+
+This is the only module that talks HTTP to Deepgram. aiohttp and asyncio errors are
+translated here, once, into ``TransportError`` so that the runner and the retry
+policy never see a third-party exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from batch.models import Params
+from batch.params import encode_query
+from batch.redact import redact_text
+
+CHUNK_SIZE = 1 << 20
+#: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;
+#: a client timeout shorter than that would give up on work Deepgram still bills.
+DEFAULT_TIMEOUT = 20 * 60.0
+#: the slowest upload rate we accept before calling a connection stalled (bytes/s)
+MIN_UPLOAD_RATE = 256 * 1024
+CONNECT_TIMEOUT = 30.0
+
+ByteCounter = Callable[[int], None]
+
+
+class TransportError(Exception):
+    """The request got no complete HTTP answer (refused, reset, timed out, truncated)."""
+
+    def __init__(self, message: str, *, body_sent: bool, timeout: bool) -> None:
+        super().__init__(message)
+        #: the whole request body had been sent: Deepgram may have processed (and billed) it
+        self.body_sent = body_sent
+        self.timeout = timeout
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A complete HTTP answer from Deepgram."""
+
+    status: int
+    body: bytes
+    retry_after: str | None
+    request_id: str | None
+
+
+def request_timeout(size: int | None, base: float = DEFAULT_TIMEOUT) -> aiohttp.ClientTimeout:
+    """A total timeout that grows with the upload: ``base`` plus the time to send ``size``
+    bytes at ``MIN_UPLOAD_RATE``, so a 1 GB upload is not cut at a fixed limit."""
+    upload_time = (size or 0) / MIN_UPLOAD_RATE
+    return aiohttp.ClientTimeout(
+        total=base + upload_time, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT
+    )
+
+
+def make_session(concurrency: int, *, user_agent: str) -> aiohttp.ClientSession:
+    """One session per run, its pool sized to the concurrency (no per-request setup)."""
+    connector = aiohttp.TCPConnector(
+        limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        headers={"User-Agent": user_agent},
+        auto_decompress=True,
+        timeout=aiohttp.ClientTimeout(total=None),
+    )
+
+
+class DeepgramClient:
+    """Sends single requests; knows nothing about retries, state or outputs."""
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        api_url: str,
+        api_key: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self._session = session
+        self._endpoint = api_url.rstrip("/") + "/v1/listen"
+        self._auth = f"Token {api_key}"
+        self._secrets = (api_key,)
+        self._timeout = timeout
+
+    async def send_url(self, url: str, params: Params) -> Answer:
+        """Ask Deepgram to fetch ``url`` itself."""
+        body = json.dumps({"url": url}).encode()
+        headers = {"Content-Type": "application/json", "Authorization": self._auth}
+        return await self._post(params, body, headers, len(body), lambda: None)
+
+    async def send_stream(
+        self,
+        chunks: AsyncIterator[bytes],
+        length: int,
+        content_type: str,
+        params: Params,
+    ) -> Answer:
+        """Stream ``length`` bytes as the body, with an explicit Content-Length
+        (Deepgram lists 411 Length Required; aiohttp would otherwise send chunked)."""
+        sent = _SentTracker(chunks)
+        headers = {
+            "Content-Type": content_type,
+            "Content-Length": str(length),
+            "Authorization": self._auth,
+        }
+        return await self._post(params, sent.iterate(), headers, length, sent.finished)
+
+    async def _post(
+        self,
+        params: Params,
+        data: bytes | AsyncIterator[bytes],
+        headers: dict[str, str],
+        size: int,
+        body_sent: Callable[[], bool | None],
+    ) -> Answer:
+        url = f"{self._endpoint}?{encode_query(params)}" if params else self._endpoint
+        try:
+            async with self._session.post(
+                url, data=data, headers=headers, timeout=request_timeout(size, self._timeout)
+            ) as resp:
+                body = await resp.read()
+                return Answer(
+                    resp.status,
+                    body,
+                    resp.headers.get("Retry-After"),
+                    resp.headers.get("dg-request-id"),
+                )
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            sent = body_sent()
+            raise self._translate(exc, sent is None or sent) from exc
+
+    def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
+        is_timeout = isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
+        if is_timeout:
+            text = "timeout: no complete answer in time"
+        elif isinstance(exc, aiohttp.ClientConnectorError):
+            reason = exc.os_error.strerror or str(exc.os_error)
+            text = f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}"
+        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+            text = f"connection dropped before a complete answer ({type(exc).__name__})"
+        else:
+            text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        return TransportError(
+            redact_text(text, self._secrets), body_sent=body_sent, timeout=is_timeout
+        )
+
+
+class _SentTracker:
+    """Wraps a body iterator to know whether all of it went out before a failure."""
+
+    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+        self._chunks = chunks
+        self._done = False
+
+    async def iterate(self) -> AsyncIterator[bytes]:
+        async for chunk in self._chunks:
+            yield chunk
+        self._done = True
+
+    def finished(self) -> bool:
+        return self._done

@@ -1,0 +1,117 @@
+"""The run's settings in one frozen object, validated once, and the API key's loading.
+
+Every knob says what it bounds: ``concurrency`` is the number of requests (and
+therefore open files, upload buffers of ``CHUNK_SIZE`` and sockets) in flight.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from batch.client import DEFAULT_TIMEOUT
+from batch.errors import UsageError
+from batch.models import Filters, Params
+
+DEFAULT_API_URL = "https://api.deepgram.com"
+KEY_ENV = "DEEPGRAM_API_KEY"
+URL_ENV = "DEEPGRAM_API_URL"
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything ``dgbatch run`` needs, after parsing and validation."""
+
+    sources: tuple[str, ...]
+    out: str
+    state_path: Path
+    api_key: str = field(repr=False)
+    api_url: str = DEFAULT_API_URL
+    formats: tuple[str, ...] = ("json", "txt")
+    params: Params = ()
+    filters: Filters = field(default_factory=Filters)
+    #: requests in flight at most (and open files, sockets, one upload chunk each)
+    concurrency: int = 10
+    #: retries per item and run after the first attempt
+    max_retries: int = 5
+    #: seconds one request may take before the upload-size allowance (see client)
+    timeout: float = DEFAULT_TIMEOUT
+    retry_failed: bool = False
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    #: seconds in-flight requests get to finish after SIGINT/SIGTERM
+    grace: float = 30.0
+    progress: str = "auto"
+    command: str = "dgbatch run"
+
+    def __post_init__(self) -> None:
+        _check_positive("--concurrency", self.concurrency)
+        _check_non_negative("--max-retries", self.max_retries)
+        _check_positive("--timeout", self.timeout)
+        _check_non_negative("--grace", self.grace)
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise UsageError(f"{name} must be > 0 (got {value})")
+
+
+def _check_non_negative(name: str, value: float) -> None:
+    if value < 0:
+        raise UsageError(f"{name} must be >= 0 (got {value})")
+
+
+def load_api_key(key_file: Path | None, environ: dict[str, str] | None = None) -> str:
+    """The key from ``--api-key-file`` or ``DEEPGRAM_API_KEY``; a file readable by others
+    is refused, like ssh refuses an unprotected private key."""
+    env = os.environ if environ is None else environ
+    if key_file is not None:
+        return _read_key_file(key_file)
+    key = env.get(KEY_ENV, "").strip()
+    if not key:
+        raise UsageError(f"no API key: set {KEY_ENV} or pass --api-key-file PATH")
+    return key
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        mode = path.stat().st_mode
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            msg = (
+                f"{path}: API key file is readable by other users "
+                f"(mode {stat.filemode(mode)}); run 'chmod 600 {path}'"
+            )
+            raise UsageError(msg)
+        key = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read API key file: {exc.strerror}") from exc
+    if not key:
+        raise UsageError(f"{path}: API key file is empty")
+    return key
+
+
+def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
+    """Only https, or http to a loopback host (the emulator) unless explicitly allowed."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UsageError(f"--api-url {url!r}: expected https://HOST[:PORT]")
+    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+        msg = (
+            f"--api-url {url!r}: plain http would send the API key unencrypted; "
+            "use https, a loopback host, or --allow-insecure-http"
+        )
+        raise UsageError(msg)
+    return url.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

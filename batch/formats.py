@@ -1,0 +1,63 @@
+"""Render a Deepgram response into the output formats (pure: no file I/O).
+
+``json`` is the response body byte for byte as Deepgram returned it; everything
+else is derived from the parsed response.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Response = dict[str, Any]
+Renderer = Callable[[bytes, Response], bytes]
+
+CONTENT_TYPES = {
+    "json": "application/json",
+    "txt": "text/plain; charset=utf-8",
+}
+
+
+def render_json(body: bytes, response: Response) -> bytes:
+    """The body exactly as received: no re-serialisation, nothing lost."""
+    return body
+
+
+def channel_texts(response: Response) -> list[str]:
+    """Each channel's best transcript, as paragraphs when Deepgram returned them."""
+    texts = []
+    for channel in response.get("results", {}).get("channels", []) or []:
+        alternatives = channel.get("alternatives") or [{}]
+        best = alternatives[0]
+        paragraphs = best.get("paragraphs")
+        if isinstance(paragraphs, dict) and paragraphs.get("transcript"):
+            texts.append(str(paragraphs["transcript"]).strip())
+        else:
+            texts.append(str(best.get("transcript") or "").strip())
+    return texts
+
+
+def render_txt(body: bytes, response: Response) -> bytes:
+    """Plain text: one block per channel, labelled when there is more than one."""
+    texts = channel_texts(response)
+    if len(texts) > 1:
+        texts = [f"Channel {n}:\n{text}" for n, text in enumerate(texts)]
+    return ("\n\n".join(texts) + "\n").encode()
+
+
+RENDERERS: dict[str, Renderer] = {"json": render_json, "txt": render_txt}
+
+
+def parse_formats(value: str) -> tuple[str, ...]:
+    """``json,txt`` → ('json', 'txt'); unknown names raise ValueError naming them."""
+    names = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    unknown = [name for name in names if name not in RENDERERS]
+    if unknown or not names:
+        known = ", ".join(RENDERERS)
+        raise ValueError(f"unknown format(s) {', '.join(unknown) or '(none)'}; known: {known}")
+    return names
+
+
+def render_all(formats: tuple[str, ...], body: bytes, response: Response) -> dict[str, bytes]:
+    """Every requested format, rendered."""
+    return {fmt: RENDERERS[fmt](body, response) for fmt in formats}

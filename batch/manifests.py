@@ -1,0 +1,442 @@
+"""Read manifests (txt, jsonl, csv) line by line into Items.
+
+A manifest can have millions of lines and some of them will be wrong. So files
+are streamed (one line in memory at a time), read as bytes and decoded per
+line (a bad byte sequence spoils only its own line), and every broken line
+becomes a failed Item whose message names ``file:line`` and the reason, while
+the lines after it carry on. Only a manifest that cannot be read at all raises.
+
+Formats, chosen by suffix (anything unknown is read as ``.txt``):
+- ``.txt``/``.list``: one source per line; blank lines and ``#`` lines skipped.
+- ``.jsonl``/``.ndjson``: ``{"source": ..., "id": "...", "params": {...}}``.
+- ``.csv``: a header with ``source``, optional ``id``; other columns are params.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import json
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import BinaryIO
+
+from batch.errors import SourceError
+from batch.models import Filters, Item, ItemKind, Params
+from batch.params import normalise_value, params_from_mapping
+from batch.redact import redact_text
+from batch.sources import S3Expander, item_for_source
+
+__all__ = [
+    "MAX_LINE_BYTES",
+    "iter_lines_manifest",
+    "iter_manifest",
+    "iter_manifest_stream",
+]
+
+#: Longer lines are failed items: no real source is this long, and the cap
+#: bounds the memory one line can take.
+MAX_LINE_BYTES = 64 * 1024
+
+_PREVIEW_CHARS = 200
+_CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
+
+
+class _LineError(Exception):
+    """Raised while parsing one line; becomes that line's failed Item."""
+
+
+class _UnusableManifest(Exception):
+    """Raised when the whole manifest is unusable; becomes a SourceError naming it."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    """What one manifest line asks for, before it becomes an Item."""
+
+    source: str
+    id: str | None = None
+    params: Params = ()
+
+
+_Parser = Callable[[str], _Entry | None]
+
+
+def _parse_txt(text: str) -> _Entry | None:
+    """A plain line is a source; blank and ``#`` lines are skipped."""
+    source = text.strip()
+    if not source or source[0] == "#":
+        return None
+    return _Entry(source)
+
+
+def _entry_id(value: object) -> str | None:
+    """Accept an optional string (or integer) id; reject anything else."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise _LineError(f"'id' must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise _LineError("'id' is empty")
+    return value.strip()
+
+
+def _entry_params(value: object) -> Params:
+    """Convert an optional ``params`` object into a params layer."""
+    if value is None:
+        return ()
+    if not isinstance(value, Mapping):
+        raise _LineError(f"'params' must be an object, not {type(value).__name__}")
+    try:
+        return params_from_mapping(value)
+    except ValueError as exc:
+        raise _LineError(str(exc)) from None
+
+
+def _parse_jsonl(text: str) -> _Entry | None:
+    """One JSON object per line; blank lines are skipped."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        obj = json.loads(stripped)
+    except RecursionError:
+        raise _LineError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise _LineError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise _LineError(f"expected a JSON object, got {type(obj).__name__}")
+    source = obj.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise _LineError("missing or empty 'source'")
+    return _Entry(source.strip(), _entry_id(obj.get("id")), _entry_params(obj.get("params")))
+
+
+@dataclass(frozen=True, slots=True)
+class _CsvHeader:
+    """Column positions of a CSV manifest, read from its first non-blank line."""
+
+    source: int
+    id: int | None
+    params: tuple[tuple[int, str], ...]
+    width: int
+
+    @classmethod
+    def from_row(cls, row: list[str]) -> _CsvHeader:
+        """Read the header; a manifest without a ``source`` column is unusable."""
+        names = [name.strip() for name in row]
+        lowered = [name.lower() for name in names]
+        duplicates = sorted({name for name in lowered if name and lowered.count(name) > 1})
+        if duplicates:
+            msg = f"CSV header repeats column(s) {', '.join(duplicates)}"
+            raise _UnusableManifest(msg)
+        if "source" not in lowered:
+            msg = f"CSV header has no 'source' column (got {', '.join(names)!r})"
+            raise _UnusableManifest(msg)
+        id_column = lowered.index("id") if "id" in lowered else None
+        params = tuple(
+            (index, name)
+            for index, name in enumerate(names)
+            if name and lowered[index] not in ("source", "id")
+        )
+        return cls(lowered.index("source"), id_column, params, len(names))
+
+    def entry(self, row: list[str]) -> _Entry:
+        """Read one data row; empty cells are absent, not "remove the default"."""
+        if len(row) > self.width and any(cell.strip() for cell in row[self.width :]):
+            raise _LineError(f"expected {self.width} fields, got {len(row)}")
+        cells = [cell.strip() for cell in row] + [""] * (self.width - len(row))
+        if not cells[self.source]:
+            raise _LineError("empty 'source'")
+        item_id = (cells[self.id] or None) if self.id is not None else None
+        params = tuple((name, normalise_value(cells[i])) for i, name in self.params if cells[i])
+        return _Entry(cells[self.source], item_id, params)
+
+
+class _CsvParser:
+    """Stateful CSV line parser: the first non-blank line is the header.
+
+    Each physical line is one record, so a quoted field spanning lines is
+    reported as a broken line instead of swallowing the lines after it.
+    """
+
+    __slots__ = ("header",)
+
+    def __init__(self) -> None:
+        self.header: _CsvHeader | None = None
+
+    def __call__(self, text: str) -> _Entry | None:
+        """Parse one line; the header line yields no entry."""
+        if not text.strip():
+            return None
+        try:
+            row = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            raise _LineError(f"invalid CSV: {exc}") from None
+        if self.header is None:
+            self.header = _CsvHeader.from_row(row)
+            return None
+        return self.header.entry(row)
+
+
+def _parser_for(fmt: str) -> _Parser:
+    """Pick the line parser of a manifest format."""
+    if fmt == "jsonl":
+        return _parse_jsonl
+    if fmt == "csv":
+        return _CsvParser()
+    return _parse_txt
+
+
+def _preview(raw: bytes | str) -> str:
+    """Show a broken line safely: decoded leniently, redacted, one line, truncated."""
+    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    text = redact_text(text[: _PREVIEW_CHARS * 4].strip())
+    text = _CONTROL_RE.sub("?", text)
+    return text if len(text) <= _PREVIEW_CHARS else text[:_PREVIEW_CHARS] + "…"
+
+
+def _reject_utf16(first_line: bytes) -> None:
+    """Refuse a UTF-16 manifest (Notepad's "Unicode") whole: every line would be garbage."""
+    if first_line[:2] in _UTF16_BOMS:
+        msg = "manifest is UTF-16; save it as UTF-8"
+        raise _UnusableManifest(msg)
+
+
+def _decoded(raw: bytes | str, lineno: int) -> str:
+    """Decode one raw line (newline removed) or say why it cannot be used."""
+    if isinstance(raw, str):
+        text = raw.rstrip("\r\n")
+        if lineno == 1:
+            text = text.removeprefix("\ufeff")
+        too_long = len(text) > MAX_LINE_BYTES // 4 and len(text.encode("utf-8", "replace")) > (
+            MAX_LINE_BYTES
+        )
+    else:
+        raw = raw.rstrip(b"\r\n")
+        if lineno == 1:
+            _reject_utf16(raw)
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        too_long = len(raw) > MAX_LINE_BYTES
+        text = ""
+    if too_long:
+        raise _LineError(f"line longer than {MAX_LINE_BYTES} bytes")
+    if isinstance(raw, bytes):
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise _LineError(f"invalid UTF-8 at byte {exc.start}") from None
+    if "\x00" in text:
+        raise _LineError("NUL character in line")
+    return text
+
+
+def _raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+    """Yield ``(lineno, line)`` with each line cut at the size cap.
+
+    A longer line comes back as its first ``MAX_LINE_BYTES + 1`` bytes (enough to
+    flag it and show a preview) and the rest of it is skipped in chunks, so one
+    runaway line never has to fit in memory.
+    """
+    readline = stream.readline
+    limit = MAX_LINE_BYTES + 3  # room for "\r\n" after a line of exactly the cap
+    lineno = 0
+    while raw := readline(limit):
+        lineno += 1
+        if len(raw) == limit and not raw.endswith(b"\n"):
+            while (rest := readline(limit)) and not rest.endswith(b"\n"):
+                pass
+        yield lineno, raw
+
+
+@dataclass(slots=True)
+class _Reader:
+    """Turns the numbered lines of one manifest into Items."""
+
+    label: str
+    id_prefix: str
+    base: Path
+    parse: _Parser
+    s3: S3Expander | None
+    filters: Filters
+    seen_ids: dict[str, int] = field(default_factory=dict)
+
+    def items(self, lines: Iterable[tuple[int, bytes | str]]) -> Iterator[Item]:
+        """Yield each line's Items; a broken line yields one failed Item."""
+        for lineno, raw in lines:
+            try:
+                entry = self.parse(_decoded(raw, lineno))
+                if entry is None:
+                    continue
+                found = self._items_for(entry, lineno)
+            except _LineError as exc:
+                found = (self._line_error(lineno, str(exc), raw),)
+            yield from found
+
+    def _line_error(self, lineno: int, reason: str, raw: bytes | str) -> Item:
+        """Build the failed Item of a broken line, with an id stable across runs."""
+        origin = f"{self.label}:{lineno}"
+        return Item(
+            id=f"{self.id_prefix}:{lineno}",
+            source=_preview(raw),
+            kind=ItemKind.FILE,
+            name=origin,
+            error=f"{origin}: {reason}",
+            origin=origin,
+        )
+
+    def _claim_id(self, item_id: str, lineno: int) -> None:
+        """Remember an explicit id; a second use of it is an error on that line."""
+        first = self.seen_ids.setdefault(item_id, lineno)
+        if first != lineno:
+            raise _LineError(f"duplicate id {item_id!r} (first at line {first})")
+
+    def _items_for(self, entry: _Entry, lineno: int) -> Iterable[Item]:
+        """Build the Items of one valid entry (several for an S3 prefix)."""
+        if "\x00" in entry.source or (entry.id is not None and "\x00" in entry.id):
+            raise _LineError("NUL character in source or id")
+        if entry.id is not None:
+            self._claim_id(entry.id, lineno)
+        origin = f"{self.label}:{lineno}"
+        if entry.source[:5].lower() == "s3://":
+            return self._s3_items(entry, lineno)
+        item = item_for_source(
+            entry.source, base=self.base, name_hint=entry.id, params=entry.params, origin=origin
+        )
+        return (item,)
+
+    def _s3_items(self, entry: _Entry, lineno: int) -> Iterator[Item]:
+        """Expand an ``s3://`` line through the S3 hook, applying the line's id and params.
+
+        With an id, a single object takes it as is; the objects of a prefix get
+        ``<id>/<name>`` so they stay distinct. A failing listing fails the line.
+        """
+        origin = f"{self.label}:{lineno}"
+        if self.s3 is None:
+            yield self._entry_error(entry, lineno, "S3 support is not configured")
+            return
+        try:
+            found = self.s3(entry.source, self.filters)
+            first = next(found, None)
+            second = next(found, None)
+            single = second is None
+            for item in _chain(first, second, found):
+                yield _adopt(item, entry, origin, single=single)
+        except SourceError as exc:
+            yield self._entry_error(entry, lineno, str(exc))
+
+    def _entry_error(self, entry: _Entry, lineno: int, reason: str) -> Item:
+        """Fail a well-formed entry that cannot be expanded."""
+        origin = f"{self.label}:{lineno}"
+        return Item(
+            id=f"id:{entry.id}" if entry.id is not None else f"{self.id_prefix}:{lineno}",
+            source=redact_text(entry.source),
+            kind=ItemKind.S3,
+            name=entry.id or origin,
+            params=entry.params,
+            error=f"{origin}: {redact_text(reason)}",
+            origin=origin,
+        )
+
+
+def _chain(first: Item | None, second: Item | None, rest: Iterator[Item]) -> Iterator[Item]:
+    """Put back the two items looked ahead at."""
+    if first is not None:
+        yield first
+    if second is not None:
+        yield second
+        yield from rest
+
+
+def _adopt(item: Item, entry: _Entry, origin: str, *, single: bool) -> Item:
+    """Give an S3 item the manifest line's id, params and origin."""
+    params = (*item.params, *entry.params)
+    if entry.id is None:
+        return replace(item, params=params, origin=origin)
+    name = entry.id if single else f"{entry.id}/{item.name}"
+    return replace(item, id=f"id:{name}", name=name, params=params, origin=origin)
+
+
+def iter_manifest_stream(
+    stream: BinaryIO,
+    *,
+    base: Path,
+    origin: str,
+    fmt: str = "txt",
+    id_prefix: str | None = None,
+    s3: S3Expander | None = None,
+    filters: Filters | None = None,
+) -> Iterator[Item]:
+    """Yield the Items of a manifest read from a binary stream (a file, stdin's buffer).
+
+    Args:
+        stream: read line by line, never whole.
+        base: folder relative paths are resolved against.
+        origin: the manifest's label in messages (``urls.txt``, ``<stdin>``).
+        fmt: ``txt``, ``jsonl`` or ``csv``.
+        id_prefix: prefix of broken lines' ids (``<prefix>:<lineno>``); ``origin``
+            when None.
+        s3: expands ``s3://`` lines; without it they are failed items.
+        filters: applied to S3 prefixes named by the manifest.
+
+    Raises:
+        SourceError: the manifest is UTF-16 or its CSV header lacks ``source``.
+    """
+    reader = _Reader(origin, id_prefix or origin, base, _parser_for(fmt), s3, filters or Filters())
+    try:
+        yield from reader.items(_raw_lines(stream))
+    except _UnusableManifest as exc:
+        raise SourceError(f"{origin}: {exc}") from None
+    except OSError as exc:
+        msg = f"{origin}: cannot read manifest: {exc.strerror or exc}"
+        raise SourceError(msg) from exc
+
+
+def iter_manifest(
+    path: Path, *, s3: S3Expander | None = None, filters: Filters | None = None
+) -> Iterator[Item]:
+    """Yield the Items of a manifest file, lazily; relative paths are from its folder.
+
+    Broken lines are failed Items with ids ``<absolute manifest path>:<lineno>``
+    and messages ``<file name>:<lineno>: <reason>``.
+
+    Raises:
+        SourceError: the file cannot be opened or read, is UTF-16, or its CSV
+            header lacks ``source``; raised while iterating.
+    """
+    fmt = _FORMATS.get(path.suffix.lower(), "txt")
+    absolute = path.absolute()
+    try:
+        stream = absolute.open("rb")
+    except OSError as exc:
+        msg = f"{path}: cannot open manifest: {exc.strerror or exc}"
+        raise SourceError(msg) from exc
+    with stream:
+        yield from iter_manifest_stream(
+            stream,
+            base=absolute.parent,
+            origin=path.name,
+            fmt=fmt,
+            id_prefix=str(absolute),
+            s3=s3,
+            filters=filters,
+        )
+
+
+def iter_lines_manifest(
+    lines: Iterable[str],
+    base: Path,
+    origin: str,
+    *,
+    s3: S3Expander | None = None,
+    filters: Filters | None = None,
+) -> Iterator[Item]:
+    """Yield the Items of a plain-text list already decoded (``-`` on a text stdin)."""
+    reader = _Reader(origin, origin, base, _parse_txt, s3, filters or Filters())
+    yield from reader.items(enumerate(lines, start=1))

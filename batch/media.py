@@ -1,0 +1,69 @@
+"""Get an item's audio to Deepgram: a URL as JSON, a local file streamed from disk.
+
+S3 objects are handled by ``batch.s3``, which registers a sender for ``ItemKind.S3``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiofiles
+
+from batch.client import CHUNK_SIZE, Answer, DeepgramClient
+from batch.errors import ItemError
+from batch.models import ItemKind
+from batch.naming import content_type_for
+from batch.state import WorkItem
+
+Sender = Callable[[DeepgramClient, WorkItem, str], Awaitable[Answer]]
+"""Send one item; the ``str`` is the item's real source (it may carry secrets)."""
+
+
+def file_fingerprint(st: os.stat_result) -> str:
+    """Size and mtime in ns: cheap, and changes whenever the content is rewritten."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def check_file(item: WorkItem, path: str) -> int:
+    """Stat the file at send time; refuse it if it vanished, emptied or changed since planning."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ItemError(f"{path}: file no longer exists", code="missing") from None
+    except OSError as exc:
+        raise ItemError(f"{path}: cannot read file: {exc.strerror}", code="unreadable") from exc
+    if item.fingerprint and file_fingerprint(st) != item.fingerprint:
+        msg = f"{path}: file changed between planning and sending; run again to re-plan it"
+        raise ItemError(msg, code="changed")
+    if st.st_size == 0:
+        raise ItemError(f"{path}: file is empty", code="empty")
+    return st.st_size
+
+
+async def file_chunks(path: str) -> AsyncIterator[bytes]:
+    """Read a file in chunks off the event loop; never the whole file in memory."""
+    async with aiofiles.open(path, "rb") as handle:
+        while chunk := await handle.read(CHUNK_SIZE):
+            yield chunk
+
+
+async def send_file(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+    """Stream a local file as the request body."""
+    size = check_file(item, source)
+    try:
+        with open(source, "rb"):
+            pass
+    except OSError as exc:
+        raise ItemError(f"{source}: cannot read file: {exc.strerror}", code="unreadable") from exc
+    return await client.send_stream(
+        file_chunks(source), size, content_type_for(source), item.params
+    )
+
+
+async def send_url(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+    """Let Deepgram fetch the URL."""
+    return await client.send_url(source, item.params)
+
+
+SENDERS: dict[ItemKind, Sender] = {ItemKind.FILE: send_file, ItemKind.URL: send_url}

@@ -1,0 +1,90 @@
+"""Numbered schema migrations for the state file; applied names are recorded in a table.
+
+Adding a schema change means adding one function: an old state file upgrades itself
+on open, and a newer one is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+Migration = Callable[[sqlite3.Connection], None]
+MIGRATIONS: list[Migration] = []
+
+
+def migration(fn: Migration) -> Migration:
+    """Register ``fn`` as the next migration, in definition order."""
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite3.Connection) -> None:
+    """Items, runs and a key/value table that marks the file as a dgbatch state file."""
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        CREATE TABLE items (
+            id TEXT PRIMARY KEY,
+            source TEXT NOT NULL,
+            kind TEXT NOT NULL,
+            name TEXT NOT NULL,
+            out_stem TEXT NOT NULL,
+            out_full TEXT NOT NULL,
+            out_name TEXT,
+            params TEXT NOT NULL,
+            status TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            http_status INTEGER,
+            error TEXT,
+            err_code TEXT,
+            request_id TEXT,
+            duration REAL,
+            outputs TEXT,
+            size INTEGER,
+            fingerprint TEXT NOT NULL DEFAULT '',
+            timeout_retries INTEGER NOT NULL DEFAULT 0,
+            claimed_at REAL,
+            created_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            run_id INTEGER
+        );
+        CREATE INDEX items_status ON items (status);
+        CREATE INDEX items_out_stem ON items (out_stem);
+        CREATE INDEX items_out_name ON items (out_name);
+        CREATE TABLE runs (
+            id INTEGER PRIMARY KEY,
+            started_at REAL NOT NULL,
+            finished_at REAL,
+            pid INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            command TEXT NOT NULL,
+            exit_code INTEGER,
+            summary TEXT
+        );
+        """
+    )
+
+
+def migrate(db: sqlite3.Connection) -> list[str]:
+    """Apply every migration not yet recorded; return the names applied now."""
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    done = {row[0] for row in db.execute("SELECT name FROM _migrations")}
+    applied = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        fn(db)
+        db.execute(
+            "INSERT INTO _migrations (name, applied_at) VALUES (?, datetime('now'))",
+            (fn.__name__,),
+        )
+        applied.append(fn.__name__)
+    return applied
+
+
+def unknown_migrations(db: sqlite3.Connection) -> set[str]:
+    """Migrations recorded in the file that this version does not know (a newer dgbatch)."""
+    known = {fn.__name__ for fn in MIGRATIONS}
+    return {row[0] for row in db.execute("SELECT name FROM _migrations")} - known

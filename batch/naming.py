@@ -1,0 +1,170 @@
+"""Output names from item names: deterministic, collision-free, never outside ``--out`` (pure).
+
+An item's name comes from places we do not control: a manifest ``id``, a URL
+path, an S3 key, a file name on someone's disk. It is turned into a relative
+POSIX path that is safe on every filesystem we write to (local disk or an S3
+prefix), so the same item always lands at the same place and no name can climb
+out of the output directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import unicodedata
+from pathlib import Path
+
+__all__ = [
+    "AUDIO_EXTENSIONS",
+    "CONTENT_TYPES",
+    "content_type_for",
+    "disambiguate",
+    "name_variants",
+    "output_relpath",
+    "resolve_inside",
+    "safe_name",
+]
+
+#: Extensions (lowercase, with the dot) a folder walk takes as audio: Deepgram's
+#: listed containers plus common video containers whose audio track it reads.
+AUDIO_EXTENSIONS: frozenset[str] = frozenset(
+    {
+        ".mp3", ".mp4", ".mp2", ".aac", ".wav", ".flac", ".pcm", ".m4a", ".ogg",
+        ".opus", ".webm", ".wma", ".aiff", ".aif", ".amr", ".3gp", ".mka", ".mkv",
+        ".mov", ".avi", ".m4v", ".caf", ".spx", ".ac3", ".mpga", ".mpeg", ".oga",
+        ".weba", ".wave", ".m4b", ".3g2", ".au", ".snd", ".mulaw", ".alaw",
+    }
+)  # fmt: skip
+
+#: ``Content-Type`` for a streamed upload. Deepgram sniffs the container anyway,
+#: so the fallback ``application/octet-stream`` is safe for anything unknown.
+CONTENT_TYPES: dict[str, str] = {
+    ".wav": "audio/wav",
+    ".wave": "audio/wav",
+    ".mp3": "audio/mpeg",
+    ".mp2": "audio/mpeg",
+    ".mpga": "audio/mpeg",
+    ".mpeg": "audio/mpeg",
+    ".flac": "audio/flac",
+    ".ogg": "audio/ogg",
+    ".oga": "audio/ogg",
+    ".opus": "audio/opus",
+    ".spx": "audio/ogg",
+    ".webm": "audio/webm",
+    ".weba": "audio/webm",
+    ".m4a": "audio/mp4",
+    ".m4b": "audio/mp4",
+    ".mp4": "video/mp4",
+    ".m4v": "video/mp4",
+    ".aac": "audio/aac",
+    ".ac3": "audio/ac3",
+    ".wma": "audio/x-ms-wma",
+    ".aiff": "audio/aiff",
+    ".aif": "audio/aiff",
+    ".amr": "audio/amr",
+    ".3gp": "audio/3gpp",
+    ".3g2": "audio/3gpp2",
+    ".mka": "audio/x-matroska",
+    ".mkv": "video/x-matroska",
+    ".mov": "video/quicktime",
+    ".avi": "video/x-msvideo",
+    ".caf": "audio/x-caf",
+    ".au": "audio/basic",
+    ".snd": "audio/basic",
+    ".pcm": "application/octet-stream",
+}
+
+_FALLBACK_NAME = "item"
+_MAX_SEGMENT_BYTES = 200
+_MAX_KEPT_EXT_BYTES = 16
+_SEPARATORS_RE = re.compile(r"[/\\]+")
+_ASCII_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._ -")
+
+
+def content_type_for(path: str) -> str:
+    """Pick the upload's ``Content-Type`` from the extension (case-insensitive)."""
+    return CONTENT_TYPES.get(posixpath.splitext(path.lower())[1], "application/octet-stream")
+
+
+def _safe_char(char: str) -> str:
+    """Keep ASCII-safe characters and unicode letters/digits; anything else becomes ``_``."""
+    return char if char in _ASCII_SAFE or char.isalnum() else "_"
+
+
+def _cap_segment(segment: str) -> str:
+    """Cut a segment to the byte cap, keeping its extension and a hash of the whole.
+
+    The hash keeps two long names that share their first 200 bytes apart.
+    """
+    encoded = segment.encode("utf-8")
+    if len(encoded) <= _MAX_SEGMENT_BYTES:
+        return segment
+    stem, ext = posixpath.splitext(segment)
+    if len(ext.encode("utf-8")) > _MAX_KEPT_EXT_BYTES:
+        stem, ext = segment, ""
+    digest = hashlib.sha1(encoded).hexdigest()[:8]
+    budget = _MAX_SEGMENT_BYTES - len(ext.encode("utf-8")) - len(digest) - 1
+    head = stem.encode("utf-8")[:budget].decode("utf-8", "ignore")
+    return f"{head}-{digest}{ext}"
+
+
+def _clean_segment(segment: str) -> str:
+    """Sanitise one path segment; an empty result means "drop it"."""
+    if segment in (".", ".."):
+        return ""
+    cleaned = "".join(_safe_char(char) for char in segment)
+    cleaned = cleaned.lstrip(". ").rstrip(" ")
+    return _cap_segment(cleaned) if cleaned else ""
+
+
+def safe_name(name: str) -> str:
+    """Turn any item name into a relative POSIX path that stays under its root.
+
+    ``..``, ``.`` and empty segments vanish (``../../etc/passwd`` → ``etc/passwd``),
+    leading dots are stripped so nothing is hidden, characters a filesystem or a
+    shell could trip on become ``_``, segments are capped at 200 bytes, and an
+    empty result becomes ``item``. Text is NFC-normalised first so that the
+    same name typed on macOS (NFD) and Linux lands on one path.
+    """
+    normalised = unicodedata.normalize("NFC", name)
+    segments = (_clean_segment(part) for part in _SEPARATORS_RE.split(normalised))
+    return "/".join(segment for segment in segments if segment) or _FALLBACK_NAME
+
+
+def name_variants(name: str) -> tuple[str, str]:
+    """Return ``(stem, stem_with_ext)`` of a safe name, the two output-name candidates.
+
+    Outputs normally drop the audio extension (``a.wav`` → ``a.json``); when two
+    items share a stem (``a.wav``, ``a.mp3``) the runner falls back to keeping it.
+    """
+    stem, _ext = posixpath.splitext(name)
+    return stem, name
+
+
+def disambiguate(stem_with_ext: str, item_id: str) -> str:
+    """Make a last-resort unique name from the item's stable id."""
+    digest = hashlib.sha1(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem_with_ext}-{digest}"
+
+
+def output_relpath(out_name: str, fmt: str) -> str:
+    """Name the output file of one format (``day1/a`` + ``json`` → ``day1/a.json``)."""
+    return f"{out_name}.{fmt}"
+
+
+def resolve_inside(root: Path, relpath: str) -> Path:
+    """Join ``relpath`` under ``root`` and prove the result is strictly inside it.
+
+    ``safe_name`` already guarantees this; the check is a second line of defence
+    against a future caller or a symlink inside the output folder.
+
+    Raises:
+        ValueError: the resolved path is ``root`` itself or lies outside it.
+    """
+    base = root.resolve()
+    target = (base / relpath).resolve()
+    if target == base or not target.is_relative_to(base):
+        msg = f"output path {relpath!r} escapes the output folder {str(root)!r}"
+        raise ValueError(msg)
+    return target

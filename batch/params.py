@@ -1,0 +1,134 @@
+"""Deepgram query parameters: parse, merge the layers, encode (pure).
+
+Three layers decide what one request asks for, later ones winning per key:
+``DEFAULT_PARAMS`` ← ``--param`` ← a manifest's per-item ``params``. A key can
+repeat (``keyterm=a&keyterm=b``), so params are an ordered tuple of pairs and a
+layer that sets a key replaces *all* earlier values of it. Deepgram wants
+lowercase booleans and repeated keys for lists (DEEPGRAM-API.md §1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from urllib.parse import urlencode
+
+from batch.errors import UsageError
+from batch.models import Params
+
+__all__ = [
+    "DEFAULT_PARAMS",
+    "encode_query",
+    "merge_params",
+    "normalise_value",
+    "params_from_mapping",
+    "parse_param",
+]
+
+DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
+_BOOLEAN_SPELLINGS = {"True": "true", "False": "false", "TRUE": "true", "FALSE": "false"}
+
+
+def normalise_value(value: str) -> str:
+    """Spell Python-style booleans (``True``) the way Deepgram parses them (``true``)."""
+    return _BOOLEAN_SPELLINGS.get(value, value)
+
+
+def parse_param(text: str) -> tuple[str, str]:
+    """Split one ``--param KEY=VALUE``; an empty value means "remove this key".
+
+    Raises:
+        UsageError: no ``=``, or a key that cannot be a Deepgram parameter name.
+    """
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep:
+        msg = f"--param {text!r}: expected KEY=VALUE"
+        raise UsageError(msg)
+    if not _KEY_RE.fullmatch(key):
+        reason = "empty key" if not key else f"invalid key {key!r}"
+        msg = f"--param {text!r}: {reason} (expected KEY=VALUE)"
+        raise UsageError(msg)
+    return key, normalise_value(value)
+
+
+def _values_by_key(layer: Params) -> dict[str, list[str]]:
+    """Group one layer's values per key, keeping first-seen key order."""
+    grouped: dict[str, list[str]] = {}
+    for key, value in layer:
+        grouped.setdefault(key, []).append(value)
+    return grouped
+
+
+def merge_params(*layers: Params) -> Params:
+    """Merge layers so that a later layer replaces all earlier values of each key it sets.
+
+    A key keeps the position where it first appeared, so the encoded query is
+    stable from item to item. Empty values are dropped; a layer whose only
+    values for a key are empty removes the key (``--param smart_format=``).
+    """
+    merged: dict[str, list[str]] = {}
+    for layer in layers:
+        for key, values in _values_by_key(layer).items():
+            kept = [value for value in values if value != ""]
+            if kept:
+                merged[key] = kept
+            else:
+                merged.pop(key, None)
+    return tuple((key, value) for key, values in merged.items() for value in values)
+
+
+def _scalar_text(key: str, value: object) -> str:
+    """Render one JSON scalar as Deepgram expects it in a query string."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            msg = f"param {key!r}: {value!r} is not a finite number"
+            raise ValueError(msg)
+        return repr(value)
+    if isinstance(value, str):
+        return normalise_value(value)
+    msg = f"param {key!r}: unsupported value of type {type(value).__name__}"
+    raise ValueError(msg)
+
+
+def _values_of(key: str, value: object) -> list[str]:
+    """Turn one mapping entry into its repeated values (a list repeats the key)."""
+    if value is None:
+        return []
+    if isinstance(value, Mapping):
+        msg = f"param {key!r}: nested objects are not supported"
+        raise ValueError(msg)
+    if isinstance(value, list | tuple):
+        return [_scalar_text(key, element) for element in value if element is not None]
+    return [_scalar_text(key, value)]
+
+
+def params_from_mapping(obj: Mapping[str, object]) -> Params:
+    """Convert a manifest's ``params`` object into a params layer.
+
+    ``None`` values are skipped; an empty string is kept so that it can remove a
+    default when merged.
+
+    Raises:
+        ValueError: a nested object, a non-string key or a non-finite number;
+            the message names the key, for the manifest's line error.
+    """
+    pairs: list[tuple[str, str]] = []
+    for key, value in obj.items():
+        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+            msg = f"param {key!r}: invalid key"
+            raise ValueError(msg)
+        pairs.extend((key, text) for text in _values_of(key, value))
+    return tuple(pairs)
+
+
+def encode_query(params: Params) -> str:
+    """Encode params as a query string, repeating keys and keeping their order."""
+    return urlencode(list(params), doseq=True)

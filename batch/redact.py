@@ -1,0 +1,212 @@
+"""Scrub secrets from every piece of text that leaves the process.
+
+Presigned S3/GCS/Azure URLs carry their signature in the query string, URLs
+may carry ``user:password@``, and the Deepgram key travels in an
+``Authorization: Token ...`` header. Any of these can end up in a log line, an
+exception message, the state file or a report, so everything that leaves the
+process goes through :func:`redact_text` or :func:`redact_source` first.
+
+The functions here never raise: they run on error paths, where a second
+exception would hide the first one.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+from urllib.parse import unquote_plus
+
+__all__ = [
+    "REDACTED",
+    "SECRET_QUERY_KEYS",
+    "RedactingFilter",
+    "redact_source",
+    "redact_text",
+    "redact_url",
+]
+
+REDACTED = "REDACTED"
+
+#: Query keys (compared lowercased) whose values are credentials or signatures:
+#: AWS SigV4 and SigV2, GCS V4 and V2, Azure SAS, CloudFront and generic API keys.
+SECRET_QUERY_KEYS: frozenset[str] = frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "token",
+        "access_token",
+        "refresh_token",
+        "id_token",
+        "auth",
+        "authorization",
+        "key",
+        "api_key",
+        "apikey",
+        "api-key",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "client_secret",
+        "x-goog-signature",
+        "x-goog-credential",
+        "x-goog-security-token",
+        "googleaccessid",
+        "key-pair-id",
+        "policy",
+    }
+)
+
+# Keys not listed above are still secret when their name says so
+# (``X-Custom-Token``, ``db_password``): substring match, lowercased.
+_SECRET_KEY_MARKERS = (
+    "signature",
+    "token",
+    "secret",
+    "password",
+    "credential",
+    "apikey",
+    "api_key",
+)
+
+# Too short to replace blindly: replacing "ab" everywhere would shred the text.
+_MIN_SECRET_LEN = 4
+
+_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:)//([^/?#]*)(.*)$", re.DOTALL)
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+_AUTH_HEADER_RE = re.compile(
+    r"(?i)(\bauthorization['\"]?\s*[:=]\s*['\"]?)((?:token|bearer|basic)\s+)?([^\s'\",;}]+)"
+)
+# ``Token <key>`` outside a header; the lookahead for a digit spares prose like "Token expired".
+_TOKEN_RE = re.compile(r"\b(Token|Bearer|token|bearer)(\s+)(?=[^\s]*\d)([A-Za-z0-9._~+/=\-]{8,})")
+_ASSIGNMENT_RE = re.compile(
+    r"(?i)\b([a-z0-9_\-]*(?:api[_-]?key|password|passwd|secret|access[_-]?token))"
+    r"(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
+)
+
+
+def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
+    """Tell whether a query key's value must not be shown (case-insensitive)."""
+    lowered = key.strip().lower()
+    if lowered in SECRET_QUERY_KEYS or lowered in extra_keys:
+        return True
+    return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
+
+
+def _redact_pairs(query: str, extra_keys: frozenset[str]) -> str:
+    """Replace secret values in ``k=v&k=v`` text, leaving every other byte as it was."""
+    if "=" not in query:
+        return query
+    parts = query.split("&")
+    for index, part in enumerate(parts):
+        key, sep, value = part.partition("=")
+        if sep and value and is_secret_key(unquote_plus(key), extra_keys):
+            parts[index] = f"{key}={REDACTED}"
+    return "&".join(parts)
+
+
+def _redact_tail(tail: str, extra_keys: frozenset[str]) -> str:
+    """Redact the query and the fragment (OAuth puts tokens there) of a URL's tail."""
+    before_fragment, hash_sign, fragment = tail.partition("#")
+    path, question, query = before_fragment.partition("?")
+    redacted = path + question + _redact_pairs(query, extra_keys)
+    return redacted + hash_sign + _redact_pairs(fragment, extra_keys)
+
+
+def redact_url(url: str, *, extra_keys: frozenset[str] = frozenset()) -> str:
+    """Return ``url`` safe to show: no userinfo, no signature or key values.
+
+    Parsing is done by hand rather than with ``urlsplit`` so that a URL it would
+    reject (a bad IPv6 literal) is still redacted and every non-secret byte is
+    kept exactly as written.
+
+    Args:
+        url: any text; text that is not ``scheme://...`` comes back unchanged.
+        extra_keys: lowercased query keys to blank as well, e.g. the expiry
+            fields that make presigned URLs differ from one run to the next.
+    """
+    try:
+        match = _URL_RE.match(url)
+        if match is None:
+            return url
+        scheme, authority, tail = match.groups()
+        if "@" in authority:
+            authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+        return f"{scheme}//{authority}{_redact_tail(tail, extra_keys)}"
+    except Exception:  # pragma: no cover - defensive: never leak, never raise
+        return f"{url.partition(':')[0]}://{REDACTED}"
+
+
+def redact_source(source: str) -> str:
+    """Return what may be stored or shown for a source (URLs lose their secrets)."""
+    return redact_url(source) if "://" in source else source
+
+
+def _replace_secrets(text: str, secrets: Iterable[str]) -> str:
+    """Replace each long-enough secret, longest first so overlapping ones vanish whole."""
+    usable = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
+    for secret in usable:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+def _auth_header(match: re.Match[str]) -> str:
+    """Keep the header name and scheme, drop the credential."""
+    return f"{match.group(1)}{match.group(2) or ''}{REDACTED}"
+
+
+def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return ``text`` with known secrets, URL credentials and auth headers removed.
+
+    Args:
+        text: a log message, an exception message, a report cell.
+        secrets: exact strings to remove wherever they appear (the API key);
+            strings shorter than 4 characters are ignored.
+    """
+    try:
+        text = _replace_secrets(text, secrets)
+        text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
+        text = _AUTH_HEADER_RE.sub(_auth_header, text)
+        text = _TOKEN_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        return _ASSIGNMENT_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+    except Exception:  # pragma: no cover - defensive: never leak, never raise
+        return REDACTED
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that makes each record safe before any handler sees it.
+
+    Attach it to handlers (not only loggers) so records propagated from child
+    loggers are scrubbed too. The message is formatted once with its args and
+    the args are dropped, because a secret can hide in either.
+    """
+
+    def __init__(self, secrets: Iterable[str] = (), name: str = "") -> None:
+        super().__init__(name)
+        self._secrets = tuple(s for s in secrets if s)
+
+    def add_secret(self, secret: str) -> None:
+        """Also scrub ``secret`` from later records (a key read after logging started)."""
+        if secret:
+            self._secrets = (*self._secrets, secret)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Rewrite the record in place; never drop it."""
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not hide the message
+            message = f"{record.msg!s} {record.args!r}"
+        record.msg = redact_text(message, self._secrets)
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact_text(record.exc_text, self._secrets)
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info, self._secrets)
+        return True

@@ -1,0 +1,153 @@
+"""Read the state for humans and scripts: ``status`` counts and one ``report`` row per item.
+
+Both read a state file that a run may be writing (WAL readers never block the writer).
+Sources and errors pass through ``redact_text`` again on the way out: belt and braces.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TextIO
+
+from batch.outputs import write_atomic
+from batch.redact import redact_text
+from batch.state import State
+
+REPORT_FIELDS = (
+    "id",
+    "source",
+    "kind",
+    "status",
+    "attempts",
+    "http_status",
+    "error",
+    "err_code",
+    "request_id",
+    "duration",
+    "outputs",
+    "timeout_retries",
+)
+
+
+def report_row(row: sqlite3.Row) -> dict[str, Any]:
+    """One item as a report row, secrets redacted."""
+    return {
+        "id": redact_text(row["id"]),
+        "source": redact_text(row["source"]),
+        "kind": row["kind"],
+        "status": row["status"],
+        "attempts": row["attempts"],
+        "http_status": row["http_status"],
+        "error": redact_text(row["error"]) if row["error"] else None,
+        "err_code": row["err_code"],
+        "request_id": row["request_id"],
+        "duration": row["duration"],
+        "outputs": json.loads(row["outputs"]) if row["outputs"] else [],
+        "timeout_retries": row["timeout_retries"],
+    }
+
+
+def iter_report(state: State, *, failed_only: bool = False) -> Iterator[dict[str, Any]]:
+    """Report rows in plan order, streamed."""
+    where = "WHERE status = 'failed'" if failed_only else ""
+    for row in state.iter_rows(where):
+        yield report_row(row)
+
+
+def write_jsonl(rows: Iterable[dict[str, Any]], stream: TextIO) -> int:
+    """One JSON object per line; returns the number of rows."""
+    count = 0
+    for row in rows:
+        stream.write(json.dumps(row, ensure_ascii=False) + "\n")
+        count += 1
+    return count
+
+
+def write_csv(rows: Iterable[dict[str, Any]], stream: TextIO) -> int:
+    """CSV with a header; ``outputs`` joined with ``;``."""
+    writer = csv.DictWriter(stream, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    count = 0
+    for row in rows:
+        writer.writerow({**row, "outputs": ";".join(row["outputs"])})
+        count += 1
+    return count
+
+
+WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
+
+
+def save_report(state: State, path: Path) -> Path:
+    """Write the full JSONL report next to the state, atomically."""
+    import io
+
+    buffer = io.StringIO()
+    write_jsonl(iter_report(state), buffer)
+    write_atomic(path, buffer.getvalue().encode())
+    return path
+
+
+def status_summary(state: State) -> dict[str, Any]:
+    """Counts by status, attempts, audio hours, the commonest errors and the last run."""
+    ((attempts, audio, timeouts),) = state.query(
+        "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(duration), 0), "
+        "COALESCE(SUM(timeout_retries), 0) FROM items"
+    )
+    errors = state.query(
+        "SELECT COALESCE(err_code, substr(error, 1, 80)), COUNT(*) FROM items "
+        "WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
+    )
+    counts = state.counts()
+    return {
+        "state": str(state.path),
+        "total": sum(counts.values()),
+        "counts": counts,
+        "attempts": int(attempts),
+        "timeout_retries": int(timeouts),
+        "audio_hours": round(float(audio) / 3600, 4),
+        "errors": [{"error": redact_text(str(e)), "count": n} for e, n in errors],
+        "last_run": _last_run(state),
+    }
+
+
+def _last_run(state: State) -> dict[str, Any] | None:
+    rows = state.query(
+        "SELECT id, started_at, finished_at, exit_code, host, pid FROM runs "
+        "ORDER BY id DESC LIMIT 1"
+    )
+    if not rows:
+        return None
+    run_id, started, finished, exit_code, host, pid = rows[0]
+    return {
+        "id": run_id,
+        "started_at": started,
+        "finished_at": finished,
+        "exit_code": exit_code,
+        "host": host,
+        "pid": pid,
+    }
+
+
+def format_status(summary: dict[str, Any]) -> str:
+    """The human-readable status table."""
+    counts = summary["counts"]
+    lines = [f"state: {summary['state']}", f"items: {summary['total']}"]
+    lines += [f"  {name:<8} {counts[name]}" for name in counts]
+    lines.append(f"attempts: {summary['attempts']}")
+    if summary["timeout_retries"]:
+        lines.append(
+            f"retries after a timeout (possibly billed twice): {summary['timeout_retries']}"
+        )
+    lines.append(f"audio transcribed: {summary['audio_hours']:.2f} h")
+    if summary["errors"]:
+        lines.append("errors:")
+        lines += [f"  {e['count']:>6}  {e['error']}" for e in summary["errors"]]
+    run = summary["last_run"]
+    if run:
+        state = "running or crashed" if run["finished_at"] is None else f"exit {run['exit_code']}"
+        lines.append(f"last run: #{run['id']} ({state})")
+    return "\n".join(lines)

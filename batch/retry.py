@@ -1,0 +1,195 @@
+"""Pure retry decisions: what an answer from Deepgram means for the item and the run.
+
+Deepgram's docs sort errors into "may succeed if retried" (408, 429, 499, 5xx) and
+"need a changed request" (400, 404, 411, 413, 414, 415); 401/402/403 mean the key or
+the account is refused, so retrying any item is pointless. ``Retry-After`` is not
+documented by Deepgram: honour it when present, never depend on it.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from enum import StrEnum
+from typing import Any
+
+Response = dict[str, Any]
+
+RETRYABLE_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504})
+FATAL_STATUSES = frozenset({401, 402, 403})
+MAX_RETRY_AFTER = 600.0
+
+
+class Action(StrEnum):
+    """What the runner does next with an item."""
+
+    #: the response is a transcript: write the outputs
+    SUCCEED = "succeed"
+    #: try again after a delay
+    RETRY = "retry"
+    #: the item fails permanently; the run goes on
+    FAIL = "fail"
+    #: the key or account is refused: stop dispatching, exit 3
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The classification of one attempt, with what to record about it."""
+
+    action: Action
+    reason: str = ""
+    err_code: str | None = None
+    request_id: str | None = None
+    retry_after: float | None = None
+    #: the parsed transcript, for SUCCEED (parsed once, here)
+    response: dict[str, Any] | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """The useful parts of a Deepgram error body, whatever its shape."""
+
+    code: str | None
+    message: str | None
+    request_id: str | None
+
+
+def parse_error_body(body: bytes) -> ErrorBody:
+    """Read ``err_code``/``err_msg``/``request_id`` from any of Deepgram's error shapes.
+
+    Bodies come as ``{err_code, err_msg}``, ``{error_code, err_msg}`` (503),
+    ``{category, message, details}`` (invalid JSON) or plain text/HTML from a gateway.
+    """
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        data = None
+    if not isinstance(data, dict):
+        text = body[:200].decode("utf-8", "replace").strip()
+        return ErrorBody(None, " ".join(text.split()) or None, None)
+    code = _first_str(data, "err_code", "error_code", "category")
+    message = _first_str(data, "err_msg", "message", "reason", "error")
+    return ErrorBody(code, message, _first_str(data, "request_id"))
+
+
+def _first_str(data: dict[str, Any], *keys: str) -> str | None:
+    for key in keys:
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
+
+
+def parse_transcript(body: bytes) -> dict[str, Any] | None:
+    """The parsed response when a 200 body is a Deepgram transcript (not truncated,
+    not garbage, not a callback acknowledgement), else None."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    results, metadata = data.get("results"), data.get("metadata")
+    if isinstance(results, dict) and isinstance(metadata, dict):
+        return data
+    return None
+
+
+def classify_response(
+    status: int, body: bytes, retry_after: str | None = None, *, now: datetime | None = None
+) -> Decision:
+    """Classify an HTTP answer from ``/v1/listen``."""
+    if status == 200:
+        response = parse_transcript(body)
+        if response is not None:
+            return Decision(Action.SUCCEED, response=response)
+        return Decision(Action.RETRY, "200 with a body that is not a Deepgram transcript")
+    err = parse_error_body(body)
+    reason = _status_reason(status, err)
+    if status in FATAL_STATUSES:
+        action = Action.FATAL
+    elif status in RETRYABLE_STATUSES:
+        action = Action.RETRY
+    elif 400 <= status < 500:
+        action = Action.FAIL
+    else:
+        action = Action.RETRY
+    delay = parse_retry_after(retry_after, now=now) if action is Action.RETRY else None
+    return Decision(action, reason, err.code, err.request_id, delay)
+
+
+def classify_exception(exc: BaseException) -> Decision:
+    """Classify a transport failure (connection refused/reset, timeout): always retryable."""
+    return Decision(Action.RETRY, describe_exception(exc))
+
+
+def describe_exception(exc: BaseException) -> str:
+    """A short, key-free description of a transport error for the report."""
+    text = str(exc).strip()
+    lowered = text.lower()
+    if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
+        return f"connection refused: {text}" if text else "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timeout: no complete answer in time"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
+
+
+def _status_reason(status: int, err: ErrorBody) -> str:
+    parts = [f"HTTP {status}"]
+    if err.code:
+        parts.append(err.code)
+    text = " ".join(parts)
+    return f"{text}: {err.message}" if err.message else text
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` value (delta-seconds or HTTP-date), or None."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    seconds: float | None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = _seconds_until(value, now)
+    if seconds is None or seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+def _seconds_until(value: str, now: datetime | None) -> float | None:
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return (when - (now or datetime.now(UTC))).total_seconds()
+
+
+def backoff(
+    attempt: int, *, base: float = 1.0, cap: float = 60.0, rng: random.Random | None = None
+) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**(attempt-1))]."""
+    exponent = max(attempt - 1, 0)
+    ceiling = cap if exponent >= 64 else min(cap, base * (2.0**exponent))
+    return (rng or random).uniform(0.0, ceiling)
+
+
+def retry_delay(
+    decision: Decision,
+    attempt: int,
+    *,
+    base: float = 1.0,
+    cap: float = 60.0,
+    rng: random.Random | None = None,
+) -> float:
+    """How long to wait before the next attempt: ``Retry-After`` wins, else backoff."""
+    if decision.retry_after is not None:
+        return decision.retry_after
+    return backoff(attempt, base=base, cap=cap, rng=rng)

@@ -1,0 +1,393 @@
+"""The worker pool: claim items from the state, send them, write outputs, record results.
+
+Shutdown is one code path: a signal, a fatal API answer or an output failure sets a
+stop reason and closes the limiter; nothing new is dispatched, in-flight requests
+finish (or, after the grace period, are cancelled), every unfinished item goes back
+to ``pending`` and the buffered results are committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import random
+import signal
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from batch import retry
+from batch.client import Answer, DeepgramClient, TransportError
+from batch.errors import BatchError, FatalApiError, Interrupted, ItemError, OutputError
+from batch.formats import render_all
+from batch.limiter import AdaptiveLimit
+from batch.media import Sender
+from batch.models import ItemKind, ItemStatus
+from batch.outputs import OutputMeta, OutputSink
+from batch.progress import Progress
+from batch.redact import redact_text
+from batch.retry import Action, Decision
+from batch.state import Result, State, WorkItem
+
+log = logging.getLogger("dgbatch")
+
+FLUSH_INTERVAL = 0.2
+Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+
+@dataclass(frozen=True)
+class RunnerSettings:
+    """The knobs the pool needs (a subset of ``RunConfig``)."""
+
+    concurrency: int = 10
+    max_retries: int = 5
+    formats: tuple[str, ...] = ("json", "txt")
+    backoff_base: float = 1.0
+    backoff_cap: float = 60.0
+    grace: float = 30.0
+    adaptive: bool = True
+
+
+@dataclass
+class RunStats:
+    """What this run did (the state holds the totals)."""
+
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    retries: int = 0
+    timeout_retries: int = 0
+    recovered: int = 0
+    audio_seconds: float = 0.0
+    stop_reason: BatchError | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+class Runner:
+    """One run of the pool over a planned state."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        state: State,
+        client: DeepgramClient,
+        sink: OutputSink,
+        senders: dict[ItemKind, Sender],
+        progress: Progress,
+        *,
+        run_id: int,
+        secret_sources: dict[str, str] | None = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.client = client
+        self.sink = sink
+        self.senders = senders
+        self.progress = progress
+        self.run_id = run_id
+        self.secret_sources = secret_sources or {}
+        self.stats = RunStats()
+        self.limit = AdaptiveLimit(
+            settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
+        )
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._stopped = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._signals = 0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> RunStats:
+        """Recover a crashed run's items, then dispatch until the queue is empty or a stop."""
+        flusher = asyncio.create_task(self._flush_periodically())
+        self._install_signals()
+        try:
+            await self.recover()
+            counts = await asyncio.to_thread(self.state.counts)
+            self.progress.start(sum(counts.values()), counts["done"] + counts["failed"])
+            if self.settings.adaptive:
+                self.progress.limit_changed(self.limit.limit)
+            await self._dispatch()
+            await self._drain()
+        finally:
+            self._remove_signals()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            await asyncio.to_thread(self.state.release_running)
+            self.progress.close()
+        return self.stats
+
+    def stop(self, reason: BatchError) -> None:
+        """Stop dispatching; the first reason wins."""
+        if self.stats.stop_reason is None:
+            self.stats.stop_reason = reason
+        self._stopped.set()
+        self.limit.close()
+
+    @property
+    def stopping(self) -> bool:
+        """True once anything asked the run to stop."""
+        return self._stopped.is_set()
+
+    async def recover(self) -> None:
+        """Items a crashed run left ``running``: adopt outputs it wrote after claiming them
+        (so they are not paid for twice), put the rest back to ``pending``."""
+        leftovers = await asyncio.to_thread(self.state.running)
+        for item in leftovers:
+            meta = OutputMeta(item.source, item.fingerprint)
+            body = await self.sink.find_complete(
+                item.out_name, self.settings.formats, meta, item.claimed_at
+            )
+            response = retry.parse_transcript(body) if body else None
+            if response is not None:
+                self.stats.recovered += 1
+                self.state.record(self._done_result(item, item.attempts, response, ()))
+            else:
+                self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+        await asyncio.to_thread(self.state.flush)
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    async def _dispatch(self) -> None:
+        queue: deque[WorkItem] = deque()
+        cursor = 0
+        while await self.limit.acquire():
+            if not queue:
+                batch = await asyncio.to_thread(
+                    self.state.claim, self.settings.concurrency, cursor, self.run_id
+                )
+                if not batch:
+                    self.limit.release()
+                    break
+                cursor = batch[-1].rowid
+                queue.extend(batch)
+            task = asyncio.create_task(self._work(queue.popleft()))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        for item in queue:
+            self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+
+    async def _drain(self) -> None:
+        """Wait for in-flight items; after a signal, only for the grace period."""
+        if not self._tasks:
+            return
+        if isinstance(self.stats.stop_reason, Interrupted):
+            _, late = await asyncio.wait(set(self._tasks), timeout=self.settings.grace)
+            for task in late:
+                task.cancel()
+        while self._tasks:
+            await asyncio.wait(set(self._tasks))
+
+    # -- one item --------------------------------------------------------------------------
+
+    async def _work(self, item: WorkItem) -> None:
+        try:
+            result = await self._process(item)
+        except asyncio.CancelledError:
+            self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+            raise
+        except OutputError as exc:
+            self.stop(exc)
+            result = Result(item.id, ItemStatus.PENDING, item.attempts)
+        except Exception as exc:  # a bug must cost one item, not the run
+            log.debug("unexpected error on %s", item.source, exc_info=True)
+            error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
+            result = Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        finally:
+            self.limit.release()
+        self._record(result)
+
+    def _record(self, result: Result) -> None:
+        self.state.record(result)
+        if result.status is ItemStatus.DONE:
+            self.stats.done += 1
+            self.stats.audio_seconds += result.duration or 0.0
+            self.progress.item_finished(True, result.duration)
+        elif result.status is ItemStatus.FAILED:
+            self.stats.failed += 1
+            kind = result.err_code or (result.error or "error").split(":")[0]
+            self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
+            self.progress.item_finished(False, None)
+
+    async def _process(self, item: WorkItem) -> Result:
+        source = self.secret_sources.get(item.id, item.source)
+        sender = self.senders.get(item.kind)
+        if sender is None:
+            error = f"{item.source}: no sender for {item.kind.value} items in this run"
+            return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        attempts, timeouts = item.attempts, 0
+        for tries in range(1, self.settings.max_retries + 2):
+            attempts += 1
+            try:
+                answer, decision = await self._attempt(sender, item, source)
+            except ItemError as exc:
+                return Result(
+                    item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
+                )
+            except TransportError as exc:
+                answer, decision = None, retry.classify_exception(exc)
+                timeouts += exc.timeout and exc.body_sent
+            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts)
+            if outcome is not None:
+                return outcome
+        raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    async def _attempt(
+        self, sender: Sender, item: WorkItem, source: str
+    ) -> tuple[Answer, Decision]:
+        self.stats.sent += 1
+        answer = await sender(self.client, item, source)
+        return answer, retry.classify_response(answer.status, answer.body, answer.retry_after)
+
+    async def _decide(
+        self,
+        item: WorkItem,
+        attempts: int,
+        tries: int,
+        answer: Answer | None,
+        decision: Decision,
+        timeouts: int,
+    ) -> Result | None:
+        """The result of the item, or None to try again (after sleeping here)."""
+        status = answer.status if answer is not None else None
+        request_id = decision.request_id or (answer.request_id if answer else None)
+        if decision.action is Action.SUCCEED and decision.response is not None:
+            self.limit.on_success()
+            outputs = await self._write_outputs(item, answer, decision.response)
+            result = self._done_result(item, attempts, decision.response, outputs)
+            return _with_timeouts(result, timeouts)
+        if decision.action is Action.FATAL:
+            self.stop(FatalApiError(_fatal_message(decision)))
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        failed = Result(
+            item.id,
+            ItemStatus.FAILED,
+            attempts,
+            status,
+            decision.reason,
+            decision.err_code,
+            request_id,
+            timeout_retries=timeouts,
+        )
+        if decision.action is Action.FAIL:
+            return failed
+        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed)
+
+    async def _retry_or_give_up(
+        self,
+        item: WorkItem,
+        attempts: int,
+        tries: int,
+        status: int | None,
+        decision: Decision,
+        failed: Result,
+    ) -> Result | None:
+        if status == 429:
+            self.limit.on_throttle()
+        if tries > self.settings.max_retries:
+            error = f"{decision.reason} (gave up after {tries} attempts)"
+            return dataclasses.replace(failed, error=error)
+        if self.stopping:
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        self.stats.retries += 1
+        self.stats.timeout_retries += failed.timeout_retries and 1
+        self.progress.retried()
+        delay = retry.retry_delay(
+            decision,
+            tries,
+            base=self.settings.backoff_base,
+            cap=self.settings.backoff_cap,
+            rng=self._rng,
+        )
+        log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
+        await self._sleep_unless_stopped(delay)
+        if self.stopping:
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        return None
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        sleeper = asyncio.create_task(self._sleep(delay))
+        stopper = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+
+    async def _write_outputs(
+        self, item: WorkItem, answer: Answer | None, response: retry.Response
+    ) -> list[str]:
+        body = answer.body if answer is not None else b""
+        files = render_all(self.settings.formats, body, response)
+        return await self.sink.write(
+            item.out_name, files, OutputMeta(item.source, item.fingerprint)
+        )
+
+    def _done_result(
+        self,
+        item: WorkItem,
+        attempts: int,
+        response: retry.Response,
+        outputs: list[str] | tuple[str, ...],
+    ) -> Result:
+        metadata = response.get("metadata") or {}
+        duration = metadata.get("duration")
+        return Result(
+            item.id,
+            ItemStatus.DONE,
+            attempts,
+            200,
+            request_id=metadata.get("request_id"),
+            duration=float(duration) if isinstance(duration, int | float) else None,
+            outputs=tuple(outputs),
+        )
+
+    # -- plumbing --------------------------------------------------------------------------
+
+    async def _flush_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL)
+            if self.state.pending_results():
+                await asyncio.to_thread(self.state.flush)
+
+    def _install_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def _remove_signals(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        self._signals += 1
+        name = signal.Signals(sig).name
+        self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))
+        log.warning("%s: finishing %d in-flight item(s)…", name, len(self._tasks))
+        if self._signals > 1:
+            for task in list(self._tasks):
+                task.cancel()
+
+
+def _with_timeouts(result: Result, timeouts: int) -> Result:
+    return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
+
+
+def _fatal_message(decision: Decision) -> str:
+    return (
+        f"Deepgram refused the API key ({decision.reason}); "
+        "nothing more was sent and unfinished items stay pending: "
+        "fix the key or the account, then run the same command again"
+    )

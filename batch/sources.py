@@ -1,0 +1,427 @@
+"""Expand SOURCE arguments into a lazy stream of Items.
+
+A source is a file, a folder (walked recursively), an ``http(s)://`` URL, an
+``s3://`` key or prefix (expanded by a hook, see :data:`S3Expander`), a manifest
+or ``-`` for a list on stdin. Everything is a generator so that a million-line
+manifest or a huge folder is planned in constant memory.
+
+Two kinds of failure, on purpose:
+- an unusable *argument* (missing path, unknown scheme, empty folder) raises
+  :class:`~batch.errors.SourceError`: the user must fix the command (exit 2);
+- a bad *entry* inside a manifest or folder becomes an ``Item`` with ``error``
+  set, so it is recorded as failed and the rest of the batch still runs.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import stat
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TextIO
+from urllib.parse import unquote, urlsplit
+
+from batch.errors import SourceError
+from batch.models import Filters, Item, ItemKind, Params
+from batch.naming import AUDIO_EXTENSIONS
+from batch.redact import redact_source, redact_url
+
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "S3Expander",
+    "expand_sources",
+    "item_for_source",
+    "scheme_of",
+]
+
+#: Expands ``s3://bucket/key`` or ``s3://bucket/prefix/`` into Items (``batch.s3``).
+S3Expander = Callable[[str, Filters], Iterator[Item]]
+
+#: A file argument with one of these suffixes is read as a list of sources.
+MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".list", ".jsonl", ".ndjson", ".csv"})
+
+# Query keys that change every time a presigned URL is minted (expiry, date) but
+# do not change what it points at; blanking them keeps a URL item's id stable.
+_VOLATILE_QUERY_KEYS = frozenset(
+    {"x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st"}
+)
+
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
+# One pass validates and splits an http(s) URL: it is the per-line cost of a
+# million-line manifest, and ``urlsplit`` alone would be most of it. No
+# whitespace or control characters anywhere, a non-empty host.
+_HTTP_URL_RE = re.compile(
+    r"(?i:https?)://"
+    r"(?:[^\s\x00-\x1f\x7f/?#]*@)?"  # userinfo (may itself hold "@"; the last one wins)
+    r"(?P<host>\[[0-9A-Za-z:.%]+\]|[^\s\x00-\x1f\x7f/?#@:\[\]]+)"
+    r"(?::[0-9]*)?"
+    r"(?P<path>/[^\s\x00-\x1f\x7f?#]*)?"
+    r"(?:\?[^\s\x00-\x1f\x7f#]*)?"
+    r"(?:#[^\s\x00-\x1f\x7f]*)?"
+)
+
+
+def scheme_of(source: str) -> str:
+    """Return the lowercased ``scheme`` of ``scheme://...``, or ``""`` for a path."""
+    match = _SCHEME_RE.match(source)
+    return match.group(1).lower() if match else ""
+
+
+def _url_problem(url: str) -> str:
+    """Say why ``url`` did not parse, for the failed item's message."""
+    if _BAD_URL_CHAR_RE.search(url):
+        return "URL contains whitespace or control characters"
+    return "malformed URL or no host"
+
+
+def _url_name(match: re.Match[str]) -> str:
+    """Name a URL item after its path (``https://h/pod/ep1.mp3?x`` → ``pod/ep1.mp3``)."""
+    return unquote(match.group("path") or "").lstrip("/") or match.group("host")
+
+
+def _url_id(url: str) -> str:
+    """Key a URL item by its redacted URL, so re-signing a presigned URL keeps the id."""
+    if "?" not in url and "@" not in url and "#" not in url:
+        return url
+    return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
+
+
+def _error_item(
+    item_id: str, source: str, name: str, reason: str, origin: str, params: Params = ()
+) -> Item:
+    """Build an item that is already failed; its message names where it came from."""
+    message = f"{origin}: {reason}" if origin else reason
+    return Item(
+        id=item_id,
+        source=redact_source(source),
+        kind=ItemKind.FILE,
+        name=name,
+        params=params,
+        error=message,
+        origin=origin,
+    )
+
+
+def _url_item(url: str, name_hint: str | None, params: Params, origin: str) -> Item:
+    """Build a URL item, or a failed one when Deepgram could not fetch it."""
+    item_id = f"id:{name_hint}" if name_hint is not None else _url_id(url)
+    match = _HTTP_URL_RE.fullmatch(url)
+    if match is None:
+        shown = redact_source(url)
+        reason = f"{shown}: {_url_problem(url)}"
+        return _error_item(item_id, url, name_hint or shown, reason, origin, params)
+    name = name_hint if name_hint is not None else _url_name(match)
+    return Item(id=item_id, source=url, kind=ItemKind.URL, name=name, params=params, origin=origin)
+
+
+def _file_url_path(url: str) -> str | None:
+    """Turn ``file:///abs/path`` into ``/abs/path``; None unless it names a local file."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    if parts.netloc not in ("", "localhost") or not parts.path:
+        return None
+    return unquote(parts.path)
+
+
+def _relative_name(path: str, base: str) -> str:
+    """Name a file by its path under ``base``, or by its basename when outside it."""
+    prefix = base if base.endswith(os.sep) else base + os.sep
+    if path.startswith(prefix):
+        return path[len(prefix) :].replace(os.sep, "/")
+    return os.path.basename(path)
+
+
+def _stat_problem(st: os.stat_result) -> str | None:
+    """Say why a stat'ed path cannot be uploaded, or None if it can."""
+    if stat.S_ISDIR(st.st_mode):
+        return "is a directory (list files, not folders, in a manifest)"
+    if not stat.S_ISREG(st.st_mode):
+        return "not a regular file"
+    return None
+
+
+def _file_item(
+    path: str, *, base: Path, name_hint: str | None, params: Params, origin: str
+) -> Item:
+    """Build a FILE item from an absolute path, stat'ing it once for size and fingerprint."""
+    item_id = f"id:{name_hint}" if name_hint is not None else path
+    name = name_hint if name_hint is not None else _relative_name(path, os.path.abspath(base))
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return _error_item(item_id, path, name, f"{path}: no such file", origin, params)
+    except OSError as exc:
+        return _error_item(item_id, path, name, f"{path}: {exc.strerror}", origin, params)
+    problem = _stat_problem(st)
+    if problem is not None:
+        return _error_item(item_id, path, name, f"{path}: {problem}", origin, params)
+    return Item(
+        id=item_id,
+        source=path,
+        kind=ItemKind.FILE,
+        name=name,
+        params=params,
+        size=st.st_size,
+        fingerprint=f"{st.st_size}:{st.st_mtime_ns}",
+        origin=origin,
+    )
+
+
+def _absolute(source: str, base: Path) -> str:
+    """Resolve a path as written in a manifest: ``~`` expanded, relative to ``base``."""
+    return os.path.abspath(os.path.join(base, os.path.expanduser(source)))
+
+
+def item_for_source(
+    source: str,
+    *,
+    base: Path,
+    name_hint: str | None = None,
+    params: Params = (),
+    origin: str = "",
+) -> Item:
+    """Turn one written source into one Item; never raises.
+
+    A problem (missing file, bad URL, unsupported scheme) comes back as an Item
+    with ``error`` set, so one bad manifest line cannot stop a run. ``s3://``
+    sources need the S3 hook and are handled by the callers that have it.
+
+    Args:
+        source: a path (relative to ``base``), ``file://``, ``http(s)://`` URL.
+        base: folder relative paths are resolved against (the manifest's folder).
+        name_hint: an explicit id from a manifest; it names the outputs and keys
+            the state as ``id:<hint>``, so it survives the file moving.
+        params: the item's own params layer (merged later over the defaults).
+        origin: where the source was written, e.g. ``urls.txt:12``.
+    """
+    scheme = scheme_of(source)
+    if scheme in ("http", "https"):
+        return _url_item(source, name_hint, params, origin)
+    local = _file_url_path(source) if scheme == "file" else None
+    if local is not None:
+        return _file_item(local, base=base, name_hint=name_hint, params=params, origin=origin)
+    if scheme:
+        shown = redact_source(source)
+        item_id = f"id:{name_hint}" if name_hint is not None else shown
+        problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
+        return _error_item(
+            item_id, source, name_hint or shown, f"{shown}: {problem}", origin, params
+        )
+    path = _absolute(source, base)
+    return _file_item(path, base=base, name_hint=name_hint, params=params, origin=origin)
+
+
+def _normalised_extensions(filters: Filters) -> frozenset[str]:
+    """Accept ``wav``, ``.WAV`` or ``.wav`` from the CLI; default to every audio extension."""
+    if not filters.extensions:
+        return AUDIO_EXTENSIONS
+    return frozenset("." + ext.lower().lstrip(".") for ext in filters.extensions if ext)
+
+
+def _glob_matcher(globs: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
+    """Compile globs into one regex; None when there are no globs."""
+    if not globs:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match
+
+
+class _WalkRules:
+    """Which entries of a folder walk are taken, decided once per walk."""
+
+    __slots__ = ("exclude", "extensions", "include")
+
+    def __init__(self, filters: Filters) -> None:
+        self.extensions = _normalised_extensions(filters)
+        self.include = _glob_matcher(filters.include)
+        self.exclude = _glob_matcher(filters.exclude)
+
+    def prunes(self, rel: str, name: str) -> bool:
+        """Tell whether a sub-folder is excluded as a whole (``--exclude .git``)."""
+        return self.exclude is not None and bool(self.exclude(rel) or self.exclude(name))
+
+    def takes(self, rel: str, name: str) -> bool:
+        """Tell whether a file is audio and passes ``--include``/``--exclude``."""
+        if os.path.splitext(name)[1].lower() not in self.extensions:
+            return False
+        if self.include is not None and not (self.include(rel) or self.include(name)):
+            return False
+        return not (self.exclude is not None and (self.exclude(rel) or self.exclude(name)))
+
+
+def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
+    """List one folder sorted by name: the same tree always yields the same order."""
+    with os.scandir(path) as entries:
+        return sorted(entries, key=lambda entry: entry.name)
+
+
+def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
+    """Build the item of a file found by a walk: id is its path, name its path in the walk."""
+    path = os.path.abspath(entry.path)
+    try:
+        st = entry.stat()
+    except OSError as exc:
+        reason = "broken symlink" if isinstance(exc, FileNotFoundError) else exc.strerror
+        return _error_item(path, path, rel, f"{path}: {reason}", origin)
+    if not stat.S_ISREG(st.st_mode):
+        return _error_item(path, path, rel, f"{path}: not a regular file", origin)
+    size = st.st_size
+    return Item(
+        id=path,
+        source=path,
+        kind=ItemKind.FILE,
+        name=rel,
+        size=size,
+        fingerprint=f"{size}:{st.st_mtime_ns}",
+        origin=origin,
+    )
+
+
+def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
+    """Tell files (and links to files) from links to folders, which the walk skips."""
+    return not (entry.is_symlink() and entry.is_dir())
+
+
+def _walk(root: str, rules: _WalkRules, origin: str) -> Iterator[Item]:
+    """Walk a folder depth-first in sorted order, one listing in memory per level.
+
+    Symlinked folders are not followed (no loops, no walking out of the tree);
+    symlinked files are. A sub-folder that cannot be listed becomes a failed
+    item instead of stopping the walk.
+    """
+    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", iter(_sorted_entries(root)))]
+    while stack:
+        prefix, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        rel = prefix + entry.name
+        if entry.is_dir(follow_symlinks=False):
+            if rules.prunes(rel, entry.name):
+                continue
+            try:
+                stack.append((rel + "/", iter(_sorted_entries(entry.path))))
+            except OSError as exc:
+                path = os.path.abspath(entry.path)
+                yield _error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
+        elif _is_walkable_file(entry) and rules.takes(rel, entry.name):
+            yield _walk_item(entry, rel, origin)
+
+
+def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
+    """Yield a folder's audio files, failing (after the walk) if there were none."""
+    rules = _WalkRules(filters)
+    try:
+        walker = _walk(arg, rules, redact_source(arg))
+        first = next(walker, None)
+    except OSError as exc:
+        msg = f"{arg}: cannot read directory: {exc.strerror}"
+        raise SourceError(msg) from exc
+    if first is None:
+        shown = ", ".join(sorted(rules.extensions))
+        msg = f"{arg}: no audio files found (extensions: {shown})"
+        raise SourceError(msg)
+    yield first
+    yield from walker
+
+
+def _checked(item: Item) -> Item:
+    """Turn a failed item from a command-line argument into a usage error."""
+    if item.error is not None:
+        raise SourceError(item.error)
+    return item
+
+
+def _expand_path(arg: str, path: str, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
+    """Expand a path argument: folder, manifest or a single file named explicitly."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        msg = f"{arg}: no such file or directory"
+        raise SourceError(msg) from None
+    except OSError as exc:
+        msg = f"{arg}: {exc.strerror}"
+        raise SourceError(msg) from exc
+    if stat.S_ISDIR(st.st_mode):
+        yield from _expand_dir(path, filters)
+        return
+    if os.path.splitext(path)[1].lower() in MANIFEST_SUFFIXES:
+        # Imported here because manifests builds its items with item_for_source.
+        from batch.manifests import iter_manifest
+
+        yield from iter_manifest(Path(path), s3=s3, filters=filters)
+        return
+    yield _checked(item_for_source(path, base=Path.cwd(), origin=redact_source(arg)))
+
+
+def _expand_stdin(stdin: TextIO | None, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
+    """Read ``-`` as a plain-text manifest; bytes when possible, so bad UTF-8 spoils one line."""
+    from batch.manifests import iter_lines_manifest, iter_manifest_stream
+
+    stream = sys.stdin if stdin is None else stdin
+    binary = getattr(stream, "buffer", None)
+    if binary is not None:
+        yield from iter_manifest_stream(
+            binary, base=Path.cwd(), origin="<stdin>", s3=s3, filters=filters
+        )
+    else:
+        yield from iter_lines_manifest(stream, Path.cwd(), "<stdin>", s3=s3, filters=filters)
+
+
+def _expand_s3(arg: str, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
+    """Hand ``s3://`` to the S3 hook; without one, S3 is a usage error."""
+    if s3 is None:
+        msg = f"{redact_source(arg)}: S3 support is not configured"
+        raise SourceError(msg)
+    yield from s3(arg, filters)
+
+
+def _expand_one(
+    arg: str, filters: Filters, stdin: TextIO | None, s3: S3Expander | None
+) -> Iterator[Item]:
+    """Expand a single SOURCE argument by what it looks like."""
+    if arg == "-":
+        return _expand_stdin(stdin, filters, s3)
+    scheme = scheme_of(arg)
+    if scheme == "s3":
+        return _expand_s3(arg, filters, s3)
+    if scheme in ("http", "https"):
+        return iter((_checked(item_for_source(arg, base=Path.cwd(), origin=redact_source(arg))),))
+    local = _file_url_path(arg) if scheme == "file" else None
+    if local is not None:
+        return _expand_path(arg, local, filters, s3)
+    if scheme:
+        problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
+        msg = (
+            f"{redact_source(arg)}: {problem} (expected a path, a manifest, -, http(s):// or s3://)"
+        )
+        raise SourceError(msg)
+    return _expand_path(arg, os.path.expanduser(arg), filters, s3)
+
+
+def expand_sources(
+    args: Sequence[str],
+    filters: Filters,
+    stdin: TextIO | None = None,
+    *,
+    s3: S3Expander | None = None,
+) -> Iterator[Item]:
+    """Yield the Items of every SOURCE argument, in order, lazily.
+
+    Args:
+        args: SOURCE arguments as typed on the command line.
+        filters: ``--include``/``--exclude``/extensions for folders and S3 prefixes.
+        stdin: where ``-`` reads from (``sys.stdin`` when None).
+        s3: the S3 expander; ``s3://`` arguments fail with a usage error without it.
+
+    Raises:
+        SourceError: while iterating, when an argument cannot be used at all.
+    """
+    for arg in args:
+        yield from _expand_one(arg, filters, stdin, s3)

@@ -1,0 +1,437 @@
+"""The SQLite state file: the run's queue, its memory across crashes, and the report's source.
+
+WAL mode with ``synchronous=NORMAL``: a commit is a write to the WAL, not an fsync,
+so it survives ``kill -9`` (the OS has the bytes) and costs little; a power cut may
+lose the last few commits but never corrupts the file. Claims are committed before
+any request is sent, so an item can only be re-sent after a crash if it was in
+flight. Results are buffered and committed in groups by the runner's flusher.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from batch import migrations
+from batch.errors import StateError, StateLocked
+from batch.models import Item, ItemKind, ItemStatus, Params
+from batch.naming import disambiguate, name_variants, safe_name
+from batch.redact import redact_source, redact_text
+
+PLAN_BATCH = 5000
+MAGIC = "dgbatch-state"
+
+_UPSERT = """
+INSERT INTO items (id, source, kind, name, out_stem, out_full, params, status, error,
+                   size, fingerprint, created_at, updated_at, run_id)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    source = excluded.source,
+    kind = excluded.kind,
+    params = excluded.params,
+    size = excluded.size,
+    status = CASE
+        WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
+        WHEN items.fingerprint != excluded.fingerprint THEN 'pending'
+        WHEN items.status = 'failed' AND ? THEN 'pending'
+        ELSE items.status END,
+    error = CASE
+        WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
+        WHEN items.fingerprint != excluded.fingerprint THEN NULL
+        WHEN items.status = 'failed' AND ? THEN NULL
+        ELSE items.error END,
+    attempts = CASE
+        WHEN items.fingerprint != excluded.fingerprint THEN 0
+        WHEN items.status = 'failed' AND ? THEN 0
+        ELSE items.attempts END,
+    fingerprint = excluded.fingerprint,
+    updated_at = CASE
+        WHEN items.fingerprint != excluded.fingerprint OR (items.status = 'failed' AND ?)
+        THEN excluded.updated_at ELSE items.updated_at END
+"""
+
+_COLUMNS = (
+    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """An item as the runner sees it: claimed from the state, ready to send."""
+
+    rowid: int
+    id: str
+    source: str
+    kind: ItemKind
+    out_name: str
+    params: Params
+    attempts: int
+    size: int | None
+    fingerprint: str
+    claimed_at: float | None
+    status: ItemStatus
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a run learned about one item; buffered, then committed in a group."""
+
+    id: str
+    status: ItemStatus
+    attempts: int
+    http_status: int | None = None
+    error: str | None = None
+    err_code: str | None = None
+    request_id: str | None = None
+    duration: float | None = None
+    outputs: tuple[str, ...] = ()
+    timeout_retries: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStats:
+    """How many items a run planned, and how many broken inputs it recorded as failed."""
+
+    seen: int
+    broken: int
+
+
+class State:
+    """One open state file. Thread-safe: every call holds the connection's lock."""
+
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_file: IO[str] | None) -> None:
+        self.path = path
+        self._db = db
+        self._lock_file = lock_file
+        self._mutex = threading.Lock()
+        self._buffer: list[Result] = []
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: Path, *, readonly: bool = False) -> State:
+        """Open (creating if needed) and lock a state file; refuse anything that is not ours."""
+        if readonly:
+            if not path.exists():
+                raise StateError(f"{path}: no such state file")
+            return cls(path, _connect(path, readonly=True), None)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"{path}: cannot create state folder: {exc.strerror}") from exc
+        lock_file = _take_lock(path)
+        try:
+            db = _connect(path, readonly=False)
+            _prepare(db, path)
+        except BaseException:
+            lock_file.close()
+            raise
+        return cls(path, db, lock_file)
+
+    def close(self) -> None:
+        """Commit what is buffered and release the lock."""
+        with self._mutex:
+            if self._lock_file is not None:
+                self._flush_locked()
+            self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def start_run(self, command: str) -> int:
+        """Record a new run and return its id."""
+        with self._mutex, self._db:
+            cur = self._db.execute(
+                "INSERT INTO runs (started_at, pid, host, command) VALUES (?, ?, ?, ?)",
+                (time.time(), os.getpid(), socket.gethostname(), command),
+            )
+            return int(cur.lastrowid or 0)
+
+    def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
+        """Record how a run ended."""
+        with self._mutex, self._db:
+            self._db.execute(
+                "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE id = ?",
+                (time.time(), exit_code, json.dumps(summary), run_id),
+            )
+
+    # -- planning ------------------------------------------------------------------------
+
+    def plan(self, items: Iterable[Item], *, run_id: int, retry_failed: bool = False) -> PlanStats:
+        """Upsert items in large transactions; done items whose fingerprint changed go back
+        to pending, failed ones only with ``retry_failed``."""
+        seen = broken = 0
+        batch: list[tuple[object, ...]] = []
+        for item in items:
+            seen += 1
+            broken += item.error is not None
+            batch.append(_plan_row(item, run_id, retry_failed))
+            if len(batch) >= PLAN_BATCH:
+                self._upsert(batch)
+                batch = []
+        if batch:
+            self._upsert(batch)
+        return PlanStats(seen, broken)
+
+    def _upsert(self, rows: list[tuple[object, ...]]) -> None:
+        with self._mutex, self._db:
+            self._db.executemany(_UPSERT, rows)
+
+    def assign_names(self) -> None:
+        """Give every new item a unique output name: the stem, or the stem with its
+        extension when another item shares the stem, or a hashed name as a last resort."""
+        with self._mutex, self._db:
+            db = self._db
+            db.execute("DROP TABLE IF EXISTS temp.shared_stems")
+            db.execute(
+                "CREATE TEMP TABLE shared_stems AS SELECT out_stem FROM items "
+                "GROUP BY out_stem HAVING COUNT(*) > 1"
+            )
+            db.execute(
+                "UPDATE items SET out_name = CASE WHEN out_stem IN "
+                "(SELECT out_stem FROM temp.shared_stems) THEN out_full ELSE out_stem END "
+                "WHERE out_name IS NULL"
+            )
+            self._break_name_ties()
+
+    def _break_name_ties(self) -> None:
+        while True:
+            ties = self._db.execute(
+                "SELECT out_name FROM items GROUP BY out_name HAVING COUNT(*) > 1"
+            ).fetchall()
+            if not ties:
+                return
+            for (name,) in ties:
+                rows = self._db.execute(
+                    "SELECT rowid, id, out_full FROM items WHERE out_name = ? "
+                    "ORDER BY status = 'done' DESC, rowid",
+                    (name,),
+                ).fetchall()
+                for rowid, item_id, out_full in rows[1:]:
+                    self._db.execute(
+                        "UPDATE items SET out_name = ? WHERE rowid = ?",
+                        (disambiguate(out_full, item_id), rowid),
+                    )
+
+    # -- claiming ------------------------------------------------------------------------
+
+    def running(self) -> list[WorkItem]:
+        """Items a previous run claimed and never finished (it crashed or was killed)."""
+        with self._mutex:
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE status = 'running' ORDER BY rowid"
+            ).fetchall()
+        return [_work_item(row) for row in rows]
+
+    def claim(self, limit: int, after_rowid: int, run_id: int) -> list[WorkItem]:
+        """Mark the next pending items ``running`` and commit before anything is sent."""
+        now = time.time()
+        with self._mutex, self._db:
+            self._flush_locked()
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
+                "ORDER BY rowid LIMIT ?",
+                (after_rowid, limit),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE items SET status = 'running', claimed_at = ?, run_id = ? WHERE rowid = ?",
+                [(now, run_id, row[0]) for row in rows],
+            )
+        return [_work_item(row, claimed_at=now) for row in rows]
+
+    # -- results -------------------------------------------------------------------------
+
+    def record(self, result: Result) -> None:
+        """Buffer a result; ``flush`` (called by the runner's flusher) commits the group."""
+        with self._mutex:
+            self._buffer.append(result)
+
+    def pending_results(self) -> int:
+        """How many results wait to be committed."""
+        return len(self._buffer)
+
+    def flush(self) -> None:
+        """Commit every buffered result in one transaction."""
+        with self._mutex:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if not self._buffer:
+            return
+        batch, self._buffer = self._buffer, []
+        now = time.time()
+        with self._db:
+            self._db.executemany(
+                "UPDATE items SET status = ?, attempts = ?, http_status = ?, error = ?, "
+                "err_code = ?, request_id = ?, duration = COALESCE(?, duration), "
+                "outputs = COALESCE(?, outputs), timeout_retries = timeout_retries + ?, "
+                "updated_at = ? WHERE id = ?",
+                [_result_row(r, now) for r in batch],
+            )
+
+    def release_running(self) -> int:
+        """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""
+        with self._mutex, self._db:
+            self._flush_locked()
+            return self._db.execute(
+                "UPDATE items SET status = 'pending' WHERE status = 'running'"
+            ).rowcount
+
+    # -- queries -------------------------------------------------------------------------
+
+    def counts(self) -> dict[str, int]:
+        """Number of items per status (every status present, zeros included)."""
+        with self._mutex:
+            rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
+            found = dict(rows.fetchall())
+        return {s.value: int(found.get(s.value, 0)) for s in ItemStatus}
+
+    def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
+        """Run a read-only query (used by status and report)."""
+        with self._mutex:
+            return self._db.execute(sql, args).fetchall()
+
+    def iter_rows(self, where: str = "", args: tuple[object, ...] = ()) -> Iterator[sqlite3.Row]:
+        """Stream item rows as mappings, in plan order, without loading them all."""
+        with self._mutex:
+            cur = self._db.cursor()
+            cur.row_factory = sqlite3.Row
+            cur.execute(f"SELECT * FROM items {where} ORDER BY rowid", args)
+        while True:
+            with self._mutex:
+                rows = cur.fetchmany(1000)
+            if not rows:
+                return
+            yield from rows
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _take_lock(path: Path) -> IO[str]:
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot open lock file: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        msg = (
+            f"{path}: state file is in use by another dgbatch run ({holder}); "
+            "wait for it to finish or pass another --state"
+        )
+        raise StateLocked(msg) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
+
+
+def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    try:
+        if readonly:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            db = sqlite3.connect(path, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(
+            f"{path}: not a usable dgbatch state file ({exc}); not touching it"
+        ) from exc
+    return db
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> None:
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StateError(
+                f"{path}: an SQLite file but not a dgbatch state file; not touching it"
+            )
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        with db:
+            if "_migrations" in tables and migrations.unknown_migrations(db):
+                msg = f"{path}: written by a newer dgbatch; upgrade dgbatch to use it"
+                raise StateError(msg)
+            migrations.migrate(db)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
+
+
+def _plan_row(item: Item, run_id: int, retry_failed: bool) -> tuple[object, ...]:
+    name = safe_name(item.name)
+    stem, full = name_variants(name)
+    status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
+    now = time.time()
+    return (
+        item.id,
+        redact_source(item.source),
+        item.kind.value,
+        name,
+        stem,
+        full,
+        json.dumps(item.params),
+        status.value,
+        redact_text(item.error) if item.error is not None else None,
+        item.size,
+        item.fingerprint,
+        now,
+        now,
+        run_id,
+        retry_failed,
+        retry_failed,
+        retry_failed,
+        retry_failed,
+    )
+
+
+def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
+    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row
+    return WorkItem(
+        rowid=rowid,
+        id=item_id,
+        source=source,
+        kind=ItemKind(kind),
+        out_name=out_name or item_id,
+        params=tuple((str(k), str(v)) for k, v in json.loads(params)),
+        attempts=attempts,
+        size=size,
+        fingerprint=fp,
+        claimed_at=claimed_at if claimed_at is not None else claimed,
+        status=ItemStatus(status),
+    )
+
+
+def _result_row(r: Result, now: float) -> tuple[object, ...]:
+    return (
+        r.status.value,
+        r.attempts,
+        r.http_status,
+        r.error,
+        r.err_code,
+        r.request_id,
+        r.duration,
+        json.dumps(list(r.outputs)) if r.outputs else None,
+        r.timeout_retries,
+        now,
+        r.id,
+    )

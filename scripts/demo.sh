@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# The demo on a fresh machine: venv, install, start the bundled Deepgram emulator on a
+# free loopback port with a throwaway key, transcribe manifests/example, show the status
+# and one transcript, stop the emulator. No real Deepgram key needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .
+
+OUT="${DEMO_OUT:-demo-out}"
+rm -rf "$OUT"
+LOG="$(mktemp)"
+KEY="demo-$(.venv/bin/python -c 'import secrets; print(secrets.token_hex(8))')"
+
+.venv/bin/dgbatch emulator --port 0 --key "$KEY" >"$LOG" 2>&1 &
+EMU=$!
+trap 'kill $EMU 2>/dev/null || true; wait $EMU 2>/dev/null || true; rm -f "$LOG"' EXIT
+
+for _ in $(seq 1 100); do
+    grep -q "listening on" "$LOG" && break
+    sleep 0.1
+done
+API_URL="$(grep -o 'http://[0-9.:]*' "$LOG" | head -1)"
+[ -n "$API_URL" ] || { echo "emulator did not start:"; cat "$LOG"; exit 1; }
+echo "emulator: $API_URL"
+
+export DEEPGRAM_API_KEY="$KEY"
+echo
+echo "\$ dgbatch run manifests/example/audio manifests/example/recordings.jsonl --out $OUT"
+.venv/bin/dgbatch run manifests/example/audio manifests/example/recordings.jsonl \
+    --out "$OUT" --api-url "$API_URL" --progress log
+echo
+echo "\$ dgbatch status --state $OUT/.dgbatch/state.sqlite"
+.venv/bin/dgbatch status --state "$OUT/.dgbatch/state.sqlite"
+echo
+FIRST_TXT="$(find "$OUT" -name '*.txt' | sort | head -1)"
+echo "\$ cat $FIRST_TXT"
+cat "$FIRST_TXT"
+echo
+echo "\$ dgbatch run ... again: nothing is sent twice"
+.venv/bin/dgbatch run manifests/example/audio manifests/example/recordings.jsonl \
+    --out "$OUT" --api-url "$API_URL" --progress none
