@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Generic, NamedTuple, TypeVar
 
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind, Params
@@ -54,9 +54,8 @@ class _UnusableManifest(Exception):
     """Raised when the whole manifest is unusable; becomes a SourceError naming it."""
 
 
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """What one manifest line asks for, before it becomes an Item."""
+class _Entry(NamedTuple):
+    """What one manifest line asks for, before it becomes an Item (a tuple: built per line)."""
 
     source: str
     id: str | None = None
@@ -64,6 +63,7 @@ class _Entry:
 
 
 _Parser = Callable[[str], _Entry | None]
+_Raw = TypeVar("_Raw", bytes, str)
 
 
 def _parse_txt(text: str) -> _Entry | None:
@@ -209,29 +209,31 @@ def _reject_utf16(first_line: bytes) -> None:
         raise _UnusableManifest(msg)
 
 
-def _decoded(raw: bytes | str, lineno: int) -> str:
-    """Decode one raw line (newline removed) or say why it cannot be used."""
-    if isinstance(raw, str):
-        text = raw.rstrip("\r\n")
-        if lineno == 1:
-            text = text.removeprefix("\ufeff")
-        too_long = len(text) > MAX_LINE_BYTES // 4 and len(text.encode("utf-8", "replace")) > (
-            MAX_LINE_BYTES
-        )
-    else:
-        raw = raw.rstrip(b"\r\n")
-        if lineno == 1:
-            _reject_utf16(raw)
-            raw = raw.removeprefix(codecs.BOM_UTF8)
-        too_long = len(raw) > MAX_LINE_BYTES
-        text = ""
-    if too_long:
+def _decode_bytes(raw: bytes, lineno: int) -> str:
+    """Decode one line read from a file (newline removed) or say why it cannot be used."""
+    raw = raw.rstrip(b"\r\n")
+    if lineno == 1:
+        _reject_utf16(raw)
+        raw = raw.removeprefix(codecs.BOM_UTF8)
+    if len(raw) > MAX_LINE_BYTES:
         raise _LineError(f"line longer than {MAX_LINE_BYTES} bytes")
-    if isinstance(raw, bytes):
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _LineError(f"invalid UTF-8 at byte {exc.start}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _LineError(f"invalid UTF-8 at byte {exc.start}") from None
+    if "\x00" in text:
+        raise _LineError("NUL character in line")
+    return text
+
+
+def _decode_str(raw: str, lineno: int) -> str:
+    """Check one already-decoded line the way :func:`_decode_bytes` checks bytes."""
+    text = raw.rstrip("\r\n")
+    if lineno == 1:
+        text = text.removeprefix("\ufeff")
+    # Only long lines pay for encoding: 4 bytes per character at most.
+    if len(text) > MAX_LINE_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_LINE_BYTES:
+        raise _LineError(f"line longer than {MAX_LINE_BYTES} bytes")
     if "\x00" in text:
         raise _LineError("NUL character in line")
     return text
@@ -256,28 +258,37 @@ def _raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
 
 
 @dataclass(slots=True)
-class _Reader:
+class _Reader(Generic[_Raw]):
     """Turns the numbered lines of one manifest into Items."""
 
     label: str
     id_prefix: str
     base: Path
+    decode: Callable[[_Raw, int], str]
     parse: _Parser
     s3: S3Expander | None
     filters: Filters
     seen_ids: dict[str, int] = field(default_factory=dict)
 
-    def items(self, lines: Iterable[tuple[int, bytes | str]]) -> Iterator[Item]:
-        """Yield each line's Items; a broken line yields one failed Item."""
+    def items(self, lines: Iterable[tuple[int, _Raw]]) -> Iterator[Item]:
+        """Yield each line's Items; a broken line yields one failed Item.
+
+        This loop is the per-line cost of planning a million-line manifest,
+        hence the local names and the single ``Item`` fast path.
+        """
+        decode, parse, items_for = self.decode, self.parse, self._items_for
         for lineno, raw in lines:
             try:
-                entry = self.parse(_decoded(raw, lineno))
+                entry = parse(decode(raw, lineno))
                 if entry is None:
                     continue
-                found = self._items_for(entry, lineno)
+                found = items_for(entry, lineno)
             except _LineError as exc:
-                found = (self._line_error(lineno, str(exc), raw),)
-            yield from found
+                found = self._line_error(lineno, str(exc), raw)
+            if isinstance(found, Item):
+                yield found
+            else:
+                yield from found
 
     def _line_error(self, lineno: int, reason: str, raw: bytes | str) -> Item:
         """Build the failed Item of a broken line, with an id stable across runs."""
@@ -297,7 +308,7 @@ class _Reader:
         if first != lineno:
             raise _LineError(f"duplicate id {item_id!r} (first at line {first})")
 
-    def _items_for(self, entry: _Entry, lineno: int) -> Iterable[Item]:
+    def _items_for(self, entry: _Entry, lineno: int) -> Item | Iterator[Item]:
         """Build the Items of one valid entry (several for an S3 prefix)."""
         if "\x00" in entry.source or (entry.id is not None and "\x00" in entry.id):
             raise _LineError("NUL character in source or id")
@@ -306,10 +317,9 @@ class _Reader:
         origin = f"{self.label}:{lineno}"
         if entry.source[:5].lower() == "s3://":
             return self._s3_items(entry, lineno)
-        item = item_for_source(
+        return item_for_source(
             entry.source, base=self.base, name_hint=entry.id, params=entry.params, origin=origin
         )
-        return (item,)
 
     def _s3_items(self, entry: _Entry, lineno: int) -> Iterator[Item]:
         """Expand an ``s3://`` line through the S3 hook, applying the line's id and params.
@@ -388,7 +398,9 @@ def iter_manifest_stream(
     Raises:
         SourceError: the manifest is UTF-16 or its CSV header lacks ``source``.
     """
-    reader = _Reader(origin, id_prefix or origin, base, _parser_for(fmt), s3, filters or Filters())
+    reader = _Reader(
+        origin, id_prefix or origin, base, _decode_bytes, _parser_for(fmt), s3, filters or Filters()
+    )
     try:
         yield from reader.items(_raw_lines(stream))
     except _UnusableManifest as exc:
@@ -438,5 +450,5 @@ def iter_lines_manifest(
     filters: Filters | None = None,
 ) -> Iterator[Item]:
     """Yield the Items of a plain-text list already decoded (``-`` on a text stdin)."""
-    reader = _Reader(origin, origin, base, _parse_txt, s3, filters or Filters())
+    reader = _Reader(origin, origin, base, _decode_str, _parse_txt, s3, filters or Filters())
     yield from reader.items(enumerate(lines, start=1))

@@ -106,10 +106,11 @@ def _error_item(
     )
 
 
-def _url_item(url: str, name_hint: str | None, params: Params, origin: str) -> Item:
+def _url_item(
+    url: str, match: re.Match[str] | None, name_hint: str | None, params: Params, origin: str
+) -> Item:
     """Build a URL item, or a failed one when Deepgram could not fetch it."""
     item_id = f"id:{name_hint}" if name_hint is not None else _url_id(url)
-    match = _HTTP_URL_RE.fullmatch(url)
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
@@ -200,9 +201,12 @@ def item_for_source(
         params: the item's own params layer (merged later over the defaults).
         origin: where the source was written, e.g. ``urls.txt:12``.
     """
+    match = _HTTP_URL_RE.fullmatch(source)
+    if match is not None:
+        return _url_item(source, match, name_hint, params, origin)
     scheme = scheme_of(source)
     if scheme in ("http", "https"):
-        return _url_item(source, name_hint, params, origin)
+        return _url_item(source, None, name_hint, params, origin)
     local = _file_url_path(source) if scheme == "file" else None
     if local is not None:
         return _file_item(local, base=base, name_hint=name_hint, params=params, origin=origin)
