@@ -14,7 +14,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
@@ -45,7 +45,7 @@ def setup_logging(verbose: int, secrets: tuple[str, ...] = ()) -> None:
     log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
 
 
-def fail(exc: BatchError) -> None:
+def fail(exc: BatchError) -> NoReturn:
     """Print ``Error: message`` once and exit with the error's code."""
     click.echo(f"Error: {exc}", err=True)
     sys.exit(exc.exit_code)
@@ -284,34 +284,31 @@ def report(state_path: Path, fmt: str, failed: bool, output: Any) -> None:
 @click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight.")
 @click.option("--key", envvar="DGBATCH_EMULATOR_KEY", help="Accepted API key (default: any).")
 @click.option("--seed", type=int, help="Seed the fault RNG for reproducible runs.")
-def emulator(
-    host: str,
-    port: int,
-    latency: float,
-    fault_rate: float,
-    max_concurrency: int | None,
-    key: str | None,
-    seed: int | None,
-) -> None:
+@click.option("--faults", help="Comma-separated faults to draw from (default: all).")
+@click.option(
+    "--retry-after",
+    type=click.Choice(["random", "always", "never"]),
+    default="random",
+    show_default=True,
+    help="Send Retry-After on injected 429s.",
+)
+def emulator(**opts: Any) -> None:
     """Serve a Deepgram-compatible /v1/listen on loopback for demos and tests.
 
     \b
     Example:
         dgbatch emulator --port 8080 --latency 0.2 --fault-rate 0.1 --max-concurrency 8
     """
-    from batch.emulator import EmulatorConfig, serve
+    from batch.emulator import DEFAULT_FAULTS, EmulatorConfig, serve
 
-    serve(
-        EmulatorConfig(
-            host=host,
-            port=port,
-            key=key,
-            latency=latency,
-            fault_rate=fault_rate,
-            max_concurrency=max_concurrency,
-            seed=seed,
-        )
-    )
+    faults = opts.pop("faults")
+    opts["faults"] = tuple(f.strip() for f in faults.split(",")) if faults else DEFAULT_FAULTS
+    opts["retry_after"] = {"random": None, "always": True, "never": False}[opts["retry_after"]]
+    try:
+        config = EmulatorConfig(**opts)
+    except ValueError as exc:
+        fail(UsageError(f"emulator: {exc}"))
+    serve(config)
 
 
 def main() -> None:
