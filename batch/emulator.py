@@ -53,9 +53,14 @@ __all__ = [
     "Emulator",
     "EmulatorConfig",
     "RequestRecord",
+    "build_response",
+    "estimate_duration",
+    "looks_like_audio",
     "run_in_thread",
+    "safe_url",
     "serve",
     "transcript_for",
+    "wav_duration",
 ]
 
 #: Faults drawn by default when ``fault_rate`` > 0.
@@ -105,6 +110,7 @@ class EmulatorConfig:
     allow_private_urls: bool = True
 
     def __post_init__(self) -> None:
+        """Fail at construction: a misspelt fault name would otherwise silently never fire."""
         unknown = sorted(set(self.faults) - set(DEFAULT_FAULTS) - set(EXTRA_FAULTS))
         if unknown:
             msg = f"'faults' has unknown names {unknown}; known: {DEFAULT_FAULTS + EXTRA_FAULTS}"
@@ -147,7 +153,9 @@ class RequestRecord:
 class _Reject(Exception):
     """Carries an error answer up to the handler, so each check is one line at its call site."""
 
-    def __init__(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None):
+    def __init__(
+        self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(status)
         self.status = status
         self.body = body
@@ -512,6 +520,11 @@ class Emulator:
         """The most ``/v1/listen`` requests that were in flight at once (reset clears it)."""
         return self._in_flight_max
 
+    def reset(self) -> None:
+        """Start a fresh measurement; the list object is kept so references to it stay valid."""
+        self.log.clear()
+        self._in_flight_max = self._in_flight
+
     async def start(self) -> None:
         """Bind the socket (port 0 lets the OS pick) and open the session used for URL fetches."""
         if self._runner is not None:
@@ -579,7 +592,7 @@ class Emulator:
             fault = self._draw_fault()
             response = await self._transcribe(request, record)
         except _Reject as reject:
-            response = self._reject(record, reject)
+            response = _reject_response(record, reject)
         if record.fault == "concurrency":
             return response
         if self.config.latency > 0:
@@ -636,7 +649,7 @@ class Emulator:
             duration=duration,
             params=record.params,
         )
-        return self._respond(record, 200, json.dumps(body).encode(), _JSON)
+        return _respond(record, 200, json.dumps(body).encode(), _JSON)
 
     async def _fetch_submitted(self, request: web.Request, record: RequestRecord) -> _Sink:
         """Read ``{"url": ...}`` and fetch it, as Deepgram does for remote files."""
@@ -673,27 +686,6 @@ class Emulator:
 
     # ----------------------------------------------------------------------- answers
 
-    def _respond(
-        self,
-        record: RequestRecord,
-        status: int,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str] | None = None,
-    ) -> web.Response:
-        """Every answer carries ``dg-request-id``, and its status goes into the log."""
-        record.status = status
-        response = web.Response(status=status, body=body, content_type=content_type)
-        response.headers["dg-request-id"] = record.request_id
-        if headers:
-            response.headers.update(headers)
-        return response
-
-    def _reject(self, record: RequestRecord, reject: _Reject) -> web.Response:
-        """An error answer whose body names the request id, as Deepgram's do."""
-        body = json.dumps({**reject.body, "request_id": record.request_id}).encode()
-        return self._respond(record, reject.status, body, _JSON, reject.headers)
-
     async def _inject(
         self, request: web.Request, record: RequestRecord, fault: str, normal: web.Response
     ) -> web.StreamResponse:
@@ -703,29 +695,15 @@ class Emulator:
             return _reset(request, record)
         if fault == "truncated":
             full = normal.body if isinstance(normal.body, bytes) else b"{}"
-            return await self._truncated(request, record, full)
+            return await _truncated(request, record, full)
         if fault == "garbage":
-            return self._respond(record, 200, _GARBAGE, _JSON)
+            return _respond(record, 200, _GARBAGE, _JSON)
         if fault in _GATEWAY_FAULTS:
             page = _gateway_page(_GATEWAY_FAULTS[fault])
-            return self._respond(record, int(fault), page, "text/html")
+            return _respond(record, int(fault), page, "text/html")
         status, body = _JSON_FAULTS[fault]
         headers = self._retry_after() if status == 429 else None
-        return self._reject(record, _Reject(status, body, headers))
-
-    async def _truncated(
-        self, request: web.Request, record: RequestRecord, full: bytes
-    ) -> web.StreamResponse:
-        """Valid 200 headers promising the whole body, half of it, then a closed connection."""
-        record.status = 200
-        response = web.StreamResponse(status=200, headers={"dg-request-id": record.request_id})
-        response.content_type = _JSON
-        response.content_length = len(full)
-        await response.prepare(request)
-        await response.write(full[: len(full) // 2])
-        if request.transport is not None:
-            request.transport.close()
-        return response
+        return _reject_response(record, _Reject(status, body, headers))
 
     # ----------------------------------------------------------------------- other routes
 
@@ -766,10 +744,31 @@ class Emulator:
         return web.json_response({"auth_mode": mode})
 
     async def _control_reset(self, request: web.Request) -> web.Response:
-        """Start a fresh measurement; the list object is kept so references to it stay valid."""
-        self.log.clear()
-        self._in_flight_max = self._in_flight
+        """:meth:`reset` for a test driving an emulator in another process."""
+        self.reset()
         return web.json_response({"ok": True})
+
+
+def _respond(
+    record: RequestRecord,
+    status: int,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    """Every answer carries ``dg-request-id``, and its status goes into the log."""
+    record.status = status
+    response = web.Response(status=status, body=body, content_type=content_type)
+    response.headers["dg-request-id"] = record.request_id
+    if headers:
+        response.headers.update(headers)
+    return response
+
+
+def _reject_response(record: RequestRecord, reject: _Reject) -> web.Response:
+    """An error answer whose body names the request id, as Deepgram's do."""
+    body = json.dumps({**reject.body, "request_id": record.request_id}).encode()
+    return _respond(record, reject.status, body, _JSON, reject.headers)
 
 
 def _new_record(request: web.Request) -> RequestRecord:
@@ -826,6 +825,22 @@ async def _require_public(target: URL) -> None:
     if not addresses or not all(address.is_global for address in addresses):
         message = "URL for media download must be publicly routable."
         raise _Reject(400, _err("REMOTE_CONTENT_ERROR", message))
+
+
+async def _truncated(
+    request: web.Request, record: RequestRecord, full: bytes
+) -> web.StreamResponse:
+    """Valid 200 headers promising the whole body, half of it, then a closed connection."""
+    record.status = 200
+    response = web.StreamResponse(status=200, headers={"dg-request-id": record.request_id})
+    response.content_type = _JSON
+    response.content_length = len(full)
+    with suppress(ConnectionError):
+        await response.prepare(request)
+        await response.write(full[: len(full) // 2])
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 def _reset(request: web.Request, record: RequestRecord) -> web.Response:

@@ -104,7 +104,11 @@ async def _plan(
         loop.add_signal_handler(sig, cancel.set)
     try:
         stats = await asyncio.to_thread(
-            state.plan, items, run_id=run_id, retry_failed=config.retry_failed
+            state.plan,
+            items,
+            run_id=run_id,
+            retry_failed=config.retry_failed,
+            params=config.params,
         )
         await asyncio.to_thread(state.assign_names)
     finally:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from urllib.parse import urlencode
 
 from batch.errors import UsageError
@@ -29,6 +30,8 @@ __all__ = [
 DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
+_SCALAR_TYPES = (str, int, float)  # bool is an int
+_SEQUENCE_TYPES = (list, tuple)
 _BOOLEAN_SPELLINGS = {"True": "true", "False": "false", "TRUE": "true", "FALSE": "false"}
 
 
@@ -83,6 +86,8 @@ def merge_params(*layers: Params) -> Params:
 
 def _scalar_text(key: str, value: object) -> str:
     """Render one JSON scalar as Deepgram expects it in a query string."""
+    if isinstance(value, str):
+        return normalise_value(value)
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int):
@@ -92,22 +97,28 @@ def _scalar_text(key: str, value: object) -> str:
             msg = f"param {key!r}: {value!r} is not a finite number"
             raise ValueError(msg)
         return repr(value)
-    if isinstance(value, str):
-        return normalise_value(value)
     msg = f"param {key!r}: unsupported value of type {type(value).__name__}"
     raise ValueError(msg)
 
 
-def _values_of(key: str, value: object) -> list[str]:
-    """Turn one mapping entry into its repeated values (a list repeats the key)."""
+def _pairs_of(key: str, value: object) -> list[tuple[str, str]]:
+    """Turn one mapping entry into its pairs (a list repeats the key)."""
+    if isinstance(value, _SCALAR_TYPES):  # the common case first: one cheap check per value
+        return [(key, _scalar_text(key, value))]
     if value is None:
         return []
+    if isinstance(value, _SEQUENCE_TYPES):
+        return [(key, _scalar_text(key, element)) for element in value if element is not None]
     if isinstance(value, Mapping):
         msg = f"param {key!r}: nested objects are not supported"
         raise ValueError(msg)
-    if isinstance(value, list | tuple):
-        return [_scalar_text(key, element) for element in value if element is not None]
-    return [_scalar_text(key, value)]
+    return [(key, _scalar_text(key, value))]
+
+
+@lru_cache(maxsize=1024)
+def _is_valid_key(key: str) -> bool:
+    """Validate a key once: a manifest repeats the same few keys on every line."""
+    return _KEY_RE.fullmatch(key) is not None
 
 
 def params_from_mapping(obj: Mapping[str, object]) -> Params:
@@ -122,10 +133,10 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
     """
     pairs: list[tuple[str, str]] = []
     for key, value in obj.items():
-        if not isinstance(key, str) or not _KEY_RE.fullmatch(key):
+        if not isinstance(key, str) or not _is_valid_key(key):
             msg = f"param {key!r}: invalid key"
             raise ValueError(msg)
-        pairs.extend((key, text) for text in _values_of(key, value))
+        pairs += _pairs_of(key, value)
     return tuple(pairs)
 
 

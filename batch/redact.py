@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import unquote_plus
 
 __all__ = [
@@ -77,16 +78,21 @@ _SECRET_KEY_MARKERS = (
 # Too short to replace blindly: replacing "ab" everywhere would shred the text.
 _MIN_SECRET_LEN = 4
 
-_URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*:)//([^/?#]*)(.*)$", re.DOTALL)
-_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s'\"<>`]+")
+# Every pattern here runs on text we do not control (error messages, manifest
+# lines), so none may backtrack quadratically: schemes are capped at 32
+# characters and no unbounded run precedes a literal that may be missing.
+_URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31}:)//([^/?#]*)(.*)", re.DOTALL)
+# No lookbehind on purpose: in "xhttps://u:p@h" the URL must still be found.
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>`]+")
 _AUTH_HEADER_RE = re.compile(
     r"(?i)(\bauthorization['\"]?\s*[:=]\s*['\"]?)((?:token|bearer|basic)\s+)?([^\s'\",;}]+)"
 )
 # ``Token <key>`` outside a header; the lookahead for a digit spares prose like "Token expired".
 _TOKEN_RE = re.compile(r"\b(Token|Bearer|token|bearer)(\s+)(?=[^\s]*\d)([A-Za-z0-9._~+/=\-]{8,})")
+# ``api_key=...``, ``DEEPGRAM_API_KEY=...``, ``password: ...``: the name may be
+# any word ending in one of these, so only the ending is matched.
 _ASSIGNMENT_RE = re.compile(
-    r"(?i)\b([a-z0-9_\-]*(?:api[_-]?key|password|passwd|secret|access[_-]?token))"
-    r"(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
+    r"(?i)(api[_-]?key|password|passwd|secret|access[_-]?token)(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
 )
 
 
@@ -98,6 +104,12 @@ def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
 
 
+@lru_cache(maxsize=4096)
+def _is_secret_raw_key(raw_key: str, extra_keys: frozenset[str]) -> bool:
+    """Decide once per distinct key as written: presigned URLs repeat the same few keys."""
+    return is_secret_key(unquote_plus(raw_key), extra_keys)
+
+
 def _redact_pairs(query: str, extra_keys: frozenset[str]) -> str:
     """Replace secret values in ``k=v&k=v`` text, leaving every other byte as it was."""
     if "=" not in query:
@@ -105,7 +117,7 @@ def _redact_pairs(query: str, extra_keys: frozenset[str]) -> str:
     parts = query.split("&")
     for index, part in enumerate(parts):
         key, sep, value = part.partition("=")
-        if sep and value and is_secret_key(unquote_plus(key), extra_keys):
+        if sep and value and _is_secret_raw_key(key, extra_keys):
             parts[index] = f"{key}={REDACTED}"
     return "&".join(parts)
 
@@ -130,16 +142,27 @@ def redact_url(url: str, *, extra_keys: frozenset[str] = frozenset()) -> str:
         extra_keys: lowercased query keys to blank as well, e.g. the expiry
             fields that make presigned URLs differ from one run to the next.
     """
+    if "@" not in url and "?" not in url and "#" not in url:
+        return url  # nothing secret can hide: the common case, and the cheap one
     try:
-        match = _URL_RE.match(url)
-        if match is None:
+        match = _URL_RE.fullmatch(url)
+        if match is not None:
+            return _redact_parts(match, extra_keys)
+        if "://" not in url:
             return url
-        scheme, authority, tail = match.groups()
-        if "@" in authority:
-            authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
-        return f"{scheme}//{authority}{_redact_tail(tail, extra_keys)}"
+        # Not a URL from its first character (a 40-letter "scheme", leading
+        # junk): redact whatever URL-shaped text it contains instead.
+        return _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0), extra_keys=extra_keys), url)
     except Exception:  # pragma: no cover - defensive: never leak, never raise
         return f"{url.partition(':')[0]}://{REDACTED}"
+
+
+def _redact_parts(match: re.Match[str], extra_keys: frozenset[str]) -> str:
+    """Rebuild a split URL without its userinfo and secret values."""
+    scheme, authority, tail = match.groups()
+    if "@" in authority:
+        authority = f"{REDACTED}@{authority.rpartition('@')[2]}"
+    return f"{scheme}//{authority}{_redact_tail(tail, extra_keys)}"
 
 
 def redact_source(source: str) -> str:

@@ -107,6 +107,10 @@ def classify_response(
         response = parse_transcript(body)
         if response is not None:
             return Decision(Action.SUCCEED, response=response)
+        accepted = _callback_request_id(body)
+        if accepted is not None:  # resending would be accepted (and billed) again
+            reason = "200 callback acknowledgement: the transcript goes to the callback URL"
+            return Decision(Action.FAIL, reason, request_id=accepted)
         return Decision(Action.RETRY, "200 with a body that is not a Deepgram transcript")
     err = parse_error_body(body)
     reason = _status_reason(status, err)
@@ -120,6 +124,17 @@ def classify_response(
         action = Action.RETRY
     delay = parse_retry_after(retry_after, now=now) if action is Action.RETRY else None
     return Decision(action, reason, err.code, err.request_id, delay)
+
+
+def _callback_request_id(body: bytes) -> str | None:
+    """The ``request_id`` of callback mode's ``{"request_id": ...}`` acknowledgement."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict) and set(data) == {"request_id"}:
+        return _first_str(data, "request_id")
+    return None
 
 
 def classify_exception(exc: BaseException) -> Decision:

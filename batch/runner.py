@@ -176,14 +176,15 @@ class Runner:
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
-        if not self._tasks:
-            return
-        if isinstance(self.stats.stop_reason, Interrupted):
-            _, late = await asyncio.wait(set(self._tasks), timeout=self.settings.grace)
-            for task in late:
-                task.cancel()
+        loop = asyncio.get_running_loop()
+        deadline: float | None = None
         while self._tasks:
-            await asyncio.wait(set(self._tasks))
+            if deadline is None and isinstance(self.stats.stop_reason, Interrupted):
+                deadline = loop.time() + self.settings.grace
+            if deadline is not None and loop.time() >= deadline:
+                for task in self._tasks:
+                    task.cancel()
+            await asyncio.wait(set(self._tasks), timeout=0.25)
 
     # -- one item --------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ from batch.redact import redact_source, redact_url
 __all__ = [
     "MANIFEST_SUFFIXES",
     "S3Expander",
+    "build_item",
     "expand_sources",
     "item_for_source",
     "scheme_of",
@@ -49,19 +50,22 @@ _VOLATILE_QUERY_KEYS = frozenset(
     {"x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st"}
 )
 
-_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://")
+_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
+# What may not appear anywhere in a URL we send: whitespace (exactly what
+# str.isspace accepts), C0 controls, DEL and lone surrogates. Spelled out as
+# ranges because sre matches a class of ranges faster than one holding "\s".
+_NOT_URL = r"\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ud800-\udfff"
 # One pass validates and splits an http(s) URL: it is the per-line cost of a
-# million-line manifest, and ``urlsplit`` alone would be most of it. No
-# whitespace or control characters anywhere, a non-empty host.
+# million-line manifest, and ``urlsplit`` alone would be most of it.
 _HTTP_URL_RE = re.compile(
-    r"(?i:https?)://"
-    r"(?:[^\s\x00-\x1f\x7f/?#]*@)?"  # userinfo (may itself hold "@"; the last one wins)
-    r"(?P<host>\[[0-9A-Za-z:.%]+\]|[^\s\x00-\x1f\x7f/?#@:\[\]]+)"
+    r"[hH][tT][tT][pP][sS]?://"
+    rf"(?:[^{_NOT_URL}/?#]*@)?"  # userinfo (may hold "@"; the last one wins)
+    rf"(?P<host>\[[0-9A-Za-z:.%]+\]|[^{_NOT_URL}/?#@:\[\]]+)"
     r"(?::[0-9]*)?"
-    r"(?P<path>/[^\s\x00-\x1f\x7f?#]*)?"
-    r"(?:\?[^\s\x00-\x1f\x7f#]*)?"
-    r"(?:#[^\s\x00-\x1f\x7f]*)?"
+    rf"(?P<path>/[^{_NOT_URL}?#]*)?"
+    rf"(?:\?[^{_NOT_URL}#]*)?"
+    rf"(?:#[^{_NOT_URL}]*)?"
 )
 
 
@@ -75,33 +79,38 @@ def _url_problem(url: str) -> str:
     """Say why ``url`` did not parse, for the failed item's message."""
     if _BAD_URL_CHAR_RE.search(url):
         return "URL contains whitespace or control characters"
+    if not _is_utf8(url):
+        return "URL is not valid UTF-8"
     return "malformed URL or no host"
 
 
 def _url_name(match: re.Match[str]) -> str:
     """Name a URL item after its path (``https://h/pod/ep1.mp3?x`` → ``pod/ep1.mp3``)."""
-    return unquote(match.group("path") or "").lstrip("/") or match.group("host")
+    path, host = match.group("path", "host")
+    return (unquote(path).lstrip("/") or host) if path else host
 
 
 def _url_id(url: str) -> str:
     """Key a URL item by its redacted URL, so re-signing a presigned URL keeps the id."""
-    if "?" not in url and "@" not in url and "#" not in url:
-        return url
     return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
 
 
 def _error_item(
     item_id: str, source: str, name: str, reason: str, origin: str, params: Params = ()
 ) -> Item:
-    """Build an item that is already failed; its message names where it came from."""
+    """Build an item that is already failed; its message names where it came from.
+
+    Every text field is made printable: the item is stored and its message
+    shown, and neither survives a lone surrogate from an undecodable name.
+    """
     message = f"{origin}: {reason}" if origin else reason
     return Item(
-        id=item_id,
-        source=redact_source(source),
+        id=_printable(item_id),
+        source=_printable(redact_source(source)),
         kind=ItemKind.FILE,
-        name=name,
+        name=_printable(name),
         params=params,
-        error=message,
+        error=_printable(message),
         origin=origin,
     )
 
@@ -116,7 +125,9 @@ def _url_item(
         reason = f"{shown}: {_url_problem(url)}"
         return _error_item(item_id, url, name_hint or shown, reason, origin, params)
     name = name_hint if name_hint is not None else _url_name(match)
-    return Item(id=item_id, source=url, kind=ItemKind.URL, name=name, params=params, origin=origin)
+    # Positional: this is the hot path of a million-line manifest and keywords
+    # cost a third more; test_sources pins Item's field order.
+    return Item(item_id, url, ItemKind.URL, name, params, None, "", None, origin)
 
 
 def _file_url_path(url: str) -> str | None:
@@ -138,6 +149,30 @@ def _relative_name(path: str, base: str) -> str:
     return os.path.basename(path)
 
 
+def _is_utf8(text: str) -> bool:
+    """Tell whether text can be stored and sent as UTF-8 (no lone surrogates).
+
+    Undecodable file names reach Python as surrogate escapes; such a name would
+    break the state file and every message that prints it.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    """Show a surrogate-escaped name with its bad bytes as ``\\xNN``."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _not_utf8_item(path: str, name: str, origin: str, params: Params = ()) -> Item:
+    """Fail a file whose name is not UTF-8 (the error item makes it printable)."""
+    reason = f"{path}: file name is not valid UTF-8 (rename the file)"
+    return _error_item(path, path, name, reason, origin, params)
+
+
 def _stat_problem(st: os.stat_result) -> str | None:
     """Say why a stat'ed path cannot be uploaded, or None if it can."""
     if stat.S_ISDIR(st.st_mode):
@@ -153,6 +188,8 @@ def _file_item(
     """Build a FILE item from an absolute path, stat'ing it once for size and fingerprint."""
     item_id = f"id:{name_hint}" if name_hint is not None else path
     name = name_hint if name_hint is not None else _relative_name(path, os.path.abspath(base))
+    if not _is_utf8(path):
+        return _not_utf8_item(path, name, origin, params)
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -201,6 +238,11 @@ def item_for_source(
         params: the item's own params layer (merged later over the defaults).
         origin: where the source was written, e.g. ``urls.txt:12``.
     """
+    return build_item(source, base, name_hint, params, origin)
+
+
+def build_item(source: str, base: Path, name_hint: str | None, params: Params, origin: str) -> Item:
+    """Positional :func:`item_for_source`, for the per-line loop of a manifest."""
     match = _HTTP_URL_RE.fullmatch(source)
     if match is not None:
         return _url_item(source, match, name_hint, params, origin)
@@ -267,6 +309,8 @@ def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
 def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
     """Build the item of a file found by a walk: id is its path, name its path in the walk."""
     path = os.path.abspath(entry.path)
+    if not _is_utf8(path):
+        return _not_utf8_item(path, rel, origin)
     try:
         st = entry.stat()
     except OSError as exc:
@@ -325,11 +369,11 @@ def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
         walker = _walk(arg, rules, redact_source(arg))
         first = next(walker, None)
     except OSError as exc:
-        msg = f"{arg}: cannot read directory: {exc.strerror}"
+        msg = f"{_printable(arg)}: cannot read directory: {exc.strerror}"
         raise SourceError(msg) from exc
     if first is None:
         shown = ", ".join(sorted(rules.extensions))
-        msg = f"{arg}: no audio files found (extensions: {shown})"
+        msg = f"{_printable(arg)}: no audio files found (extensions: {shown})"
         raise SourceError(msg)
     yield first
     yield from walker
@@ -347,10 +391,10 @@ def _expand_path(arg: str, path: str, filters: Filters, s3: S3Expander | None) -
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        msg = f"{arg}: no such file or directory"
+        msg = f"{_printable(arg)}: no such file or directory"
         raise SourceError(msg) from None
     except OSError as exc:
-        msg = f"{arg}: {exc.strerror}"
+        msg = f"{_printable(arg)}: {exc.strerror}"
         raise SourceError(msg) from exc
     if stat.S_ISDIR(st.st_mode):
         yield from _expand_dir(path, filters)
@@ -361,7 +405,7 @@ def _expand_path(arg: str, path: str, filters: Filters, s3: S3Expander | None) -
 
         yield from iter_manifest(Path(path), s3=s3, filters=filters)
         return
-    yield _checked(item_for_source(path, base=Path.cwd(), origin=redact_source(arg)))
+    yield _checked(item_for_source(path, base=Path.cwd()))
 
 
 def _expand_stdin(stdin: TextIO | None, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
@@ -396,7 +440,7 @@ def _expand_one(
     if scheme == "s3":
         return _expand_s3(arg, filters, s3)
     if scheme in ("http", "https"):
-        return iter((_checked(item_for_source(arg, base=Path.cwd(), origin=redact_source(arg))),))
+        return iter((_checked(item_for_source(arg, base=Path.cwd())),))
     local = _file_url_path(arg) if scheme == "file" else None
     if local is not None:
         return _expand_path(arg, local, filters, s3)

@@ -25,6 +25,7 @@ from batch import migrations
 from batch.errors import StateError, StateLocked
 from batch.models import Item, ItemKind, ItemStatus, Params
 from batch.naming import disambiguate, name_variants, safe_name
+from batch.params import merge_params
 from batch.redact import redact_source, redact_text
 
 PLAN_BATCH = 5000
@@ -168,15 +169,25 @@ class State:
 
     # -- planning ------------------------------------------------------------------------
 
-    def plan(self, items: Iterable[Item], *, run_id: int, retry_failed: bool = False) -> PlanStats:
+    def plan(
+        self,
+        items: Iterable[Item],
+        *,
+        run_id: int,
+        retry_failed: bool = False,
+        params: Params = (),
+    ) -> PlanStats:
         """Upsert items in large transactions; done items whose fingerprint changed go back
-        to pending, failed ones only with ``retry_failed``."""
+        to pending, failed ones only with ``retry_failed``. ``params`` (defaults and
+        ``--param``) is stored under each item's own params."""
         seen = broken = 0
         batch: list[tuple[object, ...]] = []
+        run_params = json.dumps(params)
         for item in items:
             seen += 1
             broken += item.error is not None
-            batch.append(_plan_row(item, run_id, retry_failed))
+            merged = json.dumps(merge_params(params, item.params)) if item.params else run_params
+            batch.append(_plan_row(item, run_id, retry_failed, merged))
             if len(batch) >= PLAN_BATCH:
                 self._upsert(batch)
                 batch = []
@@ -377,7 +388,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
-def _plan_row(item: Item, run_id: int, retry_failed: bool) -> tuple[object, ...]:
+def _plan_row(item: Item, run_id: int, retry_failed: bool, params: str) -> tuple[object, ...]:
     name = safe_name(item.name)
     stem, full = name_variants(name)
     status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
@@ -389,7 +400,7 @@ def _plan_row(item: Item, run_id: int, retry_failed: bool) -> tuple[object, ...]
         name,
         stem,
         full,
-        json.dumps(item.params),
+        params,
         status.value,
         redact_text(item.error) if item.error is not None else None,
         item.size,

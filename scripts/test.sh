@@ -18,4 +18,4 @@ echo "== ruff format --check"
 echo "== mypy --strict batch"
 .venv/bin/mypy --strict batch
 echo "== pytest"
-.venv/bin/pytest "$@"
+.venv/bin/pytest -q "$@"

@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp import web
 from click.testing import CliRunner, Result
 
 from batch.cli import cli
@@ -105,3 +113,103 @@ def load_json(path: Path) -> dict[str, object]:
     data = json.loads(path.read_text())
     assert isinstance(data, dict)
     return data
+
+
+# -- helpers for the end-to-end suites (test_run, test_resume, test_cli, test_outputs) ------
+
+
+@contextmanager
+def emulator_with(**options: Any) -> Iterator[Emulator]:
+    """An emulator in a background thread with the test key and the given config overrides."""
+    with run_in_thread(EmulatorConfig(key=KEY, **options)) as emu:
+        yield emu
+
+
+@contextmanager
+def serve_app(app: web.Application) -> Iterator[str]:
+    """Serve an aiohttp app on 127.0.0.1 from a background thread; yield its base URL."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="test-http", daemon=True)
+    thread.start()
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
+
+    async def start() -> str:
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        host, port = runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    try:
+        yield asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=30)
+    finally:
+        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=30)
+        loop.close()
+
+
+@contextmanager
+def static_server(root: Path) -> Iterator[str]:
+    """Serve the files under ``root`` over plain HTTP on loopback (for URL sources)."""
+    app = web.Application()
+    app.router.add_static("/", root)
+    with serve_app(app) as url:
+        yield url
+
+
+def subprocess_env(key: str | None = KEY) -> dict[str, str]:
+    """The test process's (already cleaned) environment, plus the key."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC_ROOT)
+    if key is not None:
+        env["DEEPGRAM_API_KEY"] = key
+    return env
+
+
+def start_run(
+    emu: Emulator, *args: str, cwd: Path | None = None, key: str | None = KEY
+) -> subprocess.Popen[bytes]:
+    """Start a real ``dgbatch run ARGS`` subprocess against ``emu``."""
+    cmd = [
+        *dgbatch_subprocess_cmd(),
+        "run",
+        *args,
+        "--api-url",
+        emu.url,
+        "--backoff-base",
+        "0.01",
+        "--progress",
+        "none",
+    ]
+    return subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env=subprocess_env(key),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def make_wavs(folder: Path, count: int, seconds: float = 0.02) -> list[Path]:
+    """``count`` small WAVs with distinct bytes (``f000.wav`` …) in ``folder``."""
+    return [make_wav(folder / f"f{i:03d}.wav", seconds=seconds, tone=i) for i in range(count)]
+
+
+def outputs_under(out: Path, suffix: str = ".json") -> list[Path]:
+    """Every output file with ``suffix`` under ``out``, the state folder excluded."""
+    return sorted(p for p in out.rglob(f"*{suffix}") if ".dgbatch" not in p.relative_to(out).parts)
+
+
+def sent_sha256s(emu: Emulator) -> Counter[str]:
+    """How many ``/v1/listen`` requests the emulator received per audio digest."""
+    return Counter(r.sha256 for r in list(emu.log) if r.sha256 is not None)

@@ -1,0 +1,329 @@
+"""The command line: bad input gives named, clear errors and exit codes; status and report."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import KEY, Cli, make_wav, make_wavs, read_state_rows
+
+from batch.cli import cli
+from batch.emulator import Emulator
+from batch.report import REPORT_FIELDS
+
+
+def _failed(out: Path) -> dict[str, str]:
+    """Failed items' ``source -> error``."""
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    return {str(r["source"]): str(r["error"]) for r in rows if r["status"] == "failed"}
+
+
+# -- unusable command lines: exit 2, nothing sent -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["{tmp}/missing.wav"], "missing.wav: no such file or directory"),
+        (["{tmp}/empty-dir"], "empty-dir: no audio files found"),
+        (["ftp://example.com/a.wav"], "unsupported scheme 'ftp'"),
+        (["s3://bucket/key.wav"], "S3 support is not configured"),
+        (["{tmp}/a.wav", "--concurrency", "0"], "--concurrency must be > 0"),
+        (["{tmp}/a.wav", "--max-retries", "-1"], "--max-retries must be >= 0"),
+        (["{tmp}/a.wav", "--param", "diarize"], "--param 'diarize': expected KEY=VALUE"),
+        (["{tmp}/a.wav", "--formats", "json,doc"], "unknown format(s) doc"),
+    ],
+)
+def test_unusable_input_exits_2_naming_the_problem(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, args: list[str], message: str
+) -> None:
+    """Missing paths, empty folders, unknown schemes and bad options are usage errors."""
+    make_wav(tmp_path / "a.wav")
+    (tmp_path / "empty-dir").mkdir()
+    (tmp_path / "empty-dir" / "readme.md").write_text("no audio here")
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    result = dgbatch("run", *argv, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert result.output.count("Error:") == 1
+    assert emulator.log == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://10.1.2.3:8080", "plain http would send the API key unencrypted"),
+        ("http://api.example.com", "plain http would send the API key unencrypted"),
+        ("ftp://127.0.0.1", "expected https://HOST[:PORT]"),
+        ("https://", "expected https://HOST[:PORT]"),
+    ],
+)
+def test_an_unsafe_api_url_exits_2(tmp_path: Path, url: str, message: str) -> None:
+    """Plain http only to loopback hosts: anything else would send the key in clear text."""
+    make_wav(tmp_path / "a.wav")
+    result = Cli(None)(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--api-url", url
+    )
+    assert result.exit_code == 2
+    assert f"--api-url {url!r}: {message}" in result.output
+
+
+def test_a_non_loopback_http_api_url_is_refused_even_by_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``DEEPGRAM_API_URL=http://…`` to a remote host would leak the key: exit 2."""
+    make_wav(tmp_path / "a.wav")
+    monkeypatch.setenv("DEEPGRAM_API_URL", "http://api.example.com")
+    result = Cli(None)("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "--api-url 'http://api.example.com'" in result.output
+
+
+def test_a_missing_key_exits_2(tmp_path: Path, dgbatch: Cli) -> None:
+    """Without ``DEEPGRAM_API_KEY`` or ``--api-key-file`` nothing runs."""
+    make_wav(tmp_path / "a.wav")
+    result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), key=None)
+    assert result.exit_code == 2
+    assert "no API key: set DEEPGRAM_API_KEY or pass --api-key-file" in result.output
+
+
+@pytest.mark.parametrize(("mode", "code"), [(0o644, 2), (0o640, 2), (0o604, 2), (0o600, 0)])
+def test_a_key_file_readable_by_others_is_refused(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, mode: int, code: int
+) -> None:
+    """``--api-key-file`` must be private (like an ssh key); a private one is used."""
+    make_wav(tmp_path / "a.wav")
+    key_file = tmp_path / "key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(mode)
+    result = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"),
+        "--api-key-file", str(key_file), key=None,
+    )  # fmt: skip
+    assert result.exit_code == code, result.output
+    if code:
+        assert f"{key_file}: API key file is readable by other users" in result.output
+        assert "chmod 600" in result.output
+        assert emulator.log == []
+    else:
+        assert emulator.log[0].authorization == f"Token {KEY}"
+    assert KEY not in result.output
+
+
+def test_an_empty_or_missing_key_file_is_refused(tmp_path: Path, dgbatch: Cli) -> None:
+    """An empty key file and a missing one are usage errors naming the file."""
+    make_wav(tmp_path / "a.wav")
+    empty = tmp_path / "empty-key"
+    empty.write_text("\n")
+    empty.chmod(0o600)
+    for path, message in [(empty, "API key file is empty"), (tmp_path / "nope", "cannot read")]:
+        result = dgbatch(
+            "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"),
+            "--api-key-file", str(path), key=None,
+        )  # fmt: skip
+        assert result.exit_code == 2
+        assert f"{path}: {message}" in result.output
+
+
+# -- bad items: the item fails with a named reason, the rest is done ------------------------
+
+
+def test_an_empty_file_fails_without_being_sent(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A zero-byte file is a failed item ("file is empty"); the others are done; exit 1."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 2)
+    (src / "empty.wav").touch()
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 1
+    assert _failed(out) == {str(src / "empty.wav"): f"{src / 'empty.wav'}: file is empty"}
+    assert len(emulator.log) == 2
+
+
+def test_entries_that_are_not_readable_files_fail_with_their_reason(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """A folder named like audio, a broken symlink and a missing file each fail by name.
+
+    Tests run as root here, where ``chmod 000`` does not stop reads, so unreadable
+    entries are made of things no one can read as a file instead (see the next test).
+    """
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "good.wav")
+    (src / "dangling.wav").symlink_to(tmp_path / "gone.wav")
+    (tmp_path / "folder.wav").mkdir()
+    manifest = tmp_path / "list.txt"
+    manifest.write_text("folder.wav\nmissing.wav\n")
+    result = dgbatch("run", str(src), str(manifest), "--out", str(out))
+    assert result.exit_code == 1
+    folder, missing = tmp_path / "folder.wav", tmp_path / "missing.wav"
+    assert _failed(out) == {
+        str(src / "dangling.wav"): f"{src}: {src / 'dangling.wav'}: broken symlink",
+        str(
+            folder
+        ): f"list.txt:1: {folder}: is a directory (list files, not folders, in a manifest)",
+        str(missing): f"list.txt:2: {missing}: no such file",
+    }
+    assert (out / "good.json").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_an_unreadable_file_fails_naming_the_reason(tmp_path: Path, dgbatch: Cli) -> None:
+    """A file without read permission is a failed item naming the file, the rest is done."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "good.wav")
+    locked = make_wav(src / "locked.wav", tone=1)
+    locked.chmod(0)
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 1
+    assert "Permission denied" in _failed(out)[str(locked)]
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "line", "reason"),
+    [
+        ("m.jsonl", '{"source": "a.wav"}\n{"source": \n{"source": "b.wav"}\n', 2, "invalid JSON"),
+        (
+            "m.jsonl",
+            '{"source": "a.wav"}\n{"id": "x"}\n{"source": "b.wav"}\n',
+            2,
+            "missing or empty 'source'",
+        ),
+        ("m.jsonl", '{"source": "a.wav"}\n[1]\n{"source": "b.wav"}\n', 2, "expected a JSON object"),
+        ("m.csv", 'source,id\na.wav,\n"b.wav,broken\nb.wav,\n', 3, "invalid CSV"),
+        ("m.csv", "source,id\na.wav,\n,empty\nb.wav,\n", 3, "empty 'source'"),
+        ("m.txt", "a.wav\ngopher://old/x.wav\nb.wav\n", 2, "unsupported scheme 'gopher'"),
+    ],
+)
+def test_a_malformed_manifest_line_fails_naming_file_and_line(
+    tmp_path: Path, dgbatch: Cli, name: str, content: str, line: int, reason: str
+) -> None:
+    """One bad line becomes a failed item ``file:line: reason``; the other lines are done."""
+    make_wav(tmp_path / "a.wav")
+    make_wav(tmp_path / "b.wav", tone=1)
+    manifest = tmp_path / name
+    manifest.write_text(content)
+    result = dgbatch("run", str(manifest), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    (error,) = _failed(tmp_path / "out").values()
+    assert error.startswith(f"{name}:{line}: ")
+    assert reason in error
+    assert (tmp_path / "out" / "a.json").exists() and (tmp_path / "out" / "b.json").exists()
+
+
+def test_a_csv_without_a_source_column_is_a_usage_error(tmp_path: Path, dgbatch: Cli) -> None:
+    """A manifest that is unusable as a whole exits 2 naming it."""
+    manifest = tmp_path / "list.csv"
+    manifest.write_text("path,id\na.wav,x\n")
+    result = dgbatch("run", str(manifest), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "list.csv: CSV header has no 'source' column" in result.output
+
+
+# -- status and report ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def finished(tmp_path: Path, dgbatch: Cli) -> Path:
+    """A state file after a run with three done items and one failed (400) item."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 3, seconds=0.5)
+    (src / "zz-bad.wav").write_bytes(b"plain text, not audio" * 4)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 1
+    return out / ".dgbatch" / "state.sqlite"
+
+
+def test_status_json_counts_items_attempts_audio_and_errors(finished: Path, dgbatch: Cli) -> None:
+    """``status --json`` gives counts by status, attempts, audio hours and the commonest errors."""
+    result = dgbatch("status", "--state", str(finished), "--json")
+    assert result.exit_code == 0
+    summary = json.loads(result.output)
+    assert summary["counts"] == {"pending": 0, "running": 0, "done": 3, "failed": 1}
+    assert summary["total"] == 4
+    assert summary["attempts"] == 4
+    assert summary["timeout_retries"] == 0
+    assert summary["audio_hours"] == round(1.5 / 3600, 4)
+    assert summary["errors"] == [{"error": "Bad Request", "count": 1}]
+    assert summary["last_run"]["exit_code"] == 1
+
+
+def test_status_prints_a_readable_table(finished: Path, dgbatch: Cli) -> None:
+    """Plain ``status`` shows the same facts for humans."""
+    result = dgbatch("status", "--state", str(finished))
+    assert result.exit_code == 0
+    for text in ("items: 4", "done     3", "failed   1", "attempts: 4", "audio transcribed",
+                 "errors:", "Bad Request", "last run: #1 (exit 1)"):  # fmt: skip
+        assert text in result.output
+
+
+def test_report_csv_failed_lists_only_failed_items(finished: Path, dgbatch: Cli) -> None:
+    """``report --format csv --failed`` writes the header and one row per failed item."""
+    result = dgbatch("report", "--state", str(finished), "--format", "csv", "--failed")
+    assert result.exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(result.output)))
+    assert tuple(rows[0]) == REPORT_FIELDS
+    (row,) = rows
+    assert row["source"].endswith("zz-bad.wav")
+    assert (row["status"], row["http_status"], row["err_code"]) == ("failed", "400", "Bad Request")
+    assert row["request_id"] and "corrupt or unsupported data" in row["error"]
+
+
+def test_report_rows_carry_every_documented_field(
+    finished: Path, dgbatch: Cli, tmp_path: Path
+) -> None:
+    """Each JSONL row has README's fields; ``-o`` writes a file; the run left report.jsonl."""
+    target = tmp_path / "report.jsonl"
+    result = dgbatch("report", "--state", str(finished), "-o", str(target))
+    assert result.exit_code == 0
+    rows = [json.loads(line) for line in target.read_text().splitlines()]
+    readme = {"id", "source", "kind", "status", "attempts", "http_status", "error",
+              "err_code", "request_id", "duration", "outputs", "timeout_retries"}  # fmt: skip
+    assert all(set(row) == readme for row in rows)
+    done = [row for row in rows if row["status"] == "done"]
+    assert len(done) == 3
+    assert all(row["duration"] == 0.5 and len(row["outputs"]) == 2 for row in done)
+    assert (finished.parent / "report.jsonl").read_text() == target.read_text()
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_status_and_report_of_a_missing_state_exit_2(tmp_path: Path, command: str) -> None:
+    """A state path that does not exist is named, and not created."""
+    path = tmp_path / "nope.sqlite"
+    result = Cli(None)(command, "--state", str(path))
+    assert result.exit_code == 2
+    assert f"{path}: no such state file" in result.output
+    assert not path.exists()
+
+
+def test_quiet_prints_nothing_on_success(tmp_path: Path, dgbatch: Cli) -> None:
+    """``--quiet`` drops the summary; a normal run prints it with the report path."""
+    make_wav(tmp_path / "a.wav")
+    quiet = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "q"), "-q")
+    assert (quiet.exit_code, quiet.output) == (0, "")
+    loud = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "l"))
+    assert "report: " in loud.output and "done 1, failed 0" in loud.output
+
+
+def test_state_option_puts_the_state_where_asked(tmp_path: Path, dgbatch: Cli) -> None:
+    """``--state PATH`` overrides ``OUT/.dgbatch/state.sqlite``."""
+    make_wav(tmp_path / "a.wav")
+    state = tmp_path / "elsewhere" / "s.sqlite"
+    result = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", str(state)
+    )
+    assert result.exit_code == 0
+    assert state.exists() and not (tmp_path / "out" / ".dgbatch" / "state.sqlite").exists()
+    assert (state.parent / "report.jsonl").exists()
+
+
+def test_version_and_help() -> None:
+    """``--version`` names the program; ``-h`` works like ``--help``."""
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--version"]).output.startswith("dgbatch, version ")
+    assert "Usage:" in runner.invoke(cli, ["run", "-h"]).output

@@ -1,0 +1,125 @@
+"""README.md is kept honest: commands, options, defaults, exit codes and retry rules."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+import pytest
+
+from batch import errors, retry
+from batch.cli import cli
+
+README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+RUN = cli.commands["run"]
+
+
+def _section(title: str) -> str:
+    """The README text under ``## title`` up to the next level-2 heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
+    assert match, f"README has no section {title!r}"
+    return match.group(1)
+
+
+def _table(text: str) -> list[list[str]]:
+    """The body rows of the first markdown table in ``text``, as stripped cells."""
+    rows = [line for line in text.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in row.strip("|").split("|")] for row in rows[2:]]
+
+
+@pytest.mark.parametrize("command", cli.commands.values(), ids=lambda c: c.name)
+def test_every_command_has_help_and_is_documented(command: click.Command) -> None:
+    """Each command has a help text and README shows ``dgbatch <command>``."""
+    assert command.help, f"{command.name} is missing its help"
+    assert f"dgbatch {command.name}" in README
+
+
+@pytest.mark.parametrize(
+    "option",
+    [p for p in RUN.params if isinstance(p, click.Option)],
+    ids=lambda p: p.name or "",
+)
+def test_every_run_option_is_documented(option: click.Option) -> None:
+    """Each ``run`` option (long and short spellings) appears in README, with a help text."""
+    assert option.help, f"{option.opts} has no help"
+    for spelling in option.opts:
+        assert re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", README), spelling
+
+
+def _documented_defaults() -> dict[str, str]:
+    """``--option`` → the default written in README's options table."""
+    found: dict[str, str] = {}
+    for cells in _table(_section("Options of `dgbatch run`")):
+        names = re.findall(r"(--[a-z-]+)", cells[0])
+        defaults = [d.strip() for d in cells[1].split(",")] if len(names) > 1 else [cells[1]]
+        if len(defaults) == len(names):
+            found.update(zip(names, defaults, strict=True))
+    return found
+
+
+def test_documented_defaults_are_the_real_defaults() -> None:
+    """Every default in README's options table is the click option's default."""
+    documented = _documented_defaults()
+    checked = 0
+    for param in RUN.params:
+        if not isinstance(param, click.Option) or param.opts[0] not in documented:
+            continue
+        text = documented[param.opts[0]].strip("`")
+        if isinstance(param.default, int | float) and not isinstance(param.default, bool):
+            assert float(text) == param.default, param.opts[0]
+            checked += 1
+        elif isinstance(param.default, str) and not param.default.startswith("http"):
+            assert text == param.default, param.opts[0]
+            checked += 1
+    assert checked >= 8
+    assert "https://api.deepgram.com" in documented["--api-url"]
+
+
+def test_readme_exit_codes_match_the_error_classes() -> None:
+    """The exit-code table lists exactly 0 and every ``BatchError`` subclass's code."""
+    rows = {int(cells[0]): cells[1].lower() for cells in _table(_section("Exit codes"))}
+    classes = [errors.BatchError, *_subclasses(errors.BatchError)]
+    assert set(rows) == {0} | {cls.exit_code for cls in classes}
+    expected_words = {
+        errors.UsageError: "bad usage",
+        errors.SourceError: "bad usage",
+        errors.StateError: "state file",
+        errors.FatalApiError: "401/402/403",
+        errors.StateLocked: "lock",
+        errors.OutputError: "output",
+        errors.Interrupted: "interrupted",
+        errors.ItemError: "failed",
+    }
+    for cls in classes[1:]:
+        assert cls in expected_words, f"{cls.__name__} is not checked against README"
+        assert expected_words[cls] in rows[cls.exit_code], cls.__name__
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found += [sub, *_subclasses(sub)]
+    return found
+
+
+def test_readme_retry_table_matches_the_retry_rules() -> None:
+    """Statuses README calls retried/failed/fatal are the ones ``batch.retry`` treats so."""
+    rows = _table(_section("Options of `dgbatch run`").split("### Retries", 1)[1])
+    retried, failed, fatal = ({int(s) for s in re.findall(r"\b(\d{3})\b", row[0])} for row in rows)
+    assert retried - {200} == set(retry.RETRYABLE_STATUSES)  # "a 200 that is not a transcript"
+    assert fatal == set(retry.FATAL_STATUSES)
+    assert failed == {400, 404, 411, 413, 414, 415}
+    for status in failed:
+        assert retry.classify_response(status, b"").action is retry.Action.FAIL
+
+
+def test_readme_audio_extensions_are_walked() -> None:
+    """Every extension README lists for folder walks is one the walk takes."""
+    from batch.naming import AUDIO_EXTENSIONS
+
+    listed = re.search(r"audio extension \(([^)]*)\)", README)
+    assert listed
+    names = {f".{e.strip()}" for e in listed.group(1).replace("\n", " ").split(",")}
+    names.discard(".…")
+    assert names <= AUDIO_EXTENSIONS

@@ -1,0 +1,196 @@
+"""Outputs: atomic writes, collision-free names, no escape from --out, txt rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from conftest import Cli, make_wav, outputs_under, read_state_rows, sha256_of
+
+from batch.emulator import Emulator, build_response
+from batch.errors import OutputError
+from batch.formats import render_txt
+from batch.outputs import LocalSink, OutputMeta, write_atomic
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
+
+
+def test_write_atomic_replaces_the_target_and_leaves_no_temp_file(tmp_path: Path) -> None:
+    """The target holds the new bytes and nothing else is left in the folder."""
+    target = tmp_path / "deep" / "a.json"
+    write_atomic(target, b"old")
+    write_atomic(target, b"new")
+    assert target.read_bytes() == b"new"
+    assert _files(tmp_path) == ["deep/a.json"]
+
+
+def test_write_atomic_failure_keeps_the_old_file_and_removes_its_temp(tmp_path: Path) -> None:
+    """When the rename fails (the target is a folder) the temp file is cleaned up."""
+    target = tmp_path / "a.json"
+    target.mkdir()
+    (target / "keep").write_text("x")
+    with pytest.raises(OSError):
+        write_atomic(target, b"data")
+    assert _files(tmp_path) == ["a.json/keep"]
+
+
+@pytest.mark.parametrize("name", ["../evil", "../../x/y", "/etc/passwd", "a/../../b"])
+def test_the_sink_refuses_any_path_outside_its_root(tmp_path: Path, name: str) -> None:
+    """Even a raw, unsanitised name cannot make the sink write outside its folder."""
+    sink = LocalSink(tmp_path / "out")
+    try:
+        with pytest.raises(ValueError, match="escapes the output folder"):
+            sink.path_for(name, "json")
+    finally:
+        sink.close()
+
+
+def test_the_sink_reports_an_unwritable_folder_as_an_output_error(tmp_path: Path) -> None:
+    """A write that fails names the path and the reason."""
+    sink = LocalSink(tmp_path / "out")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "a.json").mkdir()
+    try:
+        with pytest.raises(OutputError, match=r"a\.json: cannot write output"):
+            asyncio.run(sink.write("a", {"json": b"{}"}, OutputMeta("a.wav", "")))
+    finally:
+        sink.close()
+
+
+def test_shared_stems_keep_their_extension(tmp_path: Path, dgbatch: Cli) -> None:
+    """``a.wav`` + ``a.mp3`` in one folder give ``a.wav.json`` + ``a.mp3.json``; ``b`` is plain."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wav = make_wav(src / "a.wav")
+    mp3 = make_wav(src / "a.mp3", tone=1)  # WAV bytes: the emulator sniffs, not the name
+    make_wav(src / "b.wav", tone=2)
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    visible = [f for f in _files(out) if not f.startswith(".dgbatch/")]
+    assert visible == ["a.mp3.json", "a.mp3.txt", "a.wav.json", "a.wav.txt", "b.json", "b.txt"]
+    assert sha256_of(wav) in (out / "a.wav.json").read_text()
+    assert sha256_of(mp3) in (out / "a.mp3.json").read_text()
+
+
+def test_names_stay_the_same_when_a_colliding_file_arrives_later(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """Outputs already written keep their names; the newcomer keeps its extension."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "a.wav")
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    make_wav(src / "a.mp3", tone=1)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    assert [p.name for p in outputs_under(out)] == ["a.json", "a.mp3.json"]
+
+
+def test_json_is_the_response_byte_for_byte_and_txt_is_its_transcript(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """``json`` is Deepgram's body as returned; ``txt`` is the paragraphs' transcript."""
+    wav = make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(wav), "--out", str(out)).exit_code == 0
+    body = (out / "a.json").read_bytes()
+    assert body.startswith(b'{"metadata": {"transaction_key"')  # the emulator's own spelling
+    data = json.loads(body)
+    paragraphs = data["results"]["channels"][0]["alternatives"][0]["paragraphs"]["transcript"]
+    assert (out / "a.txt").read_text() == paragraphs.strip() + "\n"
+    size = wav.stat().st_size
+    assert (out / "a.txt").read_text() == f"Audio {sha256_of(wav)[:16]} has {size} bytes.\n"
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ((), "audio abc has 3 bytes\n"),
+        ((("smart_format", "true"),), "Audio abc has 3 bytes.\n"),
+        (
+            (("diarize", "true"), ("paragraphs", "true")),
+            "Speaker 0: Audio abc.\n\nSpeaker 1: Has 3 bytes.\n",
+        ),
+    ],
+)
+def test_txt_renders_paragraphs_when_present(
+    params: tuple[tuple[str, str], ...], expected: str
+) -> None:
+    """Plain transcript without paragraphs, the paragraphs' text (with speakers) when present."""
+    response = build_response(request_id="r", sha256="abc", size=3, duration=1.0, params=params)
+    assert render_txt(b"", response).decode() == expected
+
+
+def test_txt_labels_each_channel_when_there_are_several() -> None:
+    """A two-channel response gives one labelled block per channel."""
+    response = {
+        "results": {
+            "channels": [
+                {"alternatives": [{"transcript": "left side"}]},
+                {"alternatives": [{"transcript": "right side"}]},
+            ]
+        }
+    }
+    assert render_txt(b"", response) == b"Channel 0:\nleft side\n\nChannel 1:\nright side\n"
+
+
+def test_formats_option_chooses_the_outputs(tmp_path: Path, dgbatch: Cli) -> None:
+    """``--formats json`` writes only json; an unknown format is a usage error."""
+    wav = make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(wav), "--out", str(out), "--formats", "json").exit_code == 0
+    assert [f for f in _files(out) if not f.startswith(".dgbatch/")] == ["a.json"]
+    bad = dgbatch("run", str(wav), "--out", str(out), "--formats", "json,pdf")
+    assert bad.exit_code == 2
+    assert "pdf" in bad.output
+
+
+def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:
+    """Ids like ``../../evil``, ``/etc/x`` or with control characters land inside --out."""
+    make_wav(tmp_path / "in" / "a.wav")
+    make_wav(tmp_path / "in" / "b.wav", tone=1)
+    make_wav(tmp_path / "in" / "c.wav", tone=2)
+    manifest = tmp_path / "in" / "m.jsonl"
+    manifest.write_text(
+        '{"source": "a.wav", "id": "../../evil"}\n'
+        '{"source": "b.wav", "id": "/etc/x"}\n'
+        '{"source": "c.wav", "id": "tab\\there\\u0007"}\n'
+    )
+    out = tmp_path / "deep" / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    visible = [f for f in _files(out) if not f.startswith(".dgbatch/")]
+    assert visible == [
+        "etc/x.json",
+        "etc/x.txt",
+        "evil.json",
+        "evil.txt",
+        "tab_here_.json",
+        "tab_here_.txt",
+    ]
+    assert not (tmp_path / "evil.json").exists()
+    assert not list(tmp_path.glob("*.json"))
+    outputs = [
+        p
+        for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
+        for p in json.loads(str(r["outputs"]))
+    ]
+    assert all(Path(p).resolve().is_relative_to(out.resolve()) for p in outputs)
+
+
+def test_an_output_that_cannot_be_written_stops_the_run_and_the_rerun_recovers(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """A write failure exits 1 naming the path, the item stays pending, and a rerun finishes."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "a.wav")
+    (out / "a.json").mkdir(parents=True)
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 1
+    assert "a.json: cannot write output" in result.output
+    assert [r["status"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")] == ["pending"]
+    (out / "a.json").rmdir()
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / "a.json").is_file()

@@ -1,0 +1,246 @@
+"""Resuming: kill -9, Ctrl-C, a second run on the same state, --retry-failed, changed files.
+
+The subprocess tests run the real ``python -m batch`` against an emulator in a thread of
+the test process, so the emulator's log sees every request any of the runs sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from conftest import (
+    Cli,
+    emulator_with,
+    make_wav,
+    make_wavs,
+    outputs_under,
+    read_state_rows,
+    sent_sha256s,
+    sha256_of,
+    start_run,
+    wait_for,
+)
+
+from batch.emulator import Emulator
+
+
+def _statuses(state: Path) -> list[str]:
+    return [str(r["status"]) for r in read_state_rows(state)]
+
+
+def _assert_each_output_matches(out: Path, wavs: list[Path], *, killed: bool = False) -> None:
+    """One json and one txt per item, each the transcript of exactly that item.
+
+    A ``kill -9`` during a write leaves that write's hidden temp file behind (nothing can
+    remove it in a dying process); otherwise no temp file may be left.
+    """
+    assert len(outputs_under(out, ".json")) == len(wavs)
+    assert len(outputs_under(out, ".txt")) == len(wavs)
+    for wav in wavs:
+        assert sha256_of(wav) in (out / f"{wav.stem}.json").read_text()
+    temps = [p for p in out.rglob("*") if p.name.endswith(".tmp")]
+    assert all(p.name.startswith(".") for p in temps) if killed else not temps
+
+
+@pytest.mark.timeout(60)
+def test_kill_9_mid_run_then_resume_does_every_item_exactly_once(tmp_path: Path) -> None:
+    """After ``kill -9`` the same command finishes; at most ``concurrency`` requests are re-sent."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = make_wavs(src, 200, seconds=0.01)
+    state = out / ".dgbatch" / "state.sqlite"
+    with emulator_with(latency=0.05) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "-c", "8")
+        try:
+            wait_for(lambda: len(outputs_under(out)) >= 40 or proc.poll() is not None)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=30)
+        assert proc.returncode == -signal.SIGKILL
+        statuses = _statuses(state)
+        assert 0 < statuses.count("done") < 200, "killed mid-run"
+        status = Cli(emu)("status", "--state", str(state))
+        assert "last run: #1 (running or crashed)" in status.output
+        result = Cli(emu)("run", str(src), "--out", str(out), "-c", "8")
+        sent = sent_sha256s(emu)
+    assert result.exit_code == 0, result.output
+    assert set(_statuses(state)) == {"done"}
+    _assert_each_output_matches(out, wavs, killed=True)
+    assert set(sent) == {sha256_of(w) for w in wavs}
+    resent = sum(count - 1 for count in sent.values())
+    assert resent <= 8, f"{resent} requests re-sent"
+
+
+@pytest.mark.timeout(60)
+def test_a_second_run_on_the_same_state_exits_4(tmp_path: Path) -> None:
+    """While one run holds the state, another exits 4 with a clear message and changes nothing."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 6)
+    lock = out / ".dgbatch" / "state.sqlite.lock"
+    with emulator_with(latency=0.25) as emu:
+        first = start_run(emu, str(src), "--out", str(out), "-c", "1")
+        try:
+            wait_for(lambda: len(emu.log) >= 1 or first.poll() is not None)
+            assert first.poll() is None, "the first run must still be going"
+            assert lock.read_text().startswith(f"pid {first.pid}")
+            second = Cli(emu)("run", str(src), "--out", str(out))
+        finally:
+            first.communicate(timeout=30)
+        assert second.exit_code == 4
+        assert "state file is in use by another dgbatch run" in second.output
+        assert f"pid {first.pid}" in second.output
+        assert first.returncode == 0
+        assert sum(sent_sha256s(emu).values()) == 6
+
+
+@pytest.mark.timeout(60)
+def test_status_and_report_read_a_state_while_a_run_holds_it(tmp_path: Path) -> None:
+    """``status`` and ``report`` work during a run (WAL readers never block the writer)."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 5)
+    state = out / ".dgbatch" / "state.sqlite"
+    with emulator_with(latency=0.2) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "-c", "1")
+        try:
+            wait_for(lambda: len(emu.log) >= 1)
+            cli = Cli(emu)
+            status = cli("status", "--state", str(state), "--json")
+            report = cli("report", "--state", str(state))
+        finally:
+            proc.communicate(timeout=30)
+    assert status.exit_code == 0, status.output
+    assert '"total": 5' in status.output
+    assert report.exit_code == 0
+    assert len(report.output.splitlines()) == 5
+
+
+@pytest.mark.timeout(60)
+def test_sigint_exits_130_with_a_consistent_state_and_the_rerun_finishes(tmp_path: Path) -> None:
+    """Ctrl-C lets in-flight requests finish, exits 130, leaves nothing running; a rerun ends it."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = make_wavs(src, 30)
+    state = out / ".dgbatch" / "state.sqlite"
+    with emulator_with(latency=0.2) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "-c", "3")
+        try:
+            wait_for(lambda: len(outputs_under(out)) >= 3 or proc.poll() is not None)
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130, stderr.decode()
+        assert b"interrupted by SIGINT" in stderr
+        rows = read_state_rows(state)
+        statuses = [r["status"] for r in rows]
+        assert "running" not in statuses
+        assert 0 < statuses.count("done") < 30
+        for row in rows:
+            if row["status"] == "done":
+                assert all(Path(p).exists() for p in _json_list(row["outputs"]))
+        result = Cli(emu)("run", str(src), "--out", str(out))
+        sent = sent_sha256s(emu)
+    assert result.exit_code == 0, result.output
+    _assert_each_output_matches(out, wavs)
+    assert sum(sent.values()) == 30, "in-flight requests finished: nothing was sent twice"
+
+
+def _json_list(text: object) -> list[str]:
+    """Parse a JSON list column."""
+    value = json.loads(str(text))
+    assert isinstance(value, list)
+    return [str(v) for v in value]
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_is_an_interruption_too(tmp_path: Path) -> None:
+    """SIGTERM (systemd, Kubernetes) stops the run like Ctrl-C: exit 130, nothing left running."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 20)
+    with emulator_with(latency=0.2) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "-c", "2")
+        wait_for(lambda: len(emu.log) >= 2 or proc.poll() is not None)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "running" not in _statuses(out / ".dgbatch" / "state.sqlite")
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(("options", "signals"), [(["--grace", "0.3"], 1), (["--grace", "30"], 2)])
+def test_slow_requests_are_abandoned_after_the_grace_period_or_a_second_signal(
+    tmp_path: Path, options: list[str], signals: int
+) -> None:
+    """In-flight requests get ``--grace`` seconds after Ctrl-C; a second Ctrl-C abandons them."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 3)
+    with emulator_with(latency=20.0) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "-c", "3", *options)
+        try:
+            wait_for(lambda: emu.in_flight_max() >= 3 or proc.poll() is not None)
+            started = time.monotonic()
+            for _ in range(signals):
+                proc.send_signal(signal.SIGINT)
+                time.sleep(0.1)
+            _, stderr = proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert time.monotonic() - started < 5.0
+    assert proc.returncode == 130, stderr.decode()
+    assert _statuses(out / ".dgbatch" / "state.sqlite") == ["pending"] * 3
+
+
+def test_done_items_are_not_sent_again(tmp_path: Path, dgbatch: Cli, emulator: Emulator) -> None:
+    """Running the same command twice sends nothing the second time and exits 0."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 5)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    assert len(emulator.log) == 5
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 5
+    assert "done 0, failed 0" in result.output
+    assert "state: 5 done" in result.output
+
+
+def test_a_changed_file_is_done_again_and_new_files_are_added(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A file whose size or mtime changed is re-sent; unchanged ones are not; new ones join."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = make_wavs(src, 4)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    emulator.log.clear()
+    make_wav(wavs[0], seconds=0.05, tone=50)  # new content and size
+    os.utime(wavs[1], ns=(time.time_ns(), wavs[1].stat().st_mtime_ns + 5_000_000_000))  # touch
+    new = make_wav(src / "new.wav", tone=60)
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sent_sha256s(emulator) == {sha256_of(p): 1 for p in (wavs[0], wavs[1], new)}
+    assert sha256_of(wavs[0]) in (out / "f000.json").read_text()
+
+
+def test_retry_failed_requeues_items_that_failed_earlier(tmp_path: Path) -> None:
+    """Failed items stay failed on a plain rerun and are retried with ``--retry-failed``."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = make_wavs(src, 3)
+    with emulator_with(fault_rate=1.0, faults=("500",)) as broken:
+        result = Cli(broken)("run", str(src), "--out", str(out), "--max-retries", "1")
+    assert result.exit_code == 1
+    state = out / ".dgbatch" / "state.sqlite"
+    assert set(_statuses(state)) == {"failed"}
+    with emulator_with() as healthy:
+        cli = Cli(healthy)
+        plain = cli("run", str(src), "--out", str(out))
+        assert plain.exit_code == 1
+        assert healthy.log == []
+        retried = cli("run", str(src), "--out", str(out), "--retry-failed")
+        assert retried.exit_code == 0, retried.output
+        assert sent_sha256s(healthy) == {sha256_of(w): 1 for w in wavs}
+    rows = read_state_rows(state)
+    assert {(r["status"], r["attempts"], r["error"]) for r in rows} == {("done", 1, None)}

@@ -1,0 +1,243 @@
+"""Retry classification, Retry-After parsing and backoff: pure functions, table-driven."""
+
+from __future__ import annotations
+
+import json
+import random
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from batch.emulator import build_response
+from batch.retry import (
+    MAX_RETRY_AFTER,
+    Action,
+    Decision,
+    backoff,
+    classify_exception,
+    classify_response,
+    parse_error_body,
+    parse_retry_after,
+    parse_transcript,
+    retry_delay,
+)
+
+NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
+VALID = json.dumps(
+    build_response(request_id="r-1", sha256="ab" * 32, size=10, duration=1.0, params=())
+).encode()
+
+
+def _err(code: str, msg: str, request_id: str = "req-9") -> bytes:
+    return json.dumps({"err_code": code, "err_msg": msg, "request_id": request_id}).encode()
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "action"),
+    [
+        (200, VALID, Action.SUCCEED),
+        (200, VALID[: len(VALID) // 2], Action.RETRY),
+        (200, b"\x00\x8b\xff<!-- not json -->\x89PNG", Action.RETRY),
+        (200, b"", Action.RETRY),
+        (200, b"[1, 2]", Action.RETRY),
+        (400, _err("Bad Request", "corrupt or unsupported data"), Action.FAIL),
+        (401, _err("INVALID_AUTH", "Invalid credentials."), Action.FATAL),
+        (402, _err("ASR_PAYMENT_REQUIRED", "no credits"), Action.FATAL),
+        (403, _err("INSUFFICIENT_PERMISSIONS", "no access"), Action.FATAL),
+        (404, _err("NOT_FOUND", "no such path"), Action.FAIL),
+        (408, _err("SLOW_UPLOAD", "Request upload timeout."), Action.RETRY),
+        (411, _err("LENGTH_REQUIRED", "Content-Length required"), Action.FAIL),
+        (413, _err("PAYLOAD_TOO_LARGE", "too large"), Action.FAIL),
+        (414, _err("URI_TOO_LONG", "too long"), Action.FAIL),
+        (415, _err("UNSUPPORTED_MEDIA_TYPE", "bad type"), Action.FAIL),
+        (422, _err("UNPROCESSABLE", "other 4xx"), Action.FAIL),
+        (429, _err("TOO_MANY_REQUESTS", "slow down"), Action.RETRY),
+        (499, _err("CLIENT_CLOSED_REQUEST", "closed"), Action.RETRY),
+        (500, _err("INTERNAL_SERVER_ERROR", "oops"), Action.RETRY),
+        (501, b"", Action.RETRY),
+        (502, b"<html><title>502 Bad Gateway</title></html>", Action.RETRY),
+        (503, b'{"error_code": "Service Unavailable", "err_msg": "later"}', Action.RETRY),
+        (504, b"<html><title>504 Gateway Time-out</title></html>", Action.RETRY),
+    ],
+)
+def test_classify_response_follows_the_retry_table(
+    status: int, body: bytes, action: Action
+) -> None:
+    """Every status of DESIGN's retry rules gets its documented action."""
+    decision = classify_response(status, body)
+    assert decision.action is action
+    if action is Action.SUCCEED:
+        assert decision.response is not None
+        assert decision.response["metadata"]["request_id"] == "r-1"
+    else:
+        assert decision.response is None
+        assert decision.reason.startswith("HTTP" if status != 200 else "200")
+
+
+def test_callback_acknowledgement_is_not_resent() -> None:
+    """A callback-mode 200 ``{"request_id"}`` was accepted and billed: fail, never pay twice."""
+    decision = classify_response(200, b'{"request_id": "cb-1"}')
+    assert decision.action is Action.FAIL
+    assert decision.request_id == "cb-1"
+    assert "callback" in decision.reason
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "message", "request_id"),
+    [
+        (400, _err("Bad Request", "corrupt data", "r1"), "Bad Request", "corrupt data", "r1"),
+        (
+            503,
+            b'{"error_code": "Service Unavailable", "err_msg": "Please try again later"}',
+            "Service Unavailable",
+            "Please try again later",
+            None,
+        ),
+        (
+            400,
+            b'{"category": "INVALID_JSON", "message": "Invalid JSON submitted.", "details": "x"}',
+            "INVALID_JSON",
+            "Invalid JSON submitted.",
+            None,
+        ),
+        (
+            502,
+            b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n</html>\r\n",
+            None,
+            "<html> <head><title>502 Bad Gateway</title></head> </html>",
+            None,
+        ),
+        (500, b"upstream connect error", None, "upstream connect error", None),
+        (500, b"", None, None, None),
+        (500, b"   \n", None, None, None),
+        (500, b'["a list"]', None, '["a list"]', None),
+        (500, b"\xff\xfe broken utf-8", None, "\ufffd\ufffd broken utf-8", None),
+    ],
+)
+def test_error_bodies_of_every_shape_are_read(
+    status: int, body: bytes, code: str | None, message: str | None, request_id: str | None
+) -> None:
+    """err_code/err_msg, error_code (503), category/message, HTML, text and empty bodies."""
+    err = parse_error_body(body)
+    assert (err.code, err.message, err.request_id) == (code, message, request_id)
+    decision = classify_response(status, body)
+    assert decision.err_code == code
+    assert decision.request_id == request_id
+    expected = f"HTTP {status}" + (f" {code}" if code else "") + (f": {message}" if message else "")
+    assert decision.reason == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        ("5", 5.0),
+        ("0", 0.0),
+        (" 1.5 ", 1.5),
+        ("-3", 0.0),
+        ("99999", MAX_RETRY_AFTER),
+        ("inf", MAX_RETRY_AFTER),
+        ("nan", None),
+        ("soon", None),
+        ("Thu, 99 Foo 2026", None),
+        ("", None),
+        (None, None),
+        (format_datetime(NOW + timedelta(seconds=30), usegmt=True), 30.0),
+        (format_datetime(NOW - timedelta(seconds=30), usegmt=True), 0.0),
+        ("Fri, 27 Nov 2026 12:00:10", 10.0),  # no zone: read as UTC
+        (format_datetime(NOW + timedelta(days=1), usegmt=True), MAX_RETRY_AFTER),
+    ],
+)
+def test_retry_after_is_parsed_clamped_or_ignored(value: str | None, seconds: float | None) -> None:
+    """Delta-seconds and HTTP dates are read, garbage ignored, negative and huge values clamped."""
+    assert parse_retry_after(value, now=NOW) == seconds
+
+
+def test_retry_after_is_kept_only_for_retryable_answers() -> None:
+    """A 429 carries its Retry-After into the decision; a 400 or 401 never waits."""
+    assert classify_response(429, b"", "7").retry_after == 7.0
+    assert classify_response(503, b"", "garbage").retry_after is None
+    assert classify_response(400, b"", "7").retry_after is None
+    assert classify_response(401, b"", "7").retry_after is None
+
+
+@pytest.mark.parametrize(
+    ("attempt", "base", "cap", "ceiling"),
+    [
+        (1, 1.0, 60.0, 1.0),
+        (2, 1.0, 60.0, 2.0),
+        (4, 1.0, 60.0, 8.0),
+        (7, 1.0, 60.0, 60.0),
+        (3, 0.5, 60.0, 2.0),
+        (3, 1.0, 3.0, 3.0),
+        (0, 1.0, 60.0, 1.0),
+        (-5, 1.0, 60.0, 1.0),
+        (64, 1.0, 60.0, 60.0),
+        (1025, 1.0, 60.0, 60.0),
+        (10_000, 1.0, 60.0, 60.0),
+    ],
+)
+def test_backoff_is_full_jitter_below_the_doubling_ceiling(
+    attempt: int, base: float, cap: float, ceiling: float
+) -> None:
+    """The delay is uniform in [0, min(cap, base * 2**(attempt-1))], seeded RNG reproducible."""
+    delays = [backoff(attempt, base=base, cap=cap, rng=random.Random(seed)) for seed in range(300)]
+    assert all(0.0 <= d <= ceiling for d in delays)
+    assert min(delays) < ceiling * 0.05, "full jitter reaches down to zero"
+    assert max(delays) > ceiling * 0.95, "full jitter reaches up to the ceiling"
+    assert backoff(attempt, base=base, cap=cap, rng=random.Random(42)) == random.Random(42).uniform(
+        0.0, ceiling
+    )
+
+
+def test_backoff_does_not_overflow_at_attempt_ten_thousand() -> None:
+    """Regression: a huge attempt number gives the cap, not an OverflowError."""
+    assert 0.0 <= backoff(10_000, base=1.0, cap=60.0, rng=random.Random(1)) <= 60.0
+    assert 0.0 <= backoff(10**9, base=1e300, cap=5.0) <= 5.0
+
+
+@pytest.mark.parametrize(
+    ("decision", "expected"),
+    [
+        (Decision(Action.RETRY, retry_after=3.0), 3.0),
+        (Decision(Action.RETRY, retry_after=0.0), 0.0),
+        (Decision(Action.RETRY), random.Random(5).uniform(0.0, 4.0)),
+    ],
+)
+def test_retry_after_wins_over_backoff(decision: Decision, expected: float) -> None:
+    """When the answer has Retry-After it is the delay; otherwise the jittered backoff is."""
+    assert retry_delay(decision, 3, base=1.0, cap=60.0, rng=random.Random(5)) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "reason"),
+    [
+        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
+        (TimeoutError(), "timeout"),
+        (ConnectionResetError(104, "Connection reset by peer"), "ConnectionResetError"),
+        (OSError(), "OSError"),
+    ],
+)
+def test_transport_failures_are_retried(exc: BaseException, reason: str) -> None:
+    """Connection refused/reset and timeouts are always retryable, with a readable reason."""
+    decision = classify_exception(exc)
+    assert decision.action is Action.RETRY
+    assert decision.reason.startswith(reason)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [VALID, json.dumps({"metadata": {}, "results": {}}).encode()],
+)
+def test_parse_transcript_accepts_deepgram_shapes(body: bytes) -> None:
+    """A body with ``metadata`` and ``results`` objects is a transcript."""
+    assert parse_transcript(body) is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"", b"null", b"{}", b'{"request_id": "x"}', b'{"metadata": [], "results": {}}', b"\xff"],
+)
+def test_parse_transcript_refuses_everything_else(body: bytes) -> None:
+    """Truncated, garbage, acknowledgements and wrong shapes are not transcripts."""
+    assert parse_transcript(body) is None

@@ -1,0 +1,438 @@
+"""Tests for batch.sources: SOURCE arguments become a lazy, ordered stream of Items."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from batch.errors import SourceError
+from batch.models import Filters, Item, ItemKind
+from batch.sources import expand_sources, item_for_source, scheme_of
+
+
+def _touch(path: Path, data: bytes = b"audio") -> Path:
+    """Create a small file (and its folders) standing in for audio."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A folder of audio and non-audio files, nested two levels deep."""
+    root = tmp_path / "calls"
+    for name in (
+        "b.mp3",
+        "a.WAV",
+        "notes.txt",
+        "day1/z.flac",
+        "day1/a.wav",
+        "day1/tmp/scratch.wav",
+        "day2/c.m4a",
+        "day2/.hidden.ogg",
+        ".git/objects/x.wav",
+    ):
+        _touch(root / name)
+    return root
+
+
+def _names(items: Iterator[Item] | list[Item]) -> list[str]:
+    """Names of items, in order."""
+    return [item.name for item in items]
+
+
+def test_item_field_order_is_pinned() -> None:
+    """Item's fields keep the order the URL fast path constructs them in positionally."""
+    assert [f.name for f in dataclasses.fields(Item)] == [
+        "id",
+        "source",
+        "kind",
+        "name",
+        "params",
+        "size",
+        "fingerprint",
+        "error",
+        "origin",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("https://h/x", "https"),
+        ("HTTP://h/x", "http"),
+        ("s3://b/k", "s3"),
+        ("ftp://h/x", "ftp"),
+        ("calls/a.wav", ""),
+        ("C:\\calls\\a.wav", ""),
+        ("weird:name.wav", ""),
+    ],
+)
+def test_scheme_of_table(source: str, expected: str) -> None:
+    """Only ``scheme://`` counts as a scheme; drive letters and colons in names do not."""
+    assert scheme_of(source) == expected
+
+
+def test_file_item_fields(tmp_path: Path) -> None:
+    """A file's id is its absolute path, its name is relative to the base, with size and mtime."""
+    path = _touch(tmp_path / "day1" / "a.wav", b"12345")
+    item = item_for_source("day1/a.wav", base=tmp_path, origin="m.txt:3")
+    st = path.stat()
+    assert item == Item(
+        id=str(path),
+        source=str(path),
+        kind=ItemKind.FILE,
+        name="day1/a.wav",
+        size=5,
+        fingerprint=f"5:{st.st_mtime_ns}",
+        origin="m.txt:3",
+    )
+
+
+def test_file_outside_base_is_named_by_basename(tmp_path: Path) -> None:
+    """A file outside the base folder is named by its basename, never by ``../``."""
+    path = _touch(tmp_path / "elsewhere" / "x.wav")
+    item = item_for_source("../elsewhere/x.wav", base=tmp_path / "lists")
+    assert (item.id, item.name, item.error) == (str(path), "x.wav", None)
+
+
+def test_name_hint_keys_and_names(tmp_path: Path) -> None:
+    """An explicit id becomes the item's key (``id:`` prefix) and its output name."""
+    _touch(tmp_path / "a.wav")
+    item = item_for_source("a.wav", base=tmp_path, name_hint="call-9", params=(("language", "fr"),))
+    assert (item.id, item.name, item.params) == ("id:call-9", "call-9", (("language", "fr"),))
+
+
+@pytest.mark.parametrize(
+    ("url", "item_id", "name"),
+    [
+        (
+            "https://cdn.x.com/pod/ep1.mp3?sig=abc",
+            "https://cdn.x.com/pod/ep1.mp3?sig=REDACTED",
+            "pod/ep1.mp3",
+        ),
+        ("https://cdn.x.com/a%20b.mp3", "https://cdn.x.com/a%20b.mp3", "a b.mp3"),
+        ("https://cdn.x.com", "https://cdn.x.com", "cdn.x.com"),
+        ("http://127.0.0.1:8080/x.wav#t=1", "http://127.0.0.1:8080/x.wav#t=1", "x.wav"),
+        ("http://[::1]:9/x.wav", "http://[::1]:9/x.wav", "x.wav"),
+        ("https://u:p@h.example/a.mp3", "https://REDACTED@h.example/a.mp3", "a.mp3"),
+        (
+            "https://b.s3.amazonaws.com/k.wav?X-Amz-Date=20260101T000000Z&X-Amz-Expires=60&X-Amz-Signature=ff",
+            "https://b.s3.amazonaws.com/k.wav?X-Amz-Date=REDACTED&X-Amz-Expires=REDACTED&X-Amz-Signature=REDACTED",
+            "k.wav",
+        ),
+        (
+            "https://a.blob.core.windows.net/c/k.wav?sv=2022&se=2026&st=2025&sp=r&sig=zz",
+            "https://a.blob.core.windows.net/c/k.wav?sv=2022&se=REDACTED&st=REDACTED&sp=r&sig=REDACTED",
+            "c/k.wav",
+        ),
+    ],
+)
+def test_url_items_table(url: str, item_id: str, name: str) -> None:
+    """A URL item keeps the real URL as source, a redacted re-sign-stable id and a path name."""
+    item = item_for_source(url, base=Path("/"))
+    assert (item.kind, item.source, item.id, item.name, item.error) == (
+        ItemKind.URL,
+        url,
+        item_id,
+        name,
+        None,
+    )
+    assert item.fingerprint == ""
+
+
+def test_every_whitespace_and_control_character_fails_a_url() -> None:
+    """The URL check rejects exactly what str.isspace calls whitespace, plus controls."""
+    rejected = [
+        chr(code)
+        for code in range(sys.maxunicode + 1)
+        if chr(code).isspace() or code < 0x20 or code == 0x7F
+    ]
+    for char in rejected:
+        item = item_for_source(f"https://h/a{char}b.mp3", base=Path("/"))
+        assert item.error is not None, repr(char)
+        assert "whitespace or control characters" in item.error
+    assert item_for_source("https://h/\u00e9\u4e2d.mp3", base=Path("/")).error is None
+
+
+@pytest.mark.parametrize(
+    ("source", "error"),
+    [
+        ("ftp://h/a.wav", "ftp://h/a.wav: unsupported scheme 'ftp'"),
+        ("https://h/a b.wav", "https://h/a b.wav: URL contains whitespace or control characters"),
+        ("https:///a.wav", "https:///a.wav: malformed URL or no host"),
+        ("https://u:secret@/a.wav", "https://REDACTED@/a.wav: malformed URL or no host"),
+        ("file://host/a.wav", "file://host/a.wav: not a local file URL"),
+        ("https://h/\udcff.mp3", "https://h/\\xff.mp3: URL is not valid UTF-8"),
+        ("gopher://h/\udcff", "gopher://h/\\xff: unsupported scheme 'gopher'"),
+    ],
+)
+def test_bad_sources_are_failed_items(source: str, error: str) -> None:
+    """A source that can never be sent comes back as a failed item, not an exception."""
+    item = item_for_source(source, base=Path("/"), origin="m.txt:1")
+    assert item.error == f"m.txt:1: {error}"
+    assert "secret" not in item.id + item.source + item.name
+    (item.id + item.source + item.name + item.error).encode("utf-8")
+
+
+def test_directory_walk_is_recursive_sorted_and_audio_only(tree: Path) -> None:
+    """A folder yields its audio files depth-first in name order, named relative to it."""
+    items = list(expand_sources([str(tree)], Filters()))
+    assert _names(items) == [
+        ".git/objects/x.wav",
+        "a.WAV",
+        "b.mp3",
+        "day1/a.wav",
+        "day1/tmp/scratch.wav",
+        "day1/z.flac",
+        "day2/.hidden.ogg",
+        "day2/c.m4a",
+    ]
+    first = items[3]
+    st = (tree / "day1" / "a.wav").stat()
+    assert (first.id, first.source, first.kind) == (str(tree / "day1/a.wav"),) * 2 + (
+        ItemKind.FILE,
+    )
+    assert (first.size, first.fingerprint) == (st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(include=("*.wav",)), [".git/objects/x.wav", "day1/a.wav", "day1/tmp/scratch.wav"]),
+        (Filters(include=("day1/*",)), ["day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac"]),
+        (
+            Filters(exclude=(".*", "tmp")),
+            ["a.WAV", "b.mp3", "day1/a.wav", "day1/z.flac", "day2/c.m4a"],
+        ),
+        (
+            Filters(include=("day*",), exclude=("*/tmp/*", "*.flac")),
+            ["day1/a.wav", "day2/.hidden.ogg", "day2/c.m4a"],
+        ),
+        (
+            Filters(extensions=frozenset({"wav", ".FLAC"}), exclude=(".git",)),
+            ["a.WAV", "day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac"],
+        ),
+        (Filters(extensions=frozenset({".txt"})), ["notes.txt"]),
+    ],
+)
+def test_directory_filters_table(tree: Path, filters: Filters, expected: list[str]) -> None:
+    """Globs match the relative path or the basename; excluded folders are pruned whole."""
+    assert _names(expand_sources([str(tree)], filters)) == expected
+
+
+def test_symlinked_dirs_are_not_followed(tree: Path) -> None:
+    """A symlink to a folder (here a loop) is skipped; a symlink to a file is taken."""
+    (tree / "day1" / "loop").symlink_to(tree)
+    (tree / "link.wav").symlink_to(tree / "b.mp3")
+    names = _names(expand_sources([str(tree)], Filters(exclude=(".git",))))
+    assert "link.wav" in names
+    assert not any(name.startswith("day1/loop") for name in names)
+
+
+def test_broken_symlink_is_failed_item(tmp_path: Path) -> None:
+    """A dangling audio symlink in a folder becomes a failed item, not a crash."""
+    _touch(tmp_path / "ok.wav")
+    (tmp_path / "gone.wav").symlink_to(tmp_path / "missing.wav")
+    gone, ok = list(expand_sources([str(tmp_path)], Filters()))
+    assert gone.error is not None and gone.error.endswith("gone.wav: broken symlink")
+    assert ok.error is None
+
+
+def test_undecodable_file_name_is_printable_failed_item(tmp_path: Path) -> None:
+    """A file name that is not UTF-8 fails as an item whose fields can all be encoded."""
+    _touch(tmp_path / "ok.wav")
+    with open(os.path.join(os.fsencode(tmp_path), b"bad\xff.wav"), "wb") as out:
+        out.write(b"audio")
+    bad, ok = list(expand_sources([str(tmp_path)], Filters()))
+    assert bad.error is not None and bad.error.endswith(
+        "bad\\xff.wav: file name is not valid UTF-8 (rename the file)"
+    )
+    for text in (bad.id, bad.source, bad.name, bad.error):
+        text.encode("utf-8")
+    assert ok.error is None
+
+
+def test_undecodable_argument_is_printable_source_error(tmp_path: Path) -> None:
+    """A command-line path that is not UTF-8 gives an error message that can be printed."""
+    arg = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"gone\xff.wav"))
+    with pytest.raises(SourceError) as caught:
+        list(expand_sources([arg], Filters()))
+    str(caught.value).encode("utf-8")
+    assert "gone\\xff.wav: no such file or directory" in str(caught.value)
+
+
+def test_empty_directory_is_source_error(tmp_path: Path) -> None:
+    """A folder without audio is a usage error listing the extensions looked for."""
+    _touch(tmp_path / "readme.md")
+    with pytest.raises(SourceError, match=r": no audio files found \(extensions: .*\.wav"):
+        list(expand_sources([str(tmp_path)], Filters()))
+
+
+def test_empty_directory_fails_after_earlier_args(tmp_path: Path) -> None:
+    """Errors are raised lazily, after the items of earlier arguments have been yielded."""
+    audio = _touch(tmp_path / "a.wav")
+    (tmp_path / "empty").mkdir()
+    stream = expand_sources([str(audio), str(tmp_path / "empty")], Filters())
+    assert next(stream).source == str(audio)
+    with pytest.raises(SourceError, match="empty: no audio files found"):
+        next(stream)
+
+
+@pytest.mark.parametrize(
+    ("arg", "message"),
+    [
+        ("nope/missing.wav", "nope/missing.wav: no such file or directory"),
+        ("ftp://h/a.wav", "ftp://h/a.wav: unsupported scheme 'ftp'"),
+        ("https://u:pw@h/a b.wav", "https://REDACTED@h/a b.wav: URL contains whitespace"),
+        ("s3://bucket/prefix/", "s3://bucket/prefix/: S3 support is not configured"),
+        ("file://remote/x.wav", "file://remote/x.wav: not a local file URL"),
+    ],
+)
+def test_unusable_arguments_are_source_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, arg: str, message: str
+) -> None:
+    """A command-line source that cannot be used raises SourceError naming it, without secrets."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SourceError) as caught:
+        list(expand_sources([arg], Filters()))
+    assert str(caught.value).startswith(message)
+    assert "pw" not in str(caught.value)
+
+
+def test_unreadable_root_dir_is_source_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder argument that cannot be listed is a SourceError with the reason."""
+    real_scandir = os.scandir
+
+    def refuse(path: str) -> object:
+        if os.fspath(path) == str(tmp_path):
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    with pytest.raises(SourceError, match="cannot read directory: Permission denied"):
+        list(expand_sources([str(tmp_path)], Filters()))
+
+
+def test_unreadable_subdir_is_failed_item(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A sub-folder that cannot be listed fails as one item while the walk goes on."""
+    _touch(tmp_path / "locked" / "x.wav")
+    _touch(tmp_path / "open" / "y.wav")
+    real_scandir = os.scandir
+
+    def refuse(path: str) -> object:
+        if os.fspath(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    locked, opened = list(expand_sources([str(tmp_path)], Filters()))
+    assert locked.error is not None and locked.error.endswith("locked: Permission denied")
+    assert opened.name == "open/y.wav"
+
+
+def test_explicit_file_is_taken_whatever_its_extension(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file named on the command line is an item even without an audio extension."""
+    _touch(tmp_path / "calls" / "recording.bin")
+    monkeypatch.chdir(tmp_path)
+    (item,) = expand_sources(["calls/recording.bin"], Filters())
+    assert (item.name, item.source, item.id) == (
+        "calls/recording.bin",
+        str(tmp_path / "calls/recording.bin"),
+        str(tmp_path / "calls/recording.bin"),
+    )
+
+
+def test_explicit_fifo_is_source_error(tmp_path: Path) -> None:
+    """A named pipe on the command line is refused: an upload needs a known length."""
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceError, match=f"^{re.escape(str(fifo))}: not a regular file$"):
+        list(expand_sources([str(fifo)], Filters()))
+
+
+def test_manifest_argument_is_expanded(tmp_path: Path) -> None:
+    """A ``.txt``/``.jsonl``/``.csv`` argument is read as a manifest, relative to its folder."""
+    _touch(tmp_path / "a.wav")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"source": "a.wav", "id": "one"}\n{"source": "https://h/b.mp3"}\n')
+    items = list(expand_sources([str(manifest)], Filters()))
+    assert [(item.id, item.kind) for item in items] == [
+        ("id:one", ItemKind.FILE),
+        ("https://h/b.mp3", ItemKind.URL),
+    ]
+
+
+def test_url_argument(tmp_path: Path) -> None:
+    """An http(s) argument becomes one URL item."""
+    (item,) = expand_sources(["https://cdn.x.com/a.mp3?token=t0k3n"], Filters())
+    assert (item.kind, item.name, item.id) == (
+        ItemKind.URL,
+        "a.mp3",
+        "https://cdn.x.com/a.mp3?token=REDACTED",
+    )
+
+
+def test_stdin_text_stream(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``-`` reads a plain list from a text stream, relative to the working directory."""
+    _touch(tmp_path / "a.wav")
+    monkeypatch.chdir(tmp_path)
+    stdin = io.StringIO("# list\na.wav\n\nhttps://h/x.mp3\n")
+    items = list(expand_sources(["-"], Filters(), stdin))
+    assert [(item.source, item.origin) for item in items] == [
+        (str(tmp_path / "a.wav"), "<stdin>:2"),
+        ("https://h/x.mp3", "<stdin>:4"),
+    ]
+
+
+def test_stdin_binary_buffer_isolates_bad_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When stdin has a byte buffer, invalid UTF-8 fails its own line instead of the whole read."""
+    _touch(tmp_path / "a.wav")
+    monkeypatch.chdir(tmp_path)
+    stdin = io.TextIOWrapper(io.BytesIO(b"caf\xe9.wav\n./a.wav\n"), encoding="utf-8")
+    bad, good = list(expand_sources(["-"], Filters(), stdin))
+    assert bad.error == "<stdin>:1: invalid UTF-8 at byte offset 3"
+    assert good.name == "a.wav"
+
+
+def test_s3_arguments_use_the_hook_with_filters() -> None:
+    """``s3://`` arguments are handed to the S3 hook together with the filters."""
+    calls: list[tuple[str, Filters]] = []
+
+    def fake_s3(url: str, filters: Filters) -> Iterator[Item]:
+        calls.append((url, filters))
+        yield Item(id=url + "k.wav", source=url + "k.wav", kind=ItemKind.S3, name="k.wav")
+
+    filters = Filters(include=("*.wav",))
+    items = list(expand_sources(["s3://b/p/", "https://h/x.mp3"], filters, s3=fake_s3))
+    assert calls == [("s3://b/p/", filters)]
+    assert [item.kind for item in items] == [ItemKind.S3, ItemKind.URL]
+
+
+def test_arguments_keep_their_order(tree: Path) -> None:
+    """Items come out in argument order, each argument fully expanded before the next."""
+    items = list(
+        expand_sources(["https://h/1.mp3", str(tree / "day2"), "https://h/2.mp3"], Filters())
+    )
+    assert _names(items) == ["1.mp3", ".hidden.ogg", "c.m4a", "2.mp3"]
+
+
+def test_expansion_is_lazy(tmp_path: Path) -> None:
+    """Nothing is read until the stream is iterated, so a bad later argument fails late."""
+    stream = expand_sources(["https://h/1.mp3", str(tmp_path / "missing")], Filters())
+    assert next(stream).name == "1.mp3"
+    with pytest.raises(SourceError, match="missing: no such file or directory"):
+        next(stream)

@@ -1,0 +1,350 @@
+"""The SQLite state file: plan upserts, output names, claims, results, recovery and the lock."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import (
+    KEY,
+    Cli,
+    make_wav,
+    read_state_rows,
+    sent_sha256s,
+    sha256_of,
+    subprocess_env,
+)
+
+from batch.errors import StateError, StateLocked
+from batch.models import Item, ItemKind, ItemStatus
+from batch.state import Result, State
+
+
+def _item(name: str, fingerprint: str = "10:1", *, error: str | None = None, **kw: object) -> Item:
+    item_id = str(kw.pop("id", f"/src/{name}"))
+    return Item(
+        id=item_id,
+        source=item_id,
+        kind=ItemKind.FILE,
+        name=name,
+        size=10,
+        fingerprint=fingerprint,
+        error=error,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Iterator[State]:
+    """A fresh, locked state file."""
+    st = State.open(tmp_path / "state.sqlite")
+    try:
+        yield st
+    finally:
+        st.close()
+
+
+def _status(state: State, item_id: str) -> tuple[str, int, str | None]:
+    ((status, attempts, error),) = state.query(
+        "SELECT status, attempts, error FROM items WHERE id = ?", (item_id,)
+    )
+    return status, attempts, error
+
+
+def _finish(state: State, status: ItemStatus, *items: Item) -> None:
+    """Claim every pending item and record ``status`` for the given ones."""
+    state.claim(100, 0, 1)
+    for item in items:
+        error = "HTTP 400" if status is ItemStatus.FAILED else None
+        state.record(Result(item.id, status, 3, 400 if error else 200, error))
+    state.flush()
+
+
+@pytest.mark.parametrize(
+    ("before", "changed", "retry_failed", "after", "attempts"),
+    [
+        (ItemStatus.PENDING, False, False, "pending", 0),
+        (ItemStatus.DONE, False, False, "done", 3),
+        (ItemStatus.DONE, False, True, "done", 3),
+        (ItemStatus.DONE, True, False, "pending", 0),
+        (ItemStatus.FAILED, False, False, "failed", 3),
+        (ItemStatus.FAILED, False, True, "pending", 0),
+        (ItemStatus.FAILED, True, False, "pending", 0),
+    ],
+)
+def test_plan_upsert_semantics(
+    state: State,
+    before: ItemStatus,
+    changed: bool,
+    retry_failed: bool,
+    after: str,
+    attempts: int,
+) -> None:
+    """Re-planning keeps done/failed items unless the source changed or --retry-failed asks."""
+    item = _item("a.wav")
+    state.plan([item], run_id=1)
+    if before is not ItemStatus.PENDING:
+        _finish(state, before, item)
+    again = _item("a.wav", "11:2" if changed else "10:1")
+    state.plan([again], run_id=2, retry_failed=retry_failed)
+    status, tries, error = _status(state, item.id)
+    assert (status, tries) == (after, attempts)
+    if after == "pending":
+        assert error is None
+
+
+def test_plan_records_broken_items_as_failed_but_never_undoes_done(state: State) -> None:
+    """A malformed entry is a failed item with its reason; a done item stays done."""
+    good, broken = _item("a.wav"), _item("b.wav", error="list.jsonl:2: invalid JSON")
+    stats = state.plan([good, broken], run_id=1)
+    assert (stats.seen, stats.broken) == (2, 1)
+    assert _status(state, broken.id) == ("failed", 0, "list.jsonl:2: invalid JSON")
+    _finish(state, ItemStatus.DONE, good)
+    state.plan([_item("a.wav", error="now broken")], run_id=2)
+    assert _status(state, good.id)[0] == "done"
+
+
+def test_plan_updates_params_and_source(state: State) -> None:
+    """The latest plan's params are the ones sent."""
+    state.plan([_item("a.wav", params=(("model", "nova-3"),))], run_id=1)
+    state.plan([_item("a.wav", params=(("model", "nova-2"),))], run_id=2)
+    state.assign_names()
+    (work,) = state.claim(10, 0, 2)
+    assert work.params == (("model", "nova-2"),)
+
+
+def test_plan_layers_item_params_over_the_run_s(state: State) -> None:
+    """The stored params are the run's (defaults, --param) with the item's own on top."""
+    run = (("model", "nova-3"), ("smart_format", "true"))
+    own = _item("a.wav", params=(("model", "whisper"), ("diarize", "true")))
+    state.plan([own, _item("b.wav")], run_id=1, params=run)
+    state.assign_names()
+    a, b = state.claim(10, 0, 1)
+    assert a.params == (("model", "whisper"), ("smart_format", "true"), ("diarize", "true"))
+    assert b.params == run
+
+
+def _names(state: State) -> dict[str, str]:
+    return dict(state.query("SELECT id, out_name FROM items"))
+
+
+def test_assign_names_keeps_extensions_only_for_shared_stems(state: State) -> None:
+    """``a.wav`` + ``a.mp3`` keep their extensions; ``b.wav`` and ``day1/a.wav`` do not."""
+    items = [_item(n) for n in ("a.wav", "a.mp3", "b.wav", "day1/a.wav")]
+    state.plan(items, run_id=1)
+    state.assign_names()
+    assert _names(state) == {
+        "/src/a.wav": "a.wav",
+        "/src/a.mp3": "a.mp3",
+        "/src/b.wav": "b",
+        "/src/day1/a.wav": "day1/a",
+    }
+
+
+def test_assign_names_breaks_exact_ties_deterministically(state: State) -> None:
+    """Two items with the same name get distinct names; the first keeps the plain one."""
+    state.plan([_item("a.wav", id="/x/a.wav"), _item("a.wav", id="/y/a.wav")], run_id=1)
+    state.assign_names()
+    names = _names(state)
+    assert names["/x/a.wav"] == "a.wav"
+    assert names["/y/a.wav"].startswith("a.wav-")
+    assert len(set(names.values())) == 2
+
+
+def test_assign_names_never_renames_an_item_already_named(state: State) -> None:
+    """A later run adding ``a.mp3`` leaves ``a.wav``'s outputs where they are."""
+    state.plan([_item("a.wav")], run_id=1)
+    state.assign_names()
+    state.plan([_item("a.mp3")], run_id=2)
+    state.assign_names()
+    assert _names(state) == {"/src/a.wav": "a", "/src/a.mp3": "a.mp3"}
+
+
+@pytest.mark.parametrize(
+    ("name", "out_name"),
+    [
+        ("../../evil.wav", "evil"),
+        ("/etc/x.wav", "etc/x"),
+        ("a\x00\x1fb.wav", "a__b"),
+        ("..", "item"),
+    ],
+)
+def test_names_are_sanitised_before_they_are_stored(state: State, name: str, out_name: str) -> None:
+    """``..``, absolute paths and control characters never reach an output name."""
+    state.plan([_item(name, id="id:x")], run_id=1)
+    state.assign_names()
+    assert _names(state) == {"id:x": out_name}
+
+
+def test_claim_commits_before_sending_and_results_wait_for_flush(state: State) -> None:
+    """Claims are visible to another connection at once; results only after a flush."""
+    items = [_item(f"{n}.wav") for n in "abc"]
+    state.plan(items, run_id=1)
+    state.assign_names()
+    claimed = state.claim(2, 0, 1)
+    assert [w.id for w in claimed] == ["/src/a.wav", "/src/b.wav"]
+    assert [r["status"] for r in read_state_rows(state.path)] == ["running", "running", "pending"]
+    state.record(Result("/src/a.wav", ItemStatus.DONE, 1, 200, outputs=("o.json",)))
+    assert state.pending_results() == 1
+    assert read_state_rows(state.path)[0]["status"] == "running"
+    state.flush()
+    row = read_state_rows(state.path)[0]
+    assert (row["status"], row["attempts"], row["outputs"]) == ("done", 1, '["o.json"]')
+    assert state.counts() == {"pending": 1, "running": 1, "done": 1, "failed": 0}
+
+
+def test_claim_continues_after_the_cursor_and_flushes_first(state: State) -> None:
+    """The next claim starts after the last rowid and commits buffered results with it."""
+    state.plan([_item(f"{n}.wav") for n in "abc"], run_id=1)
+    state.assign_names()
+    first = state.claim(2, 0, 1)
+    state.record(Result(first[0].id, ItemStatus.FAILED, 1, 400, "HTTP 400"))
+    (third,) = state.claim(2, first[-1].rowid, 1)
+    assert third.id == "/src/c.wav"
+    assert read_state_rows(state.path)[0]["status"] == "failed"
+    assert state.claim(2, third.rowid, 1) == []
+
+
+def test_running_items_go_back_to_pending(state: State) -> None:
+    """``release_running`` and ``running`` see what a crashed run left in flight."""
+    state.plan([_item(f"{n}.wav") for n in "ab"], run_id=1)
+    state.assign_names()
+    state.claim(10, 0, 1)
+    assert [w.id for w in state.running()] == ["/src/a.wav", "/src/b.wav"]
+    assert state.release_running() == 2
+    assert state.counts()["pending"] == 2
+    assert state.running() == []
+
+
+def test_a_crashed_run_s_running_items_are_sent_once_on_the_next_run(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """Items left ``running`` by a crash (no outputs) become pending and are sent exactly once."""
+    src = tmp_path / "calls"
+    files = [make_wav(src / f"{n}.wav", tone=i) for i, n in enumerate("abc")]
+    state_path = tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    crash = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from batch.sources import expand_sources\n"
+        "from batch.models import Filters\n"
+        "from batch.state import State\n"
+        "state = State.open(Path(sys.argv[1]))\n"
+        "state.plan(expand_sources([sys.argv[2]], Filters()), run_id=1)\n"
+        "state.assign_names()\n"
+        "state.claim(10, 0, 1)\n"
+        "os._exit(9)  # no flush, no close: a crash right after the claim\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", crash, str(state_path), str(src)], env=subprocess_env(), check=False
+    )
+    assert done.returncode == 9
+    assert {r["status"] for r in read_state_rows(state_path)} == {"running"}
+    result = dgbatch("run", str(src), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert {r["status"] for r in read_state_rows(state_path)} == {"done"}
+    assert sent_sha256s(dgbatch.emulator) == {sha256_of(f): 1 for f in files}  # type: ignore[arg-type]
+
+
+def test_outputs_a_crashed_run_wrote_are_adopted_not_paid_twice(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """An item left ``running`` whose outputs were written after its claim is done, not re-sent."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wav = make_wav(src / "a.wav")
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    state_path = out / ".dgbatch" / "state.sqlite"
+    db = sqlite3.connect(state_path)
+    with db:
+        db.execute("UPDATE items SET status = 'running', claimed_at = 1.0")
+    db.close()
+    dgbatch.emulator.log.clear()  # type: ignore[union-attr]
+    result = dgbatch("run", str(src), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert "recovered 1 item" in result.output
+    assert dgbatch.emulator.log == []  # type: ignore[union-attr]
+    assert read_state_rows(state_path)[0]["status"] == "done"
+    assert sha256_of(wav) in (out / "a.json").read_text()
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database at all" * 100, b"SQLite format 3\x00" + b"\x00" * 200],
+)
+def test_a_corrupt_state_file_is_refused_and_left_untouched(
+    tmp_path: Path, dgbatch: Cli, content: bytes
+) -> None:
+    """A damaged state file exits 2 naming the file, and its bytes are not changed."""
+    make_wav(tmp_path / "calls" / "a.wav")
+    state_path = tmp_path / "state.sqlite"
+    state_path.write_bytes(content)
+    result = dgbatch(
+        "run", str(tmp_path / "calls"), "--out", str(tmp_path / "out"), "--state", str(state_path)
+    )
+    assert result.exit_code == 2
+    assert str(state_path) in result.output
+    assert state_path.read_bytes() == content
+    assert dgbatch.emulator.log == []  # type: ignore[union-attr]
+    status = dgbatch("status", "--state", str(state_path))
+    assert status.exit_code == 2
+    assert state_path.read_bytes() == content
+
+
+def test_a_foreign_sqlite_file_is_refused_and_left_untouched(tmp_path: Path) -> None:
+    """An SQLite file of another program is not migrated into a state file."""
+    path = tmp_path / "other.sqlite"
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("CREATE TABLE customers (name TEXT)")
+        db.execute("INSERT INTO customers VALUES ('ada')")
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="not a dgbatch state file"):
+        State.open(path)
+    assert path.read_bytes() == before
+
+
+def test_only_one_writer_may_hold_a_state_file(tmp_path: Path) -> None:
+    """A second open is refused with StateLocked naming the holder; readers are not blocked."""
+    path = tmp_path / "state.sqlite"
+    first = State.open(path)
+    try:
+        with pytest.raises(StateLocked, match="in use by another dgbatch run") as info:
+            State.open(path)
+        assert info.value.exit_code == 4
+        assert "pid" in str(info.value)
+        reader = State.open(path, readonly=True)
+        assert reader.counts()["pending"] == 0
+        reader.close()
+    finally:
+        first.close()
+    State.open(path).close()
+
+
+def test_readonly_open_of_a_missing_state_is_an_error(tmp_path: Path) -> None:
+    """``status`` on a path with no state file says so instead of creating one."""
+    path = tmp_path / "nope.sqlite"
+    with pytest.raises(StateError, match="no such state file"):
+        State.open(path, readonly=True)
+    assert not path.exists()
+
+
+def test_state_is_wal_and_records_each_run(tmp_path: Path, dgbatch: Cli) -> None:
+    """The state file is in WAL mode and has a runs row with the exit code, without the key."""
+    make_wav(tmp_path / "calls" / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "calls"), "--out", str(out)).exit_code == 0
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    try:
+        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+        ((exit_code, command, summary),) = db.execute(
+            "SELECT exit_code, command, summary FROM runs"
+        ).fetchall()
+    finally:
+        db.close()
+    assert exit_code == 0
+    assert KEY not in command and KEY not in summary
