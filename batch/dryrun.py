@@ -163,6 +163,11 @@ def _example(config: RunConfig, row: sqlite3.Row) -> dict[str, Any]:
     return {"source": redact_source(row["source"]), "outputs": outputs}
 
 
+def _usd(amount: float) -> str:
+    """Dollars with cents, or with 4 decimals below a dollar (small test batches)."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
 def format_estimate(estimate: Estimate) -> str:
     """The human-readable dry-run summary."""
     e = estimate.as_dict()
@@ -182,7 +187,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"file(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
         f"{e['items_without_estimate']} item(s) unknown",
         "estimated cost: "
-        + (f"${cost:.2f}" if cost is not None else "unknown (pass --price-per-hour)")
+        + (_usd(cost) if cost is not None else "unknown (pass --price-per-hour)")
         + f" at list prices {e['prices']}",
     ]
     lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]

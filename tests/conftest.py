@@ -105,3 +105,16 @@ def load_json(path: Path) -> dict[str, object]:
     data = json.loads(path.read_text())
     assert isinstance(data, dict)
     return data
+
+
+def make_silent_wav(path: Path, seconds: float = 0.5, rate: int = 8000) -> Path:
+    """A valid WAV whose samples are all zero: the emulator answers an empty transcript."""
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(seconds * rate))
+    return path
