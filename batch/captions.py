@@ -9,6 +9,7 @@ with ``**Speaker N:**`` labels taken from the paragraphs (diarize=true).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from deepgram_captions import (
@@ -41,24 +42,29 @@ def is_empty_transcript(response: Response) -> bool:
     return not any(str(u.get("transcript") or "").strip() for u in utterances)
 
 
+def _captions(
+    writer: Callable[[DeepgramConverter, int | None], str],
+    empty: bytes,
+    response: Response,
+    line_length: int | None,
+) -> bytes:
+    """Run a deepgram-captions writer, answering ``empty`` where it would raise."""
+    if is_empty_transcript(response):
+        return empty
+    try:
+        return writer(DeepgramConverter(response), line_length).encode()
+    except (ConverterException, EmptyTranscriptException):
+        return empty
+
+
 def render_vtt(response: Response, line_length: int | None = None) -> bytes:
     """WebVTT with Deepgram's NOTE header; ``EMPTY_VTT`` for an empty transcript."""
-    if is_empty_transcript(response):
-        return EMPTY_VTT
-    try:
-        return webvtt(DeepgramConverter(response), line_length).encode()
-    except (ConverterException, EmptyTranscriptException):
-        return EMPTY_VTT
+    return _captions(webvtt, EMPTY_VTT, response, line_length)
 
 
 def render_srt(response: Response, line_length: int | None = None) -> bytes:
     """Numbered SRT cues; ``EMPTY_SRT`` for an empty transcript."""
-    if is_empty_transcript(response):
-        return EMPTY_SRT
-    try:
-        return srt(DeepgramConverter(response), line_length).encode()
-    except (ConverterException, EmptyTranscriptException):
-        return EMPTY_SRT
+    return _captions(srt, EMPTY_SRT, response, line_length)
 
 
 def _paragraph_lines(alternative: dict[str, Any]) -> list[str]:

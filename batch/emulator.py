@@ -774,11 +774,9 @@ class Emulator:
 
     async def _token_details(self, request: web.Request) -> web.Response:
         """``GET /v1/auth/token``: lets a client check its key without paying for a request."""
-        token = _token(request.headers.get("Authorization", ""))
-        valid = token is not None and self.config.key in (None, token)
-        if not valid or self._auth_mode == "401":
-            status, body = _AUTH_ERRORS["401"]
-            return web.json_response({**body, "request_id": str(uuid.uuid4())}, status=status)
+        refused = self._management_auth(request)
+        if refused is not None:
+            return refused
         details = {
             "username": "dgbatch-emulator",
             "accessor": _ACCESSOR_UUID,
