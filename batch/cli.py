@@ -232,6 +232,8 @@ def run_dry(opts: dict[str, Any]) -> None:
 
 def build_config(opts: dict[str, Any]) -> RunConfig:
     """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
+    if opts["as_json"] and not opts["dry_run"]:
+        raise UsageError("--json goes with --dry-run (for runs, see dgbatch status --json)")
     out = str(opts["out"])
     try:
         formats = parse_formats(opts["formats"])

@@ -194,16 +194,24 @@ class Runner:
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
 
+    async def _measure(self, item: WorkItem) -> float | None:
+        """A local file's duration per its headers (once per item), for the truncation
+        check and the budget; None for URL/S3 items and unreadable files."""
+        if item.id not in self._local:
+            local = None
+            if item.kind is ItemKind.FILE:
+                path = self.secret_sources.get(item.id, item.source)
+                local = await asyncio.to_thread(local_duration, path)
+            self._local[item.id] = local
+        return self._local[item.id]
+
     async def _admit(self, item: WorkItem) -> bool:
-        """Measure a local file's duration (for the truncation check) and reserve it
-        against the budget; False (and the run stops) when it would pass the cap."""
-        local = None
-        if item.kind is ItemKind.FILE:
-            path = self.secret_sources.get(item.id, item.source)
-            local = await asyncio.to_thread(local_duration, path)
-        self._local[item.id] = local
+        """Reserve the item's audio against the budget; False (and the run stops) when it
+        would pass the cap. Without a budget, nothing is measured here: the worker does it,
+        so the dispatch loop never waits on a file's headers."""
         if self.budget is None:
             return True
+        local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
         if not self.budget.admit(estimate):
             self.stop(self.budget.exceeded(item.source, estimate))
@@ -253,8 +261,9 @@ class Runner:
         self._account(item.id, result)
 
     async def _deduped(self, item: WorkItem) -> Result:
-        """With ``--dedupe``, the first item of each content key is sent and its copies
-        wait for its answer; without it (or for URL/S3 items), just ``_process``."""
+        """Measure the item, then ``_process`` it; with ``--dedupe``, the first item of each
+        content key is sent and its copies wait for its answer."""
+        await self._measure(item)
         if self.dedupe is None or item.kind is not ItemKind.FILE:
             return await self._process(item)
         key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
