@@ -267,13 +267,17 @@ class Runner:
         if self.dedupe is None or item.kind is not ItemKind.FILE:
             return await self._process(item)
         key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
-        leader = self.dedupe.follow(key) if key is not None else None
         if key is None:
             return await self._process(item)
+        leader = self.dedupe.follow(key)
         if leader is None:
             return await self._lead(item, key)
         shared = await leader
-        return await self._process(item) if shared is None else await self._copy(item, shared)
+        if shared is not None:
+            return await self._copy(item, shared)
+        if self.stopping:  # the leader was stopped, not failed: do not send after a stop
+            return Result(item.id, ItemStatus.PENDING, item.attempts)
+        return await self._process(item)
 
     async def _lead(self, item: WorkItem, key: str) -> Result:
         shared = None

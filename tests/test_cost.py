@@ -147,3 +147,11 @@ def test_max_cost_converts_with_the_price(dgbatch: Cli, emulator: Emulator, tmp_
     result = dgbatch(*args, "--max-cost", "0.01", "--price-per-hour", "24")  # 1.5 s of audio
     assert result.exit_code == 1 and "audio budget reached" in result.output
     assert len(emulator.log) == 1
+
+
+def test_json_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """``--json`` without ``--dry-run`` is a usage error and sends nothing."""
+    make_wav(tmp_path / "in" / "a.wav")
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 2 and "--dry-run" in result.output
+    assert emulator.log == []
