@@ -142,13 +142,13 @@ async def preflight(
     return None  # pragma: no cover - the loop always returns
 
 
-async def check_key(
-    api_url: str, api_key: str, *, preflight_mode: bool = True
-) -> KeyDetails | None:
-    """Open a short-lived session and check the key (``preflight`` rules when
-    ``preflight_mode``, else every failure raises, as ``dgbatch check`` wants)."""
+async def check_key(api_url: str, api_key: str) -> KeyDetails | None:
+    """The run's preflight (see ``preflight``) on a short-lived session."""
     async with aiohttp.ClientSession() as session:
-        client = AccountClient(session, api_url, api_key)
-        if preflight_mode:
-            return await preflight(client)
-        return await client.key_details()
+        return await preflight(AccountClient(session, api_url, api_key))
+
+
+async def fetch_key_details(api_url: str, api_key: str) -> KeyDetails:
+    """``dgbatch check``: the key's details, every failure raised."""
+    async with aiohttp.ClientSession() as session:
+        return await AccountClient(session, api_url, api_key).key_details()

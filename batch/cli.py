@@ -369,14 +369,13 @@ def check(
         dgbatch check
         dgbatch check --api-key-file ~/.deepgram-key --json
     """
-    from batch.account import check_key
+    from batch.account import fetch_key_details
 
     try:
         url = check_api_url(api_url, allow_insecure=allow_insecure_http)
-        details = asyncio.run(check_key(url, load_api_key(api_key_file), preflight_mode=False))
+        details = asyncio.run(fetch_key_details(url, load_api_key(api_key_file)))
     except BatchError as exc:
         fail(exc)
-    assert details is not None  # without preflight_mode every failure raises
     if as_json:
         click.echo(json.dumps(dataclasses.asdict(details), indent=2))
     else:
@@ -386,7 +385,12 @@ def check(
 @cli.command()
 @state_option
 @api_options
-@click.option("--project", required=True, help="Deepgram project id the key belongs to.")
+@click.option(
+    "--project",
+    required=True,
+    envvar="DEEPGRAM_PROJECT_ID",
+    help="Deepgram project id the key belongs to (env DEEPGRAM_PROJECT_ID).",
+)
 @click.option("--run", "run_id", type=int, help="Run number in the state [default: the last].")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **api: Any) -> None:
