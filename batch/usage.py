@@ -10,6 +10,7 @@ typically a retry after a read timeout on a request Deepgram had in fact finishe
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -238,6 +239,9 @@ async def reconcile_run(
         window = run_window(state, run_id)
         ids = state_request_ids(state)
         done = done_in_run(state, window.run_id)
+    except sqlite3.OperationalError as exc:
+        msg = f"{state_path}: written before run tags existed ({exc}); no run to reconcile"
+        raise StateError(msg) from exc
     finally:
         state.close()
     start, end = window.bounds()
