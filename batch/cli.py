@@ -8,6 +8,7 @@ Exit codes (each ``BatchError`` subclass carries its own, see ``batch.errors``):
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import shlex
@@ -78,7 +79,18 @@ def cli() -> None:
     type=click.Path(path_type=Path, dir_okay=False),
     help="State file [default: OUT/.dgbatch/state.sqlite].",
 )
-@click.option("--formats", default="json,txt", show_default=True, help="Comma-separated: json,txt.")
+@click.option(
+    "--formats",
+    default="json,txt",
+    show_default=True,
+    help="Comma-separated: json,txt,srt,vtt,md (srt/vtt add utterances=true).",
+)
+@click.option(
+    "--caption-line-length",
+    type=int,
+    metavar="N",
+    help="Words per SRT/WebVTT cue [default: 8].",
+)
 @click.option(
     "--concurrency",
     "-c",
@@ -152,6 +164,26 @@ def cli() -> None:
     show_default=True,
     help="Progress display (auto: bar on a terminal, log lines else).",
 )
+@click.option(
+    "--dry-run", is_flag=True, help="Plan and estimate; send nothing (no API key needed)."
+)
+@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the estimate as JSON.")
+@click.option(
+    "--max-audio-hours",
+    type=float,
+    metavar="H",
+    help="Stop dispatching before audio transcribed (whole state) + in flight passes H.",
+)
+@click.option("--max-cost", type=float, metavar="USD", help="The same cap in US dollars.")
+@click.option(
+    "--price-per-hour",
+    type=float,
+    metavar="USD",
+    help="Price of an audio hour for estimates and --max-cost (default: batch/pricing.py).",
+)
+@click.option("--no-preflight", is_flag=True, help="Skip the key check (GET /v1/auth/token).")
+@click.option("--no-sniff", is_flag=True, help="Send local files whatever their first bytes.")
+@click.option("--dedupe", is_flag=True, help="Send identical audio (sha256 + params) once.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def run(**opts: Any) -> None:
@@ -163,8 +195,11 @@ def run(**opts: Any) -> None:
         dgbatch run ./calls --out ./transcripts
         dgbatch run urls.txt recordings.jsonl --out out --param diarize=true
         find . -name '*.mp3' | dgbatch run - --out out
+        dgbatch run ./calls --out out --dry-run
     """
     setup_logging(opts["verbose"])
+    if opts["dry_run"]:
+        run_dry(opts)
     try:
         config = build_config(opts)
         setup_logging(opts["verbose"], (config.api_key,))
@@ -179,8 +214,26 @@ def run(**opts: Any) -> None:
     sys.exit(outcome.exit_code)
 
 
+def run_dry(opts: dict[str, Any]) -> None:
+    """``run --dry-run``: print the plan and the estimate, exit 0 (2 on bad input)."""
+    from batch.dryrun import dry_run, format_estimate
+
+    try:
+        config = build_config(opts)
+        estimate = asyncio.run(dry_run(config, stdin=sys.stdin))
+    except BatchError as exc:
+        fail(exc)
+    if opts["as_json"]:
+        click.echo(json.dumps(estimate.as_dict(), indent=2))
+    else:
+        click.echo(format_estimate(estimate))
+    sys.exit(0)
+
+
 def build_config(opts: dict[str, Any]) -> RunConfig:
     """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
+    if opts["as_json"] and not opts["dry_run"]:
+        raise UsageError("--json goes with --dry-run (for runs, see dgbatch status --json)")
     out = str(opts["out"])
     try:
         formats = parse_formats(opts["formats"])
@@ -192,7 +245,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         sources=tuple(opts["sources"]),
         out=out,
         state_path=opts["state_path"] or Path(out) / ".dgbatch" / "state.sqlite",
-        api_key=load_api_key(opts["api_key_file"]),
+        api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
         api_url=api_url,
         formats=formats,
         params=params,
@@ -206,6 +259,14 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         grace=opts["grace"],
         progress=opts["progress"],
         command=shlex.join(["dgbatch", *sys.argv[1:]]),
+        caption_line_length=opts["caption_line_length"],
+        dry_run=opts["dry_run"],
+        max_audio_hours=opts["max_audio_hours"],
+        max_cost=opts["max_cost"],
+        price_per_hour=opts["price_per_hour"],
+        preflight=not opts["no_preflight"],
+        sniff=not opts["no_sniff"],
+        dedupe=opts["dedupe"],
     )
 
 
@@ -218,6 +279,10 @@ def format_summary(outcome: RunOutcome) -> str:
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
+    if s.warnings:
+        lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
+    if s.copies:
+        lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
     if s.recovered:
         lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
     if outcome.report_path is not None:
@@ -252,8 +317,9 @@ def status(state_path: Path, as_json: bool) -> None:
     "--format", "fmt", type=click.Choice(sorted(WRITERS)), default="jsonl", show_default=True
 )
 @click.option("--failed", is_flag=True, help="Only failed items.")
+@click.option("--warnings", is_flag=True, help="Only items with a warning (empty, truncated).")
 @click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
-def report(state_path: Path, fmt: str, failed: bool, output: Any) -> None:
+def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: Any) -> None:
     """One row per item: id, source, status, attempts, http_status, error, request_id, …
 
     \b
@@ -263,11 +329,93 @@ def report(state_path: Path, fmt: str, failed: bool, output: Any) -> None:
     try:
         state = State.open(state_path, readonly=True)
         try:
-            WRITERS[fmt](iter_report(state, failed_only=failed), output)
+            rows = iter_report(state, failed_only=failed, warnings_only=warnings)
+            WRITERS[fmt](rows, output)
         finally:
             state.close()
     except BatchError as exc:
         fail(exc)
+
+
+def api_options(fn: F) -> F:
+    """``--api-url``, ``--api-key-file``, ``--allow-insecure-http``, shared by check/usage."""
+    fn = click.option(
+        "--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host."
+    )(fn)
+    fn = click.option(
+        "--api-key-file",
+        type=click.Path(path_type=Path, dir_okay=False),
+        help="Read the key from this file (mode 600) instead of DEEPGRAM_API_KEY.",
+    )(fn)
+    return click.option(
+        "--api-url",
+        envvar=URL_ENV,
+        default="https://api.deepgram.com",
+        show_default=True,
+        help=f"Deepgram API base URL (env {URL_ENV}).",
+    )(fn)
+
+
+@cli.command()
+@api_options
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def check(
+    api_url: str, api_key_file: Path | None, allow_insecure_http: bool, as_json: bool
+) -> None:
+    """Check the API key: what it may do (scopes) and when it expires; never prints it.
+
+    \b
+    Example:
+        dgbatch check
+        dgbatch check --api-key-file ~/.deepgram-key --json
+    """
+    from batch.account import fetch_key_details
+
+    try:
+        url = check_api_url(api_url, allow_insecure=allow_insecure_http)
+        details = asyncio.run(fetch_key_details(url, load_api_key(api_key_file)))
+    except BatchError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(dataclasses.asdict(details), indent=2))
+    else:
+        click.echo(details.describe())
+
+
+@cli.command()
+@state_option
+@api_options
+@click.option(
+    "--project",
+    required=True,
+    envvar="DEEPGRAM_PROJECT_ID",
+    help="Deepgram project id the key belongs to (env DEEPGRAM_PROJECT_ID).",
+)
+@click.option("--run", "run_id", type=int, help="Run number in the state [default: the last].")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **api: Any) -> None:
+    """Reconcile Deepgram's request log and usage for a run with the state.
+
+    Lists requests Deepgram recorded (and billed) for the run that left no result in the
+    state, e.g. retries after a timeout on requests Deepgram had finished.
+
+    \b
+    Example:
+        dgbatch usage --project 3f1c... --state out/.dgbatch/state.sqlite
+    """
+    from batch.usage import format_reconciliation, reconcile_run
+
+    try:
+        url = check_api_url(api["api_url"], allow_insecure=api["allow_insecure_http"])
+        key = load_api_key(api["api_key_file"])
+        result = asyncio.run(reconcile_run(state_path, url, key, project, run_id))
+    except BatchError as exc:
+        fail(exc)
+    if as_json:
+        click.echo(json.dumps(result.as_dict(), indent=2))
+    else:
+        click.echo(format_reconciliation(result))
+    sys.exit(1 if result.unmatched else 0)
 
 
 @cli.command()

@@ -47,12 +47,38 @@ class RunConfig:
     grace: float = 30.0
     progress: str = "auto"
     command: str = "dgbatch run"
+    #: words per SRT/WebVTT cue (None: the deepgram-captions default, 8)
+    caption_line_length: int | None = None
+    #: plan and estimate only: no request, no key, the real state untouched
+    dry_run: bool = False
+    #: stop dispatching before audio transcribed (whole state) + in flight passes this
+    max_audio_hours: float | None = None
+    #: the same cap in USD, converted with ``price_per_hour`` or ``batch.pricing``
+    max_cost: float | None = None
+    #: USD per audio hour, overriding ``batch.pricing`` for estimates and ``max_cost``
+    price_per_hour: float | None = None
+    #: GET /v1/auth/token before planning, so a refused key touches no item
+    preflight: bool = True
+    #: refuse local files whose first bytes are no known audio container
+    sniff: bool = True
+    #: send identical audio with identical params once per run
+    dedupe: bool = False
+    #: how many ``source → output`` lines a dry run prints
+    dry_run_examples: int = 5
 
     def __post_init__(self) -> None:
         _check_positive("--concurrency", self.concurrency)
         _check_non_negative("--max-retries", self.max_retries)
         _check_positive("--timeout", self.timeout)
         _check_non_negative("--grace", self.grace)
+        for name, value in (
+            ("--caption-line-length", self.caption_line_length),
+            ("--max-audio-hours", self.max_audio_hours),
+            ("--max-cost", self.max_cost),
+            ("--price-per-hour", self.price_per_hour),
+        ):
+            if value is not None:
+                _check_positive(name, value)
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -18,6 +18,16 @@ Control endpoints (no auth: this is a loopback test tool, never expose it)::
     POST /_emulator/auth?mode=M    M in ok|401|402|403: every /v1/listen then answers that error
     POST /_emulator/reset          clear the log and the in-flight high-water mark
 
+Management endpoints (``Token`` auth), answered from the request log so that usage
+reconciliation can be tested end to end::
+
+    GET  /v1/projects/{id}/requests?start=&end=&limit=&page=   newest first, paged
+    GET  /v1/projects/{id}/usage?start=&end=&tag=              one bucket: hours, requests
+
+Test knobs for transcript checks: a WAV whose samples are all zero gets an empty
+transcript (as silence does on Deepgram), and ``duration_ratio`` scales every
+``metadata.duration`` (e.g. 0.5 to simulate a transcript that covers half the audio).
+
 The log keeps the raw ``Authorization`` header so tests can check how the key was sent; it is
 served without auth, which is why the emulator must only ever listen on loopback.
 """
@@ -44,6 +54,8 @@ import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
+
+from batch.sniff import sniff_container
 
 __all__ = [
     "AUTH_MODES",
@@ -108,6 +120,8 @@ class EmulatorConfig:
     retry_after: bool | None = None
     seed: int | None = None
     allow_private_urls: bool = True
+    #: ``metadata.duration`` = the audio's real duration times this (< 1: a short transcript)
+    duration_ratio: float = 1.0
 
     def __post_init__(self) -> None:
         """Fail at construction: a misspelt fault name would otherwise silently never fire."""
@@ -148,6 +162,8 @@ class RequestRecord:
     status: int
     fault: str | None
     authorization: str
+    #: seconds of audio transcribed (None when the request never got that far)
+    duration: float | None = None
 
 
 class _Reject(Exception):
@@ -214,14 +230,9 @@ def transcript_for(sha256_hex: str, size: int) -> str:
 def looks_like_audio(head: bytes) -> bool:
     """Whether the first bytes are a container Deepgram would auto-detect.
 
-    Only the formats dgbatch's tests and demo produce are recognised: WAV, MP3 (ID3 or frame
-    sync, which also covers ADTS AAC), FLAC, Ogg, MP4/M4A and WebM/Matroska.
+    The table is ``batch.sniff``'s, the one dgbatch checks local files with before sending.
     """
-    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
-        return True
-    if head.startswith((b"ID3", b"fLaC", b"OggS", b"\x1a\x45\xdf\xa3")) or head[4:8] == b"ftyp":
-        return True
-    return len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0
+    return sniff_container(head) is not None
 
 
 def wav_duration(head: bytes, size: int) -> float | None:
@@ -230,6 +241,16 @@ def wav_duration(head: bytes, size: int) -> float | None:
     Uses the data length from the header but never more than the bytes actually received, so a
     truncated file or a streaming header (size 0xFFFFFFFF) still gives a sane answer.
     """
+    chunk = wav_data_chunk(head)
+    if chunk is None:
+        return None
+    start, declared, byte_rate = chunk
+    available = max(size - start, 0)
+    return min(declared, available) / byte_rate if byte_rate else None
+
+
+def wav_data_chunk(head: bytes) -> tuple[int, int, int] | None:
+    """``(offset of the samples, their declared length, byte rate)`` of a WAV header."""
     if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
         return None
     pos, byte_rate = 12, 0
@@ -239,8 +260,7 @@ def wav_duration(head: bytes, size: int) -> float | None:
         if chunk_id == b"fmt " and pos + 20 <= len(head):
             byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
         elif chunk_id == b"data":
-            available = max(size - pos - 8, 0)
-            return min(chunk_size, available) / byte_rate if byte_rate else None
+            return pos + 8, chunk_size, byte_rate
         pos += 8 + chunk_size + (chunk_size & 1)
     return None
 
@@ -334,12 +354,19 @@ class _Options:
 
 
 def build_response(
-    *, request_id: str, sha256: str, size: int, duration: float, params: Sequence[tuple[str, str]]
+    *,
+    request_id: str,
+    sha256: str,
+    size: int,
+    duration: float,
+    params: Sequence[tuple[str, str]],
+    silent: bool = False,
 ) -> dict[str, Any]:
-    """A 200 body of Deepgram's shape whose transcript, words and digest come from the audio."""
+    """A 200 body of Deepgram's shape whose transcript, words and digest come from the audio;
+    ``silent`` audio gets what Deepgram answers for silence: an empty transcript, no words."""
     opts = _Options.parse(params)
-    transcript = transcript_for(sha256, size)
-    turns = _turns(transcript.split(), duration, opts)
+    transcript = "" if silent else transcript_for(sha256, size)
+    turns = _turns(transcript.split(), duration, opts) if transcript else []
     alternative: dict[str, Any] = {
         "transcript": transcript,
         "confidence": 0.99,
@@ -402,6 +429,8 @@ def _paragraphs(turns: list[list[dict[str, Any]]], diarize: bool) -> dict[str, A
         item.update(num_words=len(turn), start=start, end=end)
         items.append(item)
         lines.append(f"Speaker {turn[0]['speaker']}: {text}" if diarize else text)
+    if not lines:
+        return {"transcript": "", "paragraphs": []}
     return {"transcript": "\n" + "\n\n".join(lines), "paragraphs": items}
 
 
@@ -452,19 +481,29 @@ def _metadata(
 class _Sink:
     """Hashes audio as it streams past and keeps only its head, so 1 GB costs no memory."""
 
-    __slots__ = ("_hash", "head", "size")
+    __slots__ = ("_hash", "head", "last_nonzero", "size")
 
     def __init__(self) -> None:
         self._hash = hashlib.sha256()
         self.head = b""
         self.size = 0
+        #: offset of the last non-zero byte seen (-1: none), to recognise a silent WAV
+        self.last_nonzero = -1
 
     def feed(self, chunk: bytes) -> None:
         """Account for the next piece of audio."""
         self._hash.update(chunk)
+        kept = len(chunk.rstrip(b"\0"))
+        if kept:
+            self.last_nonzero = self.size + kept - 1
         self.size += len(chunk)
         if len(self.head) < _HEAD_BYTES:
             self.head += chunk[: _HEAD_BYTES - len(self.head)]
+
+    def is_silent_wav(self) -> bool:
+        """A WAV with samples, every one of them zero."""
+        chunk = wav_data_chunk(self.head)
+        return chunk is not None and self.size > chunk[0] and self.last_nonzero < chunk[0]
 
     def hexdigest(self) -> str:
         """The digest Deepgram reports as ``metadata.sha256``."""
@@ -564,6 +603,8 @@ class Emulator:
         app = web.Application()
         app.router.add_post("/v1/listen", self._listen)
         app.router.add_get("/v1/auth/token", self._token_details)
+        app.router.add_get("/v1/projects/{project}/requests", self._project_requests)
+        app.router.add_get("/v1/projects/{project}/usage", self._project_usage)
         app.router.add_get("/_emulator/log", self._control_log)
         app.router.add_get("/_emulator/stats", self._control_stats)
         app.router.add_post("/_emulator/auth", self._control_auth)
@@ -642,12 +683,14 @@ class Emulator:
         if not sink.size or ("encoding" not in request.query and not looks_like_audio(sink.head)):
             raise _Reject(400, _err("Bad Request", _CORRUPT))
         duration = estimate_duration(sink.head, sink.size, record.params)
+        record.duration = duration
         body = build_response(
             request_id=record.request_id,
             sha256=record.sha256,
             size=sink.size,
-            duration=duration,
+            duration=round(duration * self.config.duration_ratio, 6),
             params=record.params,
+            silent=sink.is_silent_wav(),
         )
         return _respond(record, 200, json.dumps(body).encode(), _JSON)
 
@@ -709,11 +752,9 @@ class Emulator:
 
     async def _token_details(self, request: web.Request) -> web.Response:
         """``GET /v1/auth/token``: lets a client check its key without paying for a request."""
-        token = _token(request.headers.get("Authorization", ""))
-        valid = token is not None and self.config.key in (None, token)
-        if not valid or self._auth_mode == "401":
-            status, body = _AUTH_ERRORS["401"]
-            return web.json_response({**body, "request_id": str(uuid.uuid4())}, status=status)
+        refused = self._management_auth(request)
+        if refused is not None:
+            return refused
         details = {
             "username": "dgbatch-emulator",
             "accessor": _ACCESSOR_UUID,
@@ -721,6 +762,61 @@ class Emulator:
             "expiration": None,
         }
         return web.json_response(details)
+
+    def _management_auth(self, request: web.Request) -> web.Response | None:
+        """The 401 a management call gets without a valid key, else None."""
+        token = _token(request.headers.get("Authorization", ""))
+        if token is not None and self.config.key in (None, token) and self._auth_mode != "401":
+            return None
+        status, body = _AUTH_ERRORS["401"]
+        return web.json_response({**body, "request_id": str(uuid.uuid4())}, status=status)
+
+    def _window(self, request: web.Request) -> list[RequestRecord]:
+        """Logged requests between the ``start`` and ``end`` query values, newest first."""
+        start = _parse_time(request.query.get("start"), 0.0)
+        end = _parse_time(request.query.get("end"), float("inf"))
+        chosen = [r for r in list(self.log) if start <= r.time <= end]
+        return sorted(chosen, key=lambda r: r.time, reverse=True)
+
+    async def _project_requests(self, request: web.Request) -> web.Response:
+        """``GET /v1/projects/{id}/requests``: the request log, paged (``page`` from 0)."""
+        refused = self._management_auth(request)
+        if refused is not None:
+            return refused
+        limit = min(max(_int_query(request, "limit", 10), 1), 1000)
+        page = max(_int_query(request, "page", 0), 0)
+        project = request.match_info["project"]
+        chosen = self._window(request)[page * limit : (page + 1) * limit]
+        entries = [_log_entry(record, project) for record in chosen]
+        return web.json_response({"page": page, "limit": limit, "requests": entries})
+
+    async def _project_usage(self, request: web.Request) -> web.Response:
+        """``GET /v1/projects/{id}/usage``: hours and requests processed, optionally by tag."""
+        refused = self._management_auth(request)
+        if refused is not None:
+            return refused
+        tags = set(request.query.getall("tag", []))
+        processed = [
+            r
+            for r in self._window(request)
+            if r.duration is not None and (not tags or tags & set(_tags_of(r)))
+        ]
+        hours = sum(r.duration or 0.0 for r in processed) / 3600
+        bucket = {
+            "start": request.query.get("start"),
+            "end": request.query.get("end"),
+            "hours": round(hours, 6),
+            "total_hours": round(hours, 6),
+            "requests": len(processed),
+        }
+        return web.json_response(
+            {
+                "start": bucket["start"],
+                "end": bucket["end"],
+                "resolution": {"units": "day", "amount": 1},
+                "results": [bucket],
+            }
+        )
 
     async def _control_log(self, request: web.Request) -> web.Response:
         """The log for a test driving an emulator in another process."""
@@ -769,6 +865,62 @@ def _reject_response(record: RequestRecord, reject: _Reject) -> web.Response:
     """An error answer whose body names the request id, as Deepgram's do."""
     body = json.dumps({**reject.body, "request_id": record.request_id}).encode()
     return _respond(record, reject.status, body, _JSON, reject.headers)
+
+
+def _parse_time(value: str | None, default: float) -> float:
+    """Epoch seconds of ``YYYY-MM-DD`` or an ISO 8601 time (``Z`` for UTC); else ``default``."""
+    if not value:
+        return default
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return default
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        return default
+
+
+def _tags_of(record: RequestRecord) -> list[str]:
+    return [value for key, value in record.params if key == "tag"]
+
+
+def _iso_time(epoch: float) -> str:
+    return (
+        datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+
+
+def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
+    """One request as Deepgram's management API lists it. A request the emulator processed
+    counts as a 200 even if a fault then spoiled the answer: Deepgram bills those too."""
+    seconds = record.duration
+    code = 200 if seconds is not None else record.status
+    query = "&".join(f"{key}={value}" for key, value in record.params)
+    created = _iso_time(record.time)
+    details: dict[str, Any] = {
+        "usd": round((seconds or 0.0) / 60 * 0.0043, 6),
+        "duration": seconds or 0.0,
+        "total_audio": seconds or 0.0,
+        "channels": 1,
+        "streams": 1,
+        "method": "sync",
+        "models": [_MODEL_UUID],
+        "tags": _tags_of(record),
+    }
+    return {
+        "request_id": record.request_id,
+        "project_uuid": project,
+        "created": created,
+        "path": "/v1/listen" + (f"?{query}" if query else ""),
+        "api_key_id": _ACCESSOR_UUID,
+        "response": {"code": code, "completed": created, "details": details},
+        "callback": None,
+    }
 
 
 def _new_record(request: web.Request) -> RequestRecord:

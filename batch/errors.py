@@ -10,6 +10,8 @@
     ├── StateLocked                 another run holds the state lock (exit 4)
     ├── FatalApiError               Deepgram refused the key: 401/402/403 (exit 3)
     ├── OutputError                 outputs cannot be written (disk full, read-only) (exit 1)
+    ├── BudgetExceeded              the audio/cost cap is reached; the rest stays pending (exit 1)
+    ├── AccountError                a key check or usage query failed (network, 5xx) (exit 1)
     └── Interrupted                 SIGINT/SIGTERM stopped the run (exit 130)
 
 Messages never contain the API key or presigned-URL signatures: callers pass
@@ -63,6 +65,18 @@ class FatalApiError(BatchError):
 
 class OutputError(BatchError):
     """Raised when an output cannot be written (disk full, read-only folder, S3 refused)."""
+
+    exit_code = 1
+
+
+class BudgetExceeded(BatchError):
+    """Raised when the next item would pass the audio/cost cap; untouched items stay pending."""
+
+    exit_code = 1
+
+
+class AccountError(BatchError):
+    """Raised when a management API call (key check, usage, requests) cannot be answered."""
 
     exit_code = 1
 

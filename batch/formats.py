@@ -9,12 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from batch.captions import render_markdown, render_srt, render_vtt
+
 Response = dict[str, Any]
 Renderer = Callable[[bytes, Response], bytes]
 
 CONTENT_TYPES = {
     "json": "application/json",
     "txt": "text/plain; charset=utf-8",
+    "srt": "application/x-subrip; charset=utf-8",
+    "vtt": "text/vtt; charset=utf-8",
+    "md": "text/markdown; charset=utf-8",
 }
 
 
@@ -45,7 +50,18 @@ def render_txt(body: bytes, response: Response) -> bytes:
     return ("\n\n".join(texts) + "\n").encode()
 
 
-RENDERERS: dict[str, Renderer] = {"json": render_json, "txt": render_txt}
+CaptionRenderer = Callable[[Response, int | None], bytes]
+
+#: Formats whose cue length ``--caption-line-length`` sets (words per cue).
+CAPTION_RENDERERS: dict[str, CaptionRenderer] = {"srt": render_srt, "vtt": render_vtt}
+
+RENDERERS: dict[str, Renderer] = {
+    "json": render_json,
+    "txt": render_txt,
+    "srt": lambda body, response: render_srt(response),
+    "vtt": lambda body, response: render_vtt(response),
+    "md": lambda body, response: render_markdown(response),
+}
 
 
 def parse_formats(value: str) -> tuple[str, ...]:
@@ -58,6 +74,13 @@ def parse_formats(value: str) -> tuple[str, ...]:
     return names
 
 
-def render_all(formats: tuple[str, ...], body: bytes, response: Response) -> dict[str, bytes]:
-    """Every requested format, rendered."""
-    return {fmt: RENDERERS[fmt](body, response) for fmt in formats}
+def render_all(
+    formats: tuple[str, ...], body: bytes, response: Response, *, line_length: int | None = None
+) -> dict[str, bytes]:
+    """Every requested format, rendered; captions with ``line_length`` words per cue."""
+    return {
+        fmt: CAPTION_RENDERERS[fmt](response, line_length)
+        if fmt in CAPTION_RENDERERS
+        else RENDERERS[fmt](body, response)
+        for fmt in formats
+    }

@@ -7,6 +7,9 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
+import secrets as tokens
 import signal
 import threading
 import time
@@ -16,18 +19,25 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batch import __version__
-from batch.client import DeepgramClient, make_session
+from batch.account import check_key
+from batch.budget import Budget, cap_seconds
+from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
+from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, UsageError
-from batch.media import SENDERS
-from batch.models import Item
+from batch.media import SENDERS, Sender, send_sniffed_file
+from batch.models import Item, ItemKind, Params
 from batch.outputs import LocalSink
+from batch.params import request_params, run_tags
+from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.sources import expand_sources
-from batch.state import State
+from batch.state import State, WorkItem
+
+log = logging.getLogger("dgbatch")
 
 
 @dataclass
@@ -53,6 +63,8 @@ class RunOutcome:
             "timeout_retries": self.stats.timeout_retries,
             "recovered": self.stats.recovered,
             "audio_hours": round(self.stats.audio_seconds / 3600, 4),
+            "warnings": self.stats.warnings,
+            "copies": self.stats.copies,
             "wall_seconds": round(self.wall_seconds, 3),
         }
 
@@ -71,11 +83,19 @@ async def run_batch(
 ) -> RunOutcome:
     """Plan, run and report one batch; raises ``BatchError`` for unusable input or state."""
     started = time.monotonic()
+    cap = _cap_seconds(config)
+    if config.preflight:
+        details = await check_key(config.api_url, config.api_key)
+        if details is not None:
+            log.info("%s", details.describe())
     state = State.open(config.state_path)
     try:
         run_id = state.start_run(redact_text(config.command, (config.api_key,)))
+        run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
+        state.set_run_tag(run_id, run_tag)
         secrets = await _plan(config, state, run_id, stdin)
-        stats = await _execute(config, state, run_id, secrets, progress)
+        budget = None if cap is None else Budget(cap, used_seconds(state))
+        stats = await _execute(config, state, run_id, secrets, progress, run_tag, budget)
         counts = await asyncio.to_thread(state.counts)
         code = exit_code_for(counts, stats.stop_reason)
         report = await asyncio.to_thread(save_report, state, _report_path(config))
@@ -86,6 +106,46 @@ async def run_batch(
         return outcome
     finally:
         state.close()
+
+
+def _cap_seconds(config: RunConfig) -> float | None:
+    """The budget in seconds of audio, from hours and/or USD (the stricter wins)."""
+    per_hour = None
+    if config.max_cost is not None:
+        model = model_of(config.params)
+        per_hour = price_per_hour(model, config.price_per_hour)
+        if per_hour is None:
+            msg = f"--max-cost: no list price known for model {model!r}; pass --price-per-hour"
+            raise UsageError(msg)
+    return cap_seconds(config.max_audio_hours, config.max_cost, per_hour)
+
+
+def used_seconds(state: State) -> float:
+    """Audio already transcribed in the state (copies made by --dedupe were not paid)."""
+    ((seconds,),) = state.query(
+        "SELECT COALESCE(SUM(duration), 0) FROM items WHERE status = 'done' AND copy_of IS NULL"
+    )
+    return float(seconds)
+
+
+def make_senders(config: RunConfig, tags: Params) -> dict[ItemKind, Sender]:
+    """The senders of this run: local files sniffed unless ``--no-sniff``, and every
+    request's params completed by ``request_params`` (defaults, captions, run tags)."""
+    senders = dict(SENDERS)
+    if config.sniff:
+        senders[ItemKind.FILE] = send_sniffed_file
+    return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
+
+
+def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
+    """Merge the run's layers over the item's own params (stored as the manifest gave
+    them) at send time, so a resumed run sends with the current command's options."""
+
+    async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        params = request_params(config.params, item.params, formats=config.formats, tags=tags)
+        return await sender(client, dataclasses.replace(item, params=params), source)
+
+    return send
 
 
 def _report_path(config: RunConfig) -> Path:
@@ -134,7 +194,13 @@ def _watch(
 
 
 async def _execute(
-    config: RunConfig, state: State, run_id: int, secrets: dict[str, str], progress: Progress
+    config: RunConfig,
+    state: State,
+    run_id: int,
+    secrets: dict[str, str],
+    progress: Progress,
+    run_tag: str,
+    budget: Budget | None,
 ) -> RunStats:
     settings = RunnerSettings(
         concurrency=config.concurrency,
@@ -143,6 +209,7 @@ async def _execute(
         backoff_base=config.backoff_base,
         backoff_cap=config.backoff_cap,
         grace=config.grace,
+        caption_line_length=config.caption_line_length,
     )
     sink = LocalSink(Path(config.out), threads=min(32, max(4, config.concurrency)))
     try:
@@ -153,10 +220,12 @@ async def _execute(
                 state,
                 client,
                 sink,
-                dict(SENDERS),
+                make_senders(config, run_tags(run_tag)),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,
+                budget=budget,
+                dedupe=Dedupe() if config.dedupe else None,
             )
             return await runner.run()
     finally:

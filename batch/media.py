@@ -14,6 +14,7 @@ from batch.client import CHUNK_SIZE, Answer, DeepgramClient
 from batch.errors import ItemError
 from batch.models import ItemKind
 from batch.naming import content_type_for
+from batch.sniff import HEAD_BYTES, describe_head, sniff_container
 from batch.state import WorkItem
 
 Sender = Callable[[DeepgramClient, WorkItem, str], Awaitable[Answer]]
@@ -59,6 +60,33 @@ async def send_file(client: DeepgramClient, item: WorkItem, source: str) -> Answ
     return await client.send_stream(
         file_chunks(source), size, content_type_for(source), item.params
     )
+
+
+def sniff_file(item: WorkItem, path: str) -> None:
+    """Refuse a file whose first bytes are no audio container we know, before sending it.
+
+    Headerless audio (``encoding=`` in the params, e.g. raw linear16) has no magic bytes
+    and is never refused. Unreadable files are left to ``send_file``'s own message.
+    """
+    if any(key == "encoding" for key, _ in item.params):
+        return
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except OSError:
+        return
+    if head and sniff_container(head) is None:
+        msg = (
+            f"{path}: not an audio file (starts with {describe_head(head)}); "
+            "not sent (pass --no-sniff to send it anyway)"
+        )
+        raise ItemError(msg, code="not_audio")
+
+
+async def send_sniffed_file(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+    """``send_file`` after the magic-byte check (the default; ``--no-sniff`` skips it)."""
+    sniff_file(item, source)
+    return await send_file(client, item, source)
 
 
 async def send_url(client: DeepgramClient, item: WorkItem, source: str) -> Answer:

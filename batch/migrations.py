@@ -67,6 +67,20 @@ def m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m002_warnings_copies_run_tags(db: sqlite3.Connection) -> None:
+    """Per-item ``warning`` (empty or truncated transcript), ``copy_of`` (--dedupe) and the
+    locally measured ``local_duration``; per-run ``tag`` for usage reconciliation."""
+    db.executescript(
+        """
+        ALTER TABLE items ADD COLUMN warning TEXT;
+        ALTER TABLE items ADD COLUMN copy_of TEXT;
+        ALTER TABLE items ADD COLUMN local_duration REAL;
+        ALTER TABLE runs ADD COLUMN tag TEXT;
+        """
+    )
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

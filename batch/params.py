@@ -19,15 +19,23 @@ from batch.errors import UsageError
 from batch.models import Params
 
 __all__ = [
+    "CAPTION_FORMATS",
     "DEFAULT_PARAMS",
     "encode_query",
     "merge_params",
     "normalise_value",
     "params_from_mapping",
     "parse_param",
+    "request_params",
+    "run_tags",
 ]
 
 DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
+
+#: Output formats that read ``results.utterances`` when Deepgram returns them.
+CAPTION_FORMATS = frozenset({"srt", "vtt"})
+#: The tag every dgbatch request carries, beside its run's own tag.
+DGBATCH_TAG = "dgbatch"
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
 _SCALAR_TYPES = (str, int, float)  # bool is an int
@@ -143,3 +151,34 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
 def encode_query(params: Params) -> str:
     """Encode params as a query string, repeating keys and keeping their order."""
     return urlencode(list(params), doseq=True)
+
+
+def run_tags(run_tag: str) -> Params:
+    """The ``tag`` values of one run's requests: ``dgbatch`` and the run's own tag, so
+    Deepgram's usage and request log can be filtered to the run (``dgbatch usage``)."""
+    return (("tag", DGBATCH_TAG), ("tag", run_tag))
+
+
+def request_params(
+    defaults: Params,
+    own: Params,
+    *,
+    formats: tuple[str, ...] = (),
+    tags: Params = (),
+) -> Params:
+    """The query one request sends: ``defaults`` ← the item's ``own`` layer, plus what the
+    run needs unless the user already set the key.
+
+    - ``utterances=true`` when SRT/WebVTT are rendered (captions follow utterances);
+      ``--param utterances=false`` keeps it off.
+    - ``tags`` (``run_tags``) unless ``tag`` is set by ``--param`` or the manifest: the
+      user's own tags then stand alone.
+    """
+    merged = merge_params(defaults, own)
+    keys = {key for key, _ in merged}
+    extra: list[tuple[str, str]] = []
+    if CAPTION_FORMATS.intersection(formats) and "utterances" not in keys:
+        extra.append(("utterances", "true"))
+    if "tag" not in keys:
+        extra.extend(tags)
+    return merged + tuple(extra)

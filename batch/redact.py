@@ -22,6 +22,7 @@ __all__ = [
     "REDACTED",
     "SECRET_QUERY_KEYS",
     "RedactingFilter",
+    "is_secret_key",
     "redact_source",
     "redact_text",
     "redact_url",

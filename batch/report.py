@@ -30,6 +30,8 @@ REPORT_FIELDS = (
     "duration",
     "outputs",
     "timeout_retries",
+    "warning",
+    "copy_of",
 )
 
 
@@ -48,12 +50,23 @@ def report_row(row: sqlite3.Row) -> dict[str, Any]:
         "duration": row["duration"],
         "outputs": json.loads(row["outputs"]) if row["outputs"] else [],
         "timeout_retries": row["timeout_retries"],
+        "warning": _optional(row, "warning"),
+        "copy_of": _optional(row, "copy_of"),
     }
 
 
-def iter_report(state: State, *, failed_only: bool = False) -> Iterator[dict[str, Any]]:
+def _optional(row: sqlite3.Row, column: str) -> Any:
+    """A column added by a later migration: None in a state file opened read-only before it."""
+    return row[column] if column in row.keys() else None  # noqa: SIM118 - Row iterates values
+
+
+def iter_report(
+    state: State, *, failed_only: bool = False, warnings_only: bool = False
+) -> Iterator[dict[str, Any]]:
     """Report rows in plan order, streamed."""
-    where = "WHERE status = 'failed'" if failed_only else ""
+    conditions = ["status = 'failed'"] if failed_only else []
+    conditions += ["warning IS NOT NULL"] if warnings_only else []
+    where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
     for row in state.iter_rows(where):
         yield report_row(row)
 
@@ -102,6 +115,7 @@ def status_summary(state: State) -> dict[str, Any]:
         "WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
     )
     counts = state.counts()
+    warnings = _count_warnings(state)
     return {
         "state": str(state.path),
         "total": sum(counts.values()),
@@ -110,8 +124,18 @@ def status_summary(state: State) -> dict[str, Any]:
         "timeout_retries": int(timeouts),
         "audio_hours": round(float(audio) / 3600, 4),
         "errors": [{"error": redact_text(str(e)), "count": n} for e, n in errors],
+        "warnings": warnings,
         "last_run": _last_run(state),
     }
+
+
+def _count_warnings(state: State) -> int:
+    """Items kept but flagged (empty or truncated transcript); 0 before migration m002."""
+    try:
+        ((count,),) = state.query("SELECT COUNT(*) FROM items WHERE warning IS NOT NULL")
+    except sqlite3.OperationalError:
+        return 0
+    return int(count)
 
 
 def _last_run(state: State) -> dict[str, Any] | None:
@@ -143,6 +167,10 @@ def format_status(summary: dict[str, Any]) -> str:
             f"retries after a timeout (possibly billed twice): {summary['timeout_retries']}"
         )
     lines.append(f"audio transcribed: {summary['audio_hours']:.2f} h")
+    if summary.get("warnings"):
+        lines.append(
+            f"warnings: {summary['warnings']} item(s) (dgbatch report --warnings to list them)"
+        )
     if summary["errors"]:
         lines.append("errors:")
         lines += [f"  {e['count']:>6}  {e['error']}" for e in summary["errors"]]

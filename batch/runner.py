@@ -20,13 +20,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from batch import retry
+from batch.budget import Budget
+from batch.checks import transcript_warning
 from batch.client import Answer, DeepgramClient, TransportError
+from batch.dedupe import Dedupe, Shared
 from batch.errors import BatchError, FatalApiError, Interrupted, ItemError, OutputError
 from batch.formats import render_all
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OutputMeta, OutputSink
+from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
 from batch.retry import Action, Decision
@@ -49,6 +53,8 @@ class RunnerSettings:
     backoff_cap: float = 60.0
     grace: float = 30.0
     adaptive: bool = True
+    #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
+    caption_line_length: int | None = None
 
 
 @dataclass
@@ -64,6 +70,8 @@ class RunStats:
     audio_seconds: float = 0.0
     stop_reason: BatchError | None = None
     errors: dict[str, int] = field(default_factory=dict)
+    warnings: int = 0
+    copies: int = 0
 
 
 class Runner:
@@ -82,6 +90,8 @@ class Runner:
         secret_sources: dict[str, str] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        budget: Budget | None = None,
+        dedupe: Dedupe | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -100,6 +110,13 @@ class Runner:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
+        self.budget = budget
+        self.dedupe = dedupe
+        #: per in-flight item: local duration (mutagen) and budget reservation
+        self._local: dict[str, float | None] = {}
+        self._reserved: dict[str, float | None] = {}
+        #: leaders' answers kept for their --dedupe copies
+        self._captured: dict[str, tuple[bytes, retry.Response]] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -168,11 +185,49 @@ class Runner:
                     break
                 cursor = batch[-1].rowid
                 queue.extend(batch)
+            if not await self._admit(queue[0]):
+                self.limit.release()
+                break
             task = asyncio.create_task(self._work(queue.popleft()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+
+    async def _measure(self, item: WorkItem) -> float | None:
+        """A local file's duration per its headers (once per item), for the truncation
+        check and the budget; None for URL/S3 items and unreadable files."""
+        if item.id not in self._local:
+            local = None
+            if item.kind is ItemKind.FILE:
+                path = self.secret_sources.get(item.id, item.source)
+                local = await asyncio.to_thread(local_duration, path)
+            self._local[item.id] = local
+        return self._local[item.id]
+
+    async def _admit(self, item: WorkItem) -> bool:
+        """Reserve the item's audio against the budget; False (and the run stops) when it
+        would pass the cap. Without a budget, nothing is measured here: the worker does it,
+        so the dispatch loop never waits on a file's headers."""
+        if self.budget is None:
+            return True
+        local = await self._measure(item)
+        estimate = local if local is not None else guess_seconds(item.size)
+        if not self.budget.admit(estimate):
+            self.stop(self.budget.exceeded(item.source, estimate))
+            return False
+        self._reserved[item.id] = estimate
+        return True
+
+    def _account(self, item_id: str, result: Result) -> None:
+        """Settle the item's budget reservation and forget its per-item bookkeeping."""
+        self._local.pop(item_id, None)
+        self._captured.pop(item_id, None)
+        paid = result.status is ItemStatus.DONE and result.copy_of is None
+        if self.budget is not None:
+            self.budget.settle(self._reserved.pop(item_id, None), result.duration if paid else 0)
+        self.stats.warnings += result.warning is not None
+        self.stats.copies += result.copy_of is not None
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
@@ -190,7 +245,7 @@ class Runner:
 
     async def _work(self, item: WorkItem) -> None:
         try:
-            result = await self._process(item)
+            result = await self._deduped(item)
         except asyncio.CancelledError:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
             raise
@@ -204,6 +259,45 @@ class Runner:
         finally:
             self.limit.release()
         self._record(result)
+        self._account(item.id, result)
+
+    async def _deduped(self, item: WorkItem) -> Result:
+        """Measure the item, then ``_process`` it; with ``--dedupe``, the first item of each
+        content key is sent and its copies wait for its answer."""
+        await self._measure(item)
+        if self.dedupe is None or item.kind is not ItemKind.FILE:
+            return await self._process(item)
+        key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
+        if key is None:
+            return await self._process(item)
+        leader = self.dedupe.follow(key)
+        if leader is None:
+            return await self._lead(item, key)
+        shared = await leader
+        if shared is not None:
+            return await self._copy(item, shared)
+        if self.stopping:  # the leader was stopped, not failed: do not send after a stop
+            return Result(item.id, ItemStatus.PENDING, item.attempts)
+        return await self._process(item)
+
+    async def _lead(self, item: WorkItem, key: str) -> Result:
+        shared = None
+        try:
+            result = await self._process(item)
+            captured = self._captured.pop(item.id, None)
+            if result.status is ItemStatus.DONE and captured is not None:
+                shared = Shared(item.id, result.request_id, *captured)
+            return result
+        finally:
+            if self.dedupe is not None:
+                self.dedupe.publish(key, shared)
+
+    async def _copy(self, item: WorkItem, shared: Shared) -> Result:
+        """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
+        answer = Answer(200, shared.body, None, shared.request_id)
+        outputs = await self._write_outputs(item, answer, shared.response)
+        result = self._done_result(item, item.attempts, shared.response, outputs)
+        return dataclasses.replace(result, copy_of=shared.item_id)
 
     def _record(self, result: Result) -> None:
         self.state.record(result)
@@ -328,7 +422,11 @@ class Runner:
         self, item: WorkItem, answer: Answer | None, response: retry.Response
     ) -> list[str]:
         body = answer.body if answer is not None else b""
-        files = render_all(self.settings.formats, body, response)
+        if self.dedupe is not None:
+            self._captured[item.id] = (body, response)
+        files = render_all(
+            self.settings.formats, body, response, line_length=self.settings.caption_line_length
+        )
         return await self.sink.write(
             item.out_name, files, OutputMeta(item.source, item.fingerprint)
         )
@@ -342,6 +440,7 @@ class Runner:
     ) -> Result:
         metadata = response.get("metadata") or {}
         duration = metadata.get("duration")
+        local = self._local.get(item.id)
         return Result(
             item.id,
             ItemStatus.DONE,
@@ -350,6 +449,8 @@ class Runner:
             request_id=metadata.get("request_id"),
             duration=float(duration) if isinstance(duration, int | float) else None,
             outputs=tuple(outputs),
+            warning=transcript_warning(response, local),
+            local_duration=local,
         )
 
     # -- plumbing --------------------------------------------------------------------------

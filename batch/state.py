@@ -96,6 +96,9 @@ class Result:
     duration: float | None = None
     outputs: tuple[str, ...] = ()
     timeout_retries: int = 0
+    warning: str | None = None
+    copy_of: str | None = None
+    local_duration: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +169,11 @@ class State:
                 "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE id = ?",
                 (time.time(), exit_code, json.dumps(summary), run_id),
             )
+
+    def set_run_tag(self, run_id: int, tag: str) -> None:
+        """Remember the Deepgram ``tag`` this run's requests carry (for ``dgbatch usage``)."""
+        with self._mutex, self._db:
+            self._db.execute("UPDATE runs SET tag = ? WHERE id = ?", (tag, run_id))
 
     # -- planning ------------------------------------------------------------------------
 
@@ -287,6 +295,7 @@ class State:
                 "UPDATE items SET status = ?, attempts = ?, http_status = ?, error = ?, "
                 "err_code = ?, request_id = ?, duration = COALESCE(?, duration), "
                 "outputs = COALESCE(?, outputs), timeout_retries = timeout_retries + ?, "
+                "warning = ?, copy_of = ?, local_duration = COALESCE(?, local_duration), "
                 "updated_at = ? WHERE id = ?",
                 [_result_row(r, now) for r in batch],
             )
@@ -443,6 +452,9 @@ def _result_row(r: Result, now: float) -> tuple[object, ...]:
         r.duration,
         json.dumps(list(r.outputs)) if r.outputs else None,
         r.timeout_retries,
+        r.warning,
+        r.copy_of,
+        r.local_duration,
         now,
         r.id,
     )

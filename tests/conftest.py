@@ -213,3 +213,21 @@ def outputs_under(out: Path, suffix: str = ".json") -> list[Path]:
 def sent_sha256s(emu: Emulator) -> Counter[str]:
     """How many ``/v1/listen`` requests the emulator received per audio digest."""
     return Counter(r.sha256 for r in list(emu.log) if r.sha256 is not None)
+
+
+def make_silent_wav(path: Path, seconds: float = 0.5, rate: int = 8000) -> Path:
+    """A valid WAV whose samples are all zero: the emulator answers an empty transcript."""
+    import wave
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with wave.open(str(path), "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * int(seconds * rate))
+    return path
+
+
+def untagged(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Request params without the ``tag`` pairs every run adds (tested on their own)."""
+    return [(k, v) for k, v in params if k != "tag"]

@@ -235,7 +235,7 @@ def finished(tmp_path: Path, dgbatch: Cli) -> Path:
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 3, seconds=0.5)
     (src / "zz-bad.wav").write_bytes(b"plain text, not audio" * 4)
-    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 1
+    assert dgbatch("run", str(src), "--out", str(out), "--no-sniff").exit_code == 1
     return out / ".dgbatch" / "state.sqlite"
 
 
@@ -283,7 +283,8 @@ def test_report_rows_carry_every_documented_field(
     assert result.exit_code == 0
     rows = [json.loads(line) for line in target.read_text().splitlines()]
     readme = {"id", "source", "kind", "status", "attempts", "http_status", "error",
-              "err_code", "request_id", "duration", "outputs", "timeout_retries"}  # fmt: skip
+              "err_code", "request_id", "duration", "outputs", "timeout_retries",
+              "warning", "copy_of"}  # fmt: skip
     assert all(set(row) == readme for row in rows)
     done = [row for row in rows if row["status"] == "done"]
     assert len(done) == 3

@@ -90,7 +90,10 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         errors.OutputError: "output",
         errors.Interrupted: "interrupted",
         errors.ItemError: "failed",
+        errors.BudgetExceeded: "budget",
+        errors.AccountError: "account",
     }
+    expected_words |= {cls: "account" for cls in classes if issubclass(cls, errors.AccountError)}
     for cls in classes[1:]:
         assert cls in expected_words, f"{cls.__name__} is not checked against README"
         assert expected_words[cls] in rows[cls.exit_code], cls.__name__

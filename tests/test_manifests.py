@@ -388,6 +388,7 @@ def _fake_s3(objects: dict[str, list[str]]) -> object:
     """Build an S3 hook that lists fixed keys per URL, failing for unknown buckets."""
 
     def expand(url: str, filters: Filters) -> Iterator[Item]:
+        """List the fixed keys of ``url``."""
         if url not in objects:
             msg = f"{url}: no such bucket"
             raise SourceError(msg)

@@ -31,6 +31,7 @@ from conftest import (
     start_run,
     static_server,
     subprocess_env,
+    untagged,
     wait_for,
 )
 
@@ -85,7 +86,7 @@ def test_a_folder_is_walked_recursively_and_streamed_as_uploads(
         assert record.content_type == "audio/wav"
         assert record.content_length == audio.stat().st_size == record.bytes_received
         assert record.authorization == f"Token {KEY}"
-        assert record.params == DEFAULTS
+        assert untagged(record.params) == DEFAULTS
     assert "done 2, failed 0" in result.output
 
 
@@ -135,7 +136,7 @@ def test_a_url_is_submitted_as_json_and_fetched_by_deepgram(
     (record,) = emulator.log
     assert (record.mode, record.url, record.content_type) == ("url", url, "application/json")
     assert record.sha256 == sha256_of(wav)
-    assert record.params == DEFAULTS
+    assert untagged(record.params) == DEFAULTS
     assert read_state_rows(out / ".dgbatch" / "state.sqlite")[0]["kind"] == "url"
 
 
@@ -169,7 +170,7 @@ def test_manifests_of_every_format_resolve_paths_against_their_folder(
     names = ["audio/a", "r", "greeting", "audio/c", "audio/d", "spanish"]
     for name, wav in zip(names, [audio[0], remote, *audio[1:]], strict=True):
         _assert_output_for(out, name, wav)
-    params = {r.sha256: r.params for r in emulator.log}
+    params = {r.sha256: untagged(r.params) for r in emulator.log}
     assert params[sha256_of(audio[2])] == [*DEFAULTS, ("diarize", "true")]
     assert params[sha256_of(audio[4])] == [*DEFAULTS, ("language", "es")]
     assert params[sha256_of(audio[3])] == DEFAULTS
@@ -214,7 +215,7 @@ def test_param_overrides_defaults(
     make_wav(tmp_path / "a.wav")
     result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), *options)
     assert result.exit_code == 0, result.output
-    assert emulator.log[0].params == expected
+    assert untagged(emulator.log[0].params) == expected
 
 
 def test_manifest_params_override_defaults_and_cli_params(
@@ -232,7 +233,7 @@ def test_manifest_params_override_defaults_and_cli_params(
         "run", str(manifest), "--out", str(tmp_path / "out"), "--param", "model=nova-2"
     )
     assert result.exit_code == 0, result.output
-    params = {r.sha256: r.params for r in emulator.log}
+    params = {r.sha256: untagged(r.params) for r in emulator.log}
     assert params[sha256_of(a)] == [("model", "whisper-large"), ("smart_format", "false")]
     assert params[sha256_of(b)] == [("model", "nova-2"), ("smart_format", "true")]
 
@@ -245,7 +246,7 @@ def test_a_400_fails_one_item_and_the_run_goes_on(tmp_path: Path, dgbatch: Cli) 
     src, out = tmp_path / "calls", tmp_path / "out"
     good = make_wavs(src, 3)
     (src / "bad.wav").write_bytes(b"definitely not audio, just text" * 10)
-    result = dgbatch("run", str(src), "--out", str(out))
+    result = dgbatch("run", str(src), "--out", str(out), "--no-sniff")
     assert result.exit_code == 1, result.output
     for wav in good:
         _assert_output_for(out, wav.stem, wav)
@@ -450,7 +451,7 @@ def test_a_refused_key_stops_the_run_and_leaves_items_pending(
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 5)
     emulator.auth_mode = mode
-    result = dgbatch("run", str(src), "--out", str(out), "-c", "1")
+    result = dgbatch("run", str(src), "--out", str(out), "-c", "1", "--no-preflight")
     assert result.exit_code == 3
     assert "refused the API key" in result.output
     assert f"HTTP {mode}" in result.output
@@ -467,7 +468,7 @@ def test_a_wrong_key_exits_3_and_the_right_key_finishes_the_run(
     src, out = tmp_path / "calls", tmp_path / "out"
     wavs = make_wavs(src, 6)
     wrong = "wrong-key-987654321"
-    result = dgbatch("run", str(src), "--out", str(out), "-c", "2", key=wrong)
+    result = dgbatch("run", str(src), "--out", str(out), "-c", "2", "--no-preflight", key=wrong)
     assert result.exit_code == 3
     assert "refused the API key" in result.output
     assert wrong not in result.output
@@ -486,7 +487,9 @@ def test_a_key_revoked_mid_run_keeps_finished_work(tmp_path: Path, dgbatch: Cli)
     assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
     make_wavs(tmp_path / "more", 3)
     dgbatch.emulator.auth_mode = "401"  # type: ignore[union-attr]
-    result = dgbatch("run", str(src), str(tmp_path / "more"), "--out", str(out), "-c", "1")
+    result = dgbatch(
+        "run", str(src), str(tmp_path / "more"), "--out", str(out), "-c", "1", "--no-preflight"
+    )
     assert result.exit_code == 3
     grouped = _rows_by_status(out / ".dgbatch" / "state.sqlite")
     assert (len(grouped["done"]), len(grouped["pending"])) == (4, 3)

@@ -314,6 +314,7 @@ def test_unreadable_root_dir_is_source_error(
     real_scandir = os.scandir
 
     def refuse(path: str) -> object:
+        """Fail to list the walked folder itself, like a permission error would."""
         if os.fspath(path) == str(tmp_path):
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
@@ -330,6 +331,7 @@ def test_unreadable_subdir_is_failed_item(tmp_path: Path, monkeypatch: pytest.Mo
     real_scandir = os.scandir
 
     def refuse(path: str) -> object:
+        """Fail to list only the ``locked`` sub-folder."""
         if os.fspath(path).endswith("locked"):
             raise PermissionError(13, "Permission denied", path)
         return real_scandir(path)
@@ -413,6 +415,7 @@ def test_s3_arguments_use_the_hook_with_filters() -> None:
     calls: list[tuple[str, Filters]] = []
 
     def fake_s3(url: str, filters: Filters) -> Iterator[Item]:
+        """Record the call and list one object."""
         calls.append((url, filters))
         yield Item(id=url + "k.wav", source=url + "k.wav", kind=ItemKind.S3, name="k.wav")
 

@@ -1,0 +1,62 @@
+"""The audio budget of ``--max-audio-hours`` / ``--max-cost`` (pure accounting).
+
+The cap counts audio transcribed across the whole state file (every run, copies made
+by ``--dedupe`` excluded), not only this run: a budget is a ceiling on what a batch may
+cost, so Ctrl-C and the same command again must not grant a fresh one. To continue
+past it, run again with a higher cap. An item is admitted only if audio already
+transcribed, plus the estimates of items in flight, plus its own estimate stays within
+the cap; its reservation is replaced by Deepgram's ``metadata.duration`` when it ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from batch.errors import BudgetExceeded
+
+
+@dataclass
+class Budget:
+    """Seconds of audio allowed, used and reserved by in-flight items."""
+
+    cap_seconds: float
+    used_seconds: float = 0.0
+    reserved_seconds: float = 0.0
+
+    def admit(self, estimate: float | None) -> bool:
+        """Reserve ``estimate`` seconds if they fit; an unknown estimate counts as zero but
+        is refused once the cap is reached."""
+        seconds = estimate or 0.0
+        committed = self.used_seconds + self.reserved_seconds
+        if committed + seconds > self.cap_seconds or committed >= self.cap_seconds:
+            return False
+        self.reserved_seconds += seconds
+        return True
+
+    def settle(self, estimate: float | None, actual: float | None) -> None:
+        """Replace an item's reservation by the audio it really used (0 if it failed)."""
+        self.reserved_seconds -= estimate or 0.0
+        self.used_seconds += actual or 0.0
+
+    def exceeded(self, source: str, estimate: float | None) -> BudgetExceeded:
+        """The error that stops the run, naming the cap, the usage and the next item."""
+        guess = f"~{estimate / 60:.1f} min" if estimate else "unknown length"
+        return BudgetExceeded(
+            f"audio budget reached: {self.used_seconds / 3600:.3f} h transcribed and "
+            f"{self.reserved_seconds / 3600:.3f} h in flight of a {self.cap_seconds / 3600:.3f} h "
+            f"cap; next item {source} ({guess}) would pass it. Remaining items stay pending: "
+            "run again with a higher --max-audio-hours/--max-cost to continue"
+        )
+
+
+def cap_seconds(
+    max_hours: float | None, max_cost: float | None, per_hour: float | None
+) -> float | None:
+    """The stricter of ``--max-audio-hours`` and ``--max-cost`` (at ``per_hour`` USD), in
+    seconds of audio; None when neither is set."""
+    caps = []
+    if max_hours is not None:
+        caps.append(max_hours * 3600)
+    if max_cost is not None and per_hour:
+        caps.append(max_cost / per_hour * 3600)
+    return min(caps) if caps else None

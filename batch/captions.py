@@ -1,0 +1,105 @@
+"""Caption and reading formats rendered from a Deepgram response (pure: no file I/O).
+
+SRT and WebVTT come from the official ``deepgram-captions`` package, which uses
+``results.utterances`` when present, else channel 0's words (a new cue on every speaker
+change). It raises on an empty transcript (silence), which must not fail an item, so an
+empty transcript renders as an empty but valid document instead. ``md`` is readable text
+with ``**Speaker N:**`` labels taken from the paragraphs (diarize=true).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from deepgram_captions import (
+    ConverterException,
+    DeepgramConverter,
+    EmptyTranscriptException,
+    srt,
+    webvtt,
+)
+
+Response = dict[str, Any]
+
+#: The smallest valid WebVTT file: the signature and a blank line.
+EMPTY_VTT = b"WEBVTT\n\n"
+#: SRT has no header: zero cues is an empty file.
+EMPTY_SRT = b""
+
+
+def _alternatives(response: Response) -> list[dict[str, Any]]:
+    """Each channel's best alternative (an empty dict for a channel without any)."""
+    channels = (response.get("results") or {}).get("channels") or []
+    return [(channel.get("alternatives") or [{}])[0] for channel in channels]
+
+
+def is_empty_transcript(response: Response) -> bool:
+    """True when no channel and no utterance has any text: silence, or nothing recognised."""
+    if any(str(alt.get("transcript") or "").strip() for alt in _alternatives(response)):
+        return False
+    utterances = (response.get("results") or {}).get("utterances") or []
+    return not any(str(u.get("transcript") or "").strip() for u in utterances)
+
+
+def _captions(
+    writer: Callable[[DeepgramConverter, int | None], str],
+    empty: bytes,
+    response: Response,
+    line_length: int | None,
+) -> bytes:
+    """Run a deepgram-captions writer, answering ``empty`` where it would raise."""
+    if is_empty_transcript(response):
+        return empty
+    try:
+        return writer(DeepgramConverter(response), line_length).encode()
+    except (ConverterException, EmptyTranscriptException):
+        return empty
+
+
+def render_vtt(response: Response, line_length: int | None = None) -> bytes:
+    """WebVTT with Deepgram's NOTE header; ``EMPTY_VTT`` for an empty transcript."""
+    return _captions(webvtt, EMPTY_VTT, response, line_length)
+
+
+def render_srt(response: Response, line_length: int | None = None) -> bytes:
+    """Numbered SRT cues; ``EMPTY_SRT`` for an empty transcript."""
+    return _captions(srt, EMPTY_SRT, response, line_length)
+
+
+def _paragraph_lines(alternative: dict[str, Any]) -> list[str]:
+    """One line per paragraph, labelled with its speaker when Deepgram diarized."""
+    paragraphs = (alternative.get("paragraphs") or {}).get("paragraphs") or []
+    lines = []
+    for paragraph in paragraphs:
+        text = " ".join(str(s.get("text", "")) for s in paragraph.get("sentences") or [])
+        speaker = paragraph.get("speaker")
+        lines.append(f"**Speaker {speaker}:** {text}" if speaker is not None else text)
+    return lines
+
+
+def _speaker_turn_lines(alternative: dict[str, Any]) -> list[str]:
+    """Without paragraphs: words grouped into speaker turns (or the plain transcript)."""
+    words = alternative.get("words") or []
+    if not words or "speaker" not in words[0]:
+        text = str(alternative.get("transcript") or "").strip()
+        return [text] if text else []
+    lines: list[str] = []
+    speaker, turn = words[0]["speaker"], list[str]()
+    for word in [*words, {"speaker": None}]:
+        if word["speaker"] != speaker:
+            lines.append(f"**Speaker {speaker}:** {' '.join(turn)}")
+            speaker, turn = word["speaker"], []
+        turn.append(str(word.get("punctuated_word") or word.get("word", "")))
+    return lines
+
+
+def render_markdown(response: Response) -> bytes:
+    """Paragraphs with speaker labels, one section per channel when there are several."""
+    sections = []
+    alternatives = _alternatives(response)
+    for number, alternative in enumerate(alternatives):
+        lines = _paragraph_lines(alternative) or _speaker_turn_lines(alternative)
+        body = "\n\n".join(lines)
+        sections.append(f"## Channel {number}\n\n{body}" if len(alternatives) > 1 else body)
+    return ("\n\n".join(sections).strip() + "\n").encode()

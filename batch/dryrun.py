@@ -1,0 +1,196 @@
+"""``dgbatch run --dry-run``: plan everything, send nothing, say what it would cost.
+
+The plan runs against a throwaway copy of the state (an SQLite backup into a temporary
+folder, or an empty state when there is none yet), so the estimate counts exactly what
+a real run would send (done items are skipped, changed files re-queued) while the real
+state file is never written, not even locked. No API key is needed. Local files are
+timed with mutagen; URLs and S3 objects are counted by size only (their duration, and
+their cost, is a guess at 128 kbit/s, shown apart from the measured part).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from batch.config import RunConfig
+from batch.errors import StateError
+from batch.job import _plan
+from batch.models import ItemKind
+from batch.naming import output_relpath
+from batch.params import merge_params
+from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
+from batch.probe import guess_seconds, local_duration
+from batch.redact import redact_source
+from batch.state import State
+
+#: How ``by_kind`` names item kinds for people.
+KIND_LABELS = {ItemKind.FILE.value: "upload", ItemKind.URL.value: "url", ItemKind.S3.value: "s3"}
+
+
+@dataclass
+class Estimate:
+    """What a dry run found; ``as_dict`` is the ``--json`` output."""
+
+    state: str
+    to_send: int = 0
+    already_done: int = 0
+    failed: int = 0
+    by_kind: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+    unsized: int = 0
+    measured_seconds: float = 0.0
+    measured: int = 0
+    guessed_seconds: float = 0.0
+    unknown: int = 0
+    cost_by_model: dict[str, float | None] = field(default_factory=dict)
+    price_source: str = PRICES_AS_OF
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def cost(self) -> float | None:
+        """Total USD, None if any model's price is unknown."""
+        costs = list(self.cost_by_model.values())
+        return None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready numbers (durations in seconds and hours)."""
+        total = self.measured_seconds + self.guessed_seconds
+        return {
+            "state": self.state,
+            "state_modified": False,
+            "to_send": self.to_send,
+            "by_kind": dict(self.by_kind),
+            "already_done": self.already_done,
+            "failed": self.failed,
+            "bytes": self.bytes,
+            "items_without_size": self.unsized,
+            "duration_seconds": round(self.measured_seconds, 3),
+            "items_with_duration": self.measured,
+            "guessed_seconds": round(self.guessed_seconds, 3),
+            "items_without_estimate": self.unknown,
+            "estimated_hours": round(total / 3600, 6),
+            "estimated_cost_usd": None if self.cost is None else round(self.cost, 4),
+            "cost_by_model": {
+                m: None if c is None else round(c, 4) for m, c in self.cost_by_model.items()
+            },
+            "prices": self.price_source,
+            "examples": self.examples,
+        }
+
+
+async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
+    """Plan into a copy of the state and estimate what would be sent."""
+    with tempfile.TemporaryDirectory(prefix="dgbatch-dry-run-") as tmp:
+        copy = Path(tmp) / "state.sqlite"
+        _copy_state(config.state_path, copy)
+        state = State.open(copy)
+        try:
+            run_id = state.start_run("dry-run")
+            await _plan(config, state, run_id, stdin)
+            return _estimate(config, state)
+        finally:
+            state.close()
+
+
+def _copy_state(source: Path, target: Path) -> None:
+    """An online backup (safe while another run writes it); nothing when there is none."""
+    if not source.exists():
+        return
+    try:
+        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        try:
+            dst = sqlite3.connect(target)
+            with dst:
+                src.backup(dst)
+            dst.close()
+        finally:
+            src.close()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{source}: cannot read the state file ({exc})") from exc
+
+
+def _estimate(config: RunConfig, state: State) -> Estimate:
+    result = Estimate(state=str(config.state_path))
+    counts = state.counts()
+    result.already_done, result.failed = counts["done"], counts["failed"]
+    seconds_by_model: dict[str, float] = {}
+    for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
+        seconds = _add_item(result, row)
+        params = merge_params(config.params, tuple(tuple(p) for p in json.loads(row["params"])))
+        model = model_of(params) or "(default)"
+        seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
+        if len(result.examples) < config.dry_run_examples:
+            result.examples.append(_example(config, row))
+    for model, seconds in seconds_by_model.items():
+        per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)
+        result.cost_by_model[model] = estimate_cost(seconds, per_hour)
+    if config.price_per_hour is not None:
+        result.price_source = f"--price-per-hour {config.price_per_hour}"
+    return result
+
+
+def _add_item(result: Estimate, row: sqlite3.Row) -> float | None:
+    """Count one item to send; its seconds (measured or guessed) or None if unknown."""
+    result.to_send += 1
+    result.by_kind[KIND_LABELS.get(row["kind"], row["kind"])] += 1
+    size = row["size"]
+    if size is None:
+        result.unsized += 1
+    else:
+        result.bytes += int(size)
+    measured = local_duration(row["source"]) if row["kind"] == ItemKind.FILE.value else None
+    if measured is not None:
+        result.measured += 1
+        result.measured_seconds += measured
+        return measured
+    guessed = guess_seconds(size)
+    if guessed is None:
+        result.unknown += 1
+        return None
+    result.guessed_seconds += guessed
+    return guessed
+
+
+def _example(config: RunConfig, row: sqlite3.Row) -> dict[str, Any]:
+    name = row["out_name"] or row["id"]
+    outputs = [str(Path(config.out) / output_relpath(name, fmt)) for fmt in config.formats]
+    return {"source": redact_source(row["source"]), "outputs": outputs}
+
+
+def _usd(amount: float) -> str:
+    """Dollars with cents, or with 4 decimals below a dollar (small test batches)."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"
+
+
+def format_estimate(estimate: Estimate) -> str:
+    """The human-readable dry-run summary."""
+    e = estimate.as_dict()
+    kinds = ", ".join(f"{n} {k}" for k, n in sorted(e["by_kind"].items())) or "nothing"
+    cost = e["estimated_cost_usd"]
+    lines = [
+        f"dry run: nothing sent, {e['state']} not modified",
+        f"would send {e['to_send']} item(s): {kinds}"
+        f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
+        f"bytes: {e['bytes']:,}"
+        + (
+            f" (+{e['items_without_size']} item(s) of unknown size)"
+            if e["items_without_size"]
+            else ""
+        ),
+        f"audio: {e['duration_seconds'] / 3600:.3f} h measured in {e['items_with_duration']} "
+        f"file(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
+        f"{e['items_without_estimate']} item(s) unknown",
+        "estimated cost: "
+        + (_usd(cost) if cost is not None else "unknown (pass --price-per-hour)")
+        + f" at list prices {e['prices']}",
+    ]
+    lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]
+    if e["to_send"] > len(e["examples"]):
+        lines.append(f"  … and {e['to_send'] - len(e['examples'])} more")
+    return "\n".join(lines)

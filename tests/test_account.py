@@ -1,0 +1,204 @@
+"""Account features: key preflight, ``dgbatch check``, run tags and usage reconciliation."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import KEY, Cli, make_wav
+
+from batch.account import KeyDetails, TransientAccountError, preflight
+from batch.emulator import Emulator
+from batch.errors import AccountError, FatalApiError
+from batch.params import request_params, run_tags
+from batch.usage import RunWindow, reconcile
+
+
+@pytest.mark.parametrize(
+    ("defaults", "own", "formats", "expected"),
+    [
+        ((("model", "nova-3"),), (), (), (("model", "nova-3"), ("tag", "dgbatch"), ("tag", "r"))),
+        ((), (), ("json", "vtt"), (("utterances", "true"), ("tag", "dgbatch"), ("tag", "r"))),
+        ((), (("utterances", "false"),), ("srt",), (("utterances", "false"), *run_tags("r"))),
+        ((("tag", "mine"),), (), (), (("tag", "mine"),)),
+        ((), (("tag", "item"),), ("srt",), (("tag", "item"), ("utterances", "true"))),
+        ((("model", "a"),), (("model", "b"),), (), (("model", "b"), *run_tags("r"))),
+    ],
+)
+def test_request_params(
+    defaults: tuple[tuple[str, str], ...],
+    own: tuple[tuple[str, str], ...],
+    formats: tuple[str, ...],
+    expected: tuple[tuple[str, str], ...],
+) -> None:
+    """Captions add utterances=true and runs add their tags, unless the user set the key."""
+    assert request_params(defaults, own, formats=formats, tags=run_tags("r")) == expected
+
+
+def test_invalid_key_exits_3_before_any_listen_request(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A refused key stops the run at the preflight: exit 3, zero /v1/listen requests and
+    no state file."""
+    make_wav(tmp_path / "in" / "a.wav")
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), key="wrong-key")
+    assert result.exit_code == 3
+    assert "Deepgram refused the API key" in result.output and "wrong-key" not in result.output
+    assert emulator.log == []
+    assert not (out / ".dgbatch" / "state.sqlite").exists()
+
+
+def test_check_prints_scopes_never_the_key(dgbatch: Cli, emulator: Emulator) -> None:
+    """``dgbatch check`` shows accessor, scopes and expiry; a bad key exits 3."""
+    result = dgbatch("check", "--api-url", emulator.url)
+    assert result.exit_code == 0, result.output
+    assert "scopes usage:write" in result.output and "expires never" in result.output
+    assert KEY not in result.output
+    as_json = json.loads(dgbatch("check", "--api-url", emulator.url, "--json").output)
+    assert as_json["scopes"] == ["usage:write"]
+    assert dgbatch("check", "--api-url", emulator.url, key="nope").exit_code == 3
+
+
+class FlakyClient:
+    """A stand-in AccountClient whose key check fails with the given errors, then succeeds."""
+
+    def __init__(self, *errors: Exception) -> None:
+        self.errors = list(errors)
+        self.calls = 0
+
+    async def key_details(self) -> KeyDetails:
+        self.calls += 1
+        if self.errors:
+            raise self.errors.pop(0)
+        return KeyDetails("acc", "user", ("member",), None)
+
+
+async def test_preflight_retries_network_errors_then_proceeds() -> None:
+    """Transient failures are retried twice with backoff, then the run proceeds (None)."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    flaky = FlakyClient(TransientAccountError("down"), TransientAccountError("down"))
+    assert (await preflight(flaky, sleep=sleep)) is not None  # type: ignore[arg-type]
+    down = FlakyClient(*[TransientAccountError("down")] * 3)
+    assert await preflight(down, sleep=sleep) is None  # type: ignore[arg-type]
+    assert down.calls == 3 and slept == [0.5, 1.0, 0.5, 1.0]
+    missing = FlakyClient(AccountError("GET /v1/auth/token: HTTP 404"))
+    assert await preflight(missing, sleep=sleep) is None  # type: ignore[arg-type]
+    with pytest.raises(FatalApiError):
+        await preflight(FlakyClient(FatalApiError("refused")), sleep=sleep)  # type: ignore[arg-type]
+
+
+def test_preflight_unreachable_proceeds_and_run_reports_it(tmp_path: Path) -> None:
+    """With nothing listening, the preflight gives up with a warning and the run's own
+    requests fail as transport errors (exit 1), not as a crash."""
+    make_wav(tmp_path / "in" / "a.wav")
+    result = Cli(None)(
+        "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--progress", "none",
+        "--api-url", "http://127.0.0.1:9", "--max-retries", "0",
+    )  # fmt: skip
+    assert result.exit_code == 1
+    assert "key check failed" in result.output and "proceeding without it" in result.output
+    assert "cannot connect" in (tmp_path / "out" / ".dgbatch" / "report.jsonl").read_text()
+
+
+def test_every_request_carries_the_run_tags(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Requests carry ``tag=dgbatch`` and the run's own tag, which the runs table keeps."""
+    make_wav(tmp_path / "in" / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    (tag,) = db.execute("SELECT tag FROM runs").fetchone()
+    db.close()
+    assert tag.startswith("dgbatch-run-1-")
+    tags = [v for k, v in emulator.log[0].params if k == "tag"]
+    assert tags == ["dgbatch", tag]
+    make_wav(tmp_path / "in2" / "b.wav")
+    result = dgbatch("run", str(tmp_path / "in2"), "--out", str(out), "--param", "tag=mine")
+    assert result.exit_code == 0
+    assert [v for k, v in emulator.log[1].params if k == "tag"] == ["mine"]
+
+
+def duplicate_request(emulator: Emulator, tag: str, audio: Path) -> str:
+    """Send a request outside dgbatch with the run's tag: paid for, never recorded."""
+    request = urllib.request.Request(
+        f"{emulator.url}/v1/listen?tag=dgbatch&tag={tag}",
+        data=audio.read_bytes(),
+        headers={"Authorization": f"Token {KEY}", "Content-Type": "audio/wav"},
+    )
+    with urllib.request.urlopen(request) as response:
+        return str(json.load(response)["metadata"]["request_id"])
+
+
+def test_usage_finds_a_duplicated_request(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """``dgbatch usage`` matches the run's requests to the state and lists the one Deepgram
+    recorded (and billed) that has no result in the state; exit 1 when there is one."""
+    files = [make_wav(tmp_path / "in" / f"{n}.wav", 0.5, tone=n) for n in range(3)]
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    args = ("usage", "--project", "p-1", "--state", str(state), "--api-url", emulator.url)
+    clean = dgbatch(*args)
+    assert clean.exit_code == 0, clean.output
+    assert "3 succeeded" in clean.output and "3 matched" in clean.output
+    db = sqlite3.connect(state)
+    (tag,) = db.execute("SELECT tag FROM runs").fetchone()
+    db.close()
+    extra = duplicate_request(emulator, tag, files[0])
+    result = dgbatch(*args, "--json")
+    assert result.exit_code == 1
+    report = json.loads(result.output)
+    assert [u["request_id"] for u in report["unmatched_requests"]] == [extra]
+    assert report["requests"] == 4 and report["items_done"] == 3 and report["items_matched"] == 3
+    assert report["billed_hours"] == pytest.approx(4 * 0.5 / 3600, abs=1e-6)
+    assert report["transcribed_hours"] == pytest.approx(3 * 0.5 / 3600, abs=1e-6)
+    assert report["usage_requests"] == 4
+    assert dgbatch(*args, key="bad").exit_code == 3
+
+
+def test_reconcile_pages_and_tags() -> None:
+    """Requests of other runs are ignored; failed ones are counted but never billed."""
+    window = RunWindow(2, "run-2", 0.0, 10.0)
+
+    def entry(request_id: str, tags: list[str], code: int = 200) -> dict[str, object]:
+        details = {"duration": 60.0, "tags": tags}
+        return {"request_id": request_id, "response": {"code": code, "details": details}}
+
+    requests = [
+        entry("a", ["run-2"]),
+        entry("b", ["run-1"]),
+        entry("c", ["run-2"], 500),
+        {"request_id": "d", "path": "/v1/listen?tag=run-2", "response": {"code": 200}},
+    ]
+    result = reconcile(window, requests, {"a": "item-a"}, [("item-a", "a", 60.0), ("x", None, 1)])
+    assert (result.requests, result.succeeded, result.failed) == (3, 2, 1)
+    assert [u["request_id"] for u in result.unmatched] == ["d"]
+    assert result.billed_seconds == 60.0 and result.missing == ["x"]
+
+
+async def test_requests_endpoint_pages_newest_first(emulator: Emulator, tmp_path: Path) -> None:
+    """The emulator's request log is paged and bounded by start/end, like Deepgram's."""
+    audio = make_wav(tmp_path / "a.wav")
+    for _ in range(3):
+        await asyncio.to_thread(duplicate_request, emulator, "t", audio)
+
+    def get(query: str) -> dict[str, object]:
+        request = urllib.request.Request(
+            f"{emulator.url}/v1/projects/p/requests?{query}",
+            headers={"Authorization": f"Token {KEY}"},
+        )
+        with urllib.request.urlopen(request) as response:
+            return dict(json.load(response))
+
+    first, second = get("limit=2&page=0"), get("limit=2&page=1")
+    ids = [r["request_id"] for r in [*first["requests"], *second["requests"]]]  # type: ignore[attr-defined, index]
+    assert ids == [r.request_id for r in reversed(emulator.log)]
+    assert get("end=2000-01-01")["requests"] == []

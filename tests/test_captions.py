@@ -1,0 +1,142 @@
+"""Caption and reading formats: SRT/WebVTT via deepgram-captions, Markdown with speakers."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import Cli, make_silent_wav, make_wav, read_state_rows
+
+from batch.captions import (
+    EMPTY_SRT,
+    EMPTY_VTT,
+    is_empty_transcript,
+    render_markdown,
+    render_srt,
+    render_vtt,
+)
+from batch.emulator import Emulator, build_response
+from batch.formats import parse_formats, render_all
+
+SRT_TIME = r"(\d\d):(\d\d):(\d\d),(\d\d\d)"
+VTT_TIME = r"(\d\d):(\d\d):(\d\d)\.(\d\d\d)"
+DIARIZED = [("diarize", "true"), ("utterances", "true"), ("smart_format", "true")]
+
+
+def seconds(match: tuple[str, ...]) -> float:
+    """``HH, MM, SS, mmm`` → seconds."""
+    h, m, s, ms = map(int, match)
+    return h * 3600 + m * 60 + s + ms / 1000
+
+
+def diarized_response(silent: bool = False) -> dict[str, object]:
+    """A two-speaker response of the emulator with utterances and paragraphs."""
+    return build_response(
+        request_id="r-1", sha256="ab" * 32, size=9000, duration=6.0, params=DIARIZED, silent=silent
+    )
+
+
+def cue_times(text: str, pattern: str) -> list[tuple[float, float]]:
+    """Every ``start --> end`` of a caption document, in seconds."""
+    found = re.findall(rf"{pattern} --> {pattern}", text)
+    return [(seconds(m[:4]), seconds(m[4:])) for m in found]
+
+
+def test_srt_is_well_formed_for_a_diarized_response() -> None:
+    """SRT cues are numbered 1..n, timed in order, and mark each speaker change."""
+    text = render_srt(diarized_response(), 2).decode()
+    blocks = [b for b in text.strip().split("\n\n") if b]
+    assert [int(b.splitlines()[0]) for b in blocks] == list(range(1, len(blocks) + 1))
+    times = cue_times(text, SRT_TIME)
+    assert len(times) == len(blocks) >= 3
+    assert all(start <= end for start, end in times)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(times))
+    assert "[speaker 0]" in text and "[speaker 1]" in text
+
+
+def test_vtt_is_well_formed_for_a_diarized_response() -> None:
+    """WebVTT starts with its signature, carries Deepgram's NOTE and voice-tagged ordered cues."""
+    text = render_vtt(diarized_response()).decode()
+    assert text.startswith("WEBVTT\n\nNOTE")
+    times = cue_times(text, VTT_TIME)
+    assert times and all(start <= end for start, end in times)
+    assert times == sorted(times)
+    assert "<v Speaker 0>" in text and "<v Speaker 1>" in text
+
+
+def test_caption_line_length_sets_words_per_cue() -> None:
+    """``line_length`` caps the words of every cue."""
+    text = render_srt(diarized_response(), 1).decode()
+    cues = [b.splitlines()[-1] for b in text.strip().split("\n\n")]
+    assert all(len(cue.split()) == 1 for cue in cues)
+
+
+def test_empty_transcript_renders_empty_captions() -> None:
+    """Silence gives a valid empty WebVTT and an empty SRT instead of an exception."""
+    response = diarized_response(silent=True)
+    assert is_empty_transcript(response)
+    assert render_vtt(response) == EMPTY_VTT == b"WEBVTT\n\n"
+    assert render_srt(response) == EMPTY_SRT == b""
+    assert render_markdown(response) == b"\n"
+
+
+def test_markdown_labels_speakers() -> None:
+    """``md`` is one paragraph per speaker turn, labelled when Deepgram diarized."""
+    text = render_markdown(diarized_response()).decode()
+    assert text.startswith("**Speaker 0:** ") and "\n\n**Speaker 1:** " in text
+    plain = build_response(request_id="r", sha256="cd" * 32, size=100, duration=1.0, params=[])
+    assert render_markdown(plain).decode().strip() == "audio cdcdcdcdcdcdcdcd has 100 bytes"
+
+
+def test_markdown_falls_back_to_speaker_turns_of_words() -> None:
+    """Without paragraphs, words are grouped into labelled speaker turns."""
+    response = build_response(
+        request_id="r", sha256="ef" * 32, size=100, duration=1.0, params=[("diarize", "true")]
+    )
+    lines = render_markdown(response).decode().strip().split("\n\n")
+    assert [line.split(":**")[0] for line in lines] == ["**Speaker 0", "**Speaker 1"]
+
+
+def test_formats_accept_captions_and_markdown() -> None:
+    """``srt``, ``vtt`` and ``md`` are known formats and render_all passes the line length."""
+    assert parse_formats("json,srt,vtt,md") == ("json", "srt", "vtt", "md")
+    files = render_all(("srt", "md"), b"{}", diarized_response(), line_length=3)
+    assert set(files) == {"srt", "md"}
+    with pytest.raises(ValueError, match="unknown format"):
+        parse_formats("json,docx")
+
+
+def test_captions_run_side_by_side_and_flag_silence(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A run writes a.json a.srt a.vtt a.md side by side, asks for utterances, and keeps a
+    silent file done with empty captions and an ``empty transcript`` warning."""
+    make_wav(tmp_path / "in" / "talk.wav", 1.0)
+    make_silent_wav(tmp_path / "in" / "quiet.wav")
+    out = tmp_path / "out"
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(out), "--formats", "json,srt,vtt,md",
+        "--param", "diarize=true", "--caption-line-length", "4",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir() if p.is_file()} == {
+        f"{stem}.{ext}" for stem in ("talk", "quiet") for ext in ("json", "srt", "vtt", "md")
+    }
+    assert all(("utterances", "true") in record.params for record in emulator.log)
+    assert (out / "quiet.vtt").read_bytes() == b"WEBVTT\n\n"
+    assert (out / "quiet.srt").read_bytes() == b""
+    assert "<v Speaker 1>" in (out / "talk.vtt").read_text()
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
+    assert rows["quiet.wav"]["status"] == "done"
+    assert rows["quiet.wav"]["warning"] == "empty transcript"
+    assert rows["talk.wav"]["warning"] is None
+    assert "1 item(s) with a warning" in result.output
+    assert (
+        json.loads((out / "quiet.json").read_text())["results"]["channels"][0]["alternatives"][0][
+            "transcript"
+        ]
+        == ""
+    )

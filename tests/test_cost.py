@@ -1,0 +1,157 @@
+"""Cost control: the price table, dry-run estimates and the audio budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mutagen
+import pytest
+from conftest import Cli, make_wav, read_state_rows
+
+from batch.budget import Budget, cap_seconds
+from batch.emulator import Emulator
+from batch.pricing import estimate_cost, model_of, price_per_hour
+
+
+@pytest.mark.parametrize(
+    ("model", "override", "expected"),
+    [
+        ("nova-3", None, 0.0043 * 60),
+        ("nova-3-medical", None, 0.0043 * 60),
+        ("nova-3-multilingual", None, 0.0052 * 60),
+        ("whisper-large", None, 0.0048 * 60),
+        ("enhanced-phonecall", None, 0.0145 * 60),
+        (None, None, 0.0125 * 60),
+        ("my-custom-model", None, None),
+        ("my-custom-model", 1.5, 1.5),
+    ],
+)
+def test_price_per_hour(model: str | None, override: float | None, expected: float | None) -> None:
+    """Models are priced by their longest known prefix; an override always wins."""
+    price = price_per_hour(model, override)
+    assert price == (pytest.approx(expected) if expected is not None else None)
+
+
+def test_model_and_cost_helpers() -> None:
+    """The last ``model`` value wins and cost scales with hours."""
+    assert model_of((("model", "nova-2"), ("x", "y"), ("model", "nova-3"))) == "nova-3"
+    assert model_of(()) is None
+    assert estimate_cost(1800, 0.5) == pytest.approx(0.25)
+    assert estimate_cost(1800, None) is None
+
+
+@pytest.mark.parametrize(
+    ("hours", "cost", "per_hour", "expected"),
+    [
+        (None, None, None, None),
+        (2.0, None, None, 7200.0),
+        (None, 1.0, 0.5, 7200.0),
+        (1.0, 1.0, 0.5, 3600.0),
+    ],
+)
+def test_cap_seconds(
+    hours: float | None, cost: float | None, per_hour: float | None, expected: float | None
+) -> None:
+    """The stricter of the hour and dollar caps applies."""
+    assert cap_seconds(hours, cost, per_hour) == expected
+
+
+def test_budget_reserves_and_settles() -> None:
+    """In-flight estimates count against the cap until replaced by the real duration."""
+    budget = Budget(cap_seconds=10.0, used_seconds=2.0)
+    assert budget.admit(5.0)
+    assert not budget.admit(4.0)  # 2 + 5 + 4 > 10
+    assert budget.admit(3.0)  # exactly 10
+    assert not budget.admit(None)  # the cap is reached: unknown lengths wait too
+    budget.settle(5.0, 4.0)
+    assert budget.used_seconds == 6.0 and budget.reserved_seconds == 3.0
+    budget.settle(3.0, 0.0)  # failed: nothing used
+    assert budget.admit(None) and budget.reserved_seconds == 0.0
+    assert "would pass it" in str(budget.exceeded("a.wav", 60.0))
+
+
+def test_dry_run_sends_nothing_and_measures_durations(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--dry-run`` needs no key, sends zero requests, creates no state, and its total
+    duration equals mutagen's for the generated files."""
+    files = [make_wav(tmp_path / "in" / f"{n}.wav", 0.5 + n, tone=n) for n in range(3)]
+    out = tmp_path / "out"
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(out), "--dry-run", "--json", key=None
+    )
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.output)
+    expected = sum(mutagen.File(str(f)).info.length for f in files)
+    assert estimate["duration_seconds"] == pytest.approx(expected, abs=1e-3)
+    assert estimate["to_send"] == 3 and estimate["by_kind"] == {"upload": 3}
+    assert estimate["bytes"] == sum(f.stat().st_size for f in files)
+    hours = expected / 3600
+    assert estimate["estimated_cost_usd"] == pytest.approx(hours * 0.0043 * 60, abs=1e-4)
+    assert estimate["examples"][0]["outputs"] == [str(out / "0.json"), str(out / "0.txt")]
+    assert emulator.log == []
+    assert not out.exists()
+
+
+def test_dry_run_plans_against_a_copy_of_the_state(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Items already done are not counted again and the real state file is not modified."""
+    make_wav(tmp_path / "in" / "a.wav", 1.0, tone=1)
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    make_wav(tmp_path / "in" / "b.wav", 2.0, tone=2)
+    state = out / ".dgbatch" / "state.sqlite"
+    before = state.read_bytes()
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(out), "--dry-run", "--price-per-hour", "36"
+    )
+    assert result.exit_code == 0, result.output
+    assert "would send 1 item(s): 1 upload (1 already done" in result.output
+    assert "estimated cost: $0.0200" in result.output  # 2 s at $36/h
+    assert f"{tmp_path / 'in' / 'b.wav'} → {out / 'b.json'}" in result.output
+    assert state.read_bytes() == before
+    assert len(emulator.log) == 1
+
+
+def test_budget_cap_stops_at_the_right_item_and_resumes(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """With 1 s files and a 2.5 s cap, two items are sent, the rest stay pending (exit 1);
+    the same command with a higher cap finishes them."""
+    for n in range(4):
+        make_wav(tmp_path / "in" / f"{n}.wav", 1.0, tone=n)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
+    result = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
+    assert result.exit_code == 1
+    assert "audio budget reached" in result.output and "2.wav" in result.output
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert [r["status"] for r in rows] == ["done", "done", "pending", "pending"]
+    assert len(emulator.log) == 2
+    again = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
+    assert again.exit_code == 1 and len(emulator.log) == 2  # the cap counts the whole state
+    result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 4
+
+
+def test_max_cost_converts_with_the_price(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """``--max-cost`` caps audio at cost / price; an unpriced model needs --price-per-hour."""
+    for n in range(3):
+        make_wav(tmp_path / "in" / f"{n}.wav", 1.0, tone=n)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1")
+    refused = dgbatch(*args, "--param", "model=custom-x", "--max-cost", "1")
+    assert refused.exit_code == 2 and "--price-per-hour" in refused.output
+    result = dgbatch(*args, "--max-cost", "0.01", "--price-per-hour", "24")  # 1.5 s of audio
+    assert result.exit_code == 1 and "audio budget reached" in result.output
+    assert len(emulator.log) == 1
+
+
+def test_json_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """``--json`` without ``--dry-run`` is a usage error and sends nothing."""
+    make_wav(tmp_path / "in" / "a.wav")
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--json")
+    assert result.exit_code == 2 and "--dry-run" in result.output
+    assert emulator.log == []
