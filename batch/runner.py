@@ -320,6 +320,7 @@ class Runner:
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
+            timed_out = False
             try:
                 answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:
@@ -328,10 +329,13 @@ class Runner:
                 )
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
-                timeouts += exc.timeout and exc.body_sent
+                timed_out = exc.timeout and exc.body_sent
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts)
             if outcome is not None:
                 return outcome
+            if timed_out:  # retried after a timeout: Deepgram may have billed the first one
+                timeouts += 1
+                self.stats.timeout_retries += 1
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
     async def _attempt(
@@ -392,7 +396,6 @@ class Runner:
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         self.stats.retries += 1
-        self.stats.timeout_retries += failed.timeout_retries and 1
         self.progress.retried()
         delay = retry.retry_delay(
             decision,

@@ -380,11 +380,6 @@ def test_a_timeout_after_the_upload_is_retried_and_counted_separately(tmp_path: 
     assert json.loads(status.output)["timeout_retries"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="runner counts the last, un-retried timeout as a timeout retry in the state "
-    "(2) while the run summary says 1 retry after a timeout",
-)
 def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
     """Two timeouts with ``--max-retries 1`` are one retry after a timeout, everywhere."""
     make_wav(tmp_path / "a.wav")
