@@ -41,21 +41,21 @@ ON CONFLICT (id) DO UPDATE SET
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint THEN 'pending'
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 'pending'
         WHEN items.status = 'failed' AND ? THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint THEN NULL
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN NULL
         WHEN items.status = 'failed' AND ? THEN NULL
         ELSE items.error END,
     attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint THEN 0
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 0
         WHEN items.status = 'failed' AND ? THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
     updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR (items.status = 'failed' AND ?)
+        WHEN items.fingerprint != excluded.fingerprint OR ? OR (items.status = 'failed' AND ?)
         THEN excluded.updated_at ELSE items.updated_at END
 """
 
@@ -168,15 +168,22 @@ class State:
 
     # -- planning ------------------------------------------------------------------------
 
-    def plan(self, items: Iterable[Item], *, run_id: int, retry_failed: bool = False) -> PlanStats:
+    def plan(
+        self,
+        items: Iterable[Item],
+        *,
+        run_id: int,
+        retry_failed: bool = False,
+        force: bool = False,
+    ) -> PlanStats:
         """Upsert items in large transactions; done items whose fingerprint changed go back
-        to pending, failed ones only with ``retry_failed``."""
+        to pending (all of them with ``force``), failed ones only with ``retry_failed``."""
         seen = broken = 0
         batch: list[tuple[object, ...]] = []
         for item in items:
             seen += 1
             broken += item.error is not None
-            batch.append(_plan_row(item, run_id, retry_failed))
+            batch.append(_plan_row(item, run_id, retry_failed, force))
             if len(batch) >= PLAN_BATCH:
                 self._upsert(batch)
                 batch = []
@@ -377,7 +384,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
-def _plan_row(item: Item, run_id: int, retry_failed: bool) -> tuple[object, ...]:
+def _plan_row(item: Item, run_id: int, retry_failed: bool, force: bool) -> tuple[object, ...]:
     name = safe_name(item.name)
     stem, full = name_variants(name)
     status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
@@ -397,10 +404,7 @@ def _plan_row(item: Item, run_id: int, retry_failed: bool) -> tuple[object, ...]
         now,
         now,
         run_id,
-        retry_failed,
-        retry_failed,
-        retry_failed,
-        retry_failed,
+        *((force, retry_failed) * 4),  # one pair per CASE of _UPSERT
     )
 
 
