@@ -39,6 +39,18 @@ def listen_log(emulator: Emulator) -> list[Any]:
     return list(emulator.log)
 
 
+def run_prefix(
+    dgbatch: Cli, moto: MotoS3, tmp_path: Path, bucket: str, keys: list[str], *args: str
+) -> tuple[dict[str, bytes], Path]:
+    """Put one WAV per key in ``bucket``, run on ``s3://bucket/in/`` into a local folder."""
+    objects = audio_objects(tmp_path, keys)
+    moto.bucket(bucket, objects)
+    out = tmp_path / "out"
+    result = dgbatch("run", f"s3://{bucket}/in/", "--out", str(out), *args, *FAST)
+    assert result.exit_code == 0, result.output
+    return objects, out
+
+
 # -- pure pieces ---------------------------------------------------------------------------
 
 
@@ -135,11 +147,7 @@ def test_presign_mode_submits_a_signed_url(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
     """The default mode sends a fresh SigV4 presigned URL that the emulator fetches."""
-    objects = audio_objects(tmp_path, ["in/a.wav", "in/sub/b.wav"])
-    moto.bucket("media", objects)
-    out = tmp_path / "out"
-    result = dgbatch("run", "s3://media/in/", "--out", str(out), *FAST)
-    assert result.exit_code == 0, result.output
+    objects, out = run_prefix(dgbatch, moto, tmp_path, "media", ["in/a.wav", "in/sub/b.wav"])
     log = listen_log(emulator)
     assert sorted(r.sha256 for r in log) == sorted(sha(d) for d in objects.values())
     for record in log:
@@ -152,11 +160,8 @@ def test_upload_mode_streams_the_object(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
     """--url-mode upload streams the object's bytes with its Content-Length."""
-    objects = audio_objects(tmp_path, ["in/a.wav", "in/b.wav"])
-    moto.bucket("private", objects)
-    out = tmp_path / "out"
-    result = dgbatch("run", "s3://private/in/", "--out", str(out), "--url-mode", "upload", *FAST)
-    assert result.exit_code == 0, result.output
+    keys = ["in/a.wav", "in/b.wav"]
+    objects, _ = run_prefix(dgbatch, moto, tmp_path, "private", keys, "--url-mode", "upload")
     log = listen_log(emulator)
     assert {r.mode for r in log} == {"upload"}
     assert sorted(r.sha256 for r in log) == sorted(sha(d) for d in objects.values())
@@ -170,11 +175,7 @@ def test_odd_characters_in_keys(
 ) -> None:
     """Keys with spaces, unicode, +, &, # and ? are fetched intact in both modes."""
     keys = ["in/a b.wav", "in/ünï cödé.wav", "in/x+y&z.wav", "in/h#sh?q=1.wav"]
-    objects = audio_objects(tmp_path, keys)
-    moto.bucket("odd", objects)
-    out = tmp_path / "out"
-    result = dgbatch("run", "s3://odd/in/", "--out", str(out), "--url-mode", mode, *FAST)
-    assert result.exit_code == 0, result.output
+    objects, out = run_prefix(dgbatch, moto, tmp_path, "odd", keys, "--url-mode", mode)
     assert sorted(r.sha256 for r in listen_log(emulator)) == sorted(
         sha(d) for d in objects.values()
     )
