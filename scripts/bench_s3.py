@@ -45,6 +45,7 @@ from batch.state import State  # noqa: E402
 BUCKET = "bench"
 KEY = "bench-key-0123456789"
 CHUNK = 1 << 20
+ROUNDS = 3
 
 
 def serve_moto(keys: int) -> None:
@@ -199,28 +200,56 @@ def measure_upload(
     for key in keys:
         client.put_object(Bucket=BUCKET, Key=key, Body=data)
     total = len(data) * objects / 2**20
-    t_bare, _ = timed(
-        "bare boto3+aiohttp upload",
-        lambda: asyncio.run(bare_upload(moto_url, emu_url, keys, concurrency)),
-    )
+    # Alternate the two, best of ROUNDS each: the first round warms moto, the emulator
+    # and the page cache, and a shared machine is noisy.
+    t_bare = t_runner = float("inf")
+    for n in range(ROUNDS):
+        elapsed, _ = timed(
+            "bare boto3+aiohttp upload",
+            lambda: asyncio.run(bare_upload(moto_url, emu_url, keys, concurrency)),
+        )
+        t_bare = min(t_bare, elapsed)
+        runner = run_in_process(moto_url, emu_url, tmp / str(n), concurrency)
+        elapsed, outcome = timed("dgbatch runner in-process", asyncio.run, runner)
+        assert outcome.exit_code == 0, outcome
+        t_runner = min(t_runner, elapsed)
     cmd = [
-        sys.executable, "-m", "batch", "run", f"s3://{BUCKET}/up/", "--out", str(tmp / "out"),
+        sys.executable, "-m", "batch", "run", f"s3://{BUCKET}/up/", "--out", str(tmp / "out2"),
         "--url-mode", "upload", "--concurrency", str(concurrency), "--api-url", emu_url,
         "--progress", "none", "--formats", "json",
     ]  # fmt: skip
     env = {**os.environ, "DEEPGRAM_API_KEY": KEY, "AWS_ENDPOINT_URL": moto_url}
     t_run, proc = timed(
-        "dgbatch run --url-mode upload",
+        "dgbatch run --url-mode upload (process)",
         lambda: subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True),
     )
     assert proc.returncode == 0, proc.stderr
-    wall = float(proc.stderr.split("wall ")[1].split(" s")[0])
     return {
         "total_mib": total,
         "bare": total / t_bare,
+        "runner": total / t_runner,
         "process": total / t_run,
-        "runner": total / wall,
     }
+
+
+async def run_in_process(moto_url: str, emu_url: str, tmp: Path, concurrency: int) -> Any:
+    """``dgbatch run --url-mode upload`` through ``run_batch``, boto3 already imported."""
+    from batch.config import RunConfig
+    from batch.job import run_batch
+    from batch.progress import NullProgress
+
+    config = RunConfig(
+        sources=(f"s3://{BUCKET}/up/",),
+        out=str(tmp / "out1"),
+        state_path=tmp / "out1" / ".dgbatch" / "state.sqlite",
+        api_key=KEY,
+        api_url=emu_url,
+        formats=("json",),
+        concurrency=concurrency,
+        s3_endpoint_url=moto_url,
+        url_mode="upload",
+    )
+    return await run_batch(config, NullProgress())
 
 
 def machine() -> str:
@@ -265,10 +294,10 @@ def write_markdown(
     upload_rows = [
         ("bare loop: boto3 `get_object` in a thread + aiohttp POST", f"{up['bare']:.0f} MiB/s"),
         (
-            "`dgbatch run --url-mode upload`, its own `wall` time",
+            "`dgbatch run --url-mode upload` in-process (`run_batch`: plan, send, write)",
             f"{up['runner']:.0f} MiB/s ({ratio:.2f}x the bare loop)",
         ),
-        ("the same, whole process (start-up included)", f"{up['process']:.0f} MiB/s"),
+        ("the same as a process (start-up, imports included)", f"{up['process']:.0f} MiB/s"),
     ]
     command = (
         f".venv/bin/python scripts/bench_s3.py --keys {keys} --objects {args.objects} "
@@ -293,7 +322,7 @@ dgbatch time plus S3's listing time, in the same memory.
 ## Streamed S3 → emulator uploads
 
 {args.objects} objects of {args.object_mib} MiB ({up["total_mib"]:.0f} MiB), concurrency \
-{args.concurrency}, 1 MiB chunks.
+{args.concurrency}, 1 MiB chunks; best of {ROUNDS} alternating rounds (the machine is shared).
 
 {_table("| client | throughput |", upload_rows)}
 

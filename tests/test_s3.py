@@ -297,6 +297,30 @@ def test_unusable_cli_sources_exit_2(
     assert "Traceback" not in result.output
 
 
+def test_missing_output_bucket_exits_2(dgbatch: Cli, moto: MotoS3, tmp_path: Path) -> None:
+    """An --out in a bucket that does not exist is refused before anything is sent."""
+    moto.bucket("srcok", audio_objects(tmp_path, ["in/a.wav"]))
+    result = dgbatch("run", "s3://srcok/in/", "--out", "s3://no-such-out/tx/")
+    assert result.exit_code == 2
+    assert "s3://no-such-out/tx/.dgbatch/lock.json" in result.output
+    assert "no such bucket" in result.output
+
+
+def test_named_non_audio_object_fails_that_item(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A non-audio object named explicitly is sent, and Deepgram's 400 fails only it."""
+    moto.bucket("mixed", audio_objects(tmp_path, ["a.wav"]) | {"notes.txt": b"just text"})
+    out = tmp_path / "out"
+    result = dgbatch("run", "s3://mixed/a.wav", "s3://mixed/notes.txt", "--out", str(out))
+    assert result.exit_code == 1
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert rows["s3://mixed/a.wav"]["status"] == "done"
+    bad = rows["s3://mixed/notes.txt"]
+    assert bad["status"] == "failed" and bad["http_status"] == 400
+    assert "unsupported data" in str(bad["error"])
+
+
 def test_manifest_s3_lines_fail_alone(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
