@@ -469,10 +469,17 @@ class _Holder:
     etag: str
 
     def stale(self, now: float) -> bool:
-        """Expired, or held by a dead process on this very host (after ``kill -9``)."""
+        """Expired, or held by a process of this very host that is gone (``kill -9``).
+
+        A holder claiming our own pid is gone too: a restarted container often reuses
+        both its hostname and its pid, and the lock's token is not ours.
+        """
         if float(self.doc.get("expires", 0)) < now:
             return True
-        return self.doc.get("host") == socket.gethostname() and not _alive(self.doc.get("pid"))
+        if self.doc.get("host") != socket.gethostname():
+            return False
+        pid = self.doc.get("pid")
+        return pid == os.getpid() or not _alive(pid)
 
     def describe(self) -> str:
         doc = self.doc
@@ -507,8 +514,9 @@ class S3Lock:
 
     Taken with a conditional put (``If-None-Match: *``; an expired lock is replaced
     with ``If-Match`` on its ETag), so two runs racing for it cannot both win. A
-    store that rejects conditional puts gets a HEAD-then-PUT instead: two runs
-    starting within the same few milliseconds could then both proceed. The holder
+    store that rejects conditional puts gets check-then-put instead (GET, then a
+    plain PUT): two runs starting within the same few milliseconds could then both
+    proceed. The holder
     refreshes it every ``ttl / 3``; a lock left by a crash expires after ``ttl``,
     or at once when its process is gone from this host.
     """

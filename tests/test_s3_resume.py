@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -18,7 +19,26 @@ from botocore.exceptions import ClientError
 from conftest import KEY, SRC_ROOT, MotoS3, dgbatch_subprocess_cmd, make_wav
 
 from batch.errors import StateLocked
-from batch.s3 import S3, S3Lock, S3Options
+from batch.s3 import S3, S3Lock, S3Options, _Holder
+
+HOST = socket.gethostname()
+LIVE = time.time() + 600
+
+
+@pytest.mark.parametrize(
+    ("doc", "stale"),
+    [
+        ({"host": "elsewhere", "pid": 1, "expires": LIVE}, False),
+        ({"host": "elsewhere", "pid": 1, "expires": 10.0}, True),
+        ({"host": HOST, "pid": os.getppid(), "expires": LIVE}, False),
+        ({"host": HOST, "pid": os.getpid(), "expires": LIVE}, True),
+        ({"host": HOST, "pid": 2**22 + 7, "expires": LIVE}, True),
+        ({}, True),
+    ],
+)
+def test_lock_staleness(doc: dict[str, Any], stale: bool) -> None:
+    """A lock is abandoned when expired, or when its process on this host is gone."""
+    assert _Holder(doc, '"etag"').stale(time.time()) is stale
 
 
 async def test_only_one_of_two_racing_runs_gets_the_lock(moto: MotoS3) -> None:
