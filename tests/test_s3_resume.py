@@ -69,7 +69,9 @@ async def test_lock_without_conditional_puts(moto: MotoS3) -> None:
 
     s3.client.put_object = put  # type: ignore[method-assign]
     first, second = (S3Lock.for_output(s3, "s3://plain/tx") for _ in range(2))
-    await first.acquire()
+    with pytest.MonkeyPatch.context() as patch:  # the first run is another live process
+        patch.setattr("batch.s3.os.getpid", os.getppid)
+        await first.acquire()
     with pytest.raises(StateLocked, match="another dgbatch run holds the output lock"):
         await second.acquire()
     await first.release()
