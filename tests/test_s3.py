@@ -69,6 +69,7 @@ def test_parse_s3_uri(uri: str, expected: tuple[str, str]) -> None:
 
 
 def _client_error(code: str, status: int = 400) -> ClientError:
+    """A botocore ClientError as S3 would raise it."""
     return ClientError(
         {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
         "GetObject",
@@ -391,6 +392,44 @@ def test_upload_mode_missing_key_fails_the_item(
     assert row["status"] == "failed" and row["err_code"] == "missing"
     assert "s3://gone2/in/a.wav: no such key" in str(row["error"])
     assert listen_log(emulator) == []
+
+
+def test_upload_read_failure_mid_stream_is_retried(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An S3 body that breaks mid-read is a connection error: retried, then done."""
+    from botocore.exceptions import ReadTimeoutError
+
+    from batch import s3 as s3_module
+
+    moto.bucket("flaky", {"in/a.wav": wav(tmp_path, 1) + bytes(3 << 20)})
+    original = s3_module.S3._chunks
+    broken: list[str] = []
+
+    class BreaksAfterOneChunk:
+        """A body whose second read times out, once per run."""
+
+        def __init__(self, body: Any) -> None:
+            self.body, self.reads = body, 0
+
+        def read(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads == 2 and not broken:
+                broken.append("once")
+                raise ReadTimeoutError(endpoint_url="http://moto")
+            return bytes(self.body.read(size))
+
+    def break_once(self: S3, body: Any, source: str) -> Any:
+        return original(self, BreaksAfterOneChunk(body), source)
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(s3_module.S3, "_chunks", break_once)
+        result = dgbatch("run", "s3://flaky/in/", "--out", str(out), "--url-mode", "upload")
+    assert result.exit_code == 0, result.output
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "done" and row["attempts"] == 2
+    assert listen_log(emulator)[-1].status == 200
 
 
 # -- secrets -------------------------------------------------------------------------------
