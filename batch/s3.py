@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import posixpath
+import queue
 import socket
 import threading
 import time
@@ -268,7 +269,7 @@ class S3:
             Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.options.page_size}
         )
         try:
-            for page in pages:
+            for page in _prefetched(iter(pages)):
                 for obj in page.get("Contents", []):
                     counts[0] += 1
                     rel = obj["Key"][len(prefix) :]
@@ -327,6 +328,48 @@ class S3:
             if not chunk:
                 return
             yield chunk
+
+
+def _prefetched(pages: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Fetch the next page in a thread while the caller plans this one.
+
+    Listing waits on the network and planning on SQLite; overlapping them makes a big
+    prefix cost about the longer of the two instead of their sum. At most ``depth + 2``
+    pages exist at once (one planned, ``depth`` queued, one being fetched), and the
+    thread stops when the caller stops reading. Errors come out in order.
+    """
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for page in pages:
+                if not offer((True, page)):
+                    return
+            offer((False, None))
+        except BaseException as exc:  # handed to the caller, who raises it
+            offer((False, exc))
+
+    threading.Thread(target=pump, name="dgbatch-s3-list", daemon=True).start()
+    try:
+        while True:
+            is_page, value = box.get()
+            if not is_page:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
 
 
 def _takes(rules: WalkRules, rel: str) -> bool:

@@ -258,9 +258,11 @@ def machine() -> str:
         int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
         if line.startswith("MemTotal")
     )  # fmt: skip
+    load = os.getloadavg()[0]
     return (
         f"{os.cpu_count()} cores, {mem_kib / 2**20:.1f} GiB RAM, Python "
-        f"{platform.python_version()}, {platform.system()} {platform.release()}"
+        f"{platform.python_version()}, {platform.system()} {platform.release()}; "
+        f"load average {load:.1f} when the run ended (other jobs share the machine)"
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +113,40 @@ def test_prefix_listing_streams_page_by_page(moto: MotoS3, tmp_path: Path) -> No
     s3.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.append("p"))
     items = s3.expand("s3://listing/in/", Filters(exclude=(".git",)))
     first = next(items)
-    assert len(calls) == 1
+    time.sleep(0.3)
+    assert len(calls) <= 3  # one page planned, one queued, one being fetched: not all 5
     rest = list(items)
-    assert len(calls) == 5  # 33 objects under in/ in pages of 7
+    assert len(calls) == 5  # 32 objects under in/ in pages of 7
     found = [first, *rest]
     assert sorted(i.name for i in found) == sorted(k.removeprefix("in/") for k in keys)
     assert first.id == f"s3://listing/in/{first.name}"
     assert first.kind is ItemKind.S3 and first.size == len(objects["in/" + first.name])
     assert first.fingerprint == hashlib.md5(objects["in/" + first.name]).hexdigest()
     s3.close()
+
+
+def test_prefetch_keeps_order_errors_and_stops() -> None:
+    """Prefetched pages keep their order, re-raise a listing error, and stop with the reader."""
+    import threading
+
+    from batch.s3 import _prefetched
+
+    def pages() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("page 3 broke")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="page 3 broke"):
+        got.extend(_prefetched(pages()))
+    assert got == [1, 2]
+    endless = _prefetched(iter(range(10**9)))
+    assert next(endless) == 0
+    endless.close()
+    deadline = time.monotonic() + 2
+    while any(t.name == "dgbatch-s3-list" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
 
 
 def test_listing_over_a_thousand_keys(moto: MotoS3) -> None:
