@@ -82,6 +82,8 @@ META_FINGERPRINT = "dgbatch-fingerprint"
 #: What a sink returns for complete outputs: enough of a transcript for the runner
 #: to record the item done, without downloading the real one.
 _COMPLETE_BODY = b'{"metadata": {}, "results": {}}'
+#: roughly when this process started (a lock with our pid from before is a previous life's)
+_PROCESS_STARTED = time.time()
 
 # Most specific first: the first row whose codes include the error's code gives the
 # reason. ``404`` is what HEAD answers for both a missing key and a missing bucket.
@@ -514,15 +516,17 @@ class _Holder:
     def stale(self, now: float) -> bool:
         """Expired, or held by a process of this very host that is gone (``kill -9``).
 
-        A holder claiming our own pid is gone too: a restarted container often reuses
-        both its hostname and its pid, and the lock's token is not ours.
+        A holder claiming our own pid from before this process started is gone too: a
+        restarted container often reuses both its hostname and its pid.
         """
         if float(self.doc.get("expires", 0)) < now:
             return True
         if self.doc.get("host") != socket.gethostname():
             return False
         pid = self.doc.get("pid")
-        return pid == os.getpid() or not _alive(pid)
+        if pid == os.getpid():
+            return float(self.doc.get("started", 0)) < _PROCESS_STARTED
+        return not _alive(pid)
 
     def describe(self) -> str:
         doc = self.doc

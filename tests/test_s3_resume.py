@@ -31,7 +31,8 @@ LIVE = time.time() + 600
         ({"host": "elsewhere", "pid": 1, "expires": LIVE}, False),
         ({"host": "elsewhere", "pid": 1, "expires": 10.0}, True),
         ({"host": HOST, "pid": os.getppid(), "expires": LIVE}, False),
-        ({"host": HOST, "pid": os.getpid(), "expires": LIVE}, True),
+        ({"host": HOST, "pid": os.getpid(), "started": 1.0, "expires": LIVE}, True),
+        ({"host": HOST, "pid": os.getpid(), "started": time.time(), "expires": LIVE}, False),
         ({"host": HOST, "pid": 2**22 + 7, "expires": LIVE}, True),
         ({}, True),
     ],
@@ -69,9 +70,7 @@ async def test_lock_without_conditional_puts(moto: MotoS3) -> None:
 
     s3.client.put_object = put  # type: ignore[method-assign]
     first, second = (S3Lock.for_output(s3, "s3://plain/tx") for _ in range(2))
-    with pytest.MonkeyPatch.context() as patch:  # the first run is another live process
-        patch.setattr("batch.s3.os.getpid", os.getppid)
-        await first.acquire()
+    await first.acquire()
     with pytest.raises(StateLocked, match="another dgbatch run holds the output lock"):
         await second.acquire()
     await first.release()
