@@ -29,7 +29,8 @@ from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
-from batch.s3 import S3, S3Lock, S3Options, S3Sink, is_s3_uri
+from batch.s3 import S3, S3Options, S3Sink, is_s3_uri
+from batch.s3lock import S3Lock
 from batch.shard import Shard
 from batch.sources import expand_sources
 from batch.state import State

@@ -1,4 +1,4 @@
-"""S3 in and out: list sources, send objects to Deepgram, write outputs, hold the run lock.
+"""S3 in and out: list sources, send objects to Deepgram, write outputs (lock: ``s3lock``).
 
 boto3 is synchronous, so every call runs in this module's own thread pool (sized to
 the run's concurrency, so a slow S3 never starves the default executor) and the event
@@ -18,15 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
-import os
 import posixpath
 import queue
-import socket
 import threading
-import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,14 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import quote
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient
-from batch.errors import (
-    BatchError,
-    ItemError,
-    OutputError,
-    SourceError,
-    StateLocked,
-    UsageError,
-)
+from batch.errors import ItemError, OutputError, SourceError
 from batch.formats import CONTENT_TYPES
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
@@ -58,10 +46,10 @@ __all__ = [
     "PRESIGN_EXPIRY",
     "S3",
     "URL_MODES",
-    "S3Lock",
     "S3Options",
     "S3Sink",
     "describe_error",
+    "is_not_found",
     "is_s3_uri",
     "parse_s3_uri",
 ]
@@ -74,16 +62,12 @@ T = TypeVar("T")
 PRESIGN_EXPIRY = 3600
 #: How an S3 item reaches Deepgram: a presigned GET URL, or streamed through us.
 URL_MODES = ("presign", "upload")
-#: A lock not refreshed for this long is abandoned (its run died) and may be taken over.
-LOCK_TTL = 900.0
 #: Output metadata keys (S3 lowercases them and prefixes ``x-amz-meta-``).
 META_SOURCE = "dgbatch-source"
 META_FINGERPRINT = "dgbatch-fingerprint"
 #: What a sink returns for complete outputs: enough of a transcript for the runner
 #: to record the item done, without downloading the real one.
 _COMPLETE_BODY = b'{"metadata": {}, "results": {}}'
-#: roughly when this process started (a lock with our pid from before is a previous life's)
-_PROCESS_STARTED = time.time()
 
 # Most specific first: the first row whose codes include the error's code gives the
 # reason. ``404`` is what HEAD answers for both a missing key and a missing bucket.
@@ -166,7 +150,8 @@ def _client_error(exc: Any) -> tuple[str, str]:
     return "s3_error", f"S3 answered {code or status}: {message}"
 
 
-def _is_not_found(exc: BaseException) -> bool:
+def is_not_found(exc: BaseException) -> bool:
+    """Tell a missing key or bucket from every other S3 error."""
     return describe_error(exc)[0] in ("missing", "no_bucket")
 
 
@@ -247,7 +232,7 @@ class S3:
         try:
             head = self.client.head_object(Bucket=bucket, Key=key)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             raise SourceError(f"{uri}: {describe_error(exc)[1]}") from exc
         return _object_item(bucket, key, posixpath.basename(key), head["ContentLength"], head)
@@ -491,7 +476,7 @@ class S3Sink:
         try:
             head = await self.s3.call(self.s3.client.head_object, Bucket=self.bucket, Key=key)
         except Exception as exc:
-            if _is_not_found(exc):
+            if is_not_found(exc):
                 return None
             reason = describe_error(exc)[1]
             msg = f"s3://{self.bucket}/{key}: cannot check existing outputs: {reason}"
@@ -501,189 +486,3 @@ class S3Sink:
 
 def _matches(found: dict[str, str], wanted: dict[str, str]) -> bool:
     return all(found.get(key) == value for key, value in wanted.items())
-
-
-# -- the run lock -------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Holder:
-    """What a lock object says about the run that holds it."""
-
-    doc: dict[str, Any]
-    etag: str
-
-    def stale(self, now: float) -> bool:
-        """Expired, or held by a process of this very host that is gone (``kill -9``).
-
-        A holder claiming our own pid from before this process started is gone too: a
-        restarted container often reuses both its hostname and its pid.
-        """
-        if float(self.doc.get("expires", 0)) < now:
-            return True
-        if self.doc.get("host") != socket.gethostname():
-            return False
-        pid = self.doc.get("pid")
-        if pid == os.getpid():
-            return float(self.doc.get("started", 0)) < _PROCESS_STARTED
-        return not _alive(pid)
-
-    def describe(self) -> str:
-        doc = self.doc
-        started = _iso(doc.get("started"))
-        expires = _iso(doc.get("expires"))
-        return (
-            f"{doc.get('owner', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, "
-            f"started {started}, expires {expires} unless refreshed"
-        )
-
-
-def _alive(pid: object) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _iso(stamp: object) -> str:
-    if not isinstance(stamp, int | float):
-        return "?"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
-
-
-class S3Lock:
-    """An object that says "a run is writing here", so two runs never share an output.
-
-    Taken with a conditional put (``If-None-Match: *``; an expired lock is replaced
-    with ``If-Match`` on its ETag), so two runs racing for it cannot both win. A
-    store that rejects conditional puts gets check-then-put instead (GET, then a
-    plain PUT): two runs starting within the same few milliseconds could then both
-    proceed. The holder
-    refreshes it every ``ttl / 3``; a lock left by a crash expires after ``ttl``,
-    or at once when its process is gone from this host.
-    """
-
-    def __init__(self, s3: S3, uri: str, *, ttl: float = LOCK_TTL) -> None:
-        self.s3 = s3
-        self.bucket, self.key = parse_s3_uri(uri)
-        self.uri = uri
-        self.ttl = ttl
-        self._token = uuid.uuid4().hex
-        self._etag: str | None = None
-        self._started = time.time()
-
-    @classmethod
-    def for_output(cls, s3: S3, out_uri: str, suffix: str = "") -> S3Lock:
-        """The lock of an output prefix: ``<prefix>/.dgbatch/lock[-<suffix>].json``."""
-        base = out_uri if out_uri.endswith("/") else out_uri + "/"
-        name = f"lock-{suffix}.json" if suffix else "lock.json"
-        return cls(s3, f"{base}.dgbatch/{name}")
-
-    async def acquire(self) -> None:
-        """Take the lock, or raise ``StateLocked`` naming the run that holds it."""
-        await self.s3.call(self._acquire)
-
-    async def refresh(self) -> None:
-        """Push the expiry forward; losing the lock is logged, not fatal."""
-        try:
-            await self.s3.call(self._put, if_match=self._etag)
-        except BatchError as exc:
-            log.warning("%s", exc)
-
-    async def release(self) -> None:
-        """Delete the lock if it is still ours; never raises (it runs on error paths)."""
-        try:
-            await self.s3.call(self._release)
-        except Exception as exc:
-            log.warning("%s: cannot release the run lock: %s", self.uri, describe_error(exc)[1])
-
-    def _acquire(self) -> None:
-        holder = self._read()
-        if holder is not None and not holder.stale(time.time()):
-            raise self._refused(holder)
-        if holder is not None:
-            log.warning("%s: taking over an abandoned lock (%s)", self.uri, holder.describe())
-        self._put(if_match=holder.etag if holder else None, create=holder is None)
-
-    def _document(self) -> bytes:
-        now = time.time()
-        doc = {
-            "owner": f"{os.environ.get('USER') or 'dgbatch'}:{self._token[:8]}",
-            "token": self._token,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "started": self._started,
-            "expires": now + self.ttl,
-        }
-        return json.dumps(doc).encode()
-
-    def _put(self, *, if_match: str | None = None, create: bool = False) -> None:
-        condition = {"IfNoneMatch": "*"} if create else {"IfMatch": if_match} if if_match else {}
-        try:
-            resp = self._put_raw(condition)
-        except Exception as exc:
-            if not condition or describe_error(exc)[0] != "changed":
-                raise self._error(exc) from exc
-            holder = self._read()
-            raise self._refused(holder) from None
-        self._etag = resp["ETag"]
-
-    def _put_raw(self, condition: dict[str, str]) -> dict[str, Any]:
-        from botocore.exceptions import ClientError
-
-        put: Callable[..., Any] = functools.partial(
-            self.s3.client.put_object,
-            Bucket=self.bucket,
-            Key=self.key,
-            Body=self._document(),
-            ContentType="application/json",
-        )
-        try:
-            return dict(put(**condition))
-        except ClientError as exc:
-            if not condition or not _conditions_unsupported(exc):
-                raise
-        log.warning("%s: the store ignores conditional puts; lock is best-effort", self.uri)
-        return dict(put())
-
-    def _read(self) -> _Holder | None:
-        try:
-            obj = self.s3.client.get_object(Bucket=self.bucket, Key=self.key)
-            raw = obj["Body"].read()
-        except Exception as exc:
-            if _is_not_found(exc):
-                return None
-            raise self._error(exc) from exc
-        try:
-            doc = json.loads(raw)
-        except ValueError:
-            doc = {}
-        return _Holder(doc if isinstance(doc, dict) else {}, obj["ETag"])
-
-    def _release(self) -> None:
-        holder = self._read()
-        if holder is not None and holder.doc.get("token") == self._token:
-            self.s3.client.delete_object(Bucket=self.bucket, Key=self.key)
-
-    def _refused(self, holder: _Holder | None) -> StateLocked:
-        who = holder.describe() if holder is not None else "another run"
-        return StateLocked(
-            f"{self.uri}: another dgbatch run holds the output lock ({who}); wait for it "
-            "to finish, or delete the lock object if that run is gone"
-        )
-
-    def _error(self, exc: BaseException) -> UsageError:
-        return UsageError(f"{self.uri}: cannot take the run lock: {describe_error(exc)[1]}")
-
-
-def _conditions_unsupported(exc: Any) -> bool:
-    """Stores without conditional writes answer 501 NotImplemented (or 400 naming the header)."""
-    error = exc.response.get("Error", {})
-    code = str(error.get("Code", ""))
-    text = str(error.get("Message", "")).lower()
-    return code in ("NotImplemented", "501") or (code == "InvalidArgument" and "match" in text)

@@ -19,7 +19,8 @@ from botocore.exceptions import ClientError
 from conftest import KEY, SRC_ROOT, MotoS3, dgbatch_subprocess_cmd, make_wav
 
 from batch.errors import StateLocked
-from batch.s3 import S3, S3Lock, S3Options, _Holder
+from batch.s3 import S3, S3Options
+from batch.s3lock import S3Lock, _Holder
 
 HOST = socket.gethostname()
 LIVE = time.time() + 600
