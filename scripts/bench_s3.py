@@ -319,7 +319,8 @@ moto runs in a child process (server mode, loopback), the emulator in another (l
 moto's listing dominates: it costs far more per page than S3 (which answers a 1,000-key page
 in roughly 50-100 ms, i.e. 5-10 s for 100,000 keys). dgbatch's own cost is the third row; a
 1,000,000-key prefix extrapolates to about {10 * listing["own"] * 100_000 / keys:.0f} s of
-dgbatch time plus S3's listing time, in the same memory.
+dgbatch time, in the same memory. Listing fetches the next page in a thread while the current
+one is planned, so the second row costs about the longer of listing and planning, not their sum.
 
 ## Streamed S3 → emulator uploads
 
