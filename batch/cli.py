@@ -20,7 +20,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batch import __version__
-from batch.config import URL_ENV, RunConfig, check_api_url, load_api_key
+from batch.config import URL_ENV, RunConfig, check_api_url, default_state_path, load_api_key
 from batch.errors import BatchError, UsageError
 from batch.formats import parse_formats
 from batch.job import RunOutcome, run_batch
@@ -30,6 +30,8 @@ from batch.params import DEFAULT_PARAMS, merge_params, parse_param
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
 from batch.report import WRITERS, format_status, iter_report, status_summary
+from batch.s3 import URL_MODES
+from batch.shard import SHARD_ENV, parse_shard
 from batch.state import State
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -72,12 +74,13 @@ def cli() -> None:
 
 @cli.command()
 @click.argument("sources", nargs=-1, required=True)
-@click.option("--out", required=True, help="Output folder for transcripts.")
+@click.option("--out", required=True, help="Output folder or s3://bucket/prefix/ for transcripts.")
 @click.option(
     "--state",
     "state_path",
     type=click.Path(path_type=Path, dir_okay=False),
-    help="State file [default: OUT/.dgbatch/state.sqlite].",
+    help="State file [default: OUT/.dgbatch/state.sqlite; for s3:// OUT, "
+    "$XDG_CACHE_HOME/dgbatch/<hash of OUT>/state.sqlite].",
 )
 @click.option(
     "--formats",
@@ -120,8 +123,38 @@ def cli() -> None:
     metavar="KEY=VALUE",
     help="Deepgram query parameter (repeatable); defaults model=nova-3 smart_format=true.",
 )
-@click.option("--include", multiple=True, metavar="GLOB", help="Only files matching (folders).")
-@click.option("--exclude", multiple=True, metavar="GLOB", help="Skip files matching (folders).")
+@click.option(
+    "--include", multiple=True, metavar="GLOB", help="Only files matching (folders, S3 prefixes)."
+)
+@click.option(
+    "--exclude", multiple=True, metavar="GLOB", help="Skip files matching (folders, S3 prefixes)."
+)
+@click.option(
+    "--url-mode",
+    type=click.Choice(URL_MODES),
+    default="presign",
+    show_default=True,
+    help="S3 objects: a presigned URL Deepgram fetches, or streamed through dgbatch.",
+)
+@click.option(
+    "--s3-endpoint-url",
+    envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
+    help="S3-compatible endpoint, path-style (env AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL).",
+)
+@click.option(
+    "--shard",
+    envvar=SHARD_ENV,
+    metavar="K/N",
+    help=f"Take only shard K (0-based) of N; own state and lock (env {SHARD_ENV}).",
+)
+@click.option(
+    "--force", is_flag=True, help="Re-send items that are done or whose outputs already exist."
+)
+@click.option(
+    "--run-report",
+    metavar="PATH|s3://...",
+    help="Write a JSON summary of the run there (for monitoring).",
+)
 @click.option(
     "--api-url",
     envvar=URL_ENV,
@@ -187,7 +220,7 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
 @click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
 def run(**opts: Any) -> None:
-    """Transcribe SOURCES: files, folders, URLs, manifests (.txt .jsonl .csv) or - (stdin).
+    """Transcribe SOURCES: files, folders, URLs, s3://, manifests (.txt .jsonl .csv) or -.
 
     \b
     Example:
@@ -196,6 +229,7 @@ def run(**opts: Any) -> None:
         dgbatch run urls.txt recordings.jsonl --out out --param diarize=true
         find . -name '*.mp3' | dgbatch run - --out out
         dgbatch run ./calls --out out --dry-run
+        dgbatch run s3://media/incoming/ --out s3://media/transcripts/ --shard 3/16
     """
     setup_logging(opts["verbose"])
     if opts["dry_run"]:
@@ -241,10 +275,11 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         raise UsageError(f"--formats: {exc}") from exc
     params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
     api_url = check_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
+    shard = parse_shard(opts["shard"]) if opts["shard"] else None
     return RunConfig(
         sources=tuple(opts["sources"]),
         out=out,
-        state_path=opts["state_path"] or Path(out) / ".dgbatch" / "state.sqlite",
+        state_path=opts["state_path"] or default_state_path(out, shard),
         api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
         api_url=api_url,
         formats=formats,
@@ -267,6 +302,11 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         preflight=not opts["no_preflight"],
         sniff=not opts["no_sniff"],
         dedupe=opts["dedupe"],
+        s3_endpoint_url=opts["s3_endpoint_url"] or None,
+        url_mode=opts["url_mode"],
+        shard=shard,
+        force=opts["force"],
+        run_report=opts["run_report"],
     )
 
 
@@ -285,6 +325,8 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
     if s.recovered:
         lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
+    if s.skipped:
+        lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
     if outcome.report_path is not None:
         lines.append(f"report: {outcome.report_path}")
     return "\n".join(lines)

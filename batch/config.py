@@ -6,9 +6,11 @@ therefore open files, upload buffers of ``CHUNK_SIZE`` and sockets) in flight.
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -16,6 +18,7 @@ from urllib.parse import urlsplit
 from batch.client import DEFAULT_TIMEOUT
 from batch.errors import UsageError
 from batch.models import Filters, Params
+from batch.shard import Shard
 
 DEFAULT_API_URL = "https://api.deepgram.com"
 KEY_ENV = "DEEPGRAM_API_KEY"
@@ -65,6 +68,16 @@ class RunConfig:
     dedupe: bool = False
     #: how many ``source → output`` lines a dry run prints
     dry_run_examples: int = 5
+    #: S3-compatible endpoint (moto, MinIO); None lets boto3 find AWS itself
+    s3_endpoint_url: str | None = None
+    #: how S3 items reach Deepgram: ``presign`` (a URL) or ``upload`` (streamed by us)
+    url_mode: str = "presign"
+    #: this worker's share of the items; None takes them all
+    shard: Shard | None = None
+    #: re-send items that are done or whose outputs already exist
+    force: bool = False
+    #: where the JSON run summary goes (a path or ``s3://``), None for nowhere
+    run_report: str | None = None
 
     def __post_init__(self) -> None:
         _check_positive("--concurrency", self.concurrency)
@@ -79,6 +92,28 @@ class RunConfig:
         ):
             if value is not None:
                 _check_positive(name, value)
+
+
+def default_state_path(
+    out: str, shard: Shard | None = None, environ: Mapping[str, str] | None = None
+) -> Path:
+    """Where the state lives when ``--state`` is not given.
+
+    A local ``--out`` keeps it beside the outputs (``OUT/.dgbatch/state.sqlite``). An
+    S3 ``--out`` has no local folder, so it goes to the user's cache,
+    ``$XDG_CACHE_HOME/dgbatch/<hash of the out URI>/state.sqlite`` (``~/.cache`` when
+    unset): the same command on the same machine finds it again, and a fresh container
+    does not need it (existing outputs are recognised in S3). Shards get their own
+    folder (``...-shard-3-of-16``), so N workers never share a state or a report.
+    """
+    env = os.environ if environ is None else environ
+    tag = f"-{shard.suffix()}" if shard is not None else ""
+    if out[:5].lower() != "s3://":
+        local = Path(out) / ".dgbatch"
+        return (local / shard.suffix() if shard else local) / "state.sqlite"
+    cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    digest = hashlib.sha256(out.rstrip("/").encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
 
 
 def _check_positive(name: str, value: float) -> None:

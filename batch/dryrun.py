@@ -27,6 +27,7 @@ from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
 from batch.probe import guess_seconds, local_duration
 from batch.redact import redact_source
+from batch.s3 import S3, S3Options
 from batch.state import State
 
 #: How ``by_kind`` names item kinds for people.
@@ -90,12 +91,14 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         copy = Path(tmp) / "state.sqlite"
         _copy_state(config.state_path, copy)
         state = State.open(copy)
+        s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         try:
             run_id = state.start_run("dry-run")
-            await _plan(config, state, run_id, stdin)
+            await _plan(config, state, run_id, stdin, s3)
             return _estimate(config, state)
         finally:
             state.close()
+            s3.close()
 
 
 def _copy_state(source: Path, target: Path) -> None:

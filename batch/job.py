@@ -7,13 +7,14 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import secrets as tokens
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,13 +28,17 @@ from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
-from batch.outputs import LocalSink
+from batch.outputs import LocalSink, OutputSink
 from batch.params import request_params, run_tags
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
+from batch.runreport import RunReport, write_run_report
+from batch.s3 import S3, S3Options, S3Sink, is_s3_uri
+from batch.s3lock import S3Lock
+from batch.shard import Shard
 from batch.sources import expand_sources
 from batch.state import State, WorkItem
 
@@ -62,6 +67,7 @@ class RunOutcome:
             "retries": self.stats.retries,
             "timeout_retries": self.stats.timeout_retries,
             "recovered": self.stats.recovered,
+            "skipped_existing": self.stats.skipped,
             "audio_hours": round(self.stats.audio_seconds / 3600, 4),
             "warnings": self.stats.warnings,
             "copies": self.stats.copies,
@@ -81,31 +87,106 @@ def exit_code_for(counts: dict[str, int], stop: BatchError | None) -> int:
 async def run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None = None
 ) -> RunOutcome:
-    """Plan, run and report one batch; raises ``BatchError`` for unusable input or state."""
-    started = time.monotonic()
+    """Plan, run and report one batch; raises ``BatchError`` for unusable input or state.
+
+    The ``--run-report`` is written however the run ends, refusals included, so a
+    monitor always learns the exit code.
+    """
     cap = _cap_seconds(config)
     if config.preflight:
         details = await check_key(config.api_url, config.api_key)
         if details is not None:
             log.info("%s", details.describe())
+    s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
+    report = RunReport(
+        started=time.time(),
+        command=redact_text(config.command, (config.api_key,)),
+        out=redact_source(config.out),
+        shard=config.shard.suffix() if config.shard else None,
+    )
+    try:
+        outcome = await _run_locked(config, progress, stdin, s3, report, cap)
+        report.exit_code = outcome.exit_code
+        report.error = str(outcome.error) if outcome.error else None
+        return outcome
+    except BatchError as exc:
+        report.exit_code, report.error = exc.exit_code, redact_text(str(exc))
+        raise
+    finally:
+        report.finished = time.time()
+        try:
+            await _save_run_report(config.run_report, report, s3)
+        finally:
+            s3.close()
+
+
+async def _save_run_report(dest: str | None, report: RunReport, s3: S3) -> None:
+    """A report that cannot be written is logged: it must not change the run's outcome."""
+    if dest is None:
+        return
+    try:
+        await write_run_report(dest, report, s3)
+    except BatchError as exc:
+        log.error("%s", exc)
+
+
+async def _run_locked(
+    config: RunConfig,
+    progress: Progress,
+    stdin: TextIO | None,
+    s3: S3,
+    report: RunReport,
+    cap: float | None,
+) -> RunOutcome:
+    """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
+    started = time.monotonic()
     state = State.open(config.state_path)
     try:
-        run_id = state.start_run(redact_text(config.command, (config.api_key,)))
-        run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
-        state.set_run_tag(run_id, run_tag)
-        secrets = await _plan(config, state, run_id, stdin)
-        budget = None if cap is None else Budget(cap, used_seconds(state))
-        stats = await _execute(config, state, run_id, secrets, progress, run_tag, budget)
-        counts = await asyncio.to_thread(state.counts)
-        code = exit_code_for(counts, stats.stop_reason)
-        report = await asyncio.to_thread(save_report, state, _report_path(config))
-        outcome = RunOutcome(
-            code, stats, counts, time.monotonic() - started, report, stats.stop_reason
-        )
-        state.finish_run(run_id, code, outcome.summary())
-        return outcome
+        async with _output_lock(config, s3):
+            run_id = state.start_run(redact_text(config.command, (config.api_key,)))
+            run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
+            state.set_run_tag(run_id, run_tag)
+            secrets = await _plan(config, state, run_id, stdin, s3)
+            budget = None if cap is None else Budget(cap, used_seconds(state))
+            tags = run_tags(run_tag)
+            stats = await _execute(config, state, run_id, secrets, progress, s3, tags, budget)
+            counts = await asyncio.to_thread(state.counts)
+            code = exit_code_for(counts, stats.stop_reason)
+            saved = await asyncio.to_thread(save_report, state, _report_path(config))
+            outcome = RunOutcome(
+                code, stats, counts, time.monotonic() - started, saved, stats.stop_reason
+            )
+            state.finish_run(run_id, code, outcome.summary())
+            report.counts, report.summary = counts, outcome.summary()
+            await asyncio.to_thread(report.read_failures, state)
+            return outcome
     finally:
         state.close()
+
+
+@contextlib.asynccontextmanager
+async def _output_lock(config: RunConfig, s3: S3) -> AsyncIterator[None]:
+    """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
+    the lock is refreshed while the run lasts and released at the end."""
+    if not is_s3_uri(config.out):
+        yield
+        return
+    lock = S3Lock.for_output(s3, config.out, config.shard.suffix() if config.shard else "")
+    await lock.acquire()
+    refresher = asyncio.create_task(_refresh_periodically(lock))
+    try:
+        yield
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await lock.release()
+
+
+async def _refresh_periodically(lock: S3Lock) -> None:
+    while True:
+        await asyncio.sleep(lock.ttl / 3)
+        await lock.refresh()
 
 
 def _cap_seconds(config: RunConfig) -> float | None:
@@ -128,10 +209,11 @@ def used_seconds(state: State) -> float:
     return float(seconds)
 
 
-def make_senders(config: RunConfig, tags: Params) -> dict[ItemKind, Sender]:
-    """The senders of this run: local files sniffed unless ``--no-sniff``, and every
-    request's params completed by ``request_params`` (defaults, captions, run tags)."""
-    senders = dict(SENDERS)
+def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Sender]:
+    """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
+    the chosen ``--url-mode``, and every request's params completed by ``request_params``
+    (defaults, captions, run tags)."""
+    senders = {**SENDERS, ItemKind.S3: s3.sender(config.url_mode)}
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
@@ -153,32 +235,43 @@ def _report_path(config: RunConfig) -> Path:
 
 
 async def _plan(
-    config: RunConfig, state: State, run_id: int, stdin: TextIO | None
+    config: RunConfig, state: State, run_id: int, stdin: TextIO | None, s3: S3
 ) -> dict[str, str]:
     """Expand the sources into the state in a thread; Ctrl-C stops it between items."""
     secrets: dict[str, str] = {}
     cancel = threading.Event()
-    items = _watch(expand_sources(config.sources, config.filters, stdin=stdin), secrets, cancel)
+    listed = [0]
+    sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand)
+    items = _watch(_counted(sources, listed, config.shard), secrets, cancel)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, cancel.set)
     try:
-        stats = await asyncio.to_thread(
+        await asyncio.to_thread(
             state.plan,
             items,
             run_id=run_id,
             retry_failed=config.retry_failed,
             params=config.params,
+            force=config.force,
         )
         await asyncio.to_thread(state.assign_names)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    if stats.seen == 0:
+    if listed[0] == 0:
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
         )
     return secrets
+
+
+def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> Iterator[Item]:
+    """Count every item found, keep this shard's: an empty shard of a full prefix is fine."""
+    for item in items:
+        listed[0] += 1
+        if shard is None or shard.takes(item.id):
+            yield item
 
 
 def _watch(
@@ -199,9 +292,11 @@ async def _execute(
     run_id: int,
     secrets: dict[str, str],
     progress: Progress,
-    run_tag: str,
+    s3: S3,
+    tags: Params,
     budget: Budget | None,
 ) -> RunStats:
+    remote = is_s3_uri(config.out)
     settings = RunnerSettings(
         concurrency=config.concurrency,
         max_retries=config.max_retries,
@@ -209,9 +304,12 @@ async def _execute(
         backoff_base=config.backoff_base,
         backoff_cap=config.backoff_cap,
         grace=config.grace,
+        skip_existing=remote and not config.force,
         caption_line_length=config.caption_line_length,
     )
-    sink = LocalSink(Path(config.out), threads=min(32, max(4, config.concurrency)))
+    threads = min(32, max(4, config.concurrency))
+    local = None if remote else LocalSink(Path(config.out), threads=threads)
+    sink: OutputSink = local or S3Sink(s3, config.out)
     try:
         async with make_session(config.concurrency, user_agent=f"dgbatch/{__version__}") as session:
             client = DeepgramClient(session, config.api_url, config.api_key, timeout=config.timeout)
@@ -220,7 +318,7 @@ async def _execute(
                 state,
                 client,
                 sink,
-                make_senders(config, run_tags(run_tag)),
+                make_senders(config, tags, s3),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,
@@ -229,4 +327,5 @@ async def _execute(
             )
             return await runner.run()
     finally:
-        sink.close()
+        if local is not None:
+            local.close()

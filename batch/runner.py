@@ -55,6 +55,9 @@ class RunnerSettings:
     adaptive: bool = True
     #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
     caption_line_length: int | None = None
+    #: before sending an item never attempted, ask the sink whether its outputs already
+    #: exist for the same source fingerprint (an S3 ``--out`` seen from a fresh state)
+    skip_existing: bool = False
 
 
 @dataclass
@@ -67,6 +70,7 @@ class RunStats:
     retries: int = 0
     timeout_retries: int = 0
     recovered: int = 0
+    skipped: int = 0
     audio_seconds: float = 0.0
     stop_reason: BatchError | None = None
     errors: dict[str, int] = field(default_factory=dict)
@@ -158,17 +162,22 @@ class Runner:
         (so they are not paid for twice), put the rest back to ``pending``."""
         leftovers = await asyncio.to_thread(self.state.running)
         for item in leftovers:
-            meta = OutputMeta(item.source, item.fingerprint)
-            body = await self.sink.find_complete(
-                item.out_name, self.settings.formats, meta, item.claimed_at
-            )
-            response = retry.parse_transcript(body) if body else None
-            if response is not None:
+            done = await self._existing_outputs(item, item.claimed_at)
+            if done is not None:
                 self.stats.recovered += 1
-                self.state.record(self._done_result(item, item.attempts, response, ()))
+                self.state.record(done)
             else:
                 self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
         await asyncio.to_thread(self.state.flush)
+
+    async def _existing_outputs(self, item: WorkItem, since: float | None) -> Result | None:
+        """The item's ``done`` result when the sink already holds all its outputs."""
+        meta = OutputMeta(item.source, item.fingerprint)
+        body = await self.sink.find_complete(item.out_name, self.settings.formats, meta, since)
+        response = retry.parse_transcript(body) if body else None
+        if response is None:
+            return None
+        return self._done_result(item, item.attempts, response, ())
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -317,6 +326,11 @@ class Runner:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        if self.settings.skip_existing and item.attempts == 0:
+            done = await self._existing_outputs(item, None)
+            if done is not None:
+                self.stats.skipped += 1
+                return done
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1

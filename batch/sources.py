@@ -32,6 +32,7 @@ from batch.redact import redact_source, redact_url
 __all__ = [
     "MANIFEST_SUFFIXES",
     "S3Expander",
+    "WalkRules",
     "build_item",
     "expand_sources",
     "item_for_source",
@@ -277,7 +278,7 @@ def _glob_matcher(globs: Sequence[str]) -> Callable[[str], re.Match[str] | None]
     return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match
 
 
-class _WalkRules:
+class WalkRules:
     """Which entries of a folder walk are taken, decided once per walk."""
 
     __slots__ = ("exclude", "extensions", "include")
@@ -335,7 +336,7 @@ def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
     return not (entry.is_symlink() and entry.is_dir())
 
 
-def _walk(root: str, rules: _WalkRules, origin: str) -> Iterator[Item]:
+def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
     """Walk a folder depth-first in sorted order, one listing in memory per level.
 
     Symlinked folders are not followed (no loops, no walking out of the tree);
@@ -364,7 +365,7 @@ def _walk(root: str, rules: _WalkRules, origin: str) -> Iterator[Item]:
 
 def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
     """Yield a folder's audio files, failing (after the walk) if there were none."""
-    rules = _WalkRules(filters)
+    rules = WalkRules(filters)
     try:
         walker = _walk(arg, rules, redact_source(arg))
         first = next(walker, None)

@@ -42,21 +42,21 @@ ON CONFLICT (id) DO UPDATE SET
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint THEN 'pending'
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 'pending'
         WHEN items.status = 'failed' AND ? THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint THEN NULL
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN NULL
         WHEN items.status = 'failed' AND ? THEN NULL
         ELSE items.error END,
     attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint THEN 0
+        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 0
         WHEN items.status = 'failed' AND ? THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
     updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR (items.status = 'failed' AND ?)
+        WHEN items.fingerprint != excluded.fingerprint OR ? OR (items.status = 'failed' AND ?)
         THEN excluded.updated_at ELSE items.updated_at END
 """
 
@@ -184,10 +184,11 @@ class State:
         run_id: int,
         retry_failed: bool = False,
         params: Params = (),
+        force: bool = False,
     ) -> PlanStats:
         """Upsert items in large transactions; done items whose fingerprint changed go back
-        to pending, failed ones only with ``retry_failed``. ``params`` (defaults and
-        ``--param``) is stored under each item's own params."""
+        to pending (all of them with ``force``), failed ones only with ``retry_failed``.
+        ``params`` (defaults and ``--param``) is stored under each item's own params."""
         seen = broken = 0
         batch: list[tuple[object, ...]] = []
         run_params = json.dumps(params)
@@ -195,7 +196,7 @@ class State:
             seen += 1
             broken += item.error is not None
             merged = json.dumps(merge_params(params, item.params)) if item.params else run_params
-            batch.append(_plan_row(item, run_id, retry_failed, merged))
+            batch.append(_plan_row(item, run_id, retry_failed, force, merged))
             if len(batch) >= PLAN_BATCH:
                 self._upsert(batch)
                 batch = []
@@ -397,7 +398,9 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
-def _plan_row(item: Item, run_id: int, retry_failed: bool, params: str) -> tuple[object, ...]:
+def _plan_row(
+    item: Item, run_id: int, retry_failed: bool, force: bool, params: str
+) -> tuple[object, ...]:
     name = safe_name(item.name)
     stem, full = name_variants(name)
     status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
@@ -417,10 +420,7 @@ def _plan_row(item: Item, run_id: int, retry_failed: bool, params: str) -> tuple
         now,
         now,
         run_id,
-        retry_failed,
-        retry_failed,
-        retry_failed,
-        retry_failed,
+        *((force, retry_failed) * 4),  # one pair per CASE of _UPSERT
     )
 
 

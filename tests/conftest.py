@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import hypothesis
 import pytest
 from aiohttp import web
 from click.testing import CliRunner, Result
@@ -25,6 +26,10 @@ from batch.cli import cli
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 
 KEY = "test-key-0123456789abcdef"
+
+# Machines here are 2 shared cores: a hypothesis deadline measures the load, not the code.
+hypothesis.settings.register_profile("dgbatch", deadline=None)
+hypothesis.settings.load_profile("dgbatch")
 SRC_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -231,3 +236,59 @@ def make_silent_wav(path: Path, seconds: float = 0.5, rate: int = 8000) -> Path:
 def untagged(params: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """Request params without the ``tag`` pairs every run adds (tested on their own)."""
     return [(k, v) for k, v in params if k != "tag"]
+
+
+# -- S3: moto in server mode ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_url() -> Iterator[str]:
+    """One moto S3 server on loopback for the whole session (its state is process-global)."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@dataclass
+class MotoS3:
+    """A clean moto, a boto3 client on it, and fast helpers to fill buckets."""
+
+    url: str
+    client: Any  # a boto3 S3 client
+
+    def bucket(self, name: str, objects: dict[str, bytes] | None = None) -> str:
+        """Create a bucket (if new) and put ``objects`` through moto's backend (no HTTP)."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.s3.models import s3_backends
+
+        backend = s3_backends[DEFAULT_ACCOUNT_ID]["global"]
+        if name not in backend.buckets:
+            backend.create_bucket(name, "us-east-1")
+        for key, data in (objects or {}).items():
+            backend.put_object(name, key, data)
+        return name
+
+
+@pytest.fixture
+def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
+    """moto reset to empty, with ``AWS_ENDPOINT_URL`` pointing dgbatch at it."""
+    import urllib.request
+
+    import boto3
+    from botocore.config import Config
+
+    urllib.request.urlopen(urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST"))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_url)
+    client = boto3.client(
+        "s3",
+        endpoint_url=moto_url,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+    return MotoS3(moto_url, client)

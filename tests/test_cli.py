@@ -32,7 +32,6 @@ def _failed(out: Path) -> dict[str, str]:
         (["{tmp}/missing.wav"], "missing.wav: no such file or directory"),
         (["{tmp}/empty-dir"], "empty-dir: no audio files found"),
         (["ftp://example.com/a.wav"], "unsupported scheme 'ftp'"),
-        (["s3://bucket/key.wav"], "S3 support is not configured"),
         (["{tmp}/a.wav", "--concurrency", "0"], "--concurrency must be > 0"),
         (["{tmp}/a.wav", "--max-retries", "-1"], "--max-retries must be >= 0"),
         (["{tmp}/a.wav", "--param", "diarize"], "--param 'diarize': expected KEY=VALUE"),

@@ -1,0 +1,121 @@
+"""The ``--run-report`` JSON summary: one small document per run, for monitoring.
+
+A nightly job is watched by something that cannot read SQLite in a container that
+is gone: it reads this file instead (a local path or ``s3://``). It is written at
+the end of every run, including refused and failed ones, and says when the run
+started and finished, what it did, the first failures and the exit code.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch import __version__
+from batch.errors import OutputError
+from batch.outputs import write_atomic
+from batch.redact import redact_text
+from batch.state import State
+
+if TYPE_CHECKING:
+    from batch.s3 import S3
+
+#: at most this many failures are listed (``failures_total`` has the count)
+MAX_FAILURES = 100
+
+
+@dataclass
+class RunReport:
+    """What the report says; filled in as the run goes."""
+
+    started: float
+    command: str
+    out: str
+    shard: str | None = None
+    finished: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    counts: dict[str, int] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    failures_total: int = 0
+
+    def document(self) -> dict[str, Any]:
+        """The JSON document (times as ISO 8601 UTC and as epoch seconds)."""
+        return {
+            "version": __version__,
+            "host": socket.gethostname(),
+            "command": self.command,
+            "out": self.out,
+            "shard": self.shard,
+            "started": _iso(self.started),
+            "finished": _iso(self.finished),
+            "started_epoch": self.started,
+            "finished_epoch": self.finished,
+            "exit_code": self.exit_code,
+            "error": self.error,
+            "counts": self.counts,
+            "audio_hours": self.summary.get("audio_hours", 0.0),
+            "summary": self.summary,
+            "failures_total": self.failures_total,
+            "failures": self.failures,
+        }
+
+    def read_failures(self, state: State) -> None:
+        """Copy the first failed items (secrets redacted) and their total from the state."""
+        ((total,),) = state.query("SELECT COUNT(*) FROM items WHERE status = 'failed'")
+        rows = state.query(
+            "SELECT id, source, http_status, err_code, error FROM items "
+            "WHERE status = 'failed' ORDER BY rowid LIMIT ?",
+            (MAX_FAILURES,),
+        )
+        self.failures_total = int(total)
+        self.failures = [
+            {
+                "id": redact_text(str(item_id)),
+                "source": redact_text(str(source)),
+                "http_status": status,
+                "err_code": code,
+                "error": redact_text(str(error)) if error else None,
+            }
+            for item_id, source, status, code, error in rows
+        ]
+
+
+def _iso(stamp: float | None) -> str | None:
+    if stamp is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+async def write_run_report(dest: str, report: RunReport, s3: S3) -> None:
+    """Write the report to a local path (atomically) or an S3 key."""
+    data = (json.dumps(report.document(), indent=2) + "\n").encode()
+    if dest[:5].lower() == "s3://":
+        await _put(dest, data, s3)
+        return
+    try:
+        await s3.call(write_atomic, Path(dest), data)
+    except OSError as exc:
+        raise OutputError(f"{dest}: cannot write the run report: {exc.strerror}") from exc
+
+
+async def _put(dest: str, data: bytes, s3: S3) -> None:
+    from batch.s3 import describe_error, parse_s3_uri
+
+    bucket, key = parse_s3_uri(dest)
+    try:
+        await s3.call(
+            s3.client.put_object,
+            Bucket=bucket,
+            Key=key,
+            Body=data,
+            ContentType="application/json",
+        )
+    except Exception as exc:
+        msg = f"{dest}: cannot write the run report: {describe_error(exc)[1]}"
+        raise OutputError(msg) from exc

@@ -1,0 +1,488 @@
+"""S3 in and out: list sources, send objects to Deepgram, write outputs (lock: ``s3lock``).
+
+boto3 is synchronous, so every call runs in this module's own thread pool (sized to
+the run's concurrency, so a slow S3 never starves the default executor) and the event
+loop never blocks. Listing is the exception: the planner already runs in a thread and
+pulls items from :meth:`S3.expand` one page at a time, so a prefix of a million keys
+is never held in memory.
+
+botocore errors are translated here and only here, by :func:`describe_error`, into
+the reason shown to the user; callers wrap it in the error type their stage needs
+(``SourceError`` while planning, ``ItemError`` while sending, ``OutputError`` while
+writing). Presigned URLs never leave this module except as the body of a Deepgram
+request: nothing logs, stores or reports them (``redact`` would scrub the signature
+anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import posixpath
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote
+
+from batch.client import CHUNK_SIZE, Answer, DeepgramClient
+from batch.errors import ItemError, OutputError, SourceError
+from batch.formats import CONTENT_TYPES
+from batch.media import Sender
+from batch.models import Filters, Item, ItemKind
+from batch.naming import content_type_for, output_relpath
+from batch.outputs import OutputMeta
+from batch.redact import redact_source
+from batch.sources import WalkRules
+from batch.state import WorkItem
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "PRESIGN_EXPIRY",
+    "S3",
+    "URL_MODES",
+    "S3Options",
+    "S3Sink",
+    "describe_error",
+    "is_not_found",
+    "is_s3_uri",
+    "parse_s3_uri",
+]
+
+log = logging.getLogger("dgbatch")
+T = TypeVar("T")
+
+#: Seconds a presigned URL stays valid. It is minted again at every attempt, so it
+#: only has to outlive one request: Deepgram's fetch plus its 10-20 min processing.
+PRESIGN_EXPIRY = 3600
+#: How an S3 item reaches Deepgram: a presigned GET URL, or streamed through us.
+URL_MODES = ("presign", "upload")
+#: Output metadata keys (S3 lowercases them and prefixes ``x-amz-meta-``).
+META_SOURCE = "dgbatch-source"
+META_FINGERPRINT = "dgbatch-fingerprint"
+#: What a sink returns for complete outputs: enough of a transcript for the runner
+#: to record the item done, without downloading the real one.
+_COMPLETE_BODY = b'{"metadata": {}, "results": {}}'
+
+# Most specific first: the first row whose codes include the error's code gives the
+# reason. ``404`` is what HEAD answers for both a missing key and a missing bucket.
+_CLIENT_ERRORS: tuple[tuple[frozenset[str], str, str], ...] = (
+    (frozenset({"NoSuchBucket"}), "no_bucket", "no such bucket"),
+    (frozenset({"NoSuchKey", "404", "NotFound"}), "missing", "no such key"),
+    (frozenset({"PreconditionFailed", "412"}), "changed", "object changed since it was listed"),
+    (
+        frozenset({"InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken", "InvalidToken"}),
+        "credentials",
+        "S3 refused the AWS credentials",
+    ),
+    (
+        frozenset({"AccessDenied", "403", "Forbidden", "AllAccessDisabled"}),
+        "access_denied",
+        "access denied",
+    ),
+    (frozenset({"InvalidBucketName"}), "bad_bucket", "invalid bucket name"),
+    (frozenset({"SlowDown", "503", "ServiceUnavailable"}), "throttled", "S3 is throttling"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class S3Options:
+    """How to reach S3; the credentials come from boto3's standard chain."""
+
+    #: an S3-compatible store or moto (forces path-style addressing); None = AWS
+    endpoint_url: str | None = None
+    #: threads running boto3 calls (and HTTP connections in botocore's pool)
+    threads: int = 16
+    #: keys per ``list_objects_v2`` page (S3's maximum is 1000)
+    page_size: int = 1000
+    presign_expiry: int = PRESIGN_EXPIRY
+
+
+def is_s3_uri(text: str) -> bool:
+    """Tell ``s3://...`` from anything else (case-insensitive scheme)."""
+    return text[:5].lower() == "s3://"
+
+
+def parse_s3_uri(uri: str) -> tuple[str, str]:
+    """Split ``s3://bucket/key`` into ``(bucket, key)``; the key is taken literally.
+
+    Raises:
+        SourceError: not ``s3://`` or no bucket.
+    """
+    if not is_s3_uri(uri):
+        raise SourceError(f"{redact_source(uri)}: not an s3:// URI")
+    bucket, _, key = uri[5:].partition("/")
+    if not bucket:
+        raise SourceError(f"{redact_source(uri)}: no bucket (expected s3://BUCKET/KEY)")
+    return bucket, key
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """Turn a botocore (or connection) error into ``(code, reason)`` for a message."""
+    from botocore import exceptions as bce
+
+    if isinstance(exc, bce.ClientError):
+        return _client_error(exc)
+    if isinstance(exc, bce.NoCredentialsError | bce.PartialCredentialsError):
+        return "credentials", "no AWS credentials (set AWS_PROFILE or AWS_ACCESS_KEY_ID/...)"
+    if isinstance(exc, bce.ParamValidationError):
+        return "bad_request", f"invalid S3 request: {str(exc).splitlines()[-1].strip()}"
+    if isinstance(exc, bce.EndpointConnectionError | bce.ConnectionError | OSError):
+        return "unreachable", f"cannot reach S3 ({type(exc).__name__})"
+    if isinstance(exc, bce.BotoCoreError):
+        return "s3_error", f"S3 client error: {exc}"
+    return "s3_error", f"{type(exc).__name__}: {exc}"
+
+
+def _client_error(exc: Any) -> tuple[str, str]:
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+    for codes, short, reason in _CLIENT_ERRORS:
+        if code in codes or (not code and status in codes):
+            return short, reason
+    message = error.get("Message") or "no message"
+    return "s3_error", f"S3 answered {code or status}: {message}"
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Tell a missing key or bucket from every other S3 error."""
+    return describe_error(exc)[0] in ("missing", "no_bucket")
+
+
+def _etag(value: str) -> str:
+    """ETags come quoted; the fingerprint is the bare value."""
+    return value.strip('"')
+
+
+class S3:
+    """One boto3 client and the threads that run its calls, shared by a whole run."""
+
+    def __init__(self, options: S3Options | None = None) -> None:
+        self.options = options or S3Options()
+        self._client: S3Client | None = None
+        self._client_lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(
+            max_workers=self.options.threads, thread_name_prefix="dgbatch-s3"
+        )
+
+    @property
+    def client(self) -> S3Client:
+        """The boto3 client, made on first use (importing boto3 costs a few 100 ms)."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = self._make_client()
+            return self._client
+
+    def _make_client(self) -> S3Client:
+        import boto3
+        from botocore.config import Config
+
+        s3_config: dict[str, Any] = {}
+        if self.options.endpoint_url:
+            s3_config["addressing_style"] = "path"
+        config = Config(
+            signature_version="s3v4",
+            s3=s3_config,  # type: ignore[arg-type]
+            max_pool_connections=self.options.threads,
+            retries={"mode": "standard"},
+        )
+        return boto3.client("s3", endpoint_url=self.options.endpoint_url, config=config)
+
+    async def call(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run one blocking call in the S3 threads."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
+
+    def close(self) -> None:
+        """Stop the threads once every call has returned."""
+        self._pool.shutdown(wait=True)
+
+    # -- sources ---------------------------------------------------------------------------
+
+    def expand(self, uri: str, filters: Filters) -> Iterator[Item]:
+        """The ``S3Expander``: one object, or the audio objects under a prefix, lazily.
+
+        ``s3://b/k`` is an object; when there is none, ``s3://b/k/`` is tried as a
+        prefix. ``s3://b/p/`` and ``s3://b`` are prefixes. A named object is taken
+        whatever its extension (like a file named on the command line).
+
+        Raises:
+            SourceError: while iterating: no bucket, no such key, nothing under the
+                prefix, access denied, S3 unreachable.
+        """
+        bucket, key = parse_s3_uri(uri)
+        if key and not key.endswith("/"):
+            single = self._head_item(bucket, key)
+            if single is not None:
+                yield single
+                return
+            yield from self._expand_prefix(uri, bucket, key + "/", filters, missing="no such key")
+            return
+        yield from self._expand_prefix(uri, bucket, key, filters, missing="")
+
+    def _head_item(self, bucket: str, key: str) -> Item | None:
+        """The item of one named object, or None when there is no such key."""
+        uri = f"s3://{bucket}/{key}"
+        try:
+            head = self.client.head_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise SourceError(f"{uri}: {describe_error(exc)[1]}") from exc
+        return _object_item(bucket, key, posixpath.basename(key), head["ContentLength"], head)
+
+    def _expand_prefix(
+        self, uri: str, bucket: str, prefix: str, filters: Filters, *, missing: str
+    ) -> Iterator[Item]:
+        """Yield a prefix's items page by page; an empty result is a usage error."""
+        counts = [0, 0]  # objects listed, items yielded
+        for item in self._list(bucket, prefix, WalkRules(filters), counts):
+            counts[1] += 1
+            yield item
+        if counts[1] == 0:
+            raise SourceError(f"{redact_source(uri)}: {missing or _empty_reason(counts[0])}")
+
+    def _list(
+        self, bucket: str, prefix: str, rules: WalkRules, counts: list[int]
+    ) -> Iterator[Item]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = paginator.paginate(
+            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.options.page_size}
+        )
+        try:
+            for page in _prefetched(iter(pages)):
+                for obj in page.get("Contents", []):
+                    counts[0] += 1
+                    rel = obj["Key"][len(prefix) :]
+                    if rel and _takes(rules, rel):
+                        yield _object_item(bucket, obj["Key"], rel, obj["Size"], obj)
+        except SourceError:
+            raise
+        except Exception as exc:
+            msg = f"s3://{bucket}/{prefix}: {describe_error(exc)[1]}"
+            raise SourceError(msg) from exc
+
+    # -- sending ---------------------------------------------------------------------------
+
+    def sender(self, mode: str) -> Sender:
+        """The sender of S3 items for ``--url-mode``."""
+        return self.send_presigned if mode == "presign" else self.send_upload
+
+    async def send_presigned(self, client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        """Mint a presigned GET URL now (each attempt gets a fresh one) and submit it."""
+        bucket, key = _object_of(item, source)
+        url = await self.call(
+            self.client.generate_presigned_url,
+            "get_object",
+            Params={"Bucket": bucket, "Key": key},
+            ExpiresIn=self.options.presign_expiry,
+        )
+        return await client.send_url(url, item.params)
+
+    async def send_upload(self, client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        """Stream the object from S3 to Deepgram, never more than a chunk in memory."""
+        bucket, key = _object_of(item, source)
+        extra = {"IfMatch": f'"{item.fingerprint}"'} if item.fingerprint else {}
+        try:
+            obj = await self.call(self.client.get_object, Bucket=bucket, Key=key, **extra)
+        except Exception as exc:
+            raise _item_error(source, exc) from exc
+        body = obj["Body"]
+        try:
+            if obj["ContentLength"] == 0:
+                raise ItemError(f"{redact_source(source)}: object is empty", code="empty")
+            chunks = self._chunks(body, source)
+            return await client.send_stream(
+                chunks, obj["ContentLength"], content_type_for(key), item.params
+            )
+        finally:
+            body.close()
+
+    async def _chunks(self, body: Any, source: str) -> AsyncIterator[bytes]:
+        """Read the body in the S3 threads; a broken read is a connection error (retried)."""
+        while True:
+            try:
+                chunk: bytes = await self.call(body.read, CHUNK_SIZE)
+            except Exception as exc:
+                msg = f"{redact_source(source)}: reading from S3 failed: {describe_error(exc)[1]}"
+                raise ConnectionError(msg) from exc
+            if not chunk:
+                return
+            yield chunk
+
+
+def _prefetched(pages: Iterator[T], depth: int = 1) -> Iterator[T]:
+    """Fetch the next page in a thread while the caller plans this one.
+
+    Listing waits on the network and planning on SQLite; overlapping them makes a big
+    prefix cost about the longer of the two instead of their sum. At most ``depth + 2``
+    pages exist at once (one planned, ``depth`` queued, one being fetched), and the
+    thread stops when the caller stops reading. Errors come out in order.
+    """
+    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(entry: tuple[bool, Any]) -> bool:
+        while not stop.is_set():
+            try:
+                box.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def pump() -> None:
+        try:
+            for page in pages:
+                if not offer((True, page)):
+                    return
+            offer((False, None))
+        except BaseException as exc:  # handed to the caller, who raises it
+            offer((False, exc))
+
+    threading.Thread(target=pump, name="dgbatch-s3-list", daemon=True).start()
+    try:
+        while True:
+            is_page, value = box.get()
+            if not is_page:
+                if value is not None:
+                    raise value
+                return
+            yield value
+    finally:
+        stop.set()
+
+
+def _takes(rules: WalkRules, rel: str) -> bool:
+    """Folder semantics for keys: a pruned "folder" on the way drops the key too."""
+    parts = rel.split("/")
+    for depth in range(1, len(parts)):
+        if rules.prunes("/".join(parts[:depth]), parts[depth - 1]):
+            return False
+    return rules.takes(rel, parts[-1])
+
+
+def _empty_reason(listed: int) -> str:
+    if listed == 0:
+        return "no objects under this prefix"
+    return f"no audio objects under this prefix ({listed} listed, none matched the filters)"
+
+
+def _object_item(bucket: str, key: str, name: str, size: int, obj: Any) -> Item:
+    uri = f"s3://{bucket}/{key}"
+    return Item(
+        id=uri,
+        source=uri,
+        kind=ItemKind.S3,
+        name=name,
+        size=size,
+        fingerprint=_etag(str(obj.get("ETag", ""))),
+        origin=uri,
+    )
+
+
+def _object_of(item: WorkItem, source: str) -> tuple[str, str]:
+    """The item's bucket and key; an empty object fails before anything is sent."""
+    try:
+        bucket, key = parse_s3_uri(source)
+    except SourceError as exc:
+        raise ItemError(str(exc), code="bad_source") from None
+    if item.size == 0:
+        raise ItemError(f"{redact_source(source)}: object is empty", code="empty")
+    return bucket, key
+
+
+def _item_error(source: str, exc: BaseException) -> ItemError:
+    code, reason = describe_error(exc)
+    if code == "changed":
+        reason += "; run again to re-plan it"
+    return ItemError(f"{redact_source(source)}: {reason}", code=code)
+
+
+# -- outputs ------------------------------------------------------------------------------
+
+
+def _metadata(meta: OutputMeta) -> dict[str, str]:
+    """Object metadata must be ASCII: percent-encode what we record."""
+    return {
+        META_SOURCE: quote(redact_source(meta.source), safe=":/"),
+        META_FINGERPRINT: quote(meta.fingerprint, safe=":"),
+    }
+
+
+class S3Sink:
+    """Outputs under an S3 prefix, one ``put_object`` per format, metadata naming the source."""
+
+    def __init__(self, s3: S3, uri: str) -> None:
+        bucket, prefix = parse_s3_uri(uri)
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def key_for(self, out_name: str, fmt: str) -> str:
+        """The output's key: the prefix plus the item's safe relative name."""
+        return self.prefix + output_relpath(out_name, fmt)
+
+    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
+        """Put every format; the item is done only if all of them succeed."""
+        metadata = _metadata(meta)
+        keys = [self.key_for(out_name, fmt) for fmt in files]
+        await asyncio.gather(
+            *(
+                self._put(key, data, CONTENT_TYPES.get(fmt, "application/octet-stream"), metadata)
+                for key, (fmt, data) in zip(keys, files.items(), strict=True)
+            )
+        )
+        return [f"s3://{self.bucket}/{key}" for key in keys]
+
+    async def _put(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
+        try:
+            await self.s3.call(
+                self.s3.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=meta,
+            )
+        except Exception as exc:
+            msg = f"s3://{self.bucket}/{key}: cannot write output: {describe_error(exc)[1]}"
+            raise OutputError(msg) from exc
+
+    async def find_complete(
+        self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
+    ) -> bytes | None:
+        """A minimal transcript when every format exists for this very source and
+        fingerprint (one HEAD each, concurrently), else None.
+
+        ``since`` is ignored: the fingerprint in the metadata proves more than a time.
+        """
+        wanted = _metadata(meta)
+        heads = await asyncio.gather(*(self._head(self.key_for(out_name, f)) for f in formats))
+        if all(head is not None and _matches(head, wanted) for head in heads):
+            return _COMPLETE_BODY
+        return None
+
+    async def _head(self, key: str) -> dict[str, str] | None:
+        try:
+            head = await self.s3.call(self.s3.client.head_object, Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            reason = describe_error(exc)[1]
+            msg = f"s3://{self.bucket}/{key}: cannot check existing outputs: {reason}"
+            raise OutputError(msg) from exc
+        return head.get("Metadata", {})
+
+
+def _matches(found: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(found.get(key) == value for key, value in wanted.items())

@@ -1,0 +1,215 @@
+"""The run lock of an S3 ``--out``: an object that says "a run is writing here".
+
+The state file is local to one machine, so two machines (two cron hosts, a retried
+Kubernetes pod) could otherwise write the same outputs at once. The lock lives next
+to the outputs, ``<prefix>/.dgbatch/lock[-shard-K-of-N].json``, and names its holder
+(owner, host, pid, started, expires) so a refused run can say who to wait for.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from batch.errors import BatchError, StateLocked, UsageError
+from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
+
+__all__ = ["LOCK_TTL", "S3Lock"]
+
+log = logging.getLogger("dgbatch")
+
+#: A lock not refreshed for this long is abandoned (its run died) and may be taken over.
+LOCK_TTL = 900.0
+#: roughly when this process started (a lock with our pid from before is a previous life's)
+_PROCESS_STARTED = time.time()
+
+
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """What a lock object says about the run that holds it."""
+
+    doc: dict[str, Any]
+    etag: str
+
+    def stale(self, now: float) -> bool:
+        """Expired, or held by a process of this very host that is gone (``kill -9``).
+
+        A holder claiming our own pid from before this process started is gone too: a
+        restarted container often reuses both its hostname and its pid.
+        """
+        if float(self.doc.get("expires", 0)) < now:
+            return True
+        if self.doc.get("host") != socket.gethostname():
+            return False
+        pid = self.doc.get("pid")
+        if pid == os.getpid():
+            return float(self.doc.get("started", 0)) < _PROCESS_STARTED
+        return not _alive(pid)
+
+    def describe(self) -> str:
+        doc = self.doc
+        started = _iso(doc.get("started"))
+        expires = _iso(doc.get("expires"))
+        return (
+            f"{doc.get('owner', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, "
+            f"started {started}, expires {expires} unless refreshed"
+        )
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _iso(stamp: object) -> str:
+    if not isinstance(stamp, int | float):
+        return "?"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+
+
+class S3Lock:
+    """An object that says "a run is writing here", so two runs never share an output.
+
+    Taken with a conditional put (``If-None-Match: *``; an expired lock is replaced
+    with ``If-Match`` on its ETag), so two runs racing for it cannot both win. A
+    store that rejects conditional puts gets check-then-put instead (GET, then a
+    plain PUT): two runs starting within the same few milliseconds could then both
+    proceed. The holder
+    refreshes it every ``ttl / 3``; a lock left by a crash expires after ``ttl``,
+    or at once when its process is gone from this host.
+    """
+
+    def __init__(self, s3: S3, uri: str, *, ttl: float = LOCK_TTL) -> None:
+        self.s3 = s3
+        self.bucket, self.key = parse_s3_uri(uri)
+        self.uri = uri
+        self.ttl = ttl
+        self._token = uuid.uuid4().hex
+        self._etag: str | None = None
+        self._started = time.time()
+
+    @classmethod
+    def for_output(cls, s3: S3, out_uri: str, suffix: str = "") -> S3Lock:
+        """The lock of an output prefix: ``<prefix>/.dgbatch/lock[-<suffix>].json``."""
+        base = out_uri if out_uri.endswith("/") else out_uri + "/"
+        name = f"lock-{suffix}.json" if suffix else "lock.json"
+        return cls(s3, f"{base}.dgbatch/{name}")
+
+    async def acquire(self) -> None:
+        """Take the lock, or raise ``StateLocked`` naming the run that holds it."""
+        await self.s3.call(self._acquire)
+
+    async def refresh(self) -> None:
+        """Push the expiry forward; losing the lock is logged, not fatal."""
+        try:
+            await self.s3.call(self._put, if_match=self._etag)
+        except BatchError as exc:
+            log.warning("%s", exc)
+
+    async def release(self) -> None:
+        """Delete the lock if it is still ours; never raises (it runs on error paths)."""
+        try:
+            await self.s3.call(self._release)
+        except Exception as exc:
+            log.warning("%s: cannot release the run lock: %s", self.uri, describe_error(exc)[1])
+
+    def _acquire(self) -> None:
+        holder = self._read()
+        if holder is not None and not holder.stale(time.time()):
+            raise self._refused(holder)
+        if holder is not None:
+            log.warning("%s: taking over an abandoned lock (%s)", self.uri, holder.describe())
+        self._put(if_match=holder.etag if holder else None, create=holder is None)
+
+    def _document(self) -> bytes:
+        now = time.time()
+        doc = {
+            "owner": f"{os.environ.get('USER') or 'dgbatch'}:{self._token[:8]}",
+            "token": self._token,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "started": self._started,
+            "expires": now + self.ttl,
+        }
+        return json.dumps(doc).encode()
+
+    def _put(self, *, if_match: str | None = None, create: bool = False) -> None:
+        condition = {"IfNoneMatch": "*"} if create else {"IfMatch": if_match} if if_match else {}
+        try:
+            resp = self._put_raw(condition)
+        except Exception as exc:
+            if not condition or describe_error(exc)[0] != "changed":
+                raise self._error(exc) from exc
+            holder = self._read()
+            raise self._refused(holder) from None
+        self._etag = resp["ETag"]
+
+    def _put_raw(self, condition: dict[str, str]) -> dict[str, Any]:
+        from botocore.exceptions import ClientError
+
+        put: Callable[..., Any] = functools.partial(
+            self.s3.client.put_object,
+            Bucket=self.bucket,
+            Key=self.key,
+            Body=self._document(),
+            ContentType="application/json",
+        )
+        try:
+            return dict(put(**condition))
+        except ClientError as exc:
+            if not condition or not _conditions_unsupported(exc):
+                raise
+        log.warning("%s: the store ignores conditional puts; lock is best-effort", self.uri)
+        return dict(put())
+
+    def _read(self) -> _Holder | None:
+        try:
+            obj = self.s3.client.get_object(Bucket=self.bucket, Key=self.key)
+            raw = obj["Body"].read()
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            raise self._error(exc) from exc
+        try:
+            doc = json.loads(raw)
+        except ValueError:
+            doc = {}
+        return _Holder(doc if isinstance(doc, dict) else {}, obj["ETag"])
+
+    def _release(self) -> None:
+        holder = self._read()
+        if holder is not None and holder.doc.get("token") == self._token:
+            self.s3.client.delete_object(Bucket=self.bucket, Key=self.key)
+
+    def _refused(self, holder: _Holder | None) -> StateLocked:
+        who = holder.describe() if holder is not None else "another run"
+        return StateLocked(
+            f"{self.uri}: another dgbatch run holds the output lock ({who}); wait for it "
+            "to finish, or delete the lock object if that run is gone"
+        )
+
+    def _error(self, exc: BaseException) -> UsageError:
+        return UsageError(f"{self.uri}: cannot take the run lock: {describe_error(exc)[1]}")
+
+
+def _conditions_unsupported(exc: Any) -> bool:
+    """Stores without conditional writes answer 501 NotImplemented (or 400 naming the header)."""
+    error = exc.response.get("Error", {})
+    code = str(error.get("Code", ""))
+    text = str(error.get("Message", "")).lower()
+    return code in ("NotImplemented", "501") or (code == "InvalidArgument" and "match" in text)

@@ -1,0 +1,57 @@
+"""Split one batch between N workers that never talk to each other (pure).
+
+Every worker lists the same sources and keeps the items whose id hashes to its
+shard. The hash is blake2b of the id's bytes, not Python's ``hash`` (salted per
+process), so worker 3 of 16 takes the same items on every machine, every night,
+and each item belongs to exactly one shard. Shards are 0-based, like Kubernetes'
+``JOB_COMPLETION_INDEX`` and ``AWS_BATCH_JOB_ARRAY_INDEX``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+from batch.errors import UsageError
+
+__all__ = ["SHARD_ENV", "Shard", "in_shard", "parse_shard"]
+
+#: Environment variable read when ``--shard`` is not given.
+SHARD_ENV = "DGBATCH_SHARD"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """Worker ``index`` (0-based) of ``count``."""
+
+    index: int
+    count: int
+
+    def suffix(self) -> str:
+        """The tag that keeps a shard's state, lock and report apart: ``shard-3-of-16``."""
+        return f"shard-{self.index}-of-{self.count}"
+
+    def takes(self, item_id: str) -> bool:
+        """Tell whether this shard owns ``item_id``."""
+        return in_shard(item_id, self.index, self.count)
+
+
+def in_shard(item_id: str, k: int, n: int) -> bool:
+    """Tell whether ``item_id`` belongs to shard ``k`` of ``n`` (0 <= k < n)."""
+    if n == 1:
+        return True
+    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n == k
+
+
+def parse_shard(text: str) -> Shard:
+    """Read ``K/N`` (e.g. ``3/16``); anything else is a usage error naming the value."""
+    index, slash, count = text.strip().partition("/")
+    if not slash or not index.strip().isdigit() or not count.strip().isdigit():
+        msg = f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 3/16"
+        raise UsageError(msg)
+    shard = Shard(int(index), int(count))
+    if shard.count < 1 or shard.index >= shard.count:
+        msg = f"--shard {text!r}: K must be between 0 and N-1 (shards are 0-based)"
+        raise UsageError(msg)
+    return shard

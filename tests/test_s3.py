@@ -1,0 +1,504 @@
+"""S3 sources, both send modes, S3 outputs, skip-if-done, locks and bad input (moto + emulator)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from conftest import Cli, MotoS3, make_wav, read_state_rows
+
+from batch.emulator import Emulator
+from batch.models import Filters, ItemKind
+from batch.s3 import S3, S3Options, describe_error, parse_s3_uri
+
+FAST = ("--concurrency", "4")
+
+
+def wav(tmp_path: Path, tone: int) -> bytes:
+    """The bytes of a small distinct WAV."""
+    return make_wav(tmp_path / "wav" / f"{tone}.wav", tone=tone).read_bytes()
+
+
+def audio_objects(tmp_path: Path, keys: list[str]) -> dict[str, bytes]:
+    """One distinct WAV per key."""
+    return {key: wav(tmp_path, n) for n, key in enumerate(keys)}
+
+
+def sha(data: bytes) -> str:
+    """Hex sha256."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def listen_log(emulator: Emulator) -> list[Any]:
+    """The emulator's /v1/listen requests so far."""
+    return list(emulator.log)
+
+
+def run_prefix(
+    dgbatch: Cli, moto: MotoS3, tmp_path: Path, bucket: str, keys: list[str], *args: str
+) -> tuple[dict[str, bytes], Path]:
+    """Put one WAV per key in ``bucket``, run on ``s3://bucket/in/`` into a local folder."""
+    objects = audio_objects(tmp_path, keys)
+    moto.bucket(bucket, objects)
+    out = tmp_path / "out"
+    result = dgbatch("run", f"s3://{bucket}/in/", "--out", str(out), *args, *FAST)
+    assert result.exit_code == 0, result.output
+    return objects, out
+
+
+# -- pure pieces ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("uri", "expected"),
+    [
+        ("s3://bkt/a/b.wav", ("bkt", "a/b.wav")),
+        ("s3://bkt/pre/", ("bkt", "pre/")),
+        ("s3://bkt", ("bkt", "")),
+        ("S3://bkt/odd key+&#?.wav", ("bkt", "odd key+&#?.wav")),
+    ],
+)
+def test_parse_s3_uri(uri: str, expected: tuple[str, str]) -> None:
+    """An s3:// URI splits into bucket and a literal key."""
+    assert parse_s3_uri(uri) == expected
+
+
+def _client_error(code: str, status: int = 400) -> ClientError:
+    """A botocore ClientError as S3 would raise it."""
+    return ClientError(
+        {"Error": {"Code": code, "Message": "m"}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        "GetObject",
+    )
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [
+        (_client_error("NoSuchBucket", 404), "no_bucket"),
+        (_client_error("NoSuchKey", 404), "missing"),
+        (_client_error("404", 404), "missing"),
+        (_client_error("AccessDenied", 403), "access_denied"),
+        (_client_error("403", 403), "access_denied"),
+        (_client_error("InvalidAccessKeyId", 403), "credentials"),
+        (_client_error("PreconditionFailed", 412), "changed"),
+        (_client_error("SlowDown", 503), "throttled"),
+        (_client_error("Weird", 400), "s3_error"),
+        (NoCredentialsError(), "credentials"),
+        (EndpointConnectionError(endpoint_url="http://x"), "unreachable"),
+    ],
+)
+def test_describe_error_table(exc: Exception, code: str) -> None:
+    """Each botocore error maps to the most specific reason."""
+    assert describe_error(exc)[0] == code
+
+
+# -- listing -------------------------------------------------------------------------------
+
+
+def test_prefix_listing_streams_page_by_page(moto: MotoS3, tmp_path: Path) -> None:
+    """A prefix is listed lazily, page by page, filtered, named relative to the prefix."""
+    keys = [f"in/day{n % 3}/c{n:02}.wav" for n in range(30)]
+    objects = audio_objects(tmp_path, keys[:2]) | dict.fromkeys(keys[2:], b"RIFFxxxx")
+    objects |= {"in/notes.txt": b"x", "in/.git/x.wav": b"x", "other/z.wav": b"x"}
+    moto.bucket("listing", objects)
+    s3 = S3(S3Options(endpoint_url=moto.url, page_size=7))
+    calls: list[str] = []
+    s3.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.append("p"))
+    items = s3.expand("s3://listing/in/", Filters(exclude=(".git",)))
+    first = next(items)
+    time.sleep(0.3)
+    assert len(calls) <= 3  # one page planned, one queued, one being fetched: not all 5
+    rest = list(items)
+    assert len(calls) == 5  # 32 objects under in/ in pages of 7
+    found = [first, *rest]
+    assert sorted(i.name for i in found) == sorted(k.removeprefix("in/") for k in keys)
+    assert first.id == f"s3://listing/in/{first.name}"
+    assert first.kind is ItemKind.S3 and first.size == len(objects["in/" + first.name])
+    assert first.fingerprint == hashlib.md5(objects["in/" + first.name]).hexdigest()
+    s3.close()
+
+
+def test_prefetch_keeps_order_errors_and_stops() -> None:
+    """Prefetched pages keep their order, re-raise a listing error, and stop with the reader."""
+    import threading
+
+    from batch.s3 import _prefetched
+
+    def pages() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise ValueError("page 3 broke")
+
+    got: list[int] = []
+    with pytest.raises(ValueError, match="page 3 broke"):
+        got.extend(_prefetched(pages()))
+    assert got == [1, 2]
+    endless = _prefetched(iter(range(10**9)))
+    assert next(endless) == 0
+    endless.close()
+    deadline = time.monotonic() + 2
+    while any(t.name == "dgbatch-s3-list" for t in threading.enumerate()):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_listing_over_a_thousand_keys(moto: MotoS3) -> None:
+    """A prefix of more than 1,000 keys is listed completely (two real S3 pages)."""
+    moto.bucket("big", {f"k/{n:05}.mp3": b"ID3" for n in range(1234)})
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    assert sum(1 for _ in s3.expand("s3://big/k/", Filters())) == 1234
+    s3.close()
+
+
+def test_single_object_and_prefix_without_slash(moto: MotoS3, tmp_path: Path) -> None:
+    """A key is one item named by its basename; a key-less name falls back to its prefix."""
+    moto.bucket("single", audio_objects(tmp_path, ["calls/a.mp3", "calls/sub/b.wav"]))
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    (item,) = list(s3.expand("s3://single/calls/a.mp3", Filters()))
+    assert (item.id, item.name) == ("s3://single/calls/a.mp3", "a.mp3")
+    names = sorted(i.name for i in s3.expand("s3://single/calls", Filters()))
+    assert names == ["a.mp3", "sub/b.wav"]
+    s3.close()
+
+
+# -- sending -------------------------------------------------------------------------------
+
+
+def test_presign_mode_submits_a_signed_url(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """The default mode sends a fresh SigV4 presigned URL that the emulator fetches."""
+    objects, out = run_prefix(dgbatch, moto, tmp_path, "media", ["in/a.wav", "in/sub/b.wav"])
+    log = listen_log(emulator)
+    assert sorted(r.sha256 for r in log) == sorted(sha(d) for d in objects.values())
+    for record in log:
+        assert record.mode == "url" and record.status == 200
+        assert "X-Amz-Signature=" in record.url and "X-Amz-Expires=3600" in record.url
+    assert (out / "a.json").exists() and (out / "sub" / "b.txt").exists()
+
+
+def test_upload_mode_streams_the_object(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """--url-mode upload streams the object's bytes with its Content-Length."""
+    keys = ["in/a.wav", "in/b.wav"]
+    objects, _ = run_prefix(dgbatch, moto, tmp_path, "private", keys, "--url-mode", "upload")
+    log = listen_log(emulator)
+    assert {r.mode for r in log} == {"upload"}
+    assert sorted(r.sha256 for r in log) == sorted(sha(d) for d in objects.values())
+    assert sorted(r.content_length for r in log) == sorted(len(d) for d in objects.values())
+    assert {r.content_type for r in log} == {"audio/wav"}
+
+
+@pytest.mark.parametrize("mode", ["presign", "upload"])
+def test_odd_characters_in_keys(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path, mode: str
+) -> None:
+    """Keys with spaces, unicode, +, &, # and ? are fetched intact in both modes."""
+    keys = ["in/a b.wav", "in/ünï cödé.wav", "in/x+y&z.wav", "in/h#sh?q=1.wav"]
+    objects, out = run_prefix(dgbatch, moto, tmp_path, "odd", keys, "--url-mode", mode)
+    assert sorted(r.sha256 for r in listen_log(emulator)) == sorted(
+        sha(d) for d in objects.values()
+    )
+    assert len(list(out.glob("*.json"))) == 4
+
+
+# -- S3 outputs and idempotency --------------------------------------------------------------
+
+
+def run_s3(dgbatch: Cli, tmp_path: Path, *args: str, state: str = "s1") -> Any:
+    """Run with an S3 --out and a state of its own (a fresh container per ``state``)."""
+    return dgbatch(*args, "--state", str(tmp_path / state / "state.sqlite"), *FAST)
+
+
+def test_s3_outputs_carry_type_and_metadata(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Outputs are put with their Content-Type and the source's ETag; the lock is released."""
+    objects = audio_objects(tmp_path, ["in/a.wav"])
+    moto.bucket("media", objects)
+    result = run_s3(dgbatch, tmp_path, "run", "s3://media/in/", "--out", "s3://media/tx/")
+    assert result.exit_code == 0, result.output
+    etag = hashlib.md5(objects["in/a.wav"]).hexdigest()
+    head = moto.client.head_object(Bucket="media", Key="tx/a.json")
+    assert head["ContentType"] == "application/json"
+    source = "s3://media/in/a.wav"
+    assert head["Metadata"] == {"dgbatch-source": source, "dgbatch-fingerprint": etag}
+    txt = moto.client.head_object(Bucket="media", Key="tx/a.txt")
+    assert txt["ContentType"] == "text/plain; charset=utf-8"
+    body = moto.client.get_object(Bucket="media", Key="tx/a.json")["Body"].read()
+    assert json.loads(body)["metadata"]["sha256"] == sha(objects["in/a.wav"])
+    listed = moto.client.list_objects_v2(Bucket="media", Prefix="tx/.dgbatch/")
+    assert listed["KeyCount"] == 0
+
+
+def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Existing outputs with the same ETag are skipped; a changed object is sent again."""
+    moto.bucket("nightly", audio_objects(tmp_path, ["in/a.wav", "in/b.wav", "in/c.wav"]))
+    cmd = ("run", "s3://nightly/in/", "--out", "s3://nightly/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd, state="night1").exit_code == 0
+    assert len(listen_log(emulator)) == 3
+    second = run_s3(dgbatch, tmp_path, *cmd, state="night2")
+    assert second.exit_code == 0, second.output
+    assert len(listen_log(emulator)) == 3
+    assert "skipped 3 item(s)" in second.output
+    moto.bucket("nightly", {"in/b.wav": wav(tmp_path, 9)})
+    third = run_s3(dgbatch, tmp_path, *cmd, state="night3")
+    assert third.exit_code == 0, third.output
+    assert len(listen_log(emulator)) == 4
+    assert listen_log(emulator)[-1].sha256 == sha(wav(tmp_path, 9))
+    forced = run_s3(dgbatch, tmp_path, *cmd, "--force", state="night3")
+    assert forced.exit_code == 0 and len(listen_log(emulator)) == 7
+
+
+def test_lock_refused_while_held_and_taken_over_when_expired(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A live lock on the output prefix refuses the run (exit 4); an expired one is taken."""
+    moto.bucket("locked", audio_objects(tmp_path, ["in/a.wav"]))
+    lock = {"owner": "ops:1", "host": "worker-7", "pid": 4242, "started": 1.0, "expires": 4e9}
+    put = moto.client.put_object
+    put(Bucket="locked", Key="tx/.dgbatch/lock.json", Body=json.dumps(lock).encode())
+    cmd = ("run", "s3://locked/in/", "--out", "s3://locked/tx")
+    refused = run_s3(dgbatch, tmp_path, *cmd)
+    assert refused.exit_code == 4
+    assert "worker-7" in refused.output and "pid 4242" in refused.output
+    assert listen_log(emulator) == []
+    put(Bucket="locked", Key="tx/.dgbatch/lock.json", Body=json.dumps(lock | {"expires": 2.0}))
+    taken = run_s3(dgbatch, tmp_path, *cmd)
+    assert taken.exit_code == 0, taken.output
+    assert len(listen_log(emulator)) == 1
+
+
+def test_s3_run_report(dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path) -> None:
+    """--run-report s3://... gets a JSON summary with counts, failures and the exit code."""
+    objects = audio_objects(tmp_path, ["in/a.wav"]) | {"in/empty.wav": b""}
+    moto.bucket("rep", objects)
+    result = run_s3(
+        dgbatch,
+        tmp_path,
+        "run",
+        "s3://rep/in/",
+        "--out",
+        "s3://rep/tx/",
+        "--run-report",
+        "s3://rep/reports/last.json",
+    )
+    assert result.exit_code == 1
+    raw = moto.client.get_object(Bucket="rep", Key="reports/last.json")["Body"].read()
+    report = json.loads(raw)
+    assert report["exit_code"] == 1 and report["counts"]["done"] == 1
+    assert report["failures_total"] == 1
+    assert "object is empty" in report["failures"][0]["error"]
+    assert report["started"] <= report["finished"]
+
+
+# -- bad input -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("s3://nosuchbucket/in/", "no such bucket"),
+        ("s3://badin/missing.wav", "no such key"),
+        ("s3://badin/empty/", "no objects under this prefix"),
+        ("s3://badin/docs/", "no audio objects"),
+    ],
+)
+def test_unusable_cli_sources_exit_2(
+    dgbatch: Cli, moto: MotoS3, tmp_path: Path, source: str, message: str
+) -> None:
+    """A missing bucket, key or empty prefix on the command line is exit 2 naming it."""
+    moto.bucket("badin", {"docs/readme.txt": b"hello"})
+    result = dgbatch("run", source, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert message in result.output and source.rstrip("/") in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_output_bucket_exits_2(dgbatch: Cli, moto: MotoS3, tmp_path: Path) -> None:
+    """An --out in a bucket that does not exist is refused before anything is sent."""
+    moto.bucket("srcok", audio_objects(tmp_path, ["in/a.wav"]))
+    result = dgbatch("run", "s3://srcok/in/", "--out", "s3://no-such-out/tx/")
+    assert result.exit_code == 2
+    assert "s3://no-such-out/tx/.dgbatch/lock.json" in result.output
+    assert "no such bucket" in result.output
+
+
+def test_named_non_audio_object_fails_that_item(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A non-audio object named explicitly is sent, and Deepgram's 400 fails only it."""
+    moto.bucket("mixed", audio_objects(tmp_path, ["a.wav"]) | {"notes.txt": b"just text"})
+    out = tmp_path / "out"
+    result = dgbatch("run", "s3://mixed/a.wav", "s3://mixed/notes.txt", "--out", str(out))
+    assert result.exit_code == 1
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert rows["s3://mixed/a.wav"]["status"] == "done"
+    bad = rows["s3://mixed/notes.txt"]
+    assert bad["status"] == "failed" and bad["http_status"] == 400
+    assert "unsupported data" in str(bad["error"])
+
+
+def test_manifest_s3_lines_fail_alone(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """In a manifest, a missing key or bucket is a failed item; the other lines still run."""
+    moto.bucket("man", audio_objects(tmp_path, ["a.wav", "p/b.wav"]))
+    manifest = tmp_path / "list.jsonl"
+    lines = [
+        {"source": "s3://man/a.wav", "id": "first"},
+        {"source": "s3://man/p/"},
+        {"source": "s3://man/gone.wav"},
+        {"source": "s3://nobucket-here/x.wav"},
+    ]
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out), *FAST)
+    assert result.exit_code == 1, result.output
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert rows["id:first"]["status"] == "done" and rows["s3://man/p/b.wav"]["status"] == "done"
+    errors = sorted(str(r["error"]) for r in rows.values() if r["status"] == "failed")
+    assert "list.jsonl:3" in errors[0] and "no such key" in errors[0]
+    assert "list.jsonl:4" in errors[1] and "no such bucket" in errors[1]
+    assert (out / "first.json").exists() and (out / "b.json").exists()
+
+
+def test_object_deleted_after_listing_fails_with_deepgram_400(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A presigned URL Deepgram cannot fetch (gone, expired) fails that item with the reason."""
+    moto.bucket("gone", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
+    delete = moto.client.delete_object
+    emulator_fetch = emulator._fetch
+
+    async def fetch_after_delete(target: Any, url: str) -> Any:
+        if "b.wav" in url:
+            delete(Bucket="gone", Key="in/b.wav")
+        return await emulator_fetch(target, url)
+
+    emulator._fetch = fetch_after_delete
+    out = tmp_path / "out"
+    result = dgbatch("run", "s3://gone/in/", "--out", str(out), *FAST)
+    assert result.exit_code == 1
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    failed = rows["s3://gone/in/b.wav"]
+    assert failed["status"] == "failed" and failed["http_status"] == 400
+    assert "404" in str(failed["error"]) and "X-Amz" not in str(failed["error"])
+    assert rows["s3://gone/in/a.wav"]["status"] == "done"
+
+
+def test_upload_mode_missing_key_fails_the_item(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """In upload mode an object deleted after listing is a failed item naming it."""
+    moto.bucket("gone2", audio_objects(tmp_path, ["in/a.wav"]))
+    from batch import s3 as s3_module
+
+    original = s3_module.S3.send_upload
+
+    async def delete_first(self: S3, client: Any, item: Any, source: str) -> Any:
+        self.client.delete_object(Bucket="gone2", Key="in/a.wav")
+        return await original(self, client, item, source)
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(s3_module.S3, "send_upload", delete_first)
+        result = dgbatch("run", "s3://gone2/in/", "--out", str(out), "--url-mode", "upload")
+    assert result.exit_code == 1
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "failed" and row["err_code"] == "missing"
+    assert "s3://gone2/in/a.wav: no such key" in str(row["error"])
+    assert listen_log(emulator) == []
+
+
+def test_upload_read_failure_mid_stream_is_retried(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An S3 body that breaks mid-read is a connection error: retried, then done."""
+    from botocore.exceptions import ReadTimeoutError
+
+    from batch import s3 as s3_module
+
+    moto.bucket("flaky", {"in/a.wav": wav(tmp_path, 1) + bytes(3 << 20)})
+    original = s3_module.S3._chunks
+    broken: list[str] = []
+
+    class BreaksAfterOneChunk:
+        """A body whose second read times out, once per run."""
+
+        def __init__(self, body: Any) -> None:
+            self.body, self.reads = body, 0
+
+        def read(self, size: int) -> bytes:
+            self.reads += 1
+            if self.reads == 2 and not broken:
+                broken.append("once")
+                raise ReadTimeoutError(endpoint_url="http://moto")
+            return bytes(self.body.read(size))
+
+    def break_once(self: S3, body: Any, source: str) -> Any:
+        return original(self, BreaksAfterOneChunk(body), source)
+
+    out = tmp_path / "out"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(s3_module.S3, "_chunks", break_once)
+        result = dgbatch("run", "s3://flaky/in/", "--out", str(out), "--url-mode", "upload")
+    assert result.exit_code == 0, result.output
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "done" and row["attempts"] == 2
+    assert listen_log(emulator)[-1].status == 200
+
+
+# -- secrets -------------------------------------------------------------------------------
+
+
+def test_signatures_and_secret_key_never_leave(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No presigned signature or AWS secret reaches state, reports, logs or outputs."""
+    secret = "sEcReT-aws-key-0123456789"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    moto.bucket("leak", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
+    out = tmp_path / "out"
+    report = tmp_path / "run-report.json"
+    refused = dgbatch(
+        "run",
+        "s3://leak/in/",
+        "s3://leak/in/missing.wav",
+        "--out",
+        str(out),
+        "-vv",
+        "--run-report",
+        str(report),
+    )
+    assert refused.exit_code == 2  # the missing key is reported, with no secrets either
+    assert secret not in refused.output
+    result = dgbatch("run", "s3://leak/in/", "--out", str(out), "-vv", "--run-report", str(report))
+    assert result.exit_code == 0, result.output
+    signatures = {
+        m.group(1)
+        for r in listen_log(emulator)
+        for m in re.finditer(r"X-Amz-Signature=([0-9a-f]+)", r.url)
+    }
+    assert len(signatures) == 2
+    blobs = [result.output.encode(), report.read_bytes()]
+    blobs += [p.read_bytes() for p in out.rglob("*") if p.is_file()]
+    for blob in blobs:
+        assert secret.encode() not in blob
+        for signature in signatures:
+            assert signature.encode() not in blob
+        assert not re.search(rb"X-Amz-Signature=(?!REDACTED)", blob)

@@ -1,0 +1,145 @@
+"""The S3 run lock under races and without conditional puts, and kill -9 then resume."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from botocore.exceptions import ClientError
+from conftest import KEY, SRC_ROOT, MotoS3, dgbatch_subprocess_cmd, make_wav
+
+from batch.errors import StateLocked
+from batch.s3 import S3, S3Options
+from batch.s3lock import S3Lock, _Holder
+
+HOST = socket.gethostname()
+LIVE = time.time() + 600
+
+
+@pytest.mark.parametrize(
+    ("doc", "stale"),
+    [
+        ({"host": "elsewhere", "pid": 1, "expires": LIVE}, False),
+        ({"host": "elsewhere", "pid": 1, "expires": 10.0}, True),
+        ({"host": HOST, "pid": os.getppid(), "expires": LIVE}, False),
+        ({"host": HOST, "pid": os.getpid(), "started": 1.0, "expires": LIVE}, True),
+        ({"host": HOST, "pid": os.getpid(), "started": time.time(), "expires": LIVE}, False),
+        ({"host": HOST, "pid": 2**22 + 7, "expires": LIVE}, True),
+        ({}, True),
+    ],
+)
+def test_lock_staleness(doc: dict[str, Any], stale: bool) -> None:
+    """A lock is abandoned when expired, or when its process on this host is gone."""
+    assert _Holder(doc, '"etag"').stale(time.time()) is stale
+
+
+async def test_only_one_of_two_racing_runs_gets_the_lock(moto: MotoS3) -> None:
+    """Two runs taking the same lock at once: the conditional put lets exactly one win."""
+    moto.bucket("race")
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    locks = [S3Lock.for_output(s3, "s3://race/tx/", "shard-0-of-2") for _ in range(2)]
+    results = await asyncio.gather(*(lock.acquire() for lock in locks), return_exceptions=True)
+    assert sorted(type(r).__name__ for r in results) == ["NoneType", "StateLocked"]
+    winner = locks[0] if results[0] is None else locks[1]
+    await winner.refresh()
+    await winner.release()
+    assert moto.client.list_objects_v2(Bucket="race")["KeyCount"] == 0
+    s3.close()
+
+
+async def test_lock_without_conditional_puts(moto: MotoS3) -> None:
+    """A store that rejects conditional puts still gets a (best-effort) lock."""
+    moto.bucket("plain")
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    real_put = s3.client.put_object
+
+    def put(**kwargs: Any) -> Any:
+        if "IfNoneMatch" in kwargs or "IfMatch" in kwargs:
+            error = {"Error": {"Code": "NotImplemented", "Message": "no conditional writes"}}
+            raise ClientError(error, "PutObject")  # type: ignore[arg-type]
+        return real_put(**kwargs)
+
+    s3.client.put_object = put  # type: ignore[method-assign]
+    first, second = (S3Lock.for_output(s3, "s3://plain/tx") for _ in range(2))
+    await first.acquire()
+    with pytest.raises(StateLocked, match="another dgbatch run holds the output lock"):
+        await second.acquire()
+    await first.release()
+    await second.acquire()
+    await second.release()
+    s3.close()
+
+
+@pytest.fixture
+def emulator_process() -> Iterator[str]:
+    """``dgbatch emulator --latency 0.2`` in its own process; yields its URL."""
+    proc = subprocess.Popen(
+        [*dgbatch_subprocess_cmd(), "emulator", "--port", "0", "--latency", "0.2"],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=SRC_ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        yield line.rsplit(" ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def requests_seen(url: str) -> int:
+    """How many /v1/listen requests the emulator has received."""
+    with urllib.request.urlopen(f"{url}/_emulator/stats") as resp:
+        return int(json.load(resp)["requests"])
+
+
+def test_kill_9_mid_run_then_resume_with_s3_outputs(
+    moto: MotoS3, emulator_process: str, tmp_path: Path
+) -> None:
+    """After SIGKILL, the same command finishes the batch: each output once, little re-sent."""
+    count, concurrency = 30, 4
+    objects = {
+        f"in/c{n:02}.wav": make_wav(tmp_path / "w" / f"{n}.wav", tone=n).read_bytes()
+        for n in range(count)
+    }
+    moto.bucket("kill", objects)
+    env = {**os.environ, "DEEPGRAM_API_KEY": KEY, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    cmd = [
+        *dgbatch_subprocess_cmd(),
+        "run",
+        "s3://kill/in/",
+        "--out",
+        "s3://kill/tx/",
+        "--concurrency",
+        str(concurrency),
+        "--api-url",
+        emulator_process,
+        "--progress",
+        "none",
+    ]
+    first = subprocess.Popen(cmd, env=env, cwd=SRC_ROOT, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while requests_seen(emulator_process) < 10 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert first.returncode == -signal.SIGKILL
+    sent_before = requests_seen(emulator_process)
+    assert sent_before < count
+    resumed = subprocess.run(cmd, env=env, cwd=SRC_ROOT, capture_output=True, text=True, timeout=60)
+    assert resumed.returncode == 0, resumed.stderr
+    keys = [o["Key"] for o in moto.client.list_objects_v2(Bucket="kill", Prefix="tx/")["Contents"]]
+    expected = {f"tx/c{n:02}.{fmt}" for n in range(count) for fmt in ("json", "txt")}
+    assert sorted(keys) == sorted(expected)  # every output exactly once, no lock left behind
+    assert requests_seen(emulator_process) <= count + concurrency

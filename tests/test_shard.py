@@ -1,0 +1,146 @@
+"""Sharding (pure and end to end), default state paths and the local run report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import Cli, MotoS3, make_wav
+
+from batch.config import default_state_path
+from batch.emulator import Emulator
+from batch.errors import UsageError
+from batch.shard import Shard, in_shard, parse_shard
+
+TX_DIGEST = hashlib.sha256(b"s3://media/tx").hexdigest()[:16]
+
+
+@pytest.mark.parametrize(
+    ("item_id", "n", "k"),
+    [
+        ("s3://media/incoming/a.wav", 1, 0),
+        ("s3://media/incoming/a.wav", 2, 0),
+        ("s3://media/incoming/a.wav", 16, 6),
+        ("s3://media/incoming/b.wav", 16, 15),
+        ("/calls/day1/a.wav", 4, 1),
+        ("id:greeting", 3, 0),
+    ],
+)
+def test_in_shard_is_stable(item_id: str, n: int, k: int) -> None:
+    """The shard of an id is fixed by its bytes (blake2b), the same on every machine."""
+    assert [j for j in range(n) if in_shard(item_id, j, n)] == [k]
+
+
+def test_shards_partition_and_balance() -> None:
+    """Every id lands in exactly one of N shards, and the shards are roughly even."""
+    ids = [f"s3://b/k/{n:05}.wav" for n in range(8000)]
+    owners = Counter(sum(in_shard(i, k, 8) for k in range(8)) for i in ids)
+    assert owners == {1: 8000}
+    sizes = Counter(next(k for k in range(8) if in_shard(i, k, 8)) for i in ids)
+    assert min(sizes.values()) > 850 and max(sizes.values()) < 1150
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3/16", Shard(3, 16)), ("0/1", Shard(0, 1)), (" 15/16 ", Shard(15, 16))],
+)
+def test_parse_shard(text: str, expected: Shard) -> None:
+    """K/N parses into a 0-based shard."""
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["16/16", "1/0", "3", "-1/4", "a/b", "3/16/2", ""])
+def test_parse_shard_rejects(text: str) -> None:
+    """Anything but 0 <= K < N is a usage error."""
+    with pytest.raises(UsageError, match="--shard"):
+        parse_shard(text)
+
+
+@pytest.mark.parametrize(
+    ("out", "shard", "expected"),
+    [
+        ("out", None, "out/.dgbatch/state.sqlite"),
+        ("out", Shard(3, 16), "out/.dgbatch/shard-3-of-16/state.sqlite"),
+        ("s3://media/tx/", None, f"/c/dgbatch/{TX_DIGEST}/state.sqlite"),
+        ("s3://media/tx", None, f"/c/dgbatch/{TX_DIGEST}/state.sqlite"),
+        ("s3://media/tx", Shard(0, 2), f"/c/dgbatch/{TX_DIGEST}-shard-0-of-2/state.sqlite"),
+    ],
+)
+def test_default_state_path(out: str, shard: Shard | None, expected: str) -> None:
+    """Local outputs keep the state beside them; S3 outputs in the cache, one per shard."""
+    assert str(default_state_path(out, shard, {"XDG_CACHE_HOME": "/c"})) == expected
+
+
+def test_default_state_path_uses_home_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without XDG_CACHE_HOME the state goes under ~/.cache/dgbatch."""
+    monkeypatch.setenv("HOME", "/home/u")
+    got = default_state_path("s3://m/t/", None, {})
+    assert str(got).startswith("/home/u/.cache/dgbatch/")
+
+
+def test_two_shards_cover_every_item_once(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two workers on one prefix send each object exactly once, each with its own state."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    objects = {
+        f"in/{n:02}.wav": make_wav(tmp_path / "w" / f"{n}.wav", tone=n).read_bytes()
+        for n in range(24)
+    }
+    moto.bucket("shards", objects)
+    cmd = ("run", "s3://shards/in/", "--out", "s3://shards/tx/", "--concurrency", "4")
+    first = dgbatch(*cmd, "--shard", "0/2")
+    monkeypatch.setenv("DGBATCH_SHARD", "1/2")
+    second = dgbatch(*cmd)
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
+    hashes = Counter(r.sha256 for r in emulator.log)
+    assert len(hashes) == 24 and set(hashes.values()) == {1}
+    states = sorted(p.parent.name.split("-", 1)[1] for p in (tmp_path / "cache").rglob("*.sqlite"))
+    assert states == ["shard-0-of-2", "shard-1-of-2"]
+    keys = moto.client.list_objects_v2(Bucket="shards", Prefix="tx/")["Contents"]
+    assert len([k for k in keys if k["Key"].endswith(".json")]) == 24
+
+
+def test_empty_shard_is_not_an_error(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A shard that owns none of the items exits 0 (the prefix itself was not empty)."""
+    moto.bucket("tiny", {"in/a.wav": make_wav(tmp_path / "a.wav").read_bytes()})
+    owner = next(k for k in range(8) if in_shard("s3://tiny/in/a.wav", k, 8))
+    other = (owner + 1) % 8
+    result = dgbatch("run", "s3://tiny/in/", "--out", str(tmp_path / "o"), "--shard", f"{other}/8")
+    assert result.exit_code == 0, result.output
+    assert emulator.log == []
+
+
+def test_local_run_report(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """--run-report works for local runs: counts, audio hours, failures and exit code."""
+    src = tmp_path / "calls"
+    make_wav(src / "a.wav")
+    (src / "b.wav").write_bytes(b"")
+    report = tmp_path / "reports" / "run.json"
+    result = dgbatch("run", str(src), "--out", str(tmp_path / "out"), "--run-report", str(report))
+    assert result.exit_code == 1
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 1 and doc["counts"]["done"] == 1 and doc["counts"]["failed"] == 1
+    assert doc["audio_hours"] > 0 and doc["failures_total"] == 1
+    assert doc["failures"][0]["source"].endswith("b.wav")
+    assert doc["started"].endswith("Z") and doc["finished_epoch"] >= doc["started_epoch"]
+
+
+def test_run_report_on_a_refused_run(dgbatch: Cli, tmp_path: Path) -> None:
+    """A run refused before it starts still leaves a report with its exit code and reason."""
+    report = tmp_path / "run.json"
+    result = dgbatch(
+        "run", str(tmp_path / "nothing"), "--out", str(tmp_path / "o"), "--run-report", str(report)
+    )
+    assert result.exit_code == 2
+    doc = json.loads(report.read_text())
+    assert doc["exit_code"] == 2 and "no such file" in doc["error"]
