@@ -21,6 +21,8 @@ from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
+#: what ``find_complete`` answers when the outputs exist but no json is kept to read back
+COMPLETE_WITHOUT_JSON = b'{"metadata": {}, "results": {}}'
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +132,7 @@ class LocalSink:
             except OSError:
                 return None
         if "json" not in formats:
-            return b"{}"
+            return COMPLETE_WITHOUT_JSON
         try:
             return self.path_for(out_name, "json").read_bytes()
         except OSError:

@@ -34,7 +34,7 @@ from batch.formats import CONTENT_TYPES
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, output_relpath
-from batch.outputs import OutputMeta
+from batch.outputs import COMPLETE_WITHOUT_JSON, OutputMeta
 from batch.redact import redact_source
 from batch.sources import WalkRules
 from batch.state import WorkItem
@@ -67,7 +67,6 @@ META_SOURCE = "dgbatch-source"
 META_FINGERPRINT = "dgbatch-fingerprint"
 #: What a sink returns for complete outputs: enough of a transcript for the runner
 #: to record the item done, without downloading the real one.
-_COMPLETE_BODY = b'{"metadata": {}, "results": {}}'
 
 # Most specific first: the first row whose codes include the error's code gives the
 # reason. ``404`` is what HEAD answers for both a missing key and a missing bucket.
@@ -469,7 +468,7 @@ class S3Sink:
         wanted = _metadata(meta)
         heads = await asyncio.gather(*(self._head(self.key_for(out_name, f)) for f in formats))
         if all(head is not None and _matches(head, wanted) for head in heads):
-            return _COMPLETE_BODY
+            return COMPLETE_WITHOUT_JSON
         return None
 
     async def _head(self, key: str) -> dict[str, str] | None:

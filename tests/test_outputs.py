@@ -194,3 +194,20 @@ def test_an_output_that_cannot_be_written_stops_the_run_and_the_rerun_recovers(
     result = dgbatch("run", str(src), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert (out / "a.json").is_file()
+
+
+def test_outputs_without_json_written_after_the_claim_count_as_complete(tmp_path: Path) -> None:
+    """A txt-only run's outputs, written after the claim, are adopted as a transcript."""
+    from batch.retry import parse_transcript
+
+    sink = LocalSink(tmp_path)
+    meta = OutputMeta("a.wav", "1:1")
+    try:
+        before = asyncio.run(sink.find_complete("a", ("txt",), meta, since=0.0))
+        (tmp_path / "a.txt").write_text("hello\n")
+        after = asyncio.run(sink.find_complete("a", ("txt",), meta, since=0.0))
+        stale = asyncio.run(sink.find_complete("a", ("txt",), meta, since=4e9))
+    finally:
+        sink.close()
+    assert before is None and stale is None
+    assert after is not None and parse_transcript(after) is not None
