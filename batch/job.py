@@ -7,6 +7,7 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
 import threading
 import time
@@ -16,18 +17,19 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batch import __version__
-from batch.client import DeepgramClient, make_session
+from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
 from batch.errors import BatchError, Interrupted, UsageError
-from batch.media import SENDERS
-from batch.models import Item
+from batch.media import SENDERS, Sender
+from batch.models import Item, ItemKind
 from batch.outputs import LocalSink
+from batch.params import with_run_tags
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.sources import expand_sources
-from batch.state import State
+from batch.state import State, WorkItem
 
 
 @dataclass
@@ -149,7 +151,7 @@ async def _execute(
                 state,
                 client,
                 sink,
-                dict(SENDERS),
+                _tagged(SENDERS, run_id),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,
@@ -157,3 +159,17 @@ async def _execute(
             return await runner.run()
     finally:
         sink.close()
+
+
+def _tagged(senders: dict[ItemKind, Sender], run_id: int) -> dict[ItemKind, Sender]:
+    """Tag every request with the run at send time (not in the state: a resumed item
+    belongs to the run that sends it)."""
+
+    def wrap(send: Sender) -> Sender:
+        async def tagged(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+            params = with_run_tags(item.params, str(run_id))
+            return await send(client, dataclasses.replace(item, params=params), source)
+
+        return tagged
+
+    return {kind: wrap(send) for kind, send in senders.items()}

@@ -24,9 +24,12 @@ __all__ = [
     "normalise_value",
     "params_from_mapping",
     "parse_param",
+    "with_run_tags",
 ]
 
 DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
+#: Tag on every request so Deepgram's usage reports can be traced to dgbatch and its run.
+RUN_TAG = "dgbatch"
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
 _BOOLEAN_SPELLINGS = {"True": "true", "False": "false", "TRUE": "true", "FALSE": "false"}
@@ -132,3 +135,15 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
 def encode_query(params: Params) -> str:
     """Encode params as a query string, repeating keys and keeping their order."""
     return urlencode(list(params), doseq=True)
+
+
+def with_run_tags(params: Params, run_id: str) -> Params:
+    """Add ``tag=dgbatch`` and ``tag=dgbatch-run-<run_id>`` unless the params set ``tag``.
+
+    Deepgram groups usage by ``tag``, so a bill can be traced back to the run that
+    caused it; a user's own ``tag`` (from ``--param`` or a manifest) wins whole, as
+    any later layer does in :func:`merge_params`.
+    """
+    if any(key == "tag" for key, _ in params):
+        return params
+    return (*params, ("tag", RUN_TAG), ("tag", f"{RUN_TAG}-run-{run_id}"))
