@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -158,8 +159,7 @@ class DeepgramClient:
         if is_timeout:
             text = "timeout: no complete answer in time"
         elif isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc.os_error)
-            text = f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}"
+            text = f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
             text = f"connection dropped before a complete answer ({type(exc).__name__})"
         else:
@@ -167,6 +167,13 @@ class DeepgramClient:
         return TransportError(
             redact_text(text, self._secrets), body_sent=body_sent, timeout=is_timeout
         )
+
+
+def _os_reason(exc: OSError) -> str:
+    """``Connection refused`` rather than asyncio's ``Connect call failed (...)``."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
 
 class _SentTracker:
