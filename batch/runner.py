@@ -225,6 +225,7 @@ class Runner:
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
+            epoch = self.limit.epoch
             try:
                 answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:
@@ -234,7 +235,7 @@ class Runner:
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
                 timeouts += exc.timeout and exc.body_sent
-            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts)
+            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:
                 return outcome
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
@@ -254,6 +255,7 @@ class Runner:
         answer: Answer | None,
         decision: Decision,
         timeouts: int,
+        epoch: int,
     ) -> Result | None:
         """The result of the item, or None to try again (after sleeping here)."""
         status = answer.status if answer is not None else None
@@ -278,7 +280,7 @@ class Runner:
         )
         if decision.action is Action.FAIL:
             return failed
-        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed)
+        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed, epoch)
 
     async def _retry_or_give_up(
         self,
@@ -288,9 +290,10 @@ class Runner:
         status: int | None,
         decision: Decision,
         failed: Result,
+        epoch: int,
     ) -> Result | None:
         if status == 429:
-            self.limit.on_throttle()
+            self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
             error = f"{decision.reason} (gave up after {tries} attempts)"
             return dataclasses.replace(failed, error=error)
@@ -306,11 +309,33 @@ class Runner:
             cap=self.settings.backoff_cap,
             rng=self._rng,
         )
+        if status == 429:
+            delay = self._throttled_delay(decision, epoch, delay)
         log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
-        await self._sleep_unless_stopped(delay)
+        if status == 429:
+            await self._wait_without_slot(delay)
+        else:
+            await self._sleep_unless_stopped(delay)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         return None
+
+    def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
+        """No backoff of its own for a 429 when the pool already slowed down since the
+        request went out: waiting for a slot under the cut limit is the backoff.
+        ``Retry-After`` is still honoured."""
+        if decision.retry_after is None and self.limit.shrunk_since(epoch):
+            return 0.0
+        return backoff
+
+    async def _wait_without_slot(self, delay: float) -> None:
+        """A throttled item waits without its slot (in-flight stays under the cut limit)
+        and takes one back with priority over new items."""
+        self.limit.release()
+        try:
+            await self._sleep_unless_stopped(delay)
+        finally:
+            await self.limit.acquire(retry=True)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay <= 0:
