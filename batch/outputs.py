@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import glob
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,8 @@ from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
+#: matches the ``secrets.token_hex(4)`` in a temp file's name
+_TOKEN_GLOB = "[0-9a-f]" * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,14 @@ def write_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def remove_partial_writes(path: Path) -> None:
+    """Delete the temp files a killed run left while writing ``path`` (only items a
+    crashed run left ``running`` are asked about, under the state lock, so no live
+    writer owns them)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{_TOKEN_GLOB}.tmp"):
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -121,6 +132,8 @@ class LocalSink:
     def _find_sync(
         self, out_name: str, formats: tuple[str, ...], since: float | None
     ) -> bytes | None:
+        for fmt in formats:
+            remove_partial_writes(self.path_for(out_name, fmt))
         if since is None:
             return None
         for fmt in formats:
