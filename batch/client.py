@@ -36,11 +36,15 @@ ByteCounter = Callable[[int], None]
 class TransportError(Exception):
     """The request got no complete HTTP answer (refused, reset, timed out, truncated)."""
 
-    def __init__(self, message: str, *, body_sent: bool, timeout: bool) -> None:
+    def __init__(
+        self, message: str, *, body_sent: bool, timeout: bool, connect_failed: bool = False
+    ) -> None:
         super().__init__(message)
         #: the whole request body had been sent: Deepgram may have processed (and billed) it
         self.body_sent = body_sent
         self.timeout = timeout
+        #: no connection at all (refused, DNS, TLS): every item would fail the same way
+        self.connect_failed = connect_failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,7 +169,10 @@ class DeepgramClient:
         else:
             text = f"{type(exc).__name__}: {exc}".rstrip(": ")
         return TransportError(
-            redact_text(text, self._secrets), body_sent=body_sent, timeout=is_timeout
+            redact_text(text, self._secrets),
+            body_sent=body_sent,
+            timeout=is_timeout,
+            connect_failed=isinstance(exc, aiohttp.ClientConnectorError),
         )
 
 

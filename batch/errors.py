@@ -10,6 +10,7 @@
     ├── StateLocked                 another run holds the state lock (exit 4)
     ├── FatalApiError               Deepgram refused the key: 401/402/403 (exit 3)
     ├── OutputError                 outputs cannot be written (disk full, read-only) (exit 1)
+    ├── ApiUnreachable              Deepgram cannot be reached at all; the run stops (exit 1)
     └── Interrupted                 SIGINT/SIGTERM stopped the run (exit 130)
 
 Messages never contain the API key or presigned-URL signatures: callers pass
@@ -63,6 +64,13 @@ class FatalApiError(BatchError):
 
 class OutputError(BatchError):
     """Raised when an output cannot be written (disk full, read-only folder, S3 refused)."""
+
+    exit_code = 1
+
+
+class ApiUnreachable(BatchError):
+    """Raised when an item gave up because no connection to Deepgram could be made:
+    the run stops and unfinished items stay pending instead of all failing."""
 
     exit_code = 1
 

@@ -21,7 +21,14 @@ from typing import Any
 
 from batch import retry
 from batch.client import Answer, DeepgramClient, TransportError
-from batch.errors import BatchError, FatalApiError, Interrupted, ItemError, OutputError
+from batch.errors import (
+    ApiUnreachable,
+    BatchError,
+    FatalApiError,
+    Interrupted,
+    ItemError,
+    OutputError,
+)
 from batch.formats import render_all
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
@@ -225,7 +232,7 @@ class Runner:
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
-            epoch = self.limit.epoch
+            epoch, unreachable = self.limit.epoch, False
             try:
                 answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:
@@ -235,10 +242,24 @@ class Runner:
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
                 timeouts += exc.timeout and exc.body_sent
+                unreachable = exc.connect_failed
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:
-                return outcome
+                return self._unless_unreachable(outcome, unreachable)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
+        """An item that gave up because Deepgram could not be reached at all is not at
+        fault: every other item would fail the same way (and need --retry-failed), so
+        the run stops and the item stays pending for the next run."""
+        if not unreachable or result.status is not ItemStatus.FAILED:
+            return result
+        message = (
+            f"Deepgram cannot be reached ({result.error}); stopped so that unfinished "
+            "items stay pending: check the network or --api-url, then run the same command"
+        )
+        self.stop(ApiUnreachable(message))
+        return dataclasses.replace(result, status=ItemStatus.PENDING)
 
     async def _attempt(
         self, sender: Sender, item: WorkItem, source: str
