@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from batch.errors import OutputError
+from batch.errors import ItemError, OutputError
 from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
@@ -108,6 +108,15 @@ class LocalSink:
         """The output path, guaranteed inside the root."""
         return resolve_inside(self.root, output_relpath(out_name, fmt))
 
+    def _safe_path(self, out_name: str, fmt: str) -> Path:
+        """The path, or an item error when a symlink in --out would lead it outside."""
+        try:
+            return self.path_for(out_name, fmt)
+        except ValueError:
+            relpath = output_relpath(out_name, fmt)
+            msg = f"{relpath}: output path escapes {self.root} (a symlink inside it?); not written"
+            raise ItemError(msg, code="unsafe_output") from None
+
     async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._write_sync, out_name, files)
@@ -115,7 +124,7 @@ class LocalSink:
     def _write_sync(self, out_name: str, files: dict[str, bytes]) -> list[str]:
         written = []
         for fmt, data in files.items():
-            path = self.path_for(out_name, fmt)
+            path = self._safe_path(out_name, fmt)
             try:
                 write_atomic(path, data)
             except OSError as exc:

@@ -203,6 +203,8 @@ class Runner:
         except OutputError as exc:
             self.stop(exc)
             result = Result(item.id, ItemStatus.PENDING, item.attempts)
+        except ItemError as exc:  # raised after the answer, e.g. an unsafe output path
+            result = Result(item.id, ItemStatus.FAILED, item.attempts, error=str(exc))
         except Exception as exc:  # a bug must cost one item, not the run
             log.debug("unexpected error on %s", item.source, exc_info=True)
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
