@@ -1,0 +1,142 @@
+"""Hostile manifests, end to end through ``dgbatch run``: every nasty line becomes a clear
+per-line error or a safe normalisation, the run never crashes, and nothing is written
+outside ``--out``."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Cli, read_state_rows
+from reliability_helpers import make_tiny_wavs
+
+from batch.emulator import Emulator
+
+PASSWORD = "s3cret-Passw0rd-xyz"
+
+
+@pytest.fixture
+def media_server(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server for URL items (the emulator fetches from it, as Deepgram would)."""
+    www = tmp_path / "www"
+    make_tiny_wavs(www, 1, prefix="remote")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def write_manifests(base: Path, host: str) -> list[Path]:
+    """A txt, a jsonl and a csv manifest full of nasty lines next to some real audio."""
+    good = make_tiny_wavs(base / "m", 9, prefix="good")
+    (outside,) = make_tiny_wavs(base, 1, prefix="escape")
+    absolute = good[8]
+    txt = base / "m" / "list.txt"
+    txt.write_bytes(
+        b"\xef\xbb\xbfgood00000.wav\r\n"  # BOM + CRLF: normalised
+        + b"x" * 100_000
+        + b"\n"  # a huge line
+        + b"a\x00b.wav\n"  # NUL
+        + b"bad\xc3\x28.wav\n"  # invalid UTF-8
+        + b'"good00001.wav"\n'  # quotes are part of the name: no such file
+        + b"../"
+        + outside.name.encode()
+        + b"\n"  # outside the manifest folder: a real file
+        + str(absolute).encode()
+        + b"\n"  # an absolute path
+        + f"file://{good[2]}\n".encode()
+        + b"ftp://example.com/a.wav\n"
+        + f"http://user:{PASSWORD}@{host}/remote00000.wav\n".encode()
+        + b"# a comment\n\n"
+    )
+    rows = [
+        {"source": "good00003.wav", "id": "../../../../etc/evil"},
+        {"source": "good00004.wav", "id": "/abs/evil"},
+        {"source": "good00005.wav", "id": "dup"},
+        {"source": "good00006.wav", "id": "dup"},
+        {"source": "good00007.wav", "id": "..\\..\\win\\evil"},
+        {"source": "good00001.wav", "id": "nul\u0000id"},
+    ]
+    jsonl = base / "m" / "items.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n[1, 2]\n")
+    csv = base / "m" / "table.csv"
+    csv.write_text(
+        'source,id,diarize\n"good00001.wav","q""uote/../x",true\n"unbalanced,1,2\n'
+        "good00001.wav,extra,true,surplus\n"
+    )
+    return [txt, jsonl, csv]
+
+
+def test_hostile_manifests_end_to_end(
+    dgbatch: Cli, emulator: Emulator, media_server: str, tmp_path: Path
+) -> None:
+    """Line by line: the good ones are done, the bad ones fail naming file:line and why."""
+    manifests = write_manifests(tmp_path, media_server)
+    out = tmp_path / "out"
+    before = files_under(tmp_path)
+    result = dgbatch("run", *map(str, manifests), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+
+    written = files_under(tmp_path) - before
+    assert written and all(p.is_relative_to(out) for p in written), written
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    failed = {str(r["error"]).split(": ", 1)[0]: str(r["error"]) for r in rows if r["error"]}
+    expect_failed = {
+        "list.txt:2": "line longer than",
+        "list.txt:3": "NUL character",
+        "list.txt:4": "invalid UTF-8",
+        "list.txt:5": "no such file",
+        "list.txt:9": "unsupported scheme 'ftp'",
+        "items.jsonl:4": "duplicate id 'dup'",
+        "items.jsonl:6": "NUL character",
+        "items.jsonl:7": "invalid JSON",
+        "items.jsonl:8": "expected a JSON object",
+        "table.csv:3": "invalid CSV",
+        "table.csv:4": "expected 3 fields",
+    }
+    assert set(failed) == set(expect_failed), failed
+    for origin, reason in expect_failed.items():
+        assert reason in failed[origin], failed[origin]
+    done = {p.relative_to(out).as_posix() for p in written if p.suffix == ".json"}
+    assert done == {
+        "good00000.json", "escape00000.json", "good00008.json", "good00002.json",
+        "remote00000.json", "etc/evil.json", "abs/evil.json", "dup.json", "win/evil.json",
+        "q_uote/x.json",
+    }  # fmt: skip
+    assert PASSWORD not in (out / ".dgbatch" / "state.sqlite").read_text(errors="replace")
+
+
+def test_symlink_inside_out_cannot_lead_outside(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An output folder holding a symlink to elsewhere: the item fails, nothing escapes."""
+    make_tiny_wavs(tmp_path / "m", 1, prefix="good")
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text(json.dumps({"source": "good00000.wav", "id": "etc/evil"}) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "etc").symlink_to(elsewhere, target_is_directory=True)
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert list(elsewhere.iterdir()) == []
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "failed"
+    assert str(row["error"]).startswith("etc/evil.json: output path escapes"), row["error"]
