@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from collections import Counter
+from pathlib import Path
 
 import pytest
+from conftest import KEY, Cli
+from reliability_helpers import make_tiny_wavs
 
+from batch.emulator import EmulatorConfig, run_in_thread
 from batch.limiter import AdaptiveLimit
 
 
@@ -147,3 +153,22 @@ async def test_in_flight_never_exceeds_the_limit() -> None:
     await asyncio.gather(*tasks)
     assert peak_over <= 0
     assert limit.in_flight == 0
+
+
+def test_run_adapts_to_a_project_limit(tmp_path: Path) -> None:
+    """Against a limit of 3 with -c 16 every item is done, few requests are throttled,
+    limit changes are logged at debug level and the progress line shows the limit."""
+    make_tiny_wavs(tmp_path / "in", 60)
+    with run_in_thread(EmulatorConfig(key=KEY, latency=0.01, max_concurrency=3)) as emu:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--api-url", emu.url,
+            "-c", "16", "-vv", "--progress", "log", "--backoff-base", "0.01",
+        )  # fmt: skip
+        statuses = Counter(record.status for record in emu.log)
+        peak = emu.in_flight_max()
+    assert result.exit_code == 0, result.output
+    assert statuses[200] == 60
+    assert statuses[429] <= 12
+    assert peak <= 4
+    assert "DEBUG concurrency limit" in result.output
+    assert re.search(r"progress: 60/60 items .* limit=\d+", result.output)
