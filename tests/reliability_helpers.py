@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import http.server
 import json
 import struct
+import threading
 import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from batch.emulator import transcript_for
@@ -49,3 +54,18 @@ def leftover_temp_files(out: Path) -> list[Path]:
 def all_bytes_under(root: Path) -> dict[Path, bytes]:
     """Every regular file under ``root`` and its bytes."""
     return {p: p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over plain HTTP on loopback (a media host the emulator fetches URL
+    items from, as Deepgram would); yields ``host:port``. Query strings are ignored."""
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
+    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -4,16 +4,13 @@ outside ``--out``."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Cli, read_state_rows
-from reliability_helpers import make_tiny_wavs
+from reliability_helpers import make_tiny_wavs, serve_folder
 
 from batch.emulator import Emulator
 
@@ -22,19 +19,10 @@ PASSWORD = "s3cret-Passw0rd-xyz"
 
 @pytest.fixture
 def media_server(tmp_path: Path) -> Iterator[str]:
-    """A plain HTTP server for URL items (the emulator fetches from it, as Deepgram would)."""
-    www = tmp_path / "www"
-    make_tiny_wavs(www, 1, prefix="remote")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """A plain HTTP server for URL items."""
+    make_tiny_wavs(tmp_path / "www", 1, prefix="remote")
+    with serve_folder(tmp_path / "www") as host:
+        yield host
 
 
 def files_under(root: Path) -> set[Path]:

@@ -4,19 +4,16 @@ error messages, and not in ``ps``."""
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import KEY, Cli, dgbatch_subprocess_cmd
-from reliability_helpers import all_bytes_under, make_tiny_wavs
+from reliability_helpers import all_bytes_under, make_tiny_wavs, serve_folder
 
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 
@@ -29,18 +26,10 @@ SECRETS = (KEY, SIGNATURE, CREDENTIAL, PASSWORD, TOKEN)
 
 @pytest.fixture
 def media_host(tmp_path: Path) -> Iterator[str]:
-    """Serves ``remote*.wav`` over plain HTTP; query strings (signatures) are ignored."""
-    www = tmp_path / "www"
-    make_tiny_wavs(www, 3, prefix="remote")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *args: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    """Serves ``remote*.wav``; query strings (signatures) are ignored."""
+    make_tiny_wavs(tmp_path / "www", 3, prefix="remote")
+    with serve_folder(tmp_path / "www") as host:
+        yield host
 
 
 @pytest.fixture
