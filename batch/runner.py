@@ -28,6 +28,7 @@ from batch.errors import (
     Interrupted,
     ItemError,
     OutputError,
+    StateError,
 )
 from batch.formats import render_all
 from batch.limiter import AdaptiveLimit
@@ -167,9 +168,7 @@ class Runner:
         cursor = 0
         while await self.limit.acquire():
             if not queue:
-                batch = await asyncio.to_thread(
-                    self.state.claim, self.settings.concurrency, cursor, self.run_id
-                )
+                batch = await self._claim(cursor)
                 if not batch:
                     self.limit.release()
                     break
@@ -180,6 +179,16 @@ class Runner:
             task.add_done_callback(self._tasks.discard)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+
+    async def _claim(self, cursor: int) -> list[WorkItem]:
+        """The next items, or none when the state cannot be written (the run stops)."""
+        try:
+            return await asyncio.to_thread(
+                self.state.claim, self.settings.concurrency, cursor, self.run_id
+            )
+        except StateError as exc:
+            self.stop(exc)
+            return []
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
@@ -405,7 +414,11 @@ class Runner:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             if self.state.pending_results():
-                await asyncio.to_thread(self.state.flush)
+                try:
+                    await asyncio.to_thread(self.state.flush)
+                except StateError as exc:
+                    self.stop(exc)
+                    return
 
     def _install_signals(self) -> None:
         loop = asyncio.get_running_loop()

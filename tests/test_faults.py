@@ -21,6 +21,7 @@ from reliability_helpers import all_bytes_under, make_tiny_wavs
 
 import batch.job
 import batch.outputs
+import batch.state
 from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 from batch.media import SENDERS, send_file
@@ -238,3 +239,30 @@ def test_damaged_state_is_refused_untouched(dgbatch: Cli, tmp_path: Path) -> Non
     assert result.exit_code == 2, result.output
     assert str(damaged) in result.output
     assert damaged.read_bytes() == before
+
+
+def test_state_disk_full_stops_the_run_cleanly(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own "database or disk is full" (max_page_count caps the file right after
+    planning) stops the run with a message naming the state file, and the next run, with
+    room again, finishes without losing an item."""
+    make_tiny_wavs(tmp_path / "in", 300)
+    out = tmp_path / "out"
+    assign_names = batch.state.State.assign_names
+
+    def then_fill_disk(self: batch.state.State) -> None:
+        assign_names(self)
+        pages = self.query("PRAGMA page_count")[0][0]
+        self.query(f"PRAGMA max_page_count = {pages}")
+
+    monkeypatch.setattr(batch.state.State, "assign_names", then_fill_disk)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "4")
+    assert result.exit_code == 2, result.output
+    assert "cannot write the state file (database or disk is full)" in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+    monkeypatch.undo()
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert assert_consistent(out) == {"done": 300}
