@@ -344,10 +344,8 @@ class Runner:
         if status == 429:
             delay = self._throttled_delay(decision, epoch, delay)
         log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
-        if status == 429:
-            await self._wait_without_slot(delay)
-        else:
-            await self._sleep_unless_stopped(delay)
+        wait = self._wait_without_slot if status == 429 else self._sleep_unless_stopped
+        await wait(delay)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         return None
