@@ -4,17 +4,29 @@ outside ``--out``."""
 
 from __future__ import annotations
 
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import Cli, read_state_rows
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from reliability_helpers import make_tiny_wavs, serve_folder
 
 from batch.emulator import Emulator
+from batch.errors import SourceError
+from batch.manifests import iter_manifest_stream
+from batch.naming import output_relpath, resolve_inside, safe_name
 
 PASSWORD = "s3cret-Passw0rd-xyz"
+NASTY = [
+    "../../../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "ftp://h/a.wav",
+    "https://user:pw@h/a.wav?X-Amz-Signature=abc", '{"source": "a.wav", "id": "../../x"}',
+    '{"source": "/etc/x", "id": "/abs/../../y"}', '"a,b",c', "\\server\\share\\a.wav",
+    "s3://bucket/key", "-", "~/a.wav", "C:\\evil\\a.wav",
+]  # fmt: skip
 
 
 @pytest.fixture
@@ -128,3 +140,36 @@ def test_symlink_inside_out_cannot_lead_outside(
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert row["status"] == "failed"
     assert str(row["error"]).startswith("etc/evil.json: output path escapes"), row["error"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.text(max_size=60).map(str.encode),
+            st.sampled_from(NASTY).map(str.encode),
+        ),
+        max_size=8,
+    ),
+    fmt=st.sampled_from(["txt", "jsonl", "csv"]),
+)
+def test_any_manifest_bytes_plan_safely(lines: list[bytes], fmt: str) -> None:
+    """Whatever the bytes, parsing never crashes (only a whole-manifest SourceError), every
+    broken line names its line, and every output name stays inside the output folder."""
+    root = Path("/nonexistent-out")
+    data = b"\n".join(lines)
+    if fmt == "csv":
+        data = b"source,id,diarize\n" + data
+    try:
+        items = list(
+            iter_manifest_stream(io.BytesIO(data), base=Path("/nonexistent"), origin="m", fmt=fmt)
+        )
+    except SourceError as exc:
+        assert str(exc).startswith("m: ")
+        return
+    for item in items:
+        if item.error is not None:
+            assert item.error.startswith("m:")
+        name = safe_name(item.name)
+        assert resolve_inside(root, output_relpath(name, "json")).is_relative_to(root)
