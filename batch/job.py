@@ -7,11 +7,12 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -73,21 +74,71 @@ async def run_batch(
 ) -> RunOutcome:
     """Plan, run and report one batch; raises ``BatchError`` for unusable input or state."""
     started = time.monotonic()
-    state = State.open(config.state_path)
+    with _latched_signals() as signals:
+        state = State.open(config.state_path)
+        try:
+            run_id = state.start_run(redact_text(config.command, (config.api_key,)))
+            secrets = await _plan(config, state, run_id, stdin, signals)
+            stats = await _execute(config, state, run_id, secrets, progress, signals)
+            counts = await asyncio.to_thread(state.counts)
+            report = await asyncio.to_thread(save_report, state, _report_path(config))
+            stats.stop_reason = stats.stop_reason or signals.interruption()
+            code = exit_code_for(counts, stats.stop_reason)
+            outcome = RunOutcome(
+                code, stats, counts, time.monotonic() - started, report, stats.stop_reason
+            )
+            state.finish_run(run_id, code, outcome.summary())
+            return outcome
+        finally:
+            state.close()
+
+
+class _SignalLatch:
+    """One SIGINT/SIGTERM handler for the whole run, so that no moment of it (opening
+    the state, between planning and the pool, writing the report) dies by the signal's
+    default action or drops it. The phase that is running decides what a signal does
+    (planning stops between items, the pool stops gracefully); every signal is also
+    remembered, so one that arrives between phases still ends the run with exit 130."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._target: Callable[[signal.Signals], None] | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        self.received = sig
+        if self._target is not None:
+            self._target(sig)
+
+    @contextlib.contextmanager
+    def routed_to(self, target: Callable[[signal.Signals], None]) -> Iterator[None]:
+        """Send signals to ``target`` for a phase (at once, if one came before it)."""
+        self._target = target
+        if self.received is not None:
+            target(self.received)
+        try:
+            yield
+        finally:
+            self._target = None
+
+    def interruption(self) -> Interrupted | None:
+        """The stop reason if a signal arrived at any point of the run."""
+        if self.received is None:
+            return None
+        name = self.received.name
+        return Interrupted(f"interrupted by {name}; the same command resumes the run")
+
+
+@contextlib.contextmanager
+def _latched_signals() -> Iterator[_SignalLatch]:
+    latch = _SignalLatch()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, latch, sig)
     try:
-        run_id = state.start_run(redact_text(config.command, (config.api_key,)))
-        secrets = await _plan(config, state, run_id, stdin)
-        stats = await _execute(config, state, run_id, secrets, progress)
-        counts = await asyncio.to_thread(state.counts)
-        code = exit_code_for(counts, stats.stop_reason)
-        report = await asyncio.to_thread(save_report, state, _report_path(config))
-        outcome = RunOutcome(
-            code, stats, counts, time.monotonic() - started, report, stats.stop_reason
-        )
-        state.finish_run(run_id, code, outcome.summary())
-        return outcome
+        yield latch
     finally:
-        state.close()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def _report_path(config: RunConfig) -> Path:
@@ -95,23 +146,17 @@ def _report_path(config: RunConfig) -> Path:
 
 
 async def _plan(
-    config: RunConfig, state: State, run_id: int, stdin: TextIO | None
+    config: RunConfig, state: State, run_id: int, stdin: TextIO | None, signals: _SignalLatch
 ) -> dict[str, str]:
     """Expand the sources into the state in a thread; Ctrl-C stops it between items."""
     secrets: dict[str, str] = {}
     cancel = threading.Event()
     items = _watch(expand_sources(config.sources, config.filters, stdin=stdin), secrets, cancel)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, cancel.set)
-    try:
+    with signals.routed_to(lambda sig: cancel.set()):
         stats = await asyncio.to_thread(
             state.plan, items, run_id=run_id, retry_failed=config.retry_failed
         )
         await asyncio.to_thread(state.assign_names)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     if stats.seen == 0:
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
@@ -132,7 +177,12 @@ def _watch(
 
 
 async def _execute(
-    config: RunConfig, state: State, run_id: int, secrets: dict[str, str], progress: Progress
+    config: RunConfig,
+    state: State,
+    run_id: int,
+    secrets: dict[str, str],
+    progress: Progress,
+    signals: _SignalLatch,
 ) -> RunStats:
     settings = RunnerSettings(
         concurrency=config.concurrency,
@@ -155,8 +205,10 @@ async def _execute(
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,
+                handle_signals=False,
             )
-            return await runner.run()
+            with signals.routed_to(runner.interrupt):
+                return await runner.run()
     finally:
         sink.close()
 

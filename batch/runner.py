@@ -90,6 +90,7 @@ class Runner:
         secret_sources: dict[str, str] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -108,6 +109,8 @@ class Runner:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
+        #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
+        self._handle_signals = handle_signals
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -419,18 +422,23 @@ class Runner:
                     return
 
     def _install_signals(self) -> None:
+        if not self._handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, self.interrupt, sig)
 
     def _remove_signals(self) -> None:
+        if not self._handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def interrupt(self, sig: signal.Signals) -> None:
+        """SIGINT/SIGTERM: stop dispatching; a second one cancels in-flight requests."""
         self._signals += 1
         name = signal.Signals(sig).name
         self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))

@@ -7,6 +7,7 @@ exactly what was sent, and how many times.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -21,6 +22,7 @@ from conftest import KEY, dgbatch_subprocess_cmd, read_state_rows
 from reliability_helpers import assert_outputs_match, leftover_temp_files, make_tiny_wavs
 
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
+from batch.job import _SignalLatch
 
 ITEMS = 400
 CONCURRENCY = 8
@@ -106,3 +108,45 @@ def test_sigterm_exits_130_and_resends_nothing(slow_emulator: Emulator, tmp_path
     sent = finish_and_check(slow_emulator, tmp_path, audio)
     assert sent == Counter({digest: 1 for digest in sent})
     assert len(sent) == ITEMS
+
+
+def wait_for_lock(state_dir: Path, process: subprocess.Popen[bytes]) -> None:
+    """Block until ``process`` holds the state lock (its run has started)."""
+    lock = state_dir / "state.sqlite.lock"
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            if f"pid {process.pid} " in lock.read_text():
+                return
+        time.sleep(0.001)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_sigterm_at_any_moment_of_a_run_exits_130(slow_emulator: Emulator, tmp_path: Path) -> None:
+    """From the moment the state is opened (planning, between planning and the pool,
+    dispatching), SIGTERM ends the run with 130 and leaves nothing running."""
+    make_tiny_wavs(tmp_path / "in", 1500)
+    codes = []
+    for step in range(6):
+        process = start_run(slow_emulator, tmp_path)
+        wait_for_lock(tmp_path / "out" / ".dgbatch", process)
+        time.sleep(step * 0.025)
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=60)
+        codes.append(process.returncode)
+    assert codes == [130] * 6
+    rows = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    assert "running" not in {row["status"] for row in rows}
+
+
+def test_signal_latch_routes_and_remembers() -> None:
+    """A signal between phases is remembered and handed to the next phase at once."""
+    latch = _SignalLatch()
+    seen: list[signal.Signals] = []
+    assert latch.interruption() is None
+    latch(signal.SIGTERM)  # no phase running: only remembered
+    with latch.routed_to(seen.append):
+        latch(signal.SIGINT)
+    assert seen == [signal.SIGTERM, signal.SIGINT]
+    assert str(latch.interruption()).startswith("interrupted by SIGINT")
