@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import signal
 import threading
 import time
@@ -31,6 +32,8 @@ from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.sources import expand_sources
 from batch.state import State, WorkItem
+
+log = logging.getLogger("dgbatch")
 
 
 @dataclass
@@ -81,7 +84,7 @@ async def run_batch(
             secrets = await _plan(config, state, run_id, stdin, signals)
             stats = await _execute(config, state, run_id, secrets, progress, signals)
             counts = await asyncio.to_thread(state.counts)
-            report = await asyncio.to_thread(save_report, state, _report_path(config))
+            report = await _save_report(state, _report_path(config))
             stats.stop_reason = stats.stop_reason or signals.interruption()
             code = exit_code_for(counts, stats.stop_reason)
             outcome = RunOutcome(
@@ -143,6 +146,17 @@ def _latched_signals() -> Iterator[_SignalLatch]:
 
 def _report_path(config: RunConfig) -> Path:
     return config.state_path.with_name("report.jsonl")
+
+
+async def _save_report(state: State, path: Path) -> Path | None:
+    """The report is a copy of the state for convenience: failing to write it (the disk
+    that just filled up) must not hide how the run went."""
+    try:
+        return await asyncio.to_thread(save_report, state, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.warning("%s: cannot write the report (%s); 'dgbatch report' can write it", path, reason)
+        return None
 
 
 async def _plan(

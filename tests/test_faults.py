@@ -21,6 +21,7 @@ from reliability_helpers import all_bytes_under, make_tiny_wavs
 
 import batch.job
 import batch.outputs
+import batch.report
 import batch.state
 from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
@@ -152,12 +153,15 @@ def test_disk_full_stops_the_run(
         real_write(path, data)
 
     monkeypatch.setattr(batch.outputs, "write_atomic", filling_disk)
+    monkeypatch.setattr(batch.report, "write_atomic", filling_disk)  # same disk
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
     assert result.exit_code == 1, result.output
     assert "No space left on device (disk full)" in result.output
+    assert "internal error" not in result.output
+    assert "cannot write the report" in result.output
     assert assert_consistent(out) == {"done": 1, "pending": 5}
 
-    monkeypatch.setattr(batch.outputs, "write_atomic", real_write)
+    monkeypatch.undo()
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
     assert assert_consistent(out) == {"done": 6}
 
