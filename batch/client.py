@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ DEFAULT_TIMEOUT = 20 * 60.0
 #: the slowest upload rate we accept before calling a connection stalled (bytes/s)
 MIN_UPLOAD_RATE = 256 * 1024
 CONNECT_TIMEOUT = 30.0
+#: an upload that takes no new chunk for this long is stalled (a dead peer or path);
+#: only the upload is watched: Deepgram may legitimately think for minutes afterwards
+STALL_TIMEOUT = 60.0
 
 ByteCounter = Callable[[int], None]
 
@@ -32,11 +36,15 @@ ByteCounter = Callable[[int], None]
 class TransportError(Exception):
     """The request got no complete HTTP answer (refused, reset, timed out, truncated)."""
 
-    def __init__(self, message: str, *, body_sent: bool, timeout: bool) -> None:
+    def __init__(
+        self, message: str, *, body_sent: bool, timeout: bool, connect_failed: bool = False
+    ) -> None:
         super().__init__(message)
         #: the whole request body had been sent: Deepgram may have processed (and billed) it
         self.body_sent = body_sent
         self.timeout = timeout
+        #: no connection at all (refused, DNS, TLS): every item would fail the same way
+        self.connect_failed = connect_failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +89,14 @@ class DeepgramClient:
         api_key: str,
         *,
         timeout: float = DEFAULT_TIMEOUT,
+        stall_timeout: float = STALL_TIMEOUT,
     ) -> None:
         self._session = session
         self._endpoint = api_url.rstrip("/") + "/v1/listen"
         self._auth = f"Token {api_key}"
         self._secrets = (api_key,)
         self._timeout = timeout
+        self._stall_timeout = stall_timeout
 
     async def send_url(self, url: str, params: Params) -> Answer:
         """Ask Deepgram to fetch ``url`` itself."""
@@ -102,14 +112,27 @@ class DeepgramClient:
         params: Params,
     ) -> Answer:
         """Stream ``length`` bytes as the body, with an explicit Content-Length
-        (Deepgram lists 411 Length Required; aiohttp would otherwise send chunked)."""
-        sent = _SentTracker(chunks)
+        (Deepgram lists 411 Length Required; aiohttp would otherwise send chunked).
+
+        The upload is watched for stalls: if aiohttp takes no new chunk for
+        ``stall_timeout`` seconds the request fails as a retryable timeout. Once the
+        body is out, only the total timeout applies, since Deepgram may take minutes.
+        """
         headers = {
             "Content-Type": content_type,
             "Content-Length": str(length),
             "Authorization": self._auth,
         }
-        return await self._post(params, sent.iterate(), headers, length, sent.finished)
+        try:
+            async with asyncio.timeout(None) as watchdog:
+                sent = _SentTracker(chunks, watchdog, self._stall_timeout)
+                return await self._post(params, sent.iterate(), headers, length, sent.finished)
+        except TimeoutError as exc:  # only the watchdog's: _post translates its own
+            raise self._stalled() from exc
+
+    def _stalled(self) -> TransportError:
+        text = f"timeout: upload stalled (no progress for {self._stall_timeout:g} s)"
+        return TransportError(text, body_sent=False, timeout=True)
 
     async def _post(
         self,
@@ -140,27 +163,44 @@ class DeepgramClient:
         if is_timeout:
             text = "timeout: no complete answer in time"
         elif isinstance(exc, aiohttp.ClientConnectorError):
-            reason = exc.os_error.strerror or str(exc.os_error)
-            text = f"cannot connect to {exc.host}:{exc.port}: {reason.lower()}"
+            text = f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
             text = f"connection dropped before a complete answer ({type(exc).__name__})"
         else:
             text = f"{type(exc).__name__}: {exc}".rstrip(": ")
         return TransportError(
-            redact_text(text, self._secrets), body_sent=body_sent, timeout=is_timeout
+            redact_text(text, self._secrets),
+            body_sent=body_sent,
+            timeout=is_timeout,
+            connect_failed=isinstance(exc, aiohttp.ClientConnectorError),
         )
 
 
-class _SentTracker:
-    """Wraps a body iterator to know whether all of it went out before a failure."""
+def _os_reason(exc: OSError) -> str:
+    """``Connection refused`` rather than asyncio's ``Connect call failed (...)``."""
+    if exc.errno:
+        return os.strerror(exc.errno)
+    return exc.strerror or str(exc)
 
-    def __init__(self, chunks: AsyncIterator[bytes]) -> None:
+
+class _SentTracker:
+    """Wraps a body iterator to know whether all of it went out before a failure, and
+    pushes the stall watchdog back each time aiohttp takes another chunk."""
+
+    def __init__(
+        self, chunks: AsyncIterator[bytes], watchdog: asyncio.Timeout, stall: float
+    ) -> None:
         self._chunks = chunks
+        self._watchdog = watchdog
+        self._stall = stall
         self._done = False
 
     async def iterate(self) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
         async for chunk in self._chunks:
+            self._watchdog.reschedule(loop.time() + self._stall)
             yield chunk
+        self._watchdog.reschedule(None)
         self._done = True
 
     def finished(self) -> bool:

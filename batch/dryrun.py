@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from batch.config import RunConfig
 from batch.errors import StateError
-from batch.job import _plan
+from batch.job import _latched_signals, _plan
 from batch.models import ItemKind
 from batch.naming import output_relpath
 from batch.params import merge_params
@@ -94,7 +94,8 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         try:
             run_id = state.start_run("dry-run")
-            await _plan(config, state, run_id, stdin, s3)
+            with _latched_signals() as signals:
+                await _plan(config, state, run_id, stdin, s3, signals)
             return _estimate(config, state)
         finally:
             state.close()

@@ -105,9 +105,10 @@ class EmulatorConfig:
     ``key`` None accepts any non-empty token. ``fault_rate`` is the probability that one
     ``/v1/listen`` request gets a fault drawn from ``faults``. ``max_concurrency`` answers 429 as
     soon as more requests than that are in flight. ``retry_after`` on 429: True always sends
-    ``Retry-After: 1``, False never, None on a seeded coin flip, so clients must work both ways
-    (Deepgram does not document the header). ``allow_private_urls`` False refuses loopback and
-    private URLs like Deepgram does; tests leave it on to fetch from their own servers.
+    ``Retry-After: <retry_after_seconds>``, False never, None on a seeded coin flip, so clients
+    must work both ways (Deepgram does not document the header). ``allow_private_urls`` False
+    refuses loopback and private URLs like Deepgram does; tests leave it on to fetch from their
+    own servers.
     """
 
     host: str = "127.0.0.1"
@@ -118,6 +119,8 @@ class EmulatorConfig:
     faults: tuple[str, ...] = DEFAULT_FAULTS
     max_concurrency: int | None = None
     retry_after: bool | None = None
+    #: the ``Retry-After`` value in seconds (tests use a short one)
+    retry_after_seconds: float = 1.0
     seed: int | None = None
     allow_private_urls: bool = True
     #: ``metadata.duration`` = the audio's real duration times this (< 1: a short transcript)
@@ -669,7 +672,7 @@ class Emulator:
         send = self.config.retry_after
         if send is None:
             send = self._rng.random() < 0.5
-        return {"Retry-After": "1"} if send else {}
+        return {"Retry-After": f"{self.config.retry_after_seconds:g}"} if send else {}
 
     async def _transcribe(self, request: web.Request, record: RequestRecord) -> web.Response:
         """Receive the audio (uploaded or fetched), check it and answer Deepgram's 200 body."""

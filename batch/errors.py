@@ -12,6 +12,7 @@
     ├── OutputError                 outputs cannot be written (disk full, read-only) (exit 1)
     ├── BudgetExceeded              the audio/cost cap is reached; the rest stays pending (exit 1)
     ├── AccountError                a key check or usage query failed (network, 5xx) (exit 1)
+    ├── ApiUnreachable              Deepgram cannot be reached at all; the run stops (exit 1)
     └── Interrupted                 SIGINT/SIGTERM stopped the run (exit 130)
 
 Messages never contain the API key or presigned-URL signatures: callers pass
@@ -77,6 +78,11 @@ class BudgetExceeded(BatchError):
 
 class AccountError(BatchError):
     """Raised when a management API call (key check, usage, requests) cannot be answered."""
+
+
+class ApiUnreachable(BatchError):
+    """Raised when an item gave up because no connection to Deepgram could be made:
+    the run stops and unfinished items stay pending instead of all failing."""
 
     exit_code = 1
 

@@ -14,7 +14,7 @@ import secrets as tokens
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -92,6 +92,13 @@ async def run_batch(
     The ``--run-report`` is written however the run ends, refusals included, so a
     monitor always learns the exit code.
     """
+    with _latched_signals() as signals:
+        return await _run_batch(config, progress, stdin, signals)
+
+
+async def _run_batch(
+    config: RunConfig, progress: Progress, stdin: TextIO | None, signals: _SignalLatch
+) -> RunOutcome:
     cap = _cap_seconds(config)
     if config.preflight:
         details = await check_key(config.api_url, config.api_key)
@@ -105,7 +112,7 @@ async def run_batch(
         shard=config.shard.suffix() if config.shard else None,
     )
     try:
-        outcome = await _run_locked(config, progress, stdin, s3, report, cap)
+        outcome = await _run_locked(config, progress, stdin, s3, report, cap, signals)
         report.exit_code = outcome.exit_code
         report.error = str(outcome.error) if outcome.error else None
         return outcome
@@ -137,6 +144,7 @@ async def _run_locked(
     s3: S3,
     report: RunReport,
     cap: float | None,
+    signals: _SignalLatch,
 ) -> RunOutcome:
     """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
     started = time.monotonic()
@@ -146,13 +154,16 @@ async def _run_locked(
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
-            secrets = await _plan(config, state, run_id, stdin, s3)
+            secrets = await _plan(config, state, run_id, stdin, s3, signals)
             budget = None if cap is None else Budget(cap, used_seconds(state))
             tags = run_tags(run_tag)
-            stats = await _execute(config, state, run_id, secrets, progress, s3, tags, budget)
+            stats = await _execute(
+                config, state, run_id, secrets, progress, s3, tags, budget, signals
+            )
             counts = await asyncio.to_thread(state.counts)
+            saved = await _save_report(state, _report_path(config))
+            stats.stop_reason = stats.stop_reason or signals.interruption()
             code = exit_code_for(counts, stats.stop_reason)
-            saved = await asyncio.to_thread(save_report, state, _report_path(config))
             outcome = RunOutcome(
                 code, stats, counts, time.monotonic() - started, saved, stats.stop_reason
             )
@@ -230,12 +241,76 @@ def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
     return send
 
 
+class _SignalLatch:
+    """One SIGINT/SIGTERM handler for the whole run, so that no moment of it (opening
+    the state, between planning and the pool, writing the report) dies by the signal's
+    default action or drops it. The phase that is running decides what a signal does
+    (planning stops between items, the pool stops gracefully); every signal is also
+    remembered, so one that arrives between phases still ends the run with exit 130."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._target: Callable[[signal.Signals], None] | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        self.received = sig
+        if self._target is not None:
+            self._target(sig)
+
+    @contextlib.contextmanager
+    def routed_to(self, target: Callable[[signal.Signals], None]) -> Iterator[None]:
+        """Send signals to ``target`` for a phase (at once, if one came before it)."""
+        self._target = target
+        if self.received is not None:
+            target(self.received)
+        try:
+            yield
+        finally:
+            self._target = None
+
+    def interruption(self) -> Interrupted | None:
+        """The stop reason if a signal arrived at any point of the run."""
+        if self.received is None:
+            return None
+        name = self.received.name
+        return Interrupted(f"interrupted by {name}; the same command resumes the run")
+
+
+@contextlib.contextmanager
+def _latched_signals() -> Iterator[_SignalLatch]:
+    latch = _SignalLatch()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, latch, sig)
+    try:
+        yield latch
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+
+
 def _report_path(config: RunConfig) -> Path:
     return config.state_path.with_name("report.jsonl")
 
 
+async def _save_report(state: State, path: Path) -> Path | None:
+    """The report is a copy of the state for convenience: failing to write it (the disk
+    that just filled up) must not hide how the run went."""
+    try:
+        return await asyncio.to_thread(save_report, state, path)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        log.warning("%s: cannot write the report (%s); 'dgbatch report' can write it", path, reason)
+        return None
+
+
 async def _plan(
-    config: RunConfig, state: State, run_id: int, stdin: TextIO | None, s3: S3
+    config: RunConfig,
+    state: State,
+    run_id: int,
+    stdin: TextIO | None,
+    s3: S3,
+    signals: _SignalLatch,
 ) -> dict[str, str]:
     """Expand the sources into the state in a thread; Ctrl-C stops it between items."""
     secrets: dict[str, str] = {}
@@ -243,10 +318,7 @@ async def _plan(
     listed = [0]
     sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand)
     items = _watch(_counted(sources, listed, config.shard), secrets, cancel)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, cancel.set)
-    try:
+    with signals.routed_to(lambda sig: cancel.set()):
         await asyncio.to_thread(
             state.plan,
             items,
@@ -256,9 +328,6 @@ async def _plan(
             force=config.force,
         )
         await asyncio.to_thread(state.assign_names)
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
     if listed[0] == 0:
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
@@ -295,6 +364,7 @@ async def _execute(
     s3: S3,
     tags: Params,
     budget: Budget | None,
+    signals: _SignalLatch,
 ) -> RunStats:
     remote = is_s3_uri(config.out)
     settings = RunnerSettings(
@@ -324,8 +394,10 @@ async def _execute(
                 secret_sources=secrets,
                 budget=budget,
                 dedupe=Dedupe() if config.dedupe else None,
+                handle_signals=False,
             )
-            return await runner.run()
+            with signals.routed_to(runner.interrupt):
+                return await runner.run()
     finally:
         if local is not None:
             local.close()

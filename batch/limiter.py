@@ -2,9 +2,19 @@
 
 Deepgram limits concurrent requests per project (100 for Nova, 5 for Whisper, 10 or
 fewer with Audio Intelligence) and answers 429 above it. Retrying harder at the same
-concurrency only burns requests, so the whole pool slows down: the limit halves on a
-429 (at most once per ``cooldown``, as TCP does once per window) and grows back by one
-slot per full window of successes, never above the user's ``--concurrency``.
+concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does):
+
+- a 429 cuts the limit by ``decrease`` (halves it by default), but only when the
+  throttled request was sent under the current limit: the other 429s of the same
+  burst were caused by the old, higher limit and must not cut it again. That is
+  TCP's "once per window" without a clock, so it suits a 50 ms emulator and a
+  Deepgram request that takes a minute alike;
+- each success adds ``1/limit``: one slot per full window of successes, never above
+  the user's ``--concurrency`` (``maximum``);
+- an item throttled by a 429 gives its slot back while it waits and asks again
+  with priority (``acquire(retry=True)``), so a retry obeys the shrunken limit and
+  new items never overtake it: the pool never holds more than ``maximum`` tasks.
+
 Slots are taken *before* a task is created, so a million-item plan never holds more
 than ``maximum`` coroutines.
 """
@@ -13,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 log = logging.getLogger("dgbatch")
@@ -27,17 +36,18 @@ class AdaptiveLimit:
         maximum: int,
         *,
         adaptive: bool = True,
-        cooldown: float = 1.0,
-        clock: Callable[[], float] = time.monotonic,
+        decrease: float = 0.7,
+        start: int = 4,
         on_change: Callable[[int], None] | None = None,
     ) -> None:
         self.maximum = maximum
         self.in_flight = 0
-        self._limit = float(maximum)
+        self._limit = float(min(maximum, start) if adaptive else maximum)
+        self._slow_start = True
         self._adaptive = adaptive
-        self._cooldown = cooldown
-        self._clock = clock
-        self._last_decrease = -float("inf")
+        self._decrease = decrease
+        self._epoch = 0
+        self._retries_waiting = 0
         self._on_change = on_change
         self._closed = False
         self._changed = asyncio.Event()
@@ -47,15 +57,33 @@ class AdaptiveLimit:
         """The current number of slots (1 … maximum)."""
         return max(1, int(self._limit))
 
-    async def acquire(self) -> bool:
-        """Wait for a free slot; False when the limiter was closed (the run is stopping)."""
-        while not self._closed and self.in_flight >= self.limit:
-            self._changed.clear()
-            await self._changed.wait()
-        if self._closed:
+    @property
+    def epoch(self) -> int:
+        """How many times the limit was cut; note it when a request is sent."""
+        return self._epoch
+
+    async def acquire(self, *, retry: bool = False) -> bool:
+        """Wait for a free slot; False when the limiter was closed (the run is stopping).
+
+        ``retry`` marks an item that gave its slot back after a 429: it goes before new
+        items, and it gets its slot even when the limiter is closed (returning False),
+        so its owner's single ``release`` stays balanced.
+        """
+        self._retries_waiting += retry
+        try:
+            while not self._closed and not self._free(retry):
+                self._changed.clear()
+                await self._changed.wait()
+        finally:
+            self._retries_waiting -= retry
+            self._changed.set()
+        if self._closed and not retry:
             return False
         self.in_flight += 1
-        return True
+        return not self._closed
+
+    def _free(self, retry: bool) -> bool:
+        return self.in_flight < self.limit and (retry or not self._retries_waiting)
 
     def release(self) -> None:
         """Give a slot back."""
@@ -67,18 +95,24 @@ class AdaptiveLimit:
         self._closed = True
         self._changed.set()
 
-    def on_throttle(self) -> None:
-        """A 429: halve the limit, once per cooldown so one burst counts once."""
-        now = self._clock()
-        if not self._adaptive or now - self._last_decrease < self._cooldown:
+    def on_throttle(self, epoch: int) -> None:
+        """A 429 on a request sent at ``epoch``: cut the limit, once per window."""
+        if not self._adaptive or epoch != self._epoch:
             return
-        self._last_decrease = now
-        self._set(max(1.0, self._limit / 2))
+        self._epoch += 1
+        self._slow_start = False
+        self._set(max(1.0, self._limit * self._decrease))
+
+    def shrunk_since(self, epoch: int) -> bool:
+        """Whether the limit was cut after a request sent at ``epoch`` (the pool slowed
+        down already, so its retry needs no backoff of its own)."""
+        return self._adaptive and self._epoch != epoch
 
     def on_success(self) -> None:
         """A success: one more slot per window of ``limit`` successes."""
         if self._adaptive and self._limit < self.maximum:
-            self._set(min(float(self.maximum), self._limit + 1.0 / self._limit))
+            step = 1.0 if self._slow_start else 1.0 / self._limit
+            self._set(min(float(self.maximum), self._limit + step))
 
     def _set(self, value: float) -> None:
         before = self.limit

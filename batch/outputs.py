@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import glob
 import os
 import secrets
 from concurrent.futures import ThreadPoolExecutor
@@ -16,13 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from batch.errors import OutputError
+from batch.errors import ItemError, OutputError
 from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
 #: what ``find_complete`` answers when the outputs exist but no json is kept to read back
 COMPLETE_WITHOUT_JSON = b'{"metadata": {}, "results": {}}'
+#: matches the ``secrets.token_hex(4)`` in a temp file's name
+_TOKEN_GLOB = "[0-9a-f]" * 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +70,14 @@ def write_atomic(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def remove_partial_writes(path: Path) -> None:
+    """Delete the temp files a killed run left while writing ``path`` (only items a
+    crashed run left ``running`` are asked about, under the state lock, so no live
+    writer owns them)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.{_TOKEN_GLOB}.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -99,6 +110,15 @@ class LocalSink:
         """The output path, guaranteed inside the root."""
         return resolve_inside(self.root, output_relpath(out_name, fmt))
 
+    def _safe_path(self, out_name: str, fmt: str) -> Path:
+        """The path, or an item error when a symlink in --out would lead it outside."""
+        try:
+            return self.path_for(out_name, fmt)
+        except ValueError:
+            relpath = output_relpath(out_name, fmt)
+            msg = f"{relpath}: output path escapes {self.root} (a symlink inside it?); not written"
+            raise ItemError(msg, code="unsafe_output") from None
+
     async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._write_sync, out_name, files)
@@ -106,7 +126,7 @@ class LocalSink:
     def _write_sync(self, out_name: str, files: dict[str, bytes]) -> list[str]:
         written = []
         for fmt, data in files.items():
-            path = self.path_for(out_name, fmt)
+            path = self._safe_path(out_name, fmt)
             try:
                 write_atomic(path, data)
             except OSError as exc:
@@ -123,6 +143,8 @@ class LocalSink:
     def _find_sync(
         self, out_name: str, formats: tuple[str, ...], since: float | None
     ) -> bytes | None:
+        for fmt in formats:
+            remove_partial_writes(self.path_for(out_name, fmt))
         if since is None:
             return None
         for fmt in formats:

@@ -24,7 +24,15 @@ from batch.budget import Budget
 from batch.checks import transcript_warning
 from batch.client import Answer, DeepgramClient, TransportError
 from batch.dedupe import Dedupe, Shared
-from batch.errors import BatchError, FatalApiError, Interrupted, ItemError, OutputError
+from batch.errors import (
+    ApiUnreachable,
+    BatchError,
+    FatalApiError,
+    Interrupted,
+    ItemError,
+    OutputError,
+    StateError,
+)
 from batch.formats import render_all
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
@@ -96,6 +104,7 @@ class Runner:
         rng: random.Random | None = None,
         budget: Budget | None = None,
         dedupe: Dedupe | None = None,
+        handle_signals: bool = True,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -121,6 +130,8 @@ class Runner:
         self._reserved: dict[str, float | None] = {}
         #: leaders' answers kept for their --dedupe copies
         self._captured: dict[str, tuple[bytes, retry.Response]] = {}
+        #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
+        self._handle_signals = handle_signals
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -186,9 +197,7 @@ class Runner:
         cursor = 0
         while await self.limit.acquire():
             if not queue:
-                batch = await asyncio.to_thread(
-                    self.state.claim, self.settings.concurrency, cursor, self.run_id
-                )
+                batch = await self._claim(cursor)
                 if not batch:
                     self.limit.release()
                     break
@@ -238,6 +247,16 @@ class Runner:
         self.stats.warnings += result.warning is not None
         self.stats.copies += result.copy_of is not None
 
+    async def _claim(self, cursor: int) -> list[WorkItem]:
+        """The next items, or none when the state cannot be written (the run stops)."""
+        try:
+            return await asyncio.to_thread(
+                self.state.claim, self.settings.concurrency, cursor, self.run_id
+            )
+        except StateError as exc:
+            self.stop(exc)
+            return []
+
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
         loop = asyncio.get_running_loop()
@@ -261,6 +280,8 @@ class Runner:
         except OutputError as exc:
             self.stop(exc)
             result = Result(item.id, ItemStatus.PENDING, item.attempts)
+        except ItemError as exc:  # raised after the answer, e.g. an unsafe output path
+            result = Result(item.id, ItemStatus.FAILED, item.attempts, error=str(exc))
         except Exception as exc:  # a bug must cost one item, not the run
             log.debug("unexpected error on %s", item.source, exc_info=True)
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
@@ -334,7 +355,8 @@ class Runner:
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
-            timed_out = False
+            timed_out, unreachable = False, False
+            epoch = self.limit.epoch
             try:
                 answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:
@@ -344,13 +366,27 @@ class Runner:
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
                 timed_out = exc.timeout and exc.body_sent
-            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts)
+                unreachable = exc.connect_failed
+            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:
-                return outcome
+                return self._unless_unreachable(outcome, unreachable)
             if timed_out:  # retried after a timeout: Deepgram may have billed the first one
                 timeouts += 1
                 self.stats.timeout_retries += 1
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
+        """An item that gave up because Deepgram could not be reached at all is not at
+        fault: every other item would fail the same way (and need --retry-failed), so
+        the run stops and the item stays pending for the next run."""
+        if not unreachable or result.status is not ItemStatus.FAILED:
+            return result
+        message = (
+            f"Deepgram cannot be reached ({result.error}); stopped so that unfinished "
+            "items stay pending: check the network or --api-url, then run the same command"
+        )
+        self.stop(ApiUnreachable(message))
+        return dataclasses.replace(result, status=ItemStatus.PENDING)
 
     async def _attempt(
         self, sender: Sender, item: WorkItem, source: str
@@ -367,6 +403,7 @@ class Runner:
         answer: Answer | None,
         decision: Decision,
         timeouts: int,
+        epoch: int,
     ) -> Result | None:
         """The result of the item, or None to try again (after sleeping here)."""
         status = answer.status if answer is not None else None
@@ -391,7 +428,7 @@ class Runner:
         )
         if decision.action is Action.FAIL:
             return failed
-        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed)
+        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed, epoch)
 
     async def _retry_or_give_up(
         self,
@@ -401,9 +438,10 @@ class Runner:
         status: int | None,
         decision: Decision,
         failed: Result,
+        epoch: int,
     ) -> Result | None:
         if status == 429:
-            self.limit.on_throttle()
+            self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
             error = f"{decision.reason} (gave up after {tries} attempts)"
             return dataclasses.replace(failed, error=error)
@@ -418,11 +456,31 @@ class Runner:
             cap=self.settings.backoff_cap,
             rng=self._rng,
         )
+        if status == 429:
+            delay = self._throttled_delay(decision, epoch, delay)
         log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
-        await self._sleep_unless_stopped(delay)
+        wait = self._wait_without_slot if status == 429 else self._sleep_unless_stopped
+        await wait(delay)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         return None
+
+    def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
+        """No backoff of its own for a 429 when the pool already slowed down since the
+        request went out: waiting for a slot under the cut limit is the backoff.
+        ``Retry-After`` is still honoured."""
+        if decision.retry_after is None and self.limit.shrunk_since(epoch):
+            return 0.0
+        return backoff
+
+    async def _wait_without_slot(self, delay: float) -> None:
+        """A throttled item waits without its slot (in-flight stays under the cut limit)
+        and takes one back with priority over new items."""
+        self.limit.release()
+        try:
+            await self._sleep_unless_stopped(delay)
+        finally:
+            await self.limit.acquire(retry=True)
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay <= 0:
@@ -476,21 +534,30 @@ class Runner:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
             if self.state.pending_results():
-                await asyncio.to_thread(self.state.flush)
+                try:
+                    await asyncio.to_thread(self.state.flush)
+                except StateError as exc:
+                    self.stop(exc)
+                    return
 
     def _install_signals(self) -> None:
+        if not self._handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+                loop.add_signal_handler(sig, self.interrupt, sig)
 
     def _remove_signals(self) -> None:
+        if not self._handle_signals:
+            return
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
-    def _on_signal(self, sig: signal.Signals) -> None:
+    def interrupt(self, sig: signal.Signals) -> None:
+        """SIGINT/SIGTERM: stop dispatching; a second one cancels in-flight requests."""
         self._signals += 1
         name = signal.Signals(sig).name
         self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))

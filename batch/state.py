@@ -9,6 +9,7 @@ flight. Results are buffered and committed in groups by the runner's flusher.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -142,14 +143,16 @@ class State:
         return cls(path, db, lock_file)
 
     def close(self) -> None:
-        """Commit what is buffered and release the lock."""
-        with self._mutex:
-            if self._lock_file is not None:
-                self._flush_locked()
+        """Commit what is buffered and release the lock (even when the commit fails)."""
+        try:
+            with self._mutex:
+                if self._lock_file is not None:
+                    self._flush_locked()
+        finally:
             self._db.close()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+            if self._lock_file is not None:
+                self._lock_file.close()
+                self._lock_file = None
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -257,7 +260,7 @@ class State:
     def claim(self, limit: int, after_rowid: int, run_id: int) -> list[WorkItem]:
         """Mark the next pending items ``running`` and commit before anything is sent."""
         now = time.time()
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._flush_locked()
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
@@ -291,7 +294,7 @@ class State:
             return
         batch, self._buffer = self._buffer, []
         now = time.time()
-        with self._db:
+        with self._writing(batch), self._db:
             self._db.executemany(
                 "UPDATE items SET status = ?, attempts = ?, http_status = ?, error = ?, "
                 "err_code = ?, request_id = ?, duration = COALESCE(?, duration), "
@@ -303,11 +306,27 @@ class State:
 
     def release_running(self) -> int:
         """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._flush_locked()
             return self._db.execute(
                 "UPDATE items SET status = 'pending' WHERE status = 'running'"
             ).rowcount
+
+    @contextlib.contextmanager
+    def _writing(self, unsaved: list[Result] | None = None) -> Iterator[None]:
+        """Turn a failed write (disk full, I/O error) into a ``StateError`` naming the file;
+        results that were not committed stay buffered. The transaction rolled back, so
+        the file is as consistent as before: the next run recovers from it."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            if unsaved:
+                self._buffer[:0] = unsaved
+            msg = (
+                f"{self.path}: cannot write the state file ({exc}); the run stopped and the "
+                "state is consistent: free some space (or fix the disk) and run the same command"
+            )
+            raise StateError(msg) from exc
 
     # -- queries -------------------------------------------------------------------------
 

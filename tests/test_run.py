@@ -413,12 +413,13 @@ def test_a_project_concurrency_limit_slows_the_whole_pool(tmp_path: Path) -> Non
     for wav in wavs:
         _assert_output_for(out, wav.stem, wav)
     changes = re.findall(r"concurrency limit (\d+) -> (\d+)", result.output)
-    assert ("8", "4") in changes, "the first 429 halves the limit"
+    assert any(int(after) < int(before) for before, after in changes), "a 429 cuts the limit"
     assert all(int(after) <= 8 for _, after in changes), "never above --concurrency"
 
 
 def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
-    """Nothing listening on the API port: every try is retried, then the item fails by name."""
+    """Nothing listening on the API port: every try is retried, then the run stops (exit 1)
+    naming the refused connection, and the item stays pending for the next run."""
     make_wav(tmp_path / "a.wav")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -431,8 +432,9 @@ def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "retried 2" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
-    assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 3, None)
+    assert (row["status"], row["attempts"], row["http_status"]) == ("pending", 3, None)
     assert f"cannot connect to 127.0.0.1:{port}" in str(row["error"])
+    assert "connection refused" in result.output
 
 
 # -- fatal key errors ----------------------------------------------------------------------

@@ -1,0 +1,272 @@
+"""Fatal and systemic faults: a revoked key, no API, an unwritable --out, sources that change
+under the run, a corrupt state file. Each stops or fails cleanly, names the cause, and keeps
+the state consistent (nothing done without its outputs, nothing lost)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import socket
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import KEY, Cli, read_state_rows
+from reliability_helpers import all_bytes_under, make_tiny_wavs
+
+import batch.job
+import batch.outputs
+import batch.report
+import batch.state
+from batch.client import Answer, DeepgramClient
+from batch.emulator import Emulator, EmulatorConfig, run_in_thread
+from batch.media import SENDERS, send_file
+from batch.models import ItemKind
+from batch.state import WorkItem
+
+NEW_KEY = "new-key-9876543210fedcba"
+
+
+@pytest.fixture
+def slow_emulator() -> Iterator[Emulator]:
+    """20 ms per request, so a test can act while a run is going."""
+    with run_in_thread(EmulatorConfig(key=KEY, latency=0.02)) as emu:
+        yield emu
+
+
+def state_rows(out: Path) -> list[dict[str, object]]:
+    return read_state_rows(out / ".dgbatch" / "state.sqlite")
+
+
+def assert_consistent(out: Path) -> Counter[object]:
+    """Nothing left running; every done item has all its outputs on disk."""
+    rows = state_rows(out)
+    for row in rows:
+        assert row["status"] != "running", row
+        if row["status"] == "done":
+            outputs = Path(str(row["source"])).stem
+            assert (out / f"{outputs}.json").is_file() and (out / f"{outputs}.txt").is_file()
+    return Counter(row["status"] for row in rows)
+
+
+def revoke_after(emulator: Emulator, requests: int) -> threading.Thread:
+    """Switch the emulator to 401 once it has seen ``requests`` requests."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + 30
+        while len(emulator.log) < requests and time.monotonic() < deadline:
+            time.sleep(0.001)
+        emulator.auth_mode = "401"
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_key_revoked_mid_run_stops_and_resumes(slow_emulator: Emulator, tmp_path: Path) -> None:
+    """A 401 mid-run stops dispatch (exit 3), leaves the rest pending, and the same command
+    with a new key finishes without re-sending anything that was done."""
+    make_tiny_wavs(tmp_path / "in", 120)
+    out = tmp_path / "out"
+    dgbatch = Cli(slow_emulator)
+    revoke_after(slow_emulator, 30)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "8")
+    assert result.exit_code == 3, result.output
+    assert "refused the API key" in result.output and "HTTP 401" in result.output
+    counts = assert_consistent(out)
+    assert set(counts) == {"done", "pending"}
+    refused = [r for r in slow_emulator.log if r.status == 401]
+    assert 1 <= len(refused) <= 8  # only what was in flight when the key went
+
+    slow_emulator.config.key = NEW_KEY
+    slow_emulator.auth_mode = "ok"
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), key=NEW_KEY)
+    assert result.exit_code == 0, result.output
+    assert assert_consistent(out) == {"done": 120}
+    answered = Counter(r.sha256 for r in slow_emulator.log if r.status == 200)
+    assert len(answered) == 120 and set(answered.values()) == {1}
+
+
+def test_api_unreachable_stops_the_run_items_stay_pending(tmp_path: Path) -> None:
+    """Nothing listening: items retry with backoff (no busy loop), then the run stops
+    naming "connection refused", and every item stays pending (not failed) for next time."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    make_tiny_wavs(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    started = time.monotonic()
+    result = Cli(None)(
+        "run", str(tmp_path / "in"), "--out", str(out), "--api-url", url, "-c", "4",
+        "--max-retries", "2", "--backoff-base", "0.05", "--progress", "none",
+    )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "Deepgram cannot be reached" in result.output
+    assert "connection refused" in result.output
+    rows = state_rows(out)
+    assert {r["status"] for r in rows} == {"pending"}
+    attempts = sum(int(str(r["attempts"])) for r in rows)
+    assert 3 <= attempts <= 4 * 3  # only the first four items were ever tried
+    assert time.monotonic() - started < 10
+
+
+def test_output_parent_is_a_file_stops_the_run(dgbatch: Cli, tmp_path: Path) -> None:
+    """An output folder that cannot be created stops the run with a message naming it;
+    nothing is marked done without its outputs, and fixing it lets the run finish."""
+    make_tiny_wavs(tmp_path / "in" / "sub", 3)
+    make_tiny_wavs(tmp_path / "in", 3, prefix="top")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where a folder must go")
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "cannot write output" in result.output and str(out / "sub") in result.output
+    rows = state_rows(out)
+    assert all(r["status"] != "done" for r in rows if "/sub/" in str(r["source"]))
+    assert "running" not in {r["status"] for r in rows}
+
+    (out / "sub").unlink()
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert {r["status"] for r in state_rows(out)} == {"done"}
+
+
+def test_disk_full_stops_the_run(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC (simulated at the write_atomic boundary: no tmpfs without privileges) stops
+    the run with "disk full"; an item whose json was written but not its txt is not done."""
+    make_tiny_wavs(tmp_path / "in", 6)
+    out = tmp_path / "out"
+    real_write = batch.outputs.write_atomic
+    calls = 0
+
+    def filling_disk(path: Path, data: bytes) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 3:  # the second item's txt and everything after
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(batch.outputs, "write_atomic", filling_disk)
+    monkeypatch.setattr(batch.report, "write_atomic", filling_disk)  # same disk
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
+    assert result.exit_code == 1, result.output
+    assert "No space left on device (disk full)" in result.output
+    assert "internal error" not in result.output
+    assert "cannot write the report" in result.output
+    assert assert_consistent(out) == {"done": 1, "pending": 5}
+
+    monkeypatch.undo()
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert assert_consistent(out) == {"done": 6}
+
+
+def test_source_deleted_or_changed_before_sending(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file deleted or rewritten between planning and sending fails with a message that
+    names it and says why; the next run re-plans the changed one and sends its new bytes."""
+    a, b, c = make_tiny_wavs(tmp_path / "in", 3)
+
+    async def meddling(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        if source == str(a):
+            a.unlink()
+        elif source == str(b):
+            with b.open("ab") as handle:
+                handle.write(b"\x00\x01")
+            os.utime(b, ns=(0, 10**18))
+        return await send_file(client, item, source)
+
+    monkeypatch.setattr(batch.job, "SENDERS", {**SENDERS, ItemKind.FILE: meddling})
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1", "--no-sniff")
+    assert result.exit_code == 1
+    errors = {Path(str(r["source"])).name: (r["status"], r["error"]) for r in state_rows(out)}
+    assert errors[a.name] == ("failed", f"{a}: file no longer exists")
+    assert errors[b.name][0] == "failed"
+    assert f"{b}: file changed between planning and sending" in str(errors[b.name][1])
+    assert errors[c.name] == ("done", None)
+    assert len(emulator.log) == 1
+
+    monkeypatch.undo()
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
+    statuses = {Path(str(r["source"])).name: r["status"] for r in state_rows(out)}
+    assert statuses == {a.name: "failed", b.name: "done", c.name: "done"}
+    assert emulator.log[-1].bytes_received == b.stat().st_size
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00garbage\xff" * 100)
+
+
+def _foreign_sqlite(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE photos (id INTEGER)")
+    db.commit()
+    db.close()
+
+
+@pytest.mark.parametrize("spoil", [_garbage, _foreign_sqlite], ids=["garbage", "foreign"])
+def test_corrupt_state_is_refused_untouched(dgbatch: Cli, tmp_path: Path, spoil: object) -> None:
+    """A state file that is not ours exits 2 with a clear message and is not modified."""
+    make_tiny_wavs(tmp_path / "in", 2)
+    state = tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    state.parent.mkdir(parents=True)
+    assert callable(spoil)
+    spoil(state)
+    before = all_bytes_under(state.parent)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2, result.output
+    assert str(state) in result.output and "not touching it" in result.output
+    after = all_bytes_under(state.parent)
+    assert {p: b for p, b in after.items() if not p.name.endswith(".lock")} == before
+
+
+def test_damaged_state_is_refused_untouched(dgbatch: Cli, tmp_path: Path) -> None:
+    """A real state file cut in half (a bad copy, a full disk) is refused, never rewritten."""
+    make_tiny_wavs(tmp_path / "in", 300)
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    state = out / ".dgbatch" / "state.sqlite"
+    damaged = tmp_path / "damaged" / "state.sqlite"
+    damaged.parent.mkdir()
+    shutil.copy(state, damaged)
+    with damaged.open("r+b") as handle:
+        handle.truncate(damaged.stat().st_size // 2)
+    before = damaged.read_bytes()
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--state", str(damaged))
+    assert result.exit_code == 2, result.output
+    assert str(damaged) in result.output
+    assert damaged.read_bytes() == before
+
+
+def test_state_disk_full_stops_the_run_cleanly(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite's own "database or disk is full" (max_page_count caps the file right after
+    planning) stops the run with a message naming the state file, and the next run, with
+    room again, finishes without losing an item."""
+    make_tiny_wavs(tmp_path / "in", 300)
+    out = tmp_path / "out"
+    assign_names = batch.state.State.assign_names
+
+    def then_fill_disk(self: batch.state.State) -> None:
+        assign_names(self)
+        pages = self.query("PRAGMA page_count")[0][0]
+        self.query(f"PRAGMA max_page_count = {pages}")
+
+    monkeypatch.setattr(batch.state.State, "assign_names", then_fill_disk)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "4")
+    assert result.exit_code == 2, result.output
+    assert "cannot write the state file (database or disk is full)" in result.output
+    assert "Traceback" not in result.output and "internal error" not in result.output
+
+    monkeypatch.undo()
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert assert_consistent(out) == {"done": 300}

@@ -1,0 +1,175 @@
+"""Hostile manifests, end to end through ``dgbatch run``: every nasty line becomes a clear
+per-line error or a safe normalisation, the run never crashes, and nothing is written
+outside ``--out``."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Cli, read_state_rows
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from reliability_helpers import make_tiny_wavs, serve_folder
+
+from batch.emulator import Emulator
+from batch.errors import SourceError
+from batch.manifests import iter_manifest_stream
+from batch.naming import output_relpath, resolve_inside, safe_name
+
+PASSWORD = "s3cret-Passw0rd-xyz"
+NASTY = [
+    "../../../../etc/passwd", "/etc/passwd", "file:///etc/passwd", "ftp://h/a.wav",
+    "https://user:pw@h/a.wav?X-Amz-Signature=abc", '{"source": "a.wav", "id": "../../x"}',
+    '{"source": "/etc/x", "id": "/abs/../../y"}', '"a,b",c', "\\server\\share\\a.wav",
+    "s3://bucket/key", "-", "~/a.wav", "C:\\evil\\a.wav",
+]  # fmt: skip
+
+
+@pytest.fixture
+def media_server(tmp_path: Path) -> Iterator[str]:
+    """A plain HTTP server for URL items."""
+    make_tiny_wavs(tmp_path / "www", 1, prefix="remote")
+    with serve_folder(tmp_path / "www") as host:
+        yield host
+
+
+def files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def write_manifests(base: Path, host: str) -> list[Path]:
+    """A txt, a jsonl and a csv manifest full of nasty lines next to some real audio."""
+    good = make_tiny_wavs(base / "m", 9, prefix="good")
+    (outside,) = make_tiny_wavs(base, 1, prefix="escape")
+    absolute = good[8]
+    txt = base / "m" / "list.txt"
+    txt.write_bytes(
+        b"\xef\xbb\xbfgood00000.wav\r\n"  # BOM + CRLF: normalised
+        + b"x" * 100_000
+        + b"\n"  # a huge line
+        + b"a\x00b.wav\n"  # NUL
+        + b"bad\xc3\x28.wav\n"  # invalid UTF-8
+        + b'"good00001.wav"\n'  # quotes are part of the name: no such file
+        + b"../"
+        + outside.name.encode()
+        + b"\n"  # outside the manifest folder: a real file
+        + str(absolute).encode()
+        + b"\n"  # an absolute path
+        + f"file://{good[2]}\n".encode()
+        + b"ftp://example.com/a.wav\n"
+        + f"http://user:{PASSWORD}@{host}/remote00000.wav\n".encode()
+        + b"# a comment\n\n"
+    )
+    rows = [
+        {"source": "good00003.wav", "id": "../../../../etc/evil"},
+        {"source": "good00004.wav", "id": "/abs/evil"},
+        {"source": "good00005.wav", "id": "dup"},
+        {"source": "good00006.wav", "id": "dup"},
+        {"source": "good00007.wav", "id": "..\\..\\win\\evil"},
+        {"source": "good00001.wav", "id": "nul\u0000id"},
+    ]
+    jsonl = base / "m" / "items.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n{not json\n[1, 2]\n")
+    csv = base / "m" / "table.csv"
+    csv.write_text(
+        'source,id,diarize\n"good00001.wav","q""uote/../x",true\n"unbalanced,1,2\n'
+        "good00001.wav,extra,true,surplus\n"
+    )
+    return [txt, jsonl, csv]
+
+
+def test_hostile_manifests_end_to_end(
+    dgbatch: Cli, emulator: Emulator, media_server: str, tmp_path: Path
+) -> None:
+    """Line by line: the good ones are done, the bad ones fail naming file:line and why."""
+    manifests = write_manifests(tmp_path, media_server)
+    out = tmp_path / "out"
+    before = files_under(tmp_path)
+    result = dgbatch("run", *map(str, manifests), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+
+    written = files_under(tmp_path) - before
+    assert written and all(p.is_relative_to(out) for p in written), written
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    failed = {str(r["error"]).split(": ", 1)[0]: str(r["error"]) for r in rows if r["error"]}
+    expect_failed = {
+        "list.txt:2": "line longer than",
+        "list.txt:3": "NUL character",
+        "list.txt:4": "invalid UTF-8",
+        "list.txt:5": "no such file",
+        "list.txt:9": "unsupported scheme 'ftp'",
+        "items.jsonl:4": "duplicate id 'dup'",
+        "items.jsonl:6": "NUL character",
+        "items.jsonl:7": "invalid JSON",
+        "items.jsonl:8": "expected a JSON object",
+        "table.csv:3": "invalid CSV",
+        "table.csv:4": "expected 3 fields",
+    }
+    assert set(failed) == set(expect_failed), failed
+    for origin, reason in expect_failed.items():
+        assert reason in failed[origin], failed[origin]
+    done = {p.relative_to(out).as_posix() for p in written if p.suffix == ".json"}
+    assert done == {
+        "good00000.json", "escape00000.json", "good00008.json", "good00002.json",
+        "remote00000.json", "etc/evil.json", "abs/evil.json", "dup.json", "win/evil.json",
+        "q_uote/x.json",
+    }  # fmt: skip
+    assert PASSWORD not in (out / ".dgbatch" / "state.sqlite").read_text(errors="replace")
+
+
+def test_symlink_inside_out_cannot_lead_outside(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An output folder holding a symlink to elsewhere: the item fails, nothing escapes."""
+    make_tiny_wavs(tmp_path / "m", 1, prefix="good")
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text(json.dumps({"source": "good00000.wav", "id": "etc/evil"}) + "\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "etc").symlink_to(elsewhere, target_is_directory=True)
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert list(elsewhere.iterdir()) == []
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "failed"
+    assert str(row["error"]).startswith("etc/evil.json: output path escapes"), row["error"]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(
+        st.one_of(
+            st.binary(max_size=80),
+            st.text(max_size=60).map(str.encode),
+            st.sampled_from(NASTY).map(str.encode),
+        ),
+        max_size=8,
+    ),
+    fmt=st.sampled_from(["txt", "jsonl", "csv"]),
+)
+def test_any_manifest_bytes_plan_safely(lines: list[bytes], fmt: str) -> None:
+    """Whatever the bytes, parsing never crashes (only a whole-manifest SourceError), every
+    broken line names its line, and every output name stays inside the output folder."""
+    root = Path("/nonexistent-out")
+    data = b"\n".join(lines)
+    if fmt == "csv":
+        data = b"source,id,diarize\n" + data
+    try:
+        items = list(
+            iter_manifest_stream(io.BytesIO(data), base=Path("/nonexistent"), origin="m", fmt=fmt)
+        )
+    except SourceError as exc:
+        assert str(exc).startswith("m: ")
+        return
+    for item in items:
+        if item.error is not None:
+            assert item.error.startswith("m:")
+        name = safe_name(item.name)
+        assert resolve_inside(root, output_relpath(name, "json")).is_relative_to(root)

@@ -1,0 +1,174 @@
+"""The adaptive concurrency limit: slow start, AIMD once per window, priority for retries."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from conftest import KEY, Cli
+from reliability_helpers import make_tiny_wavs
+
+from batch.emulator import EmulatorConfig, run_in_thread
+from batch.limiter import AdaptiveLimit
+
+
+def play(limit: AdaptiveLimit, script: str) -> None:
+    """``s`` a success, ``t`` a 429 on a request sent now, ``o`` a 429 on a request sent
+    before the last cut (a late answer of the same burst)."""
+    for step in script.split():
+        if step == "s":
+            limit.on_success()
+        elif step == "t":
+            limit.on_throttle(limit.epoch)
+        elif step == "o":
+            limit.on_throttle(limit.epoch - 1)
+        else:  # pragma: no cover - a typo in a table
+            raise AssertionError(step)
+
+
+@pytest.mark.parametrize(
+    ("maximum", "script", "expected"),
+    [
+        pytest.param(64, "", 4, id="slow start begins small"),
+        pytest.param(3, "", 3, id="small maximum starts at maximum"),
+        pytest.param(64, "s s s s", 8, id="slow start doubles per window"),
+        pytest.param(6, "s " * 10, 6, id="never above maximum"),
+        pytest.param(64, "s " * 12 + "t", 11, id="429 cuts to 70 percent"),
+        pytest.param(64, "s " * 12 + "t o o o", 11, id="late 429s of a burst cut once"),
+        pytest.param(64, "s " * 12 + "t t", 7, id="fresh 429 after a cut cuts again"),
+        pytest.param(64, "t t t t t t t", 1, id="floor is one slot"),
+        pytest.param(64, "s " * 12 + "t" + " s" * 10, 12, id="after a cut one slot per window"),
+        pytest.param(64, "s " * 12 + "t" + " s" * 9, 11, id="not before the window is full"),
+        pytest.param(1, "t s s", 1, id="maximum one stays one"),
+    ],
+)
+def test_limit_table(maximum: int, script: str, expected: int) -> None:
+    """The limit after a sequence of successes and 429s."""
+    limit = AdaptiveLimit(maximum)
+    play(limit, script)
+    assert limit.limit == expected
+
+
+def test_not_adaptive_is_a_fixed_limit() -> None:
+    """With adaptation off the limit is --concurrency, whatever Deepgram answers."""
+    limit = AdaptiveLimit(64, adaptive=False)
+    play(limit, "t t s t")
+    assert limit.limit == 64
+    assert not limit.shrunk_since(0)
+
+
+def test_shrunk_since_and_change_events() -> None:
+    """Each visible change is reported once (the progress bar), and a request knows
+    whether the pool slowed down after it was sent."""
+    changes: list[int] = []
+    limit = AdaptiveLimit(64, on_change=changes.append)
+    play(limit, "s s s s")
+    sent_at = limit.epoch
+    assert not limit.shrunk_since(sent_at)
+    play(limit, "t")
+    assert limit.shrunk_since(sent_at)
+    assert changes == [5, 6, 7, 8, 5]
+
+
+async def test_acquire_waits_for_a_free_slot() -> None:
+    """A full pool blocks the dispatcher until a slot is released."""
+    limit = AdaptiveLimit(2, adaptive=False)
+    assert await limit.acquire() and await limit.acquire()
+    waiter = asyncio.create_task(limit.acquire())
+    await asyncio.sleep(0.01)
+    assert not waiter.done()
+    limit.release()
+    assert await asyncio.wait_for(waiter, 1) is True
+    assert limit.in_flight == 2
+
+
+async def test_throttled_retry_goes_before_new_items() -> None:
+    """A 429'd item waiting for its slot is served before the dispatcher spawns more."""
+    limit = AdaptiveLimit(1, adaptive=False)
+    assert await limit.acquire()
+    order: list[str] = []
+
+    async def take(name: str, retry: bool) -> None:
+        await limit.acquire(retry=retry)
+        order.append(name)
+
+    new = asyncio.create_task(take("new", False))
+    await asyncio.sleep(0)
+    retry = asyncio.create_task(take("retry", True))
+    await asyncio.sleep(0.01)
+    limit.release()
+    await asyncio.sleep(0.01)
+    assert order == ["retry"]
+    limit.release()
+    await asyncio.wait_for(asyncio.gather(new, retry), 1)
+    assert order == ["retry", "new"]
+
+
+async def test_close_wakes_waiters_and_keeps_retries_balanced() -> None:
+    """Closing returns False to everyone; a retry still holds a slot to release."""
+    limit = AdaptiveLimit(1, adaptive=False)
+    assert await limit.acquire()
+    new = asyncio.create_task(limit.acquire())
+    retry = asyncio.create_task(limit.acquire(retry=True))
+    await asyncio.sleep(0.01)
+    limit.close()
+    assert await asyncio.wait_for(new, 1) is False
+    assert await asyncio.wait_for(retry, 1) is False
+    assert limit.in_flight == 2
+    assert await limit.acquire() is False
+
+
+async def test_in_flight_never_exceeds_the_limit() -> None:
+    """Under a stream of 429s and successes, holders never outnumber the slots."""
+    limit = AdaptiveLimit(16)
+    peak_over = 0
+
+    async def worker(index: int) -> None:
+        nonlocal peak_over
+        if not await limit.acquire():
+            return
+        try:
+            for attempt in range(3):
+                peak_over = max(peak_over, limit.in_flight - limit.maximum)
+                epoch = limit.epoch
+                await asyncio.sleep(0.001)
+                if (index + attempt) % 5:
+                    limit.on_success()
+                    return
+                limit.on_throttle(epoch)
+                limit.release()
+                await limit.acquire(retry=True)
+        finally:
+            limit.release()
+
+    tasks = []
+    for index in range(200):
+        assert await limit.acquire()
+        limit.release()
+        tasks.append(asyncio.create_task(worker(index)))
+        await asyncio.sleep(0)
+    await asyncio.gather(*tasks)
+    assert peak_over <= 0
+    assert limit.in_flight == 0
+
+
+def test_run_adapts_to_a_project_limit(tmp_path: Path) -> None:
+    """Against a limit of 3 with -c 16 every item is done, few requests are throttled,
+    limit changes are logged at debug level and the progress line shows the limit."""
+    make_tiny_wavs(tmp_path / "in", 60)
+    with run_in_thread(EmulatorConfig(key=KEY, latency=0.01, max_concurrency=3)) as emu:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--api-url", emu.url,
+            "-c", "16", "-vv", "--progress", "log", "--backoff-base", "0.01",
+        )  # fmt: skip
+        statuses = Counter(record.status for record in emu.log)
+        peak = emu.in_flight_max()
+    assert result.exit_code == 0, result.output
+    assert statuses[200] == 60
+    assert statuses[429] <= 12
+    assert peak <= 4
+    assert "DEBUG concurrency limit" in result.output
+    assert re.search(r"progress: 60/60 items .* limit=\d+", result.output)

@@ -1,0 +1,162 @@
+"""Secrets never leave the process: not the API key, not presigned-URL signatures, not URL
+passwords; not in the state (WAL included), the report, logs at -vv, progress, outputs or
+error messages, and not in ``ps``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import KEY, Cli, dgbatch_subprocess_cmd
+from reliability_helpers import all_bytes_under, make_tiny_wavs, serve_folder
+
+from batch.emulator import Emulator, EmulatorConfig, run_in_thread
+
+SIGNATURE = "5f3a9c0d2e7b41a8b6c4d9e0f1a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4"
+CREDENTIAL = "AKIAQWERTYUIOPASDFGH"
+PASSWORD = "hunter2-Passw0rd-zz"
+TOKEN = "tok-7d1c0a5e9b2f4e6a"
+SECRETS = (KEY, SIGNATURE, CREDENTIAL, PASSWORD, TOKEN)
+
+
+@pytest.fixture
+def media_host(tmp_path: Path) -> Iterator[str]:
+    """Serves ``remote*.wav``; query strings (signatures) are ignored."""
+    make_tiny_wavs(tmp_path / "www", 3, prefix="remote")
+    with serve_folder(tmp_path / "www") as host:
+        yield host
+
+
+@pytest.fixture
+def faulty() -> Iterator[Emulator]:
+    """Faults exercise every error path that could echo a secret; 30 ms per request."""
+    config = EmulatorConfig(key=KEY, fault_rate=0.3, seed=7, latency=0.03, retry_after_seconds=0.01)
+    with run_in_thread(config) as emu:
+        yield emu
+
+
+def signed(host: str, name: str) -> str:
+    return (
+        f"http://{host}/{name}?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={CREDENTIAL}"
+        f"%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z"
+        f"&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature={SIGNATURE}"
+    )
+
+
+def make_inputs(tmp_path: Path, host: str) -> Path:
+    make_tiny_wavs(tmp_path / "in", 40)
+    manifest = tmp_path / "urls.txt"
+    lines = [
+        signed(host, "remote00000.wav"),
+        signed(host, "missing.wav"),  # 404 at the media host: an error message with the URL
+        f"http://user:{PASSWORD}@{host}/remote00001.wav",
+        f"http://{host}/remote00002.wav?token={TOKEN}",
+    ]
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def key_file(tmp_path: Path, mode: int) -> Path:
+    path = tmp_path / f"key-{mode:o}"
+    path.write_text(KEY + "\n")
+    path.chmod(mode)
+    return path
+
+
+def run_command(emulator: Emulator, tmp_path: Path, manifest: Path, *extra: str) -> list[str]:
+    return [
+        *dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), str(manifest),
+        "--out", str(tmp_path / "out"), "--api-url", emulator.url,
+        "--api-key-file", str(key_file(tmp_path, 0o600)), "-vv", "--progress", "log",
+        "--backoff-base", "0.01", "--max-retries", "10", *extra,
+    ]  # fmt: skip
+
+
+def clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("DEEPGRAM_")}
+
+
+def run_and_watch_ps(command: list[str], emulator: Emulator, kill: bool) -> bytes:
+    """Run; while it runs, check its command line; optionally SIGKILL it mid-way.
+    Returns everything it printed."""
+    seen = len(emulator.log)
+    process = subprocess.Popen(
+        command, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 30
+    while len(emulator.log) == seen and time.monotonic() < deadline:
+        time.sleep(0.002)
+    cmdline = Path(f"/proc/{process.pid}/cmdline").read_bytes()
+    assert b"--api-key-file" in cmdline and KEY.encode() not in cmdline
+    if kill:
+        while len(emulator.log) < seen + 15 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        process.send_signal(signal.SIGKILL)
+    printed, _ = process.communicate(timeout=60)
+    return printed
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(90)
+def test_no_secret_in_any_byte_written(faulty: Emulator, media_host: str, tmp_path: Path) -> None:
+    """A killed run, its resume and a run whose key is revoked: sweep every byte they wrote
+    or printed, and the report and status, for the key, signatures and passwords."""
+    manifest = make_inputs(tmp_path, media_host)
+    out = tmp_path / "out"
+    printed = [run_and_watch_ps(run_command(faulty, tmp_path, manifest), faulty, kill=True)]
+    assert (out / ".dgbatch" / "state.sqlite-wal").exists()
+    swept = all_bytes_under(out)  # the WAL a crash leaves behind, before it is checkpointed
+    printed.append(run_and_watch_ps(run_command(faulty, tmp_path, manifest), faulty, kill=False))
+    faulty.auth_mode = "401"
+    command = run_command(faulty, tmp_path, manifest, "--retry-failed")
+    printed.append(subprocess.run(command, env=clean_env(), capture_output=True).stderr)
+    state = str(out / ".dgbatch" / "state.sqlite")
+    for args in (["report", "--state", state], ["status", "--state", state, "--json"]):
+        report = subprocess.run([*dgbatch_subprocess_cmd(), *args], capture_output=True)
+        printed += [report.stdout, report.stderr]
+
+    text = b"\n".join(printed)
+    assert b"refused the API key" in text and b"missing.wav" in text  # the paths ran
+    assert b"DEBUG retry" in text and b"progress:" in text
+    assert b"X-Amz-Signature=REDACTED" in (out / ".dgbatch" / "report.jsonl").read_bytes()
+    swept.update(all_bytes_under(out))
+    swept[Path("<printed>")] = text
+    leaks = [
+        (str(path), secret)
+        for path, data in swept.items()
+        for secret in SECRETS
+        if secret.encode() in data
+    ]
+    assert leaks == []
+
+
+def test_key_file_readable_by_others_is_refused(dgbatch: Cli, tmp_path: Path) -> None:
+    """Like ssh with a private key: a key file others can read is refused, and the
+    message never shows the key."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    loose = key_file(tmp_path, 0o644)
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+        "--api-key-file", str(loose), key=None,
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "readable by other users" in result.output and "chmod 600" in result.output
+    assert KEY not in result.output
+    private = key_file(tmp_path, 0o600)
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+        "--api-key-file", str(private), key=None,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+
+def test_there_is_no_api_key_flag(dgbatch: Cli) -> None:
+    """The key cannot be passed on the command line, where ``ps`` would show it."""
+    result = dgbatch("run", "--help")
+    assert "--api-key-file" in result.output
+    assert "--api-key " not in result.output and "--api-key=" not in result.output

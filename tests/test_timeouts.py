@@ -1,0 +1,120 @@
+"""Timeouts: a stalled upload fails fast, a slow one or a slow answer does not, size scales."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from batch.client import DEFAULT_TIMEOUT, DeepgramClient, TransportError, request_timeout
+from batch.media import file_chunks
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+ANSWER = json.dumps({"metadata": {}, "results": {}}).encode()
+
+
+@asynccontextmanager
+async def raw_server(handler: Handler) -> AsyncIterator[str]:
+    """A bare TCP server on loopback, so a test controls exactly when bytes are read."""
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.close()
+
+
+async def _read_headers(reader: asyncio.StreamReader) -> int:
+    head = await reader.readuntil(b"\r\n\r\n")
+    for line in head.decode().split("\r\n"):
+        if line.lower().startswith("content-length:"):
+            return int(line.split(":")[1])
+    return 0
+
+
+async def _answer(writer: asyncio.StreamWriter) -> None:
+    writer.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(ANSWER)}\r\n\r\n".encode()
+        + ANSWER
+    )
+    await writer.drain()
+    writer.close()
+
+
+async def _upload(url: str, path: Path, stall: float) -> int:
+    async with aiohttp.ClientSession() as session:
+        client = DeepgramClient(session, url, "k-123456", stall_timeout=stall)
+        size = path.stat().st_size
+        answer = await client.send_stream(file_chunks(str(path)), size, "audio/wav", ())
+        return answer.status
+
+
+def _sparse(path: Path, size: int) -> Path:
+    with open(path, "wb") as handle:
+        handle.truncate(size)
+    return path
+
+
+async def test_stalled_upload_times_out(tmp_path: Path) -> None:
+    """A peer that stops reading fails the attempt after the stall timeout, not the total."""
+    hold = asyncio.Event()
+
+    async def never_reads(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_headers(reader)
+        await hold.wait()
+
+    body = _sparse(tmp_path / "big.wav", 256 << 20)  # far more than the socket buffers
+    async with raw_server(never_reads) as url:
+        started = time.monotonic()
+        with pytest.raises(TransportError) as caught:
+            await _upload(url, body, stall=0.3)
+        hold.set()
+    assert time.monotonic() - started < 10
+    assert "upload stalled" in str(caught.value)
+    assert caught.value.timeout and not caught.value.body_sent
+
+
+async def test_slow_upload_and_slow_answer_are_not_stalls(tmp_path: Path) -> None:
+    """Steady progress, then a long think after the upload (Deepgram's processing) is fine."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remaining = await _read_headers(reader)
+        while remaining:
+            remaining -= len(await reader.read(min(remaining, 256 << 10)))
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(1.0)  # longer than the stall timeout
+        await _answer(writer)
+
+    body = _sparse(tmp_path / "a.wav", 6 << 20)
+    async with raw_server(slow) as url:
+        assert await _upload(url, body, stall=0.5) == 200
+
+
+def test_total_timeout_grows_with_the_upload() -> None:
+    """A 1 GB upload gets its transfer time on top of the base, never a fixed total."""
+    small = request_timeout(1000).total
+    big = request_timeout(10**9).total
+    assert small is not None and big is not None
+    assert small == pytest.approx(DEFAULT_TIMEOUT, abs=1)
+    assert big > DEFAULT_TIMEOUT + 3000
+
+
+async def test_connection_refused_is_named() -> None:
+    """Nothing listening reads as "connection refused", not asyncio's wording."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    async with aiohttp.ClientSession() as session:
+        client = DeepgramClient(session, f"http://127.0.0.1:{port}", "k-123456")
+        with pytest.raises(TransportError) as caught:
+            await client.send_url("https://example.com/a.wav", ())
+    assert "connection refused" in str(caught.value)
+    assert not caught.value.timeout
