@@ -15,15 +15,11 @@ from batch.errors import ItemError
 from batch.models import ItemKind
 from batch.naming import content_type_for
 from batch.sniff import HEAD_BYTES, describe_head, sniff_container
+from batch.sources import file_fingerprint
 from batch.state import WorkItem
 
 Sender = Callable[[DeepgramClient, WorkItem, str], Awaitable[Answer]]
 """Send one item; the ``str`` is the item's real source (it may carry secrets)."""
-
-
-def file_fingerprint(st: os.stat_result) -> str:
-    """Size and mtime in ns: cheap, and changes whenever the content is rewritten."""
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def check_file(item: WorkItem, path: str) -> int:

@@ -200,16 +200,7 @@ def _file_item(
     problem = _stat_problem(st)
     if problem is not None:
         return _error_item(item_id, path, name, f"{path}: {problem}", origin, params)
-    return Item(
-        id=item_id,
-        source=path,
-        kind=ItemKind.FILE,
-        name=name,
-        params=params,
-        size=st.st_size,
-        fingerprint=f"{st.st_size}:{st.st_mtime_ns}",
-        origin=origin,
-    )
+    return _stat_item(item_id, path, name, st, origin, params)
 
 
 def _absolute(source: str, base: Path) -> str:
@@ -319,16 +310,27 @@ def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
         return _error_item(path, path, rel, f"{path}: {reason}", origin)
     if not stat.S_ISREG(st.st_mode):
         return _error_item(path, path, rel, f"{path}: not a regular file", origin)
-    size = st.st_size
+    return _stat_item(path, path, rel, st, origin)
+
+
+def _stat_item(
+    item_id: str, path: str, name: str, st: os.stat_result, origin: str, params: Params = ()
+) -> Item:
     return Item(
-        id=path,
+        id=item_id,
         source=path,
         kind=ItemKind.FILE,
-        name=rel,
-        size=size,
-        fingerprint=f"{size}:{st.st_mtime_ns}",
+        name=name,
+        params=params,
+        size=st.st_size,
+        fingerprint=file_fingerprint(st),
         origin=origin,
     )
+
+
+def file_fingerprint(st: os.stat_result) -> str:
+    """Size and mtime in ns: cheap, and changes whenever the content is rewritten."""
+    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _is_walkable_file(entry: os.DirEntry[str]) -> bool:

@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -293,16 +294,18 @@ def test_an_item_that_keeps_failing_gives_up_after_max_retries(tmp_path: Path) -
     assert row["err_code"] == "Service Unavailable"
 
 
-def _throttling_app(retry_after: str | None, seen: list[float]) -> web.Application:
-    """Answers the first request 429 (with ``retry_after`` if given), then Deepgram 200s."""
+def _listen_app(
+    first: Callable[[int], Awaitable[web.Response | None]], seen: list[float]
+) -> web.Application:
+    """A /v1/listen that reads the body, lets ``first(n)`` answer request n (or pass with
+    None), and otherwise answers a Deepgram-shaped 200."""
 
     async def listen(request: web.Request) -> web.Response:
         body = await request.read()
         seen.append(time.monotonic())
-        if len(seen) == 1:
-            headers = {"Retry-After": retry_after} if retry_after is not None else {}
-            error = {"err_code": "TOO_MANY_REQUESTS", "err_msg": "slow down", "request_id": "r0"}
-            return web.json_response(error, status=429, headers=headers)
+        early = await first(len(seen))
+        if early is not None:
+            return early
         response = build_response(
             request_id=f"r{len(seen)}", sha256="0" * 64, size=len(body), duration=1.0, params=()
         )
@@ -311,6 +314,19 @@ def _throttling_app(retry_after: str | None, seen: list[float]) -> web.Applicati
     app = web.Application()
     app.router.add_post("/v1/listen", listen)
     return app
+
+
+def _throttling_app(retry_after: str | None, seen: list[float]) -> web.Application:
+    """Answers the first request 429 (with ``retry_after`` if given), then Deepgram 200s."""
+
+    async def first(n: int) -> web.Response | None:
+        if n > 1:
+            return None
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
+        error = {"err_code": "TOO_MANY_REQUESTS", "err_msg": "slow down", "request_id": "r0"}
+        return web.json_response(error, status=429, headers=headers)
+
+    return _listen_app(first, seen)
 
 
 @pytest.mark.parametrize(("retry_after", "low", "high"), [("1", 0.9, 5.0), (None, 0.0, 0.5)])
@@ -344,19 +360,12 @@ def test_retry_after_is_honoured_when_present(
 def _slow_first_app(seen: list[float], stall: int) -> web.Application:
     """Reads the whole body, then stalls the first ``stall`` requests for 2 s; answers 200 after."""
 
-    async def listen(request: web.Request) -> web.Response:
-        body = await request.read()
-        seen.append(time.monotonic())
-        if len(seen) <= stall:
+    async def first(n: int) -> web.Response | None:
+        if n <= stall:
             await asyncio.sleep(2.0)
-        response = build_response(
-            request_id=f"r{len(seen)}", sha256="0" * 64, size=len(body), duration=1.0, params=()
-        )
-        return web.json_response(response)
+        return None
 
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app
+    return _listen_app(first, seen)
 
 
 def _run_against(url: str, *args: str) -> Result:
