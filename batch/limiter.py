@@ -4,7 +4,7 @@ Deepgram limits concurrent requests per project (100 for Nova, 5 for Whisper, 10
 fewer with Audio Intelligence) and answers 429 above it. Retrying harder at the same
 concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does):
 
-- a 429 cuts the limit by ``decrease`` (halves it by default), but only when the
+- a 429 cuts the limit to ``decrease`` of itself (70 % by default), but only when the
   throttled request was sent under the current limit: the other 429s of the same
   burst were caused by the old, higher limit and must not cut it again. That is
   TCP's "once per window" without a clock, so it suits a 50 ms emulator and a
