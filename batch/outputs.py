@@ -21,11 +21,11 @@ import errno
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
 
 from batch.errors import OutputError
 from batch.naming import output_relpath, resolve_inside
@@ -62,11 +62,19 @@ class OutputSink(Protocol):
 
 def write_atomic(path: Path, data: bytes) -> None:
     """Temp file in the same folder + fsync + rename + fsync of the folder."""
+    with atomic_file(path) as handle:
+        handle.write(data)
+
+
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """Write ``path`` through a temp file that replaces it, durably, only if the block ends
+    without an error: a large file (the run report) is streamed, never held in memory."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "wb") as handle:
-            handle.write(data)
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

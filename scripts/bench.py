@@ -33,7 +33,6 @@ import datetime
 import os
 import platform
 import re
-import shutil
 import signal
 import sqlite3
 import statistics
@@ -67,6 +66,7 @@ class Sizes:
     name: str
     repeats: int
     rate_items: int
+    peer_items: int
     latency_items: int
     loop_items: int
     upload_files: int
@@ -80,9 +80,9 @@ class Sizes:
 
 
 SIZES = {
-    "full": Sizes("full", 3, 5000, 2000, 1000, 20, 50, 1024, 1_000_000, 100_000),
-    "quick": Sizes("quick", 3, 1000, 640, 200, 4, 20, 200, 100_000, 10_000),
-    "smoke": Sizes("smoke", 1, 200, 128, 50, 2, 5, 20, 5_000, 300),
+    "full": Sizes("full", 3, 5000, 2000, 2000, 1000, 20, 50, 1024, 1_000_000, 100_000),
+    "quick": Sizes("quick", 2, 1000, 300, 640, 100, 3, 20, 200, 50_000, 5_000),
+    "smoke": Sizes("smoke", 1, 200, 100, 128, 50, 2, 5, 20, 5_000, 300),
 }
 
 
@@ -143,6 +143,7 @@ class Child:
 
     wall: float
     rss_mb: float
+    cpu: float
     code: int
     stderr: str
 
@@ -154,12 +155,14 @@ def env_for_clients() -> dict[str, str]:
     return env
 
 
-def wait_child(proc: subprocess.Popen[bytes], started: float) -> tuple[float, float, int]:
-    """Reap ``proc`` with ``wait4``: its wall time, its own peak RSS (MB) and exit code."""
+def wait_child(proc: subprocess.Popen[bytes], started: float, log: Path) -> Child:
+    """Reap ``proc`` with ``wait4``: wall time, its own peak RSS and CPU time, exit code."""
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
-    return wall, usage.ru_maxrss / 1024, proc.returncode
+    cpu = usage.ru_utime + usage.ru_stime
+    stderr = log.read_text(errors="replace")[-2000:]
+    return Child(wall, usage.ru_maxrss / 1024, cpu, proc.returncode, stderr)
 
 
 def spawn(cmd: list[str], stdin: Path | None, log: Path) -> subprocess.Popen[bytes]:
@@ -176,11 +179,9 @@ def run_child(cmd: list[str], work: Path, stdin: Path | None = None, check: bool
     """Run a client to completion and measure it."""
     log = work / "child.err"
     started = time.perf_counter()
-    proc = spawn(cmd, stdin, log)
-    wall, rss, code = wait_child(proc, started)
-    child = Child(wall, rss, code, log.read_text(errors="replace")[-2000:])
-    if check and code != 0:
-        raise RuntimeError(f"{cmd[:4]}… exited {code}:\n{child.stderr}")
+    child = wait_child(spawn(cmd, stdin, log), started, log)
+    if check and child.code != 0:
+        raise RuntimeError(f"{cmd[:4]}… exited {child.code}:\n{child.stderr}")
     return child
 
 
@@ -415,13 +416,18 @@ class Bench:
     work: Path
     shm: Path
     audio_url: str = ""
+    serial: int = 0
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     def fresh(self, name: str, base: Path | None = None) -> Path:
-        """An empty folder for one run's outputs or state."""
-        path = (base or self.work) / name
-        shutil.rmtree(path, ignore_errors=True)
+        """A new empty folder for one run's outputs or state.
+
+        Old ones are left until the end: creating thousands of files right after
+        deleting thousands makes ext4's inode allocator slow, and would bill dgbatch.
+        """
+        self.serial += 1
+        path = (base or self.work) / f"{name}-{self.serial}"
         path.mkdir(parents=True)
         return path
 
@@ -445,59 +451,85 @@ def run_dgbatch(b: Bench, api: str, sources: list[str], c: int, state_dir: Path)
     return run_child(dgbatch_cmd(api, sources, out, state, c), b.work)
 
 
-def case_rate(b: Bench, emu: Server, manifest: Path) -> dict[str, Series]:
-    """Cases 1, 3 and 5: URL items at C=64, no latency, every client interleaved."""
-    n, c = b.sizes.rate_items, b.sizes.concurrency
-    loop_manifest = write_manifest(b.work / "loop.txt", b.audio_url, b.sizes.loop_items)
-    clients: dict[str, Callable[[], Child]] = {
-        "bare": lambda: run_child(helper_cmd("_bare-url", emu.url, manifest, c), b.work),
-        "dgbatch": lambda: run_dgbatch(b, emu.url, [str(manifest)], c, b.work),
-        "dgbatch-shm": lambda: run_dgbatch(b, emu.url, [str(manifest)], c, b.shm),
-        "sdk": lambda: run_child(helper_cmd("_sdk", emu.url, manifest, c), b.work),
-        "sdk-loop": lambda: run_child(helper_cmd("_sdk-loop", emu.url, loop_manifest), b.work),
-        "curl": lambda: run_child(curl_cmd(emu.url, c), b.work, stdin=manifest),
-    }
-    counts = {"sdk-loop": b.sizes.loop_items}
-    rates = {name: Series() for name in clients}
-    rss = Series()
+@dataclass
+class Client:
+    """One client of the rate case: how to run it and how many items it sends."""
+
+    label: str
+    items: int
+    run: Callable[[], Child]
+    rate: Series = field(default_factory=Series)
+    cpu_us: Series = field(default_factory=Series)
+    rss: Series = field(default_factory=Series)
+
+
+def rate_clients(b: Bench, emu: Server) -> dict[str, Client]:
+    """Cases 1, 3 and 5: the same URL items through every client."""
+    s, c, api = b.sizes, b.sizes.concurrency, emu.url
+    manifest = write_manifest(b.work / "rate.txt", b.audio_url, s.rate_items)
+    peers = write_manifest(b.work / "peers.txt", b.audio_url, s.peer_items)
+    loop = write_manifest(b.work / "loop.txt", b.audio_url, s.loop_items)
+    return {
+        "bare": Client(
+            "bare aiohttp loop", s.rate_items,
+            lambda: run_child(helper_cmd("_bare-url", api, manifest, c), b.work),
+        ),
+        "dgbatch": Client(
+            "dgbatch (state and outputs on disk)", s.rate_items,
+            lambda: run_dgbatch(b, api, [str(manifest)], c, b.work),
+        ),
+        "dgbatch-shm": Client(
+            "dgbatch (state on tmpfs)", s.rate_items,
+            lambda: run_dgbatch(b, api, [str(manifest)], c, b.shm),
+        ),
+        "sdk": Client(
+            f"deepgram-sdk async, C={c}", s.peer_items,
+            lambda: run_child(helper_cmd("_sdk", api, peers, c), b.work),
+        ),
+        "sdk-loop": Client(
+            "deepgram-sdk sequential loop", s.loop_items,
+            lambda: run_child(helper_cmd("_sdk-loop", api, loop), b.work),
+        ),
+        "curl": Client(
+            f"xargs -P {c} curl", s.peer_items,
+            lambda: run_child(curl_cmd(api, c), b.work, stdin=peers),
+        ),
+    }  # fmt: skip
+
+
+def case_rate(b: Bench, emu: Server) -> dict[str, Client]:
+    """Run every client ``repeats`` times, interleaved, checking the emulator saw them all."""
+    clients = rate_clients(b, emu)
     for rep in range(b.sizes.repeats):
-        for name, run in clients.items():
+        for name, client in clients.items():
             emu.post("/_emulator/reset")
-            child = run()
+            child = client.run()
             sent = emu.requests()
-            expected = counts.get(name, n)
-            if sent != expected:
-                raise RuntimeError(f"{name}: emulator saw {sent} requests, expected {expected}")
-            rates[name].add(expected / child.wall)
-            if name == "dgbatch":
-                rss.add(child.rss_mb)
-            print(f"  rep {rep + 1} {name}: {expected / child.wall:.0f} items/s", flush=True)
-    rates["rss"] = rss
-    return rates
+            if sent != client.items:
+                raise RuntimeError(f"{name}: emulator saw {sent} requests, not {client.items}")
+            client.rate.add(client.items / child.wall)
+            client.cpu_us.add(child.cpu / client.items * 1e6)
+            client.rss.add(child.rss_mb)
+            print(f"  rep {rep + 1} {name}: {client.items / child.wall:.0f} items/s", flush=True)
+    return clients
 
 
-def report_rate(b: Bench, rates: dict[str, Series]) -> None:
+def report_rate(b: Bench, clients: dict[str, Client]) -> None:
     """Rows for cases 1, 3 and 5."""
-    c = b.sizes.concurrency
-    for name, label in (
-        ("bare", "bare aiohttp loop"),
-        ("dgbatch", "dgbatch (state+outputs on disk)"),
-        ("dgbatch-shm", "dgbatch (state on tmpfs)"),
-        ("sdk", f"deepgram-sdk async, C={c}"),
-        ("sdk-loop", "deepgram-sdk sequential loop"),
-        ("curl", f"xargs -P {c} curl"),
-    ):
-        b.row("rate", f"{label}, items/s", rates[name].show())
-    ratio = ratio_series(rates["dgbatch"], rates["bare"])
+    for client in clients.values():
+        b.row("rate", f"{client.label}: items/s", client.rate.show())
+        b.row("rate", f"{client.label}: CPU µs/item, peak RSS MB",
+              f"{client.cpu_us.show()}; {client.rss.median:.0f}")  # fmt: skip
+    dg = clients["dgbatch"].rate
+    ratio = ratio_series(dg, clients["bare"].rate)
     b.row("1 rate", "dgbatch / bare aiohttp", ratio.show(".2f"), "≥ 0.70", ratio.median >= 0.7)
     for name, target in (("sdk", 10.0), ("sdk-loop", 10.0), ("curl", 5.0)):
-        peer = ratio_series(rates["dgbatch"], rates[name])
-        b.row("3 peers", f"dgbatch / {name}", peer.show(".1f"), f"≥ {target:.0f}×",
-              peer.median >= target)  # fmt: skip
-    state = ratio_series(rates["dgbatch"], rates["dgbatch-shm"])
-    b.row("5 state", "rate, state on disk / on tmpfs", state.show(".3f"), "≥ 0.95",
+        peer = ratio_series(dg, clients[name].rate)
+        b.row("3 peers", f"dgbatch / {clients[name].label}", peer.show(".1f"),
+              f"≥ {target:.0f}", peer.median >= target)  # fmt: skip
+    state = ratio_series(dg, clients["dgbatch-shm"].rate)
+    b.row("5 state", "rate, state on disk / on tmpfs", state.show(".2f"), "≥ 0.95",
           state.median >= 0.95)  # fmt: skip
-    b.row("1 rate", "dgbatch peak RSS, MB", rates["rss"].show())
 
 
 def case_latency(b: Bench) -> None:
@@ -540,11 +572,8 @@ def case_upload(b: Bench, emu: Server) -> None:
     b.row("4 upload", f"dgbatch, MB/s ({files}, C={c})", dg.show())
     b.row("4 upload", "dgbatch / bare aiohttp", ratio.show(".2f"), "≥ 0.80", ratio.median >= 0.8)
     b.row("4 upload", f"dgbatch peak RSS, MB ({files})", rss.show(), "< 150", rss.median < 150)
-    big_ok = big_run.rss_mb < 150
-    b.row("4 upload", f"dgbatch peak RSS, MB (1 × {s.big_mb} MB sparse, "
-          f"{s.big_mb / big_run.wall:.0f} MB/s)", f"{big_run.rss_mb:.0f}", "< 150", big_ok)  # fmt: skip
-    shutil.rmtree(folder)
-    shutil.rmtree(big)
+    label = f"dgbatch peak RSS, MB (1 × {s.big_mb} MB sparse, {s.big_mb / big_run.wall:.0f} MB/s)"
+    b.row("4 upload", label, f"{big_run.rss_mb:.0f}", "< 150", big_run.rss_mb < 150)
 
 
 def state_cost_per_item(b: Bench, count: int) -> float:
@@ -561,8 +590,12 @@ def state_cost_per_item(b: Bench, count: int) -> float:
     try:
         started = time.process_time()
         items = (
-            Item(f"{b.audio_url}/audio/{i}.wav", f"{b.audio_url}/audio/{i}.wav", ItemKind.URL,
-                 f"audio/{i}.wav")  # fmt: skip
+            Item(
+                f"{b.audio_url}/audio/{i}.wav",
+                f"{b.audio_url}/audio/{i}.wav",
+                ItemKind.URL,
+                f"audio/{i}.wav",
+            )
             for i in range(count)
         )
         state.plan(items, run_id=1)
@@ -580,10 +613,10 @@ def state_cost_per_item(b: Bench, count: int) -> float:
         state.close()
 
 
-def report_state_cost(b: Bench, rates: dict[str, Series]) -> None:
+def report_state_cost(b: Bench, clients: dict[str, Client]) -> None:
     """Case 5, second half: SQLite CPU per item, as a share of a second at dgbatch's rate."""
     per_item = state_cost_per_item(b, b.sizes.rate_items)
-    share = per_item * rates["dgbatch"].median
+    share = per_item * clients["dgbatch"].rate.median
     b.row("5 state", "SQLite CPU per item (plan+claim+record+flush), µs", f"{per_item * 1e6:.0f}")
     b.row("5 state", "SQLite CPU share at dgbatch's rate", f"{share:.1%}", "≤ 5 %", share <= 0.05)
 
@@ -631,8 +664,8 @@ def time_planning(b: Bench, emu: Server, source: Path, count: int) -> PlanTiming
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    _, rss, _ = wait_child(proc, started)
-    return PlanTiming(first, planned, rss)
+    child = wait_child(proc, started, b.work / "plan.err")
+    return PlanTiming(first, planned, child.rss_mb)
 
 
 def case_planning(b: Bench, emu: Server) -> None:
@@ -655,7 +688,6 @@ def case_planning(b: Bench, emu: Server) -> None:
         b.row("6 plan", f"{label}: all items in the state, s", planned.show(".1f"), "≤ 5",
               planned.median <= 5)  # fmt: skip
         b.row("6 plan", f"{label}: peak RSS, MB", rss.show(), "< 300", rss.median < 300)
-    shutil.rmtree(folder)
 
 
 # --------------------------------------------------------------------------- report
@@ -745,10 +777,9 @@ def run_cases(b: Bench, cases: set[str]) -> None:
     with server(helper_cmd("_audio")) as audio, emulator() as emu:
         b.audio_url = audio.url
         if "rate" in cases:
-            manifest = write_manifest(b.work / "rate.txt", b.audio_url, b.sizes.rate_items)
-            rates = case_rate(b, emu, manifest)
-            report_rate(b, rates)
-            report_state_cost(b, rates)
+            clients = case_rate(b, emu)
+            report_rate(b, clients)
+            report_state_cost(b, clients)
         if "latency" in cases:
             case_latency(b)
         if "upload" in cases:
