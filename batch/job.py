@@ -22,6 +22,7 @@ from batch.errors import BatchError, Interrupted, UsageError
 from batch.media import SENDERS
 from batch.models import Item
 from batch.outputs import LocalSink
+from batch.planner import BackgroundPlan
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
@@ -74,8 +75,10 @@ async def run_batch(
     state = State.open(config.state_path)
     try:
         run_id = state.start_run(redact_text(config.command, (config.api_key,)))
-        secrets = await _plan(config, state, run_id, stdin)
-        stats = await _execute(config, state, run_id, secrets, progress)
+        secrets: dict[str, str] = {}
+        plan = await _plan(config, state, run_id, stdin, secrets)
+        stats = await _execute(config, state, run_id, secrets, progress, plan)
+        await plan.finish(stopped=stats.stop_reason is not None)
         counts = await asyncio.to_thread(state.counts)
         code = exit_code_for(counts, stats.stop_reason)
         report = await asyncio.to_thread(save_report, state, _report_path(config))
@@ -93,28 +96,29 @@ def _report_path(config: RunConfig) -> Path:
 
 
 async def _plan(
-    config: RunConfig, state: State, run_id: int, stdin: TextIO | None
-) -> dict[str, str]:
-    """Expand the sources into the state in a thread; Ctrl-C stops it between items."""
-    secrets: dict[str, str] = {}
+    config: RunConfig, state: State, run_id: int, stdin: TextIO | None, secrets: dict[str, str]
+) -> BackgroundPlan:
+    """Start expanding the sources into the state in a thread; return once its first
+    chunk is planned (the runner starts on it) or the whole plan when it is small.
+    Ctrl-C stops it between items."""
     cancel = threading.Event()
     items = _watch(expand_sources(config.sources, config.filters, stdin=stdin), secrets, cancel)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, cancel.set)
     try:
-        stats = await asyncio.to_thread(
-            state.plan, items, run_id=run_id, retry_failed=config.retry_failed
+        plan = BackgroundPlan(
+            state, items, run_id=run_id, retry_failed=config.retry_failed, cancel=cancel
         )
-        await asyncio.to_thread(state.assign_names)
+        await plan.started()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
-    if stats.seen == 0:
+    if plan.done and (await plan.finish(stopped=False)).seen == 0:
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
         )
-    return secrets
+    return plan
 
 
 def _watch(
@@ -130,7 +134,12 @@ def _watch(
 
 
 async def _execute(
-    config: RunConfig, state: State, run_id: int, secrets: dict[str, str], progress: Progress
+    config: RunConfig,
+    state: State,
+    run_id: int,
+    secrets: dict[str, str],
+    progress: Progress,
+    plan: BackgroundPlan,
 ) -> RunStats:
     settings = RunnerSettings(
         concurrency=config.concurrency,
@@ -153,6 +162,7 @@ async def _execute(
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,
+                more=plan.wait_more,
             )
             return await runner.run()
     finally:

@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,6 +82,7 @@ class Runner:
         secret_sources: dict[str, str] | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        more: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -90,7 +91,7 @@ class Runner:
         self.senders = senders
         self.progress = progress
         self.run_id = run_id
-        self.secret_sources = secret_sources or {}
+        self.secret_sources = secret_sources if secret_sources is not None else {}
         self.stats = RunStats()
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
@@ -100,6 +101,8 @@ class Runner:
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
+        self._done_before = 0
+        self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -110,7 +113,8 @@ class Runner:
         try:
             await self.recover()
             counts = await asyncio.to_thread(self.state.counts)
-            self.progress.start(sum(counts.values()), counts["done"] + counts["failed"])
+            self._done_before = counts["done"] + counts["failed"]
+            self.progress.start(sum(counts.values()), self._done_before)
             if self.settings.adaptive:
                 self.progress.limit_changed(self.limit.limit)
             await self._dispatch()
@@ -160,9 +164,10 @@ class Runner:
         cursor = 0
         while await self.limit.acquire():
             if not queue:
-                batch = await asyncio.to_thread(
-                    self.state.claim, self.settings.concurrency, cursor, self.run_id
-                )
+                batch = await self._claim(cursor)
+                while not batch and await self._more_planned():
+                    cursor = 0  # the chunk may have sent earlier rows back to pending
+                    batch = await self._claim(cursor)
                 if not batch:
                     self.limit.release()
                     break
@@ -173,6 +178,35 @@ class Runner:
             task.add_done_callback(self._tasks.discard)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+
+    async def _claim(self, cursor: int) -> list[WorkItem]:
+        return await asyncio.to_thread(
+            self.state.claim, self.settings.concurrency, cursor, self.run_id
+        )
+
+    async def _more_planned(self) -> bool:
+        """Wait for the plan's next chunk; False when planning is over or the run stops."""
+        if self._more is None or self.stopping:
+            return False
+        more = asyncio.ensure_future(self._more())
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({more, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not more.done():
+            more.cancel()
+            return False
+        try:
+            if more.result() and not self.stopping:
+                return True
+        except BatchError as exc:  # planning failed: stop as for any other fatal reason
+            self.stop(exc)
+            return False
+        self._more = None
+        counts = await asyncio.to_thread(self.state.counts)
+        self.progress.start(sum(counts.values()), self._done_before)
+        return False
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
