@@ -102,6 +102,7 @@ class Runner:
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
         self._done_before = 0
+        self._early: set[str] = set()
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -162,9 +163,11 @@ class Runner:
     async def _dispatch(self) -> None:
         queue: deque[WorkItem] = deque()
         cursor = 0
+        ahead: asyncio.Task[list[WorkItem]] | None = None  # the next claim, started early
         while await self.limit.acquire():
             if not queue:
-                batch = await self._claim(cursor)
+                batch = await ahead if ahead is not None else await self._claim(cursor)
+                ahead = None
                 while not batch and await self._more_planned():
                     cursor = 0  # the chunk may have sent earlier rows back to pending
                     batch = await self._claim(cursor)
@@ -176,6 +179,10 @@ class Runner:
             task = asyncio.create_task(self._work(queue.popleft()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if ahead is None and len(queue) < self.settings.concurrency // 2:
+                ahead = asyncio.create_task(self._claim(cursor))
+        if ahead is not None:
+            queue.extend(await ahead)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
 
@@ -235,8 +242,18 @@ class Runner:
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
             result = Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         finally:
-            self.limit.release()
+            self._release_slot(item.id)
         self._record(result)
+
+    def _release_slot(self, item_id: str, *, early: bool = False) -> None:
+        """Give the item's request slot back, once: ``early`` when its answer is in and
+        only its outputs remain to be written, so the next request need not wait for disk."""
+        if early:
+            self._early.add(item_id)
+        elif item_id in self._early:
+            self._early.discard(item_id)
+            return
+        self.limit.release()
 
     def _record(self, result: Result) -> None:
         self.state.record(result)
@@ -294,6 +311,7 @@ class Runner:
         request_id = decision.request_id or (answer.request_id if answer else None)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
+            self._release_slot(item.id, early=True)
             outputs = await self._write_outputs(item, answer, decision.response)
             result = self._done_result(item, attempts, decision.response, outputs)
             return _with_timeouts(result, timeouts)
