@@ -32,6 +32,9 @@ from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
+#: at most one group commit per this many seconds: each sync costs the same whatever the
+#: group's size, and a request's slot is free again before its outputs are written
+GROUP_WINDOW = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,6 +290,7 @@ class LocalSink:
         loop = asyncio.get_running_loop()
         try:
             while self._queue:
+                started = loop.time()
                 group, self._queue = self._queue, []
                 try:
                     await loop.run_in_executor(self._pool, self._writer.run, [j for j, _ in group])
@@ -300,6 +304,7 @@ class LocalSink:
                     for _, done in group:
                         if not done.done():
                             done.set_result(None)
+                await asyncio.sleep(max(0.0, started + GROUP_WINDOW - loop.time()))
         finally:
             self._committer = None
 
