@@ -164,6 +164,7 @@ async def _execute(
                 secret_sources=secrets,
                 more=plan.wait_more,
             )
+            plan.on_growth = runner.plan_grew
             return await runner.run()
     finally:
         sink.close()

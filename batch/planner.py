@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import threading
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from batch.errors import BatchError
 from batch.models import Item
@@ -25,6 +25,8 @@ from batch.state import PlanStats, State
 #: items per chunk: large enough that most runs are named in one chunk, small enough
 #: that the first one is planned in well under a second
 CHUNK = 5_000
+#: seconds between two progress updates while the plan grows
+GROWTH_INTERVAL = 2.0
 
 
 class BackgroundPlan:
@@ -43,6 +45,11 @@ class BackgroundPlan:
         self._changed = asyncio.Event()
         self._chunks = self._taken = 0
         self.cancel = cancel
+        #: called (at most every GROWTH_INTERVAL) when chunks were added; the runner
+        #: updates its progress total with it
+        self.on_growth: Callable[[], Awaitable[None]] | None = None
+        self._last_growth = self._loop.time()
+        self._growth: asyncio.Task[None] | None = None
         work = asyncio.to_thread(self._plan, state, items, run_id, retry_failed)
         self._task: asyncio.Task[PlanStats] = asyncio.ensure_future(work)
         self._task.add_done_callback(lambda _: self._changed.set())
@@ -65,6 +72,11 @@ class BackgroundPlan:
     def _chunk_ready(self) -> None:
         self._chunks += 1
         self._changed.set()
+        now = self._loop.time()
+        busy = self._growth is not None and not self._growth.done()
+        if self.on_growth is not None and not busy and now - self._last_growth >= GROWTH_INTERVAL:
+            self._last_growth = now
+            self._growth = asyncio.ensure_future(self.on_growth())
 
     @property
     def done(self) -> bool:

@@ -211,9 +211,13 @@ class Runner:
             self.stop(exc)
             return False
         self._more = None
+        await self.plan_grew()
+        return False
+
+    async def plan_grew(self) -> None:
+        """The plan added items while running: show the new total."""
         counts = await asyncio.to_thread(self.state.counts)
         self.progress.start(sum(counts.values()), self._done_before)
-        return False
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
