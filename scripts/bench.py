@@ -166,21 +166,33 @@ def wait_child(proc: subprocess.Popen[bytes], started: float, log: Path) -> Chil
     return Child(wall, usage.ru_maxrss / 1024, cpu, proc.returncode, stderr)
 
 
-def spawn(cmd: list[str], stdin: Path | None, log: Path) -> subprocess.Popen[bytes]:
+def spawn(
+    cmd: list[str], stdin: Path | None, log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     """Start a client with stdout discarded and stderr to ``log``."""
     with contextlib.ExitStack() as stack:
         src = stack.enter_context(stdin.open("rb")) if stdin else subprocess.DEVNULL
         err = stack.enter_context(log.open("wb"))
         return subprocess.Popen(
-            cmd, stdin=src, stdout=subprocess.DEVNULL, stderr=err, env=env_for_clients()
+            cmd,
+            stdin=src,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=env_for_clients() | (env or {}),
         )
 
 
-def run_child(cmd: list[str], work: Path, stdin: Path | None = None, check: bool = True) -> Child:
+def run_child(
+    cmd: list[str],
+    work: Path,
+    stdin: Path | None = None,
+    check: bool = True,
+    env: dict[str, str] | None = None,
+) -> Child:
     """Run a client to completion and measure it."""
     log = work / "child.err"
     started = time.perf_counter()
-    child = wait_child(spawn(cmd, stdin, log), started, log)
+    child = wait_child(spawn(cmd, stdin, log, env), started, log)
     if check and child.code != 0:
         raise RuntimeError(f"{cmd[:4]}… exited {child.code}:\n{child.stderr}")
     return child
@@ -445,11 +457,14 @@ def ratio_series(top: Series, bottom: Series) -> Series:
 # --------------------------------------------------------------------------- cases
 
 
-def run_dgbatch(b: Bench, api: str, sources: list[str], c: int, state_dir: Path) -> Child:
-    """One dgbatch run on fresh outputs and a fresh state."""
+def run_dgbatch(
+    b: Bench, api: str, sources: list[str], c: int, state_dir: Path, loop: str = ""
+) -> Child:
+    """One dgbatch run on fresh outputs and a fresh state (``loop`` may force asyncio)."""
     out = b.fresh("out")
     state = b.fresh("state", state_dir) / "state.sqlite"
-    return run_child(dgbatch_cmd(api, sources, out, state, c), b.work)
+    env = {"DGBATCH_LOOP": loop} if loop else None
+    return run_child(dgbatch_cmd(api, sources, out, state, c), b.work, env=env)
 
 
 @dataclass
@@ -478,6 +493,10 @@ def rate_clients(b: Bench, emu: Server) -> dict[str, Client]:
         "dgbatch": Client(
             "dgbatch (state and outputs on disk)", s.rate_items,
             lambda: run_dgbatch(b, api, [str(manifest)], c, b.work),
+        ),
+        "dgbatch-asyncio": Client(
+            "dgbatch, DGBATCH_LOOP=asyncio (no uvloop)", s.rate_items,
+            lambda: run_dgbatch(b, api, [str(manifest)], c, b.work, loop="asyncio"),
         ),
         "dgbatch-shm": Client(
             "dgbatch (state on tmpfs)", s.rate_items,
@@ -524,6 +543,8 @@ def report_rate(b: Bench, clients: dict[str, Client]) -> None:
     dg = clients["dgbatch"].rate
     ratio = ratio_series(dg, clients["bare"].rate)
     b.row("1 rate", "dgbatch / bare aiohttp", ratio.show(".2f"), "≥ 0.70", ratio.median >= 0.7)
+    pure = ratio_series(clients["dgbatch-asyncio"].rate, clients["bare"].rate)
+    b.row("1 rate", "dgbatch without uvloop / bare aiohttp", pure.show(".2f"))
     for name, target in (("sdk", 10.0), ("sdk-loop", 10.0), ("curl", 5.0)):
         peer = ratio_series(dg, clients[name].rate)
         b.row("3 peers", f"dgbatch / {clients[name].label}", peer.show(".1f"),
@@ -702,6 +723,14 @@ def case_planning(b: Bench, emu: Server) -> None:
 # --------------------------------------------------------------------------- report
 
 
+def loop_used() -> str:
+    """The event loop ``dgbatch run`` picks in this environment."""
+    sys.path.insert(0, str(ROOT))
+    from batch.eventloop import loop_name
+
+    return loop_name()
+
+
 def machine() -> dict[str, str]:
     """What the numbers were measured on."""
     mem = Path("/proc/meminfo").read_text().split("\n", 1)[0].split()[1]
@@ -730,7 +759,8 @@ def markdown(b: Bench, command: str, elapsed: float) -> str:
         "",
         f"Command: `{command}` — {elapsed:.0f} s, {m['date']}.  ",
         f"Machine: {m['cores']} cores ({m['cpu']}), {m['ram']} RAM, Python {m['python']}, "
-        f"{m['os']}. The emulator, the audio server and the client share the cores.",
+        f"{m['os']}. The emulator, the audio server and the client share the cores. "
+        f"dgbatch ran on {loop_used()} unless the row says otherwise.",
         "",
         f"Each value is the median of {b.sizes.repeats} runs, (min–max) in brackets; "
         "ratios are taken within a repeat.",
