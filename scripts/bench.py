@@ -726,8 +726,10 @@ def case_planning(b: Bench, emu: Server) -> None:
 def loop_used() -> str:
     """The event loop ``dgbatch run`` picks in this environment."""
     sys.path.insert(0, str(ROOT))
-    from batch.eventloop import loop_name
-
+    try:
+        from batch.eventloop import loop_name
+    except ImportError:  # a dgbatch from before the option
+        return "asyncio"
     return loop_name()
 
 
