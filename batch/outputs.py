@@ -168,7 +168,7 @@ class _GroupWriter:
         self, pool: ThreadPoolExecutor, threads: int, path_for: Callable[[str, str], Path]
     ) -> None:
         self._pool = pool
-        self._lanes = max(1, min(4, threads - 1))  # run() itself holds a pool thread
+        self._parallel = threads > 1  # run() itself holds one of the pool's threads
         self._path_for = path_for
 
     def run(self, jobs: list[_Job]) -> None:
@@ -178,11 +178,15 @@ class _GroupWriter:
         for folder in folders:
             with contextlib.suppress(OSError):  # a failure shows up when writing into it
                 folder.mkdir(parents=True, exist_ok=True)
-        self._each(_write_temps, [job for job in jobs if job.error is None])
+        tag = secrets.token_hex(4)  # temp names differ by their output's name already
+        for job in jobs:  # one thread: more would fight the event loop for the GIL
+            if job.error is None:
+                _write_temps(job, tag)
         live = [job for job in jobs if job.error is None]
         try:
             self._barrier([tmp for job in live for tmp in job.temps], folders)
-            self._each(_rename_temps, live)
+            for job in live:
+                _rename_temps(job)
             self._barrier([], folders)
         except OSError as exc:
             where = Path(exc.filename) if isinstance(exc.filename, str) else min(folders)
@@ -195,28 +199,13 @@ class _GroupWriter:
         except ValueError as exc:  # an escaping name: this item fails, the run goes on
             job.fail(exc)
 
-    def _each(self, func: Callable[[_Job], None], jobs: list[_Job]) -> None:
-        """``func`` over every job, the jobs spread over the pool's threads."""
-        lanes = min(self._lanes, len(jobs))
-        if lanes <= 1:
-            for job in jobs:
-                func(job)
-            return
-
-        def lane(first: int) -> None:
-            for job in jobs[first::lanes]:
-                func(job)
-
-        for _ in self._pool.map(lane, range(lanes)):
-            pass
-
     def _barrier(self, files: list[Path], folders: set[Path]) -> None:
         """Make ``files`` and the entries of ``folders`` durable."""
         if _SYNCFS is not None:
             _syncfs(sorted(folders))
             return
         paths = [*files, *folders]
-        if self._lanes <= 1:
+        if not self._parallel:
             for path in paths:
                 _fsync_file(path)
             return
@@ -224,13 +213,18 @@ class _GroupWriter:
             pass
 
 
-def _write_temps(job: _Job) -> None:
+def _write_temps(job: _Job, tag: str) -> None:
     for path, data in zip(job.paths, job.files.values(), strict=True):
-        tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        tmp = path.with_name(f".{path.name}.{tag}.tmp")
         try:
-            with open(tmp, "wb") as handle:
-                job.temps.append(tmp)
-                handle.write(data)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            job.temps.append(tmp)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+            finally:
+                os.close(fd)
         except OSError as exc:
             job.fail(OutputError(describe_os_error(path, exc)))
             return
