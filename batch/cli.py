@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from batch import __version__
+from batch import __version__, eventloop
 from batch.config import URL_ENV, RunConfig, check_api_url, default_state_path, load_api_key
 from batch.errors import BatchError, UsageError
 from batch.formats import parse_formats
@@ -238,7 +238,7 @@ def run(**opts: Any) -> None:
         config = build_config(opts)
         setup_logging(opts["verbose"], (config.api_key,))
         progress = make_progress("none" if opts["quiet"] else opts["progress"])
-        outcome = asyncio.run(run_batch(config, progress, stdin=sys.stdin))
+        outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))
     except BatchError as exc:
         fail(exc)
     if not opts["quiet"]:

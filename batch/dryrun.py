@@ -95,7 +95,8 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         try:
             run_id = state.start_run("dry-run")
             with _latched_signals() as signals:
-                await _plan(config, state, run_id, stdin, s3, signals)
+                plan = await _plan(config, state, run_id, stdin, s3, signals, {})
+                await plan.finish(stopped=False)
             return _estimate(config, state)
         finally:
             state.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import secrets as tokens
 import signal
@@ -30,6 +31,7 @@ from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.outputs import LocalSink, OutputSink
 from batch.params import request_params, run_tags
+from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
@@ -154,12 +156,14 @@ async def _run_locked(
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
-            secrets = await _plan(config, state, run_id, stdin, s3, signals)
+            secrets: dict[str, str] = {}
+            plan = await _plan(config, state, run_id, stdin, s3, signals, secrets)
             budget = None if cap is None else Budget(cap, used_seconds(state))
             tags = run_tags(run_tag)
             stats = await _execute(
-                config, state, run_id, secrets, progress, s3, tags, budget, signals
+                config, state, run_id, secrets, progress, s3, tags, budget, signals, plan
             )
+            await plan.finish(stopped=stats.stop_reason is not None)
             counts = await asyncio.to_thread(state.counts)
             saved = await _save_report(state, _report_path(config))
             stats.stop_reason = stats.stop_reason or signals.interruption()
@@ -311,28 +315,32 @@ async def _plan(
     stdin: TextIO | None,
     s3: S3,
     signals: _SignalLatch,
-) -> dict[str, str]:
-    """Expand the sources into the state in a thread; Ctrl-C stops it between items."""
-    secrets: dict[str, str] = {}
+    secrets: dict[str, str],
+) -> BackgroundPlan:
+    """Start expanding the sources into the state in a thread; return once its first
+    chunk is planned (the runner starts on it) or the whole plan when it is small.
+    Ctrl-C stops it between items."""
     cancel = threading.Event()
     listed = [0]
     sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand)
     items = _watch(_counted(sources, listed, config.shard), secrets, cancel)
+    chunk = functools.partial(
+        state.plan,
+        run_id=run_id,
+        retry_failed=config.retry_failed,
+        params=config.params,
+        force=config.force,
+    )
     with signals.routed_to(lambda sig: cancel.set()):
-        await asyncio.to_thread(
-            state.plan,
-            items,
-            run_id=run_id,
-            retry_failed=config.retry_failed,
-            params=config.params,
-            force=config.force,
-        )
-        await asyncio.to_thread(state.assign_names)
-    if listed[0] == 0:
+        plan = BackgroundPlan(state, items, chunk, cancel=cancel)
+        await plan.started()
+        if plan.done:
+            await plan.finish(stopped=False)
+    if plan.done and listed[0] == 0:
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
         )
-    return secrets
+    return plan
 
 
 def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> Iterator[Item]:
@@ -365,6 +373,7 @@ async def _execute(
     tags: Params,
     budget: Budget | None,
     signals: _SignalLatch,
+    plan: BackgroundPlan,
 ) -> RunStats:
     remote = is_s3_uri(config.out)
     settings = RunnerSettings(
@@ -395,7 +404,9 @@ async def _execute(
                 budget=budget,
                 dedupe=Dedupe() if config.dedupe else None,
                 handle_signals=False,
+                more=plan.wait_more,
             )
+            plan.on_growth = runner.plan_grew
             with signals.routed_to(runner.interrupt):
                 return await runner.run()
     finally:

@@ -80,6 +80,13 @@ _MAX_SEGMENT_BYTES = 200
 _MAX_KEPT_EXT_BYTES = 16
 _SEPARATORS_RE = re.compile(r"[/\\]+")
 _ASCII_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._ -")
+# A name ``safe_name`` would return unchanged: ASCII-safe segments of 1-200 characters
+# that do not start with a dot or a space nor end with a space. Most names are like
+# this, and matching them is the per-item cost of planning a million items.
+_ALREADY_SAFE_RE = re.compile(
+    r"[A-Za-z0-9_\-](?:[A-Za-z0-9._ \-]{0,198}[A-Za-z0-9._\-])?"
+    r"(?:/[A-Za-z0-9_\-](?:[A-Za-z0-9._ \-]{0,198}[A-Za-z0-9._\-])?)*"
+)
 
 
 def content_type_for(path: str) -> str:
@@ -127,6 +134,8 @@ def safe_name(name: str) -> str:
     empty result becomes ``item``. Text is NFC-normalised first so that the
     same name typed on macOS (NFD) and Linux lands on one path.
     """
+    if _ALREADY_SAFE_RE.fullmatch(name):
+        return name
     normalised = unicodedata.normalize("NFC", name)
     segments = (_clean_segment(part) for part in _SEPARATORS_RE.split(normalised))
     return "/".join(segment for segment in segments if segment) or _FALLBACK_NAME

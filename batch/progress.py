@@ -71,6 +71,10 @@ class BarProgress(_Counts):
 
     def start(self, total: int, done: int) -> None:
         self.total = total
+        if self._bar is not None:  # again, once a plan that grew while running is complete
+            self._bar.total = total
+            self._bar.refresh()
+            return
         self._bar = tqdm(
             total=total,
             initial=done,

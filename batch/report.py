@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from batch.outputs import write_atomic
+from batch.outputs import atomic_file
 from batch.redact import redact_text
 from batch.state import State
 
@@ -95,12 +95,14 @@ WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
 
 
 def save_report(state: State, path: Path) -> Path:
-    """Write the full JSONL report next to the state, atomically."""
+    """Write the full JSONL report next to the state, atomically, streamed row by row."""
     import io
 
-    buffer = io.StringIO()
-    write_jsonl(iter_report(state), buffer)
-    write_atomic(path, buffer.getvalue().encode())
+    with atomic_file(path) as raw:
+        stream = io.TextIOWrapper(raw, encoding="utf-8")
+        write_jsonl(iter_report(state), stream)
+        stream.flush()
+        stream.detach()  # atomic_file closes the file itself
     return path
 
 

@@ -15,7 +15,7 @@ import logging
 import random
 import signal
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,6 +105,7 @@ class Runner:
         budget: Budget | None = None,
         dedupe: Dedupe | None = None,
         handle_signals: bool = True,
+        more: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
@@ -113,7 +114,7 @@ class Runner:
         self.senders = senders
         self.progress = progress
         self.run_id = run_id
-        self.secret_sources = secret_sources or {}
+        self.secret_sources = secret_sources if secret_sources is not None else {}
         self.stats = RunStats()
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
@@ -132,6 +133,8 @@ class Runner:
         self._captured: dict[str, tuple[bytes, retry.Response]] = {}
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
+        self._done_before = 0
+        self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -142,7 +145,8 @@ class Runner:
         try:
             await self.recover()
             counts = await asyncio.to_thread(self.state.counts)
-            self.progress.start(sum(counts.values()), counts["done"] + counts["failed"])
+            self._done_before = counts["done"] + counts["failed"]
+            self.progress.start(sum(counts.values()), self._done_before)
             if self.settings.adaptive:
                 self.progress.limit_changed(self.limit.limit)
             await self._dispatch()
@@ -195,9 +199,14 @@ class Runner:
     async def _dispatch(self) -> None:
         queue: deque[WorkItem] = deque()
         cursor = 0
+        ahead: asyncio.Task[list[WorkItem]] | None = None  # the next claim, started early
         while await self.limit.acquire():
             if not queue:
-                batch = await self._claim(cursor)
+                batch = await ahead if ahead is not None else await self._claim(cursor)
+                ahead = None
+                while not batch and await self._more_planned():
+                    cursor = 0  # the chunk may have sent earlier rows back to pending
+                    batch = await self._claim(cursor)
                 if not batch:
                     self.limit.release()
                     break
@@ -209,6 +218,10 @@ class Runner:
             task = asyncio.create_task(self._work(queue.popleft()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
+            if ahead is None and len(queue) < self.settings.concurrency // 2:
+                ahead = asyncio.create_task(self._claim(cursor))
+        if ahead is not None:
+            queue.extend(await ahead)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
 
@@ -257,6 +270,34 @@ class Runner:
             self.stop(exc)
             return []
 
+    async def _more_planned(self) -> bool:
+        """Wait for the plan's next chunk; False when planning is over or the run stops."""
+        if self._more is None or self.stopping:
+            return False
+        more = asyncio.ensure_future(self._more())
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({more, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+        if not more.done():
+            more.cancel()
+            return False
+        try:
+            if more.result() and not self.stopping:
+                return True
+        except BatchError as exc:  # planning failed: stop as for any other fatal reason
+            self.stop(exc)
+            return False
+        self._more = None
+        await self.plan_grew()
+        return False
+
+    async def plan_grew(self) -> None:
+        """The plan added items while running: show the new total."""
+        counts = await asyncio.to_thread(self.state.counts)
+        self.progress.start(sum(counts.values()), self._done_before)
+
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""
         loop = asyncio.get_running_loop()
@@ -287,7 +328,7 @@ class Runner:
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
             result = Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         finally:
-            self.limit.release()
+            self.limit.release()  # after the outputs: a crash re-sends at most the slots
         self._record(result)
         self._account(item.id, result)
 

@@ -213,25 +213,29 @@ class State:
 
     def assign_names(self) -> None:
         """Give every new item a unique output name: the stem, or the stem with its
-        extension when another item shares the stem, or a hashed name as a last resort."""
+        extension when another item shares the stem, or a hashed name as a last resort.
+
+        Only unnamed items are looked at, through the indexes, so naming each chunk of
+        a plan that is still growing costs the chunk, not the whole state."""
         with self._mutex, self._db:
             db = self._db
-            db.execute("DROP TABLE IF EXISTS temp.shared_stems")
+            (first,) = db.execute("SELECT MIN(rowid) FROM items WHERE out_name IS NULL").fetchone()
+            if first is None:
+                return
             db.execute(
-                "CREATE TEMP TABLE shared_stems AS SELECT out_stem FROM items "
-                "GROUP BY out_stem HAVING COUNT(*) > 1"
+                "UPDATE items SET out_name = CASE WHEN EXISTS (SELECT 1 FROM items AS other "
+                "WHERE other.out_stem = items.out_stem AND other.rowid != items.rowid) "
+                "THEN out_full ELSE out_stem END WHERE out_name IS NULL"
             )
-            db.execute(
-                "UPDATE items SET out_name = CASE WHEN out_stem IN "
-                "(SELECT out_stem FROM temp.shared_stems) THEN out_full ELSE out_stem END "
-                "WHERE out_name IS NULL"
-            )
-            self._break_name_ties()
+            self._break_name_ties(first)
 
-    def _break_name_ties(self) -> None:
+    def _break_name_ties(self, first: int) -> None:
         while True:
             ties = self._db.execute(
-                "SELECT out_name FROM items GROUP BY out_name HAVING COUNT(*) > 1"
+                "SELECT DISTINCT out_name FROM items AS new WHERE rowid >= ? AND EXISTS "
+                "(SELECT 1 FROM items AS other WHERE other.out_name = new.out_name "
+                "AND other.rowid != new.rowid)",
+                (first,),
             ).fetchall()
             if not ties:
                 return

@@ -4,6 +4,7 @@ the state consistent (nothing done without its outputs, nothing lost)."""
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
@@ -14,6 +15,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import pytest
 from conftest import KEY, Cli, read_state_rows
@@ -138,22 +140,27 @@ def test_output_parent_is_a_file_stops_the_run(dgbatch: Cli, tmp_path: Path) -> 
 def test_disk_full_stops_the_run(
     dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """ENOSPC (simulated at the write_atomic boundary: no tmpfs without privileges) stops
+    """ENOSPC (simulated at the file-writing boundary: no tmpfs without privileges) stops
     the run with "disk full"; an item whose json was written but not its txt is not done."""
     make_tiny_wavs(tmp_path / "in", 6)
     out = tmp_path / "out"
-    real_write = batch.outputs.write_atomic
+    real_write = batch.outputs._write_new_file
     calls = 0
 
-    def filling_disk(path: Path, data: bytes) -> None:
+    def filling_disk(path: Path, data: bytes, created: list[Path]) -> None:
         nonlocal calls
         calls += 1
         if calls > 3:  # the second item's txt and everything after
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real_write(path, data)
+        real_write(path, data, created)
 
-    monkeypatch.setattr(batch.outputs, "write_atomic", filling_disk)
-    monkeypatch.setattr(batch.report, "write_atomic", filling_disk)  # same disk
+    @contextlib.contextmanager
+    def full_disk(path: Path) -> Iterator[BinaryIO]:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", filling_disk)
+    monkeypatch.setattr(batch.report, "atomic_file", full_disk)  # same disk
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
     assert result.exit_code == 1, result.output
     assert "No space left on device (disk full)" in result.output
