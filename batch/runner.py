@@ -35,6 +35,9 @@ from batch.state import Result, State, WorkItem
 log = logging.getLogger("dgbatch")
 
 FLUSH_INTERVAL = 0.2
+#: answered items whose outputs are still being written, per slot, beyond which a slot
+#: stays taken until its outputs are durable (a slow disk then slows the requests down)
+EARLY_RELEASES = 4
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
 
 
@@ -315,7 +318,8 @@ class Runner:
         request_id = decision.request_id or (answer.request_id if answer else None)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
-            self._release_slot(item.id, early=True)
+            if len(self._early) < EARLY_RELEASES * self.settings.concurrency:
+                self._release_slot(item.id, early=True)
             outputs = await self._write_outputs(item, answer, decision.response)
             result = self._done_result(item, attempts, decision.response, outputs)
             return _with_timeouts(result, timeouts)
