@@ -38,7 +38,7 @@ COMPLETE_WITHOUT_JSON = b'{"metadata": {}, "results": {}}'
 #: matches the ``secrets.token_hex(4)`` in a temp file's name
 _TOKEN_GLOB = "[0-9a-f]" * 8
 #: at most one group commit per this many seconds: each sync costs the same whatever the
-#: group's size, and a request's slot is free again before its outputs are written
+#: group's size, so waiting a little lets more items share it
 GROUP_WINDOW = 0.05
 
 
