@@ -37,9 +37,10 @@ CLAIM_SLACK = 0.1
 COMPLETE_WITHOUT_JSON = b'{"metadata": {}, "results": {}}'
 #: matches the ``secrets.token_hex(4)`` in a temp file's name
 _TOKEN_GLOB = "[0-9a-f]" * 8
-#: at most one group commit per this many seconds: each sync costs the same whatever the
-#: group's size, so waiting a little lets more items share it
-GROUP_WINDOW = 0.05
+#: pause between group commits. 0: a group is whatever finished while the previous one
+#: was syncing (batching comes from the sync itself); measured with 200 ms requests,
+#: 0.05 held each slot ~50 ms longer and cost 12 % of throughput
+GROUP_WINDOW = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +54,15 @@ class OutputMeta:
 class OutputSink(Protocol):
     """Where outputs go: a local folder or an S3 prefix."""
 
-    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
-        """Write every format durably; return the locations written."""
+    async def write(
+        self,
+        out_name: str,
+        files: dict[str, bytes],
+        meta: OutputMeta,
+        placed: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Write every format durably; return the locations written. ``placed`` is called
+        as soon as a crash would leave the outputs whole (adoptable) behind."""
         ...
 
     async def find_complete(
@@ -166,6 +174,9 @@ class _Job:
     paths: list[Path] = field(default_factory=list)
     temps: list[Path] = field(default_factory=list)
     error: Exception | None = None
+    #: called (from the writer thread) once the files are in place with durable data,
+    #: before the folders' entries are: a kill from then on leaves whole outputs behind
+    placed: Callable[[], None] | None = None
 
     def fail(self, exc: Exception) -> None:
         self.error = exc
@@ -200,6 +211,8 @@ class _GroupWriter:
             self._barrier([tmp for job in live for tmp in job.temps], folders)
             for job in live:
                 _rename_temps(job)
+                if job.error is None and job.placed is not None:
+                    job.placed()
             self._barrier([], folders)
         except OSError as exc:
             where = Path(exc.filename) if isinstance(exc.filename, str) else min(folders)
@@ -261,6 +274,10 @@ def _rename_temps(job: _Job) -> None:
             return
 
 
+def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
+    loop.call_soon_threadsafe(callback)
+
+
 class LocalSink:
     """Outputs under a local folder, mirroring the items' names."""
 
@@ -293,10 +310,20 @@ class LocalSink:
             self._folders[folder] = resolved
         return resolved / leaf
 
-    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
-        """Queue the files for the next group commit; return once they are durable."""
+    async def write(
+        self,
+        out_name: str,
+        files: dict[str, bytes],
+        meta: OutputMeta,
+        placed: Callable[[], None] | None = None,
+    ) -> list[str]:
+        """Queue the files for the next group commit; return once they are durable.
+        ``placed`` runs on the loop as soon as they are in place (see ``_Job.placed``)."""
+        loop = asyncio.get_running_loop()
         job = _Job(out_name, files)
-        done = asyncio.get_running_loop().create_future()
+        if placed is not None:
+            job.placed = lambda: _call_on_loop(loop, placed)
+        done = loop.create_future()
         self._queue.append((job, done))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_groups())

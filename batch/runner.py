@@ -134,6 +134,8 @@ class Runner:
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
+        #: items whose slot went back when their outputs were placed (``_release_slot``)
+        self._early: set[str] = set()
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -328,7 +330,7 @@ class Runner:
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
             result = Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         finally:
-            self.limit.release()  # after the outputs: a crash re-sends at most the slots
+            self._release_slot(item.id)
         self._record(result)
         self._account(item.id, result)
 
@@ -369,6 +371,18 @@ class Runner:
         outputs = await self._write_outputs(item, answer, shared.response)
         result = self._done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)
+
+    def _release_slot(self, item_id: str, *, early: bool = False) -> None:
+        """Give the item's request slot back, once. ``early``: its outputs are in place
+        with durable data, so a kill from now on leaves them for the next run to adopt;
+        only the folder entries' sync remains, and the next request need not wait for it.
+        Until then the slot is held, so a crash re-sends at most ``--concurrency`` items."""
+        if early:
+            self._early.add(item_id)
+        elif item_id in self._early:
+            self._early.discard(item_id)
+            return
+        self.limit.release()
 
     def _record(self, result: Result) -> None:
         self.state.record(result)
@@ -544,7 +558,10 @@ class Runner:
             self.settings.formats, body, response, line_length=self.settings.caption_line_length
         )
         return await self.sink.write(
-            item.out_name, files, OutputMeta(item.source, item.fingerprint)
+            item.out_name,
+            files,
+            OutputMeta(item.source, item.fingerprint),
+            placed=lambda: self._release_slot(item.id, early=True),
         )
 
     def _done_result(
