@@ -146,7 +146,9 @@ def describe_exception(exc: BaseException) -> str:
     """A short, key-free description of a transport error for the report."""
     text = str(exc).strip()
     lowered = text.lower()
-    if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
+    if "connection refused" in lowered:
+        return text  # already says it (client's "cannot connect to H:P: connection refused")
+    if isinstance(exc, ConnectionRefusedError):
         return f"connection refused: {text}" if text else "connection refused"
     if isinstance(exc, TimeoutError):
         return "timeout: no complete answer in time"

@@ -225,6 +225,12 @@ def test_transport_failures_are_retried(exc: BaseException, reason: str) -> None
     assert decision.reason.startswith(reason)
 
 
+def test_connection_refused_is_said_once() -> None:
+    """A message that already names the refused connection is kept as it is."""
+    text = "cannot connect to 127.0.0.1:9: connection refused"
+    assert classify_exception(OSError(text)).reason == text
+
+
 @pytest.mark.parametrize(
     "body",
     [VALID, json.dumps({"metadata": {}, "results": {}}).encode()],
