@@ -146,9 +146,9 @@ def describe_exception(exc: BaseException) -> str:
     """A short, key-free description of a transport error for the report."""
     text = str(exc).strip()
     lowered = text.lower()
-    if "connection refused" in lowered:
+    if lowered.startswith(("connection refused", "cannot connect")):
         return text  # already says it (client's "cannot connect to H:P: connection refused")
-    if isinstance(exc, ConnectionRefusedError):
+    if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
         return f"connection refused: {text}" if text else "connection refused"
     if isinstance(exc, TimeoutError):
         return "timeout: no complete answer in time"
