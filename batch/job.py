@@ -328,7 +328,6 @@ async def _plan(
         state.plan,
         run_id=run_id,
         retry_failed=config.retry_failed,
-        params=config.params,
         force=config.force,
     )
     with signals.routed_to(lambda sig: cancel.set()):

@@ -26,7 +26,6 @@ from batch import migrations
 from batch.errors import StateError, StateLocked
 from batch.models import Item, ItemKind, ItemStatus, Params
 from batch.naming import disambiguate, name_variants, safe_name
-from batch.params import merge_params
 from batch.redact import redact_source, redact_text
 
 PLAN_BATCH = 5000
@@ -186,20 +185,18 @@ class State:
         *,
         run_id: int,
         retry_failed: bool = False,
-        params: Params = (),
         force: bool = False,
     ) -> PlanStats:
         """Upsert items in large transactions; done items whose fingerprint changed go back
         to pending (all of them with ``force``), failed ones only with ``retry_failed``.
-        ``params`` (defaults and ``--param``) is stored under each item's own params."""
+        Only the item's own params (from its manifest line) are stored: the run's layers
+        are added at send time, so a resumed run sends with the current options."""
         seen = broken = 0
         batch: list[tuple[object, ...]] = []
-        run_params = json.dumps(params)
         for item in items:
             seen += 1
             broken += item.error is not None
-            merged = json.dumps(merge_params(params, item.params)) if item.params else run_params
-            batch.append(_plan_row(item, run_id, retry_failed, force, merged))
+            batch.append(_plan_row(item, run_id, retry_failed, force))
             if len(batch) >= PLAN_BATCH:
                 self._upsert(batch)
                 batch = []
@@ -421,9 +418,7 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
-def _plan_row(
-    item: Item, run_id: int, retry_failed: bool, force: bool, params: str
-) -> tuple[object, ...]:
+def _plan_row(item: Item, run_id: int, retry_failed: bool, force: bool) -> tuple[object, ...]:
     name = safe_name(item.name)
     stem, full = name_variants(name)
     status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
@@ -435,7 +430,7 @@ def _plan_row(
         name,
         stem,
         full,
-        params,
+        json.dumps(item.params),
         status.value,
         redact_text(item.error) if item.error is not None else None,
         item.size,

@@ -117,17 +117,6 @@ def test_plan_updates_params_and_source(state: State) -> None:
     assert work.params == (("model", "nova-2"),)
 
 
-def test_plan_layers_item_params_over_the_run_s(state: State) -> None:
-    """The stored params are the run's (defaults, --param) with the item's own on top."""
-    run = (("model", "nova-3"), ("smart_format", "true"))
-    own = _item("a.wav", params=(("model", "whisper"), ("diarize", "true")))
-    state.plan([own, _item("b.wav")], run_id=1, params=run)
-    state.assign_names()
-    a, b = state.claim(10, 0, 1)
-    assert a.params == (("model", "whisper"), ("smart_format", "true"), ("diarize", "true"))
-    assert b.params == run
-
-
 def _names(state: State) -> dict[str, str]:
     return dict(state.query("SELECT id, out_name FROM items"))
 
@@ -348,3 +337,13 @@ def test_state_is_wal_and_records_each_run(tmp_path: Path, dgbatch: Cli) -> None
         db.close()
     assert exit_code == 0
     assert KEY not in command and KEY not in summary
+
+
+def test_plan_stores_only_the_items_own_params(state: State) -> None:
+    """The run's layers (defaults, --param, tags) are added at send time, not stored."""
+    own = _item("a.wav", params=(("model", "whisper"), ("diarize", "true")))
+    state.plan([own, _item("b.wav")], run_id=1)
+    state.assign_names()
+    a, b = state.claim(10, 0, 1)
+    assert a.params == (("model", "whisper"), ("diarize", "true"))
+    assert b.params == ()
