@@ -202,6 +202,11 @@ def cli() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="With --dry-run: the estimate as JSON.")
 @click.option(
+    "--probe",
+    is_flag=True,
+    help="With --dry-run: time S3 objects and URLs from their first (Ogg: also last) 64 KiB.",
+)
+@click.option(
     "--max-audio-hours",
     type=float,
     metavar="H",
@@ -268,6 +273,8 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
     """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
     if opts["as_json"] and not opts["dry_run"]:
         raise UsageError("--json goes with --dry-run (for runs, see dgbatch status --json)")
+    if opts["probe"] and not opts["dry_run"]:
+        raise UsageError("--probe goes with --dry-run (it measures durations for the estimate)")
     out = str(opts["out"])
     try:
         formats = parse_formats(opts["formats"])
@@ -296,6 +303,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         command=shlex.join(["dgbatch", *sys.argv[1:]]),
         caption_line_length=opts["caption_line_length"],
         dry_run=opts["dry_run"],
+        probe=opts["probe"],
         max_audio_hours=opts["max_audio_hours"],
         max_cost=opts["max_cost"],
         price_per_hour=opts["price_per_hour"],

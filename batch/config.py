@@ -54,6 +54,8 @@ class RunConfig:
     caption_line_length: int | None = None
     #: plan and estimate only: no request, no key, the real state untouched
     dry_run: bool = False
+    #: with ``dry_run``: time S3 objects and URLs from their first (and, for Ogg, last) 64 KiB
+    probe: bool = False
     #: stop dispatching before audio transcribed (whole state) + in flight passes this
     max_audio_hours: float | None = None
     #: the same cap in USD, converted with ``price_per_hour`` or ``batch.pricing``

@@ -5,18 +5,23 @@ folder, or an empty state when there is none yet), so the estimate counts exactl
 a real run would send (done items are skipped, changed files re-queued) while the real
 state file is never written, not even locked. No API key is needed. Local files are
 timed with mutagen; URLs and S3 objects are counted by size only (their duration, and
-their cost, is a guess at 128 kbit/s, shown apart from the measured part).
+their cost, is a guess at 128 kbit/s, shown apart from the measured part), unless
+``--probe`` fetches their first (Ogg: also last) 64 KiB to time them with mutagen too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import tempfile
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import aiohttp
 
 from batch.config import RunConfig
 from batch.errors import StateError
@@ -25,10 +30,15 @@ from batch.models import ItemKind
 from batch.naming import output_relpath
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
-from batch.probe import guess_seconds, local_duration
+from batch.probe import guess_seconds, local_duration, probe_s3, probe_url
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.state import State
+
+#: One probe's limit: a stalled server must not hold up the estimate.
+PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
+#: A remote item to probe: id, kind, source, size.
+Remote = tuple[str, str, str, int | None]
 
 #: How ``by_kind`` names item kinds for people.
 KIND_LABELS = {ItemKind.FILE.value: "upload", ItemKind.URL.value: "url", ItemKind.S3.value: "s3"}
@@ -97,7 +107,8 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
             with _latched_signals() as signals:
                 plan = await _plan(config, state, run_id, stdin, s3, signals, {})
                 await plan.finish(stopped=False)
-            return _estimate(config, state)
+            probed = await probe_remote(config, state, s3) if config.probe else {}
+            return _estimate(config, state, probed)
         finally:
             state.close()
             s3.close()
@@ -120,13 +131,51 @@ def _copy_state(source: Path, target: Path) -> None:
         raise StateError(f"{source}: cannot read the state file ({exc})") from exc
 
 
-def _estimate(config: RunConfig, state: State) -> Estimate:
+async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, float]:
+    """Seconds of each S3/URL item to send that could be probed, by item id.
+
+    ``config.concurrency`` workers share one lazy iterator over the state, so at most
+    that many probes (128 KiB each at most) are in flight whatever the batch size.
+    Items missing from the result fall back to the size guess.
+    """
+    remotes = _remote_items(state)
+    found: dict[str, float] = {}
+    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
+
+        async def worker() -> None:
+            for item_id, kind, source, size in remotes:
+                seconds = await _probe_one(session, s3, kind, source, size)
+                if seconds is not None:
+                    found[item_id] = seconds
+
+        await asyncio.gather(*(worker() for _ in range(config.concurrency)))
+    return found
+
+
+def _remote_items(state: State) -> Iterator[Remote]:
+    """S3 and URL items still to send, read lazily (a prefix may hold millions)."""
+    kinds = (ItemKind.S3.value, ItemKind.URL.value)
+    for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
+        if row["kind"] in kinds:
+            yield row["id"], row["kind"], row["source"], row["size"]
+
+
+async def _probe_one(
+    session: aiohttp.ClientSession, s3: S3, kind: str, source: str, size: int | None
+) -> float | None:
+    """One item's measured seconds, or None (unknown: guessed from its size)."""
+    if kind == ItemKind.S3.value:
+        return await probe_s3(s3, source, size)
+    return await probe_url(session, source, size)
+
+
+def _estimate(config: RunConfig, state: State, probed: dict[str, float]) -> Estimate:
     result = Estimate(state=str(config.state_path))
     counts = state.counts()
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
-        seconds = _add_item(result, row)
+        seconds = _add_item(result, row, probed.get(row["id"]))
         params = merge_params(config.params, tuple(tuple(p) for p in json.loads(row["params"])))
         model = model_of(params) or "(default)"
         seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
@@ -140,8 +189,11 @@ def _estimate(config: RunConfig, state: State) -> Estimate:
     return result
 
 
-def _add_item(result: Estimate, row: sqlite3.Row) -> float | None:
-    """Count one item to send; its seconds (measured or guessed) or None if unknown."""
+def _add_item(result: Estimate, row: sqlite3.Row, probed: float | None) -> float | None:
+    """Count one item to send; its seconds (measured or guessed) or None if unknown.
+
+    ``probed`` is the item's duration from ``--probe`` (remote items only).
+    """
     result.to_send += 1
     result.by_kind[KIND_LABELS.get(row["kind"], row["kind"])] += 1
     size = row["size"]
@@ -149,7 +201,7 @@ def _add_item(result: Estimate, row: sqlite3.Row) -> float | None:
         result.unsized += 1
     else:
         result.bytes += int(size)
-    measured = local_duration(row["source"]) if row["kind"] == ItemKind.FILE.value else None
+    measured = local_duration(row["source"]) if row["kind"] == ItemKind.FILE.value else probed
     if measured is not None:
         result.measured += 1
         result.measured_seconds += measured
@@ -189,7 +241,7 @@ def format_estimate(estimate: Estimate) -> str:
             else ""
         ),
         f"audio: {e['duration_seconds'] / 3600:.3f} h measured in {e['items_with_duration']} "
-        f"file(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
+        f"item(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
         f"{e['items_without_estimate']} item(s) unknown",
         "estimated cost: "
         + (_usd(cost) if cost is not None else "unknown (pass --price-per-hour)")

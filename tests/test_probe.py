@@ -1,0 +1,214 @@
+"""``run --dry-run --probe``: remote durations from the first (Ogg: last) 64 KiB."""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import wave
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import mutagen
+import pytest
+from aiohttp import web
+from conftest import Cli, MotoS3, make_wav, serve_app
+from mutagen.ogg import OggPage
+
+from batch.emulator import Emulator
+from batch.probe import (
+    GUESS_BYTES_PER_SECOND,
+    HEAD_BYTES,
+    MAX_READ,
+    TAIL_BYTES,
+    SparseReader,
+    needs_tail,
+    size_from_content_range,
+    sparse_duration,
+)
+
+
+def wav_bytes(seconds: float, rate: int = 22050, channels: int = 2) -> bytes:
+    """A real 16-bit WAV built with the stdlib (silence is enough for mutagen)."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(channels)
+        out.setsampwidth(2)
+        out.setframerate(rate)
+        out.writeframes(b"\0\0" * channels * int(seconds * rate))
+    return buf.getvalue()
+
+
+def flac_bytes(rate: int, samples: int, padding: int = 200_000) -> bytes:
+    """A FLAC stream header (STREAMINFO only) followed by filler standing in for frames."""
+    info = struct.pack(">HH", 4096, 4096) + bytes(6)
+    info += ((rate << 44) | (15 << 36) | samples).to_bytes(8, "big") + bytes(16)
+    return b"fLaC" + b"\x80" + len(info).to_bytes(3, "big") + info + b"\xff\xf8" + bytes(padding)
+
+
+def ogg_bytes(rate: int, seconds: float, filler: int = 200_000) -> bytes:
+    """An Ogg Vorbis stream: id and comment headers, filler pages, a last page whose
+    granule position gives the duration (mutagen reads it from the end)."""
+    ident = b"\x01vorbis" + struct.pack("<IBIiiiBB", 0, 1, rate, 0, 64000, 0, 0xB8, 1)
+    comment = b"\x03vorbis" + struct.pack("<I", 4) + b"test" + struct.pack("<I", 0) + b"\x01"
+
+    def page(packet: bytes, seq: int, pos: int, first: bool = False, last: bool = False) -> bytes:
+        p = OggPage()
+        p.serial, p.sequence, p.position, p.first, p.last = 7, seq, pos, first, last
+        p.packets = [packet]
+        return bytes(p.write())
+
+    out = page(ident, 0, 0, first=True) + page(comment, 1, 0)
+    seq, noise = 2, bytes(range(256)) * 16
+    while len(out) < filler:
+        out += page(noise, seq, seq * 1000)
+        seq += 1
+    return out + page(noise, seq, int(rate * seconds), last=True)
+
+
+def test_sparse_reader_reads_head_zeros_tail_and_seeks() -> None:
+    """Absolute, relative and end seeks; overlapping head and tail; reads stop at size."""
+    r = SparseReader(b"abc", 10, b"xyz")
+    assert r.read() == b"abc\0\0\0\0xyz"
+    assert r.seek(-4, io.SEEK_END) == 6 and r.read(2) == b"\0x" and r.tell() == 8
+    assert r.seek(-7, io.SEEK_CUR) == 1 and r.read(3) == b"bc\0"
+    assert r.seek(20) == 20 and r.read(5) == b""
+    assert SparseReader(b"abcd", 5, b"xyz").read() == b"abxyz"
+    assert len(SparseReader(b"", 10 * MAX_READ).read(MAX_READ)) == MAX_READ
+    with pytest.raises(OSError):
+        r.seek(-1)
+    big = SparseReader(b"abc", 10_000_000)
+    with pytest.raises(OSError):
+        big.read()  # whole-file reads of a sparse object are refused, not allocated
+
+
+@pytest.mark.parametrize(
+    "data",
+    [wav_bytes(3.0), wav_bytes(12.5, rate=8000, channels=1), flac_bytes(44100, 44100 * 7)],
+    ids=["wav-stereo", "wav-mono", "flac"],
+)
+def test_head_alone_gives_mutagens_duration(data: bytes) -> None:
+    """The first 64 KiB of a WAV/FLAC, seen at the real size, time it like the whole file."""
+    assert len(data) > HEAD_BYTES
+    expected = mutagen.File(io.BytesIO(data)).info.length
+    assert not needs_tail(data[:HEAD_BYTES], len(data))
+    assert sparse_duration(data[:HEAD_BYTES], len(data)) == pytest.approx(expected)
+
+
+def test_ogg_needs_its_tail() -> None:
+    """An Ogg head alone has no duration; with the last 64 KiB mutagen finds the last page."""
+    data = ogg_bytes(48000, 9.5)
+    head, tail = data[:HEAD_BYTES], data[-TAIL_BYTES:]
+    assert needs_tail(head, len(data)) and not needs_tail(data, len(data))
+    assert sparse_duration(head, len(data)) is None
+    assert sparse_duration(head, len(data), tail) == pytest.approx(9.5)
+
+
+def test_unknown_data_and_content_range() -> None:
+    """Garbage is unknown (not an error); Content-Range gives the total size."""
+    assert sparse_duration(b"\x01\x02" * 1000, 5_000_000) is None
+    assert sparse_duration(b"", 10) is None
+    assert size_from_content_range("bytes 0-65535/123456") == 123456
+    assert size_from_content_range("bytes 0-9/*") is None
+    assert size_from_content_range(None) is None
+
+
+def _dry(dgbatch: Cli, *args: str) -> dict[str, object]:
+    result = dgbatch("run", *args, "--dry-run", "--json", key=None)
+    assert result.exit_code == 0, result.output
+    return dict(json.loads(result.output))
+
+
+def _s3_objects() -> dict[str, bytes]:
+    return {
+        "in/a.wav": wav_bytes(4.0),
+        "in/b.flac": flac_bytes(16000, 16000 * 30),
+        "in/c.ogg": ogg_bytes(44100, 12.25),
+        "in/d.wav": wav_bytes(0.5, rate=8000, channels=1),  # smaller than one range
+        "in/e.mp3": b"\x00not audio at all" * 10,  # unprobeable: guessed
+    }
+
+
+def test_dry_run_probe_measures_s3_objects(
+    dgbatch: Cli, emulator: Emulator, moto: MotoS3, tmp_path: Path
+) -> None:
+    """With ``--probe`` each S3 object is timed like mutagen on the whole object; an
+    unreadable one falls back to the size guess. Nothing is sent."""
+    objects = _s3_objects()
+    moto.bucket("probe-src", objects)
+    estimate = _dry(dgbatch, "s3://probe-src/in/", "--out", str(tmp_path / "out"), "--probe")
+    timed = {k: v for k, v in objects.items() if not k.endswith(".mp3")}
+    expected = sum(mutagen.File(io.BytesIO(v)).info.length for v in timed.values())
+    assert estimate["duration_seconds"] == pytest.approx(expected, abs=1e-3)
+    assert estimate["items_with_duration"] == 4
+    assert estimate["guessed_seconds"] == pytest.approx(
+        len(objects["in/e.mp3"]) / GUESS_BYTES_PER_SECOND, abs=1e-3
+    )
+    assert estimate["to_send"] == 5 and emulator.log == []
+
+
+def test_dry_run_without_probe_guesses_s3_from_size(
+    dgbatch: Cli, emulator: Emulator, moto: MotoS3, tmp_path: Path
+) -> None:
+    """Without ``--probe`` S3 objects are not read: all their seconds are guessed."""
+    objects = _s3_objects()
+    moto.bucket("probe-src", objects)
+    estimate = _dry(dgbatch, "s3://probe-src/in/", "--out", str(tmp_path / "out"))
+    size = sum(len(v) for v in objects.values())
+    assert estimate["items_with_duration"] == 0 and estimate["duration_seconds"] == 0
+    assert estimate["guessed_seconds"] == pytest.approx(size / GUESS_BYTES_PER_SECOND, abs=1e-3)
+
+
+@contextmanager
+def ranged_server(files: dict[str, bytes], ranges: list[str | None]) -> Iterator[str]:
+    """``/r/NAME`` honours Range (206), ``/full/NAME`` ignores it (200, whole body);
+    every request's Range header is appended to ``ranges``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        ranges.append(request.headers.get("Range"))
+        data = files[request.match_info["name"]]
+        if request.match_info["mode"] == "full":
+            return web.Response(body=data)
+        spec = request.http_range
+        part = data[spec]
+        first = spec.start if spec.start is not None else 0
+        first = first if first >= 0 else len(data) + first
+        headers = {"Content-Range": f"bytes {first}-{first + len(part) - 1}/{len(data)}"}
+        return web.Response(status=206, body=part, headers=headers)
+
+    app = web.Application()
+    app.router.add_get("/{mode}/{name}", handle)
+    with serve_app(app) as url:
+        yield url
+
+
+def test_dry_run_probe_measures_urls_with_ranges(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """URL items are timed from Range GETs (a suffix range for Ogg), also from a server
+    that ignores Range; the URL's secret never appears in the output."""
+    files = {"a.wav": wav_bytes(6.0), "b.ogg": ogg_bytes(48000, 20.0), "c.wav": wav_bytes(2.0)}
+    ranges: list[str | None] = []
+    with ranged_server(files, ranges) as base:
+        urls = [
+            f"{base}/r/a.wav?token=sekrit123",
+            f"{base}/r/b.ogg",
+            f"{base}/full/c.wav",
+        ]
+        estimate = _dry(dgbatch, *urls, "--out", str(tmp_path / "out"), "--probe")
+    expected = sum(mutagen.File(io.BytesIO(v)).info.length for v in files.values())
+    assert estimate["duration_seconds"] == pytest.approx(expected, abs=1e-3)
+    assert estimate["items_with_duration"] == 3 and estimate["guessed_seconds"] == 0
+    assert sorted(r or "" for r in ranges) == sorted(
+        ["bytes=0-65535"] * 3 + [f"bytes=-{TAIL_BYTES}"]
+    )
+    assert "sekrit123" not in json.dumps(estimate)
+
+
+def test_probe_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """``--probe`` without ``--dry-run`` is a usage error naming the flag; nothing is sent."""
+    make_wav(tmp_path / "in" / "a.wav")
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--probe")
+    assert result.exit_code == 2 and "--probe" in result.output
+    assert emulator.log == []
