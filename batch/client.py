@@ -30,8 +30,6 @@ CONNECT_TIMEOUT = 30.0
 #: only the upload is watched: Deepgram may legitimately think for minutes afterwards
 STALL_TIMEOUT = 60.0
 
-ByteCounter = Callable[[int], None]
-
 
 class TransportError(Exception):
     """The request got no complete HTTP answer (refused, reset, timed out, truncated)."""

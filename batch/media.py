@@ -9,6 +9,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiofiles
+from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient
 from batch.errors import ItemError
@@ -38,24 +39,26 @@ def check_file(item: WorkItem, path: str) -> int:
     return st.st_size
 
 
-async def file_chunks(path: str) -> AsyncIterator[bytes]:
-    """Read a file in chunks off the event loop; never the whole file in memory."""
-    async with aiofiles.open(path, "rb") as handle:
-        while chunk := await handle.read(CHUNK_SIZE):
-            yield chunk
+async def file_chunks(handle: AsyncBufferedReader) -> AsyncIterator[bytes]:
+    """Read an open file in chunks off the event loop; never the whole file in memory."""
+    while chunk := await handle.read(CHUNK_SIZE):
+        yield chunk
 
 
 async def send_file(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-    """Stream a local file as the request body."""
+    """Stream a local file as the request body. The file is opened before the request
+    starts, so an unreadable file fails its item instead of looking like a network error."""
     size = check_file(item, source)
     try:
-        with open(source, "rb"):
-            pass
+        handle = await aiofiles.open(source, "rb")
     except OSError as exc:
         raise ItemError(f"{source}: cannot read file: {exc.strerror}", code="unreadable") from exc
-    return await client.send_stream(
-        file_chunks(source), size, content_type_for(source), item.params
-    )
+    try:
+        return await client.send_stream(
+            file_chunks(handle), size, content_type_for(source), item.params
+        )
+    finally:
+        await handle.close()
 
 
 def sniff_file(item: WorkItem, path: str) -> None:

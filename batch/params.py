@@ -31,9 +31,6 @@ __all__ = [
 ]
 
 DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
-#: Tag on every request so Deepgram's usage reports can be traced to dgbatch and its run.
-RUN_TAG = "dgbatch"
-
 #: Output formats that read ``results.utterances`` when Deepgram returns them.
 CAPTION_FORMATS = frozenset({"srt", "vtt"})
 #: The tag every dgbatch request carries, beside its run's own tag.

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import aiofiles
 import aiohttp
 import pytest
 
@@ -53,7 +54,8 @@ async def _upload(url: str, path: Path, stall: float) -> int:
     async with aiohttp.ClientSession() as session:
         client = DeepgramClient(session, url, "k-123456", stall_timeout=stall)
         size = path.stat().st_size
-        answer = await client.send_stream(file_chunks(str(path)), size, "audio/wav", ())
+        async with aiofiles.open(path, "rb") as handle:
+            answer = await client.send_stream(file_chunks(handle), size, "audio/wav", ())
         return answer.status
 
 
