@@ -8,6 +8,7 @@ policy never see a third-party exception.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 from collections.abc import AsyncIterator, Callable
@@ -55,9 +56,11 @@ class Answer:
     request_id: str | None
 
 
+@functools.lru_cache(maxsize=256)
 def request_timeout(size: int | None, base: float = DEFAULT_TIMEOUT) -> aiohttp.ClientTimeout:
     """A total timeout that grows with the upload: ``base`` plus the time to send ``size``
-    bytes at ``MIN_UPLOAD_RATE``, so a 1 GB upload is not cut at a fixed limit."""
+    bytes at ``MIN_UPLOAD_RATE``, so a 1 GB upload is not cut at a fixed limit. Cached
+    (timeouts are immutable): every URL item of a run gets the same one."""
     upload_time = (size or 0) / MIN_UPLOAD_RATE
     return aiohttp.ClientTimeout(
         total=base + upload_time, connect=CONNECT_TIMEOUT, sock_connect=CONNECT_TIMEOUT

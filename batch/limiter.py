@@ -4,11 +4,19 @@ Deepgram limits concurrent requests per project (100 for Nova, 5 for Whisper, 10
 fewer with Audio Intelligence) and answers 429 above it. Retrying harder at the same
 concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does):
 
+- the limit starts at the user's ``--concurrency``: no slow start. The user chose it,
+  and probing from below would cost several round trips, which with Deepgram's
+  minute-long requests is minutes of a half-idle pool; a 429 costs one round trip and
+  nothing billed, and the first burst of them cuts the limit once;
 - a 429 cuts the limit to ``decrease`` of itself (70 % by default), but only when the
   throttled request was sent under the current limit: the other 429s of the same
   burst were caused by the old, higher limit and must not cut it again. That is
   TCP's "once per window" without a clock, so it suits a 50 ms emulator and a
   Deepgram request that takes a minute alike;
+- any 429 also caps the limit at the number of other requests still in flight: the
+  project is full with those. The late 429s of a burst each find fewer in flight, so
+  a start at ``--concurrency 64`` against a limit of 8 lands near 8 within one
+  round trip instead of after several multiplicative cuts;
 - each success adds ``1/limit``: one slot per full window of successes, never above
   the user's ``--concurrency`` (``maximum``);
 - an item throttled by a 429 gives its slot back while it waits and asks again
@@ -37,13 +45,11 @@ class AdaptiveLimit:
         *,
         adaptive: bool = True,
         decrease: float = 0.7,
-        start: int = 4,
         on_change: Callable[[int], None] | None = None,
     ) -> None:
         self.maximum = maximum
         self.in_flight = 0
-        self._limit = float(min(maximum, start) if adaptive else maximum)
-        self._slow_start = True
+        self._limit = float(maximum)
         self._adaptive = adaptive
         self._decrease = decrease
         self._epoch = 0
@@ -96,12 +102,18 @@ class AdaptiveLimit:
         self._changed.set()
 
     def on_throttle(self, epoch: int) -> None:
-        """A 429 on a request sent at ``epoch``: cut the limit, once per window."""
-        if not self._adaptive or epoch != self._epoch:
+        """A 429 on a request sent at ``epoch`` (whose slot is still held): cut the limit
+        once per window, and never leave it above the other requests still in flight,
+        which the project is evidently full with. The second rule is what brings the
+        first burst down at once: each late 429 of it finds fewer requests in flight."""
+        if not self._adaptive:
             return
-        self._epoch += 1
-        self._slow_start = False
-        self._set(max(1.0, self._limit * self._decrease))
+        target = float(max(1, self.in_flight - 1))
+        if epoch == self._epoch:
+            target = min(target, self._limit * self._decrease)
+        if target < self._limit:
+            self._epoch += 1
+            self._set(max(1.0, target))
 
     def shrunk_since(self, epoch: int) -> bool:
         """Whether the limit was cut after a request sent at ``epoch`` (the pool slowed
@@ -111,8 +123,7 @@ class AdaptiveLimit:
     def on_success(self) -> None:
         """A success: one more slot per window of ``limit`` successes."""
         if self._adaptive and self._limit < self.maximum:
-            step = 1.0 if self._slow_start else 1.0 / self._limit
-            self._set(min(float(self.maximum), self._limit + step))
+            self._set(min(float(self.maximum), self._limit + 1.0 / self._limit))
 
     def _set(self, value: float) -> None:
         before = self.limit

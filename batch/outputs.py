@@ -174,8 +174,8 @@ class _Job:
     paths: list[Path] = field(default_factory=list)
     temps: list[Path] = field(default_factory=list)
     error: Exception | None = None
-    #: called (from the writer thread) once the files are in place with durable data,
-    #: before the folders' entries are: a kill from then on leaves whole outputs behind
+    #: run on the event loop once the files are in place with durable data, before the
+    #: folders' entries are: a kill from then on leaves whole outputs behind
     placed: Callable[[], None] | None = None
 
     def fail(self, exc: Exception) -> None:
@@ -195,7 +195,9 @@ class _GroupWriter:
         self._parallel = threads > 1  # run() itself holds one of the pool's threads
         self._path_for = path_for
 
-    def run(self, jobs: list[_Job]) -> None:
+    def run(self, jobs: list[_Job], announce: Callable[[list[Callable[[], None]]], None]) -> None:
+        """Place ``jobs``; ``announce`` hands their ``placed`` callbacks to the event loop
+        in one wake-up for the whole group."""
         for job in jobs:
             self._place(job)
         folders = {path.parent for job in jobs if job.error is None for path in job.paths}
@@ -211,8 +213,7 @@ class _GroupWriter:
             self._barrier([tmp for job in live for tmp in job.temps], folders)
             for job in live:
                 _rename_temps(job)
-                if job.error is None and job.placed is not None:
-                    job.placed()
+            announce([job.placed for job in live if job.error is None and job.placed is not None])
             self._barrier([], folders)
         except OSError as exc:
             where = Path(exc.filename) if isinstance(exc.filename, str) else min(folders)
@@ -274,8 +275,9 @@ def _rename_temps(job: _Job) -> None:
             return
 
 
-def _call_on_loop(loop: asyncio.AbstractEventLoop, callback: Callable[[], None]) -> None:
-    loop.call_soon_threadsafe(callback)
+def _run_all(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class LocalSink:
@@ -320,9 +322,7 @@ class LocalSink:
         """Queue the files for the next group commit; return once they are durable.
         ``placed`` runs on the loop as soon as they are in place (see ``_Job.placed``)."""
         loop = asyncio.get_running_loop()
-        job = _Job(out_name, files)
-        if placed is not None:
-            job.placed = lambda: _call_on_loop(loop, placed)
+        job = _Job(out_name, files, placed=placed)
         done = loop.create_future()
         self._queue.append((job, done))
         if self._committer is None:
@@ -335,12 +335,18 @@ class LocalSink:
     async def _commit_groups(self) -> None:
         """Write whatever queued up while the previous group was being synced, until idle."""
         loop = asyncio.get_running_loop()
+
+        def announce(callbacks: list[Callable[[], None]]) -> None:
+            if callbacks:
+                loop.call_soon_threadsafe(_run_all, callbacks)
+
         try:
             while self._queue:
                 started = loop.time()
                 group, self._queue = self._queue, []
                 try:
-                    await loop.run_in_executor(self._pool, self._writer.run, [j for j, _ in group])
+                    jobs = [job for job, _ in group]
+                    await loop.run_in_executor(self._pool, self._writer.run, jobs, announce)
                 except BaseException as exc:
                     for job, _ in group:
                         job.error = job.error or OutputError(

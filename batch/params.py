@@ -147,8 +147,10 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
     return tuple(pairs)
 
 
+@lru_cache(maxsize=1024)
 def encode_query(params: Params) -> str:
-    """Encode params as a query string, repeating keys and keeping their order."""
+    """Encode params as a query string, repeating keys and keeping their order (cached:
+    every request of a run usually sends the same few param sets)."""
     return urlencode(list(params), doseq=True)
 
 

@@ -96,6 +96,10 @@ _ASSIGNMENT_RE = re.compile(
     r"(?i)(api[_-]?key|password|passwd|secret|access[_-]?token)(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
 )
 
+# What at least one of the patterns above (or ``redact_url``) needs in order to match:
+# without any of it, text passes through unchanged and the regexes need not run.
+_MAYBE_SECRET_RE = re.compile(r"[@?#]|(?i:api[_-]?key|passw|secret|token|bearer|authorization)")
+
 
 def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     """Tell whether a query key's value must not be shown (case-insensitive)."""
@@ -194,6 +198,16 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """
     try:
         text = _replace_secrets(text, secrets)
+        if _MAYBE_SECRET_RE.search(text) is None:
+            return text  # what every pattern below needs is absent: the common, cheap case
+        return _redact_patterns(text)
+    except Exception:  # pragma: no cover - defensive: never leak, never raise
+        return REDACTED
+
+
+def _redact_patterns(text: str) -> str:
+    """URL credentials, auth headers, ``Token …`` and ``api_key=…`` assignments."""
+    try:
         text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
         text = _AUTH_HEADER_RE.sub(_auth_header, text)
         text = _TOKEN_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)

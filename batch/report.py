@@ -35,8 +35,9 @@ REPORT_FIELDS = (
 )
 
 
-def report_row(row: sqlite3.Row) -> dict[str, Any]:
-    """One item as a report row, secrets redacted."""
+def report_row(row: sqlite3.Row, columns: frozenset[str] | None = None) -> dict[str, Any]:
+    """One item as a report row, secrets redacted (``columns``: the row's, if known)."""
+    columns = frozenset(row.keys()) if columns is None else columns
     return {
         "id": redact_text(row["id"]),
         "source": redact_text(row["source"]),
@@ -50,14 +51,14 @@ def report_row(row: sqlite3.Row) -> dict[str, Any]:
         "duration": row["duration"],
         "outputs": json.loads(row["outputs"]) if row["outputs"] else [],
         "timeout_retries": row["timeout_retries"],
-        "warning": _optional(row, "warning"),
-        "copy_of": _optional(row, "copy_of"),
+        "warning": _optional(row, "warning", columns),
+        "copy_of": _optional(row, "copy_of", columns),
     }
 
 
-def _optional(row: sqlite3.Row, column: str) -> Any:
+def _optional(row: sqlite3.Row, column: str, columns: frozenset[str]) -> Any:
     """A column added by a later migration: None in a state file opened read-only before it."""
-    return row[column] if column in row.keys() else None  # noqa: SIM118 - Row iterates values
+    return row[column] if column in columns else None
 
 
 def iter_report(
@@ -67,8 +68,10 @@ def iter_report(
     conditions = ["status = 'failed'"] if failed_only else []
     conditions += ["warning IS NOT NULL"] if warnings_only else []
     where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    columns = None
     for row in state.iter_rows(where):
-        yield report_row(row)
+        columns = frozenset(row.keys()) if columns is None else columns
+        yield report_row(row, columns)
 
 
 def write_jsonl(rows: Iterable[dict[str, Any]], stream: TextIO) -> int:

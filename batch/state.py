@@ -81,6 +81,23 @@ class WorkItem:
     claimed_at: float | None
     status: ItemStatus
 
+    def with_params(self, params: Params) -> WorkItem:
+        """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
+        and this runs once per request)."""
+        return WorkItem(
+            self.rowid,
+            self.id,
+            self.source,
+            self.kind,
+            self.out_name,
+            params,
+            self.attempts,
+            self.size,
+            self.fingerprint,
+            self.claimed_at,
+            self.status,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Result:

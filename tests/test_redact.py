@@ -13,6 +13,7 @@ from batch.redact import (
     REDACTED,
     SECRET_QUERY_KEYS,
     RedactingFilter,
+    _redact_patterns,
     redact_source,
     redact_text,
     redact_url,
@@ -142,6 +143,29 @@ def test_redact_url_never_raises(text: str) -> None:
     """Any text at all goes through redact_url and redact_text without an exception."""
     assert isinstance(redact_url(text), str)
     assert isinstance(redact_text(text, [text]), str)
+
+
+SECRETISH = st.sampled_from(
+    ["http://", "https://u:p@", "?sig=", "#access_token=", "Token ", "Authorization: ",
+     "api_key:", "API-KEY=", "PassWord:", "secret=", "accessToken=", "1234567890", " ", "@",
+     "\t", "x", "/a.wav", ":", ";", "&"]
+)  # fmt: skip
+
+
+@given(st.lists(st.one_of(SECRETISH, st.text(max_size=8)), max_size=12).map("".join))
+def test_the_quick_check_never_skips_a_redaction(text: str) -> None:
+    """Text the quick check lets through unchanged is text every pattern leaves alone."""
+    assert redact_text(text) == _redact_patterns(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["https://host/a.wav", "audio/x 1.wav", "s3://bucket/key.mp3", "internal error: KeyError"],
+)
+def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sources and messages with nothing secret-shaped skip the regexes (report speed)."""
+    monkeypatch.setattr("batch.redact._redact_patterns", lambda text: pytest.fail(text))
+    assert redact_text(text) == text
 
 
 @pytest.mark.parametrize(

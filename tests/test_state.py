@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from conftest import (
 
 from batch.errors import StateError, StateLocked
 from batch.models import Item, ItemKind, ItemStatus
-from batch.state import Result, State
+from batch.state import Result, State, WorkItem
 
 
 def _item(name: str, fingerprint: str = "10:1", *, error: str | None = None, **kw: object) -> Item:
@@ -347,3 +348,12 @@ def test_plan_stores_only_the_items_own_params(state: State) -> None:
     a, b = state.claim(10, 0, 1)
     assert a.params == (("model", "whisper"), ("diarize", "true"))
     assert b.params == ()
+
+
+def test_with_params_keeps_every_other_field() -> None:
+    """``WorkItem.with_params`` (the hot path's copy) equals ``dataclasses.replace``,
+    for every field there is: a field added later cannot be silently dropped."""
+    values = {field.name: f"v-{field.name}" for field in dataclasses.fields(WorkItem)}
+    item = WorkItem(**values)  # type: ignore[arg-type]
+    params = (("model", "nova-3"),)
+    assert item.with_params(params) == dataclasses.replace(item, params=params)
