@@ -13,7 +13,6 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import mutagen
 
 from batch.redact import redact_source, redact_url
 
@@ -155,6 +154,8 @@ def sparse_duration(head: bytes, size: int | None, tail: bytes = b"") -> float |
 
 def _duration_of(source: Any, label: str) -> float | None:
     """mutagen's length for a path or file object; None for anything it cannot read."""
+    import mutagen  # imported when first needed: URL-only runs start faster
+
     try:
         parsed = mutagen.File(source)
     except Exception as exc:  # mutagen raises many types for odd data; all mean "unknown"

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
-from tqdm import tqdm
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Progress(Protocol):
@@ -75,6 +76,8 @@ class BarProgress(_Counts):
             self._bar.total = total
             self._bar.refresh()
             return
+        from tqdm import tqdm  # only a terminal needs it: 10 ms off every other start
+
         self._bar = tqdm(
             total=total,
             initial=done,
