@@ -29,7 +29,7 @@ from batch.naming import AUDIO_EXTENSIONS
 from batch.params import DEFAULT_PARAMS, merge_params, parse_param
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
-from batch.report import WRITERS, format_status, iter_report, status_summary
+from batch.report import WRITERS, format_status, status_summary
 from batch.s3 import URL_MODES
 from batch.shard import SHARD_ENV, parse_shard
 from batch.state import State
@@ -379,8 +379,7 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: Any
     try:
         state = State.open(state_path, readonly=True)
         try:
-            rows = iter_report(state, failed_only=failed, warnings_only=warnings)
-            WRITERS[fmt](rows, output)
+            WRITERS[fmt](state, output, failed_only=failed, warnings_only=warnings)
         finally:
             state.close()
     except BatchError as exc:

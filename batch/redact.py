@@ -23,6 +23,7 @@ __all__ = [
     "SECRET_QUERY_KEYS",
     "RedactingFilter",
     "is_secret_key",
+    "may_hold_secret",
     "redact_source",
     "redact_text",
     "redact_url",
@@ -96,9 +97,13 @@ _ASSIGNMENT_RE = re.compile(
     r"(?i)(api[_-]?key|password|passwd|secret|access[_-]?token)(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
 )
 
-# What at least one of the patterns above (or ``redact_url``) needs in order to match:
-# without any of it, text passes through unchanged and the regexes need not run.
-_MAYBE_SECRET_RE = re.compile(r"[@?#]|(?i:api[_-]?key|passw|secret|token|bearer|authorization)")
+# What at least one of the patterns above (or ``redact_url``) needs in order to match,
+# lowercased: without any of it, text passes through unchanged and the regexes need not
+# run. Plain substring tests: a case-insensitive regex alternation is ten times slower.
+_SECRET_HINTS = (
+    "@", "?", "#", "apikey", "api_key", "api-key", "passw", "secret", "token", "bearer",
+    "authorization",
+)  # fmt: skip
 
 
 def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
@@ -188,6 +193,13 @@ def _auth_header(match: re.Match[str]) -> str:
     return f"{match.group(1)}{match.group(2) or ''}{REDACTED}"
 
 
+def may_hold_secret(text: str) -> bool:
+    """False when ``redact_text`` (without explicit secrets) would return ``text`` as it
+    is: one regex search instead of five substitutions."""
+    lowered = text.lower()
+    return any(hint in lowered for hint in _SECRET_HINTS)
+
+
 def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """Return ``text`` with known secrets, URL credentials and auth headers removed.
 
@@ -198,7 +210,7 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
     """
     try:
         text = _replace_secrets(text, secrets)
-        if _MAYBE_SECRET_RE.search(text) is None:
+        if not may_hold_secret(text):
             return text  # what every pattern below needs is absent: the common, cheap case
         return _redact_patterns(text)
     except Exception:  # pragma: no cover - defensive: never leak, never raise

@@ -366,6 +366,16 @@ class State:
             cur = self._db.cursor()
             cur.row_factory = sqlite3.Row
             cur.execute(f"SELECT * FROM items {where} ORDER BY rowid", args)
+        return self._fetch_all(cur)
+
+    def iter_tuples(self, select: str, args: tuple[object, ...] = ()) -> Iterator[Any]:
+        """Stream the rows of ``select`` over items, in plan order (raises at once, not on
+        the first ``next``, when the query is invalid)."""
+        with self._mutex:
+            cur = self._db.execute(f"{select} ORDER BY rowid", args)
+        return self._fetch_all(cur)
+
+    def _fetch_all(self, cur: sqlite3.Cursor) -> Iterator[Any]:
         while True:
             with self._mutex:
                 rows = cur.fetchmany(1000)

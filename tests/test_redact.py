@@ -147,7 +147,8 @@ def test_redact_url_never_raises(text: str) -> None:
 
 SECRETISH = st.sampled_from(
     ["http://", "https://u:p@", "?sig=", "#access_token=", "Token ", "Authorization: ",
-     "api_key:", "API-KEY=", "PassWord:", "secret=", "accessToken=", "1234567890", " ", "@",
+     "api_key:", "API-KEY=", "apiKey:", "Bearer ", "PassWord:", "secret=", "accessToken=",
+     "1234567890", " ", "@",
      "\t", "x", "/a.wav", ":", ";", "&"]
 )  # fmt: skip
 
