@@ -220,7 +220,7 @@ class Runner:
             task = asyncio.create_task(self._work(queue.popleft()))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-            if ahead is None and len(queue) < self.settings.concurrency:
+            if ahead is None and len(queue) < self.settings.concurrency // 2:
                 ahead = asyncio.create_task(self._claim(cursor))
         if ahead is not None:
             queue.extend(await ahead)
@@ -263,16 +263,10 @@ class Runner:
         self.stats.copies += result.copy_of is not None
 
     async def _claim(self, cursor: int) -> list[WorkItem]:
-        """The next items, or none when the state cannot be written (the run stops).
-
-        Two windows' worth, and the next claim starts while a whole window is still
-        queued: when a burst of answers frees every slot at once, each one finds an item
-        waiting instead of half of them waiting for a claim's round trip to SQLite.
-        Claimed items that are never sent go back to ``pending`` (the end of
-        ``_dispatch``, or ``recover`` after a crash)."""
+        """The next items, or none when the state cannot be written (the run stops)."""
         try:
             return await asyncio.to_thread(
-                self.state.claim, 2 * self.settings.concurrency, cursor, self.run_id
+                self.state.claim, self.settings.concurrency, cursor, self.run_id
             )
         except StateError as exc:
             self.stop(exc)
