@@ -142,7 +142,7 @@ def _load_syncfs() -> Callable[[int], int] | None:
 _SYNCFS = _load_syncfs()
 
 
-def _syncfs(folders: Iterable[Path]) -> None:
+def _syncfs(folders: Iterable[str]) -> None:
     """One ``syncfs`` per filesystem holding ``folders``: every dirty page and inode on it."""
     synced: set[int] = set()
     for folder in folders:
@@ -157,7 +157,7 @@ def _syncfs(folders: Iterable[Path]) -> None:
             os.close(fd)
 
 
-def _fsync_file(path: Path) -> None:
+def _fsync_file(path: str) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -167,21 +167,23 @@ def _fsync_file(path: Path) -> None:
 
 @dataclass
 class _Job:
-    """The files of one ``write`` call, and what became of them."""
+    """The files of one ``write`` call, and what became of them. Paths are plain strings:
+    the writer handles two files per item, and ``pathlib`` cost more than the syscalls."""
 
     out_name: str
     files: dict[str, bytes]
-    paths: list[Path] = field(default_factory=list)
-    temps: list[Path] = field(default_factory=list)
-    error: Exception | None = None
     #: run on the event loop once the files are in place with durable data, before the
     #: folders' entries are: a kill from then on leaves whole outputs behind
     placed: Callable[[], None] | None = None
+    paths: list[str] = field(default_factory=list)
+    temps: list[str] = field(default_factory=list)
+    error: Exception | None = None
 
     def fail(self, exc: Exception) -> None:
         self.error = exc
         for tmp in self.temps:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         self.temps = []
 
 
@@ -189,7 +191,7 @@ class _GroupWriter:
     """Writes the jobs of one group: temp files, a durability barrier, renames, another."""
 
     def __init__(
-        self, pool: ThreadPoolExecutor, threads: int, path_for: Callable[[str, str], Path]
+        self, pool: ThreadPoolExecutor, threads: int, path_for: Callable[[str, str], str]
     ) -> None:
         self._pool = pool
         self._parallel = threads > 1  # run() itself holds one of the pool's threads
@@ -200,10 +202,10 @@ class _GroupWriter:
         in one wake-up for the whole group."""
         for job in jobs:
             self._place(job)
-        folders = {path.parent for job in jobs if job.error is None for path in job.paths}
+        folders = {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
         for folder in folders:
             with contextlib.suppress(OSError):  # a failure shows up when writing into it
-                folder.mkdir(parents=True, exist_ok=True)
+                os.makedirs(folder, exist_ok=True)
         tag = secrets.token_hex(4)  # temp names differ by their output's name already
         for job in jobs:  # one thread: more would fight the event loop for the GIL
             if job.error is None:
@@ -216,9 +218,9 @@ class _GroupWriter:
             announce([job.placed for job in live if job.error is None and job.placed is not None])
             self._barrier([], folders)
         except OSError as exc:
-            where = Path(exc.filename) if isinstance(exc.filename, str) else min(folders)
+            where = exc.filename if isinstance(exc.filename, str) else min(folders)
             for job in live:
-                job.fail(OutputError(describe_os_error(where, exc)))
+                job.fail(OutputError(describe_os_error(Path(where), exc)))
 
     def _place(self, job: _Job) -> None:
         fmt = ""
@@ -230,7 +232,7 @@ class _GroupWriter:
             msg = f"{relpath}: output path escapes --out (a symlink inside it?); not written"
             job.fail(ItemError(msg, code="unsafe_output"))
 
-    def _barrier(self, files: list[Path], folders: set[Path]) -> None:
+    def _barrier(self, files: list[str], folders: set[str]) -> None:
         """Make ``files`` and the entries of ``folders`` durable."""
         if _SYNCFS is not None:
             _syncfs(sorted(folders))
@@ -246,15 +248,15 @@ class _GroupWriter:
 
 def _write_temps(job: _Job, tag: str) -> None:
     for path, data in zip(job.paths, job.files.values(), strict=True):
-        tmp = path.with_name(f".{path.name}.{tag}.tmp")
+        folder, _, leaf = path.rpartition("/")
         try:
-            _write_new_file(tmp, data, job.temps)
+            _write_new_file(f"{folder}/.{leaf}.{tag}.tmp", data, job.temps)
         except OSError as exc:
-            job.fail(OutputError(describe_os_error(path, exc)))
+            job.fail(OutputError(describe_os_error(Path(path), exc)))
             return
 
 
-def _write_new_file(tmp: Path, data: bytes, created: list[Path]) -> None:
+def _write_new_file(tmp: str, data: bytes, created: list[str]) -> None:
     """Create ``tmp`` (never an existing file) and write ``data``; durability comes later."""
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     created.append(tmp)
@@ -271,7 +273,7 @@ def _rename_temps(job: _Job) -> None:
         try:
             os.replace(tmp, path)
         except OSError as exc:  # e.g. a folder where the output should go: this item fails
-            job.fail(OutputError(describe_os_error(path, exc)))
+            job.fail(OutputError(describe_os_error(Path(path), exc)))
             return
 
 
@@ -287,7 +289,7 @@ class LocalSink:
         self.root = root
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dgbatch-out")
         self._writer = _GroupWriter(self._pool, threads, self._write_path)
-        self._folders: dict[str, Path] = {}
+        self._folders: dict[str, str] = {}
         self._queue: list[tuple[_Job, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
 
@@ -298,19 +300,20 @@ class LocalSink:
         """The output path, guaranteed inside the root."""
         return resolve_inside(self.root, output_relpath(out_name, fmt))
 
-    def _write_path(self, out_name: str, fmt: str) -> Path:
+    def _write_path(self, out_name: str, fmt: str) -> str:
         """``path_for`` with each folder resolved once: outputs are renamed into place,
         so only the folder can redirect a write (a symlinked last component is replaced)."""
         folder, _, leaf = output_relpath(out_name, fmt).rpartition("/")
         if leaf in ("", ".", ".."):
-            return self.path_for(out_name, fmt)
+            return str(self.path_for(out_name, fmt))
         resolved = self._folders.get(folder)
         if resolved is None:
-            resolved = resolve_inside(self.root, f"{folder}/{leaf}" if folder else leaf).parent
+            parent = resolve_inside(self.root, f"{folder}/{leaf}" if folder else leaf).parent
+            resolved = str(parent)
             if len(self._folders) >= 10_000:
                 self._folders.clear()
             self._folders[folder] = resolved
-        return resolved / leaf
+        return f"{resolved}/{leaf}"
 
     async def write(
         self,
@@ -330,7 +333,7 @@ class LocalSink:
         await done
         if job.error is not None:
             raise job.error
-        return [str(path) for path in job.paths]
+        return job.paths
 
     async def _commit_groups(self) -> None:
         """Write whatever queued up while the previous group was being synced, until idle."""

@@ -147,7 +147,7 @@ def test_disk_full_stops_the_run(
     real_write = batch.outputs._write_new_file
     calls = 0
 
-    def filling_disk(path: Path, data: bytes, created: list[Path]) -> None:
+    def filling_disk(path: str, data: bytes, created: list[str]) -> None:
         nonlocal calls
         calls += 1
         if calls > 3:  # the second item's txt and everything after
