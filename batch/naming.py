@@ -24,6 +24,7 @@ __all__ = [
     "output_relpath",
     "resolve_inside",
     "safe_name",
+    "stem_of",
 ]
 
 #: Extensions (lowercase, with the dot) a folder walk takes as audio: Deepgram's
@@ -147,8 +148,19 @@ def name_variants(name: str) -> tuple[str, str]:
     Outputs normally drop the audio extension (``a.wav`` → ``a.json``); when two
     items share a stem (``a.wav``, ``a.mp3``) the runner falls back to keeping it.
     """
-    stem, _ext = posixpath.splitext(name)
-    return stem, name
+    return stem_of(name), name
+
+
+def stem_of(name: str) -> str:
+    """``posixpath.splitext(name)[0]`` for a ``str``, at a fraction of its cost: it runs
+    once per planned item. Leading dots of the last segment are not an extension."""
+    dot = name.rfind(".")
+    start = name.rfind("/") + 1
+    if dot <= start:
+        return name
+    if name[start] != "." or name[start:dot].lstrip("."):
+        return name[:dot]
+    return name
 
 
 def disambiguate(stem_with_ext: str, item_id: str) -> str:

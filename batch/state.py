@@ -11,30 +11,53 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import socket
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from batch import migrations
 from batch.errors import StateError, StateLocked
 from batch.models import Item, ItemKind, ItemStatus, Params
-from batch.naming import disambiguate, name_variants, safe_name
+from batch.naming import disambiguate, safe_name, stem_of
 from batch.redact import redact_source, redact_text
 
+#: the most items one ``plan`` call names as they go in; a bigger call is stored first
+#: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
 MAGIC = "dgbatch-state"
 
-_UPSERT = """
-INSERT INTO items (id, source, kind, name, out_stem, out_full, params, status, error,
+# One statement inserts, updates and names many items (``new``: one row per item, see
+# ``_plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
+# if no other item has its stem; '' leaves it NULL for ``assign_names``), so a new
+# item's row and index entries are written once, not inserted and then rewritten.
+# ``name`` and ``out_full`` are the same safe name. The run's flags are literals.
+#
+# Many rows per statement, not executemany: sqlite3 lets other threads run during each
+# step of a statement and then waits for the GIL, so row by row a busy event loop made
+# every row of the plan wait for it. No parameter is None and none is a bool: sqlite3
+# looks those up in its adapters, several times the cost of binding a str or an int,
+# so "no error" is '' and "no size" is -1 here.
+_PLAN = """
+WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
+AS (VALUES {values})
+INSERT INTO items (id, source, kind, name, out_stem, out_full, out_name, params, status, error,
                    size, fingerprint, created_at, updated_at, run_id)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+SELECT id, source, kind, name, stem, name,
+       CASE WHEN free = '' THEN NULL
+            WHEN EXISTS (SELECT 1 FROM items AS other WHERE other.out_stem = new.stem)
+            THEN name ELSE free END,
+       params, status, CASE status WHEN 'failed' THEN error END, NULLIF(size, -1),
+       fingerprint, ?, ?, ?
+FROM new WHERE true
 ON CONFLICT (id) DO UPDATE SET
     source = excluded.source,
     kind = excluded.kind,
@@ -42,23 +65,33 @@ ON CONFLICT (id) DO UPDATE SET
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 'pending'
-        WHEN items.status = 'failed' AND ? THEN 'pending'
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
+        WHEN items.status = 'failed' AND {retry} THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint OR ? THEN NULL
-        WHEN items.status = 'failed' AND ? THEN NULL
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
+        WHEN items.status = 'failed' AND {retry} THEN NULL
         ELSE items.error END,
     attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR ? THEN 0
-        WHEN items.status = 'failed' AND ? THEN 0
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
+        WHEN items.status = 'failed' AND {retry} THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
     updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR ? OR (items.status = 'failed' AND ?)
+        WHEN items.fingerprint != excluded.fingerprint OR {force}
+            OR (items.status = 'failed' AND {retry})
         THEN excluded.updated_at ELSE items.updated_at END
 """
+
+#: a plan row: one item's fields as ``_PLAN``'s ``new`` has them (see ``_plan_row``)
+PlanRow = tuple[str | int, ...]
+_FIELDS = 11
+_ID, _NAME, _STEM, _STATUS, _FREE = 0, 3, 4, 6, 10
+_KINDS = {kind: kind.value for kind in ItemKind}
+#: most rows one statement plans: a power of two, so that a batch needs few distinct
+#: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
+_STATEMENT_ROWS = 512
 
 _COLUMNS = (
     "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status"
@@ -135,6 +168,8 @@ class State:
         self._lock_file = lock_file
         self._mutex = threading.Lock()
         self._buffer: list[Result] = []
+        #: rows per plan statement, from SQLite's parameter limit (0: not asked yet)
+        self._statement_rows = 0
 
     # -- opening -------------------------------------------------------------------------
 
@@ -207,23 +242,73 @@ class State:
         """Upsert items in large transactions; done items whose fingerprint changed go back
         to pending (all of them with ``force``), failed ones only with ``retry_failed``.
         Only the item's own params (from its manifest line) are stored: the run's layers
-        are added at send time, so a resumed run sends with the current options."""
+        are added at send time, so a resumed run sends with the current options.
+
+        Up to ``PLAN_BATCH`` items (a background plan's chunk) are named in the same
+        transaction, exactly as ``assign_names`` would name them, so they are never
+        claimable unnamed and their rows are written once. A bigger call stores them
+        unnamed, in batches, for ``assign_names`` to name together afterwards."""
+        flags = {"force": int(force), "retry": int(retry_failed)}
+        now = time.time()
+        stream = iter(items)
+        batches = iter(lambda: [_plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
+        first = next(batches, [])
+        second = next(batches, None)
+        if second is None:
+            self._insert_named(_Batch(first, now, run_id, flags))
+            return _plan_stats(first)
         seen = broken = 0
-        batch: list[tuple[object, ...]] = []
-        for item in items:
-            seen += 1
-            broken += item.error is not None
-            batch.append(_plan_row(item, run_id, retry_failed, force))
-            if len(batch) >= PLAN_BATCH:
-                self._upsert(batch)
-                batch = []
-        if batch:
-            self._upsert(batch)
+        for rows in itertools.chain((first, second), batches):
+            with self._mutex, self._db:
+                self._insert(_Batch(rows, now, run_id, flags).unnamed())
+            stats = _plan_stats(rows)
+            seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
 
-    def _upsert(self, rows: list[tuple[object, ...]]) -> None:
+    def _insert_named(self, batch: _Batch) -> None:
+        """Insert and name one batch; an earlier crash's unnamed items (a state written
+        by an older dgbatch) make it fall back to ``assign_names``'s way for all of them."""
+        if not batch.rows:
+            return
         with self._mutex, self._db:
-            self._db.executemany(_UPSERT, rows)
+            db = self._db
+            if db.execute("SELECT 1 FROM items WHERE out_name IS NULL LIMIT 1").fetchone():
+                self._insert(batch.unnamed())
+                return
+            (last,) = db.execute("SELECT MAX(rowid) FROM items").fetchone()
+            self._insert(batch.crowded(self._crowded_stems(batch.rows)))
+            self._break_name_ties((last or 0) + 1)
+
+    def _insert(self, batch: _Batch) -> None:
+        """Run ``_PLAN`` on a batch, in order, many rows per statement."""
+        if self._statement_rows == 0:
+            limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+            self._statement_rows = _fitting_rows(_STATEMENT_ROWS, (limit - 3) // _FIELDS)
+        rows, start = batch.rows, 0
+        while start < len(rows):
+            count = _fitting_rows(self._statement_rows, len(rows) - start)
+            part = rows[start : start + count]
+            args = [*itertools.chain.from_iterable(part), batch.now, batch.now, batch.run_id]
+            self._db.execute(batch.sql(count), args)
+            start += count
+
+    def _crowded_stems(self, rows: list[PlanRow]) -> set[object]:
+        """Stems of two or more new items of a batch: these items take their full names.
+        ``_PLAN`` only sees the items stored before the batch.
+
+        Only ids that are new count (an id seen twice is one item, a stored one keeps
+        the stem it has), so the few ids whose stems repeat are looked up."""
+        stems = {row[_ID]: row[_STEM] for row in reversed(rows)}  # first row of an id wins
+        if len(set(stems.values())) == len(stems):
+            return set()
+        repeated = {stem for stem, n in Counter(stems.values()).items() if n > 1}
+        exists = "SELECT 1 FROM items WHERE id = ?"
+        new = Counter(
+            stem
+            for item_id, stem in stems.items()
+            if stem in repeated and self._db.execute(exists, (item_id,)).fetchone() is None
+        )
+        return {stem for stem, n in new.items() if n > 1}
 
     def assign_names(self) -> None:
         """Give every new item a unique output name: the stem, or the stem with its
@@ -245,9 +330,11 @@ class State:
 
     def _break_name_ties(self, first: int) -> None:
         while True:
+            # NOT INDEXED: read the new rows by rowid; through the out_name index (the
+            # planner's choice otherwise) every chunk would scan the whole state.
             ties = self._db.execute(
-                "SELECT DISTINCT out_name FROM items AS new WHERE rowid >= ? AND EXISTS "
-                "(SELECT 1 FROM items AS other WHERE other.out_name = new.out_name "
+                "SELECT DISTINCT out_name FROM items AS new NOT INDEXED WHERE rowid >= ? "
+                "AND EXISTS (SELECT 1 FROM items AS other WHERE other.out_name = new.out_name "
                 "AND other.rowid != new.rowid)",
                 (first,),
             ).fetchall()
@@ -445,28 +532,67 @@ def _prepare(db: sqlite3.Connection, path: Path) -> None:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
-def _plan_row(item: Item, run_id: int, retry_failed: bool, force: bool) -> tuple[object, ...]:
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Plan rows on their way into the state, with what every row of them shares."""
+
+    rows: list[PlanRow]
+    now: float
+    run_id: int
+    flags: dict[str, int]
+
+    def sql(self, count: int) -> str:
+        """``_PLAN`` for ``count`` rows."""
+        values = ", ".join(itertools.repeat(_ROW_VALUES, count))
+        return _PLAN.format(values=values, **self.flags)
+
+    def unnamed(self) -> _Batch:
+        """The same rows, left for ``assign_names``."""
+        return replace(self, rows=[(*row[:_FREE], "") for row in self.rows])
+
+    def crowded(self, stems: set[object]) -> _Batch:
+        """The same rows; those with one of ``stems`` take their full names."""
+        if not stems:
+            return self
+        rows = [(*row[:_FREE], row[_NAME]) if row[_STEM] in stems else row for row in self.rows]
+        return replace(self, rows=rows)
+
+
+_ROW_VALUES = "(" + ", ".join(itertools.repeat("?", _FIELDS)) + ")"
+
+
+def _fitting_rows(most: int, wanted: int) -> int:
+    """The largest power of two up to ``most`` and ``wanted`` (at least 1): rows for the
+    next statement."""
+    return 1 << max(0, min(most, wanted).bit_length() - 1)
+
+
+def _plan_row(item: Item) -> PlanRow:
+    """One item's fields for ``_PLAN``: the per-item cost of planning, so constant cases
+    (no params, no error, no URL secrets) skip their function calls."""
     name = safe_name(item.name)
-    stem, full = name_variants(name)
-    status = ItemStatus.FAILED if item.error is not None else ItemStatus.PENDING
-    now = time.time()
+    stem = stem_of(name)
+    source = item.source
+    error = item.error
+    params = item.params
     return (
         item.id,
-        redact_source(item.source),
-        item.kind.value,
+        redact_source(source) if "://" in source else source,
+        _KINDS[item.kind],
         name,
         stem,
-        full,
-        json.dumps(item.params),
-        status.value,
-        redact_text(item.error) if item.error is not None else None,
-        item.size,
+        json.dumps(params) if params else "[]",
+        "pending" if error is None else "failed",
+        "" if error is None else redact_text(error),
+        -1 if item.size is None else item.size,
         item.fingerprint,
-        now,
-        now,
-        run_id,
-        *((force, retry_failed) * 4),  # one pair per CASE of _UPSERT
+        stem,  # _FREE: the name it takes if no other item has the stem
     )
+
+
+def _plan_stats(rows: list[PlanRow]) -> PlanStats:
+    """Count a batch's items and the broken ones (stored as failed with their error)."""
+    return PlanStats(len(rows), sum(row[_STATUS] == "failed" for row in rows))
 
 
 def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
