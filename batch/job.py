@@ -45,9 +45,6 @@ from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
 
-#: distinct per-item param sets whose merged request params are remembered
-PARAMS_CACHE = 1024
-
 
 @dataclass
 class RunOutcome:
@@ -240,14 +237,8 @@ def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
     """Merge the run's layers over the item's own params (stored as the manifest gave
     them) at send time, so a resumed run sends with the current command's options."""
 
-    merged: dict[Params, Params] = {}  # items of a manifest share a few param sets
-
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        params = merged.get(item.params)
-        if params is None:
-            params = request_params(config.params, item.params, formats=config.formats, tags=tags)
-            if len(merged) < PARAMS_CACHE:
-                merged[item.params] = params
+        params = request_params(config.params, item.params, formats=config.formats, tags=tags)
         return await sender(client, item.with_params(params), source)
 
     return send

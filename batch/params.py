@@ -160,6 +160,7 @@ def run_tags(run_tag: str) -> Params:
     return (("tag", DGBATCH_TAG), ("tag", run_tag))
 
 
+@lru_cache(maxsize=1024)
 def request_params(
     defaults: Params,
     own: Params,
@@ -174,6 +175,8 @@ def request_params(
       ``--param utterances=false`` keeps it off.
     - ``tags`` (``run_tags``) unless ``tag`` is set by ``--param`` or the manifest: the
       user's own tags then stand alone.
+
+    Cached: it runs for every request, and a run's items share a few param sets.
     """
     merged = merge_params(defaults, own)
     keys = {key for key, _ in merged}
