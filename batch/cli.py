@@ -470,7 +470,13 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
-@click.option("--latency", default=0.0, show_default=True, type=float, help="Seconds per request.")
+@click.option(
+    "--latency",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds per request from its arrival, the emulator's own work included.",
+)
 @click.option(
     "--fault-rate",
     default=0.0,

@@ -102,7 +102,9 @@ _REMOTE = "The remote server hosting the media"
 class EmulatorConfig:
     """How the emulator behaves; every knob defaults to a well-behaved Deepgram.
 
-    ``key`` None accepts any non-empty token. ``fault_rate`` is the probability that one
+    ``key`` None accepts any non-empty token. ``latency`` is the seconds a request takes
+    from its arrival; the emulator's own work (reading an upload, fetching a URL) counts
+    towards it. ``fault_rate`` is the probability that one
     ``/v1/listen`` request gets a fault drawn from ``faults``. ``max_concurrency`` answers 429 as
     soon as more requests than that are in flight. ``retry_after`` on 429: True always sends
     ``Retry-After: <retry_after_seconds>``, False never, None on a seeded coin flip, so clients
@@ -629,6 +631,7 @@ class Emulator:
 
     async def _answer(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
         """Auth, then the concurrency limit (answered at once), then body, latency and faults."""
+        arrived = time.monotonic()
         fault = None
         try:
             self._authorize(request.headers.get("Authorization", ""))
@@ -640,7 +643,7 @@ class Emulator:
         if record.fault == "concurrency":
             return response
         if self.config.latency > 0:
-            await asyncio.sleep(self.config.latency)
+            await asyncio.sleep(answer_delay(self.config.latency, time.monotonic() - arrived))
         if fault is None:
             return response
         return await self._inject(request, record, fault, response)
@@ -924,6 +927,13 @@ def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
         "response": {"code": code, "completed": created, "details": details},
         "callback": None,
     }
+
+
+def answer_delay(latency: float, worked: float) -> float:
+    """How long to hold an answer: ``latency`` is the server's time per request, so the
+    emulator's own work (fetching a URL, reading the audio) counts towards it, and a
+    client at concurrency C can reach exactly C/latency, as against the real API."""
+    return max(0.0, latency - worked)
 
 
 def _new_record(request: web.Request) -> RequestRecord:

@@ -33,6 +33,7 @@ from batch.emulator import (
     Emulator,
     EmulatorConfig,
     RequestRecord,
+    answer_delay,
     build_response,
     looks_like_audio,
     run_in_thread,
@@ -573,6 +574,35 @@ async def test_latency_delays_every_answer(session: aiohttp.ClientSession) -> No
         started = time.monotonic()
         status, _, _ = await post(session, emulator)
     assert status == 200 and time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize(
+    ("latency", "worked", "delay"),
+    [(0.2, 0.0, 0.2), (0.2, 0.05, 0.15), (0.2, 0.2, 0.0), (0.2, 0.5, 0.0), (0.0, 0.1, 0.0)],
+)
+def test_answer_delay_counts_the_emulators_own_work(
+    latency: float, worked: float, delay: float
+) -> None:
+    """Latency is time per request: work done while answering is part of it, never added."""
+    assert answer_delay(latency, worked) == pytest.approx(delay)
+
+
+async def test_latency_includes_fetching_the_url(session: aiohttp.ClientSession) -> None:
+    """A URL that takes 0.6 s to fetch, with latency 0.8, is answered after ~0.8 s, not 1.4 s:
+    fetching is the server's work, as it is Deepgram's."""
+
+    async def slow_media(request: web.Request) -> web.Response:
+        await asyncio.sleep(0.6)
+        return web.Response(body=WAV, content_type="audio/wav")
+
+    app = web.Application()
+    app.router.add_get("/media/a.wav", slow_media)
+    async with serve_app(app) as base, emulator_with(latency=0.8) as emulator:
+        started = time.monotonic()
+        status, _ = await post_url(session, emulator, {"url": f"{base}/media/a.wav"})
+        elapsed = time.monotonic() - started
+    assert status == 200
+    assert 0.8 <= elapsed < 1.3
 
 
 # --------------------------------------------------------------------------- control and running
