@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import itertools
 import json
 import os
@@ -82,6 +83,17 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.fingerprint != excluded.fingerprint OR {force}
             OR (items.status = 'failed' AND {retry})
         THEN excluded.updated_at ELSE items.updated_at END
+"""
+
+# One buffered result; '' and -1 stand for "not known" (see ``_result_row``): no error,
+# warning or copy is stored as NULL, and an unknown duration keeps the stored one.
+_FLUSH = """
+UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = NULLIF(?, ''),
+    err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),
+    duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
+    timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
+    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?
+WHERE id = ?
 """
 
 #: a plan row: one item's fields as ``_PLAN``'s ``new`` has them (see ``_plan_row``)
@@ -400,14 +412,7 @@ class State:
         batch, self._buffer = self._buffer, []
         now = time.time()
         with self._writing(batch), self._db:
-            self._db.executemany(
-                "UPDATE items SET status = ?, attempts = ?, http_status = ?, error = ?, "
-                "err_code = ?, request_id = ?, duration = COALESCE(?, duration), "
-                "outputs = COALESCE(?, outputs), timeout_retries = timeout_retries + ?, "
-                "warning = ?, copy_of = ?, local_duration = COALESCE(?, local_duration), "
-                "updated_at = ? WHERE id = ?",
-                [_result_row(r, now) for r in batch],
-            )
+            self._db.executemany(_FLUSH, [_result_row(r, now) for r in batch])
 
     def release_running(self) -> int:
         """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""
@@ -598,34 +603,46 @@ def _plan_stats(rows: list[PlanRow]) -> PlanStats:
 def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
     rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row
     return WorkItem(
-        rowid=rowid,
-        id=item_id,
-        source=source,
-        kind=ItemKind(kind),
-        out_name=out_name or item_id,
-        params=tuple((str(k), str(v)) for k, v in json.loads(params)),
-        attempts=attempts,
-        size=size,
-        fingerprint=fp,
-        claimed_at=claimed_at if claimed_at is not None else claimed,
-        status=ItemStatus(status),
+        rowid,
+        item_id,
+        source,
+        _ITEM_KINDS[kind],
+        out_name or item_id,
+        _stored_params(params),
+        attempts,
+        size,
+        fp,
+        claimed_at if claimed_at is not None else claimed,
+        _STATUSES[status],
     )
 
 
+_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
+_STATUSES = {status.value: status for status in ItemStatus}
+
+
+@functools.lru_cache(maxsize=1024)
+def _stored_params(text: str) -> Params:
+    """An item's stored params; claimed once per item, and most items share theirs."""
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+
 def _result_row(r: Result, now: float) -> tuple[object, ...]:
+    """``_FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
+    so "not known" is '' for text and -1 for numbers, as in ``_PLAN``."""
     return (
         r.status.value,
         r.attempts,
-        r.http_status,
-        r.error,
-        r.err_code,
-        r.request_id,
-        r.duration,
-        json.dumps(list(r.outputs)) if r.outputs else None,
+        -1 if r.http_status is None else r.http_status,
+        r.error or "",
+        r.err_code or "",
+        r.request_id or "",
+        -1.0 if r.duration is None else r.duration,
+        json.dumps(list(r.outputs)) if r.outputs else "",
         r.timeout_retries,
-        r.warning,
-        r.copy_of,
-        r.local_duration,
+        r.warning or "",
+        r.copy_of or "",
+        -1.0 if r.local_duration is None else r.local_duration,
         now,
         r.id,
     )

@@ -187,6 +187,43 @@ def test_claim_commits_before_sending_and_results_wait_for_flush(state: State) -
     assert state.counts() == {"pending": 1, "running": 1, "done": 1, "failed": 0}
 
 
+_KNOWN = Result(
+    "/src/a.wav", ItemStatus.DONE, 1, 200, None, None, "req-1", 1.5, ("a.json",), 0, "empty",
+    "/src/b.wav", 2.0,
+)  # fmt: skip
+_UNKNOWN = Result("/src/a.wav", ItemStatus.PENDING, 2, timeout_retries=1)
+_COLUMNS_READ = (
+    "status", "attempts", "http_status", "error", "err_code", "request_id", "duration",
+    "outputs", "timeout_retries", "warning", "copy_of", "local_duration",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("results", "expected"),
+    [
+        ((_KNOWN,), ("done", 1, 200, None, None, "req-1", 1.5, '["a.json"]', 0, "empty",
+                     "/src/b.wav", 2.0)),
+        ((_UNKNOWN,), ("pending", 2, None, None, None, None, None, None, 1, None, None, None)),
+        # what is not known keeps the measured duration and the outputs, clears the rest
+        ((_KNOWN, _UNKNOWN), ("pending", 2, None, None, None, None, 1.5, '["a.json"]', 1,
+                              None, None, 2.0)),
+        ((Result("/src/a.wav", ItemStatus.FAILED, 3, 0, "timed out", "timeout"),),
+         ("failed", 3, 0, "timed out", "timeout", None, None, None, 0, None, None, None)),
+    ],
+)  # fmt: skip
+def test_flush_stores_unknown_fields_as_null(
+    state: State, results: tuple[Result, ...], expected: tuple[object, ...]
+) -> None:
+    """Results are bound without None (see ``_result_row``); what is unknown still reads
+    back NULL, and an unknown duration or output list keeps the stored one."""
+    state.plan([_item("a.wav")], run_id=1)
+    for result in results:
+        state.record(result)
+        state.flush()
+    row = read_state_rows(state.path)[0]
+    assert tuple(row[column] for column in _COLUMNS_READ) == expected
+
+
 def test_claim_continues_after_the_cursor_and_flushes_first(state: State) -> None:
     """The next claim starts after the last rowid and commits buffered results with it."""
     state.plan([_item(f"{n}.wav") for n in "abc"], run_id=1)
