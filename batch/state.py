@@ -19,7 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -179,7 +179,10 @@ class State:
         self._db = db
         self._lock_file = lock_file
         self._mutex = threading.Lock()
-        self._buffer: list[Result] = []
+        #: results not yet committed: appended by the event loop without the mutex (a deque's
+        #: append and popleft are atomic), so recording never waits for a statement that
+        #: another thread is running; flushes drain it under the mutex
+        self._buffer: deque[Result] = deque()
         #: rows per plan statement, from SQLite's parameter limit (0: not asked yet)
         self._statement_rows = 0
 
@@ -394,8 +397,7 @@ class State:
 
     def record(self, result: Result) -> None:
         """Buffer a result; ``flush`` (called by the runner's flusher) commits the group."""
-        with self._mutex:
-            self._buffer.append(result)
+        self._buffer.append(result)
 
     def pending_results(self) -> int:
         """How many results wait to be committed."""
@@ -409,7 +411,7 @@ class State:
     def _flush_locked(self) -> None:
         if not self._buffer:
             return
-        batch, self._buffer = self._buffer, []
+        batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
         now = time.time()
         with self._writing(batch), self._db:
             self._db.executemany(_FLUSH, [_result_row(r, now) for r in batch])
@@ -431,7 +433,7 @@ class State:
             yield
         except sqlite3.Error as exc:
             if unsaved:
-                self._buffer[:0] = unsaved
+                self._buffer.extendleft(reversed(unsaved))
             msg = (
                 f"{self.path}: cannot write the state file ({exc}); the run stopped and the "
                 "state is consistent: free some space (or fix the disk) and run the same command"

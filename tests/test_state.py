@@ -6,6 +6,7 @@ import dataclasses
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,6 +223,44 @@ def test_flush_stores_unknown_fields_as_null(
         state.flush()
     row = read_state_rows(state.path)[0]
     assert tuple(row[column] for column in _COLUMNS_READ) == expected
+
+
+def test_recording_never_waits_for_the_database(state: State) -> None:
+    """The event loop records results while another thread runs a statement (its lock is
+    held here): the result is buffered at once and committed by the next flush."""
+    state.plan([_item("a.wav")], run_id=1)
+    recorded = threading.Event()
+
+    def record() -> None:
+        state.record(Result("/src/a.wav", ItemStatus.DONE, 1, 200))
+        recorded.set()
+
+    with state._mutex:  # a flush, a claim or a plan chunk in progress
+        worker = threading.Thread(target=record)
+        worker.start()
+        assert recorded.wait(5)
+    worker.join()
+    state.flush()
+    assert _status(state, "/src/a.wav")[0] == "done"
+
+
+def test_results_recorded_during_flushes_are_all_committed(state: State) -> None:
+    """Four threads record while the main thread keeps flushing: none is lost or doubled."""
+    items = [_item(f"{n}.wav") for n in range(2000)]
+    state.plan(items, run_id=1)
+
+    def record(part: list[Item]) -> None:
+        for item in part:
+            state.record(Result(item.id, ItemStatus.DONE, 1, 200))
+
+    workers = [threading.Thread(target=record, args=(items[k::4],)) for k in range(4)]
+    for worker in workers:
+        worker.start()
+    while any(worker.is_alive() for worker in workers):
+        state.flush()
+    state.flush()
+    assert state.pending_results() == 0
+    assert state.counts()["done"] == 2000
 
 
 def test_claim_continues_after_the_cursor_and_flushes_first(state: State) -> None:
