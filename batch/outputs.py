@@ -6,13 +6,10 @@ one, never half. File writes run in a thread pool so syncing never blocks the ev
 
 Durability is group-committed: the outputs of every item that finished while the
 previous group was being synced are written together and made durable by one
-``syncfs`` per filesystem (Linux), then renamed, instead of an ``fsync`` per file and
-per folder. The renames become durable with the next group's sync (or a sync of their
-own when no group follows), so back to back groups cost one sync each, and a group
-never waits for the previous one's folder entries. Each ``write`` still returns only
-once its own files and their names are durable, so an item is never recorded ``done``
-before its outputs are. Where ``syncfs`` is missing, every temp file and folder is
-fsynced, in parallel.
+``syncfs`` per filesystem (Linux), then renamed, then synced again, instead of an
+``fsync`` per file and per folder. Each ``write`` still returns only once its own
+files are durable, so an item is never recorded ``done`` before its outputs are.
+Where ``syncfs`` is missing, every temp file and folder is fsynced, in parallel.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ import asyncio
 import contextlib
 import ctypes
 import errno
-import functools
 import glob
 import os
 import secrets
@@ -192,8 +188,7 @@ class _Job:
 
 
 class _GroupWriter:
-    """Writes the jobs of one group: temp files, a durability barrier, renames. The same
-    barrier makes the previous group's renames durable."""
+    """Writes the jobs of one group: temp files, a durability barrier, renames, another."""
 
     def __init__(
         self, pool: ThreadPoolExecutor, threads: int, path_for: Callable[[str, str], str]
@@ -202,18 +197,12 @@ class _GroupWriter:
         self._parallel = threads > 1  # run() itself holds one of the pool's threads
         self._path_for = path_for
 
-    def run(
-        self,
-        jobs: list[_Job],
-        renamed: list[_Job],
-        announce: Callable[[list[Callable[[], None]]], None],
-    ) -> None:
-        """Place ``jobs`` and make the renames of ``renamed`` (the previous group) durable
-        with the same barrier; ``announce`` hands the ``placed`` callbacks to the event
-        loop in one wake-up for the whole group."""
+    def run(self, jobs: list[_Job], announce: Callable[[list[Callable[[], None]]], None]) -> None:
+        """Place ``jobs``; ``announce`` hands their ``placed`` callbacks to the event loop
+        in one wake-up for the whole group."""
         for job in jobs:
             self._place(job)
-        folders = _folders(jobs)
+        folders = {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
         for folder in folders:
             with contextlib.suppress(OSError):  # a failure shows up when writing into it
                 os.makedirs(folder, exist_ok=True)
@@ -222,17 +211,16 @@ class _GroupWriter:
             if job.error is None:
                 _write_temps(job, tag)
         live = [job for job in jobs if job.error is None]
-        earlier = _folders(renamed)
         try:
-            self._barrier([tmp for job in live for tmp in job.temps], folders | earlier, earlier)
+            self._barrier([tmp for job in live for tmp in job.temps], folders)
+            for job in live:
+                _rename_temps(job)
+            announce([job.placed for job in live if job.error is None and job.placed is not None])
+            self._barrier([], folders)
         except OSError as exc:
-            where = exc.filename if isinstance(exc.filename, str) else min(folders | earlier)
-            for job in (*renamed, *live):
+            where = exc.filename if isinstance(exc.filename, str) else min(folders)
+            for job in live:
                 job.fail(OutputError(describe_os_error(Path(where), exc)))
-            return
-        for job in live:
-            _rename_temps(job)
-        announce([job.placed for job in live if job.error is None and job.placed is not None])
 
     def _place(self, job: _Job) -> None:
         fmt = ""
@@ -244,24 +232,18 @@ class _GroupWriter:
             msg = f"{relpath}: output path escapes --out (a symlink inside it?); not written"
             job.fail(ItemError(msg, code="unsafe_output"))
 
-    def _barrier(self, files: list[str], devices: set[str], folders: set[str]) -> None:
-        """Make ``files`` and the entries of ``folders`` durable: with ``syncfs``, everything
-        on the filesystems of ``devices``; else an fsync of each file and folder."""
+    def _barrier(self, files: list[str], folders: set[str]) -> None:
+        """Make ``files`` and the entries of ``folders`` durable."""
         if _SYNCFS is not None:
-            _syncfs(sorted(devices))
+            _syncfs(sorted(folders))
             return
-        paths = [*files, *sorted(folders)]
+        paths = [*files, *folders]
         if not self._parallel:
             for path in paths:
                 _fsync_file(path)
             return
         for _ in self._pool.map(_fsync_file, paths):
             pass
-
-
-def _folders(jobs: list[_Job]) -> set[str]:
-    """The folders the outputs of ``jobs`` go to (those that did not fail)."""
-    return {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
 
 
 def _write_temps(job: _Job, tag: str) -> None:
@@ -293,13 +275,6 @@ def _rename_temps(job: _Job) -> None:
         except OSError as exc:  # e.g. a folder where the output should go: this item fails
             job.fail(OutputError(describe_os_error(Path(path), exc)))
             return
-
-
-def _resolve(group: list[tuple[_Job, asyncio.Future[None]]], *, failed_only: bool = False) -> None:
-    """Let the ``write`` calls of ``group`` (or of its failed jobs only) return."""
-    for job, done in group:
-        if not done.done() and (job.error is not None or not failed_only):
-            done.set_result(None)
 
 
 def _run_all(callbacks: list[Callable[[], None]]) -> None:
@@ -368,26 +343,23 @@ class LocalSink:
             if callbacks:
                 loop.call_soon_threadsafe(_run_all, callbacks)
 
-        renamed: list[tuple[_Job, asyncio.Future[None]]] = []  # names not yet durable
         try:
-            while self._queue or renamed:
+            while self._queue:
                 started = loop.time()
                 group, self._queue = self._queue, []
-                jobs, earlier = [job for job, _ in group], [job for job, _ in renamed]
-                place = functools.partial(self._writer.run, jobs, earlier, announce)
                 try:
-                    await loop.run_in_executor(self._pool, place)
+                    jobs = [job for job, _ in group]
+                    await loop.run_in_executor(self._pool, self._writer.run, jobs, announce)
                 except BaseException as exc:
-                    for job, _ in (*renamed, *group):
+                    for job, _ in group:
                         job.error = job.error or OutputError(
                             f"{self.root}: output write failed: {exc!r}"
                         )
-                    _resolve(group)
                     raise
                 finally:
-                    _resolve(renamed)
-                renamed = [(job, done) for job, done in group if job.error is None]
-                _resolve(group, failed_only=True)  # nothing of theirs waits for a barrier
+                    for _, done in group:
+                        if not done.done():
+                            done.set_result(None)
                 await asyncio.sleep(max(0.0, started + GROUP_WINDOW - loop.time()))
         finally:
             self._committer = None

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -74,72 +72,3 @@ async def test_placed_fires_once_the_files_are_whole_and_before_the_write_return
         await sink.write("../escape", {"json": b"{}"}, META, placed=lambda: calls.append("x"))
     sink.close()
     assert calls == []
-
-
-async def test_a_group_sync_also_makes_the_previous_renames_durable(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Per item: temp files, a sync, the rename, ``placed``, another sync, then ``write``
-    returns. Back to back groups share that second sync with the next group's first, so
-    two groups cost three syncs, not four."""
-    log: list[tuple[str, str]] = []
-    write_temps, rename_temps = outputs._write_temps, outputs._rename_temps
-
-    def logged(event: str, real: Callable[..., None]) -> Callable[..., None]:
-        def run(job: Any, *args: Any) -> None:
-            log.append((event, job.out_name))
-            real(job, *args)
-
-        return run
-
-    monkeypatch.setattr(outputs, "_write_temps", logged("temps", write_temps))
-    monkeypatch.setattr(outputs, "_rename_temps", logged("rename", rename_temps))
-    monkeypatch.setattr(outputs, "_syncfs", lambda folders: log.append(("sync", "")))
-    sink = LocalSink(tmp_path / "out")
-    second: list[asyncio.Task[list[str]]] = []
-
-    async def write(name: str) -> list[str]:
-        paths = await sink.write(name, {"json": b"{}"}, META, placed=lambda: placed(name))
-        log.append(("returned", name))
-        return paths
-
-    def placed(name: str) -> None:
-        log.append(("placed", name))
-        if name == "a":  # queued while the group of "a" still waits for its names' sync
-            second.append(asyncio.ensure_future(write("b")))
-
-    await write("a")
-    await second[0]
-    sink.close()
-    assert log == [
-        ("temps", "a"), ("sync", ""), ("rename", "a"), ("placed", "a"),
-        ("temps", "b"), ("sync", ""), ("rename", "b"), ("placed", "b"), ("returned", "a"),
-        ("sync", ""), ("returned", "b"),
-    ]  # fmt: skip
-
-
-async def test_a_failed_shared_sync_fails_both_groups(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """When the sync shared by two groups fails, neither group's outputs are known to be
-    durable: both writes raise ``OutputError`` naming the folder, and no temp file is left."""
-    syncs: list[int] = []
-
-    def syncfs(folders: Any) -> None:
-        syncs.append(1)
-        if len(syncs) == 2:
-            raise OSError(5, "Input/output error")
-
-    monkeypatch.setattr(outputs, "_syncfs", syncfs)
-    sink = LocalSink(tmp_path / "out")
-    second: list[asyncio.Future[list[str]]] = []
-
-    def placed() -> None:
-        second.append(asyncio.ensure_future(sink.write("b", {"json": b"{}"}, META)))
-
-    with pytest.raises(OutputError, match="Input/output error"):
-        await sink.write("a", {"json": b"{}"}, META, placed=placed)
-    with pytest.raises(OutputError, match="Input/output error"):
-        await second[0]
-    sink.close()
-    assert not list((tmp_path / "out").glob(".*.tmp"))
