@@ -86,7 +86,8 @@ ON CONFLICT (id) DO UPDATE SET
 """
 
 # One buffered result; '' and -1 stand for "not known" (see ``_result_row``): no error,
-# warning or copy is stored as NULL, and an unknown duration keeps the stored one.
+# warning or copy is stored as NULL (an empty one too: it says nothing), and an unknown
+# duration or output list keeps the stored one.
 _FLUSH = """
 UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = NULLIF(?, ''),
     err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),

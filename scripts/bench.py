@@ -883,8 +883,11 @@ def compile_package() -> None:
     installed with ``-e`` under ``PYTHONDONTWRITEBYTECODE`` (as on these machines) would
     otherwise compile every module at every start, ~50 ms the installed tool never pays
     and the peers (installed packages) are not charged."""
-    compileall.compile_dir(str(ROOT / "batch"), quiet=1)
-    compileall.compile_file(__file__, quiet=1)
+    if not (
+        compileall.compile_dir(str(ROOT / "batch"), quiet=1)
+        and compileall.compile_file(__file__, quiet=1)
+    ):
+        raise RuntimeError("byte-compiling dgbatch failed")
 
 
 def shm_root() -> str:

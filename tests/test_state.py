@@ -210,6 +210,9 @@ _COLUMNS_READ = (
                               None, None, 2.0)),
         ((Result("/src/a.wav", ItemStatus.FAILED, 3, 0, "timed out", "timeout"),),
          ("failed", 3, 0, "timed out", "timeout", None, None, None, 0, None, None, None)),
+        # an empty text is "nothing to say", stored as NULL like None
+        ((Result("/src/a.wav", ItemStatus.FAILED, 1, 500, "", "", "", 0.0, (), 0, "", ""),),
+         ("failed", 1, 500, None, None, None, 0.0, None, 0, None, None, None)),
     ],
 )  # fmt: skip
 def test_flush_stores_unknown_fields_as_null(
@@ -251,7 +254,7 @@ def test_results_recorded_during_flushes_are_all_committed(state: State) -> None
 
     def record(part: list[Item]) -> None:
         for item in part:
-            state.record(Result(item.id, ItemStatus.DONE, 1, 200))
+            state.record(Result(item.id, ItemStatus.DONE, 1, 200, timeout_retries=1))
 
     workers = [threading.Thread(target=record, args=(items[k::4],)) for k in range(4)]
     for worker in workers:
@@ -261,6 +264,25 @@ def test_results_recorded_during_flushes_are_all_committed(state: State) -> None
     state.flush()
     assert state.pending_results() == 0
     assert state.counts()["done"] == 2000
+    # timeout_retries adds up: a result committed twice would count twice
+    assert state.query("SELECT SUM(timeout_retries) FROM items") == [(2000,)]
+
+
+def test_results_of_a_failed_flush_go_back_ahead_of_newer_ones(state: State) -> None:
+    """A flush that cannot write keeps its results buffered, before those recorded since,
+    so the newest result of an item is still the one that sticks."""
+    state.plan([_item("a.wav"), _item("b.wav")], run_id=1)
+    state.record(Result("/src/a.wav", ItemStatus.PENDING, 1, 503, "busy"))
+    state.record(Result("/src/a.wav", ItemStatus.DONE, 2, 200))
+    state.record(Result("/src/b.wav", ItemStatus.PENDING, 1, 503, "busy"))
+    state.query("PRAGMA query_only = ON")
+    with pytest.raises(StateError, match="cannot write the state file"):
+        state.flush()
+    state.query("PRAGMA query_only = OFF")
+    state.record(Result("/src/b.wav", ItemStatus.DONE, 2, 200))
+    assert state.pending_results() == 4
+    state.flush()
+    assert [_status(state, f"/src/{n}.wav")[:2] for n in "ab"] == [("done", 2), ("done", 2)]
 
 
 def test_claim_continues_after_the_cursor_and_flushes_first(state: State) -> None:
