@@ -8,7 +8,8 @@
 Every client runs as its own process against the same ``dgbatch emulator`` (its own process
 on 127.0.0.1), so each pays its own start-up and has its own peak RSS (from ``wait4``). URL
 items point at a tiny WAV served by a small local HTTP server that the emulator fetches.
-Each case runs ``repeats`` times with the clients interleaved, and every ratio is taken
+Each case runs ``repeats`` times with the clients interleaved (the rate case in a rotated
+order each repeat), and every ratio is taken
 between runs of the *same* repeat, because these machines are noisy: the tables show the
 median and the min-max spread.
 
@@ -532,8 +533,12 @@ def rate_clients(b: Bench, emu: Server) -> dict[str, Client]:
 def case_rate(b: Bench, emu: Server) -> dict[str, Client]:
     """Run every client ``repeats`` times, interleaved, checking the emulator saw them all."""
     clients = rate_clients(b, emu)
+    names = list(clients)
     for rep in range(b.sizes.repeats):
-        for name, client in clients.items():
+        # a new order each repeat: a client that always ran right after the same one
+        # would carry what that one left behind (dirty pages, a busy emulator) every time
+        for name in names[rep % len(names) :] + names[: rep % len(names)]:
+            client = clients[name]
             emu.post("/_emulator/reset")
             child = client.run()
             sent = emu.requests()
