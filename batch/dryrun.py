@@ -12,7 +12,6 @@ their cost, is a guess at 128 kbit/s, shown apart from the measured part), unles
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import tempfile
 from collections import Counter
@@ -33,7 +32,7 @@ from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
 from batch.probe import guess_seconds, local_duration, probe_s3, probe_url
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
-from batch.state import State
+from batch.state import State, stored_params
 
 #: One probe's limit: a stalled server must not hold up the estimate.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -176,7 +175,7 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, float]) -> Esti
     seconds_by_model: dict[str, float] = {}
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         seconds = _add_item(result, row, probed.get(row["id"]))
-        params = merge_params(config.params, tuple(tuple(p) for p in json.loads(row["params"])))
+        params = merge_params(config.params, stored_params(row["params"]))
         model = model_of(params) or "(default)"
         seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
         if len(result.examples) < config.dry_run_examples:

@@ -102,6 +102,9 @@ PlanRow = tuple[str | int, ...]
 _FIELDS = 11
 _ID, _NAME, _STEM, _STATUS, _FREE = 0, 3, 4, 6, 10
 _KINDS = {kind: kind.value for kind in ItemKind}
+#: and back, for rows read from the state: a dict lookup, cheaper than calling the enum
+_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
+_STATUSES = {status.value: status for status in ItemStatus}
 #: most rows one statement plans: a power of two, so that a batch needs few distinct
 #: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
 _STATEMENT_ROWS = 512
@@ -611,7 +614,7 @@ def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkIte
         source,
         _ITEM_KINDS[kind],
         out_name or item_id,
-        _stored_params(params),
+        stored_params(params),
         attempts,
         size,
         fp,
@@ -620,13 +623,10 @@ def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkIte
     )
 
 
-_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
-_STATUSES = {status.value: status for status in ItemStatus}
-
-
 @functools.lru_cache(maxsize=1024)
-def _stored_params(text: str) -> Params:
-    """An item's stored params; claimed once per item, and most items share theirs."""
+def stored_params(text: str) -> Params:
+    """An item's params as the state stores them (its ``params`` column); cached, since
+    every claimed item is decoded and most items share theirs."""
     return tuple((str(k), str(v)) for k, v in json.loads(text))
 
 

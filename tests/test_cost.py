@@ -94,6 +94,28 @@ def test_dry_run_sends_nothing_and_measures_durations(
     assert not out.exists()
 
 
+def test_dry_run_prices_each_item_by_the_model_of_its_own_params(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A manifest line's own ``model`` (stored with the item) decides its price, over the
+    run's default."""
+    make_wav(tmp_path / "a.wav", 1.0, tone=1)
+    make_wav(tmp_path / "b.wav", 2.0, tone=2)
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(
+        '{"source": "a.wav", "params": {"model": "whisper-large"}}\n{"source": "b.wav"}\n'
+    )
+    result = dgbatch(
+        "run", str(manifest), "--out", str(tmp_path / "out"), "--dry-run", "--json", key=None
+    )
+    assert result.exit_code == 0, result.output
+    costs = json.loads(result.output)["cost_by_model"]
+    assert set(costs) == {"whisper-large", "nova-3"}
+    assert costs["whisper-large"] == pytest.approx(estimate_cost(1.0, 0.0048 * 60), abs=1e-4)
+    assert costs["nova-3"] == pytest.approx(estimate_cost(2.0, 0.0043 * 60), abs=1e-4)
+    assert emulator.log == []
+
+
 def test_dry_run_plans_against_a_copy_of_the_state(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
