@@ -932,7 +932,8 @@ def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
 def answer_delay(latency: float, worked: float) -> float:
     """How long to hold an answer: ``latency`` is the server's time per request, so the
     emulator's own work (fetching a URL, reading the audio) counts towards it, and a
-    client at concurrency C can reach exactly C/latency, as against the real API."""
+    client at concurrency C can reach C/latency (while that work takes less), as against
+    the real API."""
     return max(0.0, latency - worked)
 
 
