@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
 from batch.errors import OutputError
+from batch.isotime import utc_iso
 from batch.outputs import write_atomic
 from batch.redact import redact_text
 from batch.state import State
@@ -87,9 +87,7 @@ class RunReport:
 
 
 def _iso(stamp: float | None) -> str | None:
-    if stamp is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    return None if stamp is None else utc_iso(stamp)
 
 
 async def write_run_report(dest: str, report: RunReport, s3: S3) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from batch.errors import BatchError, StateLocked, UsageError
+from batch.isotime import utc_iso
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
 
 __all__ = ["LOCK_TTL", "S3Lock"]
@@ -77,9 +78,7 @@ def _alive(pid: object) -> bool:
 
 
 def _iso(stamp: object) -> str:
-    if not isinstance(stamp, int | float):
-        return "?"
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
+    return utc_iso(stamp) if isinstance(stamp, int | float) else "?"
 
 
 class S3Lock:

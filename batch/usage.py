@@ -13,7 +13,6 @@ from __future__ import annotations
 import sqlite3
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -22,6 +21,7 @@ import aiohttp
 
 from batch.account import AccountClient
 from batch.errors import StateError
+from batch.isotime import utc_iso
 from batch.state import State
 
 PAGE_SIZE = 100
@@ -42,7 +42,7 @@ class RunWindow:
     def bounds(self) -> tuple[str, str]:
         """``start`` and ``end`` query values (ISO 8601, UTC) with slack on both sides."""
         end = self.finished_at if self.finished_at is not None else time.time()
-        return _iso(self.started_at - WINDOW_SLACK), _iso(end + WINDOW_SLACK)
+        return utc_iso(self.started_at - WINDOW_SLACK), utc_iso(end + WINDOW_SLACK)
 
 
 @dataclass
@@ -83,10 +83,6 @@ class Reconciliation:
             "usage_hours": self.usage_hours,
             "usage_requests": self.usage_requests,
         }
-
-
-def _iso(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def run_window(state: State, run_id: int | None) -> RunWindow:
