@@ -54,15 +54,8 @@ class OutputMeta:
 class OutputSink(Protocol):
     """Where outputs go: a local folder or an S3 prefix."""
 
-    async def write(
-        self,
-        out_name: str,
-        files: dict[str, bytes],
-        meta: OutputMeta,
-        placed: Callable[[], None] | None = None,
-    ) -> list[str]:
-        """Write every format durably; return the locations written. ``placed`` is called
-        as soon as a crash would leave the outputs whole (adoptable) behind."""
+    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
+        """Write every format durably; return the locations written."""
         ...
 
     async def find_complete(
@@ -172,9 +165,6 @@ class _Job:
 
     out_name: str
     files: dict[str, bytes]
-    #: run on the event loop once the files are in place with durable data, before the
-    #: folders' entries are: a kill from then on leaves whole outputs behind
-    placed: Callable[[], None] | None = None
     paths: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
     error: Exception | None = None
@@ -197,9 +187,8 @@ class _GroupWriter:
         self._parallel = threads > 1  # run() itself holds one of the pool's threads
         self._path_for = path_for
 
-    def run(self, jobs: list[_Job], announce: Callable[[list[Callable[[], None]]], None]) -> None:
-        """Place ``jobs``; ``announce`` hands their ``placed`` callbacks to the event loop
-        in one wake-up for the whole group."""
+    def run(self, jobs: list[_Job]) -> None:
+        """Write ``jobs``: every temp file, one barrier, the renames, another barrier."""
         for job in jobs:
             self._place(job)
         folders = {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
@@ -215,7 +204,6 @@ class _GroupWriter:
             self._barrier([tmp for job in live for tmp in job.temps], folders)
             for job in live:
                 _rename_temps(job)
-            announce([job.placed for job in live if job.error is None and job.placed is not None])
             self._barrier([], folders)
         except OSError as exc:
             where = exc.filename if isinstance(exc.filename, str) else min(folders)
@@ -277,11 +265,6 @@ def _rename_temps(job: _Job) -> None:
             return
 
 
-def _run_all(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
-        callback()
-
-
 class LocalSink:
     """Outputs under a local folder, mirroring the items' names."""
 
@@ -315,17 +298,10 @@ class LocalSink:
             self._folders[folder] = resolved
         return f"{resolved}/{leaf}"
 
-    async def write(
-        self,
-        out_name: str,
-        files: dict[str, bytes],
-        meta: OutputMeta,
-        placed: Callable[[], None] | None = None,
-    ) -> list[str]:
-        """Queue the files for the next group commit; return once they are durable.
-        ``placed`` runs on the loop as soon as they are in place (see ``_Job.placed``)."""
+    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
+        """Queue the files for the next group commit; return once they are durable."""
         loop = asyncio.get_running_loop()
-        job = _Job(out_name, files, placed=placed)
+        job = _Job(out_name, files)
         done = loop.create_future()
         self._queue.append((job, done))
         if self._committer is None:
@@ -338,18 +314,13 @@ class LocalSink:
     async def _commit_groups(self) -> None:
         """Write whatever queued up while the previous group was being synced, until idle."""
         loop = asyncio.get_running_loop()
-
-        def announce(callbacks: list[Callable[[], None]]) -> None:
-            if callbacks:
-                loop.call_soon_threadsafe(_run_all, callbacks)
-
         try:
             while self._queue:
                 started = loop.time()
                 group, self._queue = self._queue, []
                 try:
                     jobs = [job for job, _ in group]
-                    await loop.run_in_executor(self._pool, self._writer.run, jobs, announce)
+                    await loop.run_in_executor(self._pool, self._writer.run, jobs)
                 except BaseException as exc:
                     for job, _ in group:
                         job.error = job.error or OutputError(

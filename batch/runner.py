@@ -134,8 +134,11 @@ class Runner:
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
-        #: items whose slot went back when their outputs were placed (``_release_slot``)
+        #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
+        #: answers waiting for their outputs; bounded like the requests, so that a crash
+        #: re-sends at most twice ``--concurrency`` items (``_write_outputs``)
+        self._unplaced = asyncio.Semaphore(settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -373,10 +376,8 @@ class Runner:
         return dataclasses.replace(result, copy_of=shared.item_id)
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
-        """Give the item's request slot back, once. ``early``: its outputs are in place
-        with durable data, so a kill from now on leaves them for the next run to adopt;
-        only the folder entries' sync remains, and the next request need not wait for it.
-        Until then the slot is held, so a crash re-sends at most ``--concurrency`` items."""
+        """Give the item's request slot back, once. ``early``: its answer is in, so the
+        next request need not wait for the outputs to be written (``_write_outputs``)."""
         if early:
             self._early.add(item_id)
         elif item_id in self._early:
@@ -557,12 +558,15 @@ class Runner:
         files = render_all(
             self.settings.formats, body, response, line_length=self.settings.caption_line_length
         )
-        return await self.sink.write(
-            item.out_name,
-            files,
-            OutputMeta(item.source, item.fingerprint),
-            placed=lambda: self._release_slot(item.id, early=True),
-        )
+        # The request is over, so its slot goes to the next item while the outputs are
+        # written: --concurrency counts requests in flight, as Deepgram's limit does. An
+        # answer waits for room among the unplaced ones first, still holding its slot,
+        # so a slow disk slows the requests down instead of piling up paid answers.
+        async with self._unplaced:
+            self._release_slot(item.id, early=True)
+            return await self.sink.write(
+                item.out_name, files, OutputMeta(item.source, item.fingerprint)
+            )
 
     def _done_result(
         self,

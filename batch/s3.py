@@ -431,15 +431,8 @@ class S3Sink:
         """The output's key: the prefix plus the item's safe relative name."""
         return self.prefix + output_relpath(out_name, fmt)
 
-    async def write(
-        self,
-        out_name: str,
-        files: dict[str, bytes],
-        meta: OutputMeta,
-        placed: Callable[[], None] | None = None,
-    ) -> list[str]:
-        """Put every format; the item is done only if all of them succeed (a put is
-        durable when it returns, so there is nothing to announce early: ``placed`` unused)."""
+    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
+        """Put every format; the item is done only if all of them succeed."""
         metadata = _metadata(meta)
         keys = [self.key_for(out_name, fmt) for fmt in files]
         await asyncio.gather(

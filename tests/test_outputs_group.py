@@ -52,23 +52,3 @@ async def test_unwritable_folder_is_an_output_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write output"):
         await sink.write("a", {"json": b"{}"}, META)
     sink.close()
-
-
-async def test_placed_fires_once_the_files_are_whole_and_before_the_write_returns(
-    tmp_path: Path,
-) -> None:
-    """``placed`` (the runner frees the request slot there) runs only when the outputs are
-    in place with their bytes, and before ``write`` returns; not at all for a failed item."""
-    sink = LocalSink(tmp_path / "out")
-    seen: list[bytes] = []
-
-    def placed() -> None:
-        seen.append((tmp_path / "out" / "a.json").read_bytes())
-
-    returned = await sink.write("a", {"json": b"{}"}, META, placed=placed)
-    assert seen == [b"{}"] and returned == [str((tmp_path / "out" / "a.json").resolve())]
-    calls: list[str] = []
-    with pytest.raises(ItemError):
-        await sink.write("../escape", {"json": b"{}"}, META, placed=lambda: calls.append("x"))
-    sink.close()
-    assert calls == []

@@ -36,6 +36,7 @@ from conftest import (
     wait_for,
 )
 
+import batch.outputs
 from batch.emulator import Emulator, build_response
 
 DEFAULTS = [("model", "nova-3"), ("smart_format", "true")]
@@ -424,6 +425,33 @@ def test_a_project_concurrency_limit_slows_the_whole_pool(tmp_path: Path) -> Non
     changes = re.findall(r"concurrency limit (\d+) -> (\d+)", result.output)
     assert any(int(after) < int(before) for before, after in changes), "a 429 cuts the limit"
     assert all(int(after) <= 8 for _, after in changes), "never above --concurrency"
+
+
+def test_a_request_slot_goes_back_when_its_answer_arrives(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``-c`` counts requests in flight: while a stalled disk holds the first answers'
+    outputs, the next items are still sent, yet no more answers wait for the disk than
+    ``-c`` (2 waiting + 2 in flight, then no fifth request until the disk moves)."""
+    make_wavs(tmp_path / "in", 8)
+    real_write = batch.outputs._write_new_file
+    sent_while_stalled: list[int] = []
+
+    def stalled_disk(path: str, data: bytes, created: list[str]) -> None:
+        if not sent_while_stalled:
+            deadline = time.monotonic() + 10
+            while len(emulator.log) < 4 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.3)  # the time a fifth request would need to go out
+            sent_while_stalled.append(len(emulator.log))
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", stalled_disk)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "2")
+    assert result.exit_code == 0, result.output
+    assert sent_while_stalled == [4]
+    assert len(emulator.log) == 8
+    assert len(outputs_under(tmp_path / "out")) == 8
 
 
 def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
