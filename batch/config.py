@@ -1,7 +1,8 @@
 """The run's settings in one frozen object, validated once, and the API key's loading.
 
 Every knob says what it bounds: ``concurrency`` is the number of requests (and
-therefore open files, upload buffers of ``CHUNK_SIZE`` and sockets) in flight.
+therefore open files, upload buffers of ``CHUNK_SIZE`` and sockets) in flight, and of
+answers waiting in memory for their outputs to be written.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ class RunConfig:
     formats: tuple[str, ...] = ("json", "txt")
     params: Params = ()
     filters: Filters = field(default_factory=Filters)
-    #: requests in flight at most (and open files, sockets, one upload chunk each)
+    #: requests in flight at most (and open files, sockets, one upload chunk each), and
+    #: as many answers waiting for their outputs
     concurrency: int = 10
     #: retries per item and run after the first attempt
     max_retries: int = 5

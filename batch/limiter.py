@@ -21,10 +21,12 @@ concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does
   the user's ``--concurrency`` (``maximum``);
 - an item throttled by a 429 gives its slot back while it waits and asks again
   with priority (``acquire(retry=True)``), so a retry obeys the shrunken limit and
-  new items never overtake it: the pool never holds more than ``maximum`` tasks.
+  new items never overtake it.
 
-Slots are taken *before* a task is created, so a million-item plan never holds more
-than ``maximum`` coroutines.
+Slots are taken *before* a task is created, and a task gives its slot back when its
+answer arrives, once it has one of ``maximum`` places among the answers waiting for
+their outputs (``Runner._write_outputs``): a million-item plan never holds more than
+twice ``maximum`` coroutines.
 """
 
 from __future__ import annotations

@@ -432,7 +432,8 @@ def test_a_request_slot_goes_back_when_its_answer_arrives(
 ) -> None:
     """``-c`` counts requests in flight: while a stalled disk holds the first answers'
     outputs, the next items are still sent, yet no more answers wait for the disk than
-    ``-c`` (2 waiting + 2 in flight, then no fifth request until the disk moves)."""
+    ``-c``: 2 answers being written, 2 more answered and keeping their slots until
+    there is room, and no fifth request until the disk moves."""
     make_wavs(tmp_path / "in", 8)
     real_write = batch.outputs._write_new_file
     sent_while_stalled: list[int] = []
