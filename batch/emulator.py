@@ -459,7 +459,7 @@ def _metadata(
     request_id: str, sha256: str, duration: float, params: Sequence[tuple[str, str]]
 ) -> dict[str, Any]:
     """``metadata`` with the fields the spec marks required, plus echoed ``tag``/``extra``."""
-    created = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    created = _iso_time(time.time())
     metadata: dict[str, Any] = {
         "transaction_key": "deprecated",
         "request_id": request_id,
@@ -896,6 +896,7 @@ def _tags_of(record: RequestRecord) -> list[str]:
 
 
 def _iso_time(epoch: float) -> str:
+    """Deepgram's timestamps: UTC with milliseconds (``2026-11-27T19:37:05.123Z``)."""
     return (
         datetime.fromtimestamp(epoch, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     )
