@@ -74,14 +74,18 @@ class AdaptiveLimit:
         """Wait for a free slot; False when the limiter was closed (the run is stopping).
 
         ``retry`` marks an item that gave its slot back after a 429: it goes before new
-        items, and it gets its slot even when the limiter is closed (returning False),
-        so its owner's single ``release`` stays balanced.
+        items, and it gets its slot even when the limiter is closed (returning False) or
+        when it is cancelled while waiting, so its owner's single ``release`` stays
+        balanced.
         """
         self._retries_waiting += retry
         try:
             while not self._closed and not self._free(retry):
                 self._changed.clear()
                 await self._changed.wait()
+        except asyncio.CancelledError:
+            self.in_flight += retry
+            raise
         finally:
             self._retries_waiting -= retry
             self._changed.set()
