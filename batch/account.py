@@ -18,6 +18,7 @@ import aiohttp
 
 from batch.errors import AccountError, FatalApiError
 from batch.redact import redact_text
+from batch.retry import parse_error_body, status_reason
 
 log = logging.getLogger("dgbatch")
 
@@ -71,7 +72,7 @@ class AccountClient:
             text = redact_text(f"{type(exc).__name__}: {exc}", self._secrets).rstrip(": ")
             raise TransientAccountError(f"GET {path}: no answer ({text})") from exc
         if status != 200:
-            raise _status_error(path, status, body)
+            raise _status_error(path, status, body, self._secrets)
         try:
             return json.loads(body)
         except ValueError as exc:
@@ -95,16 +96,12 @@ def _opt_str(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-def _status_error(path: str, status: int, body: bytes) -> AccountError | FatalApiError:
-    """401/403 are fatal (the key is refused); 429 and 5xx transient; the rest plain."""
-    try:
-        doc = json.loads(body)
-        message = (
-            str(doc.get("err_msg") or doc.get("message") or "") if isinstance(doc, dict) else ""
-        )
-    except ValueError:
-        message = ""
-    detail = f"HTTP {status}" + (f": {message}" if message else "")
+def _status_error(
+    path: str, status: int, body: bytes, secrets: tuple[str, ...]
+) -> AccountError | FatalApiError:
+    """401/403 are fatal (the key is refused); 429 and 5xx transient; the rest plain. The
+    body is read as a ``/v1/listen`` error is: any of Deepgram's shapes, or a gateway's text."""
+    detail = redact_text(status_reason(status, parse_error_body(body)), secrets)
     if status in (401, 403):
         return FatalApiError(f"Deepgram refused the API key ({detail}); nothing was sent")
     if status == 429 or status >= 500:

@@ -113,7 +113,7 @@ def classify_response(
             return Decision(Action.FAIL, reason, request_id=accepted)
         return Decision(Action.RETRY, "200 with a body that is not a Deepgram transcript")
     err = parse_error_body(body)
-    reason = _status_reason(status, err)
+    reason = status_reason(status, err)
     if status in FATAL_STATUSES:
         action = Action.FATAL
     elif status in RETRYABLE_STATUSES:
@@ -156,7 +156,9 @@ def describe_exception(exc: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-def _status_reason(status: int, err: ErrorBody) -> str:
+def status_reason(status: int, err: ErrorBody) -> str:
+    """``HTTP 400 INVALID_QUERY_PARAMETER: the message``: the status, then the error
+    code and message when the body has them."""
     parts = [f"HTTP {status}"]
     if err.code:
         parts.append(err.code)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import KEY, Cli, make_wav
 
-from batch.account import KeyDetails, TransientAccountError, preflight
+from batch.account import KeyDetails, TransientAccountError, _status_error, preflight
 from batch.emulator import Emulator
 from batch.errors import AccountError, FatalApiError
 from batch.params import request_params, run_tags
@@ -76,6 +76,50 @@ class FlakyClient:
         if self.errors:
             raise self.errors.pop(0)
         return KeyDetails("acc", "user", ("member",), None)
+
+
+SECRET = "sk-account-0123456789"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind", "message"),
+    [
+        (
+            401,
+            b'{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}',
+            FatalApiError,
+            "Deepgram refused the API key (HTTP 401 INVALID_AUTH: Invalid credentials.); "
+            "nothing was sent",
+        ),
+        (
+            404,
+            b'{"category":"NOT_FOUND","message":"no such project"}',
+            AccountError,
+            "GET /v1/x: HTTP 404 NOT_FOUND: no such project",
+        ),
+        (
+            502,
+            b"<html><body>\n  Bad   gateway\n</body></html>",
+            TransientAccountError,
+            "GET /v1/x: HTTP 502: <html><body> Bad gateway </body></html>",
+        ),
+        (429, b"", TransientAccountError, "GET /v1/x: HTTP 429"),
+        (
+            400,
+            f'{{"err_msg":"bad key {SECRET}"}}'.encode(),
+            AccountError,
+            "GET /v1/x: HTTP 400: bad key REDACTED",
+        ),
+    ],
+    ids=["401-json", "404-category", "502-gateway-html", "429-empty", "400-echoes-key"],
+)
+def test_management_error_bodies_are_read_as_listen_errors_are(
+    status: int, body: bytes, kind: type[Exception], message: str
+) -> None:
+    """Every error shape Deepgram (or a gateway) sends is named, and an echoed key never is."""
+    error = _status_error("/v1/x", status, body, (SECRET,))
+    assert type(error) is kind
+    assert str(error) == message
 
 
 async def test_preflight_retries_network_errors_then_proceeds() -> None:
