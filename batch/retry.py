@@ -21,6 +21,9 @@ Response = dict[str, Any]
 RETRYABLE_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504})
 FATAL_STATUSES = frozenset({401, 402, 403})
 MAX_RETRY_AFTER = 600.0
+#: how much of a non-JSON error body (a gateway's page) a message quotes, and reads for it
+_PREVIEW_CHARS = 200
+_PREVIEW_READ = 4096
 
 
 class Action(StrEnum):
@@ -69,11 +72,23 @@ def parse_error_body(body: bytes) -> ErrorBody:
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        text = body[:200].decode("utf-8", "replace").strip()
-        return ErrorBody(None, " ".join(text.split()) or None, None)
+        return ErrorBody(None, _preview(body[:_PREVIEW_READ].decode("utf-8", "replace")), None)
     code = _first_str(data, "err_code", "error_code", "category")
     message = _first_str(data, "err_msg", "message", "reason", "error")
     return ErrorBody(code, message, _first_str(data, "request_id"))
+
+
+def _preview(text: str) -> str | None:
+    """The first whole words of a gateway's text that fit in ``_PREVIEW_CHARS``: a secret
+    the text echoes is either whole, so redaction still finds it, or left out, never cut."""
+    kept: list[str] = []
+    size = 0
+    for word in text.split():
+        size += len(word) + bool(kept)
+        if size > _PREVIEW_CHARS:
+            break
+        kept.append(word)
+    return " ".join(kept) or None
 
 
 def _first_str(data: dict[str, Any], *keys: str) -> str | None:

@@ -110,8 +110,21 @@ SECRET = "sk-account-0123456789"
             AccountError,
             "GET /v1/x: HTTP 400: bad key REDACTED",
         ),
+        (
+            502,
+            f"<p>{'x' * 190} {SECRET}</p>".encode(),
+            TransientAccountError,
+            f"GET /v1/x: HTTP 502: <p>{'x' * 190}",
+        ),
     ],
-    ids=["401-json", "404-category", "502-gateway-html", "429-empty", "400-echoes-key"],
+    ids=[
+        "401-json",
+        "404-category",
+        "502-gateway-html",
+        "429-empty",
+        "400-echoes-key",
+        "502-key-past-the-quote",
+    ],
 )
 def test_management_error_bodies_are_read_as_listen_errors_are(
     status: int, body: bytes, kind: type[Exception], message: str
