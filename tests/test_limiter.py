@@ -128,24 +128,26 @@ async def test_close_wakes_waiters_and_keeps_retries_balanced() -> None:
     assert await limit.acquire() is False
 
 
-@pytest.mark.parametrize("retry, after", [(True, 2), (False, 1)], ids=["retry", "new"])
-async def test_a_waiter_cancelled_on_an_open_limiter_stays_balanced(
-    retry: bool, after: int
-) -> None:
+@pytest.mark.parametrize("retry", [True, False], ids=["retry", "new"])
+@pytest.mark.parametrize("closed", [False, True], ids=["open", "closed-first"])
+async def test_a_cancelled_waiter_stays_balanced(retry: bool, closed: bool) -> None:
     """A throttled item cancelled while it waits to take its slot back still holds one
-    (its owner releases it once, as for any item); a new item cancelled holds none."""
+    (its owner releases it once, as for any item); a new item cancelled holds none. Also
+    when the limiter closes in the same tick, as on a second Ctrl-C during a 429 wait."""
     limit = AdaptiveLimit(1, adaptive=False)
     assert await limit.acquire()
     waiter = asyncio.create_task(limit.acquire(retry=retry))
     await asyncio.sleep(0.01)
+    if closed:
+        limit.close()
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
-    assert limit.in_flight == after
-    for _ in range(after):
+    assert limit.in_flight == 1 + retry
+    for _ in range(limit.in_flight):
         limit.release()
-    assert await asyncio.wait_for(limit.acquire(), 1)
-    assert limit.in_flight == 1
+    assert limit.in_flight == 0
+    assert await asyncio.wait_for(limit.acquire(), 1) is not closed
 
 
 async def test_in_flight_never_exceeds_the_limit() -> None:
