@@ -199,15 +199,40 @@ def pinned(cpus: set[int] | None) -> Callable[[], None] | None:
 
 
 def core_split() -> tuple[set[int], set[int]] | None:
-    """Half of this process's cores for the API side, the other half for a client;
-    None with a single core."""
+    """Half of this process's physical cores for the API side, the other half for a
+    client; None with a single core (or where affinity cannot be set)."""
     if not hasattr(os, "sched_getaffinity"):
         return None
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
+    cpus = os.sched_getaffinity(0)
+    return halves([siblings(cpu) & cpus for cpu in sorted(cpus)])
+
+
+def siblings(cpu: int) -> frozenset[int]:
+    """The hardware threads sharing ``cpu``'s core (itself alone where /sys does not say),
+    so that the API and the client never share a core through SMT."""
+    path = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list")
+    try:
+        return frozenset(cpu_list(path.read_text()) | {cpu})
+    except (OSError, ValueError):
+        return frozenset({cpu})
+
+
+def cpu_list(text: str) -> set[int]:
+    """The CPUs of a Linux CPU list such as ``0-1,4-5``."""
+    found: set[int] = set()
+    for part in text.strip().split(","):
+        first, _, last = part.partition("-")
+        found.update(range(int(first), int(last or first) + 1))
+    return found
+
+
+def halves(cores: list[frozenset[int]]) -> tuple[set[int], set[int]] | None:
+    """Split distinct cores (sets of hardware threads) into two halves of whole cores."""
+    unique = sorted(set(cores), key=min)
+    if len(unique) < 2:
         return None
-    half = len(cores) // 2
-    return set(cores[:half]), set(cores[half:])
+    half = len(unique) // 2
+    return set().union(*unique[:half]), set().union(*unique[half:])
 
 
 def run_child(
@@ -607,13 +632,14 @@ def case_rate_isolated(b: Bench) -> None:
     dgbatch keeps the API as busy as the bare loop does."""
     split = core_split()
     if split is None:
-        b.notes.append("rate with the API on cores of its own: skipped (a single core)")
+        b.notes.append("rate with the API on cores of its own: skipped (one core, or no way "
+                       "to set a process's CPU affinity here)")  # fmt: skip
         return
     api_cpus, client_cpus = split
     s, c = b.sizes, b.sizes.concurrency
     where = f"API on CPU {min(api_cpus)}, client on CPU {min(client_cpus)}"
     if len(api_cpus) > 1 or len(client_cpus) > 1:
-        where = f"API on {len(api_cpus)} cores, client on {len(client_cpus)}"
+        where = f"API on CPUs {sorted(api_cpus)}, client on CPUs {sorted(client_cpus)}"
     with server(helper_cmd("_audio"), api_cpus) as audio, emulator(cpus=api_cpus) as emu:
         manifest = write_manifest(b.work / "isolated.txt", audio.url, s.rate_items)
         clients = {
@@ -631,9 +657,9 @@ def case_rate_isolated(b: Bench) -> None:
     for client in clients.values():
         b.row("rate", f"{client.label}: items/s; CPU µs/item",
               f"{client.rate.show()}; {client.cpu_us.show()}")  # fmt: skip
+    # no target: the bare loop is held back by the API's own core here, an easier bar
     ratio = ratio_series(clients["dgbatch"].rate, clients["bare"].rate)
-    b.row("1 rate", f"dgbatch / bare aiohttp, {where}", ratio.show(".2f"), "≥ 0.70",
-          ratio.median >= 0.7)  # fmt: skip
+    b.row("1 rate", f"dgbatch / bare aiohttp, {where}", ratio.show(".2f"))
 
 
 def report_rate(b: Bench, clients: dict[str, Client]) -> None:
@@ -789,7 +815,7 @@ class PlanTiming:
 
 def time_planning(b: Bench, emu: Server, source: Path, count: int) -> PlanTiming:
     """Run dgbatch on a big source, watch the emulator and the state, stop it when planned."""
-    emu.post("/_emulator/reset")
+    quiet(emu)
     out = b.fresh("out")
     state = b.fresh("state") / "state.sqlite"
     cmd = dgbatch_cmd(emu.url, [str(source)], out, state, b.sizes.concurrency)
@@ -840,6 +866,15 @@ def time_plans(b: Bench, emu: Server, source: Path, count: int, label: str) -> N
     b.row("6 plan", f"{label}: all items in the state, s", planned.show(".1f"), "≤ 5",
           planned.median <= 5)  # fmt: skip
     b.row("6 plan", f"{label}: peak RSS, MB", rss.show(), "< 300", rss.median < 300)
+
+
+def quiet(emu: Server, timeout: float = 30.0) -> None:
+    """Reset the emulator once nothing is in flight: a request left over from the previous
+    run would otherwise count as this run's first (a reset keeps what is in flight)."""
+    deadline = time.perf_counter() + timeout
+    while emu.get("/_emulator/stats")["in_flight"] and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    emu.post("/_emulator/reset")
 
 
 # --------------------------------------------------------------------------- report
