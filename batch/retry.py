@@ -24,6 +24,9 @@ MAX_RETRY_AFTER = 600.0
 #: how much of a non-JSON error body (a gateway's page) a message quotes, and reads for it
 _PREVIEW_CHARS = 200
 _PREVIEW_READ = 4096
+#: how much of a JSON error message is kept: Deepgram's are one sentence, so only a
+#: runaway one (a proxy echoing a whole request) is cut, and every report line stays short
+_MESSAGE_CHARS = 1000
 
 
 class Action(StrEnum):
@@ -72,23 +75,30 @@ def parse_error_body(body: bytes) -> ErrorBody:
     except (ValueError, UnicodeDecodeError):
         data = None
     if not isinstance(data, dict):
-        return ErrorBody(None, _preview(body[:_PREVIEW_READ].decode("utf-8", "replace")), None)
+        text = body[:_PREVIEW_READ].decode("utf-8", "replace")
+        return ErrorBody(None, _whole_words(text, _PREVIEW_CHARS), None)
     code = _first_str(data, "err_code", "error_code", "category")
     message = _first_str(data, "err_msg", "message", "reason", "error")
+    if message is not None and len(message) > _MESSAGE_CHARS:
+        message = _whole_words(message, _MESSAGE_CHARS)
     return ErrorBody(code, message, _first_str(data, "request_id"))
 
 
-def _preview(text: str) -> str | None:
-    """The first whole words of a gateway's text that fit in ``_PREVIEW_CHARS``: a secret
-    the text echoes is either whole, so redaction still finds it, or left out, never cut."""
+def _whole_words(text: str, limit: int) -> str | None:
+    """The first whole words of ``text`` that fit in ``limit`` characters, with `` …`` when
+    some are left out: a secret the text echoes is either whole, so redaction still finds
+    it, or left out, never cut in two."""
     kept: list[str] = []
     size = 0
-    for word in text.split():
+    words = text.split()
+    for word in words:
         size += len(word) + bool(kept)
-        if size > _PREVIEW_CHARS:
+        if size > limit:
             break
         kept.append(word)
-    return " ".join(kept) or None
+    if not kept:
+        return None
+    return " ".join(kept) + (" …" if len(kept) < len(words) else "")
 
 
 def _first_str(data: dict[str, Any], *keys: str) -> str | None:

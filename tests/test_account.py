@@ -114,7 +114,7 @@ SECRET = "sk-account-0123456789"
             502,
             f"<p>{'x' * 190} {SECRET}</p>".encode(),
             TransientAccountError,
-            f"GET /v1/x: HTTP 502: <p>{'x' * 190}",
+            f"GET /v1/x: HTTP 502: <p>{'x' * 190} …",
         ),
     ],
     ids=[

@@ -113,16 +113,38 @@ def test_callback_acknowledgement_is_not_resent() -> None:
         (500, b"   \n", None, None, None),
         (500, b'["a list"]', None, '["a list"]', None),
         (500, b"\xff\xfe broken utf-8", None, "\ufffd\ufffd broken utf-8", None),
-        (502, b"<p>" + b"x" * 190 + b" sk-0123456789abcdef</p>", None, "<p>" + "x" * 190, None),
-        (502, b"a " * 150, None, " ".join("a" * 100), None),
+        (
+            502,
+            b"<p>" + b"x" * 190 + b" sk-0123456789abcdef</p>",
+            None,
+            "<p>" + "x" * 190 + " …",
+            None,
+        ),
+        (502, b"a " * 150, None, " ".join("a" * 100) + " …", None),
+        # JSON messages: short ones exactly as sent, a runaway one cut by whole words at 1,000
+        (
+            400,
+            _err("Bad Request", "two  spaces\nand a line", "r2"),
+            "Bad Request",
+            "two  spaces\nand a line",
+            "r2",
+        ),
+        (
+            400,
+            _err("Bad Request", "word " * 300 + "sk-0123456789abcdef", "r3"),
+            "Bad Request",
+            " ".join(["word"] * 200) + " …",
+            "r3",
+        ),
+        (400, _err("Bad Request", "x" * 1500, "r4"), "Bad Request", None, "r4"),
     ],
 )
 def test_error_bodies_of_every_shape_are_read(
     status: int, body: bytes, code: str | None, message: str | None, request_id: str | None
 ) -> None:
     """err_code/err_msg, error_code (503), category/message, HTML, text and empty bodies;
-    a gateway's text is quoted by whole words (a key it echoes is never cut in two, where
-    redaction could no longer recognise it)."""
+    a gateway's text and a runaway JSON message are quoted by whole words (a key they echo
+    is never cut in two, where redaction could no longer recognise it)."""
     err = parse_error_body(body)
     assert (err.code, err.message, err.request_id) == (code, message, request_id)
     decision = classify_response(status, body)
