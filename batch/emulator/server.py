@@ -1,0 +1,360 @@
+"""The emulator's server: its routes, and the life of a ``/v1/listen`` request.
+
+A request is authorised, admitted under the concurrency limit, its audio received or fetched
+and checked, and its answer held for the configured latency; a drawn fault then replaces the
+answer. Every request is logged, however it ends.
+
+Control endpoints (no auth: this is a loopback test tool, never expose it)::
+
+    GET  /_emulator/log            JSON list of RequestRecord (asdict), oldest first
+    GET  /_emulator/stats          {"requests": N, "in_flight": N, "in_flight_max": N}
+    POST /_emulator/auth?mode=M    M in ok|401|402|403: every /v1/listen then answers that error
+    POST /_emulator/reset          clear the log and the in-flight high-water mark
+
+The management routes come from :class:`~batch.emulator.management.ManagementApi`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import uuid
+from dataclasses import asdict
+
+import aiohttp
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from yarl import URL
+
+from batch.emulator.audio import _Sink, estimate_duration, looks_like_audio
+from batch.emulator.config import AUTH_MODES, MAX_UPLOAD_BYTES, EmulatorConfig, RequestRecord
+from batch.emulator.faults import (
+    _AUTH_ERRORS,
+    _GARBAGE,
+    _GATEWAY_FAULTS,
+    _JSON,
+    _JSON_FAULTS,
+    _TOO_MANY,
+    _err,
+    _gateway_page,
+    _Reject,
+    _reject_response,
+    _reset,
+    _respond,
+    _token,
+    _truncated,
+)
+from batch.emulator.fetch import (
+    _FETCH_TIMEOUT,
+    _REMOTE,
+    _drain,
+    _fetchable,
+    _remote_status_error,
+    _require_public,
+    _url_from_json,
+    safe_url,
+)
+from batch.emulator.management import ManagementApi
+from batch.emulator.responses import build_response
+
+_CORRUPT = "Bad Request: failed to process audio: corrupt or unsupported data"
+
+
+class Emulator(ManagementApi):
+    """One emulator server; start it with :meth:`start` or ``async with``."""
+
+    def __init__(self, config: EmulatorConfig | None = None) -> None:
+        self.config = config or EmulatorConfig()
+        self.log: list[RequestRecord] = []
+        self._auth_mode = "ok"
+        self._rng = random.Random(self.config.seed)
+        self._in_flight = 0
+        self._in_flight_max = 0
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self._url = ""
+
+    @property
+    def url(self) -> str:
+        """Base URL to give clients as their API URL, e.g. ``http://127.0.0.1:45123``."""
+        if not self._url:
+            msg = "the emulator is not started"
+            raise RuntimeError(msg)
+        return self._url
+
+    @property
+    def auth_mode(self) -> str:
+        """``ok``, or the error every ``/v1/listen`` answers (a key revoked mid-run)."""
+        return self._auth_mode
+
+    @auth_mode.setter
+    def auth_mode(self, mode: str) -> None:
+        if mode not in AUTH_MODES:
+            msg = f"'auth_mode' must be one of {AUTH_MODES}, not {mode!r}"
+            raise ValueError(msg)
+        self._auth_mode = mode
+
+    def in_flight_max(self) -> int:
+        """The most ``/v1/listen`` requests that were in flight at once (reset clears it)."""
+        return self._in_flight_max
+
+    def reset(self) -> None:
+        """Start a fresh measurement; the list object is kept so references to it stay valid."""
+        self.log.clear()
+        self._in_flight_max = self._in_flight
+
+    async def start(self) -> None:
+        """Bind the socket (port 0 lets the OS pick) and open the session used for URL fetches."""
+        if self._runner is not None:
+            msg = "the emulator is already started"
+            raise RuntimeError(msg)
+        self._session = aiohttp.ClientSession(timeout=_FETCH_TIMEOUT)
+        runner = web.AppRunner(self._app(), access_log=None, shutdown_timeout=1.0)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self.config.host, self.config.port).start()
+        except BaseException:
+            await runner.cleanup()
+            await self._session.close()
+            raise
+        self._runner = runner
+        host, port = runner.addresses[0][:2]
+        self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+    async def stop(self) -> None:
+        """Close the socket and the fetch session; safe to call twice or before start."""
+        runner, self._runner = self._runner, None
+        session, self._session = self._session, None
+        if runner is not None:
+            await runner.cleanup()
+        if session is not None:
+            await session.close()
+
+    async def __aenter__(self) -> Emulator:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    def _app(self) -> web.Application:
+        """Routes; the control endpoints live under ``/_emulator`` so they never clash."""
+        app = web.Application()
+        app.router.add_post("/v1/listen", self._listen)
+        app.router.add_get("/v1/auth/token", self._token_details)
+        app.router.add_get("/v1/projects/{project}/requests", self._project_requests)
+        app.router.add_get("/v1/projects/{project}/usage", self._project_usage)
+        app.router.add_get("/_emulator/log", self._control_log)
+        app.router.add_get("/_emulator/stats", self._control_stats)
+        app.router.add_post("/_emulator/auth", self._control_auth)
+        app.router.add_post("/_emulator/reset", self._control_reset)
+        return app
+
+    # ----------------------------------------------------------------------- /v1/listen
+
+    async def _listen(self, request: web.Request) -> web.StreamResponse:
+        """Count the request as in flight for its whole life and log it however it ends."""
+        record = _new_record(request)
+        self._in_flight += 1
+        self._in_flight_max = max(self._in_flight_max, self._in_flight)
+        try:
+            return await self._answer(request, record)
+        finally:
+            self._in_flight -= 1
+            self.log.append(record)
+
+    async def _answer(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
+        """Auth, then the concurrency limit (answered at once), then body, latency and faults."""
+        arrived = time.monotonic()
+        fault = None
+        try:
+            self._authorize(request.headers.get("Authorization", ""))
+            self._admit(record)
+            fault = self._draw_fault()
+            response = await self._transcribe(request, record)
+        except _Reject as reject:
+            response = _reject_response(record, reject)
+        if record.fault == "concurrency":
+            return response
+        if self.config.latency > 0:
+            await asyncio.sleep(answer_delay(self.config.latency, time.monotonic() - arrived))
+        if fault is None:
+            return response
+        return await self._inject(request, record, fault, response)
+
+    def _authorize(self, header: str) -> None:
+        """401 for a missing or wrong key; otherwise the runtime ``auth_mode`` decides."""
+        token = _token(header)
+        if token is None or (self.config.key is not None and token != self.config.key):
+            raise _Reject(*_AUTH_ERRORS["401"])
+        if self._auth_mode != "ok":
+            raise _Reject(*_AUTH_ERRORS[self._auth_mode])
+
+    def _admit(self, record: RequestRecord) -> None:
+        """Deepgram limits concurrent requests per project; over the limit it answers 429."""
+        limit = self.config.max_concurrency
+        if limit is not None and self._in_flight > limit:
+            record.fault = "concurrency"
+            raise _Reject(429, _TOO_MANY, self._retry_after())
+
+    def _draw_fault(self) -> str | None:
+        """A fault for this request, from the seeded RNG so sequences are reproducible."""
+        rate, faults = self.config.fault_rate, self.config.faults
+        if rate <= 0 or not faults or self._rng.random() >= rate:
+            return None
+        return self._rng.choice(faults)
+
+    def _retry_after(self) -> dict[str, str]:
+        """``Retry-After`` is undocumented, so clients must cope with and without it."""
+        send = self.config.retry_after
+        if send is None:
+            send = self._rng.random() < 0.5
+        return {"Retry-After": f"{self.config.retry_after_seconds:g}"} if send else {}
+
+    async def _transcribe(self, request: web.Request, record: RequestRecord) -> web.Response:
+        """Receive the audio (uploaded or fetched), check it and answer Deepgram's 200 body."""
+        if request.content_length is None:
+            raise _Reject(411, _err("LENGTH_REQUIRED", "A Content-Length header is required."))
+        if record.mode == "url":
+            sink = await self._fetch_submitted(request, record)
+        else:
+            sink = await _receive(request, record)
+        record.bytes_received, record.sha256 = sink.size, sink.hexdigest()
+        if not sink.size or ("encoding" not in request.query and not looks_like_audio(sink.head)):
+            raise _Reject(400, _err("Bad Request", _CORRUPT))
+        duration = estimate_duration(sink.head, sink.size, record.params)
+        record.duration = duration
+        body = build_response(
+            request_id=record.request_id,
+            sha256=record.sha256,
+            size=sink.size,
+            duration=round(duration * self.config.duration_ratio, 6),
+            params=record.params,
+            silent=sink.is_silent_wav(),
+        )
+        return _respond(record, 200, json.dumps(body).encode(), _JSON)
+
+    async def _fetch_submitted(self, request: web.Request, record: RequestRecord) -> _Sink:
+        """Read ``{"url": ...}`` and fetch it, as Deepgram does for remote files."""
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise _Reject(413, _err("PAYLOAD_TOO_LARGE", "JSON body too large.")) from exc
+        try:
+            record.url = _url_from_json(raw)
+        except _Reject:
+            record.mode = "invalid"
+            raise
+        target = _fetchable(record.url)
+        if not self.config.allow_private_urls:
+            await _require_public(target)
+        return await self._fetch(target, record.url)
+
+    async def _fetch(self, target: URL, url: str) -> _Sink:
+        """GET the media; any failure becomes REMOTE_CONTENT_ERROR without the query string."""
+        if self._session is None:
+            msg = "the emulator is not started"
+            raise RuntimeError(msg)
+        try:
+            async with self._session.get(target, max_redirects=10) as remote:
+                if remote.status >= 300:
+                    raise _remote_status_error(remote.status, remote.reason)
+                return await _drain(remote.content.iter_any())
+        except aiohttp.TooManyRedirects as exc:
+            message = f"{_REMOTE} redirected too many times ({safe_url(url)})"
+            raise _Reject(400, _err("REMOTE_CONTENT_ERROR", message)) from exc
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            message = f"{_REMOTE} failed to return valid data ({safe_url(url)})"
+            raise _Reject(400, _err("REMOTE_CONTENT_ERROR", message)) from exc
+
+    # ----------------------------------------------------------------------- answers
+
+    async def _inject(
+        self, request: web.Request, record: RequestRecord, fault: str, normal: web.Response
+    ) -> web.StreamResponse:
+        """Replace the normal answer with the drawn fault."""
+        record.fault = fault
+        if fault == "reset":
+            return _reset(request, record)
+        if fault == "truncated":
+            full = normal.body if isinstance(normal.body, bytes) else b"{}"
+            return await _truncated(request, record, full)
+        if fault == "garbage":
+            return _respond(record, 200, _GARBAGE, _JSON)
+        if fault in _GATEWAY_FAULTS:
+            page = _gateway_page(_GATEWAY_FAULTS[fault])
+            return _respond(record, int(fault), page, "text/html")
+        status, body = _JSON_FAULTS[fault]
+        headers = self._retry_after() if status == 429 else None
+        return _reject_response(record, _Reject(status, body, headers))
+
+    # ----------------------------------------------------------------------- control routes
+
+    async def _control_log(self, request: web.Request) -> web.Response:
+        """The log for a test driving an emulator in another process."""
+        return web.json_response([asdict(record) for record in list(self.log)])
+
+    async def _control_stats(self, request: web.Request) -> web.Response:
+        """Counters a benchmark can read without downloading the whole log."""
+        stats = {
+            "requests": len(self.log),
+            "in_flight": self._in_flight,
+            "in_flight_max": self._in_flight_max,
+        }
+        return web.json_response(stats)
+
+    async def _control_auth(self, request: web.Request) -> web.Response:
+        """Switch ``auth_mode`` to simulate a key revoked or out of credit mid-run."""
+        mode = request.query.get("mode", "")
+        if mode not in AUTH_MODES:
+            return web.json_response({"error": f"mode must be one of {AUTH_MODES}"}, status=400)
+        self.auth_mode = mode
+        return web.json_response({"auth_mode": mode})
+
+    async def _control_reset(self, request: web.Request) -> web.Response:
+        """:meth:`reset` for a test driving an emulator in another process."""
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+def answer_delay(latency: float, worked: float) -> float:
+    """How long to hold an answer: ``latency`` is the server's time per request, so the
+    emulator's own work (fetching a URL, reading the audio) counts towards it, and a
+    client at concurrency C can reach C/latency (while that work takes less), as against
+    the real API."""
+    return max(0.0, latency - worked)
+
+
+def _new_record(request: web.Request) -> RequestRecord:
+    """The log entry, filled in as the request is handled."""
+    return RequestRecord(
+        request_id=str(uuid.uuid4()),
+        time=time.time(),
+        mode="url" if request.content_type == _JSON else "upload",
+        url=None,
+        content_type=request.headers.get("Content-Type", ""),
+        content_length=request.content_length,
+        bytes_received=0,
+        sha256=None,
+        params=list(request.query.items()),
+        status=0,
+        fault=None,
+        authorization=request.headers.get("Authorization", ""),
+    )
+
+
+async def _receive(request: web.Request, record: RequestRecord) -> _Sink:
+    """Stream the upload through the hasher; nothing but its head stays in memory."""
+    if (request.content_length or 0) > MAX_UPLOAD_BYTES:
+        raise _Reject(413, _err("PAYLOAD_TOO_LARGE", "Payload too large: the limit is 2 GB."))
+    sink = _Sink()
+    try:
+        async for chunk in request.content.iter_any():
+            sink.feed(chunk)
+    except (ConnectionError, HttpProcessingError) as exc:
+        record.bytes_received = sink.size
+        message = "The client closed the connection before the upload finished."
+        raise _Reject(499, _err("CLIENT_CLOSED_REQUEST", message)) from exc
+    return sink
