@@ -117,14 +117,19 @@ class AdaptiveLimit:
         target = float(max(1, self.in_flight - 1))
         if epoch == self._epoch:
             target = min(target, self._limit * self._decrease)
+        target = max(1.0, target)
         if target < self._limit:
-            self._epoch += 1
-            self._set(max(1.0, target))
+            # a new epoch only for a cut of whole slots: at one slot nothing is cut, and
+            # a retry that counted it as one would skip its backoff (see covers_backoff)
+            self._epoch += max(1, int(target)) < self.limit
+            self._set(target)
 
-    def shrunk_since(self, epoch: int) -> bool:
-        """Whether the limit was cut after a request sent at ``epoch`` (the pool slowed
-        down already, so its retry needs no backoff of its own)."""
-        return self._adaptive and self._epoch != epoch
+    def covers_backoff(self, epoch: int) -> bool:
+        """Whether a request throttled at ``epoch`` will wait for its slot anyway: the
+        limit was cut since, and the other requests in flight fill it. Waiting for that
+        slot is then its backoff; otherwise (one slot, nothing else in flight) a retry
+        sent at once would only meet the same full project again."""
+        return self._adaptive and self._epoch != epoch and self.in_flight - 1 >= self.limit
 
     def on_success(self) -> None:
         """A success: one more slot per window of ``limit`` successes."""

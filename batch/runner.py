@@ -523,9 +523,9 @@ class Runner:
 
     def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
         """No backoff of its own for a 429 when the pool already slowed down since the
-        request went out: waiting for a slot under the cut limit is the backoff.
-        ``Retry-After`` is still honoured."""
-        if decision.retry_after is None and self.limit.shrunk_since(epoch):
+        request went out and is full: waiting for a slot under the cut limit is the
+        backoff. ``Retry-After`` is still honoured."""
+        if decision.retry_after is None and self.limit.covers_backoff(epoch):
             return 0.0
         return backoff
 

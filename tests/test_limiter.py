@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli
+from conftest import KEY, Cli, wait_for
 from reliability_helpers import make_tiny_wavs
 
 from batch.emulator import EmulatorConfig, run_in_thread
@@ -64,20 +66,61 @@ def test_not_adaptive_is_a_fixed_limit() -> None:
     limit = AdaptiveLimit(64, adaptive=False)
     play(limit, "t t s t")
     assert limit.limit == 64
-    assert not limit.shrunk_since(0)
+    limit.in_flight = 64
+    assert not limit.covers_backoff(0)
 
 
-def test_shrunk_since_and_change_events() -> None:
-    """Each visible change is reported once (the progress bar), and a request knows
-    whether the pool slowed down after it was sent."""
+def test_change_events() -> None:
+    """Each visible change is reported once (the progress bar)."""
     changes: list[int] = []
     limit = AdaptiveLimit(64, on_change=changes.append)
-    sent_at = limit.epoch
-    assert not limit.shrunk_since(sent_at)
-    play(limit, "t")
-    assert limit.shrunk_since(sent_at)
-    play(limit, "s " * 44 + "o9")
+    play(limit, "t " + "s " * 44 + "o9")
     assert changes == [44, 45, 8]
+
+
+@pytest.mark.parametrize(
+    ("maximum", "script", "in_flight", "covers"),
+    [
+        pytest.param(64, "", 64, False, id="no cut since it was sent"),
+        pytest.param(64, "t", 45, True, id="cut since, the others fill the cut limit"),
+        pytest.param(64, "t", 44, False, id="cut since, but a slot is free at once"),
+        pytest.param(1, "t t t", 1, False, id="one slot: nothing to cut, nothing to wait for"),
+        pytest.param(64, "t " * 12, 1, False, id="cut to one slot, alone in flight"),
+        pytest.param(64, "t " * 12, 2, True, id="cut to one slot, another holds it"),
+    ],
+)
+def test_a_throttled_retry_backs_off_unless_waiting_for_a_slot_covers_it(
+    maximum: int, script: str, in_flight: int, covers: bool
+) -> None:
+    """After a 429 the retry skips its own backoff only when it will wait for a slot
+    anyway: the limit was cut since the request went out and the others fill it."""
+    limit = AdaptiveLimit(maximum)
+    sent_at = limit.epoch
+    play(limit, script)
+    limit.in_flight = in_flight
+    assert limit.covers_backoff(sent_at) is covers
+
+
+@pytest.mark.parametrize(
+    ("maximum", "before", "new_epoch"),
+    [
+        pytest.param(64, "", True, id="64 -> 44"),
+        pytest.param(64, "t " * 12 + "s", True, id="2 -> 1"),
+        pytest.param(64, "t " * 12 + "s t", False, id="1.4 -> 1, no whole slot"),
+        pytest.param(64, "t " * 12, False, id="at one slot"),
+        pytest.param(1, "", False, id="maximum one"),
+    ],
+)
+def test_only_a_cut_of_whole_slots_starts_an_epoch(
+    maximum: int, before: str, new_epoch: bool
+) -> None:
+    """A 429 at one slot (or a cut of a fraction of one) leaves the epoch alone, so the
+    retries it causes still back off instead of counting a cut that changed nothing."""
+    limit = AdaptiveLimit(maximum)
+    play(limit, before)
+    epoch = limit.epoch
+    play(limit, "t")
+    assert (limit.epoch != epoch) is new_epoch
 
 
 async def test_acquire_waits_for_a_free_slot() -> None:
@@ -204,3 +247,34 @@ def test_run_adapts_to_a_project_limit(tmp_path: Path) -> None:
     assert late[429] * 3 <= late[200]  # adapted: the later requests mostly get through
     assert "DEBUG concurrency limit" in result.output
     assert re.search(r"progress: 60/60 items .* limit=\d+", result.output)
+
+
+def _post_wav(url: str, folder: Path) -> None:
+    """Another client of the same project: one request, held for the emulator's latency."""
+    (wav,) = folder.iterdir()
+    headers = {"Authorization": f"Token {KEY}", "Content-Type": "audio/wav"}
+    request = urllib.request.Request(f"{url}/v1/listen", data=wav.read_bytes(), headers=headers)
+    with urllib.request.urlopen(request) as answer:
+        answer.read()
+
+
+def test_a_full_project_at_one_slot_is_waited_out(tmp_path: Path) -> None:
+    """At -c 1, while another client holds the project's only slot, each 429 backs off:
+    the item is done once the slot is free, instead of spending every retry at once."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    with run_in_thread(
+        EmulatorConfig(key=KEY, latency=0.8, max_concurrency=1, retry_after=False)
+    ) as emu:
+        other = threading.Thread(target=_post_wav, args=(emu.url, tmp_path / "in"))
+        other.start()
+        wait_for(lambda: emu.in_flight_max() == 1)
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--api-url", emu.url,
+            "-c", "1", "--backoff-base", "0.1", "--backoff-cap", "0.3", "--max-retries", "12",
+            "--progress", "none",
+        )  # fmt: skip
+        other.join()
+        statuses = Counter(record.status for record in emu.log)
+    assert result.exit_code == 0, result.output
+    assert statuses[200] == 2  # the other client's and ours
+    assert 1 <= statuses[429] <= 9  # 0.8 s of backoffs of 0.1 to 0.3 s, not 13 in a burst
