@@ -17,7 +17,7 @@ import signal
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from batch import retry
 from batch.budget import Budget
@@ -45,6 +45,7 @@ from batch.retry import Action, Decision
 from batch.state import Result, State, WorkItem
 
 log = logging.getLogger("dgbatch")
+_T = TypeVar("_T")
 
 FLUSH_INTERVAL = 0.2
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
@@ -349,7 +350,10 @@ class Runner:
         leader = self.dedupe.follow(key)
         if leader is None:
             return await self._lead(item, key)
-        shared = await leader
+        # A copy sends nothing while it waits, so its slot goes back: held, it could be the
+        # one slot its leader needs after a 429 cut the limit, and neither would go on.
+        # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
+        shared = await self._without_slot(asyncio.shield(leader))
         if shared is not None:
             return await self._copy(item, shared)
         if self.stopping:  # the leader was stopped, not failed: do not send after a stop
@@ -530,11 +534,16 @@ class Runner:
         return backoff
 
     async def _wait_without_slot(self, delay: float) -> None:
-        """A throttled item waits without its slot (in-flight stays under the cut limit)
-        and takes one back with priority over new items."""
+        """A throttled item waits without its slot (in-flight stays under the cut limit)."""
+        await self._without_slot(self._sleep_unless_stopped(delay))
+
+    async def _without_slot(self, waiting: Awaitable[_T]) -> _T:
+        """Await ``waiting`` with the item's request slot given back, then take one back
+        with priority over new items (also when stopped or cancelled meanwhile, so the
+        item's single release stays balanced)."""
         self.limit.release()
         try:
-            await self._sleep_unless_stopped(delay)
+            return await waiting
         finally:
             await self.limit.acquire(retry=True)
 

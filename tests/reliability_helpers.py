@@ -8,12 +8,14 @@ import http.server
 import json
 import struct
 import threading
+import time
+import urllib.request
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from batch.emulator import transcript_for
+from batch.emulator import Emulator, EmulatorConfig, run_in_thread, transcript_for
 
 
 def make_tiny_wavs(folder: Path, count: int, prefix: str = "a") -> list[Path]:
@@ -69,3 +71,23 @@ def serve_folder(folder: Path) -> Iterator[str]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextmanager
+def full_project(wav: Path, key: str, hold: float) -> Iterator[Emulator]:
+    """An emulator whose project takes one request at a time (429 without Retry-After
+    above it), already full: another client (another shard, another app) sends ``wav``
+    and holds the slot for ``hold`` seconds, the emulator's latency."""
+    config = EmulatorConfig(key=key, latency=hold, max_concurrency=1, retry_after=False)
+    headers = {"Authorization": f"Token {key}", "Content-Type": "audio/wav"}
+    with run_in_thread(config) as emulator:
+        request = urllib.request.Request(f"{emulator.url}/v1/listen", wav.read_bytes(), headers)
+        other = threading.Thread(target=lambda: urllib.request.urlopen(request).read())
+        other.start()
+        deadline = time.monotonic() + 10
+        while emulator.in_flight_max() < 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        try:
+            yield emulator
+        finally:
+            other.join()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli, make_wav, read_state_rows
+from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
+from reliability_helpers import full_project
 
 from batch.checks import transcript_warning, truncation_warning
 from batch.emulator import EmulatorConfig, run_in_thread
@@ -116,6 +119,27 @@ def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -
     assert copies[0]["request_id"] == leader["request_id"]
     assert (out / "a" / "call.json").read_bytes() == (out / "b-call.json").read_bytes()
     assert "1 item(s) were copies" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_a_copy_waiting_for_its_leader_leaves_it_the_slot(tmp_path: Path) -> None:
+    """With --dedupe, a copy waits for its leader without a request slot: after a 429
+    cut the limit to one, the leader gets that slot, instead of both waiting forever."""
+    first = make_wav(tmp_path / "in" / "a1.wav", 0.5, tone=3)
+    shutil.copy(first, tmp_path / "in" / "a2.wav")
+    out = tmp_path / "out"
+    with full_project(first, KEY, hold=0.8) as emu:
+        command = [
+            *dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out", str(out),
+            "--dedupe", "-c", "2", "--api-url", emu.url, "--backoff-base", "0.05",
+            "--backoff-cap", "0.3", "--max-retries", "12", "--progress", "none",
+        ]  # fmt: skip
+        env = {**os.environ, "DEEPGRAM_API_KEY": KEY}
+        run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=30)
+    assert run.returncode == 0, run.stderr
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
+    assert rows["a2.wav"]["copy_of"] == rows["a1.wav"]["id"]
+    assert [r.status for r in emu.log].count(200) == 2  # the other client's and the leader's
 
 
 def test_old_state_files_gain_the_new_columns(tmp_path: Path) -> None:

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli, wait_for
-from reliability_helpers import make_tiny_wavs
+from conftest import KEY, Cli
+from reliability_helpers import full_project, make_tiny_wavs
 
 from batch.emulator import EmulatorConfig, run_in_thread
 from batch.limiter import AdaptiveLimit
@@ -249,32 +247,17 @@ def test_run_adapts_to_a_project_limit(tmp_path: Path) -> None:
     assert re.search(r"progress: 60/60 items .* limit=\d+", result.output)
 
 
-def _post_wav(url: str, folder: Path) -> None:
-    """Another client of the same project: one request, held for the emulator's latency."""
-    (wav,) = folder.iterdir()
-    headers = {"Authorization": f"Token {KEY}", "Content-Type": "audio/wav"}
-    request = urllib.request.Request(f"{url}/v1/listen", data=wav.read_bytes(), headers=headers)
-    with urllib.request.urlopen(request) as answer:
-        answer.read()
-
-
 def test_a_full_project_at_one_slot_is_waited_out(tmp_path: Path) -> None:
     """At -c 1, while another client holds the project's only slot, each 429 backs off:
     the item is done once the slot is free, instead of spending every retry at once."""
-    make_tiny_wavs(tmp_path / "in", 1)
-    with run_in_thread(
-        EmulatorConfig(key=KEY, latency=0.8, max_concurrency=1, retry_after=False)
-    ) as emu:
-        other = threading.Thread(target=_post_wav, args=(emu.url, tmp_path / "in"))
-        other.start()
-        wait_for(lambda: emu.in_flight_max() == 1)
+    (wav,) = make_tiny_wavs(tmp_path / "in", 1)
+    with full_project(wav, KEY, hold=0.8) as emu:
         result = Cli(None)(
             "run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--api-url", emu.url,
             "-c", "1", "--backoff-base", "0.1", "--backoff-cap", "0.3", "--max-retries", "12",
             "--progress", "none",
         )  # fmt: skip
-        other.join()
-        statuses = Counter(record.status for record in emu.log)
+    statuses = Counter(record.status for record in emu.log)
     assert result.exit_code == 0, result.output
     assert statuses[200] == 2  # the other client's and ours
     assert 1 <= statuses[429] <= 9  # 0.8 s of backoffs of 0.1 to 0.3 s, not 13 in a burst
