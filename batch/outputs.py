@@ -105,6 +105,20 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+#: errors that belong to one output path (a folder in its place, a name too long): that
+#: item fails and the run goes on. Any other stops the run: a disk full or read-only, or
+#: a folder that is a file (ENOTDIR), which every item going there would meet, each paid.
+_PATH_ERRNOS = frozenset({errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG})
+
+
+def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
+    """The error for a failed write of ``path``: the item's own, or the whole run's."""
+    message = describe_os_error(path, exc)
+    if exc.errno in _PATH_ERRNOS:
+        return ItemError(message, code="output_path")
+    return OutputError(message)
+
+
 def describe_os_error(path: Path, exc: OSError) -> str:
     """A message naming the path and the reason, with a hint for the usual suspects."""
     reason = exc.strerror or str(exc)
@@ -187,8 +201,7 @@ class _GroupWriter:
         """Write ``jobs``: every temp file, one barrier, the renames, another barrier."""
         for job in jobs:
             self._place(job)
-        folders = {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
-        for folder in folders:
+        for folder in _folders_of(jobs):
             with contextlib.suppress(OSError):  # a failure shows up when writing into it
                 os.makedirs(folder, exist_ok=True)
         tag = secrets.token_hex(4)  # temp names differ by their output's name already
@@ -196,6 +209,7 @@ class _GroupWriter:
             if job.error is None:
                 _write_temps(job, tag)
         live = [job for job in jobs if job.error is None]
+        folders = _folders_of(live)  # only those written into: a failed one is its items'
         try:
             self._barrier([tmp for job in live for tmp in job.temps], folders)
             for job in live:
@@ -230,13 +244,17 @@ class _GroupWriter:
             pass
 
 
+def _folders_of(jobs: list[_Job]) -> set[str]:
+    return {os.path.dirname(path) for job in jobs if job.error is None for path in job.paths}
+
+
 def _write_temps(job: _Job, tag: str) -> None:
     for path, data in zip(job.paths, job.files.values(), strict=True):
         folder, _, leaf = path.rpartition("/")
         try:
             _write_new_file(f"{folder}/.{leaf}.{tag}.tmp", data, job.temps)
         except OSError as exc:
-            job.fail(OutputError(describe_os_error(Path(path), exc)))
+            job.fail(output_error(Path(path), exc))
             return
 
 
@@ -257,7 +275,7 @@ def _rename_temps(job: _Job) -> None:
         try:
             os.replace(tmp, path)
         except OSError as exc:  # e.g. a folder where the output should go: this item fails
-            job.fail(OutputError(describe_os_error(Path(path), exc)))
+            job.fail(output_error(Path(path), exc))
             return
 
 

@@ -64,8 +64,9 @@ class RunnerSettings:
     adaptive: bool = True
     #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
     caption_line_length: int | None = None
-    #: before sending an item never attempted, ask the sink whether its outputs already
-    #: exist for the same source fingerprint (an S3 ``--out`` seen from a fresh state)
+    #: before sending an item, ask the sink whether its outputs already exist for the same
+    #: source fingerprint (an S3 ``--out`` seen from a fresh state, or an item stopped
+    #: while its outputs were being put)
     skip_existing: bool = False
 
 
@@ -135,6 +136,9 @@ class Runner:
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
+        #: per in-flight item: (attempts, retries after a timeout) so far, for the result
+        #: of an item that an exception or a cancel takes out of ``_process``
+        self._tries: dict[str, tuple[int, int]] = {}
         #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
         #: answers waiting for their outputs; bounded like the requests, so that a crash
@@ -322,21 +326,32 @@ class Runner:
         try:
             result = await self._deduped(item)
         except asyncio.CancelledError:
-            self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+            self.state.record(self._cut_short(item, ItemStatus.PENDING))
             raise
         except OutputError as exc:
             self.stop(exc)
-            result = Result(item.id, ItemStatus.PENDING, item.attempts)
-        except ItemError as exc:  # raised after the answer, e.g. an unsafe output path
-            result = Result(item.id, ItemStatus.FAILED, item.attempts, error=str(exc))
+            result = self._cut_short(item, ItemStatus.PENDING)
+        except ItemError as exc:  # raised after the answer, e.g. an unusable output path
+            result = self._cut_short(item, ItemStatus.FAILED, str(exc), exc.code)
         except Exception as exc:  # a bug must cost one item, not the run
             log.debug("unexpected error on %s", item.source, exc_info=True)
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")
-            result = Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+            result = self._cut_short(item, ItemStatus.FAILED, error)
         finally:
             self._release_slot(item.id)
+            self._tries.pop(item.id, None)
         self._record(result)
         self._account(item.id, result)
+
+    def _cut_short(
+        self, item: WorkItem, status: ItemStatus, error: str | None = None, code: str | None = None
+    ) -> Result:
+        """The result of an item taken out of ``_process`` by an exception or a cancel,
+        with the attempts it made (they were paid for)."""
+        attempts, timeouts = self._tries.get(item.id, (item.attempts, 0))
+        return Result(
+            item.id, status, attempts, error=error, err_code=code, timeout_retries=timeouts
+        )
 
     async def _deduped(self, item: WorkItem) -> Result:
         """Measure the item, then ``_process`` it; with ``--dedupe``, the first item of each
@@ -407,7 +422,7 @@ class Runner:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        if self.settings.skip_existing and item.attempts == 0:
+        if self.settings.skip_existing:
             done = await self._existing_outputs(item, None)
             if done is not None:
                 self.stats.skipped += 1
@@ -415,13 +430,15 @@ class Runner:
         attempts, timeouts = item.attempts, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
+            self._tries[item.id] = (attempts, timeouts)
             timed_out, unreachable = False, False
             epoch = self.limit.epoch
             try:
                 answer, decision = await self._attempt(sender, item, source)
-            except ItemError as exc:
+            except ItemError as exc:  # found before the request went out: no attempt
+                self.stats.sent -= 1
                 return Result(
-                    item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
+                    item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
                 )
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
@@ -433,6 +450,7 @@ class Runner:
             if timed_out:  # retried after a timeout: Deepgram may have billed the first one
                 timeouts += 1
                 self.stats.timeout_retries += 1
+                self._tries[item.id] = (attempts, timeouts)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
     def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:

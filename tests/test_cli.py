@@ -135,7 +135,8 @@ def test_an_empty_or_missing_key_file_is_refused(tmp_path: Path, dgbatch: Cli) -
 def test_an_empty_file_fails_without_being_sent(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
-    """A zero-byte file is a failed item ("file is empty"); the others are done; exit 1."""
+    """A zero-byte file is a failed item ("file is empty") with no attempt (nothing was
+    sent); the others are done; exit 1."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 2)
     (src / "empty.wav").touch()
@@ -143,6 +144,9 @@ def test_an_empty_file_fails_without_being_sent(
     assert result.exit_code == 1
     assert _failed(out) == {str(src / "empty.wav"): f"{src / 'empty.wav'}: file is empty"}
     assert len(emulator.log) == 2
+    attempts = {r["source"]: r["attempts"] for r in read_state_rows(out / ".dgbatch/state.sqlite")}
+    assert attempts[str(src / "empty.wav")] == 0
+    assert "done 2, failed 1, retried 0" in result.output
 
 
 def test_entries_that_are_not_readable_files_fail_with_their_reason(

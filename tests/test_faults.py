@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from conftest import KEY, Cli, read_state_rows
+from conftest import KEY, Cli, read_state_rows, sha256_of
 from reliability_helpers import all_bytes_under, make_tiny_wavs
 
 import batch.job
@@ -131,6 +131,12 @@ def test_output_parent_is_a_file_stops_the_run(dgbatch: Cli, tmp_path: Path) -> 
     rows = state_rows(out)
     assert all(r["status"] != "done" for r in rows if "/sub/" in str(r["source"]))
     assert "running" not in {r["status"] for r in rows}
+    # an item stopped after its answer keeps the attempt it was paid for (the two folders'
+    # files have the same bytes pairwise, so attempts are summed by content)
+    attempts: Counter[str | None] = Counter()
+    for row in rows:
+        attempts[sha256_of(Path(str(row["source"])))] += int(str(row["attempts"]))
+    assert attempts == Counter(record.sha256 for record in dgbatch.emulator.log)  # type: ignore[union-attr]
 
     (out / "sub").unlink()
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 from pathlib import Path
 
 import pytest
 from conftest import Cli, make_wav, outputs_under, read_state_rows, sha256_of
 
 from batch.emulator import Emulator, build_response
-from batch.errors import OutputError
+from batch.errors import ItemError, OutputError
 from batch.formats import render_txt
-from batch.outputs import LocalSink, OutputMeta, write_atomic
+from batch.outputs import LocalSink, OutputMeta, output_error, write_atomic
 
 
 def _files(root: Path) -> list[str]:
@@ -49,16 +51,41 @@ def test_the_sink_refuses_any_path_outside_its_root(tmp_path: Path, name: str) -
         sink.close()
 
 
-def test_the_sink_reports_an_unwritable_folder_as_an_output_error(tmp_path: Path) -> None:
-    """A write that fails names the path and the reason."""
+def test_a_folder_in_the_place_of_an_output_fails_that_item(tmp_path: Path) -> None:
+    """A write that fails because of its own path names the path and the reason, as the
+    item's error (the run goes on)."""
     sink = LocalSink(tmp_path / "out")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.json").mkdir()
     try:
-        with pytest.raises(OutputError, match=r"a\.json: cannot write output"):
+        with pytest.raises(ItemError, match=r"a\.json: cannot write output: Is a directory"):
             asyncio.run(sink.write("a", {"json": b"{}"}, OutputMeta("a.wav", "")))
     finally:
         sink.close()
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "reason"),
+    [
+        (errno.EISDIR, ItemError, "Is a directory"),
+        (errno.EEXIST, ItemError, "File exists"),
+        (errno.ENAMETOOLONG, ItemError, "File name too long"),
+        (errno.ENOTDIR, OutputError, "Not a directory"),
+        (errno.ELOOP, OutputError, "Too many levels of symbolic links"),
+        (errno.ENOSPC, OutputError, "No space left on device (disk full)"),
+        (errno.EROFS, OutputError, "Read-only file system (output folder is not writable)"),
+        (errno.EACCES, OutputError, "Permission denied (output folder is not writable)"),
+        (errno.EIO, OutputError, "Input/output error"),
+    ],
+)
+def test_an_output_error_stops_the_run_only_when_every_item_would_meet_it(
+    code: int, kind: type[Exception], reason: str
+) -> None:
+    """A path's own problem fails its item; a disk's or a folder's stops the run (the
+    items stay pending for when it is fixed, instead of each being paid and failed)."""
+    error = output_error(Path("/out/a.json"), OSError(code, os.strerror(code)))
+    assert type(error) is kind
+    assert str(error) == f"/out/a.json: cannot write output: {reason}"
 
 
 def test_shared_stems_keep_their_extension(tmp_path: Path, dgbatch: Cli) -> None:
@@ -179,19 +206,24 @@ def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: C
     assert all(Path(p).resolve().is_relative_to(out.resolve()) for p in outputs)
 
 
-def test_an_output_that_cannot_be_written_stops_the_run_and_the_rerun_recovers(
+def test_an_output_that_cannot_be_written_fails_its_item_and_a_retry_recovers(
     tmp_path: Path, dgbatch: Cli
 ) -> None:
-    """A write failure exits 1 naming the path, the item stays pending, and a rerun finishes."""
+    """A folder in an output's place: the item fails naming the path, the others are
+    done, and once it is moved away --retry-failed finishes the item."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wav(src / "a.wav")
+    make_wav(src / "b.wav", tone=1)
     (out / "a.json").mkdir(parents=True)
     result = dgbatch("run", str(src), "--out", str(out))
     assert result.exit_code == 1
-    assert "a.json: cannot write output" in result.output
-    assert [r["status"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")] == ["pending"]
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert [(r["status"], r["error"], r["attempts"]) for r in rows] == [
+        ("failed", f"{out}/a.json: cannot write output: Is a directory", 1),  # it was paid
+        ("done", None, 1),
+    ]
     (out / "a.json").rmdir()
-    result = dgbatch("run", str(src), "--out", str(out))
+    result = dgbatch("run", str(src), "--out", str(out), "--retry-failed")
     assert result.exit_code == 0, result.output
     assert (out / "a.json").is_file()
 
