@@ -33,8 +33,6 @@ from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
-#: what ``find_complete`` answers when the outputs exist but no json is kept to read back
-COMPLETE_WITHOUT_JSON = b'{"metadata": {}, "results": {}}'
 #: matches the ``secrets.token_hex(4)`` in a temp file's name
 _TOKEN_GLOB = "[0-9a-f]" * 8
 
@@ -47,6 +45,16 @@ class OutputMeta:
     fingerprint: str
 
 
+@dataclass(frozen=True, slots=True)
+class Found:
+    """An item's outputs, found complete in place (written by a run that did not record
+    them): where they are, and the json to read the transcript from, when it is kept and
+    was read (None: only other formats are written, or S3, where only HEADs are made)."""
+
+    locations: list[str]
+    json: bytes | None
+
+
 class OutputSink(Protocol):
     """Where outputs go: a local folder or an S3 prefix."""
 
@@ -56,8 +64,8 @@ class OutputSink(Protocol):
 
     async def find_complete(
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
-    ) -> bytes | None:
-        """The json output if all formats exist and belong to this source, else None."""
+    ) -> Found | None:
+        """The outputs, if all formats exist and belong to this source, else None."""
         ...
 
     def describe(self) -> str:
@@ -353,29 +361,25 @@ class LocalSink:
 
     async def find_complete(
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
-    ) -> bytes | None:
+    ) -> Found | None:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self._find_sync, out_name, formats, since)
 
     def _find_sync(
         self, out_name: str, formats: tuple[str, ...], since: float | None
-    ) -> bytes | None:
-        for fmt in formats:
-            remove_partial_writes(self.path_for(out_name, fmt))
+    ) -> Found | None:
+        paths = {fmt: self.path_for(out_name, fmt) for fmt in formats}
+        for path in paths.values():
+            remove_partial_writes(path)
         if since is None:
             return None
-        for fmt in formats:
-            try:
-                if self.path_for(fmt=fmt, out_name=out_name).stat().st_mtime < since - CLAIM_SLACK:
-                    return None
-            except OSError:
-                return None
-        if "json" not in formats:
-            return COMPLETE_WITHOUT_JSON
         try:
-            return self.path_for(out_name, "json").read_bytes()
+            if any(path.stat().st_mtime < since - CLAIM_SLACK for path in paths.values()):
+                return None
+            body = paths["json"].read_bytes() if "json" in paths else None
         except OSError:
             return None
+        return Found([str(path) for path in paths.values()], body)
 
     def close(self) -> None:
         """Stop the writer threads (after every write finished)."""

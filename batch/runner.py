@@ -198,11 +198,19 @@ class Runner:
     async def _existing_outputs(self, item: WorkItem, since: float | None) -> Result | None:
         """The item's ``done`` result when the sink already holds all its outputs."""
         meta = OutputMeta(item.source, item.fingerprint)
-        body = await self.sink.find_complete(item.out_name, self.settings.formats, meta, since)
-        response = retry.parse_transcript(body) if body else None
+        found = await self.sink.find_complete(item.out_name, self.settings.formats, meta, since)
+        if found is None:
+            return None
+        if found.json is None:  # complete, without a transcript to read: nothing to warn of
+            local = self._local.get(item.id)
+            outputs = tuple(found.locations)
+            return Result(
+                item.id, ItemStatus.DONE, item.attempts, 200, outputs=outputs, local_duration=local
+            )
+        response = retry.parse_transcript(found.json)
         if response is None:
             return None
-        return self._done_result(item, item.attempts, response, ())
+        return self._done_result(item, item.attempts, response, found.locations)
 
     # -- dispatch --------------------------------------------------------------------------
 

@@ -34,7 +34,7 @@ from batch.formats import CONTENT_TYPES
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, output_relpath
-from batch.outputs import COMPLETE_WITHOUT_JSON, OutputMeta
+from batch.outputs import Found, OutputMeta
 from batch.redact import redact_source
 from batch.sources import WalkRules
 from batch.state import WorkItem
@@ -459,16 +459,17 @@ class S3Sink:
 
     async def find_complete(
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
-    ) -> bytes | None:
-        """A minimal transcript when every format exists for this very source and
-        fingerprint (one HEAD each, concurrently), else None.
+    ) -> Found | None:
+        """The outputs when every format exists for this very source and fingerprint (one
+        HEAD each, concurrently; nothing is downloaded), else None.
 
         ``since`` is ignored: the fingerprint in the metadata proves more than a time.
         """
         wanted = _metadata(meta)
-        heads = await asyncio.gather(*(self._head(self.key_for(out_name, f)) for f in formats))
+        keys = [self.key_for(out_name, fmt) for fmt in formats]
+        heads = await asyncio.gather(*(self._head(key) for key in keys))
         if all(head is not None and _matches(head, wanted) for head in heads):
-            return COMPLETE_WITHOUT_JSON
+            return Found([f"s3://{self.bucket}/{key}" for key in keys], None)
         return None
 
     async def _head(self, key: str) -> dict[str, str] | None:

@@ -242,7 +242,8 @@ def test_s3_outputs_carry_type_and_metadata(
 def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """Existing outputs with the same ETag are skipped; a changed object is sent again."""
+    """Existing outputs with the same ETag are skipped (done, with their outputs named and
+    no warning: their transcripts are not read back); a changed object is sent again."""
     moto.bucket("nightly", audio_objects(tmp_path, ["in/a.wav", "in/b.wav", "in/c.wav"]))
     cmd = ("run", "s3://nightly/in/", "--out", "s3://nightly/tx/")
     assert run_s3(dgbatch, tmp_path, *cmd, state="night1").exit_code == 0
@@ -250,7 +251,13 @@ def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
     second = run_s3(dgbatch, tmp_path, *cmd, state="night2")
     assert second.exit_code == 0, second.output
     assert len(listen_log(emulator)) == 3
-    assert "skipped 3 item(s)" in second.output
+    assert "skipped 3 item(s)" in second.output and "warning" not in second.output
+    rows = read_state_rows(tmp_path / "night2" / "state.sqlite")
+    assert [(r["status"], r["warning"], r["attempts"]) for r in rows] == [("done", None, 0)] * 3
+    assert json.loads(str(rows[0]["outputs"])) == [
+        "s3://nightly/tx/a.json",
+        "s3://nightly/tx/a.txt",
+    ]
     moto.bucket("nightly", {"in/b.wav": wav(tmp_path, 9)})
     third = run_s3(dgbatch, tmp_path, *cmd, state="night3")
     assert third.exit_code == 0, third.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import sqlite3
 import subprocess
 import sys
@@ -341,21 +342,29 @@ def test_a_crashed_run_s_running_items_are_sent_once_on_the_next_run(
 def test_outputs_a_crashed_run_wrote_are_adopted_not_paid_twice(
     tmp_path: Path, dgbatch: Cli
 ) -> None:
-    """An item left ``running`` whose outputs were written after its claim is done, not re-sent."""
+    """An item left ``running`` whose outputs were written after its claim is done, not
+    re-sent, and recorded as if its run had: its outputs, request id and duration."""
     src, out = tmp_path / "calls", tmp_path / "out"
     wav = make_wav(src / "a.wav")
     assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
     state_path = out / ".dgbatch" / "state.sqlite"
+    (before,) = read_state_rows(state_path)
     db = sqlite3.connect(state_path)
-    with db:
-        db.execute("UPDATE items SET status = 'running', claimed_at = 1.0")
+    with db:  # where a kill between the outputs and the commit leaves it
+        db.execute(
+            "UPDATE items SET status = 'running', claimed_at = 1.0, outputs = NULL, "
+            "request_id = NULL, duration = NULL"
+        )
     db.close()
     dgbatch.emulator.log.clear()  # type: ignore[union-attr]
     result = dgbatch("run", str(src), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert "recovered 1 item" in result.output
     assert dgbatch.emulator.log == []  # type: ignore[union-attr]
-    assert read_state_rows(state_path)[0]["status"] == "done"
+    (row,) = read_state_rows(state_path)
+    assert row["status"] == "done"
+    assert json.loads(str(row["outputs"])) == [str(out / "a.json"), str(out / "a.txt")]
+    assert (row["request_id"], row["duration"]) == (before["request_id"], before["duration"])
     assert sha256_of(wav) in (out / "a.json").read_text()
 
 
