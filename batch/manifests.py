@@ -31,6 +31,7 @@ from batch.sources import S3Expander, build_item
 
 __all__ = [
     "MAX_LINE_BYTES",
+    "SeenIds",
     "iter_lines_manifest",
     "iter_manifest",
     "iter_manifest_stream",
@@ -62,6 +63,43 @@ class _Entry(NamedTuple):
     source: str
     id: str | None = None
     params: Params = ()
+
+
+class SeenIds:
+    """The explicit ids of one run, shared by every manifest the run reads.
+
+    An id keys its item's state row (``id:<id>``), so a second line using it,
+    in the same manifest or in another one, would silently take over the first
+    line's row and its recording would never be sent: it fails instead, naming
+    both lines. One entry per id, as a per-manifest set already held: each
+    remembers where it was first used as one int (manifest number in the high
+    bits, line number in the low ones), the cost of a bare line number.
+    """
+
+    __slots__ = ("_first", "_labels")
+
+    #: bits of a line number inside a packed position (a trillion lines)
+    _LINE_BITS = 40
+
+    def __init__(self) -> None:
+        self._first: dict[str, int] = {}
+        self._labels: list[str] = []
+
+    def add_manifest(self, label: str) -> int:
+        """Register a manifest by its label in messages; return its number for :meth:`claim`."""
+        self._labels.append(label)
+        return len(self._labels) - 1
+
+    def claim(self, item_id: str, manifest: int, lineno: int) -> str | None:
+        """Remember an id's first use; for a later use, say where the first one was."""
+        position = manifest << self._LINE_BITS | lineno
+        first = self._first.setdefault(item_id, position)
+        if first == position:
+            return None
+        first_manifest, first_line = divmod(first, 1 << self._LINE_BITS)
+        if first_manifest == manifest:
+            return f"line {first_line}"
+        return f"{self._labels[first_manifest]}:{first_line}"
 
 
 _Parser = Callable[[str], _Entry | None]
@@ -283,7 +321,14 @@ class _Reader(Generic[_Raw]):
     parse: _Parser | None
     s3: S3Expander | None
     filters: Filters
-    seen_ids: dict[str, int] = field(default_factory=dict)
+    seen_ids: SeenIds = field(default_factory=SeenIds)
+    manifest: int = 0
+
+    def share_ids(self, seen_ids: SeenIds | None) -> None:
+        """Check explicit ids against the run's (a fresh set when None), as manifest N of it."""
+        if seen_ids is not None:
+            self.seen_ids = seen_ids
+        self.manifest = self.seen_ids.add_manifest(self.label)
 
     def items(self, lines: Iterable[tuple[int, _Raw]]) -> Iterator[Item]:
         """Yield each line's Items; a broken line yields one failed Item."""
@@ -340,10 +385,10 @@ class _Reader(Generic[_Raw]):
         )
 
     def _claim_id(self, item_id: str, lineno: int) -> None:
-        """Remember an explicit id; a second use of it is an error on that line."""
-        first = self.seen_ids.setdefault(item_id, lineno)
-        if first != lineno:
-            raise _LineError(f"duplicate id {item_id!r} (first at line {first})")
+        """Remember an explicit id; a second use of it in the run is an error on that line."""
+        first = self.seen_ids.claim(item_id, self.manifest, lineno)
+        if first is not None:
+            raise _LineError(f"duplicate id {item_id!r} (first at {first})")
 
     def _items_for(self, entry: _Entry, lineno: int) -> Item | Iterator[Item]:
         """Build the Items of one valid entry (several for an S3 prefix)."""
@@ -415,6 +460,7 @@ def iter_manifest_stream(
     id_prefix: str | None = None,
     s3: S3Expander | None = None,
     filters: Filters | None = None,
+    seen_ids: SeenIds | None = None,
 ) -> Iterator[Item]:
     """Yield the Items of a manifest read from a binary stream (a file, stdin's buffer).
 
@@ -427,6 +473,8 @@ def iter_manifest_stream(
             when None.
         s3: expands ``s3://`` lines; without it they are failed items.
         filters: applied to S3 prefixes named by the manifest.
+        seen_ids: the explicit ids of the run so far, shared by all its
+            manifests; a fresh set when None.
 
     Raises:
         SourceError: the manifest is UTF-16 or its CSV header lacks ``source``.
@@ -434,6 +482,7 @@ def iter_manifest_stream(
     reader = _Reader(
         origin, id_prefix or origin, base, _decode_bytes, _parser_for(fmt), s3, filters or Filters()
     )
+    reader.share_ids(seen_ids)
     try:
         yield from reader.items(_raw_lines(stream))
     except _UnusableManifest as exc:
@@ -444,12 +493,17 @@ def iter_manifest_stream(
 
 
 def iter_manifest(
-    path: Path, *, s3: S3Expander | None = None, filters: Filters | None = None
+    path: Path,
+    *,
+    s3: S3Expander | None = None,
+    filters: Filters | None = None,
+    seen_ids: SeenIds | None = None,
 ) -> Iterator[Item]:
     """Yield the Items of a manifest file, lazily; relative paths are from its folder.
 
     Broken lines are failed Items with ids ``<absolute manifest path>:<lineno>``
-    and messages ``<file name>:<lineno>: <reason>``.
+    and messages ``<file name>:<lineno>: <reason>``. Pass the run's
+    ``seen_ids`` so that an id used by an earlier manifest fails here too.
 
     Raises:
         SourceError: the file cannot be opened or read, is UTF-16, or its CSV
@@ -471,6 +525,7 @@ def iter_manifest(
             id_prefix=str(absolute),
             s3=s3,
             filters=filters,
+            seen_ids=seen_ids,
         )
 
 
@@ -481,7 +536,9 @@ def iter_lines_manifest(
     *,
     s3: S3Expander | None = None,
     filters: Filters | None = None,
+    seen_ids: SeenIds | None = None,
 ) -> Iterator[Item]:
     """Yield the Items of a plain-text list already decoded (``-`` on a text stdin)."""
     reader = _Reader(origin, origin, base, _decode_str, None, s3, filters or Filters())
+    reader.share_ids(seen_ids)
     yield from reader.items(enumerate(lines, start=1))

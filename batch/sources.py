@@ -21,13 +21,16 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 from urllib.parse import unquote, urlsplit
 
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind, Params
 from batch.naming import AUDIO_EXTENSIONS
 from batch.redact import redact_source, redact_url
+
+if TYPE_CHECKING:
+    from batch.manifests import SeenIds
 
 __all__ = [
     "MANIFEST_SUFFIXES",
@@ -389,7 +392,9 @@ def _checked(item: Item) -> Item:
     return item
 
 
-def _expand_path(arg: str, path: str, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
+def _expand_path(
+    arg: str, path: str, filters: Filters, s3: S3Expander | None, seen_ids: SeenIds
+) -> Iterator[Item]:
     """Expand a path argument: folder, manifest or a single file named explicitly."""
     try:
         st = os.stat(path)
@@ -406,12 +411,14 @@ def _expand_path(arg: str, path: str, filters: Filters, s3: S3Expander | None) -
         # Imported here because manifests builds its items with item_for_source.
         from batch.manifests import iter_manifest
 
-        yield from iter_manifest(Path(path), s3=s3, filters=filters)
+        yield from iter_manifest(Path(path), s3=s3, filters=filters, seen_ids=seen_ids)
         return
     yield _checked(item_for_source(path, base=Path.cwd()))
 
 
-def _expand_stdin(stdin: TextIO | None, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
+def _expand_stdin(
+    stdin: TextIO | None, filters: Filters, s3: S3Expander | None, seen_ids: SeenIds
+) -> Iterator[Item]:
     """Read ``-`` as a plain-text manifest; bytes when possible, so bad UTF-8 spoils one line."""
     from batch.manifests import iter_lines_manifest, iter_manifest_stream
 
@@ -419,10 +426,12 @@ def _expand_stdin(stdin: TextIO | None, filters: Filters, s3: S3Expander | None)
     binary = getattr(stream, "buffer", None)
     if binary is not None:
         yield from iter_manifest_stream(
-            binary, base=Path.cwd(), origin="<stdin>", s3=s3, filters=filters
+            binary, base=Path.cwd(), origin="<stdin>", s3=s3, filters=filters, seen_ids=seen_ids
         )
     else:
-        yield from iter_lines_manifest(stream, Path.cwd(), "<stdin>", s3=s3, filters=filters)
+        yield from iter_lines_manifest(
+            stream, Path.cwd(), "<stdin>", s3=s3, filters=filters, seen_ids=seen_ids
+        )
 
 
 def _expand_s3(arg: str, filters: Filters, s3: S3Expander | None) -> Iterator[Item]:
@@ -434,11 +443,11 @@ def _expand_s3(arg: str, filters: Filters, s3: S3Expander | None) -> Iterator[It
 
 
 def _expand_one(
-    arg: str, filters: Filters, stdin: TextIO | None, s3: S3Expander | None
+    arg: str, filters: Filters, stdin: TextIO | None, s3: S3Expander | None, seen_ids: SeenIds
 ) -> Iterator[Item]:
     """Expand a single SOURCE argument by what it looks like."""
     if arg == "-":
-        return _expand_stdin(stdin, filters, s3)
+        return _expand_stdin(stdin, filters, s3, seen_ids)
     scheme = scheme_of(arg)
     if scheme == "s3":
         return _expand_s3(arg, filters, s3)
@@ -446,14 +455,14 @@ def _expand_one(
         return iter((_checked(item_for_source(arg, base=Path.cwd())),))
     local = _file_url_path(arg) if scheme == "file" else None
     if local is not None:
-        return _expand_path(arg, local, filters, s3)
+        return _expand_path(arg, local, filters, s3, seen_ids)
     if scheme:
         problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
         msg = (
             f"{redact_source(arg)}: {problem} (expected a path, a manifest, -, http(s):// or s3://)"
         )
         raise SourceError(msg)
-    return _expand_path(arg, os.path.expanduser(arg), filters, s3)
+    return _expand_path(arg, os.path.expanduser(arg), filters, s3, seen_ids)
 
 
 def expand_sources(
@@ -471,8 +480,16 @@ def expand_sources(
         stdin: where ``-`` reads from (``sys.stdin`` when None).
         s3: the S3 expander; ``s3://`` arguments fail with a usage error without it.
 
+    Explicit manifest ids are checked across all the arguments: a second use
+    of one, in any manifest, is a failed item (see :class:`~batch.manifests.SeenIds`).
+    A plain source cannot take an explicit id's state row: its id is an
+    absolute path, a URL or ``s3://bucket/key``, never ``id:<id>``.
+
     Raises:
         SourceError: while iterating, when an argument cannot be used at all.
     """
+    from batch.manifests import SeenIds  # here: manifests imports this module
+
+    seen_ids = SeenIds()
     for arg in args:
-        yield from _expand_one(arg, filters, stdin, s3)
+        yield from _expand_one(arg, filters, stdin, s3, seen_ids)

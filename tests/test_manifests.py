@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from batch.errors import SourceError
 from batch.manifests import (
     MAX_LINE_BYTES,
+    SeenIds,
     iter_lines_manifest,
     iter_manifest,
     iter_manifest_stream,
@@ -125,6 +126,38 @@ def test_ndjson_bad_lines_fail_alone(audio: Path) -> None:
     assert errors[2] == "m.ndjson:4: missing or empty 'source'"
     assert items[1].id == f"{manifest}:2"
     assert items[1].source == "{not json"
+
+
+@pytest.mark.parametrize(
+    ("claims", "expected"),
+    [
+        ([("a", 0, 1), ("b", 0, 2)], [None, None]),
+        ([("a", 0, 1), ("a", 0, 7)], [None, "line 1"]),
+        ([("a", 0, 3), ("a", 1, 1)], [None, "m1.jsonl:3"]),
+        ([("a", 1, 2), ("a", 0, 5)], [None, "m2.csv:2"]),
+        ([("a", 0, 1), ("a", 1, 1), ("a", 1, 2)], [None, "m1.jsonl:1", "m1.jsonl:1"]),
+        ([("a", 1, 2**40 - 1), ("a", 0, 1)], [None, f"m2.csv:{2**40 - 1}"]),
+    ],
+)
+def test_seen_ids_name_the_first_use(
+    claims: list[tuple[str, int, int]], expected: list[str | None]
+) -> None:
+    """A second use of an id, in any manifest of the run, names the line of the first."""
+    seen = SeenIds()
+    assert [seen.add_manifest("m1.jsonl"), seen.add_manifest("m2.csv")] == [0, 1]
+    assert [seen.claim(item_id, manifest, line) for item_id, manifest, line in claims] == expected
+
+
+def test_an_id_used_by_an_earlier_manifest_fails_the_later_line(audio: Path) -> None:
+    """Two manifests sharing the run's ids: the second use fails, the first is untouched."""
+    m1 = _write(audio / "m1.jsonl", '{"source": "a.wav", "id": "standup"}\n')
+    m2 = _write(audio / "m2.csv", "source,id\nb.mp3,other\nsub/c.flac,standup\n")
+    seen = SeenIds()
+    (first,) = iter_manifest(m1, seen_ids=seen)
+    other, second = iter_manifest(m2, seen_ids=seen)
+    assert (first.id, first.error, other.error) == ("id:standup", None, None)
+    assert second.error == "m2.csv:3: duplicate id 'standup' (first at m1.jsonl:1)"
+    assert second.id == f"{m2}:3"
 
 
 def test_csv_header_id_and_param_columns(audio: Path) -> None:

@@ -181,6 +181,28 @@ def test_manifests_of_every_format_resolve_paths_against_their_folder(
     assert {"id:greeting", "id:spanish", str(audio[0])} <= ids
 
 
+def test_an_id_repeated_in_another_manifest_fails_that_line_and_exits_1(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A second manifest reusing an id is a failed item naming it, not a silently lost recording."""
+    monday = make_wav(tmp_path / "monday.wav")
+    make_wav(tmp_path / "tuesday.wav", tone=1)
+    (tmp_path / "m1.jsonl").write_text('{"source": "monday.wav", "id": "standup"}\n')
+    (tmp_path / "m2.jsonl").write_text('{"source": "tuesday.wav", "id": "standup"}\n')
+    out = tmp_path / "out"
+    result = dgbatch(
+        "run", str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl"), "--out", str(out)
+    )
+    assert result.exit_code == 1, result.output
+    assert [r.sha256 for r in emulator.log] == [sha256_of(monday)]
+    _assert_output_for(out, "standup", monday)
+    rows = _rows_by_status(out / ".dgbatch" / "state.sqlite")
+    assert [r["source"] for r in rows["done"]] == [str(monday)]
+    assert [r["error"] for r in rows["failed"]] == [
+        "m2.jsonl:1: duplicate id 'standup' (first at m1.jsonl:1)"
+    ]
+
+
 def test_stdin_lists_sources_relative_to_the_current_folder(
     tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -376,6 +376,23 @@ def test_manifest_argument_is_expanded(tmp_path: Path) -> None:
     ]
 
 
+def test_an_id_is_unique_across_manifest_arguments(tmp_path: Path) -> None:
+    """One id in two manifests of a run fails the second use instead of replacing the first."""
+    _touch(tmp_path / "monday.wav")
+    _touch(tmp_path / "tuesday.wav")
+    (tmp_path / "m1.jsonl").write_text('{"source": "monday.wav", "id": "standup"}\n')
+    (tmp_path / "m2.jsonl").write_text('{"source": "tuesday.wav", "id": "standup"}\n')
+    args = [str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl")]
+    monday, tuesday = expand_sources(args, Filters())
+    assert (monday.id, monday.source, monday.error) == (
+        "id:standup",
+        str(tmp_path / "monday.wav"),
+        None,
+    )
+    assert tuesday.id != monday.id
+    assert tuesday.error == "m2.jsonl:1: duplicate id 'standup' (first at m1.jsonl:1)"
+
+
 def test_url_argument(tmp_path: Path) -> None:
     """An http(s) argument becomes one URL item."""
     (item,) = expand_sources(["https://cdn.x.com/a.mp3?token=t0k3n"], Filters())
