@@ -26,7 +26,7 @@ from batch.config import RunConfig
 from batch.errors import StateError
 from batch.job import _latched_signals, _plan
 from batch.models import ItemKind
-from batch.naming import output_relpath
+from batch.naming import output_location, output_relpath
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
 from batch.probe import guess_seconds, local_duration, probe_s3, probe_url
@@ -215,7 +215,7 @@ def _add_item(result: Estimate, row: sqlite3.Row, probed: float | None) -> float
 
 def _example(config: RunConfig, row: sqlite3.Row) -> dict[str, Any]:
     name = row["out_name"] or row["id"]
-    outputs = [str(Path(config.out) / output_relpath(name, fmt)) for fmt in config.formats]
+    outputs = [output_location(config.out, output_relpath(name, fmt)) for fmt in config.formats]
     return {"source": redact_source(row["source"]), "outputs": outputs}
 
 

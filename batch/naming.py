@@ -21,6 +21,7 @@ __all__ = [
     "content_type_for",
     "disambiguate",
     "name_variants",
+    "output_location",
     "output_relpath",
     "resolve_inside",
     "safe_name",
@@ -172,6 +173,20 @@ def disambiguate(stem_with_ext: str, item_id: str) -> str:
 def output_relpath(out_name: str, fmt: str) -> str:
     """Name the output file of one format (``day1/a`` + ``json`` → ``day1/a.json``)."""
     return f"{out_name}.{fmt}"
+
+
+def output_location(out: str, relpath: str) -> str:
+    """Say where a run writes an output, as its summaries show it (dry run, report).
+
+    An ``s3://`` ``--out`` is joined as text, the way the S3 sink builds its keys
+    (the prefix gets one ``/``): a ``Path`` would fold ``s3://`` into ``s3:/``.
+    """
+    if out[:5].lower() != "s3://":
+        return str(Path(out) / relpath)
+    bucket, _, prefix = out[5:].partition("/")
+    if prefix and not prefix.endswith("/"):
+        prefix += "/"
+    return f"s3://{bucket}/{prefix}{relpath}"
 
 
 def resolve_inside(root: Path, relpath: str) -> Path:

@@ -14,6 +14,7 @@ from batch.naming import (
     content_type_for,
     disambiguate,
     name_variants,
+    output_location,
     output_relpath,
     resolve_inside,
     safe_name,
@@ -121,6 +122,25 @@ def test_output_relpath() -> None:
     """The format is appended as an extension."""
     assert output_relpath("day1/a", "json") == "day1/a.json"
     assert output_relpath("day1/a.wav", "srt") == "day1/a.wav.srt"
+
+
+@pytest.mark.parametrize(
+    ("out", "expected"),
+    [
+        ("out", "out/day1/f01.json"),
+        ("out/", "out/day1/f01.json"),
+        ("/abs/out", "/abs/out/day1/f01.json"),
+        ("s3://media/dry/", "s3://media/dry/day1/f01.json"),
+        ("s3://media/dry", "s3://media/dry/day1/f01.json"),
+        ("s3://media/a/b/", "s3://media/a/b/day1/f01.json"),
+        ("s3://media", "s3://media/day1/f01.json"),
+        ("s3://media/", "s3://media/day1/f01.json"),
+        ("S3://media/dry", "s3://media/dry/day1/f01.json"),
+    ],
+)
+def test_output_location_table(out: str, expected: str) -> None:
+    """An S3 --out keeps its ``s3://`` and one slash before the name; a folder is a path."""
+    assert output_location(out, "day1/f01.json") == expected
 
 
 def test_resolve_inside_accepts_children(tmp_path: Path) -> None:
