@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from batch.client import DEFAULT_TIMEOUT
 from batch.errors import UsageError
 from batch.models import Filters, Params
+from batch.redact import redact_url
 from batch.shard import Shard
 
 DEFAULT_API_URL = "https://api.deepgram.com"
@@ -160,13 +161,30 @@ def _read_key_file(path: Path) -> str:
 
 
 def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
-    """Only https, or http to a loopback host (the emulator) unless explicitly allowed."""
-    parts = urlsplit(url)
+    """Only https, or http to a loopback host (the emulator) unless explicitly allowed.
+
+    The URL is shown redacted: a password in it must not reach the terminal or a
+    log. Credentials in it are refused: the key is sent as a ``Token`` header,
+    which cannot go with a user and password (aiohttp refuses the request).
+    """
+    shown = f"--api-url {redact_url(url)!r}"
+    expected = f"{shown}: expected https://HOST[:PORT]"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not 0-65535
+    except ValueError:  # a bad IPv6 literal or port
+        raise UsageError(expected) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--api-url {url!r}: expected https://HOST[:PORT]")
+        raise UsageError(expected)
+    if "@" in parts.netloc:
+        msg = (
+            f"{shown}: a user or password in the URL is not supported; "
+            f"the key comes from {KEY_ENV} or --api-key-file"
+        )
+        raise UsageError(msg)
     if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
         msg = (
-            f"--api-url {url!r}: plain http would send the API key unencrypted; "
+            f"{shown}: plain http would send the API key unencrypted; "
             "use https, a loopback host, or --allow-insecure-http"
         )
         raise UsageError(msg)

@@ -53,34 +53,69 @@ def test_unusable_input_exits_2_naming_the_problem(
     assert emulator.log == []
 
 
+_CREDENTIALS_REFUSED = (
+    "a user or password in the URL is not supported; "
+    "the key comes from DEEPGRAM_API_KEY or --api-key-file"
+)
+
+
 @pytest.mark.parametrize(
     ("url", "message"),
     [
-        ("http://10.1.2.3:8080", "plain http would send the API key unencrypted"),
-        ("http://api.example.com", "plain http would send the API key unencrypted"),
-        ("ftp://127.0.0.1", "expected https://HOST[:PORT]"),
-        ("https://", "expected https://HOST[:PORT]"),
+        (
+            "http://10.1.2.3:8080",
+            "--api-url 'http://10.1.2.3:8080': plain http would send the API key unencrypted",
+        ),
+        (
+            "http://api.example.com",
+            "--api-url 'http://api.example.com': plain http would send the API key unencrypted",
+        ),
+        ("ftp://127.0.0.1", "--api-url 'ftp://127.0.0.1': expected https://HOST[:PORT]"),
+        ("https://", "--api-url 'https://': expected https://HOST[:PORT]"),
+        (
+            "http://user:pw@127.0.0.1:1/",
+            f"--api-url 'http://REDACTED@127.0.0.1:1/': {_CREDENTIALS_REFUSED}",
+        ),
+        (
+            "https://user@api.example.com",
+            f"--api-url 'https://REDACTED@api.example.com': {_CREDENTIALS_REFUSED}",
+        ),
+        ("ftp://user:pw@127.0.0.1", "--api-url 'ftp://REDACTED@127.0.0.1': expected https://"),
+        ("http://[::1", "--api-url 'http://[::1': expected https://HOST[:PORT]"),
+        ("http://127.0.0.1:99999", "--api-url 'http://127.0.0.1:99999': expected https://"),
+        ("http://127.0.0.1:abc", "--api-url 'http://127.0.0.1:abc': expected https://"),
     ],
 )
 def test_an_unsafe_api_url_exits_2(tmp_path: Path, url: str, message: str) -> None:
-    """Plain http only to loopback hosts: anything else would send the key in clear text."""
+    """Plain http only to loopback hosts, no credentials in the URL; its password never shown."""
     make_wav(tmp_path / "a.wav")
     result = Cli(None)(
         "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--api-url", url
     )
-    assert result.exit_code == 2
-    assert f"--api-url {url!r}: {message}" in result.output
+    assert result.exit_code == 2, result.output
+    assert f"Error: {message}" in result.output
+    assert "pw" not in result.output
 
 
-def test_a_non_loopback_http_api_url_is_refused_even_by_env(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("command", "url", "message"),
+    [
+        (["run"], "http://api.example.com", "--api-url 'http://api.example.com'"),
+        (["run"], "http://u:pw@127.0.0.1:1", _CREDENTIALS_REFUSED),
+        (["check"], "http://u:pw@127.0.0.1:1", _CREDENTIALS_REFUSED),
+    ],
+)
+def test_an_unsafe_api_url_is_refused_even_by_env(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], url: str, message: str
 ) -> None:
-    """``DEEPGRAM_API_URL=http://…`` to a remote host would leak the key: exit 2."""
+    """``DEEPGRAM_API_URL`` is checked as ``--api-url`` is: exit 2, the password never shown."""
     make_wav(tmp_path / "a.wav")
-    monkeypatch.setenv("DEEPGRAM_API_URL", "http://api.example.com")
-    result = Cli(None)("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
-    assert result.exit_code == 2
-    assert "--api-url 'http://api.example.com'" in result.output
+    monkeypatch.setenv("DEEPGRAM_API_URL", url)
+    args = [str(tmp_path / "a.wav"), "--out", str(tmp_path / "out")] if command == ["run"] else []
+    result = Cli(None)(*command, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert "pw" not in result.output
 
 
 def test_a_missing_key_exits_2(tmp_path: Path, dgbatch: Cli) -> None:
