@@ -20,7 +20,14 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from batch import __version__, eventloop
-from batch.config import URL_ENV, RunConfig, check_api_url, default_state_path, load_api_key
+from batch.config import (
+    URL_ENV,
+    RunConfig,
+    check_api_url,
+    check_out,
+    default_state_path,
+    load_api_key,
+)
 from batch.errors import BatchError, UsageError
 from batch.formats import parse_formats
 from batch.job import RunOutcome, run_batch
@@ -275,7 +282,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         raise UsageError("--json goes with --dry-run (for runs, see dgbatch status --json)")
     if opts["probe"] and not opts["dry_run"]:
         raise UsageError("--probe goes with --dry-run (it measures durations for the estimate)")
-    out = str(opts["out"])
+    out = check_out(str(opts["out"]))
     try:
         formats = parse_formats(opts["formats"])
     except ValueError as exc:

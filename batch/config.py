@@ -121,6 +121,34 @@ def default_state_path(
     return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
 
 
+def check_out(out: str) -> str:
+    """Refuse a local ``--out`` that cannot be a folder, before anything is planned.
+
+    Otherwise a file there is found only when the state folder is made under it
+    (a message naming the state, not ``--out``), and a dry run would not see it
+    at all. ``--out`` may not exist yet; its nearest existing parent must then be
+    a folder. What cannot be looked at (no permission) is left to the writes,
+    which name the path and the reason.
+    """
+    if out[:5].lower() == "s3://":
+        return out
+    path = Path(out)
+    for candidate in (path, *path.parents):
+        try:
+            mode = candidate.stat().st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return out
+        if stat.S_ISDIR(mode):
+            return out
+        reason = "is a file, not a folder" if stat.S_ISREG(mode) else "is not a folder"
+        if candidate != path:
+            reason = f"{str(candidate)!r} {reason}"
+        raise UsageError(f"--out {out!r}: {reason}")
+    return out
+
+
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise UsageError(f"{name} must be > 0 (got {value})")

@@ -13,7 +13,9 @@ from click.testing import CliRunner
 from conftest import KEY, Cli, make_wav, make_wavs, read_state_rows
 
 from batch.cli import cli
+from batch.config import check_out
 from batch.emulator import Emulator
+from batch.errors import UsageError
 from batch.report import REPORT_FIELDS
 
 
@@ -50,6 +52,48 @@ def test_unusable_input_exits_2_naming_the_problem(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert result.output.count("Error:") == 1
+    assert emulator.log == []
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("outfile", "--out 'outfile': is a file, not a folder"),
+        ("outfile/", "--out 'outfile/': is a file, not a folder"),
+        ("outfile/sub/o", "--out 'outfile/sub/o': 'outfile' is a file, not a folder"),
+        ("/dev/null", "--out '/dev/null': is not a folder"),
+        ("folder", None),
+        ("new/sub", None),
+        ("folder/new", None),
+        ("s3://bucket/outfile", None),
+    ],
+)
+def test_check_out_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str, message: str | None
+) -> None:
+    """A local ``--out`` must be a folder, or not exist under a folder; S3 is not looked at."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "outfile").write_text("x")
+    (tmp_path / "folder").mkdir()
+    if message is None:
+        assert check_out(out) == out
+    else:
+        with pytest.raises(UsageError) as caught:
+            check_out(out)
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("dry_run", [[], ["--dry-run"]])
+def test_an_out_that_is_a_file_exits_2_before_planning(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, dry_run: list[str]
+) -> None:
+    """A real run and a dry run both refuse a file as ``--out``, naming ``--out``."""
+    make_wav(tmp_path / "calls" / "a.wav")
+    (tmp_path / "outfile").write_text("x\n")
+    result = dgbatch("run", str(tmp_path / "calls"), "--out", str(tmp_path / "outfile"), *dry_run)
+    assert result.exit_code == 2, result.output
+    assert f"Error: --out {str(tmp_path / 'outfile')!r}: is a file, not a folder" in result.output
+    assert (tmp_path / "outfile").read_text() == "x\n"
     assert emulator.log == []
 
 
