@@ -36,7 +36,7 @@ from batch.naming import AUDIO_EXTENSIONS
 from batch.params import DEFAULT_PARAMS, merge_params, parse_param
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
-from batch.report import WRITERS, format_status, status_summary
+from batch.report import WRITERS, format_status, open_output, status_summary
 from batch.s3 import URL_MODES
 from batch.shard import SHARD_ENV, parse_shard
 from batch.state import State
@@ -375,8 +375,10 @@ def status(state_path: Path, as_json: bool) -> None:
 )
 @click.option("--failed", is_flag=True, help="Only failed items.")
 @click.option("--warnings", is_flag=True, help="Only items with a warning (empty, truncated).")
-@click.option("-o", "--output", type=click.File("w"), default="-", help="File (default stdout).")
-def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: Any) -> None:
+@click.option(
+    "-o", "--output", type=click.Path(allow_dash=True), default="-", help="File (default stdout)."
+)
+def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str) -> None:
     """One row per item: id, source, status, attempts, http_status, error, request_id, …
 
     \b
@@ -386,7 +388,8 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: Any
     try:
         state = State.open(state_path, readonly=True)
         try:
-            WRITERS[fmt](state, output, failed_only=failed, warnings_only=warnings)
+            with open_output(output) as stream:
+                WRITERS[fmt](state, stream, failed_only=failed, warnings_only=warnings)
         finally:
             state.close()
     except BatchError as exc:

@@ -13,10 +13,13 @@ from __future__ import annotations
 import csv
 import json
 import sqlite3
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
+from batch.errors import UsageError
 from batch.outputs import atomic_file
 from batch.redact import may_hold_secret, redact_text
 from batch.state import State
@@ -136,6 +139,28 @@ def write_csv(state: State, stream: TextIO, **where: bool) -> int:
 
 
 WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
+
+
+@contextmanager
+def open_output(path: str) -> Iterator[TextIO]:
+    """Open where ``report -o`` writes (``-`` is stdout).
+
+    A file that cannot be created is bad input (exit 2), named with the reason;
+    click's own ``File`` type would make it a generic error (exit 1).
+
+    Raises:
+        UsageError: the folder is missing, not writable, or the path is a folder.
+    """
+    if path == "-":
+        yield sys.stdout
+        return
+    try:
+        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+    except OSError as exc:
+        msg = f"-o {path!r}: cannot write the report: {exc.strerror or exc}"
+        raise UsageError(msg) from exc
+    with stream:
+        yield stream
 
 
 def save_report(state: State, path: Path) -> Path:

@@ -374,6 +374,20 @@ def test_report_rows_carry_every_documented_field(
     assert (finished.parent / "report.jsonl").read_text() == target.read_text()
 
 
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("missing/x.csv", "No such file or directory"), (".", "Is a directory")],
+)
+def test_report_to_an_unwritable_file_exits_2(
+    finished: Path, tmp_path: Path, target: str, reason: str
+) -> None:
+    """``report -o`` into a missing folder or onto a folder is bad input: exit 2, naming both."""
+    path = str(tmp_path / target)
+    result = Cli(None)("report", "--state", str(finished), "-o", path)
+    assert result.exit_code == 2, result.output
+    assert f"Error: -o {path!r}: cannot write the report: {reason}" in result.output
+
+
 @pytest.mark.parametrize("command", ["status", "report"])
 def test_status_and_report_of_a_missing_state_exit_2(tmp_path: Path, command: str) -> None:
     """A state path that does not exist is named, and not created."""
