@@ -241,15 +241,17 @@ class S3:
     ) -> Iterator[Item]:
         """Yield a prefix's items page by page; an empty result is a usage error."""
         counts = [0, 0]  # objects listed, items yielded
-        for item in self._list(bucket, prefix, WalkRules(filters), counts):
+        for item in self._list(uri, bucket, prefix, WalkRules(filters), counts):
             counts[1] += 1
             yield item
         if counts[1] == 0:
             raise SourceError(f"{redact_source(uri)}: {missing or _empty_reason(counts[0])}")
 
     def _list(
-        self, bucket: str, prefix: str, rules: WalkRules, counts: list[int]
+        self, uri: str, bucket: str, prefix: str, rules: WalkRules, counts: list[int]
     ) -> Iterator[Item]:
+        """List ``prefix``; a failure names ``uri`` as the user gave it (``s3://b/k.wav``,
+        not the ``s3://b/k.wav/`` that is tried after the key was not found)."""
         paginator = self.client.get_paginator("list_objects_v2")
         pages = paginator.paginate(
             Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.options.page_size}
@@ -264,7 +266,7 @@ class S3:
         except SourceError:
             raise
         except Exception as exc:
-            msg = f"s3://{bucket}/{prefix}: {describe_error(exc)[1]}"
+            msg = f"{redact_source(uri)}: {describe_error(exc)[1]}"
             raise SourceError(msg) from exc
 
     # -- sending ---------------------------------------------------------------------------

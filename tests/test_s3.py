@@ -316,6 +316,8 @@ def test_s3_run_report(dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path:
     ("source", "message"),
     [
         ("s3://nosuchbucket/in/", "no such bucket"),
+        ("s3://nosuchbucket/k.wav", "no such bucket"),
+        ("s3://nosuchbucket", "no such bucket"),
         ("s3://badin/missing.wav", "no such key"),
         ("s3://badin/empty/", "no objects under this prefix"),
         ("s3://badin/docs/", "no audio objects"),
@@ -328,7 +330,7 @@ def test_unusable_cli_sources_exit_2(
     moto.bucket("badin", {"docs/readme.txt": b"hello"})
     result = dgbatch("run", source, "--out", str(tmp_path / "out"))
     assert result.exit_code == 2
-    assert message in result.output and source.rstrip("/") in result.output
+    assert f"Error: {source}: {message}" in result.output
     assert "Traceback" not in result.output
 
 
@@ -376,7 +378,7 @@ def test_manifest_s3_lines_fail_alone(
     assert rows["id:first"]["status"] == "done" and rows["s3://man/p/b.wav"]["status"] == "done"
     errors = sorted(str(r["error"]) for r in rows.values() if r["status"] == "failed")
     assert "list.jsonl:3" in errors[0] and "no such key" in errors[0]
-    assert "list.jsonl:4" in errors[1] and "no such bucket" in errors[1]
+    assert errors[1] == "list.jsonl:4: s3://nobucket-here/x.wav: no such bucket"
     assert (out / "first.json").exists() and (out / "b.json").exists()
 
 
