@@ -65,12 +65,18 @@ RENDERERS: dict[str, Renderer] = {
 
 
 def parse_formats(value: str) -> tuple[str, ...]:
-    """``json,txt`` → ('json', 'txt'); unknown names raise ValueError naming them."""
+    """``json,txt`` → ('json', 'txt'); unknown names raise ValueError naming them.
+
+    An empty list is refused too, with its own reason: there would be nothing to
+    write, and "unknown format(s) (none)" would not say what went wrong.
+    """
     names = tuple(dict.fromkeys(part.strip().lower() for part in value.split(",") if part.strip()))
+    known = ", ".join(RENDERERS)
+    if not names:
+        raise ValueError(f"no format given; choose from {known}")
     unknown = [name for name in names if name not in RENDERERS]
-    if unknown or not names:
-        known = ", ".join(RENDERERS)
-        raise ValueError(f"unknown format(s) {', '.join(unknown) or '(none)'}; known: {known}")
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; known: {known}")
     return names
 
 

@@ -109,6 +109,39 @@ def test_formats_accept_captions_and_markdown() -> None:
         parse_formats("json,docx")
 
 
+_KNOWN = "json, txt, srt, vtt, md"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("json,txt", ("json", "txt")),
+        (" JSON , srt,json ", ("json", "srt")),
+        ("md", ("md",)),
+        ("", f"no format given; choose from {_KNOWN}"),
+        (" , ,", f"no format given; choose from {_KNOWN}"),
+        ("json,docx", f"unknown format(s) docx; known: {_KNOWN}"),
+        ("doc,pdf", f"unknown format(s) doc, pdf; known: {_KNOWN}"),
+    ],
+)
+def test_parse_formats_table(value: str, expected: tuple[str, ...] | str) -> None:
+    """Names are trimmed, lowercased and deduplicated; none at all and unknown ones say why."""
+    if isinstance(expected, tuple):
+        assert parse_formats(value) == expected
+        return
+    with pytest.raises(ValueError) as caught:
+        parse_formats(value)
+    assert str(caught.value) == expected
+
+
+def test_empty_formats_exit_2(dgbatch: Cli, tmp_path: Path) -> None:
+    """``--formats ''`` is a usage error that says no format was given and lists the choices."""
+    make_wav(tmp_path / "a.wav")
+    result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--formats", "")
+    assert result.exit_code == 2, result.output
+    assert f"Error: --formats: no format given; choose from {_KNOWN}\n" in result.output
+
+
 def test_captions_run_side_by_side_and_flag_silence(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
