@@ -7,9 +7,11 @@ from pathlib import Path
 
 import click
 import pytest
+from conftest import Cli, make_wav, read_state_rows
 
 from batch import errors, retry
 from batch.cli import cli
+from batch.emulator import Emulator
 
 README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
 RUN = cli.commands["run"]
@@ -127,3 +129,59 @@ def test_readme_audio_extensions_are_walked() -> None:
     names = {f".{e.strip()}" for e in listed.group(1).replace("\n", " ").split(",")}
     names.discard(".…")
     assert names <= AUDIO_EXTENSIONS
+
+
+# -- behaviour README spells out, checked against a real run --------------------------------
+
+
+def test_readme_run_tag_is_the_one_sent(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
+    """The Parameters section spells the run tag as the requests carry it."""
+    documented = re.search(r"`tag=dgbatch&tag=(dgbatch-run-[^`]+)`", README)
+    assert documented
+    pattern = documented.group(1).replace("<N>", r"\d+").replace("<hex>", "[0-9a-f]{6}")
+    make_wav(tmp_path / "a.wav")
+    assert dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out")).exit_code == 0
+    tags = [value for key, value in emulator.log[0].params if key == "tag"]
+    assert tags[0] == "dgbatch"
+    assert re.fullmatch(pattern, tags[1]), (pattern, tags[1])
+
+
+def test_readme_single_file_names_hold(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``dgbatch run FILE --out DIR`` → ``OUTPUT`` example of README gives that output."""
+    examples = re.findall(r"`dgbatch run ([^`\s]+) --out ([^`\s]+)` → `([^`]+)`", README)
+    assert len(examples) >= 2
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    for source, out, output in examples:
+        make_wav(cwd / source)
+        result = dgbatch("run", source, "--out", out)
+        assert result.exit_code == 0, result.output
+        assert (cwd / output).is_file(), (source, output)
+
+
+def test_readme_folder_line_message_is_the_real_one(dgbatch: Cli, tmp_path: Path) -> None:
+    """A folder in a manifest fails with the message README quotes; the files run."""
+    quoted = re.search(r"a folder line fails with\s+`…: ([^`]+)`", README)
+    assert quoted
+    make_wav(tmp_path / "calls" / "a.wav")
+    (tmp_path / "list.txt").write_text("calls\ncalls/a.wav\n")
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "list.txt"), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    rows = {row["source"]: row for row in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert rows[str(tmp_path / "calls")]["error"] == (
+        f"list.txt:1: {tmp_path / 'calls'}: {quoted.group(1)}"
+    )
+    assert rows[str(tmp_path / "calls" / "a.wav")]["status"] == "done"
+
+
+def test_readme_check_exit_codes_are_the_real_ones(emulator: Emulator) -> None:
+    """``dgbatch check`` exits as the exit-code table says: key refused, query failed."""
+    said = re.search(r"`dgbatch check` exits (\d+) when the key is refused and (\d+) when", README)
+    assert said
+    refused, failed = int(said.group(1)), int(said.group(2))
+    assert Cli(None)("check", "--api-url", emulator.url, key="wrong").exit_code == refused
+    assert Cli(None)("check", "--api-url", "http://127.0.0.1:9").exit_code == failed
