@@ -162,7 +162,8 @@ async def _run_locked(
             stats = await _execute(
                 config, state, run_id, secrets, progress, s3, tags, budget, signals, plan
             )
-            await plan.finish(stopped=stats.stop_reason is not None)
+            planned = await plan.finish(stopped=stats.stop_reason is not None)
+            stats.failed += planned.broken  # broken inputs fail while planning, not sending
             counts = await asyncio.to_thread(state.counts)
             saved = await _save_report(state, _report_path(config))
             stats.stop_reason = stats.stop_reason or signals.interruption()

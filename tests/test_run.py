@@ -7,6 +7,7 @@ import asyncio
 import json
 import re
 import socket
+import sqlite3
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -284,6 +285,23 @@ def test_a_400_fails_one_item_and_the_run_goes_on(tmp_path: Path, dgbatch: Cli) 
     assert "corrupt or unsupported data" in bad["error"]
     assert bad["request_id"]
     assert "done 3, failed 1" in result.output
+
+
+def test_the_summary_counts_inputs_that_failed_while_planning(tmp_path: Path, dgbatch: Cli) -> None:
+    """Broken manifest lines fail before anything is sent; the summary counts them with
+    the items that failed after a request, as the state does."""
+    good = make_wavs(tmp_path / "calls", 2)
+    manifest = tmp_path / "list.txt"
+    manifest.write_text(f"{good[0]}\n{tmp_path / 'gone.wav'}\nftp://x/y.wav\n{good[1]}\n")
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert "done 2, failed 2," in result.output
+    assert "state: 2 done, 2 failed, 0 pending" in result.output
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    (summary,) = db.execute("SELECT summary FROM runs").fetchone()
+    db.close()
+    assert json.loads(summary)["failed_this_run"] == 2
 
 
 @pytest.mark.timeout(60)
