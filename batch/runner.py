@@ -658,10 +658,14 @@ class Runner:
         self._signals += 1
         name = signal.Signals(sig).name
         self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))
-        log.warning("%s: finishing %d in-flight item(s)…", name, len(self._tasks))
-        if self._signals > 1:
-            for task in list(self._tasks):
-                task.cancel()
+        if self._signals == 1:
+            log.warning("%s: finishing %d in-flight item(s)…", name, len(self._tasks))
+            return
+        log.warning(
+            "%s again: abandoning %d in-flight item(s) (they stay pending)", name, len(self._tasks)
+        )
+        for task in list(self._tasks):
+            task.cancel()
 
 
 def _with_timeouts(result: Result, timeouts: int) -> Result:

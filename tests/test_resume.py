@@ -193,6 +193,9 @@ def test_slow_requests_are_abandoned_after_the_grace_period_or_a_second_signal(
         assert time.monotonic() - started < 5.0
     assert proc.returncode == 130, stderr.decode()
     assert _statuses(out / ".dgbatch" / "state.sqlite") == ["pending"] * 3
+    assert b"SIGINT: finishing 3 in-flight item(s)" in stderr
+    abandoned = b"SIGINT again: abandoning 3 in-flight item(s) (they stay pending)"
+    assert (abandoned in stderr) is (signals == 2)
 
 
 def test_done_items_are_not_sent_again(tmp_path: Path, dgbatch: Cli, emulator: Emulator) -> None:
