@@ -40,13 +40,23 @@ class Budget:
 
     def exceeded(self, source: str, estimate: float | None) -> BudgetExceeded:
         """The error that stops the run, naming the cap, the usage and the next item."""
-        guess = f"~{estimate / 60:.1f} min" if estimate else "unknown length"
+        guess = f"~{audio_span(estimate)}" if estimate else "unknown length"
         return BudgetExceeded(
-            f"audio budget reached: {self.used_seconds / 3600:.3f} h transcribed and "
-            f"{self.reserved_seconds / 3600:.3f} h in flight of a {self.cap_seconds / 3600:.3f} h "
+            f"audio budget reached: {audio_span(self.used_seconds)} transcribed and "
+            f"{audio_span(self.reserved_seconds)} in flight of a {audio_span(self.cap_seconds)} "
             f"cap; next item {source} ({guess}) would pass it. Remaining items stay pending: "
             "run again with a higher --max-audio-hours/--max-cost to continue"
         )
+
+
+def audio_span(seconds: float) -> str:
+    """A length of audio in the unit that shows it: seconds, minutes or hours (a cap of a
+    few seconds printed as "0.001 h" reads as nothing)."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
 
 
 def cap_seconds(

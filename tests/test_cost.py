@@ -9,7 +9,7 @@ import mutagen
 import pytest
 from conftest import Cli, make_wav, read_state_rows
 
-from batch.budget import Budget, cap_seconds
+from batch.budget import Budget, audio_span, cap_seconds
 from batch.emulator import Emulator
 from batch.pricing import estimate_cost, model_of, price_per_hour
 
@@ -68,7 +68,28 @@ def test_budget_reserves_and_settles() -> None:
     assert budget.used_seconds == 6.0 and budget.reserved_seconds == 3.0
     budget.settle(3.0, 0.0)  # failed: nothing used
     assert budget.admit(None) and budget.reserved_seconds == 0.0
-    assert "would pass it" in str(budget.exceeded("a.wav", 60.0))
+    assert str(budget.exceeded("a.wav", 60.0)) == (
+        "audio budget reached: 6.0 s transcribed and 0.0 s in flight of a 10.0 s cap; next "
+        "item a.wav (~1.0 min) would pass it. Remaining items stay pending: run again with a "
+        "higher --max-audio-hours/--max-cost to continue"
+    )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [
+        (0.0, "0.0 s"),
+        (3.64, "3.6 s"),
+        (59.9, "59.9 s"),
+        (60.0, "1.0 min"),
+        (754.0, "12.6 min"),
+        (3600.0, "1.00 h"),
+        (3.6e6, "1000.00 h"),
+    ],
+)
+def test_audio_spans_read_in_their_unit(seconds: float, shown: str) -> None:
+    """A budget of seconds is not shown as 0.001 h, nor one of days in seconds."""
+    assert audio_span(seconds) == shown
 
 
 def test_dry_run_sends_nothing_and_measures_durations(
