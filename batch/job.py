@@ -156,11 +156,22 @@ async def _run_locked(
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
             secrets: dict[str, str] = {}
-            plan = await _plan(config, state, run_id, stdin, s3, signals, secrets)
+            force_since = state.begin_force(config.force)
+            plan = await _plan(config, state, run_id, stdin, s3, signals, secrets, force_since)
             budget = None if cap is None else Budget(cap, used_seconds(state))
             tags = run_tags(run_tag)
             stats = await _execute(
-                config, state, run_id, secrets, progress, s3, tags, budget, signals, plan
+                config,
+                state,
+                run_id,
+                secrets,
+                progress,
+                s3,
+                tags,
+                budget,
+                signals,
+                plan,
+                skip_existing=force_since is None,
             )
             planned = await plan.finish(stopped=stats.stop_reason is not None)
             stats.failed += planned.broken  # broken inputs fail while planning, not sending
@@ -168,6 +179,9 @@ async def _run_locked(
             saved = await _save_report(state, _report_path(config))
             stats.stop_reason = stats.stop_reason or signals.interruption()
             code = exit_code_for(counts, stats.stop_reason)
+            finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
+            if force_since is not None and finished:
+                state.end_force()
             outcome = RunOutcome(
                 code, stats, counts, time.monotonic() - started, saved, stats.stop_reason
             )
@@ -316,6 +330,7 @@ async def _plan(
     s3: S3,
     signals: _SignalLatch,
     secrets: dict[str, str],
+    force_since: float | None,
 ) -> BackgroundPlan:
     """Start expanding the sources into the state in a thread; return once its first
     chunk is planned (the runner starts on it) or the whole plan when it is small.
@@ -328,7 +343,7 @@ async def _plan(
         state.plan,
         run_id=run_id,
         retry_failed=config.retry_failed,
-        force=config.force,
+        force_since=force_since if config.force else None,
     )
     with signals.routed_to(lambda sig: cancel.set()):
         plan = BackgroundPlan(state, items, chunk, cancel=cancel)
@@ -373,7 +388,11 @@ async def _execute(
     budget: Budget | None,
     signals: _SignalLatch,
     plan: BackgroundPlan,
+    *,
+    skip_existing: bool,
 ) -> RunStats:
+    """Run the pool; ``skip_existing``: an S3 ``--out``'s outputs may be adopted (not
+    while a ``--force`` is underway: they are the ones it redoes)."""
     remote = is_s3_uri(config.out)
     settings = RunnerSettings(
         concurrency=config.concurrency,
@@ -382,7 +401,7 @@ async def _execute(
         backoff_base=config.backoff_base,
         backoff_cap=config.backoff_cap,
         grace=config.grace,
-        skip_existing=remote and not config.force,
+        skip_existing=remote and skip_existing,
         caption_line_length=config.caption_line_length,
     )
     threads = min(32, max(4, config.concurrency))

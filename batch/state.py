@@ -256,10 +256,12 @@ class State:
         *,
         run_id: int,
         retry_failed: bool = False,
-        force: bool = False,
+        force_since: float | None = None,
     ) -> PlanStats:
         """Upsert items in large transactions; done items whose fingerprint changed go back
-        to pending (all of them with ``force``), failed ones only with ``retry_failed``.
+        to pending (with ``force_since``, all of them last changed before it: a forced run
+        that was stopped and is run again redoes only what it had not redone yet), failed
+        ones only with ``retry_failed``.
         Only the item's own params (from its manifest line) are stored: the run's layers
         are added at send time, so a resumed run sends with the current options.
 
@@ -267,7 +269,8 @@ class State:
         transaction, exactly as ``assign_names`` would name them, so they are never
         claimable unnamed and their rows are written once. A bigger call stores them
         unnamed, in batches, for ``assign_names`` to name together afterwards."""
-        flags = {"force": int(force), "retry": int(retry_failed)}
+        force = "0" if force_since is None else f"(items.updated_at < {force_since!r})"
+        flags = {"force": force, "retry": int(retry_failed)}
         now = time.time()
         stream = iter(items)
         batches = iter(lambda: [_plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
@@ -283,6 +286,27 @@ class State:
             stats = _plan_stats(rows)
             seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
+
+    def begin_force(self, requested: bool) -> float | None:
+        """When the ``--force`` underway began: a forced run that did not finish is
+        continued (by a run with ``--force`` or without it), a new one begins now; None
+        when no force is asked for or underway. Kept in the state until ``end_force``."""
+        with self._mutex, self._db:
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'force_since'").fetchone()
+            if row is not None:
+                return float(row[0])
+            if not requested:
+                return None
+            now = time.time()
+            self._db.execute(
+                "INSERT INTO meta (key, value) VALUES ('force_since', ?)", (repr(now),)
+            )
+            return now
+
+    def end_force(self) -> None:
+        """The forced run finished: every item is redone (or failed), none is left."""
+        with self._mutex, self._db:
+            self._db.execute("DELETE FROM meta WHERE key = 'force_since'")
 
     def _insert_named(self, batch: _Batch) -> None:
         """Insert and name one batch; an earlier crash's unnamed items (a state written
@@ -550,7 +574,7 @@ class _Batch:
     rows: list[PlanRow]
     now: float
     run_id: int
-    flags: dict[str, int]
+    flags: dict[str, object]
 
     def sql(self, count: int) -> str:
         """``_PLAN`` for ``count`` rows."""

@@ -247,3 +247,26 @@ def test_retry_failed_requeues_items_that_failed_earlier(tmp_path: Path) -> None
         assert sent_sha256s(healthy) == {sha256_of(w): 1 for w in wavs}
     rows = read_state_rows(state)
     assert {(r["status"], r["attempts"], r["error"]) for r in rows} == {("done", 1, None)}
+
+
+@pytest.mark.timeout(60)
+def test_an_interrupted_force_is_continued_not_restarted(tmp_path: Path) -> None:
+    """``--force`` stopped by Ctrl-C and run again redoes only what it had not redone:
+    each item is sent once by the two forced runs together. Once a force has finished,
+    the next ``--force`` redoes everything again."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 6)
+    with emulator_with(latency=0.2) as emu:
+        assert Cli(emu)("run", str(src), "--out", str(out)).exit_code == 0
+        emu.log.clear()
+        forced = ("run", str(src), "--out", str(out), "--force", "-c", "1")
+        proc = start_run(emu, *forced[1:])
+        wait_for(lambda: len(emu.log) >= 3 or proc.poll() is not None)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 130
+        redone = len(emu.log)
+        assert 3 <= redone < 6
+        assert Cli(emu)(*forced).exit_code == 0
+        assert sent_sha256s(emu) == {sha256_of(f): 1 for f in src.iterdir()}
+        assert Cli(emu)(*forced).exit_code == 0  # a new force: all six again
+        assert len(emu.log) == 12

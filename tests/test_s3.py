@@ -267,6 +267,27 @@ def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
     assert forced.exit_code == 0 and len(listen_log(emulator)) == 7
 
 
+def test_a_stopped_force_never_adopts_the_outputs_it_was_redoing(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A ``--force`` run stopped before it redid anything (here by a refused key) leaves
+    its items pending; the next run sends them instead of taking the old outputs, which
+    carry the same source and ETag, as already done."""
+    moto.bucket("redo", audio_objects(tmp_path, ["in/a.wav", "in/b.wav", "in/c.wav"]))
+    cmd = ("run", "s3://redo/in/", "--out", "s3://redo/tx/", "--no-preflight")
+    assert run_s3(dgbatch, tmp_path, *cmd).exit_code == 0
+    emulator.auth_mode = "401"
+    try:
+        assert run_s3(dgbatch, tmp_path, *cmd, "--force", "--param", "model=nova-2").exit_code == 3
+    finally:
+        emulator.auth_mode = "ok"
+    resumed = run_s3(dgbatch, tmp_path, *cmd, "--param", "model=nova-2")
+    assert resumed.exit_code == 0, resumed.output
+    assert "skipped" not in resumed.output
+    answered = [dict(r.params).get("model") for r in listen_log(emulator) if r.status == 200]
+    assert answered == ["nova-3"] * 3 + ["nova-2"] * 3
+
+
 def test_lock_refused_while_held_and_taken_over_when_expired(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
