@@ -181,9 +181,11 @@ def status_summary(state: State) -> dict[str, Any]:
         "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(duration), 0), "
         "COALESCE(SUM(timeout_retries), 0) FROM items"
     )
+    # grouped by code (or by message when there is none), with one message as an example:
+    # a code alone ("Bad Request", "not_audio") does not say what went wrong
     errors = state.query(
-        "SELECT COALESCE(err_code, substr(error, 1, 80)), COUNT(*) FROM items "
-        "WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC LIMIT 10"
+        "SELECT COALESCE(err_code, substr(error, 1, 80)), COUNT(*), MIN(error) FROM items "
+        "WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
     )
     counts = state.counts()
     warnings = _count_warnings(state)
@@ -194,10 +196,18 @@ def status_summary(state: State) -> dict[str, Any]:
         "attempts": int(attempts),
         "timeout_retries": int(timeouts),
         "audio_hours": round(float(audio) / 3600, 4),
-        "errors": [{"error": redact_text(str(e)), "count": n} for e, n in errors],
+        "errors": [_error_row(group, count, example) for group, count, example in errors],
         "warnings": warnings,
         "last_run": _last_run(state),
     }
+
+
+def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:
+    """One line of the commonest errors; ``example`` only when it says more than ``group``."""
+    row: dict[str, Any] = {"error": redact_text(group), "count": count}
+    if example and not example.startswith(group):
+        row["example"] = redact_text(example)
+    return row
 
 
 def _count_warnings(state: State) -> int:
@@ -244,7 +254,9 @@ def format_status(summary: dict[str, Any]) -> str:
         )
     if summary["errors"]:
         lines.append("errors:")
-        lines += [f"  {e['count']:>6}  {e['error']}" for e in summary["errors"]]
+        for error in summary["errors"]:
+            example = f" (e.g. {error['example']})" if "example" in error else ""
+            lines.append(f"  {error['count']:>6}  {error['error']}{example}")
     run = summary["last_run"]
     if run:
         state = "running or crashed" if run["finished_at"] is None else f"exit {run['exit_code']}"

@@ -331,7 +331,9 @@ def test_status_json_counts_items_attempts_audio_and_errors(finished: Path, dgba
     assert summary["attempts"] == 4
     assert summary["timeout_retries"] == 0
     assert summary["audio_hours"] == round(1.5 / 3600, 4)
-    assert summary["errors"] == [{"error": "Bad Request", "count": 1}]
+    (error,) = summary["errors"]
+    assert (error["error"], error["count"]) == ("Bad Request", 1)
+    assert error["example"].startswith("HTTP 400 Bad Request: Bad Request: failed to process")
     assert summary["last_run"]["exit_code"] == 1
 
 
@@ -340,7 +342,8 @@ def test_status_prints_a_readable_table(finished: Path, dgbatch: Cli) -> None:
     result = dgbatch("status", "--state", str(finished))
     assert result.exit_code == 0
     for text in ("items: 4", "done     3", "failed   1", "attempts: 4", "audio transcribed",
-                 "errors:", "Bad Request", "last run: #1 (exit 1)"):  # fmt: skip
+                 "errors:", "1  Bad Request (e.g. HTTP 400 Bad Request: Bad Request: failed",
+                 "last run: #1 (exit 1)"):  # fmt: skip
         assert text in result.output
 
 
