@@ -342,6 +342,11 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
     if s.skipped:
         lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
+    for fmt, count in outcome.missing.items():
+        lines.append(
+            f"{count} done item(s) have no {fmt} output: formats are written when an item is "
+            "done, and done items are not sent again (--force re-sends them, paid)"
+        )
     if outcome.report_path is not None:
         lines.append(f"report: {outcome.report_path}")
     return "\n".join(lines)

@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -34,7 +34,7 @@ from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
-from batch.report import save_report
+from batch.report import done_without, save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
 from batch.s3 import S3, S3Options, S3Sink, is_s3_uri
@@ -56,6 +56,8 @@ class RunOutcome:
     wall_seconds: float
     report_path: Path | None
     error: BatchError | None = None
+    #: per format asked for, done items (of any run) that have no such output
+    missing: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The numbers recorded in the runs table and printed at the end."""
@@ -73,6 +75,7 @@ class RunOutcome:
             "warnings": self.stats.warnings,
             "copies": self.stats.copies,
             "wall_seconds": round(self.wall_seconds, 3),
+            "done_without_format": self.missing,
         }
 
 
@@ -182,8 +185,9 @@ async def _run_locked(
             finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
             if force_since is not None and finished:
                 state.end_force()
+            missing = await asyncio.to_thread(done_without, state, config.formats)
             outcome = RunOutcome(
-                code, stats, counts, time.monotonic() - started, saved, stats.stop_reason
+                code, stats, counts, time.monotonic() - started, saved, stats.stop_reason, missing
             )
             state.finish_run(run_id, code, outcome.summary())
             report.counts, report.summary = counts, outcome.summary()

@@ -173,6 +173,23 @@ def test_formats_option_chooses_the_outputs(tmp_path: Path, dgbatch: Cli) -> Non
     assert "pdf" in bad.output
 
 
+def test_a_format_added_later_is_named_not_silently_skipped(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """Done items are not sent again for a format asked for later: the summary says how
+    many have no such output, and how to get it, instead of exiting 0 in silence."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "a.wav")
+    make_wav(src / "b.wav", tone=1)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    more = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert more.exit_code == 0, more.output
+    assert len(emulator.log) == 2
+    assert "2 done item(s) have no srt output" in more.output and "--force" in more.output
+    again = dgbatch("run", str(src), "--out", str(out), "--formats", "txt")
+    assert "have no" not in again.output
+
+
 def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:
     """Ids like ``../../evil``, ``/etc/x`` or with control characters land inside --out."""
     make_wav(tmp_path / "in" / "a.wav")
