@@ -65,8 +65,8 @@ class RunnerSettings:
     #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
     caption_line_length: int | None = None
     #: before sending an item, ask the sink whether its outputs already exist for the same
-    #: source fingerprint (an S3 ``--out`` seen from a fresh state, or an item stopped
-    #: while its outputs were being put)
+    #: source fingerprint, under its name or its other one (an S3 ``--out`` seen from a
+    #: fresh state, or an item stopped while its outputs were being put)
     skip_existing: bool = False
 
 
@@ -195,10 +195,25 @@ class Runner:
                 self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
         await asyncio.to_thread(self.state.flush)
 
-    async def _existing_outputs(self, item: WorkItem, since: float | None) -> Result | None:
-        """The item's ``done`` result when the sink already holds all its outputs."""
+    async def _under_other_name(self, item: WorkItem) -> Result | None:
+        """Outputs found under the other name the item could have (its stem or its full
+        name, as the items planned beside it decide: a state that was lost named them
+        among other items, say before ``a.mp3`` arrived beside ``a.wav``). The item then
+        takes that name, unless another item has it."""
+        for name in await asyncio.to_thread(self.state.other_names, item.id):
+            done = await self._existing_outputs(item, None, name)
+            if done is not None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
+                return done
+        return None
+
+    async def _existing_outputs(
+        self, item: WorkItem, since: float | None, name: str | None = None
+    ) -> Result | None:
+        """The item's ``done`` result when the sink already holds all its outputs (under
+        its name, or under ``name``)."""
         meta = OutputMeta(item.source, item.fingerprint)
-        found = await self.sink.find_complete(item.out_name, self.settings.formats, meta, since)
+        formats = self.settings.formats
+        found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
         if found is None:
             return None
         if found.json is None:  # complete, without a transcript to read: nothing to warn of
@@ -431,7 +446,7 @@ class Runner:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         if self.settings.skip_existing:
-            done = await self._existing_outputs(item, None)
+            done = await self._existing_outputs(item, None) or await self._under_other_name(item)
             if done is not None:
                 self.stats.skipped += 1
                 return done

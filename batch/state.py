@@ -287,6 +287,26 @@ class State:
             seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
 
+    def other_names(self, item_id: str) -> list[str]:
+        """The output names the item does not have but could have had in another state:
+        its stem or its full name (which one it gets depends on the items beside it)."""
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT out_stem, out_full, out_name FROM items WHERE id = ?", (item_id,)
+            ).fetchone()
+        return [] if row is None else [n for n in dict.fromkeys(row[:2]) if n != row[2]]
+
+    def adopt_name(self, item_id: str, name: str) -> bool:
+        """Give the item ``name`` (its outputs were found under it), unless another item
+        has it; True if it took it."""
+        with self._mutex, self._db:
+            cursor = self._db.execute(
+                "UPDATE items SET out_name = ? WHERE id = ? AND NOT EXISTS "
+                "(SELECT 1 FROM items WHERE out_name = ? AND id != ?)",
+                (name, item_id, name, item_id),
+            )
+            return cursor.rowcount == 1
+
     def begin_force(self, requested: bool) -> float | None:
         """When the ``--force`` underway began: a forced run that did not finish is
         continued (by a run with ``--force`` or without it), a new one begins now; None

@@ -267,6 +267,39 @@ def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
     assert forced.exit_code == 0 and len(listen_log(emulator)) == 7
 
 
+def test_a_lost_state_finds_outputs_named_before_a_namesake_arrived(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``in/a.wav`` was transcribed to ``tx/a.json``; then ``in/a.mp3`` arrives and the
+    state is lost. Planned beside its namesake, a.wav would be named ``a.wav.json``: its
+    outputs are found under its other name, which it keeps, and only a.mp3 is sent."""
+    moto.bucket("names", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
+    cmd = ("run", "s3://names/in/", "--out", "s3://names/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd, state="night1").exit_code == 0
+    moto.bucket("names", {"in/a.mp3": wav(tmp_path, 7)})
+    second = run_s3(dgbatch, tmp_path, *cmd, state="night2")
+    assert second.exit_code == 0, second.output
+    assert [r.sha256 for r in listen_log(emulator)][2:] == [sha(wav(tmp_path, 7))]
+    listed = moto.client.list_objects_v2(Bucket="names", Prefix="tx/")["Contents"]
+    keys = sorted(o["Key"] for o in listed if "/.dgbatch/" not in o["Key"])
+    assert keys == [
+        "tx/a.json",
+        "tx/a.mp3.json",
+        "tx/a.mp3.txt",
+        "tx/a.txt",
+        "tx/b.json",
+        "tx/b.txt",
+    ]
+    names = {r["id"]: r["out_name"] for r in read_state_rows(tmp_path / "night2" / "state.sqlite")}
+    assert names == {
+        "s3://names/in/a.mp3": "a.mp3",
+        "s3://names/in/a.wav": "a",
+        "s3://names/in/b.wav": "b",
+    }
+    assert run_s3(dgbatch, tmp_path, *cmd, state="night2").exit_code == 0
+    assert len(listen_log(emulator)) == 3
+
+
 def test_a_stopped_force_never_adopts_the_outputs_it_was_redoing(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
