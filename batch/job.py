@@ -179,7 +179,7 @@ async def _run_locked(
             planned = await plan.finish(stopped=stats.stop_reason is not None)
             stats.failed += planned.broken  # broken inputs fail while planning, not sending
             counts = await asyncio.to_thread(state.counts)
-            saved = await _save_report(state, _report_path(config))
+            saved = await _save_report(state, report_path(config.state_path))
             stats.stop_reason = stats.stop_reason or signals.interruption()
             code = exit_code_for(counts, stats.stop_reason)
             finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
@@ -311,8 +311,13 @@ def _latched_signals() -> Iterator[_SignalLatch]:
             loop.remove_signal_handler(sig)
 
 
-def _report_path(config: RunConfig) -> Path:
-    return config.state_path.with_name("report.jsonl")
+def report_path(state_path: Path) -> Path:
+    """The run's report beside its state: ``report.jsonl`` for the default
+    ``state.sqlite``, ``<name>.report.jsonl`` for any other, so that two states kept in
+    one folder (``--state`` per shard or per batch) never write the same report."""
+    if state_path.name == "state.sqlite":
+        return state_path.with_name("report.jsonl")
+    return state_path.with_name(f"{state_path.stem}.report.jsonl")
 
 
 async def _save_report(state: State, path: Path) -> Path | None:

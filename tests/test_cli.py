@@ -411,15 +411,22 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path, dgbatch: Cli) -> None:
 
 
 def test_state_option_puts_the_state_where_asked(tmp_path: Path, dgbatch: Cli) -> None:
-    """``--state PATH`` overrides ``OUT/.dgbatch/state.sqlite``."""
+    """``--state PATH`` overrides ``OUT/.dgbatch/state.sqlite``; two states in one folder
+    each leave their own report beside them."""
     make_wav(tmp_path / "a.wav")
-    state = tmp_path / "elsewhere" / "s.sqlite"
-    result = dgbatch(
-        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", str(state)
-    )
-    assert result.exit_code == 0
-    assert state.exists() and not (tmp_path / "out" / ".dgbatch" / "state.sqlite").exists()
-    assert (state.parent / "report.jsonl").exists()
+    make_wav(tmp_path / "b.wav", tone=1)
+    for name in ("a", "b"):
+        state = tmp_path / "elsewhere" / f"{name}.sqlite"
+        result = dgbatch(
+            "run", str(tmp_path / f"{name}.wav"), "--out", str(tmp_path / "out"),
+            "--state", str(state),
+        )  # fmt: skip
+        assert result.exit_code == 0
+        assert f"report: {tmp_path / 'elsewhere' / name}.report.jsonl" in result.output
+    assert not (tmp_path / "out" / ".dgbatch" / "state.sqlite").exists()
+    for name in ("a", "b"):
+        (row,) = (tmp_path / "elsewhere" / f"{name}.report.jsonl").read_text().splitlines()
+        assert json.loads(row)["source"] == str(tmp_path / f"{name}.wav")
 
 
 def test_version_and_help() -> None:
