@@ -614,6 +614,7 @@ async def test_control_endpoints(emulator: Emulator, session: aiohttp.ClientSess
     async with session.get(f"{emulator.url}/_emulator/log") as response:
         log = await response.json()
     assert [entry["sha256"] for entry in log] == [WAV_SHA]
+    assert [entry["authorization"] for entry in log] == ["Token REDACTED"]  # not the key
     async with session.post(f"{emulator.url}/_emulator/auth?mode=402") as response:
         assert response.status == 200
     assert (await post(session, emulator))[0] == 402

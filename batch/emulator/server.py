@@ -6,7 +6,7 @@ answer. Every request is logged, however it ends.
 
 Control endpoints (no auth: this is a loopback test tool, never expose it)::
 
-    GET  /_emulator/log            JSON list of RequestRecord (asdict), oldest first
+    GET  /_emulator/log            JSON list of RequestRecord (asdict, key hidden), oldest first
     GET  /_emulator/stats          {"requests": N, "in_flight": N, "in_flight_max": N}
     POST /_emulator/auth?mode=M    M in ok|401|402|403: every /v1/listen then answers that error
     POST /_emulator/reset          clear the log and the in-flight high-water mark
@@ -22,6 +22,7 @@ import random
 import time
 import uuid
 from dataclasses import asdict
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -293,8 +294,10 @@ class Emulator(ManagementApi):
     # ----------------------------------------------------------------------- control routes
 
     async def _control_log(self, request: web.Request) -> web.Response:
-        """The log for a test driving an emulator in another process."""
-        return web.json_response([asdict(record) for record in list(self.log)])
+        """The log for a test driving an emulator in another process. The key a client
+        sent is not shown (only its scheme): anyone on this host can read this endpoint,
+        and a real key may have been sent to the emulator by mistake."""
+        return web.json_response([_shown(record) for record in list(self.log)])
 
     async def _control_stats(self, request: web.Request) -> web.Response:
         """Counters a benchmark can read without downloading the whole log."""
@@ -317,6 +320,13 @@ class Emulator(ManagementApi):
         """:meth:`reset` for a test driving an emulator in another process."""
         self.reset()
         return web.json_response({"ok": True})
+
+
+def _shown(record: RequestRecord) -> dict[str, Any]:
+    entry = asdict(record)
+    scheme, _, key = record.authorization.partition(" ")
+    entry["authorization"] = f"{scheme} REDACTED" if key else scheme
+    return entry
 
 
 def answer_delay(latency: float, worked: float) -> float:
