@@ -510,6 +510,13 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
     show_default=True,
     help="Send Retry-After on injected 429s.",
 )
+@click.option(
+    "--duration-ratio",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Scale every metadata.duration (0.5: transcripts that cover half their audio).",
+)
 def emulator(**opts: Any) -> None:
     """Serve a Deepgram-compatible /v1/listen on loopback for demos and tests.
 

@@ -555,6 +555,30 @@ def test_unknown_fault_names_are_refused() -> None:
     assert set(DEFAULT_FAULTS) == {"429", "500", "502", "503", "reset", "truncated", "garbage"}
 
 
+def test_the_command_passes_its_options_and_refuses_bad_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``dgbatch emulator`` builds its config from the options (``--duration-ratio`` for
+    truncated transcripts included); a bad value exits 2 naming it."""
+    from click.testing import CliRunner
+
+    import batch.emulator
+    from batch.cli import cli
+
+    served: list[EmulatorConfig] = []
+    monkeypatch.setattr(batch.emulator, "serve", served.append)
+    ok = CliRunner().invoke(cli, ["emulator", "--port", "0", "--duration-ratio", "0.5"])
+    assert ok.exit_code == 0, ok.output
+    assert (served[0].port, served[0].duration_ratio) == (0, 0.5)
+    for option, value, name in [
+        ("--duration-ratio", "0", "duration_ratio"),
+        ("--latency", "-1", "latency"),
+        ("--fault-rate", "2", "fault_rate"),
+    ]:
+        bad = CliRunner().invoke(cli, ["emulator", option, value])
+        assert bad.exit_code == 2 and f"Error: emulator: '{name}' must be" in bad.output
+
+
 async def test_concurrency_limit_answers_429_at_once(session: aiohttp.ClientSession) -> None:
     """Requests beyond max_concurrency get an immediate 429 while the admitted ones proceed."""
     async with emulator_with(max_concurrency=2, latency=0.3, retry_after=False) as emulator:

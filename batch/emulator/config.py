@@ -65,6 +65,9 @@ class EmulatorConfig:
         if self.latency < 0:
             msg = "'latency' must be >= 0"
             raise ValueError(msg)
+        if not self.duration_ratio > 0:
+            msg = "'duration_ratio' must be > 0"
+            raise ValueError(msg)
         if self.max_concurrency is not None and self.max_concurrency < 1:
             msg = "'max_concurrency' must be >= 1 (or None for no limit)"
             raise ValueError(msg)
