@@ -160,6 +160,7 @@ async def _run_locked(
             state.set_run_tag(run_id, run_tag)
             secrets: dict[str, str] = {}
             force_since = state.begin_force(config.force)
+            began = time.time()
             plan = await _plan(config, state, run_id, stdin, s3, signals, secrets, force_since)
             budget = None if cap is None else Budget(cap, used_seconds(state))
             tags = run_tags(run_tag)
@@ -176,8 +177,9 @@ async def _run_locked(
                 plan,
                 skip_existing=force_since is None,
             )
-            planned = await plan.finish(stopped=stats.stop_reason is not None)
-            stats.failed += planned.broken  # broken inputs fail while planning, not sending
+            await plan.finish(stopped=stats.stop_reason is not None)
+            # broken inputs fail while planning, not sending: the state counts both
+            stats.failed = await asyncio.to_thread(state.failed_since, began)
             counts = await asyncio.to_thread(state.counts)
             saved = await _save_report(state, report_path(config.state_path))
             stats.stop_reason = stats.stop_reason or signals.interruption()

@@ -307,6 +307,14 @@ class State:
             )
             return cursor.rowcount == 1
 
+    def failed_since(self, moment: float) -> int:
+        """Items that became ``failed`` at ``moment`` or later (while planning or sending)."""
+        with self._mutex:
+            (count,) = self._db.execute(
+                "SELECT COUNT(*) FROM items WHERE status = 'failed' AND updated_at >= ?", (moment,)
+            ).fetchone()
+        return int(count)
+
     def begin_force(self, requested: bool) -> float | None:
         """When the ``--force`` underway began: a forced run that did not finish is
         continued (by a run with ``--force`` or without it), a new one begins now; None

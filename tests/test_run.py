@@ -289,7 +289,8 @@ def test_a_400_fails_one_item_and_the_run_goes_on(tmp_path: Path, dgbatch: Cli) 
 
 def test_the_summary_counts_inputs_that_failed_while_planning(tmp_path: Path, dgbatch: Cli) -> None:
     """Broken manifest lines fail before anything is sent; the summary counts them with
-    the items that failed after a request, as the state does."""
+    the items that failed after a request, each once, as the state does (a line that was
+    already failed in an earlier run is not counted again)."""
     good = make_wavs(tmp_path / "calls", 2)
     manifest = tmp_path / "list.txt"
     manifest.write_text(f"{good[0]}\n{tmp_path / 'gone.wav'}\nftp://x/y.wav\n{good[1]}\n")
@@ -302,6 +303,10 @@ def test_the_summary_counts_inputs_that_failed_while_planning(tmp_path: Path, dg
     (summary,) = db.execute("SELECT summary FROM runs").fetchone()
     db.close()
     assert json.loads(summary)["failed_this_run"] == 2
+    good[0].unlink()  # a done file that is gone: planned as broken, failed once, not twice
+    again = dgbatch("run", str(manifest), "--out", str(out))
+    assert "done 0, failed 1," in again.output
+    assert "state: 1 done, 3 failed, 0 pending" in again.output
 
 
 @pytest.mark.timeout(60)
