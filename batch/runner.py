@@ -460,16 +460,17 @@ class Runner:
                 answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:  # found before the request went out: no attempt
                 self.stats.sent -= 1
-                return Result(
+                failed = Result(
                     item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
                 )
+                return _with_timeouts(failed, timeouts)
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
                 timed_out = exc.timeout and exc.body_sent
                 unreachable = exc.connect_failed
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
-            if outcome is not None:
-                return self._unless_unreachable(outcome, unreachable)
+            if outcome is not None:  # every way out keeps the retries after a timeout
+                return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
             if timed_out:  # retried after a timeout: Deepgram may have billed the first one
                 timeouts += 1
                 self.stats.timeout_retries += 1
@@ -512,8 +513,7 @@ class Runner:
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
             outputs = await self._write_outputs(item, answer, decision.response)
-            result = self._done_result(item, attempts, decision.response, outputs)
-            return _with_timeouts(result, timeouts)
+            return self._done_result(item, attempts, decision.response, outputs)
         if decision.action is Action.FATAL:
             self.stop(FatalApiError(_fatal_message(decision)))
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)

@@ -120,3 +120,34 @@ async def test_connection_refused_is_named() -> None:
             await client.send_url("https://example.com/a.wav", ())
     assert "connection refused" in str(caught.value)
     assert not caught.value.timeout
+
+
+def test_retries_after_a_timeout_stay_on_the_row_however_the_item_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout after the upload (possibly billed), then a failure found before the next
+    request: the row keeps its retry after a timeout, as the summary does."""
+    from conftest import Cli, make_wav, read_state_rows
+
+    import batch.job
+    from batch.emulator import EmulatorConfig, run_in_thread
+    from batch.errors import ItemError
+
+    calls = 0
+
+    async def sender(client: object, item: object, source: str) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransportError(
+                "timeout: no complete answer in time", body_sent=True, timeout=True
+            )
+        raise ItemError(f"{source}: file no longer exists", code="missing")
+
+    monkeypatch.setattr(batch.job, "send_sniffed_file", sender)
+    make_wav(tmp_path / "in" / "a.wav")
+    with run_in_thread(EmulatorConfig()) as emu:
+        result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert "retried 1 (1 after a timeout)" in result.output
+    (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"], row["timeout_retries"]) == ("failed", 1, 1)
