@@ -144,6 +144,10 @@ class Runner:
         #: answers waiting for their outputs; bounded like the requests, so that a crash
         #: re-sends at most twice ``--concurrency`` items (``_write_outputs``)
         self._unplaced = asyncio.Semaphore(settings.concurrency)
+        #: items alive at once: those in flight and those placing their outputs (each
+        #: at most --concurrency), so a crash leaves at most this many ``running``; it binds
+        #: only --dedupe copies, which wait for their leader without a request slot
+        self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -233,7 +237,7 @@ class Runner:
         queue: deque[WorkItem] = deque()
         cursor = 0
         ahead: asyncio.Task[list[WorkItem]] | None = None  # the next claim, started early
-        while await self.limit.acquire():
+        while await self._room():
             if not queue:
                 batch = await ahead if ahead is not None else await self._claim(cursor)
                 ahead = None
@@ -241,22 +245,39 @@ class Runner:
                     cursor = 0  # the chunk may have sent earlier rows back to pending
                     batch = await self._claim(cursor)
                 if not batch:
-                    self.limit.release()
+                    self._no_room_used()
                     break
                 cursor = batch[-1].rowid
                 queue.extend(batch)
             if not await self._admit(queue[0]):
-                self.limit.release()
+                self._no_room_used()
                 break
             task = asyncio.create_task(self._work(queue.popleft()))
             self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            task.add_done_callback(self._ended)
             if ahead is None and len(queue) < self.settings.concurrency // 2:
                 ahead = asyncio.create_task(self._claim(cursor))
         if ahead is not None:
             queue.extend(await ahead)
         for item in queue:
             self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+
+    async def _room(self) -> bool:
+        """Wait for room among the live items, then for a request slot; False when the
+        limiter closed (the run is stopping)."""
+        await self._live.acquire()
+        if await self.limit.acquire():
+            return True
+        self._live.release()
+        return False
+
+    def _no_room_used(self) -> None:
+        self.limit.release()
+        self._live.release()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._live.release()
 
     async def _measure(self, item: WorkItem) -> float | None:
         """A local file's duration per its headers (once per item), for the truncation

@@ -144,6 +144,33 @@ def test_a_copy_waiting_for_its_leader_leaves_it_the_slot(tmp_path: Path) -> Non
     assert [r.status for r in emu.log].count(200) == 2  # the other client's and the leader's
 
 
+def test_copies_waiting_for_their_leader_stay_bounded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies wait without a request slot, but not without bound: no more items are alive
+    (claimed, ``running`` if the run is killed) than twice --concurrency."""
+    import batch.runner
+
+    first = make_wav(tmp_path / "in" / "0000.wav", 0.5, tone=3)
+    for n in range(1, 40):
+        shutil.copy(first, tmp_path / "in" / f"{n:04}.wav")
+    peak = 0
+    work = batch.runner.Runner._work
+
+    async def counted(self: batch.runner.Runner, item: batch.runner.WorkItem) -> None:
+        nonlocal peak
+        peak = max(peak, len(self._tasks))
+        await work(self, item)
+
+    monkeypatch.setattr(batch.runner.Runner, "_work", counted)
+    with run_in_thread(EmulatorConfig(key=KEY, latency=0.3)) as emu:
+        result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                          "--dedupe", "-c", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert len(emu.log) == 1 and "39 item(s) were copies" in result.output
+    assert peak <= 4
+
+
 def test_old_state_files_gain_the_new_columns(tmp_path: Path) -> None:
     """A state written before migration m002 upgrades on open: warning, copy_of, run tags."""
     import sqlite3
