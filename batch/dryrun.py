@@ -104,7 +104,7 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         try:
             run_id = state.start_run("dry-run")
             with _latched_signals() as signals:
-                force_since = state.begin_force(config.force)
+                force_since, _ = state.begin_force(config.force)
                 plan = await _plan(config, state, run_id, stdin, s3, signals, {}, force_since)
                 await plan.finish(stopped=False)
             probed = await probe_remote(config, state, s3) if config.probe else {}

@@ -159,9 +159,14 @@ async def _run_locked(
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
             secrets: dict[str, str] = {}
-            force_since = state.begin_force(config.force)
+            force_since, new_force = state.begin_force(config.force)
             began = time.time()
-            plan = await _plan(config, state, run_id, stdin, s3, signals, secrets, force_since)
+            try:
+                plan = await _plan(config, state, run_id, stdin, s3, signals, secrets, force_since)
+            except BatchError:
+                if new_force:  # nothing was sent: the force did not begin
+                    state.end_force()
+                raise
             budget = None if cap is None else Budget(cap, used_seconds(state))
             tags = run_tags(run_tag)
             stats = await _execute(
@@ -354,7 +359,7 @@ async def _plan(
         state.plan,
         run_id=run_id,
         retry_failed=config.retry_failed,
-        force_since=force_since if config.force else None,
+        force_since=force_since,
     )
     with signals.routed_to(lambda sig: cancel.set()):
         plan = BackgroundPlan(state, items, chunk, cancel=cancel)
@@ -413,6 +418,7 @@ async def _execute(
         backoff_cap=config.backoff_cap,
         grace=config.grace,
         skip_existing=remote and skip_existing,
+        dated_outputs=not remote,
         caption_line_length=config.caption_line_length,
     )
     threads = min(32, max(4, config.concurrency))

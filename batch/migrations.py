@@ -81,6 +81,13 @@ def m002_warnings_copies_run_tags(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m003_forced(db: sqlite3.Connection) -> None:
+    """Per-item ``forced``: a ``--force`` re-queued it, so outputs already in S3 are the
+    ones being redone, never to be adopted as its own."""
+    db.execute("ALTER TABLE items ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

@@ -68,6 +68,9 @@ class RunnerSettings:
     #: source fingerprint, under its name or its other one (an S3 ``--out`` seen from a
     #: fresh state, or an item stopped while its outputs were being put)
     skip_existing: bool = False
+    #: the sink tells outputs written after a claim from older ones (local files, by
+    #: mtime); S3 objects are matched by source and fingerprint only
+    dated_outputs: bool = True
 
 
 @dataclass
@@ -191,7 +194,9 @@ class Runner:
         (so they are not paid for twice), put the rest back to ``pending``."""
         leftovers = await asyncio.to_thread(self.state.running)
         for item in leftovers:
-            done = await self._existing_outputs(item, item.claimed_at)
+            # a forced item's undated outputs may be the very ones it was redoing
+            undated = item.forced and not self.settings.dated_outputs
+            done = None if undated else await self._existing_outputs(item, item.claimed_at)
             if done is not None:
                 self.stats.recovered += 1
                 self.state.record(done)
@@ -466,7 +471,7 @@ class Runner:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        if self.settings.skip_existing:
+        if self.settings.skip_existing and not item.forced:
             done = await self._existing_outputs(item, None) or await self._under_other_name(item)
             if done is not None:
                 self.stats.skipped += 1

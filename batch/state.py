@@ -79,6 +79,7 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.status = 'failed' AND {retry} THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
+    forced = CASE WHEN {force} THEN 1 ELSE items.forced END,
     updated_at = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force}
             OR (items.status = 'failed' AND {retry})
@@ -110,7 +111,8 @@ _STATUSES = {status.value: status for status in ItemStatus}
 _STATEMENT_ROWS = 512
 
 _COLUMNS = (
-    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status"
+    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
+    "forced"
 )
 
 
@@ -129,6 +131,8 @@ class WorkItem:
     fingerprint: str
     claimed_at: float | None
     status: ItemStatus
+    #: re-queued by a ``--force``: outputs already in place are the ones it redoes
+    forced: bool = False
 
     def with_params(self, params: Params) -> WorkItem:
         """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
@@ -145,6 +149,7 @@ class WorkItem:
             self.fingerprint,
             self.claimed_at,
             self.status,
+            self.forced,
         )
 
 
@@ -315,21 +320,22 @@ class State:
             ).fetchone()
         return int(count)
 
-    def begin_force(self, requested: bool) -> float | None:
-        """When the ``--force`` underway began: a forced run that did not finish is
-        continued (by a run with ``--force`` or without it), a new one begins now; None
-        when no force is asked for or underway. Kept in the state until ``end_force``."""
+    def begin_force(self, requested: bool) -> tuple[float | None, bool]:
+        """When the ``--force`` underway began, and whether it begins now: a forced run
+        that did not finish is continued (by a run with ``--force`` or without it), a new
+        one begins now; None when no force is asked for or underway. Kept in the state
+        until ``end_force``."""
         with self._mutex, self._db:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'force_since'").fetchone()
             if row is not None:
-                return float(row[0])
+                return float(row[0]), False
             if not requested:
-                return None
+                return None, False
             now = time.time()
             self._db.execute(
                 "INSERT INTO meta (key, value) VALUES ('force_since', ?)", (repr(now),)
             )
-            return now
+            return now, True
 
     def end_force(self) -> None:
         """The forced run finished: every item is redone (or failed), none is left."""
@@ -659,7 +665,9 @@ def _plan_stats(rows: list[PlanRow]) -> PlanStats:
 
 
 def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
-    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row
+    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status, forced = (
+        row
+    )
     return WorkItem(
         rowid,
         item_id,
@@ -672,6 +680,7 @@ def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkIte
         fp,
         claimed_at if claimed_at is not None else claimed,
         _STATUSES[status],
+        bool(forced),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import time
 from pathlib import Path
 
@@ -270,3 +271,28 @@ def test_an_interrupted_force_is_continued_not_restarted(tmp_path: Path) -> None
         assert sent_sha256s(emu) == {sha256_of(f): 1 for f in src.iterdir()}
         assert Cli(emu)(*forced).exit_code == 0  # a new force: all six again
         assert len(emu.log) == 12
+
+
+def test_an_unfinished_force_is_continued_without_force_and_a_failed_start_begins_none(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A force a run left unfinished (here written into the state, as a plan stopped
+    midway leaves it) is carried on by the next run, --force or not, and then ends. A
+    --force that stops before planning anything (exit 2) leaves no force behind."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 3)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    state = out / ".dgbatch" / "state.sqlite"
+    db = sqlite3.connect(state)
+    with db:
+        db.execute("INSERT INTO meta (key, value) VALUES ('force_since', ?)", (repr(time.time()),))
+    db.close()
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    assert sent_sha256s(emulator) == {sha256_of(f): 2 for f in src.iterdir()}
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0  # the force ended
+    assert len(emulator.log) == 6
+    typo = dgbatch("run", str(tmp_path / "typo"), "--out", str(out), "--force")
+    assert typo.exit_code == 2
+    db = sqlite3.connect(state)
+    assert db.execute("SELECT value FROM meta WHERE key = 'force_since'").fetchone() is None
+    db.close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -319,6 +320,35 @@ def test_a_stopped_force_never_adopts_the_outputs_it_was_redoing(
     assert "skipped" not in resumed.output
     answered = [dict(r.params).get("model") for r in listen_log(emulator) if r.status == 200]
     assert answered == ["nova-3"] * 3 + ["nova-2"] * 3
+
+
+def test_forced_items_never_adopt_their_old_outputs_later(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Items a ``--force`` re-queued are sent, never matched to the outputs they were to
+    redo (same source and ETag): not when the force ends with them failed and
+    ``--retry-failed`` picks them up, nor when a kill left them ``running``."""
+    moto.bucket("again", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
+    cmd = ("run", "s3://again/in/", "--out", "s3://again/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd).exit_code == 0
+    emulator.config.fault_rate, emulator.config.faults = 1.0, ("500",)
+    try:
+        failing = run_s3(dgbatch, tmp_path, *cmd, "--force", "--max-retries", "0")
+    finally:
+        emulator.config.fault_rate = 0.0
+    assert failing.exit_code == 1 and "state: 0 done, 2 failed" in failing.output
+    retried = run_s3(dgbatch, tmp_path, *cmd, "--retry-failed")
+    assert retried.exit_code == 0 and "skipped" not in retried.output
+    assert [r.status for r in listen_log(emulator)] == [200, 200, 500, 500, 200, 200]
+
+    state = tmp_path / "s1" / "state.sqlite"
+    db = sqlite3.connect(state)
+    with db:  # where a kill -9 in a forced run leaves its items: claimed, outputs in place
+        db.execute("UPDATE items SET status = 'running', claimed_at = 1.0, forced = 1")
+    db.close()
+    resumed = run_s3(dgbatch, tmp_path, *cmd)
+    assert resumed.exit_code == 0 and "recovered" not in resumed.output
+    assert len(listen_log(emulator)) == 8
 
 
 def test_lock_refused_while_held_and_taken_over_when_expired(
