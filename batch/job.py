@@ -25,7 +25,7 @@ from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, UsageError
+from batch.errors import BatchError, Interrupted, StateLocked, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.outputs import LocalSink, OutputSink
@@ -154,7 +154,7 @@ async def _run_locked(
     started = time.monotonic()
     state = State.open(config.state_path)
     try:
-        async with _output_lock(config, s3):
+        async with _output_lock(config, s3) as lock_watch:
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
@@ -181,6 +181,7 @@ async def _run_locked(
                 signals,
                 plan,
                 skip_existing=force_since is None,
+                lock_watch=lock_watch,
             )
             await plan.finish(stopped=stats.stop_reason is not None)
             # broken inputs fail while planning, not sending: the state counts both
@@ -204,18 +205,39 @@ async def _run_locked(
         state.close()
 
 
+class LockWatch:
+    """Stops the run when its output lock is lost (another run took it over, or it could
+    not be refreshed in time): two runs on one prefix would pay for the same items."""
+
+    def __init__(self) -> None:
+        self.lost: BatchError | None = None
+        self._stop: Callable[[BatchError], None] | None = None
+
+    def lose(self, reason: BatchError) -> None:
+        self.lost = reason
+        if self._stop is not None:
+            self._stop(reason)
+
+    def stop_with(self, stop: Callable[[BatchError], None]) -> None:
+        """Route a loss to ``stop`` (the runner's), at once if it happened already."""
+        self._stop = stop
+        if self.lost is not None:
+            stop(self.lost)
+
+
 @contextlib.asynccontextmanager
-async def _output_lock(config: RunConfig, s3: S3) -> AsyncIterator[None]:
+async def _output_lock(config: RunConfig, s3: S3) -> AsyncIterator[LockWatch]:
     """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
     the lock is refreshed while the run lasts and released at the end."""
+    watch = LockWatch()
     if not is_s3_uri(config.out):
-        yield
+        yield watch
         return
     lock = S3Lock.for_output(s3, config.out, config.shard.suffix() if config.shard else "")
     await lock.acquire()
-    refresher = asyncio.create_task(_refresh_periodically(lock))
+    refresher = asyncio.create_task(_refresh_periodically(lock, watch))
     try:
-        yield
+        yield watch
     finally:
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -223,10 +245,14 @@ async def _output_lock(config: RunConfig, s3: S3) -> AsyncIterator[None]:
         await lock.release()
 
 
-async def _refresh_periodically(lock: S3Lock) -> None:
+async def _refresh_periodically(lock: S3Lock, watch: LockWatch) -> None:
     while True:
         await asyncio.sleep(lock.ttl / 3)
-        await lock.refresh()
+        try:
+            await lock.refresh()
+        except StateLocked as exc:
+            watch.lose(exc)
+            return
 
 
 def _cap_seconds(config: RunConfig) -> float | None:
@@ -406,6 +432,7 @@ async def _execute(
     plan: BackgroundPlan,
     *,
     skip_existing: bool,
+    lock_watch: LockWatch,
 ) -> RunStats:
     """Run the pool; ``skip_existing``: an S3 ``--out``'s outputs may be adopted (not
     while a ``--force`` is underway: they are the ones it redoes)."""
@@ -442,6 +469,7 @@ async def _execute(
                 more=plan.wait_more,
             )
             plan.on_growth = runner.plan_grew
+            lock_watch.stop_with(runner.stop)
             with signals.routed_to(runner.interrupt):
                 return await runner.run()
     finally:

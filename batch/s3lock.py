@@ -93,14 +93,15 @@ class S3Lock:
     or at once when its process is gone from this host.
     """
 
-    def __init__(self, s3: S3, uri: str, *, ttl: float = LOCK_TTL) -> None:
+    def __init__(self, s3: S3, uri: str, *, ttl: float | None = None) -> None:
         self.s3 = s3
         self.bucket, self.key = parse_s3_uri(uri)
         self.uri = uri
-        self.ttl = ttl
+        self.ttl = LOCK_TTL if ttl is None else ttl
         self._token = uuid.uuid4().hex
         self._etag: str | None = None
         self._started = time.time()
+        self._refreshed = self._started
 
     @classmethod
     def for_output(cls, s3: S3, out_uri: str, suffix: str = "") -> S3Lock:
@@ -114,11 +115,24 @@ class S3Lock:
         await self.s3.call(self._acquire)
 
     async def refresh(self) -> None:
-        """Push the expiry forward; losing the lock is logged, not fatal."""
+        """Push the expiry forward. A failed refresh is logged and tried again at the
+        next one, until the lock could have expired: then, as when another run has
+        taken it over, ``StateLocked`` says the run no longer holds it.
+
+        Raises:
+            StateLocked: the lock is another run's now, or may be.
+        """
         try:
             await self.s3.call(self._put, if_match=self._etag)
+        except StateLocked:
+            raise
         except BatchError as exc:
-            log.warning("%s", exc)
+            if time.time() - self._refreshed < self.ttl:
+                log.warning("%s", exc)
+                return
+            msg = f"{self.uri}: the run lock was not refreshed for {self.ttl:g} s ({exc})"
+            raise StateLocked(f"{msg}; another run may have taken it over") from exc
+        self._refreshed = time.time()
 
     async def release(self) -> None:
         """Delete the lock if it is still ours; never raises (it runs on error paths)."""

@@ -6,6 +6,7 @@ import hashlib
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -368,6 +369,41 @@ def test_lock_refused_while_held_and_taken_over_when_expired(
     taken = run_s3(dgbatch, tmp_path, *cmd)
     assert taken.exit_code == 0, taken.output
     assert len(listen_log(emulator)) == 1
+
+
+def test_a_run_whose_lock_is_taken_over_stops(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another run takes the output lock over mid-run (this host was suspended past the
+    lock's life, say): at its next refresh this run stops sending (exit 4, naming the
+    other run), so the two do not pay for the same items; the rest stays pending."""
+    monkeypatch.setattr("batch.s3lock.LOCK_TTL", 0.6)  # refreshed every 0.2 s
+    names = [f"in/{n:02}.wav" for n in range(16)]
+    moto.bucket("taken", audio_objects(tmp_path, names))
+    emulator.config.latency = 0.3
+    other = {"owner": "ops:2", "host": "worker-9", "pid": 99, "started": 1.0, "expires": 4e9}
+
+    def take_over() -> None:
+        deadline = time.monotonic() + 10
+        while not emulator.log and time.monotonic() < deadline:
+            time.sleep(0.01)
+        body = json.dumps(other).encode()
+        moto.client.put_object(Bucket="taken", Key="tx/.dgbatch/lock.json", Body=body)
+
+    thief = threading.Thread(target=take_over)
+    thief.start()
+    result = run_s3(
+        dgbatch, tmp_path, "run", "s3://taken/in/", "--out", "s3://taken/tx/", "-c", "1"
+    )
+    thief.join()
+    assert result.exit_code == 4, result.output
+    assert "worker-9" in result.output
+    assert len(listen_log(emulator)) < len(names)
+    assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
 
 
 def test_s3_run_report(dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path) -> None:
