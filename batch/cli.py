@@ -342,6 +342,10 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
     if s.skipped:
         lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
+    if s.rendered:
+        lines.append(
+            f"rendered the formats {s.rendered} done item(s) lacked from their json (not sent)"
+        )
     for fmt, count in outcome.missing.items():
         lines.append(
             f"{count} done item(s) have no {fmt} output: formats are written when an item is "

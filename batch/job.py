@@ -21,6 +21,7 @@ from typing import Any, TextIO
 
 from batch import __version__
 from batch.account import check_key
+from batch.backfill import backfill, done_without
 from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
@@ -34,7 +35,7 @@ from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
 from batch.redact import redact_source, redact_text
-from batch.report import done_without, save_report
+from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
 from batch.s3 import S3, S3Options, S3Sink, is_s3_uri
@@ -75,6 +76,7 @@ class RunOutcome:
             "warnings": self.stats.warnings,
             "copies": self.stats.copies,
             "wall_seconds": round(self.wall_seconds, 3),
+            "rendered_from_json": self.stats.rendered,
             "done_without_format": self.missing,
         }
 
@@ -296,6 +298,23 @@ def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
     return send
 
 
+async def _render_added_formats(
+    config: RunConfig, state: State, sink: OutputSink, signals: _SignalLatch
+) -> int:
+    """Formats done items lack, rendered from their json (nothing is sent); a signal
+    stops it between items, and the next run goes on."""
+    cancel = threading.Event()
+    with signals.routed_to(lambda sig: cancel.set()):
+        return await backfill(
+            state,
+            sink,
+            config.formats,
+            line_length=config.caption_line_length,
+            workers=config.concurrency,
+            cancel=cancel,
+        )
+
+
 class _SignalLatch:
     """One SIGINT/SIGTERM handler for the whole run, so that no moment of it (opening
     the state, between planning and the pool, writing the report) dies by the signal's
@@ -471,7 +490,10 @@ async def _execute(
             plan.on_growth = runner.plan_grew
             lock_watch.stop_with(runner.stop)
             with signals.routed_to(runner.interrupt):
-                return await runner.run()
+                stats = await runner.run()
+            if stats.stop_reason is None:
+                stats.rendered = await _render_added_formats(config, state, sink, signals)
+            return stats
     finally:
         if local is not None:
             local.close()

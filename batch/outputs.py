@@ -68,6 +68,10 @@ class OutputSink(Protocol):
         """The outputs, if all formats exist and belong to this source, else None."""
         ...
 
+    async def read(self, out_name: str, fmt: str) -> bytes | None:
+        """An output written earlier, or None when it cannot be read."""
+        ...
+
     def describe(self) -> str:
         """Where outputs go, for messages."""
         ...
@@ -380,6 +384,16 @@ class LocalSink:
         except OSError:
             return None
         return Found([str(path) for path in paths.values()], body)
+
+    async def read(self, out_name: str, fmt: str) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._read_sync, out_name, fmt)
+
+    def _read_sync(self, out_name: str, fmt: str) -> bytes | None:
+        try:
+            return self.path_for(out_name, fmt).read_bytes()
+        except (OSError, ValueError):  # gone, unreadable, or a symlink leading outside
+            return None
 
     def close(self) -> None:
         """Stop the writer threads (after every write finished)."""

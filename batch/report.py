@@ -202,19 +202,6 @@ def status_summary(state: State) -> dict[str, Any]:
     }
 
 
-def done_without(state: State, formats: tuple[str, ...]) -> dict[str, int]:
-    """Per format asked for, the done items that have no such output: their formats were
-    chosen when they were done, and a later ``--formats`` does not send them again."""
-    if not formats:
-        return {}
-    sums = ", ".join("COALESCE(SUM(outputs NOT LIKE ?), 0)" for _ in formats)
-    patterns = tuple(f'%.{fmt}"%' for fmt in formats)
-    ((*missing,),) = state.query(
-        f"SELECT {sums} FROM items WHERE status = 'done' AND outputs IS NOT NULL", patterns
-    )
-    return {fmt: int(n) for fmt, n in zip(formats, missing, strict=True) if n}
-
-
 def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:
     """One line of the commonest errors; ``example`` only when it says more than ``group``."""
     row: dict[str, Any] = {"error": redact_text(group), "count": count}

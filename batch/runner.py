@@ -82,6 +82,8 @@ class RunStats:
     failed: int = 0
     retries: int = 0
     timeout_retries: int = 0
+    #: done items given formats they lacked, rendered from their json (``batch.backfill``)
+    rendered: int = 0
     recovered: int = 0
     skipped: int = 0
     audio_seconds: float = 0.0

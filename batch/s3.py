@@ -474,6 +474,17 @@ class S3Sink:
             return Found([f"s3://{self.bucket}/{key}" for key in keys], None)
         return None
 
+    async def read(self, out_name: str, fmt: str) -> bytes | None:
+        """An output put earlier, or None when it cannot be read."""
+        key = self.key_for(out_name, fmt)
+        try:
+            obj = await self.s3.call(self.s3.client.get_object, Bucket=self.bucket, Key=key)
+            data: bytes = await self.s3.call(obj["Body"].read)
+        except Exception as exc:
+            log.debug("s3://%s/%s: cannot read: %s", self.bucket, key, describe_error(exc)[1])
+            return None
+        return data
+
     async def _head(self, key: str) -> dict[str, str] | None:
         try:
             head = await self.s3.call(self.s3.client.head_object, Bucket=self.bucket, Key=key)

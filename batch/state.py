@@ -312,6 +312,14 @@ class State:
             )
             return cursor.rowcount == 1
 
+    def set_outputs(self, item_id: str, outputs: list[str]) -> None:
+        """A done item's outputs, grown by formats rendered later (``batch.backfill``);
+        ``updated_at`` stays: the item was not redone."""
+        with self._mutex, self._db:
+            self._db.execute(
+                "UPDATE items SET outputs = ? WHERE id = ?", (json.dumps(outputs), item_id)
+            )
+
     def failed_since(self, moment: float) -> int:
         """Items that became ``failed`` at ``moment`` or later (while planning or sending)."""
         with self._mutex:

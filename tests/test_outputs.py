@@ -173,11 +173,12 @@ def test_formats_option_chooses_the_outputs(tmp_path: Path, dgbatch: Cli) -> Non
     assert "pdf" in bad.output
 
 
-def test_a_format_added_later_is_named_not_silently_skipped(
+def test_a_format_added_later_is_rendered_from_the_json_not_sent_again(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
-    """Done items are not sent again for a format asked for later: the summary says how
-    many have no such output, and how to get it, instead of exiting 0 in silence."""
+    """Done items are not sent again for a format asked for later: it is rendered from
+    their json output (Deepgram's answer as returned), and recorded among their outputs.
+    Items kept without their json are named in the summary, with how to redo them."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wav(src / "a.wav")
     make_wav(src / "b.wav", tone=1)
@@ -185,9 +186,27 @@ def test_a_format_added_later_is_named_not_silently_skipped(
     more = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
     assert more.exit_code == 0, more.output
     assert len(emulator.log) == 2
-    assert "2 done item(s) have no srt output" in more.output and "--force" in more.output
-    again = dgbatch("run", str(src), "--out", str(out), "--formats", "txt")
-    assert "have no" not in again.output
+    assert "rendered the formats 2 done item(s) lacked from their json" in more.output
+    assert "have no" not in more.output
+    fresh = dgbatch("run", str(src / "a.wav"), "--out", str(tmp_path / "fresh"), "--formats", "srt")
+    assert fresh.exit_code == 0 and len(emulator.log) == 3
+    assert (out / "a.srt").read_bytes() == (tmp_path / "fresh" / "a.srt").read_bytes()
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert json.loads(str(rows[0]["outputs"])) == [
+        str(out / f"a.{f}") for f in ("json", "txt", "srt")
+    ]
+    again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert "rendered" not in again.output and len(emulator.log) == 3
+    (out / "b.json").unlink()  # its json gone: b cannot be rendered, and is named
+    vtt = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt,vtt")
+    assert "rendered the formats 1 done item(s)" in vtt.output
+    assert "1 done item(s) have no vtt output" in vtt.output and len(emulator.log) == 3
+
+    bare = tmp_path / "bare"
+    assert dgbatch("run", str(src), "--out", str(bare), "--formats", "txt").exit_code == 0
+    lacking = dgbatch("run", str(src), "--out", str(bare), "--formats", "txt,vtt")
+    assert lacking.exit_code == 0 and len(emulator.log) == 5
+    assert "2 done item(s) have no vtt output" in lacking.output and "--force" in lacking.output
 
 
 def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:

@@ -302,6 +302,22 @@ def test_a_lost_state_finds_outputs_named_before_a_namesake_arrived(
     assert len(listen_log(emulator)) == 3
 
 
+def test_a_format_added_later_is_rendered_from_the_json_in_s3(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """On an S3 --out too, a format asked for after the items were done is rendered from
+    their json object and put beside it, with the same metadata; nothing is sent."""
+    moto.bucket("late", audio_objects(tmp_path, ["in/a.wav"]))
+    cmd = ("run", "s3://late/in/", "--out", "s3://late/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd).exit_code == 0
+    more = run_s3(dgbatch, tmp_path, *cmd, "--formats", "json,txt,vtt")
+    assert more.exit_code == 0, more.output
+    assert "rendered the formats 1 done item(s)" in more.output and len(listen_log(emulator)) == 1
+    vtt = moto.client.get_object(Bucket="late", Key="tx/a.vtt")
+    assert vtt["Body"].read().startswith(b"WEBVTT")
+    assert vtt["Metadata"]["dgbatch-source"] == "s3://late/in/a.wav"
+
+
 def test_a_stopped_force_never_adopts_the_outputs_it_was_redoing(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -1,0 +1,97 @@
+"""Formats asked for after an item was done, rendered from its stored json.
+
+The json output is Deepgram's response exactly as returned, so a format added later
+(``--formats json,txt,srt`` on a finished batch) is rendered from it instead of being
+paid for again. Done items are never sent again for a format; those kept without their
+json (an earlier ``--formats txt``) cannot be rendered, and the run's summary counts
+them (``done_without``): ``--force`` re-sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from batch.errors import BatchError
+from batch.formats import render_all
+from batch.outputs import OutputMeta, OutputSink
+from batch.retry import parse_transcript
+from batch.state import State
+
+log = logging.getLogger("dgbatch")
+
+_DONE = "FROM items WHERE status = 'done' AND outputs IS NOT NULL"
+
+
+def _lacks(fmt: str) -> str:
+    """A LIKE pattern for an ``outputs`` list (JSON) holding an output of ``fmt``."""
+    return f'%.{fmt}"%'
+
+
+def done_without(state: State, formats: tuple[str, ...]) -> dict[str, int]:
+    """Per format asked for, the done items that have no such output."""
+    if not formats:
+        return {}
+    sums = ", ".join("COALESCE(SUM(outputs NOT LIKE ?), 0)" for _ in formats)
+    ((*missing,),) = state.query(f"SELECT {sums} {_DONE}", tuple(map(_lacks, formats)))
+    return {fmt: int(n) for fmt, n in zip(formats, missing, strict=True) if n}
+
+
+async def backfill(
+    state: State,
+    sink: OutputSink,
+    formats: tuple[str, ...],
+    *,
+    line_length: int | None,
+    workers: int,
+    cancel: threading.Event,
+) -> int:
+    """Render the formats done items lack from their json; the number of items given
+    their missing outputs. Stops between items once ``cancel`` is set."""
+    if not formats:
+        return 0
+    lacking = " OR ".join("outputs NOT LIKE ?" for _ in formats)
+    rows: Iterator[Any] = state.iter_tuples(
+        f"SELECT id, source, fingerprint, out_name, outputs {_DONE} AND ({lacking})",
+        tuple(map(_lacks, formats)),
+    )
+    filled = 0
+
+    async def worker() -> None:
+        nonlocal filled
+        for row in rows:
+            if cancel.is_set():
+                return
+            given = await _fill(state, sink, row, formats, line_length)
+            filled += given  # not ``filled += await``: that reads ``filled`` before the wait
+
+    await asyncio.gather(*(worker() for _ in range(workers)))
+    return filled
+
+
+async def _fill(
+    state: State, sink: OutputSink, row: Any, formats: tuple[str, ...], line_length: int | None
+) -> bool:
+    """One item's missing formats, from its json; False when it has none to read."""
+    item_id, source, fingerprint, out_name, outputs = row
+    have: list[str] = json.loads(outputs)
+    missing = tuple(fmt for fmt in formats if not any(loc.endswith(f".{fmt}") for loc in have))
+    if "json" in missing or not any(loc.endswith(".json") for loc in have):
+        return False
+    body = await sink.read(out_name, "json")
+    response = parse_transcript(body) if body is not None else None
+    if body is None or response is None:
+        log.debug("%s: no readable json output to render %s from", source, ", ".join(missing))
+        return False
+    files = render_all(missing, body, response, line_length=line_length)
+    try:
+        written = await sink.write(out_name, files, OutputMeta(source, fingerprint))
+    except BatchError as exc:  # the item keeps what it has; the summary counts it
+        log.warning("%s", exc)
+        return False
+    await asyncio.to_thread(state.set_outputs, item_id, [*have, *written])
+    return True
