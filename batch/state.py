@@ -79,7 +79,8 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.status = 'failed' AND {retry} THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
-    forced = CASE WHEN {force} THEN 1 ELSE items.forced END,
+    forced = CASE WHEN {force} THEN 1
+        WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
     updated_at = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force}
             OR (items.status = 'failed' AND {retry})
@@ -94,7 +95,8 @@ UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = 
     err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),
     duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
     timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
-    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?
+    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
+    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END
 WHERE id = ?
 """
 
@@ -716,5 +718,6 @@ def _result_row(r: Result, now: float) -> tuple[object, ...]:
         r.copy_of or "",
         -1.0 if r.local_duration is None else r.local_duration,
         now,
+        r.status.value,  # a forced item done again is an item like any other
         r.id,
     )

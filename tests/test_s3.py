@@ -344,7 +344,8 @@ def test_forced_items_never_adopt_their_old_outputs_later(
 ) -> None:
     """Items a ``--force`` re-queued are sent, never matched to the outputs they were to
     redo (same source and ETag): not when the force ends with them failed and
-    ``--retry-failed`` picks them up, nor when a kill left them ``running``."""
+    ``--retry-failed`` picks them up, nor when a kill left them ``running``. Once done
+    again, the flag is gone."""
     moto.bucket("again", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
     cmd = ("run", "s3://again/in/", "--out", "s3://again/tx/")
     assert run_s3(dgbatch, tmp_path, *cmd).exit_code == 0
@@ -366,6 +367,12 @@ def test_forced_items_never_adopt_their_old_outputs_later(
     resumed = run_s3(dgbatch, tmp_path, *cmd)
     assert resumed.exit_code == 0 and "recovered" not in resumed.output
     assert len(listen_log(emulator)) == 8
+    db = sqlite3.connect(state)
+    with db:  # once redone they are items like any other: a kill's leftovers are adopted
+        db.execute("UPDATE items SET status = 'running', claimed_at = 1.0")
+    db.close()
+    adopted = run_s3(dgbatch, tmp_path, *cmd)
+    assert "recovered 2 item(s)" in adopted.output and len(listen_log(emulator)) == 8
 
 
 def test_lock_refused_while_held_and_taken_over_when_expired(

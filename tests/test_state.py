@@ -8,6 +8,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -464,3 +465,34 @@ def test_with_params_keeps_every_other_field() -> None:
     item = WorkItem(**values)  # type: ignore[arg-type]
     params = (("model", "nova-3"),)
     assert item.with_params(params) == dataclasses.replace(item, params=params)
+
+
+def _forced(state: State, item_id: str) -> int:
+    ((forced,),) = state.query("SELECT forced FROM items WHERE id = ?", (item_id,))
+    return int(forced)
+
+
+@pytest.mark.parametrize(
+    ("then", "forced"),
+    [
+        pytest.param("nothing", 1, id="re-queued by the force: flagged"),
+        pytest.param("failed", 1, id="failed again: still flagged (--retry-failed)"),
+        pytest.param("done", 0, id="done again: an item like any other"),
+        pytest.param("changed", 0, id="its source changed: old outputs cannot match"),
+    ],
+)
+def test_the_forced_flag_lasts_until_the_item_is_redone(
+    state: State, then: str, forced: int
+) -> None:
+    """Items a --force re-queues are flagged (their S3 outputs are the ones being redone,
+    never to be adopted) until done again, or until their source changes."""
+    item = _item("a.wav")
+    state.plan([item], run_id=1)
+    _finish(state, ItemStatus.DONE, item)
+    assert _forced(state, item.id) == 0
+    state.plan([item], run_id=2, force_since=time.time() + 1)
+    if then in ("done", "failed"):
+        _finish(state, ItemStatus.DONE if then == "done" else ItemStatus.FAILED, item)
+    if then == "changed":
+        state.plan([_item("a.wav", "11:2")], run_id=3)
+    assert _forced(state, item.id) == forced
