@@ -4,7 +4,8 @@ The json output is Deepgram's response exactly as returned, so a format added la
 (``--formats json,txt,srt`` on a finished batch) is rendered from it instead of being
 paid for again. Done items are never sent again for a format; those kept without their
 json (an earlier ``--formats txt``) cannot be rendered, and the run's summary counts
-them (``done_without``): ``--force`` re-sends them.
+them (``done_without``): ``--force`` re-sends them. A json that is listed but gone (or
+not a transcript) is struck from the item's outputs, so no later run looks for it again.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-from batch.errors import BatchError
+from batch.errors import ItemError, OutputError
 from batch.formats import render_all
 from batch.outputs import OutputMeta, OutputSink
 from batch.retry import parse_transcript
@@ -51,7 +52,12 @@ async def backfill(
     cancel: threading.Event,
 ) -> int:
     """Render the formats done items lack from their json; the number of items given
-    their missing outputs. Stops between items once ``cancel`` is set."""
+    their missing outputs. Stops between items once ``cancel`` is set.
+
+    Raises:
+        OutputError: the outputs cannot be written or read at all (disk full, S3
+            refusing): every item would meet it.
+    """
     if not formats:
         return 0
     lacking = " OR ".join("outputs NOT LIKE ?" for _ in formats)
@@ -60,16 +66,24 @@ async def backfill(
         tuple(map(_lacks, formats)),
     )
     filled = 0
+    failures: list[OutputError] = []
 
     async def worker() -> None:
         nonlocal filled
         for row in rows:
             if cancel.is_set():
                 return
-            given = await _fill(state, sink, row, formats, line_length)
+            try:
+                given = await _fill(state, sink, row, formats, line_length)
+            except OutputError as exc:  # the others stop at their next item
+                failures.append(exc)
+                cancel.set()
+                return
             filled += given  # not ``filled += await``: that reads ``filled`` before the wait
 
     await asyncio.gather(*(worker() for _ in range(workers)))
+    if failures:
+        raise failures[0]
     return filled
 
 
@@ -85,12 +99,14 @@ async def _fill(
     body = await sink.read(out_name, "json")
     response = parse_transcript(body) if body is not None else None
     if body is None or response is None:
-        log.debug("%s: no readable json output to render %s from", source, ", ".join(missing))
+        log.warning("%s: its json output is gone or not a transcript; not listed any more", source)
+        kept = [loc for loc in have if not loc.endswith(".json")]
+        await asyncio.to_thread(state.set_outputs, item_id, kept)
         return False
     files = render_all(missing, body, response, line_length=line_length)
     try:
         written = await sink.write(out_name, files, OutputMeta(source, fingerprint))
-    except BatchError as exc:  # the item keeps what it has; the summary counts it
+    except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it
         log.warning("%s", exc)
         return False
     await asyncio.to_thread(state.set_outputs, item_id, [*have, *written])

@@ -26,7 +26,7 @@ from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, StateLocked, UsageError
+from batch.errors import BatchError, Interrupted, OutputError, StateLocked, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.outputs import LocalSink, OutputSink
@@ -299,11 +299,16 @@ def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
 
 
 async def _render_added_formats(
-    config: RunConfig, state: State, sink: OutputSink, signals: _SignalLatch
+    config: RunConfig,
+    state: State,
+    sink: OutputSink,
+    signals: _SignalLatch,
+    lock_watch: LockWatch,
 ) -> int:
-    """Formats done items lack, rendered from their json (nothing is sent); a signal
-    stops it between items, and the next run goes on."""
+    """Formats done items lack, rendered from their json (nothing is sent); a signal or
+    the loss of the output lock stops it between items, and the next run goes on."""
     cancel = threading.Event()
+    lock_watch.stop_with(lambda reason: cancel.set())
     with signals.routed_to(lambda sig: cancel.set()):
         return await backfill(
             state,
@@ -492,7 +497,13 @@ async def _execute(
             with signals.routed_to(runner.interrupt):
                 stats = await runner.run()
             if stats.stop_reason is None:
-                stats.rendered = await _render_added_formats(config, state, sink, signals)
+                try:
+                    stats.rendered = await _render_added_formats(
+                        config, state, sink, signals, lock_watch
+                    )
+                except OutputError as exc:
+                    stats.stop_reason = exc
+                stats.stop_reason = stats.stop_reason or lock_watch.lost
             return stats
     finally:
         if local is not None:

@@ -69,7 +69,11 @@ class OutputSink(Protocol):
         ...
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
-        """An output written earlier, or None when it cannot be read."""
+        """An output written earlier, or None when it is not there.
+
+        Raises:
+            OutputError: it may be there, but cannot be read.
+        """
         ...
 
     def describe(self) -> str:
@@ -391,9 +395,15 @@ class LocalSink:
 
     def _read_sync(self, out_name: str, fmt: str) -> bytes | None:
         try:
-            return self.path_for(out_name, fmt).read_bytes()
-        except (OSError, ValueError):  # gone, unreadable, or a symlink leading outside
+            path = self.path_for(out_name, fmt)
+        except ValueError:  # a symlink in --out leads outside: not ours to read
             return None
+        try:
+            return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot read output: {exc.strerror or exc}") from exc
 
     def close(self) -> None:
         """Stop the writer threads (after every write finished)."""

@@ -481,8 +481,10 @@ class S3Sink:
             obj = await self.s3.call(self.s3.client.get_object, Bucket=self.bucket, Key=key)
             data: bytes = await self.s3.call(obj["Body"].read)
         except Exception as exc:
-            log.debug("s3://%s/%s: cannot read: %s", self.bucket, key, describe_error(exc)[1])
-            return None
+            if is_not_found(exc):
+                return None
+            msg = f"s3://{self.bucket}/{key}: cannot read output: {describe_error(exc)[1]}"
+            raise OutputError(msg) from exc
         return data
 
     async def _head(self, key: str) -> dict[str, str] | None:

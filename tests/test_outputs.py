@@ -200,13 +200,41 @@ def test_a_format_added_later_is_rendered_from_the_json_not_sent_again(
     (out / "b.json").unlink()  # its json gone: b cannot be rendered, and is named
     vtt = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt,vtt")
     assert "rendered the formats 1 done item(s)" in vtt.output
+    assert "its json output is gone or not a transcript" in vtt.output
     assert "1 done item(s) have no vtt output" in vtt.output and len(emulator.log) == 3
+    again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt,vtt")
+    assert "gone" not in again.output  # struck from its outputs: not looked for again
+    assert "1 done item(s) have no vtt output" in again.output
 
     bare = tmp_path / "bare"
     assert dgbatch("run", str(src), "--out", str(bare), "--formats", "txt").exit_code == 0
     lacking = dgbatch("run", str(src), "--out", str(bare), "--formats", "txt,vtt")
     assert lacking.exit_code == 0 and len(emulator.log) == 5
     assert "2 done item(s) have no vtt output" in lacking.output and "--force" in lacking.output
+
+
+def test_a_full_disk_stops_rendering_formats_added_later(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rendering formats added later stops at a full disk, as a run does (exit 1, the
+    reason named); the next run renders them."""
+    import batch.outputs
+
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "a.wav")
+    make_wav(src / "b.wav", tone=1)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+
+    def full(path: str, data: bytes, created: list[str]) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", full)
+    stopped = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert stopped.exit_code == 1 and "No space left on device (disk full)" in stopped.output
+    assert not list(out.glob("*.srt"))
+    monkeypatch.undo()
+    again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert again.exit_code == 0 and "rendered the formats 2 done item(s)" in again.output
 
 
 def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:
