@@ -116,22 +116,25 @@ class S3Lock:
 
     async def refresh(self) -> None:
         """Push the expiry forward. A failed refresh is logged and tried again at the
-        next one, until the lock could have expired: then, as when another run has
-        taken it over, ``StateLocked`` says the run no longer holds it.
+        next one, unless the lock would expire before the one after: then, as when
+        another run has taken it over, ``StateLocked`` says the run no longer holds it.
 
         Raises:
-            StateLocked: the lock is another run's now, or may be.
+            StateLocked: the lock is another run's now, or soon may be.
         """
         try:
             await self.s3.call(self._put, if_match=self._etag)
-        except StateLocked:
-            raise
+        except _TakenOver as exc:
+            msg = f"{self.uri}: another run took this run's output lock over ({exc.who}); "
+            raise StateLocked(msg + _STOPPED) from None
         except BatchError as exc:
-            if time.time() - self._refreshed < self.ttl:
+            elapsed = time.time() - self._refreshed
+            if elapsed + self.ttl / 3 < self.ttl:
                 log.warning("%s", exc)
                 return
-            msg = f"{self.uri}: the run lock was not refreshed for {self.ttl:g} s ({exc})"
-            raise StateLocked(f"{msg}; another run may have taken it over") from exc
+            reason = describe_error(exc.__cause__)[1] if exc.__cause__ else str(exc)
+            msg = f"{self.uri}: the run lock could not be refreshed for {elapsed:.1f} s ({reason})"
+            raise StateLocked(f"{msg}, and expires before the next try; {_STOPPED}") from exc
         self._refreshed = time.time()
 
     async def release(self) -> None:
@@ -147,7 +150,10 @@ class S3Lock:
             raise self._refused(holder)
         if holder is not None:
             log.warning("%s: taking over an abandoned lock (%s)", self.uri, holder.describe())
-        self._put(if_match=holder.etag if holder else None, create=holder is None)
+        try:
+            self._put(if_match=holder.etag if holder else None, create=holder is None)
+        except _TakenOver as exc:  # another run took it between our read and our put
+            raise self._refused(exc.holder) from None
 
     def _document(self) -> bytes:
         now = time.time()
@@ -168,8 +174,7 @@ class S3Lock:
         except Exception as exc:
             if not condition or describe_error(exc)[0] != "changed":
                 raise self._error(exc) from exc
-            holder = self._read()
-            raise self._refused(holder) from None
+            raise _TakenOver(self._read()) from None
         self._etag = resp["ETag"]
 
     def _put_raw(self, condition: dict[str, str]) -> dict[str, Any]:
@@ -218,6 +223,18 @@ class S3Lock:
 
     def _error(self, exc: BaseException) -> UsageError:
         return UsageError(f"{self.uri}: cannot take the run lock: {describe_error(exc)[1]}")
+
+
+_STOPPED = "this run stopped sending: its in-flight requests finish, the rest stays pending"
+
+
+class _TakenOver(Exception):
+    """A conditional put of the lock failed: another run wrote it since we read it."""
+
+    def __init__(self, holder: _Holder | None) -> None:
+        super().__init__("taken over")
+        self.holder = holder
+        self.who = holder.describe() if holder is not None else "another run"
 
 
 def _conditions_unsupported(exc: Any) -> bool:

@@ -424,7 +424,8 @@ def test_a_run_whose_lock_is_taken_over_stops(
     )
     thief.join()
     assert result.exit_code == 4, result.output
-    assert "worker-9" in result.output
+    assert "another run took this run's output lock over" in result.output
+    assert "worker-9" in result.output and "this run stopped sending" in result.output
     assert len(listen_log(emulator)) < len(names)
     assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
 
