@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -498,6 +500,32 @@ def test_a_request_slot_goes_back_when_its_answer_arrives(
     assert sent_while_stalled == [4]
     assert len(emulator.log) == 8
     assert len(outputs_under(tmp_path / "out")) == 8
+
+
+def test_an_item_abandoned_while_its_outputs_are_written_is_not_paid_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C abandons the items in flight; one whose paid answer is already
+    being written is let finish it, and is recorded done, not sent again next time."""
+    make_wavs(tmp_path / "in", 1)
+    real_write = batch.outputs._write_new_file
+
+    def interrupted_twice(path: str, data: bytes, created: list[str]) -> None:
+        if not created:  # the first file of the write: Ctrl-C, Ctrl-C, then the disk moves
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", interrupted_twice)
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 130, result.output
+    assert "abandoning 1 in-flight item(s)" in result.output
+    assert [r["status"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")] == ["done"]
+    monkeypatch.undo()
+    again = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert again.exit_code == 0 and len(emulator.log) == 1
 
 
 def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
