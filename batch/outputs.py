@@ -26,15 +26,19 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, TypeVar
 
 from batch.errors import ItemError, OutputError
 from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
+#: seconds an abandoned item's outputs may take to land, once its answer is in (a group
+#: write is a few ms; a second Ctrl-C must still end the run promptly)
+OUTPUT_GRACE = 2.0
 #: matches the ``secrets.token_hex(4)`` in a temp file's name
 _TOKEN_GLOB = "[0-9a-f]" * 8
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +83,20 @@ class OutputSink(Protocol):
     def describe(self) -> str:
         """Where outputs go, for messages."""
         ...
+
+
+async def landed(write: asyncio.Future[_T]) -> _T:
+    """What ``write`` gives, even when the item waiting for it is abandoned meanwhile (a
+    second Ctrl-C, the end of ``--grace``): its answer is paid for, so the write is let
+    finish, for up to ``OUTPUT_GRACE``, and the item is recorded done instead of being
+    sent again. A shield on a future, not a task: this runs once per item."""
+    try:
+        return await asyncio.shield(write)
+    except asyncio.CancelledError:
+        finished, _ = await asyncio.wait({write}, timeout=OUTPUT_GRACE)
+        if write not in finished or write.cancelled() or write.exception() is not None:
+            raise
+        return write.result()
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -336,7 +354,7 @@ class LocalSink:
         self._queue.append((job, done))
         if self._committer is None:
             self._committer = asyncio.create_task(self._commit_groups())
-        await done
+        await landed(done)
         if job.error is not None:
             raise job.error
         return job.paths

@@ -48,9 +48,6 @@ log = logging.getLogger("dgbatch")
 _T = TypeVar("_T")
 
 FLUSH_INTERVAL = 0.2
-#: seconds an abandoned item's outputs may take to land, once its answer is in (a group
-#: write is a few ms; a second Ctrl-C must still end the run promptly)
-OUTPUT_GRACE = 2.0
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
 
 
@@ -645,8 +642,9 @@ class Runner:
         # so a slow disk slows the requests down instead of piling up paid answers.
         async with self._unplaced:
             self._release_slot(item.id, early=True)
+            # (abandoned meanwhile, a paid answer still lands: see ``outputs.landed``)
             meta = OutputMeta(item.source, item.fingerprint)
-            return await _landed(asyncio.ensure_future(self.sink.write(item.out_name, files, meta)))
+            return await self.sink.write(item.out_name, files, meta)
 
     def _done_result(
         self,
@@ -711,19 +709,6 @@ class Runner:
         )
         for task in list(self._tasks):
             task.cancel()
-
-
-async def _landed(write: asyncio.Future[list[str]]) -> list[str]:
-    """The outputs of a paid answer, even when its item is abandoned (a second Ctrl-C, the
-    end of ``--grace``) while they are being written: the write is let finish, for up to
-    ``OUTPUT_GRACE``, so the item is recorded done instead of being sent again."""
-    try:
-        return await asyncio.shield(write)
-    except asyncio.CancelledError:
-        done, _ = await asyncio.wait({write}, timeout=OUTPUT_GRACE)
-        if write not in done or write.cancelled() or write.exception() is not None:
-            raise
-        return write.result()
 
 
 def _with_timeouts(result: Result, timeouts: int) -> Result:

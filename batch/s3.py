@@ -34,7 +34,7 @@ from batch.formats import CONTENT_TYPES
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, output_relpath
-from batch.outputs import Found, OutputMeta
+from batch.outputs import Found, OutputMeta, landed
 from batch.redact import redact_source
 from batch.sources import WalkRules
 from batch.state import WorkItem
@@ -437,12 +437,13 @@ class S3Sink:
         """Put every format; the item is done only if all of them succeed."""
         metadata = _metadata(meta)
         keys = [self.key_for(out_name, fmt) for fmt in files]
-        await asyncio.gather(
+        puts = asyncio.gather(
             *(
                 self._put(key, data, CONTENT_TYPES.get(fmt, "application/octet-stream"), metadata)
                 for key, (fmt, data) in zip(keys, files.items(), strict=True)
             )
         )
+        await landed(puts)
         return [f"s3://{self.bucket}/{key}" for key in keys]
 
     async def _put(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
