@@ -28,6 +28,10 @@ log = logging.getLogger("dgbatch")
 _DONE = "FROM items WHERE status = 'done' AND outputs IS NOT NULL"
 
 
+def _has(locations: list[str], fmt: str) -> bool:
+    return any(loc.endswith(f".{fmt}") for loc in locations)
+
+
 def _lacks(fmt: str) -> str:
     """A LIKE pattern for an ``outputs`` list (JSON) holding an output of ``fmt``."""
     return f'%.{fmt}"%'
@@ -93,8 +97,8 @@ async def _fill(
     """One item's missing formats, from its json; False when it has none to read."""
     item_id, source, fingerprint, out_name, outputs = row
     have: list[str] = json.loads(outputs)
-    missing = tuple(fmt for fmt in formats if not any(loc.endswith(f".{fmt}") for loc in have))
-    if "json" in missing or not any(loc.endswith(".json") for loc in have):
+    missing = tuple(fmt for fmt in formats if not _has(have, fmt))
+    if not _has(have, "json"):
         return False
     body = await sink.read(out_name, "json")
     response = parse_transcript(body) if body is not None else None

@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from batch.client import DEFAULT_TIMEOUT
 from batch.errors import UsageError
 from batch.models import Filters, Params
+from batch.naming import is_s3_uri
 from batch.redact import redact_url
 from batch.shard import Shard
 
@@ -113,7 +114,7 @@ def default_state_path(
     """
     env = os.environ if environ is None else environ
     tag = f"-{shard.suffix()}" if shard is not None else ""
-    if out[:5].lower() != "s3://":
+    if not is_s3_uri(out):
         local = Path(out) / ".dgbatch"
         return (local / shard.suffix() if shard else local) / "state.sqlite"
     cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -130,7 +131,7 @@ def check_out(out: str) -> str:
     a folder. What cannot be looked at (no permission) is left to the writes,
     which name the path and the reason.
     """
-    if out[:5].lower() == "s3://":
+    if is_s3_uri(out):
         return out
     path = Path(out)
     for candidate in (path, *path.parents):

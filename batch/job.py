@@ -29,6 +29,7 @@ from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, OutputError, StateLocked, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
+from batch.naming import is_s3_uri
 from batch.outputs import LocalSink, OutputSink
 from batch.params import request_params, run_tags
 from batch.planner import BackgroundPlan
@@ -38,7 +39,7 @@ from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
-from batch.s3 import S3, S3Options, S3Sink, is_s3_uri
+from batch.s3 import S3, S3Options, S3Sink
 from batch.s3lock import S3Lock
 from batch.shard import Shard
 from batch.sources import expand_sources

@@ -20,6 +20,8 @@ __all__ = [
     "CONTENT_TYPES",
     "content_type_for",
     "disambiguate",
+    "folder_prefix",
+    "is_s3_uri",
     "name_variants",
     "output_location",
     "output_relpath",
@@ -175,18 +177,26 @@ def output_relpath(out_name: str, fmt: str) -> str:
     return f"{out_name}.{fmt}"
 
 
+def is_s3_uri(text: str) -> bool:
+    """Tell ``s3://...`` from anything else (case-insensitive scheme)."""
+    return text[:5].lower() == "s3://"
+
+
+def folder_prefix(prefix: str) -> str:
+    """An S3 key prefix as a folder: empty, or ending in one ``/``."""
+    return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
 def output_location(out: str, relpath: str) -> str:
     """Say where a run writes an output, as its summaries show it (dry run, report).
 
-    An ``s3://`` ``--out`` is joined as text, the way the S3 sink builds its keys
-    (the prefix gets one ``/``): a ``Path`` would fold ``s3://`` into ``s3:/``.
+    An ``s3://`` ``--out`` is joined as text, the way the S3 sink builds its keys:
+    a ``Path`` would fold ``s3://`` into ``s3:/``.
     """
-    if out[:5].lower() != "s3://":
+    if not is_s3_uri(out):
         return str(Path(out) / relpath)
     bucket, _, prefix = out[5:].partition("/")
-    if prefix and not prefix.endswith("/"):
-        prefix += "/"
-    return f"s3://{bucket}/{prefix}{relpath}"
+    return f"s3://{bucket}/{folder_prefix(prefix)}{relpath}"
 
 
 def resolve_inside(root: Path, relpath: str) -> Path:

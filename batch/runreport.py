@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from batch import __version__
 from batch.errors import OutputError
 from batch.isotime import utc_iso
+from batch.naming import is_s3_uri
 from batch.outputs import write_atomic
 from batch.redact import redact_text
 from batch.state import State
@@ -93,7 +94,7 @@ def _iso(stamp: float | None) -> str | None:
 async def write_run_report(dest: str, report: RunReport, s3: S3) -> None:
     """Write the report to a local path (atomically) or an S3 key."""
     data = (json.dumps(report.document(), indent=2) + "\n").encode()
-    if dest[:5].lower() == "s3://":
+    if is_s3_uri(dest):
         await _put(dest, data, s3)
         return
     try:

@@ -33,7 +33,7 @@ from batch.errors import ItemError, OutputError, SourceError
 from batch.formats import CONTENT_TYPES
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
-from batch.naming import content_type_for, output_relpath
+from batch.naming import content_type_for, folder_prefix, is_s3_uri, output_relpath
 from batch.outputs import Found, OutputMeta, landed
 from batch.redact import redact_source
 from batch.sources import WalkRules
@@ -50,7 +50,6 @@ __all__ = [
     "S3Sink",
     "describe_error",
     "is_not_found",
-    "is_s3_uri",
     "parse_s3_uri",
 ]
 
@@ -100,11 +99,6 @@ class S3Options:
     #: keys per ``list_objects_v2`` page (S3's maximum is 1000)
     page_size: int = 1000
     presign_expiry: int = PRESIGN_EXPIRY
-
-
-def is_s3_uri(text: str) -> bool:
-    """Tell ``s3://...`` from anything else (case-insensitive scheme)."""
-    return text[:5].lower() == "s3://"
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -424,14 +418,17 @@ class S3Sink:
         bucket, prefix = parse_s3_uri(uri)
         self.s3 = s3
         self.bucket = bucket
-        self.prefix = prefix if not prefix or prefix.endswith("/") else prefix + "/"
+        self.prefix = folder_prefix(prefix)
 
     def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
+        return self._uri(self.prefix)
 
     def key_for(self, out_name: str, fmt: str) -> str:
         """The output's key: the prefix plus the item's safe relative name."""
         return self.prefix + output_relpath(out_name, fmt)
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
 
     async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
         """Put every format; the item is done only if all of them succeed."""
@@ -444,7 +441,7 @@ class S3Sink:
             )
         )
         await landed(puts)
-        return [f"s3://{self.bucket}/{key}" for key in keys]
+        return [self._uri(key) for key in keys]
 
     async def _put(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
         try:
@@ -457,7 +454,7 @@ class S3Sink:
                 Metadata=meta,
             )
         except Exception as exc:
-            msg = f"s3://{self.bucket}/{key}: cannot write output: {describe_error(exc)[1]}"
+            msg = f"{self._uri(key)}: cannot write output: {describe_error(exc)[1]}"
             raise OutputError(msg) from exc
 
     async def find_complete(
@@ -472,11 +469,12 @@ class S3Sink:
         keys = [self.key_for(out_name, fmt) for fmt in formats]
         heads = await asyncio.gather(*(self._head(key) for key in keys))
         if all(head is not None and _matches(head, wanted) for head in heads):
-            return Found([f"s3://{self.bucket}/{key}" for key in keys], None)
+            return Found([self._uri(key) for key in keys], None)
         return None
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
-        """An output put earlier, or None when it cannot be read."""
+        """An output put earlier, or None when it is not there (``OutputError`` when it
+        cannot be read)."""
         key = self.key_for(out_name, fmt)
         try:
             obj = await self.s3.call(self.s3.client.get_object, Bucket=self.bucket, Key=key)
@@ -484,7 +482,7 @@ class S3Sink:
         except Exception as exc:
             if is_not_found(exc):
                 return None
-            msg = f"s3://{self.bucket}/{key}: cannot read output: {describe_error(exc)[1]}"
+            msg = f"{self._uri(key)}: cannot read output: {describe_error(exc)[1]}"
             raise OutputError(msg) from exc
         return data
 
@@ -495,7 +493,7 @@ class S3Sink:
             if is_not_found(exc):
                 return None
             reason = describe_error(exc)[1]
-            msg = f"s3://{self.bucket}/{key}: cannot check existing outputs: {reason}"
+            msg = f"{self._uri(key)}: cannot check existing outputs: {reason}"
             raise OutputError(msg) from exc
         return head.get("Metadata", {})
 

@@ -215,7 +215,7 @@ class S3Lock:
             self.s3.client.delete_object(Bucket=self.bucket, Key=self.key)
 
     def _refused(self, holder: _Holder | None) -> StateLocked:
-        who = holder.describe() if holder is not None else "another run"
+        who = _who(holder)
         return StateLocked(
             f"{self.uri}: another dgbatch run holds the output lock ({who}); wait for it "
             "to finish, or delete the lock object if that run is gone"
@@ -234,7 +234,11 @@ class _TakenOver(Exception):
     def __init__(self, holder: _Holder | None) -> None:
         super().__init__("taken over")
         self.holder = holder
-        self.who = holder.describe() if holder is not None else "another run"
+        self.who = _who(holder)
+
+
+def _who(holder: _Holder | None) -> str:
+    return holder.describe() if holder is not None else "another run"
 
 
 def _conditions_unsupported(exc: Any) -> bool:
