@@ -11,37 +11,23 @@ import asyncio
 import dataclasses
 import json
 import logging
-import shlex
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any, NoReturn
 
 import click
 
 from batch import __version__, eventloop
-from batch.config import (
-    URL_ENV,
-    RunConfig,
-    check_api_url,
-    check_out,
-    default_state_path,
-    load_api_key,
-)
+from batch.config import check_api_url, load_api_key
 from batch.errors import BatchError, UsageError
-from batch.formats import parse_formats
-from batch.job import RunOutcome, run_batch
-from batch.models import Filters
-from batch.naming import AUDIO_EXTENSIONS
-from batch.params import DEFAULT_PARAMS, merge_params, parse_param
+from batch.job import run_batch
+from batch.options import api_options, build_config, emulator_options, run_options, state_option
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
-from batch.s3 import URL_MODES
-from batch.shard import SHARD_ENV, parse_shard
 from batch.state import State
+from batch.summary import format_summary
 
-F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("dgbatch")
 
 
@@ -61,18 +47,6 @@ def fail(exc: BatchError) -> NoReturn:
     sys.exit(exc.exit_code)
 
 
-def state_option(fn: F) -> F:
-    """``--state PATH``, shared by status and report."""
-    return click.option(
-        "--state",
-        "state_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=Path(".dgbatch/state.sqlite"),
-        show_default=True,
-        help="State file of a run (default for --out DIR is DIR/.dgbatch/state.sqlite).",
-    )(fn)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dgbatch")
 def cli() -> None:
@@ -80,157 +54,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("sources", nargs=-1, required=True)
-@click.option("--out", required=True, help="Output folder or s3://bucket/prefix/ for transcripts.")
-@click.option(
-    "--state",
-    "state_path",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="State file [default: OUT/.dgbatch/state.sqlite; for s3:// OUT, "
-    "$XDG_CACHE_HOME/dgbatch/<hash of OUT>/state.sqlite].",
-)
-@click.option(
-    "--formats",
-    default="json,txt",
-    show_default=True,
-    help="Comma-separated: json,txt,srt,vtt,md (srt/vtt add utterances=true).",
-)
-@click.option(
-    "--caption-line-length",
-    type=int,
-    metavar="N",
-    help="Words per SRT/WebVTT cue [default: 8].",
-)
-@click.option(
-    "--concurrency",
-    "-c",
-    default=10,
-    show_default=True,
-    type=int,
-    help="Requests in flight at most (Deepgram allows 100 per project for Nova).",
-)
-@click.option(
-    "--max-retries",
-    default=5,
-    show_default=True,
-    type=int,
-    help="Retries per item after the first attempt.",
-)
-@click.option(
-    "--timeout",
-    default=1200.0,
-    show_default=True,
-    type=float,
-    help="Seconds per request, plus an allowance that grows with the upload size.",
-)
-@click.option(
-    "--param",
-    "params",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Deepgram query parameter (repeatable); defaults model=nova-3 smart_format=true.",
-)
-@click.option(
-    "--include", multiple=True, metavar="GLOB", help="Only files matching (folders, S3 prefixes)."
-)
-@click.option(
-    "--exclude", multiple=True, metavar="GLOB", help="Skip files matching (folders, S3 prefixes)."
-)
-@click.option(
-    "--url-mode",
-    type=click.Choice(URL_MODES),
-    default="presign",
-    show_default=True,
-    help="S3 objects: a presigned URL Deepgram fetches, or streamed through dgbatch.",
-)
-@click.option(
-    "--s3-endpoint-url",
-    envvar=["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"],
-    help="S3-compatible endpoint, path-style (env AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL).",
-)
-@click.option(
-    "--shard",
-    envvar=SHARD_ENV,
-    metavar="K/N",
-    help=f"Take only shard K (0-based) of N; own state and lock (env {SHARD_ENV}).",
-)
-@click.option(
-    "--force", is_flag=True, help="Re-send items that are done or whose outputs already exist."
-)
-@click.option(
-    "--run-report",
-    metavar="PATH|s3://...",
-    help="Write a JSON summary of the run there (for monitoring).",
-)
-@click.option(
-    "--api-url",
-    envvar=URL_ENV,
-    default="https://api.deepgram.com",
-    show_default=True,
-    help=f"Deepgram API base URL (env {URL_ENV}).",
-)
-@click.option(
-    "--api-key-file",
-    type=click.Path(path_type=Path, dir_okay=False),
-    help="Read the key from this file (mode 600) instead of DEEPGRAM_API_KEY.",
-)
-@click.option("--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host.")
-@click.option("--retry-failed", is_flag=True, help="Re-queue items that failed in earlier runs.")
-@click.option(
-    "--backoff-base",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="First retry waits up to this many seconds (doubling, full jitter).",
-)
-@click.option(
-    "--backoff-cap",
-    default=60.0,
-    show_default=True,
-    type=float,
-    help="Longest wait between retries, in seconds.",
-)
-@click.option(
-    "--grace",
-    default=30.0,
-    show_default=True,
-    type=float,
-    help="Seconds in-flight requests get to finish after Ctrl-C/SIGTERM.",
-)
-@click.option(
-    "--progress",
-    type=click.Choice(["auto", "bar", "log", "none"]),
-    default="auto",
-    show_default=True,
-    help="Progress display (auto: bar on a terminal, log lines else).",
-)
-@click.option(
-    "--dry-run", is_flag=True, help="Plan and estimate; send nothing (no API key needed)."
-)
-@click.option("--json", "as_json", is_flag=True, help="With --dry-run: the estimate as JSON.")
-@click.option(
-    "--probe",
-    is_flag=True,
-    help="With --dry-run: time S3 objects and URLs from their first (Ogg: also last) 64 KiB.",
-)
-@click.option(
-    "--max-audio-hours",
-    type=float,
-    metavar="H",
-    help="Stop dispatching before audio transcribed (whole state) + in flight passes H.",
-)
-@click.option("--max-cost", type=float, metavar="USD", help="The same cap in US dollars.")
-@click.option(
-    "--price-per-hour",
-    type=float,
-    metavar="USD",
-    help="Price of an audio hour for estimates and --max-cost (default: batch/pricing.py).",
-)
-@click.option("--no-preflight", is_flag=True, help="Skip the key check (GET /v1/auth/token).")
-@click.option("--no-sniff", is_flag=True, help="Send local files whatever their first bytes.")
-@click.option("--dedupe", is_flag=True, help="Send identical audio (sha256 + params) once.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress and no summary.")
-@click.option("--verbose", "-v", count=True, help="More logging (-vv for debug).")
+@run_options
 def run(**opts: Any) -> None:
     """Transcribe SOURCES: files, folders, URLs, s3://, manifests (.txt .jsonl .csv) or -.
 
@@ -274,86 +98,6 @@ def run_dry(opts: dict[str, Any]) -> None:
     else:
         click.echo(format_estimate(estimate))
     sys.exit(0)
-
-
-def build_config(opts: dict[str, Any]) -> RunConfig:
-    """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
-    if opts["as_json"] and not opts["dry_run"]:
-        raise UsageError("--json goes with --dry-run (for runs, see dgbatch status --json)")
-    if opts["probe"] and not opts["dry_run"]:
-        raise UsageError("--probe goes with --dry-run (it measures durations for the estimate)")
-    out = check_out(str(opts["out"]))
-    try:
-        formats = parse_formats(opts["formats"])
-    except ValueError as exc:
-        raise UsageError(f"--formats: {exc}") from exc
-    params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
-    api_url = check_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
-    shard = parse_shard(opts["shard"]) if opts["shard"] else None
-    return RunConfig(
-        sources=tuple(opts["sources"]),
-        out=out,
-        state_path=opts["state_path"] or default_state_path(out, shard),
-        api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
-        api_url=api_url,
-        formats=formats,
-        params=params,
-        filters=Filters(tuple(opts["include"]), tuple(opts["exclude"]), AUDIO_EXTENSIONS),
-        concurrency=opts["concurrency"],
-        max_retries=opts["max_retries"],
-        timeout=opts["timeout"],
-        retry_failed=opts["retry_failed"],
-        backoff_base=opts["backoff_base"],
-        backoff_cap=opts["backoff_cap"],
-        grace=opts["grace"],
-        progress=opts["progress"],
-        command=shlex.join(["dgbatch", *sys.argv[1:]]),
-        caption_line_length=opts["caption_line_length"],
-        dry_run=opts["dry_run"],
-        probe=opts["probe"],
-        max_audio_hours=opts["max_audio_hours"],
-        max_cost=opts["max_cost"],
-        price_per_hour=opts["price_per_hour"],
-        preflight=not opts["no_preflight"],
-        sniff=not opts["no_sniff"],
-        dedupe=opts["dedupe"],
-        s3_endpoint_url=opts["s3_endpoint_url"] or None,
-        url_mode=opts["url_mode"],
-        shard=shard,
-        force=opts["force"],
-        run_report=opts["run_report"],
-    )
-
-
-def format_summary(outcome: RunOutcome) -> str:
-    """One paragraph: what happened, how long it took, where the report is."""
-    s, c = outcome.stats, outcome.counts
-    lines = [
-        f"done {s.done}, failed {s.failed}, retried {s.retries} "
-        f"({s.timeout_retries} after a timeout), audio {s.audio_seconds / 3600:.2f} h, "
-        f"wall {outcome.wall_seconds:.1f} s",
-        f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
-    ]
-    if s.warnings:
-        lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
-    if s.copies:
-        lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
-    if s.recovered:
-        lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
-    if s.skipped:
-        lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
-    if s.rendered:
-        lines.append(
-            f"rendered the formats {s.rendered} done item(s) lacked from their json (not sent)"
-        )
-    for fmt, count in outcome.missing.items():
-        lines.append(
-            f"{count} done item(s) have no {fmt} output: formats are written when an item is "
-            "done, and done items are not sent again (--force re-sends them, paid)"
-        )
-    if outcome.report_path is not None:
-        lines.append(f"report: {outcome.report_path}")
-    return "\n".join(lines)
 
 
 @cli.command()
@@ -403,25 +147,6 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str
             state.close()
     except BatchError as exc:
         fail(exc)
-
-
-def api_options(fn: F) -> F:
-    """``--api-url``, ``--api-key-file``, ``--allow-insecure-http``, shared by check/usage."""
-    fn = click.option(
-        "--allow-insecure-http", is_flag=True, help="Allow http:// to a non-loopback host."
-    )(fn)
-    fn = click.option(
-        "--api-key-file",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="Read the key from this file (mode 600) instead of DEEPGRAM_API_KEY.",
-    )(fn)
-    return click.option(
-        "--api-url",
-        envvar=URL_ENV,
-        default="https://api.deepgram.com",
-        show_default=True,
-        help=f"Deepgram API base URL (env {URL_ENV}).",
-    )(fn)
 
 
 @cli.command()
@@ -487,40 +212,7 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
 
 
 @cli.command()
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8080, show_default=True, type=int, help="0 picks a free port.")
-@click.option(
-    "--latency",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Seconds per request from its arrival, the emulator's own work included.",
-)
-@click.option(
-    "--fault-rate",
-    default=0.0,
-    show_default=True,
-    type=float,
-    help="Share of requests answered with 429/5xx/reset/truncated/garbage.",
-)
-@click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight.")
-@click.option("--key", envvar="DGBATCH_EMULATOR_KEY", help="Accepted API key (default: any).")
-@click.option("--seed", type=int, help="Seed the fault RNG for reproducible runs.")
-@click.option("--faults", help="Comma-separated faults to draw from (default: all).")
-@click.option(
-    "--retry-after",
-    type=click.Choice(["random", "always", "never"]),
-    default="random",
-    show_default=True,
-    help="Send Retry-After on injected 429s.",
-)
-@click.option(
-    "--duration-ratio",
-    default=1.0,
-    show_default=True,
-    type=float,
-    help="Scale every metadata.duration (0.5: transcripts that cover half their audio).",
-)
+@emulator_options
 def emulator(**opts: Any) -> None:
     """Serve a Deepgram-compatible /v1/listen on loopback for demos and tests.
 

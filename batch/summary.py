@@ -1,0 +1,39 @@
+"""The paragraph a run ends with, on stderr: what it did, what is left, where to look."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from batch.job import RunOutcome
+
+
+def format_summary(outcome: RunOutcome) -> str:
+    """One paragraph: what happened, how long it took, where the report is."""
+    s, c = outcome.stats, outcome.counts
+    lines = [
+        f"done {s.done}, failed {s.failed}, retried {s.retries} "
+        f"({s.timeout_retries} after a timeout), audio {s.audio_seconds / 3600:.2f} h, "
+        f"wall {outcome.wall_seconds:.1f} s",
+        f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
+    ]
+    if s.warnings:
+        lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
+    if s.copies:
+        lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
+    if s.recovered:
+        lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
+    if s.skipped:
+        lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
+    if s.rendered:
+        lines.append(
+            f"rendered the formats {s.rendered} done item(s) lacked from their json (not sent)"
+        )
+    for fmt, count in outcome.missing.items():
+        lines.append(
+            f"{count} done item(s) have no {fmt} output: formats are written when an item is "
+            "done, and done items are not sent again (--force re-sends them, paid)"
+        )
+    if outcome.report_path is not None:
+        lines.append(f"report: {outcome.report_path}")
+    return "\n".join(lines)
