@@ -24,7 +24,7 @@ import aiohttp
 
 from batch.config import RunConfig
 from batch.errors import StateError
-from batch.job import _latched_signals, _plan
+from batch.job import start_plan
 from batch.models import ItemKind
 from batch.naming import output_location, output_relpath
 from batch.params import merge_params
@@ -32,6 +32,7 @@ from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
 from batch.probe import guess_seconds, local_duration, probe_s3, probe_url
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
+from batch.signals import latched_signals
 from batch.state import State, stored_params
 
 #: One probe's limit: a stalled server must not hold up the estimate.
@@ -103,9 +104,9 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         try:
             run_id = state.start_run("dry-run")
-            with _latched_signals() as signals:
+            with latched_signals() as signals:
                 force_since, _ = state.begin_force(config.force)
-                plan = await _plan(config, state, run_id, stdin, s3, signals, {}, force_since)
+                plan = await start_plan(config, state, run_id, stdin, s3, signals, {}, force_since)
                 await plan.finish(stopped=False)
             probed = await probe_remote(config, state, s3) if config.probe else {}
             return _estimate(config, state, probed)

@@ -7,14 +7,12 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets as tokens
-import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +24,7 @@ from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, OutputError, StateLocked, UsageError
+from batch.errors import BatchError, Interrupted, OutputError, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
@@ -40,8 +38,9 @@ from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
 from batch.s3 import S3, S3Options, S3Sink
-from batch.s3lock import S3Lock
+from batch.s3lock import LockWatch, output_lock
 from batch.shard import Shard
+from batch.signals import SignalLatch, latched_signals
 from batch.sources import expand_sources
 from batch.state import State, WorkItem
 
@@ -99,12 +98,12 @@ async def run_batch(
     The ``--run-report`` is written however the run ends, refusals included, so a
     monitor always learns the exit code.
     """
-    with _latched_signals() as signals:
+    with latched_signals() as signals:
         return await _run_batch(config, progress, stdin, signals)
 
 
 async def _run_batch(
-    config: RunConfig, progress: Progress, stdin: TextIO | None, signals: _SignalLatch
+    config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
     cap = _cap_seconds(config)
     if config.preflight:
@@ -151,13 +150,14 @@ async def _run_locked(
     s3: S3,
     report: RunReport,
     cap: float | None,
-    signals: _SignalLatch,
+    signals: SignalLatch,
 ) -> RunOutcome:
     """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
     started = time.monotonic()
     state = State.open(config.state_path)
     try:
-        async with _output_lock(config, s3) as lock_watch:
+        shard = config.shard.suffix() if config.shard else ""
+        async with output_lock(s3, config.out, shard) as lock_watch:
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
@@ -165,7 +165,9 @@ async def _run_locked(
             force_since, new_force = state.begin_force(config.force)
             began = time.time()
             try:
-                plan = await _plan(config, state, run_id, stdin, s3, signals, secrets, force_since)
+                plan = await start_plan(
+                    config, state, run_id, stdin, s3, signals, secrets, force_since
+                )
             except BatchError:
                 if new_force:  # nothing was sent: the force did not begin
                     state.end_force()
@@ -206,56 +208,6 @@ async def _run_locked(
             return outcome
     finally:
         state.close()
-
-
-class LockWatch:
-    """Stops the run when its output lock is lost (another run took it over, or it could
-    not be refreshed in time): two runs on one prefix would pay for the same items."""
-
-    def __init__(self) -> None:
-        self.lost: BatchError | None = None
-        self._stop: Callable[[BatchError], None] | None = None
-
-    def lose(self, reason: BatchError) -> None:
-        self.lost = reason
-        if self._stop is not None:
-            self._stop(reason)
-
-    def stop_with(self, stop: Callable[[BatchError], None]) -> None:
-        """Route a loss to ``stop`` (the runner's), at once if it happened already."""
-        self._stop = stop
-        if self.lost is not None:
-            stop(self.lost)
-
-
-@contextlib.asynccontextmanager
-async def _output_lock(config: RunConfig, s3: S3) -> AsyncIterator[LockWatch]:
-    """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
-    the lock is refreshed while the run lasts and released at the end."""
-    watch = LockWatch()
-    if not is_s3_uri(config.out):
-        yield watch
-        return
-    lock = S3Lock.for_output(s3, config.out, config.shard.suffix() if config.shard else "")
-    await lock.acquire()
-    refresher = asyncio.create_task(_refresh_periodically(lock, watch))
-    try:
-        yield watch
-    finally:
-        refresher.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await refresher
-        await lock.release()
-
-
-async def _refresh_periodically(lock: S3Lock, watch: LockWatch) -> None:
-    while True:
-        await asyncio.sleep(lock.ttl / 3)
-        try:
-            await lock.refresh()
-        except StateLocked as exc:
-            watch.lose(exc)
-            return
 
 
 def _cap_seconds(config: RunConfig) -> float | None:
@@ -303,7 +255,7 @@ async def _render_added_formats(
     config: RunConfig,
     state: State,
     sink: OutputSink,
-    signals: _SignalLatch,
+    signals: SignalLatch,
     lock_watch: LockWatch,
 ) -> int:
     """Formats done items lack, rendered from their json (nothing is sent); a signal or
@@ -319,54 +271,6 @@ async def _render_added_formats(
             workers=config.concurrency,
             cancel=cancel,
         )
-
-
-class _SignalLatch:
-    """One SIGINT/SIGTERM handler for the whole run, so that no moment of it (opening
-    the state, between planning and the pool, writing the report) dies by the signal's
-    default action or drops it. The phase that is running decides what a signal does
-    (planning stops between items, the pool stops gracefully); every signal is also
-    remembered, so one that arrives between phases still ends the run with exit 130."""
-
-    def __init__(self) -> None:
-        self.received: signal.Signals | None = None
-        self._target: Callable[[signal.Signals], None] | None = None
-
-    def __call__(self, sig: signal.Signals) -> None:
-        self.received = sig
-        if self._target is not None:
-            self._target(sig)
-
-    @contextlib.contextmanager
-    def routed_to(self, target: Callable[[signal.Signals], None]) -> Iterator[None]:
-        """Send signals to ``target`` for a phase (at once, if one came before it)."""
-        self._target = target
-        if self.received is not None:
-            target(self.received)
-        try:
-            yield
-        finally:
-            self._target = None
-
-    def interruption(self) -> Interrupted | None:
-        """The stop reason if a signal arrived at any point of the run."""
-        if self.received is None:
-            return None
-        name = self.received.name
-        return Interrupted(f"interrupted by {name}; the same command resumes the run")
-
-
-@contextlib.contextmanager
-def _latched_signals() -> Iterator[_SignalLatch]:
-    latch = _SignalLatch()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, latch, sig)
-    try:
-        yield latch
-    finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
 
 
 def report_path(state_path: Path) -> Path:
@@ -389,13 +293,13 @@ async def _save_report(state: State, path: Path) -> Path | None:
         return None
 
 
-async def _plan(
+async def start_plan(
     config: RunConfig,
     state: State,
     run_id: int,
     stdin: TextIO | None,
     s3: S3,
-    signals: _SignalLatch,
+    signals: SignalLatch,
     secrets: dict[str, str],
     force_since: float | None,
 ) -> BackgroundPlan:
@@ -453,7 +357,7 @@ async def _execute(
     s3: S3,
     tags: Params,
     budget: Budget | None,
-    signals: _SignalLatch,
+    signals: SignalLatch,
     plan: BackgroundPlan,
     *,
     skip_existing: bool,

@@ -8,6 +8,8 @@ to the outputs, ``<prefix>/.dgbatch/lock[-shard-K-of-N].json``, and names its ho
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -15,15 +17,16 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from batch.errors import BatchError, StateLocked, UsageError
 from batch.isotime import utc_iso
+from batch.naming import is_s3_uri
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
 
-__all__ = ["LOCK_TTL", "S3Lock"]
+__all__ = ["LOCK_TTL", "LockWatch", "S3Lock", "output_lock"]
 
 log = logging.getLogger("dgbatch")
 
@@ -247,3 +250,54 @@ def _conditions_unsupported(exc: Any) -> bool:
     code = str(error.get("Code", ""))
     text = str(error.get("Message", "")).lower()
     return code in ("NotImplemented", "501") or (code == "InvalidArgument" and "match" in text)
+
+
+class LockWatch:
+    """Stops the run when its output lock is lost (another run took it over, or it could
+    not be refreshed in time): two runs on one prefix would pay for the same items."""
+
+    def __init__(self) -> None:
+        self.lost: BatchError | None = None
+        self._stop: Callable[[BatchError], None] | None = None
+
+    def lose(self, reason: BatchError) -> None:
+        self.lost = reason
+        if self._stop is not None:
+            self._stop(reason)
+
+    def stop_with(self, stop: Callable[[BatchError], None]) -> None:
+        """Route a loss to ``stop`` (the runner's), at once if it happened already."""
+        self._stop = stop
+        if self.lost is not None:
+            stop(self.lost)
+
+
+@contextlib.asynccontextmanager
+async def output_lock(s3: S3, out: str, shard: str) -> AsyncIterator[LockWatch]:
+    """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
+    the lock is refreshed while the run lasts and released at the end. A local ``--out``
+    has no lock to lose: its watch never fires."""
+    watch = LockWatch()
+    if not is_s3_uri(out):
+        yield watch
+        return
+    lock = S3Lock.for_output(s3, out, shard)
+    await lock.acquire()
+    refresher = asyncio.create_task(_refresh_periodically(lock, watch))
+    try:
+        yield watch
+    finally:
+        refresher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await refresher
+        await lock.release()
+
+
+async def _refresh_periodically(lock: S3Lock, watch: LockWatch) -> None:
+    while True:
+        await asyncio.sleep(lock.ttl / 3)
+        try:
+            await lock.refresh()
+        except StateLocked as exc:
+            watch.lose(exc)
+            return

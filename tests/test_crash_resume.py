@@ -22,7 +22,7 @@ from conftest import KEY, dgbatch_subprocess_cmd, read_state_rows
 from reliability_helpers import assert_outputs_match, leftover_temp_files, make_tiny_wavs
 
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
-from batch.job import _SignalLatch
+from batch.signals import SignalLatch
 
 ITEMS = 400
 CONCURRENCY = 8
@@ -143,7 +143,7 @@ def test_sigterm_at_any_moment_of_a_run_exits_130(slow_emulator: Emulator, tmp_p
 
 def test_signal_latch_routes_and_remembers() -> None:
     """A signal between phases is remembered and handed to the next phase at once."""
-    latch = _SignalLatch()
+    latch = SignalLatch()
     seen: list[signal.Signals] = []
     assert latch.interruption() is None
     latch(signal.SIGTERM)  # no phase running: only remembered

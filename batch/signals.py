@@ -1,0 +1,59 @@
+"""One SIGINT/SIGTERM handler for a whole run, routed to whichever phase is running."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+
+from batch.errors import Interrupted
+
+
+class SignalLatch:
+    """One SIGINT/SIGTERM handler for the whole run, so that no moment of it (opening
+    the state, between planning and the pool, writing the report) dies by the signal's
+    default action or drops it. The phase that is running decides what a signal does
+    (planning stops between items, the pool stops gracefully); every signal is also
+    remembered, so one that arrives between phases still ends the run with exit 130."""
+
+    def __init__(self) -> None:
+        self.received: signal.Signals | None = None
+        self._target: Callable[[signal.Signals], None] | None = None
+
+    def __call__(self, sig: signal.Signals) -> None:
+        self.received = sig
+        if self._target is not None:
+            self._target(sig)
+
+    @contextlib.contextmanager
+    def routed_to(self, target: Callable[[signal.Signals], None]) -> Iterator[None]:
+        """Send signals to ``target`` for a phase (at once, if one came before it)."""
+        self._target = target
+        if self.received is not None:
+            target(self.received)
+        try:
+            yield
+        finally:
+            self._target = None
+
+    def interruption(self) -> Interrupted | None:
+        """The stop reason if a signal arrived at any point of the run."""
+        if self.received is None:
+            return None
+        name = self.received.name
+        return Interrupted(f"interrupted by {name}; the same command resumes the run")
+
+
+@contextlib.contextmanager
+def latched_signals() -> Iterator[SignalLatch]:
+    """Install the latch on the running loop for the duration of the block."""
+    latch = SignalLatch()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, latch, sig)
+    try:
+        yield latch
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
