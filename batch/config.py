@@ -90,6 +90,8 @@ class RunConfig:
         _check_non_negative("--max-retries", self.max_retries)
         _check_positive("--timeout", self.timeout)
         _check_non_negative("--grace", self.grace)
+        _check_non_negative("--backoff-base", self.backoff_base)
+        _check_non_negative("--backoff-cap", self.backoff_cap)
         for name, value in (
             ("--caption-line-length", self.caption_line_length),
             ("--max-audio-hours", self.max_audio_hours),
@@ -205,6 +207,9 @@ def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
         raise UsageError(expected) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(expected)
+    if parts.path.rstrip("/").endswith("/v1"):
+        # every request path starts with /v1 already: .../v1/v1/listen is a 404 per item
+        raise UsageError(f"{shown}: leave out the /v1 (dgbatch adds /v1/listen itself)")
     if "@" in parts.netloc:
         msg = (
             f"{shown}: a user or password in the URL is not supported; "

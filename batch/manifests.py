@@ -25,7 +25,7 @@ from typing import BinaryIO, Generic, NamedTuple, TypeVar
 
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind, Params
-from batch.params import normalise_value, params_from_mapping
+from batch.params import check_not_callback, normalise_value, params_from_mapping
 from batch.redact import redact_text
 from batch.sources import S3Expander, build_item
 
@@ -191,6 +191,11 @@ class _CsvHeader:
             msg = f"CSV header has no 'source' column (got {', '.join(names)!r})"
             raise _UnusableManifest(msg)
         id_column = lowered.index("id") if "id" in lowered else None
+        for name in lowered:
+            try:
+                check_not_callback(name)
+            except ValueError as exc:
+                raise _UnusableManifest(f"CSV header: {exc}") from None
         params = tuple(
             (index, name)
             for index, name in enumerate(names)

@@ -21,6 +21,7 @@ from batch.models import Params
 __all__ = [
     "CAPTION_FORMATS",
     "DEFAULT_PARAMS",
+    "check_not_callback",
     "encode_query",
     "merge_params",
     "normalise_value",
@@ -36,6 +37,13 @@ CAPTION_FORMATS = frozenset({"srt", "vtt"})
 #: The tag every dgbatch request carries, beside its run's own tag.
 DGBATCH_TAG = "dgbatch"
 
+#: Keys dgbatch cannot send: in callback mode Deepgram answers ``{"request_id"}`` and
+#: delivers the transcript elsewhere, so every item would be paid for and none kept.
+_CALLBACK_KEYS = frozenset({"callback", "callback_method"})
+_CALLBACK_REASON = (
+    "callback mode sends transcripts to the callback URL, not to dgbatch: every item "
+    "would be paid for and none written (dgbatch writes each transcript itself)"
+)
 _KEY_RE = re.compile(r"[A-Za-z0-9_.\-\[\]]+")
 _SCALAR_TYPES = (str, int, float)  # bool is an int
 _SEQUENCE_TYPES = (list, tuple)
@@ -62,6 +70,8 @@ def parse_param(text: str) -> tuple[str, str]:
         reason = "empty key" if not key else f"invalid key {key!r}"
         msg = f"--param {text!r}: {reason} (expected KEY=VALUE)"
         raise UsageError(msg)
+    if key in _CALLBACK_KEYS and value:
+        raise UsageError(f"--param {key}: {_CALLBACK_REASON}")
     return key, normalise_value(value)
 
 
@@ -135,16 +145,23 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
     default when merged.
 
     Raises:
-        ValueError: a nested object, a non-string key or a non-finite number;
-            the message names the key, for the manifest's line error.
+        ValueError: a nested object, a non-string key, a non-finite number or a
+            callback; the message names the key, for the manifest's line error.
     """
     pairs: list[tuple[str, str]] = []
     for key, value in obj.items():
         if not isinstance(key, str) or not _is_valid_key(key):
             msg = f"param {key!r}: invalid key"
             raise ValueError(msg)
+        check_not_callback(key, value)
         pairs += _pairs_of(key, value)
     return tuple(pairs)
+
+
+def check_not_callback(key: str, value: object = "set") -> None:
+    """Raise ``ValueError`` for a callback key with a value (an empty one removes it)."""
+    if key in _CALLBACK_KEYS and value not in ("", None):
+        raise ValueError(f"param {key!r}: {_CALLBACK_REASON}")
 
 
 @lru_cache(maxsize=1024)

@@ -38,6 +38,8 @@ def _failed(out: Path) -> dict[str, str]:
         (["{tmp}/a.wav", "--max-retries", "-1"], "--max-retries must be >= 0"),
         (["{tmp}/a.wav", "--param", "diarize"], "--param 'diarize': expected KEY=VALUE"),
         (["{tmp}/a.wav", "--formats", "json,doc"], "unknown format(s) doc"),
+        (["{tmp}/a.wav", "--param", "callback=https://x.example/cb"], "--param callback: callback"),
+        (["{tmp}/a.wav", "--param", "callback_method=put"], "none written"),
     ],
 )
 def test_unusable_input_exits_2_naming_the_problem(
@@ -53,6 +55,15 @@ def test_unusable_input_exits_2_naming_the_problem(
     assert message in result.output
     assert result.output.count("Error:") == 1
     assert emulator.log == []
+
+
+@pytest.mark.parametrize(("option", "value"), [("--backoff-base", "-1"), ("--backoff-cap", "-0.5")])
+def test_a_negative_backoff_exits_2(tmp_path: Path, option: str, value: str) -> None:
+    """A negative backoff would send every retry at once: refused before anything is sent."""
+    make_wav(tmp_path / "a.wav")
+    result = Cli(None)("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), option, value)
+    assert result.exit_code == 2, result.output
+    assert f"Error: {option} must be >= 0 (got {float(value)})" in result.output
 
 
 @pytest.mark.parametrize(
@@ -128,10 +139,13 @@ _CREDENTIALS_REFUSED = (
         ("http://[::1", "--api-url 'http://[::1': expected https://HOST[:PORT]"),
         ("http://127.0.0.1:99999", "--api-url 'http://127.0.0.1:99999': expected https://"),
         ("http://127.0.0.1:abc", "--api-url 'http://127.0.0.1:abc': expected https://"),
+        ("https://api.example.com/v1", "--api-url 'https://api.example.com/v1': leave out the /v1"),
+        ("http://127.0.0.1:1/p/v1/", "--api-url 'http://127.0.0.1:1/p/v1/': leave out the /v1"),
     ],
 )
 def test_an_unsafe_api_url_exits_2(tmp_path: Path, url: str, message: str) -> None:
-    """Plain http only to loopback hosts, no credentials in the URL; its password never shown."""
+    """Plain http only to loopback hosts, no credentials in the URL, no ``/v1`` (each request
+    path has it); its password never shown."""
     make_wav(tmp_path / "a.wav")
     result = Cli(None)(
         "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--api-url", url

@@ -193,6 +193,7 @@ def test_csv_bad_rows_fail_alone(audio: Path) -> None:
     [
         ("id,language\na.wav,en\n", "m.csv: CSV header has no 'source' column"),
         ("source,id,ID\n", "m.csv: CSV header repeats column(s) id"),
+        ("source,callback\na.wav,https://h/cb\n", "m.csv: CSV header: param 'callback': callback"),
     ],
 )
 def test_csv_unusable_header(audio: Path, content: str, message: str) -> None:
@@ -253,6 +254,7 @@ _GOOD = '{"source": "a.wav"}'
         (b"[" * 100_000, f"line longer than {MAX_LINE_BYTES} bytes"),
         (b"[" * 60_000, "invalid JSON: nested too deeply"),
         (b'{"source": "a.wav", "params": {"n": 1e999}}', "not a finite number"),
+        (b'{"source": "a.wav", "params": {"callback": "https://h/cb"}}', "callback mode sends"),
         (b'{"source": "a.wav", "params": {"n": ' + b"9" * 5000 + b"}}", "invalid JSON"),
         (b'{"source": "ftp://h/a.wav"}', "ftp://h/a.wav: unsupported scheme 'ftp'"),
         (b'{"source": "file://remote/a.wav"}', "not a local file URL"),

@@ -30,6 +30,7 @@ from batch.params import (
         ("smart_format=", ("smart_format", "")),
         (" tag =x y", ("tag", "x y")),
         ("utt_split=0.8", ("utt_split", "0.8")),
+        ("callback=", ("callback", "")),
     ],
 )
 def test_parse_param_table(text: str, expected: tuple[str, str]) -> None:
@@ -127,6 +128,8 @@ def test_params_from_mapping_table(obj: Mapping[str, object], expected: Params) 
         ({"utt_split": float("inf")}, "not a finite number"),
         ({"a b": "1"}, "param 'a b': invalid key"),
         ({"": "1"}, "invalid key"),
+        ({"callback": "https://x.example/cb"}, "param 'callback': callback mode sends"),
+        ({"callback_method": "put"}, "param 'callback_method': callback mode"),
     ],
 )
 def test_params_from_mapping_errors(obj: Mapping[str, object], message: str) -> None:
