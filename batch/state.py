@@ -10,7 +10,6 @@ flight. Results are buffered and committed in groups by the runner's flusher.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import functools
 import itertools
 import json
@@ -25,16 +24,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from batch import migrations
-from batch.errors import StateError, StateLocked
+from batch.errors import StateError
 from batch.models import Item, ItemKind, ItemStatus, Params
 from batch.naming import disambiguate, safe_name, stem_of
 from batch.redact import redact_source, redact_text
+from batch.statefile import MAGIC, connect, prepare, take_lock
+
+__all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
 
 #: the most items one ``plan`` call names as they go in; a bigger call is stored first
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
-MAGIC = "dgbatch-state"
 
 # One statement inserts, updates and names many items (``new``: one row per item, see
 # ``_plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
@@ -205,15 +205,15 @@ class State:
         if readonly:
             if not path.exists():
                 raise StateError(f"{path}: no such state file")
-            return cls(path, _connect(path, readonly=True), None)
+            return cls(path, connect(path, readonly=True), None)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"{path}: cannot create state folder: {exc.strerror}") from exc
-        lock_file = _take_lock(path)
+        lock_file = take_lock(path)
         try:
-            db = _connect(path, readonly=False)
-            _prepare(db, path)
+            db = connect(path, readonly=False)
+            prepare(db, path)
         except BaseException:
             lock_file.close()
             raise
@@ -551,64 +551,6 @@ class State:
 
 
 # -- helpers ------------------------------------------------------------------------------
-
-
-def _take_lock(path: Path) -> IO[str]:
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
-    except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open lock file: {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        msg = (
-            f"{path}: state file is in use by another dgbatch run ({holder}); "
-            "wait for it to finish or pass another --state"
-        )
-        raise StateLocked(msg) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    handle.flush()
-    return handle
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    try:
-        if readonly:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StateError(
-            f"{path}: not a usable dgbatch state file ({exc}); not touching it"
-        ) from exc
-    return db
-
-
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables:
-            raise StateError(
-                f"{path}: an SQLite file but not a dgbatch state file; not touching it"
-            )
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        with db:
-            if "_migrations" in tables and migrations.unknown_migrations(db):
-                msg = f"{path}: written by a newer dgbatch; upgrade dgbatch to use it"
-                raise StateError(msg)
-            migrations.migrate(db)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
-    except sqlite3.DatabaseError as exc:
-        raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 
 @dataclass(frozen=True, slots=True)
