@@ -10,7 +10,6 @@ flight. Results are buffered and committed in groups by the runner's flusher.
 from __future__ import annotations
 
 import contextlib
-import functools
 import itertools
 import json
 import os
@@ -25,8 +24,18 @@ from pathlib import Path
 from typing import IO, Any
 
 from batch.errors import StateError
-from batch.models import Item, ItemKind, ItemStatus, Params
+from batch.models import Item, ItemKind, ItemStatus
 from batch.naming import disambiguate, safe_name, stem_of
+from batch.records import (
+    COLUMNS,
+    FLUSH,
+    PlanStats,
+    Result,
+    WorkItem,
+    result_row,
+    stored_params,
+    work_item,
+)
 from batch.redact import redact_source, redact_text
 from batch.statefile import MAGIC, connect, prepare, take_lock
 
@@ -87,99 +96,14 @@ ON CONFLICT (id) DO UPDATE SET
         THEN excluded.updated_at ELSE items.updated_at END
 """
 
-# One buffered result; '' and -1 stand for "not known" (see ``_result_row``): no error,
-# warning or copy is stored as NULL (an empty one too: it says nothing), and an unknown
-# duration or output list keeps the stored one.
-_FLUSH = """
-UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = NULLIF(?, ''),
-    err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),
-    duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
-    timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
-    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
-    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END
-WHERE id = ?
-"""
-
 #: a plan row: one item's fields as ``_PLAN``'s ``new`` has them (see ``_plan_row``)
 PlanRow = tuple[str | int, ...]
 _FIELDS = 11
 _ID, _NAME, _STEM, _STATUS, _FREE = 0, 3, 4, 6, 10
 _KINDS = {kind: kind.value for kind in ItemKind}
-#: and back, for rows read from the state: a dict lookup, cheaper than calling the enum
-_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
-_STATUSES = {status.value: status for status in ItemStatus}
 #: most rows one statement plans: a power of two, so that a batch needs few distinct
 #: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
 _STATEMENT_ROWS = 512
-
-_COLUMNS = (
-    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """An item as the runner sees it: claimed from the state, ready to send."""
-
-    rowid: int
-    id: str
-    source: str
-    kind: ItemKind
-    out_name: str
-    params: Params
-    attempts: int
-    size: int | None
-    fingerprint: str
-    claimed_at: float | None
-    status: ItemStatus
-    #: re-queued by a ``--force``: outputs already in place are the ones it redoes
-    forced: bool = False
-
-    def with_params(self, params: Params) -> WorkItem:
-        """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
-        and this runs once per request)."""
-        return WorkItem(
-            self.rowid,
-            self.id,
-            self.source,
-            self.kind,
-            self.out_name,
-            params,
-            self.attempts,
-            self.size,
-            self.fingerprint,
-            self.claimed_at,
-            self.status,
-            self.forced,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What a run learned about one item; buffered, then committed in a group."""
-
-    id: str
-    status: ItemStatus
-    attempts: int
-    http_status: int | None = None
-    error: str | None = None
-    err_code: str | None = None
-    request_id: str | None = None
-    duration: float | None = None
-    outputs: tuple[str, ...] = ()
-    timeout_retries: int = 0
-    warning: str | None = None
-    copy_of: str | None = None
-    local_duration: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PlanStats:
-    """How many items a run planned, and how many broken inputs it recorded as failed."""
-
-    seen: int
-    broken: int
 
 
 class State:
@@ -445,9 +369,9 @@ class State:
         """Items a previous run claimed and never finished (it crashed or was killed)."""
         with self._mutex:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE status = 'running' ORDER BY rowid"
+                f"SELECT {COLUMNS} FROM items WHERE status = 'running' ORDER BY rowid"
             ).fetchall()
-        return [_work_item(row) for row in rows]
+        return [work_item(row) for row in rows]
 
     def claim(self, limit: int, after_rowid: int, run_id: int) -> list[WorkItem]:
         """Mark the next pending items ``running`` and commit before anything is sent."""
@@ -455,7 +379,7 @@ class State:
         with self._mutex, self._writing(), self._db:
             self._flush_locked()
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
+                f"SELECT {COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
                 "ORDER BY rowid LIMIT ?",
                 (after_rowid, limit),
             ).fetchall()
@@ -463,7 +387,7 @@ class State:
                 "UPDATE items SET status = 'running', claimed_at = ?, run_id = ? WHERE rowid = ?",
                 [(now, run_id, row[0]) for row in rows],
             )
-        return [_work_item(row, claimed_at=now) for row in rows]
+        return [work_item(row, claimed_at=now) for row in rows]
 
     # -- results -------------------------------------------------------------------------
 
@@ -486,7 +410,7 @@ class State:
         batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
         now = time.time()
         with self._writing(batch), self._db:
-            self._db.executemany(_FLUSH, [_result_row(r, now) for r in batch])
+            self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
 
     def release_running(self) -> int:
         """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""
@@ -614,52 +538,3 @@ def _plan_row(item: Item) -> PlanRow:
 def _plan_stats(rows: list[PlanRow]) -> PlanStats:
     """Count a batch's items and the broken ones (stored as failed with their error)."""
     return PlanStats(len(rows), sum(row[_STATUS] == "failed" for row in rows))
-
-
-def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
-    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status, forced = (
-        row
-    )
-    return WorkItem(
-        rowid,
-        item_id,
-        source,
-        _ITEM_KINDS[kind],
-        out_name or item_id,
-        stored_params(params),
-        attempts,
-        size,
-        fp,
-        claimed_at if claimed_at is not None else claimed,
-        _STATUSES[status],
-        bool(forced),
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def stored_params(text: str) -> Params:
-    """An item's params as the state stores them (its ``params`` column); cached, since
-    every claimed item is decoded and most items share theirs."""
-    return tuple((str(k), str(v)) for k, v in json.loads(text))
-
-
-def _result_row(r: Result, now: float) -> tuple[object, ...]:
-    """``_FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
-    so "not known" is '' for text and -1 for numbers, as in ``_PLAN``."""
-    return (
-        r.status.value,
-        r.attempts,
-        -1 if r.http_status is None else r.http_status,
-        r.error or "",
-        r.err_code or "",
-        r.request_id or "",
-        -1.0 if r.duration is None else r.duration,
-        json.dumps(list(r.outputs)) if r.outputs else "",
-        r.timeout_retries,
-        r.warning or "",
-        r.copy_of or "",
-        -1.0 if r.local_duration is None else r.local_duration,
-        now,
-        r.status.value,  # a forced item done again is an item like any other
-        r.id,
-    )
