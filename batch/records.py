@@ -136,7 +136,7 @@ WHERE id = ?
 
 def result_row(r: Result, now: float) -> tuple[object, ...]:
     """``FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
-    so "not known" is '' for text and -1 for numbers, as in ``batch.state._PLAN``."""
+    so "not known" is '' for text and -1 for numbers, as in ``batch.planrows.PLAN``."""
     return (
         r.status.value,
         r.attempts,

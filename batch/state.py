@@ -5,6 +5,10 @@ so it survives ``kill -9`` (the OS has the bytes) and costs little; a power cut 
 lose the last few commits but never corrupts the file. Claims are committed before
 any request is sent, so an item can only be re-sent after a crash if it was in
 flight. Results are buffered and committed in groups by the runner's flusher.
+
+``State`` runs the transactions. What they run sits in modules below it, which never
+import this one: the records and their rows (``batch.records``), the plan's upsert
+and rows (``batch.planrows``), the opening and locking of the file (``batch.statefile``).
 """
 
 from __future__ import annotations
@@ -19,13 +23,23 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
 from batch.errors import StateError
-from batch.models import Item, ItemKind, ItemStatus
-from batch.naming import disambiguate, safe_name, stem_of
+from batch.models import Item, ItemStatus
+from batch.naming import disambiguate
+from batch.planrows import (
+    FIELDS,
+    ID,
+    STATEMENT_ROWS,
+    STEM,
+    Batch,
+    PlanRow,
+    fitting_rows,
+    plan_row,
+    plan_stats,
+)
 from batch.records import (
     COLUMNS,
     FLUSH,
@@ -36,7 +50,6 @@ from batch.records import (
     stored_params,
     work_item,
 )
-from batch.redact import redact_source, redact_text
 from batch.statefile import MAGIC, connect, prepare, take_lock
 
 __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
@@ -44,66 +57,6 @@ __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "s
 #: the most items one ``plan`` call names as they go in; a bigger call is stored first
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
-
-# One statement inserts, updates and names many items (``new``: one row per item, see
-# ``_plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
-# if no other item has its stem; '' leaves it NULL for ``assign_names``), so a new
-# item's row and index entries are written once, not inserted and then rewritten.
-# ``name`` and ``out_full`` are the same safe name. The run's flags are literals.
-#
-# Many rows per statement, not executemany: sqlite3 lets other threads run during each
-# step of a statement and then waits for the GIL, so row by row a busy event loop made
-# every row of the plan wait for it. No parameter is None and none is a bool: sqlite3
-# looks those up in its adapters, several times the cost of binding a str or an int,
-# so "no error" is '' and "no size" is -1 here.
-_PLAN = """
-WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
-AS (VALUES {values})
-INSERT INTO items (id, source, kind, name, out_stem, out_full, out_name, params, status, error,
-                   size, fingerprint, created_at, updated_at, run_id)
-SELECT id, source, kind, name, stem, name,
-       CASE WHEN free = '' THEN NULL
-            WHEN EXISTS (SELECT 1 FROM items AS other WHERE other.out_stem = new.stem)
-            THEN name ELSE free END,
-       params, status, CASE status WHEN 'failed' THEN error END, NULLIF(size, -1),
-       fingerprint, ?, ?, ?
-FROM new WHERE true
-ON CONFLICT (id) DO UPDATE SET
-    source = excluded.source,
-    kind = excluded.kind,
-    params = excluded.params,
-    size = excluded.size,
-    status = CASE
-        WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
-        WHEN items.status = 'failed' AND {retry} THEN 'pending'
-        ELSE items.status END,
-    error = CASE
-        WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
-        WHEN items.status = 'failed' AND {retry} THEN NULL
-        ELSE items.error END,
-    attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
-        WHEN items.status = 'failed' AND {retry} THEN 0
-        ELSE items.attempts END,
-    fingerprint = excluded.fingerprint,
-    forced = CASE WHEN {force} THEN 1
-        WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
-    updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force}
-            OR (items.status = 'failed' AND {retry})
-        THEN excluded.updated_at ELSE items.updated_at END
-"""
-
-#: a plan row: one item's fields as ``_PLAN``'s ``new`` has them (see ``_plan_row``)
-PlanRow = tuple[str | int, ...]
-_FIELDS = 11
-_ID, _NAME, _STEM, _STATUS, _FREE = 0, 3, 4, 6, 10
-_KINDS = {kind: kind.value for kind in ItemKind}
-#: most rows one statement plans: a power of two, so that a batch needs few distinct
-#: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
-_STATEMENT_ROWS = 512
 
 
 class State:
@@ -204,17 +157,17 @@ class State:
         flags = {"force": force, "retry": int(retry_failed)}
         now = time.time()
         stream = iter(items)
-        batches = iter(lambda: [_plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
+        batches = iter(lambda: [plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
         first = next(batches, [])
         second = next(batches, None)
         if second is None:
-            self._insert_named(_Batch(first, now, run_id, flags))
-            return _plan_stats(first)
+            self._insert_named(Batch(first, now, run_id, flags))
+            return plan_stats(first)
         seen = broken = 0
         for rows in itertools.chain((first, second), batches):
             with self._mutex, self._db:
-                self._insert(_Batch(rows, now, run_id, flags).unnamed())
-            stats = _plan_stats(rows)
+                self._insert(Batch(rows, now, run_id, flags).unnamed())
+            stats = plan_stats(rows)
             seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
 
@@ -276,7 +229,7 @@ class State:
         with self._mutex, self._db:
             self._db.execute("DELETE FROM meta WHERE key = 'force_since'")
 
-    def _insert_named(self, batch: _Batch) -> None:
+    def _insert_named(self, batch: Batch) -> None:
         """Insert and name one batch; an earlier crash's unnamed items (a state written
         by an older dgbatch) make it fall back to ``assign_names``'s way for all of them."""
         if not batch.rows:
@@ -290,14 +243,14 @@ class State:
             self._insert(batch.crowded(self._crowded_stems(batch.rows)))
             self._break_name_ties((last or 0) + 1)
 
-    def _insert(self, batch: _Batch) -> None:
-        """Run ``_PLAN`` on a batch, in order, many rows per statement."""
+    def _insert(self, batch: Batch) -> None:
+        """Run ``PLAN`` on a batch, in order, many rows per statement."""
         if self._statement_rows == 0:
             limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            self._statement_rows = _fitting_rows(_STATEMENT_ROWS, (limit - 3) // _FIELDS)
+            self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - 3) // FIELDS)
         rows, start = batch.rows, 0
         while start < len(rows):
-            count = _fitting_rows(self._statement_rows, len(rows) - start)
+            count = fitting_rows(self._statement_rows, len(rows) - start)
             part = rows[start : start + count]
             args = [*itertools.chain.from_iterable(part), batch.now, batch.now, batch.run_id]
             self._db.execute(batch.sql(count), args)
@@ -305,11 +258,11 @@ class State:
 
     def _crowded_stems(self, rows: list[PlanRow]) -> set[object]:
         """Stems of two or more new items of a batch: these items take their full names.
-        ``_PLAN`` only sees the items stored before the batch.
+        ``PLAN`` only sees the items stored before the batch.
 
         Only ids that are new count (an id seen twice is one item, a stored one keeps
         the stem it has), so the few ids whose stems repeat are looked up."""
-        stems = {row[_ID]: row[_STEM] for row in reversed(rows)}  # first row of an id wins
+        stems = {row[ID]: row[STEM] for row in reversed(rows)}  # first row of an id wins
         if len(set(stems.values())) == len(stems):
             return set()
         repeated = {stem for stem, n in Counter(stems.values()).items() if n > 1}
@@ -472,69 +425,3 @@ class State:
             if not rows:
                 return
             yield from rows
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """Plan rows on their way into the state, with what every row of them shares."""
-
-    rows: list[PlanRow]
-    now: float
-    run_id: int
-    flags: dict[str, object]
-
-    def sql(self, count: int) -> str:
-        """``_PLAN`` for ``count`` rows."""
-        values = ", ".join(itertools.repeat(_ROW_VALUES, count))
-        return _PLAN.format(values=values, **self.flags)
-
-    def unnamed(self) -> _Batch:
-        """The same rows, left for ``assign_names``."""
-        return replace(self, rows=[(*row[:_FREE], "") for row in self.rows])
-
-    def crowded(self, stems: set[object]) -> _Batch:
-        """The same rows; those with one of ``stems`` take their full names."""
-        if not stems:
-            return self
-        rows = [(*row[:_FREE], row[_NAME]) if row[_STEM] in stems else row for row in self.rows]
-        return replace(self, rows=rows)
-
-
-_ROW_VALUES = "(" + ", ".join(itertools.repeat("?", _FIELDS)) + ")"
-
-
-def _fitting_rows(most: int, wanted: int) -> int:
-    """The largest power of two up to ``most`` and ``wanted`` (at least 1): rows for the
-    next statement."""
-    return 1 << max(0, min(most, wanted).bit_length() - 1)
-
-
-def _plan_row(item: Item) -> PlanRow:
-    """One item's fields for ``_PLAN``: the per-item cost of planning, so constant cases
-    (no params, no error, no URL secrets) skip their function calls."""
-    name = safe_name(item.name)
-    stem = stem_of(name)
-    source = item.source
-    error = item.error
-    params = item.params
-    return (
-        item.id,
-        redact_source(source) if "://" in source else source,
-        _KINDS[item.kind],
-        name,
-        stem,
-        json.dumps(params) if params else "[]",
-        "pending" if error is None else "failed",
-        "" if error is None else redact_text(error),
-        -1 if item.size is None else item.size,
-        item.fingerprint,
-        stem,  # _FREE: the name it takes if no other item has the stem
-    )
-
-
-def _plan_stats(rows: list[PlanRow]) -> PlanStats:
-    """Count a batch's items and the broken ones (stored as failed with their error)."""
-    return PlanStats(len(rows), sum(row[_STATUS] == "failed" for row in rows))
