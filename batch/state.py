@@ -5,13 +5,15 @@ so it survives ``kill -9`` (the OS has the bytes) and costs little; a power cut 
 lose the last few commits but never corrupts the file. Claims are committed before
 any request is sent, so an item can only be re-sent after a crash if it was in
 flight. Results are buffered and committed in groups by the runner's flusher.
+
+``State`` runs the transactions. What they run sits in modules below it, which never
+import this one: the records and their rows (``batch.records``), the plan's upsert
+and rows (``batch.planrows``), the opening and locking of the file (``batch.statefile``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import functools
 import itertools
 import json
 import os
@@ -21,165 +23,40 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
-from batch import migrations
-from batch.errors import StateError, StateLocked
-from batch.models import Item, ItemKind, ItemStatus, Params
-from batch.naming import disambiguate, safe_name, stem_of
-from batch.redact import redact_source, redact_text
+from batch.errors import StateError
+from batch.models import Item, ItemStatus
+from batch.naming import disambiguate
+from batch.planrows import (
+    FIELDS,
+    ID,
+    STATEMENT_ROWS,
+    STEM,
+    Batch,
+    PlanRow,
+    fitting_rows,
+    plan_row,
+    plan_stats,
+)
+from batch.records import (
+    COLUMNS,
+    FLUSH,
+    PlanStats,
+    Result,
+    WorkItem,
+    result_row,
+    stored_params,
+    work_item,
+)
+from batch.statefile import MAGIC, connect, prepare, take_lock
+
+__all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
 
 #: the most items one ``plan`` call names as they go in; a bigger call is stored first
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
-MAGIC = "dgbatch-state"
-
-# One statement inserts, updates and names many items (``new``: one row per item, see
-# ``_plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
-# if no other item has its stem; '' leaves it NULL for ``assign_names``), so a new
-# item's row and index entries are written once, not inserted and then rewritten.
-# ``name`` and ``out_full`` are the same safe name. The run's flags are literals.
-#
-# Many rows per statement, not executemany: sqlite3 lets other threads run during each
-# step of a statement and then waits for the GIL, so row by row a busy event loop made
-# every row of the plan wait for it. No parameter is None and none is a bool: sqlite3
-# looks those up in its adapters, several times the cost of binding a str or an int,
-# so "no error" is '' and "no size" is -1 here.
-_PLAN = """
-WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
-AS (VALUES {values})
-INSERT INTO items (id, source, kind, name, out_stem, out_full, out_name, params, status, error,
-                   size, fingerprint, created_at, updated_at, run_id)
-SELECT id, source, kind, name, stem, name,
-       CASE WHEN free = '' THEN NULL
-            WHEN EXISTS (SELECT 1 FROM items AS other WHERE other.out_stem = new.stem)
-            THEN name ELSE free END,
-       params, status, CASE status WHEN 'failed' THEN error END, NULLIF(size, -1),
-       fingerprint, ?, ?, ?
-FROM new WHERE true
-ON CONFLICT (id) DO UPDATE SET
-    source = excluded.source,
-    kind = excluded.kind,
-    params = excluded.params,
-    size = excluded.size,
-    status = CASE
-        WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
-        WHEN items.status = 'failed' AND {retry} THEN 'pending'
-        ELSE items.status END,
-    error = CASE
-        WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
-        WHEN items.status = 'failed' AND {retry} THEN NULL
-        ELSE items.error END,
-    attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
-        WHEN items.status = 'failed' AND {retry} THEN 0
-        ELSE items.attempts END,
-    fingerprint = excluded.fingerprint,
-    forced = CASE WHEN {force} THEN 1
-        WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
-    updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force}
-            OR (items.status = 'failed' AND {retry})
-        THEN excluded.updated_at ELSE items.updated_at END
-"""
-
-# One buffered result; '' and -1 stand for "not known" (see ``_result_row``): no error,
-# warning or copy is stored as NULL (an empty one too: it says nothing), and an unknown
-# duration or output list keeps the stored one.
-_FLUSH = """
-UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = NULLIF(?, ''),
-    err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),
-    duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
-    timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
-    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
-    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END
-WHERE id = ?
-"""
-
-#: a plan row: one item's fields as ``_PLAN``'s ``new`` has them (see ``_plan_row``)
-PlanRow = tuple[str | int, ...]
-_FIELDS = 11
-_ID, _NAME, _STEM, _STATUS, _FREE = 0, 3, 4, 6, 10
-_KINDS = {kind: kind.value for kind in ItemKind}
-#: and back, for rows read from the state: a dict lookup, cheaper than calling the enum
-_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
-_STATUSES = {status.value: status for status in ItemStatus}
-#: most rows one statement plans: a power of two, so that a batch needs few distinct
-#: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
-_STATEMENT_ROWS = 512
-
-_COLUMNS = (
-    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced"
-)
-
-
-@dataclass(frozen=True, slots=True)
-class WorkItem:
-    """An item as the runner sees it: claimed from the state, ready to send."""
-
-    rowid: int
-    id: str
-    source: str
-    kind: ItemKind
-    out_name: str
-    params: Params
-    attempts: int
-    size: int | None
-    fingerprint: str
-    claimed_at: float | None
-    status: ItemStatus
-    #: re-queued by a ``--force``: outputs already in place are the ones it redoes
-    forced: bool = False
-
-    def with_params(self, params: Params) -> WorkItem:
-        """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
-        and this runs once per request)."""
-        return WorkItem(
-            self.rowid,
-            self.id,
-            self.source,
-            self.kind,
-            self.out_name,
-            params,
-            self.attempts,
-            self.size,
-            self.fingerprint,
-            self.claimed_at,
-            self.status,
-            self.forced,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    """What a run learned about one item; buffered, then committed in a group."""
-
-    id: str
-    status: ItemStatus
-    attempts: int
-    http_status: int | None = None
-    error: str | None = None
-    err_code: str | None = None
-    request_id: str | None = None
-    duration: float | None = None
-    outputs: tuple[str, ...] = ()
-    timeout_retries: int = 0
-    warning: str | None = None
-    copy_of: str | None = None
-    local_duration: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class PlanStats:
-    """How many items a run planned, and how many broken inputs it recorded as failed."""
-
-    seen: int
-    broken: int
 
 
 class State:
@@ -205,15 +82,15 @@ class State:
         if readonly:
             if not path.exists():
                 raise StateError(f"{path}: no such state file")
-            return cls(path, _connect(path, readonly=True), None)
+            return cls(path, connect(path, readonly=True), None)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StateError(f"{path}: cannot create state folder: {exc.strerror}") from exc
-        lock_file = _take_lock(path)
+        lock_file = take_lock(path)
         try:
-            db = _connect(path, readonly=False)
-            _prepare(db, path)
+            db = connect(path, readonly=False)
+            prepare(db, path)
         except BaseException:
             lock_file.close()
             raise
@@ -280,17 +157,17 @@ class State:
         flags = {"force": force, "retry": int(retry_failed)}
         now = time.time()
         stream = iter(items)
-        batches = iter(lambda: [_plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
+        batches = iter(lambda: [plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
         first = next(batches, [])
         second = next(batches, None)
         if second is None:
-            self._insert_named(_Batch(first, now, run_id, flags))
-            return _plan_stats(first)
+            self._insert_named(Batch(first, now, run_id, flags))
+            return plan_stats(first)
         seen = broken = 0
         for rows in itertools.chain((first, second), batches):
             with self._mutex, self._db:
-                self._insert(_Batch(rows, now, run_id, flags).unnamed())
-            stats = _plan_stats(rows)
+                self._insert(Batch(rows, now, run_id, flags).unnamed())
+            stats = plan_stats(rows)
             seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
 
@@ -352,7 +229,7 @@ class State:
         with self._mutex, self._db:
             self._db.execute("DELETE FROM meta WHERE key = 'force_since'")
 
-    def _insert_named(self, batch: _Batch) -> None:
+    def _insert_named(self, batch: Batch) -> None:
         """Insert and name one batch; an earlier crash's unnamed items (a state written
         by an older dgbatch) make it fall back to ``assign_names``'s way for all of them."""
         if not batch.rows:
@@ -366,14 +243,14 @@ class State:
             self._insert(batch.crowded(self._crowded_stems(batch.rows)))
             self._break_name_ties((last or 0) + 1)
 
-    def _insert(self, batch: _Batch) -> None:
-        """Run ``_PLAN`` on a batch, in order, many rows per statement."""
+    def _insert(self, batch: Batch) -> None:
+        """Run ``PLAN`` on a batch, in order, many rows per statement."""
         if self._statement_rows == 0:
             limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            self._statement_rows = _fitting_rows(_STATEMENT_ROWS, (limit - 3) // _FIELDS)
+            self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - 3) // FIELDS)
         rows, start = batch.rows, 0
         while start < len(rows):
-            count = _fitting_rows(self._statement_rows, len(rows) - start)
+            count = fitting_rows(self._statement_rows, len(rows) - start)
             part = rows[start : start + count]
             args = [*itertools.chain.from_iterable(part), batch.now, batch.now, batch.run_id]
             self._db.execute(batch.sql(count), args)
@@ -381,11 +258,11 @@ class State:
 
     def _crowded_stems(self, rows: list[PlanRow]) -> set[object]:
         """Stems of two or more new items of a batch: these items take their full names.
-        ``_PLAN`` only sees the items stored before the batch.
+        ``PLAN`` only sees the items stored before the batch.
 
         Only ids that are new count (an id seen twice is one item, a stored one keeps
         the stem it has), so the few ids whose stems repeat are looked up."""
-        stems = {row[_ID]: row[_STEM] for row in reversed(rows)}  # first row of an id wins
+        stems = {row[ID]: row[STEM] for row in reversed(rows)}  # first row of an id wins
         if len(set(stems.values())) == len(stems):
             return set()
         repeated = {stem for stem, n in Counter(stems.values()).items() if n > 1}
@@ -445,9 +322,9 @@ class State:
         """Items a previous run claimed and never finished (it crashed or was killed)."""
         with self._mutex:
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE status = 'running' ORDER BY rowid"
+                f"SELECT {COLUMNS} FROM items WHERE status = 'running' ORDER BY rowid"
             ).fetchall()
-        return [_work_item(row) for row in rows]
+        return [work_item(row) for row in rows]
 
     def claim(self, limit: int, after_rowid: int, run_id: int) -> list[WorkItem]:
         """Mark the next pending items ``running`` and commit before anything is sent."""
@@ -455,7 +332,7 @@ class State:
         with self._mutex, self._writing(), self._db:
             self._flush_locked()
             rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
+                f"SELECT {COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
                 "ORDER BY rowid LIMIT ?",
                 (after_rowid, limit),
             ).fetchall()
@@ -463,7 +340,7 @@ class State:
                 "UPDATE items SET status = 'running', claimed_at = ?, run_id = ? WHERE rowid = ?",
                 [(now, run_id, row[0]) for row in rows],
             )
-        return [_work_item(row, claimed_at=now) for row in rows]
+        return [work_item(row, claimed_at=now) for row in rows]
 
     # -- results -------------------------------------------------------------------------
 
@@ -486,7 +363,7 @@ class State:
         batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
         now = time.time()
         with self._writing(batch), self._db:
-            self._db.executemany(_FLUSH, [_result_row(r, now) for r in batch])
+            self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
 
     def release_running(self) -> int:
         """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""
@@ -548,176 +425,3 @@ class State:
             if not rows:
                 return
             yield from rows
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _take_lock(path: Path) -> IO[str]:
-    lock_path = path.with_name(path.name + ".lock")
-    try:
-        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
-    except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open lock file: {exc.strerror}") from exc
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read().strip() or "another process"
-        handle.close()
-        msg = (
-            f"{path}: state file is in use by another dgbatch run ({holder}); "
-            "wait for it to finish or pass another --state"
-        )
-        raise StateLocked(msg) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    handle.flush()
-    return handle
-
-
-def _connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
-    try:
-        if readonly:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-    except sqlite3.DatabaseError as exc:
-        raise StateError(
-            f"{path}: not a usable dgbatch state file ({exc}); not touching it"
-        ) from exc
-    return db
-
-
-def _prepare(db: sqlite3.Connection, path: Path) -> None:
-    try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables:
-            raise StateError(
-                f"{path}: an SQLite file but not a dgbatch state file; not touching it"
-            )
-        db.execute("PRAGMA journal_mode = WAL")
-        db.execute("PRAGMA synchronous = NORMAL")
-        with db:
-            if "_migrations" in tables and migrations.unknown_migrations(db):
-                msg = f"{path}: written by a newer dgbatch; upgrade dgbatch to use it"
-                raise StateError(msg)
-            migrations.migrate(db)
-            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
-    except sqlite3.DatabaseError as exc:
-        raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class _Batch:
-    """Plan rows on their way into the state, with what every row of them shares."""
-
-    rows: list[PlanRow]
-    now: float
-    run_id: int
-    flags: dict[str, object]
-
-    def sql(self, count: int) -> str:
-        """``_PLAN`` for ``count`` rows."""
-        values = ", ".join(itertools.repeat(_ROW_VALUES, count))
-        return _PLAN.format(values=values, **self.flags)
-
-    def unnamed(self) -> _Batch:
-        """The same rows, left for ``assign_names``."""
-        return replace(self, rows=[(*row[:_FREE], "") for row in self.rows])
-
-    def crowded(self, stems: set[object]) -> _Batch:
-        """The same rows; those with one of ``stems`` take their full names."""
-        if not stems:
-            return self
-        rows = [(*row[:_FREE], row[_NAME]) if row[_STEM] in stems else row for row in self.rows]
-        return replace(self, rows=rows)
-
-
-_ROW_VALUES = "(" + ", ".join(itertools.repeat("?", _FIELDS)) + ")"
-
-
-def _fitting_rows(most: int, wanted: int) -> int:
-    """The largest power of two up to ``most`` and ``wanted`` (at least 1): rows for the
-    next statement."""
-    return 1 << max(0, min(most, wanted).bit_length() - 1)
-
-
-def _plan_row(item: Item) -> PlanRow:
-    """One item's fields for ``_PLAN``: the per-item cost of planning, so constant cases
-    (no params, no error, no URL secrets) skip their function calls."""
-    name = safe_name(item.name)
-    stem = stem_of(name)
-    source = item.source
-    error = item.error
-    params = item.params
-    return (
-        item.id,
-        redact_source(source) if "://" in source else source,
-        _KINDS[item.kind],
-        name,
-        stem,
-        json.dumps(params) if params else "[]",
-        "pending" if error is None else "failed",
-        "" if error is None else redact_text(error),
-        -1 if item.size is None else item.size,
-        item.fingerprint,
-        stem,  # _FREE: the name it takes if no other item has the stem
-    )
-
-
-def _plan_stats(rows: list[PlanRow]) -> PlanStats:
-    """Count a batch's items and the broken ones (stored as failed with their error)."""
-    return PlanStats(len(rows), sum(row[_STATUS] == "failed" for row in rows))
-
-
-def _work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
-    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status, forced = (
-        row
-    )
-    return WorkItem(
-        rowid,
-        item_id,
-        source,
-        _ITEM_KINDS[kind],
-        out_name or item_id,
-        stored_params(params),
-        attempts,
-        size,
-        fp,
-        claimed_at if claimed_at is not None else claimed,
-        _STATUSES[status],
-        bool(forced),
-    )
-
-
-@functools.lru_cache(maxsize=1024)
-def stored_params(text: str) -> Params:
-    """An item's params as the state stores them (its ``params`` column); cached, since
-    every claimed item is decoded and most items share theirs."""
-    return tuple((str(k), str(v)) for k, v in json.loads(text))
-
-
-def _result_row(r: Result, now: float) -> tuple[object, ...]:
-    """``_FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
-    so "not known" is '' for text and -1 for numbers, as in ``_PLAN``."""
-    return (
-        r.status.value,
-        r.attempts,
-        -1 if r.http_status is None else r.http_status,
-        r.error or "",
-        r.err_code or "",
-        r.request_id or "",
-        -1.0 if r.duration is None else r.duration,
-        json.dumps(list(r.outputs)) if r.outputs else "",
-        r.timeout_retries,
-        r.warning or "",
-        r.copy_of or "",
-        -1.0 if r.local_duration is None else r.local_duration,
-        now,
-        r.status.value,  # a forced item done again is an item like any other
-        r.id,
-    )

@@ -220,7 +220,7 @@ _COLUMNS_READ = (
 def test_flush_stores_unknown_fields_as_null(
     state: State, results: tuple[Result, ...], expected: tuple[object, ...]
 ) -> None:
-    """Results are bound without None (see ``_result_row``); what is unknown still reads
+    """Results are bound without None (see ``records.result_row``); what is unknown still reads
     back NULL, and an unknown duration or output list keeps the stored one."""
     state.plan([_item("a.wav")], run_id=1)
     for result in results:

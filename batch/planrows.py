@@ -1,0 +1,142 @@
+"""The plan's upsert and the rows it takes: one statement inserts, updates and names
+many items, and one function builds each item's row.
+
+Pure: statements and row tuples, no connection; ``batch.state`` runs them in its
+transactions. Building a row is the per-item cost of planning, which is benchmarked
+per item: hence tuples, no None, and few distinct statements for sqlite3 to prepare.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, replace
+
+from batch.models import Item, ItemKind
+from batch.naming import safe_name, stem_of
+from batch.records import PlanStats
+from batch.redact import redact_source, redact_text
+
+# One statement inserts, updates and names many items (``new``: one row per item, see
+# ``plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
+# if no other item has its stem; '' leaves it NULL for ``assign_names``), so a new
+# item's row and index entries are written once, not inserted and then rewritten.
+# ``name`` and ``out_full`` are the same safe name. The run's flags are literals.
+#
+# Many rows per statement, not executemany: sqlite3 lets other threads run during each
+# step of a statement and then waits for the GIL, so row by row a busy event loop made
+# every row of the plan wait for it. No parameter is None and none is a bool: sqlite3
+# looks those up in its adapters, several times the cost of binding a str or an int,
+# so "no error" is '' and "no size" is -1 here.
+PLAN = """
+WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
+AS (VALUES {values})
+INSERT INTO items (id, source, kind, name, out_stem, out_full, out_name, params, status, error,
+                   size, fingerprint, created_at, updated_at, run_id)
+SELECT id, source, kind, name, stem, name,
+       CASE WHEN free = '' THEN NULL
+            WHEN EXISTS (SELECT 1 FROM items AS other WHERE other.out_stem = new.stem)
+            THEN name ELSE free END,
+       params, status, CASE status WHEN 'failed' THEN error END, NULLIF(size, -1),
+       fingerprint, ?, ?, ?
+FROM new WHERE true
+ON CONFLICT (id) DO UPDATE SET
+    source = excluded.source,
+    kind = excluded.kind,
+    params = excluded.params,
+    size = excluded.size,
+    status = CASE
+        WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
+        WHEN items.status = 'failed' AND {retry} THEN 'pending'
+        ELSE items.status END,
+    error = CASE
+        WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
+        WHEN items.status = 'failed' AND {retry} THEN NULL
+        ELSE items.error END,
+    attempts = CASE
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
+        WHEN items.status = 'failed' AND {retry} THEN 0
+        ELSE items.attempts END,
+    fingerprint = excluded.fingerprint,
+    forced = CASE WHEN {force} THEN 1
+        WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
+    updated_at = CASE
+        WHEN items.fingerprint != excluded.fingerprint OR {force}
+            OR (items.status = 'failed' AND {retry})
+        THEN excluded.updated_at ELSE items.updated_at END
+"""
+
+#: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
+PlanRow = tuple[str | int, ...]
+FIELDS = 11
+#: where a plan row has the fields that are read back
+ID, NAME, STEM, STATUS, FREE = 0, 3, 4, 6, 10
+_KINDS = {kind: kind.value for kind in ItemKind}
+#: most rows one statement plans: a power of two, so that a batch needs few distinct
+#: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
+STATEMENT_ROWS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """Plan rows on their way into the state, with what every row of them shares."""
+
+    rows: list[PlanRow]
+    now: float
+    run_id: int
+    flags: dict[str, object]
+
+    def sql(self, count: int) -> str:
+        """``PLAN`` for ``count`` rows."""
+        values = ", ".join(itertools.repeat(_ROW_VALUES, count))
+        return PLAN.format(values=values, **self.flags)
+
+    def unnamed(self) -> Batch:
+        """The same rows, left for ``assign_names``."""
+        return replace(self, rows=[(*row[:FREE], "") for row in self.rows])
+
+    def crowded(self, stems: set[object]) -> Batch:
+        """The same rows; those with one of ``stems`` take their full names."""
+        if not stems:
+            return self
+        rows = [(*row[:FREE], row[NAME]) if row[STEM] in stems else row for row in self.rows]
+        return replace(self, rows=rows)
+
+
+_ROW_VALUES = "(" + ", ".join(itertools.repeat("?", FIELDS)) + ")"
+
+
+def fitting_rows(most: int, wanted: int) -> int:
+    """The largest power of two up to ``most`` and ``wanted`` (at least 1): rows for the
+    next statement."""
+    return 1 << max(0, min(most, wanted).bit_length() - 1)
+
+
+def plan_row(item: Item) -> PlanRow:
+    """One item's fields for ``PLAN``: the per-item cost of planning, so constant cases
+    (no params, no error, no URL secrets) skip their function calls."""
+    name = safe_name(item.name)
+    stem = stem_of(name)
+    source = item.source
+    error = item.error
+    params = item.params
+    return (
+        item.id,
+        redact_source(source) if "://" in source else source,
+        _KINDS[item.kind],
+        name,
+        stem,
+        json.dumps(params) if params else "[]",
+        "pending" if error is None else "failed",
+        "" if error is None else redact_text(error),
+        -1 if item.size is None else item.size,
+        item.fingerprint,
+        stem,  # FREE: the name it takes if no other item has the stem
+    )
+
+
+def plan_stats(rows: list[PlanRow]) -> PlanStats:
+    """Count a batch's items and the broken ones (stored as failed with their error)."""
+    return PlanStats(len(rows), sum(row[STATUS] == "failed" for row in rows))

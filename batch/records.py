@@ -1,0 +1,156 @@
+"""The records the state hands out and takes in, and the rows they are stored as.
+
+Pure: no connection here; ``batch.state`` runs the statements. Claims and flushes
+convert every item and are benchmarked per item, so each statement's row is a plain
+tuple built by one function, in the statement's order, beside the statement.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from batch.models import ItemKind, ItemStatus, Params
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """An item as the runner sees it: claimed from the state, ready to send."""
+
+    rowid: int
+    id: str
+    source: str
+    kind: ItemKind
+    out_name: str
+    params: Params
+    attempts: int
+    size: int | None
+    fingerprint: str
+    claimed_at: float | None
+    status: ItemStatus
+    #: re-queued by a ``--force``: outputs already in place are the ones it redoes
+    forced: bool = False
+
+    def with_params(self, params: Params) -> WorkItem:
+        """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
+        and this runs once per request)."""
+        return WorkItem(
+            self.rowid,
+            self.id,
+            self.source,
+            self.kind,
+            self.out_name,
+            params,
+            self.attempts,
+            self.size,
+            self.fingerprint,
+            self.claimed_at,
+            self.status,
+            self.forced,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """What a run learned about one item; buffered, then committed in a group."""
+
+    id: str
+    status: ItemStatus
+    attempts: int
+    http_status: int | None = None
+    error: str | None = None
+    err_code: str | None = None
+    request_id: str | None = None
+    duration: float | None = None
+    outputs: tuple[str, ...] = ()
+    timeout_retries: int = 0
+    warning: str | None = None
+    copy_of: str | None = None
+    local_duration: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PlanStats:
+    """How many items a run planned, and how many broken inputs it recorded as failed."""
+
+    seen: int
+    broken: int
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+#: the columns a claim reads, in ``work_item``'s order
+COLUMNS = (
+    "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
+    "forced"
+)
+#: kinds and statuses of rows read from the state: a dict lookup, cheaper than calling the enum
+_ITEM_KINDS = {kind.value: kind for kind in ItemKind}
+_STATUSES = {status.value: status for status in ItemStatus}
+
+
+def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
+    """The item a ``COLUMNS`` row holds; a claim passes its own ``claimed_at``, as it read the
+    row before marking it claimed."""
+    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status, forced = (
+        row
+    )
+    return WorkItem(
+        rowid,
+        item_id,
+        source,
+        _ITEM_KINDS[kind],
+        out_name or item_id,
+        stored_params(params),
+        attempts,
+        size,
+        fp,
+        claimed_at if claimed_at is not None else claimed,
+        _STATUSES[status],
+        bool(forced),
+    )
+
+
+@functools.lru_cache(maxsize=1024)
+def stored_params(text: str) -> Params:
+    """An item's params as the state stores them (its ``params`` column); cached, since
+    every claimed item is decoded and most items share theirs."""
+    return tuple((str(k), str(v)) for k, v in json.loads(text))
+
+
+# One buffered result; '' and -1 stand for "not known" (see ``result_row``): no error,
+# warning or copy is stored as NULL (an empty one too: it says nothing), and an unknown
+# duration or output list keeps the stored one.
+FLUSH = """
+UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = NULLIF(?, ''),
+    err_code = NULLIF(?, ''), request_id = NULLIF(?, ''),
+    duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
+    timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
+    local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
+    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END
+WHERE id = ?
+"""
+
+
+def result_row(r: Result, now: float) -> tuple[object, ...]:
+    """``FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
+    so "not known" is '' for text and -1 for numbers, as in ``batch.planrows.PLAN``."""
+    return (
+        r.status.value,
+        r.attempts,
+        -1 if r.http_status is None else r.http_status,
+        r.error or "",
+        r.err_code or "",
+        r.request_id or "",
+        -1.0 if r.duration is None else r.duration,
+        json.dumps(list(r.outputs)) if r.outputs else "",
+        r.timeout_retries,
+        r.warning or "",
+        r.copy_of or "",
+        -1.0 if r.local_duration is None else r.local_duration,
+        now,
+        r.status.value,  # a forced item done again is an item like any other
+        r.id,
+    )

@@ -1,0 +1,86 @@
+"""Opening a state file: the lock that keeps a second run out, the connection, and the
+checks and migrations that make sure the file is ours before anything writes to it.
+
+A file that is not ours, is damaged or was written by a newer dgbatch is refused with
+a ``StateError`` naming it, and left untouched.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+import sqlite3
+from pathlib import Path
+from typing import IO
+
+from batch import migrations
+from batch.errors import StateError, StateLocked
+
+#: the ``format`` that ``meta`` holds in every state file
+MAGIC = "dgbatch-state"
+
+
+def take_lock(path: Path) -> IO[str]:
+    """Keep other runs out of ``path`` for as long as the handle is open: flock, so a
+    crashed run's lock goes with its process. The holder is written in the lock file for
+    the message another run shows."""
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot open lock file: {exc.strerror}") from exc
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        msg = (
+            f"{path}: state file is in use by another dgbatch run ({holder}); "
+            "wait for it to finish or pass another --state"
+        )
+        raise StateLocked(msg) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+    handle.flush()
+    return handle
+
+
+def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
+    """Connect and read the schema at once, so that a file that is not SQLite is refused
+    here, named, before anything writes to it."""
+    try:
+        if readonly:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+        else:
+            db = sqlite3.connect(path, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise StateError(
+            f"{path}: not a usable dgbatch state file ({exc}); not touching it"
+        ) from exc
+    return db
+
+
+def prepare(db: sqlite3.Connection, path: Path) -> None:
+    """Make a new file a state file or bring ours up to date (WAL, migrations); refuse an
+    SQLite file that is not ours, or one a newer dgbatch wrote."""
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            raise StateError(
+                f"{path}: an SQLite file but not a dgbatch state file; not touching it"
+            )
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")
+        with db:
+            if "_migrations" in tables and migrations.unknown_migrations(db):
+                msg = f"{path}: written by a newer dgbatch; upgrade dgbatch to use it"
+                raise StateError(msg)
+            migrations.migrate(db)
+            db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
+    except sqlite3.DatabaseError as exc:
+        raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
