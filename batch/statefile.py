@@ -13,6 +13,7 @@ import socket
 import sqlite3
 from pathlib import Path
 from typing import IO
+from urllib.parse import quote
 
 from batch import migrations
 from batch.errors import StateError, StateLocked
@@ -53,7 +54,9 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     here, named, before anything writes to it."""
     try:
         if readonly:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            # quoted: a '?' or '#' in the path would end it and open another file
+            uri = f"file:{quote(str(path))}?mode=ro"
+            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
         else:
             db = sqlite3.connect(path, check_same_thread=False)
         db.execute("PRAGMA busy_timeout = 5000")

@@ -431,6 +431,23 @@ def test_readonly_open_of_a_missing_state_is_an_error(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+@pytest.mark.parametrize("folder", ["q#x", "a?b", "100%", "sp ace"])
+def test_readonly_open_of_a_path_with_uri_characters(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    """``status`` reads a state whose path has ``#``, ``?`` or ``%`` in it, and creates no
+    stray file where the path would have been cut short."""
+    monkeypatch.chdir(tmp_path)
+    path = Path(folder) / "state.sqlite"
+    path.parent.mkdir()
+    State.open(path).close()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    reader = State.open(path, readonly=True)
+    assert reader.counts()["pending"] == 0
+    reader.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
 def test_state_is_wal_and_records_each_run(tmp_path: Path, dgbatch: Cli) -> None:
     """The state file is in WAL mode and has a runs row with the exit code, without the key."""
     make_wav(tmp_path / "calls" / "a.wav")
