@@ -41,7 +41,7 @@ from batch.s3 import S3, S3Options, S3Sink
 from batch.s3lock import LockWatch, output_lock
 from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals
-from batch.sources import expand_sources
+from batch.sources import expand_sources, hidden_clash
 from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -339,12 +339,16 @@ def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> I
 def _watch(
     items: Iterable[Item], secrets: dict[str, str], cancel: threading.Event
 ) -> Iterator[Item]:
-    """Remember real sources whose stored form is redacted; stop on Ctrl-C."""
+    """Remember real sources whose stored form is redacted (the first of each id: a later
+    one that differs in a secret fails, see ``hidden_clash``); stop on Ctrl-C."""
     for item in items:
         if cancel.is_set():
             raise Interrupted("interrupted while planning; the same command resumes the run")
         if redact_source(item.source) != item.source:
-            secrets[item.id] = item.source
+            clash = hidden_clash(secrets.setdefault(item.id, item.source), item)
+            if clash is not None:
+                yield clash
+                continue
         yield item
 
 

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote, unquote_plus, urlsplit
 
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind, Params
@@ -38,6 +38,7 @@ __all__ = [
     "WalkRules",
     "build_item",
     "expand_sources",
+    "hidden_clash",
     "item_for_source",
     "scheme_of",
 ]
@@ -52,6 +53,25 @@ MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".list", ".jsonl", ".ndjs
 # do not change what it points at; blanking them keeps a URL item's id stable.
 _VOLATILE_QUERY_KEYS = frozenset(
     {"x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st"}
+)
+
+#: Query keys whose values change each time a URL is signed, not from one recording to
+#: another: two URLs with one id that differ only in these are the same recording.
+_SIGNING_KEYS = _VOLATILE_QUERY_KEYS | frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "awsaccesskeyid",
+        "signature",
+        "sig",
+        "x-goog-signature",
+        "x-goog-credential",
+        "x-goog-security-token",
+        "googleaccessid",
+        "key-pair-id",
+        "policy",
+    }
 )
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
@@ -97,6 +117,33 @@ def _url_name(match: re.Match[str]) -> str:
 def _url_id(url: str) -> str:
     """Key a URL item by its redacted URL, so re-signing a presigned URL keeps the id."""
     return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
+
+
+def hidden_clash(first: str, item: Item) -> Item | None:
+    """The failed item to plan instead of ``item`` when an earlier source ``first`` has
+    its id but differs from it in a secret other than a signature (``?key=file1`` and
+    ``?key=file2``): ids hide secrets, so both would be one item and one would silently
+    never be sent. The same URL signed again is the same recording: None."""
+    if first == item.source or _unsigned(first) == _unsigned(item.source):
+        return None
+    reason = (
+        f"{redact_source(item.source)}: an earlier source differs from it only in a secret "
+        "query value or password, which dgbatch does not store, so both would be one item; "
+        "give each its own id (a .jsonl or .csv manifest)"
+    )
+    clash_id = f"clash:{item.origin or item.id}"
+    return _error_item(clash_id, item.source, item.name, reason, item.origin, item.params)
+
+
+def _unsigned(url: str) -> str:
+    """``url`` without the values that change at each signing."""
+    head, _, query = url.partition("?")
+    kept = [
+        p
+        for p in query.split("&")
+        if unquote_plus(p.partition("=")[0]).lower() not in _SIGNING_KEYS
+    ]
+    return f"{head}?{'&'.join(kept)}"
 
 
 def _error_item(

@@ -739,3 +739,33 @@ def test_the_request_timeout_grows_4_s_per_mb_uploaded(size: int | None, total: 
     from batch.client import request_timeout
 
     assert request_timeout(size, 1200.0).total == total
+
+
+def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """Ids hide secret query values, so ``?key=file1`` and ``?key=file2`` share one: the
+    first is sent, the others fail saying why, instead of silently never being sent. The
+    same URL re-signed is one recording and is not failed."""
+    media = tmp_path / "media"
+    make_wav(media / "a.wav")
+    out = tmp_path / "out"
+    with static_server(media) as base:
+        urls = [f"{base}/a.wav?key=file{n}" for n in (1, 2, 3)]
+        urls.append(f"{base}/a.wav?key=file1&X-Amz-Signature=abcd1234")
+        urls.append(f"{base}/a.wav?key=file1&X-Amz-Signature=efgh5678")
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text("\n".join(urls) + "\n")
+        result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert sorted(r.url for r in emulator.log) == [urls[0], urls[3]]  # the re-signed one: once
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    failed = sorted(str(r["error"]) for r in rows if r["status"] == "failed")
+    assert [e.split(":")[0] for e in failed] == ["urls.txt", "urls.txt"]
+    assert all("give each its own id" in e for e in failed)
+    assert [r["status"] for r in rows].count("done") == 2
+    stored = result.output.encode() + b"".join(
+        p.read_bytes() for p in (out / ".dgbatch").iterdir() if p.is_file()
+    )
+    for secret in (b"file2", b"file3", b"abcd1234", b"efgh5678"):
+        assert secret not in stored

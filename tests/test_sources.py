@@ -14,7 +14,7 @@ import pytest
 
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind
-from batch.sources import expand_sources, item_for_source, scheme_of
+from batch.sources import expand_sources, hidden_clash, item_for_source, scheme_of
 
 
 def _touch(path: Path, data: bytes = b"audio") -> Path:
@@ -456,3 +456,39 @@ def test_expansion_is_lazy(tmp_path: Path) -> None:
     assert next(stream).name == "1.mp3"
     with pytest.raises(SourceError, match="missing: no such file or directory"):
         next(stream)
+
+
+_SIGNED = "https://b.s3.amazonaws.com/a.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256"
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "clash"),
+    [
+        ("https://h/a.wav?key=file1", "https://h/a.wav?key=file1", False),
+        ("https://h/a.wav?key=file1", "https://h/a.wav?key=file2", True),
+        ("https://h/a.wav?token=abcd&x=1", "https://h/a.wav?token=wxyz&x=1", True),
+        ("https://u:one@h/a.wav", "https://u:two@h/a.wav", True),
+        (  # the same object signed twice: one recording
+            f"{_SIGNED}&X-Amz-Date=20261127T000000Z&X-Amz-Signature=aaaa",
+            f"{_SIGNED}&X-Amz-Date=20261128T000000Z&X-Amz-Signature=bbbb",
+            False,
+        ),
+        ("https://h/a.wav?sig=aaaa&se=2026-11-27", "https://h/a.wav?sig=bbbb&se=2026-11-28", False),
+        ("https://h/a.wav?Signature=aa&Expires=1", "https://h/a.wav?Signature=bb&Expires=2", False),
+    ],
+)
+def test_hidden_clash_table(first: str, later: str, clash: bool) -> None:
+    """Two URLs with one id (secrets hidden) are one recording only if they differ in
+    nothing but a signature; else the later one fails, naming itself without its secrets."""
+    item = item_for_source(later, base=Path("/"), origin="urls.txt:2")
+    assert item.id == item_for_source(first, base=Path("/")).id
+    failed = hidden_clash(first, item)
+    if not clash:
+        assert failed is None
+        return
+    assert failed is not None and failed.error is not None
+    assert failed.id != item.id  # the first one's row is left alone
+    assert failed.error.startswith("urls.txt:2: ")
+    assert "give each its own id" in failed.error
+    for secret in ("file2", "wxyz", "two"):
+        assert secret not in failed.error + failed.source + failed.id
