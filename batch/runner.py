@@ -15,9 +15,8 @@ import logging
 import random
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from batch import retry
 from batch.budget import Budget
@@ -42,55 +41,15 @@ from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
 from batch.retry import Action, Decision
+from batch.runtypes import RunnerSettings, RunStats, Sleep
 from batch.state import Result, State, WorkItem
+
+__all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
 
 log = logging.getLogger("dgbatch")
 _T = TypeVar("_T")
 
 FLUSH_INTERVAL = 0.2
-Sleep = Callable[[float], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True)
-class RunnerSettings:
-    """The knobs the pool needs (a subset of ``RunConfig``)."""
-
-    concurrency: int = 10
-    max_retries: int = 5
-    formats: tuple[str, ...] = ("json", "txt")
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    grace: float = 30.0
-    adaptive: bool = True
-    #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
-    caption_line_length: int | None = None
-    #: before sending an item, ask the sink whether its outputs already exist for the same
-    #: source fingerprint, under its name or its other one (an S3 ``--out`` seen from a
-    #: fresh state, or an item stopped while its outputs were being put)
-    skip_existing: bool = False
-    #: the sink tells outputs written after a claim from older ones (local files, by
-    #: mtime); S3 objects are matched by source and fingerprint only
-    dated_outputs: bool = True
-
-
-@dataclass
-class RunStats:
-    """What this run did (the state holds the totals)."""
-
-    sent: int = 0
-    done: int = 0
-    failed: int = 0
-    retries: int = 0
-    timeout_retries: int = 0
-    #: done items given formats they lacked, rendered from their json (``batch.backfill``)
-    rendered: int = 0
-    recovered: int = 0
-    skipped: int = 0
-    audio_seconds: float = 0.0
-    stop_reason: BatchError | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-    warnings: int = 0
-    copies: int = 0
 
 
 class Runner:
