@@ -16,7 +16,6 @@ import random
 import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
 
 from batch import retry
 from batch.budget import Budget
@@ -47,7 +46,6 @@ from batch.state import Result, State, WorkItem
 __all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
 
 log = logging.getLogger("dgbatch")
-_T = TypeVar("_T")
 
 FLUSH_INTERVAL = 0.2
 
@@ -378,7 +376,7 @@ class Runner:
         # A copy sends nothing while it waits, so its slot goes back: held, it could be the
         # one slot its leader needs after a 429 cut the limit, and neither would go on.
         # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        shared = await self._without_slot(asyncio.shield(leader))
+        shared = await self.limit.without_slot(asyncio.shield(leader))
         if shared is not None:
             return await self._copy(item, shared)
         if self.stopping:  # the leader was stopped, not failed: do not send after a stop
@@ -563,17 +561,7 @@ class Runner:
 
     async def _wait_without_slot(self, delay: float) -> None:
         """A throttled item waits without its slot (in-flight stays under the cut limit)."""
-        await self._without_slot(self._sleep_unless_stopped(delay))
-
-    async def _without_slot(self, waiting: Awaitable[_T]) -> _T:
-        """Await ``waiting`` with the item's request slot given back, then take one back
-        with priority over new items (also when stopped or cancelled meanwhile, so the
-        item's single release stays balanced)."""
-        self.limit.release()
-        try:
-            return await waiting
-        finally:
-            await self.limit.acquire(retry=True)
+        await self.limit.without_slot(self._sleep_unless_stopped(delay))
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay <= 0:
