@@ -25,7 +25,7 @@ concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does
 
 Slots are taken *before* a task is created, and a task gives its slot back when its
 answer arrives, once it has one of ``maximum`` places among the answers waiting for
-their outputs (``Runner._write_outputs``): a million-item plan never holds more than
+their outputs (``Placer.write``): a million-item plan never holds more than
 twice ``maximum`` coroutines.
 """
 

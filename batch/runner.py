@@ -19,7 +19,6 @@ from collections.abc import Awaitable, Callable
 
 from batch import retry
 from batch.budget import Budget
-from batch.checks import transcript_warning
 from batch.client import Answer, DeepgramClient, TransportError
 from batch.dedupe import Dedupe, Shared
 from batch.errors import (
@@ -31,11 +30,11 @@ from batch.errors import (
     OutputError,
     StateError,
 )
-from batch.formats import render_all
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OutputMeta, OutputSink
+from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
@@ -103,14 +102,18 @@ class Runner:
         self._tries: dict[str, tuple[int, int]] = {}
         #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
-        #: answers waiting for their outputs; bounded like the requests, so that a crash
-        #: re-sends at most twice ``--concurrency`` items (``_write_outputs``)
-        self._unplaced = asyncio.Semaphore(settings.concurrency)
         #: items alive at once: those in flight and those placing their outputs (each
         #: at most --concurrency), so a crash leaves at most this many ``running``; it binds
         #: only --dedupe copies, which wait for their leader without a request slot
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
+        self._placer = Placer(
+            settings,
+            sink,
+            local=self._local,
+            release_slot=self._release_slot,
+            captured=self._captured if dedupe is not None else None,
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -193,7 +196,7 @@ class Runner:
         response = retry.parse_transcript(found.json)
         if response is None:
             return None
-        return self._done_result(item, item.attempts, response, found.locations)
+        return self._placer.done_result(item, item.attempts, response, found.locations)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -398,13 +401,13 @@ class Runner:
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
         answer = Answer(200, shared.body, None, shared.request_id)
-        outputs = await self._write_outputs(item, answer, shared.response)
-        result = self._done_result(item, item.attempts, shared.response, outputs)
+        outputs = await self._placer.write(item, answer, shared.response)
+        result = self._placer.done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
         """Give the item's request slot back, once. ``early``: its answer is in, so the
-        next request need not wait for the outputs to be written (``_write_outputs``)."""
+        next request need not wait for the outputs to be written (``Placer.write``)."""
         if early:
             self._early.add(item_id)
         elif item_id in self._early:
@@ -497,8 +500,8 @@ class Runner:
         request_id = decision.request_id or (answer.request_id if answer else None)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
-            outputs = await self._write_outputs(item, answer, decision.response)
-            return self._done_result(item, attempts, decision.response, outputs)
+            outputs = await self._placer.write(item, answer, decision.response)
+            return self._placer.done_result(item, attempts, decision.response, outputs)
         if decision.action is Action.FATAL:
             self.stop(FatalApiError(_fatal_message(decision)))
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
@@ -573,47 +576,6 @@ class Runner:
         finally:
             sleeper.cancel()
             stopper.cancel()
-
-    async def _write_outputs(
-        self, item: WorkItem, answer: Answer | None, response: retry.Response
-    ) -> list[str]:
-        body = answer.body if answer is not None else b""
-        if self.dedupe is not None:
-            self._captured[item.id] = (body, response)
-        files = render_all(
-            self.settings.formats, body, response, line_length=self.settings.caption_line_length
-        )
-        # The request is over, so its slot goes to the next item while the outputs are
-        # written: --concurrency counts requests in flight, as Deepgram's limit does. An
-        # answer waits for room among the unplaced ones first, still holding its slot,
-        # so a slow disk slows the requests down instead of piling up paid answers.
-        async with self._unplaced:
-            self._release_slot(item.id, early=True)
-            # (abandoned meanwhile, a paid answer still lands: see ``outputs.landed``)
-            meta = OutputMeta(item.source, item.fingerprint)
-            return await self.sink.write(item.out_name, files, meta)
-
-    def _done_result(
-        self,
-        item: WorkItem,
-        attempts: int,
-        response: retry.Response,
-        outputs: list[str] | tuple[str, ...],
-    ) -> Result:
-        metadata = response.get("metadata") or {}
-        duration = metadata.get("duration")
-        local = self._local.get(item.id)
-        return Result(
-            item.id,
-            ItemStatus.DONE,
-            attempts,
-            200,
-            request_id=metadata.get("request_id"),
-            duration=float(duration) if isinstance(duration, int | float) else None,
-            outputs=tuple(outputs),
-            warning=transcript_warning(response, local),
-            local_duration=local,
-        )
 
     # -- plumbing --------------------------------------------------------------------------
 
