@@ -18,6 +18,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from batch import retry
+from batch.adoption import Adoption
 from batch.budget import Budget
 from batch.client import Answer, DeepgramClient, TransportError
 from batch.dedupe import Dedupe, Shared
@@ -33,7 +34,7 @@ from batch.errors import (
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
-from batch.outputs import OutputMeta, OutputSink
+from batch.outputs import OutputSink
 from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
@@ -114,6 +115,9 @@ class Runner:
             release_slot=self._release_slot,
             captured=self._captured if dedupe is not None else None,
         )
+        self._adoption = Adoption(
+            settings, state, sink, self._placer, self.stats, local=self._local
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -122,7 +126,7 @@ class Runner:
         flusher = asyncio.create_task(self._flush_periodically())
         self._install_signals()
         try:
-            await self.recover()
+            await self._adoption.recover()
             counts = await asyncio.to_thread(self.state.counts)
             self._done_before = counts["done"] + counts["failed"]
             self.progress.start(sum(counts.values()), self._done_before)
@@ -150,53 +154,6 @@ class Runner:
     def stopping(self) -> bool:
         """True once anything asked the run to stop."""
         return self._stopped.is_set()
-
-    async def recover(self) -> None:
-        """Items a crashed run left ``running``: adopt outputs it wrote after claiming them
-        (so they are not paid for twice), put the rest back to ``pending``."""
-        leftovers = await asyncio.to_thread(self.state.running)
-        for item in leftovers:
-            # a forced item's undated outputs may be the very ones it was redoing
-            undated = item.forced and not self.settings.dated_outputs
-            done = None if undated else await self._existing_outputs(item, item.claimed_at)
-            if done is not None:
-                self.stats.recovered += 1
-                self.state.record(done)
-            else:
-                self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
-        await asyncio.to_thread(self.state.flush)
-
-    async def _under_other_name(self, item: WorkItem) -> Result | None:
-        """Outputs found under the other name the item could have (its stem or its full
-        name, as the items planned beside it decide: a state that was lost named them
-        among other items, say before ``a.mp3`` arrived beside ``a.wav``). The item then
-        takes that name, unless another item has it."""
-        for name in await asyncio.to_thread(self.state.other_names, item.id):
-            done = await self._existing_outputs(item, None, name)
-            if done is not None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
-                return done
-        return None
-
-    async def _existing_outputs(
-        self, item: WorkItem, since: float | None, name: str | None = None
-    ) -> Result | None:
-        """The item's ``done`` result when the sink already holds all its outputs (under
-        its name, or under ``name``)."""
-        meta = OutputMeta(item.source, item.fingerprint)
-        formats = self.settings.formats
-        found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
-        if found is None:
-            return None
-        if found.json is None:  # complete, without a transcript to read: nothing to warn of
-            local = self._local.get(item.id)
-            outputs = tuple(found.locations)
-            return Result(
-                item.id, ItemStatus.DONE, item.attempts, 200, outputs=outputs, local_duration=local
-            )
-        response = retry.parse_transcript(found.json)
-        if response is None:
-            return None
-        return self._placer.done_result(item, item.attempts, response, found.locations)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -434,7 +391,8 @@ class Runner:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         if self.settings.skip_existing and not item.forced:
-            done = await self._existing_outputs(item, None) or await self._under_other_name(item)
+            adopt = self._adoption
+            done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
             if done is not None:
                 self.stats.skipped += 1
                 return done
