@@ -19,18 +19,11 @@ from collections.abc import Awaitable, Callable
 
 from batch import retry
 from batch.adoption import Adoption
+from batch.attempts import Attempts
 from batch.budget import Budget
-from batch.client import Answer, DeepgramClient, TransportError
+from batch.client import Answer, DeepgramClient
 from batch.dedupe import Dedupe, Shared
-from batch.errors import (
-    ApiUnreachable,
-    BatchError,
-    FatalApiError,
-    Interrupted,
-    ItemError,
-    OutputError,
-    StateError,
-)
+from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
@@ -39,7 +32,6 @@ from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
-from batch.retry import Action, Decision
 from batch.runtypes import RunnerSettings, RunStats, Sleep
 from batch.state import Result, State, WorkItem
 
@@ -83,8 +75,6 @@ class Runner:
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
         )
-        self._sleep = sleep
-        self._rng = rng or random.Random()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
@@ -99,7 +89,7 @@ class Runner:
         self._handle_signals = handle_signals
         self._done_before = 0
         #: per in-flight item: (attempts, retries after a timeout) so far, for the result
-        #: of an item that an exception or a cancel takes out of ``_process``
+        #: of an item that an exception or a cancel takes out of ``Attempts.process``
         self._tries: dict[str, tuple[int, int]] = {}
         #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
@@ -115,8 +105,23 @@ class Runner:
             release_slot=self._release_slot,
             captured=self._captured if dedupe is not None else None,
         )
-        self._adoption = Adoption(
-            settings, state, sink, self._placer, self.stats, local=self._local
+        adoption = Adoption(settings, state, sink, self._placer, self.stats, local=self._local)
+        self._adoption = adoption
+        self._attempts = Attempts(
+            settings,
+            client,
+            senders,
+            self.limit,
+            self._placer,
+            adoption,
+            progress,
+            self.stats,
+            secret_sources=self.secret_sources,
+            tries=self._tries,
+            stopped=self._stopped,
+            stop=self.stop,
+            sleep=sleep,
+            rng=rng or random.Random(),
         )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -314,7 +319,7 @@ class Runner:
     def _cut_short(
         self, item: WorkItem, status: ItemStatus, error: str | None = None, code: str | None = None
     ) -> Result:
-        """The result of an item taken out of ``_process`` by an exception or a cancel,
+        """The result of an item taken out of ``Attempts.process`` by an exception or a cancel,
         with the attempts it made (they were paid for)."""
         attempts, timeouts = self._tries.get(item.id, (item.attempts, 0))
         return Result(
@@ -322,14 +327,14 @@ class Runner:
         )
 
     async def _deduped(self, item: WorkItem) -> Result:
-        """Measure the item, then ``_process`` it; with ``--dedupe``, the first item of each
-        content key is sent and its copies wait for its answer."""
+        """Measure the item, then process it (``batch.attempts``); with ``--dedupe``, the
+        first item of each content key is sent and its copies wait for its answer."""
         await self._measure(item)
         if self.dedupe is None or item.kind is not ItemKind.FILE:
-            return await self._process(item)
+            return await self._attempts.process(item)
         key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
         if key is None:
-            return await self._process(item)
+            return await self._attempts.process(item)
         leader = self.dedupe.follow(key)
         if leader is None:
             return await self._lead(item, key)
@@ -341,12 +346,12 @@ class Runner:
             return await self._copy(item, shared)
         if self.stopping:  # the leader was stopped, not failed: do not send after a stop
             return Result(item.id, ItemStatus.PENDING, item.attempts)
-        return await self._process(item)
+        return await self._attempts.process(item)
 
     async def _lead(self, item: WorkItem, key: str) -> Result:
         shared = None
         try:
-            result = await self._process(item)
+            result = await self._attempts.process(item)
             captured = self._captured.pop(item.id, None)
             if result.status is ItemStatus.DONE and captured is not None:
                 shared = Shared(item.id, result.request_id, *captured)
@@ -383,157 +388,6 @@ class Runner:
             kind = result.err_code or (result.error or "error").split(":")[0]
             self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
             self.progress.item_finished(False, None)
-
-    async def _process(self, item: WorkItem) -> Result:
-        source = self.secret_sources.get(item.id, item.source)
-        sender = self.senders.get(item.kind)
-        if sender is None:
-            error = f"{item.source}: no sender for {item.kind.value} items in this run"
-            return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        if self.settings.skip_existing and not item.forced:
-            adopt = self._adoption
-            done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
-            if done is not None:
-                self.stats.skipped += 1
-                return done
-        attempts, timeouts = item.attempts, 0
-        for tries in range(1, self.settings.max_retries + 2):
-            attempts += 1
-            self._tries[item.id] = (attempts, timeouts)
-            timed_out, unreachable = False, False
-            epoch = self.limit.epoch
-            try:
-                answer, decision = await self._attempt(sender, item, source)
-            except ItemError as exc:  # found before the request went out: no attempt
-                self.stats.sent -= 1
-                failed = Result(
-                    item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
-                )
-                return _with_timeouts(failed, timeouts)
-            except TransportError as exc:
-                answer, decision = None, retry.classify_exception(exc)
-                timed_out = exc.timeout and exc.body_sent
-                unreachable = exc.connect_failed
-            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
-            if outcome is not None:  # every way out keeps the retries after a timeout
-                return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
-            if timed_out:  # retried after a timeout: Deepgram may have billed the first one
-                timeouts += 1
-                self.stats.timeout_retries += 1
-                self._tries[item.id] = (attempts, timeouts)
-        raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
-
-    def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
-        """An item that gave up because Deepgram could not be reached at all is not at
-        fault: every other item would fail the same way (and need --retry-failed), so
-        the run stops and the item stays pending for the next run."""
-        if not unreachable or result.status is not ItemStatus.FAILED:
-            return result
-        message = (
-            f"Deepgram cannot be reached ({result.error}); stopped so that unfinished "
-            "items stay pending: check the network or --api-url, then run the same command"
-        )
-        self.stop(ApiUnreachable(message))
-        return dataclasses.replace(result, status=ItemStatus.PENDING)
-
-    async def _attempt(
-        self, sender: Sender, item: WorkItem, source: str
-    ) -> tuple[Answer, Decision]:
-        self.stats.sent += 1
-        answer = await sender(self.client, item, source)
-        return answer, retry.classify_response(answer.status, answer.body, answer.retry_after)
-
-    async def _decide(
-        self,
-        item: WorkItem,
-        attempts: int,
-        tries: int,
-        answer: Answer | None,
-        decision: Decision,
-        timeouts: int,
-        epoch: int,
-    ) -> Result | None:
-        """The result of the item, or None to try again (after sleeping here)."""
-        status = answer.status if answer is not None else None
-        request_id = decision.request_id or (answer.request_id if answer else None)
-        if decision.action is Action.SUCCEED and decision.response is not None:
-            self.limit.on_success()
-            outputs = await self._placer.write(item, answer, decision.response)
-            return self._placer.done_result(item, attempts, decision.response, outputs)
-        if decision.action is Action.FATAL:
-            self.stop(FatalApiError(_fatal_message(decision)))
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        failed = Result(
-            item.id,
-            ItemStatus.FAILED,
-            attempts,
-            status,
-            decision.reason,
-            decision.err_code,
-            request_id,
-            timeout_retries=timeouts,
-        )
-        if decision.action is Action.FAIL:
-            return failed
-        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed, epoch)
-
-    async def _retry_or_give_up(
-        self,
-        item: WorkItem,
-        attempts: int,
-        tries: int,
-        status: int | None,
-        decision: Decision,
-        failed: Result,
-        epoch: int,
-    ) -> Result | None:
-        if status == 429:
-            self.limit.on_throttle(epoch)
-        if tries > self.settings.max_retries:
-            error = f"{decision.reason} (gave up after {tries} attempts)"
-            return dataclasses.replace(failed, error=error)
-        if self.stopping:
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        self.stats.retries += 1
-        self.progress.retried()
-        delay = retry.retry_delay(
-            decision,
-            tries,
-            base=self.settings.backoff_base,
-            cap=self.settings.backoff_cap,
-            rng=self._rng,
-        )
-        if status == 429:
-            delay = self._throttled_delay(decision, epoch, delay)
-        log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
-        wait = self._wait_without_slot if status == 429 else self._sleep_unless_stopped
-        await wait(delay)
-        if self.stopping:
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        return None
-
-    def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
-        """No backoff of its own for a 429 when the pool already slowed down since the
-        request went out and is full: waiting for a slot under the cut limit is the
-        backoff. ``Retry-After`` is still honoured."""
-        if decision.retry_after is None and self.limit.covers_backoff(epoch):
-            return 0.0
-        return backoff
-
-    async def _wait_without_slot(self, delay: float) -> None:
-        """A throttled item waits without its slot (in-flight stays under the cut limit)."""
-        await self.limit.without_slot(self._sleep_unless_stopped(delay))
-
-    async def _sleep_unless_stopped(self, delay: float) -> None:
-        if delay <= 0:
-            return
-        sleeper = asyncio.create_task(self._sleep(delay))
-        stopper = asyncio.create_task(self._stopped.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -576,15 +430,3 @@ class Runner:
         )
         for task in list(self._tasks):
             task.cancel()
-
-
-def _with_timeouts(result: Result, timeouts: int) -> Result:
-    return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
-
-
-def _fatal_message(decision: Decision) -> str:
-    return (
-        f"Deepgram refused the API key ({decision.reason}); "
-        "nothing more was sent and unfinished items stay pending: "
-        "fix the key or the account, then run the same command again"
-    )
