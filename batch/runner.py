@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
@@ -21,8 +20,8 @@ from batch import retry
 from batch.adoption import Adoption
 from batch.attempts import Attempts
 from batch.budget import Budget
-from batch.client import Answer, DeepgramClient
-from batch.dedupe import Dedupe, Shared
+from batch.client import DeepgramClient
+from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
@@ -83,7 +82,7 @@ class Runner:
         #: per in-flight item: local duration (mutagen) and budget reservation
         self._local: dict[str, float | None] = {}
         self._reserved: dict[str, float | None] = {}
-        #: leaders' answers kept for their --dedupe copies
+        #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
         self._captured: dict[str, tuple[bytes, retry.Response]] = {}
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
@@ -98,6 +97,8 @@ class Runner:
         #: only --dedupe copies, which wait for their leader without a request slot
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
+        # What one item goes through, each piece handed the bookkeeping above it needs
+        # (shared, not copied: the runner reads it back when an item ends or is cut short).
         self._placer = Placer(
             settings,
             sink,
@@ -123,6 +124,17 @@ class Runner:
             sleep=sleep,
             rng=rng or random.Random(),
         )
+        self._copies: Copies | None = None
+        if dedupe is not None:
+            self._copies = Copies(
+                dedupe,
+                self._attempts,
+                self._placer,
+                self.limit,
+                captured=self._captured,
+                stopped=self._stopped,
+                secret_sources=self.secret_sources,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -327,45 +339,12 @@ class Runner:
         )
 
     async def _deduped(self, item: WorkItem) -> Result:
-        """Measure the item, then process it (``batch.attempts``); with ``--dedupe``, the
-        first item of each content key is sent and its copies wait for its answer."""
+        """Measure the item, then process it (``batch.attempts``); with ``--dedupe``, a
+        local file is sent only if it leads its content key (``batch.dedupe``)."""
         await self._measure(item)
-        if self.dedupe is None or item.kind is not ItemKind.FILE:
+        if self._copies is None or item.kind is not ItemKind.FILE:
             return await self._attempts.process(item)
-        key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
-        if key is None:
-            return await self._attempts.process(item)
-        leader = self.dedupe.follow(key)
-        if leader is None:
-            return await self._lead(item, key)
-        # A copy sends nothing while it waits, so its slot goes back: held, it could be the
-        # one slot its leader needs after a 429 cut the limit, and neither would go on.
-        # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        shared = await self.limit.without_slot(asyncio.shield(leader))
-        if shared is not None:
-            return await self._copy(item, shared)
-        if self.stopping:  # the leader was stopped, not failed: do not send after a stop
-            return Result(item.id, ItemStatus.PENDING, item.attempts)
-        return await self._attempts.process(item)
-
-    async def _lead(self, item: WorkItem, key: str) -> Result:
-        shared = None
-        try:
-            result = await self._attempts.process(item)
-            captured = self._captured.pop(item.id, None)
-            if result.status is ItemStatus.DONE and captured is not None:
-                shared = Shared(item.id, result.request_id, *captured)
-            return result
-        finally:
-            if self.dedupe is not None:
-                self.dedupe.publish(key, shared)
-
-    async def _copy(self, item: WorkItem, shared: Shared) -> Result:
-        """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
-        answer = Answer(200, shared.body, None, shared.request_id)
-        outputs = await self._placer.write(item, answer, shared.response)
-        result = self._placer.done_result(item, item.attempts, shared.response, outputs)
-        return dataclasses.replace(result, copy_of=shared.item_id)
+        return await self._copies.process(item)
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
         """Give the item's request slot back, once. ``early``: its answer is in, so the
