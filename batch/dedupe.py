@@ -10,12 +10,19 @@ in an earlier run is sent again), local files only (URL and S3 bodies are not re
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
 
-from batch.models import Params
+from batch import retry
+from batch.attempts import Attempts
+from batch.client import Answer
+from batch.limiter import AdaptiveLimit
+from batch.models import ItemStatus, Params
+from batch.placing import Placer
+from batch.state import Result, WorkItem
 
 _READ = 1 << 20
 
@@ -67,3 +74,65 @@ class Dedupe:
             leader.set_result(shared)
         if shared is None:
             del self._leaders[key]
+
+
+class Copies:
+    """One run's --dedupe items: the first of each content key is sent, and its copies
+    wait for its answer and have their outputs rendered from it."""
+
+    def __init__(
+        self,
+        dedupe: Dedupe,
+        attempts: Attempts,
+        placer: Placer,
+        limit: AdaptiveLimit,
+        *,
+        captured: dict[str, tuple[bytes, retry.Response]],
+        stopped: asyncio.Event,
+        secret_sources: dict[str, str],
+    ) -> None:
+        self.dedupe = dedupe
+        self.limit = limit
+        self.secret_sources = secret_sources
+        self._attempts = attempts
+        self._placer = placer
+        #: the runner's leaders' answers, kept by ``Placer.write`` for their copies
+        self._captured = captured
+        self._stopped = stopped
+
+    async def process(self, item: WorkItem) -> Result:
+        """A local file's result: sent when it leads its key (or its key is unknown),
+        copied from its leader's answer otherwise."""
+        key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
+        if key is None:
+            return await self._attempts.process(item)
+        leader = self.dedupe.follow(key)
+        if leader is None:
+            return await self._lead(item, key)
+        # A copy sends nothing while it waits, so its slot goes back: held, it could be the
+        # one slot its leader needs after a 429 cut the limit, and neither would go on.
+        # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
+        shared = await self.limit.without_slot(asyncio.shield(leader))
+        if shared is not None:
+            return await self._copy(item, shared)
+        if self._stopped.is_set():  # the leader was stopped, not failed: do not send after a stop
+            return Result(item.id, ItemStatus.PENDING, item.attempts)
+        return await self._attempts.process(item)
+
+    async def _lead(self, item: WorkItem, key: str) -> Result:
+        shared = None
+        try:
+            result = await self._attempts.process(item)
+            captured = self._captured.pop(item.id, None)
+            if result.status is ItemStatus.DONE and captured is not None:
+                shared = Shared(item.id, result.request_id, *captured)
+            return result
+        finally:
+            self.dedupe.publish(key, shared)
+
+    async def _copy(self, item: WorkItem, shared: Shared) -> Result:
+        """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
+        answer = Answer(200, shared.body, None, shared.request_id)
+        outputs = await self._placer.write(item, answer, shared.response)
+        result = self._placer.done_result(item, item.attempts, shared.response, outputs)
+        return dataclasses.replace(result, copy_of=shared.item_id)

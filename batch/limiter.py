@@ -25,7 +25,7 @@ concurrency only burns requests, so the whole pool slows down (AIMD, as TCP does
 
 Slots are taken *before* a task is created, and a task gives its slot back when its
 answer arrives, once it has one of ``maximum`` places among the answers waiting for
-their outputs (``Runner._write_outputs``): a million-item plan never holds more than
+their outputs (``Placer.write``): a million-item plan never holds more than
 twice ``maximum`` coroutines.
 """
 
@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger("dgbatch")
+_T = TypeVar("_T")
 
 
 class AdaptiveLimit:
@@ -101,6 +103,16 @@ class AdaptiveLimit:
         """Give a slot back."""
         self.in_flight -= 1
         self._changed.set()
+
+    async def without_slot(self, waiting: Awaitable[_T]) -> _T:
+        """Await ``waiting`` with the item's request slot given back, then take one back
+        with priority over new items (also when stopped or cancelled meanwhile, so the
+        item's single release stays balanced)."""
+        self.release()
+        try:
+            return await waiting
+        finally:
+            await self.acquire(retry=True)
 
     def close(self) -> None:
         """Wake every waiter with False: nothing more is dispatched."""

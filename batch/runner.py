@@ -10,87 +10,35 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import signal
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
 
 from batch import retry
+from batch.adoption import Adoption
+from batch.attempts import Attempts
 from batch.budget import Budget
-from batch.checks import transcript_warning
-from batch.client import Answer, DeepgramClient, TransportError
-from batch.dedupe import Dedupe, Shared
-from batch.errors import (
-    ApiUnreachable,
-    BatchError,
-    FatalApiError,
-    Interrupted,
-    ItemError,
-    OutputError,
-    StateError,
-)
-from batch.formats import render_all
+from batch.client import DeepgramClient
+from batch.dedupe import Copies, Dedupe
+from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
-from batch.outputs import OutputMeta, OutputSink
+from batch.outputs import OutputSink
+from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
-from batch.retry import Action, Decision
+from batch.runtypes import RunnerSettings, RunStats, Sleep
 from batch.state import Result, State, WorkItem
 
+__all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
+
 log = logging.getLogger("dgbatch")
-_T = TypeVar("_T")
 
 FLUSH_INTERVAL = 0.2
-Sleep = Callable[[float], Coroutine[Any, Any, None]]
-
-
-@dataclass(frozen=True)
-class RunnerSettings:
-    """The knobs the pool needs (a subset of ``RunConfig``)."""
-
-    concurrency: int = 10
-    max_retries: int = 5
-    formats: tuple[str, ...] = ("json", "txt")
-    backoff_base: float = 1.0
-    backoff_cap: float = 60.0
-    grace: float = 30.0
-    adaptive: bool = True
-    #: words per SRT/WebVTT cue (None: deepgram-captions' default of 8)
-    caption_line_length: int | None = None
-    #: before sending an item, ask the sink whether its outputs already exist for the same
-    #: source fingerprint, under its name or its other one (an S3 ``--out`` seen from a
-    #: fresh state, or an item stopped while its outputs were being put)
-    skip_existing: bool = False
-    #: the sink tells outputs written after a claim from older ones (local files, by
-    #: mtime); S3 objects are matched by source and fingerprint only
-    dated_outputs: bool = True
-
-
-@dataclass
-class RunStats:
-    """What this run did (the state holds the totals)."""
-
-    sent: int = 0
-    done: int = 0
-    failed: int = 0
-    retries: int = 0
-    timeout_retries: int = 0
-    #: done items given formats they lacked, rendered from their json (``batch.backfill``)
-    rendered: int = 0
-    recovered: int = 0
-    skipped: int = 0
-    audio_seconds: float = 0.0
-    stop_reason: BatchError | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-    warnings: int = 0
-    copies: int = 0
 
 
 class Runner:
@@ -126,8 +74,6 @@ class Runner:
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
         )
-        self._sleep = sleep
-        self._rng = rng or random.Random()
         self._stopped = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._signals = 0
@@ -136,24 +82,59 @@ class Runner:
         #: per in-flight item: local duration (mutagen) and budget reservation
         self._local: dict[str, float | None] = {}
         self._reserved: dict[str, float | None] = {}
-        #: leaders' answers kept for their --dedupe copies
+        #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
         self._captured: dict[str, tuple[bytes, retry.Response]] = {}
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
         #: per in-flight item: (attempts, retries after a timeout) so far, for the result
-        #: of an item that an exception or a cancel takes out of ``_process``
+        #: of an item that an exception or a cancel takes out of ``Attempts.process``
         self._tries: dict[str, tuple[int, int]] = {}
         #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
-        #: answers waiting for their outputs; bounded like the requests, so that a crash
-        #: re-sends at most twice ``--concurrency`` items (``_write_outputs``)
-        self._unplaced = asyncio.Semaphore(settings.concurrency)
         #: items alive at once: those in flight and those placing their outputs (each
         #: at most --concurrency), so a crash leaves at most this many ``running``; it binds
         #: only --dedupe copies, which wait for their leader without a request slot
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
+        # What one item goes through, each piece handed the bookkeeping above it needs
+        # (shared, not copied: the runner reads it back when an item ends or is cut short).
+        self._placer = Placer(
+            settings,
+            sink,
+            local=self._local,
+            release_slot=self._release_slot,
+            captured=self._captured if dedupe is not None else None,
+        )
+        adoption = Adoption(settings, state, sink, self._placer, self.stats, local=self._local)
+        self._adoption = adoption
+        self._attempts = Attempts(
+            settings,
+            client,
+            senders,
+            self.limit,
+            self._placer,
+            adoption,
+            progress,
+            self.stats,
+            secret_sources=self.secret_sources,
+            tries=self._tries,
+            stopped=self._stopped,
+            stop=self.stop,
+            sleep=sleep,
+            rng=rng or random.Random(),
+        )
+        self._copies: Copies | None = None
+        if dedupe is not None:
+            self._copies = Copies(
+                dedupe,
+                self._attempts,
+                self._placer,
+                self.limit,
+                captured=self._captured,
+                stopped=self._stopped,
+                secret_sources=self.secret_sources,
+            )
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -162,7 +143,7 @@ class Runner:
         flusher = asyncio.create_task(self._flush_periodically())
         self._install_signals()
         try:
-            await self.recover()
+            await self._adoption.recover()
             counts = await asyncio.to_thread(self.state.counts)
             self._done_before = counts["done"] + counts["failed"]
             self.progress.start(sum(counts.values()), self._done_before)
@@ -190,53 +171,6 @@ class Runner:
     def stopping(self) -> bool:
         """True once anything asked the run to stop."""
         return self._stopped.is_set()
-
-    async def recover(self) -> None:
-        """Items a crashed run left ``running``: adopt outputs it wrote after claiming them
-        (so they are not paid for twice), put the rest back to ``pending``."""
-        leftovers = await asyncio.to_thread(self.state.running)
-        for item in leftovers:
-            # a forced item's undated outputs may be the very ones it was redoing
-            undated = item.forced and not self.settings.dated_outputs
-            done = None if undated else await self._existing_outputs(item, item.claimed_at)
-            if done is not None:
-                self.stats.recovered += 1
-                self.state.record(done)
-            else:
-                self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
-        await asyncio.to_thread(self.state.flush)
-
-    async def _under_other_name(self, item: WorkItem) -> Result | None:
-        """Outputs found under the other name the item could have (its stem or its full
-        name, as the items planned beside it decide: a state that was lost named them
-        among other items, say before ``a.mp3`` arrived beside ``a.wav``). The item then
-        takes that name, unless another item has it."""
-        for name in await asyncio.to_thread(self.state.other_names, item.id):
-            done = await self._existing_outputs(item, None, name)
-            if done is not None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
-                return done
-        return None
-
-    async def _existing_outputs(
-        self, item: WorkItem, since: float | None, name: str | None = None
-    ) -> Result | None:
-        """The item's ``done`` result when the sink already holds all its outputs (under
-        its name, or under ``name``)."""
-        meta = OutputMeta(item.source, item.fingerprint)
-        formats = self.settings.formats
-        found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
-        if found is None:
-            return None
-        if found.json is None:  # complete, without a transcript to read: nothing to warn of
-            local = self._local.get(item.id)
-            outputs = tuple(found.locations)
-            return Result(
-                item.id, ItemStatus.DONE, item.attempts, 200, outputs=outputs, local_duration=local
-            )
-        response = retry.parse_transcript(found.json)
-        if response is None:
-            return None
-        return self._done_result(item, item.attempts, response, found.locations)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -397,7 +331,7 @@ class Runner:
     def _cut_short(
         self, item: WorkItem, status: ItemStatus, error: str | None = None, code: str | None = None
     ) -> Result:
-        """The result of an item taken out of ``_process`` by an exception or a cancel,
+        """The result of an item taken out of ``Attempts.process`` by an exception or a cancel,
         with the attempts it made (they were paid for)."""
         attempts, timeouts = self._tries.get(item.id, (item.attempts, 0))
         return Result(
@@ -405,49 +339,16 @@ class Runner:
         )
 
     async def _deduped(self, item: WorkItem) -> Result:
-        """Measure the item, then ``_process`` it; with ``--dedupe``, the first item of each
-        content key is sent and its copies wait for its answer."""
+        """Measure the item, then process it (``batch.attempts``); with ``--dedupe``, a
+        local file is sent only if it leads its content key (``batch.dedupe``)."""
         await self._measure(item)
-        if self.dedupe is None or item.kind is not ItemKind.FILE:
-            return await self._process(item)
-        key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
-        if key is None:
-            return await self._process(item)
-        leader = self.dedupe.follow(key)
-        if leader is None:
-            return await self._lead(item, key)
-        # A copy sends nothing while it waits, so its slot goes back: held, it could be the
-        # one slot its leader needs after a 429 cut the limit, and neither would go on.
-        # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        shared = await self._without_slot(asyncio.shield(leader))
-        if shared is not None:
-            return await self._copy(item, shared)
-        if self.stopping:  # the leader was stopped, not failed: do not send after a stop
-            return Result(item.id, ItemStatus.PENDING, item.attempts)
-        return await self._process(item)
-
-    async def _lead(self, item: WorkItem, key: str) -> Result:
-        shared = None
-        try:
-            result = await self._process(item)
-            captured = self._captured.pop(item.id, None)
-            if result.status is ItemStatus.DONE and captured is not None:
-                shared = Shared(item.id, result.request_id, *captured)
-            return result
-        finally:
-            if self.dedupe is not None:
-                self.dedupe.publish(key, shared)
-
-    async def _copy(self, item: WorkItem, shared: Shared) -> Result:
-        """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
-        answer = Answer(200, shared.body, None, shared.request_id)
-        outputs = await self._write_outputs(item, answer, shared.response)
-        result = self._done_result(item, item.attempts, shared.response, outputs)
-        return dataclasses.replace(result, copy_of=shared.item_id)
+        if self._copies is None or item.kind is not ItemKind.FILE:
+            return await self._attempts.process(item)
+        return await self._copies.process(item)
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
         """Give the item's request slot back, once. ``early``: its answer is in, so the
-        next request need not wait for the outputs to be written (``_write_outputs``)."""
+        next request need not wait for the outputs to be written (``Placer.write``)."""
         if early:
             self._early.add(item_id)
         elif item_id in self._early:
@@ -466,207 +367,6 @@ class Runner:
             kind = result.err_code or (result.error or "error").split(":")[0]
             self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
             self.progress.item_finished(False, None)
-
-    async def _process(self, item: WorkItem) -> Result:
-        source = self.secret_sources.get(item.id, item.source)
-        sender = self.senders.get(item.kind)
-        if sender is None:
-            error = f"{item.source}: no sender for {item.kind.value} items in this run"
-            return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        if self.settings.skip_existing and not item.forced:
-            done = await self._existing_outputs(item, None) or await self._under_other_name(item)
-            if done is not None:
-                self.stats.skipped += 1
-                return done
-        attempts, timeouts = item.attempts, 0
-        for tries in range(1, self.settings.max_retries + 2):
-            attempts += 1
-            self._tries[item.id] = (attempts, timeouts)
-            timed_out, unreachable = False, False
-            epoch = self.limit.epoch
-            try:
-                answer, decision = await self._attempt(sender, item, source)
-            except ItemError as exc:  # found before the request went out: no attempt
-                self.stats.sent -= 1
-                failed = Result(
-                    item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
-                )
-                return _with_timeouts(failed, timeouts)
-            except TransportError as exc:
-                answer, decision = None, retry.classify_exception(exc)
-                timed_out = exc.timeout and exc.body_sent
-                unreachable = exc.connect_failed
-            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
-            if outcome is not None:  # every way out keeps the retries after a timeout
-                return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
-            if timed_out:  # retried after a timeout: Deepgram may have billed the first one
-                timeouts += 1
-                self.stats.timeout_retries += 1
-                self._tries[item.id] = (attempts, timeouts)
-        raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
-
-    def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
-        """An item that gave up because Deepgram could not be reached at all is not at
-        fault: every other item would fail the same way (and need --retry-failed), so
-        the run stops and the item stays pending for the next run."""
-        if not unreachable or result.status is not ItemStatus.FAILED:
-            return result
-        message = (
-            f"Deepgram cannot be reached ({result.error}); stopped so that unfinished "
-            "items stay pending: check the network or --api-url, then run the same command"
-        )
-        self.stop(ApiUnreachable(message))
-        return dataclasses.replace(result, status=ItemStatus.PENDING)
-
-    async def _attempt(
-        self, sender: Sender, item: WorkItem, source: str
-    ) -> tuple[Answer, Decision]:
-        self.stats.sent += 1
-        answer = await sender(self.client, item, source)
-        return answer, retry.classify_response(answer.status, answer.body, answer.retry_after)
-
-    async def _decide(
-        self,
-        item: WorkItem,
-        attempts: int,
-        tries: int,
-        answer: Answer | None,
-        decision: Decision,
-        timeouts: int,
-        epoch: int,
-    ) -> Result | None:
-        """The result of the item, or None to try again (after sleeping here)."""
-        status = answer.status if answer is not None else None
-        request_id = decision.request_id or (answer.request_id if answer else None)
-        if decision.action is Action.SUCCEED and decision.response is not None:
-            self.limit.on_success()
-            outputs = await self._write_outputs(item, answer, decision.response)
-            return self._done_result(item, attempts, decision.response, outputs)
-        if decision.action is Action.FATAL:
-            self.stop(FatalApiError(_fatal_message(decision)))
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        failed = Result(
-            item.id,
-            ItemStatus.FAILED,
-            attempts,
-            status,
-            decision.reason,
-            decision.err_code,
-            request_id,
-            timeout_retries=timeouts,
-        )
-        if decision.action is Action.FAIL:
-            return failed
-        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed, epoch)
-
-    async def _retry_or_give_up(
-        self,
-        item: WorkItem,
-        attempts: int,
-        tries: int,
-        status: int | None,
-        decision: Decision,
-        failed: Result,
-        epoch: int,
-    ) -> Result | None:
-        if status == 429:
-            self.limit.on_throttle(epoch)
-        if tries > self.settings.max_retries:
-            error = f"{decision.reason} (gave up after {tries} attempts)"
-            return dataclasses.replace(failed, error=error)
-        if self.stopping:
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        self.stats.retries += 1
-        self.progress.retried()
-        delay = retry.retry_delay(
-            decision,
-            tries,
-            base=self.settings.backoff_base,
-            cap=self.settings.backoff_cap,
-            rng=self._rng,
-        )
-        if status == 429:
-            delay = self._throttled_delay(decision, epoch, delay)
-        log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
-        wait = self._wait_without_slot if status == 429 else self._sleep_unless_stopped
-        await wait(delay)
-        if self.stopping:
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        return None
-
-    def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
-        """No backoff of its own for a 429 when the pool already slowed down since the
-        request went out and is full: waiting for a slot under the cut limit is the
-        backoff. ``Retry-After`` is still honoured."""
-        if decision.retry_after is None and self.limit.covers_backoff(epoch):
-            return 0.0
-        return backoff
-
-    async def _wait_without_slot(self, delay: float) -> None:
-        """A throttled item waits without its slot (in-flight stays under the cut limit)."""
-        await self._without_slot(self._sleep_unless_stopped(delay))
-
-    async def _without_slot(self, waiting: Awaitable[_T]) -> _T:
-        """Await ``waiting`` with the item's request slot given back, then take one back
-        with priority over new items (also when stopped or cancelled meanwhile, so the
-        item's single release stays balanced)."""
-        self.limit.release()
-        try:
-            return await waiting
-        finally:
-            await self.limit.acquire(retry=True)
-
-    async def _sleep_unless_stopped(self, delay: float) -> None:
-        if delay <= 0:
-            return
-        sleeper = asyncio.create_task(self._sleep(delay))
-        stopper = asyncio.create_task(self._stopped.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
-
-    async def _write_outputs(
-        self, item: WorkItem, answer: Answer | None, response: retry.Response
-    ) -> list[str]:
-        body = answer.body if answer is not None else b""
-        if self.dedupe is not None:
-            self._captured[item.id] = (body, response)
-        files = render_all(
-            self.settings.formats, body, response, line_length=self.settings.caption_line_length
-        )
-        # The request is over, so its slot goes to the next item while the outputs are
-        # written: --concurrency counts requests in flight, as Deepgram's limit does. An
-        # answer waits for room among the unplaced ones first, still holding its slot,
-        # so a slow disk slows the requests down instead of piling up paid answers.
-        async with self._unplaced:
-            self._release_slot(item.id, early=True)
-            # (abandoned meanwhile, a paid answer still lands: see ``outputs.landed``)
-            meta = OutputMeta(item.source, item.fingerprint)
-            return await self.sink.write(item.out_name, files, meta)
-
-    def _done_result(
-        self,
-        item: WorkItem,
-        attempts: int,
-        response: retry.Response,
-        outputs: list[str] | tuple[str, ...],
-    ) -> Result:
-        metadata = response.get("metadata") or {}
-        duration = metadata.get("duration")
-        local = self._local.get(item.id)
-        return Result(
-            item.id,
-            ItemStatus.DONE,
-            attempts,
-            200,
-            request_id=metadata.get("request_id"),
-            duration=float(duration) if isinstance(duration, int | float) else None,
-            outputs=tuple(outputs),
-            warning=transcript_warning(response, local),
-            local_duration=local,
-        )
 
     # -- plumbing --------------------------------------------------------------------------
 
@@ -709,15 +409,3 @@ class Runner:
         )
         for task in list(self._tasks):
             task.cancel()
-
-
-def _with_timeouts(result: Result, timeouts: int) -> Result:
-    return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
-
-
-def _fatal_message(decision: Decision) -> str:
-    return (
-        f"Deepgram refused the API key ({decision.reason}); "
-        "nothing more was sent and unfinished items stay pending: "
-        "fix the key or the account, then run the same command again"
-    )

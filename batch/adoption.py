@@ -1,0 +1,87 @@
+"""Outputs already in place for an item, adopted so that it is not paid for twice.
+
+Two cases: items a crashed run left ``running``, whose outputs it may have written after
+claiming them (``recover``), and, with ``skip_existing``, items whose outputs the sink
+already holds for the same source fingerprint, under their name or their other one
+(``existing_outputs``, then ``under_other_name``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from batch import retry
+from batch.models import ItemStatus
+from batch.outputs import OutputMeta, OutputSink
+from batch.placing import Placer
+from batch.runtypes import RunnerSettings, RunStats
+from batch.state import Result, State, WorkItem
+
+
+class Adoption:
+    """Finds one run's items' outputs in the sink and records them ``done``."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        state: State,
+        sink: OutputSink,
+        placer: Placer,
+        stats: RunStats,
+        *,
+        local: dict[str, float | None],
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.sink = sink
+        self.stats = stats
+        self._placer = placer
+        #: the runner's per in-flight item local durations (mutagen)
+        self._local = local
+
+    async def recover(self) -> None:
+        """Items a crashed run left ``running``: adopt outputs it wrote after claiming them
+        (so they are not paid for twice), put the rest back to ``pending``."""
+        leftovers = await asyncio.to_thread(self.state.running)
+        for item in leftovers:
+            # a forced item's undated outputs may be the very ones it was redoing
+            undated = item.forced and not self.settings.dated_outputs
+            done = None if undated else await self.existing_outputs(item, item.claimed_at)
+            if done is not None:
+                self.stats.recovered += 1
+                self.state.record(done)
+            else:
+                self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
+        await asyncio.to_thread(self.state.flush)
+
+    async def under_other_name(self, item: WorkItem) -> Result | None:
+        """Outputs found under the other name the item could have (its stem or its full
+        name, as the items planned beside it decide: a state that was lost named them
+        among other items, say before ``a.mp3`` arrived beside ``a.wav``). The item then
+        takes that name, unless another item has it."""
+        for name in await asyncio.to_thread(self.state.other_names, item.id):
+            done = await self.existing_outputs(item, None, name)
+            if done is not None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
+                return done
+        return None
+
+    async def existing_outputs(
+        self, item: WorkItem, since: float | None, name: str | None = None
+    ) -> Result | None:
+        """The item's ``done`` result when the sink already holds all its outputs (under
+        its name, or under ``name``)."""
+        meta = OutputMeta(item.source, item.fingerprint)
+        formats = self.settings.formats
+        found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
+        if found is None:
+            return None
+        if found.json is None:  # complete, without a transcript to read: nothing to warn of
+            local = self._local.get(item.id)
+            outputs = tuple(found.locations)
+            return Result(
+                item.id, ItemStatus.DONE, item.attempts, 200, outputs=outputs, local_duration=local
+            )
+        response = retry.parse_transcript(found.json)
+        if response is None:
+            return None
+        return self._placer.done_result(item, item.attempts, response, found.locations)

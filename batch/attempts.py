@@ -1,0 +1,234 @@
+"""One item's requests: send it, classify the answer, then retry after a backoff or
+give up. Every way out is the item's ``Result``; what an exception or a cancel cuts
+short, the runner records from the tallies kept here as the tries go (``tries``)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import random
+from collections.abc import Callable
+
+from batch import retry
+from batch.adoption import Adoption
+from batch.client import Answer, DeepgramClient, TransportError
+from batch.errors import ApiUnreachable, BatchError, FatalApiError, ItemError
+from batch.limiter import AdaptiveLimit
+from batch.media import Sender
+from batch.models import ItemKind, ItemStatus
+from batch.placing import Placer
+from batch.progress import Progress
+from batch.retry import Action, Decision
+from batch.runtypes import RunnerSettings, RunStats, Sleep
+from batch.state import Result, WorkItem
+
+log = logging.getLogger("dgbatch")
+
+
+class Attempts:
+    """The retry loop of one run's items, under the run's limiter and stop."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        client: DeepgramClient,
+        senders: dict[ItemKind, Sender],
+        limit: AdaptiveLimit,
+        placer: Placer,
+        adoption: Adoption,
+        progress: Progress,
+        stats: RunStats,
+        *,
+        secret_sources: dict[str, str],
+        tries: dict[str, tuple[int, int]],
+        stopped: asyncio.Event,
+        stop: Callable[[BatchError], None],
+        sleep: Sleep,
+        rng: random.Random,
+    ) -> None:
+        self.settings = settings
+        self.client = client
+        self.senders = senders
+        self.limit = limit
+        self.progress = progress
+        self.stats = stats
+        self.secret_sources = secret_sources
+        self.stop = stop
+        self._placer = placer
+        self._adoption = adoption
+        #: the runner's per in-flight item (attempts, retries after a timeout) so far
+        self._tries = tries
+        self._stopped = stopped
+        self._sleep = sleep
+        self._rng = rng
+
+    @property
+    def stopping(self) -> bool:
+        """True once anything asked the run to stop."""
+        return self._stopped.is_set()
+
+    async def process(self, item: WorkItem) -> Result:
+        """The item's result once an answer decides it, its tries run out or the run
+        stops; meanwhile ``tries`` holds its tallies, in case a cancel cuts it short."""
+        source = self.secret_sources.get(item.id, item.source)
+        sender = self.senders.get(item.kind)
+        if sender is None:
+            error = f"{item.source}: no sender for {item.kind.value} items in this run"
+            return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        if self.settings.skip_existing and not item.forced:
+            adopt = self._adoption
+            done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
+            if done is not None:
+                self.stats.skipped += 1
+                return done
+        attempts, timeouts = item.attempts, 0
+        for tries in range(1, self.settings.max_retries + 2):
+            attempts += 1
+            self._tries[item.id] = (attempts, timeouts)
+            timed_out, unreachable = False, False
+            epoch = self.limit.epoch
+            try:
+                answer, decision = await self._attempt(sender, item, source)
+            except ItemError as exc:  # found before the request went out: no attempt
+                self.stats.sent -= 1
+                failed = Result(
+                    item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
+                )
+                return _with_timeouts(failed, timeouts)
+            except TransportError as exc:
+                answer, decision = None, retry.classify_exception(exc)
+                timed_out = exc.timeout and exc.body_sent
+                unreachable = exc.connect_failed
+            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
+            if outcome is not None:  # every way out keeps the retries after a timeout
+                return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
+            if timed_out:  # retried after a timeout: Deepgram may have billed the first one
+                timeouts += 1
+                self.stats.timeout_retries += 1
+                self._tries[item.id] = (attempts, timeouts)
+        raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
+        """An item that gave up because Deepgram could not be reached at all is not at
+        fault: every other item would fail the same way (and need --retry-failed), so
+        the run stops and the item stays pending for the next run."""
+        if not unreachable or result.status is not ItemStatus.FAILED:
+            return result
+        message = (
+            f"Deepgram cannot be reached ({result.error}); stopped so that unfinished "
+            "items stay pending: check the network or --api-url, then run the same command"
+        )
+        self.stop(ApiUnreachable(message))
+        return dataclasses.replace(result, status=ItemStatus.PENDING)
+
+    async def _attempt(
+        self, sender: Sender, item: WorkItem, source: str
+    ) -> tuple[Answer, Decision]:
+        self.stats.sent += 1
+        answer = await sender(self.client, item, source)
+        return answer, retry.classify_response(answer.status, answer.body, answer.retry_after)
+
+    async def _decide(
+        self,
+        item: WorkItem,
+        attempts: int,
+        tries: int,
+        answer: Answer | None,
+        decision: Decision,
+        timeouts: int,
+        epoch: int,
+    ) -> Result | None:
+        """The result of the item, or None to try again (after sleeping here)."""
+        status = answer.status if answer is not None else None
+        request_id = decision.request_id or (answer.request_id if answer else None)
+        if decision.action is Action.SUCCEED and decision.response is not None:
+            self.limit.on_success()
+            outputs = await self._placer.write(item, answer, decision.response)
+            return self._placer.done_result(item, attempts, decision.response, outputs)
+        if decision.action is Action.FATAL:
+            self.stop(FatalApiError(_fatal_message(decision)))
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        failed = Result(
+            item.id,
+            ItemStatus.FAILED,
+            attempts,
+            status,
+            decision.reason,
+            decision.err_code,
+            request_id,
+            timeout_retries=timeouts,
+        )
+        if decision.action is Action.FAIL:
+            return failed
+        return await self._retry_or_give_up(item, attempts, tries, status, decision, failed, epoch)
+
+    async def _retry_or_give_up(
+        self,
+        item: WorkItem,
+        attempts: int,
+        tries: int,
+        status: int | None,
+        decision: Decision,
+        failed: Result,
+        epoch: int,
+    ) -> Result | None:
+        if status == 429:
+            self.limit.on_throttle(epoch)
+        if tries > self.settings.max_retries:
+            error = f"{decision.reason} (gave up after {tries} attempts)"
+            return dataclasses.replace(failed, error=error)
+        if self.stopping:
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        self.stats.retries += 1
+        self.progress.retried()
+        delay = retry.retry_delay(
+            decision,
+            tries,
+            base=self.settings.backoff_base,
+            cap=self.settings.backoff_cap,
+            rng=self._rng,
+        )
+        if status == 429:
+            delay = self._throttled_delay(decision, epoch, delay)
+        log.debug("retry %s in %.2fs: %s", item.source, delay, decision.reason)
+        wait = self._wait_without_slot if status == 429 else self._sleep_unless_stopped
+        await wait(delay)
+        if self.stopping:
+            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        return None
+
+    def _throttled_delay(self, decision: Decision, epoch: int, backoff: float) -> float:
+        """No backoff of its own for a 429 when the pool already slowed down since the
+        request went out and is full: waiting for a slot under the cut limit is the
+        backoff. ``Retry-After`` is still honoured."""
+        if decision.retry_after is None and self.limit.covers_backoff(epoch):
+            return 0.0
+        return backoff
+
+    async def _wait_without_slot(self, delay: float) -> None:
+        """A throttled item waits without its slot (in-flight stays under the cut limit)."""
+        await self.limit.without_slot(self._sleep_unless_stopped(delay))
+
+    async def _sleep_unless_stopped(self, delay: float) -> None:
+        if delay <= 0:
+            return
+        sleeper = asyncio.create_task(self._sleep(delay))
+        stopper = asyncio.create_task(self._stopped.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
+
+
+def _with_timeouts(result: Result, timeouts: int) -> Result:
+    return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
+
+
+def _fatal_message(decision: Decision) -> str:
+    return (
+        f"Deepgram refused the API key ({decision.reason}); "
+        "nothing more was sent and unfinished items stay pending: "
+        "fix the key or the account, then run the same command again"
+    )

@@ -1,0 +1,91 @@
+"""What becomes of a paid answer: its outputs, rendered and written, and the ``done``
+result that records them (also for outputs found already in place, and for --dedupe
+copies rendered from their leader's answer)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+from batch import retry
+from batch.checks import transcript_warning
+from batch.client import Answer
+from batch.formats import render_all
+from batch.models import ItemStatus
+from batch.outputs import OutputMeta, OutputSink
+from batch.runtypes import RunnerSettings
+from batch.state import Result, WorkItem
+
+
+class ReleaseSlot(Protocol):
+    """``Runner._release_slot``: gives an item's request slot back, once."""
+
+    def __call__(self, item_id: str, *, early: bool = False) -> None: ...
+
+
+class Placer:
+    """Places one run's answers in the sink, at most ``--concurrency`` of them at once."""
+
+    def __init__(
+        self,
+        settings: RunnerSettings,
+        sink: OutputSink,
+        *,
+        local: dict[str, float | None],
+        release_slot: ReleaseSlot,
+        captured: dict[str, tuple[bytes, retry.Response]] | None,
+    ) -> None:
+        self.settings = settings
+        self.sink = sink
+        #: the runner's per in-flight item local durations (mutagen), for the warning
+        self._local = local
+        self._release_slot = release_slot
+        #: with --dedupe, leaders' answers kept for their copies (``Runner._lead``)
+        self._captured = captured
+        #: answers waiting for their outputs; bounded like the requests, so that a crash
+        #: re-sends at most twice ``--concurrency`` items (``write``)
+        self._unplaced = asyncio.Semaphore(settings.concurrency)
+
+    async def write(
+        self, item: WorkItem, answer: Answer | None, response: retry.Response
+    ) -> list[str]:
+        """Where the answer's outputs now are; the request slot goes back meanwhile."""
+        body = answer.body if answer is not None else b""
+        if self._captured is not None:
+            self._captured[item.id] = (body, response)
+        files = render_all(
+            self.settings.formats, body, response, line_length=self.settings.caption_line_length
+        )
+        # The request is over, so its slot goes to the next item while the outputs are
+        # written: --concurrency counts requests in flight, as Deepgram's limit does. An
+        # answer waits for room among the unplaced ones first, still holding its slot,
+        # so a slow disk slows the requests down instead of piling up paid answers.
+        async with self._unplaced:
+            self._release_slot(item.id, early=True)
+            # (abandoned meanwhile, a paid answer still lands: see ``outputs.landed``)
+            meta = OutputMeta(item.source, item.fingerprint)
+            return await self.sink.write(item.out_name, files, meta)
+
+    def done_result(
+        self,
+        item: WorkItem,
+        attempts: int,
+        response: retry.Response,
+        outputs: list[str] | tuple[str, ...],
+    ) -> Result:
+        """Deepgram's duration is what the item is billed for; its local one (when known)
+        is what tells a truncated transcript (``batch.checks``)."""
+        metadata = response.get("metadata") or {}
+        duration = metadata.get("duration")
+        local = self._local.get(item.id)
+        return Result(
+            item.id,
+            ItemStatus.DONE,
+            attempts,
+            200,
+            request_id=metadata.get("request_id"),
+            duration=float(duration) if isinstance(duration, int | float) else None,
+            outputs=tuple(outputs),
+            warning=transcript_warning(response, local),
+            local_duration=local,
+        )
