@@ -26,7 +26,7 @@ from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateE
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
-from batch.outputs import OutputSink
+from batch.outputs import OUTPUT_GRACE, OutputSink
 from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
@@ -39,6 +39,9 @@ __all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
 log = logging.getLogger("dgbatch")
 
 FLUSH_INTERVAL = 0.2
+#: an abandoned item still alive this long after its cancel is cancelled again: past the
+#: grace its paid answer's outputs get to land (``outputs.landed``), and a turn of drain
+_RECANCEL_AFTER = OUTPUT_GRACE + 0.25
 
 
 class Runner:
@@ -301,8 +304,7 @@ class Runner:
             if deadline is None and isinstance(self.stats.stop_reason, Interrupted):
                 deadline = loop.time() + self.settings.grace
             if deadline is not None and loop.time() >= deadline:
-                for task in self._tasks:
-                    task.cancel()
+                _abandon(self._tasks, again=loop.time() >= deadline + _RECANCEL_AFTER)
             await asyncio.wait(set(self._tasks), timeout=0.25)
 
     # -- one item --------------------------------------------------------------------------
@@ -407,5 +409,12 @@ class Runner:
         log.warning(
             "%s again: abandoning %d in-flight item(s) (they stay pending)", name, len(self._tasks)
         )
-        for task in list(self._tasks):
+        _abandon(self._tasks)
+
+
+def _abandon(tasks: set[asyncio.Task[None]], *, again: bool = False) -> None:
+    """Cancel each task once (``again``: even if it was already): a second cancel would
+    cut short the grace the first gives a paid answer's outputs to land."""
+    for task in list(tasks):
+        if again or not task.cancelling():
             task.cancel()

@@ -528,6 +528,31 @@ def test_an_item_abandoned_while_its_outputs_are_written_is_not_paid_again(
     assert again.exit_code == 0 and len(emulator.log) == 1
 
 
+def test_an_item_writing_its_outputs_when_grace_ends_is_let_finish_them(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When ``--grace`` runs out, an item whose paid answer is being written is cancelled
+    once and given the output grace to land; it is recorded done, not sent again. (The
+    drain loop used to cancel it again every 0.25 s, cutting that grace short.)"""
+    make_wavs(tmp_path / "in", 1)
+    real_write = batch.outputs._write_new_file
+
+    def slow_after_ctrl_c(path: str, data: bytes, created: list[str]) -> None:
+        if not created:  # the first file of the write: Ctrl-C, then a slow disk
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.9)  # past --grace and three turns of the drain loop, within 2 s
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", slow_after_ctrl_c)
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--grace", "0.1")
+    assert result.exit_code == 130, result.output
+    assert [r["status"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")] == ["done"]
+    monkeypatch.undo()
+    again = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert again.exit_code == 0 and len(emulator.log) == 1
+
+
 def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
     """Nothing listening on the API port: every try is retried, then the run stops (exit 1)
     naming the refused connection, and the item stays pending for the next run."""
