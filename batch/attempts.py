@@ -57,7 +57,7 @@ class Attempts:
         self.stop = stop
         self._placer = placer
         self._adoption = adoption
-        #: the runner's per in-flight item (attempts, retries after a timeout) so far
+        #: the runner's per in-flight item (attempts, possibly billed retries) so far
         self._tries = tries
         self._stopped = stopped
         self._sleep = sleep
@@ -86,10 +86,11 @@ class Attempts:
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
             self._tries[item.id] = (attempts, timeouts)
-            timed_out, unreachable = False, False
+            unreachable = False
             epoch = self.limit.epoch
             try:
                 answer, decision = await self._attempt(sender, item, source)
+                billed = answer.status == 200  # a 200 retried (not a transcript) was paid
             except ItemError as exc:  # found before the request went out: no attempt
                 self.stats.sent -= 1
                 failed = Result(
@@ -98,12 +99,12 @@ class Attempts:
                 return _with_timeouts(failed, timeouts)
             except TransportError as exc:
                 answer, decision = None, retry.classify_exception(exc)
-                timed_out = exc.timeout and exc.body_sent
+                billed = exc.body_sent and not exc.connect_failed  # Deepgram may have it
                 unreachable = exc.connect_failed
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
-            if outcome is not None:  # every way out keeps the retries after a timeout
+            if outcome is not None:  # every way out keeps the possibly billed retries
                 return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
-            if timed_out:  # retried after a timeout: Deepgram may have billed the first one
+            if billed:  # retried a request Deepgram may have processed, and billed: count it
                 timeouts += 1
                 self.stats.timeout_retries += 1
                 self._tries[item.id] = (attempts, timeouts)

@@ -244,9 +244,7 @@ def format_status(summary: dict[str, Any]) -> str:
     lines += [f"  {name:<8} {counts[name]}" for name in counts]
     lines.append(f"attempts: {summary['attempts']}")
     if summary["timeout_retries"]:
-        lines.append(
-            f"retries after a timeout (possibly billed twice): {summary['timeout_retries']}"
-        )
+        lines.append(f"retries of a request Deepgram may have billed: {summary['timeout_retries']}")
     lines.append(f"audio transcribed: {summary['audio_hours']:.2f} h")
     if summary.get("warnings"):
         lines.append(

@@ -90,7 +90,7 @@ class Runner:
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
-        #: per in-flight item: (attempts, retries after a timeout) so far, for the result
+        #: per in-flight item: (attempts, possibly billed retries) so far, for the result
         #: of an item that an exception or a cancel takes out of ``Attempts.process``
         self._tries: dict[str, tuple[int, int]] = {}
         #: items whose slot went back when their answer arrived (``_release_slot``)

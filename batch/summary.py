@@ -13,7 +13,7 @@ def format_summary(outcome: RunOutcome) -> str:
     s, c = outcome.stats, outcome.counts
     lines = [
         f"done {s.done}, failed {s.failed}, retried {s.retries} "
-        f"({s.timeout_retries} after a timeout), audio {s.audio_seconds / 3600:.2f} h, "
+        f"({s.timeout_retries} possibly billed), audio {s.audio_seconds / 3600:.2f} h, "
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]

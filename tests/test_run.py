@@ -430,11 +430,52 @@ def test_a_timeout_after_the_upload_is_retried_and_counted_separately(tmp_path: 
             url, "run", str(tmp_path / "a.wav"), "--out", str(out), "--timeout", "0.3"
         )
     assert result.exit_code == 0, result.output
-    assert "retried 1 (1 after a timeout)" in result.output
+    assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, 1)
     status = Cli(None)("status", "--state", str(out / ".dgbatch" / "state.sqlite"), "--json")
     assert json.loads(status.output)["timeout_retries"] == 1
+
+
+def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
+    """Answers the first request with ``kind`` once its body is read, then Deepgram 200s."""
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        seen.append(time.monotonic())
+        if len(seen) == 1 and kind == "reset":
+            assert request.transport is not None
+            request.transport.close()
+        if len(seen) == 1 and kind == "garbage":
+            return web.Response(status=200, body=b"\x00not json", content_type="application/json")
+        if len(seen) == 1 and kind == "503":
+            return web.json_response({"err_code": "X", "err_msg": "busy"}, status=503)
+        response = build_response(
+            request_id=f"r{len(seen)}", sha256="0" * 64, size=len(body), duration=1.0, params=()
+        )
+        return web.json_response(response)
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
+@pytest.mark.parametrize(("kind", "billed"), [("garbage", 1), ("reset", 1), ("503", 0)])
+def test_retries_of_requests_deepgram_may_have_billed_are_counted(
+    tmp_path: Path, kind: str, billed: int
+) -> None:
+    """A 200 that was not a transcript was processed, and a connection dropped after the
+    whole body was sent may have been: their retries count as possibly billed, like a
+    timeout's. A 503 was not processed: an ordinary retry."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    seen: list[float] = []
+    with serve_app(_first_answer_app(kind, seen)) as url:
+        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert f"retried 1 ({billed} possibly billed)" in result.output
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, billed)
 
 
 def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
@@ -448,7 +489,7 @@ def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
             "--max-retries", "1",
         )  # fmt: skip
     assert result.exit_code == 1
-    assert "retried 1 (1 after a timeout)" in result.output
+    assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"]) == ("failed", 2)
     assert "timeout" in str(row["error"])

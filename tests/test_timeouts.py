@@ -148,6 +148,6 @@ def test_retries_after_a_timeout_stay_on_the_row_however_the_item_ends(
     make_wav(tmp_path / "in" / "a.wav")
     with run_in_thread(EmulatorConfig()) as emu:
         result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
-    assert "retried 1 (1 after a timeout)" in result.output
+    assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("failed", 1, 1)
