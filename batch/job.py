@@ -59,6 +59,9 @@ class RunOutcome:
     error: BatchError | None = None
     #: per format asked for, done items (of any run) that have no such output
     missing: dict[str, int] = field(default_factory=dict)
+    #: failed items of earlier runs that this run's sources did not list (a source since
+    #: deleted, a manifest line since fixed): not in the exit code
+    unlisted_failed: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The numbers recorded in the runs table and printed at the end."""
@@ -78,11 +81,13 @@ class RunOutcome:
             "wall_seconds": round(self.wall_seconds, 3),
             "rendered_from_json": self.stats.rendered,
             "done_without_format": self.missing,
+            "failed_not_listed": self.unlisted_failed,
         }
 
 
 def exit_code_for(counts: dict[str, int], stop: BatchError | None) -> int:
-    """0 only when every item in the state is done; a stop reason wins over counts."""
+    """0 only when every item of the run (``State.run_counts``) is done; a stop reason wins
+    over counts."""
     if stop is not None:
         return stop.exit_code
     if counts["failed"] or counts["pending"] or counts["running"]:
@@ -192,9 +197,10 @@ async def _run_locked(
             # broken inputs fail while planning, not sending: the state counts both
             stats.failed = await asyncio.to_thread(state.failed_since, began)
             counts = await asyncio.to_thread(state.counts)
+            mine = await asyncio.to_thread(state.run_counts, run_id)
             saved = await _save_report(state, report_path(config.state_path))
             stats.stop_reason = stats.stop_reason or signals.interruption()
-            code = exit_code_for(counts, stats.stop_reason)
+            code = exit_code_for(mine, stats.stop_reason)
             finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
             if force_since is not None and finished:
                 state.end_force()
@@ -202,6 +208,7 @@ async def _run_locked(
             outcome = RunOutcome(
                 code, stats, counts, time.monotonic() - started, saved, stats.stop_reason, missing
             )
+            outcome.unlisted_failed = counts["failed"] - mine["failed"]
             state.finish_run(run_id, code, outcome.summary())
             report.counts, report.summary = counts, outcome.summary()
             await asyncio.to_thread(report.read_failures, state)

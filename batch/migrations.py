@@ -88,6 +88,14 @@ def m003_forced(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE items ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m004_seen_run(db: sqlite3.Connection) -> None:
+    """Per-item ``seen_run``: the last run whose sources listed it (a new item has its
+    planning run in ``run_id``). A run's exit code counts only its own items, so a failed
+    item whose source is gone no longer fails every later run."""
+    db.execute("ALTER TABLE items ADD COLUMN seen_run INTEGER")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

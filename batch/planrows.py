@@ -60,6 +60,7 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.status = 'failed' AND {retry} THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
+    seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1
         WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
     updated_at = CASE

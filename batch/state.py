@@ -398,6 +398,18 @@ class State:
             found = dict(rows.fetchall())
         return {s.value: int(found.get(s.value, 0)) for s in ItemStatus}
 
+    def run_counts(self, run_id: int) -> dict[str, int]:
+        """``counts`` of the items run ``run_id`` planned (its sources listed them) or
+        sent: what its exit code is about."""
+        with self._mutex:
+            rows = self._db.execute(
+                "SELECT status, COUNT(*) FROM items WHERE run_id = ? OR seen_run = ? "
+                "GROUP BY status",
+                (run_id, run_id),
+            )
+            found = dict(rows.fetchall())
+        return {s.value: int(found.get(s.value, 0)) for s in ItemStatus}
+
     def query(self, sql: str, args: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
         """Run a read-only query (used by status and report)."""
         with self._mutex:

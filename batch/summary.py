@@ -17,6 +17,12 @@ def format_summary(outcome: RunOutcome) -> str:
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
+    if outcome.unlisted_failed:
+        lines.append(
+            f"{outcome.unlisted_failed} failed item(s) of earlier runs are not among this run's "
+            "sources (deleted, or a manifest line since fixed): they do not count in the exit "
+            "code (dgbatch report --failed lists them)"
+        )
     if s.warnings:
         lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
     if s.copies:

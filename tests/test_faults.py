@@ -183,7 +183,8 @@ def test_source_deleted_or_changed_before_sending(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A file deleted or rewritten between planning and sending fails with a message that
-    names it and says why; the next run re-plans the changed one and sends its new bytes."""
+    names it and says why; the next run re-plans the changed one and sends its new bytes,
+    and the deleted one's failure, kept in the state, no longer sets its exit code."""
     a, b, c = make_tiny_wavs(tmp_path / "in", 3)
 
     async def meddling(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
@@ -207,7 +208,9 @@ def test_source_deleted_or_changed_before_sending(
     assert len(emulator.log) == 1
 
     monkeypatch.undo()
-    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
+    again = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert again.exit_code == 0, again.output  # a.wav is gone: its failure is kept, not counted
+    assert "1 failed item(s) of earlier runs are not among this run's sources" in again.output
     statuses = {Path(str(r["source"])).name: r["status"] for r in state_rows(out)}
     assert statuses == {a.name: "failed", b.name: "done", c.name: "done"}
     assert emulator.log[-1].bytes_received == b.stat().st_size

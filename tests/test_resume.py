@@ -296,3 +296,27 @@ def test_an_unfinished_force_is_continued_without_force_and_a_failed_start_begin
     db = sqlite3.connect(state)
     assert db.execute("SELECT value FROM meta WHERE key = 'force_since'").fetchone() is None
     db.close()
+
+
+def test_a_failure_whose_source_is_gone_no_longer_fails_every_run(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """The exit code is about the run's own items: once a broken manifest line is fixed
+    (or a failed file deleted), its old failed row stays in the state for the report but
+    later runs exit 0, and say it is left out. A failure still listed still exits 1."""
+    make_wav(tmp_path / "one.wav")
+    make_wav(tmp_path / "two.wav", tone=1)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"source": "one.wav"}\n{bad json\n{"source": "empty.wav"}\n')
+    out = tmp_path / "out"
+    assert dgbatch("run", str(manifest), "--out", str(out)).exit_code == 1
+    manifest.write_text('{"source": "one.wav"}\n{"source": "two.wav"}\n{"source": "empty.wav"}\n')
+    still = dgbatch("run", str(manifest), "--out", str(out))
+    assert still.exit_code == 1, still.output  # empty.wav is still listed, still failed
+    manifest.write_text('{"source": "one.wav"}\n{"source": "two.wav"}\n')
+    fixed = dgbatch("run", str(manifest), "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output
+    assert "2 failed item(s) of earlier runs are not among this run's sources" in fixed.output
+    assert "state: 2 done, 2 failed, 0 pending" in fixed.output
+    assert len(emulator.log) == 2  # one.wav and two.wav, each once
