@@ -265,6 +265,29 @@ emulator_options = stacked(
 )
 
 
+#: ``run``'s options that ``RunConfig`` takes as click parsed them (it checks their ranges)
+_AS_GIVEN = (
+    "concurrency",
+    "max_retries",
+    "timeout",
+    "retry_failed",
+    "backoff_base",
+    "backoff_cap",
+    "grace",
+    "progress",
+    "caption_line_length",
+    "dry_run",
+    "probe",
+    "max_audio_hours",
+    "max_cost",
+    "price_per_hour",
+    "dedupe",
+    "url_mode",
+    "force",
+    "run_report",
+)
+
+
 def build_config(opts: dict[str, Any]) -> RunConfig:
     """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
     if opts["as_json"] and not opts["dry_run"]:
@@ -288,27 +311,10 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         formats=formats,
         params=params,
         filters=Filters(tuple(opts["include"]), tuple(opts["exclude"]), AUDIO_EXTENSIONS),
-        concurrency=opts["concurrency"],
-        max_retries=opts["max_retries"],
-        timeout=opts["timeout"],
-        retry_failed=opts["retry_failed"],
-        backoff_base=opts["backoff_base"],
-        backoff_cap=opts["backoff_cap"],
-        grace=opts["grace"],
-        progress=opts["progress"],
         command=shlex.join(["dgbatch", *sys.argv[1:]]),
-        caption_line_length=opts["caption_line_length"],
-        dry_run=opts["dry_run"],
-        probe=opts["probe"],
-        max_audio_hours=opts["max_audio_hours"],
-        max_cost=opts["max_cost"],
-        price_per_hour=opts["price_per_hour"],
         preflight=not opts["no_preflight"],
         sniff=not opts["no_sniff"],
-        dedupe=opts["dedupe"],
         s3_endpoint_url=opts["s3_endpoint_url"] or None,
-        url_mode=opts["url_mode"],
         shard=shard,
-        force=opts["force"],
-        run_report=opts["run_report"],
+        **{name: opts[name] for name in _AS_GIVEN},
     )

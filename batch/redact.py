@@ -21,6 +21,7 @@ from urllib.parse import unquote_plus
 __all__ = [
     "REDACTED",
     "SECRET_QUERY_KEYS",
+    "SIGNING_QUERY_KEYS",
     "RedactingFilter",
     "is_secret_key",
     "may_hold_secret",
@@ -31,9 +32,9 @@ __all__ = [
 
 REDACTED = "REDACTED"
 
-#: Query keys (compared lowercased) whose values are credentials or signatures:
-#: AWS SigV4 and SigV2, GCS V4 and V2, Azure SAS, CloudFront and generic API keys.
-SECRET_QUERY_KEYS: frozenset[str] = frozenset(
+#: Query keys (compared lowercased) whose values sign a URL: AWS SigV4 and SigV2, GCS V4
+#: and V2, Azure SAS, CloudFront. They change each time the URL is signed.
+SIGNING_QUERY_KEYS: frozenset[str] = frozenset(
     {
         "x-amz-signature",
         "x-amz-credential",
@@ -41,6 +42,19 @@ SECRET_QUERY_KEYS: frozenset[str] = frozenset(
         "awsaccesskeyid",
         "signature",
         "sig",
+        "x-goog-signature",
+        "x-goog-credential",
+        "x-goog-security-token",
+        "googleaccessid",
+        "key-pair-id",
+        "policy",
+    }
+)
+
+#: Query keys (compared lowercased) whose values are credentials or signatures: the
+#: signing keys above, and generic API keys and tokens.
+SECRET_QUERY_KEYS: frozenset[str] = SIGNING_QUERY_KEYS | frozenset(
+    {
         "token",
         "access_token",
         "refresh_token",
@@ -56,12 +70,6 @@ SECRET_QUERY_KEYS: frozenset[str] = frozenset(
         "pwd",
         "secret",
         "client_secret",
-        "x-goog-signature",
-        "x-goog-credential",
-        "x-goog-security-token",
-        "googleaccessid",
-        "key-pair-id",
-        "policy",
     }
 )
 

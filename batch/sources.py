@@ -27,7 +27,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 from batch.errors import SourceError
 from batch.models import Filters, Item, ItemKind, Params
 from batch.naming import AUDIO_EXTENSIONS
-from batch.redact import redact_source, redact_url
+from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url
 
 if TYPE_CHECKING:
     from batch.manifests import SeenIds
@@ -57,22 +57,7 @@ _VOLATILE_QUERY_KEYS = frozenset(
 
 #: Query keys whose values change each time a URL is signed, not from one recording to
 #: another: two URLs with one id that differ only in these are the same recording.
-_SIGNING_KEYS = _VOLATILE_QUERY_KEYS | frozenset(
-    {
-        "x-amz-signature",
-        "x-amz-credential",
-        "x-amz-security-token",
-        "awsaccesskeyid",
-        "signature",
-        "sig",
-        "x-goog-signature",
-        "x-goog-credential",
-        "x-goog-security-token",
-        "googleaccessid",
-        "key-pair-id",
-        "policy",
-    }
-)
+_SIGNING_KEYS = _VOLATILE_QUERY_KEYS | SIGNING_QUERY_KEYS
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")

@@ -342,6 +342,14 @@ def test_an_item_that_keeps_failing_gives_up_after_max_retries(tmp_path: Path) -
     assert row["err_code"] == "Service Unavailable"
 
 
+def _deepgram_200(n: int, body: bytes) -> web.Response:
+    """A Deepgram-shaped 200 for request ``n`` of a test's own /v1/listen."""
+    response = build_response(
+        request_id=f"r{n}", sha256="0" * 64, size=len(body), duration=1.0, params=()
+    )
+    return web.json_response(response)
+
+
 def _listen_app(
     first: Callable[[int], Awaitable[web.Response | None]], seen: list[float]
 ) -> web.Application:
@@ -354,10 +362,7 @@ def _listen_app(
         early = await first(len(seen))
         if early is not None:
             return early
-        response = build_response(
-            request_id=f"r{len(seen)}", sha256="0" * 64, size=len(body), duration=1.0, params=()
-        )
-        return web.json_response(response)
+        return _deepgram_200(len(seen), body)
 
     app = web.Application()
     app.router.add_post("/v1/listen", listen)
@@ -450,10 +455,7 @@ def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
             return web.Response(status=200, body=b"\x00not json", content_type="application/json")
         if len(seen) == 1 and kind == "503":
             return web.json_response({"err_code": "X", "err_msg": "busy"}, status=503)
-        response = build_response(
-            request_id=f"r{len(seen)}", sha256="0" * 64, size=len(body), duration=1.0, params=()
-        )
-        return web.json_response(response)
+        return _deepgram_200(len(seen), body)
 
     app = web.Application()
     app.router.add_post("/v1/listen", listen)
