@@ -48,14 +48,14 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "manifests" / "example"
 
 
-def make_wav(seconds: float, rate: int = 8000) -> bytes:
-    """A mono 16-bit WAV of the given length, built in memory."""
+def make_wav(seconds: float, rate: int = 8000, channels: int = 1) -> bytes:
+    """A 16-bit WAV of the given length (mono unless told), built in memory."""
     buffer = io.BytesIO()
     with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
+        out.setnchannels(channels)
         out.setsampwidth(2)
         out.setframerate(rate)
-        out.writeframes(b"\x01\x02" * int(rate * seconds))
+        out.writeframes(b"\x01\x02" * channels * int(rate * seconds))
     return buffer.getvalue()
 
 

@@ -12,7 +12,7 @@ Nothing here touches the network: uploads and fetched media alike stream through
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from batch.sniff import sniff_container
 
@@ -20,12 +20,15 @@ _HEAD_BYTES = 4096  # enough for magic bytes and a WAV header with a LIST chunk 
 _GUESS_BYTES_PER_SECOND = 16_000  # ~128 kbit/s, a plausible compressed bitrate
 
 
-def transcript_for(sha256_hex: str, size: int) -> str:
+def transcript_for(sha256_hex: str, size: int, channel: int = 0) -> str:
     """The transcript of ``size`` bytes whose digest is ``sha256_hex``, whatever the flags.
 
-    Naming the digest and the size lets a test prove that an output belongs to its input.
+    Naming the digest and the size lets a test prove that an output belongs to its input;
+    with ``multichannel``, channels after the first name themselves too, so a test can tell
+    them apart (the first reads as a mono answer does).
     """
-    return f"audio {sha256_hex[:16]} has {size} bytes"
+    text = f"audio {sha256_hex[:16]} has {size} bytes"
+    return f"{text} on channel {channel}" if channel else text
 
 
 def looks_like_audio(head: bytes) -> bool:
@@ -52,18 +55,33 @@ def wav_duration(head: bytes, size: int) -> float | None:
 
 def wav_data_chunk(head: bytes) -> tuple[int, int, int] | None:
     """``(offset of the samples, their declared length, byte rate)`` of a WAV header."""
-    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-        return None
-    pos, byte_rate = 12, 0
-    while pos + 8 <= len(head):
-        chunk_id = head[pos : pos + 4]
-        chunk_size = int.from_bytes(head[pos + 4 : pos + 8], "little")
-        if chunk_id == b"fmt " and pos + 20 <= len(head):
-            byte_rate = int.from_bytes(head[pos + 16 : pos + 20], "little")
+    byte_rate = 0
+    for chunk_id, start, size in _wav_chunks(head):
+        if chunk_id == b"fmt " and start + 12 <= len(head):
+            byte_rate = int.from_bytes(head[start + 8 : start + 12], "little")
         elif chunk_id == b"data":
-            return pos + 8, chunk_size, byte_rate
-        pos += 8 + chunk_size + (chunk_size & 1)
+            return start, size, byte_rate
     return None
+
+
+def wav_channels(head: bytes) -> int | None:
+    """The channel count a WAV header declares (None: not a WAV, or no usable ``fmt``)."""
+    for chunk_id, start, _ in _wav_chunks(head):
+        if chunk_id == b"fmt " and start + 4 <= len(head):
+            return int.from_bytes(head[start + 2 : start + 4], "little") or None
+    return None
+
+
+def _wav_chunks(head: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """``(id, offset of its data, declared size)`` of each RIFF chunk whose header is in
+    ``head``; nothing for what is not a WAV."""
+    if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return
+    pos = 12
+    while pos + 8 <= len(head):
+        size = int.from_bytes(head[pos + 4 : pos + 8], "little")
+        yield head[pos : pos + 4], pos + 8, size
+        pos += 8 + size + (size & 1)
 
 
 def estimate_duration(head: bytes, size: int, params: Sequence[tuple[str, str]]) -> float:

@@ -5,13 +5,12 @@ oddities it is about; ``duration_ratio`` scales every ``metadata.duration`` (e.g
 simulate a transcript that covers half the audio).
 
 A record keeps the raw ``Authorization`` header so tests can check how the key was sent; the
-control endpoints serve the log without auth, which is why the emulator must only ever listen
-on loopback.
+control endpoints serve the log without auth, which is why they answer only loopback peers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 #: Faults drawn by default when ``fault_rate`` > 0.
 DEFAULT_FAULTS: tuple[str, ...] = ("429", "500", "502", "503", "reset", "truncated", "garbage")
@@ -21,6 +20,10 @@ EXTRA_FAULTS: tuple[str, ...] = ("408", "504")
 AUTH_MODES: tuple[str, ...] = ("ok", "401", "402", "403")
 #: Deepgram's documented file-size limit; above it the emulator answers 413 (an inference).
 MAX_UPLOAD_BYTES = 2 * 1024**3
+#: Deepgram's pre-recorded concurrency limit per project (PAYG/Growth), in requests in flight.
+DEEPGRAM_CONCURRENCY = 100
+#: The same for ``model=whisper*`` requests, which are counted apart.
+WHISPER_CONCURRENCY = 5
 
 
 @dataclass
@@ -52,6 +55,11 @@ class EmulatorConfig:
     allow_private_urls: bool = True
     #: ``metadata.duration`` = the audio's real duration times this (< 1: a short transcript)
     duration_ratio: float = 1.0
+    #: seconds between callback deliveries to a receiver that failed (Deepgram: 30; tests: tiny)
+    callback_retry_gap: float = 30.0
+    #: refuse callback URLs on other ports than Deepgram allows (80, 443, 8080, 8443); off by
+    #: default because test receivers listen on random ports
+    callback_ports_only: bool = False
 
     def __post_init__(self) -> None:
         """Fail at construction: a misspelt fault name would otherwise silently never fire."""
@@ -69,7 +77,10 @@ class EmulatorConfig:
             msg = "'duration_ratio' must be > 0"
             raise ValueError(msg)
         if self.max_concurrency is not None and self.max_concurrency < 1:
-            msg = "'max_concurrency' must be >= 1 (or None for no limit)"
+            msg = "'max_concurrency' must be >= 1 (or None for Deepgram's limits)"
+            raise ValueError(msg)
+        if self.callback_retry_gap < 0:
+            msg = "'callback_retry_gap' must be >= 0"
             raise ValueError(msg)
 
 
@@ -97,3 +108,7 @@ class RequestRecord:
     authorization: str
     #: seconds of audio transcribed (None when the request never got that far)
     duration: float | None = None
+    #: callback mode: the receiver's URL, without credentials or query (a signature may be there)
+    callback: str | None = None
+    #: callback mode: the receiver's status for each delivery attempt in order (0: no answer)
+    callback_attempts: list[int] = field(default_factory=list)

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from batch.emulator.config import EmulatorConfig, RequestRecord
 from batch.emulator.faults import _AUTH_ERRORS, _token
-from batch.emulator.responses import _MODEL_UUID, _iso_time
+from batch.emulator.responses import _iso_time, model_info
 
 _ACCESSOR_UUID = "0c6e8a5e-51f4-4cb5-9a7e-6d1f2b3c4d5e"
 
@@ -140,7 +140,7 @@ def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
         "channels": 1,
         "streams": 1,
         "method": "sync",
-        "models": [_MODEL_UUID],
+        "models": [model_info(record.params)[0]],
         "tags": _tags_of(record),
     }
     return {

@@ -2,12 +2,14 @@
 
 The words are the transcript's, spread evenly over the audio's duration, and the flags that
 change the shape (``punctuate``, ``paragraphs``, ``smart_format``, ``diarize``,
-``utterances``) are honoured, so what dgbatch writes from a response can be checked word by
-word.
+``utterances``, and ``multichannel`` through the channel count it is given) are honoured, so
+what dgbatch writes from a response can be checked word by word. ``metadata.model_info``
+names the model the request asked for.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 import uuid
 from collections.abc import Sequence
@@ -18,8 +20,13 @@ from typing import Any
 from batch.emulator.audio import transcript_for
 
 _DIARIZE_SPLIT = 2  # with diarize, speaker 0 says the first two words, speaker 1 the rest
-_MODEL_UUID = "4d892fb6-7df8-4b94-8e9a-6a2e4c5b0f31"
-_MODEL_INFO = {"name": "general-nova-3", "version": "2025-01-20.1", "arch": "nova-3"}
+_DEFAULT_MODEL = "nova-3"
+_MODEL_VERSION = "2025-01-20.1"
+#: model families, longest first where one is a prefix of another (``nova-3`` before ``nova``)
+_ARCHES = ("nova-3", "nova-2", "nova", "enhanced", "base", "whisper")
+#: the tier a bare family name means (``model=whisper`` is Deepgram's medium Whisper)
+_DEFAULT_TIERS = {"whisper": "medium"}
+_MODEL_NAMESPACE = uuid.UUID("4d892fb6-7df8-4b94-8e9a-6a2e4c5b0f31")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +60,30 @@ def build_response(
     duration: float,
     params: Sequence[tuple[str, str]],
     silent: bool = False,
+    channels: int = 1,
 ) -> dict[str, Any]:
     """A 200 body of Deepgram's shape whose transcript, words and digest come from the audio;
-    ``silent`` audio gets what Deepgram answers for silence: an empty transcript, no words."""
+    ``silent`` audio gets what Deepgram answers for silence: an empty transcript, no words.
+    ``channels`` > 1 (``multichannel`` on a multichannel upload) answers each channel apart."""
     opts = _Options.parse(params)
-    transcript = "" if silent else transcript_for(sha256, size)
-    turns = _turns(transcript.split(), duration, opts) if transcript else []
+    entries: list[dict[str, Any]] = []
+    utterances: list[dict[str, Any]] = []
+    for channel in range(channels):
+        transcript = "" if silent else transcript_for(sha256, size, channel)
+        turns = _turns(transcript.split(), duration, opts) if transcript else []
+        entries.append({"alternatives": [_alternative(transcript, turns, opts)]})
+        utterances += [_utterance(turn, opts.diarize, channel) for turn in turns]
+    results: dict[str, Any] = {"channels": entries}
+    if opts.utterances:
+        results["utterances"] = sorted(utterances, key=lambda u: float(u["start"]))
+    metadata = _metadata(request_id, sha256, duration, params, channels)
+    return {"metadata": metadata, "results": results}
+
+
+def _alternative(
+    transcript: str, turns: list[list[dict[str, Any]]], opts: _Options
+) -> dict[str, Any]:
+    """A channel's one alternative, with ``paragraphs`` when the flags ask for them."""
     alternative: dict[str, Any] = {
         "transcript": transcript,
         "confidence": 0.99,
@@ -66,11 +91,7 @@ def build_response(
     }
     if opts.paragraphs:
         alternative["paragraphs"] = _paragraphs(turns, opts.diarize)
-    results: dict[str, Any] = {"channels": [{"alternatives": [alternative]}]}
-    if opts.utterances:
-        results["utterances"] = [_utterance(turn, opts.diarize) for turn in turns]
-    metadata = _metadata(request_id, sha256, duration, params)
-    return {"metadata": metadata, "results": results}
+    return alternative
 
 
 def _turns(tokens: list[str], duration: float, opts: _Options) -> list[list[dict[str, Any]]]:
@@ -126,13 +147,13 @@ def _paragraphs(turns: list[list[dict[str, Any]]], diarize: bool) -> dict[str, A
     return {"transcript": "\n" + "\n\n".join(lines), "paragraphs": items}
 
 
-def _utterance(turn: list[dict[str, Any]], diarize: bool) -> dict[str, Any]:
+def _utterance(turn: list[dict[str, Any]], diarize: bool, channel: int) -> dict[str, Any]:
     """One entry of ``results.utterances``."""
     utterance: dict[str, Any] = {
         "start": turn[0]["start"],
         "end": turn[-1]["end"],
         "confidence": 0.99,
-        "channel": 0,
+        "channel": channel,
         "transcript": _text(turn),
         "words": turn,
     }
@@ -143,19 +164,24 @@ def _utterance(turn: list[dict[str, Any]], diarize: bool) -> dict[str, Any]:
 
 
 def _metadata(
-    request_id: str, sha256: str, duration: float, params: Sequence[tuple[str, str]]
+    request_id: str,
+    sha256: str,
+    duration: float,
+    params: Sequence[tuple[str, str]],
+    channels: int,
 ) -> dict[str, Any]:
     """``metadata`` with the fields the spec marks required, plus echoed ``tag``/``extra``."""
     created = _iso_time(time.time())
+    model_uuid, name, arch = model_info(params)
     metadata: dict[str, Any] = {
         "transaction_key": "deprecated",
         "request_id": request_id,
         "sha256": sha256,
         "created": created,
         "duration": duration,
-        "channels": 1,
-        "models": [_MODEL_UUID],
-        "model_info": {_MODEL_UUID: dict(_MODEL_INFO)},
+        "channels": channels,
+        "models": [model_uuid],
+        "model_info": {model_uuid: {"name": name, "version": _MODEL_VERSION, "arch": arch}},
     }
     tags = [value for key, value in params if key == "tag"]
     if tags:
@@ -168,6 +194,27 @@ def _metadata(
     if extra:
         metadata["extra"] = extra
     return metadata
+
+
+def model_info(params: Sequence[tuple[str, str]]) -> tuple[str, str, str]:
+    """``(uuid, name, arch)`` of the model a request's ``model=`` names (the last one wins),
+    nova-3 when it names none, so a client that reads ``model_info`` sees what it asked for."""
+    model = next((value for key, value in reversed(params) if key == "model"), "")
+    return _model_info(model or _DEFAULT_MODEL)
+
+
+@functools.lru_cache(maxsize=256)
+def _model_info(model: str) -> tuple[str, str, str]:
+    """``nova-2`` is ``general-nova-2`` of arch ``nova-2``, ``nova-2-phonecall`` is
+    ``phonecall-nova-2``, ``whisper-large`` is ``large-whisper`` of arch ``whisper``; a
+    custom model is its own name and arch. The uuid is stable per name, as Deepgram's are."""
+    arch, tier = model, ""
+    for family in _ARCHES:
+        if model == family or model.startswith(f"{family}-"):
+            arch, tier = family, model[len(family) + 1 :] or _DEFAULT_TIERS.get(family, "general")
+            break
+    name = f"{tier}-{arch}" if tier else model
+    return str(uuid.uuid5(_MODEL_NAMESPACE, name)), name, arch
 
 
 def _iso_time(epoch: float) -> str:

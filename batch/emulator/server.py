@@ -2,16 +2,11 @@
 
 A request is authorised, admitted under the concurrency limit, its audio received or fetched
 and checked, and its answer held for the configured latency; a drawn fault then replaces the
-answer. Every request is logged, however it ends.
+answer. In callback mode the answer is ``{"request_id"}`` at once and the transcript is
+delivered later (:mod:`~batch.emulator.callbacks`). Every request is logged, however it ends.
 
-Control endpoints (no auth: this is a loopback test tool, never expose it)::
-
-    GET  /_emulator/log            JSON list of RequestRecord (asdict, key hidden), oldest first
-    GET  /_emulator/stats          {"requests": N, "in_flight": N, "in_flight_max": N}
-    POST /_emulator/auth?mode=M    M in ok|401|402|403: every /v1/listen then answers that error
-    POST /_emulator/reset          clear the log and the in-flight high-water mark
-
-The management routes come from :class:`~batch.emulator.management.ManagementApi`.
+The management routes come from :class:`~batch.emulator.management.ManagementApi`, the
+``/_emulator`` control routes from :class:`~batch.emulator.control.ControlApi`.
 """
 
 from __future__ import annotations
@@ -21,16 +16,23 @@ import json
 import random
 import time
 import uuid
-from dataclasses import asdict
-from typing import Any
 
 import aiohttp
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
-from batch.emulator.audio import _Sink, estimate_duration, looks_like_audio
-from batch.emulator.config import AUTH_MODES, MAX_UPLOAD_BYTES, EmulatorConfig, RequestRecord
+from batch.emulator.audio import _Sink, estimate_duration, looks_like_audio, wav_channels
+from batch.emulator.callbacks import Deliveries, callback_target
+from batch.emulator.config import (
+    AUTH_MODES,
+    DEEPGRAM_CONCURRENCY,
+    MAX_UPLOAD_BYTES,
+    WHISPER_CONCURRENCY,
+    EmulatorConfig,
+    RequestRecord,
+)
+from batch.emulator.control import ControlApi
 from batch.emulator.faults import (
     _AUTH_ERRORS,
     _GARBAGE,
@@ -63,7 +65,7 @@ from batch.emulator.responses import build_response
 _CORRUPT = "Bad Request: failed to process audio: corrupt or unsupported data"
 
 
-class Emulator(ManagementApi):
+class Emulator(ManagementApi, ControlApi):
     """One emulator server; start it with :meth:`start` or ``async with``."""
 
     def __init__(self, config: EmulatorConfig | None = None) -> None:
@@ -73,6 +75,9 @@ class Emulator(ManagementApi):
         self._rng = random.Random(self.config.seed)
         self._in_flight = 0
         self._in_flight_max = 0
+        #: ``model=whisper*`` requests in flight (also counted in ``_in_flight``)
+        self._whisper_in_flight = 0
+        self._callbacks = Deliveries(self.config.callback_retry_gap)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._url = ""
@@ -97,14 +102,9 @@ class Emulator(ManagementApi):
             raise ValueError(msg)
         self._auth_mode = mode
 
-    def in_flight_max(self) -> int:
-        """The most ``/v1/listen`` requests that were in flight at once (reset clears it)."""
-        return self._in_flight_max
-
-    def reset(self) -> None:
-        """Start a fresh measurement; the list object is kept so references to it stay valid."""
-        self.log.clear()
-        self._in_flight_max = self._in_flight
+    async def callbacks_settled(self) -> None:
+        """Wait until every callback delivery started so far has succeeded or given up."""
+        await self._callbacks.wait()
 
     async def start(self) -> None:
         """Bind the socket (port 0 lets the OS pick) and open the session used for URL fetches."""
@@ -125,11 +125,13 @@ class Emulator(ManagementApi):
         self._url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     async def stop(self) -> None:
-        """Close the socket and the fetch session; safe to call twice or before start."""
+        """Close the socket, cancel pending callback deliveries (once no handler can start
+        another) and close the session; safe to call twice or before start."""
         runner, self._runner = self._runner, None
-        session, self._session = self._session, None
         if runner is not None:
             await runner.cleanup()
+        await self._callbacks.cancel()
+        session, self._session = self._session, None
         if session is not None:
             await session.close()
 
@@ -141,16 +143,13 @@ class Emulator(ManagementApi):
         await self.stop()
 
     def _app(self) -> web.Application:
-        """Routes; the control endpoints live under ``/_emulator`` so they never clash."""
+        """Deepgram's routes, then the control endpoints."""
         app = web.Application()
         app.router.add_post("/v1/listen", self._listen)
         app.router.add_get("/v1/auth/token", self._token_details)
         app.router.add_get("/v1/projects/{project}/requests", self._project_requests)
         app.router.add_get("/v1/projects/{project}/usage", self._project_usage)
-        app.router.add_get("/_emulator/log", self._control_log)
-        app.router.add_get("/_emulator/stats", self._control_stats)
-        app.router.add_post("/_emulator/auth", self._control_auth)
-        app.router.add_post("/_emulator/reset", self._control_reset)
+        self._add_control_routes(app)
         return app
 
     # ----------------------------------------------------------------------- /v1/listen
@@ -158,28 +157,35 @@ class Emulator(ManagementApi):
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         """Count the request as in flight for its whole life and log it however it ends."""
         record = _new_record(request)
+        whisper = request.query.get("model", "").startswith("whisper")
         self._in_flight += 1
+        self._whisper_in_flight += whisper
         self._in_flight_max = max(self._in_flight_max, self._in_flight)
         try:
-            return await self._answer(request, record)
+            return await self._answer(request, record, whisper)
         finally:
             self._in_flight -= 1
+            self._whisper_in_flight -= whisper
             self.log.append(record)
 
-    async def _answer(self, request: web.Request, record: RequestRecord) -> web.StreamResponse:
-        """Auth, then the concurrency limit (answered at once), then body, latency and faults."""
+    async def _answer(
+        self, request: web.Request, record: RequestRecord, whisper: bool
+    ) -> web.StreamResponse:
+        """Auth, then the concurrency limit (answered at once), then body, latency and faults.
+        A callback request is answered without the latency: that is its processing time,
+        spent before the delivery instead."""
         arrived = time.monotonic()
         fault = None
         try:
             self._authorize(request.headers.get("Authorization", ""))
-            self._admit(record)
+            self._admit(record, whisper)
             fault = self._draw_fault()
-            response = await self._transcribe(request, record)
+            response = await self._transcribe(request, record, arrived)
         except _Reject as reject:
             response = _reject_response(record, reject)
         if record.fault == "concurrency":
             return response
-        if self.config.latency > 0:
+        if self.config.latency > 0 and record.callback is None:
             await asyncio.sleep(answer_delay(self.config.latency, time.monotonic() - arrived))
         if fault is None:
             return response
@@ -193,10 +199,17 @@ class Emulator(ManagementApi):
         if self._auth_mode != "ok":
             raise _Reject(*_AUTH_ERRORS[self._auth_mode])
 
-    def _admit(self, record: RequestRecord) -> None:
-        """Deepgram limits concurrent requests per project; over the limit it answers 429."""
+    def _admit(self, record: RequestRecord, whisper: bool) -> None:
+        """Deepgram limits concurrent requests per project; over the limit it answers 429.
+        ``max_concurrency`` replaces its limits (100; 5 for whisper) for every request."""
         limit = self.config.max_concurrency
-        if limit is not None and self._in_flight > limit:
+        if limit is not None:
+            over = self._in_flight > limit
+        else:
+            over = self._in_flight > DEEPGRAM_CONCURRENCY or (
+                whisper and self._whisper_in_flight > WHISPER_CONCURRENCY
+            )
+        if over:
             record.fault = "concurrency"
             raise _Reject(429, _TOO_MANY, self._retry_after())
 
@@ -214,10 +227,14 @@ class Emulator(ManagementApi):
             send = self._rng.random() < 0.5
         return {"Retry-After": f"{self.config.retry_after_seconds:g}"} if send else {}
 
-    async def _transcribe(self, request: web.Request, record: RequestRecord) -> web.Response:
-        """Receive the audio (uploaded or fetched), check it and answer Deepgram's 200 body."""
+    async def _transcribe(
+        self, request: web.Request, record: RequestRecord, arrived: float
+    ) -> web.Response:
+        """Receive the audio (uploaded or fetched), check it and answer Deepgram's 200 body,
+        or in callback mode ``{"request_id"}`` while the body is delivered later."""
         if request.content_length is None:
             raise _Reject(411, _err("LENGTH_REQUIRED", "A Content-Length header is required."))
+        callback = self._callback(request, record)
         if record.mode == "url":
             sink = await self._fetch_submitted(request, record)
         else:
@@ -234,8 +251,24 @@ class Emulator(ManagementApi):
             duration=round(duration * self.config.duration_ratio, 6),
             params=record.params,
             silent=sink.is_silent_wav(),
+            channels=_channels(request, sink),
         )
-        return _respond(record, 200, json.dumps(body).encode(), _JSON)
+        if callback is None:
+            return _respond(record, 200, json.dumps(body).encode(), _JSON)
+        delay = answer_delay(self.config.latency, time.monotonic() - arrived)
+        session = self._started_session()
+        self._callbacks.start(session, record, callback, json.dumps(body).encode(), delay)
+        return _respond(record, 200, json.dumps({"request_id": record.request_id}).encode(), _JSON)
+
+    def _callback(self, request: web.Request, record: RequestRecord) -> tuple[URL, str] | None:
+        """Callback mode's receiver and method, checked before the audio is read; None
+        without ``callback=`` (one lookup, the only cost to other requests)."""
+        url = request.query.get("callback")
+        if url is None:
+            return None
+        record.callback = safe_url(url)
+        method = request.query.get("callback_method")
+        return callback_target(url, method, self.config.callback_ports_only)
 
     async def _fetch_submitted(self, request: web.Request, record: RequestRecord) -> _Sink:
         """Read ``{"url": ...}`` and fetch it, as Deepgram does for remote files."""
@@ -253,13 +286,17 @@ class Emulator(ManagementApi):
             await _require_public(target)
         return await self._fetch(target, record.url)
 
-    async def _fetch(self, target: URL, url: str) -> _Sink:
-        """GET the media; any failure becomes REMOTE_CONTENT_ERROR without the query string."""
+    def _started_session(self) -> aiohttp.ClientSession:
+        """The session for URL fetches and callback deliveries, which exists while started."""
         if self._session is None:
             msg = "the emulator is not started"
             raise RuntimeError(msg)
+        return self._session
+
+    async def _fetch(self, target: URL, url: str) -> _Sink:
+        """GET the media; any failure becomes REMOTE_CONTENT_ERROR without the query string."""
         try:
-            async with self._session.get(target, max_redirects=10) as remote:
+            async with self._started_session().get(target, max_redirects=10) as remote:
                 if remote.status >= 300:
                     raise _remote_status_error(remote.status, remote.reason)
                 return await _drain(remote.content.iter_any())
@@ -291,43 +328,6 @@ class Emulator(ManagementApi):
         headers = self._retry_after() if status == 429 else None
         return _reject_response(record, _Reject(status, body, headers))
 
-    # ----------------------------------------------------------------------- control routes
-
-    async def _control_log(self, request: web.Request) -> web.Response:
-        """The log for a test driving an emulator in another process. The key a client
-        sent is not shown (only its scheme): anyone on this host can read this endpoint,
-        and a real key may have been sent to the emulator by mistake."""
-        return web.json_response([_shown(record) for record in list(self.log)])
-
-    async def _control_stats(self, request: web.Request) -> web.Response:
-        """Counters a benchmark can read without downloading the whole log."""
-        stats = {
-            "requests": len(self.log),
-            "in_flight": self._in_flight,
-            "in_flight_max": self._in_flight_max,
-        }
-        return web.json_response(stats)
-
-    async def _control_auth(self, request: web.Request) -> web.Response:
-        """Switch ``auth_mode`` to simulate a key revoked or out of credit mid-run."""
-        mode = request.query.get("mode", "")
-        if mode not in AUTH_MODES:
-            return web.json_response({"error": f"mode must be one of {AUTH_MODES}"}, status=400)
-        self.auth_mode = mode
-        return web.json_response({"auth_mode": mode})
-
-    async def _control_reset(self, request: web.Request) -> web.Response:
-        """:meth:`reset` for a test driving an emulator in another process."""
-        self.reset()
-        return web.json_response({"ok": True})
-
-
-def _shown(record: RequestRecord) -> dict[str, Any]:
-    entry = asdict(record)
-    scheme, _, key = record.authorization.partition(" ")
-    entry["authorization"] = f"{scheme} REDACTED" if key else scheme
-    return entry
-
 
 def answer_delay(latency: float, worked: float) -> float:
     """How long to hold an answer: ``latency`` is the server's time per request, so the
@@ -353,6 +353,14 @@ def _new_record(request: web.Request) -> RequestRecord:
         fault=None,
         authorization=request.headers.get("Authorization", ""),
     )
+
+
+def _channels(request: web.Request, sink: _Sink) -> int:
+    """With ``multichannel=true``, as many channels as a WAV header declares; else one (the
+    emulator cannot count the channels of other containers)."""
+    if request.query.get("multichannel", "").lower() != "true":
+        return 1
+    return wav_channels(sink.head) or 1
 
 
 async def _receive(request: web.Request, record: RequestRecord) -> _Sink:
