@@ -35,7 +35,7 @@ SRC_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's Deepgram or AWS settings."""
+    """No test sees the developer's Deepgram or AWS settings, or their cache."""
     for name in list(os.environ):
         if name.startswith(("DEEPGRAM_", "AWS_", "DGBATCH_")):
             monkeypatch.delenv(name, raising=False)
@@ -44,6 +44,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "aws-credentials"))
+    # the default state of an S3 --out lives in the user's cache: each test gets its own
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 @pytest.fixture
