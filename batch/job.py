@@ -37,8 +37,9 @@ from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import RunReport, write_run_report
-from batch.s3 import S3, S3Options, S3Sink
+from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
+from batch.s3sink import S3Sink
 from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals
 from batch.sources import expand_sources, hidden_clash

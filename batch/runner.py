@@ -67,9 +67,6 @@ class Runner:
     ) -> None:
         self.settings = settings
         self.state = state
-        self.client = client
-        self.sink = sink
-        self.senders = senders
         self.progress = progress
         self.run_id = run_id
         self.secret_sources = secret_sources if secret_sources is not None else {}

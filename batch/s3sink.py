@@ -1,0 +1,120 @@
+"""Outputs under an S3 prefix: one ``put_object`` per format, with metadata naming the
+source and its fingerprint, so a later run (or a lost state) can tell complete outputs of
+this very source from others with one HEAD each, without downloading them."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import quote
+
+from batch.errors import OutputError
+from batch.formats import CONTENT_TYPES
+from batch.naming import folder_prefix, output_relpath
+from batch.outputs import Found, OutputMeta, landed
+from batch.redact import redact_source
+from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
+
+__all__ = ["META_FINGERPRINT", "META_SOURCE", "S3Sink"]
+
+#: Output metadata keys (S3 lowercases them and prefixes ``x-amz-meta-``).
+META_SOURCE = "dgbatch-source"
+META_FINGERPRINT = "dgbatch-fingerprint"
+
+
+def _metadata(meta: OutputMeta) -> dict[str, str]:
+    """Object metadata must be ASCII: percent-encode what we record."""
+    return {
+        META_SOURCE: quote(redact_source(meta.source), safe=":/"),
+        META_FINGERPRINT: quote(meta.fingerprint, safe=":"),
+    }
+
+
+class S3Sink:
+    """Outputs under an S3 prefix, one ``put_object`` per format, metadata naming the source."""
+
+    def __init__(self, s3: S3, uri: str) -> None:
+        bucket, prefix = parse_s3_uri(uri)
+        self.s3 = s3
+        self.bucket = bucket
+        self.prefix = folder_prefix(prefix)
+
+    def describe(self) -> str:
+        return self._uri(self.prefix)
+
+    def key_for(self, out_name: str, fmt: str) -> str:
+        """The output's key: the prefix plus the item's safe relative name."""
+        return self.prefix + output_relpath(out_name, fmt)
+
+    def _uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
+        """Put every format; the item is done only if all of them succeed."""
+        metadata = _metadata(meta)
+        keys = [self.key_for(out_name, fmt) for fmt in files]
+        puts = asyncio.gather(
+            *(
+                self._put(key, data, CONTENT_TYPES.get(fmt, "application/octet-stream"), metadata)
+                for key, (fmt, data) in zip(keys, files.items(), strict=True)
+            )
+        )
+        await landed(puts)
+        return [self._uri(key) for key in keys]
+
+    async def _put(self, key: str, data: bytes, content_type: str, meta: dict[str, str]) -> None:
+        try:
+            await self.s3.call(
+                self.s3.client.put_object,
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ContentType=content_type,
+                Metadata=meta,
+            )
+        except Exception as exc:
+            msg = f"{self._uri(key)}: cannot write output: {describe_error(exc)[1]}"
+            raise OutputError(msg) from exc
+
+    async def find_complete(
+        self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
+    ) -> Found | None:
+        """The outputs when every format exists for this very source and fingerprint (one
+        HEAD each, concurrently; nothing is downloaded), else None.
+
+        ``since`` is ignored: the fingerprint in the metadata proves more than a time.
+        """
+        wanted = _metadata(meta)
+        keys = [self.key_for(out_name, fmt) for fmt in formats]
+        heads = await asyncio.gather(*(self._head(key) for key in keys))
+        if all(head is not None and _matches(head, wanted) for head in heads):
+            return Found([self._uri(key) for key in keys], None)
+        return None
+
+    async def read(self, out_name: str, fmt: str) -> bytes | None:
+        """An output put earlier, or None when it is not there (``OutputError`` when it
+        cannot be read)."""
+        key = self.key_for(out_name, fmt)
+        try:
+            obj = await self.s3.call(self.s3.client.get_object, Bucket=self.bucket, Key=key)
+            data: bytes = await self.s3.call(obj["Body"].read)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            msg = f"{self._uri(key)}: cannot read output: {describe_error(exc)[1]}"
+            raise OutputError(msg) from exc
+        return data
+
+    async def _head(self, key: str) -> dict[str, str] | None:
+        try:
+            head = await self.s3.call(self.s3.client.head_object, Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            if is_not_found(exc):
+                return None
+            reason = describe_error(exc)[1]
+            msg = f"{self._uri(key)}: cannot check existing outputs: {reason}"
+            raise OutputError(msg) from exc
+        return head.get("Metadata", {})
+
+
+def _matches(found: dict[str, str], wanted: dict[str, str]) -> bool:
+    return all(found.get(key) == value for key, value in wanted.items())
