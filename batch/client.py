@@ -126,7 +126,7 @@ class DeepgramClient:
         }
         try:
             async with asyncio.timeout(None) as watchdog:
-                sent = _SentTracker(chunks, watchdog, self._stall_timeout)
+                sent = _SentTracker(chunks, length, watchdog, self._stall_timeout)
                 return await self._post(params, sent.iterate(), headers, length, sent.finished)
         except TimeoutError as exc:  # only the watchdog's: _post translates its own
             raise self._stalled() from exc
@@ -144,10 +144,12 @@ class DeepgramClient:
         body_sent: Callable[[], bool | None],
     ) -> Answer:
         url = f"{self._endpoint}?{encode_query(params)}" if params else self._endpoint
+        answered = False
         try:
             async with self._session.post(
                 url, data=data, headers=headers, timeout=request_timeout(size, self._timeout)
             ) as resp:
+                answered = True  # an answer began: Deepgram had the whole body
                 body = await resp.read()
                 return Answer(
                     resp.status,
@@ -156,7 +158,7 @@ class DeepgramClient:
                     resp.headers.get("dg-request-id"),
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            sent = body_sent()
+            sent = answered or body_sent()
             raise self._translate(exc, sent is None or sent) from exc
 
     def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
@@ -186,12 +188,17 @@ def _os_reason(exc: OSError) -> str:
 
 class _SentTracker:
     """Wraps a body iterator to know whether all of it went out before a failure, and
-    pushes the stall watchdog back each time aiohttp takes another chunk."""
+    pushes the stall watchdog back each time aiohttp takes another chunk.
+
+    The body counts as sent once its last byte is handed to aiohttp: the server may
+    answer (or drop the line) before aiohttp asks the iterator for more and learns that
+    it has ended, and Deepgram, with the whole body, may have processed it."""
 
     def __init__(
-        self, chunks: AsyncIterator[bytes], watchdog: asyncio.Timeout, stall: float
+        self, chunks: AsyncIterator[bytes], length: int, watchdog: asyncio.Timeout, stall: float
     ) -> None:
         self._chunks = chunks
+        self._left = length
         self._watchdog = watchdog
         self._stall = stall
         self._done = False
@@ -200,6 +207,8 @@ class _SentTracker:
         loop = asyncio.get_running_loop()
         async for chunk in self._chunks:
             self._watchdog.reschedule(loop.time() + self._stall)
+            self._left -= len(chunk)
+            self._done = self._left <= 0
             yield chunk
         self._watchdog.reschedule(None)
         self._done = True

@@ -112,10 +112,6 @@ async def _run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
     cap = _cap_seconds(config)
-    if config.preflight:
-        details = await check_key(config.api_url, config.api_key)
-        if details is not None:
-            log.info("%s", details.describe())
     s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
     report = RunReport(
         started=time.time(),
@@ -124,6 +120,10 @@ async def _run_batch(
         shard=config.shard.suffix() if config.shard else None,
     )
     try:
+        if config.preflight:  # a refused key is the commonest nightly failure: reported too
+            details = await check_key(config.api_url, config.api_key)
+            if details is not None:
+                log.info("%s", details.describe())
         outcome = await _run_locked(config, progress, stdin, s3, report, cap, signals)
         report.exit_code = outcome.exit_code
         report.error = str(outcome.error) if outcome.error else None

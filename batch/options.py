@@ -6,6 +6,7 @@ API's) are one decorator each, so their help and defaults cannot drift apart.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -83,9 +84,10 @@ run_options = stacked(
     click.option(
         "--state",
         "state_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        help="State file [default: OUT/.dgbatch/state.sqlite; for s3:// OUT, "
-        "$XDG_CACHE_HOME/dgbatch/<hash of OUT>/state.sqlite].",
+        type=click.Path(dir_okay=False),  # a str: a trailing "/" names a folder
+        help="State file, or a folder for one when it ends in / [default: "
+        "OUT/.dgbatch/state.sqlite; for s3:// OUT, $XDG_CACHE_HOME/dgbatch/<hash of "
+        "OUT>/state.sqlite].",
     ),
     click.option(
         "--formats",
@@ -288,6 +290,14 @@ _AS_GIVEN = (
 )
 
 
+def _state_path(given: str | None) -> Path | None:
+    """``--state``: a folder that does not exist yet when it ends in ``/`` (the state is
+    ``state.sqlite`` in it), else the file itself."""
+    if not given:
+        return None
+    return Path(given, "state.sqlite") if given.endswith(("/", os.sep)) else Path(given)
+
+
 def build_config(opts: dict[str, Any]) -> RunConfig:
     """Validate the options into a ``RunConfig``; every problem is a ``UsageError``."""
     if opts["as_json"] and not opts["dry_run"]:
@@ -305,7 +315,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
     return RunConfig(
         sources=tuple(opts["sources"]),
         out=out,
-        state_path=opts["state_path"] or default_state_path(out, shard),
+        state_path=_state_path(opts["state_path"]) or default_state_path(out, shard),
         api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
         api_url=api_url,
         formats=formats,

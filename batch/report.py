@@ -78,9 +78,11 @@ _JSON_LINE = "json_object({})".format(
 
 
 def _where(failed_only: bool, warnings_only: bool) -> str:
+    """Both filters together list the items that need a look: failed ones and kept ones
+    with a warning (no failed item has a warning, so "both at once" would be none)."""
     conditions = ["status = 'failed'"] if failed_only else []
     conditions += ["warning IS NOT NULL"] if warnings_only else []
-    return f"WHERE {' AND '.join(conditions)}" if conditions else ""
+    return f"WHERE {' OR '.join(conditions)}" if conditions else ""
 
 
 def iter_report(
@@ -177,10 +179,10 @@ def save_report(state: State, path: Path) -> Path:
 
 def status_summary(state: State) -> dict[str, Any]:
     """Counts by status, attempts, audio hours, the commonest errors and the last run."""
-    ((attempts, audio, timeouts),) = state.query(
-        "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(duration), 0), "
-        "COALESCE(SUM(timeout_retries), 0) FROM items"
+    ((attempts, timeouts),) = state.query(
+        "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(timeout_retries), 0) FROM items"
     )
+    audio, copied = _audio_seconds(state)
     # grouped by code (or by message when there is none), with one message as an example:
     # a code alone ("Bad Request", "not_audio") does not say what went wrong
     errors = state.query(
@@ -195,7 +197,8 @@ def status_summary(state: State) -> dict[str, Any]:
         "counts": counts,
         "attempts": int(attempts),
         "timeout_retries": int(timeouts),
-        "audio_hours": round(float(audio) / 3600, 4),
+        "audio_hours": round(audio / 3600, 4),
+        "copies_audio_hours": round(copied / 3600, 4),
         "errors": [_error_row(group, count, example) for group, count, example in errors],
         "warnings": warnings,
         "last_run": _last_run(state),
@@ -208,6 +211,20 @@ def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:
     if example and not example.startswith(group):
         row["example"] = redact_text(example)
     return row
+
+
+def _audio_seconds(state: State) -> tuple[float, float]:
+    """Audio Deepgram transcribed, and audio of ``--dedupe`` copies (not sent, not paid;
+    none before migration m002)."""
+    try:
+        ((sent, copied),) = state.query(
+            "SELECT COALESCE(SUM(CASE WHEN copy_of IS NULL THEN duration END), 0), "
+            "COALESCE(SUM(CASE WHEN copy_of IS NOT NULL THEN duration END), 0) FROM items"
+        )
+    except sqlite3.OperationalError:
+        ((sent,),) = state.query("SELECT COALESCE(SUM(duration), 0) FROM items")
+        copied = 0.0
+    return float(sent), float(copied)
 
 
 def _count_warnings(state: State) -> int:
@@ -245,7 +262,9 @@ def format_status(summary: dict[str, Any]) -> str:
     lines.append(f"attempts: {summary['attempts']}")
     if summary["timeout_retries"]:
         lines.append(f"retries of a request Deepgram may have billed: {summary['timeout_retries']}")
-    lines.append(f"audio transcribed: {summary['audio_hours']:.2f} h")
+    copies = summary.get("copies_audio_hours")
+    also = f" (and {copies:.2f} h of --dedupe copies, not sent)" if copies else ""
+    lines.append(f"audio transcribed: {summary['audio_hours']:.2f} h{also}")
     if summary.get("warnings"):
         lines.append(
             f"warnings: {summary['warnings']} item(s) (dgbatch report --warnings to list them)"

@@ -359,7 +359,8 @@ class Runner:
         self.state.record(result)
         if result.status is ItemStatus.DONE:
             self.stats.done += 1
-            self.stats.audio_seconds += result.duration or 0.0
+            if result.copy_of is None:  # a --dedupe copy was not sent: no audio transcribed
+                self.stats.audio_seconds += result.duration or 0.0
             self.progress.item_finished(True, result.duration)
         elif result.status is ItemStatus.FAILED:
             self.stats.failed += 1

@@ -50,7 +50,7 @@ from batch.records import (
     stored_params,
     work_item,
 )
-from batch.statefile import MAGIC, connect, prepare, take_lock
+from batch.statefile import MAGIC, check_readable, connect, prepare, take_lock
 
 __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
 
@@ -82,7 +82,7 @@ class State:
         if readonly:
             if not path.exists():
                 raise StateError(f"{path}: no such state file")
-            return cls(path, connect(path, readonly=True), None)
+            return cls(path, check_readable(connect(path, readonly=True), path), None)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

@@ -68,6 +68,17 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     return db
 
 
+def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
+    """``db``, when it holds a state to read (status, report, usage); an empty file or
+    another program's SQLite file is refused by name, not failed on its first query."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    if not {"meta", "items"} <= tables:
+        db.close()
+        what = "an empty file" if not tables else "an SQLite file of another program"
+        raise StateError(f"{path}: {what}, not a dgbatch state file")
+    return db
+
+
 def prepare(db: sqlite3.Connection, path: Path) -> None:
     """Make a new file a state file or bring ours up to date (WAL, migrations); refuse an
     SQLite file that is not ours, or one a newer dgbatch wrote."""

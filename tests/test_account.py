@@ -43,14 +43,21 @@ def test_invalid_key_exits_3_before_any_listen_request(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
     """A refused key stops the run at the preflight: exit 3, zero /v1/listen requests and
-    no state file."""
+    no state file; the ``--run-report`` a monitor reads still says so."""
     make_wav(tmp_path / "in" / "a.wav")
     out = tmp_path / "out"
-    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), key="wrong-key")
+    monitor = tmp_path / "run-report.json"
+    result = dgbatch(
+        "run", str(tmp_path / "in"), "--out", str(out), "--run-report", str(monitor),
+        key="wrong-key",
+    )  # fmt: skip
     assert result.exit_code == 3
     assert "Deepgram refused the API key" in result.output and "wrong-key" not in result.output
     assert emulator.log == []
     assert not (out / ".dgbatch" / "state.sqlite").exists()
+    report = json.loads(monitor.read_text())
+    assert report["exit_code"] == 3 and "refused the API key" in report["error"]
+    assert "wrong-key" not in monitor.read_text()
 
 
 def test_check_prints_scopes_never_the_key(dgbatch: Cli, emulator: Emulator) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 from pathlib import Path
 
@@ -102,8 +103,8 @@ def test_text_named_wav_fails_without_a_request(dgbatch: Cli, tmp_path: Path) ->
 
 
 def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -> None:
-    """Two identical files are sent once with --dedupe; both get outputs and the copy's
-    report row names the item it came from."""
+    """Two identical files are sent once with --dedupe; both get outputs, the copy's
+    report row names the item it came from, and its audio is not counted as transcribed."""
     first = make_wav(tmp_path / "in" / "a" / "call.wav", 0.5, tone=3)
     shutil.copy(first, tmp_path / "in" / "b-call.wav")
     make_wav(tmp_path / "in" / "other.wav", 0.5, tone=4)
@@ -119,6 +120,15 @@ def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -
     assert copies[0]["request_id"] == leader["request_id"]
     assert (out / "a" / "call.json").read_bytes() == (out / "b-call.json").read_bytes()
     assert "1 item(s) were copies" in result.output
+    # what was sent (and paid) is counted as transcribed; the copy's audio apart
+    sent = sum(float(str(r["duration"])) for r in rows if r["copy_of"] is None)
+    copied = float(str(copies[0]["duration"]))
+    state = str(out / ".dgbatch" / "state.sqlite")
+    status = json.loads(dgbatch("status", "--state", state, "--json").output)
+    assert status["audio_hours"] == round(sent / 3600, 4) != round((sent + copied) / 3600, 4)
+    assert status["copies_audio_hours"] == round(copied / 3600, 4)
+    ((summary,),) = sqlite3.connect(state).execute("SELECT summary FROM runs").fetchall()
+    assert json.loads(summary)["audio_hours"] == round(sent / 3600, 4)
 
 
 @pytest.mark.timeout(60)

@@ -424,6 +424,19 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path, dgbatch: Cli) -> None:
     assert "report: " in loud.output and "done 1, failed 0" in loud.output
 
 
+def test_a_state_option_ending_in_a_slash_is_a_folder(tmp_path: Path, dgbatch: Cli) -> None:
+    """``--state st/`` for a folder that does not exist yet puts ``state.sqlite`` (and its
+    report) in it, instead of a file named ``st``."""
+    make_wav(tmp_path / "a.wav")
+    folder = tmp_path / "st"
+    result = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", f"{folder}/"
+    )
+    assert result.exit_code == 0, result.output
+    assert folder.is_dir() and (folder / "state.sqlite").is_file()
+    assert f"report: {folder / 'report.jsonl'}" in result.output
+
+
 def test_state_option_puts_the_state_where_asked(tmp_path: Path, dgbatch: Cli) -> None:
     """``--state PATH`` overrides ``OUT/.dgbatch/state.sqlite``; two states in one folder
     each leave their own report beside them."""

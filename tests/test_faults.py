@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -225,6 +225,30 @@ def _foreign_sqlite(path: Path) -> None:
     db.execute("CREATE TABLE photos (id INTEGER)")
     db.commit()
     db.close()
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+@pytest.mark.parametrize(
+    ("spoil", "what"),
+    [(_empty, "an empty file"), (_foreign_sqlite, "an SQLite file of another program")],
+    ids=["empty", "foreign"],
+)
+@pytest.mark.parametrize("command", [["status"], ["report"], ["report", "--format", "csv"]])
+def test_reading_a_file_that_is_not_a_state_exits_2(
+    tmp_path: Path, command: list[str], spoil: Callable[[Path], None], what: str
+) -> None:
+    """``status`` and ``report`` name a file that is not a state and why, exit 2, and leave
+    it as it was (they used to fail with an internal error on their first query)."""
+    state = tmp_path / "state.sqlite"
+    spoil(state)
+    before = state.read_bytes()
+    result = Cli(None)(*command, "--state", str(state))
+    assert result.exit_code == 2, result.output
+    assert f"Error: {state}: {what}, not a dgbatch state file" in result.output
+    assert state.read_bytes() == before
 
 
 @pytest.mark.parametrize("spoil", [_garbage, _foreign_sqlite], ids=["garbage", "foreign"])

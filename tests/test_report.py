@@ -51,8 +51,13 @@ def _loose(row: dict[str, Any]) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("where", "count"),
-    [({}, 5), ({"failed_only": True}, 1), ({"warnings_only": True}, 1)],
-    ids=["all", "failed", "warnings"],
+    [
+        ({}, 5),
+        ({"failed_only": True}, 1),
+        ({"warnings_only": True}, 1),
+        ({"failed_only": True, "warnings_only": True}, 2),  # either: the items to look at
+    ],
+    ids=["all", "failed", "warnings", "failed-or-warned"],
 )
 def test_sql_lines_are_the_python_rows(state: State, where: dict[str, bool], count: int) -> None:
     """Every field, type and escape of a line built by SQLite matches ``report_row``."""

@@ -451,6 +451,14 @@ def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
         if len(seen) == 1 and kind == "reset":
             assert request.transport is not None
             request.transport.close()
+        if len(seen) == 1 and kind == "truncated":  # the answer begins, then the line drops
+            headers = {"Content-Type": "application/json", "Content-Length": "1000"}
+            started = web.StreamResponse(status=200, headers=headers)
+            await started.prepare(request)
+            await started.write(b'{"metadata": {')
+            assert request.transport is not None
+            request.transport.close()
+            return started
         if len(seen) == 1 and kind == "garbage":
             return web.Response(status=200, body=b"\x00not json", content_type="application/json")
         if len(seen) == 1 and kind == "503":
@@ -462,7 +470,9 @@ def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
     return app
 
 
-@pytest.mark.parametrize(("kind", "billed"), [("garbage", 1), ("reset", 1), ("503", 0)])
+@pytest.mark.parametrize(
+    ("kind", "billed"), [("garbage", 1), ("truncated", 1), ("reset", 1), ("503", 0)]
+)
 def test_retries_of_requests_deepgram_may_have_billed_are_counted(
     tmp_path: Path, kind: str, billed: int
 ) -> None:
