@@ -6,6 +6,8 @@ cost, so Ctrl-C and the same command again must not grant a fresh one. To contin
 past it, run again with a higher cap. An item is admitted only if audio already
 transcribed, plus the estimates of items in flight, plus its own estimate stays within
 the cap; its reservation is replaced by Deepgram's ``metadata.duration`` when it ends.
+An item of unknown length (a URL: no local header, no size) is estimated at the mean
+length measured so far; before there is one, such items go one at a time.
 """
 
 from __future__ import annotations
@@ -15,6 +17,15 @@ from dataclasses import dataclass
 from batch.errors import BudgetExceeded
 
 
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """What ``Budget.admit`` set aside for one item, to be settled when it ends."""
+
+    seconds: float
+    #: an item of unknown length admitted before any item's length was known
+    blind: bool = False
+
+
 @dataclass
 class Budget:
     """Seconds of audio allowed, used and reserved by in-flight items."""
@@ -22,21 +33,42 @@ class Budget:
     cap_seconds: float
     used_seconds: float = 0.0
     reserved_seconds: float = 0.0
+    #: items whose real length ``used_seconds`` adds up: their mean stands in for the
+    #: length of an item nobody could measure (a URL)
+    measured: int = 0
+    #: items of unknown length in flight before any length was measured
+    blind: int = 0
 
-    def admit(self, estimate: float | None) -> bool:
-        """Reserve ``estimate`` seconds if they fit; an unknown estimate counts as zero but
-        is refused once the cap is reached."""
-        seconds = estimate or 0.0
+    def must_wait(self, estimate: float | None) -> bool:
+        """An item of unknown length waits while another one is in flight and no length is
+        known yet: the first one's length, once Deepgram gives it, stands in for the rest,
+        so at most one item of unknown length ever runs past the cap."""
+        return estimate is None and not self.measured and self.blind > 0
+
+    def admit(self, estimate: float | None) -> Reservation | None:
+        """Reserve the item's seconds if they fit, else None (the run stops). An unknown
+        estimate is the mean of the lengths measured so far; with none measured yet, the
+        item goes alone (see ``must_wait``), reserving nothing."""
         committed = self.used_seconds + self.reserved_seconds
-        if committed + seconds > self.cap_seconds or committed >= self.cap_seconds:
-            return False
+        if committed >= self.cap_seconds:
+            return None
+        if estimate is None and not self.measured:
+            self.blind += 1
+            return Reservation(0.0, blind=True)
+        seconds = estimate if estimate is not None else self.used_seconds / self.measured
+        if committed + seconds > self.cap_seconds:
+            return None
         self.reserved_seconds += seconds
-        return True
+        return Reservation(seconds)
 
-    def settle(self, estimate: float | None, actual: float | None) -> None:
+    def settle(self, reservation: Reservation | None, actual: float | None) -> None:
         """Replace an item's reservation by the audio it really used (0 if it failed)."""
-        self.reserved_seconds -= estimate or 0.0
-        self.used_seconds += actual or 0.0
+        if reservation is not None:
+            self.reserved_seconds -= reservation.seconds
+            self.blind -= reservation.blind
+        if actual:
+            self.used_seconds += actual
+            self.measured += 1
 
     def exceeded(self, source: str, estimate: float | None) -> BudgetExceeded:
         """The error that stops the run, naming the cap, the usage and the next item."""

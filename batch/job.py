@@ -178,7 +178,7 @@ async def _run_locked(
                 if new_force:  # nothing was sent: the force did not begin
                     state.end_force()
                 raise
-            budget = None if cap is None else Budget(cap, used_seconds(state))
+            budget = None if cap is None else Budget(cap, *used_audio(state))
             tags = run_tags(run_tag)
             stats = await _execute(
                 config,
@@ -230,12 +230,14 @@ def _cap_seconds(config: RunConfig) -> float | None:
     return cap_seconds(config.max_audio_hours, config.max_cost, per_hour)
 
 
-def used_seconds(state: State) -> float:
-    """Audio already transcribed in the state (copies made by --dedupe were not paid)."""
-    ((seconds,),) = state.query(
-        "SELECT COALESCE(SUM(duration), 0) FROM items WHERE status = 'done' AND copy_of IS NULL"
+def used_audio(state: State) -> tuple[float, int]:
+    """Audio already transcribed in the state, and by how many items (copies made by
+    --dedupe were not paid)."""
+    ((seconds, items),) = state.query(
+        "SELECT COALESCE(SUM(duration), 0), COUNT(duration) FROM items "
+        "WHERE status = 'done' AND copy_of IS NULL"
     )
-    return float(seconds)
+    return float(seconds), int(items)
 
 
 def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Sender]:

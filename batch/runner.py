@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from batch import retry
 from batch.adoption import Adoption
 from batch.attempts import Attempts
-from batch.budget import Budget
+from batch.budget import Budget, Reservation
 from batch.client import DeepgramClient
 from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
@@ -81,7 +81,9 @@ class Runner:
         self.dedupe = dedupe
         #: per in-flight item: local duration (mutagen) and budget reservation
         self._local: dict[str, float | None] = {}
-        self._reserved: dict[str, float | None] = {}
+        self._reserved: dict[str, Reservation] = {}
+        #: set each time an item settles its budget reservation (``_wait_for_budget``)
+        self._settled = asyncio.Event()
         #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
         self._captured: dict[str, tuple[bytes, retry.Response]] = {}
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
@@ -239,11 +241,28 @@ class Runner:
             return True
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
-        if not self.budget.admit(estimate):
+        await self._wait_for_budget(self.budget, estimate)
+        if self.stopping:
+            return False
+        reservation = self.budget.admit(estimate)
+        if reservation is None:
             self.stop(self.budget.exceeded(item.source, estimate))
             return False
-        self._reserved[item.id] = estimate
+        self._reserved[item.id] = reservation
         return True
+
+    async def _wait_for_budget(self, budget: Budget, estimate: float | None) -> None:
+        """Hold the dispatch while the budget asks an item to wait (``Budget.must_wait``),
+        or until the run stops."""
+        stopper = asyncio.ensure_future(self._stopped.wait())
+        try:
+            while budget.must_wait(estimate) and not self.stopping:
+                self._settled.clear()
+                settled = asyncio.ensure_future(self._settled.wait())
+                await asyncio.wait({settled, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                settled.cancel()
+        finally:
+            stopper.cancel()
 
     def _account(self, item_id: str, result: Result) -> None:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
@@ -252,6 +271,7 @@ class Runner:
         paid = result.status is ItemStatus.DONE and result.copy_of is None
         if self.budget is not None:
             self.budget.settle(self._reserved.pop(item_id, None), result.duration if paid else 0)
+            self._settled.set()
         self.stats.warnings += result.warning is not None
         self.stats.copies += result.copy_of is not None
 

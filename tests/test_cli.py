@@ -461,3 +461,54 @@ def test_version_and_help() -> None:
     runner = CliRunner()
     assert runner.invoke(cli, ["--version"]).output.startswith("dgbatch, version ")
     assert "Usage:" in runner.invoke(cli, ["run", "-h"]).output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--run-report", "{out}/.dgbatch/state.sqlite"], "--run-report '{out}/.dgbatch/state"),
+        (["--run-report", "{out}/.dgbatch/state.sqlite-wal"], "is the state file"),
+        (["--run-report", "{out}/a.json"], "a transcript could be written there in --out"),
+        (["--run-report", "{out}/sub/x.TXT"], "a transcript could be written there"),
+        (["--state", "{out}/a.json"], "--state '{out}/a.json': a transcript could be"),
+        (["--state", "{tmp}/s.sqlite", "--run-report", "{tmp}/s.sqlite"], "is the state file"),
+    ],
+)
+def test_own_files_are_never_written_over(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, args: list[str], message: str
+) -> None:
+    """A run report over the state, or a state or run report where a transcript goes, is
+    refused before anything is sent: one would have replaced the other."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    argv = [a.replace("{out}", str(out)).replace("{tmp}", str(tmp_path)) for a in args]
+    result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(out), *argv)
+    assert result.exit_code == 2, result.output
+    assert message.replace("{out}", str(out)) in result.output
+    assert emulator.log == []
+
+
+def test_a_run_report_and_a_state_beside_the_outputs_are_fine(tmp_path: Path, dgbatch: Cli) -> None:
+    """Under ``--out/.dgbatch`` or with other names, both are where the user wants them."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    result = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(out),
+        "--run-report", str(out / ".dgbatch" / "run.json"), "--state", str(out / "state.db"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / ".dgbatch" / "run.json").read_text())["exit_code"] == 0
+    assert json.loads((out / "a.json").read_text())["metadata"]
+
+
+def test_report_output_onto_the_state_is_refused(tmp_path: Path, dgbatch: Cli) -> None:
+    """``report -o`` naming the state file exits 2 and leaves the state as it was."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "a.wav"), "--out", str(out)).exit_code == 0
+    state = out / ".dgbatch" / "state.sqlite"
+    before = state.read_bytes()
+    result = dgbatch("report", "--state", str(state), "--format", "csv", "-o", str(state))
+    assert result.exit_code == 2, result.output
+    assert "is the state file" in result.output
+    assert state.read_bytes() == before

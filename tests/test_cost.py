@@ -7,9 +7,9 @@ from pathlib import Path
 
 import mutagen
 import pytest
-from conftest import Cli, make_wav, read_state_rows
+from conftest import Cli, make_wav, read_state_rows, static_server
 
-from batch.budget import Budget, audio_span, cap_seconds
+from batch.budget import Budget, Reservation, audio_span, cap_seconds
 from batch.emulator import Emulator
 from batch.pricing import estimate_cost, model_of, price_per_hour
 
@@ -59,17 +59,19 @@ def test_cap_seconds(
 
 def test_budget_reserves_and_settles() -> None:
     """In-flight estimates count against the cap until replaced by the real duration."""
-    budget = Budget(cap_seconds=10.0, used_seconds=2.0)
-    assert budget.admit(5.0)
-    assert not budget.admit(4.0)  # 2 + 5 + 4 > 10
-    assert budget.admit(3.0)  # exactly 10
-    assert not budget.admit(None)  # the cap is reached: unknown lengths wait too
-    budget.settle(5.0, 4.0)
+    budget = Budget(cap_seconds=10.0, used_seconds=2.0, measured=1)
+    five = budget.admit(5.0)
+    assert five == Reservation(5.0)
+    assert budget.admit(4.0) is None  # 2 + 5 + 4 > 10
+    three = budget.admit(3.0)  # exactly 10
+    assert three is not None
+    assert budget.admit(None) is None  # the cap is reached: unknown lengths wait too
+    budget.settle(five, 4.0)
     assert budget.used_seconds == 6.0 and budget.reserved_seconds == 3.0
-    budget.settle(3.0, 0.0)  # failed: nothing used
-    assert budget.admit(None) and budget.reserved_seconds == 0.0
+    budget.settle(three, 0.0)  # failed: nothing used
+    assert budget.admit(None) == Reservation(3.0)  # unknown: the mean of 2 s and 4 s
     assert str(budget.exceeded("a.wav", 60.0)) == (
-        "audio budget reached: 6.0 s transcribed and 0.0 s in flight of a 10.0 s cap; next "
+        "audio budget reached: 6.0 s transcribed and 3.0 s in flight of a 10.0 s cap; next "
         "item a.wav (~1.0 min) would pass it. Remaining items stay pending: run again with a "
         "higher --max-audio-hours/--max-cost to continue"
     )
@@ -195,6 +197,37 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
     result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
     assert result.exit_code == 0, result.output
     assert len(emulator.log) == 4
+
+
+def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:
+    """A URL has no length before Deepgram answers: the first goes alone (the others wait,
+    they do not stop the run); then the mean measured length stands in for theirs."""
+    budget = Budget(cap_seconds=100.0)
+    first = budget.admit(None)
+    assert first == Reservation(0.0, blind=True)
+    assert budget.must_wait(None) and not budget.must_wait(5.0)  # a known length may go
+    budget.settle(first, 30.0)
+    assert not budget.must_wait(None)
+    assert budget.admit(None) == budget.admit(None) == Reservation(30.0)  # 30 + 60 in flight
+    assert budget.admit(None) is None  # 30 + 60 + 30 > 100: the run stops here
+
+
+def test_a_budget_holds_for_urls_of_unknown_length(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """URLs of unknown length under a cap of 1.5 s: the first 1 s URL goes alone, then its
+    length stands in for the next, which would pass the cap: two requests would have been
+    too many, and five went before (each URL counted as 0 s)."""
+    media = tmp_path / "media"
+    make_wav(media / "a.wav", 1.0)
+    with static_server(media) as base:
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text("".join(f"{base}/a.wav?n={n}\n" for n in range(5)))
+        args = ("run", str(manifest), "--out", str(tmp_path / "out"), "-c", "5")
+        result = dgbatch(*args, "--max-audio-hours", str(1.5 / 3600))
+    assert result.exit_code == 1, result.output
+    assert "audio budget reached" in result.output
+    assert len(emulator.log) == 1
 
 
 def test_max_cost_converts_with_the_price(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
