@@ -7,6 +7,8 @@ state file is never written, not even locked. No API key is needed. Local files 
 timed with mutagen; URLs and S3 objects are counted by size only (their duration, and
 their cost, is a guess at 128 kbit/s, shown apart from the measured part), unless
 ``--probe`` fetches their first (Ogg: also last) 64 KiB to time them with mutagen too.
+With ``--dedupe``, local files are keyed as the run keys them (``Dedupe.for_run``: one
+function, so the two cannot drift) and each key is counted and priced once.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import asyncio
 import sqlite3
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,9 +25,10 @@ from typing import Any, TextIO
 import aiohttp
 
 from batch.config import RunConfig
+from batch.dedupe import Dedupe
 from batch.errors import StateError
 from batch.job import start_plan
-from batch.models import ItemKind
+from batch.models import ItemKind, Params
 from batch.naming import output_location, output_relpath
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
@@ -52,6 +55,8 @@ class Estimate:
     to_send: int = 0
     already_done: int = 0
     failed: int = 0
+    #: --dedupe copies of an item counted before: not sent, not priced
+    copies: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     unsized: int = 0
@@ -79,6 +84,7 @@ class Estimate:
             "by_kind": dict(self.by_kind),
             "already_done": self.already_done,
             "failed": self.failed,
+            "dedupe_copies": self.copies,
             "bytes": self.bytes,
             "items_without_size": self.unsized,
             "duration_seconds": round(self.measured_seconds, 3),
@@ -175,19 +181,49 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, float]) -> Esti
     counts = state.counts()
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
+    is_copy = _copy_finder(config)
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
-        seconds = _add_item(result, row, probed.get(row["id"]))
-        params = merge_params(config.params, stored_params(row["params"]))
-        model = model_of(params) or "(default)"
-        seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
         if len(result.examples) < config.dry_run_examples:
-            result.examples.append(_example(config, row))
+            result.examples.append(_example(config, row))  # a copy gets outputs too
+        own = stored_params(row["params"])
+        if is_copy(row, own):
+            result.copies += 1
+            continue
+        seconds = _add_item(result, row, probed.get(row["id"]))
+        model = model_of(merge_params(config.params, own)) or "(default)"
+        seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
     for model, seconds in seconds_by_model.items():
         per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
     if config.price_per_hour is not None:
         result.price_source = f"--price-per-hour {config.price_per_hour}"
     return result
+
+
+def _copy_finder(config: RunConfig) -> Callable[[sqlite3.Row, Params], bool]:
+    """Whether an item is a ``--dedupe`` copy of one counted before (never without it).
+
+    Keys are the run's (``Dedupe.key_now``); a file that cannot be read has no key and is
+    counted, as the run sends it (and fails it) on its own.
+    """
+    if not config.dedupe:
+        return lambda row, own: False
+    dedupe = Dedupe.for_run(config)
+    seen: set[str] = set()
+
+    def is_copy(row: sqlite3.Row, own: Params) -> bool:
+        if row["kind"] != ItemKind.FILE.value:
+            return False
+        try:
+            key = dedupe.key_now(row["source"], own)
+        except OSError:
+            return False
+        if key in seen:
+            return True
+        seen.add(key)
+        return False
+
+    return is_copy
 
 
 def _add_item(result: Estimate, row: sqlite3.Row, probed: float | None) -> float | None:
@@ -235,6 +271,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"dry run: nothing sent, {e['state']} not modified",
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
+        *_copies_line(e["dedupe_copies"]),
         f"bytes: {e['bytes']:,}"
         + (
             f" (+{e['items_without_size']} item(s) of unknown size)"
@@ -249,6 +286,17 @@ def format_estimate(estimate: Estimate) -> str:
         + f" at list prices {e['prices']}",
     ]
     lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]
-    if e["to_send"] > len(e["examples"]):
-        lines.append(f"  … and {e['to_send'] - len(e['examples'])} more")
+    written = e["to_send"] + e["dedupe_copies"]
+    if written > len(e["examples"]):
+        lines.append(f"  … and {written - len(e['examples'])} more")
     return "\n".join(lines)
+
+
+def _copies_line(copies: int) -> list[str]:
+    """What --dedupe folded, when it folded anything."""
+    if not copies:
+        return []
+    return [
+        f"{copies} more item(s) are copies of identical audio (--dedupe): folded, not sent "
+        "nor priced (their outputs come from the original's answer)"
+    ]
