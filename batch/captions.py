@@ -2,9 +2,12 @@
 
 SRT and WebVTT come from the official ``deepgram-captions`` package, which uses
 ``results.utterances`` when present, else channel 0's words (a new cue on every speaker
-change). It raises on an empty transcript (silence), which must not fail an item, so an
-empty transcript renders as an empty but valid document instead. ``md`` is readable text
-with ``**Speaker N:**`` labels taken from the paragraphs (diarize=true).
+change). With several channels (``multichannel=true``) the utterances of every channel
+share one timeline, so captions are rendered from channel 0 alone (its utterances, else
+its words): one track of cues that never overlap. The package raises on an empty
+transcript (silence), which must not fail an item, so an empty transcript renders as an
+empty but valid document instead. ``md`` is readable text with ``**Speaker N:**`` labels
+taken from the paragraphs (diarize=true), one section per channel.
 """
 
 from __future__ import annotations
@@ -42,13 +45,33 @@ def is_empty_transcript(response: Response) -> bool:
     return not any(str(u.get("transcript") or "").strip() for u in utterances)
 
 
+def _channel_zero(response: Response) -> Response:
+    """The response as channel 0 alone when it has several channels (unchanged otherwise).
+
+    Each channel's utterances carry their ``channel``, and deepgram-captions would cue
+    them all on one timeline: two speakers on two lines of a call, overlapping. One
+    caption track follows one channel, as the words fallback already does.
+    """
+    results = response.get("results") or {}
+    channels = results.get("channels") or []
+    if len(channels) < 2:
+        return response
+    alone: dict[str, Any] = {**results, "channels": channels[:1]}
+    if "utterances" in results:
+        utterances = results["utterances"] or []
+        alone["utterances"] = [u for u in utterances if u.get("channel", 0) == 0]
+    return {**response, "results": alone}
+
+
 def _captions(
     writer: Callable[[DeepgramConverter, int | None], str],
     empty: bytes,
     response: Response,
     line_length: int | None,
 ) -> bytes:
-    """Run a deepgram-captions writer, answering ``empty`` where it would raise."""
+    """Run a deepgram-captions writer on channel 0, answering ``empty`` where it would
+    raise (channel 0 silent counts as empty, whatever the other channels hold)."""
+    response = _channel_zero(response)
     if is_empty_transcript(response):
         return empty
     try:

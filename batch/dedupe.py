@@ -1,10 +1,14 @@
 """``--dedupe``: identical audio asked with identical params is sent once per run.
 
-The key is the sha256 of the file's bytes plus its params, so the same recording under
-two paths (a copy in another folder, a re-export) costs one request; every copy gets
-its own outputs, rendered from the one answer, and the report's ``copy_of`` names the
-item whose request produced them. Scope: items of one run (a copy of an item finished
-in an earlier run is sent again), local files only (URL and S3 bodies are not read).
+The key is the sha256 of the file's bytes plus the params its request would carry (the
+run's defaults and ``--param`` completed by the item's own layer, as at send time, but
+without the run tags, which differ per run and say nothing about the audio), so the same
+recording under two paths (a copy in another folder, a re-export, a manifest line that
+spells out a default) costs one request; every copy gets its own outputs, rendered from
+the one answer, and the report's ``copy_of`` names the item whose request produced them.
+Scope: items of one run (a copy of an item finished in an earlier run is sent again),
+local files only (URL and S3 bodies are not read). The dry run keys items with the same
+``Dedupe.for_run``, so its count cannot drift from what the run sends.
 """
 
 from __future__ import annotations
@@ -13,18 +17,26 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch import retry
 from batch.attempts import Attempts
 from batch.client import Answer
 from batch.limiter import AdaptiveLimit
 from batch.models import ItemStatus, Params
+from batch.params import request_params
 from batch.placing import Placer
 from batch.state import Result, WorkItem
 
+if TYPE_CHECKING:
+    from batch.config import RunConfig
+
 _READ = 1 << 20
+
+#: An item's own params (its manifest layer) → the params its request carries.
+Completer = Callable[[Params], Params]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +61,28 @@ def content_key(path: str, params: Params) -> str:
 class Dedupe:
     """Who leads for each content key, and the answer copies wait for."""
 
-    def __init__(self) -> None:
+    def __init__(self, complete: Completer) -> None:
+        #: an item's own params → its request's: two items are copies only if they would
+        #: ask the same, whichever layer said it
+        self._complete = complete
         self._leaders: dict[str, asyncio.Future[Shared | None]] = {}
 
-    async def key(self, path: str, params: Params) -> str | None:
+    @classmethod
+    def for_run(cls, config: RunConfig) -> Dedupe:
+        """Keyed on the params ``job._completing`` sends, without the run tags: they differ
+        per run and say nothing about the audio (a ``tag`` the user set is kept)."""
+        return cls(lambda own: request_params(config.params, own, formats=config.formats))
+
+    def key_now(self, path: str, own: Params) -> str:
+        """The content key of a file whose own params are ``own`` (reads the whole file;
+        raises ``OSError`` when it cannot)."""
+        return content_key(path, self._complete(own))
+
+    async def key(self, path: str, own: Params) -> str | None:
         """The item's content key, or None when the file cannot be read (it then fails on
         its own, with the sender's message)."""
         try:
-            return await asyncio.to_thread(content_key, path, params)
+            return await asyncio.to_thread(self.key_now, path, own)
         except OSError:
             return None
 

@@ -6,7 +6,11 @@ a real run would send (done items are skipped, changed files re-queued) while th
 state file is never written, not even locked. No API key is needed. Local files are
 timed with mutagen; URLs and S3 objects are counted by size only (their duration, and
 their cost, is a guess at 128 kbit/s, shown apart from the measured part), unless
-``--probe`` fetches their first (Ogg: also last) 64 KiB to time them with mutagen too.
+``--probe`` fetches their first (Ogg: also last) 64 KiB to time them with mutagen too
+(and, for a URL, to learn its size from the answer). An item of unknown length (a URL
+not probed) adds nothing to the cost, which is then shown as a lower bound.
+With ``--dedupe``, local files are keyed as the run keys them (``Dedupe.for_run``: one
+function, so the two cannot drift) and each key is counted and priced once.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ import asyncio
 import sqlite3
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,13 +28,20 @@ from typing import Any, TextIO
 import aiohttp
 
 from batch.config import RunConfig
+from batch.dedupe import Dedupe
 from batch.errors import StateError
 from batch.job import start_plan
-from batch.models import ItemKind
+from batch.models import ItemKind, Params
 from batch.naming import output_location, output_relpath
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
-from batch.probe import guess_seconds, local_duration, probe_s3, probe_url
+from batch.probe import (
+    guess_seconds,
+    local_duration,
+    probe_s3,
+    probe_url,
+    size_from_content_range,
+)
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.signals import latched_signals
@@ -43,6 +55,22 @@ Remote = tuple[str, str, str, int | None]
 #: How ``by_kind`` names item kinds for people.
 KIND_LABELS = {ItemKind.FILE.value: "upload", ItemKind.URL.value: "url", ItemKind.S3.value: "s3"}
 
+#: The object sizes stated by the answers to the URL probe under way in this task (each
+#: probe worker is its own task, so each sees its own list: see ``_probe_one``).
+_STATED_SIZES: ContextVar[list[int]] = ContextVar("stated_sizes")
+
+
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """What ``--probe`` learned of one remote item; None where it learned nothing."""
+
+    seconds: float | None
+    size: int | None
+
+
+#: An item ``--probe`` learned nothing of (or that was not probed).
+NOT_PROBED = Probed(None, None)
+
 
 @dataclass
 class Estimate:
@@ -52,6 +80,8 @@ class Estimate:
     to_send: int = 0
     already_done: int = 0
     failed: int = 0
+    #: --dedupe copies of an item counted before: not sent, not priced
+    copies: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     unsized: int = 0
@@ -69,6 +99,12 @@ class Estimate:
         costs = list(self.cost_by_model.values())
         return None if any(c is None for c in costs) else sum(c or 0.0 for c in costs)
 
+    @property
+    def cost_is_lower_bound(self) -> bool:
+        """Items of unknown length (no duration, no size) add nothing to ``cost``: the real
+        cost is higher by an unknown amount, and must not read as an exact $0."""
+        return self.unknown > 0
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready numbers (durations in seconds and hours)."""
         total = self.measured_seconds + self.guessed_seconds
@@ -79,6 +115,7 @@ class Estimate:
             "by_kind": dict(self.by_kind),
             "already_done": self.already_done,
             "failed": self.failed,
+            "dedupe_copies": self.copies,
             "bytes": self.bytes,
             "items_without_size": self.unsized,
             "duration_seconds": round(self.measured_seconds, 3),
@@ -87,6 +124,7 @@ class Estimate:
             "items_without_estimate": self.unknown,
             "estimated_hours": round(total / 3600, 6),
             "estimated_cost_usd": None if self.cost is None else round(self.cost, 4),
+            "cost_is_lower_bound": self.cost_is_lower_bound,
             "cost_by_model": {
                 m: None if c is None else round(c, 4) for m, c in self.cost_by_model.items()
             },
@@ -132,25 +170,43 @@ def _copy_state(source: Path, target: Path) -> None:
         raise StateError(f"{source}: cannot read the state file ({exc})") from exc
 
 
-async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, float]:
-    """Seconds of each S3/URL item to send that could be probed, by item id.
+async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Probed]:
+    """What could be learned of each S3/URL item to send, by item id.
 
     ``config.concurrency`` workers share one lazy iterator over the state, so at most
     that many probes (128 KiB each at most) are in flight whatever the batch size.
     Items missing from the result fall back to the size guess.
     """
     remotes = _remote_items(state)
-    found: dict[str, float] = {}
-    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
+    found: dict[str, Probed] = {}
+    trace = aiohttp.TraceConfig()
+    trace.on_request_end.append(_note_stated_size)
+    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT, trace_configs=[trace]) as session:
 
         async def worker() -> None:
             for item_id, kind, source, size in remotes:
-                seconds = await _probe_one(session, s3, kind, source, size)
-                if seconds is not None:
-                    found[item_id] = seconds
+                probed = await _probe_one(session, s3, kind, source, size)
+                if probed.seconds is not None or probed.size is not None:
+                    found[item_id] = probed
 
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     return found
+
+
+async def _note_stated_size(
+    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
+) -> None:
+    """Keep the size a probe's answer states: ``Content-Range``'s total on a 206, the
+    ``Content-Length`` of a 200 (a server that ignores ``Range`` sends it all)."""
+    response, sizes = params.response, _STATED_SIZES.get(None)
+    if sizes is None or response.status not in (200, 206):
+        return
+    if response.status == 206:
+        size = size_from_content_range(response.headers.get("Content-Range"))
+    else:
+        size = response.content_length
+    if size is not None:
+        sizes.append(size)
 
 
 def _remote_items(state: State) -> Iterator[Remote]:
@@ -163,25 +219,33 @@ def _remote_items(state: State) -> Iterator[Remote]:
 
 async def _probe_one(
     session: aiohttp.ClientSession, s3: S3, kind: str, source: str, size: int | None
-) -> float | None:
-    """One item's measured seconds, or None (unknown: guessed from its size)."""
+) -> Probed:
+    """One item's measured seconds (None: guessed from its size) and, for a URL, the size
+    its server stated (an S3 listing already gave every object's)."""
     if kind == ItemKind.S3.value:
-        return await probe_s3(s3, source, size)
-    return await probe_url(session, source, size)
+        return Probed(await probe_s3(s3, source, size), None)
+    sizes: list[int] = []
+    _STATED_SIZES.set(sizes)  # this worker task's own context: see ``_note_stated_size``
+    seconds = await probe_url(session, source, size)
+    return Probed(seconds, sizes[0] if sizes else None)
 
 
-def _estimate(config: RunConfig, state: State, probed: dict[str, float]) -> Estimate:
+def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Estimate:
     result = Estimate(state=str(config.state_path))
     counts = state.counts()
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
+    is_copy = _copy_finder(config)
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
-        seconds = _add_item(result, row, probed.get(row["id"]))
-        params = merge_params(config.params, stored_params(row["params"]))
-        model = model_of(params) or "(default)"
-        seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
         if len(result.examples) < config.dry_run_examples:
-            result.examples.append(_example(config, row))
+            result.examples.append(_example(config, row))  # a copy gets outputs too
+        own = stored_params(row["params"])
+        if is_copy(row, own):
+            result.copies += 1
+            continue
+        seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))
+        model = model_of(merge_params(config.params, own)) or "(default)"
+        seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
     for model, seconds in seconds_by_model.items():
         per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
@@ -190,19 +254,47 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, float]) -> Esti
     return result
 
 
-def _add_item(result: Estimate, row: sqlite3.Row, probed: float | None) -> float | None:
+def _copy_finder(config: RunConfig) -> Callable[[sqlite3.Row, Params], bool]:
+    """Whether an item is a ``--dedupe`` copy of one counted before (never without it).
+
+    Keys are the run's (``Dedupe.key_now``); a file that cannot be read has no key and is
+    counted, as the run sends it (and fails it) on its own.
+    """
+    if not config.dedupe:
+        return lambda row, own: False
+    dedupe = Dedupe.for_run(config)
+    seen: set[str] = set()
+
+    def is_copy(row: sqlite3.Row, own: Params) -> bool:
+        if row["kind"] != ItemKind.FILE.value:
+            return False
+        try:
+            key = dedupe.key_now(row["source"], own)
+        except OSError:
+            return False
+        if key in seen:
+            return True
+        seen.add(key)
+        return False
+
+    return is_copy
+
+
+def _add_item(result: Estimate, row: sqlite3.Row, probed: Probed) -> float | None:
     """Count one item to send; its seconds (measured or guessed) or None if unknown.
 
-    ``probed`` is the item's duration from ``--probe`` (remote items only).
+    ``probed`` is what ``--probe`` learned of the item (remote items only): its duration,
+    and the size a URL's server stated, which the state does not know.
     """
     result.to_send += 1
     result.by_kind[KIND_LABELS.get(row["kind"], row["kind"])] += 1
-    size = row["size"]
+    size = row["size"] if row["size"] is not None else probed.size
     if size is None:
         result.unsized += 1
     else:
         result.bytes += int(size)
-    measured = local_duration(row["source"]) if row["kind"] == ItemKind.FILE.value else probed
+    is_file = row["kind"] == ItemKind.FILE.value
+    measured = local_duration(row["source"]) if is_file else probed.seconds
     if measured is not None:
         result.measured += 1
         result.measured_seconds += measured
@@ -230,11 +322,11 @@ def format_estimate(estimate: Estimate) -> str:
     """The human-readable dry-run summary."""
     e = estimate.as_dict()
     kinds = ", ".join(f"{n} {k}" for k, n in sorted(e["by_kind"].items())) or "nothing"
-    cost = e["estimated_cost_usd"]
     lines = [
         f"dry run: nothing sent, {e['state']} not modified",
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
+        *_copies_line(e["dedupe_copies"]),
         f"bytes: {e['bytes']:,}"
         + (
             f" (+{e['items_without_size']} item(s) of unknown size)"
@@ -244,11 +336,33 @@ def format_estimate(estimate: Estimate) -> str:
         f"audio: {e['duration_seconds'] / 3600:.3f} h measured in {e['items_with_duration']} "
         f"item(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
         f"{e['items_without_estimate']} item(s) unknown",
-        "estimated cost: "
-        + (_usd(cost) if cost is not None else "unknown (pass --price-per-hour)")
-        + f" at list prices {e['prices']}",
+        f"estimated cost: {_cost_text(e)}",
     ]
     lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]
-    if e["to_send"] > len(e["examples"]):
-        lines.append(f"  … and {e['to_send'] - len(e['examples'])} more")
+    written = e["to_send"] + e["dedupe_copies"]
+    if written > len(e["examples"]):
+        lines.append(f"  … and {written - len(e['examples'])} more")
     return "\n".join(lines)
+
+
+def _cost_text(e: dict[str, Any]) -> str:
+    """The cost, marked as a lower bound (``≥``) when items of unknown length add to it."""
+    cost = e["estimated_cost_usd"]
+    if cost is None:
+        return f"unknown (pass --price-per-hour) at list prices {e['prices']}"
+    if not e["cost_is_lower_bound"]:
+        return f"{_usd(cost)} at list prices {e['prices']}"
+    return (
+        f"≥ {_usd(cost)} at list prices {e['prices']}, "
+        f"plus {e['items_without_estimate']} item(s) of unknown length"
+    )
+
+
+def _copies_line(copies: int) -> list[str]:
+    """What --dedupe folded, when it folded anything."""
+    if not copies:
+        return []
+    return [
+        f"{copies} more item(s) are copies of identical audio (--dedupe): folded, not sent "
+        "nor priced (their outputs come from the original's answer)"
+    ]

@@ -407,7 +407,7 @@ async def _execute(
                 run_id=run_id,
                 secret_sources=secrets,
                 budget=budget,
-                dedupe=Dedupe() if config.dedupe else None,
+                dedupe=Dedupe.for_run(config) if config.dedupe else None,
                 handle_signals=False,
                 more=plan.wait_more,
             )

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
+import wave
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -65,6 +68,45 @@ def test_vtt_is_well_formed_for_a_diarized_response() -> None:
     assert times and all(start <= end for start, end in times)
     assert times == sorted(times)
     assert "<v Speaker 0>" in text and "<v Speaker 1>" in text
+
+
+Renderer = Callable[[dict[str, object], int | None], bytes]
+CAPTIONS: list[tuple[Renderer, str]] = [(render_srt, SRT_TIME), (render_vtt, VTT_TIME)]
+
+
+def stereo_response() -> dict[str, object]:
+    """What the emulator answers for ``multichannel=true`` on a stereo call, diarized."""
+    return build_response(
+        request_id="r-2", sha256="ab" * 32, size=9000, duration=6.0, params=DIARIZED, channels=2
+    )
+
+
+@pytest.mark.parametrize(("render", "time_pattern"), CAPTIONS)
+def test_multichannel_captions_follow_channel_zero(render: Renderer, time_pattern: str) -> None:
+    """With several channels the cues are channel 0's utterances alone, one timeline
+    without overlaps, rather than every channel's cues interleaved."""
+    response = stereo_response()
+    results = response["results"]
+    assert isinstance(results, dict)
+    text = render(response, 3).decode()
+    times = cue_times(text, time_pattern)
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(times))
+    utterances = [u for u in results["utterances"] if u["channel"] == 0]
+    assert len(times) == sum(math.ceil(len(u["words"]) / 3) for u in utterances) >= 2
+    assert "on channel 1" not in text.lower()
+
+
+@pytest.mark.parametrize(("render", "empty"), [(render_srt, EMPTY_SRT), (render_vtt, EMPTY_VTT)])
+def test_multichannel_captions_of_a_silent_channel_zero_are_empty(
+    render: Renderer, empty: bytes
+) -> None:
+    """Channel 0 silent and channel 1 talking: channel 0's captions are the empty document."""
+    response = stereo_response()
+    results = response["results"]
+    assert isinstance(results, dict)
+    results["channels"][0] = {"alternatives": [{"transcript": "", "words": []}]}
+    results["utterances"] = [u for u in results["utterances"] if u["channel"] == 1]
+    assert render(response, None) == empty
 
 
 def test_caption_line_length_sets_words_per_cue() -> None:
@@ -173,3 +215,30 @@ def test_captions_run_side_by_side_and_flag_silence(
         ]
         == ""
     )
+
+
+def test_a_multichannel_run_captions_channel_zero(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``run --param multichannel=true --param diarize=true`` on a stereo WAV writes SRT and
+    WebVTT of channel 0 alone: cues that never overlap and none of channel 1's words."""
+    source = tmp_path / "in" / "stereo.wav"
+    source.parent.mkdir()
+    with wave.open(str(source), "wb") as audio:
+        audio.setnchannels(2)
+        audio.setsampwidth(2)
+        audio.setframerate(8000)
+        audio.writeframes(b"\x01\x02" * 2 * 8000)
+    out = tmp_path / "out"
+    result = dgbatch(
+        "run", str(source), "--out", str(out), "--param", "multichannel=true",
+        "--param", "diarize=true", "--formats", "json,srt,vtt", "--caption-line-length", "3",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    channels = json.loads((out / "stereo.json").read_text())["results"]["channels"]
+    assert "on channel 1" in channels[1]["alternatives"][0]["transcript"]
+    for name, pattern in (("stereo.srt", SRT_TIME), ("stereo.vtt", VTT_TIME)):
+        text = (out / name).read_text()
+        times = cue_times(text, pattern)
+        assert len(times) >= 2 and all(a[1] <= b[0] for a, b in itertools.pairwise(times))
+        assert "on channel 1" not in text.lower() and "speaker 1" in text.lower()  # diarized

@@ -14,7 +14,11 @@ from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
 from reliability_helpers import full_project
 
 from batch.checks import transcript_warning, truncation_warning
+from batch.config import RunConfig
+from batch.dedupe import Dedupe
 from batch.emulator import EmulatorConfig, run_in_thread
+from batch.models import Params
+from batch.params import DEFAULT_PARAMS, merge_params
 from batch.sniff import sniff_container
 
 
@@ -129,6 +133,64 @@ def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -
     assert status["copies_audio_hours"] == round(copied / 3600, 4)
     ((summary,),) = sqlite3.connect(state).execute("SELECT summary FROM runs").fetchall()
     assert json.loads(summary)["audio_hours"] == round(sent / 3600, 4)
+
+
+@pytest.mark.parametrize(
+    ("run", "first", "second", "same"),
+    [
+        ((), (), (), True),
+        ((), (("model", "nova-3"),), (), True),  # the default, spelled out by a manifest
+        ((), (("smart_format", "true"),), (), True),
+        ((("model", "nova-2"),), (("model", "nova-2"),), (), True),  # --param, then the line
+        ((), (("language", "fr"),), (), False),
+        ((), (("model", "nova-2"),), (), False),
+        ((), (("smart_format", ""),), (), False),  # removes a default
+        ((), (("utterances", "false"),), (), False),  # the run adds utterances for captions
+        ((), (("tag", "mine"),), (), False),  # a user's tag replaces the run tags: kept
+    ],
+)
+def test_dedupe_keys_on_what_the_request_asks(
+    tmp_path: Path, run: Params, first: Params, second: Params, same: bool
+) -> None:
+    """Two items are copies when their completed params (defaults, --param, the item's
+    own layer, what the formats add) are equal, however each layer spelled them."""
+    audio = make_wav(tmp_path / "a.wav")
+    config = RunConfig(
+        sources=(str(audio),),
+        out=str(tmp_path / "out"),
+        state_path=tmp_path / "state.sqlite",
+        api_key=KEY,
+        params=merge_params(DEFAULT_PARAMS, run),
+        formats=("json", "srt"),
+    )
+    dedupe = Dedupe.for_run(config)
+    assert (dedupe.key_now(str(audio), first) == dedupe.key_now(str(audio), second)) is same
+
+
+def test_dedupe_folds_a_manifest_line_that_spells_out_a_default(
+    dgbatch: Cli, tmp_path: Path
+) -> None:
+    """A manifest line asking ``model=nova-3`` (the default) is a copy of the same audio
+    without params, so it is sent once; the same audio with ``language=fr`` is sent apart."""
+    first = make_wav(tmp_path / "a.wav", 0.5, tone=3)
+    for name in ("b.wav", "c.wav"):
+        shutil.copy(first, tmp_path / name)
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(
+        '{"source": "a.wav"}\n'
+        '{"source": "b.wav", "params": {"model": "nova-3"}}\n'
+        '{"source": "c.wav", "params": {"language": "fr"}}\n'
+    )
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out), "--dedupe", "-c", "1")
+    assert result.exit_code == 0, result.output
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 2
+    assert sorted(dict(r.params).get("language", "-") for r in emulator.log) == ["-", "fr"]
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
+    (copy,) = [name for name, row in rows.items() if row["copy_of"] is not None]
+    original = {"a.wav": "b.wav", "b.wav": "a.wav"}[copy]  # either may lead
+    assert rows[copy]["copy_of"] == rows[original]["id"]
 
 
 @pytest.mark.timeout(60)

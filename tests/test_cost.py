@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import mutagen
@@ -175,6 +176,35 @@ def test_dry_run_plans_against_a_copy_of_the_state(
     assert f"{tmp_path / 'in' / 'b.wav'} → {out / 'b.json'}" in result.output
     assert state.read_bytes() == before
     assert len(emulator.log) == 1
+
+
+def test_dry_run_with_dedupe_counts_what_the_run_sends(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """With ``--dedupe`` the dry run counts, sizes and prices one item per identical
+    content (keyed as the run keys it, params included) and says how many it folded; the
+    real run then sends exactly that many."""
+    original = make_wav(tmp_path / "in" / "a.wav", 2.0, tone=1)
+    for name in ("b.wav", "c.wav"):
+        shutil.copy(original, tmp_path / "in" / name)
+    other = make_wav(tmp_path / "in" / "d.wav", 1.0, tone=2)
+    shutil.copy(original, tmp_path / "fr.wav")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text('{"source": "fr.wav", "params": {"language": "fr"}}\n')
+    args = ("run", str(tmp_path / "in"), str(manifest), "--out", str(tmp_path / "out"), "--dedupe")
+    estimate = json.loads(dgbatch(*args, "--dry-run", "--json", key=None).output)
+    assert estimate["to_send"] == 3 and estimate["dedupe_copies"] == 2
+    assert estimate["bytes"] == 2 * original.stat().st_size + other.stat().st_size
+    assert estimate["duration_seconds"] == pytest.approx(5.0, abs=1e-3)
+    assert estimate["estimated_cost_usd"] == pytest.approx(5.0 / 3600 * 0.0043 * 60, abs=1e-4)
+    text = dgbatch(*args, "--dry-run", key=None).output
+    assert "would send 3 item(s): 3 upload" in text
+    assert "2 more item(s) are copies of identical audio (--dedupe)" in text
+    plain = json.loads(dgbatch(*args[:-1], "--dry-run", "--json", key=None).output)
+    assert plain["to_send"] == 5 and plain["dedupe_copies"] == 0
+    assert emulator.log == []
+    assert dgbatch(*args).exit_code == 0
+    assert len(emulator.log) == estimate["to_send"]
 
 
 def test_budget_cap_stops_at_the_right_item_and_resumes(

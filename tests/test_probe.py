@@ -13,7 +13,7 @@ from pathlib import Path
 import mutagen
 import pytest
 from aiohttp import web
-from conftest import Cli, MotoS3, make_wav, serve_app
+from conftest import Cli, MotoS3, make_wav, serve_app, static_server
 from mutagen.ogg import OggPage
 
 from batch.emulator import Emulator
@@ -200,10 +200,64 @@ def test_dry_run_probe_measures_urls_with_ranges(
     expected = sum(mutagen.File(io.BytesIO(v)).info.length for v in files.values())
     assert estimate["duration_seconds"] == pytest.approx(expected, abs=1e-3)
     assert estimate["items_with_duration"] == 3 and estimate["guessed_seconds"] == 0
+    assert estimate["bytes"] == sum(len(v) for v in files.values())  # 206s and a 200 state it
     assert sorted(r or "" for r in ranges) == sorted(
         ["bytes=0-65535"] * 3 + [f"bytes=-{TAIL_BYTES}"]
     )
     assert "sekrit123" not in json.dumps(estimate)
+
+
+def _static_audio(root: Path) -> dict[str, bytes]:
+    """Two WAVs and a file mutagen cannot time, written under ``root`` for a static server."""
+    files = {"a.wav": wav_bytes(3.0), "b.wav": wav_bytes(1.5), "c.mp3": b"\x00not audio" * 400}
+    root.mkdir()
+    for name, data in files.items():
+        (root / name).write_bytes(data)
+    return files
+
+
+def test_dry_run_cost_of_urls_of_unknown_length_is_a_lower_bound(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Without ``--probe`` URLs have no size nor duration: the cost counts only the local
+    file and says so (``≥``, how many items are unknown), in text and in JSON."""
+    _static_audio(tmp_path / "www")
+    local = make_wav(tmp_path / "in" / "local.wav", 2.0)
+    with static_server(tmp_path / "www") as base:
+        urls = (f"{base}/a.wav", f"{base}/c.mp3")
+        options = ("--out", str(tmp_path / "o"), "--price-per-hour", "36")
+        estimate = _dry(dgbatch, str(local), *urls, *options)
+        text = dgbatch("run", str(local), *urls, *options, "--dry-run", key=None).output
+        only_urls = dgbatch("run", *urls, *options, "--dry-run", key=None).output
+    assert estimate["cost_is_lower_bound"] is True and estimate["items_without_estimate"] == 2
+    assert estimate["estimated_cost_usd"] == pytest.approx(0.02)  # 2 s at $36/h
+    assert "estimated cost: ≥ $0.0200 at list prices --price-per-hour 36.0, plus 2 item(s)" in text
+    assert "(+2 item(s) of unknown size)" in text
+    assert "estimated cost: ≥ $0.0000" in only_urls
+    assert "plus 2 item(s) of unknown length" in only_urls
+    assert emulator.log == []
+
+
+def test_dry_run_probe_puts_what_it_learned_of_urls_in_the_totals(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """With ``--probe`` a URL's stated size counts in the bytes, its duration in the measured
+    audio, and a URL it cannot time is guessed from that size: the cost is not a bound."""
+    files = _static_audio(tmp_path / "www")
+    with static_server(tmp_path / "www") as base:
+        urls = [f"{base}/{name}" for name in files]
+        args = (*urls, "--out", str(tmp_path / "o"), "--probe", "--price-per-hour", "36")
+        estimate = _dry(dgbatch, *args)
+        text = dgbatch("run", *args, "--dry-run", key=None).output
+    assert estimate["bytes"] == sum(len(data) for data in files.values())
+    assert estimate["items_without_size"] == 0 and estimate["items_without_estimate"] == 0
+    assert estimate["duration_seconds"] == pytest.approx(4.5, abs=1e-3)
+    guessed = len(files["c.mp3"]) / GUESS_BYTES_PER_SECOND
+    assert estimate["guessed_seconds"] == pytest.approx(guessed, abs=1e-3)
+    assert estimate["cost_is_lower_bound"] is False
+    assert estimate["estimated_cost_usd"] == pytest.approx((4.5 + guessed) / 100, abs=1e-4)
+    assert f"bytes: {estimate['bytes']:,}\n" in text and "≥" not in text
+    assert emulator.log == []
 
 
 def test_probe_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
