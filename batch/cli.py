@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from batch import __version__, eventloop
-from batch.config import check_api_url, load_api_key
+from batch.config import check_api_url, check_report_target, load_api_key
 from batch.errors import BatchError, UsageError
 from batch.job import run_batch
 from batch.options import api_options, build_config, emulator_options, run_options, state_option
@@ -139,6 +139,7 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str
         dgbatch report --state out/.dgbatch/state.sqlite --format csv --failed -o failed.csv
     """
     try:
+        check_report_target(output, state_path)
         state = State.open(state_path, readonly=True)
         try:
             with open_output(output) as stream:

@@ -152,6 +152,51 @@ def check_out(out: str) -> str:
     return out
 
 
+#: what an output's name can end in (``naming.output_relpath``: ``<name>.<format>``)
+_OUTPUT_SUFFIXES = frozenset({".json", ".txt", ".srt", ".vtt", ".md"})
+
+
+def state_files(state: Path) -> tuple[Path, ...]:
+    """The state file and the files SQLite and the run lock keep beside it."""
+    return tuple(state.with_name(state.name + tail) for tail in ("", "-wal", "-shm", ".lock"))
+
+
+def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
+    """Refuse a ``--state`` or ``--run-report`` where dgbatch would overwrite its own
+    files: a run report over the state (the batch's only record), or either one where a
+    transcript goes in a local ``--out`` (``a.json``), where one would replace the other."""
+    if _is_output_place(state, out):
+        raise UsageError(f"--state {str(state)!r}: {_OUTPUT_PLACE}")
+    if run_report is None or is_s3_uri(run_report):
+        return
+    report = Path(run_report).resolve()
+    if report in {path.resolve() for path in state_files(state)}:
+        msg = f"--run-report {run_report!r}: is the state file (or one of its own files)"
+        raise UsageError(msg)
+    if _is_output_place(report, out):
+        raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
+
+
+def check_report_target(output: str, state: Path) -> None:
+    """``report -o`` onto the state file would replace the batch's record with its report."""
+    if output != "-" and Path(output).resolve() in {p.resolve() for p in state_files(state)}:
+        raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
+
+
+_OUTPUT_PLACE = "a transcript could be written there in --out; choose another path"
+
+
+def _is_output_place(path: Path, out: str) -> bool:
+    """``path`` is in a local ``out``, outside its ``.dgbatch`` folder, named as outputs are."""
+    if is_s3_uri(out) or path.suffix.lower() not in _OUTPUT_SUFFIXES:
+        return False
+    try:
+        inside = path.resolve().relative_to(Path(out).resolve())
+    except ValueError:
+        return False
+    return ".dgbatch" not in inside.parts
+
+
 def _check_positive(name: str, value: float) -> None:
     if value <= 0:
         raise UsageError(f"{name} must be > 0 (got {value})")

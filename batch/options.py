@@ -20,6 +20,7 @@ from batch.config import (
     RunConfig,
     check_api_url,
     check_out,
+    check_own_paths,
     default_state_path,
     load_api_key,
 )
@@ -312,10 +313,12 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
     params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
     api_url = check_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
     shard = parse_shard(opts["shard"]) if opts["shard"] else None
+    state_path = _state_path(opts["state_path"]) or default_state_path(out, shard)
+    check_own_paths(out, state_path, opts["run_report"])
     return RunConfig(
         sources=tuple(opts["sources"]),
         out=out,
-        state_path=_state_path(opts["state_path"]) or default_state_path(out, shard),
+        state_path=state_path,
         api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
         api_url=api_url,
         formats=formats,

@@ -38,7 +38,8 @@ def format_summary(outcome: RunOutcome) -> str:
     for fmt, count in outcome.missing.items():
         lines.append(
             f"{count} done item(s) have no {fmt} output: formats are written when an item is "
-            "done, and done items are not sent again (--force re-sends them, paid)"
+            "done, and done items are not sent again (--force re-sends every done item of the "
+            "sources it is given, paid: give it only theirs; dgbatch report lists outputs)"
         )
     if outcome.report_path is not None:
         lines.append(f"report: {outcome.report_path}")
