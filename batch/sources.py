@@ -10,6 +10,8 @@ Two kinds of failure, on purpose:
   :class:`~batch.errors.SourceError`: the user must fix the command (exit 2);
 - a bad *entry* inside a manifest or folder becomes an ``Item`` with ``error``
   set, so it is recorded as failed and the rest of the batch still runs.
+
+Failed items are built by :mod:`batch.failed_items`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import TYPE_CHECKING, TextIO
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from batch.errors import SourceError
+from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
 from batch.models import Filters, Item, ItemKind, Params
 from batch.naming import AUDIO_EXTENSIONS
 from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url
@@ -88,7 +91,7 @@ def _url_problem(url: str) -> str:
     """Say why ``url`` did not parse, for the failed item's message."""
     if _BAD_URL_CHAR_RE.search(url):
         return "URL contains whitespace or control characters"
-    if not _is_utf8(url):
+    if not is_utf8(url):
         return "URL is not valid UTF-8"
     return "malformed URL or no host"
 
@@ -117,7 +120,7 @@ def hidden_clash(first: str, item: Item) -> Item | None:
         "give each its own id (a .jsonl or .csv manifest)"
     )
     clash_id = f"clash:{item.origin or item.id}"
-    return _error_item(clash_id, item.source, item.name, reason, item.origin, item.params)
+    return error_item(clash_id, item.source, item.name, reason, item.origin, item.params)
 
 
 def _unsigned(url: str) -> str:
@@ -131,26 +134,6 @@ def _unsigned(url: str) -> str:
     return f"{head}?{'&'.join(kept)}"
 
 
-def _error_item(
-    item_id: str, source: str, name: str, reason: str, origin: str, params: Params = ()
-) -> Item:
-    """Build an item that is already failed; its message names where it came from.
-
-    Every text field is made printable: the item is stored and its message
-    shown, and neither survives a lone surrogate from an undecodable name.
-    """
-    message = f"{origin}: {reason}" if origin else reason
-    return Item(
-        id=_printable(item_id),
-        source=_printable(redact_source(source)),
-        kind=ItemKind.FILE,
-        name=_printable(name),
-        params=params,
-        error=_printable(message),
-        origin=origin,
-    )
-
-
 def _url_item(
     url: str, match: re.Match[str] | None, name_hint: str | None, params: Params, origin: str
 ) -> Item:
@@ -159,7 +142,7 @@ def _url_item(
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
-        return _error_item(item_id, url, name_hint or shown, reason, origin, params)
+        return error_item(item_id, url, name_hint or shown, reason, origin, params)
     name = name_hint if name_hint is not None else _url_name(match)
     # Positional: this is the hot path of a million-line manifest and keywords
     # cost a third more; test_sources pins Item's field order.
@@ -185,30 +168,6 @@ def _relative_name(path: str, base: str) -> str:
     return os.path.basename(path)
 
 
-def _is_utf8(text: str) -> bool:
-    """Tell whether text can be stored and sent as UTF-8 (no lone surrogates).
-
-    Undecodable file names reach Python as surrogate escapes; such a name would
-    break the state file and every message that prints it.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(text: str) -> str:
-    """Show a surrogate-escaped name with its bad bytes as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _not_utf8_item(path: str, name: str, origin: str, params: Params = ()) -> Item:
-    """Fail a file whose name is not UTF-8 (the error item makes it printable)."""
-    reason = f"{path}: file name is not valid UTF-8 (rename the file)"
-    return _error_item(path, path, name, reason, origin, params)
-
-
 def _stat_problem(st: os.stat_result) -> str | None:
     """Say why a stat'ed path cannot be uploaded, or None if it can."""
     if stat.S_ISDIR(st.st_mode):
@@ -224,17 +183,17 @@ def _file_item(
     """Build a FILE item from an absolute path, stat'ing it once for size and fingerprint."""
     item_id = f"id:{name_hint}" if name_hint is not None else path
     name = name_hint if name_hint is not None else _relative_name(path, os.path.abspath(base))
-    if not _is_utf8(path):
-        return _not_utf8_item(path, name, origin, params)
+    if not is_utf8(path):
+        return not_utf8_item(path, name, origin, params)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return _error_item(item_id, path, name, f"{path}: no such file", origin, params)
+        return error_item(item_id, path, name, f"{path}: no such file", origin, params)
     except OSError as exc:
-        return _error_item(item_id, path, name, f"{path}: {exc.strerror}", origin, params)
+        return error_item(item_id, path, name, f"{path}: {exc.strerror}", origin, params)
     problem = _stat_problem(st)
     if problem is not None:
-        return _error_item(item_id, path, name, f"{path}: {problem}", origin, params)
+        return error_item(item_id, path, name, f"{path}: {problem}", origin, params)
     return _stat_item(item_id, path, name, st, origin, params)
 
 
@@ -283,7 +242,7 @@ def build_item(source: str, base: Path, name_hint: str | None, params: Params, o
         shown = redact_source(source)
         item_id = f"id:{name_hint}" if name_hint is not None else shown
         problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
-        return _error_item(
+        return error_item(
             item_id, source, name_hint or shown, f"{shown}: {problem}", origin, params
         )
     path = _absolute(source, base)
@@ -336,15 +295,15 @@ def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
 def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
     """Build the item of a file found by a walk: id is its path, name its path in the walk."""
     path = os.path.abspath(entry.path)
-    if not _is_utf8(path):
-        return _not_utf8_item(path, rel, origin)
+    if not is_utf8(path):
+        return not_utf8_item(path, rel, origin)
     try:
         st = entry.stat()
     except OSError as exc:
         reason = "broken symlink" if isinstance(exc, FileNotFoundError) else exc.strerror
-        return _error_item(path, path, rel, f"{path}: {reason}", origin)
+        return error_item(path, path, rel, f"{path}: {reason}", origin)
     if not stat.S_ISREG(st.st_mode):
-        return _error_item(path, path, rel, f"{path}: not a regular file", origin)
+        return error_item(path, path, rel, f"{path}: not a regular file", origin)
     return _stat_item(path, path, rel, st, origin)
 
 
@@ -395,7 +354,7 @@ def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
                 stack.append((rel + "/", iter(_sorted_entries(entry.path))))
             except OSError as exc:
                 path = os.path.abspath(entry.path)
-                yield _error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
+                yield error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
         elif _is_walkable_file(entry) and rules.takes(rel, entry.name):
             yield _walk_item(entry, rel, origin)
 
@@ -407,11 +366,11 @@ def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
         walker = _walk(arg, rules, redact_source(arg))
         first = next(walker, None)
     except OSError as exc:
-        msg = f"{_printable(arg)}: cannot read directory: {exc.strerror}"
+        msg = f"{printable(arg)}: cannot read directory: {exc.strerror}"
         raise SourceError(msg) from exc
     if first is None:
         shown = ", ".join(sorted(rules.extensions))
-        msg = f"{_printable(arg)}: no audio files found (extensions: {shown})"
+        msg = f"{printable(arg)}: no audio files found (extensions: {shown})"
         raise SourceError(msg)
     yield first
     yield from walker
@@ -431,10 +390,10 @@ def _expand_path(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        msg = f"{_printable(arg)}: no such file or directory"
+        msg = f"{printable(arg)}: no such file or directory"
         raise SourceError(msg) from None
     except OSError as exc:
-        msg = f"{_printable(arg)}: {exc.strerror}"
+        msg = f"{printable(arg)}: {exc.strerror}"
         raise SourceError(msg) from exc
     if stat.S_ISDIR(st.st_mode):
         yield from _expand_dir(path, filters)
