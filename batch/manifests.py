@@ -10,22 +10,22 @@ Formats, chosen by suffix (anything unknown is read as ``.txt``):
 - ``.txt``/``.list``: one source per line; blank lines and ``#`` lines skipped.
 - ``.jsonl``/``.ndjson``: ``{"source": ..., "id": "...", "params": {...}}``.
 - ``.csv``: a header with ``source``, optional ``id``; other columns are params.
+
+How a JSONL or CSV line becomes an entry is :mod:`batch.manifest_lines`.
 """
 
 from __future__ import annotations
 
 import codecs
-import csv
-import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Generic, NamedTuple, TypeVar
+from typing import BinaryIO, Generic, TypeVar
 
 from batch.errors import SourceError
-from batch.models import Filters, Item, ItemKind, Params
-from batch.params import check_not_callback, normalise_value, params_from_mapping
+from batch.manifest_lines import Entry, LineError, Parser, UnusableManifest, parser_for
+from batch.models import Filters, Item, ItemKind
 from batch.redact import redact_text
 from batch.sources import S3Expander, build_item
 
@@ -47,22 +47,6 @@ _READ_BUFFER_BYTES = 256 * 1024
 _CONTROL_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _UTF16_BOMS = (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
 _FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv"}
-
-
-class _LineError(Exception):
-    """Raised while parsing one line; becomes that line's failed Item."""
-
-
-class _UnusableManifest(Exception):
-    """Raised when the whole manifest is unusable; becomes a SourceError naming it."""
-
-
-class _Entry(NamedTuple):
-    """What one manifest line asks for, before it becomes an Item (a tuple: built per line)."""
-
-    source: str
-    id: str | None = None
-    params: Params = ()
 
 
 class SeenIds:
@@ -102,152 +86,7 @@ class SeenIds:
         return f"{self._labels[first_manifest]}:{first_line}"
 
 
-_Parser = Callable[[str], _Entry | None]
 _Raw = TypeVar("_Raw", bytes, str)
-
-
-def _entry_id(value: object) -> str | None:
-    """Accept an optional string (or integer) id; reject anything else."""
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise _LineError(f"'id' must be a string, not {type(value).__name__}")
-    if not value.strip():
-        raise _LineError("'id' is empty")
-    return value.strip()
-
-
-def _entry_params(value: object) -> Params:
-    """Convert an optional ``params`` object into a params layer."""
-    if value is None:
-        return ()
-    if not isinstance(value, dict):  # what JSON gives; cheaper than the Mapping ABC
-        raise _LineError(f"'params' must be an object, not {type(value).__name__}")
-    try:
-        return params_from_mapping(value)
-    except ValueError as exc:
-        raise _LineError(str(exc)) from None
-
-
-def _parse_jsonl(text: str) -> _Entry | None:
-    """One JSON object per line; blank lines are skipped."""
-    stripped = text.strip()
-    if not stripped:
-        return None
-    try:
-        obj = json.loads(stripped)
-    except RecursionError:
-        raise _LineError("invalid JSON: nested too deeply") from None
-    except ValueError as exc:
-        raise _LineError(f"invalid JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise _LineError(f"expected a JSON object, got {type(obj).__name__}")
-    source = obj.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise _LineError("missing or empty 'source'")
-    entry = _Entry(source.strip(), _entry_id(obj.get("id")), _entry_params(obj.get("params")))
-    if "\\u" in stripped:
-        _check_escaped_text(entry)
-    return entry
-
-
-def _check_escaped_text(entry: _Entry) -> None:
-    """Reject what only ``\\u`` escapes can sneak past the line checks: NUL, lone surrogates.
-
-    A lone surrogate cannot be encoded as UTF-8, so it would break the state
-    file or the request much later, far from the line that caused it.
-    """
-    texts = [entry.source, entry.id or "", *(value for _, value in entry.params)]
-    for text in texts:
-        if "\x00" in text:
-            raise _LineError("NUL character in 'source', 'id' or 'params'")
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise _LineError("lone surrogate escape in 'source', 'id' or 'params'") from None
-
-
-@dataclass(frozen=True, slots=True)
-class _CsvHeader:
-    """Column positions of a CSV manifest, read from its first non-blank line."""
-
-    source: int
-    id: int | None
-    params: tuple[tuple[int, str], ...]
-    width: int
-
-    @classmethod
-    def from_row(cls, row: list[str]) -> _CsvHeader:
-        """Read the header; a manifest without a ``source`` column is unusable."""
-        names = [name.strip() for name in row]
-        lowered = [name.lower() for name in names]
-        duplicates = sorted({name for name in lowered if name and lowered.count(name) > 1})
-        if duplicates:
-            msg = f"CSV header repeats column(s) {', '.join(duplicates)}"
-            raise _UnusableManifest(msg)
-        if "source" not in lowered:
-            msg = f"CSV header has no 'source' column (got {', '.join(names)!r})"
-            raise _UnusableManifest(msg)
-        id_column = lowered.index("id") if "id" in lowered else None
-        for name in lowered:
-            try:
-                check_not_callback(name)
-            except ValueError as exc:
-                raise _UnusableManifest(f"CSV header: {exc}") from None
-        params = tuple(
-            (index, name)
-            for index, name in enumerate(names)
-            if name and lowered[index] not in ("source", "id")
-        )
-        return cls(lowered.index("source"), id_column, params, len(names))
-
-    def entry(self, row: list[str]) -> _Entry:
-        """Read one data row; empty cells are absent, not "remove the default"."""
-        if len(row) > self.width and any(cell.strip() for cell in row[self.width :]):
-            raise _LineError(f"expected {self.width} fields, got {len(row)}")
-        cells = [cell.strip() for cell in row] + [""] * (self.width - len(row))
-        if not cells[self.source]:
-            raise _LineError("empty 'source'")
-        item_id = (cells[self.id] or None) if self.id is not None else None
-        params = tuple((name, normalise_value(cells[i])) for i, name in self.params if cells[i])
-        return _Entry(cells[self.source], item_id, params)
-
-
-class _CsvParser:
-    """Stateful CSV line parser: the first non-blank line is the header.
-
-    Each physical line is one record, so a quoted field spanning lines is
-    reported as a broken line instead of swallowing the lines after it.
-    """
-
-    __slots__ = ("header",)
-
-    def __init__(self) -> None:
-        self.header: _CsvHeader | None = None
-
-    def __call__(self, text: str) -> _Entry | None:
-        """Parse one line; the header line yields no entry."""
-        if not text.strip():
-            return None
-        try:
-            row = next(csv.reader([text], strict=True))
-        except csv.Error as exc:
-            raise _LineError(f"invalid CSV: {exc}") from None
-        if self.header is None:
-            self.header = _CsvHeader.from_row(row)
-            return None
-        return self.header.entry(row)
-
-
-def _parser_for(fmt: str) -> _Parser | None:
-    """Pick the line parser of a manifest format; None for a plain list."""
-    if fmt == "jsonl":
-        return _parse_jsonl
-    if fmt == "csv":
-        return _CsvParser()
-    return None
 
 
 def _preview(raw: bytes | str) -> str:
@@ -264,7 +103,7 @@ def _reject_utf16(first_line: bytes) -> None:
     """Refuse a UTF-16 manifest (Notepad's "Unicode") whole: every line would be garbage."""
     if first_line[:2] in _UTF16_BOMS:
         msg = "manifest is UTF-16; save it as UTF-8"
-        raise _UnusableManifest(msg)
+        raise UnusableManifest(msg)
 
 
 def _decode_bytes(raw: bytes, lineno: int) -> str:
@@ -274,13 +113,13 @@ def _decode_bytes(raw: bytes, lineno: int) -> str:
         _reject_utf16(raw)
         raw = raw.removeprefix(codecs.BOM_UTF8)
     if len(raw) > MAX_LINE_BYTES:
-        raise _LineError(f"line longer than {MAX_LINE_BYTES} bytes")
+        raise LineError(f"line longer than {MAX_LINE_BYTES} bytes")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _LineError(f"invalid UTF-8 at byte offset {exc.start}") from None
+        raise LineError(f"invalid UTF-8 at byte offset {exc.start}") from None
     if "\x00" in text:
-        raise _LineError("NUL character in line")
+        raise LineError("NUL character in line")
     return text
 
 
@@ -291,9 +130,9 @@ def _decode_str(raw: str, lineno: int) -> str:
         text = text.removeprefix("\ufeff")
     # Only long lines pay for encoding: 4 bytes per character at most.
     if len(text) > MAX_LINE_BYTES // 4 and len(text.encode("utf-8", "replace")) > MAX_LINE_BYTES:
-        raise _LineError(f"line longer than {MAX_LINE_BYTES} bytes")
+        raise LineError(f"line longer than {MAX_LINE_BYTES} bytes")
     if "\x00" in text:
-        raise _LineError("NUL character in line")
+        raise LineError("NUL character in line")
     return text
 
 
@@ -323,7 +162,7 @@ class _Reader(Generic[_Raw]):
     id_prefix: str
     base: Path
     decode: Callable[[_Raw, int], str]
-    parse: _Parser | None
+    parse: Parser | None
     s3: S3Expander | None
     filters: Filters
     seen_ids: SeenIds = field(default_factory=SeenIds)
@@ -351,17 +190,17 @@ class _Reader(Generic[_Raw]):
         for lineno, raw in lines:
             try:
                 source = decode(raw, lineno).strip()
-            except _LineError as exc:
+            except LineError as exc:
                 yield self._line_error(lineno, str(exc), raw)
                 continue
             if not source or source[0] == "#":
                 continue
             if source.startswith(("s3://", "S3://")):
-                yield from self._s3_items(_Entry(source), lineno)
+                yield from self._s3_items(Entry(source), lineno)
             else:
                 yield build_item(source, base, None, (), f"{label}:{lineno}")
 
-    def _parsed_items(self, lines: Iterable[tuple[int, _Raw]], parse: _Parser) -> Iterator[Item]:
+    def _parsed_items(self, lines: Iterable[tuple[int, _Raw]], parse: Parser) -> Iterator[Item]:
         """Read structured lines (JSONL, CSV) through their parser."""
         decode, items_for = self.decode, self._items_for
         for lineno, raw in lines:
@@ -370,7 +209,7 @@ class _Reader(Generic[_Raw]):
                 if entry is None:
                     continue
                 found = items_for(entry, lineno)
-            except _LineError as exc:
+            except LineError as exc:
                 found = self._line_error(lineno, str(exc), raw)
             if isinstance(found, Item):
                 yield found
@@ -393,9 +232,9 @@ class _Reader(Generic[_Raw]):
         """Remember an explicit id; a second use of it in the run is an error on that line."""
         first = self.seen_ids.claim(item_id, self.manifest, lineno)
         if first is not None:
-            raise _LineError(f"duplicate id {item_id!r} (first at {first})")
+            raise LineError(f"duplicate id {item_id!r} (first at {first})")
 
-    def _items_for(self, entry: _Entry, lineno: int) -> Item | Iterator[Item]:
+    def _items_for(self, entry: Entry, lineno: int) -> Item | Iterator[Item]:
         """Build the Items of one valid entry (several for an S3 prefix)."""
         source, item_id, params = entry
         if item_id is not None:
@@ -404,7 +243,7 @@ class _Reader(Generic[_Raw]):
             return self._s3_items(entry, lineno)
         return build_item(source, self.base, item_id, params, f"{self.label}:{lineno}")
 
-    def _s3_items(self, entry: _Entry, lineno: int) -> Iterator[Item]:
+    def _s3_items(self, entry: Entry, lineno: int) -> Iterator[Item]:
         """Expand an ``s3://`` line through the S3 hook, applying the line's id and params.
 
         With an id, a single object takes it as is; the objects of a prefix get
@@ -424,7 +263,7 @@ class _Reader(Generic[_Raw]):
         except SourceError as exc:
             yield self._entry_error(entry, lineno, str(exc))
 
-    def _entry_error(self, entry: _Entry, lineno: int, reason: str) -> Item:
+    def _entry_error(self, entry: Entry, lineno: int, reason: str) -> Item:
         """Fail a well-formed entry that cannot be expanded."""
         origin = f"{self.label}:{lineno}"
         return Item(
@@ -447,7 +286,7 @@ def _chain(first: Item | None, second: Item | None, rest: Iterator[Item]) -> Ite
         yield from rest
 
 
-def _adopt(item: Item, entry: _Entry, origin: str, *, single: bool) -> Item:
+def _adopt(item: Item, entry: Entry, origin: str, *, single: bool) -> Item:
     """Give an S3 item the manifest line's id, params and origin."""
     params = (*item.params, *entry.params)
     if entry.id is None:
@@ -485,12 +324,12 @@ def iter_manifest_stream(
         SourceError: the manifest is UTF-16 or its CSV header lacks ``source``.
     """
     reader = _Reader(
-        origin, id_prefix or origin, base, _decode_bytes, _parser_for(fmt), s3, filters or Filters()
+        origin, id_prefix or origin, base, _decode_bytes, parser_for(fmt), s3, filters or Filters()
     )
     reader.share_ids(seen_ids)
     try:
         yield from reader.items(_raw_lines(stream))
-    except _UnusableManifest as exc:
+    except UnusableManifest as exc:
         raise SourceError(f"{origin}: {exc}") from None
     except OSError as exc:
         msg = f"{origin}: cannot read manifest: {exc.strerror or exc}"

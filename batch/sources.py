@@ -10,6 +10,8 @@ Two kinds of failure, on purpose:
   :class:`~batch.errors.SourceError`: the user must fix the command (exit 2);
 - a bad *entry* inside a manifest or folder becomes an ``Item`` with ``error``
   set, so it is recorded as failed and the rest of the batch still runs.
+
+URL items are built by :mod:`batch.urls`, failed items by :mod:`batch.failed_items`.
 """
 
 from __future__ import annotations
@@ -22,12 +24,13 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
-from urllib.parse import unquote, unquote_plus, urlsplit
 
 from batch.errors import SourceError
+from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
 from batch.models import Filters, Item, ItemKind, Params
 from batch.naming import AUDIO_EXTENSIONS
-from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url
+from batch.redact import redact_source
+from batch.urls import HTTP_URL_RE, file_url_path, hidden_clash, scheme_of, url_item
 
 if TYPE_CHECKING:
     from batch.manifests import SeenIds
@@ -38,9 +41,9 @@ __all__ = [
     "WalkRules",
     "build_item",
     "expand_sources",
-    "hidden_clash",
+    "hidden_clash",  # from batch.urls; imported from here by callers
     "item_for_source",
-    "scheme_of",
+    "scheme_of",  # from batch.urls; imported from here by callers
 ]
 
 #: Expands ``s3://bucket/key`` or ``s3://bucket/prefix/`` into Items (``batch.s3``).
@@ -49,133 +52,6 @@ S3Expander = Callable[[str, Filters], Iterator[Item]]
 #: A file argument with one of these suffixes is read as a list of sources.
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".list", ".jsonl", ".ndjson", ".csv"})
 
-# Query keys that change every time a presigned URL is minted (expiry, date) but
-# do not change what it points at; blanking them keeps a URL item's id stable.
-_VOLATILE_QUERY_KEYS = frozenset(
-    {"x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st"}
-)
-
-#: Query keys whose values change each time a URL is signed, not from one recording to
-#: another: two URLs with one id that differ only in these are the same recording.
-_SIGNING_KEYS = _VOLATILE_QUERY_KEYS | SIGNING_QUERY_KEYS
-
-_SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
-_BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
-# What may not appear anywhere in a URL we send: whitespace (exactly what
-# str.isspace accepts), C0 controls, DEL and lone surrogates. Spelled out as
-# ranges because sre matches a class of ranges faster than one holding "\s".
-_NOT_URL = r"\x00-\x20\x7f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000\ud800-\udfff"
-# One pass validates and splits an http(s) URL: it is the per-line cost of a
-# million-line manifest, and ``urlsplit`` alone would be most of it.
-_HTTP_URL_RE = re.compile(
-    r"[hH][tT][tT][pP][sS]?://"
-    rf"(?:[^{_NOT_URL}/?#]*@)?"  # userinfo (may hold "@"; the last one wins)
-    rf"(?P<host>\[[0-9A-Za-z:.%]+\]|[^{_NOT_URL}/?#@:\[\]]+)"
-    r"(?::[0-9]*)?"
-    rf"(?P<path>/[^{_NOT_URL}?#]*)?"
-    rf"(?:\?[^{_NOT_URL}#]*)?"
-    rf"(?:#[^{_NOT_URL}]*)?"
-)
-
-
-def scheme_of(source: str) -> str:
-    """Return the lowercased ``scheme`` of ``scheme://...``, or ``""`` for a path."""
-    match = _SCHEME_RE.match(source)
-    return match.group(1).lower() if match else ""
-
-
-def _url_problem(url: str) -> str:
-    """Say why ``url`` did not parse, for the failed item's message."""
-    if _BAD_URL_CHAR_RE.search(url):
-        return "URL contains whitespace or control characters"
-    if not _is_utf8(url):
-        return "URL is not valid UTF-8"
-    return "malformed URL or no host"
-
-
-def _url_name(match: re.Match[str]) -> str:
-    """Name a URL item after its path (``https://h/pod/ep1.mp3?x`` → ``pod/ep1.mp3``)."""
-    path, host = match.group("path", "host")
-    return (unquote(path).lstrip("/") or host) if path else host
-
-
-def _url_id(url: str) -> str:
-    """Key a URL item by its redacted URL, so re-signing a presigned URL keeps the id."""
-    return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
-
-
-def hidden_clash(first: str, item: Item) -> Item | None:
-    """The failed item to plan instead of ``item`` when an earlier source ``first`` has
-    its id but differs from it in a secret other than a signature (``?key=file1`` and
-    ``?key=file2``): ids hide secrets, so both would be one item and one would silently
-    never be sent. The same URL signed again is the same recording: None."""
-    if first == item.source or _unsigned(first) == _unsigned(item.source):
-        return None
-    reason = (
-        f"{redact_source(item.source)}: an earlier source differs from it only in a secret "
-        "query value or password, which dgbatch does not store, so both would be one item; "
-        "give each its own id (a .jsonl or .csv manifest)"
-    )
-    clash_id = f"clash:{item.origin or item.id}"
-    return _error_item(clash_id, item.source, item.name, reason, item.origin, item.params)
-
-
-def _unsigned(url: str) -> str:
-    """``url`` without the values that change at each signing."""
-    head, _, query = url.partition("?")
-    kept = [
-        p
-        for p in query.split("&")
-        if unquote_plus(p.partition("=")[0]).lower() not in _SIGNING_KEYS
-    ]
-    return f"{head}?{'&'.join(kept)}"
-
-
-def _error_item(
-    item_id: str, source: str, name: str, reason: str, origin: str, params: Params = ()
-) -> Item:
-    """Build an item that is already failed; its message names where it came from.
-
-    Every text field is made printable: the item is stored and its message
-    shown, and neither survives a lone surrogate from an undecodable name.
-    """
-    message = f"{origin}: {reason}" if origin else reason
-    return Item(
-        id=_printable(item_id),
-        source=_printable(redact_source(source)),
-        kind=ItemKind.FILE,
-        name=_printable(name),
-        params=params,
-        error=_printable(message),
-        origin=origin,
-    )
-
-
-def _url_item(
-    url: str, match: re.Match[str] | None, name_hint: str | None, params: Params, origin: str
-) -> Item:
-    """Build a URL item, or a failed one when Deepgram could not fetch it."""
-    item_id = f"id:{name_hint}" if name_hint is not None else _url_id(url)
-    if match is None:
-        shown = redact_source(url)
-        reason = f"{shown}: {_url_problem(url)}"
-        return _error_item(item_id, url, name_hint or shown, reason, origin, params)
-    name = name_hint if name_hint is not None else _url_name(match)
-    # Positional: this is the hot path of a million-line manifest and keywords
-    # cost a third more; test_sources pins Item's field order.
-    return Item(item_id, url, ItemKind.URL, name, params, None, "", None, origin)
-
-
-def _file_url_path(url: str) -> str | None:
-    """Turn ``file:///abs/path`` into ``/abs/path``; None unless it names a local file."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.netloc not in ("", "localhost") or not parts.path:
-        return None
-    return unquote(parts.path)
-
 
 def _relative_name(path: str, base: str) -> str:
     """Name a file by its path under ``base``, or by its basename when outside it."""
@@ -183,30 +59,6 @@ def _relative_name(path: str, base: str) -> str:
     if path.startswith(prefix):
         return path[len(prefix) :].replace(os.sep, "/")
     return os.path.basename(path)
-
-
-def _is_utf8(text: str) -> bool:
-    """Tell whether text can be stored and sent as UTF-8 (no lone surrogates).
-
-    Undecodable file names reach Python as surrogate escapes; such a name would
-    break the state file and every message that prints it.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _printable(text: str) -> str:
-    """Show a surrogate-escaped name with its bad bytes as ``\\xNN``."""
-    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def _not_utf8_item(path: str, name: str, origin: str, params: Params = ()) -> Item:
-    """Fail a file whose name is not UTF-8 (the error item makes it printable)."""
-    reason = f"{path}: file name is not valid UTF-8 (rename the file)"
-    return _error_item(path, path, name, reason, origin, params)
 
 
 def _stat_problem(st: os.stat_result) -> str | None:
@@ -224,17 +76,17 @@ def _file_item(
     """Build a FILE item from an absolute path, stat'ing it once for size and fingerprint."""
     item_id = f"id:{name_hint}" if name_hint is not None else path
     name = name_hint if name_hint is not None else _relative_name(path, os.path.abspath(base))
-    if not _is_utf8(path):
-        return _not_utf8_item(path, name, origin, params)
+    if not is_utf8(path):
+        return not_utf8_item(path, name, origin, params)
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return _error_item(item_id, path, name, f"{path}: no such file", origin, params)
+        return error_item(item_id, path, name, f"{path}: no such file", origin, params)
     except OSError as exc:
-        return _error_item(item_id, path, name, f"{path}: {exc.strerror}", origin, params)
+        return error_item(item_id, path, name, f"{path}: {exc.strerror}", origin, params)
     problem = _stat_problem(st)
     if problem is not None:
-        return _error_item(item_id, path, name, f"{path}: {problem}", origin, params)
+        return error_item(item_id, path, name, f"{path}: {problem}", origin, params)
     return _stat_item(item_id, path, name, st, origin, params)
 
 
@@ -270,20 +122,20 @@ def item_for_source(
 
 def build_item(source: str, base: Path, name_hint: str | None, params: Params, origin: str) -> Item:
     """Positional :func:`item_for_source`, for the per-line loop of a manifest."""
-    match = _HTTP_URL_RE.fullmatch(source)
+    match = HTTP_URL_RE.fullmatch(source)
     if match is not None:
-        return _url_item(source, match, name_hint, params, origin)
+        return url_item(source, match, name_hint, params, origin)
     scheme = scheme_of(source)
     if scheme in ("http", "https"):
-        return _url_item(source, None, name_hint, params, origin)
-    local = _file_url_path(source) if scheme == "file" else None
+        return url_item(source, None, name_hint, params, origin)
+    local = file_url_path(source) if scheme == "file" else None
     if local is not None:
         return _file_item(local, base=base, name_hint=name_hint, params=params, origin=origin)
     if scheme:
         shown = redact_source(source)
         item_id = f"id:{name_hint}" if name_hint is not None else shown
         problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
-        return _error_item(
+        return error_item(
             item_id, source, name_hint or shown, f"{shown}: {problem}", origin, params
         )
     path = _absolute(source, base)
@@ -336,15 +188,15 @@ def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
 def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
     """Build the item of a file found by a walk: id is its path, name its path in the walk."""
     path = os.path.abspath(entry.path)
-    if not _is_utf8(path):
-        return _not_utf8_item(path, rel, origin)
+    if not is_utf8(path):
+        return not_utf8_item(path, rel, origin)
     try:
         st = entry.stat()
     except OSError as exc:
         reason = "broken symlink" if isinstance(exc, FileNotFoundError) else exc.strerror
-        return _error_item(path, path, rel, f"{path}: {reason}", origin)
+        return error_item(path, path, rel, f"{path}: {reason}", origin)
     if not stat.S_ISREG(st.st_mode):
-        return _error_item(path, path, rel, f"{path}: not a regular file", origin)
+        return error_item(path, path, rel, f"{path}: not a regular file", origin)
     return _stat_item(path, path, rel, st, origin)
 
 
@@ -395,7 +247,7 @@ def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
                 stack.append((rel + "/", iter(_sorted_entries(entry.path))))
             except OSError as exc:
                 path = os.path.abspath(entry.path)
-                yield _error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
+                yield error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
         elif _is_walkable_file(entry) and rules.takes(rel, entry.name):
             yield _walk_item(entry, rel, origin)
 
@@ -407,11 +259,11 @@ def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
         walker = _walk(arg, rules, redact_source(arg))
         first = next(walker, None)
     except OSError as exc:
-        msg = f"{_printable(arg)}: cannot read directory: {exc.strerror}"
+        msg = f"{printable(arg)}: cannot read directory: {exc.strerror}"
         raise SourceError(msg) from exc
     if first is None:
         shown = ", ".join(sorted(rules.extensions))
-        msg = f"{_printable(arg)}: no audio files found (extensions: {shown})"
+        msg = f"{printable(arg)}: no audio files found (extensions: {shown})"
         raise SourceError(msg)
     yield first
     yield from walker
@@ -431,10 +283,10 @@ def _expand_path(
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        msg = f"{_printable(arg)}: no such file or directory"
+        msg = f"{printable(arg)}: no such file or directory"
         raise SourceError(msg) from None
     except OSError as exc:
-        msg = f"{_printable(arg)}: {exc.strerror}"
+        msg = f"{printable(arg)}: {exc.strerror}"
         raise SourceError(msg) from exc
     if stat.S_ISDIR(st.st_mode):
         yield from _expand_dir(path, filters)
@@ -485,7 +337,7 @@ def _expand_one(
         return _expand_s3(arg, filters, s3)
     if scheme in ("http", "https"):
         return iter((_checked(item_for_source(arg, base=Path.cwd())),))
-    local = _file_url_path(arg) if scheme == "file" else None
+    local = file_url_path(arg) if scheme == "file" else None
     if local is not None:
         return _expand_path(arg, local, filters, s3, seen_ids)
     if scheme:

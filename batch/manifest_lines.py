@@ -1,0 +1,191 @@
+"""Parse one line of a JSONL or CSV manifest into what it asks for.
+
+Kept apart from reading the file (``batch.manifests``) because this part is
+pure, text in and entry out, so each format's rules can be read and tested on
+their own. A bad line raises :class:`LineError`, which fails that line alone; a
+manifest that cannot be read at all (a CSV without a ``source`` column) raises
+:class:`UnusableManifest`. These run once per line of million-line manifests:
+the reader calls them directly, with no wrapper in between.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from batch.models import Params
+from batch.params import check_not_callback, normalise_value, params_from_mapping
+
+__all__ = [
+    "Entry",
+    "LineError",
+    "Parser",
+    "UnusableManifest",
+    "parser_for",
+]
+
+
+class LineError(Exception):
+    """Raised while parsing one line; becomes that line's failed Item."""
+
+
+class UnusableManifest(Exception):
+    """Raised when the whole manifest is unusable; becomes a SourceError naming it."""
+
+
+class Entry(NamedTuple):
+    """What one manifest line asks for, before it becomes an Item (a tuple: built per line)."""
+
+    source: str
+    id: str | None = None
+    params: Params = ()
+
+
+Parser = Callable[[str], Entry | None]
+
+
+def _entry_id(value: object) -> str | None:
+    """Accept an optional string (or integer) id; reject anything else."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise LineError(f"'id' must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise LineError("'id' is empty")
+    return value.strip()
+
+
+def _entry_params(value: object) -> Params:
+    """Convert an optional ``params`` object into a params layer."""
+    if value is None:
+        return ()
+    if not isinstance(value, dict):  # what JSON gives; cheaper than the Mapping ABC
+        raise LineError(f"'params' must be an object, not {type(value).__name__}")
+    try:
+        return params_from_mapping(value)
+    except ValueError as exc:
+        raise LineError(str(exc)) from None
+
+
+def _parse_jsonl(text: str) -> Entry | None:
+    """One JSON object per line; blank lines are skipped."""
+    stripped = text.strip()
+    if not stripped:
+        return None
+    try:
+        obj = json.loads(stripped)
+    except RecursionError:
+        raise LineError("invalid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise LineError(f"invalid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise LineError(f"expected a JSON object, got {type(obj).__name__}")
+    source = obj.get("source")
+    if not isinstance(source, str) or not source.strip():
+        raise LineError("missing or empty 'source'")
+    entry = Entry(source.strip(), _entry_id(obj.get("id")), _entry_params(obj.get("params")))
+    if "\\u" in stripped:
+        _check_escaped_text(entry)
+    return entry
+
+
+def _check_escaped_text(entry: Entry) -> None:
+    """Reject what only ``\\u`` escapes can sneak past the line checks: NUL, lone surrogates.
+
+    A lone surrogate cannot be encoded as UTF-8, so it would break the state
+    file or the request much later, far from the line that caused it.
+    """
+    texts = [entry.source, entry.id or "", *(value for _, value in entry.params)]
+    for text in texts:
+        if "\x00" in text:
+            raise LineError("NUL character in 'source', 'id' or 'params'")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LineError("lone surrogate escape in 'source', 'id' or 'params'") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _CsvHeader:
+    """Column positions of a CSV manifest, read from its first non-blank line."""
+
+    source: int
+    id: int | None
+    params: tuple[tuple[int, str], ...]
+    width: int
+
+    @classmethod
+    def from_row(cls, row: list[str]) -> _CsvHeader:
+        """Read the header; a manifest without a ``source`` column is unusable."""
+        names = [name.strip() for name in row]
+        lowered = [name.lower() for name in names]
+        duplicates = sorted({name for name in lowered if name and lowered.count(name) > 1})
+        if duplicates:
+            msg = f"CSV header repeats column(s) {', '.join(duplicates)}"
+            raise UnusableManifest(msg)
+        if "source" not in lowered:
+            msg = f"CSV header has no 'source' column (got {', '.join(names)!r})"
+            raise UnusableManifest(msg)
+        id_column = lowered.index("id") if "id" in lowered else None
+        for name in lowered:
+            try:
+                check_not_callback(name)
+            except ValueError as exc:
+                raise UnusableManifest(f"CSV header: {exc}") from None
+        params = tuple(
+            (index, name)
+            for index, name in enumerate(names)
+            if name and lowered[index] not in ("source", "id")
+        )
+        return cls(lowered.index("source"), id_column, params, len(names))
+
+    def entry(self, row: list[str]) -> Entry:
+        """Read one data row; empty cells are absent, not "remove the default"."""
+        if len(row) > self.width and any(cell.strip() for cell in row[self.width :]):
+            raise LineError(f"expected {self.width} fields, got {len(row)}")
+        cells = [cell.strip() for cell in row] + [""] * (self.width - len(row))
+        if not cells[self.source]:
+            raise LineError("empty 'source'")
+        item_id = (cells[self.id] or None) if self.id is not None else None
+        params = tuple((name, normalise_value(cells[i])) for i, name in self.params if cells[i])
+        return Entry(cells[self.source], item_id, params)
+
+
+class _CsvParser:
+    """Stateful CSV line parser: the first non-blank line is the header.
+
+    Each physical line is one record, so a quoted field spanning lines is
+    reported as a broken line instead of swallowing the lines after it.
+    """
+
+    __slots__ = ("header",)
+
+    def __init__(self) -> None:
+        self.header: _CsvHeader | None = None
+
+    def __call__(self, text: str) -> Entry | None:
+        """Parse one line; the header line yields no entry."""
+        if not text.strip():
+            return None
+        try:
+            row = next(csv.reader([text], strict=True))
+        except csv.Error as exc:
+            raise LineError(f"invalid CSV: {exc}") from None
+        if self.header is None:
+            self.header = _CsvHeader.from_row(row)
+            return None
+        return self.header.entry(row)
+
+
+def parser_for(fmt: str) -> Parser | None:
+    """Pick the line parser of a manifest format; None for a plain list."""
+    if fmt == "jsonl":
+        return _parse_jsonl
+    if fmt == "csv":
+        return _CsvParser()
+    return None
