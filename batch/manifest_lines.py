@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from batch.models import Params
-from batch.params import check_not_callback, normalise_value, params_from_mapping
+from batch.params import normalise_value, params_from_mapping
 
 __all__ = [
     "Entry",
@@ -132,11 +132,9 @@ class _CsvHeader:
             msg = f"CSV header has no 'source' column (got {', '.join(names)!r})"
             raise UnusableManifest(msg)
         id_column = lowered.index("id") if "id" in lowered else None
-        for name in lowered:
-            try:
-                check_not_callback(name)
-            except ValueError as exc:
-                raise UnusableManifest(f"CSV header: {exc}") from None
+        for name in names:
+            if name and name.lower() not in ("source", "id"):
+                _check_param_column(name)
         params = tuple(
             (index, name)
             for index, name in enumerate(names)
@@ -189,3 +187,12 @@ def parser_for(fmt: str) -> Parser | None:
     if fmt == "csv":
         return _CsvParser()
     return None
+
+
+def _check_param_column(name: str) -> None:
+    """A CSV column other than source and id is a param: its name must be one a query
+    string can carry, as ``--param`` and a JSONL line's params keys must."""
+    try:
+        params_from_mapping({name: "set"})
+    except ValueError as exc:
+        raise UnusableManifest(f"CSV header: {exc}") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -183,12 +184,7 @@ def status_summary(state: State) -> dict[str, Any]:
         "SELECT COALESCE(SUM(attempts), 0), COALESCE(SUM(timeout_retries), 0) FROM items"
     )
     audio, copied = _audio_seconds(state)
-    # grouped by code (or by message when there is none), with one message as an example:
-    # a code alone ("Bad Request", "not_audio") does not say what went wrong
-    errors = state.query(
-        "SELECT COALESCE(err_code, substr(error, 1, 80)), COUNT(*), MIN(error) FROM items "
-        "WHERE status = 'failed' GROUP BY 1 ORDER BY 2 DESC, 1 LIMIT 10"
-    )
+    errors = _commonest_errors(state)
     counts = state.counts()
     warnings = _count_warnings(state)
     return {
@@ -203,6 +199,34 @@ def status_summary(state: State) -> dict[str, Any]:
         "warnings": warnings,
         "last_run": _last_run(state),
     }
+
+
+def _commonest_errors(state: State, most: int = 10) -> list[tuple[str, int, str]]:
+    """Failures grouped by code, with one message as an example (a code alone, "Bad
+    Request", does not say what went wrong). Failures found while planning have no code:
+    they group by what their message says is wrong, without the line, path or name
+    (``m.txt:3: /a/b.wav: no such file`` is "no such file")."""
+    groups: dict[str, list[Any]] = {}
+    for code, error in state.iter_tuples(
+        "SELECT err_code, error FROM items WHERE status = 'failed'"
+    ):
+        group = code or error_kind(error or "")
+        entry = groups.setdefault(group, [0, error or ""])
+        entry[0] += 1
+        entry[1] = min(entry[1], error or "")
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], kv[0]))[:most]
+    return [(group, count, example) for group, (count, example) in ranked]
+
+
+#: what names one failure rather than its kind: quoted names, parentheses, numbers
+_SPECIFIC = re.compile(r"'[^']*'|\"[^\"]*\"|\([^)]*\)|\d+")
+
+
+def error_kind(error: str) -> str:
+    """The kind of failure a message without a code tells: its last clause, with names,
+    numbers and parentheses shown as ``…``."""
+    reason = error.rsplit(": ", 1)[-1]
+    return " ".join(_SPECIFIC.sub("…", reason).split())[:80]
 
 
 def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:

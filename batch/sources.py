@@ -264,6 +264,11 @@ def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:
     if first is None:
         shown = ", ".join(sorted(rules.extensions))
         msg = f"{printable(arg)}: no audio files found (extensions: {shown})"
+        if rules.include is not None or rules.exclude is not None:
+            msg += (
+                "; --include/--exclude left none: their globs match a file's name or its "
+                f"path under {printable(arg)} (e.g. 'day1/*.wav'), case-sensitively"
+            )
         raise SourceError(msg)
     yield first
     yield from walker

@@ -33,6 +33,7 @@ def _failed(out: Path) -> dict[str, str]:
     [
         (["{tmp}/missing.wav"], "missing.wav: no such file or directory"),
         (["{tmp}/empty-dir"], "empty-dir: no audio files found"),
+        (["{tmp}/in", "--include", "*.WAV"], "--include/--exclude left none: their globs match"),
         (["ftp://example.com/a.wav"], "unsupported scheme 'ftp'"),
         (["{tmp}/a.wav", "--concurrency", "0"], "--concurrency must be > 0"),
         (["{tmp}/a.wav", "--max-retries", "-1"], "--max-retries must be >= 0"),
@@ -47,6 +48,7 @@ def test_unusable_input_exits_2_naming_the_problem(
 ) -> None:
     """Missing paths, empty folders, unknown schemes and bad options are usage errors."""
     make_wav(tmp_path / "a.wav")
+    make_wav(tmp_path / "in" / "b.wav")
     (tmp_path / "empty-dir").mkdir()
     (tmp_path / "empty-dir" / "readme.md").write_text("no audio here")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in args]

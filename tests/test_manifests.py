@@ -194,6 +194,8 @@ def test_csv_bad_rows_fail_alone(audio: Path) -> None:
         ("id,language\na.wav,en\n", "m.csv: CSV header has no 'source' column"),
         ("source,id,ID\n", "m.csv: CSV header repeats column(s) id"),
         ("source,callback\na.wav,https://h/cb\n", "m.csv: CSV header: param 'callback': callback"),
+        ("source,lang uage\na.wav,en\n", "m.csv: CSV header: param 'lang uage': invalid key"),
+        ("source,x&y=z\na.wav,1\n", "m.csv: CSV header: param 'x&y=z': invalid key"),
     ],
 )
 def test_csv_unusable_header(audio: Path, content: str, message: str) -> None:

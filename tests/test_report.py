@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import Cli
 
 from batch import migrations
 from batch.models import Item, ItemKind, ItemStatus
-from batch.report import dump_row, iter_jsonl, iter_report, report_row
+from batch.report import dump_row, error_kind, iter_jsonl, iter_report, report_row, status_summary
 from batch.state import Result, State
 
 RESULTS = [
@@ -106,3 +107,36 @@ def test_a_state_from_before_the_last_migration_reports_in_python(tmp_path: Path
     row = json.loads(line)
     assert row["id"] == "a" and row["status"] == "done"
     assert row["warning"] is None and row["copy_of"] is None and row["outputs"] == []
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        ("m.txt:3: /x/gone/m3.wav: no such file", "no such file"),
+        ("m.txt:4: /y/other/b.wav: no such file", "no such file"),
+        ("m2.jsonl:1: duplicate id 'standup' (first at m1.jsonl:1)", "duplicate id … …"),
+        ("m.csv:7: expected 2 fields, got 3", "expected … fields, got …"),
+        ("https://h/a b.mp3: URL contains whitespace", "URL contains whitespace"),
+        ("", ""),
+    ],
+)
+def test_error_kind_table(error: str, kind: str) -> None:
+    """A message without a code groups by what is wrong, not by which line or file."""
+    assert error_kind(error) == kind
+
+
+def test_status_groups_planning_failures_by_what_is_wrong(tmp_path: Path) -> None:
+    """25 missing files in a manifest are one row of the commonest errors, not ten."""
+    manifest = tmp_path / "missing.txt"
+    manifest.write_text("".join(f"gone/m{n}.wav\n" for n in range(25)))
+    out = tmp_path / "out"
+    result = Cli(None)("run", str(manifest), "--out", str(out), "--no-preflight")
+    assert result.exit_code == 1, result.output
+    state = State.open(out / ".dgbatch" / "state.sqlite", readonly=True)
+    try:
+        summary = status_summary(state)
+    finally:
+        state.close()
+    (row,) = summary["errors"]
+    assert row["error"] == "no such file" and row["count"] == 25
+    assert "missing.txt:" in row["example"]
