@@ -93,7 +93,9 @@ _MIN_SECRET_LEN = 4
 # characters and no unbounded run precedes a literal that may be missing.
 _URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31}:)//([^/?#]*)(.*)", re.DOTALL)
 # No lookbehind on purpose: in "xhttps://u:p@h" the URL must still be found.
-_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>`]+")
+# A URL in prose does not end in the punctuation after it ("…?key=x: no such file"):
+# its secret value ends before the colon, which stays in the text.
+_URL_IN_TEXT_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}://[^\s'\"<>`]*[^\s'\"<>`:,.;!?)\]]")
 _AUTH_HEADER_RE = re.compile(
     r"(?i)(\bauthorization['\"]?\s*[:=]\s*['\"]?)((?:token|bearer|basic)\s+)?([^\s'\",;}]+)"
 )

@@ -186,6 +186,9 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
         ("password: hunter22", [], "password: REDACTED"),
         ("nothing to hide", [], "nothing to hide"),
         ("abcdabcdef", ["abcd", "abcdabcdef"], "REDACTED"),
+        ("m:2: https://h/a?key=k1: gone", [], "m:2: https://h/a?key=REDACTED: gone"),
+        ("see https://h/a?token=t0ken, then", [], "see https://h/a?token=REDACTED, then"),
+        ("(at https://h/a?sig=s1g).", [], "(at https://h/a?sig=REDACTED)."),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:

@@ -841,6 +841,7 @@ def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
     failed = sorted(str(r["error"]) for r in rows if r["status"] == "failed")
     assert [e.split(":")[0] for e in failed] == ["urls.txt", "urls.txt"]
     assert all("give each its own id" in e for e in failed)
+    assert all("?key=REDACTED: an earlier source differs" in e for e in failed)  # colon kept
     assert [r["status"] for r in rows].count("done") == 2
     stored = result.output.encode() + b"".join(
         p.read_bytes() for p in (out / ".dgbatch").iterdir() if p.is_file()
