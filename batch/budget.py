@@ -6,8 +6,9 @@ cost, so Ctrl-C and the same command again must not grant a fresh one. To contin
 past it, run again with a higher cap. An item is admitted only if audio already
 transcribed, plus the estimates of items in flight, plus its own estimate stays within
 the cap; its reservation is replaced by Deepgram's ``metadata.duration`` when it ends.
-An item of unknown length (a URL: no local header, no size) is estimated at the mean
-length measured so far; before there is one, such items go one at a time.
+An item of unknown length (a URL: no local header, no size) is estimated at the longest
+length measured so far; before there is one, such items go one at a time. URLs much longer
+than any measured can still pass the cap, by at most the items in flight.
 """
 
 from __future__ import annotations
@@ -33,29 +34,29 @@ class Budget:
     cap_seconds: float
     used_seconds: float = 0.0
     reserved_seconds: float = 0.0
-    #: items whose real length ``used_seconds`` adds up: their mean stands in for the
-    #: length of an item nobody could measure (a URL)
-    measured: int = 0
+    #: the longest length measured so far (in the state, then in this run): it stands in
+    #: for the length of an item nobody could measure (a URL); 0 before any
+    longest: float = 0.0
     #: items of unknown length in flight before any length was measured
     blind: int = 0
 
     def must_wait(self, estimate: float | None) -> bool:
         """An item of unknown length waits while another one is in flight and no length is
-        known yet: the first one's length, once Deepgram gives it, stands in for the rest,
-        so at most one item of unknown length ever runs past the cap."""
-        return estimate is None and not self.measured and self.blind > 0
+        known yet: the first one's length, once Deepgram gives it, stands in for the rest."""
+        return estimate is None and not self.longest and self.blind > 0
 
     def admit(self, estimate: float | None) -> Reservation | None:
         """Reserve the item's seconds if they fit, else None (the run stops). An unknown
-        estimate is the mean of the lengths measured so far; with none measured yet, the
-        item goes alone (see ``must_wait``), reserving nothing."""
+        estimate is the longest length measured so far (an estimate that stops early rather
+        than late); with none measured yet, the item goes alone (see ``must_wait``),
+        reserving nothing."""
         committed = self.used_seconds + self.reserved_seconds
         if committed >= self.cap_seconds:
             return None
-        if estimate is None and not self.measured:
+        if estimate is None and not self.longest:
             self.blind += 1
             return Reservation(0.0, blind=True)
-        seconds = estimate if estimate is not None else self.used_seconds / self.measured
+        seconds = estimate if estimate is not None else self.longest
         if committed + seconds > self.cap_seconds:
             return None
         self.reserved_seconds += seconds
@@ -68,7 +69,7 @@ class Budget:
             self.blind -= reservation.blind
         if actual:
             self.used_seconds += actual
-            self.measured += 1
+            self.longest = max(self.longest, actual)
 
     def exceeded(self, source: str, estimate: float | None) -> BudgetExceeded:
         """The error that stops the run, naming the cap, the usage and the next item."""

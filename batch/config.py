@@ -161,15 +161,28 @@ def state_files(state: Path) -> tuple[Path, ...]:
     return tuple(state.with_name(state.name + tail) for tail in ("", "-wal", "-shm", ".lock"))
 
 
+def report_path(state_path: Path) -> Path:
+    """The run's report beside its state: ``report.jsonl`` for the default
+    ``state.sqlite``, ``<name>.report.jsonl`` for any other, so that two states kept in
+    one folder (``--state`` per shard or per batch) never write the same report."""
+    if state_path.name == "state.sqlite":
+        return state_path.with_name("report.jsonl")
+    return state_path.with_name(f"{state_path.stem}.report.jsonl")
+
+
 def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     """Refuse a ``--state`` or ``--run-report`` where dgbatch would overwrite its own
-    files: a run report over the state (the batch's only record), or either one where a
-    transcript goes in a local ``--out`` (``a.json``), where one would replace the other."""
+    files: a run report over the state (the batch's only record) or the run's JSONL
+    report, or either one where a transcript goes in a local ``--out`` (``a.json``),
+    where one would replace the other."""
     if _is_output_place(state, out):
         raise UsageError(f"--state {str(state)!r}: {_OUTPUT_PLACE}")
     if run_report is None or is_s3_uri(run_report):
         return
     report = Path(run_report).resolve()
+    if report == report_path(state).resolve():
+        msg = f"--run-report {run_report!r}: is the run's own report (report.jsonl)"
+        raise UsageError(msg)
     if report in {path.resolve() for path in state_files(state)}:
         msg = f"--run-report {run_report!r}: is the state file (or one of its own files)"
         raise UsageError(msg)

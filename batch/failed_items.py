@@ -16,7 +16,13 @@ __all__ = ["error_item", "is_utf8", "not_utf8_item", "printable"]
 
 
 def error_item(
-    item_id: str, source: str, name: str, reason: str, origin: str, params: Params = ()
+    item_id: str,
+    source: str,
+    name: str,
+    reason: str,
+    origin: str,
+    params: Params = (),
+    kind: ItemKind = ItemKind.FILE,
 ) -> Item:
     """Build an item that is already failed; its message names where it came from.
 
@@ -27,7 +33,7 @@ def error_item(
     return Item(
         id=printable(item_id),
         source=printable(redact_source(source)),
-        kind=ItemKind.FILE,
+        kind=kind,
         name=printable(name),
         params=params,
         error=printable(message),

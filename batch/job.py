@@ -22,7 +22,7 @@ from batch.account import check_key
 from batch.backfill import backfill, done_without
 from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
-from batch.config import RunConfig
+from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, OutputError, UsageError
 from batch.media import SENDERS, Sender, send_sniffed_file
@@ -230,14 +230,14 @@ def _cap_seconds(config: RunConfig) -> float | None:
     return cap_seconds(config.max_audio_hours, config.max_cost, per_hour)
 
 
-def used_audio(state: State) -> tuple[float, int]:
-    """Audio already transcribed in the state, and by how many items (copies made by
+def used_audio(state: State) -> tuple[float, float]:
+    """Audio already transcribed in the state, and the longest item of it (copies made by
     --dedupe were not paid)."""
-    ((seconds, items),) = state.query(
-        "SELECT COALESCE(SUM(duration), 0), COUNT(duration) FROM items "
+    ((seconds, longest),) = state.query(
+        "SELECT COALESCE(SUM(duration), 0), COALESCE(MAX(duration), 0) FROM items "
         "WHERE status = 'done' AND copy_of IS NULL"
     )
-    return float(seconds), int(items)
+    return float(seconds), float(longest)
 
 
 def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Sender]:
@@ -281,15 +281,6 @@ async def _render_added_formats(
             workers=config.concurrency,
             cancel=cancel,
         )
-
-
-def report_path(state_path: Path) -> Path:
-    """The run's report beside its state: ``report.jsonl`` for the default
-    ``state.sqlite``, ``<name>.report.jsonl`` for any other, so that two states kept in
-    one folder (``--state`` per shard or per batch) never write the same report."""
-    if state_path.name == "state.sqlite":
-        return state_path.with_name("report.jsonl")
-    return state_path.with_name(f"{state_path.stem}.report.jsonl")
 
 
 async def _save_report(state: State, path: Path) -> Path | None:
@@ -349,16 +340,19 @@ def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> I
 def _watch(
     items: Iterable[Item], secrets: dict[str, str], cancel: threading.Event
 ) -> Iterator[Item]:
-    """Remember real sources whose stored form is redacted (the first of each id: a later
-    one that differs in a secret fails, see ``hidden_clash``); stop on Ctrl-C."""
+    """Remember real sources whose stored form is redacted (a later one with the same id
+    that differs in a secret fails, see ``hidden_clash``; one signed again replaces it, so
+    the freshest signature is sent); stop on Ctrl-C."""
     for item in items:
         if cancel.is_set():
             raise Interrupted("interrupted while planning; the same command resumes the run")
         if redact_source(item.source) != item.source:
-            clash = hidden_clash(secrets.setdefault(item.id, item.source), item)
+            first = secrets.get(item.id)
+            clash = None if first is None else hidden_clash(first, item)
             if clash is not None:
                 yield clash
                 continue
+            secrets[item.id] = item.source  # signed again: the latest signature is sent
         yield item
 
 

@@ -46,14 +46,33 @@ def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     return apply
 
 
+def _state_path(given: str | None) -> Path | None:
+    """``--state``: a folder that does not exist yet when it ends in ``/`` (the state is
+    ``state.sqlite`` in it), else the file itself."""
+    if not given:
+        return None
+    return Path(given, "state.sqlite") if given.endswith(("/", os.sep)) else Path(given)
+
+
+def _state_to_read(ctx: click.Context, param: click.Parameter, value: str) -> Path:
+    """``--state`` of status, report and usage: ``DIR/`` is ``DIR/state.sqlite``, where
+    ``run --state DIR/`` puts it; a folder named without the slash is refused by name."""
+    path = _state_path(value) or Path(value)
+    if path.is_dir():
+        raise click.BadParameter(f"{value!r} is a folder: name its state file, or end it in /")
+    return path
+
+
 state_option = stacked(
     click.option(
         "--state",
         "state_path",
-        type=click.Path(path_type=Path, dir_okay=False),
-        default=Path(".dgbatch/state.sqlite"),
+        type=click.Path(),
+        callback=_state_to_read,
+        default=".dgbatch/state.sqlite",
         show_default=True,
-        help="State file of a run (default for --out DIR is DIR/.dgbatch/state.sqlite).",
+        help="State file of a run, or DIR/ for DIR/state.sqlite (default for --out DIR is "
+        "DIR/.dgbatch/state.sqlite).",
     )
 )
 """``--state PATH`` of status, report and usage."""
@@ -289,14 +308,6 @@ _AS_GIVEN = (
     "force",
     "run_report",
 )
-
-
-def _state_path(given: str | None) -> Path | None:
-    """``--state``: a folder that does not exist yet when it ends in ``/`` (the state is
-    ``state.sqlite`` in it), else the file itself."""
-    if not given:
-        return None
-    return Path(given, "state.sqlite") if given.endswith(("/", os.sep)) else Path(given)
 
 
 def build_config(opts: dict[str, Any]) -> RunConfig:

@@ -241,7 +241,10 @@ class Runner:
             return True
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
-        await self._wait_for_budget(self.budget, estimate)
+        if self.budget.must_wait(estimate):
+            # without the request slot taken for it: the item it waits for may need that
+            # very slot to retry (a 429 cuts the limit to one)
+            await self.limit.without_slot(self._wait_for_budget(self.budget, estimate))
         if self.stopping:
             return False
         reservation = self.budget.admit(estimate)

@@ -86,8 +86,10 @@ def hidden_clash(first: str, item: Item) -> Item | None:
         "query value or password, which dgbatch does not store, so both would be one item; "
         "give each its own id (a .jsonl or .csv manifest)"
     )
+    # named by its id, not the recording's name: a row that never has outputs must not
+    # take a name from the item it clashed with (which then got its full name)
     clash_id = f"clash:{item.origin or item.id}"
-    return error_item(clash_id, item.source, item.name, reason, item.origin, item.params)
+    return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
 
 
 def _unsigned(url: str) -> str:
@@ -109,7 +111,7 @@ def url_item(
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
-        return error_item(item_id, url, name_hint or shown, reason, origin, params)
+        return error_item(item_id, url, name_hint or shown, reason, origin, params, ItemKind.URL)
     name = name_hint if name_hint is not None else _url_name(match)
     # Positional: this is the hot path of a million-line manifest and keywords
     # cost a third more; test_sources pins Item's field order.

@@ -428,7 +428,7 @@ def test_quiet_prints_nothing_on_success(tmp_path: Path, dgbatch: Cli) -> None:
 
 def test_a_state_option_ending_in_a_slash_is_a_folder(tmp_path: Path, dgbatch: Cli) -> None:
     """``--state st/`` for a folder that does not exist yet puts ``state.sqlite`` (and its
-    report) in it, instead of a file named ``st``."""
+    report) in it, instead of a file named ``st``; status and report read it the same way."""
     make_wav(tmp_path / "a.wav")
     folder = tmp_path / "st"
     result = dgbatch(
@@ -437,6 +437,13 @@ def test_a_state_option_ending_in_a_slash_is_a_folder(tmp_path: Path, dgbatch: C
     assert result.exit_code == 0, result.output
     assert folder.is_dir() and (folder / "state.sqlite").is_file()
     assert f"report: {folder / 'report.jsonl'}" in result.output
+    status = dgbatch("status", "--state", f"{folder}/", "--json")
+    assert status.exit_code == 0 and json.loads(status.output)["counts"]["done"] == 1
+    assert dgbatch("report", "--state", f"{folder}/").output.count('"status":"done"') == 1
+    named = dgbatch("status", "--state", str(folder))
+    assert named.exit_code == 2 and "is a folder: name its state file, or end it in /" in (
+        named.output
+    )
 
 
 def test_state_option_puts_the_state_where_asked(tmp_path: Path, dgbatch: Cli) -> None:
@@ -474,6 +481,7 @@ def test_version_and_help() -> None:
         (["--run-report", "{out}/sub/x.TXT"], "a transcript could be written there"),
         (["--state", "{out}/a.json"], "--state '{out}/a.json': a transcript could be"),
         (["--state", "{tmp}/s.sqlite", "--run-report", "{tmp}/s.sqlite"], "is the state file"),
+        (["--run-report", "{out}/.dgbatch/report.jsonl"], "is the run's own report"),
     ],
 )
 def test_own_files_are_never_written_over(

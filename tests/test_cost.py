@@ -8,7 +8,7 @@ from pathlib import Path
 
 import mutagen
 import pytest
-from conftest import Cli, make_wav, read_state_rows, static_server
+from conftest import Cli, emulator_with, make_wav, read_state_rows, static_server
 
 from batch.budget import Budget, Reservation, audio_span, cap_seconds
 from batch.emulator import Emulator
@@ -60,7 +60,7 @@ def test_cap_seconds(
 
 def test_budget_reserves_and_settles() -> None:
     """In-flight estimates count against the cap until replaced by the real duration."""
-    budget = Budget(cap_seconds=10.0, used_seconds=2.0, measured=1)
+    budget = Budget(cap_seconds=10.0, used_seconds=2.0, longest=2.0)
     five = budget.admit(5.0)
     assert five == Reservation(5.0)
     assert budget.admit(4.0) is None  # 2 + 5 + 4 > 10
@@ -70,9 +70,9 @@ def test_budget_reserves_and_settles() -> None:
     budget.settle(five, 4.0)
     assert budget.used_seconds == 6.0 and budget.reserved_seconds == 3.0
     budget.settle(three, 0.0)  # failed: nothing used
-    assert budget.admit(None) == Reservation(3.0)  # unknown: the mean of 2 s and 4 s
+    assert budget.admit(None) == Reservation(4.0)  # unknown: the longest measured, 4 s
     assert str(budget.exceeded("a.wav", 60.0)) == (
-        "audio budget reached: 6.0 s transcribed and 3.0 s in flight of a 10.0 s cap; next "
+        "audio budget reached: 6.0 s transcribed and 4.0 s in flight of a 10.0 s cap; next "
         "item a.wav (~1.0 min) would pass it. Remaining items stay pending: run again with a "
         "higher --max-audio-hours/--max-cost to continue"
     )
@@ -231,15 +231,18 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
 
 def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:
     """A URL has no length before Deepgram answers: the first goes alone (the others wait,
-    they do not stop the run); then the mean measured length stands in for theirs."""
+    they do not stop the run); then the longest measured length stands in for theirs."""
     budget = Budget(cap_seconds=100.0)
     first = budget.admit(None)
     assert first == Reservation(0.0, blind=True)
     assert budget.must_wait(None) and not budget.must_wait(5.0)  # a known length may go
     budget.settle(first, 30.0)
     assert not budget.must_wait(None)
-    assert budget.admit(None) == budget.admit(None) == Reservation(30.0)  # 30 + 60 in flight
-    assert budget.admit(None) is None  # 30 + 60 + 30 > 100: the run stops here
+    second = budget.admit(None)
+    assert second == Reservation(30.0)
+    budget.settle(second, 10.0)  # shorter: the longest stays the estimate
+    assert budget.admit(None) == budget.admit(None) == Reservation(30.0)  # 40 + 60 in flight
+    assert budget.admit(None) is None  # 40 + 60 + 30 > 100: the run stops here
 
 
 def test_a_budget_holds_for_urls_of_unknown_length(
@@ -278,3 +281,25 @@ def test_json_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) ->
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--json")
     assert result.exit_code == 2 and "--dry-run" in result.output
     assert emulator.log == []
+
+
+@pytest.mark.timeout(60)
+def test_a_throttled_first_url_under_a_budget_does_not_hang_the_run(tmp_path: Path) -> None:
+    """The dispatch waits for the first URL's length without the request slot it took:
+    after a 429 cut the limit to one, that URL needs the slot to retry (it used to wait
+    for it for ever, and the run hung after one request)."""
+    media = tmp_path / "media"
+    make_wav(media / "a.wav")
+    with (
+        static_server(media) as base,
+        emulator_with(fault_rate=1.0, faults=("429",), retry_after=False) as emu,
+    ):
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text("".join(f"{base}/a.wav?n={n}\n" for n in range(3)))
+        result = Cli(emu)(
+            "run", str(manifest), "--out", str(tmp_path / "out"), "--max-audio-hours", "1",
+            "--max-retries", "2", "--backoff-cap", "0.05", "--no-preflight",
+        )  # fmt: skip
+        sent = len(emu.log)
+    assert result.exit_code == 1, result.output
+    assert sent == 9  # three URLs, three tries each, one at a time

@@ -824,7 +824,7 @@ def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
 ) -> None:
     """Ids hide secret query values, so ``?key=file1`` and ``?key=file2`` share one: the
     first is sent, the others fail saying why, instead of silently never being sent. The
-    same URL re-signed is one recording and is not failed."""
+    same URL re-signed is one recording, sent once with its freshest signature."""
     media = tmp_path / "media"
     make_wav(media / "a.wav")
     out = tmp_path / "out"
@@ -836,7 +836,8 @@ def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
         manifest.write_text("\n".join(urls) + "\n")
         result = dgbatch("run", str(manifest), "--out", str(out))
     assert result.exit_code == 1, result.output
-    assert sorted(r.url for r in emulator.log) == [urls[0], urls[3]]  # the re-signed one: once
+    # the re-signed one once, with its latest signature
+    assert sorted(r.url for r in emulator.log) == [urls[0], urls[4]]
     rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
     failed = sorted(str(r["error"]) for r in rows if r["status"] == "failed")
     assert [e.split(":")[0] for e in failed] == ["urls.txt", "urls.txt"]
@@ -848,3 +849,21 @@ def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
     )
     for secret in (b"file2", b"file3", b"abcd1234", b"efgh5678"):
         assert secret not in stored
+
+
+def test_a_clash_leaves_the_first_urls_name_and_kind_alone(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """The failed row of a clash has no outputs, so it takes no name from the item it
+    clashed with (which keeps ``a.json``, not ``a.wav.json``), and it is a URL row."""
+    media = tmp_path / "media"
+    make_wav(media / "a.wav")
+    out = tmp_path / "out"
+    with static_server(media) as base:
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text(f"{base}/a.wav?key=aaaa\n{base}/a.wav?key=bbbb\n")
+        result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert (out / "a.json").is_file() and not (out / "a.wav.json").exists()
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert {(r["status"], r["kind"]) for r in rows} == {("done", "url"), ("failed", "url")}
