@@ -20,7 +20,7 @@ from batch.models import ItemKind, ItemStatus
 from batch.placing import Placer
 from batch.progress import Progress
 from batch.retry import Action, Decision
-from batch.runtypes import RunnerSettings, RunStats, Sleep
+from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -212,15 +212,8 @@ class Attempts:
         await self.limit.without_slot(self._sleep_unless_stopped(delay))
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
-        if delay <= 0:
-            return
-        sleeper = asyncio.create_task(self._sleep(delay))
-        stopper = asyncio.create_task(self._stopped.wait())
-        try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            sleeper.cancel()
-            stopper.cancel()
+        if delay > 0:
+            await until_stopped(self._sleep(delay), self._stopped)
 
 
 def _with_timeouts(result: Result, timeouts: int) -> Result:

@@ -31,7 +31,7 @@ from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.redact import redact_text
-from batch.runtypes import RunnerSettings, RunStats, Sleep
+from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, State, WorkItem
 
 __all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
@@ -257,15 +257,9 @@ class Runner:
     async def _wait_for_budget(self, budget: Budget, estimate: float | None) -> None:
         """Hold the dispatch while the budget asks an item to wait (``Budget.must_wait``),
         or until the run stops."""
-        stopper = asyncio.ensure_future(self._stopped.wait())
-        try:
-            while budget.must_wait(estimate) and not self.stopping:
-                self._settled.clear()
-                settled = asyncio.ensure_future(self._settled.wait())
-                await asyncio.wait({settled, stopper}, return_when=asyncio.FIRST_COMPLETED)
-                settled.cancel()
-        finally:
-            stopper.cancel()
+        while budget.must_wait(estimate) and not self.stopping:
+            self._settled.clear()
+            await until_stopped(self._settled.wait(), self._stopped)
 
     def _account(self, item_id: str, result: Result) -> None:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
@@ -292,14 +286,8 @@ class Runner:
         """Wait for the plan's next chunk; False when planning is over or the run stops."""
         if self._more is None or self.stopping:
             return False
-        more = asyncio.ensure_future(self._more())
-        stopper = asyncio.ensure_future(self._stopped.wait())
-        try:
-            await asyncio.wait({more, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-        if not more.done():
-            more.cancel()
+        more = await until_stopped(self._more(), self._stopped)
+        if more is None:
             return False
         try:
             if more.result() and not self.stopping:

@@ -1,4 +1,5 @@
-"""What the worker pool is given (``RunnerSettings``) and what it counts (``RunStats``).
+"""What the worker pool is given (``RunnerSettings``), what it counts (``RunStats``), and
+how its pieces wait for something unless the run stops (``until_stopped``).
 
 Apart from ``batch.runner`` so that the pieces it hands work to (``batch.attempts``,
 ``batch.adoption``, ``batch.placing``) share them without importing the runner back;
@@ -7,13 +8,15 @@ Apart from ``batch.runner`` so that the pieces it hands work to (``batch.attempt
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+import asyncio
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from batch.errors import BatchError
 
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -56,3 +59,20 @@ class RunStats:
     errors: dict[str, int] = field(default_factory=dict)
     warnings: int = 0
     copies: int = 0
+
+
+async def until_stopped(
+    waiting: Awaitable[_T], stopped: asyncio.Event
+) -> asyncio.Future[_T] | None:
+    """Await ``waiting`` unless ``stopped`` is set first: its finished future, or None when
+    the stop came first (``waiting`` is then cancelled, as it is when the caller is)."""
+    task = asyncio.ensure_future(waiting)
+    stopper = asyncio.ensure_future(stopped.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        finished = task.done()
+        if not finished:
+            task.cancel()
+    return task if finished else None
