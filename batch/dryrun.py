@@ -20,7 +20,6 @@ import sqlite3
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -40,7 +39,6 @@ from batch.probe import (
     local_duration,
     probe_s3,
     probe_url,
-    size_from_content_range,
 )
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
@@ -54,10 +52,6 @@ Remote = tuple[str, str, str, int | None]
 
 #: How ``by_kind`` names item kinds for people.
 KIND_LABELS = {ItemKind.FILE.value: "upload", ItemKind.URL.value: "url", ItemKind.S3.value: "s3"}
-
-#: The object sizes stated by the answers to the URL probe under way in this task (each
-#: probe worker is its own task, so each sees its own list: see ``_probe_one``).
-_STATED_SIZES: ContextVar[list[int]] = ContextVar("stated_sizes")
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,9 +173,7 @@ async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Pro
     """
     remotes = _remote_items(state)
     found: dict[str, Probed] = {}
-    trace = aiohttp.TraceConfig()
-    trace.on_request_end.append(_note_stated_size)
-    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT, trace_configs=[trace]) as session:
+    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
 
         async def worker() -> None:
             for item_id, kind, source, size in remotes:
@@ -191,22 +183,6 @@ async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Pro
 
         await asyncio.gather(*(worker() for _ in range(config.concurrency)))
     return found
-
-
-async def _note_stated_size(
-    session: aiohttp.ClientSession, context: object, params: aiohttp.TraceRequestEndParams
-) -> None:
-    """Keep the size a probe's answer states: ``Content-Range``'s total on a 206, the
-    ``Content-Length`` of a 200 (a server that ignores ``Range`` sends it all)."""
-    response, sizes = params.response, _STATED_SIZES.get(None)
-    if sizes is None or response.status not in (200, 206):
-        return
-    if response.status == 206:
-        size = size_from_content_range(response.headers.get("Content-Range"))
-    else:
-        size = response.content_length
-    if size is not None:
-        sizes.append(size)
 
 
 def _remote_items(state: State) -> Iterator[Remote]:
@@ -224,10 +200,7 @@ async def _probe_one(
     its server stated (an S3 listing already gave every object's)."""
     if kind == ItemKind.S3.value:
         return Probed(await probe_s3(s3, source, size), None)
-    sizes: list[int] = []
-    _STATED_SIZES.set(sizes)  # this worker task's own context: see ``_note_stated_size``
-    seconds = await probe_url(session, source, size)
-    return Probed(seconds, sizes[0] if sizes else None)
+    return Probed(*await probe_url(session, source, size))
 
 
 def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Estimate:

@@ -202,12 +202,17 @@ async def _s3_range(
     return data, size_from_content_range(answer.get("ContentRange"))
 
 
-async def probe_url(session: aiohttp.ClientSession, url: str, size: int | None) -> float | None:
-    """Duration of an http(s) item from a ``Range`` GET of its head (and Ogg tail).
+async def probe_url(
+    session: aiohttp.ClientSession, url: str, size: int | None
+) -> tuple[float | None, int | None]:
+    """Duration of an http(s) item from a ``Range`` GET of its head (and Ogg tail), and
+    the size its server stated (``Content-Range``, or the whole body of a 200): a URL's
+    state row has none.
 
     Reads at most ``HEAD_BYTES`` even when the server ignores ``Range`` and sends the
     whole file. Errors mean "unknown"; the URL is logged redacted (it may be presigned).
     """
+    total = None
     try:
         head, total = await _url_range(session, url, HEAD_RANGE, HEAD_BYTES)
         size = total if total is not None else size
@@ -216,8 +221,8 @@ async def probe_url(session: aiohttp.ClientSession, url: str, size: int | None) 
             tail = await _url_tail(session, url)
     except Exception as exc:  # a probe never fails the dry run
         log.debug("cannot probe %s: %s", redact_url(url), type(exc).__name__)
-        return None
-    return sparse_duration(head, size, tail)
+        return None, total
+    return sparse_duration(head, size, tail), total
 
 
 async def _url_range(
