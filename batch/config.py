@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 from batch.client import DEFAULT_TIMEOUT
 from batch.errors import UsageError
+from batch.formats import RENDERERS
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
 from batch.redact import redact_url
@@ -153,7 +154,7 @@ def check_out(out: str) -> str:
 
 
 #: what an output's name can end in (``naming.output_relpath``: ``<name>.<format>``)
-_OUTPUT_SUFFIXES = frozenset({".json", ".txt", ".srt", ".vtt", ".md"})
+_OUTPUT_SUFFIXES = frozenset(f".{fmt}" for fmt in RENDERERS)
 
 
 def state_files(state: Path) -> tuple[Path, ...]:
@@ -183,7 +184,7 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     if report == report_path(state).resolve():
         msg = f"--run-report {run_report!r}: is the run's own report (report.jsonl)"
         raise UsageError(msg)
-    if report in {path.resolve() for path in state_files(state)}:
+    if _is_state_file(report, state):
         msg = f"--run-report {run_report!r}: is the state file (or one of its own files)"
         raise UsageError(msg)
     if _is_output_place(report, out):
@@ -192,8 +193,12 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
 
 def check_report_target(output: str, state: Path) -> None:
     """``report -o`` onto the state file would replace the batch's record with its report."""
-    if output != "-" and Path(output).resolve() in {p.resolve() for p in state_files(state)}:
+    if output != "-" and _is_state_file(Path(output), state):
         raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
+
+
+def _is_state_file(path: Path, state: Path) -> bool:
+    return path.resolve() in {own.resolve() for own in state_files(state)}
 
 
 _OUTPUT_PLACE = "a transcript could be written there in --out; choose another path"

@@ -70,7 +70,7 @@ def parse_param(text: str) -> tuple[str, str]:
         reason = "empty key" if not key else f"invalid key {key!r}"
         msg = f"--param {text!r}: {reason} (expected KEY=VALUE)"
         raise UsageError(msg)
-    if key in _CALLBACK_KEYS and value:
+    if _is_callback(key, value):
         raise UsageError(f"--param {key}: {_CALLBACK_REASON}")
     return key, normalise_value(value)
 
@@ -160,8 +160,12 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
 
 def check_not_callback(key: str, value: object = "set") -> None:
     """Raise ``ValueError`` for a callback key with a value (an empty one removes it)."""
-    if key in _CALLBACK_KEYS and value not in ("", None):
+    if _is_callback(key, value):
         raise ValueError(f"param {key!r}: {_CALLBACK_REASON}")
+
+
+def _is_callback(key: str, value: object) -> bool:
+    return key in _CALLBACK_KEYS and value not in ("", None)
 
 
 @lru_cache(maxsize=1024)

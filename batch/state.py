@@ -393,19 +393,17 @@ class State:
 
     def counts(self) -> dict[str, int]:
         """Number of items per status (every status present, zeros included)."""
-        with self._mutex:
-            rows = self._db.execute("SELECT status, COUNT(*) FROM items GROUP BY status")
-            found = dict(rows.fetchall())
-        return {s.value: int(found.get(s.value, 0)) for s in ItemStatus}
+        return self._counts("")
 
     def run_counts(self, run_id: int) -> dict[str, int]:
         """``counts`` of the items run ``run_id`` planned (its sources listed them) or
         sent: what its exit code is about."""
+        return self._counts("WHERE run_id = ? OR seen_run = ?", (run_id, run_id))
+
+    def _counts(self, where: str, args: tuple[object, ...] = ()) -> dict[str, int]:
         with self._mutex:
             rows = self._db.execute(
-                "SELECT status, COUNT(*) FROM items WHERE run_id = ? OR seen_run = ? "
-                "GROUP BY status",
-                (run_id, run_id),
+                f"SELECT status, COUNT(*) FROM items {where} GROUP BY status", args
             )
             found = dict(rows.fetchall())
         return {s.value: int(found.get(s.value, 0)) for s in ItemStatus}

@@ -71,7 +71,7 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
 def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
     """``db``, when it holds a state to read (status, report, usage); an empty file or
     another program's SQLite file is refused by name, not failed on its first query."""
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    tables = _tables(db)
     if not {"meta", "items"} <= tables:
         db.close()
         what = "an empty file" if not tables else "an SQLite file of another program"
@@ -83,7 +83,7 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
     """Make a new file a state file or bring ours up to date (WAL, migrations); refuse an
     SQLite file that is not ours, or one a newer dgbatch wrote."""
     try:
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = _tables(db)
         if tables and "meta" not in tables:
             raise StateError(
                 f"{path}: an SQLite file but not a dgbatch state file; not touching it"
@@ -98,3 +98,7 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
+
+
+def _tables(db: sqlite3.Connection) -> set[str]:
+    return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
