@@ -119,11 +119,8 @@ def test_dry_run_sends_nothing_and_measures_durations(
 
 
 @pytest.mark.parametrize("out", ["s3://media/dry/", "s3://media/dry"])
-def test_dry_run_shows_s3_outputs_as_s3_uris(
-    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, out: str
-) -> None:
+def test_dry_run_shows_s3_outputs_as_s3_uris(dgbatch: Cli, tmp_path: Path, out: str) -> None:
     """An S3 ``--out`` is shown as ``s3://bucket/prefix/name``, in text and in JSON."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     make_wav(tmp_path / "in" / "day1" / "f01.wav")
     expected = ["s3://media/dry/day1/f01.json", "s3://media/dry/day1/f01.txt"]
     args = ("run", str(tmp_path / "in"), "--out", out, "--dry-run")

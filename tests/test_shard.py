@@ -89,7 +89,6 @@ def test_two_shards_cover_every_item_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Two workers on one prefix send each object exactly once, each with its own state."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     objects = {
         f"in/{n:02}.wav": make_wav(tmp_path / "w" / f"{n}.wav", tone=n).read_bytes()
         for n in range(24)
