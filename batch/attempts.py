@@ -76,6 +76,9 @@ class Attempts:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        kept = await self._placer.kept_result(item)
+        if kept is not None:  # paid for by an earlier run, which could not write it
+            return kept
         if self.settings.skip_existing and not item.forced:
             adopt = self._adoption
             done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
@@ -145,7 +148,8 @@ class Attempts:
         request_id = decision.request_id or (answer.request_id if answer else None)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
-            outputs = await self._placer.write(item, answer, decision.response)
+            body = answer.body if answer is not None else b""
+            outputs = await self._placer.write_paid(item, body, decision.response)
             return self._placer.done_result(item, attempts, decision.response, outputs)
         if decision.action is Action.FATAL:
             self.stop(FatalApiError(_fatal_message(decision)))

@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from batch import retry
 from batch.attempts import Attempts
-from batch.client import Answer
 from batch.limiter import AdaptiveLimit
 from batch.models import ItemStatus, Params
 from batch.params import request_params
@@ -158,7 +157,6 @@ class Copies:
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
-        answer = Answer(200, shared.body, None, shared.request_id)
-        outputs = await self._placer.write(item, answer, shared.response)
+        outputs = await self._placer.write(item, shared.body, shared.response)
         result = self._placer.done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)

@@ -79,6 +79,8 @@ class RunOutcome:
             "audio_hours": round(self.stats.audio_seconds / 3600, 4),
             "warnings": self.stats.warnings,
             "copies": self.stats.copies,
+            "answers_kept": self.stats.kept,
+            "written_from_kept": self.stats.from_kept,
             "wall_seconds": round(self.wall_seconds, 3),
             "rendered_from_json": self.stats.rendered,
             "done_without_format": self.missing,

@@ -96,6 +96,16 @@ def m004_seen_run(db: sqlite3.Connection) -> None:
     db.execute("ALTER TABLE items ADD COLUMN seen_run INTEGER")
 
 
+@migration
+def m005_kept_answers(db: sqlite3.Connection) -> None:
+    """Paid answers whose outputs could not be written (``batch.keeping``), by item, with
+    the source fingerprint they answer: the next run writes them instead of paying again."""
+    db.execute(
+        "CREATE TABLE kept_answers (id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
+        "body BLOB NOT NULL, kept_at REAL NOT NULL)"
+    )
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

@@ -1,16 +1,19 @@
 """What becomes of a paid answer: its outputs, rendered and written, and the ``done``
-result that records them (also for outputs found already in place, and for --dedupe
-copies rendered from their leader's answer)."""
+result that records them (also for outputs found already in place, for --dedupe
+copies rendered from their leader's answer, and for answers an earlier run paid for
+and kept because their outputs could not be written: ``batch.keeping``)."""
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Protocol
 
 from batch import retry
 from batch.checks import transcript_warning
-from batch.client import Answer
+from batch.errors import ItemError, OutputError
 from batch.formats import render_all
+from batch.keeping import Keeping
 from batch.models import ItemStatus
 from batch.outputs import OutputMeta, OutputSink
 from batch.runtypes import RunnerSettings
@@ -34,6 +37,7 @@ class Placer:
         local: dict[str, float | None],
         release_slot: ReleaseSlot,
         captured: dict[str, tuple[bytes, retry.Response]] | None,
+        keeping: Keeping | None = None,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -45,12 +49,33 @@ class Placer:
         #: answers waiting for their outputs; bounded like the requests, so that a crash
         #: re-sends at most twice ``--concurrency`` items (``write``)
         self._unplaced = asyncio.Semaphore(settings.concurrency)
+        self._keeping = keeping
 
-    async def write(
-        self, item: WorkItem, answer: Answer | None, response: retry.Response
-    ) -> list[str]:
+    async def write_paid(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
+        """``write`` for an answer Deepgram billed: if its outputs cannot be written, or
+        the item is abandoned before they are, the answer is kept for the next run."""
+        try:
+            return await self.write(item, body, response)
+        except (OutputError, ItemError, asyncio.CancelledError):
+            if self._keeping is not None:
+                self._keeping.keep(item, body)
+            raise
+
+    async def kept_result(self, item: WorkItem) -> Result | None:
+        """The item's ``done`` result from the answer an earlier run kept for it (nothing
+        is sent), or None when there is none."""
+        if self._keeping is None or not self._keeping.has(item):
+            return None
+        body = await self._keeping.answer(item)
+        response = retry.parse_transcript(body) if body is not None else None
+        if body is None or response is None:
+            return None
+        outputs = await self.write_paid(item, body, response)
+        result = self.done_result(item, item.attempts, response, outputs)
+        return dataclasses.replace(result, kept=True)
+
+    async def write(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
         """Where the answer's outputs now are; the request slot goes back meanwhile."""
-        body = answer.body if answer is not None else b""
         if self._captured is not None:
             self._captured[item.id] = (body, response)
         files = render_all(

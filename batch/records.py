@@ -69,6 +69,9 @@ class Result:
     warning: str | None = None
     copy_of: str | None = None
     local_duration: float | None = None
+    #: written from an answer an earlier run paid for and kept (``batch.keeping``): this
+    #: run sent nothing for it
+    kept: bool = False
 
 
 @dataclass(frozen=True, slots=True)

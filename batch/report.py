@@ -197,6 +197,7 @@ def status_summary(state: State) -> dict[str, Any]:
         "copies_audio_hours": round(copied / 3600, 4),
         "errors": [_error_row(group, count, example) for group, count, example in errors],
         "warnings": warnings,
+        "kept_answers": state.kept_count(),
         "last_run": _last_run(state),
     }
 
@@ -292,6 +293,11 @@ def format_status(summary: dict[str, Any]) -> str:
     if summary.get("warnings"):
         lines.append(
             f"warnings: {summary['warnings']} item(s) (dgbatch report --warnings to list them)"
+        )
+    if summary.get("kept_answers"):
+        lines.append(
+            f"paid answers kept, outputs not yet written: {summary['kept_answers']} (the next "
+            "run writes them without sending; failed ones with --retry-failed)"
         )
     if summary["errors"]:
         lines.append("errors:")

@@ -23,6 +23,7 @@ from batch.budget import Budget, Reservation
 from batch.client import DeepgramClient
 from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
+from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
@@ -99,6 +100,8 @@ class Runner:
         #: only --dedupe copies, which wait for their leader without a request slot
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
+        #: paid answers whose outputs could not be written, for the next run to write
+        self.keeping = Keeping(state)
         # What one item goes through, each piece handed the bookkeeping above it needs
         # (shared, not copied: the runner reads it back when an item ends or is cut short).
         self._placer = Placer(
@@ -107,6 +110,7 @@ class Runner:
             local=self._local,
             release_slot=self._release_slot,
             captured=self._captured if dedupe is not None else None,
+            keeping=self.keeping,
         )
         adoption = Adoption(settings, state, sink, self._placer, self.stats, local=self._local)
         self._adoption = adoption
@@ -146,6 +150,7 @@ class Runner:
         self._install_signals()
         try:
             await self._adoption.recover()
+            await self.keeping.load()
             counts = await asyncio.to_thread(self.state.counts)
             self._done_before = counts["done"] + counts["failed"]
             self.progress.start(sum(counts.values()), self._done_before)
@@ -159,6 +164,7 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await asyncio.to_thread(self.state.release_running)
+            self.stats.kept = self.keeping.kept
             self.progress.close()
         return self.stats
 
@@ -265,7 +271,7 @@ class Runner:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
         self._local.pop(item_id, None)
         self._captured.pop(item_id, None)
-        paid = result.status is ItemStatus.DONE and result.copy_of is None
+        paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
         if self.budget is not None:
             self.budget.settle(self._reserved.pop(item_id, None), result.duration if paid else 0)
             self._settled.set()
@@ -370,7 +376,9 @@ class Runner:
         self.state.record(result)
         if result.status is ItemStatus.DONE:
             self.stats.done += 1
-            if result.copy_of is None:  # a --dedupe copy was not sent: no audio transcribed
+            if result.kept:  # paid for by the run that kept it
+                self.stats.from_kept += 1
+            elif result.copy_of is None:  # a --dedupe copy was not sent: no audio transcribed
                 self.stats.audio_seconds += result.duration or 0.0
             self.progress.item_finished(True, result.duration)
         elif result.status is ItemStatus.FAILED:

@@ -59,6 +59,10 @@ class RunStats:
     errors: dict[str, int] = field(default_factory=dict)
     warnings: int = 0
     copies: int = 0
+    #: paid answers this run kept because their outputs could not be written (``batch.keeping``)
+    kept: int = 0
+    #: done items written from an answer an earlier run paid for and kept (not sent)
+    from_kept: int = 0
 
 
 async def until_stopped(

@@ -57,6 +57,11 @@ __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "s
 #: the most items one ``plan`` call names as they go in; a bigger call is stored first
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
+#: a kept answer still to write: its item is not done and has the fingerprint it answers
+_KEPT_FOR_ITEM = (
+    "items.id = kept_answers.id AND items.status != 'done' "
+    "AND items.fingerprint = kept_answers.fingerprint"
+)
 
 
 class State:
@@ -198,6 +203,48 @@ class State:
             self._db.execute(
                 "UPDATE items SET outputs = ? WHERE id = ?", (json.dumps(outputs), item_id)
             )
+
+    # -- kept answers (``batch.keeping``) -------------------------------------------------
+
+    def keep_answer(self, item_id: str, fingerprint: str, body: bytes) -> None:
+        """Keep a paid answer whose outputs could not be written, committed at once."""
+        with self._mutex, self._writing(), self._db:
+            self._db.execute(
+                "INSERT OR REPLACE INTO kept_answers (id, fingerprint, body, kept_at) "
+                "VALUES (?, ?, ?, ?)",
+                (item_id, fingerprint, body, time.time()),
+            )
+
+    def kept_answer(self, item_id: str, fingerprint: str) -> bytes | None:
+        """The answer kept for this item, if it answers the source as it is now."""
+        with self._mutex:
+            row = self._db.execute(
+                "SELECT body FROM kept_answers WHERE id = ? AND fingerprint = ?",
+                (item_id, fingerprint),
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def kept_ids(self) -> set[str]:
+        """Items with a kept answer still to write; answers of items done since, or of a
+        source changed since (another fingerprint), are dropped first."""
+        with self._mutex, self._writing(), self._db:
+            self._db.execute(
+                "DELETE FROM kept_answers WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
+                f"{_KEPT_FOR_ITEM})"
+            )
+            rows = self._db.execute("SELECT id FROM kept_answers").fetchall()
+        return {row[0] for row in rows}
+
+    def kept_count(self) -> int:
+        """Kept answers still to write (none in a state older than migration m005)."""
+        try:
+            ((count,),) = self.query(
+                f"SELECT COUNT(*) FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE "
+                f"{_KEPT_FOR_ITEM})"
+            )
+        except sqlite3.OperationalError:  # no such table: read-only, not migrated
+            return 0
+        return int(count)
 
     def failed_since(self, moment: float) -> int:
         """Items that became ``failed`` at ``moment`` or later (while planning or sending)."""

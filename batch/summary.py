@@ -27,6 +27,14 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
     if s.copies:
         lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
+    if s.kept:
+        lines.append(
+            f"{s.kept} paid answer(s) whose outputs could not be written are kept in the state: "
+            "the next run writes them without sending them again (failed ones with "
+            "--retry-failed)"
+        )
+    if s.from_kept:
+        lines.append(f"wrote {s.from_kept} item(s) from the answers an earlier run kept (not sent)")
     if s.recovered:
         lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
     if s.skipped:

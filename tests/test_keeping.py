@@ -1,0 +1,231 @@
+"""Paid answers whose outputs could not be written are kept in the state, and the next run
+writes them without sending anything (``batch.keeping``): an output failure never makes a
+recording be paid for twice."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Cli, MotoS3, make_wav, make_wavs, read_state_rows, sent_sha256s
+from reliability_helpers import assert_outputs_match, digest
+
+import batch.job
+import batch.outputs
+from batch.client import Answer, DeepgramClient
+from batch.emulator import Emulator
+from batch.media import SENDERS, send_file
+from batch.models import ItemKind
+from batch.state import WorkItem
+
+
+def state_of(out: Path) -> Path:
+    return out / ".dgbatch" / "state.sqlite"
+
+
+def statuses(out: Path) -> dict[str, object]:
+    return {Path(str(r["source"])).name: r["status"] for r in read_state_rows(state_of(out))}
+
+
+def kept_ids(out: Path) -> list[str]:
+    db = sqlite3.connect(state_of(out))
+    try:
+        return [row[0] for row in db.execute("SELECT id FROM kept_answers ORDER BY id")]
+    finally:
+        db.close()
+
+
+def answered_ids(emulator: Emulator) -> list[str]:
+    return [r.request_id for r in emulator.log if r.status == 200]
+
+
+def assert_each_sent_once(emulator: Emulator, wavs: list[Path]) -> None:
+    assert sent_sha256s(emulator) == {digest(wav): 1 for wav in wavs}
+
+
+def test_outputs_that_stop_the_run_keep_the_answer_for_the_next_run(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A folder that cannot be created (a file where it must go) stops the run; the answers
+    Deepgram already gave for its items are kept, and once the folder is fixed the next run
+    writes them from the state: every recording is paid for once."""
+    top = [make_wav(tmp_path / "in" / f"t{i}.wav", tone=10 + i) for i in range(2)]
+    wavs = make_wavs(tmp_path / "in" / "sub", 3) + top
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sub").write_text("a file where a folder must go")
+    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
+    assert first.exit_code == 1, first.output
+    assert "paid answer(s) whose outputs could not be written are kept" in first.output
+    kept = kept_ids(out)
+    assert kept and all("/sub/" in item for item in kept)
+    status = dgbatch("status", "--state", str(state_of(out)))
+    assert f"paid answers kept, outputs not yet written: {len(kept)}" in status.output
+
+    (out / "sub").unlink()
+    second = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert second.exit_code == 0, second.output
+    assert f"wrote {len(kept)} item(s) from the answers an earlier run kept" in second.output
+    assert set(statuses(out).values()) == {"done"}
+    assert_each_sent_once(emulator, wavs)
+    for wav in wavs:
+        assert_outputs_match(wav, out / wav.relative_to(tmp_path / "in").with_suffix(""))
+    assert kept_ids(out) == kept  # dropped by the run after, once their items are done
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert kept_ids(out) == []
+    assert "paid answers kept" not in dgbatch("status", "--state", str(state_of(out))).output
+
+
+def test_a_full_disk_keeps_the_answer_it_could_not_write(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC on an item's second file stops the run; that item's answer is kept (the state
+    is elsewhere here), as is the answer of the request in flight meanwhile, and the next
+    run writes them instead of sending their items again."""
+    wavs = make_wavs(tmp_path / "in", 4)
+    real_write = batch.outputs._write_new_file
+    calls = 0
+
+    def filling_disk(path: str, data: bytes, created: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > 3:  # the second item's txt and everything after
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", filling_disk)
+    out = tmp_path / "out"
+    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
+    assert first.exit_code == 1, first.output
+    assert statuses(out) == {"f000.wav": "done", "f001.wav": "pending"} | {
+        wav.name: "pending" for wav in wavs[2:]
+    }
+    assert str(wavs[1]) in kept_ids(out)
+    monkeypatch.undo()
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert_each_sent_once(emulator, wavs)
+    for wav in wavs:
+        assert_outputs_match(wav, out / wav.stem)
+
+
+def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answer(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A folder where ``a.json`` goes fails only that item; its answer is kept. A plain run
+    leaves it failed (and sends nothing); ``--retry-failed`` after the path is cleared writes
+    the kept answer, with the request id Deepgram gave it, and still sends nothing."""
+    wavs = make_wavs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    (out / "f001.json").mkdir(parents=True)
+    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert first.exit_code == 1, first.output
+    assert statuses(out) == {"f000.wav": "done", "f001.wav": "failed"}
+    assert "(failed ones with --retry-failed)" in first.output
+    paid = answered_ids(emulator)
+
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
+    assert answered_ids(emulator) == paid
+    (out / "f001.json").rmdir()
+    again = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--retry-failed")
+    assert again.exit_code == 0, again.output
+    assert answered_ids(emulator) == paid
+    assert_outputs_match(wavs[1], out / "f001")
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(out))}
+    assert rows["f001.wav"]["request_id"] in paid
+
+
+def test_a_kept_answer_is_dropped_when_its_source_changed(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A kept answer answers the bytes it was sent: once the file changes, the next run
+    sends the new bytes, and the old answer is neither written nor kept."""
+    (wav,) = make_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    (out / "f000.json").mkdir(parents=True)
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
+    assert len(kept_ids(out)) == 1
+    (out / "f000.json").rmdir()
+    make_wavs(tmp_path / "other", 2)[1].replace(wav)  # other bytes, another mtime
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert len(answered_ids(emulator)) == 2
+    assert_outputs_match(wav, out / "f000")
+    assert kept_ids(out) == []
+
+
+def test_an_answer_abandoned_before_its_outputs_land_is_kept(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C lets an answer being written land for the output grace; one whose
+    disk is slower than that is abandoned, and its answer is kept, so the next run writes
+    it instead of paying for it again."""
+    (wav,) = make_wavs(tmp_path / "in", 1)
+    real_write = batch.outputs._write_new_file
+
+    def stuck_disk(path: str, data: bytes, created: list[str]) -> None:
+        if not created:  # the first file of the write: Ctrl-C twice, then a stuck disk
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.1)
+            time.sleep(0.6)  # longer than the output grace below
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", stuck_disk)
+    monkeypatch.setattr(batch.outputs, "OUTPUT_GRACE", 0.2)
+    out = tmp_path / "out"
+    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert first.exit_code == 130, first.output
+    assert statuses(out) == {"f000.wav": "pending"}
+    assert len(kept_ids(out)) == 1
+    monkeypatch.undo()
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert_each_sent_once(emulator, [wav])
+    assert_outputs_match(wav, out / "f000")
+
+
+def test_an_s3_output_bucket_gone_mid_run_keeps_the_answers(
+    dgbatch: Cli,
+    emulator: Emulator,
+    moto: MotoS3,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """S3 refusing the puts (here the output bucket is deleted after the first answers)
+    stops the run; the answers it could not put are kept, and once the bucket is back the
+    next run puts them without sending their items again."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.s3.models import s3_backends
+
+    wavs = make_wavs(tmp_path / "in", 6)
+    moto.bucket("txout")
+
+    async def bucket_gone_after_two(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        if len(emulator.log) == 2:
+            s3_backends[DEFAULT_ACCOUNT_ID]["global"].buckets.pop("txout", None)
+            s3_backends.bucket_accounts.pop("txout", None)
+        return await send_file(client, item, source)
+
+    monkeypatch.setattr(batch.job, "SENDERS", {**SENDERS, ItemKind.FILE: bucket_gone_after_two})
+    state = tmp_path / "st" / "state.sqlite"
+    out = ("--out", "s3://txout/out/", "--state", str(state), "-c", "1", "--no-sniff")
+    cmd = ("run", str(tmp_path / "in"), *out)
+    first = dgbatch(*cmd)
+    assert first.exit_code == 1, first.output
+    assert "paid answer(s) whose outputs could not be written are kept" in first.output
+    monkeypatch.setattr(batch.job, "SENDERS", SENDERS)
+    moto.bucket("txout")
+    second = dgbatch(*cmd)
+    assert second.exit_code == 0, second.output
+    assert_each_sent_once(emulator, wavs)
+    keys = moto.client.list_objects_v2(Bucket="txout", Prefix="out/")["Contents"]
+    assert (
+        sorted(obj["Key"] for obj in keys)
+        == sorted(  # the first two went with the bucket
+            f"out/{wav.stem}.{fmt}" for wav in wavs[2:] for fmt in ("json", "txt")
+        )
+    )
