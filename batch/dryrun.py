@@ -76,6 +76,8 @@ class Estimate:
     failed: int = 0
     #: --dedupe copies of an item counted before: not sent, not priced
     copies: int = 0
+    #: items with a paid answer an earlier run kept (``batch.keeping``): written, not sent
+    kept: int = 0
     by_kind: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     unsized: int = 0
@@ -110,6 +112,7 @@ class Estimate:
             "already_done": self.already_done,
             "failed": self.failed,
             "dedupe_copies": self.copies,
+            "kept_answers": self.kept,
             "bytes": self.bytes,
             "items_without_size": self.unsized,
             "duration_seconds": round(self.measured_seconds, 3),
@@ -209,9 +212,13 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Est
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
     is_copy = _copy_finder(config)
+    kept = state.kept_ids()
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         if len(result.examples) < config.dry_run_examples:
             result.examples.append(_example(config, row))  # a copy gets outputs too
+        if row["id"] in kept:
+            result.kept += 1
+            continue
         own = stored_params(row["params"])
         if is_copy(row, own):
             result.copies += 1
@@ -300,6 +307,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
         *_copies_line(e["dedupe_copies"]),
+        *_kept_line(e["kept_answers"]),
         f"bytes: {e['bytes']:,}"
         + (
             f" (+{e['items_without_size']} item(s) of unknown size)"
@@ -312,7 +320,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"estimated cost: {_cost_text(e)}",
     ]
     lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]
-    written = e["to_send"] + e["dedupe_copies"]
+    written = e["to_send"] + e["dedupe_copies"] + e["kept_answers"]
     if written > len(e["examples"]):
         lines.append(f"  … and {written - len(e['examples'])} more")
     return "\n".join(lines)
@@ -338,4 +346,14 @@ def _copies_line(copies: int) -> list[str]:
     return [
         f"{copies} more item(s) are copies of identical audio (--dedupe): folded, not sent "
         "nor priced (their outputs come from the original's answer)"
+    ]
+
+
+def _kept_line(kept: int) -> list[str]:
+    """Items an earlier run paid for and could not write, when there are any."""
+    if not kept:
+        return []
+    return [
+        f"{kept} more item(s) have a paid answer an earlier run kept: written from it, not "
+        "sent nor priced"
     ]

@@ -127,6 +127,9 @@ def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answe
     assert statuses(out) == {"f000.wav": "done", "f001.wav": "failed"}
     assert "(failed ones with --retry-failed)" in first.output
     paid = answered_ids(emulator)
+    dry = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--retry-failed", "--dry-run")
+    assert "would send 0 item(s)" in dry.output, dry.output
+    assert "1 more item(s) have a paid answer an earlier run kept" in dry.output
 
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
     assert answered_ids(emulator) == paid
