@@ -12,6 +12,7 @@ import logging
 import secrets as tokens
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -345,13 +346,15 @@ def _watch(
     """Remember real sources whose stored form is redacted (a later one with the same id
     that differs in a secret fails, see ``hidden_clash``; one signed again replaces it, so
     the freshest signature is sent); stop on Ctrl-C."""
+    clashes: Counter[str] = Counter()
     for item in items:
         if cancel.is_set():
             raise Interrupted("interrupted while planning; the same command resumes the run")
         if redact_source(item.source) != item.source:
             first = secrets.get(item.id)
-            clash = None if first is None else hidden_clash(first, item)
+            clash = None if first is None else hidden_clash(first, item, clashes[item.id] + 1)
             if clash is not None:
+                clashes[item.id] += 1
                 yield clash
                 continue
             secrets[item.id] = item.source  # signed again: the latest signature is sent

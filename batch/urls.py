@@ -74,11 +74,13 @@ def _url_id(url: str) -> str:
     return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
 
 
-def hidden_clash(first: str, item: Item) -> Item | None:
+def hidden_clash(first: str, item: Item, nth: int = 1) -> Item | None:
     """The failed item to plan instead of ``item`` when an earlier source ``first`` has
     its id but differs from it in a secret other than a signature (``?key=file1`` and
     ``?key=file2``): ids hide secrets, so both would be one item and one would silently
-    never be sent. The same URL signed again is the same recording: None."""
+    never be sent. The same URL signed again is the same recording: None. ``nth``: the
+    how-manieth clash of this id in the run (URLs on the command line have no line to
+    tell their rows apart)."""
     if first == item.source or _unsigned(first) == _unsigned(item.source):
         return None
     reason = (
@@ -88,7 +90,7 @@ def hidden_clash(first: str, item: Item) -> Item | None:
     )
     # named by its id, not the recording's name: a row that never has outputs must not
     # take a name from the item it clashed with (which then got its full name)
-    clash_id = f"clash:{item.origin or item.id}"
+    clash_id = f"clash:{item.origin or item.id}" + (f"#{nth}" if nth > 1 else "")
     return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
 
 

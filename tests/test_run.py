@@ -851,6 +851,25 @@ def test_urls_that_differ_only_in_a_secret_are_not_folded_into_one(
         assert secret not in stored
 
 
+def test_each_clash_of_urls_on_the_command_line_has_its_own_row(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """URLs given as arguments have no manifest line to tell their clash rows apart: a
+    third URL differing only in a secret still gets a failed row of its own, and a second
+    run (the same clashes, in the same order) keeps the same rows."""
+    media = tmp_path / "media"
+    make_wav(media / "a.wav")
+    out = tmp_path / "out"
+    with static_server(media) as base:
+        urls = [f"{base}/a.wav?key=file{n}" for n in (1, 2, 3)]
+        for _ in range(2):
+            result = dgbatch("run", *urls, "--out", str(out))
+            assert result.exit_code == 1, result.output
+            rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+            assert sorted(str(r["status"]) for r in rows) == ["done", "failed", "failed"]
+    assert len(emulator.log) == 1
+
+
 def test_a_clash_leaves_the_first_urls_name_and_kind_alone(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
