@@ -90,7 +90,8 @@ def hidden_clash(first: str, item: Item, nth: int = 1) -> Item | None:
     )
     # named by its id, not the recording's name: a row that never has outputs must not
     # take a name from the item it clashed with (which then got its full name)
-    clash_id = f"clash:{item.origin or item.id}" + (f"#{nth}" if nth > 1 else "")
+    numbered = item.id + (f"#{nth}" if nth > 1 else "")
+    clash_id = f"clash:{item.origin or numbered}"
     return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
 
 
