@@ -148,8 +148,8 @@ class Attempts:
         request_id = decision.request_id or (answer.request_id if answer else None)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
-            body = answer.body if answer is not None else b""
-            outputs = await self._placer.write_paid(item, body, decision.response)
+            assert answer is not None  # a decision to succeed is made on an answer
+            outputs = await self._placer.write_paid(item, answer.body, decision.response)
             return self._placer.done_result(item, attempts, decision.response, outputs)
         if decision.action is Action.FATAL:
             self.stop(FatalApiError(_fatal_message(decision)))

@@ -145,18 +145,22 @@ class Copies:
         return await self._attempts.process(item)
 
     async def _lead(self, item: WorkItem, key: str) -> Result:
-        shared = None
+        """The leader's result; its answer goes to its copies also when its own outputs
+        failed (its path in the way, the run stopping): they need not pay for it again."""
         try:
-            result = await self._attempts.process(item)
-            captured = self._captured.pop(item.id, None)
-            if result.status is ItemStatus.DONE and captured is not None:
-                shared = Shared(item.id, result.request_id, *captured)
-            return result
+            return await self._attempts.process(item)
         finally:
+            captured = self._captured.pop(item.id, None)
+            shared = None
+            if captured is not None:
+                body, response = captured
+                request_id = (response.get("metadata") or {}).get("request_id")
+                shared = Shared(item.id, request_id, body, response)
             self.dedupe.publish(key, shared)
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
-        """Outputs of a copy, rendered from its leader's answer; nothing is sent."""
-        outputs = await self._placer.write(item, shared.body, shared.response)
+        """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if
+        they cannot be written, the answer is kept for the copy, as for a paid one)."""
+        outputs = await self._placer.write_paid(item, shared.body, shared.response)
         result = self._placer.done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)

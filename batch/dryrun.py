@@ -216,12 +216,12 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Est
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         if len(result.examples) < config.dry_run_examples:
             result.examples.append(_example(config, row))  # a copy gets outputs too
+        own = stored_params(row["params"])
+        if is_copy(row, own):  # first: a kept leader's copies are copies all the same
+            result.copies += 1
+            continue
         if row["id"] in kept:
             result.kept += 1
-            continue
-        own = stored_params(row["params"])
-        if is_copy(row, own):
-            result.copies += 1
             continue
         seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))
         model = model_of(merge_params(config.params, own)) or "(default)"

@@ -28,8 +28,9 @@ log = logging.getLogger("dgbatch")
 class Keeping:
     """A run's kept answers: those an earlier run kept, and those this run keeps."""
 
-    def __init__(self, state: State) -> None:
+    def __init__(self, state: State, run_id: int) -> None:
         self.state = state
+        self.run_id = run_id
         #: items with an answer kept by an earlier run (``load``)
         self._ids: set[str] = set()
         #: answers this run kept (for the summary)
@@ -40,21 +41,22 @@ class Keeping:
         recovered: those recovered as done drop theirs)."""
         self._ids = await asyncio.to_thread(self.state.kept_ids)
 
-    def has(self, item: WorkItem) -> bool:
-        """Whether an answer may be kept for ``item`` (a set lookup: this runs per item)."""
-        return item.id in self._ids
-
     async def answer(self, item: WorkItem) -> bytes | None:
-        """The paid answer kept for ``item``, if it still answers its source."""
-        return await asyncio.to_thread(self.state.kept_answer, item.id, item.fingerprint)
+        """The paid answer kept for ``item``, if it still answers it."""
+        if item.id not in self._ids:  # a set lookup: this runs per item
+            return None
+        return await asyncio.to_thread(self.state.kept_answer, item.id)
 
-    def keep(self, item: WorkItem, body: bytes) -> None:
-        """Keep ``item``'s paid answer. Synchronous, so that a cancelled item keeps its
-        answer before the cancel goes on; this only runs when outputs failed."""
+    async def keep(self, item: WorkItem, body: bytes) -> None:
+        """Keep ``item``'s paid answer (this only runs when its outputs failed). Shielded: an
+        item cancelled again meanwhile still has its answer kept."""
+        keeping = asyncio.ensure_future(asyncio.to_thread(self._keep, item, body))
+        await asyncio.shield(keeping)
+
+    def _keep(self, item: WorkItem, body: bytes) -> None:
         try:
-            self.state.keep_answer(item.id, item.fingerprint, body)
+            self.state.keep_answer(item, self.run_id, body)
         except StateError as exc:  # the state's disk is full too: nothing more to do
             log.warning("%s: its paid answer could not be kept: %s", item.source, exc)
             return
-        self._ids.add(item.id)
         self.kept += 1

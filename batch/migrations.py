@@ -99,9 +99,11 @@ def m004_seen_run(db: sqlite3.Connection) -> None:
 @migration
 def m005_kept_answers(db: sqlite3.Connection) -> None:
     """Paid answers whose outputs could not be written (``batch.keeping``), by item, with
-    the source fingerprint they answer: the next run writes them instead of paying again."""
+    the source, params and fingerprint they answer and the run that paid for them: the
+    next run writes them instead of paying again."""
     db.execute(
-        "CREATE TABLE kept_answers (id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, "
+        "CREATE TABLE kept_answers (id TEXT PRIMARY KEY, source TEXT NOT NULL, "
+        "params TEXT NOT NULL, fingerprint TEXT NOT NULL, run_id INTEGER NOT NULL, "
         "body BLOB NOT NULL, kept_at REAL NOT NULL)"
     )
 

@@ -11,7 +11,6 @@ from typing import Protocol
 
 from batch import retry
 from batch.checks import transcript_warning
-from batch.errors import ItemError, OutputError
 from batch.formats import render_all
 from batch.keeping import Keeping
 from batch.models import ItemStatus
@@ -56,21 +55,22 @@ class Placer:
         the item is abandoned before they are, the answer is kept for the next run."""
         try:
             return await self.write(item, body, response)
-        except (OutputError, ItemError, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError):
             if self._keeping is not None:
-                self._keeping.keep(item, body)
+                await self._keeping.keep(item, body)
             raise
 
     async def kept_result(self, item: WorkItem) -> Result | None:
         """The item's ``done`` result from the answer an earlier run kept for it (nothing
-        is sent), or None when there is none."""
-        if self._keeping is None or not self._keeping.has(item):
+        is sent), or None when there is none. If its outputs fail again, the answer stays
+        kept as it is."""
+        body = None if self._keeping is None else await self._keeping.answer(item)
+        if body is None:
             return None
-        body = await self._keeping.answer(item)
-        response = retry.parse_transcript(body) if body is not None else None
-        if body is None or response is None:
+        response = retry.parse_transcript(body)
+        if response is None:
             return None
-        outputs = await self.write_paid(item, body, response)
+        outputs = await self.write(item, body, response)
         result = self.done_result(item, item.attempts, response, outputs)
         return dataclasses.replace(result, kept=True)
 

@@ -57,10 +57,18 @@ __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "s
 #: the most items one ``plan`` call names as they go in; a bigger call is stored first
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
-#: a kept answer still to write: its item is not done and has the fingerprint it answers
+#: a kept answer still to write: its item is not done and is still the source (path or
+#: URL, params, size and mtime or ETag) that the answer answers
 _KEPT_FOR_ITEM = (
-    "items.id = kept_answers.id AND items.status != 'done' "
-    "AND items.fingerprint = kept_answers.fingerprint"
+    "items.id = kept_answers.id AND items.status != 'done' AND items.source = kept_answers.source "
+    "AND items.params = kept_answers.params AND items.fingerprint = kept_answers.fingerprint"
+)
+#: a result written from a kept answer: the run that paid for it stays the one that sent it
+#: (``dgbatch usage`` matches its request to that run), and the answer is dropped
+_KEPT_WRITTEN = (
+    "UPDATE items SET run_id = (SELECT run_id FROM kept_answers WHERE kept_answers.id = items.id) "
+    "WHERE id = ?1 AND EXISTS (SELECT 1 FROM kept_answers WHERE kept_answers.id = ?1)",
+    "DELETE FROM kept_answers WHERE id = ?",
 )
 
 
@@ -160,6 +168,13 @@ class State:
         unnamed, in batches, for ``assign_names`` to name together afterwards."""
         force = "0" if force_since is None else f"(items.updated_at < {force_since!r})"
         flags = {"force": force, "retry": int(retry_failed)}
+        try:
+            return self._plan(items, run_id, flags)
+        finally:
+            if force_since is not None:
+                self._drop_kept_before(force_since)
+
+    def _plan(self, items: Iterable[Item], run_id: int, flags: dict[str, object]) -> PlanStats:
         now = time.time()
         stream = iter(items)
         batches = iter(lambda: [plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
@@ -206,23 +221,36 @@ class State:
 
     # -- kept answers (``batch.keeping``) -------------------------------------------------
 
-    def keep_answer(self, item_id: str, fingerprint: str, body: bytes) -> None:
-        """Keep a paid answer whose outputs could not be written, committed at once."""
+    def keep_answer(self, item: WorkItem, run_id: int, body: bytes) -> None:
+        """Keep the answer run ``run_id`` paid for ``item`` and could not write, at once."""
+        row = (item.id, item.source, json.dumps(item.params), item.fingerprint, run_id, body)
         with self._mutex, self._writing(), self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO kept_answers (id, fingerprint, body, kept_at) "
-                "VALUES (?, ?, ?, ?)",
-                (item_id, fingerprint, body, time.time()),
+                "INSERT OR REPLACE INTO kept_answers "
+                "(id, source, params, fingerprint, run_id, body, kept_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (*row, time.time()),
             )
 
-    def kept_answer(self, item_id: str, fingerprint: str) -> bytes | None:
-        """The answer kept for this item, if it answers the source as it is now."""
+    def kept_answer(self, item_id: str) -> bytes | None:
+        """The answer kept for this item, if it answers the item as the state has it now."""
         with self._mutex:
             row = self._db.execute(
-                "SELECT body FROM kept_answers WHERE id = ? AND fingerprint = ?",
-                (item_id, fingerprint),
+                f"SELECT body FROM kept_answers JOIN items ON {_KEPT_FOR_ITEM} "
+                "WHERE kept_answers.id = ?",
+                (item_id,),
             ).fetchone()
         return None if row is None else bytes(row[0])
+
+    def _drop_kept_before(self, force_since: float) -> None:
+        """A ``--force`` asks for new answers: the answers kept before it began for the
+        items it re-queued are dropped (those its own requests keep stay)."""
+        with self._mutex, self._writing(), self._db:
+            self._db.execute(
+                "DELETE FROM kept_answers WHERE kept_at < ? AND EXISTS (SELECT 1 FROM items "
+                "WHERE items.id = kept_answers.id AND items.forced = 1)",
+                (force_since,),
+            )
 
     def kept_ids(self) -> set[str]:
         """Items with a kept answer still to write; answers of items done since, or of a
@@ -411,6 +439,9 @@ class State:
         now = time.time()
         with self._writing(batch), self._db:
             self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
+            kept = [(r.id,) for r in batch if r.kept]
+            for statement in _KEPT_WRITTEN if kept else ():
+                self._db.executemany(statement, kept)
 
     def release_running(self) -> int:
         """Put every ``running`` item back to ``pending`` (end of an interrupted run)."""

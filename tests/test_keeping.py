@@ -5,6 +5,7 @@ recording be paid for twice."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 import sqlite3
@@ -75,10 +76,11 @@ def test_outputs_that_stop_the_run_keep_the_answer_for_the_next_run(
     assert_each_sent_once(emulator, wavs)
     for wav in wavs:
         assert_outputs_match(wav, out / wav.relative_to(tmp_path / "in").with_suffix(""))
-    assert kept_ids(out) == kept  # dropped by the run after, once their items are done
-    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
-    assert kept_ids(out) == []
+    assert kept_ids(out) == []  # dropped as their items are recorded done
     assert "paid answers kept" not in dgbatch("status", "--state", str(state_of(out))).output
+    # each item written from a kept answer is the first run's: its request was that run's
+    first_run = {str(r["id"]): r["run_id"] for r in read_state_rows(state_of(out))}
+    assert {first_run[item] for item in kept} == {1}
 
 
 def test_a_full_disk_keeps_the_answer_it_could_not_write(
@@ -232,3 +234,79 @@ def test_an_s3_output_bucket_gone_mid_run_keeps_the_answers(
             f"out/{wav.stem}.{fmt}" for wav in wavs[2:] for fmt in ("json", "txt")
         )
     )
+
+
+def test_force_sends_again_instead_of_writing_a_kept_answer(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--force`` asks for new answers (another model, say): an item with a kept answer
+    is sent again, and once an item is written from its kept answer, a later ``--force``
+    does not find that answer again."""
+    (wav,) = make_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    run = ("run", str(tmp_path / "in"), "--out", str(out))
+    (out / "f000.json").mkdir(parents=True)
+    assert dgbatch(*run).exit_code == 1
+    (out / "f000.json").rmdir()
+    assert dgbatch(*run, "--force").exit_code == 0
+    assert len(answered_ids(emulator)) == 2
+
+    (out / "f000.json").unlink()
+    (out / "f000.json").mkdir()
+    assert dgbatch(*run, "--force").exit_code == 1  # kept again
+    (out / "f000.json").rmdir()
+    assert dgbatch(*run, "--retry-failed").exit_code == 0  # written from it
+    assert len(answered_ids(emulator)) == 3
+    assert dgbatch(*run, "--force").exit_code == 0
+    assert len(answered_ids(emulator)) == 4
+    assert_outputs_match(wav, out / "f000")
+
+
+def test_a_kept_answer_is_not_written_for_another_source_under_its_id(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A manifest id moved to another file of the same size and mtime (a fixed-length
+    recording, copied with its time) is another recording: the kept answer of the first
+    is not written for it."""
+    x = make_wav(tmp_path / "in" / "x.wav", tone=1)
+    y = make_wav(tmp_path / "in" / "y.wav", tone=2)
+    os.utime(y, ns=(x.stat().st_atime_ns, x.stat().st_mtime_ns))
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(json.dumps({"id": "call1", "source": str(x)}) + "\n")
+    out = tmp_path / "out"
+    (out / "call1.json").mkdir(parents=True)
+    assert dgbatch("run", str(manifest), "--out", str(out)).exit_code == 1
+    (out / "call1.json").rmdir()
+    manifest.write_text(json.dumps({"id": "call1", "source": str(y)}) + "\n")
+    again = dgbatch("run", str(manifest), "--out", str(out), "--retry-failed")
+    assert again.exit_code == 0, again.output
+    assert_each_sent_once(emulator, [x, y])
+    assert_outputs_match(y, out / "call1")
+
+
+def test_dedupe_copies_keep_their_leaders_answer(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """With ``--dedupe`` a recording is paid for once even when outputs fail: a leader whose
+    own path is in the way still gives its answer to its copy in the same run, a copy whose
+    path is in the way keeps that answer, and the dry run and the next run send nothing."""
+    a = make_wav(tmp_path / "in" / "s1" / "a.wav", tone=3)
+    b = make_wav(tmp_path / "in" / "s2" / "b.wav", tone=3)
+    c = make_wav(tmp_path / "in" / "s2" / "c.wav", tone=3)
+    out = tmp_path / "out"
+    (out / "s1" / "a.json").mkdir(parents=True)
+    (out / "s2" / "c.json").mkdir(parents=True)
+    run = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "1")
+    first = dgbatch(*run)
+    assert first.exit_code == 1, first.output
+    assert len(answered_ids(emulator)) == 1
+    assert statuses(out) == {"a.wav": "failed", "b.wav": "done", "c.wav": "failed"}
+    assert len(kept_ids(out)) == 2
+    (out / "s1" / "a.json").rmdir()
+    (out / "s2" / "c.json").rmdir()
+    dry = dgbatch(*run, "--retry-failed", "--dry-run")
+    assert "would send 0 item(s)" in dry.output, dry.output
+    assert dgbatch(*run, "--retry-failed").exit_code == 0
+    assert len(answered_ids(emulator)) == 1
+    for wav in (a, b, c):
+        assert_outputs_match(wav, out / wav.relative_to(tmp_path / "in").with_suffix(""))
