@@ -41,10 +41,12 @@ class Keeping:
         recovered: those recovered as done drop theirs)."""
         self._ids = await asyncio.to_thread(self.state.kept_ids)
 
+    def may_have(self, item: WorkItem) -> bool:
+        """Whether an answer was kept for ``item`` (a set lookup: this runs per item)."""
+        return item.id in self._ids
+
     async def answer(self, item: WorkItem) -> bytes | None:
         """The paid answer kept for ``item``, if it still answers it."""
-        if item.id not in self._ids:  # a set lookup: this runs per item
-            return None
         return await asyncio.to_thread(self.state.kept_answer, item.id)
 
     async def keep(self, item: WorkItem, body: bytes) -> None:

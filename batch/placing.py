@@ -64,7 +64,9 @@ class Placer:
         """The item's ``done`` result from the answer an earlier run kept for it (nothing
         is sent), or None when there is none. If its outputs fail again, the answer stays
         kept as it is."""
-        body = None if self._keeping is None else await self._keeping.answer(item)
+        if self._keeping is None or not self._keeping.may_have(item):
+            return None
+        body = await self._keeping.answer(item)
         if body is None:
             return None
         response = retry.parse_transcript(body)
