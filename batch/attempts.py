@@ -131,7 +131,20 @@ class Attempts:
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
         answer = await sender(self.client, item, source)
-        return answer, retry.classify_response(answer.status, answer.body, answer.retry_after)
+        decision = retry.classify_response(answer.status, answer.body, answer.retry_after)
+        return answer, self._without_key(decision)
+
+    def _without_key(self, decision: Decision) -> Decision:
+        """The decision with the key taken out of what it quotes from the answer's body,
+        which goes to the state, the reports and the error message."""
+        if not decision.reason and not decision.err_code:
+            return decision
+        code = decision.err_code
+        return dataclasses.replace(
+            decision,
+            reason=self.client.redacted(decision.reason),
+            err_code=self.client.redacted(code) if code else code,
+        )
 
     async def _decide(
         self,

@@ -131,6 +131,11 @@ class DeepgramClient:
         except TimeoutError as exc:  # only the watchdog's: _post translates its own
             raise self._stalled() from exc
 
+    def redacted(self, text: str) -> str:
+        """``text`` from an answer (an error body's code or message) without the key this
+        client sends: a proxy in front of Deepgram may echo the request it refused."""
+        return redact_text(text, self._secrets)
+
     def _stalled(self) -> TransportError:
         text = f"timeout: upload stalled (no progress for {self._stall_timeout:g} s)"
         return TransportError(text, body_sent=False, timeout=True)

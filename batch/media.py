@@ -39,9 +39,22 @@ def check_file(item: WorkItem, path: str) -> int:
     return st.st_size
 
 
-async def file_chunks(handle: AsyncBufferedReader) -> AsyncIterator[bytes]:
-    """Read an open file in chunks off the event loop; never the whole file in memory."""
-    while chunk := await handle.read(CHUNK_SIZE):
+class FileShrank(OSError):
+    """The file ended before the size its request promised (truncated while being sent)."""
+
+
+async def file_chunks(handle: AsyncBufferedReader, size: int) -> AsyncIterator[bytes]:
+    """Read ``size`` bytes of an open file in chunks off the event loop; never the whole
+    file in memory. A file cut short meanwhile raises: the request's ``Content-Length``
+    promised ``size`` bytes, and Deepgram would wait for the rest (minutes) instead of
+    answering; the request fails as a transport error, and its retry finds the file
+    changed. A file that grew is sent as planned, never past its ``Content-Length``."""
+    left = size
+    while left > 0:
+        chunk = await handle.read(min(CHUNK_SIZE, left))
+        if not chunk:
+            raise FileShrank(f"file ended {left} bytes short of its planned size")
+        left -= len(chunk)
         yield chunk
 
 
@@ -55,7 +68,7 @@ async def send_file(client: DeepgramClient, item: WorkItem, source: str) -> Answ
         raise ItemError(f"{source}: cannot read file: {exc.strerror}", code="unreadable") from exc
     try:
         return await client.send_stream(
-            file_chunks(handle), size, content_type_for(source), item.params
+            file_chunks(handle, size), size, content_type_for(source), item.params
         )
     finally:
         await handle.close()

@@ -310,3 +310,27 @@ def test_state_disk_full_stops_the_run_cleanly(
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert assert_consistent(out) == {"done": 300}
+
+
+def test_state_folder_deleted_mid_run_is_written_back(tmp_path: Path) -> None:
+    """``rm -rf OUT/.dgbatch`` (or a cleaner) while a run holds the state: the run's record
+    lived on only in its open connection, and the next run sent everything again. It is
+    written back where it was when the run ends, so the next run sends nothing."""
+    from conftest import emulator_with, start_run, wait_for
+
+    make_tiny_wavs(tmp_path / "in", 60)
+    out = tmp_path / "out"
+    with emulator_with(latency=0.05) as emu:
+        run = start_run(emu, str(tmp_path / "in"), "--out", str(out), "-c", "2")
+        wait_for(lambda: len(emu.log) >= 2)
+        shutil.rmtree(out / ".dgbatch")
+        _, stderr = run.communicate(timeout=60)
+        assert run.returncode == 0, stderr.decode()
+        assert b"deleted" in stderr
+        rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+        assert Counter(r["status"] for r in rows) == {"done": 60}
+        sent = len(emu.log)
+        again = start_run(emu, str(tmp_path / "in"), "--out", str(out))
+        _, stderr = again.communicate(timeout=60)
+        assert again.returncode == 0, stderr.decode()
+        assert len(emu.log) == sent

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli, dgbatch_subprocess_cmd
+from aiohttp import web
+from conftest import KEY, Cli, dgbatch_subprocess_cmd, serve_app, subprocess_env
 from reliability_helpers import all_bytes_under, make_tiny_wavs, serve_folder
 
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
@@ -160,3 +161,54 @@ def test_there_is_no_api_key_flag(dgbatch: Cli) -> None:
     result = dgbatch("run", "--help")
     assert "--api-key-file" in result.output
     assert "--api-key " not in result.output and "--api-key=" not in result.output
+
+
+def echoing_api(status: int, body: str) -> web.Application:
+    """A Deepgram behind a proxy that puts the key it was sent into its error answers:
+    every /v1/listen gets ``status`` with ``body`` (``{key}`` is the key received)."""
+
+    async def listen(request: web.Request) -> web.Response:
+        await request.read()
+        key = request.headers.get("Authorization", "").partition(" ")[2]
+        return web.Response(status=status, text=body.format(key=key))
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code"),
+    [
+        (402, '{{"err_msg": "no credit left for the key {key} of this project"}}', 3),
+        (400, "<html><body>Bad request from key {key}</body></html>", 1),
+        (500, '{{"err_code": "{key}", "err_msg": "upstream refused {key}"}}', 1),
+    ],
+)
+def test_key_echoed_in_an_error_answer_is_redacted(
+    tmp_path: Path, status: int, body: str, code: int
+) -> None:
+    """An error body quoting the key (a proxy echoing the request) is recorded and shown
+    with the key replaced: not in the message, the state, the report or the run report."""
+    make_tiny_wavs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    with serve_app(echoing_api(status, body)) as url:
+        command = [
+            *dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out", str(out),
+            "--api-url", url, "--no-preflight", "--progress", "none", "-vv",
+            "--max-retries", "1", "--backoff-base", "0",
+            "--run-report", str(out / ".dgbatch" / "run.json"),
+        ]  # fmt: skip
+        done = subprocess.run(command, env=subprocess_env(), capture_output=True, timeout=60)
+    report = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "report", "--state", str(out / ".dgbatch" / "state.sqlite")],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == code, done.stderr.decode()
+    assert b"REDACTED" in report.stdout
+    assert code != 3 or b"no credit left for the key REDACTED" in done.stderr
+    swept = all_bytes_under(out)
+    swept[Path("<printed>")] = done.stdout + done.stderr + report.stdout + report.stderr
+    assert [str(path) for path, data in swept.items() if KEY.encode() in data] == []

@@ -55,7 +55,7 @@ async def _upload(url: str, path: Path, stall: float) -> int:
         client = DeepgramClient(session, url, "k-123456", stall_timeout=stall)
         size = path.stat().st_size
         async with aiofiles.open(path, "rb") as handle:
-            answer = await client.send_stream(file_chunks(handle), size, "audio/wav", ())
+            answer = await client.send_stream(file_chunks(handle, size), size, "audio/wav", ())
         return answer.status
 
 
@@ -151,3 +151,32 @@ def test_retries_after_a_timeout_stay_on_the_row_however_the_item_ends(
     assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("failed", 1, 1)
+
+
+async def test_a_file_cut_short_while_uploading_ends_the_request(tmp_path: Path) -> None:
+    """A file truncated while it is being sent (a recorder or a rotation rewriting it)
+    ends its request at once: the server, promised the planned size, would otherwise wait
+    for bytes that never come, until its own timeout or ours (minutes per MB)."""
+    audio = _sparse(tmp_path / "cut.wav", 64 << 20)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+
+    async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        length = await _read_headers(reader)
+        received = len(await reader.readexactly(1 << 16))
+        audio.write_bytes(b"RIFF")  # the rest of the file is gone, mid-upload
+        try:  # a patient server: it answers only if the body never ends (the bug)
+            while received < length and (chunk := await asyncio.wait_for(reader.read(1 << 16), 30)):
+                received += len(chunk)
+        except TimeoutError:
+            heard.put_nowait("waited for the rest in vain")
+            await _answer(writer)
+            return
+        except ConnectionError:
+            pass
+        heard.put_nowait("the client ended the request" if received < length else "whole body")
+        writer.close()
+
+    async with raw_server(truncating) as url:
+        with pytest.raises(TransportError):
+            await _upload(url, audio, stall=60)
+        assert await heard.get() == "the client ended the request"
