@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import logging
 import os
 import socket
 import sqlite3
@@ -51,9 +50,15 @@ from batch.records import (
     stored_params,
     work_item,
 )
-from batch.statefile import MAGIC, check_readable, connect, prepare, take_lock
-
-log = logging.getLogger("dgbatch")
+from batch.statefile import (
+    MAGIC,
+    check_readable,
+    connect,
+    file_id,
+    prepare,
+    take_lock,
+    write_back_if_gone,
+)
 
 __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
 
@@ -83,7 +88,7 @@ class State:
         self._db = db
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
-        self._file_id = _file_id(path) if lock_file is not None else None
+        self._file_id = file_id(path) if lock_file is not None else None
         self._mutex = threading.Lock()
         #: results not yet committed: appended by the event loop without the mutex (a deque's
         #: append and popleft are atomic), so recording never waits for a statement that
@@ -120,44 +125,12 @@ class State:
             with self._mutex:
                 if self._lock_file is not None:
                     self._flush_locked()
-                    self._write_back_if_gone()
+                    write_back_if_gone(self._db, self.path, self._file_id)
         finally:
             self._db.close()
             if self._lock_file is not None:
                 self._lock_file.close()
                 self._lock_file = None
-
-    def _write_back_if_gone(self) -> None:
-        """A state file deleted while the run held it (``rm -rf OUT/.dgbatch``, a cleaner)
-        lives on only in this connection, and without it the next run would send every
-        item again: copy it back where it was. A file put there meanwhile (another run's)
-        is left alone and the copy goes beside it. Never raises: it runs on the way out."""
-        if self._file_id is None or _file_id(self.path) == self._file_id:
-            return
-        target = self.path
-        if os.path.lexists(target):
-            target = target.with_name(f"{target.name}.recovered-{int(time.time())}")
-        try:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            copy = sqlite3.connect(target)
-            try:
-                self._db.backup(copy)
-            finally:
-                copy.close()
-        except (OSError, sqlite3.Error) as exc:
-            log.error(
-                "%s: the state file was deleted during the run and cannot be written "
-                "back (%s): the next run will send its items again",
-                self.path,
-                exc,
-            )
-            return
-        log.warning(
-            "%s: the state file was deleted or replaced during the run; this run's "
-            "record is written back to %s",
-            self.path,
-            target,
-        )
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -551,12 +524,3 @@ class State:
             if not rows:
                 return
             yield from rows
-
-
-def _file_id(path: Path) -> tuple[int, int] | None:
-    """Which file ``path`` names now (device and inode), None when nothing is there."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino

@@ -8,15 +8,19 @@ a ``StateError`` naming it, and left untouched.
 from __future__ import annotations
 
 import fcntl
+import logging
 import os
 import socket
 import sqlite3
+import time
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
 
 from batch import migrations
 from batch.errors import StateError, StateLocked
+
+log = logging.getLogger("dgbatch")
 
 #: the ``format`` that ``meta`` holds in every state file
 MAGIC = "dgbatch-state"
@@ -102,3 +106,45 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
 
 def _tables(db: sqlite3.Connection) -> set[str]:
     return {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def file_id(path: Path) -> tuple[int, int] | None:
+    """Which file ``path`` names now (device and inode), None when nothing is there."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def write_back_if_gone(db: sqlite3.Connection, path: Path, opened: tuple[int, int] | None) -> None:
+    """A state file deleted while the run held it (``rm -rf OUT/.dgbatch``, a cleaner)
+    lives on only in this connection, and without it the next run would send every item
+    again: copy it back where it was. A file put there meanwhile (another run's) is left
+    alone and the copy goes beside it. Never raises: it runs on the way out."""
+    if opened is None or file_id(path) == opened:
+        return
+    target = path
+    if os.path.lexists(target):
+        target = target.with_name(f"{target.name}.recovered-{int(time.time())}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        copy = sqlite3.connect(target)
+        try:
+            db.backup(copy)
+        finally:
+            copy.close()
+    except (OSError, sqlite3.Error) as exc:
+        log.error(
+            "%s: the state file was deleted during the run and cannot be written back (%s): "
+            "the next run will send its items again",
+            path,
+            exc,
+        )
+        return
+    log.warning(
+        "%s: the state file was deleted or replaced during the run; this run's record is "
+        "written back to %s",
+        path,
+        target,
+    )
