@@ -336,7 +336,7 @@ def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> I
     """Count every item found, keep this shard's: an empty shard of a full prefix is fine."""
     for item in items:
         listed[0] += 1
-        if shard is None or shard.takes(item.id):
+        if shard is None or shard.takes(item.name):
             yield item
 
 

@@ -166,6 +166,15 @@ def stem_of(name: str) -> str:
     return name
 
 
+def name_root(name: str) -> str:
+    """The start of every output name a safe name can take: its folders and its last
+    segment up to the first dot (``calls/a`` for ``calls/a.wav.flac``). Items whose outputs
+    could meet (``a.wav`` and ``a.mp3`` both wanting ``a.json``) share it."""
+    start = name.rfind("/") + 1
+    dot = name.find(".", start)
+    return name if dot < 0 else name[:dot]
+
+
 def disambiguate(stem_with_ext: str, item_id: str) -> str:
     """Make a last-resort unique name from the item's stable id."""
     digest = hashlib.sha1(item_id.encode("utf-8", "surrogatepass")).hexdigest()[:8]

@@ -1,10 +1,13 @@
 """Split one batch between N workers that never talk to each other (pure).
 
-Every worker lists the same sources and keeps the items whose id hashes to its
-shard. The hash is blake2b of the id's bytes, not Python's ``hash`` (salted per
-process), so worker 3 of 16 takes the same items on every machine, every night,
-and each item belongs to exactly one shard. Shards are 0-based, like Kubernetes'
-``JOB_COMPLETION_INDEX`` and ``AWS_BATCH_JOB_ARRAY_INDEX``.
+Every worker lists the same sources and keeps the items whose output name hashes to
+its shard: the name's root (``naming.name_root``: ``a`` for ``a.wav``, ``a.mp3`` and
+``a.wav.flac``), so items that could want the same output (``a.json``) go to one shard,
+whose state names them apart; by id, ``a.wav`` and ``a.mp3`` could land in two shards,
+each writing ``a.json`` over the other's. The hash is blake2b of the bytes, not
+Python's ``hash`` (salted per process), so worker 3 of 16 takes the same items on every
+machine, every night, and each item belongs to exactly one shard. Shards are 0-based,
+like Kubernetes' ``JOB_COMPLETION_INDEX`` and ``AWS_BATCH_JOB_ARRAY_INDEX``.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 from dataclasses import dataclass
 
 from batch.errors import UsageError
+from batch.naming import name_root, safe_name
 
 __all__ = ["SHARD_ENV", "Shard", "in_shard", "parse_shard"]
 
@@ -31,16 +35,16 @@ class Shard:
         """The tag that keeps a shard's state, lock and report apart: ``shard-3-of-16``."""
         return f"shard-{self.index}-of-{self.count}"
 
-    def takes(self, item_id: str) -> bool:
-        """Tell whether this shard owns ``item_id``."""
-        return in_shard(item_id, self.index, self.count)
+    def takes(self, name: str) -> bool:
+        """Tell whether this shard owns the item named ``name`` (``Item.name``)."""
+        return in_shard(name_root(safe_name(name)), self.index, self.count)
 
 
-def in_shard(item_id: str, k: int, n: int) -> bool:
-    """Tell whether ``item_id`` belongs to shard ``k`` of ``n`` (0 <= k < n)."""
+def in_shard(key: str, k: int, n: int) -> bool:
+    """Tell whether ``key`` belongs to shard ``k`` of ``n`` (0 <= k < n)."""
     if n == 1:
         return True
-    digest = hashlib.blake2b(item_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=8).digest()
     return int.from_bytes(digest, "big") % n == k
 
 

@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from conftest import Cli, MotoS3, make_wav
+from conftest import Cli, MotoS3, load_json, make_wav, outputs_under
 
 from batch.config import default_state_path
 from batch.emulator import Emulator
@@ -30,7 +30,7 @@ TX_DIGEST = hashlib.sha256(b"s3://media/tx").hexdigest()[:16]
     ],
 )
 def test_in_shard_is_stable(item_id: str, n: int, k: int) -> None:
-    """The shard of an id is fixed by its bytes (blake2b), the same on every machine."""
+    """The shard of a key is fixed by its bytes (blake2b), the same on every machine."""
     assert [j for j in range(n) if in_shard(item_id, j, n)] == [k]
 
 
@@ -107,12 +107,46 @@ def test_two_shards_cover_every_item_once(
     assert len([k for k in keys if k["Key"].endswith(".json")]) == 24
 
 
+@pytest.mark.parametrize(
+    ("names", "together"),
+    [
+        (["a.wav", "a.mp3", "a.wav.flac", "a"], True),
+        (["calls/x.wav", "calls/x.mp3"], True),
+        (["../calls/x.wav", "calls/x.ogg", "calls//x"], True),  # the same safe name
+        (["calls/x.wav", "other/x.wav"], False),
+    ],
+)
+def test_names_that_could_share_an_output_share_a_shard(names: list[str], together: bool) -> None:
+    """Items whose outputs could meet (``a.json``) go to one shard, whose state names them
+    apart; names in other folders need not (here they happen to be apart at N=16)."""
+    owners = {next(k for k in range(16) if Shard(k, 16).takes(name)) for name in names}
+    assert (len(owners) == 1) is together
+
+
+def test_shards_on_one_out_never_write_over_each_other(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``cN.wav`` beside ``cN.mp3``, split between two shards writing to one ``--out``: each
+    output answers its own file (by id, a pair split between the shards wrote one
+    ``cN.json`` twice, and one transcript was lost though both were recorded done)."""
+    src = tmp_path / "in"
+    pairs = [(n, ext) for n in range(12) for ext in ("wav", "mp3")]
+    wavs = [make_wav(src / f"c{n}.{ext}", tone=2 * n + (ext == "mp3")) for n, ext in pairs]
+    out = tmp_path / "out"
+    for k in range(2):
+        result = dgbatch("run", str(src), "--out", str(out), "--shard", f"{k}/2", "--no-sniff")
+        assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 24
+    answered = Counter(load_json(p)["metadata"]["sha256"] for p in outputs_under(out))  # type: ignore[index]
+    assert answered == {hashlib.sha256(wav.read_bytes()).hexdigest(): 1 for wav in wavs}
+
+
 def test_empty_shard_is_not_an_error(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:
     """A shard that owns none of the items exits 0 (the prefix itself was not empty)."""
     moto.bucket("tiny", {"in/a.wav": make_wav(tmp_path / "a.wav").read_bytes()})
-    owner = next(k for k in range(8) if in_shard("s3://tiny/in/a.wav", k, 8))
+    owner = next(k for k in range(8) if Shard(k, 8).takes("a.wav"))
     other = (owner + 1) % 8
     result = dgbatch("run", "s3://tiny/in/", "--out", str(tmp_path / "o"), "--shard", f"{other}/8")
     assert result.exit_code == 0, result.output
