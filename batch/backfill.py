@@ -107,7 +107,7 @@ async def _fill(
         kept = [loc for loc in have if not loc.endswith(".json")]
         await asyncio.to_thread(state.set_outputs, item_id, kept)
         return False
-    files = render_all(missing, body, response, line_length=line_length)
+    files = render_all(missing, body, response, line_length=line_length, source=source)
     try:
         written = await sink.write(out_name, files, OutputMeta(source, fingerprint))
     except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it

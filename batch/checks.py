@@ -7,6 +7,7 @@ user paid for; it is kept, and the report's ``warning`` column says what looks w
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from batch.captions import is_empty_transcript
@@ -15,6 +16,7 @@ from batch.captions import is_empty_transcript
 TRUNCATION_RATIO = 0.9
 
 EMPTY_TRANSCRIPT = "empty transcript"
+UNUSUAL_SHAPE = "answer not of the usual shape: its transcript could not be checked"
 
 
 def truncation_warning(reported: float | None, local: float | None) -> str | None:
@@ -30,14 +32,25 @@ def truncation_warning(reported: float | None, local: float | None) -> str | Non
     )
 
 
+def reported_duration(response: dict[str, Any]) -> float | None:
+    """``metadata.duration`` when it is a length of audio: not a string, a bool, a negative
+    number or an infinity (which would make the report invalid JSON and every budget
+    spent)."""
+    duration = (response.get("metadata") or {}).get("duration")
+    if isinstance(duration, bool) or not isinstance(duration, int | float):
+        return None
+    return float(duration) if 0 <= duration < math.inf else None
+
+
 def transcript_warning(response: dict[str, Any], local_duration: float | None) -> str | None:
     """Every warning for one response, joined with ``; `` (None when all is well)."""
     warnings = []
-    if is_empty_transcript(response):
-        warnings.append(EMPTY_TRANSCRIPT)
-    duration = (response.get("metadata") or {}).get("duration")
-    reported = float(duration) if isinstance(duration, int | float) else None
-    truncated = truncation_warning(reported, local_duration)
+    try:
+        if is_empty_transcript(response):
+            warnings.append(EMPTY_TRANSCRIPT)
+    except (LookupError, TypeError, ValueError, AttributeError):
+        warnings.append(UNUSUAL_SHAPE)
+    truncated = truncation_warning(reported_duration(response), local_duration)
     if truncated is not None:
         warnings.append(truncated)
     return "; ".join(warnings) or None

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from batch.captions import render_markdown, render_srt, render_vtt
+from batch.errors import ItemError
 
 Response = dict[str, Any]
 Renderer = Callable[[bytes, Response], bytes]
@@ -81,12 +82,31 @@ def parse_formats(value: str) -> tuple[str, ...]:
 
 
 def render_all(
-    formats: tuple[str, ...], body: bytes, response: Response, *, line_length: int | None = None
+    formats: tuple[str, ...],
+    body: bytes,
+    response: Response,
+    *,
+    line_length: int | None = None,
+    source: str = "the item",
 ) -> dict[str, bytes]:
-    """Every requested format, rendered; captions with ``line_length`` words per cue."""
-    return {
-        fmt: CAPTION_RENDERERS[fmt](response, line_length)
-        if fmt in CAPTION_RENDERERS
-        else RENDERERS[fmt](body, response)
-        for fmt in formats
-    }
+    """Every requested format, rendered; captions with ``line_length`` words per cue.
+
+    Raises:
+        ItemError: an answer of a shape the format cannot be made from (a proxy's, or a
+            field of another type): the item fails naming the format, not as a bug.
+    """
+    files = {}
+    for fmt in formats:
+        try:
+            if fmt in CAPTION_RENDERERS:
+                files[fmt] = CAPTION_RENDERERS[fmt](response, line_length)
+            else:
+                files[fmt] = RENDERERS[fmt](body, response)
+        except (LookupError, TypeError, ValueError, AttributeError) as exc:
+            reason = f"{type(exc).__name__}: {exc}"[:200]
+            msg = (
+                f"{source}: cannot render {fmt} from Deepgram's answer, not of the usual "
+                f"shape ({reason})"
+            )
+            raise ItemError(msg, code="unrenderable") from exc
+    return files

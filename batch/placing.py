@@ -10,7 +10,7 @@ import dataclasses
 from typing import Protocol
 
 from batch import retry
-from batch.checks import transcript_warning
+from batch.checks import reported_duration, transcript_warning
 from batch.formats import render_all
 from batch.keeping import Keeping
 from batch.models import ItemStatus
@@ -80,8 +80,9 @@ class Placer:
         """Where the answer's outputs now are; the request slot goes back meanwhile."""
         if self._captured is not None:
             self._captured[item.id] = (body, response)
+        length = self.settings.caption_line_length
         files = render_all(
-            self.settings.formats, body, response, line_length=self.settings.caption_line_length
+            self.settings.formats, body, response, line_length=length, source=item.source
         )
         # The request is over, so its slot goes to the next item while the outputs are
         # written: --concurrency counts requests in flight, as Deepgram's limit does. An
@@ -102,16 +103,15 @@ class Placer:
     ) -> Result:
         """Deepgram's duration is what the item is billed for; its local one (when known)
         is what tells a truncated transcript (``batch.checks``)."""
-        metadata = response.get("metadata") or {}
-        duration = metadata.get("duration")
+        request_id = (response.get("metadata") or {}).get("request_id")
         local = self._local.get(item.id)
         return Result(
             item.id,
             ItemStatus.DONE,
             attempts,
             200,
-            request_id=metadata.get("request_id"),
-            duration=float(duration) if isinstance(duration, int | float) else None,
+            request_id=request_id if isinstance(request_id, str) else None,
+            duration=reported_duration(response),
             outputs=tuple(outputs),
             warning=transcript_warning(response, local),
             local_duration=local,

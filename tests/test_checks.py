@@ -13,7 +13,7 @@ import pytest
 from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
 from reliability_helpers import full_project
 
-from batch.checks import transcript_warning, truncation_warning
+from batch.checks import reported_duration, transcript_warning, truncation_warning
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.emulator import EmulatorConfig, run_in_thread
@@ -264,3 +264,23 @@ def test_old_state_files_gain_the_new_columns(tmp_path: Path) -> None:
     run_columns = {row[1] for row in db.execute("PRAGMA table_info(runs)")}
     db.close()
     assert {"warning", "copy_of", "local_duration"} <= columns and "tag" in run_columns
+
+
+@pytest.mark.parametrize(
+    ("duration", "expected"),
+    [
+        (12.5, 12.5),
+        (3, 3.0),
+        (0, 0.0),
+        (-1.0, None),
+        (float("inf"), None),
+        (float("nan"), None),
+        ("12.5", None),
+        (True, None),
+        (None, None),
+    ],
+)
+def test_reported_duration_is_a_length_of_audio(duration: object, expected: float | None) -> None:
+    """Only a finite, non-negative number is a duration: an infinity would be stored, make
+    the report invalid JSON (``Inf``) and spend every budget."""
+    assert reported_duration({"metadata": {"duration": duration}}) == expected

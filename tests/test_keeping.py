@@ -13,11 +13,21 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Cli, MotoS3, make_wav, make_wavs, read_state_rows, sent_sha256s
+from aiohttp import web
+from conftest import (
+    Cli,
+    MotoS3,
+    make_wav,
+    make_wavs,
+    read_state_rows,
+    sent_sha256s,
+    serve_app,
+)
 from reliability_helpers import assert_outputs_match, digest
 
 import batch.job
 import batch.outputs
+from batch.checks import UNUSUAL_SHAPE
 from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator
 from batch.media import SENDERS, send_file
@@ -310,3 +320,36 @@ def test_dedupe_copies_keep_their_leaders_answer(
     assert len(answered_ids(emulator)) == 1
     for wav in (a, b, c):
         assert_outputs_match(wav, out / wav.relative_to(tmp_path / "in").with_suffix(""))
+
+
+def test_an_answer_of_an_odd_shape_fails_its_item_and_is_kept(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A 200 whose transcript has an unusual shape (a proxy's, a field of another type) fails
+    its item naming the format it cannot be rendered as, not as an internal error; its
+    answer is kept, and ``--retry-failed --formats json`` writes it as returned, unsent."""
+    odd = {"metadata": {"request_id": "odd-1", "duration": 1.5}, "results": {"channels": "abc"}}
+    sent: list[int] = []
+
+    async def listen(request: web.Request) -> web.Response:
+        sent.append(len(await request.read()))
+        return web.json_response(odd)
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    (wav,) = make_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    run = ("run", str(tmp_path / "in"), "--out", str(out), "--no-preflight")
+    with serve_app(app) as proxy:
+        first = Cli(None)(*run, "--api-url", proxy, "--progress", "none")
+    assert first.exit_code == 1, first.output
+    (row,) = read_state_rows(state_of(out))
+    assert row["err_code"] == "unrenderable" and "internal error" not in str(row["error"])
+    assert str(row["error"]).startswith(f"{wav}: cannot render txt from Deepgram's answer")
+    assert len(sent) == 1 and len(kept_ids(out)) == 1
+    again = dgbatch(*run, "--retry-failed", "--formats", "json")
+    assert again.exit_code == 0, again.output
+    assert emulator.log == []
+    assert json.loads((out / "f000.json").read_bytes()) == odd
+    (row,) = read_state_rows(state_of(out))
+    assert row["warning"] == UNUSUAL_SHAPE and row["request_id"] == "odd-1"
