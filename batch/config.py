@@ -230,10 +230,23 @@ def load_api_key(key_file: Path | None, environ: dict[str, str] | None = None) -
     is refused, like ssh refuses an unprotected private key."""
     env = os.environ if environ is None else environ
     if key_file is not None:
-        return _read_key_file(key_file)
+        return _checked_key(_read_key_file(key_file), str(key_file))
     key = env.get(KEY_ENV, "").strip()
     if not key:
         raise UsageError(f"no API key: set {KEY_ENV} or pass --api-key-file PATH")
+    return _checked_key(key, KEY_ENV)
+
+
+def _checked_key(key: str, where: str) -> str:
+    """A key that can go in an ``Authorization`` header: printable ASCII without spaces. A
+    key pasted with a line break inside, or with a space, is named (never shown) here,
+    not failed in every request."""
+    if not all("!" <= char <= "~" for char in key):
+        msg = (
+            f"{where}: the API key holds a space, a line break or another character a key "
+            "never has; copy it again"
+        )
+        raise UsageError(msg)
     return key
 
 

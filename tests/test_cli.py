@@ -186,6 +186,27 @@ def test_a_missing_key_exits_2(tmp_path: Path, dgbatch: Cli) -> None:
     assert "no API key: set DEEPGRAM_API_KEY or pass --api-key-file" in result.output
 
 
+@pytest.mark.parametrize("bad", ["abc\ndef0123", "abc def0123", "abc\tdef0123", "abcé0123"])
+def test_a_key_no_header_can_carry_exits_2_without_showing_it(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, bad: str
+) -> None:
+    """A key with a line break, a space or a character a key never has (pasted badly) is a
+    usage error naming where it came from, never shown; it was an internal error, exit 1."""
+    make_wav(tmp_path / "a.wav")
+    key_file = tmp_path / "key"
+    key_file.write_text(bad)
+    key_file.chmod(0o600)
+    run = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
+    for result, where in [
+        (dgbatch(*run, key=bad), "DEEPGRAM_API_KEY"),
+        (dgbatch(*run, "--api-key-file", str(key_file), key=None), str(key_file)),
+    ]:
+        assert result.exit_code == 2, result.output
+        assert f"{where}: the API key holds a space, a line break or another" in result.output
+        assert "def0123" not in result.output
+    assert emulator.log == []
+
+
 @pytest.mark.parametrize(("mode", "code"), [(0o644, 2), (0o640, 2), (0o604, 2), (0o600, 0)])
 def test_a_key_file_readable_by_others_is_refused(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, mode: int, code: int
