@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from batch.errors import SourceError
 from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
-from batch.models import Filters, Item, ItemKind, Params
+from batch.models import Filters, Item, ItemKind, Params, new_item
 from batch.naming import AUDIO_EXTENSIONS, stem_of
 from batch.redact import redact_source
 from batch.urls import HTTP_URL_RE, file_url_path, hidden_clash, scheme_of, url_item
@@ -207,9 +207,11 @@ def _walk_item(entry: os.DirEntry[str], path: str, rel: str, origin: str) -> Ite
 def _stat_item(
     item_id: str, path: str, name: str, st: os.stat_result, origin: str, params: Params = ()
 ) -> Item:
-    # Positional, as in url_item: once per file of a folder walk; test_sources pins the order.
+    # new_item, as in url_item: once per file of a folder walk
     fingerprint = file_fingerprint(st)
-    return Item(item_id, path, ItemKind.FILE, name, params, st.st_size, fingerprint, None, origin)
+    return new_item(
+        item_id, path, ItemKind.FILE, name, params, st.st_size, fingerprint, None, origin
+    )
 
 
 def file_fingerprint(st: os.stat_result) -> str:
