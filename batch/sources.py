@@ -50,6 +50,9 @@ __all__ = [
 #: Expands ``s3://bucket/key`` or ``s3://bucket/prefix/`` into Items (``batch.s3``).
 S3Expander = Callable[[str, Filters], Iterator[Item]]
 
+#: an enum member read from the class costs a lookup through its metaclass
+_FILE = ItemKind.FILE
+
 #: A file argument with one of these suffixes is read as a list of sources.
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".list", ".jsonl", ".ndjson", ".csv"})
 
@@ -207,11 +210,9 @@ def _walk_item(entry: os.DirEntry[str], path: str, rel: str, origin: str) -> Ite
 def _stat_item(
     item_id: str, path: str, name: str, st: os.stat_result, origin: str, params: Params = ()
 ) -> Item:
-    # new_item, as in url_item: once per file of a folder walk
+    # new_item and _FILE, as in url_item: once per file of a folder walk
     fingerprint = file_fingerprint(st)
-    return new_item(
-        item_id, path, ItemKind.FILE, name, params, st.st_size, fingerprint, None, origin
-    )
+    return new_item(item_id, path, _FILE, name, params, st.st_size, fingerprint, None, origin)
 
 
 def file_fingerprint(st: os.stat_result) -> str:

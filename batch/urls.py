@@ -29,6 +29,9 @@ _VOLATILE_QUERY_KEYS = frozenset(
 #: another: two URLs with one id that differ only in these are the same recording.
 _SIGNING_KEYS = _VOLATILE_QUERY_KEYS | SIGNING_QUERY_KEYS
 
+#: an enum member read from the class costs a lookup through its metaclass
+_URL = ItemKind.URL
+
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
 # What may not appear anywhere in a URL we send: whitespace (exactly what
@@ -66,7 +69,11 @@ def _url_problem(url: str) -> str:
 def _url_name(match: re.Match[str]) -> str:
     """Name a URL item after its path (``https://h/pod/ep1.mp3?x`` → ``pod/ep1.mp3``)."""
     path, host = match.group("path", "host")
-    return (unquote(path).lstrip("/") or host) if path else host
+    if not path:
+        return host
+    if "%" in path:  # unquote's own test, without its call: once per line of a manifest
+        path = unquote(path)
+    return path.lstrip("/") or host
 
 
 def _url_id(url: str) -> str:
@@ -107,14 +114,19 @@ def url_item(
     url: str, match: re.Match[str] | None, name_hint: str | None, params: Params, origin: str
 ) -> Item:
     """Build a URL item, or a failed one when Deepgram could not fetch it."""
-    item_id = f"id:{name_hint}" if name_hint is not None else _url_id(url)
+    if name_hint is not None:
+        item_id = f"id:{name_hint}"
+    elif "?" in url or "@" in url or "#" in url:
+        item_id = _url_id(url)
+    else:
+        item_id = url  # nothing to redact (redact_url's own test, without its call)
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
         return error_item(item_id, url, name_hint or shown, reason, origin, params, ItemKind.URL)
     name = name_hint if name_hint is not None else _url_name(match)
-    # new_item: this is the hot path of a million-line manifest
-    return new_item(item_id, url, ItemKind.URL, name, params, None, "", None, origin)
+    # new_item and _URL: this is the hot path of a million-line manifest
+    return new_item(item_id, url, _URL, name, params, None, "", None, origin)
 
 
 def file_url_path(url: str) -> str | None:
