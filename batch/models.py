@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
+from typing import Any
 
 
 class ItemKind(StrEnum):
@@ -53,6 +55,46 @@ class Item:
     fingerprint: str = ""
     error: str | None = None
     origin: str = ""  # where it came from, e.g. "urls.txt:12", for error messages
+
+
+def _slot_setters() -> tuple[Callable[[Item, Any], None], ...]:
+    """The setters of Item's slots, in field order."""
+    return tuple(Item.__dict__[f.name].__set__ for f in fields(Item))
+
+
+_new_object = object.__new__
+(_ID, _SOURCE, _KIND, _NAME, _PARAMS, _SIZE, _FINGERPRINT, _ERROR, _ORIGIN) = _slot_setters()
+
+
+def new_item(
+    item_id: str,
+    source: str,
+    kind: ItemKind,
+    name: str,
+    params: Params,
+    size: int | None,
+    fingerprint: str,
+    error: str | None,
+    origin: str,
+) -> Item:
+    """``Item(item_id, source, ...)`` with every field given, at half the cost.
+
+    A frozen dataclass's ``__init__`` sets each field through ``object.__setattr__``:
+    ~1 µs for nine, the largest part of building a manifest line's or a walked file's
+    item. This sets the slots directly (~0.5 µs) and returns an ordinary Item, equal,
+    hashed and shown as one built by ``Item(...)``; test_models pins that.
+    """
+    item = _new_object(Item)
+    _ID(item, item_id)
+    _SOURCE(item, source)
+    _KIND(item, kind)
+    _NAME(item, name)
+    _PARAMS(item, params)
+    _SIZE(item, size)
+    _FINGERPRINT(item, fingerprint)
+    _ERROR(item, error)
+    _ORIGIN(item, origin)
+    return item
 
 
 @dataclass(frozen=True, slots=True)

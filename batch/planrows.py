@@ -117,22 +117,25 @@ def fitting_rows(most: int, wanted: int) -> int:
 
 def plan_row(item: Item) -> PlanRow:
     """One item's fields for ``PLAN``: the per-item cost of planning, so constant cases
-    (no params, no error, no URL secrets) skip their function calls."""
+    (no params, no error, no URL secrets) skip their function calls. A source without
+    ``?``, ``@`` or ``#`` has nothing to redact (``redact_url``'s own test): a plain URL
+    or path is stored as it is, without the two calls that would say so."""
     name = safe_name(item.name)
     stem = stem_of(name)
     source = item.source
     error = item.error
     params = item.params
+    size = item.size
     return (
         item.id,
-        redact_source(source) if "://" in source else source,
+        redact_source(source) if "?" in source or "@" in source or "#" in source else source,
         _KINDS[item.kind],
         name,
         stem,
         json.dumps(params) if params else "[]",
         "pending" if error is None else "failed",
         "" if error is None else redact_text(error),
-        -1 if item.size is None else item.size,
+        -1 if size is None else size,
         item.fingerprint,
         stem,  # FREE: the name it takes if no other item has the stem
     )

@@ -17,6 +17,7 @@ URL items are built by :mod:`batch.urls`, failed items by :mod:`batch.failed_ite
 from __future__ import annotations
 
 import fnmatch
+import operator
 import os
 import re
 import stat
@@ -27,8 +28,8 @@ from typing import TYPE_CHECKING, TextIO
 
 from batch.errors import SourceError
 from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
-from batch.models import Filters, Item, ItemKind, Params
-from batch.naming import AUDIO_EXTENSIONS
+from batch.models import Filters, Item, ItemKind, Params, new_item
+from batch.naming import AUDIO_EXTENSIONS, stem_of
 from batch.redact import redact_source
 from batch.urls import HTTP_URL_RE, file_url_path, hidden_clash, scheme_of, url_item
 
@@ -48,6 +49,9 @@ __all__ = [
 
 #: Expands ``s3://bucket/key`` or ``s3://bucket/prefix/`` into Items (``batch.s3``).
 S3Expander = Callable[[str, Filters], Iterator[Item]]
+
+#: an enum member read from the class costs a lookup through its metaclass
+_FILE = ItemKind.FILE
 
 #: A file argument with one of these suffixes is read as a list of sources.
 MANIFEST_SUFFIXES: frozenset[str] = frozenset({".txt", ".list", ".jsonl", ".ndjson", ".csv"})
@@ -172,7 +176,7 @@ class WalkRules:
 
     def takes(self, rel: str, name: str) -> bool:
         """Tell whether a file is audio and passes ``--include``/``--exclude``."""
-        if os.path.splitext(name)[1].lower() not in self.extensions:
+        if name[len(stem_of(name)) :].lower() not in self.extensions:  # splitext, cheaper
             return False
         if self.include is not None and not (self.include(rel) or self.include(name)):
             return False
@@ -182,12 +186,15 @@ class WalkRules:
 def _sorted_entries(path: str) -> list[os.DirEntry[str]]:
     """List one folder sorted by name: the same tree always yields the same order."""
     with os.scandir(path) as entries:
-        return sorted(entries, key=lambda entry: entry.name)
+        return sorted(entries, key=_entry_name)
 
 
-def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
-    """Build the item of a file found by a walk: id is its path, name its path in the walk."""
-    path = os.path.abspath(entry.path)
+_entry_name = operator.attrgetter("name")
+
+
+def _walk_item(entry: os.DirEntry[str], path: str, rel: str, origin: str) -> Item:
+    """Build the item of a file found by a walk (``path``: its absolute path): id is its
+    path, name its path in the walk."""
     if not is_utf8(path):
         return not_utf8_item(path, rel, origin)
     try:
@@ -203,16 +210,9 @@ def _walk_item(entry: os.DirEntry[str], rel: str, origin: str) -> Item:
 def _stat_item(
     item_id: str, path: str, name: str, st: os.stat_result, origin: str, params: Params = ()
 ) -> Item:
-    return Item(
-        id=item_id,
-        source=path,
-        kind=ItemKind.FILE,
-        name=name,
-        params=params,
-        size=st.st_size,
-        fingerprint=file_fingerprint(st),
-        origin=origin,
-    )
+    # new_item and _FILE, as in url_item: once per file of a folder walk
+    fingerprint = file_fingerprint(st)
+    return new_item(item_id, path, _FILE, name, params, st.st_size, fingerprint, None, origin)
 
 
 def file_fingerprint(st: os.stat_result) -> str:
@@ -225,31 +225,44 @@ def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
     return not (entry.is_symlink() and entry.is_dir())
 
 
+def _folder_prefix(path: str) -> str:
+    """The absolute path of a folder, ending in ``/``: ``os.path.abspath(entry.path)`` of
+    each entry listed from it is this plus the entry's name (a name is one component,
+    never ``.`` or ``..``), so it is worked out once per folder, not once per file."""
+    folder = os.path.abspath(path)
+    return folder if folder.endswith(os.sep) else folder + os.sep
+
+
 def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
     """Walk a folder depth-first in sorted order, one listing in memory per level.
 
     Symlinked folders are not followed (no loops, no walking out of the tree);
     symlinked files are. A sub-folder that cannot be listed becomes a failed
-    item instead of stopping the walk.
+    item instead of stopping the walk. A level is left for a sub-folder by a
+    ``break`` and resumed where it was: the per-entry loop is a plain ``for``.
     """
-    stack: list[tuple[str, Iterator[os.DirEntry[str]]]] = [("", iter(_sorted_entries(root)))]
+    listing = _sorted_entries(root)
+    stack = [("", _folder_prefix(root), iter(listing))]
     while stack:
-        prefix, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
+        prefix, folder, entries = stack[-1]
+        for entry in entries:
+            name = entry.name
+            rel = prefix + name
+            if entry.is_dir(follow_symlinks=False):
+                if rules.prunes(rel, name):
+                    continue
+                try:
+                    listing = _sorted_entries(entry.path)
+                except OSError as exc:
+                    path = folder + name
+                    yield error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
+                    continue
+                stack.append((rel + "/", folder + name + os.sep, iter(listing)))
+                break
+            if _is_walkable_file(entry) and rules.takes(rel, name):
+                yield _walk_item(entry, folder + name, rel, origin)
+        else:
             stack.pop()
-            continue
-        rel = prefix + entry.name
-        if entry.is_dir(follow_symlinks=False):
-            if rules.prunes(rel, entry.name):
-                continue
-            try:
-                stack.append((rel + "/", iter(_sorted_entries(entry.path))))
-            except OSError as exc:
-                path = os.path.abspath(entry.path)
-                yield error_item(path, path, rel, f"{path}: {exc.strerror}", origin)
-        elif _is_walkable_file(entry) and rules.takes(rel, entry.name):
-            yield _walk_item(entry, rel, origin)
 
 
 def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:

@@ -14,7 +14,7 @@ import re
 from urllib.parse import unquote, unquote_plus, urlsplit
 
 from batch.failed_items import error_item, is_utf8
-from batch.models import Item, ItemKind, Params
+from batch.models import Item, ItemKind, Params, new_item
 from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url
 
 __all__ = ["HTTP_URL_RE", "file_url_path", "hidden_clash", "scheme_of", "url_item"]
@@ -28,6 +28,9 @@ _VOLATILE_QUERY_KEYS = frozenset(
 #: Query keys whose values change each time a URL is signed, not from one recording to
 #: another: two URLs with one id that differ only in these are the same recording.
 _SIGNING_KEYS = _VOLATILE_QUERY_KEYS | SIGNING_QUERY_KEYS
+
+#: an enum member read from the class costs a lookup through its metaclass
+_URL = ItemKind.URL
 
 _SCHEME_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]{0,31})://")  # capped: no backtracking blowup
 _BAD_URL_CHAR_RE = re.compile(r"[\s\x00-\x1f\x7f]")
@@ -66,7 +69,11 @@ def _url_problem(url: str) -> str:
 def _url_name(match: re.Match[str]) -> str:
     """Name a URL item after its path (``https://h/pod/ep1.mp3?x`` → ``pod/ep1.mp3``)."""
     path, host = match.group("path", "host")
-    return (unquote(path).lstrip("/") or host) if path else host
+    if not path:
+        return host
+    if "%" in path:  # unquote's own test, without its call: once per line of a manifest
+        path = unquote(path)
+    return path.lstrip("/") or host
 
 
 def _url_id(url: str) -> str:
@@ -110,15 +117,19 @@ def url_item(
     url: str, match: re.Match[str] | None, name_hint: str | None, params: Params, origin: str
 ) -> Item:
     """Build a URL item, or a failed one when Deepgram could not fetch it."""
-    item_id = f"id:{name_hint}" if name_hint is not None else _url_id(url)
+    if name_hint is not None:
+        item_id = f"id:{name_hint}"
+    elif "?" in url or "@" in url or "#" in url:
+        item_id = _url_id(url)
+    else:
+        item_id = url  # nothing to redact (redact_url's own test, without its call)
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
         return error_item(item_id, url, name_hint or shown, reason, origin, params, ItemKind.URL)
     name = name_hint if name_hint is not None else _url_name(match)
-    # Positional: this is the hot path of a million-line manifest and keywords
-    # cost a third more; test_sources pins Item's field order.
-    return Item(item_id, url, ItemKind.URL, name, params, None, "", None, origin)
+    # new_item and _URL: this is the hot path of a million-line manifest
+    return new_item(item_id, url, _URL, name, params, None, "", None, origin)
 
 
 def file_url_path(url: str) -> str | None:

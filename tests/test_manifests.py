@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch.errors import SourceError
+from batch.manifest_lines import _json_value
 from batch.manifests import (
     MAX_LINE_BYTES,
     SeenIds,
@@ -500,3 +501,40 @@ def test_streams_lazily_in_constant_memory(tmp_path: Path) -> None:
     assert rest == 200_000 - 50_010
     assert peak_first < 1_000_000
     assert peak_more < 2_000_000
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        '{"source": "a.wav"} x',
+        '{"source": "a.wav"}{}',
+        '\ufeff{"source": "a.wav"}',
+        "nul",
+        "{",
+        '{"source": "a.wav",}',
+        "[1] [2]",
+        '"unterminated',
+    ],
+)
+def test_invalid_json_names_json_loads_reason(tmp_path: Path, line: str) -> None:
+    """A line JSON rejects carries json.loads's own message: its reason, line and column."""
+    with pytest.raises(ValueError) as expected:
+        json.loads(line)
+    manifest = _write(tmp_path / "m.jsonl", '{"source": "https://h/a.wav"}\n' + line + "\n")
+    items = list(iter_manifest(manifest))
+    assert [item.error for item in items] == [None, f"m.jsonl:2: invalid JSON: {expected.value}"]
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_JSON)
+def test_json_lines_are_read_as_json_loads_reads_them(value: object) -> None:
+    """The scanner called directly gives what json.loads gives, for any JSON value."""
+    text = json.dumps(value)
+    assert _json_value(text) == json.loads(text)

@@ -203,6 +203,19 @@ def test_directory_walk_is_recursive_sorted_and_audio_only(tree: Path) -> None:
     assert (first.size, first.fingerprint) == (st.st_size, f"{st.st_size}:{st.st_mtime_ns}")
 
 
+@pytest.mark.parametrize("arg", ["calls", "calls/", "./calls/../calls", "calls//day1/.."])
+def test_walked_files_are_keyed_by_absolute_normalised_paths(
+    tree: Path, monkeypatch: pytest.MonkeyPatch, arg: str
+) -> None:
+    """A folder given relative, with a trailing slash or with dots keys its files by their
+    absolute, normalised paths, whichever way it was written."""
+    monkeypatch.chdir(tree.parent)
+    items = list(expand_sources([arg], Filters()))
+    assert len(items) == 8
+    assert [item.id for item in items] == [str(tree / item.name) for item in items]
+    assert [item.source for item in items] == [item.id for item in items]
+
+
 @pytest.mark.parametrize(
     ("filters", "expected"),
     [
