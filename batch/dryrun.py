@@ -306,8 +306,8 @@ def format_estimate(estimate: Estimate) -> str:
         f"dry run: nothing sent, {e['state']} not modified",
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
-        *_copies_line(e["dedupe_copies"]),
-        *_kept_line(e["kept_answers"]),
+        *_not_sent(e["dedupe_copies"], _COPIES),
+        *_not_sent(e["kept_answers"], _KEPT),
         f"bytes: {e['bytes']:,}"
         + (
             f" (+{e['items_without_size']} item(s) of unknown size)"
@@ -339,21 +339,15 @@ def _cost_text(e: dict[str, Any]) -> str:
     )
 
 
-def _copies_line(copies: int) -> list[str]:
-    """What --dedupe folded, when it folded anything."""
-    if not copies:
-        return []
-    return [
-        f"{copies} more item(s) are copies of identical audio (--dedupe): folded, not sent "
-        "nor priced (their outputs come from the original's answer)"
-    ]
+#: items written without being sent: what --dedupe folded, and those an earlier run paid
+#: for and could not write
+_COPIES = (
+    "are copies of identical audio (--dedupe): folded, not sent nor priced (their outputs "
+    "come from the original's answer)"
+)
+_KEPT = "have a paid answer an earlier run kept: written from it, not sent nor priced"
 
 
-def _kept_line(kept: int) -> list[str]:
-    """Items an earlier run paid for and could not write, when there are any."""
-    if not kept:
-        return []
-    return [
-        f"{kept} more item(s) have a paid answer an earlier run kept: written from it, not "
-        "sent nor priced"
-    ]
+def _not_sent(count: int, why: str) -> list[str]:
+    """A line for ``count`` items written without a request, when there are any."""
+    return [f"{count} more item(s) {why}"] if count else []

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import http.server
 import json
+import os
 import struct
 import threading
 import time
 import urllib.request
 import wave
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import batch.outputs
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread, transcript_for
 
 
@@ -91,3 +94,19 @@ def full_project(wav: Path, key: str, hold: float) -> Iterator[Emulator]:
             yield emulator
         finally:
             other.join()
+
+
+def disk_full_after(files: int) -> Callable[[str, bytes, list[str]], None]:
+    """A stand-in for ``batch.outputs._write_new_file`` that writes ``files`` output files,
+    then fails every later one with ENOSPC (no tmpfs of a given size without privileges)."""
+    real_write = batch.outputs._write_new_file
+    calls = 0
+
+    def filling_disk(path: str, data: bytes, created: list[str]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls > files:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data, created)
+
+    return filling_disk

@@ -19,7 +19,7 @@ from typing import BinaryIO
 
 import pytest
 from conftest import KEY, Cli, read_state_rows, sha256_of
-from reliability_helpers import all_bytes_under, make_tiny_wavs
+from reliability_helpers import all_bytes_under, disk_full_after, make_tiny_wavs
 
 import batch.job
 import batch.outputs
@@ -150,22 +150,14 @@ def test_disk_full_stops_the_run(
     the run with "disk full"; an item whose json was written but not its txt is not done."""
     make_tiny_wavs(tmp_path / "in", 6)
     out = tmp_path / "out"
-    real_write = batch.outputs._write_new_file
-    calls = 0
-
-    def filling_disk(path: str, data: bytes, created: list[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 3:  # the second item's txt and everything after
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real_write(path, data, created)
 
     @contextlib.contextmanager
     def full_disk(path: Path) -> Iterator[BinaryIO]:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         yield  # pragma: no cover
 
-    monkeypatch.setattr(batch.outputs, "_write_new_file", filling_disk)
+    # the second item's txt and everything after
+    monkeypatch.setattr(batch.outputs, "_write_new_file", disk_full_after(3))
     monkeypatch.setattr(batch.report, "atomic_file", full_disk)  # same disk
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
     assert result.exit_code == 1, result.output

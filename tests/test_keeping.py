@@ -23,7 +23,7 @@ from conftest import (
     sent_sha256s,
     serve_app,
 )
-from reliability_helpers import assert_outputs_match, digest
+from reliability_helpers import assert_outputs_match, digest, disk_full_after
 
 import batch.job
 import batch.outputs
@@ -100,17 +100,8 @@ def test_a_full_disk_keeps_the_answer_it_could_not_write(
     is elsewhere here), as is the answer of the request in flight meanwhile, and the next
     run writes them instead of sending their items again."""
     wavs = make_wavs(tmp_path / "in", 4)
-    real_write = batch.outputs._write_new_file
-    calls = 0
-
-    def filling_disk(path: str, data: bytes, created: list[str]) -> None:
-        nonlocal calls
-        calls += 1
-        if calls > 3:  # the second item's txt and everything after
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-        real_write(path, data, created)
-
-    monkeypatch.setattr(batch.outputs, "_write_new_file", filling_disk)
+    # the second item's txt and everything after
+    monkeypatch.setattr(batch.outputs, "_write_new_file", disk_full_after(3))
     out = tmp_path / "out"
     first = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
     assert first.exit_code == 1, first.output
