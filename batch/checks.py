@@ -39,7 +39,11 @@ def reported_duration(response: dict[str, Any]) -> float | None:
     duration = (response.get("metadata") or {}).get("duration")
     if isinstance(duration, bool) or not isinstance(duration, int | float):
         return None
-    return float(duration) if 0 <= duration < math.inf else None
+    try:
+        seconds = float(duration)
+    except OverflowError:  # an int of 400 digits
+        return None
+    return seconds if 0 <= seconds < math.inf else None
 
 
 def transcript_warning(response: dict[str, Any], local_duration: float | None) -> str | None:

@@ -259,7 +259,7 @@ def _read_key_file(path: Path) -> str:
                 f"(mode {stat.filemode(mode)}); run 'chmod 600 {path}'"
             )
             raise UsageError(msg)
-        key = path.read_text(encoding="utf-8").strip()
+        key = path.read_text(encoding="utf-8-sig").strip()  # an editor's BOM is not the key
     except OSError as exc:
         raise UsageError(f"{path}: cannot read API key file: {exc.strerror}") from exc
     if not key:

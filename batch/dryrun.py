@@ -30,6 +30,7 @@ from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import StateError
 from batch.job import start_plan
+from batch.keeping import Keeping
 from batch.models import ItemKind, Params
 from batch.naming import output_location, output_relpath
 from batch.params import merge_params
@@ -144,7 +145,8 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
                 plan = await start_plan(config, state, run_id, stdin, s3, signals, {}, force_since)
                 await plan.finish(stopped=False)
             probed = await probe_remote(config, state, s3) if config.probe else {}
-            return _estimate(config, state, probed)
+            keeping = Keeping.for_run(config, state, run_id, force_since)
+            return _estimate(config, state, probed, keeping)
         finally:
             state.close()
             s3.close()
@@ -206,7 +208,9 @@ async def _probe_one(
     return Probed(*await probe_url(session, source, size))
 
 
-def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Estimate:
+def _estimate(
+    config: RunConfig, state: State, probed: dict[str, Probed], keeping: Keeping
+) -> Estimate:
     result = Estimate(state=str(config.state_path))
     counts = state.counts()
     result.already_done, result.failed = counts["done"], counts["failed"]
@@ -220,7 +224,7 @@ def _estimate(config: RunConfig, state: State, probed: dict[str, Probed]) -> Est
         if is_copy(row, own):  # first: a kept leader's copies are copies all the same
             result.copies += 1
             continue
-        if row["id"] in kept:
+        if row["id"] in kept and keeping.answer_now(row["id"], own) is not None:
             result.kept += 1
             continue
         seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))

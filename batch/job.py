@@ -26,6 +26,7 @@ from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, OutputError, UsageError
+from batch.keeping import Keeping
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
@@ -194,7 +195,7 @@ async def _run_locked(
                 budget,
                 signals,
                 plan,
-                skip_existing=force_since is None,
+                force_since=force_since,
                 lock_watch=lock_watch,
             )
             await plan.finish(stopped=stats.stop_reason is not None)
@@ -373,11 +374,12 @@ async def _execute(
     signals: SignalLatch,
     plan: BackgroundPlan,
     *,
-    skip_existing: bool,
+    force_since: float | None,
     lock_watch: LockWatch,
 ) -> RunStats:
-    """Run the pool; ``skip_existing``: an S3 ``--out``'s outputs may be adopted (not
-    while a ``--force`` is underway: they are the ones it redoes)."""
+    """Run the pool. While a ``--force`` is underway (``force_since``), an S3 ``--out``'s
+    outputs are not adopted and answers kept before it are not written: they are what
+    it redoes."""
     remote = is_s3_uri(config.out)
     settings = RunnerSettings(
         concurrency=config.concurrency,
@@ -386,7 +388,7 @@ async def _execute(
         backoff_base=config.backoff_base,
         backoff_cap=config.backoff_cap,
         grace=config.grace,
-        skip_existing=remote and skip_existing,
+        skip_existing=remote and force_since is None,
         dated_outputs=not remote,
         caption_line_length=config.caption_line_length,
     )
@@ -407,6 +409,7 @@ async def _execute(
                 secret_sources=secrets,
                 budget=budget,
                 dedupe=Dedupe.for_run(config) if config.dedupe else None,
+                keeping=Keeping.for_run(config, state, run_id, force_since),
                 handle_signals=False,
                 more=plan.wait_more,
             )

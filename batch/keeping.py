@@ -5,10 +5,11 @@ written (S3 refusing or unreachable, a full disk, a folder where a file must go)
 the run abandons the item while the answer waits to be written (a second Ctrl-C, the
 end of ``--grace``), the answer would be lost and the next run would pay for it again.
 Instead it is kept in the state (table ``kept_answers``, with the fingerprint of the
-source it answers), and the next run that takes the item writes its outputs from it
-without sending anything: a pending item by any run, a failed one by
+source and the params it answers), and the next run that takes the item writes its
+outputs from it without sending anything: a pending item by any run, a failed one by
 ``--retry-failed``. An answer is dropped once its item is done, or when its source
-changed (another fingerprint): it no longer answers it.
+changed (another fingerprint); it is not written for a run that would send other params
+(``--param`` changed) nor by a ``--force`` begun after it was kept.
 
 Nothing of this runs per item unless an answer was kept: a run loads the kept items'
 ids once, and a set lookup tells the rest.
@@ -17,9 +18,15 @@ ids once, and a set lookup tells the rest.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
+from collections.abc import Callable
 
+from batch.config import RunConfig
 from batch.errors import StateError
+from batch.models import Params
+from batch.params import request_params
 from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -28,13 +35,37 @@ log = logging.getLogger("dgbatch")
 class Keeping:
     """A run's kept answers: those an earlier run kept, and those this run keeps."""
 
-    def __init__(self, state: State, run_id: int) -> None:
+    def __init__(
+        self,
+        state: State,
+        run_id: int,
+        *,
+        sent: Callable[[Params], Params] = lambda own: own,
+        not_before: float | None = None,
+    ) -> None:
         self.state = state
         self.run_id = run_id
+        #: the params a request of this run sends for an item's own ones (tags left out):
+        #: an answer is written only for the params it answers
+        self._sent = sent
+        #: when the ``--force`` underway began: answers kept before it are what it redoes
+        self._not_before = not_before
         #: items with an answer kept by an earlier run (``load``)
         self._ids: set[str] = set()
         #: answers this run kept (for the summary)
         self.kept = 0
+
+    @classmethod
+    def for_run(
+        cls, config: RunConfig, state: State, run_id: int, force_since: float | None
+    ) -> Keeping:
+        """Keyed on the params ``job._completing`` sends, without the run tags (as
+        ``Dedupe.for_run``): a ``--param`` changed since is another request."""
+
+        def sent(own: Params) -> Params:
+            return request_params(config.params, own, formats=config.formats)
+
+        return cls(state, run_id, sent=sent, not_before=force_since)
 
     async def load(self) -> None:
         """Read which items have an answer to write (after a crashed run's items are
@@ -46,8 +77,14 @@ class Keeping:
         return item.id in self._ids
 
     async def answer(self, item: WorkItem) -> bytes | None:
-        """The paid answer kept for ``item``, if it still answers it."""
-        return await asyncio.to_thread(self.state.kept_answer, item.id)
+        """The paid answer kept for ``item``, if it answers it as this run would ask."""
+        return await asyncio.to_thread(self.answer_now, item.id, item.params)
+
+    def answer_now(self, item_id: str, own: Params) -> bytes | None:
+        """``answer`` for an item whose own params are ``own``, in this thread (the dry
+        run's estimate asks it per item, without a loop)."""
+        params = json.dumps(self._sent(own))
+        return self.state.kept_answer(item_id, params, self._not_before or 0.0)
 
     async def keep(self, item: WorkItem, body: bytes) -> None:
         """Keep ``item``'s paid answer (this only runs when its outputs failed). Shielded: an
@@ -57,8 +94,8 @@ class Keeping:
 
     def _keep(self, item: WorkItem, body: bytes) -> None:
         try:
-            self.state.keep_answer(item, self.run_id, body)
-        except StateError as exc:  # the state's disk is full too: nothing more to do
+            self.state.keep_answer(item, json.dumps(self._sent(item.params)), self.run_id, body)
+        except (StateError, sqlite3.Error) as exc:  # a full disk, or the state closed
             log.warning("%s: its paid answer could not be kept: %s", item.source, exc)
             return
         self.kept += 1

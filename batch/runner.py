@@ -63,6 +63,7 @@ class Runner:
         rng: random.Random | None = None,
         budget: Budget | None = None,
         dedupe: Dedupe | None = None,
+        keeping: Keeping | None = None,
         handle_signals: bool = True,
         more: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
@@ -101,7 +102,7 @@ class Runner:
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
         #: paid answers whose outputs could not be written, for the next run to write
-        self.keeping = Keeping(state, run_id)
+        self.keeping = keeping or Keeping(state, run_id)
         # What one item goes through, each piece handed the bookkeeping above it needs
         # (shared, not copied: the runner reads it back when an item ends or is cut short).
         self._placer = Placer(

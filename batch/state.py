@@ -66,10 +66,11 @@ __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "s
 #: and named by ``assign_names`` afterwards (the background plan's chunks always fit)
 PLAN_BATCH = 5000
 #: a kept answer still to write: its item is not done and is still the source (path or
-#: URL, params, size and mtime or ETag) that the answer answers
+#: URL, size and mtime or ETag) that the answer answers (the params sent depend on the
+#: run's options too: ``kept_answer`` compares them)
 _KEPT_FOR_ITEM = (
-    "items.id = kept_answers.id AND items.status != 'done' AND items.source = kept_answers.source "
-    "AND items.params = kept_answers.params AND items.fingerprint = kept_answers.fingerprint"
+    "items.id = kept_answers.id AND items.status != 'done' "
+    "AND items.source = kept_answers.source AND items.fingerprint = kept_answers.fingerprint"
 )
 #: a result written from a kept answer: the run that paid for it stays the one that sent it
 #: (``dgbatch usage`` matches its request to that run), and the answer is dropped
@@ -232,9 +233,10 @@ class State:
 
     # -- kept answers (``batch.keeping``) -------------------------------------------------
 
-    def keep_answer(self, item: WorkItem, run_id: int, body: bytes) -> None:
-        """Keep the answer run ``run_id`` paid for ``item`` and could not write, at once."""
-        row = (item.id, item.source, json.dumps(item.params), item.fingerprint, run_id, body)
+    def keep_answer(self, item: WorkItem, params: str, run_id: int, body: bytes) -> None:
+        """Keep the answer run ``run_id`` paid for ``item`` (sent with ``params``, a JSON
+        list of pairs) and could not write, at once."""
+        row = (item.id, item.source, params, item.fingerprint, run_id, body)
         with self._mutex, self._writing(), self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO kept_answers "
@@ -243,13 +245,14 @@ class State:
                 (*row, time.time()),
             )
 
-    def kept_answer(self, item_id: str) -> bytes | None:
-        """The answer kept for this item, if it answers the item as the state has it now."""
+    def kept_answer(self, item_id: str, params: str, since: float) -> bytes | None:
+        """The answer kept for this item, if it answers the item as the state has it now,
+        asked with ``params``, and was kept at ``since`` or later."""
         with self._mutex:
             row = self._db.execute(
                 f"SELECT body FROM kept_answers JOIN items ON {_KEPT_FOR_ITEM} "
-                "WHERE kept_answers.id = ?",
-                (item_id,),
+                "WHERE kept_answers.id = ? AND kept_answers.params = ? AND kept_at >= ?",
+                (item_id, params, since),
             ).fetchone()
         return None if row is None else bytes(row[0])
 

@@ -274,6 +274,7 @@ def test_old_state_files_gain_the_new_columns(tmp_path: Path) -> None:
         (0, 0.0),
         (-1.0, None),
         (float("inf"), None),
+        (10**400, None),
         (float("nan"), None),
         ("12.5", None),
         (True, None),

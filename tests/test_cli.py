@@ -207,6 +207,20 @@ def test_a_key_no_header_can_carry_exits_2_without_showing_it(
     assert emulator.log == []
 
 
+def test_a_key_file_saved_with_a_bom_is_read(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """An editor's UTF-8 byte order mark is not part of the key (it was refused as a bad key)."""
+    make_wav(tmp_path / "a.wav")
+    key_file = tmp_path / "key"
+    key_file.write_text("\ufeff" + KEY + "\n", encoding="utf-8")
+    key_file.chmod(0o600)
+    run = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
+    result = dgbatch(*run, "--api-key-file", str(key_file), key=None)
+    assert result.exit_code == 0, result.output
+    assert emulator.log[0].authorization == f"Token {KEY}"
+
+
 @pytest.mark.parametrize(("mode", "code"), [(0o644, 2), (0o640, 2), (0o604, 2), (0o600, 0)])
 def test_a_key_file_readable_by_others_is_refused(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, mode: int, code: int

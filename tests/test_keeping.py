@@ -10,7 +10,9 @@ import os
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -27,11 +29,12 @@ from reliability_helpers import assert_outputs_match, digest, disk_full_after
 
 import batch.job
 import batch.outputs
+import batch.planner
 from batch.checks import UNUSUAL_SHAPE
 from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator
 from batch.media import SENDERS, send_file
-from batch.models import ItemKind
+from batch.models import Item, ItemKind
 from batch.state import WorkItem
 
 
@@ -344,3 +347,54 @@ def test_an_answer_of_an_odd_shape_fails_its_item_and_is_kept(
     assert json.loads((out / "f000.json").read_bytes()) == odd
     (row,) = read_state_rows(state_of(out))
     assert row["warning"] == UNUSUAL_SHAPE and row["request_id"] == "odd-1"
+
+
+def test_a_force_does_not_write_answers_kept_before_it_even_ahead_of_its_plan(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``--force`` whose plan is still growing claims pending items it has not re-queued
+    yet: their answers, kept before the force began, are what it redoes, so they are sent
+    again, not written (an item written from one was then never forced at all)."""
+    wavs = make_wavs(tmp_path / "in" / "z", 3) + [
+        make_wav(tmp_path / "in" / f"a{i}.wav", tone=50 + i) for i in range(2)
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "z").write_text("a file where a folder must go")
+    run = ("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
+    assert dgbatch(*run).exit_code == 1
+    assert kept_ids(out)
+    (out / "z").unlink()
+    paid = len(answered_ids(emulator))
+    real_counted = batch.job._counted
+
+    def slow_listing(*args: Any) -> Iterator[Item]:  # one item per chunk, slowly
+        for n, item in enumerate(real_counted(*args)):
+            if n:
+                time.sleep(0.2)
+            yield item
+
+    monkeypatch.setattr(batch.planner, "CHUNK", 1)
+    monkeypatch.setattr(batch.job, "_counted", slow_listing)
+    forced = dgbatch(*run, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(answered_ids(emulator)) == paid + len(wavs)
+    assert "from the answers an earlier run kept" not in forced.output
+
+
+def test_a_kept_answer_is_not_written_for_other_params(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An answer kept for ``--param language=en`` does not answer a run asking
+    ``language=fr``: that run (and its dry run) sends it."""
+    make_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    run = ("run", str(tmp_path / "in"), "--out", str(out), "--retry-failed")
+    (out / "f000.json").mkdir(parents=True)
+    assert dgbatch(*run, "--param", "language=en").exit_code == 1
+    (out / "f000.json").rmdir()
+    dry = dgbatch(*run, "--param", "language=fr", "--dry-run")
+    assert "would send 1 item(s)" in dry.output, dry.output
+    assert dgbatch(*run, "--param", "language=fr").exit_code == 0
+    assert len(answered_ids(emulator)) == 2
+    assert ("language", "fr") in emulator.log[-1].params
