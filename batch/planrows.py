@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from batch.models import Item, ItemKind
 from batch.naming import safe_name, stem_of
 from batch.records import PlanStats
-from batch.redact import redact_source, redact_text
+from batch.redact import redact_source, redact_text, url_may_hold_secret
 
 # One statement inserts, updates and names many items (``new``: one row per item, see
 # ``plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
@@ -117,9 +117,9 @@ def fitting_rows(most: int, wanted: int) -> int:
 
 def plan_row(item: Item) -> PlanRow:
     """One item's fields for ``PLAN``: the per-item cost of planning, so constant cases
-    (no params, no error, no URL secrets) skip their function calls. A source without
-    ``?``, ``@`` or ``#`` has nothing to redact (``redact_url``'s own test): a plain URL
-    or path is stored as it is, without the two calls that would say so."""
+    (no params, no error, no URL secrets) skip their function calls. A source that
+    cannot hold a secret (``url_may_hold_secret``, ``redact_url``'s own test) is stored as
+    it is, without the two calls that would say so."""
     name = safe_name(item.name)
     stem = stem_of(name)
     source = item.source
@@ -128,7 +128,7 @@ def plan_row(item: Item) -> PlanRow:
     size = item.size
     return (
         item.id,
-        redact_source(source) if "?" in source or "@" in source or "#" in source else source,
+        redact_source(source) if url_may_hold_secret(source) else source,
         _KINDS[item.kind],
         name,
         stem,

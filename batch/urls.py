@@ -15,7 +15,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit
 
 from batch.failed_items import error_item, is_utf8
 from batch.models import Item, ItemKind, Params, new_item
-from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url
+from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url, url_may_hold_secret
 
 __all__ = ["HTTP_URL_RE", "file_url_path", "hidden_clash", "scheme_of", "url_item"]
 
@@ -119,10 +119,10 @@ def url_item(
     """Build a URL item, or a failed one when Deepgram could not fetch it."""
     if name_hint is not None:
         item_id = f"id:{name_hint}"
-    elif "?" in url or "@" in url or "#" in url:
+    elif url_may_hold_secret(url):
         item_id = _url_id(url)
     else:
-        item_id = url  # nothing to redact (redact_url's own test, without its call)
+        item_id = url  # nothing to redact: redact_url's own test, without its call
     if match is None:
         shown = redact_source(url)
         reason = f"{shown}: {_url_problem(url)}"
