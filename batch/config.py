@@ -21,6 +21,7 @@ from batch.errors import UsageError
 from batch.formats import RENDERERS
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
+from batch.params import request_params
 from batch.redact import redact_url
 from batch.shard import Shard
 
@@ -101,6 +102,12 @@ class RunConfig:
         ):
             if value is not None:
                 _check_positive(name, value)
+
+    def sent_params(self, own: Params) -> Params:
+        """The params a request of this run sends for an item whose own ones are ``own``,
+        without the run tags (they differ per run and say nothing of the answer): what
+        ``--dedupe`` keys copies on and what a kept answer must have been asked with."""
+        return request_params(self.params, own, formats=self.formats)
 
 
 def default_state_path(

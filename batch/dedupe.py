@@ -25,7 +25,6 @@ from batch import retry
 from batch.attempts import Attempts
 from batch.limiter import AdaptiveLimit
 from batch.models import ItemStatus, Params
-from batch.params import request_params
 from batch.placing import Placer
 from batch.state import Result, WorkItem
 
@@ -70,7 +69,7 @@ class Dedupe:
     def for_run(cls, config: RunConfig) -> Dedupe:
         """Keyed on the params ``job._completing`` sends, without the run tags: they differ
         per run and say nothing about the audio (a ``tag`` the user set is kept)."""
-        return cls(lambda own: request_params(config.params, own, formats=config.formats))
+        return cls(config.sent_params)
 
     def key_now(self, path: str, own: Params) -> str:
         """The content key of a file whose own params are ``own`` (reads the whole file;

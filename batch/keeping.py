@@ -26,7 +26,6 @@ from collections.abc import Callable
 from batch.config import RunConfig
 from batch.errors import StateError
 from batch.models import Params
-from batch.params import request_params
 from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -59,13 +58,9 @@ class Keeping:
     def for_run(
         cls, config: RunConfig, state: State, run_id: int, force_since: float | None
     ) -> Keeping:
-        """Keyed on the params ``job._completing`` sends, without the run tags (as
-        ``Dedupe.for_run``): a ``--param`` changed since is another request."""
-
-        def sent(own: Params) -> Params:
-            return request_params(config.params, own, formats=config.formats)
-
-        return cls(state, run_id, sent=sent, not_before=force_since)
+        """Keyed on the params a request sends (``RunConfig.sent_params``, as ``--dedupe``):
+        a ``--param`` changed since is another request."""
+        return cls(state, run_id, sent=config.sent_params, not_before=force_since)
 
     async def load(self) -> None:
         """Read which items have an answer to write (after a crashed run's items are
