@@ -42,7 +42,6 @@ class Shared:
     """The answer a leading item got, for its copies to reuse."""
 
     item_id: str
-    request_id: str | None
     body: bytes
     response: dict[str, Any]
 
@@ -150,12 +149,7 @@ class Copies:
             return await self._attempts.process(item)
         finally:
             captured = self._captured.pop(item.id, None)
-            shared = None
-            if captured is not None:
-                body, response = captured
-                request_id = (response.get("metadata") or {}).get("request_id")
-                shared = Shared(item.id, request_id, body, response)
-            self.dedupe.publish(key, shared)
+            self.dedupe.publish(key, None if captured is None else Shared(item.id, *captured))
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if
