@@ -17,32 +17,26 @@ def format_summary(outcome: RunOutcome) -> str:
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
-    if outcome.unlisted_failed:
-        lines.append(
-            f"{outcome.unlisted_failed} failed item(s) of earlier runs are not among this run's "
-            "sources (deleted, or a manifest line since fixed): they do not count in the exit "
-            "code (dgbatch report --failed lists them)"
-        )
-    if s.warnings:
-        lines.append(f"{s.warnings} item(s) with a warning (dgbatch report --warnings)")
-    if s.copies:
-        lines.append(f"{s.copies} item(s) were copies of identical audio (--dedupe): not sent")
-    if s.kept:
-        lines.append(
-            f"{s.kept} paid answer(s) whose outputs could not be written are kept in the state: "
-            "the next run writes them without sending them again (failed ones with "
-            "--retry-failed)"
-        )
-    if s.from_kept:
-        lines.append(f"wrote {s.from_kept} item(s) from the answers an earlier run kept (not sent)")
-    if s.recovered:
-        lines.append(f"recovered {s.recovered} item(s) whose outputs a crashed run had written")
-    if s.skipped:
-        lines.append(f"skipped {s.skipped} item(s) whose outputs already existed (--force redoes)")
-    if s.rendered:
-        lines.append(
-            f"rendered the formats {s.rendered} done item(s) lacked from their json (not sent)"
-        )
+    counted = [
+        (
+            outcome.unlisted_failed,
+            "{} failed item(s) of earlier runs are not among this run's sources (deleted, or a "
+            "manifest line since fixed): they do not count in the exit code (dgbatch report "
+            "--failed lists them)",
+        ),
+        (s.warnings, "{} item(s) with a warning (dgbatch report --warnings)"),
+        (s.copies, "{} item(s) were copies of identical audio (--dedupe): not sent"),
+        (
+            s.kept,
+            "{} paid answer(s) whose outputs could not be written are kept in the state: the "
+            "next run writes them without sending them again (failed ones with --retry-failed)",
+        ),
+        (s.from_kept, "wrote {} item(s) from the answers an earlier run kept (not sent)"),
+        (s.recovered, "recovered {} item(s) whose outputs a crashed run had written"),
+        (s.skipped, "skipped {} item(s) whose outputs already existed (--force redoes)"),
+        (s.rendered, "rendered the formats {} done item(s) lacked from their json (not sent)"),
+    ]
+    lines += [text.format(count) for count, text in counted if count]
     for fmt, count in outcome.missing.items():
         lines.append(
             f"{count} done item(s) have no {fmt} output: formats are written when an item is "
