@@ -154,6 +154,6 @@ class Copies:
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if
         they cannot be written, the answer is kept for the copy, as for a paid one)."""
-        outputs = await self._placer.write_paid(item, shared.body, shared.response)
+        outputs = await self._placer.write_paid(item, shared.body, shared.response, billed=False)
         result = self._placer.done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)

@@ -26,7 +26,7 @@ from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
 from batch.errors import BatchError, Interrupted, OutputError, UsageError
-from batch.keeping import Keeping
+from batch.keeping import Keeping, kept_audio
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
@@ -236,12 +236,13 @@ def _cap_seconds(config: RunConfig) -> float | None:
 
 def used_audio(state: State) -> tuple[float, float]:
     """Audio already transcribed in the state, and the longest item of it (copies made by
-    --dedupe were not paid)."""
+    --dedupe were not paid; answers kept unwritten were)."""
     ((seconds, longest),) = state.query(
         "SELECT COALESCE(SUM(duration), 0), COALESCE(MAX(duration), 0) FROM items "
         "WHERE status = 'done' AND copy_of IS NULL"
     )
-    return float(seconds), float(longest)
+    kept = kept_audio(state)
+    return float(seconds) + sum(kept), max([float(longest), *kept])
 
 
 def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Sender]:

@@ -49,13 +49,21 @@ class Placer:
         #: re-sends at most twice ``--concurrency`` items (``write``)
         self._unplaced = asyncio.Semaphore(settings.concurrency)
         self._keeping = keeping
+        #: per item, the audio Deepgram billed for an answer whose outputs could not be
+        #: written: the run's budget counts it (``Runner._account`` takes it back out)
+        self.unwritten: dict[str, float] = {}
 
-    async def write_paid(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
-        """``write`` for an answer Deepgram billed: if its outputs cannot be written, or
-        the item is abandoned before they are, the answer is kept for the next run."""
+    async def write_paid(
+        self, item: WorkItem, body: bytes, response: retry.Response, *, billed: bool = True
+    ) -> list[str]:
+        """``write`` for an answer Deepgram billed (for this item, or for the leader a
+        ``--dedupe`` copy shares it with: not ``billed``): if its outputs cannot be written,
+        or the item is abandoned before they are, the answer is kept for the next run."""
         try:
             return await self.write(item, body, response)
         except (Exception, asyncio.CancelledError):
+            if billed:
+                self.unwritten[item.id] = reported_duration(response) or 0.0
             if self._keeping is not None:
                 await self._keeping.keep(item, body)
             raise

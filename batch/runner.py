@@ -272,9 +272,12 @@ class Runner:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
         self._local.pop(item_id, None)
         self._captured.pop(item_id, None)
+        unwritten = self._placer.unwritten.pop(item_id, 0.0)  # billed, outputs failed: kept
         paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
+        self.stats.audio_seconds += unwritten  # paid for by this run, all the same
         if self.budget is not None:
-            self.budget.settle(self._reserved.pop(item_id, None), result.duration if paid else 0)
+            billed = result.duration if paid else unwritten
+            self.budget.settle(self._reserved.pop(item_id, None), billed)
             self._settled.set()
         self.stats.warnings += result.warning is not None
         self.stats.copies += result.copy_of is not None

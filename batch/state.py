@@ -288,6 +288,14 @@ class State:
             return 0
         return int(count)
 
+    def kept_bodies(self) -> list[bytes]:
+        """The kept answers still to write, as Deepgram returned them."""
+        rows = self.query(
+            f"SELECT body FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE "
+            f"{_KEPT_FOR_ITEM})"
+        )
+        return [bytes(body) for (body,) in rows]
+
     def failed_since(self, moment: float) -> int:
         """Items that became ``failed`` at ``moment`` or later (while planning or sending)."""
         with self._mutex:

@@ -398,3 +398,43 @@ def test_a_kept_answer_is_not_written_for_other_params(
     assert dgbatch(*run, "--param", "language=fr").exit_code == 0
     assert len(answered_ids(emulator)) == 2
     assert ("language", "fr") in emulator.log[-1].params
+
+
+def test_a_budget_counts_the_answers_it_paid_for_and_could_not_write(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """1 s files, a 2.5 s cap, and a folder where every item's ``.json`` goes: each answer
+    is paid for, then kept. The run still stops after two (a third would pass the cap) and
+    reports the audio it paid for; the next run counts the two kept answers, so it sends
+    nothing more."""
+    for n in range(4):
+        make_wav(tmp_path / "in" / f"{n}.wav", 1.0, tone=n)
+        (tmp_path / "out" / f"{n}.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1")
+    cap = ("--max-audio-hours", str(2.5 / 3600))
+    report = tmp_path / "run.json"
+    first = dgbatch(*args, *cap, "--run-report", str(report))
+    assert first.exit_code == 1, first.output
+    assert "audio budget reached" in first.output
+    assert len(emulator.log) == 2 and len(kept_ids(tmp_path / "out")) == 2
+    assert json.loads(report.read_text())["audio_hours"] == round(2 / 3600, 4)  # paid for
+
+    again = dgbatch(*args, *cap)
+    assert again.exit_code == 1, again.output
+    assert "audio budget reached: 2.0 s transcribed" in again.output, again.output
+    assert len(emulator.log) == 2
+
+
+def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Two identical 1 s files with ``--dedupe``, neither writable: both keep the one answer,
+    and the run paid for 1 s of audio, not 2."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
+    report = tmp_path / "run.json"
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args, "--run-report", str(report)).exit_code == 1
+    assert len(answered_ids(emulator)) == 1 and len(kept_ids(tmp_path / "out")) == 2
+    assert json.loads(report.read_text())["audio_hours"] == round(1 / 3600, 4)
