@@ -9,6 +9,11 @@ the one answer, and the report's ``copy_of`` names the item whose request produc
 Scope: items of one run (a copy of an item finished in an earlier run is sent again),
 local files only (URL and S3 bodies are not read). The dry run keys items with the same
 ``Dedupe.for_run``, so its count cannot drift from what the run sends.
+
+A copy may come at any point of the run, so every leader's answer must stay at hand until
+the run ends. They stay on disk (``Spool``, an unnamed file beside the state), not in
+memory: a transcript of an hour of audio is a few MB, several times that parsed, and a
+run over thousands of recordings would otherwise hold them all.
 """
 
 from __future__ import annotations
@@ -17,8 +22,12 @@ import asyncio
 import dataclasses
 import hashlib
 import json
+import logging
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch import retry
@@ -32,6 +41,7 @@ if TYPE_CHECKING:
     from batch.config import RunConfig
 
 _READ = 1 << 20
+log = logging.getLogger("dgbatch")
 
 #: An item's own params (its manifest layer) → the params its request carries.
 Completer = Callable[[Params], Params]
@@ -46,6 +56,58 @@ class Shared:
     response: dict[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Spooled:
+    """Where a leader's answer is in the ``Spool``."""
+
+    item_id: str
+    offset: int
+    length: int
+
+
+class Spool:
+    """Leaders' answers for the rest of the run, in one unnamed file (gone when it is
+    closed, or when the process dies) in ``folder``, created at the first answer."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        self._fd: int | None = None
+        self._end = 0
+
+    def put(self, item_id: str, body: bytes) -> Spooled | None:
+        """Store ``body``; None when it cannot be (its copies are then sent on their own)."""
+        try:
+            if self._fd is None:
+                self._fd, name = tempfile.mkstemp(dir=self._folder, prefix=".dgbatch-answers-")
+                os.unlink(name)  # unnamed: gone with the run, however it ends
+            view, offset = memoryview(body), self._end
+            while view:
+                view = view[os.pwrite(self._fd, view, self._end) :]
+                self._end = offset + len(body) - len(view)
+        except OSError as exc:
+            log.warning("%s: answer not kept for its --dedupe copies: %s", self._folder, exc)
+            return None
+        return Spooled(item_id, offset, len(body))
+
+    def get(self, where: Spooled) -> bytes:
+        """The answer stored at ``where`` (read in a thread: it may be megabytes)."""
+        assert self._fd is not None  # put() returned ``where``
+        chunks, read = [], 0
+        while read < where.length:
+            chunk = os.pread(self._fd, where.length - read, where.offset + read)
+            if not chunk:
+                raise OSError(f"answer spool ended at {where.offset + read}")
+            chunks.append(chunk)
+            read += len(chunk)
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """The run is over: no copy can come any more."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
 def content_key(path: str, params: Params) -> str:
     """sha256 of the file's bytes (read in chunks) and of its params."""
     digest = hashlib.sha256()
@@ -58,17 +120,19 @@ def content_key(path: str, params: Params) -> str:
 class Dedupe:
     """Who leads for each content key, and the answer copies wait for."""
 
-    def __init__(self, complete: Completer) -> None:
+    def __init__(self, complete: Completer, spool: Spool) -> None:
         #: an item's own params → its request's: two items are copies only if they would
         #: ask the same, whichever layer said it
         self._complete = complete
-        self._leaders: dict[str, asyncio.Future[Shared | None]] = {}
+        self._leaders: dict[str, asyncio.Future[Spooled | None]] = {}
+        self.spool = spool
 
     @classmethod
     def for_run(cls, config: RunConfig) -> Dedupe:
         """Keyed on the params ``job._completing`` sends, without the run tags: they differ
-        per run and say nothing about the audio (a ``tag`` the user set is kept)."""
-        return cls(config.sent_params)
+        per run and say nothing about the audio (a ``tag`` the user set is kept). Answers
+        are spooled beside the state."""
+        return cls(config.sent_params, Spool(config.state_path.parent))
 
     def key_now(self, path: str, own: Params) -> str:
         """The content key of a file whose own params are ``own`` (reads the whole file;
@@ -83,19 +147,21 @@ class Dedupe:
         except OSError:
             return None
 
-    def follow(self, key: str) -> asyncio.Future[Shared | None] | None:
+    def follow(self, key: str) -> asyncio.Future[Spooled | None] | None:
         """The leader's future to wait for, or None: the caller leads and must ``publish``."""
         leader = self._leaders.get(key)
         if leader is None:
             self._leaders[key] = asyncio.get_running_loop().create_future()
         return leader
 
-    def publish(self, key: str, shared: Shared | None) -> None:
-        """Hand the leader's answer (None if it failed: copies then send their own)."""
+    def publish(self, key: str, answer: tuple[str, bytes] | None) -> None:
+        """Hand the leader's id and answer to its copies (None if it failed, or if the answer
+        cannot be spooled: copies then send their own)."""
+        spooled = None if answer is None else self.spool.put(*answer)
         leader = self._leaders[key]
         if not leader.done():
-            leader.set_result(shared)
-        if shared is None:
+            leader.set_result(spooled)
+        if spooled is None:
             del self._leaders[key]
 
 
@@ -110,7 +176,7 @@ class Copies:
         placer: Placer,
         limit: AdaptiveLimit,
         *,
-        captured: dict[str, tuple[bytes, retry.Response]],
+        captured: dict[str, bytes],
         stopped: asyncio.Event,
         secret_sources: dict[str, str],
     ) -> None:
@@ -135,7 +201,8 @@ class Copies:
         # A copy sends nothing while it waits, so its slot goes back: held, it could be the
         # one slot its leader needs after a 429 cut the limit, and neither would go on.
         # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        shared = await self.limit.without_slot(asyncio.shield(leader))
+        spooled = await self.limit.without_slot(asyncio.shield(leader))
+        shared = None if spooled is None else await self._unspool(spooled)
         if shared is not None:
             return await self._copy(item, shared)
         if self._stopped.is_set():  # the leader was stopped, not failed: do not send after a stop
@@ -149,7 +216,18 @@ class Copies:
             return await self._attempts.process(item)
         finally:
             captured = self._captured.pop(item.id, None)
-            self.dedupe.publish(key, None if captured is None else Shared(item.id, *captured))
+            self.dedupe.publish(key, None if captured is None else (item.id, captured))
+
+    async def _unspool(self, spooled: Spooled) -> Shared | None:
+        """The leader's answer back from the spool (None if it cannot be read: the copy is
+        then sent on its own)."""
+        try:
+            body = await asyncio.to_thread(self.dedupe.spool.get, spooled)
+        except OSError as exc:
+            log.warning("answer of %s unreadable for its --dedupe copy: %s", spooled.item_id, exc)
+            return None
+        response = retry.parse_transcript(body)
+        return None if response is None else Shared(spooled.item_id, body, response)
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if

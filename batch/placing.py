@@ -35,7 +35,7 @@ class Placer:
         *,
         local: dict[str, float | None],
         release_slot: ReleaseSlot,
-        captured: dict[str, tuple[bytes, retry.Response]] | None,
+        captured: dict[str, bytes] | None,
         keeping: Keeping | None = None,
     ) -> None:
         self.settings = settings
@@ -87,7 +87,7 @@ class Placer:
     async def write(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
         """Where the answer's outputs now are; the request slot goes back meanwhile."""
         if self._captured is not None:
-            self._captured[item.id] = (body, response)
+            self._captured[item.id] = body
         length = self.settings.caption_line_length
         files = render_all(
             self.settings.formats, body, response, line_length=length, source=item.source

@@ -16,7 +16,6 @@ import signal
 from collections import deque
 from collections.abc import Awaitable, Callable
 
-from batch import retry
 from batch.adoption import Adoption
 from batch.attempts import Attempts
 from batch.budget import Budget, Reservation
@@ -87,7 +86,7 @@ class Runner:
         #: set each time an item settles its budget reservation (``_wait_for_budget``)
         self._settled = asyncio.Event()
         #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
-        self._captured: dict[str, tuple[bytes, retry.Response]] = {}
+        self._captured: dict[str, bytes] = {}
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
@@ -165,6 +164,8 @@ class Runner:
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
             await asyncio.to_thread(self.state.release_running)
+            if self.dedupe is not None:  # no copy can come any more
+                self.dedupe.spool.close()
             self.stats.kept = self.keeping.kept
             self.progress.close()
         return self.stats
