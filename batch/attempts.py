@@ -19,6 +19,7 @@ from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
 from batch.placing import Placer
 from batch.progress import Progress
+from batch.realsources import RealSources
 from batch.retry import Action, Decision
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, WorkItem
@@ -40,7 +41,7 @@ class Attempts:
         progress: Progress,
         stats: RunStats,
         *,
-        secret_sources: dict[str, str],
+        secret_sources: RealSources,
         tries: dict[str, tuple[int, int]],
         stopped: asyncio.Event,
         stop: Callable[[BatchError], None],

@@ -35,6 +35,7 @@ from batch.attempts import Attempts
 from batch.limiter import AdaptiveLimit
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
+from batch.realsources import RealSources
 from batch.state import Result, WorkItem
 
 if TYPE_CHECKING:
@@ -178,7 +179,7 @@ class Copies:
         *,
         captured: dict[str, bytes],
         stopped: asyncio.Event,
-        secret_sources: dict[str, str],
+        secret_sources: RealSources,
     ) -> None:
         self.dedupe = dedupe
         self.limit = limit

@@ -41,6 +41,7 @@ from batch.probe import (
     probe_s3,
     probe_url,
 )
+from batch.realsources import RealSources
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.signals import latched_signals
@@ -138,16 +139,20 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         _copy_state(config.state_path, copy)
         state = State.open(copy)
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
+        secrets = RealSources()  # kept only to tell URLs differing in a secret apart
         try:
             run_id = state.start_run("dry-run")
             with latched_signals() as signals:
                 force_since, _ = state.begin_force(config.force)
-                plan = await start_plan(config, state, run_id, stdin, s3, signals, {}, force_since)
+                plan = await start_plan(
+                    config, state, run_id, stdin, s3, signals, secrets, force_since
+                )
                 await plan.finish(stopped=False)
             probed = await probe_remote(config, state, s3) if config.probe else {}
             keeping = Keeping.for_run(config, state, run_id, force_since)
             return _estimate(config, state, probed, keeping)
         finally:
+            secrets.close()
             state.close()
             s3.close()
 

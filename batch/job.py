@@ -35,6 +35,7 @@ from batch.params import request_params, run_tags
 from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
+from batch.realsources import RealSources
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
@@ -165,13 +166,13 @@ async def _run_locked(
     """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
     started = time.monotonic()
     state = State.open(config.state_path)
+    secrets = RealSources()
     try:
         shard = config.shard.suffix() if config.shard else ""
         async with output_lock(s3, config.out, shard) as lock_watch:
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
             state.set_run_tag(run_id, run_tag)
-            secrets: dict[str, str] = {}
             force_since, new_force = state.begin_force(config.force)
             began = time.time()
             try:
@@ -219,6 +220,7 @@ async def _run_locked(
             await asyncio.to_thread(report.read_failures, state)
             return outcome
     finally:
+        secrets.close()
         state.close()
 
 
@@ -306,7 +308,7 @@ async def start_plan(
     stdin: TextIO | None,
     s3: S3,
     signals: SignalLatch,
-    secrets: dict[str, str],
+    secrets: RealSources,
     force_since: float | None,
 ) -> BackgroundPlan:
     """Start expanding the sources into the state in a thread; return once its first
@@ -342,9 +344,7 @@ def _counted(items: Iterable[Item], listed: list[int], shard: Shard | None) -> I
             yield item
 
 
-def _watch(
-    items: Iterable[Item], secrets: dict[str, str], cancel: threading.Event
-) -> Iterator[Item]:
+def _watch(items: Iterable[Item], secrets: RealSources, cancel: threading.Event) -> Iterator[Item]:
     """Remember real sources whose stored form is redacted (a later one with the same id
     that differs in a secret fails, see ``hidden_clash``; one signed again replaces it, so
     the freshest signature is sent); stop on Ctrl-C."""
@@ -353,13 +353,14 @@ def _watch(
         if cancel.is_set():
             raise Interrupted("interrupted while planning; the same command resumes the run")
         if redact_source(item.source) != item.source:
-            first = secrets.get(item.id)
+            first = secrets.add(item.id, item.source)
             clash = None if first is None else hidden_clash(first, item, clashes[item.id] + 1)
             if clash is not None:
                 clashes[item.id] += 1
                 yield clash
                 continue
-            secrets[item.id] = item.source  # signed again: the latest signature is sent
+            if first is not None:
+                secrets.replace(item.id, item.source)  # signed again: the latest is sent
         yield item
 
 
@@ -367,7 +368,7 @@ async def _execute(
     config: RunConfig,
     state: State,
     run_id: int,
-    secrets: dict[str, str],
+    secrets: RealSources,
     progress: Progress,
     s3: S3,
     tags: Params,

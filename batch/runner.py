@@ -30,6 +30,7 @@ from batch.outputs import OUTPUT_GRACE, OutputSink
 from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
+from batch.realsources import RealSources
 from batch.redact import redact_text
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, State, WorkItem
@@ -57,7 +58,7 @@ class Runner:
         progress: Progress,
         *,
         run_id: int,
-        secret_sources: dict[str, str] | None = None,
+        secret_sources: RealSources | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         budget: Budget | None = None,
@@ -70,7 +71,7 @@ class Runner:
         self.state = state
         self.progress = progress
         self.run_id = run_id
-        self.secret_sources = secret_sources if secret_sources is not None else {}
+        self.secret_sources = secret_sources if secret_sources is not None else RealSources()
         self.stats = RunStats()
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
