@@ -70,6 +70,13 @@ class OutputError(BatchError):
     exit_code = 1
 
 
+class ScratchError(BatchError):
+    """Raised when the run's own temporary files (``TMPDIR``) cannot be written or read:
+    the run stops and unfinished items stay pending."""
+
+    exit_code = 1
+
+
 class BudgetExceeded(BatchError):
     """Raised when the next item would pass the audio/cost cap; untouched items stay pending."""
 

@@ -13,7 +13,12 @@ without any costs nothing.
 from __future__ import annotations
 
 import sqlite3
+import tempfile
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from batch.errors import ScratchError
 
 
 class RealSources:
@@ -27,7 +32,7 @@ class RealSources:
     def add(self, item_id: str, source: str) -> str | None:
         """Remember ``source`` for a new id and return None; for an id already seen, keep
         the earlier source and return it (``replace`` takes the new one)."""
-        with self._lock:
+        with self._lock, _scratch():
             db = self._open()
             if db is None:
                 return None
@@ -39,7 +44,7 @@ class RealSources:
 
     def replace(self, item_id: str, source: str) -> None:
         """The item's real source is now ``source`` (signed again: the latest is sent)."""
-        with self._lock:
+        with self._lock, _scratch():
             if self._db is not None:
                 self._db.execute("UPDATE real SET source = ? WHERE id = ?", (source, item_id))
 
@@ -47,7 +52,7 @@ class RealSources:
         """The item's real source, or ``default`` (its stored one) when it has none."""
         if self._db is None:  # no source was ever redacted: the common case, no lookup
             return default
-        with self._lock:
+        with self._lock, _scratch():
             if self._db is None:
                 return default
             row = self._db.execute("SELECT source FROM real WHERE id = ?", (item_id,)).fetchone()
@@ -70,3 +75,17 @@ class RealSources:
             db.execute("CREATE TABLE real (id TEXT PRIMARY KEY, source TEXT NOT NULL)")
             self._db = db
         return self._db
+
+
+@contextmanager
+def _scratch() -> Iterator[None]:
+    """A failure of the temporary database (its disk full) as the run's error to stop on."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        folder = tempfile.gettempdir()
+        raise ScratchError(
+            f"{folder}: cannot keep the real sources of redacted URLs in a temporary file "
+            f"({exc}); free some space there or set TMPDIR (or SQLITE_TMPDIR) to a folder "
+            "with room, then run the same command"
+        ) from exc

@@ -21,7 +21,7 @@ from batch.attempts import Attempts
 from batch.budget import Budget, Reservation
 from batch.client import DeepgramClient
 from batch.dedupe import Copies, Dedupe
-from batch.errors import BatchError, Interrupted, ItemError, OutputError, StateError
+from batch.errors import BatchError, Interrupted, ItemError, StateError
 from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
@@ -335,11 +335,11 @@ class Runner:
         except asyncio.CancelledError:
             self.state.record(self._cut_short(item, ItemStatus.PENDING))
             raise
-        except OutputError as exc:
-            self.stop(exc)
-            result = self._cut_short(item, ItemStatus.PENDING)
         except ItemError as exc:  # raised after the answer, e.g. an unusable output path
             result = self._cut_short(item, ItemStatus.FAILED, str(exc), exc.code)
+        except BatchError as exc:  # an output, or the run's temporary files: not the item's
+            self.stop(exc)
+            result = self._cut_short(item, ItemStatus.PENDING)
         except Exception as exc:  # a bug must cost one item, not the run
             log.debug("unexpected error on %s", item.source, exc_info=True)
             error = redact_text(f"internal error: {type(exc).__name__}: {exc}")

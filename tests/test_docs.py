@@ -95,6 +95,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         errors.BudgetExceeded: "budget",
         errors.AccountError: "account",
         errors.ApiUnreachable: "could not be reached",
+        errors.ScratchError: "temporary files",
     }
     expected_words |= {cls: "account" for cls in classes if issubclass(cls, errors.AccountError)}
     for cls in classes[1:]:

@@ -3,13 +3,18 @@ in the state, and not in Python's memory either (``batch.realsources``)."""
 
 from __future__ import annotations
 
+import sqlite3
+import tempfile
 import threading
 import tracemalloc
 from pathlib import Path
 
+import pytest
+from conftest import Cli, make_wav, read_state_rows, static_server
+
 from batch.job import _watch
 from batch.models import Filters
-from batch.realsources import RealSources
+from batch.realsources import RealSources, _scratch
 from batch.sources import expand_sources
 
 SIGNED = "X-Amz-Credential=AKIAEXAMPLE&X-Amz-Security-Token={token}&X-Amz-Signature={n:064x}"
@@ -54,3 +59,57 @@ def test_planning_keeps_presigned_urls_out_of_python_memory(tmp_path: Path) -> N
     assert held > 10e6  # the list of items itself: the measure sees what is held
     assert after < 3e6, f"{after / 1e6:.1f} MB still traced once the items are dropped"
     sources.close()
+
+
+def _signed_manifest(tmp_path: Path, base: str, count: int) -> Path:
+    manifest = tmp_path / "urls.txt"
+    manifest.write_text(
+        "".join(f"{base}/a.wav?n={n}&X-Amz-Signature={n:064x}\n" for n in range(count))
+    )
+    return manifest
+
+
+def test_no_room_for_the_temporary_database_stops_the_run_with_its_reason(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real sources cannot be kept (TMPDIR full): exit 1 naming the folder, the reason
+    and what to do, nothing sent; not an internal error."""
+
+    def full(self: RealSources) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(RealSources, "_open", full)
+    manifest = _signed_manifest(tmp_path, "http://127.0.0.1:9", 3)
+    result = dgbatch("run", str(manifest), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 1, result.output
+    assert f"{tempfile.gettempdir()}: cannot keep the real sources" in result.output
+    assert "database or disk is full" in result.output and "set TMPDIR" in result.output
+    assert "internal error" not in result.output
+    assert dgbatch.emulator is not None and dgbatch.emulator.log == []
+
+
+def test_the_temporary_database_failing_mid_run_stops_it_and_loses_nothing(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the temporary database failing while sending stops the run (exit 1, its
+    reason shown); the items stay pending, and the next run sends them."""
+    make_wav(tmp_path / "media" / "a.wav")
+    with static_server(tmp_path / "media") as base:
+        manifest = _signed_manifest(tmp_path, base, 3)
+        args = ("run", str(manifest), "--out", str(tmp_path / "out"), "-c", "1")
+        with monkeypatch.context() as patch:
+            patch.setattr(RealSources, "get", _unreadable)
+            first = dgbatch(*args)
+        assert first.exit_code == 1, first.output
+        assert "cannot keep the real sources" in first.output
+        assert "internal error" not in first.output
+        rows = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+        assert {r["status"] for r in rows} == {"pending"}
+        again = dgbatch(*args)
+    assert again.exit_code == 0, again.output
+    assert dgbatch.emulator is not None and len(dgbatch.emulator.log) == 3
+
+
+def _unreadable(self: RealSources, item_id: str, default: str) -> str:
+    with _scratch():
+        raise sqlite3.OperationalError("disk I/O error")
