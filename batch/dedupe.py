@@ -35,7 +35,6 @@ from batch.attempts import Attempts
 from batch.limiter import AdaptiveLimit
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
-from batch.realsources import RealSources
 from batch.state import Result, WorkItem
 
 if TYPE_CHECKING:
@@ -179,11 +178,9 @@ class Copies:
         *,
         captured: dict[str, bytes],
         stopped: asyncio.Event,
-        secret_sources: RealSources,
     ) -> None:
         self.dedupe = dedupe
         self.limit = limit
-        self.secret_sources = secret_sources
         self._attempts = attempts
         self._placer = placer
         #: the runner's leaders' answers, kept by ``Placer.write`` for their copies
@@ -193,7 +190,7 @@ class Copies:
     async def process(self, item: WorkItem) -> Result:
         """A local file's result: sent when it leads its key (or its key is unknown),
         copied from its leader's answer otherwise."""
-        key = await self.dedupe.key(self.secret_sources.get(item.id, item.source), item.params)
+        key = await self.dedupe.key(item.source, item.params)  # a path: never redacted
         if key is None:
             return await self._attempts.process(item)
         leader = self.dedupe.follow(key)

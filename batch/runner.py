@@ -140,7 +140,6 @@ class Runner:
                 self.limit,
                 captured=self._captured,
                 stopped=self._stopped,
-                secret_sources=self.secret_sources,
             )
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -157,7 +156,10 @@ class Runner:
             self.progress.start(sum(counts.values()), self._done_before)
             if self.settings.adaptive:
                 self.progress.limit_changed(self.limit.limit)
-            await self._dispatch()
+            try:
+                await self._dispatch()
+            except BatchError as exc:  # the in-flight items still land (or stay pending)
+                self.stop(exc)
             await self._drain()
         finally:
             self._remove_signals()
@@ -236,9 +238,8 @@ class Runner:
         check and the budget; None for URL/S3 items and unreadable files."""
         if item.id not in self._local:
             local = None
-            if item.kind is ItemKind.FILE:
-                path = self.secret_sources.get(item.id, item.source)
-                local = await asyncio.to_thread(local_duration, path)
+            if item.kind is ItemKind.FILE:  # a path: never stored redacted
+                local = await asyncio.to_thread(local_duration, item.source)
             self._local[item.id] = local
         return self._local[item.id]
 
@@ -334,6 +335,7 @@ class Runner:
             result = await self._deduped(item)
         except asyncio.CancelledError:
             self.state.record(self._cut_short(item, ItemStatus.PENDING))
+            self.stats.audio_seconds += self._placer.unwritten.pop(item.id, 0.0)  # kept
             raise
         except ItemError as exc:  # raised after the answer, e.g. an unusable output path
             result = self._cut_short(item, ItemStatus.FAILED, str(exc), exc.code)

@@ -172,7 +172,7 @@ def test_an_answer_abandoned_before_its_outputs_land_is_kept(
     """A second Ctrl-C lets an answer being written land for the output grace; one whose
     disk is slower than that is abandoned, and its answer is kept, so the next run writes
     it instead of paying for it again."""
-    (wav,) = make_wavs(tmp_path / "in", 1)
+    wav = make_wav(tmp_path / "in" / "f000.wav", 1.0)
     real_write = batch.outputs._write_new_file
 
     def stuck_disk(path: str, data: bytes, created: list[str]) -> None:
@@ -186,11 +186,12 @@ def test_an_answer_abandoned_before_its_outputs_land_is_kept(
 
     monkeypatch.setattr(batch.outputs, "_write_new_file", stuck_disk)
     monkeypatch.setattr(batch.outputs, "OUTPUT_GRACE", 0.2)
-    out = tmp_path / "out"
-    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    out, report = tmp_path / "out", tmp_path / "run.json"
+    first = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--run-report", str(report))
     assert first.exit_code == 130, first.output
     assert statuses(out) == {"f000.wav": "pending"}
     assert len(kept_ids(out)) == 1
+    assert json.loads(report.read_text())["audio_hours"] == round(1 / 3600, 4)  # paid for
     monkeypatch.undo()
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
     assert_each_sent_once(emulator, [wav])

@@ -10,8 +10,9 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import Cli, make_wav, read_state_rows, static_server
+from conftest import KEY, Cli, make_wav, read_state_rows, static_server
 
+from batch.emulator import EmulatorConfig, run_in_thread
 from batch.job import _watch
 from batch.models import Filters
 from batch.realsources import RealSources, _scratch
@@ -113,3 +114,40 @@ def test_the_temporary_database_failing_mid_run_stops_it_and_loses_nothing(
 def _unreadable(self: RealSources, item_id: str, default: str) -> str:
     with _scratch():
         raise sqlite3.OperationalError("disk I/O error")
+
+
+@pytest.mark.timeout(60)
+def test_the_temporary_database_failing_with_requests_in_flight_loses_no_paid_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under a budget, with a presigned URL in the run and 8 requests in flight when the
+    temporary database fails: the run stops, and every answer Deepgram gave was written (or
+    kept). Files never look it up (their paths are never redacted), and a failure reading it
+    no longer left the dispatch loop without waiting for the requests in flight."""
+    calls = [0]
+
+    def failing_after_8(self: RealSources, item_id: str, default: str) -> str:
+        calls[0] += 1
+        if calls[0] > 8:
+            return _unreadable(self, item_id, default)
+        return default
+
+    make_wav(tmp_path / "media" / "a.wav", 0.2)
+    files = [make_wav(tmp_path / "in" / f"f{n:03}.wav", 0.2, tone=n) for n in range(40)]
+    with (
+        static_server(tmp_path / "media") as base,
+        run_in_thread(EmulatorConfig(key=KEY, latency=1.0)) as emu,
+    ):
+        manifest = tmp_path / "list.txt"
+        signed = f"{base}/a.wav?n=0&X-Amz-Signature={'f' * 64}\n"
+        manifest.write_text(signed + "".join(f"{f}\n" for f in files))
+        monkeypatch.setattr(RealSources, "get", failing_after_8)
+        out = tmp_path / "out"
+        result = Cli(emu)("run", str(manifest), "--out", str(out), "-c", "8",
+                          "--max-audio-hours", "100")  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert "cannot keep the real sources" in result.output
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    answered = [r for r in emu.log if r.status == 200]
+    assert len([r for r in rows if r["status"] == "done"]) == len(answered)
+    assert len(answered) >= 8  # the failure came with requests in flight
