@@ -36,7 +36,11 @@ def reported_duration(response: dict[str, Any]) -> float | None:
     """``metadata.duration`` when it is a length of audio: not a string, a bool, a negative
     number or an infinity (which would make the report invalid JSON and every budget
     spent)."""
-    duration = (response.get("metadata") or {}).get("duration")
+    return audio_seconds((response.get("metadata") or {}).get("duration"))
+
+
+def audio_seconds(duration: object) -> float | None:
+    """``duration`` when it is a length of audio (see ``reported_duration``), else None."""
     if isinstance(duration, bool) or not isinstance(duration, int | float):
         return None
     try:

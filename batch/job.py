@@ -183,7 +183,9 @@ async def _run_locked(
                 if new_force:  # nothing was sent: the force did not begin
                     state.end_force()
                 raise
-            budget = None if cap is None else Budget(cap, *used_audio(state))
+            budget = (
+                None if cap is None else Budget(cap, *await asyncio.to_thread(used_audio, state))
+            )
             tags = run_tags(run_tag)
             stats = await _execute(
                 config,

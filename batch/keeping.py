@@ -23,11 +23,10 @@ import logging
 import sqlite3
 from collections.abc import Callable
 
-from batch.checks import reported_duration
+from batch.checks import audio_seconds
 from batch.config import RunConfig
 from batch.errors import StateError
 from batch.models import Params
-from batch.retry import parse_transcript
 from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -99,7 +98,7 @@ class Keeping:
 
 
 def kept_audio(state: State) -> list[float]:
-    """The audio of each answer still kept: Deepgram billed it, so a budget counts it
-    (and no longer does once the answer is written: its item is then done)."""
-    responses = (parse_transcript(body) for body in state.kept_bodies())
-    return [reported_duration(r) or 0.0 for r in responses if r is not None]
+    """The audio of each request whose answer is still kept: Deepgram billed it, so a
+    budget counts it (and no longer does once the answer is written: its item is then
+    done, and counts it)."""
+    return [audio_seconds(duration) or 0.0 for duration in state.kept_durations()]

@@ -249,6 +249,8 @@ class Runner:
         so the dispatch loop never waits on a file's headers."""
         if self.budget is None:
             return True
+        if self.keeping.may_have(item) and await self.keeping.answer(item) is not None:
+            return True  # paid for already: writing it costs nothing (``Placer.kept_result``)
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
         if self.budget.must_wait(estimate):

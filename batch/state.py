@@ -72,6 +72,18 @@ _KEPT_FOR_ITEM = (
     "items.id = kept_answers.id AND items.status != 'done' "
     "AND items.source = kept_answers.source AND items.fingerprint = kept_answers.fingerprint"
 )
+#: per Deepgram request of the kept answers still to write, its duration (see
+#: ``kept_durations``); an answer without a request id counts on its own
+_KEPT_DURATIONS = f"""
+SELECT MAX(json_extract(text, '$.metadata.duration')) FROM (
+    SELECT kept_answers.id AS kept_id, CAST(body AS TEXT) AS text FROM kept_answers
+    WHERE EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM}))
+WHERE json_valid(text)
+GROUP BY COALESCE(json_extract(text, '$.metadata.request_id'), 'kept:' || kept_id)
+HAVING COALESCE(json_extract(text, '$.metadata.request_id'), '') NOT IN (
+    SELECT request_id FROM items
+    WHERE status = 'done' AND copy_of IS NULL AND request_id IS NOT NULL)
+"""
 #: a result written from a kept answer: the run that paid for it stays the one that sent it
 #: (``dgbatch usage`` matches its request to that run), and the answer is dropped
 _KEPT_WRITTEN = (
@@ -288,13 +300,11 @@ class State:
             return 0
         return int(count)
 
-    def kept_bodies(self) -> list[bytes]:
-        """The kept answers still to write, as Deepgram returned them."""
-        rows = self.query(
-            f"SELECT body FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE "
-            f"{_KEPT_FOR_ITEM})"
-        )
-        return [bytes(body) for (body,) in rows]
+    def kept_durations(self) -> list[object]:
+        """``metadata.duration`` of the kept answers still to write, as found (SQLite parses
+        the bodies: none is loaded): one per Deepgram request (a --dedupe copy keeps its
+        leader's answer), none for a request whose audio a done item already counts."""
+        return [row[0] for row in self.query(_KEPT_DURATIONS)]
 
     def failed_since(self, moment: float) -> int:
         """Items that became ``failed`` at ``moment`` or later (while planning or sending)."""

@@ -35,7 +35,7 @@ from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator
 from batch.media import SENDERS, send_file
 from batch.models import Item, ItemKind
-from batch.state import WorkItem
+from batch.state import State, WorkItem
 
 
 def state_of(out: Path) -> Path:
@@ -439,3 +439,47 @@ def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
     assert dgbatch(*args, "--run-report", str(report)).exit_code == 1
     assert len(answered_ids(emulator)) == 1 and len(kept_ids(tmp_path / "out")) == 2
     assert json.loads(report.read_text())["audio_hours"] == round(1 / 3600, 4)
+
+
+def test_a_kept_answer_is_written_under_a_budget_it_was_already_counted_in(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """1 s paid for and kept (a folder where its json goes), then a 1.5 s cap: writing the
+    kept answer costs nothing, so the budget does not stand in its way (it counted that
+    second once already, and reserving it again passed the cap)."""
+    make_wav(tmp_path / "in" / "a.wav", 1.0)
+    (tmp_path / "out" / "a.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    cap = ("--max-audio-hours", str(1.5 / 3600))
+    assert dgbatch(*args, *cap).exit_code == 1
+    (tmp_path / "out" / "a.json").rmdir()
+    again = dgbatch(*args, *cap, "--retry-failed")
+    assert again.exit_code == 0, again.output
+    assert len(emulator.log) == 1 and statuses(tmp_path / "out") == {"a.wav": "done"}
+
+
+@pytest.mark.parametrize(
+    ("blocked", "kept"), [(("c",), {"a.wav": "done", "c.wav": "failed"}), (("a", "c"), None)]
+)
+def test_a_dedupe_copys_kept_answer_is_not_counted_again(
+    dgbatch: Cli,
+    emulator: Emulator,
+    tmp_path: Path,
+    blocked: tuple[str, ...],
+    kept: dict[str, str] | None,
+) -> None:
+    """With ``--dedupe``, a copy that could not write keeps its leader's answer: the audio
+    of that one request counts once, whether its leader is done or kept its answer too."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    for name in blocked:
+        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args).exit_code == 1
+    assert statuses(tmp_path / "out") == (kept or {"a.wav": "failed", "c.wav": "failed"})
+    assert len(emulator.log) == 1 and len(kept_ids(tmp_path / "out")) == len(blocked)
+    state = State.open(state_of(tmp_path / "out"))
+    try:
+        assert batch.job.used_audio(state) == (1.0, 1.0)
+    finally:
+        state.close()
