@@ -3,8 +3,8 @@ in the state, and not in Python's memory either (``batch.realsources``)."""
 
 from __future__ import annotations
 
+import os
 import sqlite3
-import tempfile
 import threading
 import tracemalloc
 from pathlib import Path
@@ -15,7 +15,7 @@ from conftest import KEY, Cli, make_wav, read_state_rows, static_server
 from batch.emulator import EmulatorConfig, run_in_thread
 from batch.job import _watch
 from batch.models import Filters
-from batch.realsources import RealSources, _scratch
+from batch.realsources import RealSources, _scratch, scratch_folder
 from batch.sources import expand_sources
 
 SIGNED = "X-Amz-Credential=AKIAEXAMPLE&X-Amz-Security-Token={token}&X-Amz-Signature={n:064x}"
@@ -33,6 +33,40 @@ def test_the_first_source_of_an_id_stays_until_replaced() -> None:
     sources.close()
     assert sources.add("c", "https://x/c?sig=3") is None  # a planner still running: ignored
     assert sources.get("a", "stored") == "stored"
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="reads the file through /proc")
+def test_what_reaches_the_temporary_file_holds_no_signature() -> None:
+    """SQLite spills the database past its few MB of cache to a file it has unlinked; its
+    blocks stay on that disk afterwards, so what it holds is sealed with a key only the
+    process's memory has. 5,000 URLs of 1 KB spill; no signature or token is in the file,
+    and every source comes back whole. The file is in the folder errors name."""
+    before = _open_deleted_files()
+    token = "IQoJb3JpZ2luX2VjEJr" * 40
+    urls = {f"id{n}": f"https://b/c{n}.wav?{SIGNED.format(token=token, n=n)}" for n in range(5000)}
+    sources = RealSources()
+    for item_id, url in urls.items():
+        sources.add(item_id, url)
+    spilled = {fd: target for fd, target in _open_deleted_files().items() if fd not in before}
+    contents = b"".join(Path(fd).read_bytes() for fd in spilled)
+    assert all(target.startswith(scratch_folder()) for target in spilled.values()), spilled
+    assert spilled and len(contents) > 1_000_000, "the database did not spill to its file"
+    assert b"IQoJb3JpZ2lu" not in contents and b"X-Amz-Signature" not in contents
+    assert all(sources.get(item_id, "") == url for item_id, url in urls.items())
+    sources.close()
+
+
+def _open_deleted_files() -> dict[str, str]:
+    """``/proc/self/fd`` entry → path of the files this process has open and unlinked."""
+    found = {}
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:  # the listing's own descriptor, closed since
+            continue
+        if target.endswith(" (deleted)"):
+            found[str(fd)] = target
+    return found
 
 
 def test_planning_keeps_presigned_urls_out_of_python_memory(tmp_path: Path) -> None:
@@ -83,8 +117,8 @@ def test_no_room_for_the_temporary_database_stops_the_run_with_its_reason(
     manifest = _signed_manifest(tmp_path, "http://127.0.0.1:9", 3)
     result = dgbatch("run", str(manifest), "--out", str(tmp_path / "out"))
     assert result.exit_code == 1, result.output
-    assert f"{tempfile.gettempdir()}: cannot keep the real sources" in result.output
-    assert "database or disk is full" in result.output and "set TMPDIR" in result.output
+    assert f"{scratch_folder()}: cannot keep the real sources" in result.output
+    assert "database or disk is full" in result.output and "SQLITE_TMPDIR" in result.output
     assert "internal error" not in result.output
     assert dgbatch.emulator is not None and dgbatch.emulator.log == []
 
