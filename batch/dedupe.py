@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -65,6 +66,20 @@ class Spooled:
     length: int
 
 
+@dataclass(frozen=True, slots=True)
+class Handed:
+    """A leader's answer as it arrived, for the copies already waiting for it."""
+
+    item_id: str
+    body: bytes
+
+
+#: what a copy gets from its leader: the answer, where it is, or None (send on your own)
+Lead = Handed | Spooled | None
+#: room the spool leaves on its disk: that of the state, which must stay writable
+KEEP_FREE = 1 << 30
+
+
 class Spool:
     """Leaders' answers for the rest of the run, in one unnamed file (gone when it is
     closed, or when the process dies) in ``folder``, created at the first answer."""
@@ -75,8 +90,12 @@ class Spool:
         self._end = 0
 
     def put(self, item_id: str, body: bytes) -> Spooled | None:
-        """Store ``body``; None when it cannot be (its copies are then sent on their own)."""
+        """Store ``body``; None when it cannot be, or when its disk (the state's) would be
+        left with less than ``KEEP_FREE`` (later copies are then sent on their own)."""
         try:
+            disk = os.statvfs(self._folder)
+            if disk.f_bavail * disk.f_frsize < len(body) + KEEP_FREE:
+                raise OSError(errno.ENOSPC, "less than 1 GiB would be left for the state")
             if self._fd is None:
                 self._fd, name = tempfile.mkstemp(dir=self._folder, prefix=".dgbatch-answers-")
                 os.unlink(name)  # unnamed: gone with the run, however it ends
@@ -124,7 +143,7 @@ class Dedupe:
         #: an item's own params → its request's: two items are copies only if they would
         #: ask the same, whichever layer said it
         self._complete = complete
-        self._leaders: dict[str, asyncio.Future[Spooled | None]] = {}
+        self._leaders: dict[str, asyncio.Future[Lead]] = {}
         self.spool = spool
 
     @classmethod
@@ -147,7 +166,7 @@ class Dedupe:
         except OSError:
             return None
 
-    def follow(self, key: str) -> asyncio.Future[Spooled | None] | None:
+    def follow(self, key: str) -> asyncio.Future[Lead] | None:
         """The leader's future to wait for, or None: the caller leads and must ``publish``."""
         leader = self._leaders.get(key)
         if leader is None:
@@ -155,14 +174,16 @@ class Dedupe:
         return leader
 
     def publish(self, key: str, answer: tuple[str, bytes] | None) -> None:
-        """Hand the leader's id and answer to its copies (None if it failed, or if the answer
-        cannot be spooled: copies then send their own)."""
-        spooled = None if answer is None else self.spool.put(*answer)
-        leader = self._leaders[key]
+        """Hand the leader's id and answer (None if it failed: copies then send their own)
+        to the copies waiting for it, as it is; later copies find it in the spool (or,
+        when it cannot be spooled, send their own)."""
+        leader = self._leaders.pop(key)
         if not leader.done():
-            leader.set_result(spooled)
-        if spooled is None:
-            del self._leaders[key]
+            leader.set_result(None if answer is None else Handed(*answer))
+        spooled = None if answer is None else self.spool.put(*answer)
+        if spooled is not None:
+            self._leaders[key] = later = asyncio.get_running_loop().create_future()
+            later.set_result(spooled)
 
 
 class Copies:
@@ -199,8 +220,8 @@ class Copies:
         # A copy sends nothing while it waits, so its slot goes back: held, it could be the
         # one slot its leader needs after a 429 cut the limit, and neither would go on.
         # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        spooled = await self.limit.without_slot(asyncio.shield(leader))
-        shared = None if spooled is None else await self._unspool(spooled)
+        lead = await self.limit.without_slot(asyncio.shield(leader))
+        shared = None if lead is None else await self._answer(lead)
         if shared is not None:
             return await self._copy(item, shared)
         if self._stopped.is_set():  # the leader was stopped, not failed: do not send after a stop
@@ -216,16 +237,19 @@ class Copies:
             captured = self._captured.pop(item.id, None)
             self.dedupe.publish(key, None if captured is None else (item.id, captured))
 
-    async def _unspool(self, spooled: Spooled) -> Shared | None:
-        """The leader's answer back from the spool (None if it cannot be read: the copy is
-        then sent on its own)."""
-        try:
-            body = await asyncio.to_thread(self.dedupe.spool.get, spooled)
-        except OSError as exc:
-            log.warning("answer of %s unreadable for its --dedupe copy: %s", spooled.item_id, exc)
-            return None
+    async def _answer(self, lead: Handed | Spooled) -> Shared | None:
+        """The leader's answer, handed over or read back from the spool (None if it cannot
+        be read: the copy is then sent on its own)."""
+        if isinstance(lead, Handed):
+            body = lead.body
+        else:
+            try:
+                body = await asyncio.to_thread(self.dedupe.spool.get, lead)
+            except OSError as exc:
+                log.warning("answer of %s unreadable for its --dedupe copy: %s", lead.item_id, exc)
+                return None
         response = retry.parse_transcript(body)
-        return None if response is None else Shared(spooled.item_id, body, response)
+        return None if response is None else Shared(lead.item_id, body, response)
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if

@@ -337,11 +337,11 @@ def test_dedupe_does_not_hold_every_leaders_answer_in_memory(tmp_path: Path) -> 
 
 
 @pytest.mark.timeout(60)
-def test_dedupe_copies_are_sent_when_answers_cannot_be_spooled(
+def test_dedupe_copies_are_done_when_answers_cannot_be_spooled(
     dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """No room for the leaders' answers (the spool cannot be created): each copy is sent on
-    its own, as when its leader failed; nothing hangs and nothing is lost."""
+    """No room for the leaders' answers (the spool cannot be created): nothing hangs and
+    nothing is lost; copies get the answer or are sent on their own."""
     import errno
 
     import batch.dedupe
@@ -351,9 +351,54 @@ def test_dedupe_copies_are_sent_when_answers_cannot_be_spooled(
 
     monkeypatch.setattr(batch.dedupe.tempfile, "mkstemp", no_room)
     first = make_wav(tmp_path / "in" / "a.wav", 0.5, tone=3)
-    shutil.copy(first, tmp_path / "in" / "b.wav")
+    for name in ("b", "c", "d"):
+        shutil.copy(first, tmp_path / "in" / f"{name}.wav")
     out = tmp_path / "out"
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "1")
     assert result.exit_code == 0, result.output
-    assert dgbatch.emulator is not None and len(dgbatch.emulator.log) == 2
     assert {r["status"] for r in read_state_rows(out / ".dgbatch/state.sqlite")} == {"done"}
+
+
+@pytest.mark.parametrize("spooled", [True, False])
+async def test_a_leaders_answer_goes_to_its_waiting_copies_then_to_the_spool(
+    tmp_path: Path, spooled: bool
+) -> None:
+    """Copies waiting when the leader ends get its answer as it is; later ones read it from
+    the spool, or, when it could not be spooled, lead (and send) themselves."""
+    from batch.dedupe import Handed, Spool, Spooled
+
+    folder = tmp_path if spooled else tmp_path / "missing"
+    dedupe = Dedupe(lambda own: own, Spool(folder))
+    assert dedupe.follow("k") is None  # the leader
+    waiting = dedupe.follow("k")
+    assert waiting is not None and not waiting.done()
+    dedupe.publish("k", ("leader", b"answer"))
+    assert waiting.result() == Handed("leader", b"answer")
+    later = dedupe.follow("k")
+    if spooled:
+        assert later is not None and isinstance(later.result(), Spooled)
+        assert dedupe.spool.get(later.result()) == b"answer"
+    else:
+        assert later is None  # it leads: sent on its own
+    dedupe.spool.close()
+
+
+def test_the_spool_leaves_the_states_disk_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool shares its disk with the state, which must stay writable: with less than
+    ``KEEP_FREE`` left after an answer, it does not take it (later copies send their own)."""
+    import batch.dedupe
+    from batch.dedupe import KEEP_FREE, Spool
+
+    real = os.statvfs(tmp_path)
+
+    class Disk:
+        f_frsize = real.f_frsize
+        f_bavail = (KEEP_FREE + 1000) // real.f_frsize
+
+    spool = Spool(tmp_path)
+    assert spool.put("small", b"x" * 10) is not None
+    monkeypatch.setattr(batch.dedupe.os, "statvfs", lambda _: Disk)
+    assert spool.put("big", b"x" * 8192) is None
+    spool.close()
