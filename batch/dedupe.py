@@ -173,10 +173,6 @@ class Dedupe:
             self._leaders[key] = asyncio.get_running_loop().create_future()
         return leader
 
-    def leads(self, key: str) -> bool:
-        """Whether an item of this run leads ``key``: sending, or sent and spooled."""
-        return key in self._leaders
-
     def publish(self, key: str, answer: tuple[str, bytes] | None) -> None:
         """Hand the leader's id and answer (None if it failed: copies then send their own)
         to the copies waiting for it, as it is; later copies find it in the spool (or,

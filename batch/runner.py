@@ -260,23 +260,11 @@ class Runner:
         if self.stopping:
             return False
         reservation = self.budget.admit(estimate)
-        if reservation is None and await self._copy_in_run(item):
-            reservation = Reservation(0.0)  # its original is sent (or was) by this run: free
         if reservation is None:
             self.stop(self.budget.exceeded(item.source, estimate))
             return False
         self._reserved[item.id] = reservation
         return True
-
-    async def _copy_in_run(self, item: WorkItem) -> bool:
-        """With ``--dedupe``, whether the item is a copy of one this run sends or sent (its
-        file is read to tell; only asked of an item the budget would stop at). Should that
-        original fail after all, the copy is sent on its own, past the cap by that much."""
-        if self._copies is None or item.kind is not ItemKind.FILE:
-            return False
-        dedupe = self._copies.dedupe
-        key = await dedupe.key(item.source, item.params)
-        return key is not None and dedupe.leads(key)
 
     async def _wait_for_budget(self, budget: Budget, estimate: float | None) -> None:
         """Hold the dispatch while the budget asks an item to wait (``Budget.must_wait``),

@@ -300,18 +300,3 @@ def test_a_throttled_first_url_under_a_budget_does_not_hang_the_run(tmp_path: Pa
         sent = len(emu.log)
     assert result.exit_code == 1, result.output
     assert sent == 9  # three URLs, three tries each, one at a time
-
-
-def test_a_dedupe_copy_is_not_stopped_by_the_budget_its_original_already_pays(
-    dgbatch: Cli, emulator: Emulator, tmp_path: Path
-) -> None:
-    """Two identical 1 s files with ``--dedupe`` under a 1.4 s cap: the copy is free, so the
-    cap does not stop at it while its original is in flight (and the next run, to which it
-    would no longer be a copy, does not pay for it again)."""
-    first = make_wav(tmp_path / "in" / "a.wav", 1.0, tone=3)
-    shutil.copy(first, tmp_path / "in" / "c.wav")
-    out = tmp_path / "out"
-    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "1")
-    result = dgbatch(*args, "--max-audio-hours", str(1.4 / 3600))
-    assert result.exit_code == 0, result.output
-    assert len(emulator.log) == 1 and "1 item(s) were copies" in result.output
