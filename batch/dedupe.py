@@ -254,6 +254,8 @@ class Copies:
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:
         """Outputs of a copy, rendered from its leader's answer; nothing is sent (and if
         they cannot be written, the answer is kept for the copy, as for a paid one)."""
-        outputs = await self._placer.write_paid(item, shared.body, shared.response, billed=False)
+        outputs = await self._placer.write_paid(
+            item, shared.body, shared.response, copy_of=shared.item_id
+        )
         result = self._placer.done_result(item, item.attempts, shared.response, outputs)
         return dataclasses.replace(result, copy_of=shared.item_id)

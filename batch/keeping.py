@@ -72,25 +72,28 @@ class Keeping:
         """Whether an answer was kept for ``item`` (a set lookup: this runs per item)."""
         return item.id in self._ids
 
-    async def answer(self, item: WorkItem) -> bytes | None:
-        """The paid answer kept for ``item``, if it answers it as this run would ask."""
+    async def answer(self, item: WorkItem) -> tuple[bytes, str | None] | None:
+        """The paid answer kept for ``item``, if it answers it as this run would ask, and
+        the original it was a --dedupe copy of (if any)."""
         return await asyncio.to_thread(self.answer_now, item.id, item.params)
 
-    def answer_now(self, item_id: str, own: Params) -> bytes | None:
+    def answer_now(self, item_id: str, own: Params) -> tuple[bytes, str | None] | None:
         """``answer`` for an item whose own params are ``own``, in this thread (the dry
         run's estimate asks it per item, without a loop)."""
         params = json.dumps(self._sent(own))
         return self.state.kept_answer(item_id, params, self._not_before or 0.0)
 
-    async def keep(self, item: WorkItem, body: bytes) -> None:
-        """Keep ``item``'s paid answer (this only runs when its outputs failed). Shielded: an
-        item cancelled again meanwhile still has its answer kept."""
-        keeping = asyncio.ensure_future(asyncio.to_thread(self._keep, item, body))
+    async def keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
+        """Keep ``item``'s paid answer (a --dedupe copy's: its original's, ``copy_of``);
+        this only runs when its outputs failed. Shielded: an item cancelled again meanwhile
+        still has its answer kept."""
+        keeping = asyncio.ensure_future(asyncio.to_thread(self._keep, item, body, copy_of))
         await asyncio.shield(keeping)
 
-    def _keep(self, item: WorkItem, body: bytes) -> None:
+    def _keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
+        params = json.dumps(self._sent(item.params))
         try:
-            self.state.keep_answer(item, json.dumps(self._sent(item.params)), self.run_id, body)
+            self.state.keep_answer(item, params, self.run_id, body, copy_of)
         except (StateError, sqlite3.Error) as exc:  # a full disk, or the state closed
             log.warning("%s: its paid answer could not be kept: %s", item.source, exc)
             return

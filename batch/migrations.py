@@ -108,6 +108,13 @@ def m005_kept_answers(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m006_kept_copy_of(db: sqlite3.Connection) -> None:
+    """Per kept answer, ``copy_of``: a --dedupe copy keeps its original's answer, and the
+    run that writes it records it as that copy again (not as a request of its own)."""
+    db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
+
+
 def migrate(db: sqlite3.Connection) -> list[str]:
     """Apply every migration not yet recorded; return the names applied now."""
     db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")

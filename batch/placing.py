@@ -54,18 +54,23 @@ class Placer:
         self.unwritten: dict[str, float] = {}
 
     async def write_paid(
-        self, item: WorkItem, body: bytes, response: retry.Response, *, billed: bool = True
+        self,
+        item: WorkItem,
+        body: bytes,
+        response: retry.Response,
+        *,
+        copy_of: str | None = None,
     ) -> list[str]:
-        """``write`` for an answer Deepgram billed (for this item, or for the leader a
-        ``--dedupe`` copy shares it with: not ``billed``): if its outputs cannot be written,
-        or the item is abandoned before they are, the answer is kept for the next run."""
+        """``write`` for an answer Deepgram billed (for this item, or for the original
+        ``copy_of`` of a ``--dedupe`` copy): if its outputs cannot be written, or the item
+        is abandoned before they are, the answer is kept for the next run."""
         try:
             return await self.write(item, body, response)
         except (Exception, asyncio.CancelledError):
-            if billed:
+            if copy_of is None:  # billed for this item
                 self.unwritten[item.id] = reported_duration(response) or 0.0
             if self._keeping is not None:
-                await self._keeping.keep(item, body)
+                await self._keeping.keep(item, body, copy_of)
             raise
 
     async def kept_result(self, item: WorkItem) -> Result | None:
@@ -74,15 +79,16 @@ class Placer:
         kept as it is."""
         if self._keeping is None or not self._keeping.may_have(item):
             return None
-        body = await self._keeping.answer(item)
-        if body is None:
+        kept = await self._keeping.answer(item)
+        if kept is None:
             return None
+        body, copy_of = kept
         response = retry.parse_transcript(body)
         if response is None:
             return None
         outputs = await self.write(item, body, response)
         result = self.done_result(item, item.attempts, response, outputs)
-        return dataclasses.replace(result, kept=True)
+        return dataclasses.replace(result, kept=True, copy_of=copy_of)
 
     async def write(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
         """Where the answer's outputs now are; the request slot goes back meanwhile."""

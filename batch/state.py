@@ -75,9 +75,12 @@ _KEPT_FOR_ITEM = (
 #: per Deepgram request of the kept answers still to write, its duration (see
 #: ``kept_durations``); an answer without a request id counts on its own
 _KEPT_DURATIONS = f"""
-SELECT MAX(json_extract(text, '$.metadata.duration')) FROM (
-    SELECT kept_answers.id AS kept_id, CAST(body AS TEXT) AS text FROM kept_answers
-    WHERE EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM}))
+SELECT MAX(CASE WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real')
+           THEN json_extract(text, '$.metadata.duration') END) FROM (
+    SELECT kept_answers.id AS kept_id,
+           CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4) ELSE body END
+                AS TEXT) AS text
+    FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM}))
 WHERE json_valid(text)
 GROUP BY COALESCE(json_extract(text, '$.metadata.request_id'), 'kept:' || kept_id)
 HAVING COALESCE(json_extract(text, '$.metadata.request_id'), '') NOT IN (
@@ -245,28 +248,35 @@ class State:
 
     # -- kept answers (``batch.keeping``) -------------------------------------------------
 
-    def keep_answer(self, item: WorkItem, params: str, run_id: int, body: bytes) -> None:
+    def keep_answer(
+        self, item: WorkItem, params: str, run_id: int, body: bytes, copy_of: str | None
+    ) -> None:
         """Keep the answer run ``run_id`` paid for ``item`` (sent with ``params``, a JSON
-        list of pairs) and could not write, at once."""
-        row = (item.id, item.source, params, item.fingerprint, run_id, body)
+        list of pairs; a --dedupe copy's is its original's, ``copy_of``) and could not
+        write, at once."""
+        row = (item.id, item.source, params, item.fingerprint, run_id, body, copy_of)
         with self._mutex, self._writing(), self._db:
             self._db.execute(
                 "INSERT OR REPLACE INTO kept_answers "
-                "(id, source, params, fingerprint, run_id, body, kept_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "(id, source, params, fingerprint, run_id, body, copy_of, kept_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (*row, time.time()),
             )
 
-    def kept_answer(self, item_id: str, params: str, since: float) -> bytes | None:
-        """The answer kept for this item, if it answers the item as the state has it now,
-        asked with ``params``, and was kept at ``since`` or later."""
-        with self._mutex:
+    def kept_answer(
+        self, item_id: str, params: str, since: float
+    ) -> tuple[bytes, str | None] | None:
+        """The answer kept for this item and the original it was a copy of (if any), if it
+        answers the item as the state has it now, asked with ``params``, and was kept at
+        ``since`` or later."""
+        with self._mutex, self._writing():
             row = self._db.execute(
-                f"SELECT body FROM kept_answers JOIN items ON {_KEPT_FOR_ITEM} "
+                "SELECT body, kept_answers.copy_of FROM kept_answers "
+                f"JOIN items ON {_KEPT_FOR_ITEM} "
                 "WHERE kept_answers.id = ? AND kept_answers.params = ? AND kept_at >= ?",
                 (item_id, params, since),
             ).fetchone()
-        return None if row is None else bytes(row[0])
+        return None if row is None else (bytes(row[0]), row[1])
 
     def _drop_kept_before(self, force_since: float) -> None:
         """A ``--force`` asks for new answers: the answers kept before it began for the

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from conftest import (
+    KEY,
     Cli,
     MotoS3,
     make_wav,
@@ -28,11 +29,14 @@ from conftest import (
 from reliability_helpers import assert_outputs_match, digest, disk_full_after
 
 import batch.job
+import batch.keeping
 import batch.outputs
 import batch.planner
 from batch.checks import UNUSUAL_SHAPE
 from batch.client import Answer, DeepgramClient
-from batch.emulator import Emulator
+from batch.emulator import Emulator, EmulatorConfig, run_in_thread
+from batch.errors import StateError
+from batch.keeping import Keeping
 from batch.media import SENDERS, send_file
 from batch.models import Item, ItemKind
 from batch.state import State, WorkItem
@@ -483,3 +487,90 @@ def test_a_dedupe_copys_kept_answer_is_not_counted_again(
         assert batch.job.used_audio(state) == (1.0, 1.0)
     finally:
         state.close()
+
+
+def test_a_dedupe_copy_written_from_its_kept_answer_is_still_a_copy(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A copy that could not write keeps its original's answer; written by the next run, its
+    row names that original in ``copy_of`` (it sent nothing), so the audio of the one
+    request still counts once."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    (tmp_path / "out" / "c.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args).exit_code == 1
+    (tmp_path / "out" / "c.json").rmdir()
+    assert dgbatch(*args, "--retry-failed").exit_code == 0
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
+    assert rows["c.wav"]["status"] == "done" and rows["c.wav"]["copy_of"] == rows["a.wav"]["id"]
+    assert len(emulator.log) == 1
+    state = State.open(state_of(tmp_path / "out"))
+    try:
+        assert batch.job.used_audio(state) == (1.0, 1.0)
+    finally:
+        state.close()
+
+
+@pytest.mark.parametrize(
+    ("body", "seconds"),
+    [
+        (b'{"metadata":{"request_id":"r","duration":2.5},"results":{}}', 2.5),
+        (b'\xef\xbb\xbf{"metadata":{"request_id":"r","duration":8},"results":{}}', 8.0),
+        (b'{"metadata":{"request_id":"r","duration":true},"results":{}}', 0.0),
+        (b'{"metadata":{"request_id":"r","duration":"7"},"results":{}}', 0.0),
+        (b'{"metadata":{"request_id":"r","duration":-3},"results":{}}', 0.0),
+        (b'{"metadata":{"request_id":"r","duration":1e999},"results":{}}', 0.0),
+        (b'{"metadata":{"request_id":"r","duration":9}', None),  # cut short: not an answer
+    ],
+)
+def test_kept_audio_reads_durations_as_the_runner_does(
+    tmp_path: Path, body: bytes, seconds: float | None
+) -> None:
+    """The budget reads kept answers' durations in SQL; it takes the same ones as
+    ``checks.reported_duration``: finite, non-negative numbers (a BOM allowed)."""
+    state = State.open(tmp_path / "state.sqlite")
+    try:
+        state.plan([Item("a", "/in/a.wav", ItemKind.FILE, "a.wav", fingerprint="f")], run_id=1)
+        (work,) = state.claim(1, 0, 1)
+        state.keep_answer(work, "[]", 1, body, None)
+        assert batch.keeping.kept_audio(state) == ([] if seconds is None else [seconds])
+    finally:
+        state.close()
+
+
+def test_a_kept_answer_unreadable_is_a_state_error(tmp_path: Path) -> None:
+    """Reading a kept answer fails as the state's error (the run stops and says which
+    file), not as a raw SQLite exception that the runner would take for a bug."""
+    state = State.open(tmp_path / "state.sqlite")
+    try:
+        with state._db:
+            state._db.execute("DROP TABLE kept_answers")
+        with pytest.raises(StateError, match=r"state\.sqlite: cannot"):
+            state.kept_answer("a", "[]", 0.0)
+    finally:
+        state.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_state_error_while_dispatching_still_lands_the_answers_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``a`` is in flight when ``b``'s kept answer cannot be read (under a budget, the
+    dispatch loop reads it): the run stops, and ``a``'s paid answer is still written."""
+    make_wav(tmp_path / "in" / "a.wav", 0.5, tone=1)
+    make_wav(tmp_path / "in" / "b.wav", 0.5, tone=2)
+    monkeypatch.setattr(Keeping, "may_have", lambda self, item: item.source.endswith("b.wav"))
+
+    def unreadable(self: State, *_: object) -> None:
+        time.sleep(0.5)  # a slow failing read: a is sent meanwhile
+        raise StateError(f"{self.path}: cannot read the state file (disk I/O error)")
+
+    monkeypatch.setattr(State, "kept_answer", unreadable)
+    with run_in_thread(EmulatorConfig(key=KEY, latency=1.0)) as emu:
+        args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "2")
+        result = Cli(emu)(*args, "--max-audio-hours", "1")
+    assert result.exit_code == 2, result.output
+    assert "cannot read the state file" in result.output
+    assert statuses(tmp_path / "out")["a.wav"] == "done"
+    assert (tmp_path / "out" / "a.json").exists() and len(emu.log) == 1
