@@ -166,6 +166,15 @@ class Dedupe:
         except OSError:
             return None
 
+    async def answered(self, key: str) -> bool:
+        """Whether this run's answer for ``key`` is at hand for any copy (spooled), once
+        the item leading it, if any, has ended."""
+        leader = self._leaders.get(key)
+        if leader is not None and not leader.done():
+            await asyncio.wait([leader])
+        later = self._leaders.get(key)
+        return later is not None and later.done() and isinstance(later.result(), Spooled)
+
     def follow(self, key: str) -> asyncio.Future[Lead] | None:
         """The leader's future to wait for, or None: the caller leads and must ``publish``."""
         leader = self._leaders.get(key)
@@ -202,6 +211,8 @@ class Copies:
     ) -> None:
         self.dedupe = dedupe
         self.limit = limit
+        #: copies the budget let through for free (``Runner._free_copy``): they never send
+        self.free: set[str] = set()
         self._attempts = attempts
         self._placer = placer
         #: the runner's leaders' answers, kept by ``Placer.write`` for their copies
@@ -213,9 +224,12 @@ class Copies:
         copied from its leader's answer otherwise."""
         key = await self.dedupe.key(item.source, item.params)  # a path: never redacted
         if key is None:
-            return await self._attempts.process(item)
+            return await self._sent(item)
         leader = self.dedupe.follow(key)
         if leader is None:
+            if item.id in self.free:  # its answer went meanwhile: do not lead, past the cap
+                self.dedupe.publish(key, None)
+                return Result(item.id, ItemStatus.PENDING, item.attempts)
             return await self._lead(item, key)
         # A copy sends nothing while it waits, so its slot goes back: held, it could be the
         # one slot its leader needs after a 429 cut the limit, and neither would go on.
@@ -225,6 +239,12 @@ class Copies:
         if shared is not None:
             return await self._copy(item, shared)
         if self._stopped.is_set():  # the leader was stopped, not failed: do not send after a stop
+            return Result(item.id, ItemStatus.PENDING, item.attempts)
+        return await self._sent(item)
+
+    async def _sent(self, item: WorkItem) -> Result:
+        """The item sent on its own; a copy the budget let through for free stays pending."""
+        if item.id in self.free:
             return Result(item.id, ItemStatus.PENDING, item.attempts)
         return await self._attempts.process(item)
 

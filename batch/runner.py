@@ -260,10 +260,30 @@ class Runner:
         if self.stopping:
             return False
         reservation = self.budget.admit(estimate)
+        if reservation is None and await self._free_copy(item):
+            reservation = Reservation(0.0)
         if reservation is None:
             self.stop(self.budget.exceeded(item.source, estimate))
             return False
         self._reserved[item.id] = reservation
+        return True
+
+    async def _free_copy(self, item: WorkItem) -> bool:
+        """With ``--dedupe``, an item the cap would stop at is let through if it is a copy
+        whose answer this run has (waiting, without a request slot, for the item that leads
+        it to end): it costs nothing, and stopped here it would be paid for by the next run.
+        Such a copy never sends (``Copies.free``): if its answer cannot be had after all, it
+        stays pending."""
+        if self._copies is None or item.kind is not ItemKind.FILE:
+            return False
+        dedupe = self._copies.dedupe
+        key = await dedupe.key(item.source, item.params)
+        if key is None:
+            return False
+        waited = await self.limit.without_slot(until_stopped(dedupe.answered(key), self._stopped))
+        if waited is None or not waited.result():
+            return False
+        self._copies.free.add(item.id)
         return True
 
     async def _wait_for_budget(self, budget: Budget, estimate: float | None) -> None:
@@ -277,6 +297,8 @@ class Runner:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
         self._local.pop(item_id, None)
         self._captured.pop(item_id, None)
+        if self._copies is not None:
+            self._copies.free.discard(item_id)
         unwritten = self._placer.unwritten.pop(item_id, 0.0)  # billed, outputs failed: kept
         paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
         self.stats.audio_seconds += unwritten  # paid for by this run, all the same

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 from pathlib import Path
 
 import mutagen
 import pytest
-from conftest import Cli, emulator_with, make_wav, read_state_rows, static_server
+from aiohttp import web
+from conftest import Cli, emulator_with, make_wav, read_state_rows, serve_app, static_server
 
 from batch.budget import Budget, Reservation, audio_span, cap_seconds
 from batch.emulator import Emulator
@@ -300,3 +302,51 @@ def test_a_throttled_first_url_under_a_budget_does_not_hang_the_run(tmp_path: Pa
         sent = len(emu.log)
     assert result.exit_code == 1, result.output
     assert sent == 9  # three URLs, three tries each, one at a time
+
+
+def test_a_dedupe_copy_whose_answer_the_run_has_is_not_stopped_by_the_budget(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Two identical 1 s files with ``--dedupe`` under a 1.4 s cap: the copy would pass the
+    cap, so the run waits for its original's answer and writes it for the copy, free (it
+    stopped there before, and the next run, to which it is no copy, paid for it again)."""
+    first = make_wav(tmp_path / "in" / "a.wav", 1.0, tone=3)
+    shutil.copy(first, tmp_path / "in" / "c.wav")
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "1")
+    result = dgbatch(*args, "--max-audio-hours", str(1.4 / 3600))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 1 and "1 item(s) were copies" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_copies_let_through_the_budget_never_send_when_their_original_fails(
+    tmp_path: Path,
+) -> None:
+    """Four identical 1 s files with ``--dedupe`` under a 1.5 s cap, and the original's
+    request fails: its copies, which were over the cap, are not sent on their own (three
+    paid seconds, when a first version let them through before the original ended)."""
+    calls: list[int] = []
+
+    async def listen(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(1)
+        await asyncio.sleep(0.3)
+        if len(calls) == 1:
+            return web.Response(status=503, text="busy")
+        body = {
+            "metadata": {"request_id": f"r{len(calls)}", "duration": 1.0},
+            "results": {"channels": [{"alternatives": [{"transcript": "hi", "words": []}]}]},
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    for name in ("a", "c1", "c2", "c3"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    args = ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "4"]
+    with serve_app(app) as url:
+        result = Cli(None)(*args, "--api-url", url, "--no-preflight", "--max-retries", "0",
+                           "--max-audio-hours", str(1.5 / 3600))  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert len(calls) <= 2, f"{len(calls) - 1} s of audio paid under a 1.5 s cap"
