@@ -213,19 +213,45 @@ class Copies:
         self.limit = limit
         #: copies the budget let through for free (``Runner._free_copy``): they never send
         self.free: set[str] = set()
+        #: items dispatched that have not yet taken their place for their key (leading it,
+        #: or following): a copy the budget asks about waits for them (``answered``)
+        self._unkeyed: set[str] = set()
+        self._all_keyed = asyncio.Event()
+        self._all_keyed.set()
         self._attempts = attempts
         self._placer = placer
         #: the runner's leaders' answers, kept by ``Placer.write`` for their copies
         self._captured = captured
         self._stopped = stopped
 
+    def expect(self, item_id: str) -> None:
+        """An item is dispatched to ``process``: until it has its key, it might lead the
+        key of a copy the budget asks about."""
+        self._unkeyed.add(item_id)
+        self._all_keyed.clear()
+
+    def keyed(self, item_id: str) -> None:
+        """The item has its place for its key, or will never take one (it ended)."""
+        self._unkeyed.discard(item_id)
+        if not self._unkeyed:
+            self._all_keyed.set()
+
+    async def answered(self, key: str) -> bool:
+        """Whether this run has the answer for ``key`` at hand for any copy, once every
+        item dispatched before has its key and the one leading ``key``, if any, has ended."""
+        await self._all_keyed.wait()
+        return await self.dedupe.answered(key)
+
     async def process(self, item: WorkItem) -> Result:
         """A local file's result: sent when it leads its key (or its key is unknown),
         copied from its leader's answer otherwise."""
-        key = await self.dedupe.key(item.source, item.params)  # a path: never redacted
+        try:
+            key = await self.dedupe.key(item.source, item.params)  # a path: never redacted
+            leader = None if key is None else self.dedupe.follow(key)
+        finally:
+            self.keyed(item.id)
         if key is None:
             return await self._sent(item)
-        leader = self.dedupe.follow(key)
         if leader is None:
             if item.id in self.free:  # its answer went meanwhile: do not lead, past the cap
                 self.dedupe.publish(key, None)

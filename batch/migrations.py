@@ -111,8 +111,30 @@ def m005_kept_answers(db: sqlite3.Connection) -> None:
 @migration
 def m006_kept_copy_of(db: sqlite3.Connection) -> None:
     """Per kept answer, ``copy_of``: a --dedupe copy keeps its original's answer, and the
-    run that writes it records it as that copy again (not as a request of its own)."""
+    run that writes it records it as that copy again (not as a request of its own).
+
+    Answers kept before are told apart by their Deepgram request id: one that an item of
+    its own holds (done with it), or that an item planned earlier kept too, was a copy's."""
     db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
+    db.execute(
+        f"""UPDATE kept_answers SET copy_of = COALESCE(
+            (SELECT other.id FROM items AS other
+             WHERE other.id != kept_answers.id AND other.copy_of IS NULL
+               AND other.request_id = {_request_id("kept_answers")}
+             ORDER BY other.rowid LIMIT 1),
+            (SELECT earlier.id FROM kept_answers AS earlier
+             JOIN items AS theirs ON theirs.id = earlier.id
+             JOIN items AS mine ON mine.id = kept_answers.id
+             WHERE theirs.rowid < mine.rowid
+               AND {_request_id("earlier")} = {_request_id("kept_answers")}
+             ORDER BY theirs.rowid LIMIT 1))"""
+    )
+
+
+def _request_id(table: str) -> str:
+    """SQL for the Deepgram request id in a kept answer's body (NULL if it has none)."""
+    text = f"CAST({table}.body AS TEXT)"
+    return f"CASE WHEN json_valid({text}) THEN json_extract({text}, '$.metadata.request_id') END"
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -206,7 +206,10 @@ class Runner:
             if not await self._admit(queue[0]):
                 self._no_room_used()
                 break
-            task = asyncio.create_task(self._work(queue.popleft()))
+            item = queue.popleft()
+            if self._copies is not None and item.kind is ItemKind.FILE:
+                self._copies.expect(item.id)  # a copy the budget asks about waits for it
+            task = asyncio.create_task(self._work(item))
             self._tasks.add(task)
             task.add_done_callback(self._ended)
             if ahead is None and len(queue) < self.settings.concurrency // 2:
@@ -260,8 +263,12 @@ class Runner:
         if self.stopping:
             return False
         reservation = self.budget.admit(estimate)
-        if reservation is None and await self._free_copy(item):
-            reservation = Reservation(0.0)
+        if reservation is None and self._copies is not None:
+            free = await self._free_copy(item)
+            if self.stopping:  # a signal while it waited: nothing more is dispatched
+                return False
+            # else its original ended meanwhile, giving back what it had reserved
+            reservation = Reservation(0.0) if free else self.budget.admit(estimate)
         if reservation is None:
             self.stop(self.budget.exceeded(item.source, estimate))
             return False
@@ -276,11 +283,11 @@ class Runner:
         stays pending."""
         if self._copies is None or item.kind is not ItemKind.FILE:
             return False
-        dedupe = self._copies.dedupe
-        key = await dedupe.key(item.source, item.params)
+        key = await self._copies.dedupe.key(item.source, item.params)
         if key is None:
             return False
-        waited = await self.limit.without_slot(until_stopped(dedupe.answered(key), self._stopped))
+        answered = self._copies.answered(key)
+        waited = await self.limit.without_slot(until_stopped(answered, self._stopped))
         if waited is None or not waited.result():
             return False
         self._copies.free.add(item.id)
@@ -297,8 +304,6 @@ class Runner:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
         self._local.pop(item_id, None)
         self._captured.pop(item_id, None)
-        if self._copies is not None:
-            self._copies.free.discard(item_id)
         unwritten = self._placer.unwritten.pop(item_id, 0.0)  # billed, outputs failed: kept
         paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
         self.stats.audio_seconds += unwritten  # paid for by this run, all the same
@@ -373,6 +378,9 @@ class Runner:
         finally:
             self._release_slot(item.id)
             self._tries.pop(item.id, None)
+            if self._copies is not None:  # however it ended
+                self._copies.keyed(item.id)
+                self._copies.free.discard(item.id)
         self._record(result)
         self._account(item.id, result)
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import signal
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import mutagen
@@ -14,6 +18,7 @@ from conftest import Cli, emulator_with, make_wav, read_state_rows, serve_app, s
 
 from batch.budget import Budget, Reservation, audio_span, cap_seconds
 from batch.emulator import Emulator
+from batch.models import Params
 from batch.pricing import estimate_cost, model_of, price_per_hour
 
 
@@ -350,3 +355,89 @@ def test_copies_let_through_the_budget_never_send_when_their_original_fails(
                            "--max-audio-hours", str(1.5 / 3600))  # fmt: skip
     assert result.exit_code == 1, result.output
     assert len(calls) <= 2, f"{len(calls) - 1} s of audio paid under a 1.5 s cap"
+
+
+def _slow_key(monkeypatch: pytest.MonkeyPatch, slow: str, *, before: Callable[[], None]) -> None:
+    """Hash ``slow`` late (after ``before``), as a busy thread pool or disk may."""
+    import batch.dedupe
+
+    real = batch.dedupe.content_key
+
+    def key(path: str, params: Params) -> str:
+        if Path(path).name == slow:
+            before()
+        return real(path, params)
+
+    monkeypatch.setattr(batch.dedupe, "content_key", key)
+
+
+def test_a_copy_at_the_cap_waits_for_an_original_still_hashing_its_file(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The original's task hashes its file in a thread while the dispatch loop hashes the
+    copy the cap stops at: the copy waits until every item dispatched before it has its key
+    (it missed its original in 4 of 20 runs of two 58 MB files, and was paid for again)."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    _slow_key(monkeypatch, "a.wav", before=lambda: time.sleep(0.2))
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "2")
+    result = dgbatch(*args, "--max-audio-hours", str(1.4 / 3600))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 1 and "1 item(s) were copies" in result.output
+
+
+def test_a_copy_waiting_at_the_cap_is_not_dispatched_after_a_signal(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while the copy the cap stops at is being hashed: nothing more is dispatched,
+    the copy stays pending (exit 130)."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    hashed: list[int] = []
+
+    def interrupt() -> None:
+        hashed.append(1)
+        if len(hashed) == 1:  # the dispatch loop hashing c, at the cap
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # a's outputs land and it publishes meanwhile
+
+    _slow_key(monkeypatch, "c.wav", before=interrupt)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "-c", "1")
+    result = dgbatch(*args, "--max-audio-hours", str(1.4 / 3600))
+    assert result.exit_code == 130, result.output
+    rows = {
+        Path(str(r["source"])).name: r["status"]
+        for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
+    }
+    assert rows == {"a.wav": "done", "c.wav": "pending"}
+
+
+def test_a_copy_whose_original_failed_is_weighed_again_against_the_cap(tmp_path: Path) -> None:
+    """The original fails while its copy waits at the cap: its reservation is back, the copy
+    fits, and it is sent on its own (the run stopped claiming it would pass the cap)."""
+    calls: list[int] = []
+
+    async def listen(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(1)
+        await asyncio.sleep(0.3)
+        if len(calls) == 1:
+            return web.Response(status=503, text="busy")  # the original fails
+        body = {
+            "metadata": {"request_id": "r2", "duration": 1.0},
+            "results": {"channels": [{"alternatives": [{"transcript": "hi", "words": []}]}]},
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    args = ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "2"]
+    with serve_app(app) as url:
+        result = Cli(None)(*args, "--api-url", url, "--no-preflight", "--max-retries", "0",
+                           "--max-audio-hours", str(1.5 / 3600))  # fmt: skip
+    assert "budget reached" not in result.output, result.output
+    assert len(calls) == 2 and (tmp_path / "out" / "c.json").exists()

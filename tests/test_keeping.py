@@ -574,3 +574,35 @@ def test_a_state_error_while_dispatching_still_lands_the_answers_in_flight(
     assert "cannot read the state file" in result.output
     assert statuses(tmp_path / "out")["a.wav"] == "done"
     assert (tmp_path / "out" / "a.json").exists() and len(emu.log) == 1
+
+
+@pytest.mark.parametrize("blocked", [("c",), ("a", "c")])
+def test_answers_kept_for_copies_before_m006_are_told_apart_by_request_id(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, blocked: tuple[str, ...]
+) -> None:
+    """A state of the release before ``copy_of`` was kept: its copies' answers gain it from
+    their request ids on upgrade (the original done, or kept too and planned first), so once
+    written, even by a run without ``--dedupe``, they are copies again and the one request
+    counts once."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    for name in blocked:
+        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args).exit_code == 1
+    db = sqlite3.connect(state_of(tmp_path / "out"))
+    with db:  # back to the shape the previous release wrote
+        db.execute("ALTER TABLE kept_answers DROP COLUMN copy_of")
+        db.execute("DELETE FROM _migrations WHERE name = 'm006_kept_copy_of'")
+    db.close()
+    for name in blocked:
+        (tmp_path / "out" / f"{name}.json").rmdir()
+    assert dgbatch(*args[:-3], "-c", "1", "--retry-failed").exit_code == 0
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
+    assert rows["a.wav"]["copy_of"] is None and rows["c.wav"]["copy_of"] == rows["a.wav"]["id"]
+    assert len(emulator.log) == 1
+    state = State.open(state_of(tmp_path / "out"))
+    try:
+        assert batch.job.used_audio(state) == (1.0, 1.0)
+    finally:
+        state.close()
