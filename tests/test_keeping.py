@@ -474,19 +474,10 @@ def test_a_dedupe_copys_kept_answer_is_not_counted_again(
 ) -> None:
     """With ``--dedupe``, a copy that could not write keeps its leader's answer: the audio
     of that one request counts once, whether its leader is done or kept its answer too."""
-    for name in ("a", "c"):
-        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
-    for name in blocked:
-        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
-    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
-    assert dgbatch(*args).exit_code == 1
+    _copies_kept(dgbatch, tmp_path, blocked)
     assert statuses(tmp_path / "out") == (kept or {"a.wav": "failed", "c.wav": "failed"})
     assert len(emulator.log) == 1 and len(kept_ids(tmp_path / "out")) == len(blocked)
-    state = State.open(state_of(tmp_path / "out"))
-    try:
-        assert batch.job.used_audio(state) == (1.0, 1.0)
-    finally:
-        state.close()
+    assert_used_audio(tmp_path / "out", (1.0, 1.0))
 
 
 def test_a_dedupe_copy_written_from_its_kept_answer_is_still_a_copy(
@@ -495,21 +486,13 @@ def test_a_dedupe_copy_written_from_its_kept_answer_is_still_a_copy(
     """A copy that could not write keeps its original's answer; written by the next run, its
     row names that original in ``copy_of`` (it sent nothing), so the audio of the one
     request still counts once."""
-    for name in ("a", "c"):
-        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
-    (tmp_path / "out" / "c.json").mkdir(parents=True)
-    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
-    assert dgbatch(*args).exit_code == 1
+    args = _copies_kept(dgbatch, tmp_path, ("c",))
     (tmp_path / "out" / "c.json").rmdir()
     assert dgbatch(*args, "--retry-failed").exit_code == 0
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
     assert rows["c.wav"]["status"] == "done" and rows["c.wav"]["copy_of"] == rows["a.wav"]["id"]
     assert len(emulator.log) == 1
-    state = State.open(state_of(tmp_path / "out"))
-    try:
-        assert batch.job.used_audio(state) == (1.0, 1.0)
-    finally:
-        state.close()
+    assert_used_audio(tmp_path / "out", (1.0, 1.0))
 
 
 @pytest.mark.parametrize(
@@ -584,12 +567,7 @@ def test_answers_kept_for_copies_before_m006_are_told_apart_by_request_id(
     their request ids on upgrade (the original done, or kept too and planned first), so once
     written, even by a run without ``--dedupe``, they are copies again and the one request
     counts once."""
-    for name in ("a", "c"):
-        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
-    for name in blocked:
-        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
-    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
-    assert dgbatch(*args).exit_code == 1
+    args = _copies_kept(dgbatch, tmp_path, blocked)
     db = sqlite3.connect(state_of(tmp_path / "out"))
     with db:  # back to the shape the previous release wrote
         db.execute("ALTER TABLE kept_answers DROP COLUMN copy_of")
@@ -601,8 +579,26 @@ def test_answers_kept_for_copies_before_m006_are_told_apart_by_request_id(
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
     assert rows["a.wav"]["copy_of"] is None and rows["c.wav"]["copy_of"] == rows["a.wav"]["id"]
     assert len(emulator.log) == 1
-    state = State.open(state_of(tmp_path / "out"))
+    assert_used_audio(tmp_path / "out", (1.0, 1.0))
+
+
+def _copies_kept(dgbatch: Cli, tmp_path: Path, blocked: tuple[str, ...]) -> tuple[str, ...]:
+    """Two identical 1 s files, ``a`` and ``c``, sent once with ``--dedupe`` and ``-c 1``,
+    with a folder where each ``blocked`` one's json goes (so its answer is kept); returns the
+    command."""
+    for name in ("a", "c"):
+        make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
+    for name in blocked:
+        (tmp_path / "out" / f"{name}.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args).exit_code == 1
+    return args
+
+
+def assert_used_audio(out: Path, expected: tuple[float, float]) -> None:
+    """The audio a budget finds used in ``out``'s state, and the longest item of it."""
+    state = State.open(state_of(out))
     try:
-        assert batch.job.used_audio(state) == (1.0, 1.0)
+        assert batch.job.used_audio(state) == expected
     finally:
         state.close()
