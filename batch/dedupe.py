@@ -252,21 +252,24 @@ class Copies:
             self.keyed(item.id)
         if key is None:
             return await self._sent(item)
-        if leader is None:
-            if item.id in self.free:  # its answer went meanwhile: do not lead, past the cap
-                self.dedupe.publish(key, None)
+        while leader is not None:
+            # A copy sends nothing while it waits, so its slot goes back: held, it could be
+            # the one slot its leader needs after a 429 cut the limit, and neither would go
+            # on. Shielded: a copy cancelled at shutdown must not cancel the answer for the
+            # others.
+            lead = await self.limit.without_slot(asyncio.shield(leader))
+            shared = None if lead is None else await self._answer(lead)
+            if shared is not None:
+                return await self._copy(item, shared)
+            if self._stopped.is_set():  # the leader was stopped: do not send after a stop
                 return Result(item.id, ItemStatus.PENDING, item.attempts)
-            return await self._lead(item, key)
-        # A copy sends nothing while it waits, so its slot goes back: held, it could be the
-        # one slot its leader needs after a 429 cut the limit, and neither would go on.
-        # Shielded: a copy cancelled at shutdown must not cancel the answer for the others.
-        lead = await self.limit.without_slot(asyncio.shield(leader))
-        shared = None if lead is None else await self._answer(lead)
-        if shared is not None:
-            return await self._copy(item, shared)
-        if self._stopped.is_set():  # the leader was stopped, not failed: do not send after a stop
+            if lead is not None:  # its answer cannot be read back: sent on its own
+                return await self._sent(item)
+            leader = self.dedupe.follow(key)  # it failed: one copy leads, the others wait
+        if item.id in self.free:  # its answer went meanwhile: do not lead, past the cap
+            self.dedupe.publish(key, None)
             return Result(item.id, ItemStatus.PENDING, item.attempts)
-        return await self._sent(item)
+        return await self._lead(item, key)
 
     async def _sent(self, item: WorkItem) -> Result:
         """The item sent on its own; a copy the budget let through for free stays pending."""

@@ -6,6 +6,7 @@ on open, and a newer one is refused rather than misread.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Callable
 
@@ -113,28 +114,45 @@ def m006_kept_copy_of(db: sqlite3.Connection) -> None:
     """Per kept answer, ``copy_of``: a --dedupe copy keeps its original's answer, and the
     run that writes it records it as that copy again (not as a request of its own).
 
-    Answers kept before are told apart by their Deepgram request id: one that an item of
-    its own holds (done with it), or that an item planned earlier kept too, was a copy's."""
+    Answers kept before are told apart by their Deepgram request id, read once from each
+    body: one whose request an item of its own holds (done with it) was a copy of that
+    item; of answers kept for one request alone, the first planned is the original."""
     db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
-    db.execute(
-        f"""UPDATE kept_answers SET copy_of = COALESCE(
-            (SELECT other.id FROM items AS other
-             WHERE other.id != kept_answers.id AND other.copy_of IS NULL
-               AND other.request_id = {_request_id("kept_answers")}
-             ORDER BY other.rowid LIMIT 1),
-            (SELECT earlier.id FROM kept_answers AS earlier
-             JOIN items AS theirs ON theirs.id = earlier.id
-             JOIN items AS mine ON mine.id = kept_answers.id
-             WHERE theirs.rowid < mine.rowid
-               AND {_request_id("earlier")} = {_request_id("kept_answers")}
-             ORDER BY theirs.rowid LIMIT 1))"""
+    kept: dict[str, list[str]] = {}  # request id → its kept answers' items, in plan order
+    rows = db.execute(
+        "SELECT kept_answers.id, body FROM kept_answers JOIN items USING (id) ORDER BY items.rowid"
     )
+    for item_id, body in rows:
+        request_id = _request_id(bytes(body))
+        if request_id is not None:
+            kept.setdefault(request_id, []).append(item_id)
+    if not kept:
+        return
+    db.execute("CREATE TEMP TABLE kept_requests (request_id TEXT PRIMARY KEY)")
+    db.executemany("INSERT INTO kept_requests VALUES (?)", [(r,) for r in kept])
+    holders: dict[str, str] = {}
+    for item_id, request_id in db.execute(  # one pass over the items
+        "SELECT id, request_id FROM items WHERE copy_of IS NULL AND request_id IN "
+        "(SELECT request_id FROM kept_requests) ORDER BY rowid DESC"
+    ):
+        holders[request_id] = item_id  # the first planned wins
+    db.execute("DROP TABLE kept_requests")
+    for request_id, items in kept.items():
+        original = holders.get(request_id) or items[0]
+        db.executemany(
+            "UPDATE kept_answers SET copy_of = ? WHERE id = ?",
+            [(original, item_id) for item_id in items if item_id != original],
+        )
 
 
-def _request_id(table: str) -> str:
-    """SQL for the Deepgram request id in a kept answer's body (NULL if it has none)."""
-    text = f"CAST({table}.body AS TEXT)"
-    return f"CASE WHEN json_valid({text}) THEN json_extract({text}, '$.metadata.request_id') END"
+def _request_id(body: bytes) -> str | None:
+    """A kept answer's Deepgram request id (a BOM allowed, as when it was parsed)."""
+    try:
+        metadata = json.loads(body).get("metadata")
+    except (ValueError, UnicodeDecodeError, AttributeError):
+        return None
+    request_id = metadata.get("request_id") if isinstance(metadata, dict) else None
+    return request_id if isinstance(request_id, str) else None
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

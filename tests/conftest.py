@@ -294,3 +294,25 @@ def moto(moto_url: str, monkeypatch: pytest.MonkeyPatch) -> MotoS3:
         config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
     )
     return MotoS3(moto_url, client)
+
+
+def api_failing_first() -> tuple[web.Application, list[int]]:
+    """An API answering 503 to its first request and a 1 s transcript to the others (each
+    takes 0.3 s); the list counts the requests."""
+    calls: list[int] = []
+
+    async def listen(request: web.Request) -> web.Response:
+        await request.read()
+        calls.append(1)
+        await asyncio.sleep(0.3)
+        if len(calls) == 1:
+            return web.Response(status=503, text="busy")
+        body = {
+            "metadata": {"request_id": f"r{len(calls)}", "duration": 1.0},
+            "results": {"channels": [{"alternatives": [{"transcript": "hi", "words": []}]}]},
+        }
+        return web.json_response(body)
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app, calls

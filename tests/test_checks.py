@@ -402,3 +402,23 @@ def test_the_spool_leaves_the_states_disk_room(
     monkeypatch.setattr(batch.dedupe.os, "statvfs", lambda _: Disk)
     assert spool.put("big", b"x" * 8192) is None
     spool.close()
+
+
+@pytest.mark.timeout(60)
+def test_when_an_original_fails_one_copy_is_sent_and_the_others_wait_for_it(
+    tmp_path: Path,
+) -> None:
+    """Three identical files with ``--dedupe``; the original's request fails for good: one of
+    its copies is sent next and the last one is written from that answer (each copy sent
+    on its own paid for the same audio twice)."""
+    from conftest import api_failing_first, serve_app
+
+    app, calls = api_failing_first()
+    first = make_wav(tmp_path / "in" / "a.wav", 1.0, tone=3)
+    for name in ("b", "c"):
+        shutil.copy(first, tmp_path / "in" / f"{name}.wav")
+    args = ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "3"]
+    with serve_app(app) as url:
+        result = Cli(None)(*args, "--api-url", url, "--no-preflight", "--max-retries", "0")
+    assert result.exit_code == 1, result.output  # the original failed
+    assert len(calls) == 2 and "1 item(s) were copies" in result.output

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import shutil
@@ -13,8 +12,15 @@ from pathlib import Path
 
 import mutagen
 import pytest
-from aiohttp import web
-from conftest import Cli, emulator_with, make_wav, read_state_rows, serve_app, static_server
+from conftest import (
+    Cli,
+    api_failing_first,
+    emulator_with,
+    make_wav,
+    read_state_rows,
+    serve_app,
+    static_server,
+)
 
 from batch.budget import Budget, Reservation, audio_span, cap_seconds
 from batch.emulator import Emulator
@@ -331,7 +337,7 @@ def test_copies_let_through_the_budget_never_send_when_their_original_fails(
     """Four identical 1 s files with ``--dedupe`` under a 1.5 s cap, and the original's
     request fails: its copies, which were over the cap, are not sent on their own (three
     paid seconds, when a first version let them through before the original ended)."""
-    app, calls = _api_failing_first()
+    app, calls = api_failing_first()
     for name in ("a", "c1", "c2", "c3"):
         make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
     args = ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "4"]
@@ -402,7 +408,7 @@ def test_a_copy_waiting_at_the_cap_is_not_dispatched_after_a_signal(
 def test_a_copy_whose_original_failed_is_weighed_again_against_the_cap(tmp_path: Path) -> None:
     """The original fails while its copy waits at the cap: its reservation is back, the copy
     fits, and it is sent on its own (the run stopped claiming it would pass the cap)."""
-    app, calls = _api_failing_first()
+    app, calls = api_failing_first()
     for name in ("a", "c"):
         make_wav(tmp_path / "in" / f"{name}.wav", 1.0, tone=3)
     args = ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "2"]
@@ -411,25 +417,3 @@ def test_a_copy_whose_original_failed_is_weighed_again_against_the_cap(tmp_path:
                            "--max-audio-hours", str(1.5 / 3600))  # fmt: skip
     assert "budget reached" not in result.output, result.output
     assert len(calls) == 2 and (tmp_path / "out" / "c.json").exists()
-
-
-def _api_failing_first() -> tuple[web.Application, list[int]]:
-    """An API answering 503 to its first request and a 1 s transcript to the others (each
-    takes 0.3 s); the list counts the requests."""
-    calls: list[int] = []
-
-    async def listen(request: web.Request) -> web.Response:
-        await request.read()
-        calls.append(1)
-        await asyncio.sleep(0.3)
-        if len(calls) == 1:
-            return web.Response(status=503, text="busy")
-        body = {
-            "metadata": {"request_id": f"r{len(calls)}", "duration": 1.0},
-            "results": {"channels": [{"alternatives": [{"transcript": "hi", "words": []}]}]},
-        }
-        return web.json_response(body)
-
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app, calls

@@ -602,3 +602,46 @@ def assert_used_audio(out: Path, expected: tuple[float, float]) -> None:
         assert batch.job.used_audio(state) == expected
     finally:
         state.close()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"metadata":{"request_id":"r1","duration":1.0},"results":{}}',
+        b'\xef\xbb\xbf{"metadata":{"request_id":"r1","duration":1.0},"results":{}}',
+    ],
+)
+def test_m006_finds_the_original_of_a_copys_kept_answer_by_its_request_id(
+    tmp_path: Path, body: bytes
+) -> None:
+    """An answer kept for ``c`` whose request ``a`` holds (done with it) was a copy of ``a``;
+    its body is read as the runner reads it (a BOM allowed). An answer whose request no
+    other item holds is an original."""
+    path = tmp_path / "state.sqlite"
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("ALTER TABLE kept_answers DROP COLUMN copy_of")
+        db.execute("DELETE FROM _migrations WHERE name = 'm006_kept_copy_of'")
+        for item_id, status, request_id in (
+            ("a", "done", "r1"),
+            ("c", "failed", None),
+            ("d", "failed", None),
+        ):
+            db.execute(
+                "INSERT INTO items (id, source, kind, name, out_stem, out_full, params, status, "
+                "request_id, fingerprint, created_at, updated_at) "
+                "VALUES (?, ?, 'file', ?, ?, ?, '[]', ?, ?, 'f', 0, 0)",
+                (item_id, item_id, item_id, item_id, item_id, status, request_id),
+            )
+        alone = b'{"metadata":{"request_id":"r2","duration":1.0},"results":{}}'
+        for item_id, kept in (("c", body), ("d", alone)):
+            db.execute(
+                "INSERT INTO kept_answers VALUES (?, ?, '[]', 'f', 1, ?, 0)",
+                (item_id, item_id, kept),
+            )
+    db.close()
+    State.open(path).close()  # migrates
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT id, copy_of FROM kept_answers")) == {"c": "a", "d": None}
+    db.close()
