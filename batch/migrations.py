@@ -117,7 +117,9 @@ def m006_kept_copy_of(db: sqlite3.Connection) -> None:
     Answers kept before are told apart by their Deepgram request id, read once from each
     body: one whose request an item of its own holds (done with it) was a copy of that
     item; of answers kept for one request alone, the first planned is the original."""
-    db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
+    columns = {row[1] for row in db.execute("PRAGMA table_info(kept_answers)")}
+    if "copy_of" not in columns:  # committed at once: a failure below must not undo it twice
+        db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
     kept: dict[str, list[str]] = {}  # request id → its kept answers' items, in plan order
     rows = db.execute(
         "SELECT kept_answers.id, body FROM kept_answers JOIN items USING (id) ORDER BY items.rowid"

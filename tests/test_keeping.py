@@ -645,3 +645,19 @@ def test_m006_finds_the_original_of_a_copys_kept_answer_by_its_request_id(
     db = sqlite3.connect(path)
     assert dict(db.execute("SELECT id, copy_of FROM kept_answers")) == {"c": "a", "d": None}
     db.close()
+
+
+def test_m006_runs_again_after_it_was_cut_short(tmp_path: Path) -> None:
+    """Its column is added at once (SQLite commits an ALTER TABLE outside the migration's
+    transaction): if the rest of it failed (a full disk), opening the state again finishes
+    it instead of failing on a column that is already there."""
+    path = tmp_path / "state.sqlite"
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    with db:
+        db.execute("DELETE FROM _migrations WHERE name = 'm006_kept_copy_of'")
+    db.close()
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    assert ("m006_kept_copy_of",) in db.execute("SELECT name FROM _migrations").fetchall()
+    db.close()
