@@ -72,21 +72,17 @@ def m001_initial(db: sqlite3.Connection) -> None:
 def m002_warnings_copies_run_tags(db: sqlite3.Connection) -> None:
     """Per-item ``warning`` (empty or truncated transcript), ``copy_of`` (--dedupe) and the
     locally measured ``local_duration``; per-run ``tag`` for usage reconciliation."""
-    db.executescript(
-        """
-        ALTER TABLE items ADD COLUMN warning TEXT;
-        ALTER TABLE items ADD COLUMN copy_of TEXT;
-        ALTER TABLE items ADD COLUMN local_duration REAL;
-        ALTER TABLE runs ADD COLUMN tag TEXT;
-        """
-    )
+    add_column(db, "items", "warning TEXT")
+    add_column(db, "items", "copy_of TEXT")
+    add_column(db, "items", "local_duration REAL")
+    add_column(db, "runs", "tag TEXT")
 
 
 @migration
 def m003_forced(db: sqlite3.Connection) -> None:
     """Per-item ``forced``: a ``--force`` re-queued it, so outputs already in S3 are the
     ones being redone, never to be adopted as its own."""
-    db.execute("ALTER TABLE items ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")
+    add_column(db, "items", "forced INTEGER NOT NULL DEFAULT 0")
 
 
 @migration
@@ -94,7 +90,7 @@ def m004_seen_run(db: sqlite3.Connection) -> None:
     """Per-item ``seen_run``: the last run whose sources listed it (a new item has its
     planning run in ``run_id``). A run's exit code counts only its own items, so a failed
     item whose source is gone no longer fails every later run."""
-    db.execute("ALTER TABLE items ADD COLUMN seen_run INTEGER")
+    add_column(db, "items", "seen_run INTEGER")
 
 
 @migration
@@ -117,9 +113,7 @@ def m006_kept_copy_of(db: sqlite3.Connection) -> None:
     Answers kept before are told apart by their Deepgram request id, read once from each
     body: one whose request an item of its own holds (done with it) was a copy of that
     item; of answers kept for one request alone, the first planned is the original."""
-    columns = {row[1] for row in db.execute("PRAGMA table_info(kept_answers)")}
-    if "copy_of" not in columns:  # committed at once: a failure below must not undo it twice
-        db.execute("ALTER TABLE kept_answers ADD COLUMN copy_of TEXT")
+    add_column(db, "kept_answers", "copy_of TEXT")
     kept: dict[str, list[str]] = {}  # request id → its kept answers' items, in plan order
     rows = db.execute(
         "SELECT kept_answers.id, body FROM kept_answers JOIN items USING (id) ORDER BY items.rowid"
@@ -155,6 +149,15 @@ def _request_id(body: bytes) -> str | None:
         return None
     request_id = metadata.get("request_id") if isinstance(metadata, dict) else None
     return request_id if isinstance(request_id, str) else None
+
+
+def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
+    """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
+    it at once, outside the migration's transaction, so a migration cut short after it (a
+    full disk) runs again on the next open and must not fail on its own column."""
+    name = column.split()[0]
+    if name not in {row[1] for row in db.execute(f"PRAGMA table_info({table})")}:
+        db.execute(f"ALTER TABLE {table} ADD COLUMN {column}")
 
 
 def migrate(db: sqlite3.Connection) -> list[str]:

@@ -647,17 +647,23 @@ def test_m006_finds_the_original_of_a_copys_kept_answer_by_its_request_id(
     db.close()
 
 
-def test_m006_runs_again_after_it_was_cut_short(tmp_path: Path) -> None:
-    """Its column is added at once (SQLite commits an ALTER TABLE outside the migration's
-    transaction): if the rest of it failed (a full disk), opening the state again finishes
-    it instead of failing on a column that is already there."""
+@pytest.mark.parametrize(
+    "name",
+    ["m002_warnings_copies_run_tags", "m003_forced", "m004_seen_run", "m006_kept_copy_of"],
+)
+def test_a_migration_cut_short_after_adding_its_columns_runs_again(
+    tmp_path: Path, name: str
+) -> None:
+    """A column is added at once (SQLite commits an ALTER TABLE outside the migration's
+    transaction): if the rest failed (a full disk, before the migration was recorded),
+    opening the state again finishes it instead of calling the file damaged."""
     path = tmp_path / "state.sqlite"
     State.open(path).close()
     db = sqlite3.connect(path)
     with db:
-        db.execute("DELETE FROM _migrations WHERE name = 'm006_kept_copy_of'")
+        db.execute("DELETE FROM _migrations WHERE name = ?", (name,))
     db.close()
     State.open(path).close()
     db = sqlite3.connect(path)
-    assert ("m006_kept_copy_of",) in db.execute("SELECT name FROM _migrations").fetchall()
+    assert (name,) in db.execute("SELECT name FROM _migrations").fetchall()
     db.close()
