@@ -80,8 +80,7 @@ class Keeping:
     def answer_now(self, item_id: str, own: Params) -> tuple[bytes, str | None] | None:
         """``answer`` for an item whose own params are ``own``, in this thread (the dry
         run's estimate asks it per item, without a loop)."""
-        params = json.dumps(self._sent(own))
-        return self.state.kept_answer(item_id, params, self._not_before or 0.0)
+        return self.state.kept_answer(item_id, self._asked(own), self._not_before or 0.0)
 
     async def keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
         """Keep ``item``'s paid answer (a --dedupe copy's: its original's, ``copy_of``);
@@ -90,8 +89,13 @@ class Keeping:
         keeping = asyncio.ensure_future(asyncio.to_thread(self._keep, item, body, copy_of))
         await asyncio.shield(keeping)
 
+    def _asked(self, own: Params) -> str:
+        """The params a request of this run sends for ``own``, as a kept answer stores
+        them: an answer is kept and found under the same string."""
+        return json.dumps(self._sent(own))
+
     def _keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
-        params = json.dumps(self._sent(item.params))
+        params = self._asked(item.params)
         try:
             self.state.keep_answer(item, params, self.run_id, body, copy_of)
         except (StateError, sqlite3.Error) as exc:  # a full disk, or the state closed

@@ -72,6 +72,8 @@ _KEPT_FOR_ITEM = (
     "items.id = kept_answers.id AND items.status != 'done' "
     "AND items.source = kept_answers.source AND items.fingerprint = kept_answers.fingerprint"
 )
+#: the same, as a condition on a row of ``kept_answers``
+_KEPT_LIVE = f"EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM})"
 #: per Deepgram request of the kept answers still to write, its duration (see
 #: ``kept_durations``); an answer without a request id counts on its own
 _KEPT_DURATIONS = f"""
@@ -80,7 +82,7 @@ SELECT MAX(CASE WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real
     SELECT kept_answers.id AS kept_id,
            CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4) ELSE body END
                 AS TEXT) AS text
-    FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM}))
+    FROM kept_answers WHERE {_KEPT_LIVE})
 WHERE json_valid(text)
 GROUP BY COALESCE(json_extract(text, '$.metadata.request_id'), 'kept:' || kept_id)
 HAVING COALESCE(json_extract(text, '$.metadata.request_id'), '') NOT IN (
@@ -292,20 +294,14 @@ class State:
         """Items with a kept answer still to write; answers of items done since, or of a
         source changed since (another fingerprint), are dropped first."""
         with self._mutex, self._writing(), self._db:
-            self._db.execute(
-                "DELETE FROM kept_answers WHERE NOT EXISTS (SELECT 1 FROM items WHERE "
-                f"{_KEPT_FOR_ITEM})"
-            )
+            self._db.execute(f"DELETE FROM kept_answers WHERE NOT {_KEPT_LIVE}")
             rows = self._db.execute("SELECT id FROM kept_answers").fetchall()
         return {row[0] for row in rows}
 
     def kept_count(self) -> int:
         """Kept answers still to write (none in a state older than migration m005)."""
         try:
-            ((count,),) = self.query(
-                f"SELECT COUNT(*) FROM kept_answers WHERE EXISTS (SELECT 1 FROM items WHERE "
-                f"{_KEPT_FOR_ITEM})"
-            )
+            ((count,),) = self.query(f"SELECT COUNT(*) FROM kept_answers WHERE {_KEPT_LIVE}")
         except sqlite3.OperationalError:  # no such table: read-only, not migrated
             return 0
         return int(count)
