@@ -141,6 +141,8 @@ def check_out(out: str) -> str:
     a folder. What cannot be looked at (no permission) is left to the writes,
     which name the path and the reason.
     """
+    if not out.strip():  # ``--out "$OUT"`` with OUT unset: not the current folder
+        raise UsageError(f"--out {out!r}: is empty (name a folder or s3://bucket/prefix)")
     if is_s3_uri(out):
         return out
     path = Path(out)
@@ -274,6 +276,12 @@ def _read_key_file(path: Path) -> str:
     return key
 
 
+def _names_v1(path: str) -> bool:
+    """Whether an ``--api-url`` path ends in what each request adds: ``/v1``, or
+    ``/v1/listen`` (the URL Deepgram's docs show). A gateway's own prefix is kept."""
+    return path.rstrip("/").endswith(("/v1", "/v1/listen"))
+
+
 def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
     """Only https, or http to a loopback host (the emulator) unless explicitly allowed.
 
@@ -290,9 +298,13 @@ def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
         raise UsageError(expected) from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise UsageError(expected)
-    if parts.path.rstrip("/").endswith("/v1"):
+    if _names_v1(parts.path):
         # every request path starts with /v1 already: .../v1/v1/listen is a 404 per item
         raise UsageError(f"{shown}: leave out the /v1 (dgbatch adds /v1/listen itself)")
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        # a path prefix (a gateway) is kept; a query or fragment would be cut off or
+        # end up inside every request's path: a 404 per item
+        raise UsageError(f"{shown}: a query string or fragment is not supported")
     if "@" in parts.netloc:
         msg = (
             f"{shown}: a user or password in the URL is not supported; "

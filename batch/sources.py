@@ -17,6 +17,7 @@ URL items are built by :mod:`batch.urls`, failed items by :mod:`batch.failed_ite
 from __future__ import annotations
 
 import fnmatch
+import itertools
 import operator
 import os
 import re
@@ -350,6 +351,8 @@ def _expand_one(
     """Expand a single SOURCE argument by what it looks like."""
     if arg == "-":
         return _expand_stdin(stdin, filters, s3, seen_ids)
+    if not arg:  # ``"$FILE"`` with FILE unset, not the current folder
+        raise SourceError(f"{arg!r}: an empty SOURCE argument")
     scheme = scheme_of(arg)
     if scheme == "s3":
         return _expand_s3(arg, filters, s3)
@@ -387,11 +390,23 @@ def expand_sources(
     A plain source cannot take an explicit id's state row: its id is an
     absolute path, a URL or ``s3://bucket/key``, never ``id:<id>``.
 
+    Every argument is opened, up to its first item, before any item is yielded: a
+    mistyped last argument is a usage error before the first request, not after the
+    runner has sent (and paid for) every chunk planned ahead of it.
+
     Raises:
-        SourceError: while iterating, when an argument cannot be used at all.
+        SourceError: at the first item, when an argument cannot be used at all (later,
+            only for what a listing finds on its way: a folder gone mid-walk).
     """
     from batch.manifests import SeenIds  # here: manifests imports this module
 
     seen_ids = SeenIds()
-    for arg in args:
-        yield from _expand_one(arg, filters, stdin, s3, seen_ids)
+    opened = [_opened(_expand_one(arg, filters, stdin, s3, seen_ids)) for arg in args]
+    for items in opened:
+        yield from items
+
+
+def _opened(items: Iterator[Item]) -> Iterator[Item]:
+    """``items`` advanced to its first item, so an unusable argument raises now."""
+    first = next(items, None)
+    return items if first is None else itertools.chain((first,), items)

@@ -12,8 +12,9 @@ import pytest
 from click.testing import CliRunner
 from conftest import KEY, Cli, make_wav, make_wavs, read_state_rows
 
+import batch.planner
 from batch.cli import cli
-from batch.config import check_out
+from batch.config import check_api_url, check_out
 from batch.emulator import Emulator
 from batch.errors import UsageError
 from batch.report import REPORT_FIELDS
@@ -32,6 +33,8 @@ def _failed(out: Path) -> dict[str, str]:
     ("args", "message"),
     [
         (["{tmp}/missing.wav"], "missing.wav: no such file or directory"),
+        ([""], "'': an empty SOURCE argument"),
+        (["{tmp}/a.wav", ""], "'': an empty SOURCE argument"),
         (["{tmp}/empty-dir"], "empty-dir: no audio files found"),
         (["{tmp}/in", "--include", "*.WAV"], "--include/--exclude left none: their globs match"),
         (["ftp://example.com/a.wav"], "unsupported scheme 'ftp'"),
@@ -59,6 +62,33 @@ def test_unusable_input_exits_2_naming_the_problem(
     assert emulator.log == []
 
 
+@pytest.mark.parametrize(
+    ("last", "message"),
+    [
+        ("{tmp}/missing.wav", "missing.wav: no such file or directory"),
+        ("{tmp}/nocol.csv", "CSV header has no 'source' column"),
+        ("ftp://example.com/a.wav", "unsupported scheme 'ftp'"),
+    ],
+)
+def test_an_unusable_last_source_exits_2_before_a_chunk_is_sent(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
+    last: str, message: str,
+) -> None:  # fmt: skip
+    """Every SOURCE is opened before the first request: a typo after a folder bigger than
+    a plan chunk is exit 2 with nothing sent (it used to send the folder's chunks first)."""
+    monkeypatch.setattr(batch.planner, "CHUNK", 2)
+    for i in range(7):
+        make_wav(tmp_path / "calls" / f"c{i}.wav")
+    (tmp_path / "nocol.csv").write_text("path,id\na.wav,x\n")
+    result = dgbatch(
+        "run", str(tmp_path / "calls"), last.replace("{tmp}", str(tmp_path)),
+        "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert message in result.output
+    assert emulator.log == []
+
+
 @pytest.mark.parametrize(("option", "value"), [("--backoff-base", "-1"), ("--backoff-cap", "-0.5")])
 def test_a_negative_backoff_exits_2(tmp_path: Path, option: str, value: str) -> None:
     """A negative backoff would send every retry at once: refused before anything is sent."""
@@ -75,6 +105,8 @@ def test_a_negative_backoff_exits_2(tmp_path: Path, option: str, value: str) -> 
         ("outfile/", "--out 'outfile/': is a file, not a folder"),
         ("outfile/sub/o", "--out 'outfile/sub/o': 'outfile' is a file, not a folder"),
         ("/dev/null", "--out '/dev/null': is not a folder"),
+        ("", "--out '': is empty (name a folder or s3://bucket/prefix)"),
+        ("  ", "--out '  ': is empty (name a folder or s3://bucket/prefix)"),
         ("folder", None),
         ("new/sub", None),
         ("folder/new", None),
@@ -143,6 +175,18 @@ _CREDENTIALS_REFUSED = (
         ("http://127.0.0.1:abc", "--api-url 'http://127.0.0.1:abc': expected https://"),
         ("https://api.example.com/v1", "--api-url 'https://api.example.com/v1': leave out the /v1"),
         ("http://127.0.0.1:1/p/v1/", "--api-url 'http://127.0.0.1:1/p/v1/': leave out the /v1"),
+        (
+            "https://api.deepgram.com/v1/listen",
+            "--api-url 'https://api.deepgram.com/v1/listen': leave out the /v1",
+        ),
+        ("http://127.0.0.1:1/v1/listen/", "--api-url 'http://127.0.0.1:1/v1/listen/': leave out"),
+        ("http://127.0.0.1:1?x=1", "--api-url 'http://127.0.0.1:1?x=1': a query string or frag"),
+        ("http://127.0.0.1:1/?", "--api-url 'http://127.0.0.1:1/?': a query string or fragment"),
+        ("http://127.0.0.1:1/#top", "--api-url 'http://127.0.0.1:1/#top': a query string or"),
+        (
+            "https://api.example.com/?api_key=pw",
+            "--api-url 'https://api.example.com/?api_key=REDACTED': a query string or fragment",
+        ),
     ],
 )
 def test_an_unsafe_api_url_exits_2(tmp_path: Path, url: str, message: str) -> None:
@@ -155,6 +199,21 @@ def test_an_unsafe_api_url_exits_2(tmp_path: Path, url: str, message: str) -> No
     assert result.exit_code == 2, result.output
     assert f"Error: {message}" in result.output
     assert "pw" not in result.output
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://api.deepgram.com",
+        "https://api.deepgram.com/",
+        "https://gateway.example.com/deepgram",
+        "https://gateway.example.com/v1beta/listen",
+        "http://127.0.0.1:8080",
+    ],
+)
+def test_an_api_url_with_a_gateway_prefix_is_kept(url: str) -> None:
+    """A path prefix (a gateway in front of Deepgram) is allowed; each request adds /v1/listen."""
+    assert check_api_url(url) == url.rstrip("/")
 
 
 @pytest.mark.parametrize(

@@ -289,14 +289,24 @@ def test_empty_directory_is_source_error(tmp_path: Path) -> None:
         list(expand_sources([str(tmp_path)], Filters()))
 
 
-def test_empty_directory_fails_after_earlier_args(tmp_path: Path) -> None:
-    """Errors are raised lazily, after the items of earlier arguments have been yielded."""
+def test_an_unusable_later_argument_fails_before_the_first_item(tmp_path: Path) -> None:
+    """Every argument is opened before any item is yielded: an empty folder named last
+    raises at the first item, not after the items of the arguments before it (which the
+    runner would have sent by then)."""
     audio = _touch(tmp_path / "a.wav")
     (tmp_path / "empty").mkdir()
     stream = expand_sources([str(audio), str(tmp_path / "empty")], Filters())
-    assert next(stream).source == str(audio)
     with pytest.raises(SourceError, match="empty: no audio files found"):
         next(stream)
+
+
+def test_opened_arguments_still_yield_lazily_in_order(tmp_path: Path) -> None:
+    """Opening every argument takes only its first item; the items still come in the
+    order of the arguments, each argument whole."""
+    for name in ("x1.wav", "x2.wav", "y1.wav", "y2.wav"):
+        _touch(tmp_path / name[0] / name)
+    stream = expand_sources([str(tmp_path / "x"), str(tmp_path / "y")], Filters())
+    assert [Path(item.source).name for item in stream] == ["x1.wav", "x2.wav", "y1.wav", "y2.wav"]
 
 
 @pytest.mark.parametrize(
@@ -464,10 +474,14 @@ def test_arguments_keep_their_order(tree: Path) -> None:
 
 
 def test_expansion_is_lazy(tmp_path: Path) -> None:
-    """Nothing is read until the stream is iterated, so a bad later argument fails late."""
+    """Nothing is read until the stream is iterated; then a bad later argument fails at
+    the first item."""
     stream = expand_sources(["https://h/1.mp3", str(tmp_path / "missing")], Filters())
+    (tmp_path / "missing").mkdir()
+    (tmp_path / "missing" / "a.wav").write_bytes(b"x")
     assert next(stream).name == "1.mp3"
-    with pytest.raises(SourceError, match="missing: no such file or directory"):
+    stream = expand_sources(["https://h/1.mp3", str(tmp_path / "gone")], Filters())
+    with pytest.raises(SourceError, match="gone: no such file or directory"):
         next(stream)
 
 
