@@ -138,14 +138,39 @@ class Attempts:
     def _without_key(self, decision: Decision) -> Decision:
         """The decision with the key taken out of what it quotes from the answer's body,
         which goes to the state, the reports and the error message."""
-        if not decision.reason and not decision.err_code:
+        if not decision.reason and not decision.err_code and not decision.request_id:
             return decision
         code = decision.err_code
         return dataclasses.replace(
             decision,
             reason=self.client.redacted(decision.reason),
             err_code=self.client.redacted(code) if code else code,
+            request_id=self._key_free(decision.request_id),
         )
+
+    def _stopping_error(self, decision: Decision, answer: Answer | None) -> BatchError:
+        """What stops the run: the key refused (exit 3), or a redirect (exit 1), which
+        means ``--api-url`` does not point at the API itself."""
+        if decision.action is Action.FATAL:
+            return FatalApiError(
+                f"Deepgram refused the API key ({decision.reason}); "
+                "nothing more was sent and unfinished items stay pending: "
+                "fix the key or the account, then run the same command again"
+            )
+        where = answer.location if answer is not None else None
+        to = f" to {retry.plain(self.client.redacted(where))}" if where else ""
+        return ApiUnreachable(
+            f"the API answered HTTP {answer.status if answer else '3xx'} (a redirect{to}), "
+            "which dgbatch does not follow: point --api-url (or DEEPGRAM_API_URL) at the API "
+            "itself, then run the same command; unfinished items stay pending"
+        )
+
+    def _key_free(self, request_id: str | None) -> str | None:
+        """A request id that is not the key (a proxy echoing it there): it is stored as it
+        is, so one that redaction would change is dropped, not stored redacted."""
+        if request_id is None or self.client.redacted(request_id) != request_id:
+            return None
+        return request_id
 
     async def _decide(
         self,
@@ -159,15 +184,24 @@ class Attempts:
     ) -> Result | None:
         """The result of the item, or None to try again (after sleeping here)."""
         status = answer.status if answer is not None else None
-        request_id = decision.request_id or (answer.request_id if answer else None)
+        header_id = answer.request_id if answer is not None else None
+        request_id = decision.request_id or self._key_free(header_id)
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
             assert answer is not None  # a decision to succeed is made on an answer
-            outputs = await self._placer.write_paid(item, answer.body, decision.response)
-            return self._placer.done_result(item, attempts, decision.response, outputs)
-        if decision.action is Action.FATAL:
-            self.stop(FatalApiError(_fatal_message(decision)))
-            return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+            paid_id = self._key_free(retry.transcript_request_id(decision.response))
+            try:
+                outputs = await self._placer.write_paid(item, answer.body, decision.response)
+            except ItemError as exc:  # paid, yet no output can be written (a path in the way)
+                return Result(
+                    item.id, ItemStatus.FAILED, attempts, 200, str(exc), exc.code, paid_id
+                )
+            done = self._placer.done_result(item, attempts, decision.response, outputs)
+            return dataclasses.replace(done, request_id=paid_id)
+        if decision.action in (Action.FATAL, Action.MISDIRECTED):
+            self.stop(self._stopping_error(decision, answer))
+            code, reason = decision.err_code, decision.reason
+            return Result(item.id, ItemStatus.PENDING, attempts, status, reason, code, request_id)
         failed = Result(
             item.id,
             ItemStatus.FAILED,
@@ -236,11 +270,3 @@ class Attempts:
 
 def _with_timeouts(result: Result, timeouts: int) -> Result:
     return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
-
-
-def _fatal_message(decision: Decision) -> str:
-    return (
-        f"Deepgram refused the API key ({decision.reason}); "
-        "nothing more was sent and unfinished items stay pending: "
-        "fix the key or the account, then run the same command again"
-    )

@@ -19,6 +19,7 @@ import aiohttp
 from batch.models import Params
 from batch.params import encode_query
 from batch.redact import redact_text
+from batch.retry import request_id_of
 
 CHUNK_SIZE = 1 << 20
 #: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;
@@ -30,6 +31,12 @@ CONNECT_TIMEOUT = 30.0
 #: an upload that takes no new chunk for this long is stalled (a dead peer or path);
 #: only the upload is watched: Deepgram may legitimately think for minutes afterwards
 STALL_TIMEOUT = 60.0
+#: most of an error answer read (only its first 4 KB or 1,000 characters are quoted): a
+#: gateway streaming an endless error page must not fill memory until the timeout
+ERROR_BODY_LIMIT = 64 * 1024
+#: most of a 200 read: a day of audio transcribed with every option is a few hundred MB;
+#: a longer body is cut there, so it is not a transcript (retried, as any such 200)
+ANSWER_BODY_LIMIT = 1 << 30
 
 
 class TransportError(Exception):
@@ -54,6 +61,8 @@ class Answer:
     body: bytes
     retry_after: str | None
     request_id: str | None
+    #: where a redirect points (never followed)
+    location: str | None = None
 
 
 @functools.lru_cache(maxsize=256)
@@ -152,15 +161,20 @@ class DeepgramClient:
         answered = False
         try:
             async with self._session.post(
-                url, data=data, headers=headers, timeout=request_timeout(size, self._timeout)
+                url,
+                data=data,
+                headers=headers,
+                timeout=request_timeout(size, self._timeout),
+                allow_redirects=False,  # a redirect is reported, never followed (Action)
             ) as resp:
                 answered = True  # an answer began: Deepgram had the whole body
-                body = await resp.read()
+                body = await _read_body(resp)
                 return Answer(
                     resp.status,
                     body,
                     resp.headers.get("Retry-After"),
-                    resp.headers.get("dg-request-id"),
+                    request_id_of(resp.headers.get("dg-request-id")),
+                    resp.headers.get("Location"),
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             sent = answered or body_sent()
@@ -182,6 +196,21 @@ class DeepgramClient:
             timeout=is_timeout,
             connect_failed=isinstance(exc, aiohttp.ClientConnectorError),
         )
+
+
+async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, at most ``ERROR_BODY_LIMIT`` bytes of an error's and
+    ``ANSWER_BODY_LIMIT`` of a 200's (the rest is left unread; the connection is closed)."""
+    limit = ANSWER_BODY_LIMIT if resp.status == 200 else ERROR_BODY_LIMIT
+    if resp.content_length is not None and resp.content_length <= limit:
+        return await resp.read()  # the common case, aiohttp's own fast path
+    data = bytearray()
+    while len(data) < limit:
+        chunk = await resp.content.read(limit - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return bytes(data)
 
 
 def _os_reason(exc: OSError) -> str:

@@ -117,14 +117,13 @@ class Placer:
     ) -> Result:
         """Deepgram's duration is what the item is billed for; its local one (when known)
         is what tells a truncated transcript (``batch.checks``)."""
-        request_id = (response.get("metadata") or {}).get("request_id")
         local = self._local.get(item.id)
         return Result(
             item.id,
             ItemStatus.DONE,
             attempts,
             200,
-            request_id=request_id if isinstance(request_id, str) else None,
+            request_id=retry.transcript_request_id(response),
             duration=reported_duration(response),
             outputs=tuple(outputs),
             warning=transcript_warning(response, local),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,6 +24,12 @@ FATAL_STATUSES = frozenset({401, 402, 403})
 MAX_RETRY_AFTER = 600.0
 #: how much of a non-JSON error body (a gateway's page) a message quotes, and reads for it
 _PREVIEW_CHARS = 200
+#: what a request id may look like (Deepgram's are UUIDs): anything else in that field (a
+#: proxy echoing the ``Authorization`` header it refused) is not recorded
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
+#: control characters (C0, DEL, C1) in text quoted from an answer: an escape sequence
+#: would reach the terminal (``\x1b]0;…\x07`` retitles it) or forge a line of the summary
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _PREVIEW_READ = 4096
 #: how much of a JSON error message is kept: Deepgram's are one sentence, so only a
 #: runaway one (a proxy echoing a whole request) is cut, and every report line stays short
@@ -40,6 +47,9 @@ class Action(StrEnum):
     FAIL = "fail"
     #: the key or account is refused: stop dispatching, exit 3
     FATAL = "fatal"
+    #: the answer is not Deepgram's to give (a redirect: a wrong ``--api-url`` or proxy):
+    #: stop dispatching, the item stays pending, exit 1
+    MISDIRECTED = "misdirected"
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,9 +89,29 @@ def parse_error_body(body: bytes) -> ErrorBody:
         return ErrorBody(None, _whole_words(text, _PREVIEW_CHARS), None)
     code = _first_str(data, "err_code", "error_code", "category")
     message = _first_str(data, "err_msg", "message", "reason", "error")
-    if message is not None and len(message) > _MESSAGE_CHARS:
+    if message is not None:
         message = _whole_words(message, _MESSAGE_CHARS)
-    return ErrorBody(code, message, _first_str(data, "request_id"))
+    return ErrorBody(code and plain(code), message, request_id_of(data.get("request_id")))
+
+
+def request_id_of(value: object) -> str | None:
+    """``value`` when it can be a request id, else None: the field is stored and shown as
+    it is, so text that is not an id (a quoted header, a key) never gets there."""
+    if isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value):
+        return value
+    return None
+
+
+def transcript_request_id(response: Response) -> str | None:
+    """The ``metadata.request_id`` of a transcript, when it can be one."""
+    metadata = response.get("metadata")
+    return request_id_of(metadata.get("request_id")) if isinstance(metadata, dict) else None
+
+
+def plain(text: str) -> str:
+    """``text`` from an answer on one line, without control characters (each run of them
+    is one space): quoted to a terminal, an escape sequence would act on it."""
+    return _CONTROL_RE.sub(" ", text).strip()
 
 
 def _whole_words(text: str, limit: int) -> str | None:
@@ -90,7 +120,7 @@ def _whole_words(text: str, limit: int) -> str | None:
     it, or left out, never cut in two."""
     kept: list[str] = []
     size = 0
-    words = text.split()
+    words = plain(text).split()
     for word in words:
         size += len(word) + bool(kept)
         if size > limit:
@@ -132,15 +162,17 @@ def classify_response(
         response = parse_transcript(body)
         if response is not None:
             return Decision(Action.SUCCEED, response=response)
-        accepted = _callback_request_id(body)
+        accepted = _callback_acknowledgement(body)
         if accepted is not None:  # resending would be accepted (and billed) again
             reason = "200 callback acknowledgement: the transcript goes to the callback URL"
-            return Decision(Action.FAIL, reason, request_id=accepted)
+            return Decision(Action.FAIL, reason, request_id=request_id_of(accepted))
         return Decision(Action.RETRY, "200 with a body that is not a Deepgram transcript")
     err = parse_error_body(body)
     reason = status_reason(status, err)
     if status in FATAL_STATUSES:
         action = Action.FATAL
+    elif 300 <= status < 400:  # Deepgram does not redirect /v1/listen
+        action = Action.MISDIRECTED
     elif status in RETRYABLE_STATUSES:
         action = Action.RETRY
     elif 400 <= status < 500:
@@ -151,7 +183,7 @@ def classify_response(
     return Decision(action, reason, err.code, err.request_id, delay)
 
 
-def _callback_request_id(body: bytes) -> str | None:
+def _callback_acknowledgement(body: bytes) -> str | None:
     """The ``request_id`` of callback mode's ``{"request_id": ...}`` acknowledgement."""
     try:
         data = json.loads(body)
@@ -200,10 +232,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     try:
         seconds = float(value)
     except ValueError:
-        seconds = _seconds_until(value, now)
-    if seconds is None or seconds != seconds:  # NaN
-        return None
-    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+        until = _seconds_until(value, now)
+        seconds = None if until is None else max(until, 0.0)  # a date passed: at once
+    if seconds is None or not seconds >= 0:  # NaN, or a negative delay, which RFC 9110
+        return None  # does not allow: the backoff decides, as for any value not understood
+    return min(seconds, MAX_RETRY_AFTER)
 
 
 def _seconds_until(value: str, now: datetime | None) -> float | None:

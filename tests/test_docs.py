@@ -113,12 +113,16 @@ def _subclasses(cls: type) -> list[type]:
 def test_readme_retry_table_matches_the_retry_rules() -> None:
     """Statuses README calls retried/failed/fatal are the ones ``batch.retry`` treats so."""
     rows = _table(_section("Options of `dgbatch run`").split("### Retries", 1)[1])
-    retried, failed, fatal = ({int(s) for s in re.findall(r"\b(\d{3})\b", row[0])} for row in rows)
+    statuses = ({int(s) for s in re.findall(r"\b(\d{3})\b", f"{row[0]} {row[1]}")} for row in rows)
+    retried, failed, fatal, redirected = statuses
     assert retried - {200} == set(retry.RETRYABLE_STATUSES)  # "a 200 that is not a transcript"
     assert fatal == set(retry.FATAL_STATUSES)
     assert failed == {400, 404, 411, 413, 414, 415}
     for status in failed:
         assert retry.classify_response(status, b"").action is retry.Action.FAIL
+    assert rows[3][0].startswith("3xx") and redirected == {301}  # the example it quotes
+    for status in range(300, 400):
+        assert retry.classify_response(status, b"").action is retry.Action.MISDIRECTED
 
 
 def test_readme_audio_extensions_are_walked() -> None:

@@ -4,6 +4,7 @@ the state consistent (nothing done without its outputs, nothing lost)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import os
@@ -18,7 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 import pytest
-from conftest import KEY, Cli, read_state_rows, sha256_of
+from aiohttp import web
+from conftest import KEY, Cli, read_state_rows, serve_app, sha256_of
 from reliability_helpers import all_bytes_under, disk_full_after, make_tiny_wavs
 
 import batch.job
@@ -326,3 +328,84 @@ def test_state_folder_deleted_mid_run_is_written_back(tmp_path: Path) -> None:
         _, stderr = again.communicate(timeout=60)
         assert again.returncode == 0, stderr.decode()
         assert len(emu.log) == sent
+
+
+def endless_api(status: int) -> web.Application:
+    """A gateway that answers ``status`` with a page that never ends (chunked, 64 KB at a
+    time, until the client hangs up)."""
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(status=status, headers={"Content-Type": "text/html"})
+        await response.prepare(request)
+        with contextlib.suppress(ConnectionError, RuntimeError):
+            while True:
+                await response.write(b"<p>upstream error</p>" * 3000)
+                await asyncio.sleep(0)
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
+@pytest.mark.parametrize("status", [502, 400])
+def test_an_endless_error_page_is_read_no_further_than_its_quote(
+    tmp_path: Path, status: int
+) -> None:
+    """An error answer is quoted by its first words, so only its first 64 KB are read: an
+    endless page no longer fills memory until the timeout, and the item is recorded with
+    the status it got (a timeout with no status before)."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    with serve_app(endless_api(status)) as url:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(out), "--api-url", url, "--no-preflight",
+            "--max-retries", "0", "--timeout", "60", "--progress", "none",
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    (row,) = state_rows(out)
+    assert (row["status"], row["http_status"]) == ("failed", status)
+    assert str(row["error"]).startswith(f"HTTP {status}: <p>upstream error</p>")
+
+
+@pytest.mark.parametrize("status", [301, 307, 308])
+def test_a_redirect_stops_the_run_and_is_not_followed(tmp_path: Path, status: int) -> None:
+    """Deepgram does not redirect ``/v1/listen``: a redirect means ``--api-url`` points at
+    something else. It is not followed (aiohttp re-sent a 301 as a GET, and a 308 to
+    another host lost the key: "refused the API key", exit 3), nor retried and counted as
+    possibly billed: the run stops with exit 1 naming --api-url, the items stay pending."""
+    make_tiny_wavs(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    followed: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        followed.append(request.method)
+        return web.Response(status=401)
+
+    target = web.Application()
+    target.router.add_route("*", "/{tail:.*}", elsewhere)
+
+    def moving(to: str) -> web.Application:
+        async def listen(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(status=status, headers={"Location": to})
+
+        app = web.Application()
+        app.router.add_post("/v1/listen", listen)
+        return app
+
+    with serve_app(target) as other, serve_app(moving(f"{other}/v1/listen?sig=s3cr3t")) as url:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(out), "--api-url", url,
+            "--no-preflight", "-c", "1", "--progress", "none",
+        )  # fmt: skip
+    assert result.exit_code == 1, result.output
+    assert f"the API answered HTTP {status} (a redirect to {other}/v1/listen?sig=REDACTED)" in (
+        result.output
+    )
+    assert "point --api-url" in result.output and "s3cr3t" not in result.output
+    assert followed == []
+    rows = state_rows(out)
+    assert {r["status"] for r in rows} == {"pending"}
+    assert sum(int(str(r["timeout_retries"])) for r in rows) == 0

@@ -137,6 +137,8 @@ def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answe
     assert statuses(out) == {"f000.wav": "done", "f001.wav": "failed"}
     assert "(failed ones with --retry-failed)" in first.output
     paid = answered_ids(emulator)
+    failed = next(r for r in read_state_rows(state_of(out)) if r["status"] == "failed")
+    assert failed["http_status"] == 200 and failed["request_id"] in paid  # traceable
     dry = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--retry-failed", "--dry-run")
     assert "would send 0 item(s)" in dry.output, dry.output
     assert "1 more item(s) have a paid answer an earlier run kept" in dry.output
@@ -344,6 +346,7 @@ def test_an_answer_of_an_odd_shape_fails_its_item_and_is_kept(
     assert first.exit_code == 1, first.output
     (row,) = read_state_rows(state_of(out))
     assert row["err_code"] == "unrenderable" and "internal error" not in str(row["error"])
+    assert (row["http_status"], row["request_id"]) == (200, "odd-1")  # paid: traceable
     assert str(row["error"]).startswith(f"{wav}: cannot render txt from Deepgram's answer")
     assert len(sent) == 1 and len(kept_ids(out)) == 1
     again = dgbatch(*run, "--retry-failed", "--formats", "json")

@@ -59,6 +59,10 @@ def _err(code: str, msg: str, request_id: str = "req-9") -> bytes:
         (502, b"<html><title>502 Bad Gateway</title></html>", Action.RETRY),
         (503, b'{"error_code": "Service Unavailable", "err_msg": "later"}', Action.RETRY),
         (504, b"<html><title>504 Gateway Time-out</title></html>", Action.RETRY),
+        (301, b"<html>Moved Permanently</html>", Action.MISDIRECTED),
+        (302, b"", Action.MISDIRECTED),
+        (307, b"", Action.MISDIRECTED),
+        (308, b"", Action.MISDIRECTED),
     ],
 )
 def test_classify_response_follows_the_retry_table(
@@ -121,14 +125,27 @@ def test_callback_acknowledgement_is_not_resent() -> None:
             None,
         ),
         (502, b"a " * 150, None, " ".join("a" * 100) + " …", None),
-        # JSON messages: short ones exactly as sent, a runaway one cut by whole words at 1,000
+        # JSON messages on one line, a runaway one cut by whole words at 1,000
         (
             400,
             _err("Bad Request", "two  spaces\nand a line", "r2"),
             "Bad Request",
-            "two  spaces\nand a line",
+            "two spaces and a line",
             "r2",
         ),
+        # no control character reaches a terminal (an OSC retitles it, a line break or a
+        # carriage return forges a line of the summary); a request id is an id or nothing
+        (
+            401,
+            _err("BAD\x1b[2J", "\x1b]0;owned\x07\nstate: 1 done\r", "Token sekretKEY0123"),
+            "BAD [2J",
+            "]0;owned state: 1 done",
+            None,
+        ),
+        (502, b"<p>\x1b]0;x\x07\xc2\x9bhi</p>", None, "<p> ]0;x hi</p>", None),
+        (400, _err("Bad", "m", "1f2e-4a_b.c:9"), "Bad", "m", "1f2e-4a_b.c:9"),
+        (400, _err("Bad", "m", "a" * 129), "Bad", "m", None),
+        (400, b'{"err_code": "Bad", "err_msg": "m", "request_id": 7}', "Bad", "m", None),
         (
             400,
             _err("Bad Request", "word " * 300 + "sk-0123456789abcdef", "r3"),
@@ -160,7 +177,9 @@ def test_error_bodies_of_every_shape_are_read(
         ("5", 5.0),
         ("0", 0.0),
         (" 1.5 ", 1.5),
-        ("-3", 0.0),
+        ("-3", None),
+        ("-inf", None),
+        ("-0", 0.0),
         ("99999", MAX_RETRY_AFTER),
         ("inf", MAX_RETRY_AFTER),
         ("nan", None),

@@ -643,7 +643,14 @@ def test_a_refused_key_stops_the_run_and_leaves_items_pending(
     assert f"HTTP {mode}" in result.output
     assert KEY not in result.output
     assert len(emulator.log) == 1
-    assert {r["status"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")} == {"pending"}
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert {r["status"] for r in rows} == {"pending"}
+    (refused,) = [r for r in rows if r["attempts"]]  # what was answered is recorded
+    assert (refused["http_status"], refused["request_id"]) == (
+        int(mode),
+        emulator.log[0].request_id,
+    )
+    assert refused["err_code"] and refused["request_id"]
     assert outputs_under(out) == []
 
 
