@@ -8,6 +8,7 @@ policy never see a third-party exception.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import json
 import os
@@ -194,8 +195,20 @@ class DeepgramClient:
             redact_text(text, self._secrets),
             body_sent=body_sent,
             timeout=is_timeout,
-            connect_failed=isinstance(exc, aiohttp.ClientConnectorError),
+            connect_failed=no_connection(exc),
         )
+
+
+#: a connection the peer began and then dropped (a server shedding load): that peer is up
+_DROPPED = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
+
+
+def no_connection(exc: BaseException) -> bool:
+    """No connection could be made at all (refused, DNS, TLS, no route): every item would
+    fail the same way, so the run stops rather than failing them all."""
+    if not isinstance(exc, aiohttp.ClientConnectorError):
+        return False
+    return exc.os_error.errno not in _DROPPED
 
 
 async def _read_body(resp: aiohttp.ClientResponse) -> bytes:

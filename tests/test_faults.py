@@ -18,8 +18,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
+import aiohttp
 import pytest
 from aiohttp import web
+from aiohttp.client_reqrep import ConnectionKey
 from conftest import KEY, Cli, read_state_rows, serve_app, sha256_of
 from reliability_helpers import all_bytes_under, disk_full_after, make_tiny_wavs
 
@@ -27,7 +29,7 @@ import batch.job
 import batch.outputs
 import batch.report
 import batch.state
-from batch.client import Answer, DeepgramClient
+from batch.client import Answer, DeepgramClient, no_connection
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 from batch.media import SENDERS, send_file
 from batch.models import ItemKind
@@ -409,3 +411,27 @@ def test_a_redirect_stops_the_run_and_is_not_followed(tmp_path: Path, status: in
     rows = state_rows(out)
     assert {r["status"] for r in rows} == {"pending"}
     assert sum(int(str(r["timeout_retries"])) for r in rows) == 0
+
+
+_KEY = ConnectionKey("127.0.0.1", 1, False, True, None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("exc", "stops"),
+    [
+        (aiohttp.ClientConnectorError(_KEY, ConnectionRefusedError(errno.ECONNREFUSED, "r")), True),
+        (aiohttp.ClientConnectorError(_KEY, OSError(errno.EHOSTUNREACH, "no route")), True),
+        (aiohttp.ClientConnectorDNSError(_KEY, OSError(-2, "Name or service not known")), True),
+        (aiohttp.ClientConnectorError(_KEY, ConnectionResetError(errno.ECONNRESET, "x")), False),
+        (aiohttp.ClientConnectorError(_KEY, OSError(errno.ECONNABORTED, "aborted")), False),
+        (aiohttp.ServerDisconnectedError(), False),
+        (TimeoutError(), False),
+    ],
+)
+def test_only_a_connection_that_cannot_be_made_stops_the_run(
+    exc: BaseException, stops: bool
+) -> None:
+    """Refused, no route, DNS: Deepgram is unreachable for every item, so the run stops. A
+    connection the peer reset while it was made (a server shedding load) is retried like
+    any reset: it stopped the run while other items were being answered."""
+    assert no_connection(exc) is stops
