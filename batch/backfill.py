@@ -11,6 +11,7 @@ not a transcript) is struck from the item's outputs, so no later run looks for i
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import threading
@@ -38,12 +39,26 @@ def _lacks(fmt: str) -> str:
 
 
 def done_without(state: State, formats: tuple[str, ...]) -> dict[str, int]:
-    """Per format asked for, the done items that have no such output."""
+    """Per format asked for, the done items that have no such output and no json to
+    render it from: only ``--force`` (paid) can give them that format."""
     if not formats:
         return {}
-    sums = ", ".join("COALESCE(SUM(outputs NOT LIKE ?), 0)" for _ in formats)
-    ((*missing,),) = state.query(f"SELECT {sums} {_DONE}", tuple(map(_lacks, formats)))
+    sums = ", ".join("COALESCE(SUM(outputs NOT LIKE ? AND outputs NOT LIKE ?), 0)" for _ in formats)
+    args = tuple(itertools.chain.from_iterable((_lacks(fmt), _lacks("json")) for fmt in formats))
+    ((*missing,),) = state.query(f"SELECT {sums} {_DONE}", args)
     return {fmt: int(n) for fmt, n in zip(formats, missing, strict=True) if n}
+
+
+def done_to_render(state: State, formats: tuple[str, ...]) -> int:
+    """Done items that lack a format asked for and have the json it is rendered from: a run
+    stopped before (or while) rendering them leaves them to the next, which sends nothing."""
+    wanted = [fmt for fmt in formats if fmt != "json"]
+    if not wanted:
+        return 0
+    lacking = " OR ".join("outputs NOT LIKE ?" for _ in wanted)
+    sql = f"SELECT COUNT(*) {_DONE} AND outputs LIKE ? AND ({lacking})"
+    ((count,),) = state.query(sql, (_lacks("json"), *map(_lacks, wanted)))
+    return int(count)
 
 
 async def backfill(

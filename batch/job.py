@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from batch import __version__
 from batch.account import check_key
-from batch.backfill import backfill, done_without
+from batch.backfill import backfill, done_to_render, done_without
 from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
@@ -61,8 +61,10 @@ class RunOutcome:
     wall_seconds: float
     report_path: Path | None
     error: BatchError | None = None
-    #: per format asked for, done items (of any run) that have no such output
+    #: per format asked for, done items (of any run) that have no such output nor a json
     missing: dict[str, int] = field(default_factory=dict)
+    #: done items that lack a format asked for and have a json: the next run renders it
+    to_render: int = 0
     #: failed items of earlier runs that this run's sources did not list (a source since
     #: deleted, a manifest line since fixed): not in the exit code
     unlisted_failed: int = 0
@@ -87,6 +89,7 @@ class RunOutcome:
             "wall_seconds": round(self.wall_seconds, 3),
             "rendered_from_json": self.stats.rendered,
             "done_without_format": self.missing,
+            "done_to_render_from_json": self.to_render,
             "failed_not_listed": self.unlisted_failed,
         }
 
@@ -216,6 +219,7 @@ async def _run_locked(
             outcome = RunOutcome(
                 code, stats, counts, time.monotonic() - started, saved, stats.stop_reason, missing
             )
+            outcome.to_render = await asyncio.to_thread(done_to_render, state, config.formats)
             outcome.unlisted_failed = counts["failed"] - mine["failed"]
             state.finish_run(run_id, code, outcome.summary())
             report.counts, report.summary = counts, outcome.summary()

@@ -69,7 +69,10 @@ class OutputSink(Protocol):
     async def find_complete(
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
     ) -> Found | None:
-        """The outputs, if all formats exist and belong to this source, else None."""
+        """The outputs, if all formats exist and belong to this source; only the json, if
+        it does and other formats do not (they are rendered from it, see
+        ``batch.backfill``: a run with a longer ``--formats`` adopts what an earlier one
+        wrote); else None."""
         ...
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
@@ -219,6 +222,23 @@ class _Job:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
         self.temps = []
+
+
+def adoptable(found: dict[str, _T], formats: tuple[str, ...]) -> dict[str, _T]:
+    """Of an item's outputs ``found`` in place, those it is adopted with: every format
+    asked for, or else its json alone, from which ``batch.backfill`` renders the rest;
+    else none (it is sent)."""
+    if len(found) == len(formats):
+        return found
+    return {"json": found["json"]} if "json" in found else {}
+
+
+def _written_since(path: Path, since: float) -> bool:
+    """The file is there, written after ``since`` (less the clock slack), not before."""
+    try:
+        return path.stat().st_mtime >= since - CLAIM_SLACK
+    except OSError:
+        return False
 
 
 class _GroupWriter:
@@ -399,13 +419,15 @@ class LocalSink:
             remove_partial_writes(path)
         if since is None:
             return None
+        fresh = {fmt: path for fmt, path in paths.items() if _written_since(path, since)}
+        found = adoptable(fresh, formats)
+        if not found:
+            return None
         try:
-            if any(path.stat().st_mtime < since - CLAIM_SLACK for path in paths.values()):
-                return None
-            body = paths["json"].read_bytes() if "json" in paths else None
+            body = found["json"].read_bytes() if "json" in found else None
         except OSError:
             return None
-        return Found([str(path) for path in paths.values()], body)
+        return Found([str(path) for path in found.values()], body)
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
         loop = asyncio.get_running_loop()

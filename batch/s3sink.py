@@ -10,7 +10,7 @@ from urllib.parse import quote
 from batch.errors import OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import folder_prefix, output_relpath
-from batch.outputs import Found, OutputMeta, landed
+from batch.outputs import Found, OutputMeta, adoptable, landed
 from batch.redact import redact_source
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
 
@@ -79,16 +79,21 @@ class S3Sink:
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
     ) -> Found | None:
         """The outputs when every format exists for this very source and fingerprint (one
-        HEAD each, concurrently; nothing is downloaded), else None.
+        HEAD each, concurrently; nothing is downloaded); only the json when it alone does
+        (the rest is rendered from it); else None.
 
         ``since`` is ignored: the fingerprint in the metadata proves more than a time.
         """
         wanted = _metadata(meta)
-        keys = [self.key_for(out_name, fmt) for fmt in formats]
-        heads = await asyncio.gather(*(self._head(key) for key in keys))
-        if all(head is not None and _matches(head, wanted) for head in heads):
-            return Found([self._uri(key) for key in keys], None)
-        return None
+        keys = {fmt: self.key_for(out_name, fmt) for fmt in formats}
+        heads = await asyncio.gather(*(self._head(key) for key in keys.values()))
+        mine = {
+            fmt: key
+            for (fmt, key), head in zip(keys.items(), heads, strict=True)
+            if head is not None and _matches(head, wanted)
+        }
+        found = adoptable(mine, formats)
+        return Found([self._uri(key) for key in found.values()], None) if found else None
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
         """An output put earlier, or None when it is not there (``OutputError`` when it

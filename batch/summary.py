@@ -37,11 +37,17 @@ def format_summary(outcome: RunOutcome) -> str:
         (s.rendered, "rendered the formats {} done item(s) lacked from their json (not sent)"),
     ]
     lines += [text.format(count) for count, text in counted if count]
+    if outcome.to_render:
+        lines.append(
+            f"{outcome.to_render} done item(s) lack a format asked for: the next run renders "
+            "it from their json (not sent)"
+        )
     for fmt, count in outcome.missing.items():
         lines.append(
-            f"{count} done item(s) have no {fmt} output: formats are written when an item is "
-            "done, and done items are not sent again (--force re-sends every done item of the "
-            "sources it is given, paid: give it only theirs; dgbatch report lists outputs)"
+            f"{count} done item(s) have no {fmt} output and no json to render it from: "
+            "formats are written when an item is done, and done items are not sent again "
+            "(--force re-sends every done item of the sources it is given, paid: give it only "
+            "theirs; dgbatch report lists outputs)"
         )
     if outcome.report_path is not None:
         lines.append(f"report: {outcome.report_path}")

@@ -201,7 +201,8 @@ def test_a_format_added_later_is_rendered_from_the_json_not_sent_again(
     vtt = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt,vtt")
     assert "rendered the formats 1 done item(s)" in vtt.output
     assert "its json output is gone or not a transcript" in vtt.output
-    assert "1 done item(s) have no vtt output" in vtt.output and len(emulator.log) == 3
+    assert "1 done item(s) have no vtt output and no json" in vtt.output
+    assert len(emulator.log) == 3
     again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt,vtt")
     assert "gone" not in again.output  # struck from its outputs: not looked for again
     assert "1 done item(s) have no vtt output" in again.output
@@ -232,6 +233,9 @@ def test_a_full_disk_stops_rendering_formats_added_later(
     stopped = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
     assert stopped.exit_code == 1 and "No space left on device (disk full)" in stopped.output
     assert not list(out.glob("*.srt"))
+    # they have their json: the next run renders them, no paid --force is suggested
+    assert "2 done item(s) lack a format asked for: the next run renders it" in stopped.output
+    assert "have no" not in stopped.output and "--force" not in stopped.output
     monkeypatch.undo()
     again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
     assert again.exit_code == 0 and "rendered the formats 2 done item(s)" in again.output

@@ -269,6 +269,29 @@ def test_second_run_on_a_fresh_state_sends_nothing_but_changes(
     assert forced.exit_code == 0 and len(listen_log(emulator)) == 7
 
 
+def test_a_fresh_state_with_more_formats_adopts_the_json_and_renders_the_rest(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A fresh container asking for one format more finds the json of the same source and
+    ETag: it renders srt from it instead of sending everything again (it did, paid,
+    because not every format asked for was in S3)."""
+    objects = audio_objects(tmp_path, ["in/a.wav", "in/b.wav"])
+    moto.bucket("more", objects)
+    cmd = ("run", "s3://more/in/", "--out", "s3://more/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd, state="night1").exit_code == 0
+    moto.client.delete_object(Bucket="more", Key="tx/b.json")  # b: only its txt is left
+    second = run_s3(dgbatch, tmp_path, *cmd, "--formats", "json,txt,srt", state="night2")
+    assert second.exit_code == 0, second.output
+    assert [r.sha256 for r in listen_log(emulator)][2:] == [sha(objects["in/b.wav"])]
+    assert "skipped 1 item(s)" in second.output and "rendered the formats 1 done" in second.output
+    srt = moto.client.get_object(Bucket="more", Key="tx/a.srt")["Body"].read()
+    assert srt.startswith(b"1\n")
+    rows = {r["id"]: r for r in read_state_rows(tmp_path / "night2" / "state.sqlite")}
+    assert json.loads(str(rows["s3://more/in/a.wav"]["outputs"])) == [
+        f"s3://more/tx/a.{fmt}" for fmt in ("json", "txt", "srt")
+    ]
+
+
 def test_a_lost_state_finds_outputs_named_before_a_namesake_arrived(
     dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -369,6 +369,35 @@ def test_outputs_a_crashed_run_wrote_are_adopted_not_paid_twice(
     assert sha256_of(wav) in (out / "a.json").read_text()
 
 
+@pytest.mark.parametrize("txt_written", [True, False])
+def test_a_crashed_runs_json_is_adopted_by_a_run_with_more_formats(
+    tmp_path: Path, dgbatch: Cli, txt_written: bool
+) -> None:
+    """The same with a longer ``--formats`` (or the crash between the json's rename and the
+    txt's): the json is adopted and the rest rendered from it, nothing sent. It was sent
+    again, paid, because not every format asked for was there."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wav(src / "a.wav")
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    state_path = out / ".dgbatch" / "state.sqlite"
+    (before,) = read_state_rows(state_path)
+    if not txt_written:
+        (out / "a.txt").unlink()
+    db = sqlite3.connect(state_path)
+    with db:
+        db.execute("UPDATE items SET status = 'running', claimed_at = 1.0, outputs = NULL")
+    db.close()
+    dgbatch.emulator.log.clear()  # type: ignore[union-attr]
+    result = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert result.exit_code == 0, result.output
+    assert "recovered 1 item" in result.output and "rendered the formats 1 done" in result.output
+    assert dgbatch.emulator.log == []  # type: ignore[union-attr]
+    (row,) = read_state_rows(state_path)
+    assert (row["status"], row["request_id"]) == ("done", before["request_id"])
+    assert json.loads(str(row["outputs"])) == [str(out / f"a.{f}") for f in ("json", "txt", "srt")]
+    assert (out / "a.srt").is_file() and (out / "a.txt").is_file()
+
+
 @pytest.mark.parametrize(
     "content",
     [b"this is not a database at all" * 100, b"SQLite format 3\x00" + b"\x00" * 200],
