@@ -52,6 +52,13 @@ class StateError(BatchError):
     exit_code = 2
 
 
+class StateWriteError(StateError):
+    """Raised when the state file cannot be written (its disk full, an I/O error): the run
+    stops, the file is as consistent as before, and the same command goes on later."""
+
+    exit_code = 1
+
+
 class StateLocked(BatchError):
     """Raised when another run holds the lock on the same state file."""
 

@@ -7,13 +7,16 @@ stage stays ignorant of the others.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import secrets as tokens
+import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -174,60 +177,73 @@ async def _run_locked(
         shard = config.shard.suffix() if config.shard else ""
         async with output_lock(s3, config.out, shard) as lock_watch:
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
-            run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
-            state.set_run_tag(run_id, run_tag)
-            force_since, new_force = state.begin_force(config.force)
-            began = time.time()
-            try:
-                plan = await start_plan(
-                    config, state, run_id, stdin, s3, signals, secrets, force_since
+            with _recorded_if_stopped(state, run_id):
+                run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
+                state.set_run_tag(run_id, run_tag)
+                force_since, new_force = state.begin_force(config.force)
+                began = time.time()
+                try:
+                    plan = await start_plan(
+                        config, state, run_id, stdin, s3, signals, secrets, force_since
+                    )
+                except BatchError:
+                    if new_force:  # nothing was sent: the force did not begin
+                        state.end_force()
+                    raise
+                budget = None
+                if cap is not None:
+                    budget = Budget(cap, *await asyncio.to_thread(used_audio, state))
+                tags = run_tags(run_tag)
+                stats = await _execute(
+                    config,
+                    state,
+                    run_id,
+                    secrets,
+                    progress,
+                    s3,
+                    tags,
+                    budget,
+                    signals,
+                    plan,
+                    force_since=force_since,
+                    lock_watch=lock_watch,
                 )
-            except BatchError:
-                if new_force:  # nothing was sent: the force did not begin
+                await plan.finish(stopped=stats.stop_reason is not None)
+                # broken inputs fail while planning, not sending: the state counts both
+                stats.failed = await asyncio.to_thread(state.failed_since, began)
+                counts = await asyncio.to_thread(state.counts)
+                mine = await asyncio.to_thread(state.run_counts, run_id)
+                saved = await _save_report(state, report_path(config.state_path))
+                stats.stop_reason = stats.stop_reason or signals.interruption()
+                code = exit_code_for(mine, stats.stop_reason)
+                finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
+                if force_since is not None and finished:
                     state.end_force()
-                raise
-            budget = (
-                None if cap is None else Budget(cap, *await asyncio.to_thread(used_audio, state))
-            )
-            tags = run_tags(run_tag)
-            stats = await _execute(
-                config,
-                state,
-                run_id,
-                secrets,
-                progress,
-                s3,
-                tags,
-                budget,
-                signals,
-                plan,
-                force_since=force_since,
-                lock_watch=lock_watch,
-            )
-            await plan.finish(stopped=stats.stop_reason is not None)
-            # broken inputs fail while planning, not sending: the state counts both
-            stats.failed = await asyncio.to_thread(state.failed_since, began)
-            counts = await asyncio.to_thread(state.counts)
-            mine = await asyncio.to_thread(state.run_counts, run_id)
-            saved = await _save_report(state, report_path(config.state_path))
-            stats.stop_reason = stats.stop_reason or signals.interruption()
-            code = exit_code_for(mine, stats.stop_reason)
-            finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
-            if force_since is not None and finished:
-                state.end_force()
-            missing = await asyncio.to_thread(done_without, state, config.formats)
-            outcome = RunOutcome(
-                code, stats, counts, time.monotonic() - started, saved, stats.stop_reason, missing
-            )
-            outcome.to_render = await asyncio.to_thread(done_to_render, state, config.formats)
-            outcome.unlisted_failed = counts["failed"] - mine["failed"]
-            state.finish_run(run_id, code, outcome.summary())
-            report.counts, report.summary = counts, outcome.summary()
-            await asyncio.to_thread(report.read_failures, state)
-            return outcome
+                missing = await asyncio.to_thread(done_without, state, config.formats)
+                wall = time.monotonic() - started
+                outcome = RunOutcome(code, stats, counts, wall, saved, stats.stop_reason, missing)
+                outcome.to_render = await asyncio.to_thread(done_to_render, state, config.formats)
+                outcome.unlisted_failed = counts["failed"] - mine["failed"]
+                state.finish_run(run_id, code, outcome.summary())
+                report.counts, report.summary = counts, outcome.summary()
+                await asyncio.to_thread(report.read_failures, state)
+                return outcome
     finally:
         secrets.close()
         state.close()
+
+
+@contextmanager
+def _recorded_if_stopped(state: State, run_id: int) -> Iterator[None]:
+    """A run stopped by an error (an unusable SOURCE or a signal while planning, a full
+    disk) is recorded with its exit code, not left "running or crashed" in ``status``."""
+    try:
+        yield
+    except BatchError as exc:
+        summary = {"exit_code": exc.exit_code, "error": redact_text(str(exc))}
+        with contextlib.suppress(sqlite3.Error, BatchError):  # the state may be the problem
+            state.finish_run(run_id, exc.exit_code, summary)
+        raise
 
 
 def _cap_seconds(config: RunConfig) -> float | None:

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
-from batch.errors import StateError
+from batch.errors import StateError, StateWriteError
 from batch.models import Item, ItemStatus
 from batch.naming import disambiguate
 from batch.planrows import (
@@ -197,11 +197,12 @@ class State:
         unnamed, in batches, for ``assign_names`` to name together afterwards."""
         force = "0" if force_since is None else f"(items.updated_at < {force_since!r})"
         flags = {"force": force, "retry": int(retry_failed)}
-        try:
-            return self._plan(items, run_id, flags)
-        finally:
-            if force_since is not None:
-                self._drop_kept_before(force_since)
+        with self._writing():
+            try:
+                return self._plan(items, run_id, flags)
+            finally:
+                if force_since is not None:
+                    self._drop_kept_before(force_since)
 
     def _plan(self, items: Iterable[Item], run_id: int, flags: dict[str, object]) -> PlanStats:
         now = time.time()
@@ -393,7 +394,7 @@ class State:
 
         Only unnamed items are looked at, through the indexes, so naming each chunk of
         a plan that is still growing costs the chunk, not the whole state."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             db = self._db
             (first,) = db.execute("SELECT MIN(rowid) FROM items WHERE out_name IS NULL").fetchone()
             if first is None:
@@ -503,7 +504,7 @@ class State:
                 f"{self.path}: cannot write the state file ({exc}); the run stopped and the "
                 "state is consistent: free some space (or fix the disk) and run the same command"
             )
-            raise StateError(msg) from exc
+            raise StateWriteError(msg) from exc
 
     # -- queries -------------------------------------------------------------------------
 

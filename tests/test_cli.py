@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -87,6 +88,24 @@ def test_an_unusable_last_source_exits_2_before_a_chunk_is_sent(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert emulator.log == []
+
+
+def test_a_run_stopped_while_planning_is_recorded_with_its_exit_code(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """An unusable SOURCE found while planning ends the run it began: ``status`` shows its
+    exit code and error, not "running or crashed"."""
+    make_wav(tmp_path / "calls" / "a.wav")
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "calls"), str(tmp_path / "empty"), "--out", str(out))
+    assert result.exit_code == 2, result.output
+    state = out / ".dgbatch" / "state.sqlite"
+    assert "last run: #1 (exit 2)" in dgbatch("status", "--state", str(state)).output
+    db = sqlite3.connect(state)
+    ((summary,),) = db.execute("SELECT summary FROM runs").fetchall()
+    db.close()
+    assert "empty: no audio files found" in json.loads(summary)["error"]
 
 
 @pytest.mark.parametrize(("option", "value"), [("--backoff-base", "-1"), ("--backoff-cap", "-0.5")])

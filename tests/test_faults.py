@@ -298,7 +298,7 @@ def test_state_disk_full_stops_the_run_cleanly(
 
     monkeypatch.setattr(batch.state.State, "assign_names", then_fill_disk)
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "4")
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == 1, result.output  # the disk, not the input: not 2
     assert "cannot write the state file (database or disk is full)" in result.output
     assert "Traceback" not in result.output and "internal error" not in result.output
 
@@ -435,3 +435,31 @@ def test_only_a_connection_that_cannot_be_made_stops_the_run(
     connection the peer reset while it was made (a server shedding load) is retried like
     any reset: it stopped the run while other items were being answered."""
     assert no_connection(exc) is stops
+
+
+def test_state_disk_full_while_planning_stops_the_run_cleanly(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The state's disk full as the plan stores its items: exit 1 with the message naming
+    the state file (it was "internal error: database or disk is full"); the next run, with
+    room again, finishes every item."""
+    make_tiny_wavs(tmp_path / "in", 30)
+    out = tmp_path / "out"
+    start_run = batch.state.State.start_run
+
+    def then_fill_disk(self: batch.state.State, command: str) -> int:
+        run_id = start_run(self, command)
+        pages = self.query("PRAGMA page_count")[0][0]
+        self.query(f"PRAGMA max_page_count = {pages}")
+        return run_id
+
+    monkeypatch.setattr(batch.state.State, "start_run", then_fill_disk)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert f"{out / '.dgbatch' / 'state.sqlite'}: cannot write the state file" in result.output
+    assert "internal error" not in result.output
+
+    monkeypatch.undo()
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert assert_consistent(out) == {"done": 30}
