@@ -25,6 +25,7 @@ from batch.options import api_options, build_config, emulator_options, run_optio
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
+from batch.signals import defaults_restored
 from batch.state import State
 from batch.summary import format_summary
 
@@ -68,19 +69,20 @@ def run(**opts: Any) -> None:
         dgbatch run s3://media/incoming/ --out s3://media/transcripts/ --shard 3/16
     """
     setup_logging(opts["verbose"])
-    if opts["dry_run"]:
-        run_dry(opts)
-    try:
-        config = build_config(opts)
-        setup_logging(opts["verbose"], (config.api_key,))
-        progress = make_progress("none" if opts["quiet"] else opts["progress"])
-        outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))
-    except BatchError as exc:
-        fail(exc)
-    if not opts["quiet"]:
-        click.echo(format_summary(outcome), err=True)
-    if outcome.error is not None:
-        click.echo(f"Error: {outcome.error}", err=True)
+    with defaults_restored():
+        if opts["dry_run"]:
+            run_dry(opts)
+        try:
+            config = build_config(opts)
+            setup_logging(opts["verbose"], (config.api_key,))
+            progress = make_progress("none" if opts["quiet"] else opts["progress"])
+            outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))
+        except BatchError as exc:
+            fail(exc)
+        if not opts["quiet"]:
+            click.echo(format_summary(outcome), err=True)
+        if outcome.error is not None:
+            click.echo(f"Error: {outcome.error}", err=True)
     sys.exit(outcome.exit_code)
 
 

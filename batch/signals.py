@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import Callable, Iterator
 
@@ -56,4 +57,30 @@ def latched_signals() -> Iterator[SignalLatch]:
         yield latch
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
+            loop.remove_signal_handler(sig)  # which restores the default (KeyboardInterrupt)
+            signal.signal(sig, _after_the_run)
+
+
+_late: list[int] = []
+
+
+def _after_the_run(signum: int, frame: object) -> None:
+    """A signal once the run is over (its state closed and consistent), while the event
+    loop shuts down and the summary prints: noted, so that the exit is the run's (130 for
+    the Ctrl-C that stopped it) rather than click's "Aborted!" and 1; the next one exits
+    at once, with 130, should the teardown be stuck."""
+    _late.append(signum)
+    if len(_late) > 1:
+        os._exit(130)
+
+
+@contextlib.contextmanager
+def defaults_restored() -> Iterator[None]:
+    """Around a command that runs a batch: the default handlers again at its end (tests
+    run commands in-process; the next must not find ``_after_the_run`` installed)."""
+    try:
+        yield
+    finally:
+        _late.clear()
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)

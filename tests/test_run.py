@@ -39,6 +39,8 @@ from conftest import (
     wait_for,
 )
 
+import batch.cli
+import batch.job
 import batch.outputs
 from batch.emulator import Emulator, build_response
 
@@ -579,6 +581,41 @@ def test_an_item_abandoned_while_its_outputs_are_written_is_not_paid_again(
     monkeypatch.undo()
     again = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
     assert again.exit_code == 0 and len(emulator.log) == 1
+
+
+@pytest.mark.parametrize("first", [False, True])
+def test_a_ctrl_c_once_the_run_is_over_keeps_its_exit_code(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch,
+    first: bool,
+) -> None:  # fmt: skip
+    """A Ctrl-C while the loop shuts down and the summary prints (the run over, its state
+    closed) is noted, not raised: it was click's "Aborted!" and exit 1 (a second Ctrl-C of
+    a stopping run, exit 130 otherwise). The default handler is back afterwards."""
+    make_wavs(tmp_path / "in", 1)
+    real_summary = batch.cli.format_summary
+
+    def interrupted(outcome: batch.job.RunOutcome) -> str:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        return real_summary(outcome)
+
+    if first:  # and one Ctrl-C during the run itself: the run's exit code is 130
+        real_write = batch.outputs._write_new_file
+
+        def interrupted_once(path: str, data: bytes, created: list[str]) -> None:
+            if not created:
+                os.kill(os.getpid(), signal.SIGINT)
+            real_write(path, data, created)
+
+        monkeypatch.setattr(batch.outputs, "_write_new_file", interrupted_once)
+    monkeypatch.setattr(batch.cli, "format_summary", interrupted)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == (130 if first else 0), result.output
+    assert "Aborted" not in result.output and "state: 1 done" in result.output
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
 
 
 def test_an_item_writing_its_outputs_when_grace_ends_is_let_finish_them(
