@@ -25,6 +25,7 @@ __all__ = [
     "Parser",
     "UnusableManifest",
     "parser_for",
+    "reads_header",
 ]
 
 
@@ -199,6 +200,12 @@ class _CsvParser:
             self.header = _CsvHeader.from_row(row)
             return None
         return self.header.entry(row)
+
+
+def reads_header(parse: Parser) -> bool:
+    """Whether ``parse`` has yet to read its header line: a broken header line makes the
+    manifest unusable (the next line would be taken for the header)."""
+    return isinstance(parse, _CsvParser) and parse.header is None
 
 
 def parser_for(fmt: str) -> Parser | None:

@@ -24,7 +24,14 @@ from pathlib import Path
 from typing import BinaryIO, Generic, TypeVar
 
 from batch.errors import SourceError
-from batch.manifest_lines import Entry, LineError, Parser, UnusableManifest, parser_for
+from batch.manifest_lines import (
+    Entry,
+    LineError,
+    Parser,
+    UnusableManifest,
+    parser_for,
+    reads_header,
+)
 from batch.models import Filters, Item, ItemKind
 from batch.redact import redact_text
 from batch.sources import S3Expander, build_item
@@ -210,6 +217,8 @@ class _Reader(Generic[_Raw]):
                     continue
                 found = items_for(entry, lineno)
             except LineError as exc:
+                if reads_header(parse):
+                    raise UnusableManifest(f"line {lineno}, the CSV header: {exc}") from None
                 found = self._line_error(lineno, str(exc), raw)
             if isinstance(found, Item):
                 yield found

@@ -197,9 +197,15 @@ def test_csv_bad_rows_fail_alone(audio: Path) -> None:
         ("source,callback\na.wav,https://h/cb\n", "m.csv: CSV header: param 'callback': callback"),
         ("source,lang uage\na.wav,en\n", "m.csv: CSV header: param 'lang uage': invalid key"),
         ("source,x&y=z\na.wav,1\n", "m.csv: CSV header: param 'x&y=z': invalid key"),
+        # a header line that cannot be read is named as the header, not the next line
+        (
+            b"source,language\xa0\na.wav,fr\n",
+            "m.csv: line 1, the CSV header: invalid UTF-8 at byte offset 15",
+        ),
+        ('\nsource,"lang\na.wav,fr\n', "m.csv: line 2, the CSV header: invalid CSV"),
     ],
 )
-def test_csv_unusable_header(audio: Path, content: str, message: str) -> None:
+def test_csv_unusable_header(audio: Path, content: str | bytes, message: str) -> None:
     """A CSV manifest whose header cannot be used is a SourceError naming it."""
     manifest = _write(audio / "m.csv", content)
     with pytest.raises(SourceError, match=re.escape(message)):
