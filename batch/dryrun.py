@@ -28,9 +28,10 @@ import aiohttp
 
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
-from batch.errors import StateError
+from batch.errors import ItemError, StateError
 from batch.job import start_plan
 from batch.keeping import Keeping
+from batch.media import check_path, sniff_path
 from batch.models import ItemKind, Params
 from batch.naming import output_location, output_relpath
 from batch.params import merge_params
@@ -80,6 +81,9 @@ class Estimate:
     copies: int = 0
     #: items with a paid answer an earlier run kept (``batch.keeping``): written, not sent
     kept: int = 0
+    #: local files the run would fail before sending them, by ``err_code`` (empty, missing,
+    #: not_audio, ...): not sent, not priced
+    fail_locally: Counter[str] = field(default_factory=Counter)
     by_kind: Counter[str] = field(default_factory=Counter)
     bytes: int = 0
     unsized: int = 0
@@ -115,6 +119,7 @@ class Estimate:
             "failed": self.failed,
             "dedupe_copies": self.copies,
             "kept_answers": self.kept,
+            "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
             "duration_seconds": round(self.measured_seconds, 3),
@@ -223,13 +228,18 @@ def _estimate(
     is_copy = _copy_finder(config)
     kept = state.kept_ids()
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
+        own = stored_params(row["params"])
+        has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None
+        problem = None if has_kept else _local_problem(config, row, own)
+        if problem is not None:  # a kept answer is written whatever became of its file
+            result.fail_locally[problem] += 1
+            continue
         if len(result.examples) < config.dry_run_examples:
             result.examples.append(_example(config, row))  # a copy gets outputs too
-        own = stored_params(row["params"])
         if is_copy(row, own):  # first: a kept leader's copies are copies all the same
             result.copies += 1
             continue
-        if row["id"] in kept and keeping.answer_now(row["id"], own) is not None:
+        if has_kept:
             result.kept += 1
             continue
         seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))
@@ -241,6 +251,20 @@ def _estimate(
     if config.price_per_hour is not None:
         result.price_source = f"--price-per-hour {config.price_per_hour}"
     return result
+
+
+def _local_problem(config: RunConfig, row: sqlite3.Row, own: Params) -> str | None:
+    """The ``err_code`` a local file fails with before it is sent (the run's own checks:
+    gone, changed, empty, not audio), or None: such an item costs nothing."""
+    if row["kind"] != ItemKind.FILE.value:
+        return None
+    try:
+        check_path(row["source"], row["fingerprint"])
+        if config.sniff:
+            sniff_path(row["source"], merge_params(config.params, own))
+    except ItemError as exc:
+        return exc.code
+    return None
 
 
 def _copy_finder(config: RunConfig) -> Callable[[sqlite3.Row, Params], bool]:
@@ -317,6 +341,7 @@ def format_estimate(estimate: Estimate) -> str:
         f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
+        *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
             f" (+{e['items_without_size']} item(s) of unknown size)"
@@ -333,6 +358,14 @@ def format_estimate(estimate: Estimate) -> str:
     if written > len(e["examples"]):
         lines.append(f"  … and {written - len(e['examples'])} more")
     return "\n".join(lines)
+
+
+def _failing(by_code: dict[str, int]) -> list[str]:
+    """The line for the local files the run would fail without sending (none: no line)."""
+    if not by_code:
+        return []
+    codes = ", ".join(f"{code} {n}" for code, n in sorted(by_code.items()))
+    return [f"{sum(by_code.values())} file(s) would fail before being sent, unpaid ({codes})"]
 
 
 def _cost_text(e: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient
 from batch.errors import ItemError
-from batch.models import ItemKind
+from batch.models import ItemKind, Params
 from batch.naming import content_type_for
 from batch.sniff import HEAD_BYTES, describe_head, sniff_container
 from batch.sources import file_fingerprint
@@ -25,13 +25,18 @@ Sender = Callable[[DeepgramClient, WorkItem, str], Awaitable[Answer]]
 
 def check_file(item: WorkItem, path: str) -> int:
     """Stat the file at send time; refuse it if it vanished, emptied or changed since planning."""
+    return check_path(path, item.fingerprint)
+
+
+def check_path(path: str, fingerprint: str) -> int:
+    """``check_file`` of a file planned with ``fingerprint`` (the dry run has no WorkItem)."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise ItemError(f"{path}: file no longer exists", code="missing") from None
     except OSError as exc:
         raise ItemError(f"{path}: cannot read file: {exc.strerror}", code="unreadable") from exc
-    if item.fingerprint and file_fingerprint(st) != item.fingerprint:
+    if fingerprint and file_fingerprint(st) != fingerprint:
         msg = f"{path}: file changed between planning and sending; run again to re-plan it"
         raise ItemError(msg, code="changed")
     if st.st_size == 0:
@@ -80,7 +85,12 @@ def sniff_file(item: WorkItem, path: str) -> None:
     Headerless audio (``encoding=`` in the params, e.g. raw linear16) has no magic bytes
     and is never refused. Unreadable files are left to ``send_file``'s own message.
     """
-    if any(key == "encoding" for key, _ in item.params):
+    sniff_path(path, item.params)
+
+
+def sniff_path(path: str, params: Params) -> None:
+    """``sniff_file`` of a file to be sent with ``params`` (the dry run has no WorkItem)."""
+    if any(key == "encoding" for key, _ in params):
         return
     try:
         with open(path, "rb") as handle:

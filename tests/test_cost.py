@@ -217,6 +217,29 @@ def test_dry_run_with_dedupe_counts_what_the_run_sends(
     assert len(emulator.log) == estimate["to_send"]
 
 
+def test_dry_run_does_not_count_files_the_run_fails_before_sending(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An empty file and one that is not audio fail in the run before a request (empty,
+    not_audio): the dry run counts them apart, not as uploads, bytes or cost; with
+    ``--no-sniff`` the one that is not audio is sent, and counted."""
+    good = make_wav(tmp_path / "in" / "a.wav", 1.0)
+    (tmp_path / "in" / "empty.wav").write_bytes(b"")
+    (tmp_path / "in" / "notes.wav").write_bytes(b"%PDF-1.7 not audio at all" * 10)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    estimate = json.loads(dgbatch(*args, "--dry-run", "--json", key=None).output)
+    assert estimate["to_send"] == 1 and estimate["by_kind"] == {"upload": 1}
+    assert estimate["bytes"] == good.stat().st_size
+    assert estimate["fail_locally"] == {"empty": 1, "not_audio": 1}
+    assert [x["source"] for x in estimate["examples"]] == [str(good)]
+    text = dgbatch(*args, "--dry-run", key=None).output
+    assert "2 file(s) would fail before being sent, unpaid (empty 1, not_audio 1)" in text
+    unsniffed = json.loads(dgbatch(*args, "--no-sniff", "--dry-run", "--json", key=None).output)
+    assert unsniffed["to_send"] == 2 and unsniffed["fail_locally"] == {"empty": 1}
+    assert dgbatch(*args).exit_code == 1
+    assert len(emulator.log) == estimate["to_send"]
+
+
 def test_budget_cap_stops_at_the_right_item_and_resumes(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
