@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import itertools
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from batch.failed_items import error_item
 from batch.models import Item, ItemKind
 from batch.naming import safe_name, stem_of
 from batch.records import PlanStats
@@ -25,20 +26,23 @@ from batch.redact import redact_source, redact_text, url_may_hold_secret
 #
 # Many rows per statement, not executemany: sqlite3 lets other threads run during each
 # step of a statement and then waits for the GIL, so row by row a busy event loop made
-# every row of the plan wait for it. No parameter is None and none is a bool: sqlite3
+# every row of the plan wait for it. A row whose id this run already planned with other
+# params (one file on two manifest lines, each with its own params) changes nothing: the
+# first stays, and ``batch.state`` fails the later one (see ``clash_item``). No parameter
+# is None and none is a bool: sqlite3
 # looks those up in its adapters, several times the cost of binding a str or an int,
 # so "no error" is '' and "no size" is -1 here.
 PLAN = """
 WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
 AS (VALUES {values})
 INSERT INTO items (id, source, kind, name, out_stem, out_full, out_name, params, status, error,
-                   size, fingerprint, created_at, updated_at, run_id)
+                   size, fingerprint, created_at, updated_at, run_id, seen_run)
 SELECT id, source, kind, name, stem, name,
        CASE WHEN free = '' THEN NULL
             WHEN EXISTS (SELECT 1 FROM items AS other WHERE other.out_stem = new.stem)
             THEN name ELSE free END,
        params, status, CASE status WHEN 'failed' THEN error END, NULLIF(size, -1),
-       fingerprint, ?, ?, ?
+       fingerprint, ?, ?, ?, ?
 FROM new WHERE true
 ON CONFLICT (id) DO UPDATE SET
     source = excluded.source,
@@ -67,13 +71,16 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.fingerprint != excluded.fingerprint OR {force}
             OR (items.status = 'failed' AND {retry})
         THEN excluded.updated_at ELSE items.updated_at END
+WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
 """
 
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
 PlanRow = tuple[str | int, ...]
 FIELDS = 11
 #: where a plan row has the fields that are read back
-ID, NAME, STEM, STATUS, FREE = 0, 3, 4, 6, 10
+ID, NAME, STEM, PARAMS, STATUS, FREE = 0, 3, 4, 5, 6, 10
+#: parameters of ``PLAN`` after its rows: created_at, updated_at, run_id, seen_run
+TAIL = 4
 _KINDS = {kind: kind.value for kind in ItemKind}
 #: most rows one statement plans: a power of two, so that a batch needs few distinct
 #: statements (each is prepared once and cached by sqlite3): 5,000 rows are 12 of them
@@ -88,6 +95,13 @@ class Batch:
     now: float
     run_id: int
     flags: dict[str, object]
+    #: the items of ``rows``, in order (a clash is told by its item's origin)
+    items: list[Item] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, items: list[Item], now: float, run_id: int, flags: dict[str, object]) -> Batch:
+        """The batch of ``items``: their rows (``plan_row``), the per-item cost of planning."""
+        return cls([plan_row(item) for item in items], now, run_id, flags, items)
 
     def sql(self, count: int) -> str:
         """``PLAN`` for ``count`` rows."""
@@ -97,6 +111,15 @@ class Batch:
     def unnamed(self) -> Batch:
         """The same rows, left for ``assign_names``."""
         return replace(self, rows=[(*row[:FREE], "") for row in self.rows])
+
+    def clashes(self, indices: list[int]) -> Batch:
+        """The failed items planned instead of the rows at ``indices`` (``clash_item``),
+        left unnamed as these rows are, or named by their stems."""
+        items = [clash_item(self.items[i]) for i in indices]
+        rows = [plan_row(item) for item in items]
+        if self.rows[indices[0]][FREE] == "":
+            rows = [(*row[:FREE], "") for row in rows]
+        return replace(self, rows=rows, items=items)
 
     def crowded(self, stems: set[object]) -> Batch:
         """The same rows; those with one of ``stems`` take their full names."""
@@ -141,6 +164,19 @@ def plan_row(item: Item) -> PlanRow:
     )
 
 
-def plan_stats(rows: list[PlanRow]) -> PlanStats:
-    """Count a batch's items and the broken ones (stored as failed with their error)."""
-    return PlanStats(len(rows), sum(row[STATUS] == "failed" for row in rows))
+def clash_item(item: Item) -> Item:
+    """The failed item planned instead of ``item``, whose id this run already planned with
+    other params: both would be one item, and one line's params would never be sent."""
+    origin = item.origin or item.id
+    clash_id = f"clash:{origin}"
+    reason = (
+        f"{redact_source(item.source)} is already an item of this run with other params "
+        "(an earlier line or source); give each line its own id (a .jsonl or .csv manifest)"
+    )
+    return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
+
+
+def plan_stats(rows: list[PlanRow], clashes: int = 0) -> PlanStats:
+    """Count a batch's items and the broken ones (stored as failed with their error, or
+    ``clashes``: rows a failed item replaced, see ``clash_item``)."""
+    return PlanStats(len(rows), sum(row[STATUS] == "failed" for row in rows) + clashes)

@@ -32,12 +32,13 @@ from batch.naming import disambiguate
 from batch.planrows import (
     FIELDS,
     ID,
+    PARAMS,
     STATEMENT_ROWS,
     STEM,
+    TAIL,
     Batch,
     PlanRow,
     fitting_rows,
-    plan_row,
     plan_stats,
 )
 from batch.records import (
@@ -207,17 +208,17 @@ class State:
     def _plan(self, items: Iterable[Item], run_id: int, flags: dict[str, object]) -> PlanStats:
         now = time.time()
         stream = iter(items)
-        batches = iter(lambda: [plan_row(i) for i in itertools.islice(stream, PLAN_BATCH)], [])
-        first = next(batches, [])
+        chunks = iter(lambda: list(itertools.islice(stream, PLAN_BATCH)), [])
+        batches = (Batch.of(chunk, now, run_id, flags) for chunk in chunks)
+        first = next(batches, Batch.of([], now, run_id, flags))
         second = next(batches, None)
         if second is None:
-            self._insert_named(Batch(first, now, run_id, flags))
-            return plan_stats(first)
+            return plan_stats(first.rows, self._insert_named(first))
         seen = broken = 0
-        for rows in itertools.chain((first, second), batches):
+        for batch in itertools.chain((first, second), batches):
             with self._mutex, self._db:
-                self._insert(Batch(rows, now, run_id, flags).unnamed())
-            stats = plan_stats(rows)
+                clashes = self._insert(batch.unnamed())
+            stats = plan_stats(batch.rows, clashes)
             seen, broken = seen + stats.seen, broken + stats.broken
         return PlanStats(seen, broken)
 
@@ -343,32 +344,49 @@ class State:
         with self._mutex, self._db:
             self._db.execute("DELETE FROM meta WHERE key = 'force_since'")
 
-    def _insert_named(self, batch: Batch) -> None:
+    def _insert_named(self, batch: Batch) -> int:
         """Insert and name one batch; an earlier crash's unnamed items (a state written
-        by an older dgbatch) make it fall back to ``assign_names``'s way for all of them."""
+        by an older dgbatch) make it fall back to ``assign_names``'s way for all of them.
+        The number of clashes planned (see ``_insert``)."""
         if not batch.rows:
-            return
+            return 0
         with self._mutex, self._db:
             db = self._db
             if db.execute("SELECT 1 FROM items WHERE out_name IS NULL LIMIT 1").fetchone():
-                self._insert(batch.unnamed())
-                return
+                return self._insert(batch.unnamed())
             (last,) = db.execute("SELECT MAX(rowid) FROM items").fetchone()
-            self._insert(batch.crowded(self._crowded_stems(batch.rows)))
+            clashes = self._insert(batch.crowded(self._crowded_stems(batch.rows)))
             self._break_name_ties((last or 0) + 1)
+            return clashes
 
-    def _insert(self, batch: Batch) -> None:
-        """Run ``PLAN`` on a batch, in order, many rows per statement."""
+    def _insert(self, batch: Batch) -> int:
+        """Run ``PLAN`` on a batch, in order, many rows per statement. A row whose id this
+        run planned already with other params changes nothing (``PLAN``): a failed item is
+        planned in its place (``Batch.clashes``); their number is returned."""
         if self._statement_rows == 0:
             limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
-            self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - 3) // FIELDS)
-        rows, start = batch.rows, 0
+            self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - TAIL) // FIELDS)
+        rows, start, skipped = batch.rows, 0, []
+        tail = (batch.now, batch.now, batch.run_id, batch.run_id)
         while start < len(rows):
             count = fitting_rows(self._statement_rows, len(rows) - start)
             part = rows[start : start + count]
-            args = [*itertools.chain.from_iterable(part), batch.now, batch.now, batch.run_id]
-            self._db.execute(batch.sql(count), args)
+            before = self._db.total_changes
+            self._db.execute(batch.sql(count), [*itertools.chain.from_iterable(part), *tail])
+            if self._db.total_changes - before < count:  # rare: find which rows
+                skipped += self._skipped(part, start)
             start += count
+        return self._insert(batch.clashes(skipped)) + len(skipped) if skipped else 0
+
+    def _skipped(self, rows: list[PlanRow], start: int) -> list[int]:
+        """The positions (from ``start``) of the rows ``PLAN`` skipped: their id's stored
+        params are not theirs (an id it planned or updated has its row's params)."""
+        stored = "SELECT params FROM items WHERE id = ?"
+        return [
+            start + i
+            for i, row in enumerate(rows)
+            if self._db.execute(stored, (row[ID],)).fetchone()[0] != row[PARAMS]
+        ]
 
     def _crowded_stems(self, rows: list[PlanRow]) -> set[object]:
         """Stems of two or more new items of a batch: these items take their full names.

@@ -930,3 +930,34 @@ def test_a_clash_leaves_the_first_urls_name_and_kind_alone(
     assert (out / "a.json").is_file() and not (out / "a.wav.json").exists()
     rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert {(r["status"], r["kind"]) for r in rows} == {("done", "url"), ("failed", "url")}
+
+
+def test_one_file_on_two_lines_with_other_params_fails_the_later_line(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """Both lines would be one item (a file is keyed by its path), and the first line's
+    params were silently replaced by the second's: the first is sent as written, the
+    later one fails naming its line; the same line twice is one item, and so is the same
+    file from a folder and from a line without params."""
+    make_wav(tmp_path / "calls" / "a.wav")
+    make_wav(tmp_path / "calls" / "b.wav", tone=1)
+    manifest = tmp_path / "calls" / "m.jsonl"
+    manifest.write_text(
+        '{"source": "a.wav", "params": {"language": "en"}}\n'
+        '{"source": "a.wav", "params": {"language": "fr"}}\n'
+        '{"source": "a.wav", "params": {"language": "en"}}\n'
+        '{"source": "b.wav"}\n'
+    )
+    out = tmp_path / "out"
+    run = ("run", str(manifest), str(tmp_path / "calls" / "b.wav"), "--out", str(out))
+    result = dgbatch(*run)
+    assert result.exit_code == 1, result.output
+    languages = sorted(dict(r.params).get("language", "-") for r in emulator.log)
+    assert languages == ["-", "en"]
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert len(rows) == 3 and rows[str(tmp_path / "calls" / "a.wav")]["status"] == "done"
+    clash = rows["clash:m.jsonl:2"]
+    expected = f"m.jsonl:2: {tmp_path / 'calls' / 'a.wav'} is already an item of this run with"
+    assert clash["status"] == "failed" and str(clash["error"]).startswith(expected)
+    again = dgbatch(*run)  # still two lines for one item: still failed, nothing sent
+    assert again.exit_code == 1 and len(emulator.log) == 2
