@@ -134,6 +134,13 @@ def _client_error(exc: Any) -> tuple[str, str]:
     return "s3_error", f"S3 answered {code or status}: {message}"
 
 
+def error_code(exc: BaseException) -> str:
+    """The code of an error S3 answered (``KeyTooLongError``), or ``""``."""
+    response = getattr(exc, "response", None)
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    return str(error.get("Code", "")) if isinstance(error, dict) else ""
+
+
 def is_not_found(exc: BaseException) -> bool:
     """Tell a missing key or bucket from every other S3 error."""
     return describe_error(exc)[0] in ("missing", "no_bucket")

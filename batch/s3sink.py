@@ -5,14 +5,15 @@ this very source from others with one HEAD each, without downloading them."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from urllib.parse import quote
 
-from batch.errors import OutputError
+from batch.errors import ItemError, OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import folder_prefix, output_relpath
 from batch.outputs import Found, OutputMeta, adoptable, landed
 from batch.redact import redact_source
-from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
+from batch.s3 import S3, describe_error, error_code, is_not_found, parse_s3_uri
 
 __all__ = ["META_FINGERPRINT", "META_SOURCE", "S3Sink"]
 
@@ -21,12 +22,24 @@ META_SOURCE = "dgbatch-source"
 META_FINGERPRINT = "dgbatch-fingerprint"
 
 
+#: most bytes of a source recorded as it is: S3 refuses more than 2 KB of metadata in
+#: all (400 MetadataTooLarge), and a 1,024-byte key of accented letters percent-encodes
+#: to 3 KB; a longer source is recorded by its digest (``sha256:<hex>``)
+SOURCE_META_BYTES = 1024
+#: S3 errors about one output object, not the store: that item fails (as a local path too
+#: long does) and the run goes on; any other stops the run, every put would meet it
+_OBJECT_ERRORS = frozenset({"KeyTooLongError", "MetadataTooLarge", "EntityTooLarge"})
+#: a key too long (over 1,024 bytes) is the item's own when the prefix leaves room for
+#: names: past this, it is the prefix's, which every item would meet, each paid
+_PREFIX_ROOM = 512
+
+
 def _metadata(meta: OutputMeta) -> dict[str, str]:
     """Object metadata must be ASCII: percent-encode what we record."""
-    return {
-        META_SOURCE: quote(redact_source(meta.source), safe=":/"),
-        META_FINGERPRINT: quote(meta.fingerprint, safe=":"),
-    }
+    source = quote(redact_source(meta.source), safe=":/")
+    if len(source) > SOURCE_META_BYTES:
+        source = "sha256:" + hashlib.sha256(source.encode("ascii")).hexdigest()
+    return {META_SOURCE: source, META_FINGERPRINT: quote(meta.fingerprint, safe=":")}
 
 
 class S3Sink:
@@ -73,6 +86,8 @@ class S3Sink:
             )
         except Exception as exc:
             msg = f"{self._uri(key)}: cannot write output: {describe_error(exc)[1]}"
+            if error_code(exc) in _OBJECT_ERRORS and len(self.prefix.encode()) <= _PREFIX_ROOM:
+                raise ItemError(msg, code="output_path") from exc
             raise OutputError(msg) from exc
 
     async def find_complete(

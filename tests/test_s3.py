@@ -11,10 +11,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import aiohttp
 import pytest
+import yarl
+from aiohttp import web
 from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
-from conftest import Cli, MotoS3, make_wav, read_state_rows
+from conftest import Cli, MotoS3, make_wav, read_state_rows, serve_app
 
 from batch.emulator import Emulator
 from batch.models import Filters, ItemKind
@@ -678,3 +682,75 @@ def test_signatures_and_secret_key_never_leave(
         for signature in signatures:
             assert signature.encode() not in blob
         assert not re.search(rb"X-Amz-Signature=(?!REDACTED)", blob)
+
+
+def aws_limits(upstream: str) -> web.Application:
+    """moto behind two limits it does not enforce but AWS does: keys of at most 1,024
+    bytes (400 KeyTooLongError) and 2 KB of user metadata (400 MetadataTooLarge)."""
+
+    def refused(code: str) -> web.Response:
+        body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>"
+        return web.Response(status=400, text=body, content_type="application/xml")
+
+    async def forward(request: web.Request) -> web.Response:
+        if request.method == "PUT":
+            key = unquote(urlsplit(request.raw_path).path.split("/", 2)[-1])
+            meta = sum(
+                len(name) - len("x-amz-meta-") + len(value.encode())
+                for name, value in request.headers.items()
+                if name.lower().startswith("x-amz-meta-")
+            )
+            if len(key.encode()) > 1024:
+                return refused("KeyTooLongError")
+            if meta > 2048:
+                return refused("MetadataTooLarge")
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        url = yarl.URL(upstream + request.raw_path, encoded=True)
+        async with (
+            aiohttp.ClientSession(auto_decompress=False) as session,
+            session.request(
+                request.method, url, headers=headers, data=await request.read()
+            ) as answer,
+        ):
+            body = await answer.read()
+            skip = {"transfer-encoding", "content-encoding", "connection", "content-length"}
+            kept = {k: v for k, v in answer.headers.items() if k.lower() not in skip}
+            if request.method == "HEAD":
+                kept["Content-Length"] = answer.headers.get("Content-Length", "0")
+                return web.Response(status=answer.status, headers=kept)
+            return web.Response(status=answer.status, body=body, headers=kept)
+
+    app = web.Application(client_max_size=1 << 30)
+    app.router.add_route("*", "/{tail:.*}", forward)
+    return app
+
+
+def test_outputs_s3_refuses_fail_their_item_not_every_night(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A legal 1,007-byte key of accented letters made the source metadata 3 KB, which S3
+    refuses: the run stopped at it, and every later night again at its kept answer. The
+    metadata now holds a long source's digest (found again by a fresh state), and an
+    output S3 refuses for itself (its key too long) fails that item, the night goes on."""
+    accented = "in/" + "é" * 500 + ".wav"
+    deep = "in/" + "/".join(["d" * 190] * 5) + "/a.wav"
+    moto.bucket("limits", audio_objects(tmp_path, [accented, deep, "in/b.wav"]))
+    with serve_app(aws_limits(moto.url)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy)
+        cmd = ("run", "s3://limits/in/", "--out", "s3://limits/" + "o" * 100 + "/")
+        first = run_s3(dgbatch, tmp_path, *cmd, state="night1")
+        assert first.exit_code == 1, first.output
+        rows = {r["id"]: r for r in read_state_rows(tmp_path / "night1" / "state.sqlite")}
+        assert {r["status"] for r in rows.values()} == {"done", "failed"}
+        failed = rows[f"s3://limits/{deep}"]
+        assert failed["err_code"] == "output_path" and "KeyTooLongError" in str(failed["error"])
+        assert rows[f"s3://limits/{accented}"]["status"] == "done"
+        sent = len(listen_log(emulator))
+        assert sent == 3
+        fresh = run_s3(dgbatch, tmp_path, *cmd, state="night2")
+        assert fresh.exit_code == 1 and "skipped 2 item(s)" in fresh.output, fresh.output
+    assert len(listen_log(emulator)) == sent + 1  # only the one whose outputs S3 refused
