@@ -105,6 +105,13 @@ class Attempts:
                 answer, decision = None, retry.classify_exception(exc)
                 billed = exc.body_sent and not exc.connect_failed  # Deepgram may have it
                 unreachable = exc.connect_failed
+                if not exc.reached:  # no request reached Deepgram: not an attempt
+                    attempts, self.stats.sent = attempts - 1, self.stats.sent - 1
+                    self._tries[item.id] = (attempts, timeouts)
+            except BatchError:  # the run's (S3 unreachable), found before the request
+                self._tries[item.id] = (attempts - 1, timeouts)
+                self.stats.sent -= 1
+                raise
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:  # every way out keeps the possibly billed retries
                 return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)

@@ -44,7 +44,13 @@ class TransportError(Exception):
     """The request got no complete HTTP answer (refused, reset, timed out, truncated)."""
 
     def __init__(
-        self, message: str, *, body_sent: bool, timeout: bool, connect_failed: bool = False
+        self,
+        message: str,
+        *,
+        body_sent: bool,
+        timeout: bool,
+        connect_failed: bool = False,
+        reached: bool = True,
     ) -> None:
         super().__init__(message)
         #: the whole request body had been sent: Deepgram may have processed (and billed) it
@@ -52,6 +58,9 @@ class TransportError(Exception):
         self.timeout = timeout
         #: no connection at all (refused, DNS, TLS): every item would fail the same way
         self.connect_failed = connect_failed
+        #: a request reached Deepgram (not so when no connection was made, or the audio
+        #: could not be read from S3 first): only those count as the item's attempts
+        self.reached = reached and not connect_failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +205,7 @@ class DeepgramClient:
             body_sent=body_sent,
             timeout=is_timeout,
             connect_failed=no_connection(exc),
+            reached=not isinstance(exc, aiohttp.ClientConnectorError),
         )
 
 

@@ -101,6 +101,13 @@ class ApiUnreachable(BatchError):
     exit_code = 1
 
 
+class StoreUnreachable(BatchError):
+    """Raised when the audio of an S3 item cannot be read because S3 cannot be reached:
+    every item would fail the same way, so the run stops and they stay pending."""
+
+    exit_code = 1
+
+
 class Interrupted(BatchError):
     """Raised when SIGINT or SIGTERM stopped the run; the state is consistent."""
 

@@ -27,8 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from batch.client import CHUNK_SIZE, Answer, DeepgramClient
-from batch.errors import ItemError, SourceError
+from batch.client import CHUNK_SIZE, Answer, DeepgramClient, TransportError
+from batch.errors import ItemError, SourceError, StoreUnreachable
 from batch.media import Sender
 from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, is_s3_uri
@@ -285,7 +285,7 @@ class S3:
         try:
             obj = await self.call(self.client.get_object, Bucket=bucket, Key=key, **extra)
         except Exception as exc:
-            raise _item_error(source, exc) from exc
+            raise read_error(source, exc) from exc
         body = obj["Body"]
         try:
             if obj["ContentLength"] == 0:
@@ -389,6 +389,31 @@ def _object_of(item: WorkItem, source: str) -> tuple[str, str]:
     if item.size == 0:
         raise ItemError(f"{redact_source(source)}: object is empty", code="empty")
     return bucket, key
+
+
+def read_error(source: str, exc: BaseException) -> Exception:
+    """What reading an object's audio failed with, once botocore's own retries are spent:
+    S3 down stops the run (items stay pending), throttling or a 5xx is retried with the
+    item's backoff (nothing reached Deepgram), anything else fails the item."""
+    from botocore.exceptions import HTTPClientError
+
+    code, reason = describe_error(exc)
+    message = f"{redact_source(source)}: {reason}"
+    if code == "unreachable" and not isinstance(exc, HTTPClientError):  # refused, DNS
+        return StoreUnreachable(
+            f"{message}; stopped so that unfinished items stay pending: check the network "
+            "or the S3 endpoint, then run the same command"
+        )
+    if code == "throttled" or _status_of(exc) >= 500 or isinstance(exc, HTTPClientError):
+        return TransportError(message, body_sent=False, timeout=False, reached=False)
+    return _item_error(source, exc)
+
+
+def _status_of(exc: BaseException) -> int:
+    response = getattr(exc, "response", None)
+    meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
+    status = meta.get("HTTPStatusCode", 0) if isinstance(meta, dict) else 0
+    return status if isinstance(status, int) else 0
 
 
 def _item_error(source: str, exc: BaseException) -> ItemError:

@@ -116,8 +116,7 @@ def test_api_unreachable_stops_the_run_items_stay_pending(tmp_path: Path) -> Non
     assert "connection refused" in result.output
     rows = state_rows(out)
     assert {r["status"] for r in rows} == {"pending"}
-    attempts = sum(int(str(r["attempts"])) for r in rows)
-    assert 3 <= attempts <= 4 * 3  # only the first four items were ever tried
+    assert {r["attempts"] for r in rows} == {0}  # no request reached Deepgram
     assert time.monotonic() - started < 10
 
 

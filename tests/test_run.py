@@ -645,7 +645,9 @@ def test_an_item_writing_its_outputs_when_grace_ends_is_let_finish_them(
 
 def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
     """Nothing listening on the API port: every try is retried, then the run stops (exit 1)
-    naming the refused connection, and the item stays pending for the next run."""
+    naming the refused connection, and the item stays pending for the next run, with no
+    attempt counted: no request reached Deepgram (README: attempts are the requests
+    Deepgram saw)."""
     make_wav(tmp_path / "a.wav")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -658,7 +660,7 @@ def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "retried 2" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
-    assert (row["status"], row["attempts"], row["http_status"]) == ("pending", 3, None)
+    assert (row["status"], row["attempts"], row["http_status"]) == ("pending", 0, None)
     assert f"cannot connect to 127.0.0.1:{port}" in str(row["error"])
     assert "connection refused" in result.output
 

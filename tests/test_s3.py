@@ -8,6 +8,7 @@ import re
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,12 +18,20 @@ import aiohttp
 import pytest
 import yarl
 from aiohttp import web
-from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 from conftest import Cli, MotoS3, make_wav, read_state_rows, serve_app
 
+from batch.client import TransportError
 from batch.emulator import Emulator
+from batch.errors import ItemError, StoreUnreachable
 from batch.models import Filters, ItemKind
-from batch.s3 import S3, S3Options, describe_error, parse_s3_uri
+from batch.s3 import S3, S3Options, describe_error, parse_s3_uri, read_error
 
 FAST = ("--concurrency", "4")
 
@@ -103,6 +112,29 @@ def _client_error(code: str, status: int = 400) -> ClientError:
 def test_describe_error_table(exc: Exception, code: str) -> None:
     """Each botocore error maps to the most specific reason."""
     assert describe_error(exc)[0] == code
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (_client_error("SlowDown", 503), TransportError),
+        (_client_error("InternalError", 500), TransportError),
+        (ConnectionClosedError(endpoint_url="http://x"), TransportError),
+        (ReadTimeoutError(endpoint_url="http://x"), TransportError),
+        (EndpointConnectionError(endpoint_url="http://x"), StoreUnreachable),
+        (_client_error("NoSuchKey", 404), ItemError),
+        (_client_error("PreconditionFailed", 412), ItemError),
+        (_client_error("AccessDenied", 403), ItemError),
+    ],
+)
+def test_reading_an_objects_audio_fails_by_cause(exc: Exception, kind: type) -> None:
+    """Upload mode, once botocore's own retries are spent: throttling, a 5xx or a dropped
+    connection is retried with the item's backoff and is no attempt (it failed the item
+    for good); S3 unreachable stops the run (every item failed one by one); what is the
+    object's own (gone, changed, denied) fails the item."""
+    error = read_error("s3://b/k.wav", exc)
+    assert type(error) is kind and "s3://b/k.wav" in str(error)
+    assert not isinstance(error, TransportError) or not error.reached
 
 
 # -- listing -------------------------------------------------------------------------------
@@ -684,15 +716,22 @@ def test_signatures_and_secret_key_never_leave(
         assert not re.search(rb"X-Amz-Signature=(?!REDACTED)", blob)
 
 
-def aws_limits(upstream: str) -> web.Application:
+def aws_limits(upstream: str, throttled_gets: int = 0) -> web.Application:
     """moto behind two limits it does not enforce but AWS does: keys of at most 1,024
-    bytes (400 KeyTooLongError) and 2 KB of user metadata (400 MetadataTooLarge)."""
+    bytes (400 KeyTooLongError) and 2 KB of user metadata (400 MetadataTooLarge); and
+    the first ``throttled_gets`` GETs of each object under ``in/`` answered 503 SlowDown."""
+    gets: Counter[str] = Counter()
 
-    def refused(code: str) -> web.Response:
+    def refused(code: str, status: int = 400) -> web.Response:
         body = f"<?xml version='1.0'?><Error><Code>{code}</Code><Message>no</Message></Error>"
-        return web.Response(status=400, text=body, content_type="application/xml")
+        return web.Response(status=status, text=body, content_type="application/xml")
 
     async def forward(request: web.Request) -> web.Response:
+        path = urlsplit(request.raw_path).path
+        if request.method == "GET" and "/in/" in path and "list-type" not in request.query:
+            gets[path] += 1
+            if gets[path] <= throttled_gets:
+                return refused("SlowDown", 503)
         if request.method == "PUT":
             key = unquote(urlsplit(request.raw_path).path.split("/", 2)[-1])
             meta = sum(
@@ -754,3 +793,25 @@ def test_outputs_s3_refuses_fail_their_item_not_every_night(
         fresh = run_s3(dgbatch, tmp_path, *cmd, state="night2")
         assert fresh.exit_code == 1 and "skipped 2 item(s)" in fresh.output, fresh.output
     assert len(listen_log(emulator)) == sent + 1  # only the one whose outputs S3 refused
+
+
+def test_upload_mode_retries_an_object_s3_throttles(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """503 SlowDown on reading an object's audio, past botocore's own three tries: the
+    item is retried with its backoff and done (it failed for good, until --retry-failed),
+    and those tries, which never reached Deepgram, are not attempts."""
+    objects = audio_objects(tmp_path, ["in/a.wav", "in/b.wav"])
+    moto.bucket("slow", objects)
+    with serve_app(aws_limits(moto.url, throttled_gets=4)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy)
+        cmd = ("run", "s3://slow/in/", "--out", str(tmp_path / "out"), "--url-mode", "upload")
+        result = run_s3(dgbatch, tmp_path, *cmd)
+    assert result.exit_code == 0, result.output
+    rows = read_state_rows(tmp_path / "s1" / "state.sqlite")
+    assert [(r["status"], r["attempts"]) for r in rows] == [("done", 1), ("done", 1)]
+    assert sorted(r.sha256 for r in listen_log(emulator)) == sorted(map(sha, objects.values()))
