@@ -53,6 +53,8 @@ class _Holder:
             return True
         if self.doc.get("host") != socket.gethostname():
             return False
+        if self.doc.get("pids", PIDS) != PIDS:  # a container of the same name: its pids are
+            return False  # not ours to look up (its pid 1 is not our pid 1)
         pid = self.doc.get("pid")
         if pid == os.getpid():
             return float(self.doc.get("started", 0)) < _PROCESS_STARTED
@@ -66,6 +68,28 @@ class _Holder:
             f"{doc.get('owner', '?')} on {doc.get('host', '?')}, pid {doc.get('pid', '?')}, "
             f"started {started}, expires {expires} unless refreshed"
         )
+
+
+def _cause(exc: BaseException) -> str:
+    """What S3 said, under the "cannot take the run lock" that reading or writing the lock
+    wraps it in (it read "cannot release the run lock: UsageError: … cannot take …")."""
+    return describe_error(exc.__cause__ or exc)[1]
+
+
+def _pid_space() -> str:
+    """Where this process's pid means something: the boot and the PID namespace. Two
+    containers may share a hostname (``--network host``, a fixed ``--hostname``) and both
+    run dgbatch as pid 1; only a holder of the same space can be looked up by its pid."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as handle:
+            boot = handle.read().strip()
+        return f"{boot}:{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:  # not Linux: the hostname is all there is
+        return ""
+
+
+#: this process's pid space (``_pid_space``), recorded in the lock it holds
+PIDS = _pid_space()
 
 
 def _alive(pid: object) -> bool:
@@ -132,10 +156,10 @@ class S3Lock:
             raise StateLocked(msg + _STOPPED) from None
         except BatchError as exc:
             elapsed = time.time() - self._refreshed
+            reason = _cause(exc)
             if elapsed + self.ttl / 3 < self.ttl:
-                log.warning("%s", exc)
+                log.warning("%s: cannot refresh the run lock (%s); trying again", self.uri, reason)
                 return
-            reason = describe_error(exc.__cause__)[1] if exc.__cause__ else str(exc)
             msg = f"{self.uri}: the run lock could not be refreshed for {elapsed:.1f} s ({reason})"
             raise StateLocked(f"{msg}, and expires before the next try; {_STOPPED}") from exc
         self._refreshed = time.time()
@@ -145,7 +169,7 @@ class S3Lock:
         try:
             await self.s3.call(self._release)
         except Exception as exc:
-            log.warning("%s: cannot release the run lock: %s", self.uri, describe_error(exc)[1])
+            log.warning("%s: cannot release the run lock: %s", self.uri, _cause(exc))
 
     def _acquire(self) -> None:
         holder = self._read()
@@ -164,6 +188,7 @@ class S3Lock:
             "owner": f"{os.environ.get('USER') or 'dgbatch'}:{self._token[:8]}",
             "token": self._token,
             "host": socket.gethostname(),
+            "pids": PIDS,
             "pid": os.getpid(),
             "started": self._started,
             "expires": now + self.ttl,

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError
+from botocore.exceptions import ClientError, EndpointConnectionError
 from conftest import KEY, SRC_ROOT, MotoS3, dgbatch_subprocess_cmd, make_wav
 
 from batch.errors import StateLocked
 from batch.s3 import S3, S3Options
-from batch.s3lock import S3Lock, _Holder
+from batch.s3lock import PIDS, S3Lock, _Holder
 
 HOST = socket.gethostname()
 LIVE = time.time() + 600
@@ -35,11 +35,18 @@ LIVE = time.time() + 600
         ({"host": HOST, "pid": os.getpid(), "started": 1.0, "expires": LIVE}, True),
         ({"host": HOST, "pid": os.getpid(), "started": time.time(), "expires": LIVE}, False),
         ({"host": HOST, "pid": 2**22 + 7, "expires": LIVE}, True),
+        ({"host": HOST, "pids": PIDS, "pid": 2**22 + 7, "expires": LIVE}, True),
+        # a container of the same hostname (another pid namespace): its pids are not ours
+        ({"host": HOST, "pids": "b:4026531836", "pid": 2**22 + 7, "expires": LIVE}, False),
+        ({"host": HOST, "pids": "b:1", "pid": os.getpid(), "started": 1.0, "expires": LIVE}, False),
+        ({"host": HOST, "pids": "b:1", "pid": 1, "expires": 10.0}, True),
         ({}, True),
     ],
 )
 def test_lock_staleness(doc: dict[str, Any], stale: bool) -> None:
-    """A lock is abandoned when expired, or when its process on this host is gone."""
+    """A lock is abandoned when expired, or when its process on this host is gone; a
+    holder of another pid space (a container that shares the hostname, both pid 1) only
+    when expired: it took over a live run's lock, and the items were paid twice."""
     assert _Holder(doc, '"etag"').stale(time.time()) is stale
 
 
@@ -83,6 +90,33 @@ async def test_a_lock_taken_over_or_not_refreshed_in_time_is_lost(moto: MotoS3) 
     with pytest.raises(StateLocked, match="another run took this run's output lock over"):
         await lock.refresh()
     s3.close()
+
+
+async def test_lock_warnings_say_what_failed_and_what_s3_said(
+    moto: MotoS3, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A refresh or a release that fails is a warning saying which, and S3's reason (they
+    read "cannot release the run lock: UsageError: … cannot take the run lock: …")."""
+    moto.bucket("warn")
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    lock = S3Lock(s3, "s3://warn/tx/.dgbatch/lock.json")
+    await lock.acquire()
+
+    def unreachable(**kwargs: Any) -> Any:
+        raise EndpointConnectionError(endpoint_url=moto.url)
+
+    s3.client.put_object = unreachable  # type: ignore[method-assign]
+    s3.client.get_object = unreachable  # type: ignore[method-assign]
+    await lock.refresh()
+    await lock.release()
+    s3.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    uri = "s3://warn/tx/.dgbatch/lock.json"
+    assert warnings == [
+        f"{uri}: cannot refresh the run lock (cannot reach S3 (EndpointConnectionError)); "
+        "trying again",
+        f"{uri}: cannot release the run lock: cannot reach S3 (EndpointConnectionError)",
+    ]
 
 
 async def test_lock_without_conditional_puts(moto: MotoS3) -> None:
