@@ -268,8 +268,21 @@ class S3:
         return self.send_presigned if mode == "presign" else self.send_upload
 
     async def send_presigned(self, client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        """Mint a presigned GET URL now (each attempt gets a fresh one) and submit it."""
+        """Mint a presigned GET URL now (each attempt gets a fresh one) and submit it.
+
+        The object is first checked against the ETag it was listed with (a HEAD with
+        ``If-Match``): overwritten since, possibly hours ago on a long night, it would be
+        transcribed from its new bytes and recorded under the old ETag, and sent again the
+        next night. It fails as ``changed`` instead, as in upload mode, and the next run
+        plans it again. (Deepgram fetches it a moment later: a narrow window is left.)"""
         bucket, key = _object_of(item, source)
+        if item.fingerprint:
+            try:
+                await self.call(
+                    self.client.head_object, Bucket=bucket, Key=key, IfMatch=f'"{item.fingerprint}"'
+                )
+            except Exception as exc:
+                raise read_error(source, exc) from exc
         url = await self.call(
             self.client.generate_presigned_url,
             "get_object",

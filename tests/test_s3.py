@@ -815,3 +815,36 @@ def test_upload_mode_retries_an_object_s3_throttles(
     rows = read_state_rows(tmp_path / "s1" / "state.sqlite")
     assert [(r["status"], r["attempts"]) for r in rows] == [("done", 1), ("done", 1)]
     assert sorted(r.sha256 for r in listen_log(emulator)) == sorted(map(sha, objects.values()))
+
+
+@pytest.mark.parametrize("mode", ["presign", "upload"])
+def test_an_object_overwritten_after_listing_fails_as_changed_not_sent(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path, mode: str
+) -> None:
+    """``b.wav`` is overwritten while ``a.wav`` is being transcribed: in presign mode it was
+    sent anyway, transcribed from its new bytes and recorded under its old ETag (so sent
+    again the next night). In both modes it now fails as ``changed``, unsent, and the next
+    run plans it again and does it once, under its new ETag."""
+    moto.bucket("race", audio_objects(tmp_path, ["in/a.wav", "in/b.wav"]))
+    new_b = wav(tmp_path, 7)
+    real_authorize = emulator._authorize
+
+    def overwrite_b_then_authorize(header: str) -> None:  # a.wav's request is in
+        if not emulator.log:
+            moto.client.put_object(Bucket="race", Key="in/b.wav", Body=new_b)
+        real_authorize(header)
+
+    emulator._authorize = overwrite_b_then_authorize  # type: ignore[method-assign]
+    out = tmp_path / "out"
+    cmd = ("run", "s3://race/in/", "--out", str(out), "--url-mode", mode, "-c", "1")
+    first = dgbatch(*cmd)
+    assert first.exit_code == 1, first.output
+    rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    changed = rows["s3://race/in/b.wav"]
+    assert (changed["status"], changed["err_code"], changed["attempts"]) == ("failed", "changed", 0)
+    assert len(listen_log(emulator)) == 1
+    again = dgbatch(*cmd)
+    assert again.exit_code == 0, again.output
+    assert [r.sha256 for r in listen_log(emulator)][1:] == [sha(new_b)]
+    again = dgbatch(*cmd)
+    assert again.exit_code == 0 and len(listen_log(emulator)) == 2
