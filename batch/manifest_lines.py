@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from batch.models import Params
 from batch.params import normalise_value, params_from_mapping
@@ -26,6 +27,7 @@ __all__ = [
     "UnusableManifest",
     "parser_for",
     "reads_header",
+    "records",
 ]
 
 
@@ -177,11 +179,8 @@ class _CsvHeader:
 
 
 class _CsvParser:
-    """Stateful CSV line parser: the first non-blank line is the header.
-
-    Each physical line is one record, so a quoted field spanning lines is
-    reported as a broken line instead of swallowing the lines after it.
-    """
+    """Stateful CSV record parser: the first non-blank record is the header. Records are
+    cut by ``records``: a quoted field may span lines, as Excel writes them."""
 
     __slots__ = ("header",)
 
@@ -200,6 +199,48 @@ class _CsvParser:
             self.header = _CsvHeader.from_row(row)
             return None
         return self.header.entry(row)
+
+
+#: most physical lines, and bytes, one CSV record may span (a quoted field with line
+#: breaks); a quote left open longer is a broken line, and the lines after it are records
+RECORD_LINES = 100
+RECORD_BYTES = 64 * 1024
+
+_Line = TypeVar("_Line", str, bytes)
+
+
+def records(parse: Parser, lines: Iterable[tuple[int, _Line]]) -> Iterator[tuple[int, _Line]]:
+    """The numbered records of a manifest: its lines, except that a CSV record whose
+    quoted field spans lines is joined into one, numbered by its first line."""
+    if not isinstance(parse, _CsvParser):
+        return iter(lines)
+    return _csv_records(iter(lines))
+
+
+def _csv_records(lines: Iterator[tuple[int, _Line]]) -> Iterator[tuple[int, _Line]]:
+    """Join the lines of a record whose quotes are not closed at the end of its first line
+    until they are. If they are not within ``RECORD_LINES`` or ``RECORD_BYTES`` (a stray
+    quote), the first line is given alone, to fail as invalid CSV, and the lines read past
+    it are read again as records of their own: never swallowed, never sent as fragments."""
+    replay: deque[tuple[int, _Line]] = deque()
+    while (line := replay.popleft() if replay else next(lines, None)) is not None:
+        group = [line]
+        while not _balanced(group) and len(group) < RECORD_LINES:
+            more = replay.popleft() if replay else next(lines, None)
+            if more is None:
+                break
+            group.append(more)
+        if _balanced(group) and sum(len(text) for _, text in group) <= RECORD_BYTES:
+            yield group[0][0], group[0][1][:0].join(text for _, text in group)
+        else:
+            yield group[0]
+            replay.extendleft(reversed(group[1:]))
+
+
+def _balanced(group: list[tuple[int, _Line]]) -> bool:
+    """Whether every quote the lines open is closed (a doubled quote counts twice)."""
+    quote = b'"' if isinstance(group[0][1], bytes) else '"'
+    return sum(text.count(quote) for _, text in group) % 2 == 0
 
 
 def reads_header(parse: Parser) -> bool:

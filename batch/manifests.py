@@ -31,6 +31,7 @@ from batch.manifest_lines import (
     UnusableManifest,
     parser_for,
     reads_header,
+    records,
 )
 from batch.models import Filters, Item, ItemKind
 from batch.redact import redact_text
@@ -210,7 +211,7 @@ class _Reader(Generic[_Raw]):
     def _parsed_items(self, lines: Iterable[tuple[int, _Raw]], parse: Parser) -> Iterator[Item]:
         """Read structured lines (JSONL, CSV) through their parser."""
         decode, items_for = self.decode, self._items_for
-        for lineno, raw in lines:
+        for lineno, raw in records(parse, lines):
             try:
                 entry = parse(decode(raw, lineno))
                 if entry is None:

@@ -189,6 +189,41 @@ def test_csv_bad_rows_fail_alone(audio: Path) -> None:
     assert [item.id for item in items[3:]] == ["id:w", "id:v"]
 
 
+def test_csv_quoted_fields_may_span_lines(audio: Path) -> None:
+    """A quoted cell with line breaks, as Excel writes it, is one record numbered by its
+    first line: its second line was a record of its own, and a source there was sent
+    (``calls/b.wav,phantom"``). A quote never closed fails its line alone, and the lines
+    after it are records again."""
+    manifest = _write(
+        audio / "m.csv",
+        "source,id,keyterm\r\n"
+        'a.wav,first,"Acme\r\nb.mp3,phantom"\r\n'
+        'b.mp3,second,"two ""quoted""\nlines\nhere"\n'
+        '"a.wav,stray,x\n'
+        "b.mp3,after,y\n",
+    )
+    items = list(iter_manifest(manifest))
+    assert [(item.id, item.origin) for item in items] == [
+        ("id:first", "m.csv:2"),
+        ("id:second", "m.csv:4"),
+        (f"{manifest}:7", "m.csv:7"),
+        ("id:after", "m.csv:8"),
+    ]
+    assert items[0].params == (("keyterm", "Acme\r\nb.mp3,phantom"),)
+    assert items[1].params == (("keyterm", 'two "quoted"\nlines\nhere'),)
+    assert items[2].error == "m.csv:7: invalid CSV: unexpected end of data"
+
+
+def test_a_quote_left_open_reads_ahead_only_so_far(audio: Path) -> None:
+    """A stray quote looks for its close over 100 lines at most, then fails alone: the
+    lines it read ahead are records of their own again."""
+    rows = "".join(f"a.wav,r{n}\n" for n in range(150))
+    manifest = _write(audio / "m.csv", f'source,id\n"a.wav,open\n{rows}')
+    items = list(iter_manifest(manifest))
+    assert items[0].error == "m.csv:2: invalid CSV: unexpected end of data"
+    assert [item.id for item in items[1:]] == [f"id:r{n}" for n in range(150)]
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
