@@ -72,7 +72,7 @@ def parse_param(text: str) -> tuple[str, str]:
         raise UsageError(msg)
     if _is_callback(key, value):
         raise UsageError(f"--param {key}: {_CALLBACK_REASON}")
-    return key, normalise_value(value)
+    return key, normalise_value(value.strip())  # a CSV cell is stripped too
 
 
 def _values_by_key(layer: Params) -> dict[str, list[str]]:

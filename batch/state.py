@@ -99,6 +99,15 @@ _KEPT_WRITTEN = (
 )
 
 
+def _in_the_way(path: Path, exc: OSError) -> str:
+    """Why the state's folder could not be made: which parent is a file, when one is (the
+    bare "File exists" or "Not a directory" did not say)."""
+    for parent in path.parents:
+        if parent.is_file():
+            return f"{str(parent)!r} is a file, not a folder"
+    return exc.strerror or str(exc)
+
+
 class State:
     """One open state file. Thread-safe: every call holds the connection's lock."""
 
@@ -128,7 +137,9 @@ class State:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StateError(f"{path}: cannot create state folder: {exc.strerror}") from exc
+            raise StateError(
+                f"{path}: cannot create state folder: {_in_the_way(path, exc)}"
+            ) from exc
         lock_file = take_lock(path)
         try:
             db = connect(path, readonly=False)

@@ -29,6 +29,9 @@ from batch.params import (
         ("diarize=False", ("diarize", "false")),
         ("smart_format=", ("smart_format", "")),
         (" tag =x y", ("tag", "x y")),
+        ("model= nova-2 ", ("model", "nova-2")),  # spaces around a value, as in a CSV cell
+        ("diarize= True", ("diarize", "true")),
+        ("smart_format= ", ("smart_format", "")),
         ("utt_split=0.8", ("utt_split", "0.8")),
         ("callback=", ("callback", "")),
     ],

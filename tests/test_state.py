@@ -542,3 +542,16 @@ def test_the_forced_flag_lasts_until_the_item_is_redone(
     if then == "changed":
         state.plan([_item("a.wav", "11:2")], run_id=3)
     assert _forced(state, item.id) == forced
+
+
+@pytest.mark.parametrize("under", ["afile/state.sqlite", "afile/sub/state.sqlite"])
+def test_a_state_under_a_file_names_the_file(tmp_path: Path, under: str) -> None:
+    """``--state afile/x.sqlite`` said "cannot create state folder: File exists"; it names
+    the file in the way."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StateError) as caught:
+        State.open(tmp_path / under)
+    assert str(caught.value) == (
+        f"{tmp_path / under}: cannot create state folder: "
+        f"{str(tmp_path / 'afile')!r} is a file, not a folder"
+    )
