@@ -102,7 +102,7 @@ class Attempts:
                 )
                 return _with_timeouts(failed, timeouts)
             except TransportError as exc:
-                answer, decision = None, retry.classify_exception(exc)
+                answer, decision = None, Decision(Action.RETRY, str(exc))  # made for the report
                 billed = exc.body_sent and not exc.connect_failed  # Deepgram may have it
                 unreachable = exc.connect_failed
                 if not exc.reached:  # no request reached Deepgram: not an attempt
@@ -236,7 +236,7 @@ class Attempts:
         if status == 429:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
-            error = f"{decision.reason} (gave up after {tries} attempts)"
+            error = f"{decision.reason} (gave up after {tries} attempt{'s' * (tries > 1)})"
             return dataclasses.replace(failed, error=error)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)

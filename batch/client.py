@@ -198,8 +198,8 @@ class DeepgramClient:
             text = f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
         elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
             text = f"connection dropped before a complete answer ({type(exc).__name__})"
-        else:
-            text = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        else:  # a reset, a broken status line: what aiohttp said, after what it was
+            text = f"connection failed ({type(exc).__name__}: {exc})".replace(": )", ")")
         return TransportError(
             redact_text(text, self._secrets),
             body_sent=body_sent,

@@ -194,25 +194,6 @@ def _callback_acknowledgement(body: bytes) -> str | None:
     return None
 
 
-def classify_exception(exc: BaseException) -> Decision:
-    """Classify a transport failure (connection refused/reset, timeout): always retryable."""
-    return Decision(Action.RETRY, describe_exception(exc))
-
-
-def describe_exception(exc: BaseException) -> str:
-    """A short, key-free description of a transport error for the report."""
-    text = str(exc).strip()
-    lowered = text.lower()
-    if lowered.startswith(("connection refused", "cannot connect")):
-        return text  # already says it (client's "cannot connect to H:P: connection refused")
-    if isinstance(exc, ConnectionRefusedError) or "connection refused" in lowered:
-        return f"connection refused: {text}" if text else "connection refused"
-    if isinstance(exc, TimeoutError):
-        return "timeout: no complete answer in time"
-    name = type(exc).__name__
-    return f"{name}: {text}" if text else name
-
-
 def status_reason(status: int, err: ErrorBody) -> str:
     """``HTTP 400 INVALID_QUERY_PARAMETER: the message``: the status, then the error
     code and message when the body has them."""

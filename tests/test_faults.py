@@ -368,6 +368,7 @@ def test_an_endless_error_page_is_read_no_further_than_its_quote(
     (row,) = state_rows(out)
     assert (row["status"], row["http_status"]) == ("failed", status)
     assert str(row["error"]).startswith(f"HTTP {status}: <p>upstream error</p>")
+    assert status != 502 or str(row["error"]).endswith(" (gave up after 1 attempt)")
 
 
 @pytest.mark.parametrize("status", [301, 307, 308])
@@ -462,3 +463,32 @@ def test_state_disk_full_while_planning_stops_the_run_cleanly(
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert assert_consistent(out) == {"done": 30}
+
+
+def test_a_garbled_answer_is_reported_as_a_failed_connection(tmp_path: Path) -> None:
+    """A server that answers with no HTTP at all: retried, then reported as what it is,
+    "connection failed (…)", not by dgbatch's own exception class ("TransportError: …")."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def garble() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                with conn:
+                    conn.recv(65536)
+                    conn.sendall(b"this is not HTTP\r\n\r\n")
+
+    threading.Thread(target=garble, daemon=True).start()
+    make_tiny_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = Cli(None)(
+        "run", str(tmp_path / "in"), "--out", str(out), "--api-url", f"http://127.0.0.1:{port}",
+        "--no-preflight", "--max-retries", "1", "--backoff-base", "0", "--progress", "none",
+    )  # fmt: skip
+    listener.close()
+    assert result.exit_code == 1, result.output
+    (row,) = state_rows(out)
+    error = str(row["error"])
+    assert error.startswith("connection failed (") and "TransportError" not in error, error
+    assert error.endswith("(gave up after 2 attempts)")

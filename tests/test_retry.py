@@ -15,7 +15,6 @@ from batch.retry import (
     Action,
     Decision,
     backoff,
-    classify_exception,
     classify_response,
     parse_error_body,
     parse_retry_after,
@@ -252,28 +251,6 @@ def test_backoff_does_not_overflow_at_attempt_ten_thousand() -> None:
 def test_retry_after_wins_over_backoff(decision: Decision, expected: float) -> None:
     """When the answer has Retry-After it is the delay; otherwise the jittered backoff is."""
     assert retry_delay(decision, 3, base=1.0, cap=60.0, rng=random.Random(5)) == expected
-
-
-@pytest.mark.parametrize(
-    ("exc", "reason"),
-    [
-        (ConnectionRefusedError(111, "Connection refused"), "connection refused"),
-        (TimeoutError(), "timeout"),
-        (ConnectionResetError(104, "Connection reset by peer"), "ConnectionResetError"),
-        (OSError(), "OSError"),
-    ],
-)
-def test_transport_failures_are_retried(exc: BaseException, reason: str) -> None:
-    """Connection refused/reset and timeouts are always retryable, with a readable reason."""
-    decision = classify_exception(exc)
-    assert decision.action is Action.RETRY
-    assert decision.reason.startswith(reason)
-
-
-def test_connection_refused_is_said_once() -> None:
-    """A message that already names the refused connection is kept as it is."""
-    text = "cannot connect to 127.0.0.1:9: connection refused"
-    assert classify_exception(OSError(text)).reason == text
 
 
 @pytest.mark.parametrize(
