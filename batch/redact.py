@@ -108,12 +108,19 @@ _ASSIGNMENT_RE = re.compile(
     r"(?i)(api[_-]?key|password|passwd|secret|access[_-]?token)(\s*[=:]\s*['\"]?)([^\s'\"&,;}]+)"
 )
 
+# A signing value outside a URL this module can split: percent-encoded (``%3D``), in a
+# JSON string (``\u0026X-Amz-Signature=…``, ``\/``), or on its own in a message.
+_SIGNING_RE = re.compile(
+    r"(?i)(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+    r"|x-goog-credential|signature|sig)(=|%3d)(?!REDACTED)((?:(?!%26)[^&\s'\"<>\\,;)])+)"
+)
+
 # What at least one of the patterns above (or ``redact_url``) needs in order to match,
 # lowercased: without any of it, text passes through unchanged and the regexes need not
 # run. Plain substring tests: a case-insensitive regex alternation is ten times slower.
 _SECRET_HINTS = (
     "@", "?", "#", "apikey", "api_key", "api-key", "passw", "secret", "token", "bearer",
-    "authorization",
+    "authorization", "signature", "credential", "sig=", "sig%3d",
 )  # fmt: skip
 
 
@@ -241,7 +248,8 @@ def _redact_patterns(text: str) -> str:
         text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
         text = _AUTH_HEADER_RE.sub(_auth_header, text)
         text = _TOKEN_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
-        return _ASSIGNMENT_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        text = _ASSIGNMENT_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
+        return _SIGNING_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
     except Exception:  # pragma: no cover - defensive: never leak, never raise
         return REDACTED
 

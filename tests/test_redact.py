@@ -148,7 +148,7 @@ def test_redact_url_never_raises(text: str) -> None:
 SECRETISH = st.sampled_from(
     ["http://", "https://u:p@", "?sig=", "#access_token=", "Token ", "Authorization: ",
      "api_key:", "API-KEY=", "apiKey:", "Bearer ", "PassWord:", "secret=", "accessToken=",
-     "1234567890", " ", "@",
+     "1234567890", " ", "@", "X-Amz-Signature=", "sig%3D", "Signature%3d", "%26", ")",
      "\t", "x", "/a.wav", ":", ";", "&"]
 )  # fmt: skip
 
@@ -189,6 +189,20 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
         ("m:2: https://h/a?key=k1: gone", [], "m:2: https://h/a?key=REDACTED: gone"),
         ("see https://h/a?token=t0ken, then", [], "see https://h/a?token=REDACTED, then"),
         ("(at https://h/a?sig=s1g).", [], "(at https://h/a?sig=REDACTED)."),
+        # a signature a URL split cannot reach: percent-encoded, JSON-escaped, on its own
+        (
+            "GET https%3A%2F%2Fb.s3%2Fk%3FX-Amz-Signature%3Dabc123def%26x%3D1",
+            [],
+            "GET https%3A%2F%2Fb.s3%2Fk%3FX-Amz-Signature%3DREDACTED%26x%3D1",
+        ),
+        (
+            '{"url": "https://b.s3/k?a=1\\u0026X-Amz-Signature=abc123\\u0026b=2"}',
+            [],
+            '{"url": "https://b.s3/k?a=1\\u0026X-Amz-Signature=REDACTED\\u0026b=2"}',
+        ),
+        ("x-amz-credential=AKIA0000/2026 refused", [], "x-amz-credential=REDACTED refused"),
+        ("Signature=0f1e2d3c, Expires=1", [], "Signature=REDACTED, Expires=1"),
+        ("the signal is fine; design sig", [], "the signal is fine; design sig"),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:
