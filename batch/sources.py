@@ -17,7 +17,6 @@ URL items are built by :mod:`batch.urls`, failed items by :mod:`batch.failed_ite
 from __future__ import annotations
 
 import fnmatch
-import itertools
 import operator
 import os
 import re
@@ -390,9 +389,11 @@ def expand_sources(
     A plain source cannot take an explicit id's state row: its id is an
     absolute path, a URL or ``s3://bucket/key``, never ``id:<id>``.
 
-    Every argument is opened, up to its first item, before any item is yielded: a
+    Every argument but ``-`` is tried first, up to its first item, then closed: a
     mistyped last argument is a usage error before the first request, not after the
-    runner has sent (and paid for) every chunk planned ahead of it.
+    runner has sent (and paid for) every chunk planned ahead of it. Then they are read
+    for real, one at a time and in order (so a manifest id is claimed by its first use,
+    and only one argument's file or listing is open at once).
 
     Raises:
         SourceError: at the first item, when an argument cannot be used at all (later,
@@ -400,13 +401,20 @@ def expand_sources(
     """
     from batch.manifests import SeenIds  # here: manifests imports this module
 
+    for arg in args:
+        if arg != "-":  # stdin can be read once only
+            _try_first(_expand_one(arg, filters, None, s3, SeenIds()))
     seen_ids = SeenIds()
-    opened = [_opened(_expand_one(arg, filters, stdin, s3, seen_ids)) for arg in args]
-    for items in opened:
-        yield from items
+    for arg in args:
+        yield from _expand_one(arg, filters, stdin, s3, seen_ids)
 
 
-def _opened(items: Iterator[Item]) -> Iterator[Item]:
-    """``items`` advanced to its first item, so an unusable argument raises now."""
-    first = next(items, None)
-    return items if first is None else itertools.chain((first,), items)
+def _try_first(items: Iterator[Item]) -> None:
+    """Take an argument's first item (which raises if it cannot be used), then close it:
+    its file, its folder walk or its S3 listing thread."""
+    try:
+        next(items, None)
+    finally:
+        close = getattr(items, "close", None)
+        if close is not None:
+            close()

@@ -461,8 +461,44 @@ def test_s3_arguments_use_the_hook_with_filters() -> None:
 
     filters = Filters(include=("*.wav",))
     items = list(expand_sources(["s3://b/p/", "https://h/x.mp3"], filters, s3=fake_s3))
-    assert calls == [("s3://b/p/", filters)]
+    assert calls == [("s3://b/p/", filters)] * 2  # tried first (its first page), then read
     assert [item.kind for item in items] == [ItemKind.S3, ItemKind.URL]
+
+
+def test_manifest_ids_are_claimed_in_argument_order(tmp_path: Path) -> None:
+    """Every argument is tried before any is read, yet an id repeated in a later manifest
+    is still that one's duplicate (it took the id from the earlier manifest's second
+    line when every argument was opened up to its first item at once)."""
+    _touch(tmp_path / "a.wav")
+    _touch(tmp_path / "b.wav")
+    (tmp_path / "m1.jsonl").write_text(
+        '{"source": "a.wav"}\n{"source": "a.wav", "id": "standup"}\n'
+    )
+    (tmp_path / "m2.jsonl").write_text('{"source": "b.wav", "id": "standup"}\n')
+    items = list(
+        expand_sources([str(tmp_path / "m1.jsonl"), str(tmp_path / "m2.jsonl")], Filters())
+    )
+    assert items[1].id == "id:standup" and items[1].error is None
+    assert items[2].error == "m2.jsonl:1: duplicate id 'standup' (first at m1.jsonl:2)"
+
+
+def test_many_manifests_are_not_all_open_at_once(tmp_path: Path) -> None:
+    """Trying every argument first closes each again: 1,100 manifests under a limit of
+    1,024 open files plan (every one was held open until its turn)."""
+    import resource
+
+    _touch(tmp_path / "a.wav")
+    paths = []
+    for n in range(1100):
+        (tmp_path / f"m{n}.txt").write_text("a.wav\n")
+        paths.append(str(tmp_path / f"m{n}.txt"))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        items = list(expand_sources(paths, Filters()))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert len(items) == 1100
 
 
 def test_arguments_keep_their_order(tree: Path) -> None:
