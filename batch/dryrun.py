@@ -16,6 +16,7 @@ function, so the two cannot drift) and each key is counted and priced once.
 from __future__ import annotations
 
 import asyncio
+import signal
 import sqlite3
 import tempfile
 from collections import Counter
@@ -28,7 +29,7 @@ import aiohttp
 
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
-from batch.errors import ItemError, StateError
+from batch.errors import Interrupted, ItemError, StateError
 from batch.job import start_plan
 from batch.keeping import Keeping
 from batch.media import check_path, sniff_path
@@ -45,7 +46,7 @@ from batch.probe import (
 from batch.realsources import RealSources
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
-from batch.signals import latched_signals
+from batch.signals import SignalLatch, latched_signals
 from batch.state import State, stored_params
 
 #: One probe's limit: a stalled server must not hold up the estimate.
@@ -153,13 +154,30 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
                     config, state, run_id, stdin, s3, signals, secrets, force_since
                 )
                 await plan.finish(stopped=False)
-            probed = await probe_remote(config, state, s3) if config.probe else {}
+                probed = await _probed(config, state, s3, signals) if config.probe else {}
             keeping = Keeping.for_run(config, state, run_id, force_since)
             return _estimate(config, state, probed, keeping)
         finally:
             secrets.close()
             state.close()
             s3.close()
+
+
+async def _probed(
+    config: RunConfig, state: State, s3: S3, signals: SignalLatch
+) -> dict[str, Probed]:
+    """``probe_remote``, stopped by a signal (exit 130): a probe of many URLs takes long."""
+    task = asyncio.current_task()
+    assert task is not None  # a coroutine of the dry run's task
+
+    def cancel(sig: signal.Signals) -> None:
+        task.cancel()
+
+    with signals.routed_to(cancel):
+        try:
+            return await probe_remote(config, state, s3)
+        except asyncio.CancelledError:
+            raise Interrupted("interrupted while probing; nothing was sent") from None
 
 
 def _copy_state(source: Path, target: Path) -> None:

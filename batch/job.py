@@ -47,7 +47,7 @@ from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
 from batch.shard import Shard
-from batch.signals import SignalLatch, latched_signals
+from batch.signals import SignalLatch, latched_signals, note_late_signals
 from batch.sources import expand_sources, hidden_clash
 from batch.state import State, WorkItem
 
@@ -115,8 +115,11 @@ async def run_batch(
     The ``--run-report`` is written however the run ends, refusals included, so a
     monitor always learns the exit code.
     """
-    with latched_signals() as signals:
-        return await _run_batch(config, progress, stdin, signals)
+    try:
+        with latched_signals() as signals:
+            return await _run_batch(config, progress, stdin, signals)
+    finally:
+        note_late_signals()
 
 
 async def _run_batch(

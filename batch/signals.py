@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import threading
 from collections.abc import Callable, Iterator
 
 from batch.errors import Interrupted
@@ -58,6 +59,14 @@ def latched_signals() -> Iterator[SignalLatch]:
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)  # which restores the default (KeyboardInterrupt)
+
+
+def note_late_signals() -> None:
+    """The run is over (its state closed): a signal from now on is noted, not raised
+    (see ``_after_the_run``). Only a run calls it: a dry run still probes after its plan,
+    and a Ctrl-C must stop that."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, _after_the_run)
 
 
@@ -82,5 +91,6 @@ def defaults_restored() -> Iterator[None]:
         yield
     finally:
         _late.clear()
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)

@@ -635,3 +635,20 @@ def test_report_output_onto_the_state_is_refused(tmp_path: Path, dgbatch: Cli) -
     assert result.exit_code == 2, result.output
     assert "is the state file" in result.output
     assert state.read_bytes() == before
+
+
+def test_run_off_the_main_thread_still_maps_errors(tmp_path: Path) -> None:
+    """An app embedding the CLI in a worker thread: a usage error is exit 2, not
+    "ValueError: signal only works in main thread" from restoring the handlers."""
+    import threading
+
+    results: list[int] = []
+
+    def invoke() -> None:
+        result = CliRunner().invoke(cli, ["run", str(tmp_path / "missing.wav"), "--out", "o"])
+        results.append(result.exit_code)
+
+    worker = threading.Thread(target=invoke)
+    worker.start()
+    worker.join(timeout=60)
+    assert results == [2]

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import signal
 import struct
+import subprocess
+import threading
+import time
 import wave
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,7 +18,15 @@ from pathlib import Path
 import mutagen
 import pytest
 from aiohttp import web
-from conftest import Cli, MotoS3, make_wav, serve_app, static_server
+from conftest import (
+    Cli,
+    MotoS3,
+    dgbatch_subprocess_cmd,
+    make_wav,
+    serve_app,
+    static_server,
+    subprocess_env,
+)
 from mutagen.ogg import OggPage
 
 from batch.emulator import Emulator
@@ -266,3 +279,34 @@ def test_probe_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--probe")
     assert result.exit_code == 2 and "--probe" in result.output
     assert emulator.log == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_a_long_probe(tmp_path: Path, sig: signal.Signals) -> None:
+    """``--dry-run --probe`` of URLs that answer slowly: one Ctrl-C or SIGTERM stops it at
+    once with exit 130 (one was swallowed and the probe ran to its end, exit 0)."""
+    asked = threading.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        asked.set()
+        await asyncio.sleep(4)
+        return web.Response(status=404)
+
+    app = web.Application()
+    app.router.add_get("/{name}", slow)
+    with serve_app(app) as url:
+        (tmp_path / "urls.txt").write_text("".join(f"{url}/a{n}.wav\n" for n in range(6)))
+        command = [
+            *dgbatch_subprocess_cmd(), "run", str(tmp_path / "urls.txt"), "--out",
+            str(tmp_path / "out"), "--dry-run", "--probe", "-c", "1",
+        ]  # fmt: skip
+        proc = subprocess.Popen(
+            command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        assert asked.wait(30), "the probe never began"
+        started = time.monotonic()
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert time.monotonic() - started < 3
+    assert b"interrupted while probing" in stderr
