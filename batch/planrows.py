@@ -72,6 +72,7 @@ ON CONFLICT (id) DO UPDATE SET
             OR (items.status = 'failed' AND {retry})
         THEN excluded.updated_at ELSE items.updated_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
+    OR same_params(items.params, excluded.params)
 """
 
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
@@ -164,14 +165,28 @@ def plan_row(item: Item) -> PlanRow:
     )
 
 
+def same_params(stored: str, planned: str) -> bool:
+    """Whether two params lists (JSON, as ``plan_row`` stores them) ask for the same
+    request, whatever their order (a CSV's columns, a JSONL line's keys): ``PLAN`` calls
+    it as an SQL function when the strings differ."""
+    if stored == planned:
+        return True
+    try:
+        return sorted(map(tuple, json.loads(stored))) == sorted(map(tuple, json.loads(planned)))
+    except (TypeError, ValueError):
+        return False
+
+
 def clash_item(item: Item) -> Item:
     """The failed item planned instead of ``item``, whose id this run already planned with
-    other params: both would be one item, and one line's params would never be sent."""
-    origin = item.origin or item.id
-    clash_id = f"clash:{origin}"
+    other params: both would be one item, and one line's params would never be sent. Its
+    id is its line's (or folder's, or prefix's) and its own, so that no two clashes share
+    one."""
+    clash_id = f"clash:{item.origin}:{item.id}" if item.origin else f"clash:{item.id}"
     reason = (
         f"{redact_source(item.source)} is already an item of this run with other params "
-        "(an earlier line or source); give each line its own id (a .jsonl or .csv manifest)"
+        "(an earlier line or source): list it once, or give each line its own id (a .jsonl "
+        "or .csv manifest)"
     )
     return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
 

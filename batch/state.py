@@ -40,6 +40,7 @@ from batch.planrows import (
     PlanRow,
     fitting_rows,
     plan_stats,
+    same_params,
 )
 from batch.records import (
     COLUMNS,
@@ -114,6 +115,7 @@ class State:
     def __init__(self, path: Path, db: sqlite3.Connection, lock_file: IO[str] | None) -> None:
         self.path = path
         self._db = db
+        db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
         self._file_id = file_id(path) if lock_file is not None else None
@@ -377,6 +379,13 @@ class State:
         if self._statement_rows == 0:
             limit = self._db.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
             self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - TAIL) // FIELDS)
+        skipped = self._execute(batch)
+        if skipped:  # a clash's own clash (one origin, id and other params) is not kept
+            self._execute(batch.clashes(skipped))
+        return len(skipped)
+
+    def _execute(self, batch: Batch) -> list[int]:
+        """``PLAN`` over the batch's rows; the positions of the rows it skipped."""
         rows, start, skipped = batch.rows, 0, []
         tail = (batch.now, batch.now, batch.run_id, batch.run_id)
         while start < len(rows):
@@ -387,7 +396,7 @@ class State:
             if self._db.total_changes - before < count:  # rare: find which rows
                 skipped += self._skipped(part, start)
             start += count
-        return self._insert(batch.clashes(skipped)) + len(skipped) if skipped else 0
+        return skipped
 
     def _skipped(self, rows: list[PlanRow], start: int) -> list[int]:
         """The positions (from ``start``) of the rows ``PLAN`` skipped: their id's stored
@@ -396,7 +405,7 @@ class State:
         return [
             start + i
             for i, row in enumerate(rows)
-            if self._db.execute(stored, (row[ID],)).fetchone()[0] != row[PARAMS]
+            if not same_params(self._db.execute(stored, (row[ID],)).fetchone()[0], str(row[PARAMS]))
         ]
 
     def _crowded_stems(self, rows: list[PlanRow]) -> set[object]:

@@ -958,7 +958,7 @@ def test_one_file_on_two_lines_with_other_params_fails_the_later_line(
     assert languages == ["-", "en"]
     rows = {r["id"]: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
     assert len(rows) == 3 and rows[str(tmp_path / "calls" / "a.wav")]["status"] == "done"
-    clash = rows["clash:m.jsonl:2"]
+    clash = rows[f"clash:m.jsonl:2:{tmp_path / 'calls' / 'a.wav'}"]
     expected = f"m.jsonl:2: {tmp_path / 'calls' / 'a.wav'} is already an item of this run with"
     assert clash["status"] == "failed" and str(clash["error"]).startswith(expected)
     again = dgbatch(*run)  # still two lines for one item: still failed, nothing sent

@@ -555,3 +555,45 @@ def test_a_state_under_a_file_names_the_file(tmp_path: Path, under: str) -> None
         f"{tmp_path / under}: cannot create state folder: "
         f"{str(tmp_path / 'afile')!r} is a file, not a folder"
     )
+
+
+def _line(path: str, origin: str, **params: str) -> Item:
+    """A manifest line's item: a file keyed by its path, with its own params."""
+    return Item(path, path, ItemKind.FILE, Path(path).name, tuple(params.items()), origin=origin)
+
+
+def test_clashes_of_two_folders_or_manifests_of_one_name_are_each_kept(state: State) -> None:
+    """Clash ids are their origin's and their item's: the clashes of one folder (every
+    item of a walk has the folder as origin) were one row, all but the last lost; and two
+    manifests of one name clashing on the same line made the plan recurse for ever."""
+    items = [
+        _line("/c/a.wav", "list.jsonl:1"),
+        _line("/c/b.wav", "list.jsonl:2"),
+        _line("/c/a.wav", "/c", diarize="true"),  # the folder, after the manifest
+        _line("/c/b.wav", "/c", diarize="true"),
+        _line("/d/a.wav", "list.jsonl:1"),  # another folder's list.jsonl
+        _line("/d/a.wav", "list.jsonl:2", language="fr"),
+        _line("/x/a.wav", "list.jsonl:3"),
+        _line("/x/a.wav", "list.jsonl:4", language="en"),
+        _line("/x/a.wav", "list.jsonl:4", language="de"),  # a clash's own clash: dropped
+    ]
+    stats = state.plan(items, run_id=1)
+    failed = [r[0] for r in state.query("SELECT id FROM items WHERE status = 'failed'")]
+    assert failed == [
+        "clash:/c:/c/a.wav",
+        "clash:/c:/c/b.wav",
+        "clash:list.jsonl:2:/d/a.wav",
+        "clash:list.jsonl:4:/x/a.wav",
+    ]
+    assert stats.broken == 5  # every row planned in a clash's place counts
+
+
+def test_the_same_params_in_another_order_are_no_clash(state: State) -> None:
+    """A CSV's columns and a JSONL line's keys in another order ask for the same request:
+    one item, not a clash."""
+    first = _line("/c/a.wav", "m.csv:2", language="en", diarize="true")
+    again = Item(first.id, first.source, ItemKind.FILE, "a.wav",
+                 (("diarize", "true"), ("language", "en")), origin="m.jsonl:1")  # fmt: skip
+    stats = state.plan([first, again], run_id=1)
+    assert stats.broken == 0
+    assert state.query("SELECT id, status FROM items") == [("/c/a.wav", "pending")]
