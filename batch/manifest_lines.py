@@ -218,29 +218,40 @@ def records(parse: Parser, lines: Iterable[tuple[int, _Line]]) -> Iterator[tuple
 
 
 def _csv_records(lines: Iterator[tuple[int, _Line]]) -> Iterator[tuple[int, _Line]]:
-    """Join the lines of a record whose quotes are not closed at the end of its first line
-    until they are. If they are not within ``RECORD_LINES`` or ``RECORD_BYTES`` (a stray
-    quote), the first line is given alone, to fail as invalid CSV, and the lines read past
-    it are read again as records of their own: never swallowed, never sent as fragments."""
+    """Join the lines of a record whose quoted cell is still open at the end of its first
+    line until it closes. If it does not within ``RECORD_LINES`` or ``RECORD_BYTES`` (a
+    stray quote), the first line is given alone, to fail as invalid CSV, and the lines
+    read past it are read again as records of their own: never swallowed, never sent as
+    fragments. A quote inside an unquoted cell (``12" single``) is text, as CSV reads it."""
     replay: deque[tuple[int, _Line]] = deque()
     while (line := replay.popleft() if replay else next(lines, None)) is not None:
         group = [line]
-        while not _balanced(group) and len(group) < RECORD_LINES:
+        while _quote_open(group) and len(group) < RECORD_LINES:
             more = replay.popleft() if replay else next(lines, None)
             if more is None:
                 break
             group.append(more)
-        if _balanced(group) and sum(len(text) for _, text in group) <= RECORD_BYTES:
-            yield group[0][0], group[0][1][:0].join(text for _, text in group)
+        text = group[0][1][:0].join(part for _, part in group)
+        if len(group) == 1 or (not _quote_open(group) and len(text) <= RECORD_BYTES):
+            yield group[0][0], text
         else:
             yield group[0]
             replay.extendleft(reversed(group[1:]))
 
 
-def _balanced(group: list[tuple[int, _Line]]) -> bool:
-    """Whether every quote the lines open is closed (a doubled quote counts twice)."""
-    quote = b'"' if isinstance(group[0][1], bytes) else '"'
-    return sum(text.count(quote) for _, text in group) % 2 == 0
+def _quote_open(group: list[tuple[int, _Line]]) -> bool:
+    """Whether the lines end inside a quoted cell: CSV reads them to their end and finds
+    it unclosed (a quote elsewhere, or none, is not an open cell)."""
+    first = group[0][1]
+    if (b'"' if isinstance(first, bytes) else '"') not in first:
+        return False
+    parts = [part.decode("utf-8", "surrogateescape") if isinstance(part, bytes) else part
+             for _, part in group]  # fmt: skip
+    try:
+        next(csv.reader(["".join(parts)], strict=True), None)
+    except csv.Error as exc:
+        return "unexpected end of data" in str(exc)
+    return False
 
 
 def reads_header(parse: Parser) -> bool:

@@ -214,6 +214,20 @@ def test_csv_quoted_fields_may_span_lines(audio: Path) -> None:
     assert items[2].error == "m.csv:7: invalid CSV: unexpected end of data"
 
 
+def test_a_quote_inside_an_unquoted_cell_is_text(audio: Path) -> None:
+    """``12" single`` is a cell with a quote in it, as CSV reads it: counting quotes joined
+    it with the next such line, and the rows between were lost."""
+    manifest = _write(
+        audio / "m.csv", 'source,id\na.wav,vinyl 12" single\nb.mp3,b\na.wav,cassette 7" tape\n'
+    )
+    items = list(iter_manifest(manifest))
+    assert [(item.id, item.error) for item in items] == [
+        ('id:vinyl 12" single', None),
+        ("id:b", None),
+        ('id:cassette 7" tape', None),
+    ]
+
+
 def test_a_quote_left_open_reads_ahead_only_so_far(audio: Path) -> None:
     """A stray quote looks for its close over 100 lines at most, then fails alone: the
     lines it read ahead are records of their own again."""
