@@ -139,25 +139,10 @@ def safe_name(name: str) -> str:
     same name typed on macOS (NFD) and Linux lands on one path.
     """
     if _ALREADY_SAFE_RE.fullmatch(name):
-        return _folders_apart(name)
+        return name
     normalised = unicodedata.normalize("NFC", name)
     segments = (_clean_segment(part) for part in _SEPARATORS_RE.split(normalised))
-    return _folders_apart("/".join(segment for segment in segments if segment) or _FALLBACK_NAME)
-
-
-#: output file extensions (``batch.formats.RENDERERS``; a test keeps them equal)
-OUTPUT_EXTENSIONS = ("json", "txt", "srt", "vtt", "md")
-#: a folder named like an output file (``q.json/``), case-insensitively (macOS)
-_OUTPUT_LIKE_FOLDER_RE = re.compile(r"(?i)\.(?:" + "|".join(OUTPUT_EXTENSIONS) + r")(?=/)")
-
-
-def _folders_apart(name: str) -> str:
-    """A folder named like an output file gets a ``_``: ``q.json/z.wav`` writes into
-    ``q.json_/``, as ``q.wav``'s ``q.json`` would be in the way of ``q.json/z.json`` (or
-    the other way round), and the run would stop at every try."""
-    if "/" not in name or not _OUTPUT_LIKE_FOLDER_RE.search(name):
-        return name
-    return _OUTPUT_LIKE_FOLDER_RE.sub(lambda m: m.group(0) + "_", name)
+    return "/".join(segment for segment in segments if segment) or _FALLBACK_NAME
 
 
 def name_variants(name: str) -> tuple[str, str]:

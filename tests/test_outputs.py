@@ -241,19 +241,6 @@ def test_a_full_disk_stops_rendering_formats_added_later(
     assert again.exit_code == 0 and "rendered the formats 2 done item(s)" in again.output
 
 
-def test_a_folder_named_like_an_output_file_is_set_apart(tmp_path: Path, dgbatch: Cli) -> None:
-    """``q.wav`` writes ``q.json``, which ``q.json/z.wav`` needs as a folder (or the other
-    way round): every run stopped there, the item pending for ever. Such a folder gets a
-    ``_`` and both are written."""
-    make_wav(tmp_path / "in" / "q.wav")
-    make_wav(tmp_path / "in" / "q.json" / "z.wav", tone=1)
-    out = tmp_path / "out"
-    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
-    assert result.exit_code == 0, result.output
-    visible = [f for f in _files(out) if not f.startswith(".dgbatch/")]
-    assert visible == ["q.json", "q.json_/z.json", "q.json_/z.txt", "q.txt"]
-
-
 def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:
     """Ids like ``../../evil``, ``/etc/x`` or with control characters land inside --out."""
     make_wav(tmp_path / "in" / "a.wav")
