@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
 
 from batch.errors import ItemError, OutputError
+from batch.formats import CONTENT_TYPES
 from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
@@ -153,7 +154,26 @@ def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
     message = describe_os_error(path, exc)
     if exc.errno in _PATH_ERRNOS:
         return ItemError(message, code="output_path")
+    blocker = _output_in_the_way(path) if exc.errno == errno.ENOTDIR else None
+    if blocker is not None:
+        message = (
+            f"{path}: cannot write output: {blocker} (another item's output) is where its "
+            "folder goes; give one of them another name (an id in a manifest)"
+        )
+        return ItemError(message, code="output_path")
     return OutputError(message)
+
+
+def _output_in_the_way(path: Path) -> Path | None:
+    """The output file of another item that stands where a folder of ``path`` must be
+    (``q.wav``'s ``q.json`` and ``q.json/z.wav``'s ``q.json/z.json``): only that item
+    meets it, so only that item fails; any other file there stops the run."""
+    for parent in path.parents:
+        if parent.is_file():
+            return parent if parent.suffix[1:] in CONTENT_TYPES else None
+        if parent.is_dir():
+            return None
+    return None
 
 
 def describe_os_error(path: Path, exc: OSError) -> str:

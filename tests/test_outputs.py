@@ -241,6 +241,35 @@ def test_a_full_disk_stops_rendering_formats_added_later(
     assert again.exit_code == 0 and "rendered the formats 2 done item(s)" in again.output
 
 
+def state_of(out: Path) -> Path:
+    return out / ".dgbatch" / "state.sqlite"
+
+
+def test_an_output_where_another_items_folder_goes_fails_only_that_item(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """``q.wav`` writes ``q.json``, where ``q.json/z.wav``'s folder must go: that stopped
+    every run (a file where a folder goes: "Not a directory"), the item pending for ever.
+    One of the two fails, its answer kept, and the run goes on."""
+    make_wav(tmp_path / "in" / "q.wav")
+    make_wav(tmp_path / "in" / "q.json" / "z.wav", tone=1)
+    make_wav(tmp_path / "in" / "r.wav", tone=2)
+    (tmp_path / "in" / "list.txt").write_text("q.wav\nq.json/z.wav\nr.wav\n")  # q.wav first
+    out = tmp_path / "out"
+    result = dgbatch("run", str(tmp_path / "in" / "list.txt"), "--out", str(out), "-c", "1")
+    assert result.exit_code == 1, result.output
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(out))}
+    assert {name: row["status"] for name, row in rows.items()} == {
+        "q.wav": "done", "z.wav": "failed", "r.wav": "done",
+    }  # fmt: skip
+    failed = rows["z.wav"]
+    assert failed["err_code"] == "output_path" and failed["http_status"] == 200
+    assert f"{out / 'q.json'} (another item's output) is where its folder goes" in str(
+        failed["error"]
+    )
+    assert "paid answer(s) whose outputs could not be written are kept" in result.output
+
+
 def test_manifest_ids_cannot_escape_the_output_folder(tmp_path: Path, dgbatch: Cli) -> None:
     """Ids like ``../../evil``, ``/etc/x`` or with control characters land inside --out."""
     make_wav(tmp_path / "in" / "a.wav")
