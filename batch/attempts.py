@@ -103,7 +103,7 @@ class Attempts:
                 return _with_timeouts(failed, timeouts)
             except TransportError as exc:
                 answer, decision = None, Decision(Action.RETRY, str(exc))  # made for the report
-                billed = exc.body_sent and not exc.connect_failed  # Deepgram may have it
+                billed = exc.body_sent and exc.reached  # Deepgram may have it
                 unreachable = exc.connect_failed
                 if not exc.reached:  # no request reached Deepgram: not an attempt
                     attempts, self.stats.sent = attempts - 1, self.stats.sent - 1
@@ -139,6 +139,9 @@ class Attempts:
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
         answer = await sender(self.client, item, source)
+        if answer.truncated and answer.status == 200:  # cut the same way on every try: a
+            reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
+            return answer, Decision(Action.FAIL, reason)  # retry would pay for it again
         decision = retry.classify_response(answer.status, answer.body, answer.retry_after)
         return answer, self._without_key(decision)
 

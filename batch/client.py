@@ -73,6 +73,8 @@ class Answer:
     request_id: str | None
     #: where a redirect points (never followed)
     location: str | None = None
+    #: the body was longer than its limit and was cut there (``_read_body``)
+    truncated: bool = False
 
 
 @functools.lru_cache(maxsize=256)
@@ -178,13 +180,14 @@ class DeepgramClient:
                 allow_redirects=False,  # a redirect is reported, never followed (Action)
             ) as resp:
                 answered = True  # an answer began: Deepgram had the whole body
-                body = await _read_body(resp)
+                body, truncated = await _read_body(resp)
                 return Answer(
                     resp.status,
                     body,
                     resp.headers.get("Retry-After"),
                     request_id_of(resp.headers.get("dg-request-id")),
                     resp.headers.get("Location"),
+                    truncated,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             sent = answered or body_sent()
@@ -205,7 +208,9 @@ class DeepgramClient:
             body_sent=body_sent,
             timeout=is_timeout,
             connect_failed=no_connection(exc),
-            reached=not isinstance(exc, aiohttp.ClientConnectorError),
+            reached=not isinstance(
+                exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
+            ),
         )
 
 
@@ -221,19 +226,20 @@ def no_connection(exc: BaseException) -> bool:
     return exc.os_error.errno not in _DROPPED
 
 
-async def _read_body(resp: aiohttp.ClientResponse) -> bytes:
+async def _read_body(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
     """The answer's body, at most ``ERROR_BODY_LIMIT`` bytes of an error's and
-    ``ANSWER_BODY_LIMIT`` of a 200's (the rest is left unread; the connection is closed)."""
+    ``ANSWER_BODY_LIMIT`` of a 200's (the rest is left unread; the connection is closed),
+    and whether it was cut there."""
     limit = ANSWER_BODY_LIMIT if resp.status == 200 else ERROR_BODY_LIMIT
     if resp.content_length is not None and resp.content_length <= limit:
-        return await resp.read()  # the common case, aiohttp's own fast path
+        return await resp.read(), False  # the common case, aiohttp's own fast path
     data = bytearray()
-    while len(data) < limit:
-        chunk = await resp.content.read(limit - len(data))
+    while len(data) <= limit:
+        chunk = await resp.content.read(limit + 1 - len(data))
         if not chunk:
-            break
+            return bytes(data), False
         data += chunk
-    return bytes(data)
+    return bytes(data[:limit]), True
 
 
 def _os_reason(exc: OSError) -> str:

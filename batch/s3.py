@@ -277,12 +277,7 @@ class S3:
         plans it again. (Deepgram fetches it a moment later: a narrow window is left.)"""
         bucket, key = _object_of(item, source)
         if item.fingerprint:
-            try:
-                await self.call(
-                    self.client.head_object, Bucket=bucket, Key=key, IfMatch=f'"{item.fingerprint}"'
-                )
-            except Exception as exc:
-                raise read_error(source, exc) from exc
+            await self._check_unchanged(bucket, key, item.fingerprint, source)
         url = await self.call(
             self.client.generate_presigned_url,
             "get_object",
@@ -290,6 +285,17 @@ class S3:
             ExpiresIn=self.options.presign_expiry,
         )
         return await client.send_url(url, item.params)
+
+    async def _check_unchanged(self, bucket: str, key: str, etag: str, source: str) -> None:
+        """Fail an object overwritten (412) or deleted (404) since it was listed; any other
+        answer (a bucket that lets only the presigned URL read it: 403, a store without
+        conditional HEADs) leaves the check to Deepgram's fetch, as before it existed."""
+        try:
+            await self.call(self.client.head_object, Bucket=bucket, Key=key, IfMatch=f'"{etag}"')
+        except Exception as exc:
+            if describe_error(exc)[0] in ("changed", "missing"):
+                raise _item_error(source, exc) from exc
+            log.debug("%s: not checked against its ETag: %s", redact_source(source), exc)
 
     async def send_upload(self, client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         """Stream the object from S3 to Deepgram, never more than a chunk in memory."""

@@ -23,9 +23,11 @@ META_FINGERPRINT = "dgbatch-fingerprint"
 
 
 #: most bytes of a source recorded as it is: S3 refuses more than 2 KB of metadata in
-#: all (400 MetadataTooLarge), and a 1,024-byte key of accented letters percent-encodes
-#: to 3 KB; a longer source is recorded by its digest (``sha256:<hex>``)
-SOURCE_META_BYTES = 1024
+#: all (400 MetadataTooLarge; keys, the fingerprint and this), and a 1,024-byte key of
+#: accented letters percent-encodes to 3 KB; a longer source is recorded by its digest
+#: (``sha256:<hex>``). Such a source failed every put before, so no output of an earlier
+#: release holds it in full.
+SOURCE_META_BYTES = 1800
 #: S3 errors about one output object, not the store: that item fails (as a local path too
 #: long does) and the run goes on; any other stops the run, every put would meet it
 _OBJECT_ERRORS = frozenset({"KeyTooLongError", "MetadataTooLarge", "EntityTooLarge"})
@@ -36,10 +38,17 @@ _PREFIX_ROOM = 512
 
 def _metadata(meta: OutputMeta) -> dict[str, str]:
     """Object metadata must be ASCII: percent-encode what we record."""
-    source = quote(redact_source(meta.source), safe=":/")
-    if len(source) > SOURCE_META_BYTES:
-        source = "sha256:" + hashlib.sha256(source.encode("ascii")).hexdigest()
+    source = _source_forms(meta)[0]
     return {META_SOURCE: source, META_FINGERPRINT: quote(meta.fingerprint, safe=":")}
+
+
+def _source_forms(meta: OutputMeta) -> tuple[str, ...]:
+    """How a source is recorded (first), and how an earlier release may have: in full,
+    percent-encoded, whatever its length."""
+    source = quote(redact_source(meta.source), safe=":/")
+    if len(source) <= SOURCE_META_BYTES:
+        return (source,)
+    return ("sha256:" + hashlib.sha256(source.encode("ascii")).hexdigest(), source)
 
 
 class S3Sink:
@@ -99,13 +108,16 @@ class S3Sink:
 
         ``since`` is ignored: the fingerprint in the metadata proves more than a time.
         """
-        wanted = _metadata(meta)
+        fingerprint = _metadata(meta)[META_FINGERPRINT]
+        sources = _source_forms(meta)
         keys = {fmt: self.key_for(out_name, fmt) for fmt in formats}
         heads = await asyncio.gather(*(self._head(key) for key in keys.values()))
         mine = {
             fmt: key
             for (fmt, key), head in zip(keys.items(), heads, strict=True)
-            if head is not None and _matches(head, wanted)
+            if head is not None
+            and head.get(META_FINGERPRINT) == fingerprint
+            and head.get(META_SOURCE) in sources
         }
         found = adoptable(mine, formats)
         return Found([self._uri(key) for key in found.values()], None) if found else None
@@ -134,7 +146,3 @@ class S3Sink:
             msg = f"{self._uri(key)}: cannot check existing outputs: {reason}"
             raise OutputError(msg) from exc
         return head.get("Metadata", {})
-
-
-def _matches(found: dict[str, str], wanted: dict[str, str]) -> bool:
-    return all(found.get(key) == value for key, value in wanted.items())

@@ -716,10 +716,14 @@ def test_signatures_and_secret_key_never_leave(
         assert not re.search(rb"X-Amz-Signature=(?!REDACTED)", blob)
 
 
-def aws_limits(upstream: str, throttled_gets: int = 0) -> web.Application:
+def aws_limits(
+    upstream: str, throttled_gets: int = 0, *, deny_heads: bool = False
+) -> web.Application:
     """moto behind two limits it does not enforce but AWS does: keys of at most 1,024
-    bytes (400 KeyTooLongError) and 2 KB of user metadata (400 MetadataTooLarge); and
-    the first ``throttled_gets`` GETs of each object under ``in/`` answered 503 SlowDown."""
+    bytes (400 KeyTooLongError) and 2 KB of user metadata (400 MetadataTooLarge); the
+    first ``throttled_gets`` GETs of each object under ``in/`` answered 503 SlowDown; and
+    with ``deny_heads``, HEADs of them answered 403 (a policy that lets only presigned
+    URLs read)."""
     gets: Counter[str] = Counter()
 
     def refused(code: str, status: int = 400) -> web.Response:
@@ -728,6 +732,8 @@ def aws_limits(upstream: str, throttled_gets: int = 0) -> web.Application:
 
     async def forward(request: web.Request) -> web.Response:
         path = urlsplit(request.raw_path).path
+        if deny_heads and request.method == "HEAD" and "/in/" in path:
+            return web.Response(status=403)
         if request.method == "GET" and "/in/" in path and "list-type" not in request.query:
             gets[path] += 1
             if gets[path] <= throttled_gets:
@@ -848,3 +854,47 @@ def test_an_object_overwritten_after_listing_fails_as_changed_not_sent(
     assert [r.sha256 for r in listen_log(emulator)][1:] == [sha(new_b)]
     again = dgbatch(*cmd)
     assert again.exit_code == 0 and len(listen_log(emulator)) == 2
+
+
+def test_outputs_an_earlier_release_recorded_with_a_long_source_in_full_are_adopted(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A long source is now recorded by its digest; outputs an earlier release wrote with
+    it in full are still this source's, found by a fresh state without a request."""
+    from urllib.parse import quote
+
+    key = "in/" + "x y" * 700 + ".wav"
+    moto.bucket("old", audio_objects(tmp_path, [key]))
+    cmd = ("run", "s3://old/in/", "--out", "s3://old/tx/")
+    assert run_s3(dgbatch, tmp_path, *cmd, state="night1").exit_code == 0
+    full = quote(f"s3://old/{key}", safe=":/")
+    assert len(full) > 1800
+    for obj in moto.client.list_objects_v2(Bucket="old", Prefix="tx/")["Contents"]:
+        head = moto.client.head_object(Bucket="old", Key=obj["Key"])
+        assert head["Metadata"]["dgbatch-source"].startswith("sha256:")
+        moto.client.copy_object(  # as the earlier release wrote it
+            Bucket="old", Key=obj["Key"], CopySource={"Bucket": "old", "Key": obj["Key"]},
+            Metadata={**head["Metadata"], "dgbatch-source": full}, MetadataDirective="REPLACE",
+        )  # fmt: skip
+    again = run_s3(dgbatch, tmp_path, *cmd, state="night2")
+    assert again.exit_code == 0, again.output
+    assert "skipped 1 item(s)" in again.output and len(listen_log(emulator)) == 1
+
+
+def test_presign_mode_sends_when_s3_refuses_dgbatchs_own_head(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bucket whose policy lets only presigned URLs (or only Deepgram's addresses) read:
+    the HEAD that checks an object's ETag is refused, and every item failed. The check is
+    left to Deepgram's fetch then, as before it existed."""
+    objects = audio_objects(tmp_path, ["in/a.wav", "in/b.wav"])
+    moto.bucket("policy", objects)
+    with serve_app(aws_limits(moto.url, deny_heads=True)) as proxy:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy)
+        result = run_s3(dgbatch, tmp_path, "run", "s3://policy/in/", "--out", str(tmp_path / "o"))
+    assert result.exit_code == 0, result.output
+    assert sorted(r.sha256 for r in listen_log(emulator)) == sorted(map(sha, objects.values()))

@@ -180,3 +180,75 @@ async def test_a_file_cut_short_while_uploading_ends_the_request(tmp_path: Path)
         with pytest.raises(TransportError):
             await _upload(url, audio, stall=60)
         assert await heard.get() == "the client ended the request"
+
+
+def test_a_try_that_reached_no_one_is_neither_an_attempt_nor_billed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reset or a timeout while connecting, for a URL item (whose body always counts as
+    sent): no request reached Deepgram, so it is no attempt, and no possibly billed retry
+    (it was counted as one once "connect failed" no longer covered a reset)."""
+    from conftest import Cli, make_wav, read_state_rows
+
+    import batch.job
+    from batch.emulator import EmulatorConfig, run_in_thread
+    from batch.media import send_file
+
+    calls = 0
+
+    async def sender(client: DeepgramClient, item: object, source: str) -> object:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise TransportError(
+                "cannot connect: reset", body_sent=True, timeout=False, reached=False
+            )
+        return await send_file(client, item, source)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch.job, "send_sniffed_file", sender)
+    make_wav(tmp_path / "in" / "a.wav")
+    with run_in_thread(EmulatorConfig()) as emu:
+        result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert "possibly billed" not in result.output or "(0 possibly billed)" in result.output
+    (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 1, 0)
+
+
+@pytest.mark.parametrize(
+    ("exc", "reached", "connect_failed"),
+    [
+        (aiohttp.ConnectionTimeoutError("connect"), False, False),
+        (aiohttp.ServerTimeoutError("read"), True, False),
+        (aiohttp.ServerDisconnectedError(), True, False),
+    ],
+)
+async def test_what_reached_deepgram_is_told_apart(
+    exc: BaseException, reached: bool, connect_failed: bool
+) -> None:
+    """A timeout while connecting reached no one; one while reading the answer did."""
+    async with aiohttp.ClientSession() as session:
+        client = DeepgramClient(session, "http://127.0.0.1:9", "k" * 40)
+        error = client._translate(exc, True)
+    assert (error.reached, error.connect_failed) == (reached, connect_failed)
+
+
+def test_an_answer_over_the_limit_is_not_bought_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 longer than dgbatch reads (1 GiB; 300 bytes here) is cut the same way at
+    every try: retried, each try was paid again. It fails at once, saying why."""
+    from conftest import Cli, make_wav, read_state_rows
+
+    import batch.client
+    from batch.emulator import EmulatorConfig, run_in_thread
+
+    monkeypatch.setattr(batch.client, "ANSWER_BODY_LIMIT", 300)
+    make_wav(tmp_path / "in" / "a.wav")
+    with run_in_thread(EmulatorConfig()) as emu:
+        result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+        sent = len(emu.log)
+    assert result.exit_code == 1, result.output
+    (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"], row["http_status"], sent) == ("failed", 1, 200, 1)
+    assert "answer too long to read" in str(row["error"])
