@@ -122,64 +122,45 @@ async def test_connection_refused_is_named() -> None:
     assert not caught.value.timeout
 
 
-def test_retries_after_a_timeout_stay_on_the_row_however_the_item_ends(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A timeout after the upload (possibly billed), then a failure found before the next
-    request: the row keeps its retry after a timeout, as the summary does."""
+def _run_first_try_failing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, first: Exception, then: Exception | None
+) -> tuple[str, dict[str, object]]:
+    """Run one file whose first try raises ``first`` and whose next raises ``then`` (or is
+    sent, when None); the output and the item's row."""
     from conftest import Cli, make_wav, read_state_rows
 
     import batch.job
     from batch.emulator import EmulatorConfig, run_in_thread
-    from batch.errors import ItemError
+    from batch.media import send_file
 
-    calls = 0
+    tries = iter([first, then])
 
-    async def sender(client: object, item: object, source: str) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise TransportError(
-                "timeout: no complete answer in time", body_sent=True, timeout=True
-            )
-        raise ItemError(f"{source}: file no longer exists", code="missing")
+    async def sender(client: DeepgramClient, item: object, source: str) -> object:
+        error = next(tries, None)
+        if error is not None:
+            raise error
+        return await send_file(client, item, source)  # type: ignore[arg-type]
 
     monkeypatch.setattr(batch.job, "send_sniffed_file", sender)
     make_wav(tmp_path / "in" / "a.wav")
     with run_in_thread(EmulatorConfig()) as emu:
         result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
-    assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    return result.output, row
+
+
+def test_retries_after_a_timeout_stay_on_the_row_however_the_item_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timeout after the upload (possibly billed), then a failure found before the next
+    request: the row keeps its retry after a timeout, as the summary does."""
+    from batch.errors import ItemError
+
+    timeout = TransportError("timeout: no complete answer in time", body_sent=True, timeout=True)
+    gone = ItemError(f"{tmp_path / 'in' / 'a.wav'}: file no longer exists", code="missing")
+    output, row = _run_first_try_failing(tmp_path, monkeypatch, timeout, gone)
+    assert "retried 1 (1 possibly billed)" in output
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("failed", 1, 1)
-
-
-async def test_a_file_cut_short_while_uploading_ends_the_request(tmp_path: Path) -> None:
-    """A file truncated while it is being sent (a recorder or a rotation rewriting it)
-    ends its request at once: the server, promised the planned size, would otherwise wait
-    for bytes that never come, until its own timeout or ours (minutes per MB)."""
-    audio = _sparse(tmp_path / "cut.wav", 64 << 20)
-    heard: asyncio.Queue[str] = asyncio.Queue()
-
-    async def truncating(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        length = await _read_headers(reader)
-        received = len(await reader.readexactly(1 << 16))
-        audio.write_bytes(b"RIFF")  # the rest of the file is gone, mid-upload
-        try:  # a patient server: it answers only if the body never ends (the bug)
-            while received < length and (chunk := await asyncio.wait_for(reader.read(1 << 16), 30)):
-                received += len(chunk)
-        except TimeoutError:
-            heard.put_nowait("waited for the rest in vain")
-            await _answer(writer)
-            return
-        except ConnectionError:
-            pass
-        heard.put_nowait("the client ended the request" if received < length else "whole body")
-        writer.close()
-
-    async with raw_server(truncating) as url:
-        with pytest.raises(TransportError):
-            await _upload(url, audio, stall=60)
-        assert await heard.get() == "the client ended the request"
 
 
 def test_a_try_that_reached_no_one_is_neither_an_attempt_nor_billed(
@@ -188,30 +169,11 @@ def test_a_try_that_reached_no_one_is_neither_an_attempt_nor_billed(
     """A reset or a timeout while connecting, for a URL item (whose body always counts as
     sent): no request reached Deepgram, so it is no attempt, and no possibly billed retry
     (it was counted as one once "connect failed" no longer covered a reset)."""
-    from conftest import Cli, make_wav, read_state_rows
-
-    import batch.job
-    from batch.emulator import EmulatorConfig, run_in_thread
-    from batch.media import send_file
-
-    calls = 0
-
-    async def sender(client: DeepgramClient, item: object, source: str) -> object:
-        nonlocal calls
-        calls += 1
-        if calls == 1:
-            raise TransportError(
-                "cannot connect: reset", body_sent=True, timeout=False, reached=False
-            )
-        return await send_file(client, item, source)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(batch.job, "send_sniffed_file", sender)
-    make_wav(tmp_path / "in" / "a.wav")
-    with run_in_thread(EmulatorConfig()) as emu:
-        result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
-    assert result.exit_code == 0, result.output
-    assert "possibly billed" not in result.output or "(0 possibly billed)" in result.output
-    (row,) = read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    reset = TransportError(
+        "cannot connect: connection reset by peer", body_sent=True, timeout=False, reached=False
+    )
+    output, row = _run_first_try_failing(tmp_path, monkeypatch, reset, None)
+    assert "(0 possibly billed)" in output
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 1, 0)
 
 
