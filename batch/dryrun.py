@@ -153,8 +153,11 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
                 plan = await start_plan(
                     config, state, run_id, stdin, s3, signals, secrets, force_since
                 )
-                await plan.finish(stopped=False)
+                with signals.routed_to(lambda sig: plan.cancel.set()):  # the planner stops
+                    await plan.finish(stopped=False)  # and raises Interrupted (exit 130)
                 probed = await _probed(config, state, s3, signals) if config.probe else {}
+            if signals.received is not None:  # came as the plan ended: still a stop
+                raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
             keeping = Keeping.for_run(config, state, run_id, force_since)
             return _estimate(config, state, probed, keeping)
         finally:

@@ -219,39 +219,42 @@ def records(parse: Parser, lines: Iterable[tuple[int, _Line]]) -> Iterator[tuple
 
 def _csv_records(lines: Iterator[tuple[int, _Line]]) -> Iterator[tuple[int, _Line]]:
     """Join the lines of a record whose quoted cell is still open at the end of its first
-    line until it closes. If it does not within ``RECORD_LINES`` or ``RECORD_BYTES`` (a
-    stray quote), the first line is given alone, to fail as invalid CSV, and the lines
-    read past it are read again as records of their own: never swallowed, never sent as
-    fragments. A quote inside an unquoted cell (``12" single``) is text, as CSV reads it."""
+    line until it closes. If it does not close cleanly within ``RECORD_LINES`` or
+    ``RECORD_BYTES`` (a stray quote), the first line is given alone, to fail as invalid
+    CSV, and the lines read past it are read again as records of their own: never
+    swallowed, never sent as fragments. A quote inside an unquoted cell (``12" single``)
+    is text, as CSV reads it."""
     replay: deque[tuple[int, _Line]] = deque()
     while (line := replay.popleft() if replay else next(lines, None)) is not None:
         group = [line]
-        while _quote_open(group) and len(group) < RECORD_LINES:
+        state = _csv_state(group)
+        while state == "open" and len(group) < RECORD_LINES:
             more = replay.popleft() if replay else next(lines, None)
             if more is None:
                 break
             group.append(more)
+            state = _csv_state(group)
         text = group[0][1][:0].join(part for _, part in group)
-        if len(group) == 1 or (not _quote_open(group) and len(text) <= RECORD_BYTES):
+        if len(group) == 1 or (state == "ok" and len(text) <= RECORD_BYTES):
             yield group[0][0], text
         else:
             yield group[0]
             replay.extendleft(reversed(group[1:]))
 
 
-def _quote_open(group: list[tuple[int, _Line]]) -> bool:
-    """Whether the lines end inside a quoted cell: CSV reads them to their end and finds
-    it unclosed (a quote elsewhere, or none, is not an open cell)."""
+def _csv_state(group: list[tuple[int, _Line]]) -> str:
+    """How CSV reads the lines as one record: ``ok``, ``open`` (they end inside a quoted
+    cell) or ``bad`` (any other error). A line without a quote is ``ok`` unread."""
     first = group[0][1]
     if (b'"' if isinstance(first, bytes) else '"') not in first:
-        return False
+        return "ok"
     parts = [part.decode("utf-8", "surrogateescape") if isinstance(part, bytes) else part
              for _, part in group]  # fmt: skip
     try:
         next(csv.reader(["".join(parts)], strict=True), None)
     except csv.Error as exc:
-        return "unexpected end of data" in str(exc)
-    return False
+        return "open" if "unexpected end of data" in str(exc) else "bad"
+    return "ok"
 
 
 def reads_header(parse: Parser) -> bool:

@@ -158,7 +158,7 @@ def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
     if blocker is not None:
         message = (
             f"{path}: cannot write output: {blocker} (another item's output) is where its "
-            "folder goes; give one of them another name (an id in a manifest)"
+            "folder goes; its paid answer is kept (README: names that meet)"
         )
         return ItemError(message, code="output_path")
     return OutputError(message)

@@ -111,7 +111,8 @@ _ASSIGNMENT_RE = re.compile(
 # A signing value outside a URL this module can split: percent-encoded (``%3D``), in a
 # JSON string (``\u0026X-Amz-Signature=…``, ``\/``), or on its own in a message.
 _SIGNING_RE = re.compile(
-    r"(?i)(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
+    r"(?i)(?:^|(?<=[?&\s'\"(])|(?<=%26)|(?<=%3f)|(?<=\\u0026))"  # where a query key starts
+    r"(x-amz-signature|x-amz-credential|x-amz-security-token|x-goog-signature"
     r"|x-goog-credential|signature|sig)(=|%3d)(?!REDACTED)((?:(?!%26)[^&\s'\"<>\\,;)])+)"
 )
 

@@ -402,11 +402,25 @@ def expand_sources(
     from batch.manifests import SeenIds  # here: manifests imports this module
 
     for arg in args:
-        if arg != "-":  # stdin can be read once only
+        if _readable_twice(arg):
             _try_first(_expand_one(arg, filters, None, s3, SeenIds()))
     seen_ids = SeenIds()
     for arg in args:
         yield from _expand_one(arg, filters, stdin, s3, seen_ids)
+
+
+def _readable_twice(arg: str) -> bool:
+    """Whether an argument can be tried and then read: not stdin, nor a named pipe or a
+    device (``<(producer)``, ``/dev/stdin``), which give their lines once."""
+    if arg == "-":
+        return False
+    if scheme_of(arg):
+        return True
+    try:
+        mode = os.stat(os.path.expanduser(arg)).st_mode
+    except OSError:
+        return True  # trying it says what is wrong with it
+    return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
 def _try_first(items: Iterator[Item]) -> None:

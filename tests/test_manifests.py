@@ -214,6 +214,19 @@ def test_csv_quoted_fields_may_span_lines(audio: Path) -> None:
     assert items[2].error == "m.csv:7: invalid CSV: unexpected end of data"
 
 
+def test_a_line_joined_to_a_broken_one_is_read_again(audio: Path) -> None:
+    """``a.wav,"broken`` leaves a quote open; joined with the next line it is still not CSV
+    (``',' expected``): the broken line fails alone and the next is a record of its own
+    (it vanished, taken into the broken record)."""
+    manifest = _write(audio / "m.csv", 'source,id\na.wav,"broken\nb.mp3,"ok"\na.wav,c\n')
+    items = list(iter_manifest(manifest))
+    assert [(item.origin, item.id, item.error is None) for item in items] == [
+        ("m.csv:2", f"{manifest}:2", False),
+        ("m.csv:3", "id:ok", True),
+        ("m.csv:4", "id:c", True),
+    ]
+
+
 def test_a_quote_inside_an_unquoted_cell_is_text(audio: Path) -> None:
     """``12" single`` is a cell with a quote in it, as CSV reads it: counting quotes joined
     it with the next such line, and the rows between were lost."""

@@ -310,3 +310,22 @@ def test_a_signal_stops_a_long_probe(tmp_path: Path, sig: signal.Signals) -> Non
     assert proc.returncode == 130, stderr.decode()
     assert time.monotonic() - started < 3
     assert b"interrupted while probing" in stderr
+
+
+def test_a_signal_stops_a_dry_run_while_it_plans(tmp_path: Path) -> None:
+    """A Ctrl-C while a dry run plans a long manifest stops it with exit 130 (the plan
+    went on to its end and the estimate was printed, exit 0)."""
+    with (tmp_path / "urls.txt").open("w") as out:
+        out.writelines(f"https://h.example/a{n}.wav\n" for n in range(300_000))
+    command = [
+        *dgbatch_subprocess_cmd(), "run", str(tmp_path / "urls.txt"), "--out",
+        str(tmp_path / "out"), "--dry-run",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr.decode()
+    assert b"would send" not in stdout

@@ -203,6 +203,10 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
         ("x-amz-credential=AKIA0000/2026 refused", [], "x-amz-credential=REDACTED refused"),
         ("Signature=0f1e2d3c, Expires=1", [], "Signature=REDACTED, Expires=1"),
         ("the signal is fine; design sig", [], "the signal is fine; design sig"),
+        # a path or an id that holds such a word is no query: kept whole in reports
+        ("/data/sig=2024/a.wav: no such file", [], "/data/sig=2024/a.wav: no such file"),
+        ("s3://b/calls/signature=abc/day1/x.wav", [], "s3://b/calls/signature=abc/day1/x.wav"),
+        ("id:sig=7", [], "id:sig=7"),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:

@@ -555,3 +555,30 @@ def test_hidden_clash_table(first: str, later: str, clash: bool) -> None:
     assert "give each its own id" in failed.error
     for secret in ("file2", "wxyz", "two"):
         assert secret not in failed.error + failed.source + failed.id
+
+
+def test_a_named_pipe_manifest_is_read_once(tmp_path: Path) -> None:
+    """A manifest from a named pipe (``mkfifo``, ``<(producer)``) gives its lines once:
+    it is not tried first (the run hung, its lines spent on the try)."""
+    import threading
+
+    _touch(tmp_path / "a.wav")
+    _touch(tmp_path / "b.wav")
+    fifo = tmp_path / "list.txt"
+    os.mkfifo(fifo)
+
+    def produce() -> None:
+        with fifo.open("w") as pipe:
+            pipe.write("a.wav\nb.wav\n")
+
+    found: list[Item] = []
+
+    def consume() -> None:
+        found.extend(expand_sources([str(fifo), str(tmp_path / "a.wav")], Filters()))
+
+    threading.Thread(target=produce, daemon=True).start()
+    reader = threading.Thread(target=consume, daemon=True)
+    reader.start()
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the plan hung on the pipe"
+    assert [Path(item.source).name for item in found] == ["a.wav", "b.wav", "a.wav"]
