@@ -321,10 +321,15 @@ def test_a_signal_stops_a_dry_run_while_it_plans(tmp_path: Path) -> None:
         *dgbatch_subprocess_cmd(), "run", str(tmp_path / "urls.txt"), "--out",
         str(tmp_path / "out"), "--dry-run",
     ]  # fmt: skip
-    proc = subprocess.Popen(
-        command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    time.sleep(1.5)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**subprocess_env(), "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not list(scratch.glob("dgbatch-dry-run-*/state.sqlite")):  # planning has begun
+        assert time.monotonic() < deadline and proc.poll() is None, "the dry run never planned"
+        time.sleep(0.05)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()
