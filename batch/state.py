@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from batch.errors import StateError, StateWriteError
 from batch.models import Item, ItemStatus
@@ -54,6 +54,7 @@ from batch.records import (
 )
 from batch.statefile import (
     MAGIC,
+    StateLock,
     check_readable,
     connect,
     file_id,
@@ -112,7 +113,7 @@ def _in_the_way(path: Path, exc: OSError) -> str:
 class State:
     """One open state file. Thread-safe: every call holds the connection's lock."""
 
-    def __init__(self, path: Path, db: sqlite3.Connection, lock_file: IO[str] | None) -> None:
+    def __init__(self, path: Path, db: sqlite3.Connection, lock_file: StateLock | None) -> None:
         self.path = path
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN

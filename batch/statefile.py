@@ -8,11 +8,14 @@ a ``StateError`` naming it, and left untouched.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import socket
 import sqlite3
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 from urllib.parse import quote
@@ -26,7 +29,56 @@ log = logging.getLogger("dgbatch")
 MAGIC = "dgbatch-state"
 
 
-def take_lock(path: Path) -> IO[str]:
+@dataclass(slots=True)
+class StateLock:
+    """The locks a run holds on its state file, released by ``close``."""
+
+    beside: IO[str]
+    #: the same lock outside the state's folder (``_host_lock``), where one could be made
+    host: IO[str] | None
+
+    def close(self) -> None:
+        self.beside.close()
+        if self.host is not None:
+            self.host.close()
+
+
+def take_lock(path: Path) -> StateLock:
+    """Keep other runs out of ``path`` while the run holds it: a lock beside the file and
+    one outside its folder (``_host_lock``)."""
+    beside = _lock_beside(path)
+    try:
+        return StateLock(beside, _host_lock(path))
+    except BaseException:
+        beside.close()
+        raise
+
+
+def _host_lock(path: Path) -> IO[str] | None:
+    """The lock again, in a folder of this user's under the system's temporary folder,
+    named after the state's real path: ``rm -rf OUT/.dgbatch`` mid-run deletes the lock
+    beside the file, and a run started then got in and sent every item again. None where
+    no such folder can be made (the lock beside the file still holds)."""
+    folder = Path(tempfile.gettempdir()) / f"dgbatch-locks-{os.getuid()}"
+    digest = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        handle = open(folder / f"{digest}.lock", "a+")  # noqa: SIM115 - held for the run
+    except OSError:
+        return None
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        msg = (
+            f"{path}: state file is in use by another dgbatch run on this host (its folder "
+            "was deleted and made again while that run held it); wait for it to finish"
+        )
+        raise StateLocked(msg) from None
+    return handle
+
+
+def _lock_beside(path: Path) -> IO[str]:
     """Keep other runs out of ``path`` for as long as the handle is open: flock, so a
     crashed run's lock goes with its process. The holder is written in the lock file for
     the message another run shows."""

@@ -597,3 +597,18 @@ def test_the_same_params_in_another_order_are_no_clash(state: State) -> None:
     stats = state.plan([first, again], run_id=1)
     assert stats.broken == 0
     assert state.query("SELECT id, status FROM items") == [("/c/a.wav", "pending")]
+
+
+def test_a_state_whose_folder_was_deleted_is_still_locked(tmp_path: Path) -> None:
+    """``rm -rf OUT/.dgbatch`` while a run holds its state deleted the lock beside it, and a
+    run started then got in (and sent every item again). The lock outside the folder keeps
+    it out; once the first run ends, the next one gets in."""
+    import shutil
+
+    path = tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    first = State.open(path)
+    shutil.rmtree(path.parent)
+    with pytest.raises(StateLocked, match="its folder was deleted and made again"):
+        State.open(path)
+    first.close()  # and writes its state back where it was
+    State.open(path).close()
