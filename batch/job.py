@@ -195,7 +195,8 @@ async def _run_locked(
                     raise
                 budget = None
                 if cap is not None:
-                    budget = Budget(cap, *await asyncio.to_thread(used_audio, state))
+                    used, longest = await asyncio.to_thread(used_audio, state)
+                    budget = Budget(cap, used_seconds=used, longest=longest)
                 tags = run_tags(run_tag)
                 stats = await _execute(
                     config,

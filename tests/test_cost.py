@@ -257,6 +257,10 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
     assert len(emulator.log) == 2
     again = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
     assert again.exit_code == 1 and len(emulator.log) == 2  # the cap counts the whole state
+    # 2 s done + 1 s next fits 3.5 s: the longest done item was counted "in flight" too
+    one_more = dgbatch(*args, "--max-audio-hours", str(3.5 / 3600))
+    assert one_more.exit_code == 1 and len(emulator.log) == 3, one_more.output
+    assert "2.0 s transcribed and 1.0 s in flight of a 3.5 s cap" in one_more.output
     result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
     assert result.exit_code == 0, result.output
     assert len(emulator.log) == 4
