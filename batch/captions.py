@@ -75,9 +75,20 @@ def _captions(
     if is_empty_transcript(response):
         return empty
     try:
-        return writer(DeepgramConverter(response), line_length).encode()
+        return writer(_Converter(response), line_length).encode()
     except (ConverterException, EmptyTranscriptException):
         return empty
+
+
+class _Converter(DeepgramConverter):
+    """deepgram-captions' converter without its empty lines. It starts a new line at each
+    change of speaker from speaker 0, so words whose first speaker is 1 (diarized, without
+    utterances) begin with an empty line, and an utterance without words is one: a first
+    empty line makes ``srt`` and ``webvtt`` raise as for silence, and the item's captions
+    came out empty."""
+
+    def get_lines(self, line_length: int = 8) -> list[list[dict[str, Any]]]:
+        return [line for line in super().get_lines(line_length) if line] or [[]]
 
 
 def render_vtt(response: Response, line_length: int | None = None) -> bytes:
@@ -108,11 +119,13 @@ def _speaker_turn_lines(alternative: dict[str, Any]) -> list[str]:
         text = str(alternative.get("transcript") or "").strip()
         return [text] if text else []
     lines: list[str] = []
+    end = object()  # after the last word: a turn of its own, never a speaker
     speaker, turn = words[0]["speaker"], list[str]()
-    for word in [*words, {"speaker": None}]:
-        if word["speaker"] != speaker:
+    for word in [*words, {"speaker": end}]:
+        said_by = word.get("speaker", speaker)  # a word without one (a proxy's) goes on
+        if said_by != speaker:
             lines.append(f"**Speaker {speaker}:** {' '.join(turn)}")
-            speaker, turn = word["speaker"], []
+            speaker, turn = said_by, []
         turn.append(str(word.get("punctuated_word") or word.get("word", "")))
     return lines
 

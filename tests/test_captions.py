@@ -142,6 +142,59 @@ def test_markdown_falls_back_to_speaker_turns_of_words() -> None:
     assert [line.split(":**")[0] for line in lines] == ["**Speaker 0", "**Speaker 1"]
 
 
+def _words_answer(words: list[dict[str, object]], **results: object) -> dict[str, object]:
+    """A transcript of ``words`` (diarized, no utterances unless given in ``results``)."""
+    text = " ".join(str(w["word"]) for w in words)
+    alternative = {"transcript": text, "confidence": 0.9, "words": words}
+    return {
+        "metadata": {"request_id": "r", "duration": 3.0, "channels": 1},
+        "results": {"channels": [{"alternatives": [alternative]}], **results},
+    }
+
+
+_FIRST_BY_SPEAKER_1 = [
+    {"word": "hello", "start": 0.0, "end": 0.5, "speaker": 1, "punctuated_word": "Hello"},
+    {"word": "there", "start": 0.5, "end": 1.0, "speaker": 1, "punctuated_word": "there."},
+    {"word": "hi", "start": 1.2, "end": 1.5, "speaker": 0, "punctuated_word": "Hi."},
+]
+
+
+@pytest.mark.parametrize(
+    ("answer", "cues"),
+    [
+        # diarized without utterances, speaker 1 first: the captions came out empty
+        (_words_answer(_FIRST_BY_SPEAKER_1), ["Hello there.", "Hi."]),
+        # an utterance without words first
+        (
+            _words_answer(
+                _FIRST_BY_SPEAKER_1,
+                utterances=[
+                    {"start": 0.0, "end": 0.0, "words": [], "transcript": ""},
+                    {"start": 0.0, "end": 1.5, "words": _FIRST_BY_SPEAKER_1, "transcript": "x"},
+                ],
+            ),
+            ["Hello there. Hi."],
+        ),
+    ],
+)
+def test_captions_are_not_emptied_by_an_empty_first_line(
+    answer: dict[str, object], cues: list[str]
+) -> None:
+    """deepgram-captions starts a line at each change from speaker 0, and an utterance
+    without words is a line too: a first empty line made it raise as for silence."""
+    srt_text = render_srt(answer).decode()
+    assert [line for line in srt_text.splitlines() if line in cues] == cues
+    assert render_vtt(answer).decode().count(" --> ") == len(cues)
+
+
+def test_markdown_takes_a_word_without_a_speaker_into_the_turn() -> None:
+    """A word without ``speaker`` (a proxy's answer) was a KeyError: it goes on the turn."""
+    words = [dict(w) for w in _FIRST_BY_SPEAKER_1]
+    del words[1]["speaker"]
+    text = render_markdown(_words_answer(words)).decode().strip()
+    assert text == "**Speaker 1:** Hello there.\n\n**Speaker 0:** Hi."
+
+
 def test_formats_accept_captions_and_markdown() -> None:
     """``srt``, ``vtt`` and ``md`` are known formats and render_all passes the line length."""
     assert parse_formats("json,srt,vtt,md") == ("json", "srt", "vtt", "md")
