@@ -187,7 +187,11 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     where one would replace the other."""
     if _is_output_place(state, out):
         raise UsageError(f"--state {str(state)!r}: {_OUTPUT_PLACE}")
-    if run_report is None or is_s3_uri(run_report):
+    if run_report is None:
+        return
+    if is_s3_uri(run_report):
+        if _is_s3_output_place(run_report, out):
+            raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
         return
     report = Path(run_report).resolve()
     if report == report_path(state).resolve():
@@ -222,6 +226,20 @@ def _is_output_place(path: Path, out: str) -> bool:
     except ValueError:
         return False
     return ".dgbatch" not in inside.parts
+
+
+def _is_s3_output_place(report: str, out: str) -> bool:
+    """``report`` is under an S3 ``out``'s prefix, outside its ``.dgbatch/``, named as
+    outputs are: the transcript of a source named so (``_reports/latest.wav``) would be
+    put there, and the report would replace it at the end of the run."""
+    if not is_s3_uri(out) or Path(report).suffix.lower() not in _OUTPUT_SUFFIXES:
+        return False
+    bucket, _, key = report[len("s3://") :].partition("/")
+    out_bucket, _, prefix = out[len("s3://") :].partition("/")
+    folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    if bucket != out_bucket or not key.startswith(folder):
+        return False
+    return ".dgbatch" not in key[len(folder) :].split("/")
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -66,3 +66,45 @@ def test_crontab_line_has_five_time_fields() -> None:
     (line,) = lines
     fields = line.split()
     assert fields[:5] == ["15", "2", "*", "*", "*"] and "dgbatch" in fields[7]
+
+
+def test_no_example_puts_its_run_report_where_a_transcript_goes() -> None:
+    """Every example's ``--run-report`` passes the check a run makes (it used to sit under
+    the ``--out`` prefix, where the transcript of a source named ``_reports/latest.wav``
+    would go and be replaced by the report)."""
+    from batch.config import check_own_paths
+
+    checked = 0
+    for path in sorted(DEPLOY.iterdir()):
+        words = path.read_text().replace('"', " ").replace("\\", " ").split()
+        if "--run-report" not in words:
+            continue
+        report = words[words.index("--run-report") + 1]
+        out = words[words.index("--out") + 1]
+        check_own_paths(out, SRC_ROOT / "state.sqlite", report)
+        checked += 1
+    assert checked >= 4
+
+
+@pytest.mark.parametrize(
+    ("report", "refused"),
+    [
+        ("s3://media/transcripts/_reports/latest.json", True),
+        ("s3://media/transcripts/latest.txt", True),
+        ("s3://media/transcripts/.dgbatch/report.json", False),
+        ("s3://media/dgbatch-reports/latest.json", False),
+        ("s3://other/transcripts/latest.json", False),
+        ("s3://media/transcripts/latest.csv", False),
+    ],
+)
+def test_an_s3_run_report_where_a_transcript_goes_is_refused(report: str, refused: bool) -> None:
+    """The rule a local ``--out`` had, for an S3 one: a report named as an output, under
+    the prefix and outside ``.dgbatch/``, would replace a transcript (exit 2)."""
+    from batch.config import check_own_paths
+    from batch.errors import UsageError
+
+    if refused:
+        with pytest.raises(UsageError, match="a transcript could be written there"):
+            check_own_paths("s3://media/transcripts/", SRC_ROOT / "state.sqlite", report)
+    else:
+        check_own_paths("s3://media/transcripts/", SRC_ROOT / "state.sqlite", report)
