@@ -356,6 +356,8 @@ async def start_plan(
         if plan.done:
             await plan.finish(stopped=False)
     if plan.done and listed[0] == 0:
+        if signals.received is not None:  # stdin was being read: a stop, not bad input
+            raise Interrupted(f"interrupted by {signals.received.name} while reading sources")
         raise UsageError(
             f"no audio sources found in: {' '.join(map(redact_source, config.sources))}"
         )

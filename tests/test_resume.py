@@ -10,12 +10,14 @@ import json
 import os
 import signal
 import sqlite3
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from conftest import (
     Cli,
+    dgbatch_subprocess_cmd,
     emulator_with,
     make_wav,
     make_wavs,
@@ -24,6 +26,7 @@ from conftest import (
     sent_sha256s,
     sha256_of,
     start_run,
+    subprocess_env,
     wait_for,
 )
 
@@ -320,3 +323,26 @@ def test_a_failure_whose_source_is_gone_no_longer_fails_every_run(
     assert "2 failed item(s) of earlier runs are not among this run's sources" in fixed.output
     assert "state: 2 done, 2 failed, 0 pending" in fixed.output
     assert len(emulator.log) == 2  # one.wav and two.wav, each once
+
+
+def test_a_signal_while_stdin_is_read_is_a_stop_not_bad_input(tmp_path: Path) -> None:
+    """``dgbatch run -`` waiting on a producer that has written nothing yet: a SIGTERM then
+    is exit 130 (it was exit 2, "no audio sources found in: -", recorded as bad input)."""
+    out = tmp_path / "out"
+    command = [*dgbatch_subprocess_cmd(), "run", "-", "--out", str(out), "--progress", "none"]
+    proc = subprocess.Popen(
+        command, env=subprocess_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 30
+    while not (out / ".dgbatch" / "state.sqlite").exists():  # the run has begun
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert proc.stdin is not None
+    proc.stdin.close()  # the producer ends
+    assert proc.wait(timeout=60) == 130
+    assert proc.stderr is not None
+    stderr = proc.stderr.read()
+    assert b"no audio sources" not in stderr
