@@ -25,6 +25,7 @@ from batch.options import api_options, build_config, emulator_options, run_optio
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
+from batch.runreport import report_refusal
 from batch.signals import defaults_restored
 from batch.state import State
 from batch.summary import format_summary
@@ -74,6 +75,10 @@ def run(**opts: Any) -> None:
             run_dry(opts)
         try:
             config = build_config(opts)
+        except BatchError as exc:  # refused before it began: the monitor learns it too
+            report_refusal(opts["run_report"], str(opts["out"]), opts["s3_endpoint_url"], exc)
+            fail(exc)
+        try:
             setup_logging(opts["verbose"], (config.api_key,))
             progress = make_progress("none" if opts["quiet"] else opts["progress"])
             outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))

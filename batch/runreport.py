@@ -8,22 +8,29 @@ started and finished, what it did, the first failures and the exit code.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import shlex
 import socket
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
-from batch.errors import OutputError
+from batch.errors import BatchError, OutputError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.outputs import write_atomic
-from batch.redact import redact_text
+from batch.redact import redact_source, redact_text
 from batch.state import State
 
 if TYPE_CHECKING:
     from batch.s3 import S3
+
+log = logging.getLogger("dgbatch")
 
 #: at most this many failures are listed (``failures_total`` has the count)
 MAX_FAILURES = 100
@@ -118,3 +125,30 @@ async def _put(dest: str, data: bytes, s3: S3) -> None:
     except Exception as exc:
         msg = f"{dest}: cannot write the run report: {describe_error(exc)[1]}"
         raise OutputError(msg) from exc
+
+
+def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: BatchError) -> None:
+    """Write the run report of a run refused before it began (a key missing, an option
+    wrong: exit 2), so that a monitor reading it learns of tonight's failure instead of
+    last night's success. Never over what the refusal is about (the ``--run-report``
+    itself), and never raises: the refusal is what the user must see."""
+    if dest is None or str(error).startswith("--run-report"):
+        return
+    now = time.time()
+    report = RunReport(
+        started=now,
+        command=redact_text(shlex.join(["dgbatch", *sys.argv[1:]])),
+        out=redact_source(out),
+        finished=now,
+        exit_code=error.exit_code,
+        error=redact_text(str(error)),
+    )
+    from batch.s3 import S3, S3Options  # here: a refusal is rare, boto3 is slow to load
+
+    s3 = S3(S3Options(endpoint_url=endpoint_url))
+    try:
+        asyncio.run(write_run_report(dest, report, s3))
+    except Exception as exc:
+        log.warning("%s: cannot write the run report: %s", redact_source(dest), exc)
+    finally:
+        s3.close()

@@ -652,3 +652,21 @@ def test_run_off_the_main_thread_still_maps_errors(tmp_path: Path) -> None:
     worker.start()
     worker.join(timeout=60)
     assert results == [2]
+
+
+def test_a_run_refused_before_it_begins_still_writes_its_run_report(tmp_path: Path) -> None:
+    """A key not mounted, a bad option: exit 2 before the run begins, and the run report
+    says so (a monitor read last night's exit 0 from it). Not when the refusal is about
+    the run report itself."""
+    make_wav(tmp_path / "a.wav")
+    report = tmp_path / "reports" / "latest.json"
+    report.parent.mkdir()
+    report.write_text('{"exit_code": 0}')
+    args = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
+    result = Cli(None)(*args, "--run-report", str(report), key=None)
+    assert result.exit_code == 2, result.output
+    written = json.loads(report.read_text())
+    assert written["exit_code"] == 2 and "DEEPGRAM_API_KEY" in written["error"]
+    over_state = tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    refused = Cli(None)(*args, "--run-report", str(over_state))
+    assert refused.exit_code == 2 and not over_state.exists()
