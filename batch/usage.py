@@ -123,7 +123,14 @@ def reconcile(
         done: ``(item id, request_id, duration)`` of items this run finished.
     """
     result = Reconciliation(window.run_id, window.tag, window.bounds())
-    mine = [r for r in requests if window.tag is None or window.tag in request_tags(r)]
+    answered = {request_id for _, request_id, _ in done if request_id}  # own tag or not
+    mine = [
+        r
+        for r in requests
+        if window.tag is None
+        or window.tag in request_tags(r)
+        or str(r.get("request_id")) in answered
+    ]
     seen = set()
     for request in mine:
         request_id = str(request.get("request_id"))

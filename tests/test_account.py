@@ -248,6 +248,17 @@ def test_reconcile_pages_and_tags() -> None:
     assert result.billed_seconds == 60.0 and result.missing == ["x"]
 
 
+def test_reconcile_finds_a_request_that_carried_its_own_tag() -> None:
+    """An item sent with its own ``tag`` (a manifest's params) replaced the run's tag: its
+    request is still this run's, found by its request id (it was "no request in
+    Deepgram's log yet")."""
+    window = RunWindow(2, "run-2", 0.0, 10.0)
+    own = {"request_id": "m", "response": {"code": 200, "details": {"duration": 5.0,
+           "tags": ["meetings"]}}}  # fmt: skip
+    result = reconcile(window, [own], {"m": "item-m"}, [("item-m", "m", 5.0)])
+    assert result.missing == [] and result.items_matched == 1 and result.billed_seconds == 5.0
+
+
 async def test_requests_endpoint_pages_newest_first(emulator: Emulator, tmp_path: Path) -> None:
     """The emulator's request log is paged and bounded by start/end, like Deepgram's."""
     audio = make_wav(tmp_path / "a.wav")
