@@ -190,7 +190,7 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     if run_report is None:
         return
     if is_s3_uri(run_report):
-        if _is_s3_output_place(run_report, out):
+        if is_s3_output_place(run_report, out):
             raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
         return
     report = Path(run_report).resolve()
@@ -228,7 +228,7 @@ def _is_output_place(path: Path, out: str) -> bool:
     return ".dgbatch" not in inside.parts
 
 
-def _is_s3_output_place(report: str, out: str) -> bool:
+def is_s3_output_place(report: str, out: str) -> bool:
     """``report`` is under an S3 ``out``'s prefix, outside its ``.dgbatch/``, named as
     outputs are: the transcript of a source named so (``_reports/latest.wav``) would be
     put there, and the report would replace it at the end of the run."""

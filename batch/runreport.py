@@ -132,7 +132,7 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
     wrong: exit 2), so that a monitor reading it learns of tonight's failure instead of
     last night's success. Never over what the refusal is about (the ``--run-report``
     itself), and never raises: the refusal is what the user must see."""
-    if dest is None or str(error).startswith("--run-report"):
+    if dest is None or not _refusal_may_write(dest, out):
         return
     now = time.time()
     report = RunReport(
@@ -152,3 +152,24 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
         log.warning("%s: cannot write the run report: %s", redact_source(dest), exc)
     finally:
         s3.close()
+
+
+def _refusal_may_write(dest: str, out: str) -> bool:
+    """Whether a refused run may write its report at ``dest``: the options that would have
+    checked the place (``--out``, ``--state``) may be the wrong ones, so only over an
+    earlier run report, or as a new ``.json`` file outside any ``.dgbatch`` folder, or at
+    an S3 key outside ``--out``'s outputs; never over the state, a transcript or a file
+    of the user's."""
+    if is_s3_uri(dest):
+        from batch.config import is_s3_output_place
+
+        return not is_s3_output_place(dest, out)
+    path = Path(dest)
+    if not path.exists():
+        return path.suffix == ".json" and ".dgbatch" not in path.parts
+    try:
+        with path.open("rb") as handle:
+            earlier = json.loads(handle.read(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(earlier, dict) and {"exit_code", "started", "command"} <= set(earlier)

@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import sqlite3
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -63,7 +64,10 @@ def _host_lock(path: Path) -> IO[str] | None:
     digest = hashlib.sha256(os.fsencode(os.path.realpath(path))).hexdigest()[:32]
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
-        handle = open(folder / f"{digest}.lock", "a+")  # noqa: SIM115 - held for the run
+        if not _own_private_folder(folder):  # made by someone else: not to be trusted
+            return None
+        fd = os.open(folder / f"{digest}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        handle = os.fdopen(fd, "a+")
     except OSError:
         return None
     try:
@@ -76,6 +80,14 @@ def _host_lock(path: Path) -> IO[str] | None:
         )
         raise StateLocked(msg) from None
     return handle
+
+
+def _own_private_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a real folder of this user that nobody else can write to:
+    another user could make it first, and hold the lock of a state they guess the path
+    of (keeping every run out), or plant a link as a lock file."""
+    st = os.lstat(folder)
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
 def _lock_beside(path: Path) -> IO[str]:

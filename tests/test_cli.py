@@ -654,19 +654,29 @@ def test_run_off_the_main_thread_still_maps_errors(tmp_path: Path) -> None:
     assert results == [2]
 
 
-def test_a_run_refused_before_it_begins_still_writes_its_run_report(tmp_path: Path) -> None:
+def test_a_run_refused_before_it_begins_still_writes_its_run_report(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
     """A key not mounted, a bad option: exit 2 before the run begins, and the run report
-    says so (a monitor read last night's exit 0 from it). Not when the refusal is about
-    the run report itself."""
+    says so (a monitor read last night's exit 0 from it). Only over an earlier run report
+    or as a new ``.json``: the checks of where it may go come after the options that
+    failed, and it replaced a state file or a transcript."""
     make_wav(tmp_path / "a.wav")
     report = tmp_path / "reports" / "latest.json"
     report.parent.mkdir()
-    report.write_text('{"exit_code": 0}')
     args = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"))
+    assert dgbatch(*args, "--run-report", str(report)).exit_code == 0
+    assert json.loads(report.read_text())["exit_code"] == 0
     result = Cli(None)(*args, "--run-report", str(report), key=None)
     assert result.exit_code == 2, result.output
     written = json.loads(report.read_text())
     assert written["exit_code"] == 2 and "DEEPGRAM_API_KEY" in written["error"]
-    over_state = tmp_path / "out" / ".dgbatch" / "state.sqlite"
-    refused = Cli(None)(*args, "--run-report", str(over_state))
-    assert refused.exit_code == 2 and not over_state.exists()
+    fresh = tmp_path / "reports" / "new.json"
+    assert Cli(None)(*args, "--run-report", str(fresh), "--formats", "bogus").exit_code == 2
+    assert json.loads(fresh.read_text())["exit_code"] == 2
+    state = tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    (tmp_path / "notes.json").write_text('{"mine": true}')
+    for target in (state, tmp_path / "out" / "a.json", tmp_path / "notes.json"):
+        before = target.read_bytes()
+        refused = Cli(None)(*args, "--run-report", str(target), "--formats", "bogus")
+        assert refused.exit_code == 2 and target.read_bytes() == before, target

@@ -108,3 +108,16 @@ def test_an_s3_run_report_where_a_transcript_goes_is_refused(report: str, refuse
             check_own_paths("s3://media/transcripts/", SRC_ROOT / "state.sqlite", report)
     else:
         check_own_paths("s3://media/transcripts/", SRC_ROOT / "state.sqlite", report)
+
+
+def test_no_container_example_retries_a_failed_run_with_an_empty_state() -> None:
+    """A retried pod or Batch attempt starts with an empty state and sends the failed
+    items again (some of them paid again): none of the examples retries."""
+    cron = yaml.safe_load((DEPLOY / "k8s-cronjob.yaml").read_text())
+    assert cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
+    indexed = yaml.safe_load((DEPLOY / "k8s-indexed-job.yaml").read_text())
+    assert indexed["spec"]["backoffLimitPerIndex"] == 0
+    batch = json.loads((DEPLOY / "aws-batch-job-definition.json").read_text())
+    assert batch["retryStrategy"]["attempts"] == 1
+    service = (DEPLOY / "dgbatch-nightly.service").read_text()
+    assert "SuccessExitStatus=4 130\n" in service  # exit 1 fails the unit

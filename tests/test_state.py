@@ -612,3 +612,27 @@ def test_a_state_whose_folder_was_deleted_is_still_locked(tmp_path: Path) -> Non
         State.open(path)
     first.close()  # and writes its state back where it was
     State.open(path).close()
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_a_lock_folder_others_can_write_to_is_not_trusted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: int
+) -> None:
+    """Another user who made the folder of second locks first (or can write to it) could
+    hold the lock of a state whose path they guess, and keep every run out: such a folder
+    is not used (the lock beside the state still holds)."""
+    import os
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    folder = tmp_path / "tmp" / f"dgbatch-locks-{os.getuid()}"
+    folder.mkdir(parents=True)
+    folder.chmod(mode)
+    state = State.open(tmp_path / "out" / "state.sqlite")
+    try:
+        assert list(folder.iterdir()) == []  # nothing locked there
+    finally:
+        state.close()
+    folder.chmod(0o700)
+    State.open(tmp_path / "out" / "state.sqlite").close()
+    assert len(list(folder.iterdir())) == 1
