@@ -143,7 +143,7 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
     with tempfile.TemporaryDirectory(prefix="dgbatch-dry-run-") as tmp:
         copy = Path(tmp) / "state.sqlite"
         _copy_state(config.state_path, copy)
-        state = State.open(copy)
+        state = State.open(copy, private=True)
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         secrets = RealSources()  # kept only to tell URLs differing in a secret apart
         try:

@@ -131,8 +131,10 @@ class State:
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: Path, *, readonly: bool = False) -> State:
-        """Open (creating if needed) and lock a state file; refuse anything that is not ours."""
+    def open(cls, path: Path, *, readonly: bool = False, private: bool = False) -> State:
+        """Open (creating if needed) and lock a state file; refuse anything that is not ours.
+        ``private``: a copy no other run can find (the dry run's), locked beside itself
+        only, so it leaves no lock file behind under the temporary folder."""
         if readonly:
             if not path.exists():
                 raise StateError(f"{path}: no such state file")
@@ -143,7 +145,7 @@ class State:
             raise StateError(
                 f"{path}: cannot create state folder: {_in_the_way(path, exc)}"
             ) from exc
-        lock_file = take_lock(path)
+        lock_file = take_lock(path, host=not private)
         try:
             db = connect(path, readonly=False)
             prepare(db, path)

@@ -44,12 +44,12 @@ class StateLock:
             self.host.close()
 
 
-def take_lock(path: Path) -> StateLock:
-    """Keep other runs out of ``path`` while the run holds it: a lock beside the file and
-    one outside its folder (``_host_lock``)."""
+def take_lock(path: Path, *, host: bool = True) -> StateLock:
+    """Keep other runs out of ``path`` while the run holds it: a lock beside the file and,
+    with ``host``, one outside its folder (``_host_lock``)."""
     beside = _lock_beside(path)
     try:
-        return StateLock(beside, _host_lock(path))
+        return StateLock(beside, _host_lock(path) if host else None)
     except BaseException:
         beside.close()
         raise

@@ -444,3 +444,19 @@ def test_a_copy_whose_original_failed_is_weighed_again_against_the_cap(tmp_path:
                            "--max-audio-hours", str(1.5 / 3600))  # fmt: skip
     assert "budget reached" not in result.output, result.output
     assert len(calls) == 2 and (tmp_path / "out" / "c.json").exists()
+
+
+def test_a_dry_run_leaves_no_lock_file_behind(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The dry run's copy of the state is new each time and no other run can find it: it
+    takes no second lock, which left one file per dry run under the temporary folder."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    make_wav(tmp_path / "in" / "a.wav")
+    for _ in range(2):
+        args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
+        assert dgbatch(*args, key=None).exit_code == 0
+    assert [p.name for p in (tmp_path / "tmp").rglob("*.lock")] == []
