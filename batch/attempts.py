@@ -96,21 +96,19 @@ class Attempts:
                 answer, decision = await self._attempt(sender, item, source)
                 billed = answer.status == 200  # a 200 retried (not a transcript) was paid
             except ItemError as exc:  # found before the request went out: no attempt
-                self.stats.sent -= 1
+                attempts = self._not_sent(item, attempts, timeouts)
                 failed = Result(
-                    item.id, ItemStatus.FAILED, attempts - 1, error=str(exc), err_code=exc.code
+                    item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
                 )
                 return _with_timeouts(failed, timeouts)
             except TransportError as exc:
                 answer, decision = None, Decision(Action.RETRY, str(exc))  # made for the report
                 billed = exc.body_sent and exc.reached  # Deepgram may have it
                 unreachable = exc.connect_failed
-                if not exc.reached:  # no request reached Deepgram: not an attempt
-                    attempts, self.stats.sent = attempts - 1, self.stats.sent - 1
-                    self._tries[item.id] = (attempts, timeouts)
+                if not exc.reached:
+                    attempts = self._not_sent(item, attempts, timeouts)
             except BatchError:  # the run's (S3 unreachable), found before the request
-                self._tries[item.id] = (attempts - 1, timeouts)
-                self.stats.sent -= 1
+                self._not_sent(item, attempts, timeouts)
                 raise
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:  # every way out keeps the possibly billed retries
@@ -120,6 +118,13 @@ class Attempts:
                 self.stats.timeout_retries += 1
                 self._tries[item.id] = (attempts, timeouts)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    def _not_sent(self, item: WorkItem, attempts: int, timeouts: int) -> int:
+        """The try counted in ``attempts`` reached no one (found before the request, or no
+        connection made): it is no attempt, and was not sent. The attempts without it."""
+        self.stats.sent -= 1
+        self._tries[item.id] = (attempts - 1, timeouts)
+        return attempts - 1
 
     def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
         """An item that gave up because Deepgram could not be reached at all is not at

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import os
+import shlex
 import stat
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -130,6 +132,11 @@ def default_state_path(
     cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(out.rstrip("/").encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
+
+
+def invoked_command() -> str:
+    """The command line as typed (not yet redacted), for the state's runs and reports."""
+    return shlex.join(["dgbatch", *sys.argv[1:]])
 
 
 def check_out(out: str) -> str:

@@ -250,8 +250,9 @@ def _estimate(
     kept = state.kept_ids()
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         own = stored_params(row["params"])
+        sent = merge_params(config.params, own)
         has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None
-        problem = None if has_kept else _local_problem(config, row, own)
+        problem = None if has_kept else _local_problem(config, row, sent)
         if problem is not None:  # a kept answer is written whatever became of its file
             result.fail_locally[problem] += 1
             continue
@@ -264,7 +265,7 @@ def _estimate(
             result.kept += 1
             continue
         seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))
-        model = model_of(merge_params(config.params, own)) or "(default)"
+        model = model_of(sent) or "(default)"
         seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
     for model, seconds in seconds_by_model.items():
         per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)
@@ -274,7 +275,7 @@ def _estimate(
     return result
 
 
-def _local_problem(config: RunConfig, row: sqlite3.Row, own: Params) -> str | None:
+def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | None:
     """The ``err_code`` a local file fails with before it is sent (the run's own checks:
     gone, changed, empty, not audio), or None: such an item costs nothing."""
     if row["kind"] != ItemKind.FILE.value:
@@ -282,7 +283,7 @@ def _local_problem(config: RunConfig, row: sqlite3.Row, own: Params) -> str | No
     try:
         check_path(row["source"], row["fingerprint"])
         if config.sniff:
-            sniff_path(row["source"], merge_params(config.params, own))
+            sniff_path(row["source"], sent)
     except ItemError as exc:
         return exc.code
     return None

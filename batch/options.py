@@ -7,8 +7,6 @@ API's) are one decorator each, so their help and defaults cannot drift apart.
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,6 +20,7 @@ from batch.config import (
     check_out,
     check_own_paths,
     default_state_path,
+    invoked_command,
     load_api_key,
 )
 from batch.errors import UsageError
@@ -335,7 +334,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         formats=formats,
         params=params,
         filters=Filters(tuple(opts["include"]), tuple(opts["exclude"]), AUDIO_EXTENSIONS),
-        command=shlex.join(["dgbatch", *sys.argv[1:]]),
+        command=invoked_command(),
         preflight=not opts["no_preflight"],
         sniff=not opts["no_sniff"],
         s3_endpoint_url=opts["s3_endpoint_url"] or None,

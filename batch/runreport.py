@@ -11,15 +11,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import shlex
 import socket
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
+from batch.config import invoked_command, is_s3_output_place
 from batch.errors import BatchError, OutputError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
@@ -137,7 +136,7 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
     now = time.time()
     report = RunReport(
         started=now,
-        command=redact_text(shlex.join(["dgbatch", *sys.argv[1:]])),
+        command=redact_text(invoked_command()),
         out=redact_source(out),
         finished=now,
         exit_code=error.exit_code,
@@ -161,8 +160,6 @@ def _refusal_may_write(dest: str, out: str) -> bool:
     an S3 key outside ``--out``'s outputs; never over the state, a transcript or a file
     of the user's."""
     if is_s3_uri(dest):
-        from batch.config import is_s3_output_place
-
         return not is_s3_output_place(dest, out)
     path = Path(dest)
     if not path.exists():

@@ -38,8 +38,11 @@ _PREFIX_ROOM = 512
 
 def _metadata(meta: OutputMeta) -> dict[str, str]:
     """Object metadata must be ASCII: percent-encode what we record."""
-    source = _source_forms(meta)[0]
-    return {META_SOURCE: source, META_FINGERPRINT: quote(meta.fingerprint, safe=":")}
+    return {META_SOURCE: _source_forms(meta)[0], META_FINGERPRINT: _fingerprint(meta)}
+
+
+def _fingerprint(meta: OutputMeta) -> str:
+    return quote(meta.fingerprint, safe=":")
 
 
 def _source_forms(meta: OutputMeta) -> tuple[str, ...]:
@@ -108,8 +111,7 @@ class S3Sink:
 
         ``since`` is ignored: the fingerprint in the metadata proves more than a time.
         """
-        fingerprint = _metadata(meta)[META_FINGERPRINT]
-        sources = _source_forms(meta)
+        fingerprint, sources = _fingerprint(meta), _source_forms(meta)
         keys = {fmt: self.key_for(out_name, fmt) for fmt in formats}
         heads = await asyncio.gather(*(self._head(key) for key in keys.values()))
         mine = {
