@@ -342,7 +342,7 @@ async def start_plan(
     Ctrl-C stops it between items."""
     cancel = threading.Event()
     listed = [0]
-    sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand)
+    sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand, stop=cancel)
     items = _watch(_counted(sources, listed, config.shard), secrets, cancel)
     chunk = functools.partial(
         state.plan,

@@ -21,7 +21,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from batch.errors import SourceError
 from batch.manifest_lines import (
@@ -97,6 +97,15 @@ class SeenIds:
 _Raw = TypeVar("_Raw", bytes, str)
 
 
+class LineStream(Protocol):
+    """What a manifest is read from: a file, stdin's buffer, or stdin read so that a stop
+    is noticed (``batch.pipes``)."""
+
+    def readline(self, limit: int = -1, /) -> bytes:
+        """The next line, at most ``limit`` bytes of it; ``b""`` at the end."""
+        ...
+
+
 def _preview(raw: bytes | str) -> str:
     """Show a broken line safely: decoded leniently, redacted, one line, truncated."""
     if isinstance(raw, str):  # a text stdin may hand us surrogate escapes
@@ -144,7 +153,7 @@ def _decode_str(raw: str, lineno: int) -> str:
     return text
 
 
-def _raw_lines(stream: BinaryIO) -> Iterator[tuple[int, bytes]]:
+def _raw_lines(stream: LineStream) -> Iterator[tuple[int, bytes]]:
     """Yield ``(lineno, line)`` with each line cut at the size cap.
 
     A longer line comes back as its first ``MAX_LINE_BYTES + 1`` bytes (enough to
@@ -306,7 +315,7 @@ def _adopt(item: Item, entry: Entry, origin: str, *, single: bool) -> Item:
 
 
 def iter_manifest_stream(
-    stream: BinaryIO,
+    stream: LineStream,
     *,
     base: Path,
     origin: str,

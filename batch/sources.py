@@ -22,6 +22,7 @@ import os
 import re
 import stat
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO
@@ -30,6 +31,7 @@ from batch.errors import SourceError
 from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
 from batch.models import Filters, Item, ItemKind, Params, new_item
 from batch.naming import AUDIO_EXTENSIONS, stem_of
+from batch.pipes import stoppable
 from batch.redact import redact_source
 from batch.urls import HTTP_URL_RE, file_url_path, hidden_clash, scheme_of, url_item
 
@@ -319,16 +321,26 @@ def _expand_path(
 
 
 def _expand_stdin(
-    stdin: TextIO | None, filters: Filters, s3: S3Expander | None, seen_ids: SeenIds
+    stdin: TextIO | None,
+    filters: Filters,
+    s3: S3Expander | None,
+    seen_ids: SeenIds,
+    stop: threading.Event | None,
 ) -> Iterator[Item]:
-    """Read ``-`` as a plain-text manifest; bytes when possible, so bad UTF-8 spoils one line."""
+    """Read ``-`` as a plain-text manifest; bytes when possible, so bad UTF-8 spoils one line.
+    With ``stop``, a silent producer no longer holds a stopped run (``batch.pipes``)."""
     from batch.manifests import iter_lines_manifest, iter_manifest_stream
 
     stream = sys.stdin if stdin is None else stdin
     binary = getattr(stream, "buffer", None)
     if binary is not None:
         yield from iter_manifest_stream(
-            binary, base=Path.cwd(), origin="<stdin>", s3=s3, filters=filters, seen_ids=seen_ids
+            binary if stop is None else stoppable(binary, stop),
+            base=Path.cwd(),
+            origin="<stdin>",
+            s3=s3,
+            filters=filters,
+            seen_ids=seen_ids,
         )
     else:
         yield from iter_lines_manifest(
@@ -345,11 +357,16 @@ def _expand_s3(arg: str, filters: Filters, s3: S3Expander | None) -> Iterator[It
 
 
 def _expand_one(
-    arg: str, filters: Filters, stdin: TextIO | None, s3: S3Expander | None, seen_ids: SeenIds
+    arg: str,
+    filters: Filters,
+    stdin: TextIO | None,
+    s3: S3Expander | None,
+    seen_ids: SeenIds,
+    stop: threading.Event | None = None,
 ) -> Iterator[Item]:
     """Expand a single SOURCE argument by what it looks like."""
     if arg == "-":
-        return _expand_stdin(stdin, filters, s3, seen_ids)
+        return _expand_stdin(stdin, filters, s3, seen_ids, stop)
     if not arg:  # ``"$FILE"`` with FILE unset, not the current folder
         raise SourceError(f"{arg!r}: an empty SOURCE argument")
     scheme = scheme_of(arg)
@@ -375,6 +392,7 @@ def expand_sources(
     stdin: TextIO | None = None,
     *,
     s3: S3Expander | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[Item]:
     """Yield the Items of every SOURCE argument, in order, lazily.
 
@@ -383,6 +401,8 @@ def expand_sources(
         filters: ``--include``/``--exclude``/extensions for folders and S3 prefixes.
         stdin: where ``-`` reads from (``sys.stdin`` when None).
         s3: the S3 expander; ``s3://`` arguments fail with a usage error without it.
+        stop: once set, reading ``-`` raises ``Interrupted`` instead of waiting for a
+            silent producer.
 
     Explicit manifest ids are checked across all the arguments: a second use
     of one, in any manifest, is a failed item (see :class:`~batch.manifests.SeenIds`).
@@ -406,7 +426,7 @@ def expand_sources(
             _try_first(_expand_one(arg, filters, None, s3, SeenIds()))
     seen_ids = SeenIds()
     for arg in args:
-        yield from _expand_one(arg, filters, stdin, s3, seen_ids)
+        yield from _expand_one(arg, filters, stdin, s3, seen_ids, stop)
 
 
 def _readable_twice(arg: str) -> bool:

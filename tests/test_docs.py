@@ -192,3 +192,11 @@ def test_readme_check_exit_codes_are_the_real_ones(emulator: Emulator) -> None:
     refused, failed = int(said.group(1)), int(said.group(2))
     assert Cli(None)("check", "--api-url", emulator.url, key="wrong").exit_code == refused
     assert Cli(None)("check", "--api-url", "http://127.0.0.1:9").exit_code == failed
+
+
+def test_the_documented_chunk_is_the_planners() -> None:
+    """README says how many stdin lines the first request waits for."""
+    from batch.planner import CHUNK
+
+    assert f"planned in chunks of {CHUNK:,}" in README
+    assert f"once {CHUNK:,} lines" in README

@@ -31,6 +31,7 @@ from conftest import (
 )
 
 from batch.emulator import Emulator
+from batch.planner import CHUNK
 
 
 def _statuses(state: Path) -> list[str]:
@@ -325,24 +326,59 @@ def test_a_failure_whose_source_is_gone_no_longer_fails_every_run(
     assert len(emulator.log) == 2  # one.wav and two.wav, each once
 
 
+def _run_reading_stdin(out: Path, *args: str) -> subprocess.Popen[bytes]:
+    command = [*dgbatch_subprocess_cmd(), "run", "-", "--out", str(out), *args]
+    return subprocess.Popen(
+        [*command, "--progress", "none"],
+        env=subprocess_env(),
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+
+
 def test_a_signal_while_stdin_is_read_is_a_stop_not_bad_input(tmp_path: Path) -> None:
     """``dgbatch run -`` waiting on a producer that has written nothing yet: a SIGTERM then
-    is exit 130 (it was exit 2, "no audio sources found in: -", recorded as bad input)."""
+    is exit 130 at once (it was exit 2, "no audio sources found in: -", recorded as bad
+    input; and then it still waited for the producer to close stdin)."""
     out = tmp_path / "out"
-    command = [*dgbatch_subprocess_cmd(), "run", "-", "--out", str(out), "--progress", "none"]
-    proc = subprocess.Popen(
-        command, env=subprocess_env(), stdin=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 30
-    while not (out / ".dgbatch" / "state.sqlite").exists():  # the run has begun
-        assert time.monotonic() < deadline and proc.poll() is None
-        time.sleep(0.05)
-    time.sleep(0.3)
-    proc.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
-    assert proc.stdin is not None
-    proc.stdin.close()  # the producer ends
-    assert proc.wait(timeout=60) == 130
-    assert proc.stderr is not None
-    stderr = proc.stderr.read()
-    assert b"no audio sources" not in stderr
+    proc = _run_reading_stdin(out)
+    try:
+        wait_for(lambda: (out / ".dgbatch" / "state.sqlite").exists() or proc.poll() is not None)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 130  # the producer has not closed stdin
+        assert proc.stderr is not None
+        stderr = proc.stderr.read()
+        assert b"no audio sources" not in stderr
+        assert b"interrupted while waiting for stdin" in stderr
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
+
+
+def test_a_stop_mid_run_does_not_wait_for_a_silent_producer(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A producer that wrote a chunk's worth of lines and went quiet (``tail -f``): a
+    SIGTERM stops the run at once, with what was sent recorded; it used to wait until the
+    producer closed stdin."""
+    wav = make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    proc = _run_reading_stdin(out, "--api-url", emulator.url)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(f"{wav}\n".encode() * CHUNK)  # one item, a whole chunk of lines
+        proc.stdin.flush()
+        wait_for(lambda: len(outputs_under(out)) == 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 130
+        rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+        assert [(row["status"], row["attempts"]) for row in rows] == [("done", 1)]
+        assert len(emulator.log) == 1
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.kill()
+        proc.wait()
