@@ -23,7 +23,7 @@ from batch.errors import BatchError, UsageError
 from batch.job import run_batch
 from batch.options import api_options, build_config, emulator_options, run_options, state_option
 from batch.progress import make_progress
-from batch.redact import RedactingFilter, redact_text
+from batch.redact import RedactingFilter, redact_message, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
 from batch.runreport import report_refusal
 from batch.signals import defaults_restored
@@ -43,10 +43,16 @@ def setup_logging(verbose: int, secrets: tuple[str, ...] = ()) -> None:
     log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
 
 
-def fail(exc: BatchError) -> NoReturn:
-    """Print ``Error: message`` once and exit with the error's code."""
-    click.echo(f"Error: {exc}", err=True)
+def fail(exc: BatchError, secrets: tuple[str, ...] = ()) -> NoReturn:
+    """Print ``Error: message`` once, without secrets (a library's message may quote an
+    endpoint's token), and exit with the error's code."""
+    click.echo(f"Error: {redact_message(str(exc), secrets)}", err=True)
     sys.exit(exc.exit_code)
+
+
+def show(text: str, key: str) -> None:
+    """Print what an API answered, without the key: a proxy may echo it anywhere."""
+    click.echo(redact_text(text, (key,)))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -83,11 +89,11 @@ def run(**opts: Any) -> None:
             progress = make_progress("none" if opts["quiet"] else opts["progress"])
             outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))
         except BatchError as exc:
-            fail(exc)
+            fail(exc, (config.api_key,))
         if not opts["quiet"]:
             click.echo(format_summary(outcome), err=True)
         if outcome.error is not None:
-            click.echo(f"Error: {outcome.error}", err=True)
+            click.echo(f"Error: {redact_message(str(outcome.error), (config.api_key,))}", err=True)
     sys.exit(outcome.exit_code)
 
 
@@ -172,15 +178,14 @@ def check(
     """
     from batch.account import fetch_key_details
 
+    key = ""
     try:
         url = check_api_url(api_url, allow_insecure=allow_insecure_http)
-        details = asyncio.run(fetch_key_details(url, load_api_key(api_key_file)))
+        key = load_api_key(api_key_file)
+        details = asyncio.run(fetch_key_details(url, key))
     except BatchError as exc:
-        fail(exc)
-    if as_json:
-        click.echo(json.dumps(dataclasses.asdict(details), indent=2))
-    else:
-        click.echo(details.describe())
+        fail(exc, (key,))
+    show(json.dumps(dataclasses.asdict(details), indent=2) if as_json else details.describe(), key)
 
 
 @cli.command()
@@ -206,16 +211,14 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
     """
     from batch.usage import format_reconciliation, reconcile_run
 
+    key = ""
     try:
         url = check_api_url(api["api_url"], allow_insecure=api["allow_insecure_http"])
         key = load_api_key(api["api_key_file"])
         result = asyncio.run(reconcile_run(state_path, url, key, project, run_id))
     except BatchError as exc:
-        fail(exc)
-    if as_json:
-        click.echo(json.dumps(result.as_dict(), indent=2))
-    else:
-        click.echo(format_reconciliation(result))
+        fail(exc, (key,))
+    show(json.dumps(result.as_dict(), indent=2) if as_json else format_reconciliation(result), key)
     sys.exit(1 if result.unmatched else 0)
 
 

@@ -24,7 +24,7 @@ from batch.formats import RENDERERS
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
 from batch.params import request_params
-from batch.redact import redact_url
+from batch.redact import redact_source, redact_url
 from batch.shard import Shard
 
 DEFAULT_API_URL = "https://api.deepgram.com"
@@ -196,6 +196,9 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
         raise UsageError(f"--state {str(state)!r}: {_OUTPUT_PLACE}")
     if run_report is None:
         return
+    if "://" in run_report and not is_s3_uri(run_report):
+        msg = f"--run-report {redact_source(run_report)!r}: give a local path or s3://bucket/key"
+        raise UsageError(msg)
     if is_s3_uri(run_report):
         if is_s3_output_place(run_report, out):
             raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")

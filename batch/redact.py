@@ -12,11 +12,14 @@ exception would hide the first one.
 
 from __future__ import annotations
 
+import base64
+import itertools
+import json
 import logging
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from urllib.parse import unquote_plus
+from urllib.parse import quote, quote_plus, unquote_plus
 
 __all__ = [
     "REDACTED",
@@ -25,6 +28,7 @@ __all__ = [
     "RedactingFilter",
     "is_secret_key",
     "may_hold_secret",
+    "redact_message",
     "redact_source",
     "redact_text",
     "redact_url",
@@ -74,17 +78,16 @@ SECRET_QUERY_KEYS: frozenset[str] = SIGNING_QUERY_KEYS | frozenset(
     }
 )
 
-# Keys not listed above are still secret when their name says so
-# (``X-Custom-Token``, ``db_password``): substring match, lowercased.
-_SECRET_KEY_MARKERS = (
-    "signature",
-    "token",
-    "secret",
-    "password",
-    "credential",
-    "apikey",
-    "api_key",
-)
+# Keys not listed above are still secret when a word of their name ends in one of these
+# (``X-Custom-Token``, ``db_password``, ``authtoken``, ``accessToken``, ``access_key``),
+# but not when it only starts with one (``secretary``, ``tokens_per_page``): two URLs
+# differing there are two recordings, not one URL signed twice. Two words may make one
+# (``api_key``, ``apiKey``).
+_SECRET_KEY_ENDINGS = (
+    "signature", "token", "secret", "password", "passwd", "credential", "credentials", "jwt",
+    "apikey", "accesskey", "authkey", "secretkey", "privatekey",
+)  # fmt: skip
+_KEY_WORD_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 # Too short to replace blindly: replacing "ab" everywhere would shred the text.
 _MIN_SECRET_LEN = 4
@@ -116,12 +119,15 @@ _SIGNING_RE = re.compile(
     r"|x-goog-credential|signature|sig)(=|%3d)(?!REDACTED)((?:(?!%26)[^&\s'\"<>\\,;)])+)"
 )
 
+# A whole URL percent-encoded inside text (``http%3A%2F%2Fuser%3Apass%40host``).
+_ENCODED_URL_RE = re.compile(r"(?i)[a-z][a-z0-9+.\-]{0,31}%3A%2F%2F[^\s'\"<>&]+")
+
 # What at least one of the patterns above (or ``redact_url``) needs in order to match,
 # lowercased: without any of it, text passes through unchanged and the regexes need not
 # run. Plain substring tests: a case-insensitive regex alternation is ten times slower.
 _SECRET_HINTS = (
     "@", "?", "#", "apikey", "api_key", "api-key", "passw", "secret", "token", "bearer",
-    "authorization", "signature", "credential", "sig=", "sig%3d",
+    "authorization", "signature", "credential", "sig=", "sig%3d", "%3a%2f%2f", "jwt", ":\\/\\/",
 )  # fmt: skip
 
 
@@ -130,7 +136,9 @@ def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     lowered = key.strip().lower()
     if lowered in SECRET_QUERY_KEYS or lowered in extra_keys:
         return True
-    return any(marker in lowered for marker in _SECRET_KEY_MARKERS)
+    words = [word.lower() for word in _KEY_WORD_RE.findall(key)]
+    joined = [a + b for a, b in itertools.pairwise(words)]
+    return any(word.endswith(_SECRET_KEY_ENDINGS) for word in (*words, *joined))
 
 
 @lru_cache(maxsize=4096)
@@ -140,15 +148,37 @@ def _is_secret_raw_key(raw_key: str, extra_keys: frozenset[str]) -> bool:
 
 
 def _redact_pairs(query: str, extra_keys: frozenset[str]) -> str:
-    """Replace secret values in ``k=v&k=v`` text, leaving every other byte as it was."""
+    """Replace secret values in ``k=v&k=v`` text (``;`` separates too, and so an HTML
+    page's ``&amp;`` does), leaving every other byte as it was."""
     if "=" not in query:
         return query
-    parts = query.split("&")
-    for index, part in enumerate(parts):
-        key, sep, value = part.partition("=")
-        if sep and value and _is_secret_raw_key(key, extra_keys):
+    semicolons = ";" in query  # rare: split on "&" alone, faster, for every presigned URL
+    parts = _PAIR_SEPARATOR_RE.split(query) if semicolons else query.split("&")
+    for index in range(0, len(parts), 2 if semicolons else 1):
+        key, sep, value = parts[index].partition("=")
+        if not (sep and value):
+            continue
+        if _is_secret_raw_key(key, extra_keys):
             parts[index] = f"{key}={REDACTED}"
-    return "&".join(parts)
+        elif "%" in value:
+            parts[index] = f"{key}={_redact_encoded(value, extra_keys)}"
+    return "".join(parts) if semicolons else "&".join(parts)
+
+
+_PAIR_SEPARATOR_RE = re.compile(r"([&;])")
+
+
+def _redact_encoded(value: str, extra_keys: frozenset[str]) -> str:
+    """A query value that holds a URL or a query of its own, percent-encoded (a proxy's
+    ``?src=https%3A%2F%2F…%26X-Amz-Signature%3D…``), without that one's secrets: encoded
+    again whole when it had any, as it was otherwise."""
+    decoded = unquote_plus(value)
+    if decoded == value or not ("=" in decoded or "@" in decoded):
+        return value
+    inner = redact_url(decoded, extra_keys=extra_keys) if "://" in decoded else None
+    if inner is None:
+        inner = _redact_pairs(decoded, extra_keys)
+    return value if inner == decoded else quote(inner, safe="")
 
 
 def _redact_tail(tail: str, extra_keys: frozenset[str]) -> str:
@@ -178,8 +208,8 @@ def redact_url(url: str, *, extra_keys: frozenset[str] = frozenset()) -> str:
         extra_keys: lowercased query keys to blank as well, e.g. the expiry
             fields that make presigned URLs differ from one run to the next.
     """
-    if not url_may_hold_secret(url):
-        return url  # the common case, and the cheap one
+    if not url_may_hold_secret(url) or url[:5].lower() == "s3://":
+        return url  # the common case, and the cheap one; an S3 key holds no credential
     try:
         match = _URL_RE.fullmatch(url)
         if match is not None:
@@ -207,11 +237,41 @@ def redact_source(source: str) -> str:
 
 
 def _replace_secrets(text: str, secrets: Iterable[str]) -> str:
-    """Replace each long-enough secret, longest first so overlapping ones vanish whole."""
-    usable = sorted({s for s in secrets if s and len(s) >= _MIN_SECRET_LEN}, key=len, reverse=True)
-    for secret in usable:
-        text = text.replace(secret, REDACTED)
-    return text
+    """Replace each long-enough secret in any case, and as it reads percent-encoded,
+    JSON-escaped or in base64 (a proxy echoing a request), longest first so overlapping
+    ones vanish whole."""
+    pattern = _secrets_pattern(tuple(secrets))
+    return text if pattern is None else pattern.sub(REDACTED, text)
+
+
+@lru_cache(maxsize=16)
+def _secrets_pattern(secrets: tuple[str, ...]) -> re.Pattern[str] | None:
+    forms = {
+        form for secret in secrets if len(secret) >= _MIN_SECRET_LEN for form in _forms(secret)
+    }
+    if not forms:
+        return None
+    alternatives = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alternatives)), re.IGNORECASE)
+
+
+def _forms(secret: str) -> set[str]:
+    encoded = base64.b64encode(secret.encode()).decode()
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret, safe=""),
+        json.dumps(secret)[1:-1],
+        encoded if len(secret) % 3 == 0 else encoded.rstrip("="),
+    }
+
+
+def _redact_encoded_url(match: re.Match[str]) -> str:
+    """A percent-encoded URL in prose, encoded again without its secrets if it had any."""
+    encoded = match.group(0)
+    decoded = unquote_plus(encoded)
+    redacted = redact_url(decoded)
+    return encoded if redacted == decoded else quote(redacted, safe="")
 
 
 def _auth_header(match: re.Match[str]) -> str:
@@ -243,9 +303,28 @@ def redact_text(text: str, secrets: Iterable[str] = ()) -> str:
         return REDACTED
 
 
+def redact_message(text: str, secrets: Iterable[str] = ()) -> str:
+    """Return one of dgbatch's own messages without known secrets and URL secrets. The
+    prose patterns of :func:`redact_text` are for servers' text: here they would eat
+    words of ours (``DEEPGRAM_API_KEY: the key …``), and a server's text in a message
+    went through ``redact_text`` already."""
+    try:
+        text = _replace_secrets(text, secrets)
+        if "%" in text:
+            text = _ENCODED_URL_RE.sub(_redact_encoded_url, text)
+        return (
+            _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
+        )
+    except Exception:  # pragma: no cover - defensive: never leak, never raise
+        return REDACTED
+
+
 def _redact_patterns(text: str) -> str:
     """URL credentials, auth headers, ``Token …`` and ``api_key=…`` assignments."""
     try:
+        if ":\\/\\/" in text:  # a JSON body's escaped slashes: "http:\/\/user:pass@…"
+            text = text.replace("\\/", "/")
+        text = _ENCODED_URL_RE.sub(_redact_encoded_url, text)
         text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
         text = _AUTH_HEADER_RE.sub(_auth_header, text)
         text = _TOKEN_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)

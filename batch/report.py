@@ -22,7 +22,7 @@ from typing import Any, TextIO
 
 from batch.errors import UsageError
 from batch.outputs import atomic_file
-from batch.redact import may_hold_secret, redact_text
+from batch.redact import may_hold_secret, redact_source, redact_text
 from batch.state import State
 
 REPORT_FIELDS = (
@@ -47,8 +47,8 @@ def report_row(row: sqlite3.Row, columns: frozenset[str] | None = None) -> dict[
     """One item as a report row, secrets redacted (``columns``: the row's, if known)."""
     columns = frozenset(row.keys()) if columns is None else columns
     return {
-        "id": redact_text(row["id"]),
-        "source": redact_text(row["source"]),
+        "id": redact_source(row["id"]),
+        "source": redact_source(row["source"]),
         "kind": row["kind"],
         "status": row["status"],
         "attempts": row["attempts"],

@@ -83,8 +83,8 @@ class RunReport:
         self.failures_total = int(total)
         self.failures = [
             {
-                "id": redact_text(str(item_id)),
-                "source": redact_text(str(source)),
+                "id": redact_source(str(item_id)),
+                "source": redact_source(str(source)),
                 "http_status": status,
                 "err_code": code,
                 "error": redact_text(str(error)) if error else None,
@@ -161,6 +161,8 @@ def _refusal_may_write(dest: str, out: str) -> bool:
     of the user's."""
     if is_s3_uri(dest):
         return not is_s3_output_place(dest, out)
+    if "://" in dest:  # an http(s) URL is no place for it (and no local path either)
+        return False
     path = Path(dest)
     if not path.exists():
         return path.suffix == ".json" and ".dgbatch" not in path.parts

@@ -207,6 +207,26 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
         ("/data/sig=2024/a.wav: no such file", [], "/data/sig=2024/a.wav: no such file"),
         ("s3://b/calls/signature=abc/day1/x.wav", [], "s3://b/calls/signature=abc/day1/x.wav"),
         ("id:sig=7", [], "id:sig=7"),
+        # the key as a proxy may echo it: in another case, encoded, escaped, in base64
+        ("got DGKEY_0123abcd back", ["dgkey_0123ABCD"], "got REDACTED back"),
+        ("q=k%2By%2Fz%3D1", ["k+y/z=1"], "q=REDACTED"),
+        ('{"echo": "a\\"b"}', ['a"b-key'], '{"echo": "a\\"b"}'),
+        ('{"echo": "a\\"b-key"}', ['a"b-key'], '{"echo": "REDACTED"}'),
+        ("Basic ZGdfMDEyMzQ1Njc4OQ", ["dg_0123456789"], "Basic REDACTED"),
+        # HTML's &amp; and ; between query pairs
+        (
+            "<a href='https://h/a.wav?x=1&amp;sig=s3cr3t'>",
+            [],
+            "<a href='https://h/a.wav?x=1&amp;sig=REDACTED'>",
+        ),
+        ("https://h/a.wav?x=1;token=t0k", [], "https://h/a.wav?x=1;token=REDACTED"),
+        # a JSON body's escaped slashes; a whole URL percent-encoded in prose
+        ('{"src": "http:\\/\\/u:pw@h\\/a.wav"}', [], '{"src": "http://REDACTED@h/a.wav"}'),
+        (
+            "bad http%3A%2F%2Fu%3Apw%40h%2Fa.wav here",
+            [],
+            "bad http%3A%2F%2FREDACTED%40h%2Fa.wav here",
+        ),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:
@@ -220,6 +240,16 @@ def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None
         ("https://u:p@h/a.mp3?sig=1", "https://REDACTED@h/a.mp3?sig=REDACTED"),
         ("/data/calls/a.wav", "/data/calls/a.wav"),
         ("s3://b/k.wav", "s3://b/k.wav"),
+        # an S3 key may hold '?': it is a name, never a credential
+        ("s3://b/x?token=1.wav", "s3://b/x?token=1.wav"),
+        # a presigned URL inside another one's query keeps its path, not its signature
+        (
+            "https://p/f?src=https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3Dabc%26v%3D1&n=2",
+            "https://p/f?src=https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3DREDACTED%26v%3D1&n=2",
+        ),
+        ("https://p/f?q=a%3Dtoken%3Dt1", "https://p/f?q=a%3Dtoken%3Dt1"),
+        ("https://p/f?q=token%3Dt1%26a%3D2", "https://p/f?q=token%3DREDACTED%26a%3D2"),
+        ("https://p/f?q=a%20b&v=1", "https://p/f?q=a%20b&v=1"),
     ],
 )
 def test_redact_source(source: str, expected: str) -> None:
@@ -274,3 +304,28 @@ def test_filter_add_secret(caplog: pytest.LogCaptureFixture) -> None:
     assert "late_secret_value" not in caplog.text
     assert "REDACTED" in caplog.text
     assert REDACTED == "REDACTED"
+
+
+@pytest.mark.parametrize(
+    ("key", "secret"),
+    [
+        ("X-Custom-Token", True),
+        ("db_password", True),
+        ("authtoken", True),
+        ("accessToken", True),
+        ("access_key", True),
+        ("APIKey", True),
+        ("x-api-key", True),
+        ("jwt", True),
+        ("auth_key", True),
+        ("signature_series", True),
+        ("secretary", False),
+        ("tokens_per_page", False),
+        ("lang", False),
+        ("keyword", False),
+    ],
+)
+def test_a_key_is_secret_by_the_words_of_its_name(key: str, secret: bool) -> None:
+    """A word of the name that ends in a secret's name makes it secret; one that only
+    starts with it does not, so that two URLs differing there stay two items."""
+    assert (redact_url(f"https://h/a.wav?{key}=v1") == f"https://h/a.wav?{key}=REDACTED") == secret

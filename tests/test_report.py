@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli
+from conftest import Cli, make_wav
 
 from batch import migrations
 from batch.models import Item, ItemKind, ItemStatus
@@ -140,3 +140,15 @@ def test_status_groups_planning_failures_by_what_is_wrong(tmp_path: Path) -> Non
     (row,) = summary["errors"]
     assert row["error"] == "no such file" and row["count"] == 25
     assert "missing.txt:" in row["example"]
+
+
+def test_a_local_path_is_reported_as_the_state_keeps_it(dgbatch: Cli, tmp_path: Path) -> None:
+    """A file's path is no secret: words in it that look like one (``Bearer 2024-…``,
+    ``Secret=…``) stay, so that the report's ids are the state's and name the files."""
+    folder = tmp_path / "Secret=Santa"
+    wav = make_wav(folder / "Bearer 2024-01-05 call.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(folder), "--out", str(out)).exit_code == 0
+    lines = (out / ".dgbatch" / "report.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in lines]
+    assert [(row["id"], row["source"]) for row in rows] == [(str(wav), str(wav))]

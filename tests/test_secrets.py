@@ -4,10 +4,14 @@ error messages, and not in ``ps``."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -222,3 +226,103 @@ def test_key_echoed_in_an_error_answer_is_redacted(
     swept = all_bytes_under(out)
     swept[Path("<printed>")] = done.stdout + done.stderr + report.stdout + report.stderr
     assert [str(path) for path, data in swept.items() if KEY.encode() in data] == []
+
+
+def _echo_forms(key: str) -> list[str]:
+    """The key as a proxy may echo it: as it is, upper-cased, percent-encoded, in base64."""
+    encoded = base64.b64encode(key.encode()).decode().rstrip("=")
+    return [key, key.upper(), urllib.parse.quote(key + "/", safe=""), encoded]
+
+
+def account_echoing_the_key(tag: str = "") -> web.Application:
+    """An account API behind a proxy that puts the key it was sent into what it answers:
+    the key check's accessor and scopes, the request log's ids and dates."""
+
+    def key_of(request: web.Request) -> str:
+        return request.headers.get("Authorization", "").partition(" ")[2]
+
+    async def token(request: web.Request) -> web.Response:
+        key = key_of(request)
+        forms = _echo_forms(key)
+        return web.json_response({"accessor": forms[1], "username": forms[3], "scopes": forms})
+
+    async def requests(request: web.Request) -> web.Response:
+        key = key_of(request)
+        response = {"code": 200, "details": {"duration": 1.0, "tags": [tag]}}
+        logged = [
+            {"request_id": form, "created": key, "response": response} for form in _echo_forms(key)
+        ]
+        return web.json_response({"requests": logged})
+
+    async def usage(request: web.Request) -> web.Response:
+        return web.json_response({"results": []})
+
+    app = web.Application()
+    app.router.add_get("/v1/auth/token", token)
+    app.router.add_get("/v1/projects/p-1/requests", requests)
+    app.router.add_get("/v1/projects/p-1/usage", usage)
+    return app
+
+
+def _assert_no_key(printed: str) -> None:
+    lowered = printed.lower()
+    assert [form for form in _echo_forms(KEY) if form.lower() in lowered] == []
+    assert "REDACTED" in printed
+
+
+@pytest.mark.parametrize("as_json", [(), ("--json",)], ids=["text", "json"])
+def test_check_never_prints_the_key_an_account_api_echoes(
+    dgbatch: Cli, as_json: tuple[str, ...]
+) -> None:
+    """``dgbatch check`` prints what the API says about the key: a proxy echoing the key
+    there (in any case, percent-encoded, in base64) no longer gets it printed."""
+    with serve_app(account_echoing_the_key()) as url:
+        result = dgbatch("check", "--api-url", url, *as_json)
+    assert result.exit_code == 0, result.output
+    _assert_no_key(result.output)
+    if as_json:
+        assert json.loads(result.output)["scopes"][0] == "REDACTED"
+
+
+def test_usage_never_prints_the_key_an_account_api_echoes(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``dgbatch usage`` lists requests of Deepgram's log that the state lacks: ids and
+    dates that echo the key are printed without it."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    db = sqlite3.connect(state)
+    (tag,) = db.execute("SELECT tag FROM runs").fetchone()
+    db.close()
+    with serve_app(account_echoing_the_key(tag)) as url:
+        for as_json in ((), ("--json",)):
+            args = ("usage", "--project", "p-1", "--state", str(state), "--api-url", url)
+            result = dgbatch(*args, *as_json)
+            assert result.exit_code == 1, result.output  # unmatched requests
+            _assert_no_key(result.output)
+
+
+def test_an_error_printed_at_exit_is_redacted(dgbatch: Cli, tmp_path: Path) -> None:
+    """The ``Error:`` line quotes what a library said (botocore quotes the endpoint it was
+    given): a token there is not printed."""
+    result = dgbatch(
+        "run", str(tmp_path), "--out", "s3://b/o/", "--state", str(tmp_path / "s.sqlite"),
+        "--s3-endpoint-url", f"http://h:1/?token={TOKEN}x",
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "Error:" in result.output and TOKEN not in result.output
+
+
+def test_a_run_report_at_an_http_url_is_refused(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--run-report https://…`` was taken for a local path: folders named after the URL,
+    its password and signature among them, were made in the current folder."""
+    monkeypatch.chdir(tmp_path)
+    target = f"https://u:{PASSWORD}@h/r.json?sig={SIGNATURE}"
+    result = dgbatch("run", str(tmp_path), "--out", str(tmp_path / "out"), "--run-report", target)
+    assert result.exit_code == 2
+    assert "give a local path or s3://bucket/key" in result.output
+    assert PASSWORD not in result.output and SIGNATURE not in result.output
+    assert not Path("https:").exists()
