@@ -56,7 +56,18 @@ def _state_path(given: str | None) -> Path | None:
 def _state_to_read(ctx: click.Context, param: click.Parameter, value: str) -> Path:
     """``--state`` of status, report and usage: ``DIR/`` is ``DIR/state.sqlite``, where
     ``run --state DIR/`` puts it; a folder named without the slash is refused by name."""
-    path = _state_path(value) or Path(value)
+    return _not_a_folder(value, _state_path(value) or Path(value))
+
+
+def _state_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """``--state`` of run, checked as for reading (``DIR/`` names ``DIR/state.sqlite``,
+    also once the first run has made the folder), kept a str for ``build_config``."""
+    if value:
+        _not_a_folder(value, _state_path(value) or Path(value))
+    return value
+
+
+def _not_a_folder(value: str, path: Path) -> Path:
     if path.is_dir():
         raise click.BadParameter(f"{value!r} is a folder: name its state file, or end it in /")
     return path
@@ -103,7 +114,8 @@ run_options = stacked(
     click.option(
         "--state",
         "state_path",
-        type=click.Path(dir_okay=False),  # a str: a trailing "/" names a folder
+        type=click.Path(),  # a str: a trailing "/" names a folder
+        callback=_state_to_write,
         help="State file, or a folder for one when it ends in / [default: "
         "OUT/.dgbatch/state.sqlite; for s3:// OUT, $XDG_CACHE_HOME/dgbatch/<hash of "
         "OUT>/state.sqlite].",

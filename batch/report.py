@@ -11,6 +11,7 @@ anything at all is rebuilt in Python through ``redact_text``.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 import sqlite3
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TextIO
 
-from batch.errors import UsageError
+from batch.errors import OutputError, UsageError
 from batch.outputs import atomic_file
 from batch.redact import may_hold_secret, redact_source, redact_text
 from batch.state import State
@@ -133,10 +134,18 @@ def write_jsonl(state: State, stream: TextIO, **where: bool) -> int:
 def write_csv(state: State, stream: TextIO, **where: bool) -> int:
     """CSV with a header; ``outputs`` joined with ``;``."""
     writer = csv.DictWriter(stream, fieldnames=REPORT_FIELDS, lineterminator="\n")
+    # csv quotes a cell holding a line end of its own lineterminator, so not a lone "\r"
+    # (a source or an error may hold one), which readers take for a line end: such a row
+    # is quoted whole
+    quoted = csv.DictWriter(
+        stream, fieldnames=REPORT_FIELDS, lineterminator="\n", quoting=csv.QUOTE_ALL
+    )
     writer.writeheader()
     count = 0
     for row in iter_report(state, **where):
-        writer.writerow({**row, "outputs": ";".join(row["outputs"])})
+        cells = {**row, "outputs": ";".join(row["outputs"])}
+        has_cr = any(isinstance(cell, str) and "\r" in cell for cell in cells.values())
+        (quoted if has_cr else writer).writerow(cells)
         count += 1
     return count
 
@@ -146,30 +155,44 @@ WRITERS = {"jsonl": write_jsonl, "csv": write_csv}
 
 @contextmanager
 def open_output(path: str) -> Iterator[TextIO]:
-    """Open where ``report -o`` writes (``-`` is stdout).
+    """Open where ``report -o`` writes (``-`` is stdout), through a temp file that
+    replaces it only once the report is whole: a full disk must not leave half a report
+    where the last one was.
 
     A file that cannot be created is bad input (exit 2), named with the reason;
     click's own ``File`` type would make it a generic error (exit 1).
 
     Raises:
         UsageError: the folder is missing, not writable, or the path is a folder.
+        OutputError: the report could not be written whole (a full disk).
     """
     if path == "-":
         yield sys.stdout
         return
+    target = Path(path)
+    problem = "is a folder" if target.is_dir() else None
+    if problem is None and not target.parent.is_dir():
+        problem = "no such folder"
+    if problem is not None:
+        raise UsageError(f"-o {path!r}: cannot write the report: {problem}")
+    opened = False
     try:
-        stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the with below
+        with atomic_file(target) as raw:
+            opened = True
+            stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+            yield stream
+            stream.flush()
+            stream.detach()
     except OSError as exc:
-        msg = f"-o {path!r}: cannot write the report: {exc.strerror or exc}"
-        raise UsageError(msg) from exc
-    with stream:
-        yield stream
+        reason = exc.strerror or str(exc)
+        if not opened:
+            raise UsageError(f"-o {path!r}: cannot write the report: {reason}") from exc
+        msg = f"-o {path!r}: cannot write the report: {reason}; the file there is unchanged"
+        raise OutputError(msg) from exc
 
 
 def save_report(state: State, path: Path) -> Path:
     """Write the full JSONL report next to the state, atomically, streamed row by row."""
-    import io
-
     with atomic_file(path) as raw:
         stream = io.TextIOWrapper(raw, encoding="utf-8")
         write_jsonl(state, stream)

@@ -142,9 +142,34 @@ def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
     tables = _tables(db)
     if not {"meta", "items"} <= tables:
         db.close()
+        if _lost_wal(path, tables):
+            raise StateError(_LOST_WAL.format(path=path))
         what = "an empty file" if not tables else "an SQLite file of another program"
         raise StateError(f"{path}: {what}, not a dgbatch state file")
     return db
+
+
+_LOST_WAL = (
+    "{path}: its -wal file is missing (copied or moved without it?), and the -wal holds all "
+    "the state recorded since its last checkpoint: put {path}-wal back beside it, or delete "
+    "{path} to start over (every item would be sent again)"
+)
+
+
+def _lost_wal(path: Path, tables: set[str]) -> bool:
+    """A state file in WAL mode with no tables and no (or an empty) ``-wal``: dgbatch
+    writes its schema in the WAL and the file keeps only the header until the first
+    checkpoint, so this is a state whose WAL went missing (a ``kill -9`` and then a copy
+    of the file alone), not a new one; planning it as new would send every item again."""
+    try:
+        with path.open("rb") as handle:
+            header = handle.read(20)
+        if tables or header[18:20] != b"\x02\x02":
+            return False
+        wal = Path(f"{path}-wal")  # opening the file made an empty one if there was none
+        return not wal.exists() or wal.stat().st_size == 0
+    except OSError:
+        return False
 
 
 def prepare(db: sqlite3.Connection, path: Path) -> None:
@@ -152,6 +177,8 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
     SQLite file that is not ours, or one a newer dgbatch wrote."""
     try:
         tables = _tables(db)
+        if _lost_wal(path, tables):
+            raise StateError(_LOST_WAL.format(path=path))
         if tables and "meta" not in tables:
             raise StateError(
                 f"{path}: an SQLite file but not a dgbatch state file; not touching it"

@@ -557,6 +557,15 @@ def test_a_state_option_ending_in_a_slash_is_a_folder(tmp_path: Path, dgbatch: C
     assert named.exit_code == 2 and "is a folder: name its state file, or end it in /" in (
         named.output
     )
+    again = dgbatch(  # the same command resumes, now that the folder exists
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", f"{folder}/"
+    )
+    assert again.exit_code == 0, again.output
+    assert "state: 1 done, 0 failed, 0 pending" in again.output
+    run_named = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", str(folder)
+    )
+    assert run_named.exit_code == 2 and "is a folder: name its state file" in run_named.output
 
 
 def test_state_option_puts_the_state_where_asked(tmp_path: Path, dgbatch: Cli) -> None:

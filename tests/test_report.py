@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import resource
+import signal
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Cli, make_wav
+from conftest import Cli, dgbatch_subprocess_cmd, make_wav, subprocess_env
 
 from batch import migrations
 from batch.models import Item, ItemKind, ItemStatus
@@ -152,3 +157,45 @@ def test_a_local_path_is_reported_as_the_state_keeps_it(dgbatch: Cli, tmp_path: 
     lines = (out / ".dgbatch" / "report.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines]
     assert [(row["id"], row["source"]) for row in rows] == [(str(wav), str(wav))]
+
+
+def test_a_carriage_return_in_a_cell_is_quoted(dgbatch: Cli, tmp_path: Path) -> None:
+    """A lone ``\\r`` in a source was written unquoted, and a CSV reader took it for a
+    line end: the report of one item read as two rows."""
+    make_wav(tmp_path / "in" / "a\rb.wav")
+    make_wav(tmp_path / "in" / "c.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    state = str(out / ".dgbatch" / "state.sqlite")
+    printed = dgbatch("report", "--state", state, "--format", "csv").output
+    rows = list(csv.DictReader(io.StringIO(printed, newline="")))
+    assert sorted(Path(row["source"]).name for row in rows) == ["a\rb.wav", "c.wav"]
+
+
+def test_a_report_that_cannot_be_written_whole_leaves_the_last_one(tmp_path: Path) -> None:
+    """``report -o`` over a file, on a disk that fills up (here: a file size limit) ended
+    with half a report where the last one was, and "internal error". The last one stays,
+    the file is named, and the exit is 1."""
+    state = State.open(tmp_path / "state.sqlite")
+    items = [Item(f"u{i}", f"https://host/{i:064}.wav", ItemKind.URL, f"{i}") for i in range(2000)]
+    state.plan(items, run_id=state.start_run("test"))
+    state.close()
+    last = tmp_path / "report.csv"
+    last.write_text("the last report\n")
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
+
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(tmp_path / "state.sqlite")]
+    done = subprocess.run(
+        [*command, "--format", "csv", "-o", str(last)],
+        env=subprocess_env(),
+        capture_output=True,
+        preexec_fn=small_files,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert b"cannot write the report: File too large; the file there is unchanged" in done.stderr
+    assert last.read_text() == "the last report\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -603,7 +604,6 @@ def test_a_state_whose_folder_was_deleted_is_still_locked(tmp_path: Path) -> Non
     """``rm -rf OUT/.dgbatch`` while a run holds its state deleted the lock beside it, and a
     run started then got in (and sent every item again). The lock outside the folder keeps
     it out; once the first run ends, the next one gets in."""
-    import shutil
 
     path = tmp_path / "out" / ".dgbatch" / "state.sqlite"
     first = State.open(path)
@@ -636,3 +636,22 @@ def test_a_lock_folder_others_can_write_to_is_not_trusted(
     folder.chmod(0o700)
     State.open(tmp_path / "out" / "state.sqlite").close()
     assert len(list(folder.iterdir())) == 1
+
+
+def test_a_state_copied_without_its_wal_is_refused(tmp_path: Path) -> None:
+    """Before its first checkpoint a state's schema and items are all in its ``-wal``; a
+    copy of the file alone (after a ``kill -9``) was opened as a new state, and every item
+    done was sent again. It is refused by name, for a run and for ``status``, untouched."""
+
+    path = tmp_path / "state.sqlite"
+    live = State.open(path)
+    live.plan([_item("a")], run_id=live.start_run("dgbatch run"))
+    copy = tmp_path / "copy.sqlite"
+    shutil.copy(path, copy)  # the file alone, while the run holds it
+    live.close()
+    before = copy.read_bytes()
+    for readonly in (False, True):
+        with pytest.raises(StateError, match=r"copy\.sqlite: its -wal file is missing"):
+            State.open(copy, readonly=readonly)
+    assert copy.read_bytes() == before
+    assert State.open(path, readonly=True).counts()["pending"] == 1  # the original is fine
