@@ -11,8 +11,10 @@ anything at all is rebuilt in Python through ``redact_text``.
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
+import os
 import re
 import sqlite3
 import sys
@@ -170,9 +172,9 @@ def open_output(path: str) -> Iterator[TextIO]:
         yield sys.stdout
         return
     target = Path(path)
-    problem = "is a folder" if target.is_dir() else None
+    problem = os.strerror(errno.EISDIR) if target.is_dir() else None
     if problem is None and not target.parent.is_dir():
-        problem = "no such folder"
+        problem = os.strerror(errno.ENOENT)
     if problem is not None:
         raise UsageError(f"-o {path!r}: cannot write the report: {problem}")
     opened = False

@@ -19,12 +19,14 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from batch.errors import BatchError, StateLocked, UsageError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
+from batch.statefile import take_output_lock
 
 __all__ = ["LOCK_TTL", "LockWatch", "S3Lock", "output_lock"]
 
@@ -301,10 +303,15 @@ class LockWatch:
 async def output_lock(s3: S3, out: str, shard: str) -> AsyncIterator[LockWatch]:
     """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
     the lock is refreshed while the run lasts and released at the end. A local ``--out``
-    has no lock to lose: its watch never fires."""
+    is locked beside its outputs (``take_output_lock``), a lock that cannot be lost: its
+    watch never fires."""
     watch = LockWatch()
     if not is_s3_uri(out):
-        yield watch
+        handle = take_output_lock(Path(out), shard)
+        try:
+            yield watch
+        finally:
+            handle.close()
         return
     lock = S3Lock.for_output(s3, out, shard)
     await lock.acquire()

@@ -44,10 +44,20 @@ class StateLock:
             self.host.close()
 
 
+_STATE_BUSY = (
+    "{path}: state file is in use by another dgbatch run ({holder}); "
+    "wait for it to finish or pass another --state"
+)
+_OUT_BUSY = (
+    "{out}: another dgbatch run ({holder}) writes its transcripts there, with another state "
+    "file; both would send every item: wait for it to finish, or give each its own --out"
+)
+
+
 def take_lock(path: Path, *, host: bool = True) -> StateLock:
     """Keep other runs out of ``path`` while the run holds it: a lock beside the file and,
     with ``host``, one outside its folder (``_host_lock``)."""
-    beside = _lock_beside(path)
+    beside = _lock_beside(path, _STATE_BUSY.format(path=path, holder="{holder}"))
     try:
         return StateLock(beside, _host_lock(path) if host else None)
     except BaseException:
@@ -90,10 +100,23 @@ def _own_private_folder(folder: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
-def _lock_beside(path: Path) -> IO[str]:
+def take_output_lock(out: Path, suffix: str = "") -> IO[str]:
+    """A local ``--out``'s own lock, ``OUT/.dgbatch/out[-<suffix>].lock``, held for the
+    run: two runs with two state files (a ``--state`` elsewhere) and one ``--out`` each
+    planned every item as new and sent it. A shard (``suffix``) locks its own share."""
+    folder = out / ".dgbatch"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{folder}: cannot make the output lock's folder: {exc.strerror}") from exc
+    busy = _OUT_BUSY.format(out=out, holder="{holder}")
+    return _lock_beside(folder / (f"out-{suffix}" if suffix else "out"), busy)
+
+
+def _lock_beside(path: Path, busy: str) -> IO[str]:
     """Keep other runs out of ``path`` for as long as the handle is open: flock, so a
     crashed run's lock goes with its process. The holder is written in the lock file for
-    the message another run shows."""
+    the message (``busy``, with ``{holder}``) another run shows."""
     lock_path = path.with_name(path.name + ".lock")
     try:
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
@@ -105,11 +128,7 @@ def _lock_beside(path: Path) -> IO[str]:
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        msg = (
-            f"{path}: state file is in use by another dgbatch run ({holder}); "
-            "wait for it to finish or pass another --state"
-        )
-        raise StateLocked(msg) from None
+        raise StateLocked(busy.format(holder=holder)) from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()} on {socket.gethostname()}")

@@ -103,6 +103,29 @@ def test_a_second_run_on_the_same_state_exits_4(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(60)
+def test_a_second_state_on_the_same_out_exits_4(tmp_path: Path) -> None:
+    """Two runs with two state files (a ``--state`` elsewhere) and one ``--out`` each
+    planned every item as new and sent it. The second exits 4, naming the first."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 6)
+    with emulator_with(latency=0.25) as emu:
+        first = start_run(emu, str(src), "--out", str(out), "-c", "1")
+        try:
+            wait_for(lambda: len(emu.log) >= 1 or first.poll() is not None)
+            assert first.poll() is None, "the first run must still be going"
+            second = Cli(emu)(
+                "run", str(src), "--out", str(out), "--state", str(tmp_path / "other.sqlite")
+            )
+        finally:
+            first.communicate(timeout=30)
+        assert second.exit_code == 4, second.output
+        assert "writes its transcripts there, with another state file" in second.output
+        assert f"pid {first.pid}" in second.output
+        assert first.returncode == 0
+        assert sum(sent_sha256s(emu).values()) == 6
+
+
+@pytest.mark.timeout(60)
 def test_status_and_report_read_a_state_while_a_run_holds_it(tmp_path: Path) -> None:
     """``status`` and ``report`` work during a run (WAL readers never block the writer)."""
     src, out = tmp_path / "calls", tmp_path / "out"
