@@ -65,12 +65,24 @@ class AccountClient:
         """The parsed JSON of a 200; typed errors for everything else."""
         try:
             async with self._session.get(
-                self._base + path, params=query or [], headers=self._headers, timeout=TIMEOUT
+                self._base + path,
+                params=query or [],
+                headers=self._headers,
+                timeout=TIMEOUT,
+                allow_redirects=False,  # as /v1/listen: the key is not sent on elsewhere
             ) as resp:
                 status, body = resp.status, await resp.read()
+                location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             text = redact_text(f"{type(exc).__name__}: {exc}", self._secrets).rstrip(": ")
             raise TransientAccountError(f"GET {path}: no answer ({text})") from exc
+        if 300 <= status < 400:
+            to = redact_text(location, self._secrets)
+            raise AccountError(
+                f"GET {path}: the API answered HTTP {status} (a redirect"
+                f"{f' to {to}' if to else ''}), which dgbatch does not follow: point "
+                "--api-url (or DEEPGRAM_API_URL) at the API itself"
+            )
         if status != 200:
             raise _status_error(path, status, body, self._secrets)
         try:

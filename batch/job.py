@@ -94,6 +94,7 @@ class RunOutcome:
             "done_without_format": self.missing,
             "done_to_render_from_json": self.to_render,
             "failed_not_listed": self.unlisted_failed,
+            **({"error": redact_text(str(self.error))} if self.error is not None else {}),
         }
 
 

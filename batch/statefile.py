@@ -165,9 +165,13 @@ def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
             raise StateError(_LOST_WAL.format(path=path))
         what = "an empty file" if not tables else "an SQLite file of another program"
         raise StateError(f"{path}: {what}, not a dgbatch state file")
+    if "_migrations" in tables and migrations.unknown_migrations(db):
+        db.close()
+        raise StateError(_NEWER.format(path=path))
     return db
 
 
+_NEWER = "{path}: written by a newer dgbatch; upgrade dgbatch to use it"
 _LOST_WAL = (
     "{path}: its -wal file is missing (copied or moved without it?), and the -wal holds all "
     "the state recorded since its last checkpoint: put {path}-wal back beside it, or delete "
@@ -198,7 +202,7 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
         tables = _tables(db)
         if _lost_wal(path, tables):
             raise StateError(_LOST_WAL.format(path=path))
-        if tables and "meta" not in tables:
+        if tables and "meta" not in tables and not _first_migration_undone(db, tables):
             raise StateError(
                 f"{path}: an SQLite file but not a dgbatch state file; not touching it"
             )
@@ -206,12 +210,22 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
         db.execute("PRAGMA synchronous = NORMAL")
         with db:
             if "_migrations" in tables and migrations.unknown_migrations(db):
-                msg = f"{path}: written by a newer dgbatch; upgrade dgbatch to use it"
-                raise StateError(msg)
+                raise StateError(_NEWER.format(path=path))
             migrations.migrate(db)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
     except sqlite3.DatabaseError as exc:
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
+
+
+def _first_migration_undone(db: sqlite3.Connection, tables: set[str]) -> bool:
+    """Whether the file holds only our empty ``_migrations`` table: a state whose first
+    migration a full disk undid, to be made a state again, not refused as another
+    program's file (which then had to be deleted by hand)."""
+    if tables != {"_migrations"}:
+        return False
+    columns = [row[1] for row in db.execute("PRAGMA table_info(_migrations)")]
+    empty = db.execute("SELECT COUNT(*) FROM _migrations").fetchone()[0] == 0
+    return columns == ["name", "applied_at"] and empty
 
 
 def _tables(db: sqlite3.Connection) -> set[str]:

@@ -9,7 +9,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli, make_wav
+from aiohttp import web
+from conftest import KEY, Cli, make_wav, serve_app
 
 from batch.account import KeyDetails, TransientAccountError, _status_error, preflight
 from batch.emulator import Emulator
@@ -277,3 +278,31 @@ async def test_requests_endpoint_pages_newest_first(emulator: Emulator, tmp_path
     ids = [r["request_id"] for r in [*first["requests"], *second["requests"]]]  # type: ignore[attr-defined, index]
     assert ids == [r.request_id for r in reversed(emulator.log)]
     assert get("end=2000-01-01")["requests"] == []
+
+
+def test_the_key_check_does_not_follow_a_redirect(dgbatch: Cli) -> None:
+    """``GET /v1/auth/token`` followed a 302 (to another host, without the key): the check
+    then named a connection error or the other host's 404. It names the redirect, as a
+    ``/v1/listen`` redirect does, and the other host is never asked."""
+    asked: list[str] = []
+
+    async def elsewhere(request: web.Request) -> web.Response:
+        asked.append(request.path)
+        return web.json_response({"scopes": ["usage:write"]})
+
+    target = web.Application()
+    target.router.add_get("/{tail:.*}", elsewhere)
+    with serve_app(target) as other:
+
+        async def moved(request: web.Request) -> web.Response:
+            raise web.HTTPFound(f"{other}/v1/auth/token")
+
+        api = web.Application()
+        api.router.add_get("/v1/auth/token", moved)
+        with serve_app(api) as url:
+            result = dgbatch("check", "--api-url", url)
+    assert result.exit_code == 1, result.output
+    assert f"HTTP 302 (a redirect to {other}/v1/auth/token), which dgbatch does not follow" in (
+        result.output
+    )
+    assert asked == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import os
 import shutil
 import socket
@@ -118,6 +119,10 @@ def test_api_unreachable_stops_the_run_items_stay_pending(tmp_path: Path) -> Non
     assert {r["status"] for r in rows} == {"pending"}
     assert {r["attempts"] for r in rows} == {0}  # no request reached Deepgram
     assert time.monotonic() - started < 10
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    (summary,) = db.execute("SELECT summary FROM runs").fetchone()
+    db.close()
+    assert "Deepgram cannot be reached" in json.loads(summary)["error"]  # as status shows it
 
 
 def test_output_parent_is_a_file_stops_the_run(dgbatch: Cli, tmp_path: Path) -> None:

@@ -655,3 +655,38 @@ def test_a_state_copied_without_its_wal_is_refused(tmp_path: Path) -> None:
             State.open(copy, readonly=readonly)
     assert copy.read_bytes() == before
     assert State.open(path, readonly=True).counts()["pending"] == 1  # the original is fine
+
+
+def test_a_state_whose_first_migration_a_full_disk_undid_is_made_again(tmp_path: Path) -> None:
+    """A disk full while a new state was made left only the empty ``_migrations`` table;
+    every later run refused the file as another program's, until it was deleted by hand."""
+    path = tmp_path / "state.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT)")
+    db.commit()
+    db.close()
+    state = State.open(path)
+    state.plan([_item("a")], run_id=state.start_run("dgbatch run"))
+    assert state.counts()["pending"] == 1
+    state.close()
+    other = tmp_path / "other.sqlite"
+    db = sqlite3.connect(other)
+    db.execute("CREATE TABLE _migrations (version INTEGER)")  # another tool's
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="not a dgbatch state file"):
+        State.open(other)
+
+
+@pytest.mark.parametrize("readonly", [False, True], ids=["run", "status"])
+def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -> None:
+    """A state a newer dgbatch migrated is refused, by ``status`` and ``report`` too (they
+    read it as if it were of this version's shape)."""
+    path = tmp_path / "state.sqlite"
+    State.open(path).close()
+    db = sqlite3.connect(path)
+    db.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', datetime('now'))")
+    db.commit()
+    db.close()
+    with pytest.raises(StateError, match="written by a newer dgbatch"):
+        State.open(path, readonly=readonly)
