@@ -167,8 +167,9 @@ class Attempts:
         """What stops the run: the key refused (exit 3), or a redirect (exit 1), which
         means ``--api-url`` does not point at the API itself."""
         if decision.action is Action.FATAL:
+            status = answer.status if answer is not None else None
             return FatalApiError(
-                f"Deepgram refused the API key ({decision.reason}); "
+                f"Deepgram refused {retry.refused(status)} ({decision.reason}); "
                 "nothing more was sent and unfinished items stay pending: "
                 "fix the key or the account, then run the same command again"
             )

@@ -194,6 +194,14 @@ def _callback_acknowledgement(body: bytes) -> str | None:
     return None
 
 
+def refused(status: int | None) -> str:
+    """What Deepgram refused when it stops a run: a 402 is the account's balance, which a
+    new key would not fix; 401 and 403 are the key."""
+    return (
+        "the account (no credit left, or billing off: HTTP 402)" if status == 402 else "the API key"
+    )
+
+
 def status_reason(status: int, err: ErrorBody) -> str:
     """``HTTP 400 INVALID_QUERY_PARAMETER: the message``: the status, then the error
     code and message when the body has them."""

@@ -9,6 +9,7 @@ from email.utils import format_datetime
 
 import pytest
 
+from batch import retry
 from batch.emulator import build_response
 from batch.retry import (
     MAX_RETRY_AFTER,
@@ -269,3 +270,12 @@ def test_parse_transcript_accepts_deepgram_shapes(body: bytes) -> None:
 def test_parse_transcript_refuses_everything_else(body: bytes) -> None:
     """Truncated, garbage, acknowledgements and wrong shapes are not transcripts."""
     assert parse_transcript(body) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "what"),
+    [(401, "the API key"), (403, "the API key"), (402, "the account"), (None, "the API key")],
+)
+def test_a_402_names_the_account_not_the_key(status: int | None, what: str) -> None:
+    """A 402 is the account's balance: "refused the API key" sent users to make a new key."""
+    assert retry.refused(status).startswith(what)

@@ -678,7 +678,8 @@ def test_a_refused_key_stops_the_run_and_leaves_items_pending(
     emulator.auth_mode = mode
     result = dgbatch("run", str(src), "--out", str(out), "-c", "1", "--no-preflight")
     assert result.exit_code == 3
-    assert "refused the API key" in result.output
+    refused_what = "the account (no credit left" if mode == "402" else "the API key"
+    assert f"Deepgram refused {refused_what}" in result.output
     assert f"HTTP {mode}" in result.output
     assert KEY not in result.output
     assert len(emulator.log) == 1
