@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from batch.errors import BatchError
 from batch.models import Item
+from batch.redact import redact_text
 from batch.state import PlanStats, State
 
 #: items per chunk: large enough that most runs are named in one chunk, small enough
@@ -54,6 +55,20 @@ class BackgroundPlan:
         self._task.add_done_callback(lambda _: self._changed.set())
 
     def _plan(
+        self,
+        state: State,
+        items: Iterable[Item],
+        plan_chunk: Callable[[Iterable[Item]], PlanStats],
+    ) -> PlanStats:
+        try:
+            return self._plan_chunks(state, items, plan_chunk)
+        except BatchError:
+            raise
+        except Exception as exc:  # a bug: the runner stops as for a bad source, not crashes
+            msg = f"internal error while planning ({type(exc).__name__}: {exc})"
+            raise BatchError(redact_text(msg)) from exc
+
+    def _plan_chunks(
         self,
         state: State,
         items: Iterable[Item],

@@ -223,8 +223,13 @@ def file_fingerprint(st: os.stat_result) -> str:
 
 
 def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
-    """Tell files (and links to files) from links to folders, which the walk skips."""
-    return not (entry.is_symlink() and entry.is_dir())
+    """Tell files (and links to files) from links to folders, which the walk skips. A link
+    that cannot be followed (a loop, a folder that may not be searched) is walked: its
+    item fails, naming why, instead of the walk stopping there."""
+    try:
+        return not (entry.is_symlink() and entry.is_dir())
+    except OSError:
+        return True
 
 
 def _folder_prefix(path: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch import planner
-from batch.errors import SourceError
+from batch.errors import BatchError, SourceError
 from batch.models import Item, ItemKind
 from batch.planner import BackgroundPlan
 from batch.state import PlanStats, State
@@ -66,6 +66,23 @@ async def test_a_failing_source_is_raised_by_wait_more(tmp_path: Path) -> None:
         while await plan.wait_more():
             pass
     assert (await plan.finish(stopped=True)).seen == 0
+    state.close()
+
+
+async def test_a_bug_while_planning_stops_the_run_as_a_bad_source_does(tmp_path: Path) -> None:
+    """An exception that is not dgbatch's own (a looping link once raised ``OSError`` from
+    the folder walk) crashed the runner with its requests in flight, and they were paid
+    again by the next run. It reaches the runner as an error that stops the run cleanly."""
+
+    def stream() -> Iterator[Item]:
+        yield from _items(["ok.wav"])
+        raise OSError(40, "Too many levels of symbolic links", "/in/loop.wav")
+
+    state = State.open(tmp_path / "state.sqlite")
+    plan = BackgroundPlan(state, stream(), _chunk(state), cancel=threading.Event())
+    with pytest.raises(BatchError, match=r"internal error while planning \(OSError: .*loop\.wav"):
+        while await plan.wait_more():
+            pass
     state.close()
 
 

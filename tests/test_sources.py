@@ -259,6 +259,23 @@ def test_broken_symlink_is_failed_item(tmp_path: Path) -> None:
     assert ok.error is None
 
 
+def test_a_looping_symlink_is_a_failed_item_and_the_walk_goes_on(tmp_path: Path) -> None:
+    """Links that loop (``l1.wav`` → ``l2.wav`` → ``l1.wav``) stopped the walk with an
+    internal error: nothing after them was found. Each is a failed item naming why."""
+    _touch(tmp_path / "a.wav")
+    (tmp_path / "l1.wav").symlink_to("l2.wav")
+    (tmp_path / "l2.wav").symlink_to("l1.wav")
+    _touch(tmp_path / "z" / "z.wav")
+    found = {
+        Path(item.source).name: item.error for item in expand_sources([str(tmp_path)], Filters())
+    }
+    assert found.keys() == {"a.wav", "l1.wav", "l2.wav", "z.wav"}
+    assert found["a.wav"] is None and found["z.wav"] is None
+    assert all(
+        str(found[n]).endswith("Too many levels of symbolic links") for n in ("l1.wav", "l2.wav")
+    )
+
+
 def test_undecodable_file_name_is_printable_failed_item(tmp_path: Path) -> None:
     """A file name that is not UTF-8 fails as an item whose fields can all be encoded."""
     _touch(tmp_path / "ok.wav")
