@@ -255,7 +255,8 @@ def retry_delay(
     cap: float = 60.0,
     rng: random.Random | None = None,
 ) -> float:
-    """How long to wait before the next attempt: ``Retry-After`` wins, else backoff."""
-    if decision.retry_after is not None:
-        return decision.retry_after
-    return backoff(attempt, base=base, cap=cap, rng=rng)
+    """How long to wait before the next attempt: the backoff, and never less than the
+    answer's ``Retry-After``. The backoff still applies under it: a server under load
+    that says ``Retry-After: 0`` got every item's retries at once, and all of them failed."""
+    delay = backoff(attempt, base=base, cap=cap, rng=rng)
+    return delay if decision.retry_after is None else max(decision.retry_after, delay)

@@ -241,16 +241,22 @@ def test_backoff_does_not_overflow_at_attempt_ten_thousand() -> None:
     assert 0.0 <= backoff(10**9, base=1e300, cap=5.0) <= 5.0
 
 
+JITTERED = random.Random(5).uniform(0.0, 4.0)  # the third attempt's backoff, base 1 s
+
+
 @pytest.mark.parametrize(
     ("decision", "expected"),
     [
-        (Decision(Action.RETRY, retry_after=3.0), 3.0),
-        (Decision(Action.RETRY, retry_after=0.0), 0.0),
-        (Decision(Action.RETRY), random.Random(5).uniform(0.0, 4.0)),
+        (Decision(Action.RETRY, retry_after=30.0), 30.0),
+        (Decision(Action.RETRY, retry_after=JITTERED / 2), JITTERED),
+        # "Retry-After: 0" under load: retried at once, every item failed within seconds
+        (Decision(Action.RETRY, retry_after=0.0), JITTERED),
+        (Decision(Action.RETRY), JITTERED),
     ],
 )
-def test_retry_after_wins_over_backoff(decision: Decision, expected: float) -> None:
-    """When the answer has Retry-After it is the delay; otherwise the jittered backoff is."""
+def test_retry_after_is_a_floor_under_the_backoff(decision: Decision, expected: float) -> None:
+    """Retry-After is never waited less than; the jittered backoff still applies, so a
+    server saying 0 (or too little) is not retried in a tight loop."""
     assert retry_delay(decision, 3, base=1.0, cap=60.0, rng=random.Random(5)) == expected
 
 
