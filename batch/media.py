@@ -6,6 +6,7 @@ S3 objects are handled by ``batch.s3``, which registers a sender for ``ItemKind.
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiofiles
@@ -39,6 +40,8 @@ def check_path(path: str, fingerprint: str) -> int:
     if fingerprint and file_fingerprint(st) != fingerprint:
         msg = f"{path}: file changed between planning and sending; run again to re-plan it"
         raise ItemError(msg, code="changed")
+    if not stat.S_ISREG(st.st_mode):  # a pipe or a device put in its place since planning
+        raise ItemError(f"{path}: not a regular file", code="unreadable")
     if st.st_size == 0:
         raise ItemError(f"{path}: file is empty", code="empty")
     return st.st_size

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import stat
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -31,9 +33,17 @@ def local_duration(path: str) -> float | None:
     """Seconds of audio in a local file per its headers, or None when unknown.
 
     A mutagen FileType is dict-like (its tags), so an untagged file is falsy: the test
-    must be ``is None`` (TESTING-NOTES §3).
+    must be ``is None`` (TESTING-NOTES §3). Only a regular file is read: a named pipe put
+    in the file's place blocked a worker for ever, and ``/dev/zero`` filled the memory.
     """
-    return _duration_of(path, path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe's open does not wait
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return _duration_of(handle, path)
 
 
 def guess_seconds(size: int | None) -> float | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import os
 import signal
 import struct
 import subprocess
@@ -30,12 +31,15 @@ from conftest import (
 from mutagen.ogg import OggPage
 
 from batch.emulator import Emulator
+from batch.errors import ItemError
+from batch.media import check_path
 from batch.probe import (
     GUESS_BYTES_PER_SECOND,
     HEAD_BYTES,
     MAX_READ,
     TAIL_BYTES,
     SparseReader,
+    local_duration,
     needs_tail,
     size_from_content_range,
     sparse_duration,
@@ -334,3 +338,18 @@ def test_a_signal_stops_a_dry_run_while_it_plans(tmp_path: Path) -> None:
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130, stderr.decode()
     assert b"would send" not in stdout
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_or_a_device_in_a_files_place_is_not_measured(tmp_path: Path) -> None:
+    """A file swapped for a named pipe (or a link to ``/dev/zero``) after planning: its
+    length read blocked a worker for ever (the pipe) or filled the memory (the device).
+    Neither is read; the send-time check then fails the item, unsent."""
+    pipe = tmp_path / "a.wav"
+    os.mkfifo(pipe)
+    zero = tmp_path / "z.wav"
+    zero.symlink_to("/dev/zero")
+    assert local_duration(str(pipe)) is None
+    assert local_duration(str(zero)) is None
+    with pytest.raises(ItemError, match="not a regular file"):
+        check_path(str(pipe), "")
