@@ -20,6 +20,10 @@ from batch.sniff import HEAD_BYTES, describe_head, sniff_container
 from batch.sources import file_fingerprint
 from batch.state import WorkItem
 
+#: Deepgram's limit for one file, "Maximum 2 GB" (DEEPGRAM-API.md §4): a larger one is
+#: refused before its upload, not after gigabytes have been sent for a 413
+MAX_UPLOAD_BYTES = 2 * 1024**3
+
 Sender = Callable[[DeepgramClient, WorkItem, str], Awaitable[Answer]]
 """Send one item; the ``str`` is the item's real source (it may carry secrets)."""
 
@@ -44,6 +48,9 @@ def check_path(path: str, fingerprint: str) -> int:
         raise ItemError(f"{path}: not a regular file", code="unreadable")
     if st.st_size == 0:
         raise ItemError(f"{path}: file is empty", code="empty")
+    if st.st_size > MAX_UPLOAD_BYTES:
+        msg = f"{path}: {st.st_size:,} bytes, over Deepgram's 2 GB limit for a file (not sent)"
+        raise ItemError(msg, code="too_large")
     return st.st_size
 
 

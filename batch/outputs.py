@@ -164,6 +164,19 @@ def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
     return OutputError(message)
 
 
+def replaced_source(root: Path, out_name: str, formats: tuple[str, ...], source: str) -> str | None:
+    """The format whose output under ``root`` would be the local file ``source`` itself,
+    or None. Only a source named like an output (``rec.json``) can be one."""
+    fmt = os.path.splitext(source)[1][1:].lower()
+    if fmt not in formats:
+        return None
+    try:
+        target = resolve_inside(root, output_relpath(out_name, fmt))
+        return fmt if os.path.realpath(target) == os.path.realpath(source) else None
+    except (OSError, ValueError):
+        return None
+
+
 def _output_in_the_way(path: Path) -> Path | None:
     """The output file of another item that stands where a folder of ``path`` must be
     (``q.wav``'s ``q.json`` and ``q.json/z.wav``'s ``q.json/z.json``): only that item

@@ -964,3 +964,43 @@ def test_one_file_on_two_lines_with_other_params_fails_the_later_line(
     assert clash["status"] == "failed" and str(clash["error"]).startswith(expected)
     again = dgbatch(*run)  # still two lines for one item: still failed, nothing sent
     assert again.exit_code == 1 and len(emulator.log) == 2
+
+
+def test_a_file_whose_output_would_replace_it_is_not_sent(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A recording named ``rec.json`` transcribed into its own folder was overwritten by
+    its own transcript. It fails unsent, named, and the recording stays as it was."""
+    monkeypatch.chdir(tmp_path)
+    rec = make_wav(tmp_path / "rec.json")
+    before = rec.read_bytes()
+    result = dgbatch("run", "rec.json", "--out", ".")
+    assert result.exit_code == 1, result.output
+    assert rec.read_bytes() == before
+    assert emulator.log == []
+    (row,) = read_state_rows(tmp_path / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["err_code"], row["attempts"]) == ("failed", "output_path", 0)
+    assert "its json output would replace the recording itself" in str(row["error"])
+
+
+def test_a_file_over_deepgrams_limit_is_not_uploaded(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A file over 2 GB was uploaded whole for a 413 (and priced by the dry run). It fails
+    before the upload, as the dry run says; the next file goes on. (Sparse: nothing is
+    written to disk.)"""
+    make_wav(tmp_path / "in" / "a.wav")
+    huge = make_wav(tmp_path / "in" / "huge.wav")
+    with huge.open("r+b") as handle:  # a WAV's header, then a hole
+        handle.truncate(2 * 1024**3 + 1)
+    out = tmp_path / "out"
+    dry = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--dry-run", "--json")
+    assert json.loads(dry.output)["fail_locally"] == {"too_large": 1}
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    state = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    rows = {Path(str(r["source"])).name: r for r in state}
+    assert rows["a.wav"]["status"] == "done"
+    assert (rows["huge.wav"]["err_code"], rows["huge.wav"]["attempts"]) == ("too_large", 0)
+    assert "over Deepgram's 2 GB limit" in str(rows["huge.wav"]["error"])
+    assert [r.status for r in emulator.log] == [200]
