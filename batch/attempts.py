@@ -77,21 +77,16 @@ class Attempts:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        kept = await self._placer.kept_result(item)
-        if kept is not None:  # paid for by an earlier run, which could not write it
-            return kept
-        if self.settings.skip_existing and not item.forced:
-            adopt = self._adoption
-            done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
-            if done is not None:
-                self.stats.skipped += 1
-                return done
-        attempts, timeouts = item.attempts, 0
+        settled = await self._settled_unsent(item)
+        if settled is not None:
+            return settled
+        attempts, timeouts, paid_200s = item.attempts, 0, 0
         for tries in range(1, self.settings.max_retries + 2):
             attempts += 1
             self._tries[item.id] = (attempts, timeouts)
             unreachable = False
             epoch = self.limit.epoch
+            answer: Answer | None
             try:
                 answer, decision = await self._attempt(sender, item, source)
                 billed = answer.status == 200  # a 200 retried (not a transcript) was paid
@@ -102,7 +97,8 @@ class Attempts:
                 )
                 return _with_timeouts(failed, timeouts)
             except TransportError as exc:
-                answer, decision = None, Decision(Action.RETRY, str(exc))  # made for the report
+                answer = exc.partial  # a 200 cut short: its status and request id are kept
+                decision = Decision(Action.RETRY, str(exc))  # made for the report
                 billed = exc.body_sent and exc.reached  # Deepgram may have it
                 unreachable = exc.connect_failed
                 if not exc.reached:
@@ -110,6 +106,9 @@ class Attempts:
             except BatchError:  # the run's (S3 unreachable), found before the request
                 self._not_sent(item, attempts, timeouts)
                 raise
+            if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
+                paid_200s += 1
+                decision = _once_more_at_most(decision, paid_200s)
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:  # every way out keeps the possibly billed retries
                 return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
@@ -118,6 +117,20 @@ class Attempts:
                 self.stats.timeout_retries += 1
                 self._tries[item.id] = (attempts, timeouts)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    async def _settled_unsent(self, item: WorkItem) -> Result | None:
+        """The item's result when nothing need be sent: an answer an earlier run paid for
+        and could not write, or outputs already there (``--skip-existing``)."""
+        kept = await self._placer.kept_result(item)
+        if kept is not None:
+            return kept
+        if self.settings.skip_existing and not item.forced:
+            adopt = self._adoption
+            done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
+            if done is not None:
+                self.stats.skipped += 1
+                return done
+        return None
 
     def _not_sent(self, item: WorkItem, attempts: int, timeouts: int) -> int:
         """The try counted in ``attempts`` reached no one (found before the request, or no
@@ -282,6 +295,16 @@ class Attempts:
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay > 0:
             await until_stopped(self._sleep(delay), self._stopped)
+
+
+def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:
+    """A 200 without a usable transcript (cut short, or not Deepgram's) was processed and
+    billed: it is tried once more (a dropped connection), not ``--max-retries`` times,
+    each paid again; the second one fails the item."""
+    if paid_200s < 2:
+        return decision
+    reason = f"{decision.reason}; a second 200 without a transcript (each one billed): not retried"
+    return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
 
 
 def _with_timeouts(result: Result, timeouts: int) -> Result:

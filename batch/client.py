@@ -61,6 +61,9 @@ class TransportError(Exception):
         #: a request reached Deepgram (not so when no connection was made, or the audio
         #: could not be read from S3 first): only those count as the item's attempts
         self.reached = reached and not connect_failed
+        #: the answer whose body was cut short (its status and headers came): a 200 then
+        #: was processed, and billed
+        self.partial: Answer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +102,13 @@ def make_session(concurrency: int, *, user_agent: str) -> aiohttp.ClientSession:
         auto_decompress=True,
         timeout=aiohttp.ClientTimeout(total=None),
     )
+
+
+def _cut_short(resp: aiohttp.ClientResponse) -> Answer:
+    """The answer whose body a dropped connection cut short: its status and headers."""
+    headers = resp.headers
+    request_id = request_id_of(headers.get("dg-request-id"))
+    return Answer(resp.status, b"", headers.get("Retry-After"), request_id, None, True)
 
 
 class DeepgramClient:
@@ -170,7 +180,7 @@ class DeepgramClient:
         body_sent: Callable[[], bool | None],
     ) -> Answer:
         url = f"{self._endpoint}?{encode_query(params)}" if params else self._endpoint
-        answered = False
+        answered: aiohttp.ClientResponse | None = None
         try:
             async with self._session.post(
                 url,
@@ -179,7 +189,7 @@ class DeepgramClient:
                 timeout=request_timeout(size, self._timeout),
                 allow_redirects=False,  # a redirect is reported, never followed (Action)
             ) as resp:
-                answered = True  # an answer began: Deepgram had the whole body
+                answered = resp  # an answer began: Deepgram had the whole body
                 body, truncated = await _read_body(resp)
                 return Answer(
                     resp.status,
@@ -190,8 +200,11 @@ class DeepgramClient:
                     truncated,
                 )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            sent = answered or body_sent()
-            raise self._translate(exc, sent is None or sent) from exc
+            sent = answered is not None or body_sent()
+            error = self._translate(exc, sent is None or sent)
+            if answered is not None:
+                error.partial = _cut_short(answered)
+            raise error from exc
 
     def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
         is_timeout = isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError)

@@ -87,7 +87,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         errors.UsageError: "bad usage",
         errors.SourceError: "bad usage",
         errors.StateError: "state file",
-        errors.FatalApiError: "401/402/403",
+        errors.FatalApiError: "(402: ",
         errors.StateLocked: "lock",
         errors.OutputError: "output",
         errors.Interrupted: "interrupted",

@@ -492,6 +492,46 @@ def test_retries_of_requests_deepgram_may_have_billed_are_counted(
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, billed)
 
 
+def _never_a_transcript_app(kind: str, seen: list[str]) -> web.Application:
+    """Answers every request with a 200 that is no transcript: cut short, or garbage."""
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        request_id = f"0b9f5c4e-0000-4000-8000-00000000000{len(seen)}"
+        seen.append(request_id)
+        headers = {"Content-Type": "application/json", "dg-request-id": request_id}
+        if kind == "garbage":
+            return web.Response(status=200, body=b"<html>ok</html>", headers=headers)
+        started = web.StreamResponse(status=200, headers={**headers, "Content-Length": "1000"})
+        await started.prepare(request)
+        await started.write(b'{"metadata": {')
+        assert request.transport is not None
+        request.transport.close()
+        return started
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
+@pytest.mark.parametrize("kind", ["garbage", "truncated"])
+def test_a_200_without_a_transcript_is_paid_for_twice_at_most(tmp_path: Path, kind: str) -> None:
+    """A 200 that is not a transcript (cut short, or not Deepgram's) was processed and
+    billed; it was retried ``--max-retries`` times, each paid again (6 requests). It is
+    tried once more, then fails, with the 200 and the last request id recorded."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    seen: list[str] = []
+    with serve_app(_never_a_transcript_app(kind, seen)) as url:
+        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert len(seen) == 2
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 2, 200)
+    assert row["request_id"] == seen[-1]
+    assert "a second 200 without a transcript (each one billed): not retried" in str(row["error"])
+
+
 def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
     """Two timeouts with ``--max-retries 1`` are one retry after a timeout, everywhere."""
     make_wav(tmp_path / "a.wav")
