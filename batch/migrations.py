@@ -141,6 +141,48 @@ def m006_kept_copy_of(db: sqlite3.Connection) -> None:
         )
 
 
+@migration
+def m007_url_ids_redacted_again(db: sqlite3.Connection) -> None:
+    """A URL item is keyed by its URL as redacted, and redaction now reaches further
+    (``x-api-key``, ``jwt``, ``;`` between pairs, a presigned URL inside a query value):
+    such ids and sources are redacted again, as the planner now keys them. Otherwise an
+    upgrade mid-batch planned those items anew and sent its done ones again.
+
+    Redaction only ever grows, so redacting an id that is already redacted gives what
+    redacting the URL gives. Two ids that become one keep the first (the later one is
+    planned anew, as a clash)."""
+    from batch.redact import redact_source  # here: migrations load before the rest
+    from batch.urls import url_id
+
+    rows = db.execute(
+        "SELECT rowid, id, source FROM items WHERE kind = 'url' AND id LIKE '%://%' "
+        "AND id NOT LIKE 'id:%' AND id NOT LIKE 'clash:%'"
+    ).fetchall()
+    db.execute("CREATE TEMP TABLE rekeyed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+    for rowid, old_id, source in rows:
+        new_id, new_source = url_id(old_id), redact_source(source)
+        if (new_id, new_source) == (old_id, source):
+            continue
+        update = "UPDATE OR IGNORE items SET id = ?, source = ? WHERE rowid = ?"
+        if db.execute(update, (new_id, new_source, rowid)).rowcount and new_id != old_id:
+            db.execute("INSERT INTO rekeyed VALUES (?, ?)", (old_id, new_id))
+    for table in ("items", "kept_answers"):
+        db.execute(
+            f"UPDATE {table} SET copy_of = rekeyed.new FROM rekeyed "
+            f"WHERE {table}.copy_of = rekeyed.old"
+        )
+    db.execute(
+        "UPDATE OR IGNORE kept_answers SET id = rekeyed.new FROM rekeyed "
+        "WHERE kept_answers.id = rekeyed.old"
+    )
+    db.execute("DROP TABLE rekeyed")
+    for kept_id, source in db.execute("SELECT id, source FROM kept_answers").fetchall():
+        if redact_source(source) != source:  # compared with the item's, to be written
+            db.execute(
+                "UPDATE kept_answers SET source = ? WHERE id = ?", (redact_source(source), kept_id)
+            )
+
+
 def _request_id(body: bytes) -> str | None:
     """A kept answer's Deepgram request id (a BOM allowed, as when it was parsed)."""
     try:

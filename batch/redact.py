@@ -78,15 +78,16 @@ SECRET_QUERY_KEYS: frozenset[str] = SIGNING_QUERY_KEYS | frozenset(
     }
 )
 
-# Keys not listed above are still secret when a word of their name ends in one of these
-# (``X-Custom-Token``, ``db_password``, ``authtoken``, ``accessToken``, ``access_key``),
-# but not when it only starts with one (``secretary``, ``tokens_per_page``): two URLs
-# differing there are two recordings, not one URL signed twice. Two words may make one
-# (``api_key``, ``apiKey``).
-_SECRET_KEY_ENDINGS = (
-    "signature", "token", "secret", "password", "passwd", "credential", "credentials", "jwt",
-    "apikey", "accesskey", "authkey", "secretkey", "privatekey",
+# Keys not listed above are still secret when their name says so (``X-Custom-Token``,
+# ``db_password``, ``access_tokens``): substring match, lowercased. Over-eager on purpose
+# (``secretary``, ``tokens_per_page``): a URL's id is its redacted form, so a key redacted
+# once must stay redacted, or every state naming it would plan its items anew and pay.
+_SECRET_KEY_MARKERS = (
+    "signature", "token", "secret", "password", "passwd", "credential", "apikey", "api_key",
+    "jwt",
 )  # fmt: skip
+# Two words of a name that make a secret together (``x-api-key``, ``access_key``).
+_SECRET_KEY_PAIRS = frozenset({"apikey", "accesskey", "authkey", "secretkey", "privatekey"})
 _KEY_WORD_RE = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 # Too short to replace blindly: replacing "ab" everywhere would shred the text.
@@ -136,9 +137,10 @@ def is_secret_key(key: str, extra_keys: frozenset[str] = frozenset()) -> bool:
     lowered = key.strip().lower()
     if lowered in SECRET_QUERY_KEYS or lowered in extra_keys:
         return True
+    if any(marker in lowered for marker in _SECRET_KEY_MARKERS):
+        return True
     words = [word.lower() for word in _KEY_WORD_RE.findall(key)]
-    joined = [a + b for a, b in itertools.pairwise(words)]
-    return any(word.endswith(_SECRET_KEY_ENDINGS) for word in (*words, *joined))
+    return any(a + b in _SECRET_KEY_PAIRS for a, b in itertools.pairwise(words))
 
 
 @lru_cache(maxsize=4096)

@@ -76,7 +76,7 @@ def _url_name(match: re.Match[str]) -> str:
     return path.lstrip("/") or host
 
 
-def _url_id(url: str) -> str:
+def url_id(url: str) -> str:
     """Key a URL item by its redacted URL, so re-signing a presigned URL keeps the id."""
     return redact_url(url, extra_keys=_VOLATILE_QUERY_KEYS)
 
@@ -120,7 +120,7 @@ def url_item(
     if name_hint is not None:
         item_id = f"id:{name_hint}"
     elif url_may_hold_secret(url):
-        item_id = _url_id(url)
+        item_id = url_id(url)
     else:
         item_id = url  # nothing to redact: redact_url's own test, without its call
     if match is None:

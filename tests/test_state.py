@@ -21,12 +21,15 @@ from conftest import (
     read_state_rows,
     sent_sha256s,
     sha256_of,
+    static_server,
     subprocess_env,
 )
 
+from batch.emulator import Emulator
 from batch.errors import StateError, StateLocked
 from batch.models import Item, ItemKind, ItemStatus
 from batch.state import Result, State, WorkItem
+from batch.urls import url_id
 
 
 def _item(name: str, fingerprint: str = "10:1", *, error: str | None = None, **kw: object) -> Item:
@@ -690,3 +693,33 @@ def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -
     db.close()
     with pytest.raises(StateError, match="written by a newer dgbatch"):
         State.open(path, readonly=readonly)
+
+
+def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """This release redacts more of a URL (``x-api-key``, a signature nested in a query
+    value), and a URL item's id is its redacted form: a state an earlier release wrote is
+    re-keyed when opened (m007), so its done items are not planned anew and paid again."""
+    make_wav(tmp_path / "www" / "a.wav")
+    make_wav(tmp_path / "www" / "b.wav")
+    nested = "https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3Dabc"
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    with static_server(tmp_path / "www") as host:
+        urls = [f"{host}/a.wav?x-api-key=k1", f"{host}/b.wav?src={nested}"]
+        (tmp_path / "urls.txt").write_text("".join(f"{u}\n" for u in urls))
+        assert dgbatch("run", str(tmp_path / "urls.txt"), "--out", str(out)).exit_code == 0
+        db = sqlite3.connect(state)  # as the earlier release keyed them: those parts shown
+        for url in urls:
+            db.execute("UPDATE items SET id = ?, source = ? WHERE id = ?", (url, url, url_id(url)))
+        db.execute("DELETE FROM _migrations WHERE name = 'm007_url_ids_redacted_again'")
+        db.commit()
+        db.close()
+        sent = len(emulator.log)
+        again = dgbatch("run", str(tmp_path / "urls.txt"), "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert len(emulator.log) == sent
+    rows = read_state_rows(state)
+    assert sorted(str(r["id"]) for r in rows) == sorted(url_id(u) for u in urls)
+    assert all(r["status"] == "done" for r in rows)
+    assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
