@@ -18,15 +18,17 @@ import os
 import re
 import sqlite3
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 from batch.errors import OutputError, UsageError
 from batch.outputs import atomic_file
 from batch.redact import may_hold_secret, redact_source, redact_text
 from batch.state import State
+
+_T = TypeVar("_T")
 
 REPORT_FIELDS = (
     "id",
@@ -171,20 +173,36 @@ def open_output(path: str) -> Iterator[TextIO]:
     if path == "-":
         yield sys.stdout
         return
-    target = Path(path)
+    given = Path(path)
+    if given.exists() and not given.is_file() and not given.is_dir():
+        with _opened(path, lambda: open(given, "w", encoding="utf-8")) as stream:
+            yield stream  # a pipe, a terminal (-o /dev/stdout): written as it is
+        return
+    target = Path(os.path.realpath(path))  # a link's file is replaced, not the link
     problem = os.strerror(errno.EISDIR) if target.is_dir() else None
     if problem is None and not target.parent.is_dir():
         problem = os.strerror(errno.ENOENT)
     if problem is not None:
         raise UsageError(f"-o {path!r}: cannot write the report: {problem}")
+    mode = target.stat().st_mode & 0o7777 if target.exists() else None
+    with _opened(path, lambda: atomic_file(target)) as raw:
+        if mode is not None:
+            os.fchmod(raw.fileno(), mode)  # the file it replaces keeps its permissions
+        stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        yield stream
+        stream.flush()
+        stream.detach()
+
+
+@contextmanager
+def _opened(path: str, opener: Callable[[], AbstractContextManager[_T]]) -> Iterator[_T]:
+    """``opener``'s file; one that cannot be opened is bad input (exit 2), one that cannot
+    be written whole (a full disk) an output error (exit 1), each naming ``path``."""
     opened = False
     try:
-        with atomic_file(target) as raw:
+        with opener() as handle:
             opened = True
-            stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")
-            yield stream
-            stream.flush()
-            stream.detach()
+            yield handle
     except OSError as exc:
         reason = exc.strerror or str(exc)
         if not opened:

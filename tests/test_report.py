@@ -199,3 +199,37 @@ def test_a_report_that_cannot_be_written_whole_leaves_the_last_one(tmp_path: Pat
     assert b"cannot write the report: File too large; the file there is unchanged" in done.stderr
     assert last.read_text() == "the last report\n"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def _report_state(tmp_path: Path) -> Path:
+    state = State.open(tmp_path / "state.sqlite")
+    state.plan([Item("u1", "https://host/1.wav", ItemKind.URL, "1")], run_id=state.start_run("t"))
+    state.close()
+    return tmp_path / "state.sqlite"
+
+
+def test_report_o_through_a_link_replaces_the_file_and_keeps_the_link(tmp_path: Path) -> None:
+    """``-o`` is written through a temp file beside the file a link points at: the link
+    stays a link, and the file keeps its permissions."""
+    state = _report_state(tmp_path)
+    (tmp_path / "real").mkdir()
+    real = tmp_path / "real" / "r.csv"
+    real.write_text("old\n")
+    real.chmod(0o640)
+    link = tmp_path / "link.csv"
+    link.symlink_to("real/r.csv")
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "--format", "csv"]
+    done = subprocess.run([*command, "-o", str(link)], env=subprocess_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert link.is_symlink() and real.read_text().startswith("id,source,")
+    assert real.stat().st_mode & 0o777 == 0o640
+
+
+def test_report_o_to_a_pipe_writes_into_it(tmp_path: Path) -> None:
+    """``-o /dev/stdout`` (or a process substitution's ``/dev/fd/N``) is written as it
+    is: the temp file and rename meant for files made it an empty report."""
+    state = _report_state(tmp_path)
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", "/dev/stdout"]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["source"] == "https://host/1.wav"
