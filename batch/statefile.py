@@ -173,9 +173,10 @@ def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
 
 _NEWER = "{path}: written by a newer dgbatch; upgrade dgbatch to use it"
 _LOST_WAL = (
-    "{path}: its -wal file is missing (copied or moved without it?), and the -wal holds all "
-    "the state recorded since its last checkpoint: put {path}-wal back beside it, or delete "
-    "{path} to start over (every item would be sent again)"
+    "{path}: its -wal file is missing or empty, and until its first checkpoint a state "
+    "holds everything there: it was copied or moved without {path}-wal (put that back "
+    "beside it), or it was being made when a full disk or a kill cut it short, before "
+    "anything was recorded (delete {path}, and the next run starts it afresh)"
 )
 
 

@@ -654,7 +654,7 @@ def test_a_state_copied_without_its_wal_is_refused(tmp_path: Path) -> None:
     live.close()
     before = copy.read_bytes()
     for readonly in (False, True):
-        with pytest.raises(StateError, match=r"copy\.sqlite: its -wal file is missing"):
+        with pytest.raises(StateError, match=r"copy\.sqlite: its -wal file is missing or empty"):
             State.open(copy, readonly=readonly)
     assert copy.read_bytes() == before
     assert State.open(path, readonly=True).counts()["pending"] == 1  # the original is fine
