@@ -179,7 +179,7 @@ async def _run_locked(
     secrets = RealSources()
     try:
         shard = config.shard.suffix() if config.shard else ""
-        async with output_lock(s3, config.out, shard) as lock_watch:
+        async with output_lock(s3, config.out, shard, config.state_path) as lock_watch:
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             with _recorded_if_stopped(state, run_id):
                 run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"

@@ -300,18 +300,21 @@ class LockWatch:
 
 
 @contextlib.asynccontextmanager
-async def output_lock(s3: S3, out: str, shard: str) -> AsyncIterator[LockWatch]:
+async def output_lock(
+    s3: S3, out: str, shard: str, state: Path | None = None
+) -> AsyncIterator[LockWatch]:
     """An S3 ``--out`` is locked in S3 too (the state file is local to one machine);
     the lock is refreshed while the run lasts and released at the end. A local ``--out``
     is locked beside its outputs (``take_output_lock``), a lock that cannot be lost: its
     watch never fires."""
     watch = LockWatch()
     if not is_s3_uri(out):
-        handle = take_output_lock(Path(out), shard)
+        handle = take_output_lock(Path(out), shard, state=state)
         try:
             yield watch
         finally:
-            handle.close()
+            if handle is not None:
+                handle.close()
         return
     lock = S3Lock.for_output(s3, out, shard)
     await lock.acquire()

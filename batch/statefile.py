@@ -100,17 +100,24 @@ def _own_private_folder(folder: Path) -> bool:
     return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and not st.st_mode & 0o022
 
 
-def take_output_lock(out: Path, suffix: str = "") -> IO[str]:
+def take_output_lock(out: Path, suffix: str = "", *, state: Path | None = None) -> IO[str] | None:
     """A local ``--out``'s own lock, ``OUT/.dgbatch/out[-<suffix>].lock``, held for the
     run: two runs with two state files (a ``--state`` elsewhere) and one ``--out`` each
-    planned every item as new and sent it. A shard (``suffix``) locks its own share."""
+    planned every item as new and sent it. A shard (``suffix``) locks its own share.
+
+    None, with a warning, where it cannot be made (a read-only ``--out`` with nothing
+    left to write), and where it is the lock of ``state`` itself (a state named
+    ``OUT/.dgbatch/out``), which the run holds already."""
     folder = out / ".dgbatch"
+    lock_path = folder / (f"out-{suffix}" if suffix else "out")
+    if state is not None and os.path.abspath(lock_path) == os.path.abspath(state):
+        return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise StateError(f"{folder}: cannot make the output lock's folder: {exc.strerror}") from exc
-    busy = _OUT_BUSY.format(out=out, holder="{holder}")
-    return _lock_beside(folder / (f"out-{suffix}" if suffix else "out"), busy)
+        return _lock_beside(lock_path, _OUT_BUSY.format(out=out, holder="{holder}"))
+    except (OSError, StateError) as exc:  # StateLocked, another run holding it, is raised
+        log.warning("%s: no lock on the output folder (%s); go on without it", out, exc)
+        return None
 
 
 def _lock_beside(path: Path, busy: str) -> IO[str]:

@@ -125,6 +125,28 @@ def test_a_second_state_on_the_same_out_exits_4(tmp_path: Path) -> None:
         assert sum(sent_sha256s(emu).values()) == 6
 
 
+def test_the_output_lock_never_keeps_a_run_out_alone(tmp_path: Path, emulator: Emulator) -> None:
+    """The lock of a local ``--out`` is not a reason to refuse a run on its own: a state
+    named ``OUT/.dgbatch/out`` (whose lock is that file) ran, and so does an ``--out``
+    where the lock cannot be made (here a file stands where its folder goes), warned."""
+    make_wavs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    named = Cli(emulator)(
+        "run", str(tmp_path / "in"), "--out", str(out), "--state", str(out / ".dgbatch" / "out")
+    )
+    assert named.exit_code == 0, named.output
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    (blocked / ".dgbatch").write_text("not a folder")
+    elsewhere = tmp_path / "elsewhere.sqlite"
+    result = Cli(emulator)(
+        "run", str(tmp_path / "in"), "--out", str(blocked), "--state", str(elsewhere)
+    )
+    assert result.exit_code == 0, result.output
+    assert "no lock on the output folder" in result.output
+    assert len(outputs_under(blocked)) == 2
+
+
 @pytest.mark.timeout(60)
 def test_status_and_report_read_a_state_while_a_run_holds_it(tmp_path: Path) -> None:
     """``status`` and ``report`` work during a run (WAL readers never block the writer)."""
