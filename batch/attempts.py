@@ -259,7 +259,7 @@ class Attempts:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
             error = f"{decision.reason} (gave up after {tries} attempt{'s' * (tries > 1)})"
-            return dataclasses.replace(failed, error=error)
+            return dataclasses.replace(failed, error=error, retry_next=retry.busy_or_down(status))
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         self.stats.retries += 1

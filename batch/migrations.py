@@ -183,6 +183,14 @@ def m007_url_ids_redacted_again(db: sqlite3.Connection) -> None:
             )
 
 
+@migration
+def m008_retry_next(db: sqlite3.Connection) -> None:
+    """Per item, ``retry_next``: it gave up on a 429 or a 5xx (Deepgram busy or down),
+    which the next run sends again without ``--retry-failed``: a nightly job whose run
+    met an outage would otherwise never send those items again."""
+    add_column(db, "items", "retry_next INTEGER NOT NULL DEFAULT 0")
+
+
 def _request_id(body: bytes) -> str | None:
     """A kept answer's Deepgram request id (a BOM allowed, as when it was parsed)."""
     try:

@@ -52,16 +52,16 @@ ON CONFLICT (id) DO UPDATE SET
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
-        WHEN items.status = 'failed' AND {retry} THEN 'pending'
+        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
-        WHEN items.status = 'failed' AND {retry} THEN NULL
+        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN NULL
         ELSE items.error END,
     attempts = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
-        WHEN items.status = 'failed' AND {retry} THEN 0
+        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
@@ -69,7 +69,7 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
     updated_at = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force}
-            OR (items.status = 'failed' AND {retry})
+            OR (items.status = 'failed' AND ({retry} OR items.retry_next))
         THEN excluded.updated_at ELSE items.updated_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
     OR same_params(items.params, excluded.params)

@@ -72,6 +72,8 @@ class Result:
     #: written from an answer an earlier run paid for and kept (``batch.keeping``): this
     #: run sent nothing for it
     kept: bool = False
+    #: it gave up on Deepgram being busy or down (429, 5xx): the next run sends it again
+    retry_next: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +134,7 @@ UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = 
     duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
     timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
     local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
-    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END
+    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END, retry_next = ?
 WHERE id = ?
 """
 
@@ -155,5 +157,6 @@ def result_row(r: Result, now: float) -> tuple[object, ...]:
         -1.0 if r.local_duration is None else r.local_duration,
         now,
         r.status.value,  # a forced item done again is an item like any other
+        int(r.retry_next),
         r.id,
     )

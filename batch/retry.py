@@ -194,6 +194,13 @@ def _callback_acknowledgement(body: bytes) -> str | None:
     return None
 
 
+def busy_or_down(status: int | None) -> bool:
+    """Whether an item that gave up on ``status`` failed for Deepgram's sake (throttled,
+    or a 5xx: nothing billed), not its own: the next run sends it again. Timeouts and
+    dropped connections may have been billed, so they wait for ``--retry-failed``."""
+    return status is not None and (status == 429 or 500 <= status <= 599)
+
+
 def refused(status: int | None) -> str:
     """What Deepgram refused when it stops a run: a 402 is the account's balance, which a
     new key would not fix; 401 and 403 are the key."""

@@ -227,9 +227,14 @@ def test_report_o_through_a_link_replaces_the_file_and_keeps_the_link(tmp_path: 
 
 def test_report_o_to_a_pipe_writes_into_it(tmp_path: Path) -> None:
     """``-o /dev/stdout`` (or a process substitution's ``/dev/fd/N``) is written as it
-    is: the temp file and rename meant for files made it an empty report."""
+    is: the temp file and rename meant for files made it an empty report, and replaced
+    the link. (A link of the test's own stands for ``/dev/stdout``, which a broken
+    build run as root would replace for the whole machine.)"""
     state = _report_state(tmp_path)
-    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", "/dev/stdout"]
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", str(stdout)]
     done = subprocess.run(command, env=subprocess_env(), capture_output=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["source"] == "https://host/1.wav"
+    assert stdout.is_symlink()

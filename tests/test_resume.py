@@ -278,11 +278,32 @@ def test_a_changed_file_is_done_again_and_new_files_are_added(
     assert sha256_of(wavs[0]) in (out / "f000.json").read_text()
 
 
-def test_retry_failed_requeues_items_that_failed_earlier(tmp_path: Path) -> None:
-    """Failed items stay failed on a plain rerun and are retried with ``--retry-failed``."""
+def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
+    tmp_path: Path,
+) -> None:
+    """Items that gave up on 429s or 5xx (an outage, a throttled night) failed for good:
+    a nightly job, without ``--retry-failed``, never sent them again. The next run does."""
     src, out = tmp_path / "calls", tmp_path / "out"
     wavs = make_wavs(src, 3)
-    with emulator_with(fault_rate=1.0, faults=("500",)) as broken:
+    with emulator_with(fault_rate=1.0, faults=("500", "429", "503")) as down:
+        result = Cli(down)("run", str(src), "--out", str(out), "--max-retries", "1")
+    assert result.exit_code == 1
+    state = out / ".dgbatch" / "state.sqlite"
+    assert set(_statuses(state)) == {"failed"}
+    with emulator_with() as healthy:
+        again = Cli(healthy)("run", str(src), "--out", str(out))
+        assert again.exit_code == 0, again.output
+        assert sent_sha256s(healthy) == {sha256_of(w): 1 for w in wavs}
+    rows = read_state_rows(state)
+    assert {(r["status"], r["attempts"], r["error"]) for r in rows} == {("done", 1, None)}
+
+
+def test_retry_failed_requeues_items_that_failed_earlier(tmp_path: Path) -> None:
+    """Failed items stay failed on a plain rerun and are retried with ``--retry-failed``
+    (a 408, the upload too slow: the item's, not Deepgram's)."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = make_wavs(src, 3)
+    with emulator_with(fault_rate=1.0, faults=("408",)) as broken:
         result = Cli(broken)("run", str(src), "--out", str(out), "--max-retries", "1")
     assert result.exit_code == 1
     state = out / ".dgbatch" / "state.sqlite"

@@ -285,3 +285,16 @@ def test_parse_transcript_refuses_everything_else(body: bytes) -> None:
 def test_a_402_names_the_account_not_the_key(status: int | None, what: str) -> None:
     """A 402 is the account's balance: "refused the API key" sent users to make a new key."""
     assert retry.refused(status).startswith(what)
+
+
+@pytest.mark.parametrize(
+    ("status", "again"),
+    [(429, True), (500, True), (502, True), (503, True), (504, True), (599, True),
+     (408, False), (499, False), (400, False), (200, False), (None, False)],
+)  # fmt: skip
+def test_only_deepgram_busy_or_down_is_sent_again_by_the_next_run(
+    status: int | None, again: bool
+) -> None:
+    """429 and 5xx were Deepgram's, and unbilled; a timeout or a dropped connection (no
+    status) may have been billed, and waits for ``--retry-failed``."""
+    assert retry.busy_or_down(status) is again
