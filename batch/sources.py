@@ -156,10 +156,20 @@ def _normalised_extensions(filters: Filters) -> frozenset[str]:
 
 
 def _glob_matcher(globs: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
-    """Compile globs into one regex; None when there are no globs."""
+    """Compile globs into one regex; None when there are no globs. A glob ending in ``/``
+    names a folder (``--exclude day1/``): the folder and everything under it, where it
+    matched nothing at all."""
     if not globs:
         return None
-    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in globs)).match
+    spelled = [form for glob in globs for form in _folder_forms(glob)]
+    return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in spelled)).match
+
+
+def _folder_forms(glob: str) -> tuple[str, ...]:
+    if not glob.endswith("/") or not glob.strip("/"):
+        return (glob,)
+    folder = glob.rstrip("/")
+    return (folder, f"{folder}/*")
 
 
 class WalkRules:

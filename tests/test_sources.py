@@ -234,6 +234,12 @@ def test_walked_files_are_keyed_by_absolute_normalised_paths(
             ["a.WAV", "day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac"],
         ),
         (Filters(extensions=frozenset({".txt"})), ["notes.txt"]),
+        # a glob ending in / names a folder: it matched nothing at all
+        (
+            Filters(exclude=("day1/", ".git/")),
+            ["a.WAV", "b.mp3", "day2/.hidden.ogg", "day2/c.m4a"],
+        ),
+        (Filters(include=("day1/",)), ["day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac"]),
     ],
 )
 def test_directory_filters_table(tree: Path, filters: Filters, expected: list[str]) -> None:
