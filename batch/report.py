@@ -26,6 +26,7 @@ from typing import Any, TextIO, TypeVar
 from batch.errors import OutputError, UsageError
 from batch.outputs import atomic_file
 from batch.redact import may_hold_secret, redact_source, redact_text
+from batch.retry import plain
 from batch.state import State
 
 _T = TypeVar("_T")
@@ -325,7 +326,7 @@ def _last_run(state: State) -> dict[str, Any] | None:
 def format_status(summary: dict[str, Any]) -> str:
     """The human-readable status table."""
     counts = summary["counts"]
-    lines = [f"state: {summary['state']}", f"items: {summary['total']}"]
+    lines = [f"state: {plain(summary['state'])}", f"items: {summary['total']}"]
     lines += [f"  {name:<8} {counts[name]}" for name in counts]
     lines.append(f"attempts: {summary['attempts']}")
     if summary["timeout_retries"]:
@@ -345,8 +346,8 @@ def format_status(summary: dict[str, Any]) -> str:
     if summary["errors"]:
         lines.append("errors:")
         for error in summary["errors"]:
-            example = f" (e.g. {error['example']})" if "example" in error else ""
-            lines.append(f"  {error['count']:>6}  {error['error']}{example}")
+            example = f" (e.g. {plain(error['example'])})" if "example" in error else ""
+            lines.append(f"  {error['count']:>6}  {plain(error['error'])}{example}")
     run = summary["last_run"]
     if run:
         state = "running or crashed" if run["finished_at"] is None else f"exit {run['exit_code']}"

@@ -238,3 +238,16 @@ def test_report_o_to_a_pipe_writes_into_it(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["source"] == "https://host/1.wav"
     assert stdout.is_symlink()
+
+
+def test_status_prints_no_control_characters(dgbatch: Cli, tmp_path: Path) -> None:
+    """A file named with an escape sequence (``ESC]0;pwned BEL`` retitles a terminal)
+    reached the terminal through the errors ``status`` prints; it shows as spaces."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "x\x1b]0;pwned\x07.wav").write_bytes(b"")  # empty: a failed item naming it
+    out = tmp_path / "out"
+    dgbatch("run", str(folder), "--out", str(out))
+    printed = dgbatch("status", "--state", str(out / ".dgbatch" / "state.sqlite")).output
+    assert "pwned" in printed
+    assert "\x1b" not in printed and "\x07" not in printed
