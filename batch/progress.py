@@ -1,6 +1,6 @@
 """Progress as an observer of the runner: a tqdm bar, periodic log lines, or nothing.
 
-The runner calls the same four methods whatever the renderer; "off" is a class whose
+The runner calls the same methods whatever the renderer; "off" is a class whose
 methods do nothing, not a branch at every call site.
 """
 
@@ -21,6 +21,7 @@ class Progress(Protocol):
     def item_finished(self, ok: bool, audio_seconds: float | None) -> None: ...
     def retried(self) -> None: ...
     def limit_changed(self, limit: int) -> None: ...
+    def tick(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -37,6 +38,9 @@ class NullProgress:
         pass
 
     def limit_changed(self, limit: int) -> None:
+        pass
+
+    def tick(self) -> None:
         pass
 
     def close(self) -> None:
@@ -99,6 +103,13 @@ class BarProgress(_Counts):
     def limit_changed(self, limit: int) -> None:
         self.limit = limit
 
+    def tick(self) -> None:
+        """A second passed: the bar's clock and rate move while every request waits."""
+        if self._bar is not None and time.monotonic() - self._last >= 1.0:
+            self._last = time.monotonic()
+            self._bar.set_postfix_str(self.postfix(), refresh=False)
+            self._bar.refresh()
+
     def _maybe_postfix(self) -> None:
         now = time.monotonic()
         if self._bar is not None and now - self._last >= 0.5:
@@ -135,6 +146,12 @@ class LogProgress(_Counts):
 
     def limit_changed(self, limit: int) -> None:
         self.limit = limit
+
+    def tick(self) -> None:
+        """The line is due even when no item finishes (every request waits on a
+        Retry-After, or hangs): silence looked like a stuck run."""
+        if time.monotonic() - self._last >= self._interval:
+            self._line()
 
     def _line(self) -> None:
         self._last = time.monotonic()

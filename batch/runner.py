@@ -432,6 +432,7 @@ class Runner:
     async def _flush_periodically(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_INTERVAL)
+            self.progress.tick()
             if self.state.pending_results():
                 try:
                     await asyncio.to_thread(self.state.flush)
