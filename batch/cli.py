@@ -240,7 +240,11 @@ def emulator(**opts: Any) -> None:
         config = EmulatorConfig(**opts)
     except ValueError as exc:
         fail(UsageError(f"emulator: {exc}"))
-    serve(config)
+    try:
+        serve(config)
+    except OSError as exc:  # the port in use, a host that is not this machine's
+        reason = exc.strerror or str(exc)
+        fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {reason}"))
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import io
 import json
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from conftest import dgbatch_subprocess_cmd, subprocess_env
 from multidict import CIMultiDictProxy
 
 from batch.emulator import (
@@ -722,3 +724,20 @@ def test_build_response_without_words_duration() -> None:
     body = build_response(request_id="r", sha256=WAV_SHA, size=44, duration=0.0, params=[])
     words = body["results"]["channels"][0]["alternatives"][0]["words"]
     assert all(word["start"] <= word["end"] == 0.0 for word in words)
+
+
+def test_a_port_in_use_is_named_not_an_internal_error(tmp_path: Path) -> None:
+    """``dgbatch emulator --port N`` with N taken printed ``internal error: [Errno 98]``."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*dgbatch_subprocess_cmd(), "emulator", "--port", str(port)],
+            env=subprocess_env(),
+            capture_output=True,
+            timeout=60,
+        )
+    assert done.returncode == 2
+    assert f"emulator: cannot listen on 127.0.0.1:{port}:" in done.stderr.decode()
+    assert b"internal error" not in done.stderr
