@@ -81,7 +81,10 @@ class Attempts:
         if settled is not None:
             return settled
         attempts, timeouts, paid_200s = item.attempts, 0, 0
-        for tries in range(1, self.settings.max_retries + 2):
+        # tries an earlier run made count (a stop left the item pending): --max-retries
+        # bounds the item's requests, not each run's; a pending item gets one try at least
+        first = min(item.attempts, self.settings.max_retries) + 1
+        for tries in range(first, self.settings.max_retries + 2):
             attempts += 1
             self._tries[item.id] = (attempts, timeouts)
             unreachable = False

@@ -33,8 +33,9 @@ import batch.state
 from batch.client import Answer, DeepgramClient, no_connection
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 from batch.media import SENDERS, send_file
-from batch.models import ItemKind
-from batch.state import WorkItem
+from batch.models import Filters, ItemKind, ItemStatus
+from batch.sources import expand_sources
+from batch.state import Result, WorkItem
 
 NEW_KEY = "new-key-9876543210fedcba"
 
@@ -497,3 +498,26 @@ def test_a_garbled_answer_is_reported_as_a_failed_connection(tmp_path: Path) -> 
     error = str(row["error"])
     assert error.startswith("connection failed (") and "TransportError" not in error, error
     assert error.endswith("(gave up after 2 attempts)")
+
+
+def test_max_retries_bounds_an_items_requests_across_runs(tmp_path: Path) -> None:
+    """An item a stop left pending after 2 requests, resumed with ``--max-retries 2``, got
+    3 more: the budget started again at every run (5 requests, "gave up after 3"). Its
+    earlier tries count: one more request, and the error says 3, as ``attempts`` does."""
+    (wav,) = make_tiny_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    state = batch.state.State.open(out / ".dgbatch" / "state.sqlite")
+    items = list(expand_sources([str(wav)], Filters()))
+    state.plan(items, run_id=state.start_run("dgbatch run"))
+    state.assign_names()
+    state.record(Result(items[0].id, ItemStatus.PENDING, 2, 500, "HTTP 500"))
+    state.flush()
+    state.close()
+    config = EmulatorConfig(key=KEY, fault_rate=1.0, faults=("500",))
+    with run_in_thread(config) as down:
+        result = Cli(down)("run", str(wav), "--out", str(out), "--max-retries", "2")
+        assert len(down.log) == 1
+    assert result.exit_code == 1
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["attempts"]) == ("failed", 3)
+    assert "gave up after 3 attempts" in str(row["error"])
