@@ -262,7 +262,9 @@ class Attempts:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
             error = f"{decision.reason} (gave up after {tries} attempt{'s' * (tries > 1)})"
-            return dataclasses.replace(failed, error=error, retry_next=retry.busy_or_down(status))
+            # sent again by the next run only if nothing of it may have been billed
+            again = retry.busy_or_down(status) and failed.timeout_retries == 0
+            return dataclasses.replace(failed, error=error, retry_next=again)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         self.stats.retries += 1

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from batch import retry
 from batch.attempts import Attempts
 from batch.limiter import AdaptiveLimit
+from batch.localfiles import open_regular
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
 from batch.state import Result, WorkItem
@@ -130,7 +131,7 @@ class Spool:
 def content_key(path: str, params: Params) -> str:
     """sha256 of the file's bytes (read in chunks) and of its params."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular(path) as handle:  # a pipe or a device: OSError, not a wait for ever
         while chunk := handle.read(_READ):
             digest.update(chunk)
     return f"{digest.hexdigest()}:{json.dumps(sorted(params))}"

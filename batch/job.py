@@ -28,12 +28,12 @@ from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, ItemError, OutputError, UsageError
+from batch.errors import BatchError, Interrupted, OutputError, UsageError
 from batch.keeping import Keeping, kept_audio
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
-from batch.outputs import LocalSink, OutputSink, replaced_source
+from batch.outputs import LocalSink, OutputSink, check_spares_source
 from batch.params import request_params, run_tags
 from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
@@ -293,13 +293,7 @@ def _sparing_sources(sender: Sender, config: RunConfig) -> Sender:
     root = Path(config.out)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        replaced = replaced_source(root, item.out_name, config.formats, source)
-        if replaced is not None:
-            msg = (
-                f"{source}: its {replaced} output would replace the recording itself; "
-                "choose another --out"
-            )
-            raise ItemError(msg, code="output_path")
+        check_spares_source(root, item.out_name, config.formats, source)  # before it is paid
         return await sender(client, item, source)
 
     return send

@@ -14,6 +14,7 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient
 from batch.errors import ItemError
+from batch.localfiles import NotRegular, open_regular
 from batch.models import ItemKind, Params
 from batch.naming import content_type_for
 from batch.sniff import HEAD_BYTES, describe_head, sniff_container
@@ -103,8 +104,10 @@ def sniff_path(path: str, params: Params) -> None:
     if any(key == "encoding" for key, _ in params):
         return
     try:
-        with open(path, "rb") as handle:
+        with open_regular(path) as handle:  # a pipe in the file's place must not stop the loop
             head = handle.read(HEAD_BYTES)
+    except NotRegular:
+        raise ItemError(f"{path}: not a regular file", code="unreadable") from None
     except OSError:
         return
     if head and sniff_container(head) is None:

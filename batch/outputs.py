@@ -164,6 +164,20 @@ def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
     return OutputError(message)
 
 
+def check_spares_source(root: Path, out_name: str, formats: Iterable[str], source: str) -> None:
+    """Refuse outputs of which one would be the local file ``source`` itself: a recording
+    named ``rec.json`` (or ``voice.srt`` with ``--formats srt``) transcribed into its own
+    folder was overwritten by its transcript.
+
+    Raises:
+        ItemError: ``output_path``, naming the format.
+    """
+    fmt = replaced_source(root, out_name, tuple(formats), source)
+    if fmt is not None:
+        msg = f"{source}: its {fmt} output would replace the recording itself; choose another --out"
+        raise ItemError(msg, code="output_path")
+
+
 def replaced_source(root: Path, out_name: str, formats: tuple[str, ...], source: str) -> str | None:
     """The format whose output under ``root`` would be the local file ``source`` itself,
     or None. Only a source named like an output (``rec.json``) can be one."""
@@ -400,7 +414,10 @@ class LocalSink:
         return f"{resolved}/{leaf}"
 
     async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
-        """Queue the files for the next group commit; return once they are durable."""
+        """Queue the files for the next group commit; return once they are durable. Never
+        over the item's own recording (a ``--dedupe`` copy, a kept answer: nothing checked
+        them before they were sent)."""
+        check_spares_source(self.root, out_name, files, meta.source)
         loop = asyncio.get_running_loop()
         job = _Job(out_name, files)
         done = loop.create_future()

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import io
 import logging
-import os
 import re
-import stat
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from batch.localfiles import open_regular
 from batch.redact import redact_source, redact_url
 
 if TYPE_CHECKING:
@@ -37,12 +36,10 @@ def local_duration(path: str) -> float | None:
     in the file's place blocked a worker for ever, and ``/dev/zero`` filled the memory.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a pipe's open does not wait
+        handle = open_regular(path)
     except OSError:
         return None
-    with os.fdopen(fd, "rb") as handle:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
+    with handle:
         return _duration_of(handle, path)
 
 

@@ -175,9 +175,10 @@ def open_output(path: str) -> Iterator[TextIO]:
         yield sys.stdout
         return
     given = Path(path)
-    if given.exists() and not given.is_file() and not given.is_dir():
-        with _opened(path, lambda: open(given, "w", encoding="utf-8")) as stream:
-            yield stream  # a pipe, a terminal (-o /dev/stdout): written as it is
+    fd = _own_descriptor(path)
+    if fd is not None or (given.exists() and not given.is_file() and not given.is_dir()):
+        with _opened(path, lambda: _direct(given, fd)) as stream:
+            yield stream
         return
     target = Path(os.path.realpath(path))  # a link's file is replaced, not the link
     problem = os.strerror(errno.EISDIR) if target.is_dir() else None
@@ -193,6 +194,34 @@ def open_output(path: str) -> Iterator[TextIO]:
         yield stream
         stream.flush()
         stream.detach()
+
+
+def _direct(given: Path, fd: int | None) -> TextIO:
+    """Where a report is written as it is, with no temp file: one of this process's own
+    descriptors (``/dev/stdout`` appended to a log goes on being appended to), a pipe, a
+    terminal."""
+    if fd is not None:
+        return os.fdopen(os.dup(fd), "w", encoding="utf-8")
+    return open(given, "w", encoding="utf-8")
+
+
+_DESCRIPTOR_RE = re.compile(r"/(?:proc/self|dev)/fd/(\d+)|/dev/std(out|err)")
+
+
+def _own_descriptor(path: str) -> int | None:
+    """The descriptor of this process that ``path`` names through its links
+    (``/dev/stdout``, ``/proc/self/fd/1``, a link to one), or None."""
+    seen = 0
+    current = os.path.abspath(path)
+    while seen < 40:
+        match = _DESCRIPTOR_RE.fullmatch(current)
+        if match is not None:
+            return int(match.group(1)) if match.group(1) else {"out": 1, "err": 2}[match.group(2)]
+        if not os.path.islink(current):
+            return None
+        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
+        seen += 1
+    return None
 
 
 @contextmanager

@@ -110,7 +110,7 @@ def take_output_lock(out: Path, suffix: str = "", *, state: Path | None = None) 
     ``OUT/.dgbatch/out``), which the run holds already."""
     folder = out / ".dgbatch"
     lock_path = folder / (f"out-{suffix}" if suffix else "out")
-    if state is not None and os.path.abspath(lock_path) == os.path.abspath(state):
+    if state is not None and os.path.realpath(lock_path) == os.path.realpath(state):
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)

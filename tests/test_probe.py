@@ -30,9 +30,10 @@ from conftest import (
 )
 from mutagen.ogg import OggPage
 
+from batch.dedupe import content_key
 from batch.emulator import Emulator
 from batch.errors import ItemError
-from batch.media import check_path
+from batch.media import check_path, sniff_path
 from batch.probe import (
     GUESS_BYTES_PER_SECOND,
     HEAD_BYTES,
@@ -353,3 +354,15 @@ def test_a_pipe_or_a_device_in_a_files_place_is_not_measured(tmp_path: Path) -> 
     assert local_duration(str(zero)) is None
     with pytest.raises(ItemError, match="not a regular file"):
         check_path(str(pipe), "")
+
+
+@pytest.mark.timeout(20)
+def test_a_pipe_in_a_files_place_is_neither_sniffed_nor_hashed(tmp_path: Path) -> None:
+    """The sniff before an upload ran on the event loop and waited on the pipe for ever,
+    holding the whole run; ``--dedupe``'s hash waited in a worker. Neither waits now."""
+    pipe = tmp_path / "b.wav"
+    os.mkfifo(pipe)
+    with pytest.raises(ItemError, match="not a regular file"):
+        sniff_path(str(pipe), ())
+    with pytest.raises(OSError, match="not a regular file"):
+        content_key(str(pipe), ())

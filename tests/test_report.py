@@ -251,3 +251,22 @@ def test_status_prints_no_control_characters(dgbatch: Cli, tmp_path: Path) -> No
     printed = dgbatch("status", "--state", str(out / ".dgbatch" / "state.sqlite")).output
     assert "pwned" in printed
     assert "\x1b" not in printed and "\x07" not in printed
+
+
+def test_report_o_to_stdout_appended_to_a_log_appends(tmp_path: Path) -> None:
+    """``report -o /dev/stdout >> cron.log`` (here through a link of the test's own)
+    replaced the log with the report: the link was followed to the log file, and the
+    report renamed over it. It goes into the open stream, after what was there."""
+    state = _report_state(tmp_path)
+    stdout = tmp_path / "stdout"
+    stdout.symlink_to("/proc/self/fd/1")
+    log = tmp_path / "cron.log"
+    log.write_text("last night\n")
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", str(stdout)]
+    with log.open("a") as appended:
+        done = subprocess.run(
+            command, env=subprocess_env(), stdout=appended, stderr=subprocess.PIPE
+        )
+    assert done.returncode == 0, done.stderr
+    first, report = log.read_text().splitlines()
+    assert first == "last night" and json.loads(report)["source"] == "https://host/1.wav"

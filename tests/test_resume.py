@@ -448,3 +448,18 @@ def test_a_stop_mid_run_does_not_wait_for_a_silent_producer(
         proc.stdin.close()
         proc.kill()
         proc.wait()
+
+
+def test_the_output_lock_knows_the_state_through_a_linked_out(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """``--out`` through a link, the state named as the output lock under the real
+    folder: the run locked itself out (exit 4, naming its own pid)."""
+    make_wavs(tmp_path / "in", 1)
+    (tmp_path / "real" / ".dgbatch").mkdir(parents=True)
+    (tmp_path / "link").symlink_to("real")
+    result = Cli(emulator)(
+        "run", str(tmp_path / "in"), "--out", str(tmp_path / "link"),
+        "--state", str(tmp_path / "real" / ".dgbatch" / "out"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output

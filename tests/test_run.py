@@ -1044,3 +1044,62 @@ def test_a_file_over_deepgrams_limit_is_not_uploaded(
     assert (rows["huge.wav"]["err_code"], rows["huge.wav"]["attempts"]) == ("too_large", 0)
     assert "over Deepgram's 2 GB limit" in str(rows["huge.wav"]["error"])
     assert [r.status for r in emulator.log] == [200]
+
+
+def test_a_dedupe_copy_never_replaces_its_own_recording(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``--dedupe``, ``rec.json`` (a copy of ``a.wav``) took ``a.wav``'s answer and
+    its transcript replaced the recording: a copy is written, never sent, so the check
+    before sending missed it. The sink refuses it too."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "a.wav")
+    rec = tmp_path / "rec.json"
+    rec.write_bytes((tmp_path / "a.wav").read_bytes())
+    before = rec.read_bytes()
+    result = dgbatch("run", "a.wav", "rec.json", "--out", ".", "--dedupe")
+    assert result.exit_code == 1, result.output
+    assert rec.read_bytes() == before
+    rows = {
+        Path(str(r["source"])).name: r
+        for r in read_state_rows(tmp_path / ".dgbatch" / "state.sqlite")
+    }
+    assert rows["a.wav"]["status"] == "done"
+    assert (rows["rec.json"]["status"], rows["rec.json"]["err_code"]) == ("failed", "output_path")
+
+
+def _cut_short_then_busy_app(seen: list[int]) -> web.Application:
+    """A 200 cut short (processed, billed), then 503 for ever."""
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        seen.append(len(seen))
+        if len(seen) > 1:
+            return web.json_response({"err_code": "BUSY", "err_msg": "busy"}, status=503)
+        headers = {"Content-Type": "application/json", "Content-Length": "1000"}
+        started = web.StreamResponse(status=200, headers=headers)
+        await started.prepare(request)
+        await started.write(b'{"metadata": {')
+        assert request.transport is not None
+        request.transport.close()
+        return started
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
+def test_an_item_that_may_have_been_billed_is_not_sent_again_by_itself(tmp_path: Path) -> None:
+    """An item that gave up on a 503 is sent again by the next run, unless one of its
+    tries may have been billed (here a 200 cut short): then it waits for --retry-failed,
+    or every night would pay for it once more."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    seen: list[int] = []
+    with serve_app(_cut_short_then_busy_app(seen)) as url:
+        command = ("run", str(tmp_path / "a.wav"), "--out", str(out), "--max-retries", "2")
+        assert _run_against(url, *command).exit_code == 1
+        assert _run_against(url, *command).exit_code == 1
+    assert len(seen) == 3  # the second run sent nothing
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["retry_next"], row["timeout_retries"]) == ("failed", 0, 1)

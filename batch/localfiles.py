@@ -1,0 +1,36 @@
+"""Open a local file to read it, only if it is a regular file, and never wait doing so.
+
+A file planned as audio may be replaced by a named pipe or a device before it is read
+(or a link may point at one). Opening a pipe waits for a writer, for ever, and a device
+such as ``/dev/zero`` never ends: a sniff on the event loop stopped the whole run, a
+length read filled the memory. ``O_NONBLOCK`` makes the open return at once; ``fstat``
+of what was opened (not of the name, which may change again) decides.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from typing import BinaryIO
+
+
+class NotRegular(OSError):
+    """What the name leads to is not a regular file (a pipe, a device, a socket)."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """``path`` opened for binary reading, checked to be a regular file.
+
+    Raises:
+        NotRegular: it is something else.
+        OSError: it cannot be opened.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegular(errno.EINVAL, "not a regular file", path)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
