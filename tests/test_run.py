@@ -366,9 +366,7 @@ def _listen_app(
             return early
         return _deepgram_200(len(seen), body)
 
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app
+    return _app_of(listen)
 
 
 def _throttling_app(retry_after: str | None, seen: list[float]) -> web.Application:
@@ -444,6 +442,22 @@ def test_a_timeout_after_the_upload_is_retried_and_counted_separately(tmp_path: 
     assert json.loads(status.output)["timeout_retries"] == 1
 
 
+async def _cut_short_200(request: web.Request, headers: dict[str, str]) -> web.StreamResponse:
+    """A 200 whose body the line drops after its first bytes (processed, and billed)."""
+    started = web.StreamResponse(status=200, headers={**headers, "Content-Length": "1000"})
+    await started.prepare(request)
+    await started.write(b'{"metadata": {')
+    assert request.transport is not None
+    request.transport.close()
+    return started
+
+
+def _app_of(listen: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.Application:
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    return app
+
+
 def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
     """Answers the first request with ``kind`` once its body is read, then Deepgram 200s."""
 
@@ -454,22 +468,14 @@ def _first_answer_app(kind: str, seen: list[float]) -> web.Application:
             assert request.transport is not None
             request.transport.close()
         if len(seen) == 1 and kind == "truncated":  # the answer begins, then the line drops
-            headers = {"Content-Type": "application/json", "Content-Length": "1000"}
-            started = web.StreamResponse(status=200, headers=headers)
-            await started.prepare(request)
-            await started.write(b'{"metadata": {')
-            assert request.transport is not None
-            request.transport.close()
-            return started
+            return await _cut_short_200(request, {"Content-Type": "application/json"})
         if len(seen) == 1 and kind == "garbage":
             return web.Response(status=200, body=b"\x00not json", content_type="application/json")
         if len(seen) == 1 and kind == "503":
             return web.json_response({"err_code": "X", "err_msg": "busy"}, status=503)
         return _deepgram_200(len(seen), body)
 
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app
+    return _app_of(listen)
 
 
 @pytest.mark.parametrize(
@@ -481,15 +487,21 @@ def test_retries_of_requests_deepgram_may_have_billed_are_counted(
     """A 200 that was not a transcript was processed, and a connection dropped after the
     whole body was sent may have been: their retries count as possibly billed, like a
     timeout's. A 503 was not processed: an ordinary retry."""
-    make_wav(tmp_path / "a.wav")
-    out = tmp_path / "out"
     seen: list[float] = []
-    with serve_app(_first_answer_app(kind, seen)) as url:
-        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out))
+    result, row = _one_file_against(tmp_path, _first_answer_app(kind, seen))
     assert result.exit_code == 0, result.output
     assert f"retried 1 ({billed} possibly billed)" in result.output
-    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, billed)
+
+
+def _one_file_against(tmp_path: Path, app: web.Application) -> tuple[Result, dict[str, object]]:
+    """``dgbatch run a.wav`` against ``app``: what it printed, and the item's row."""
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    with serve_app(app) as url:
+        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out))
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    return result, row
 
 
 def _never_a_transcript_app(kind: str, seen: list[str]) -> web.Application:
@@ -502,16 +514,9 @@ def _never_a_transcript_app(kind: str, seen: list[str]) -> web.Application:
         headers = {"Content-Type": "application/json", "dg-request-id": request_id}
         if kind == "garbage":
             return web.Response(status=200, body=b"<html>ok</html>", headers=headers)
-        started = web.StreamResponse(status=200, headers={**headers, "Content-Length": "1000"})
-        await started.prepare(request)
-        await started.write(b'{"metadata": {')
-        assert request.transport is not None
-        request.transport.close()
-        return started
+        return await _cut_short_200(request, headers)
 
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app
+    return _app_of(listen)
 
 
 @pytest.mark.parametrize("kind", ["garbage", "truncated"])
@@ -519,14 +524,10 @@ def test_a_200_without_a_transcript_is_paid_for_twice_at_most(tmp_path: Path, ki
     """A 200 that is not a transcript (cut short, or not Deepgram's) was processed and
     billed; it was retried ``--max-retries`` times, each paid again (6 requests). It is
     tried once more, then fails, with the 200 and the last request id recorded."""
-    make_wav(tmp_path / "a.wav")
-    out = tmp_path / "out"
     seen: list[str] = []
-    with serve_app(_never_a_transcript_app(kind, seen)) as url:
-        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out))
+    result, row = _one_file_against(tmp_path, _never_a_transcript_app(kind, seen))
     assert result.exit_code == 1, result.output
     assert len(seen) == 2
-    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 2, 200)
     assert row["request_id"] == seen[-1]
     assert "a second 200 without a transcript (each one billed): not retried" in str(row["error"])
@@ -1076,17 +1077,9 @@ def _cut_short_then_busy_app(seen: list[int]) -> web.Application:
         seen.append(len(seen))
         if len(seen) > 1:
             return web.json_response({"err_code": "BUSY", "err_msg": "busy"}, status=503)
-        headers = {"Content-Type": "application/json", "Content-Length": "1000"}
-        started = web.StreamResponse(status=200, headers=headers)
-        await started.prepare(request)
-        await started.write(b'{"metadata": {')
-        assert request.transport is not None
-        request.transport.close()
-        return started
+        return await _cut_short_200(request, {"Content-Type": "application/json"})
 
-    app = web.Application()
-    app.router.add_post("/v1/listen", listen)
-    return app
+    return _app_of(listen)
 
 
 def test_an_item_that_may_have_been_billed_is_not_sent_again_by_itself(tmp_path: Path) -> None:
