@@ -261,8 +261,9 @@ class Attempts:
         if status == 429:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
-            error = f"{decision.reason} (gave up after {tries} attempt{'s' * (tries > 1)})"
-            # sent again by the next run only if nothing of it may have been billed
+            error = f"{decision.reason} (gave up after {attempts} attempt{'s' * (attempts > 1)})"
+            # sent again by the next run only if nothing of it may have been billed (this
+            # run's tries here, earlier runs' in the state's flush)
             again = retry.busy_or_down(status) and failed.timeout_retries == 0
             return dataclasses.replace(failed, error=error, retry_next=again)
         if self.stopping:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import json
 import logging
 import sys
@@ -153,12 +154,13 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str
     """
     try:
         check_report_target(output, state_path)
-        state = State.open(state_path, readonly=True)
-        try:
-            with open_output(output) as stream:
+        # the output first: then /dev/fd/N cannot be one of the state's own descriptors
+        with open_output(output) as stream:
+            state = State.open(state_path, readonly=True)
+            try:
                 WRITERS[fmt](state, stream, failed_only=failed, warnings_only=warnings)
-        finally:
-            state.close()
+            finally:
+                state.close()
     except BatchError as exc:
         fail(exc)
 
@@ -242,9 +244,15 @@ def emulator(**opts: Any) -> None:
         fail(UsageError(f"emulator: {exc}"))
     try:
         serve(config)
-    except OSError as exc:  # the port in use, a host that is not this machine's
+    except OSError as exc:
+        if exc.errno not in _CANNOT_LISTEN:  # a broken stdout, say: not the address
+            raise
         reason = exc.strerror or str(exc)
         fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {reason}"))
+
+
+#: the port in use, a host that is not this machine's, a port below 1024
+_CANNOT_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def main() -> None:

@@ -104,8 +104,11 @@ class BarProgress(_Counts):
         self.limit = limit
 
     def tick(self) -> None:
-        """A second passed: the bar's clock and rate move while every request waits."""
-        if self._bar is not None and time.monotonic() - self._last >= 1.0:
+        """A second passed: the bar's clock and rate move while every request waits (on
+        a terminal: written to a log, each refresh would be a line)."""
+        if self._bar is None or not self._stream.isatty():
+            return
+        if time.monotonic() - self._last >= 1.0:
             self._last = time.monotonic()
             self._bar.set_postfix_str(self.postfix(), refresh=False)
             self._bar.refresh()

@@ -134,7 +134,8 @@ UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = 
     duration = COALESCE(NULLIF(?, -1.0), duration), outputs = COALESCE(NULLIF(?, ''), outputs),
     timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
     local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
-    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END, retry_next = ?
+    forced = CASE ? WHEN 'done' THEN 0 ELSE forced END,
+    retry_next = ? * (timeout_retries + ? = 0)
 WHERE id = ?
 """
 
@@ -157,6 +158,7 @@ def result_row(r: Result, now: float) -> tuple[object, ...]:
         -1.0 if r.local_duration is None else r.local_duration,
         now,
         r.status.value,  # a forced item done again is an item like any other
-        int(r.retry_next),
+        int(r.retry_next),  # only if no try of it, in any run, may have been billed
+        r.timeout_retries,
         r.id,
     )

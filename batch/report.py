@@ -205,22 +205,20 @@ def _direct(given: Path, fd: int | None) -> TextIO:
     return open(given, "w", encoding="utf-8")
 
 
-_DESCRIPTOR_RE = re.compile(r"/(?:proc/self|dev)/fd/(\d+)|/dev/std(out|err)")
-
-
 def _own_descriptor(path: str) -> int | None:
-    """The descriptor of this process that ``path`` names through its links
-    (``/dev/stdout``, ``/proc/self/fd/1``, a link to one), or None."""
-    seen = 0
-    current = os.path.abspath(path)
-    while seen < 40:
-        match = _DESCRIPTOR_RE.fullmatch(current)
-        if match is not None:
-            return int(match.group(1)) if match.group(1) else {"out": 1, "err": 2}[match.group(2)]
-        if not os.path.islink(current):
-            return None
-        current = os.path.normpath(os.path.join(os.path.dirname(current), os.readlink(current)))
-        seen += 1
+    """1 or 2 when ``path`` is the file this process's stdout or stderr is (``/dev/stdout``,
+    a link to it, however reached), so that ``>> log`` goes on appending; else None."""
+    try:
+        target = os.stat(path)
+    except OSError:
+        return None
+    for fd in (1, 2):
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
+            return fd
     return None
 
 

@@ -155,36 +155,41 @@ def _normalised_extensions(filters: Filters) -> frozenset[str]:
     return frozenset("." + ext.lower().lstrip(".") for ext in filters.extensions if ext)
 
 
-def _glob_matcher(globs: Sequence[str]) -> Callable[[str], re.Match[str] | None] | None:
+def _glob_matcher(
+    globs: Sequence[str], *, folders: bool = False
+) -> Callable[[str], re.Match[str] | None] | None:
     """Compile globs into one regex; None when there are no globs. A glob ending in ``/``
-    names a folder (``--exclude day1/``): the folder and everything under it, where it
-    matched nothing at all."""
+    names a folder (``--exclude day1/``, ``--exclude 'tmp*/'``): matched against folders
+    (``folders``) as the folder itself, against files as everything under it, never as a
+    file of that name (``tmp_take.wav``)."""
     if not globs:
         return None
-    spelled = [form for glob in globs for form in _folder_forms(glob)]
+    spelled = [_as_folder(glob, folders) for glob in globs]
     return re.compile("|".join(f"(?:{fnmatch.translate(glob)})" for glob in spelled)).match
 
 
-def _folder_forms(glob: str) -> tuple[str, ...]:
+def _as_folder(glob: str, folders: bool) -> str:
     if not glob.endswith("/") or not glob.strip("/"):
-        return (glob,)
+        return glob
     folder = glob.rstrip("/")
-    return (folder, f"{folder}/*")
+    return folder if folders else f"{folder}/*"
 
 
 class WalkRules:
     """Which entries of a folder walk are taken, decided once per walk."""
 
-    __slots__ = ("exclude", "extensions", "include")
+    __slots__ = ("exclude", "excluded_folders", "extensions", "include")
 
     def __init__(self, filters: Filters) -> None:
         self.extensions = _normalised_extensions(filters)
         self.include = _glob_matcher(filters.include)
         self.exclude = _glob_matcher(filters.exclude)
+        self.excluded_folders = _glob_matcher(filters.exclude, folders=True)
 
     def prunes(self, rel: str, name: str) -> bool:
         """Tell whether a sub-folder is excluded as a whole (``--exclude .git``)."""
-        return self.exclude is not None and bool(self.exclude(rel) or self.exclude(name))
+        excluded = self.excluded_folders
+        return excluded is not None and bool(excluded(rel) or excluded(name))
 
     def takes(self, rel: str, name: str) -> bool:
         """Tell whether a file is audio and passes ``--include``/``--exclude``."""

@@ -521,3 +521,26 @@ def test_max_retries_bounds_an_items_requests_across_runs(tmp_path: Path) -> Non
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"]) == ("failed", 3)
     assert "gave up after 3 attempts" in str(row["error"])
+
+
+def test_an_item_billed_in_an_earlier_run_is_not_sent_again_by_itself(tmp_path: Path) -> None:
+    """``retry_next`` (a 5xx: the next run sends it again) looked only at this run's
+    tries; an item whose timed-out tries of an earlier run may have been billed was sent
+    again every night. It waits for ``--retry-failed``."""
+    (wav,) = make_tiny_wavs(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    state = batch.state.State.open(out / ".dgbatch" / "state.sqlite")
+    items = list(expand_sources([str(wav)], Filters()))
+    state.plan(items, run_id=state.start_run("dgbatch run"))
+    state.assign_names()
+    state.record(Result(items[0].id, ItemStatus.PENDING, 3, error="timeout", timeout_retries=2))
+    state.flush()
+    state.close()
+    with run_in_thread(EmulatorConfig(key=KEY, fault_rate=1.0, faults=("503",))) as down:
+        assert Cli(down)("run", str(wav), "--out", str(out), "--max-retries", "0").exit_code == 1
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["retry_next"], row["timeout_retries"]) == ("failed", 0, 2)
+    assert "gave up after 4 attempts" in str(row["error"])
+    with run_in_thread(EmulatorConfig(key=KEY)) as healthy:
+        assert Cli(healthy)("run", str(wav), "--out", str(out)).exit_code == 1
+        assert healthy.log == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import time
 
-from batch.progress import LogProgress
+from batch.progress import BarProgress, LogProgress
 
 
 def test_a_log_line_comes_while_every_request_waits() -> None:
@@ -20,3 +20,16 @@ def test_a_log_line_comes_while_every_request_waits() -> None:
     progress.tick()
     assert stream.getvalue().splitlines()[-1].startswith("progress: 0/10 items")
     assert stream.getvalue().count("\n") == 2
+
+
+def test_the_bar_ticks_only_on_a_terminal() -> None:
+    """``--progress bar`` into a log file: a refresh every second would be a line every
+    second; the bar moves on its own only on a terminal."""
+    stream = io.StringIO()
+    progress = BarProgress(stream)
+    progress.start(10, 0)
+    written = stream.getvalue()
+    time.sleep(1.05)
+    progress.tick()
+    assert stream.getvalue() == written
+    progress.close()

@@ -270,3 +270,18 @@ def test_report_o_to_stdout_appended_to_a_log_appends(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     first, report = log.read_text().splitlines()
     assert first == "last night" and json.loads(report)["source"] == "https://host/1.wav"
+
+
+@pytest.mark.parametrize("fd", [4, 5])
+def test_report_o_to_a_descriptor_is_never_the_states_own(tmp_path: Path, fd: int) -> None:
+    """``-o /dev/fd/4`` named the state's own ``-wal`` (or ``-shm``), opened by the time
+    the report was written, and the report went into it: a running batch lost its state.
+    The output is opened before the state; such a descriptor is then no file at all."""
+    state = _report_state(tmp_path)
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", f"/dev/fd/{fd}"]
+    done = subprocess.run(command, env=subprocess_env(), capture_output=True)
+    assert done.returncode == 2, done.stderr
+    assert b"cannot write the report" in done.stderr
+    reread = State.open(state, readonly=True)
+    assert reread.counts()["pending"] == 1
+    reread.close()

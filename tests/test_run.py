@@ -315,16 +315,19 @@ def test_the_summary_counts_inputs_that_failed_while_planning(tmp_path: Path, dg
 
 @pytest.mark.timeout(60)
 def test_transient_faults_are_retried_until_every_item_is_done(tmp_path: Path) -> None:
-    """429s, 5xx, resets, truncated and garbage 200s are all retried to success."""
+    """429s, 5xx and resets are all retried to success. (A 200 without a transcript was
+    billed: it is retried once only, see test_a_200_without_a_transcript_is_paid_for_twice_at_most;
+    drawn at random here, two of them for one item made this test fail now and then.)"""
     src, out = tmp_path / "calls", tmp_path / "out"
     wavs = make_wavs(src, 12)
-    with emulator_with(fault_rate=0.5, seed=7, retry_after=False) as emu:
+    faults_drawn = ("429", "500", "502", "503", "reset")
+    with emulator_with(fault_rate=0.5, seed=7, retry_after=False, faults=faults_drawn) as emu:
         result = Cli(emu)("run", str(src), "--out", str(out), "--max-retries", "20")
         faults = {r.fault for r in emu.log if r.fault}
     assert result.exit_code == 0, result.output
     for wav in wavs:
         _assert_output_for(out, wav.stem, wav)
-    assert {"reset", "truncated", "garbage"} & faults
+    assert "reset" in faults
     assert len(faults) >= 4
     rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert sum(int(r["attempts"]) for r in rows) > len(wavs)  # type: ignore[call-overload]
@@ -854,7 +857,9 @@ def test_the_key_and_url_signatures_never_leave_the_process(tmp_path: Path) -> N
     make_wav(media / "signed.wav", tone=7)
     signature = "SIGsecret0123456789"
     with (
-        emulator_with(fault_rate=0.4, seed=3, retry_after=False) as emu,
+        emulator_with(  # no 200s without a transcript: two for one item fail it (billed)
+            fault_rate=0.4, seed=3, retry_after=False, faults=("429", "500", "502", "503", "reset")
+        ) as emu,
         static_server(media) as base,
     ):
         signed = f"{base}/signed.wav?X-Amz-Signature={signature}&token=tok{signature}"

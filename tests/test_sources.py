@@ -240,6 +240,16 @@ def test_walked_files_are_keyed_by_absolute_normalised_paths(
             ["a.WAV", "b.mp3", "day2/.hidden.ogg", "day2/c.m4a"],
         ),
         (Filters(include=("day1/",)), ["day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac"]),
+        # with a wildcard, still folders only: a.WAV is no folder named a*
+        (
+            Filters(exclude=("a*/", "day*/")),
+            [".git/objects/x.wav", "a.WAV", "b.mp3"],
+        ),
+        (
+            Filters(include=("d*/",)),
+            ["day1/a.wav", "day1/tmp/scratch.wav", "day1/z.flac", "day2/.hidden.ogg", "day2/c.m4a"],
+        ),
+        (Filters(include=("b*/", "a.*")), ["a.WAV", "day1/a.wav"]),
     ],
 )
 def test_directory_filters_table(tree: Path, filters: Filters, expected: list[str]) -> None:
