@@ -261,7 +261,7 @@ class Attempts:
         if status == 429:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
-            error = f"{decision.reason} (gave up after {attempts} attempt{'s' * (attempts > 1)})"
+            error = f"{decision.reason} ({_gave_up(attempts, tries)})"
             # sent again by the next run only if nothing of it may have been billed (this
             # run's tries here, earlier runs' in the state's flush)
             again = retry.busy_or_down(status) and failed.timeout_retries == 0
@@ -301,6 +301,14 @@ class Attempts:
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay > 0:
             await until_stopped(self._sleep(delay), self._stopped)
+
+
+def _gave_up(attempts: int, tries: int) -> str:
+    """How an item gave up: after its attempts (requests Deepgram saw, in every run), or
+    after tries of which none reached it."""
+    if attempts == 0:
+        return f"gave up after {tries} tr{'y' if tries == 1 else 'ies'}, none reached Deepgram"
+    return f"gave up after {attempts} attempt{'' if attempts == 1 else 's'}"
 
 
 def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:

@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json
 import logging
+import socket
 import sys
 from pathlib import Path
 from typing import Any, NoReturn
@@ -154,7 +155,8 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str
     """
     try:
         check_report_target(output, state_path)
-        # the output first: then /dev/fd/N cannot be one of the state's own descriptors
+        State.open(state_path, readonly=True).close()  # refused before a FIFO -o waits
+        # the output before the state is open: /dev/fd/N is then never the state's own
         with open_output(output) as stream:
             state = State.open(state_path, readonly=True)
             try:
@@ -245,14 +247,16 @@ def emulator(**opts: Any) -> None:
     try:
         serve(config)
     except OSError as exc:
-        if exc.errno not in _CANNOT_LISTEN:  # a broken stdout, say: not the address
-            raise
+        if not isinstance(exc, socket.gaierror) and exc.errno not in _CANNOT_LISTEN:
+            raise  # a broken stdout, say: not the address
         reason = exc.strerror or str(exc)
         fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {reason}"))
 
 
 #: the port in use, a host that is not this machine's, a port below 1024
-_CANNOT_LISTEN = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
+_CANNOT_LISTEN = frozenset(
+    {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT}
+)
 
 
 def main() -> None:

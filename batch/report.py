@@ -205,9 +205,17 @@ def _direct(given: Path, fd: int | None) -> TextIO:
     return open(given, "w", encoding="utf-8")
 
 
+_DESCRIPTOR_RE = re.compile(r"/(?:proc/(?:self|thread-self|\d+)|dev)/fd/(\d+)")
+_STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
+
+
 def _own_descriptor(path: str) -> int | None:
-    """1 or 2 when ``path`` is the file this process's stdout or stderr is (``/dev/stdout``,
-    a link to it, however reached), so that ``>> log`` goes on appending; else None."""
+    """The descriptor of this process that ``path`` is, so that a report is written into
+    it (``/dev/stdout``, ``/dev/fd/3``, a link to one: ``3>> log`` goes on appending): one
+    it names through its links, or stdout or stderr when the path is their file."""
+    named = _named_descriptor(path)
+    if named is not None:
+        return named
     try:
         target = os.stat(path)
     except OSError:
@@ -219,6 +227,25 @@ def _own_descriptor(path: str) -> int | None:
             continue
         if (st.st_dev, st.st_ino) == (target.st_dev, target.st_ino):
             return fd
+    return None
+
+
+def _named_descriptor(path: str) -> int | None:
+    """The open descriptor ``path`` or one of the links it leads through names."""
+    current = os.path.abspath(path)
+    for _ in range(40):
+        match = _DESCRIPTOR_RE.fullmatch(current)
+        fd = int(match.group(1)) if match else _STANDARD.get(current)
+        if fd is not None:
+            try:
+                os.fstat(fd)
+            except OSError:
+                return None
+            return fd
+        if not os.path.islink(current):
+            return None
+        folder = os.path.realpath(os.path.dirname(current))
+        current = os.path.normpath(os.path.join(folder, os.readlink(current)))
     return None
 
 

@@ -741,3 +741,15 @@ def test_a_port_in_use_is_named_not_an_internal_error(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert f"emulator: cannot listen on 127.0.0.1:{port}:" in done.stderr.decode()
     assert b"internal error" not in done.stderr
+
+
+def test_a_host_that_does_not_resolve_is_named() -> None:
+    """``--host`` that no resolver knows was an internal error (exit 1)."""
+    done = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "emulator", "--host", "no-such-host.invalid", "--port", "0"],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"emulator: cannot listen on no-such-host.invalid:0:" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import resource
 import signal
 import sqlite3
@@ -285,3 +286,44 @@ def test_report_o_to_a_descriptor_is_never_the_states_own(tmp_path: Path, fd: in
     reread = State.open(state, readonly=True)
     assert reread.counts()["pending"] == 1
     reread.close()
+
+
+def test_report_o_to_an_inherited_descriptor_appends(tmp_path: Path) -> None:
+    """``-o /dev/fd/3 3>> log``: the report was renamed over the log, whose lines were
+    lost. A descriptor the path names is written into."""
+    state = _report_state(tmp_path)
+    log = tmp_path / "cron.log"
+    log.write_text("last night\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        command = [
+            *dgbatch_subprocess_cmd(),
+            "report",
+            "--state",
+            str(state),
+            "-o",
+            f"/dev/fd/{fd}",
+        ]
+        done = subprocess.run(command, env=subprocess_env(), capture_output=True, pass_fds=(fd,))
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    first, report = log.read_text().splitlines()
+    assert first == "last night" and json.loads(report)["source"] == "https://host/1.wav"
+
+
+@pytest.mark.timeout(30)
+def test_report_o_to_a_fifo_of_a_missing_state_fails_at_once(tmp_path: Path) -> None:
+    """With the output opened first, a FIFO ``-o`` waited for a reader before the missing
+    state was even looked at."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    missing = str(tmp_path / "nope.sqlite")
+    done = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "report", "--state", missing, "-o", str(fifo)],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=20,
+    )
+    assert done.returncode == 2
+    assert b"no such state file" in done.stderr

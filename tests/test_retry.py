@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 
 from batch import retry
+from batch.attempts import _gave_up
 from batch.emulator import build_response
 from batch.retry import (
     MAX_RETRY_AFTER,
@@ -298,3 +299,18 @@ def test_only_deepgram_busy_or_down_is_sent_again_by_the_next_run(
     """429 and 5xx were Deepgram's, and unbilled; a timeout or a dropped connection (no
     status) may have been billed, and waits for ``--retry-failed``."""
     assert retry.busy_or_down(status) is again
+
+
+@pytest.mark.parametrize(
+    ("attempts", "tries", "said"),
+    [
+        (3, 3, "gave up after 3 attempts"),
+        (1, 1, "gave up after 1 attempt"),
+        (5, 2, "gave up after 5 attempts"),  # with tries of an earlier run
+        (0, 3, "gave up after 3 tries, none reached Deepgram"),
+        (0, 1, "gave up after 1 try, none reached Deepgram"),
+    ],
+)
+def test_how_an_item_gave_up_is_worded(attempts: int, tries: int, said: str) -> None:
+    """The error counts what ``attempts`` counts; tries that reached no one are said so."""
+    assert _gave_up(attempts, tries) == said
