@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import aiohttp
 import pytest
@@ -500,19 +500,26 @@ def test_a_garbled_answer_is_reported_as_a_failed_connection(tmp_path: Path) -> 
     assert error.endswith("(gave up after 2 attempts)")
 
 
-def test_max_retries_bounds_an_items_requests_across_runs(tmp_path: Path) -> None:
-    """An item a stop left pending after 2 requests, resumed with ``--max-retries 2``, got
-    3 more: the budget started again at every run (5 requests, "gave up after 3"). Its
-    earlier tries count: one more request, and the error says 3, as ``attempts`` does."""
+def _left_pending(tmp_path: Path, *, attempts: int, **recorded: Any) -> tuple[Path, Path]:
+    """One file planned into ``out``'s state and left pending by a run that stopped after
+    ``attempts`` requests (with what it ``recorded``): its file and ``out``."""
     (wav,) = make_tiny_wavs(tmp_path / "in", 1)
     out = tmp_path / "out"
     state = batch.state.State.open(out / ".dgbatch" / "state.sqlite")
     items = list(expand_sources([str(wav)], Filters()))
     state.plan(items, run_id=state.start_run("dgbatch run"))
     state.assign_names()
-    state.record(Result(items[0].id, ItemStatus.PENDING, 2, 500, "HTTP 500"))
+    state.record(Result(items[0].id, ItemStatus.PENDING, attempts, **recorded))
     state.flush()
     state.close()
+    return wav, out
+
+
+def test_max_retries_bounds_an_items_requests_across_runs(tmp_path: Path) -> None:
+    """An item a stop left pending after 2 requests, resumed with ``--max-retries 2``, got
+    3 more: the budget started again at every run (5 requests, "gave up after 3"). Its
+    earlier tries count: one more request, and the error says 3, as ``attempts`` does."""
+    wav, out = _left_pending(tmp_path, attempts=2, http_status=500, error="HTTP 500")
     config = EmulatorConfig(key=KEY, fault_rate=1.0, faults=("500",))
     with run_in_thread(config) as down:
         result = Cli(down)("run", str(wav), "--out", str(out), "--max-retries", "2")
@@ -527,15 +534,7 @@ def test_an_item_billed_in_an_earlier_run_is_not_sent_again_by_itself(tmp_path: 
     """``retry_next`` (a 5xx: the next run sends it again) looked only at this run's
     tries; an item whose timed-out tries of an earlier run may have been billed was sent
     again every night. It waits for ``--retry-failed``."""
-    (wav,) = make_tiny_wavs(tmp_path / "in", 1)
-    out = tmp_path / "out"
-    state = batch.state.State.open(out / ".dgbatch" / "state.sqlite")
-    items = list(expand_sources([str(wav)], Filters()))
-    state.plan(items, run_id=state.start_run("dgbatch run"))
-    state.assign_names()
-    state.record(Result(items[0].id, ItemStatus.PENDING, 3, error="timeout", timeout_retries=2))
-    state.flush()
-    state.close()
+    wav, out = _left_pending(tmp_path, attempts=3, error="timeout", timeout_retries=2)
     with run_in_thread(EmulatorConfig(key=KEY, fault_rate=1.0, faults=("503",))) as down:
         assert Cli(down)("run", str(wav), "--out", str(out), "--max-retries", "0").exit_code == 1
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
