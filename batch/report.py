@@ -205,7 +205,7 @@ def _direct(given: Path, fd: int | None) -> TextIO:
     return open(given, "w", encoding="utf-8")
 
 
-_DESCRIPTOR_RE = re.compile(r"/(?:proc/(?:self|thread-self|\d+)|dev)/fd/(\d+)")
+_DESCRIPTOR_RE = re.compile(r"/(?:proc/(self|thread-self|\d+)|dev)/fd/(\d+)")
 _STANDARD = {"/dev/stdout": 1, "/dev/stderr": 2}
 
 
@@ -230,12 +230,19 @@ def _own_descriptor(path: str) -> int | None:
     return None
 
 
+def _ours(process: str | None, fd: str) -> int | None:
+    """``fd`` when the ``/proc/<process>/fd`` (or ``/dev/fd``) it is in is this process's:
+    another process's descriptor 1 is not this one's stdout."""
+    mine = process in (None, "self", "thread-self") or process == str(os.getpid())
+    return int(fd) if mine else None
+
+
 def _named_descriptor(path: str) -> int | None:
     """The open descriptor ``path`` or one of the links it leads through names."""
     current = os.path.abspath(path)
     for _ in range(40):
         match = _DESCRIPTOR_RE.fullmatch(current)
-        fd = int(match.group(1)) if match else _STANDARD.get(current)
+        fd = _STANDARD.get(current) if match is None else _ours(*match.groups())
         if fd is not None:
             try:
                 os.fstat(fd)

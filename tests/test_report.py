@@ -327,3 +327,23 @@ def test_report_o_to_a_fifo_of_a_missing_state_fails_at_once(tmp_path: Path) -> 
     )
     assert done.returncode == 2
     assert b"no such state file" in done.stderr
+
+
+def test_report_o_to_another_process_descriptor_is_its_file(tmp_path: Path) -> None:
+    """``/proc/<pid>/fd/1`` of another process names that process's file, not this one's
+    stdout: the report goes to the file, not to what this process prints."""
+    state = _report_state(tmp_path)
+    target = tmp_path / "other.log"
+    with target.open("w") as handle:
+        other = subprocess.Popen(["sleep", "30"], stdout=handle)
+    try:
+        command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state)]
+        done = subprocess.run(
+            [*command, "-o", f"/proc/{other.pid}/fd/1"], env=subprocess_env(), capture_output=True
+        )
+    finally:
+        other.kill()
+        other.wait()
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == b""
+    assert json.loads(target.read_text())["source"] == "https://host/1.wav"
