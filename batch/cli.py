@@ -246,6 +246,8 @@ def emulator(**opts: Any) -> None:
         fail(UsageError(f"emulator: {exc}"))
     try:
         serve(config)
+    except OverflowError as exc:  # a --port out of 0-65535
+        fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {exc}"))
     except OSError as exc:
         if not isinstance(exc, socket.gaierror) and exc.errno not in _CANNOT_LISTEN:
             raise  # a broken stdout, say: not the address

@@ -215,13 +215,33 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
 
 
 def check_report_target(output: str, state: Path) -> None:
-    """``report -o`` onto the state file would replace the batch's record with its report."""
-    if output != "-" and _is_state_file(Path(output), state):
-        raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
+    """``report -o`` onto the state file would replace the batch's record with its report,
+    and onto a lock (``OUT/.dgbatch/out.lock``) would let a second run in."""
+    if output == "-":
+        return
+    try:
+        if _is_state_file(Path(output), state):
+            raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
+        if _is_lock(Path(output).resolve()):
+            raise UsageError(f"-o {output!r}: is a lock of a dgbatch run")
+    except RuntimeError as exc:  # Path.resolve of a link loop
+        raise UsageError(f"-o {output!r}: a symbolic link loop") from exc
 
 
 def _is_state_file(path: Path, state: Path) -> bool:
-    return path.resolve() in {own.resolve() for own in state_files(state)}
+    """Whether ``path`` is one of the state's files: SQLite keeps its ``-wal`` beside the
+    file a ``--state`` link leads to, so both names count."""
+    try:
+        own = {*state_files(state), *state_files(state.resolve())}
+        return path.resolve() in {file.resolve() for file in own}
+    except RuntimeError:  # a link loop is none of them (and opening it fails, named)
+        return False
+
+
+def _is_lock(path: Path) -> bool:
+    return path.suffix == ".lock" and (
+        path.parent.name == ".dgbatch" or path.parent.name.startswith("dgbatch-locks-")
+    )
 
 
 _OUTPUT_PLACE = "a transcript could be written there in --out; choose another path"

@@ -239,7 +239,7 @@ def _ours(process: str | None, fd: str) -> int | None:
 
 def _named_descriptor(path: str) -> int | None:
     """The open descriptor ``path`` or one of the links it leads through names."""
-    current = os.path.abspath(path)
+    current = _folder_resolved(path)
     for _ in range(40):
         match = _DESCRIPTOR_RE.fullmatch(current)
         fd = _STANDARD.get(current) if match is None else _ours(*match.groups())
@@ -251,9 +251,15 @@ def _named_descriptor(path: str) -> int | None:
             return fd
         if not os.path.islink(current):
             return None
-        folder = os.path.realpath(os.path.dirname(current))
-        current = os.path.normpath(os.path.join(folder, os.readlink(current)))
+        current = _folder_resolved(os.path.join(os.path.dirname(current), os.readlink(current)))
     return None
+
+
+def _folder_resolved(path: str) -> str:
+    """``path`` with its folders' links and ``..`` resolved, its last part left as it is
+    (``fds/3`` with ``fds`` → ``/dev/fd``: ``/proc/<pid>/fd/3``)."""
+    folder, name = os.path.split(os.path.abspath(path))
+    return os.path.join(os.path.realpath(folder), name)
 
 
 @contextmanager

@@ -753,3 +753,15 @@ def test_a_host_that_does_not_resolve_is_named() -> None:
     )
     assert done.returncode == 2, done.stderr
     assert b"emulator: cannot listen on no-such-host.invalid:0:" in done.stderr
+
+
+def test_a_port_out_of_range_is_named() -> None:
+    """``--port 70000`` was an internal error (exit 1)."""
+    done = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "emulator", "--port", "70000"],
+        env=subprocess_env(),
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert b"emulator: cannot listen on 127.0.0.1:70000:" in done.stderr

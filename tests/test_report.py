@@ -347,3 +347,47 @@ def test_report_o_to_another_process_descriptor_is_its_file(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     assert done.stdout == b""
     assert json.loads(target.read_text())["source"] == "https://host/1.wav"
+
+
+def test_report_o_is_refused_on_what_keeps_a_batch_safe(tmp_path: Path) -> None:
+    """``-o`` was accepted onto the real ``-wal`` of a ``--state`` link (SQLite keeps it
+    beside the file the link leads to: a running batch lost its state), onto an output
+    lock (a second run then got in), and a link loop was an internal error."""
+    real = _report_state(tmp_path)
+    link = tmp_path / "link.sqlite"
+    link.symlink_to(real.name)
+    (tmp_path / "out" / ".dgbatch").mkdir(parents=True)
+    (tmp_path / "out" / ".dgbatch" / "out.lock").write_text("pid 1 on h")
+    (tmp_path / "loop").symlink_to("loop")
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(link), "-o"]
+    refusals = {
+        f"{real}-wal": b"is the state file",
+        str(tmp_path / "out" / ".dgbatch" / "out.lock"): b"is a lock of a dgbatch run",
+        str(tmp_path / "loop"): b"a symbolic link loop",
+    }
+    for target, said in refusals.items():
+        done = subprocess.run([*command, target], env=subprocess_env(), capture_output=True)
+        assert (done.returncode, said in done.stderr) == (2, True), (target, done.stderr)
+    assert (tmp_path / "out" / ".dgbatch" / "out.lock").read_text() == "pid 1 on h"
+
+
+def test_report_o_to_a_descriptor_through_a_linked_folder_appends(tmp_path: Path) -> None:
+    """``fds/3`` with ``fds`` a link to ``/dev/fd``: only the last part of the path was
+    followed, the descriptor was missed, and the report replaced the log."""
+    state = _report_state(tmp_path)
+    (tmp_path / "fds").symlink_to("/dev/fd")
+    log = tmp_path / "cron.log"
+    log.write_text("last night\n")
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    try:
+        command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state)]
+        done = subprocess.run(
+            [*command, "-o", str(tmp_path / "fds" / str(fd))],
+            env=subprocess_env(),
+            capture_output=True,
+            pass_fds=(fd,),
+        )
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    assert log.read_text().splitlines()[0] == "last night"
