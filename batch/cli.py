@@ -246,12 +246,10 @@ def emulator(**opts: Any) -> None:
         fail(UsageError(f"emulator: {exc}"))
     try:
         serve(config)
-    except OverflowError as exc:  # a --port out of 0-65535
-        fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {exc}"))
-    except OSError as exc:
-        if not isinstance(exc, socket.gaierror) and exc.errno not in _CANNOT_LISTEN:
+    except (OverflowError, OSError) as exc:
+        if not _cannot_listen(exc):
             raise  # a broken stdout, say: not the address
-        reason = exc.strerror or str(exc)
+        reason = getattr(exc, "strerror", None) or str(exc)
         fail(UsageError(f"emulator: cannot listen on {config.host}:{config.port}: {reason}"))
 
 
@@ -259,6 +257,14 @@ def emulator(**opts: Any) -> None:
 _CANNOT_LISTEN = frozenset(
     {errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES, errno.EAFNOSUPPORT}
 )
+
+
+def _cannot_listen(exc: Exception) -> bool:
+    """Whether ``exc`` is about the address: a --port out of 0-65535 (OverflowError), a
+    host no resolver knows, or one of ``_CANNOT_LISTEN``."""
+    if isinstance(exc, OverflowError | socket.gaierror):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _CANNOT_LISTEN
 
 
 def main() -> None:

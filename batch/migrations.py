@@ -177,10 +177,9 @@ def m007_url_ids_redacted_again(db: sqlite3.Connection) -> None:
     )
     db.execute("DROP TABLE rekeyed")
     for kept_id, source in db.execute("SELECT id, source FROM kept_answers").fetchall():
-        if redact_source(source) != source:  # compared with the item's, to be written
-            db.execute(
-                "UPDATE kept_answers SET source = ? WHERE id = ?", (redact_source(source), kept_id)
-            )
+        redacted = redact_source(source)  # compared with the item's, to be written
+        if redacted != source:
+            db.execute("UPDATE kept_answers SET source = ? WHERE id = ?", (redacted, kept_id))
 
 
 @migration

@@ -22,7 +22,7 @@ import glob
 import os
 import secrets
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -164,31 +164,25 @@ def output_error(path: Path, exc: OSError) -> ItemError | OutputError:
     return OutputError(message)
 
 
-def check_spares_source(root: Path, out_name: str, formats: Iterable[str], source: str) -> None:
+def check_spares_source(root: Path, out_name: str, formats: Collection[str], source: str) -> None:
     """Refuse outputs of which one would be the local file ``source`` itself: a recording
     named ``rec.json`` (or ``voice.srt`` with ``--formats srt``) transcribed into its own
-    folder was overwritten by its transcript.
+    folder was overwritten by its transcript. Only a source named like an output can be.
 
     Raises:
         ItemError: ``output_path``, naming the format.
     """
-    fmt = replaced_source(root, out_name, tuple(formats), source)
-    if fmt is not None:
-        msg = f"{source}: its {fmt} output would replace the recording itself; choose another --out"
-        raise ItemError(msg, code="output_path")
-
-
-def replaced_source(root: Path, out_name: str, formats: tuple[str, ...], source: str) -> str | None:
-    """The format whose output under ``root`` would be the local file ``source`` itself,
-    or None. Only a source named like an output (``rec.json``) can be one."""
     fmt = os.path.splitext(source)[1][1:].lower()
     if fmt not in formats:
-        return None
+        return
     try:
         target = resolve_inside(root, output_relpath(out_name, fmt))
-        return fmt if os.path.realpath(target) == os.path.realpath(source) else None
+        replaced = os.path.realpath(target) == os.path.realpath(source)
     except (OSError, ValueError):
-        return None
+        return
+    if replaced:
+        msg = f"{source}: its {fmt} output would replace the recording itself; choose another --out"
+        raise ItemError(msg, code="output_path")
 
 
 def _output_in_the_way(path: Path) -> Path | None:

@@ -52,16 +52,16 @@ ON CONFLICT (id) DO UPDATE SET
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
-        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN 'pending'
+        WHEN {requeued} THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
-        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN NULL
+        WHEN {requeued} THEN NULL
         ELSE items.error END,
     attempts = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
-        WHEN items.status = 'failed' AND ({retry} OR items.retry_next) THEN 0
+        WHEN {requeued} THEN 0
         ELSE items.attempts END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
@@ -69,11 +69,15 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
     updated_at = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force}
-            OR (items.status = 'failed' AND ({retry} OR items.retry_next))
+            OR ({requeued})
         THEN excluded.updated_at ELSE items.updated_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
     OR same_params(items.params, excluded.params)
 """
+
+#: a failed item this plan sends again: with ``--retry-failed``, or one that gave up on
+#: Deepgram being busy or down (``retry_next``)
+_REQUEUED = "items.status = 'failed' AND ({retry} OR items.retry_next)"
 
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
 PlanRow = tuple[str | int, ...]
@@ -107,7 +111,7 @@ class Batch:
     def sql(self, count: int) -> str:
         """``PLAN`` for ``count`` rows."""
         values = ", ".join(itertools.repeat(_ROW_VALUES, count))
-        return PLAN.format(values=values, **self.flags)
+        return PLAN.format(values=values, requeued=_REQUEUED.format(**self.flags), **self.flags)
 
     def unnamed(self) -> Batch:
         """The same rows, left for ``assign_names``."""

@@ -268,14 +268,6 @@ def _forms(secret: str) -> set[str]:
     }
 
 
-def _redact_encoded_url(match: re.Match[str]) -> str:
-    """A percent-encoded URL in prose, encoded again without its secrets if it had any."""
-    encoded = match.group(0)
-    decoded = unquote_plus(encoded)
-    redacted = redact_url(decoded)
-    return encoded if redacted == decoded else quote(redacted, safe="")
-
-
 def _auth_header(match: re.Match[str]) -> str:
     """Keep the header name and scheme, drop the credential."""
     return f"{match.group(1)}{match.group(2) or ''}{REDACTED}"
@@ -311,14 +303,19 @@ def redact_message(text: str, secrets: Iterable[str] = ()) -> str:
     words of ours (``DEEPGRAM_API_KEY: the key …``), and a server's text in a message
     went through ``redact_text`` already."""
     try:
-        text = _replace_secrets(text, secrets)
-        if "%" in text:
-            text = _ENCODED_URL_RE.sub(_redact_encoded_url, text)
-        return (
-            _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
-        )
+        return _redact_urls(_replace_secrets(text, secrets))
     except Exception:  # pragma: no cover - defensive: never leak, never raise
         return REDACTED
+
+
+def _redact_urls(text: str) -> str:
+    """URLs in ``text`` without their secrets, also a whole URL percent-encoded in it
+    (``http%3A%2F%2Fuser%3Apass%40host``: encoded again without them)."""
+    if "%" in text:
+        text = _ENCODED_URL_RE.sub(lambda m: _redact_encoded(m.group(0), frozenset()), text)
+    if "://" in text:
+        text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
+    return text
 
 
 def _redact_patterns(text: str) -> str:
@@ -326,8 +323,7 @@ def _redact_patterns(text: str) -> str:
     try:
         if ":\\/\\/" in text:  # a JSON body's escaped slashes: "http:\/\/user:pass@…"
             text = text.replace("\\/", "/")
-        text = _ENCODED_URL_RE.sub(_redact_encoded_url, text)
-        text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
+        text = _redact_urls(text)
         text = _AUTH_HEADER_RE.sub(_auth_header, text)
         text = _TOKEN_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)
         text = _ASSIGNMENT_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}{REDACTED}", text)

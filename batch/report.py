@@ -187,13 +187,21 @@ def open_output(path: str) -> Iterator[TextIO]:
     if problem is not None:
         raise UsageError(f"-o {path!r}: cannot write the report: {problem}")
     mode = target.stat().st_mode & 0o7777 if target.exists() else None
-    with _opened(path, lambda: atomic_file(target)) as raw:
+    with _opened(path, lambda: _atomic_text(target, mode)) as stream:
+        yield stream
+
+
+@contextmanager
+def _atomic_text(path: Path, mode: int | None = None) -> Iterator[TextIO]:
+    """``atomic_file`` as text: ``path`` replaced only once the block ends without an
+    error, with ``mode`` (the permissions of the file it replaces) when given."""
+    with atomic_file(path) as raw:
         if mode is not None:
-            os.fchmod(raw.fileno(), mode)  # the file it replaces keeps its permissions
+            os.fchmod(raw.fileno(), mode)
         stream = io.TextIOWrapper(raw, encoding="utf-8", newline="")
         yield stream
         stream.flush()
-        stream.detach()
+        stream.detach()  # atomic_file closes the file itself
 
 
 def _direct(given: Path, fd: int | None) -> TextIO:
@@ -281,11 +289,8 @@ def _opened(path: str, opener: Callable[[], AbstractContextManager[_T]]) -> Iter
 
 def save_report(state: State, path: Path) -> Path:
     """Write the full JSONL report next to the state, atomically, streamed row by row."""
-    with atomic_file(path) as raw:
-        stream = io.TextIOWrapper(raw, encoding="utf-8")
+    with _atomic_text(path) as stream:
         write_jsonl(state, stream)
-        stream.flush()
-        stream.detach()  # atomic_file closes the file itself
     return path
 
 

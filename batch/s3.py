@@ -136,9 +136,14 @@ def _client_error(exc: Any) -> tuple[str, str]:
 
 def error_code(exc: BaseException) -> str:
     """The code of an error S3 answered (``KeyTooLongError``), or ``""``."""
+    return str(_answered(exc, "Error", "Code") or "")
+
+
+def _answered(exc: BaseException, section: str, name: str) -> object:
+    """``exc.response[section][name]``: a field of what S3 answered, or None."""
     response = getattr(exc, "response", None)
-    error = response.get("Error", {}) if isinstance(response, dict) else {}
-    return str(error.get("Code", "")) if isinstance(error, dict) else ""
+    part = response.get(section) if isinstance(response, dict) else None
+    return part.get(name) if isinstance(part, dict) else None
 
 
 def is_not_found(exc: BaseException) -> bool:
@@ -429,9 +434,7 @@ def read_error(source: str, exc: BaseException) -> Exception:
 
 
 def _status_of(exc: BaseException) -> int:
-    response = getattr(exc, "response", None)
-    meta = response.get("ResponseMetadata", {}) if isinstance(response, dict) else {}
-    status = meta.get("HTTPStatusCode", 0) if isinstance(meta, dict) else 0
+    status = _answered(exc, "ResponseMetadata", "HTTPStatusCode")
     return status if isinstance(status, int) else 0
 
 

@@ -166,16 +166,29 @@ def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:
     """``db``, when it holds a state to read (status, report, usage); an empty file or
     another program's SQLite file is refused by name, not failed on its first query."""
     tables = _tables(db)
-    if not {"meta", "items"} <= tables:
+    try:
+        _refuse_lost(path, tables)
+        if not {"meta", "items"} <= tables:
+            what = "an empty file" if not tables else "an SQLite file of another program"
+            raise StateError(f"{path}: {what}, not a dgbatch state file")
+        _refuse_newer(db, path, tables)
+    except StateError:
         db.close()
-        if _lost_wal(path, tables):
-            raise StateError(_LOST_WAL.format(path=path))
-        what = "an empty file" if not tables else "an SQLite file of another program"
-        raise StateError(f"{path}: {what}, not a dgbatch state file")
-    if "_migrations" in tables and migrations.unknown_migrations(db):
-        db.close()
-        raise StateError(_NEWER.format(path=path))
+        raise
     return db
+
+
+def _refuse_lost(path: Path, tables: set[str]) -> None:
+    """Refuse, for a run and for a reader alike, a state whose ``-wal`` went missing."""
+    if _lost_wal(path, tables):
+        raise StateError(_LOST_WAL.format(path=path))
+
+
+def _refuse_newer(db: sqlite3.Connection, path: Path, tables: set[str]) -> None:
+    """Refuse, for a run and for a reader alike, a state a newer dgbatch migrated (once
+    the file is known to be ours: another program's ``_migrations`` has other columns)."""
+    if "_migrations" in tables and migrations.unknown_migrations(db):
+        raise StateError(_NEWER.format(path=path))
 
 
 _NEWER = "{path}: written by a newer dgbatch; upgrade dgbatch to use it"
@@ -192,10 +205,12 @@ def _lost_wal(path: Path, tables: set[str]) -> bool:
     writes its schema in the WAL and the file keeps only the header until the first
     checkpoint, so this is a state whose WAL went missing (a ``kill -9`` and then a copy
     of the file alone), not a new one; planning it as new would send every item again."""
+    if tables:
+        return False
     try:
         with path.open("rb") as handle:
             header = handle.read(20)
-        if tables or header[18:20] != b"\x02\x02":
+        if header[18:20] != b"\x02\x02":
             return False
         wal = Path(f"{path}-wal")  # opening the file made an empty one if there was none
         return not wal.exists() or wal.stat().st_size == 0
@@ -208,17 +223,15 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
     SQLite file that is not ours, or one a newer dgbatch wrote."""
     try:
         tables = _tables(db)
-        if _lost_wal(path, tables):
-            raise StateError(_LOST_WAL.format(path=path))
+        _refuse_lost(path, tables)
         if tables and "meta" not in tables and not _first_migration_undone(db, tables):
             raise StateError(
                 f"{path}: an SQLite file but not a dgbatch state file; not touching it"
             )
+        _refuse_newer(db, path, tables)
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")
         with db:
-            if "_migrations" in tables and migrations.unknown_migrations(db):
-                raise StateError(_NEWER.format(path=path))
             migrations.migrate(db)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
     except sqlite3.DatabaseError as exc:
