@@ -12,6 +12,8 @@ import dataclasses
 import errno
 import json
 import logging
+import os
+import select
 import socket
 import sys
 from pathlib import Path
@@ -57,7 +59,35 @@ def show(text: str, key: str) -> None:
     click.echo(redact_text(text, (key,)))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Quiet when the reader of stdout goes away (``dgbatch report | head``): it read
+    what it wanted, so that is no failure (click would exit 1 without a word). Any other
+    broken pipe is an error like any other."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            try:
+                return super().invoke(ctx)
+            finally:
+                sys.stdout.flush()  # inside: an answer cut short shows here, not at exit
+        except BrokenPipeError as exc:
+            if not _reader_gone(sys.stdout):
+                raise RuntimeError(f"broken pipe: {exc}") from exc
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
+            ctx.exit(0)
+
+
+def _reader_gone(stream: Any) -> bool:
+    """Whether ``stream`` is a pipe or socket whose reading end is closed (POLLERR)."""
+    try:
+        poller = select.poll()
+        poller.register(stream.fileno(), 0)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="dgbatch")
 def cli() -> None:
     """Transcribe batches of audio with Deepgram: every item exactly once, resumably."""
@@ -123,7 +153,8 @@ def status(state_path: Path, as_json: bool) -> None:
 
     \b
     Example:
-        dgbatch status --state out/.dgbatch/state.sqlite --json
+        dgbatch status --out out --json
+        dgbatch status --out s3://bucket/transcripts/
     """
     try:
         state = State.open(state_path, readonly=True)
@@ -151,7 +182,7 @@ def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str
 
     \b
     Example:
-        dgbatch report --state out/.dgbatch/state.sqlite --format csv --failed -o failed.csv
+        dgbatch report --out out --format csv --failed -o failed.csv
     """
     try:
         check_report_target(output, state_path)
@@ -211,7 +242,7 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
 
     \b
     Example:
-        dgbatch usage --project 3f1c... --state out/.dgbatch/state.sqlite
+        dgbatch usage --project 3f1c... --out out
     """
     from batch.usage import format_reconciliation, reconcile_run
 

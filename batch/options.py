@@ -6,10 +6,11 @@ API's) are one decorator each, so their help and defaults cannot drift apart.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import click
 
@@ -29,7 +30,7 @@ from batch.models import Filters
 from batch.naming import AUDIO_EXTENSIONS
 from batch.params import DEFAULT_PARAMS, merge_params, parse_param
 from batch.s3 import URL_MODES
-from batch.shard import SHARD_ENV, parse_shard
+from batch.shard import SHARD_ENV, Shard, parse_shard
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,39 +54,79 @@ def _state_path(given: str | None) -> Path | None:
     return Path(given, "state.sqlite") if given.endswith(("/", os.sep)) else Path(given)
 
 
-def _state_to_read(ctx: click.Context, param: click.Parameter, value: str) -> Path:
-    """``--state`` of status, report and usage: ``DIR/`` is ``DIR/state.sqlite``, where
-    ``run --state DIR/`` puts it; a folder named without the slash is refused by name."""
-    return _not_a_folder(value, _state_path(value) or Path(value))
+def _state_to_read(given: str, out: str | None, shard: str | None) -> Path:
+    """The state that status, report and usage read: ``--out OUT`` (with ``--shard``)
+    names the state a run on OUT keeps, wherever that is (an S3 OUT's is in the cache);
+    ``--state`` names a file, or a folder holding ``state.sqlite`` (``run --state DIR/``)
+    or ``.dgbatch/state.sqlite`` (a run's ``--out``); ``DIR/`` is ``DIR/state.sqlite``."""
+    if out is not None:
+        kept = default_state_path(out, _shard(shard))
+        if not kept.exists():
+            msg = (
+                f"no state for {out} on this machine: {kept} does not exist "
+                "(a run given --state keeps it where that named)"
+            )
+            raise click.BadParameter(msg, param_hint="--out")
+        return kept
+    if shard:
+        raise click.BadParameter(
+            "needs --out (a --state names one shard's file)", param_hint="--shard"
+        )
+    folder = Path(given)
+    if not folder.is_dir():
+        return _state_path(given) or folder
+    for inside in (folder / "state.sqlite", folder / ".dgbatch" / "state.sqlite"):
+        if inside.is_file():
+            return inside
+    msg = f"{given!r} is a folder without a state (no state.sqlite or .dgbatch/state.sqlite)"
+    raise click.BadParameter(msg, param_hint="'--state'")
+
+
+def _shard(text: str | None) -> Shard | None:
+    try:
+        return parse_shard(text) if text else None
+    except UsageError as exc:
+        raise click.UsageError(str(exc)) from exc
 
 
 def _state_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--state`` of run, checked as for reading (``DIR/`` names ``DIR/state.sqlite``,
     also once the first run has made the folder), kept a str for ``build_config``."""
-    if value:
-        _not_a_folder(value, _state_path(value) or Path(value))
+    if value and (_state_path(value) or Path(value)).is_dir():
+        raise click.BadParameter(f"{value!r} is a folder: name its state file, or end it in /")
     return value
 
 
-def _not_a_folder(value: str, path: Path) -> Path:
-    if path.is_dir():
-        raise click.BadParameter(f"{value!r} is a folder: name its state file, or end it in /")
-    return path
+def state_option(fn: F) -> F:
+    """``--state PATH`` or ``--out OUT [--shard K/N]`` of status, report and usage; the
+    command gets the state's path as ``state_path``."""
+
+    @functools.wraps(fn)
+    def resolved(state_path: str | None, out: str | None, shard: str | None, **kw: Any) -> Any:
+        if state_path is not None and out is not None:
+            raise click.UsageError("give --state or --out, not both")
+        return fn(state_path=_state_to_read(state_path or _READ_DEFAULT, out, shard), **kw)
+
+    return stacked(
+        click.option(
+            "--state",
+            "state_path",
+            type=click.Path(),
+            help="State file of a run, or a folder holding one (DIR/state.sqlite or a run's "
+            f"--out, DIR/.dgbatch/state.sqlite) [default: {_READ_DEFAULT}].",
+        ),
+        click.option(
+            "--out",
+            help="The --out of a run (a folder or s3://…): read the state it keeps there, "
+            "or in the cache for s3://.",
+        ),
+        click.option(
+            "--shard", metavar="K/N", help="With --out: the state of that run's shard K of N."
+        ),
+    )(cast(F, resolved))
 
 
-state_option = stacked(
-    click.option(
-        "--state",
-        "state_path",
-        type=click.Path(),
-        callback=_state_to_read,
-        default=".dgbatch/state.sqlite",
-        show_default=True,
-        help="State file of a run, or DIR/ for DIR/state.sqlite (default for --out DIR is "
-        "DIR/.dgbatch/state.sqlite).",
-    )
-)
-"""``--state PATH`` of status, report and usage."""
+_READ_DEFAULT = ".dgbatch/state.sqlite"
 
 api_options = stacked(
     click.option(

@@ -32,8 +32,8 @@ echo "\$ dgbatch run manifests/example/audio manifests/example/recordings.jsonl 
 .venv/bin/dgbatch run manifests/example/audio manifests/example/recordings.jsonl \
     --out "$OUT" --api-url "$API_URL" --progress log
 echo
-echo "\$ dgbatch status --state $OUT/.dgbatch/state.sqlite"
-.venv/bin/dgbatch status --state "$OUT/.dgbatch/state.sqlite"
+echo "\$ dgbatch status --out $OUT"
+.venv/bin/dgbatch status --out "$OUT"
 echo
 FIRST_TXT="$(find "$OUT" -name '*.txt' | sort | head -1)"
 echo "\$ cat $FIRST_TXT"

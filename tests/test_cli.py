@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from conftest import KEY, Cli, make_wav, make_wavs, read_state_rows
 
 import batch.planner
 from batch.cli import cli
-from batch.config import check_api_url, check_out
+from batch.config import check_api_url, check_out, default_state_path
 from batch.emulator import Emulator
 from batch.errors import UsageError
 from batch.report import REPORT_FIELDS
@@ -553,10 +554,8 @@ def test_a_state_option_ending_in_a_slash_is_a_folder(tmp_path: Path, dgbatch: C
     status = dgbatch("status", "--state", f"{folder}/", "--json")
     assert status.exit_code == 0 and json.loads(status.output)["counts"]["done"] == 1
     assert dgbatch("report", "--state", f"{folder}/").output.count('"status":"done"') == 1
-    named = dgbatch("status", "--state", str(folder))
-    assert named.exit_code == 2 and "is a folder: name its state file, or end it in /" in (
-        named.output
-    )
+    named = dgbatch("status", "--state", str(folder), "--json")  # read: no doubt what it names
+    assert named.exit_code == 0 and json.loads(named.output)["counts"]["done"] == 1
     again = dgbatch(  # the same command resumes, now that the folder exists
         "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--state", f"{folder}/"
     )
@@ -689,3 +688,49 @@ def test_a_run_refused_before_it_begins_still_writes_its_run_report(
         before = target.read_bytes()
         refused = Cli(None)(*args, "--run-report", str(target), "--formats", "bogus")
         assert refused.exit_code == 2 and target.read_bytes() == before, target
+
+
+def test_status_and_report_find_a_runs_state_by_its_out(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--out OUT`` (and ``--shard``) names the state a run on OUT keeps, wherever it is
+    (an S3 OUT's is in the cache under a hash); ``--state OUT`` reads ``OUT/.dgbatch``.
+    Before, ``status --out`` was no such option and ``--state OUT`` was refused."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "a.wav")
+    assert dgbatch("run", "a.wav", "--out", "out").exit_code == 0
+    assert dgbatch("run", "a.wav", "--out", "out", "--shard", "0/2").exit_code == 0
+    s3_state = default_state_path("s3://bucket/night/")
+    s3_state.parent.mkdir(parents=True)
+    shutil.copy(tmp_path / "out/.dgbatch/state.sqlite", s3_state)
+    for where in (["--out", "out"], ["--state", "out"], ["--out", "s3://bucket/night"]):
+        status = dgbatch("status", *where, "--json")
+        assert status.exit_code == 0, status.output
+        assert json.loads(status.output)["counts"]["done"] == 1
+        assert '"status":"done"' in dgbatch("report", *where).output
+    shard = dgbatch("status", "--out", "out", "--shard", "0/2", "--json")
+    assert json.loads(shard.output)["state"] == str(Path("out/.dgbatch/shard-0-of-2/state.sqlite"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--state", "out", "--out", "out"], "give --state or --out, not both"),
+        (["--shard", "0/2"], "--shard: needs --out"),
+        (["--out", "out", "--shard", "2/2"], "K must be between 0 and N-1"),
+        (["--state", "empty"], "'empty' is a folder without a state"),
+        (["--out", "s3://bucket/none/"], "no state for s3://bucket/none/ on this machine: "),
+    ],
+)
+def test_a_state_that_cannot_be_named_is_refused_by_name(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch, args: list[str], message: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    for command in ("status", "report", "usage"):
+        result = (
+            dgbatch(command, *args, "--project", "p")
+            if command == "usage"
+            else dgbatch(command, *args)
+        )
+        assert result.exit_code == 2 and message in result.output, (command, result.output)

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 from conftest import Cli, dgbatch_subprocess_cmd, make_wav, subprocess_env
 
 from batch import migrations
+from batch.cli import _Commands
 from batch.models import Item, ItemKind, ItemStatus
 from batch.report import dump_row, error_kind, iter_jsonl, iter_report, report_row, status_summary
 from batch.state import Result, State
@@ -391,3 +393,43 @@ def test_report_o_to_a_descriptor_through_a_linked_folder_appends(tmp_path: Path
         os.close(fd)
     assert done.returncode == 0, done.stderr
     assert log.read_text().splitlines()[0] == "last night"
+
+
+def _big_state(tmp_path: Path, count: int = 2000) -> Path:
+    """A state whose report is far bigger than a pipe's buffer (64 KiB)."""
+    state = State.open(tmp_path / "state.sqlite")
+    items = [Item(f"u{i}", f"https://host/{i:064}.wav", ItemKind.URL, f"{i}") for i in range(count)]
+    state.plan(items, run_id=state.start_run("test"))
+    state.close()
+    return tmp_path / "state.sqlite"
+
+
+@pytest.mark.parametrize("command", [["report"], ["report", "--format", "csv"]])
+def test_a_reader_that_stops_reading_is_no_failure(tmp_path: Path, command: list[str]) -> None:
+    """``dgbatch report | head`` exited 1 without a word (click's way with a broken pipe),
+    which failed a ``set -o pipefail`` script; the reader had what it wanted: exit 0,
+    nothing on stderr."""
+    state = _big_state(tmp_path)
+    proc = subprocess.Popen(
+        [*dgbatch_subprocess_cmd(), *command, "--state", str(state)],
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout.readline()  # the first line, as ``head -1`` reads it
+    proc.stdout.close()
+    assert (proc.wait(timeout=60), proc.stderr.read()) == (0, b"")
+
+
+def test_a_broken_pipe_that_is_not_stdout_is_an_error() -> None:
+    """Only stdout's reader going away is quiet; a broken pipe elsewhere (a socket) is an
+    error that ``main`` prints, where click alone exits 1 without a word."""
+    group = _Commands()
+
+    @group.command()
+    def send() -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+    with pytest.raises(RuntimeError, match="broken pipe"):
+        CliRunner().invoke(group, ["send"], catch_exceptions=False)
