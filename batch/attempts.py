@@ -164,7 +164,7 @@ class Attempts:
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
             return answer, Decision(Action.FAIL, reason)  # retry would pay for it again
         decision = retry.classify_response(answer.status, answer.body, answer.retry_after)
-        return answer, self._without_key(decision)
+        return answer, retry.own_refusal(self._without_key(decision), answer.status, item.params)
 
     def _without_key(self, decision: Decision) -> Decision:
         """The decision with the key taken out of what it quotes from the answer's body,

@@ -336,6 +336,13 @@ emulator_options = stacked(
         type=float,
         help="Scale every metadata.duration (0.5: transcripts that cover half their audio).",
     ),
+    click.option(
+        "--forbid-model",
+        "forbidden_models",
+        multiple=True,
+        metavar="MODEL",
+        help="Answer 403 (no access to the requested model) to requests for MODEL; repeatable.",
+    ),
 )
 
 

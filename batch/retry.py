@@ -8,6 +8,7 @@ documented by Deepgram: honour it when present, never depend on it.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -16,6 +17,8 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from enum import StrEnum
 from typing import Any
+
+from batch.models import Params
 
 Response = dict[str, Any]
 
@@ -194,6 +197,18 @@ def _callback_acknowledgement(body: bytes) -> str | None:
     return None
 
 
+def own_refusal(decision: Decision, status: int | None, own_params: Params) -> Decision:
+    """A 403 to an item whose own params (its manifest line) name a model is Deepgram
+    refusing that model to the project: the item fails, and the items on the run's model
+    go on. A 403 otherwise (the run's model, or a weak key's ``FORBIDDEN``) stops the run."""
+    if decision.action is not Action.FATAL or status != 403 or decision.err_code == "FORBIDDEN":
+        return decision
+    if not any(name == "model" for name, _ in own_params):
+        return decision
+    reason = f"{decision.reason} (the model its manifest line asks for)"
+    return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
+
+
 def busy_or_down(status: int | None) -> bool:
     """Whether an item that gave up on ``status`` failed for Deepgram's sake (throttled,
     or a 5xx: nothing billed), not its own: the next run sends it again. Timeouts and
@@ -203,10 +218,11 @@ def busy_or_down(status: int | None) -> bool:
 
 def refused(status: int | None) -> str:
     """What Deepgram refused when it stops a run: a 402 is the account's balance, which a
-    new key would not fix; 401 and 403 are the key."""
-    return (
-        "the account (no credit left, or billing off: HTTP 402)" if status == 402 else "the API key"
-    )
+    new key would not fix; 401 is the key; 403 the key, or the model asked for (Deepgram
+    answers it to a model the project may not use)."""
+    if status == 402:
+        return "the account (no credit left, or billing off: HTTP 402)"
+    return "the API key, or the model for its project" if status == 403 else "the API key"
 
 
 def status_reason(status: int, err: ErrorBody) -> str:

@@ -281,7 +281,12 @@ def test_parse_transcript_refuses_everything_else(body: bytes) -> None:
 
 @pytest.mark.parametrize(
     ("status", "what"),
-    [(401, "the API key"), (403, "the API key"), (402, "the account"), (None, "the API key")],
+    [
+        (401, "the API key"),
+        (403, "the API key, or the model"),
+        (402, "the account"),
+        (None, "the API key"),
+    ],
 )
 def test_a_402_names_the_account_not_the_key(status: int | None, what: str) -> None:
     """A 402 is the account's balance: "refused the API key" sent users to make a new key."""
@@ -314,3 +319,32 @@ def test_only_deepgram_busy_or_down_is_sent_again_by_the_next_run(
 def test_how_an_item_gave_up_is_worded(attempts: int, tries: int, said: str) -> None:
     """The error counts what ``attempts`` counts; tries that reached no one are said so."""
     assert _gave_up(attempts, tries) == said
+
+
+_MODEL_403 = _err(
+    "INSUFFICIENT_PERMISSIONS", "Project does not have access to the requested model."
+)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "own", "action"),
+    [
+        (403, _MODEL_403, (("model", "whisper-large"),), Action.FAIL),
+        (403, _MODEL_403, (("diarize", "true"),), Action.FATAL),  # the run's model
+        (403, _MODEL_403, (), Action.FATAL),
+        (403, _err("FORBIDDEN", "weak key"), (("model", "x"),), Action.FATAL),  # the key
+        (401, _err("INVALID_AUTH", "Invalid credentials."), (("model", "x"),), Action.FATAL),
+        (402, _err("ASR_PAYMENT_REQUIRED", "no credit"), (("model", "x"),), Action.FATAL),
+        (400, _err("Bad Request", "corrupt"), (("model", "x"),), Action.FAIL),
+        (503, _err("Service Unavailable", "later"), (("model", "x"),), Action.RETRY),
+    ],
+)
+def test_a_model_refused_to_one_item_fails_that_item(
+    status: int, body: bytes, own: tuple[tuple[str, str], ...], action: Action
+) -> None:
+    """One manifest line asking for a model the project may not use (403) stopped the
+    whole batch, exit 3, "refused the API key"; it is that item's failure now."""
+    decision = retry.own_refusal(classify_response(status, body), status, own)
+    assert decision.action is action
+    if action is Action.FAIL and status == 403:
+        assert decision.reason.endswith("(the model its manifest line asks for)")

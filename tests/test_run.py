@@ -1101,3 +1101,29 @@ def test_an_item_that_may_have_been_billed_is_not_sent_again_by_itself(tmp_path:
     assert len(seen) == 3  # the second run sent nothing
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["retry_next"], row["timeout_retries"]) == ("failed", 0, 1)
+
+
+def test_a_model_refused_on_one_manifest_line_fails_only_that_line(tmp_path: Path) -> None:
+    """The project may not use whisper-large (Deepgram: 403, no access to the requested
+    model): the line asking for it fails, its request unbilled, and the rest are done; the
+    same model asked for by the whole run (``--param``) stops the run, exit 3."""
+    make_wavs(tmp_path / "calls", 3)
+    lines = [{"source": str(p)} for p in sorted((tmp_path / "calls").iterdir())]
+    lines[1]["params"] = {"model": "whisper-large"}  # type: ignore[assignment]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    with emulator_with(forbidden_models=("whisper-large",)) as emu:
+        dgbatch = Cli(emu)
+        result = dgbatch("run", str(manifest), "--out", str(tmp_path / "out"), "-c", "1")
+        assert result.exit_code == 1, result.output
+        rows = {
+            row["source"]: row for row in read_state_rows(tmp_path / "out/.dgbatch/state.sqlite")
+        }
+        assert [rows[line["source"]]["status"] for line in lines] == ["done", "failed", "done"]
+        assert "(the model its manifest line asks for)" in str(rows[lines[1]["source"]]["error"])
+        whole = dgbatch(
+            "run", str(tmp_path / "calls"), "--out", str(tmp_path / "o2"),
+            "--param", "model=whisper-large",
+        )  # fmt: skip
+        assert whole.exit_code == 3, whole.output
+        assert "Deepgram refused the API key, or the model" in whole.output

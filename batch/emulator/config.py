@@ -60,6 +60,8 @@ class EmulatorConfig:
     #: refuse callback URLs on other ports than Deepgram allows (80, 443, 8080, 8443); off by
     #: default because test receivers listen on random ports
     callback_ports_only: bool = False
+    #: models the project has no access to: a request for one is answered 403
+    forbidden_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         """Fail at construction: a misspelt fault name would otherwise silently never fire."""

@@ -60,7 +60,7 @@ from batch.emulator.fetch import (
     safe_url,
 )
 from batch.emulator.management import ManagementApi
-from batch.emulator.responses import build_response
+from batch.emulator.responses import build_response, model_info
 
 _CORRUPT = "Bad Request: failed to process audio: corrupt or unsupported data"
 
@@ -81,6 +81,11 @@ class Emulator(ManagementApi, ControlApi):
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self._url = ""
+        #: forbidden models by the name ``model_info`` gives (``whisper`` is
+        #: ``medium-whisper``): a model is refused however a request names it
+        self._forbidden = frozenset(
+            model_info((("model", m),))[1] for m in self.config.forbidden_models
+        )
 
     @property
     def url(self) -> str:
@@ -178,6 +183,7 @@ class Emulator(ManagementApi, ControlApi):
         fault = None
         try:
             self._authorize(request.headers.get("Authorization", ""))
+            self._check_model(record)
             self._admit(record, whisper)
             fault = self._draw_fault()
             response = await self._transcribe(request, record, arrived)
@@ -198,6 +204,11 @@ class Emulator(ManagementApi, ControlApi):
             raise _Reject(*_AUTH_ERRORS["401"])
         if self._auth_mode != "ok":
             raise _Reject(*_AUTH_ERRORS[self._auth_mode])
+
+    def _check_model(self, record: RequestRecord) -> None:
+        """Deepgram answers 403 to a request for a model the project may not use."""
+        if self._forbidden and model_info(record.params)[1] in self._forbidden:
+            raise _Reject(*_AUTH_ERRORS["403"])
 
     def _admit(self, record: RequestRecord, whisper: bool) -> None:
         """Deepgram limits concurrent requests per project; over the limit it answers 429.
