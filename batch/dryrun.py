@@ -34,7 +34,8 @@ from batch.job import start_plan
 from batch.keeping import Keeping
 from batch.media import check_path, sniff_path
 from batch.models import ItemKind, Params
-from batch.naming import output_location, output_relpath
+from batch.naming import is_s3_uri, output_location, output_relpath
+from batch.outputs import check_spares_source
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
 from batch.probe import (
@@ -276,11 +277,14 @@ def _estimate(
 
 
 def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | None:
-    """The ``err_code`` a local file fails with before it is sent (the run's own checks:
-    gone, changed, empty, not audio), or None: such an item costs nothing."""
+    """The ``err_code`` a local file fails with before it is sent (the run's own checks,
+    in its order: its output would replace it, gone, changed, empty, not audio), or None:
+    such an item costs nothing."""
     if row["kind"] != ItemKind.FILE.value:
         return None
     try:
+        if not is_s3_uri(config.out):
+            check_spares_source(Path(config.out), row["out_name"], config.formats, row["source"])
         check_path(row["source"], row["fingerprint"])
         if config.sniff:
             sniff_path(row["source"], sent)

@@ -1020,6 +1020,10 @@ def test_a_file_whose_output_would_replace_it_is_not_sent(
     monkeypatch.chdir(tmp_path)
     rec = make_wav(tmp_path / "rec.json")
     before = rec.read_bytes()
+    make_wav(tmp_path / "b.wav")
+    dry = dgbatch("run", "rec.json", "b.wav", "--out", ".", "--dry-run", "--json")
+    plan = json.loads(dry.output)  # the dry run counts it as the run fails it: unsent
+    assert (plan["to_send"], plan["fail_locally"]) == (1, {"output_path": 1}), dry.output
     result = dgbatch("run", "rec.json", "--out", ".")
     assert result.exit_code == 1, result.output
     assert rec.read_bytes() == before
