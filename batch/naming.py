@@ -166,6 +166,14 @@ def stem_of(name: str) -> str:
     return name
 
 
+def id_stem(name: str) -> str:
+    """The stem of a name a manifest ``id`` gave: an id is no file name, so only an audio
+    extension is dropped (``call.wav`` → ``call``); ``interview.2026-01-05`` or
+    ``Dr. Smith`` stay whole, where ``stem_of`` made them ``interview`` and ``Dr``."""
+    stem = stem_of(name)
+    return stem if name[len(stem) :].lower() in AUDIO_EXTENSIONS else name
+
+
 def name_root(name: str) -> str:
     """The start of every output name a safe name can take: its folders and its last
     segment up to the first dot (``calls/a`` for ``calls/a.wav.flac``). Items whose outputs

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from batch.failed_items import error_item
 from batch.models import Item, ItemKind
-from batch.naming import safe_name, stem_of
+from batch.naming import id_stem, safe_name, stem_of
 from batch.records import PlanStats
 from batch.redact import redact_source, redact_text, url_may_hold_secret
 
@@ -149,7 +149,7 @@ def plan_row(item: Item) -> PlanRow:
     cannot hold a secret (``url_may_hold_secret``, ``redact_url``'s own test) is stored as
     it is, without the two calls that would say so."""
     name = safe_name(item.name)
-    stem = stem_of(name)
+    stem = id_stem(name) if item.id[:3] == "id:" else stem_of(name)
     source = item.source
     error = item.error
     params = item.params

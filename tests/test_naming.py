@@ -13,6 +13,7 @@ from batch.naming import (
     AUDIO_EXTENSIONS,
     content_type_for,
     disambiguate,
+    id_stem,
     name_variants,
     output_location,
     output_relpath,
@@ -107,6 +108,24 @@ def test_safe_name_properties(name: str) -> None:
 def test_name_variants_table(name: str, expected: tuple[str, str]) -> None:
     """The stem drops only the last extension of the last segment."""
     assert name_variants(name) == expected
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("interview.2026-01-05", "interview.2026-01-05"),
+        ("Dr. Smith", "Dr. Smith"),
+        ("v1.2", "v1.2"),
+        ("call.wav", "call"),
+        ("call.WAV", "call"),
+        ("standup/day1.mp3", "standup/day1"),  # a prefix line's id/object name
+        ("greeting", "greeting"),
+    ],
+)
+def test_an_id_loses_only_an_audio_extension(name: str, stem: str) -> None:
+    """A manifest id is no file name: ``interview.2026-01-05`` was named ``interview``,
+    and ``interview.2026-01-06`` then met it."""
+    assert id_stem(name) == stem
 
 
 def test_disambiguate_is_stable_and_distinct() -> None:

@@ -159,11 +159,11 @@ def test_manifests_of_every_format_resolve_paths_against_their_folder(
     with static_server(media) as base:
         (lists / "urls.txt").write_text(f"# a comment\n\naudio/a.wav\n{base}/r.wav\n")
         (lists / "items.jsonl").write_text(
-            '{"source": "audio/b.wav", "id": "greeting"}\n'
+            '{"source": "audio/b.wav", "id": "greeting.2026-01-05"}\n'
             '{"source": "audio/c.wav", "params": {"diarize": true}}\n'
         )
         (lists / "list.csv").write_text(
-            "source,id,language\naudio/d.wav,,\naudio/e.wav,spanish,es\n"
+            "source,id,language\naudio/d.wav,,\naudio/e.wav,spanish.wav,es\n"
         )
         result = dgbatch(
             "run",
@@ -174,7 +174,7 @@ def test_manifests_of_every_format_resolve_paths_against_their_folder(
             str(out),
         )
     assert result.exit_code == 0, result.output
-    names = ["audio/a", "r", "greeting", "audio/c", "audio/d", "spanish"]
+    names = ["audio/a", "r", "greeting.2026-01-05", "audio/c", "audio/d", "spanish"]
     for name, wav in zip(names, [audio[0], remote, *audio[1:]], strict=True):
         _assert_output_for(out, name, wav)
     params = {r.sha256: untagged(r.params) for r in emulator.log}
@@ -183,7 +183,7 @@ def test_manifests_of_every_format_resolve_paths_against_their_folder(
     assert params[sha256_of(audio[3])] == DEFAULTS
     assert "Speaker 1:" in _out_transcript(out, "audio/c")
     ids = {r["id"] for r in read_state_rows(out / ".dgbatch" / "state.sqlite")}
-    assert {"id:greeting", "id:spanish", str(audio[0])} <= ids
+    assert {"id:greeting.2026-01-05", "id:spanish.wav", str(audio[0])} <= ids
 
 
 def test_an_id_repeated_in_another_manifest_fails_that_line_and_exits_1(
