@@ -13,7 +13,7 @@ from collections.abc import Callable
 from batch import retry
 from batch.adoption import Adoption
 from batch.client import Answer, DeepgramClient, TransportError
-from batch.errors import ApiUnreachable, BatchError, FatalApiError, ItemError
+from batch.errors import ApiUnreachable, BatchError, FatalApiError, ItemError, UsageError
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus
@@ -180,10 +180,16 @@ class Attempts:
         )
 
     def _stopping_error(self, decision: Decision, answer: Answer | None) -> BatchError:
-        """What stops the run: the key refused (exit 3), or a redirect (exit 1), which
-        means ``--api-url`` does not point at the API itself."""
+        """What stops the run: the key refused (exit 3), or a redirect or a 404 (exit 1),
+        which mean that ``--api-url`` does not point at the API itself."""
+        status = answer.status if answer is not None else None
+        if decision.action is Action.BAD_PARAMS:
+            return UsageError(
+                f"Deepgram refused the run's query parameters ({decision.reason}); nothing "
+                "more was sent and unfinished items stay pending: fix --param, then run the "
+                "same command again"
+            )
         if decision.action is Action.FATAL:
-            status = answer.status if answer is not None else None
             return FatalApiError(
                 f"Deepgram refused {retry.refused(status)} ({decision.reason}); "
                 "nothing more was sent and unfinished items stay pending: "
@@ -191,10 +197,11 @@ class Attempts:
             )
         where = answer.location if answer is not None else None
         to = f" to {retry.plain(self.client.redacted(where))}" if where else ""
+        what = "no such path" if status == 404 else f"a redirect{to}, which dgbatch does not follow"
         return ApiUnreachable(
-            f"the API answered HTTP {answer.status if answer else '3xx'} (a redirect{to}), "
-            "which dgbatch does not follow: point --api-url (or DEEPGRAM_API_URL) at the API "
-            "itself, then run the same command; unfinished items stay pending"
+            f"the API answered HTTP {status or '3xx'} ({what}): point --api-url (or "
+            "DEEPGRAM_API_URL) at the API itself, then run the same command; unfinished "
+            "items stay pending"
         )
 
     def _key_free(self, request_id: str | None) -> str | None:
@@ -229,8 +236,9 @@ class Attempts:
                     item.id, ItemStatus.FAILED, attempts, 200, str(exc), exc.code, paid_id
                 )
             done = self._placer.done_result(item, attempts, decision.response, outputs)
-            return dataclasses.replace(done, request_id=paid_id)
-        if decision.action in (Action.FATAL, Action.MISDIRECTED):
+            warning = done.warning and self.client.redacted(done.warning)  # Deepgram's quoted
+            return dataclasses.replace(done, request_id=paid_id, warning=warning)
+        if decision.action in (Action.FATAL, Action.MISDIRECTED, Action.BAD_PARAMS):
             self.stop(self._stopping_error(decision, answer))
             code, reason = decision.err_code, decision.reason
             return Result(item.id, ItemStatus.PENDING, attempts, status, reason, code, request_id)

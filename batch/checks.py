@@ -11,6 +11,8 @@ import math
 from typing import Any
 
 from batch.captions import is_empty_transcript
+from batch.redact import redact_text
+from batch.retry import whole_words
 
 #: A transcript covering less than this share of the local audio is flagged.
 TRUNCATION_RATIO = 0.9
@@ -61,4 +63,26 @@ def transcript_warning(response: dict[str, Any], local_duration: float | None) -
     truncated = truncation_warning(reported_duration(response), local_duration)
     if truncated is not None:
         warnings.append(truncated)
+    warnings += deepgram_warnings(response)
     return "; ".join(warnings) or None
+
+
+def deepgram_warnings(response: dict[str, Any]) -> list[str]:
+    """Deepgram's own ``metadata.warnings`` (``{parameter, type, message}``): a parameter
+    it ignored, ``keywords`` on a model without them, say. The batch was paid for as if
+    it had worked, so the item says so."""
+    found = (response.get("metadata") or {}).get("warnings")
+    if not isinstance(found, list):
+        return []
+    said = []
+    for warning in found[:_MOST_WARNINGS]:
+        if isinstance(warning, dict):
+            parts = (warning.get(key) for key in ("parameter", "type", "message"))
+            text = ": ".join(str(part) for part in parts if part not in (None, ""))
+            said.append(f"Deepgram: {whole_words(redact_text(text), _WARNING_CHARS) or '?'}")
+    return said
+
+
+#: how many of Deepgram's warnings an item keeps, and how much of each
+_MOST_WARNINGS = 5
+_WARNING_CHARS = 300

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
+from batch import __version__
 from batch.models import Params
 from batch.params import encode_query
 from batch.redact import redact_text
@@ -24,8 +25,10 @@ from batch.retry import request_id_of
 
 CHUNK_SIZE = 1 << 20
 #: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;
-#: a client timeout shorter than that would give up on work Deepgram still bills.
-DEFAULT_TIMEOUT = 20 * 60.0
+#: a client timeout shorter than that would give up on work Deepgram still bills, and
+#: retry it (paid twice). Before processing, Deepgram downloads a URL item and a request
+#: may wait in its queue: 10 more minutes over Whisper's 20 cover both.
+DEFAULT_TIMEOUT = 30 * 60.0
 #: the slowest upload rate we accept before calling a connection stalled (bytes/s)
 MIN_UPLOAD_RATE = 256 * 1024
 CONNECT_TIMEOUT = 30.0
@@ -91,7 +94,11 @@ def request_timeout(size: int | None, base: float = DEFAULT_TIMEOUT) -> aiohttp.
     )
 
 
-def make_session(concurrency: int, *, user_agent: str) -> aiohttp.ClientSession:
+#: what every request of dgbatch says it is, to the API and to the management endpoints
+USER_AGENT = f"dgbatch/{__version__}"
+
+
+def make_session(concurrency: int, *, user_agent: str = USER_AGENT) -> aiohttp.ClientSession:
     """One session per run, its pool sized to the concurrency (no per-request setup)."""
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True

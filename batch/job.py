@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from batch import __version__
 from batch.account import check_key
 from batch.backfill import backfill, done_to_render, done_without
 from batch.budget import Budget, cap_seconds
@@ -442,7 +441,7 @@ async def _execute(
     local = None if remote else LocalSink(Path(config.out), threads=threads)
     sink: OutputSink = local or S3Sink(s3, config.out)
     try:
-        async with make_session(config.concurrency, user_agent=f"dgbatch/{__version__}") as session:
+        async with make_session(config.concurrency) as session:
             client = DeepgramClient(session, config.api_url, config.api_key, timeout=config.timeout)
             runner = Runner(
                 settings,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, cast
 
 import click
 
+from batch.client import DEFAULT_TIMEOUT
 from batch.config import (
     URL_ENV,
     RunConfig,
@@ -190,7 +191,7 @@ run_options = stacked(
     ),
     click.option(
         "--timeout",
-        default=1200.0,
+        default=DEFAULT_TIMEOUT,
         show_default=True,
         type=float,
         help="Seconds per request, plus an allowance that grows with the upload size.",
@@ -321,7 +322,11 @@ emulator_options = stacked(
     click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight."),
     click.option("--key", envvar="DGBATCH_EMULATOR_KEY", help="Accepted API key (default: any)."),
     click.option("--seed", type=int, help="Seed the fault RNG for reproducible runs."),
-    click.option("--faults", help="Comma-separated faults to draw from (default: all)."),
+    click.option(
+        "--faults",
+        help="Comma-separated faults to draw from: 429, 500, 502, 503, reset, truncated, "
+        "garbage (the default: all these), 408, 504.",
+    ),
     click.option(
         "--retry-after",
         type=click.Choice(["random", "always", "never"]),

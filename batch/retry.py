@@ -53,6 +53,9 @@ class Action(StrEnum):
     #: the answer is not Deepgram's to give (a redirect: a wrong ``--api-url`` or proxy):
     #: stop dispatching, the item stays pending, exit 1
     MISDIRECTED = "misdirected"
+    #: Deepgram refused the run's own query parameters (``--param``, the defaults): every
+    #: item would fail the same way; stop dispatching, the item stays pending, exit 2
+    BAD_PARAMS = "bad_params"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,11 +92,14 @@ def parse_error_body(body: bytes) -> ErrorBody:
         data = None
     if not isinstance(data, dict):
         text = body[:_PREVIEW_READ].decode("utf-8", "replace")
-        return ErrorBody(None, _whole_words(text, _PREVIEW_CHARS), None)
+        return ErrorBody(None, whole_words(text, _PREVIEW_CHARS), None)
     code = _first_str(data, "err_code", "error_code", "category")
     message = _first_str(data, "err_msg", "message", "reason", "error")
+    details = _first_str(data, "details")  # what was wrong, in the INVALID_JSON shape
+    if details is not None:
+        message = f"{message} ({details})" if message else details
     if message is not None:
-        message = _whole_words(message, _MESSAGE_CHARS)
+        message = whole_words(message, _MESSAGE_CHARS)
     return ErrorBody(code and plain(code), message, request_id_of(data.get("request_id")))
 
 
@@ -117,7 +123,7 @@ def plain(text: str) -> str:
     return _CONTROL_RE.sub(" ", text).strip()
 
 
-def _whole_words(text: str, limit: int) -> str | None:
+def whole_words(text: str, limit: int) -> str | None:
     """The first whole words of ``text`` that fit in ``limit`` characters, with `` …`` when
     some are left out: a secret the text echoes is either whole, so redaction still finds
     it, or left out, never cut in two."""
@@ -174,8 +180,8 @@ def classify_response(
     reason = status_reason(status, err)
     if status in FATAL_STATUSES:
         action = Action.FATAL
-    elif 300 <= status < 400:  # Deepgram does not redirect /v1/listen
-        action = Action.MISDIRECTED
+    elif 300 <= status < 400 or status == 404:  # Deepgram does not redirect /v1/listen,
+        action = Action.MISDIRECTED  # and a 404 is its path: a wrong --api-url, every item
     elif status in RETRYABLE_STATUSES:
         action = Action.RETRY
     elif 400 <= status < 500:
@@ -198,9 +204,15 @@ def _callback_acknowledgement(body: bytes) -> str | None:
 
 
 def own_refusal(decision: Decision, status: int | None, own_params: Params) -> Decision:
-    """A 403 to an item whose own params (its manifest line) name a model is Deepgram
+    """Whose request Deepgram refused: the item's, or the run's.
+
+    A 403 to an item whose own params (its manifest line) name a model is Deepgram
     refusing that model to the project: the item fails, and the items on the run's model
-    go on. A 403 otherwise (the run's model, or a weak key's ``FORBIDDEN``) stops the run."""
+    go on; a 403 otherwise (the run's model, or a weak key's ``FORBIDDEN``) stops the run.
+    A 400 ``INVALID_QUERY_PARAMETER`` to an item without params of its own is the run's
+    ``--param``: every item would fail, so the run stops (``BAD_PARAMS``)."""
+    if status == 400 and decision.err_code == "INVALID_QUERY_PARAMETER" and not own_params:
+        return dataclasses.replace(decision, action=Action.BAD_PARAMS)
     if decision.action is not Action.FATAL or status != 403 or decision.err_code == "FORBIDDEN":
         return decision
     if not any(name == "model" for name, _ in own_params):
@@ -212,8 +224,10 @@ def own_refusal(decision: Decision, status: int | None, own_params: Params) -> D
 def busy_or_down(status: int | None) -> bool:
     """Whether an item that gave up on ``status`` failed for Deepgram's sake (throttled,
     or a 5xx: nothing billed), not its own: the next run sends it again. Timeouts and
-    dropped connections may have been billed, so they wait for ``--retry-failed``."""
-    return status is not None and (status == 429 or 500 <= status <= 599)
+    dropped connections may have been billed, so they wait for ``--retry-failed``; so
+    does a 504, Deepgram's "processing exceeded the maximum time": the same recording
+    would take as long every night."""
+    return status is not None and (status == 429 or (500 <= status <= 599 and status != 504))
 
 
 def refused(status: int | None) -> str:

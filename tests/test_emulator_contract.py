@@ -89,6 +89,28 @@ async def test_whisper_has_its_own_limit_of_5(session: aiohttp.ClientSession) ->
     assert sent[len(whisper) :] == [200] * 4
 
 
+@pytest.mark.parametrize(
+    ("query", "limit"),
+    [
+        ("?sentiment=true", 10),
+        ("?summarize=v2", 10),
+        ("?detect_entities=true", 5),
+        ("?topics=true&detect_entities=true", 5),  # the lowest of the request's limits
+        ("?model=whisper&topics=true", 5),
+    ],
+)
+async def test_audio_intelligence_features_have_lower_limits(
+    session: aiohttp.ClientSession, query: str, limit: int
+) -> None:
+    """Deepgram holds sentiment, intents, topics and summarize to 10 in flight, entities
+    to 5, and a request with several to the lowest; the emulator let 100 through, so a
+    client's 429 handling was never met with them. Requests without them go on beside."""
+    async with emulator_with(latency=1.0, retry_after=False) as emulator:
+        sent = await statuses(session, emulator, [query] * (limit + 2) + ["?sentiment=false"] * 3)
+    assert sorted(sent[: limit + 2]) == [200] * limit + [429] * 2
+    assert sent[limit + 2 :] == [200] * 3
+
+
 async def test_max_concurrency_replaces_both_limits(session: aiohttp.ClientSession) -> None:
     """An explicit max_concurrency is the limit for whisper requests too."""
     async with emulator_with(max_concurrency=8, latency=1.0, retry_after=False) as emulator:

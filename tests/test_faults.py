@@ -543,3 +543,75 @@ def test_an_item_billed_in_an_earlier_run_is_not_sent_again_by_itself(tmp_path: 
     with run_in_thread(EmulatorConfig(key=KEY)) as healthy:
         assert Cli(healthy)("run", str(wav), "--out", str(out)).exit_code == 1
         assert healthy.log == []
+
+
+def _answering(status: int, body: dict[str, Any] | str, seen: list[web.Request]) -> web.Application:
+    """An API answering every /v1/listen (and the key check) with ``status`` and ``body``."""
+
+    async def listen(request: web.Request) -> web.Response:
+        await request.read()
+        seen.append(request)
+        if isinstance(body, str):
+            return web.Response(status=status, text=body)
+        return web.json_response(body, status=status)
+
+    async def token(request: web.Request) -> web.Response:
+        seen.append(request)
+        return web.json_response({"scopes": ["usage:write"]})
+
+    app = web.Application()
+    app.router.add_post("/v1/listen", listen)
+    app.router.add_get("/v1/auth/token", token)
+    return app
+
+
+_BAD_QUERY = {"err_code": "INVALID_QUERY_PARAMETER", "err_msg": "Failed to deserialize query"}
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "code", "said"),
+    [
+        (404, "404 page not found", 1, "the API answered HTTP 404 (no such path): point --api-url"),
+        (400, _BAD_QUERY, 2, "Deepgram refused the run's query parameters (HTTP 400 INVALID_"),
+    ],
+)
+def test_an_answer_about_the_run_not_the_item_stops_the_run(
+    tmp_path: Path, status: int, body: dict[str, Any] | str, code: int, said: str
+) -> None:
+    """A 404 of /v1/listen (a wrong --api-url path) and a bad query parameter of the run's
+    own failed every item for good, and the corrected run then sent nothing without
+    --retry-failed. The run stops at the first one; the items stay pending."""
+    make_tiny_wavs(tmp_path / "in", 3)
+    out, seen = tmp_path / "out", []
+    with serve_app(_answering(status, body, seen)) as url:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(out), "--api-url", url,
+            "--no-preflight", "-c", "1", "--progress", "none", "--param", "diarize=yes",
+        )  # fmt: skip
+    assert result.exit_code == code, result.output
+    assert said in result.output and "unfinished items stay pending" in result.output
+    assert len(seen) == 1
+    assert {r["status"] for r in state_rows(out)} == {"pending"}
+
+
+def test_deepgrams_own_warnings_reach_the_report(tmp_path: Path) -> None:
+    """Deepgram says in ``metadata.warnings`` that it ignored a parameter (``keywords`` on
+    nova-3): the item was paid for as if it had worked, and nobody was told. The warning
+    is the item's now, without a key the answer may echo; every request (the key check
+    too) says it is dgbatch."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    warned = {"parameter": "keywords", "type": "unsupported_model", "message": f"no {KEY}"}
+    answer = {
+        "metadata": {"request_id": "r1", "duration": 0.1, "warnings": [warned]},
+        "results": {"channels": [{"alternatives": [{"transcript": "hi", "words": []}]}]},
+    }
+    out, seen = tmp_path / "out", []
+    with serve_app(_answering(200, answer, seen)) as url:
+        result = Cli(None)(
+            "run", str(tmp_path / "in"), "--out", str(out), "--api-url", url, "--progress", "none"
+        )
+    assert result.exit_code == 0, result.output
+    (row,) = state_rows(out)
+    assert row["warning"] == "Deepgram: keywords: unsupported_model: no REDACTED"
+    assert [r.path for r in seen] == ["/v1/auth/token", "/v1/listen"]
+    assert {r.headers["User-Agent"].split("/")[0] for r in seen} == {"dgbatch"}

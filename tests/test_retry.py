@@ -46,7 +46,8 @@ def _err(code: str, msg: str, request_id: str = "req-9") -> bytes:
         (401, _err("INVALID_AUTH", "Invalid credentials."), Action.FATAL),
         (402, _err("ASR_PAYMENT_REQUIRED", "no credits"), Action.FATAL),
         (403, _err("INSUFFICIENT_PERMISSIONS", "no access"), Action.FATAL),
-        (404, _err("NOT_FOUND", "no such path"), Action.FAIL),
+        (404, _err("NOT_FOUND", "no such path"), Action.MISDIRECTED),  # a wrong --api-url
+        (404, b"404 page not found", Action.MISDIRECTED),
         (408, _err("SLOW_UPLOAD", "Request upload timeout."), Action.RETRY),
         (411, _err("LENGTH_REQUIRED", "Content-Length required"), Action.FAIL),
         (413, _err("PAYLOAD_TOO_LARGE", "too large"), Action.FAIL),
@@ -103,7 +104,7 @@ def test_callback_acknowledgement_is_not_resent() -> None:
             400,
             b'{"category": "INVALID_JSON", "message": "Invalid JSON submitted.", "details": "x"}',
             "INVALID_JSON",
-            "Invalid JSON submitted.",
+            "Invalid JSON submitted. (x)",  # the details say what was wrong
             None,
         ),
         (
@@ -295,7 +296,7 @@ def test_a_402_names_the_account_not_the_key(status: int | None, what: str) -> N
 
 @pytest.mark.parametrize(
     ("status", "again"),
-    [(429, True), (500, True), (502, True), (503, True), (504, True), (599, True),
+    [(429, True), (500, True), (502, True), (503, True), (504, False), (599, True),
      (408, False), (499, False), (400, False), (200, False), (None, False)],
 )  # fmt: skip
 def test_only_deepgram_busy_or_down_is_sent_again_by_the_next_run(
@@ -333,17 +334,21 @@ _MODEL_403 = _err(
         (403, _MODEL_403, (("diarize", "true"),), Action.FATAL),  # the run's model
         (403, _MODEL_403, (), Action.FATAL),
         (403, _err("FORBIDDEN", "weak key"), (("model", "x"),), Action.FATAL),  # the key
+        (400, _err("INVALID_QUERY_PARAMETER", "bad"), (), Action.BAD_PARAMS),  # the run's
+        (400, _err("INVALID_QUERY_PARAMETER", "bad"), (("diarize", "x"),), Action.FAIL),
         (401, _err("INVALID_AUTH", "Invalid credentials."), (("model", "x"),), Action.FATAL),
         (402, _err("ASR_PAYMENT_REQUIRED", "no credit"), (("model", "x"),), Action.FATAL),
         (400, _err("Bad Request", "corrupt"), (("model", "x"),), Action.FAIL),
         (503, _err("Service Unavailable", "later"), (("model", "x"),), Action.RETRY),
     ],
 )
-def test_a_model_refused_to_one_item_fails_that_item(
+def test_whose_request_deepgram_refused(
     status: int, body: bytes, own: tuple[tuple[str, str], ...], action: Action
 ) -> None:
     """One manifest line asking for a model the project may not use (403) stopped the
-    whole batch, exit 3, "refused the API key"; it is that item's failure now."""
+    whole batch, exit 3, "refused the API key"; it is that item's failure now. A bad
+    query parameter of the run's own (no params of the item's) failed every item for good;
+    it stops the run now."""
     decision = retry.own_refusal(classify_response(status, body), status, own)
     assert decision.action is action
     if action is Action.FAIL and status == 403:

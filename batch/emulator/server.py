@@ -16,6 +16,7 @@ import json
 import random
 import time
 import uuid
+from collections import Counter
 
 import aiohttp
 from aiohttp import web
@@ -27,10 +28,11 @@ from batch.emulator.callbacks import Deliveries, callback_target
 from batch.emulator.config import (
     AUTH_MODES,
     DEEPGRAM_CONCURRENCY,
+    FEATURE_CONCURRENCY,
     MAX_UPLOAD_BYTES,
-    WHISPER_CONCURRENCY,
     EmulatorConfig,
     RequestRecord,
+    limited_features,
 )
 from batch.emulator.control import ControlApi
 from batch.emulator.faults import (
@@ -75,8 +77,8 @@ class Emulator(ManagementApi, ControlApi):
         self._rng = random.Random(self.config.seed)
         self._in_flight = 0
         self._in_flight_max = 0
-        #: ``model=whisper*`` requests in flight (also counted in ``_in_flight``)
-        self._whisper_in_flight = 0
+        #: requests in flight per feature of a lower limit (also counted in ``_in_flight``)
+        self._feature_in_flight: Counter[str] = Counter()
         self._callbacks = Deliveries(self.config.callback_retry_gap)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -162,19 +164,21 @@ class Emulator(ManagementApi, ControlApi):
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         """Count the request as in flight for its whole life and log it however it ends."""
         record = _new_record(request)
-        whisper = request.query.get("model", "").startswith("whisper")
+        limited = limited_features(request.query)
         self._in_flight += 1
-        self._whisper_in_flight += whisper
+        for feature in limited:
+            self._feature_in_flight[feature] += 1
         self._in_flight_max = max(self._in_flight_max, self._in_flight)
         try:
-            return await self._answer(request, record, whisper)
+            return await self._answer(request, record, limited)
         finally:
             self._in_flight -= 1
-            self._whisper_in_flight -= whisper
+            for feature in limited:
+                self._feature_in_flight[feature] -= 1
             self.log.append(record)
 
     async def _answer(
-        self, request: web.Request, record: RequestRecord, whisper: bool
+        self, request: web.Request, record: RequestRecord, limited: tuple[str, ...]
     ) -> web.StreamResponse:
         """Auth, then the concurrency limit (answered at once), then body, latency and faults.
         A callback request is answered without the latency: that is its processing time,
@@ -184,7 +188,7 @@ class Emulator(ManagementApi, ControlApi):
         try:
             self._authorize(request.headers.get("Authorization", ""))
             self._check_model(record)
-            self._admit(record, whisper)
+            self._admit(record, limited)
             fault = self._draw_fault()
             response = await self._transcribe(request, record, arrived)
         except _Reject as reject:
@@ -210,15 +214,18 @@ class Emulator(ManagementApi, ControlApi):
         if self._forbidden and model_info(record.params)[1] in self._forbidden:
             raise _Reject(*_AUTH_ERRORS["403"])
 
-    def _admit(self, record: RequestRecord, whisper: bool) -> None:
+    def _admit(self, record: RequestRecord, limited: tuple[str, ...]) -> None:
         """Deepgram limits concurrent requests per project; over the limit it answers 429.
-        ``max_concurrency`` replaces its limits (100; 5 for whisper) for every request."""
+        A request with features of lower limits (Whisper 5; sentiment, intents, topics and
+        summarize 10; entities 5) is held to the lowest of them.
+        ``max_concurrency`` replaces all these limits for every request."""
         limit = self.config.max_concurrency
         if limit is not None:
             over = self._in_flight > limit
         else:
-            over = self._in_flight > DEEPGRAM_CONCURRENCY or (
-                whisper and self._whisper_in_flight > WHISPER_CONCURRENCY
+            over = self._in_flight > DEEPGRAM_CONCURRENCY or any(
+                self._feature_in_flight[feature] > FEATURE_CONCURRENCY[feature]
+                for feature in limited
             )
         if over:
             record.fault = "concurrency"
