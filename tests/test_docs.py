@@ -119,11 +119,11 @@ def test_readme_retry_table_matches_the_retry_rules() -> None:
     retried, failed, fatal, redirected = statuses
     assert retried - {200} == set(retry.RETRYABLE_STATUSES)  # "a 200 that is not a transcript"
     assert fatal == set(retry.FATAL_STATUSES)
-    assert failed == {400, 404, 411, 413, 414, 415}
+    assert failed == {400, 411, 413, 414, 415}
     for status in failed:
         assert retry.classify_response(status, b"").action is retry.Action.FAIL
-    assert rows[3][0].startswith("3xx") and redirected == {301}  # the example it quotes
-    for status in range(300, 400):
+    assert rows[3][0].startswith("3xx") and redirected == {301, 404}  # 301: the example
+    for status in [*range(300, 400), 404]:
         assert retry.classify_response(status, b"").action is retry.Action.MISDIRECTED
 
 
