@@ -41,7 +41,7 @@ from batch.realsources import RealSources
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
-from batch.runreport import RunReport, write_run_report
+from batch.runreport import RunReport, refusal_may_write, write_run_report
 from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
@@ -148,14 +148,20 @@ async def _run_batch(
     finally:
         report.finished = time.time()
         try:
-            await _save_run_report(config.run_report, report, s3)
+            await _save_run_report(config, report, s3)
         finally:
             s3.close()
 
 
-async def _save_run_report(dest: str | None, report: RunReport, s3: S3) -> None:
-    """A report that cannot be written is logged: it must not change the run's outcome."""
+async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> None:
+    """A report that cannot be written is logged: it must not change the run's outcome.
+    A run refused for bad input (exit 2: a SOURCE that is not there) writes it only where
+    a refused run may: the options that named the place may be the wrong ones too."""
+    dest = config.run_report
     if dest is None:
+        return
+    if report.exit_code == UsageError.exit_code and not refusal_may_write(dest, config.out):
+        log.warning("%s: run report not written over a file that is not one", redact_source(dest))
         return
     try:
         await write_run_report(dest, report, s3)

@@ -131,7 +131,7 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
     wrong: exit 2), so that a monitor reading it learns of tonight's failure instead of
     last night's success. Never over what the refusal is about (the ``--run-report``
     itself), and never raises: the refusal is what the user must see."""
-    if dest is None or not _refusal_may_write(dest, out):
+    if dest is None or not refusal_may_write(dest, out):
         return
     now = time.time()
     report = RunReport(
@@ -153,7 +153,7 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
         s3.close()
 
 
-def _refusal_may_write(dest: str, out: str) -> bool:
+def refusal_may_write(dest: str, out: str) -> bool:
     """Whether a refused run may write its report at ``dest``: the options that would have
     checked the place (``--out``, ``--state``) may be the wrong ones, so only over an
     earlier run report, or as a new ``.json`` file outside any ``.dgbatch`` folder, or at

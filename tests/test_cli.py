@@ -684,10 +684,18 @@ def test_a_run_refused_before_it_begins_still_writes_its_run_report(
     assert json.loads(fresh.read_text())["exit_code"] == 2
     state = tmp_path / "out" / ".dgbatch" / "state.sqlite"
     (tmp_path / "notes.json").write_text('{"mine": true}')
+    (tmp_path / "notes.txt").write_text("important notes")
+    missing = ("run", str(tmp_path / "typo"), "--out", str(tmp_path / "out"))
     for target in (state, tmp_path / "out" / "a.json", tmp_path / "notes.json"):
         before = target.read_bytes()
         refused = Cli(None)(*args, "--run-report", str(target), "--formats", "bogus")
         assert refused.exit_code == 2 and target.read_bytes() == before, target
+    for target in (tmp_path / "notes.txt", tmp_path / "notes.json"):  # a SOURCE not there
+        before = target.read_bytes()
+        refused = dgbatch(*missing, "--run-report", str(target))
+        assert refused.exit_code == 2 and target.read_bytes() == before, target
+    assert dgbatch(*missing, "--run-report", str(report)).exit_code == 2
+    assert "typo" in json.loads(report.read_text())["error"]  # over the last report: written
 
 
 def test_status_and_report_find_a_runs_state_by_its_out(
