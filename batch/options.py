@@ -7,6 +7,7 @@ API's) are one decorator each, so their help and defaults cannot drift apart.
 from __future__ import annotations
 
 import functools
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -34,6 +35,27 @@ from batch.s3 import URL_MODES
 from batch.shard import SHARD_ENV, Shard, parse_shard
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _Finite(click.ParamType[float]):
+    """A float that is a number: ``nan`` (a ``$BUDGET`` left empty by a script, say) was
+    taken, and turned off the budget caps and the timeouts, which no comparison stops."""
+
+    name = "float"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+FINITE = _Finite()
 
 
 def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
@@ -193,7 +215,7 @@ run_options = stacked(
         "--timeout",
         default=DEFAULT_TIMEOUT,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Seconds per request, plus an allowance that grows with the upload size.",
     ),
     click.option(
@@ -249,21 +271,21 @@ run_options = stacked(
         "--backoff-base",
         default=1.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="First retry waits up to this many seconds (doubling, full jitter).",
     ),
     click.option(
         "--backoff-cap",
         default=60.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Longest wait between retries, in seconds.",
     ),
     click.option(
         "--grace",
         default=30.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Seconds in-flight requests get to finish after Ctrl-C/SIGTERM.",
     ),
     click.option(
@@ -284,14 +306,14 @@ run_options = stacked(
     ),
     click.option(
         "--max-audio-hours",
-        type=float,
+        type=FINITE,
         metavar="H",
         help="Stop dispatching before audio transcribed (whole state) + in flight passes H.",
     ),
-    click.option("--max-cost", type=float, metavar="USD", help="The same cap in US dollars."),
+    click.option("--max-cost", type=FINITE, metavar="USD", help="The same cap in US dollars."),
     click.option(
         "--price-per-hour",
-        type=float,
+        type=FINITE,
         metavar="USD",
         help="Price of an audio hour for estimates and --max-cost (default: batch/pricing.py).",
     ),
@@ -309,14 +331,14 @@ emulator_options = stacked(
         "--latency",
         default=0.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Seconds per request from its arrival, the emulator's own work included.",
     ),
     click.option(
         "--fault-rate",
         default=0.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Share of requests answered with 429/5xx/reset/truncated/garbage.",
     ),
     click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight."),
@@ -338,7 +360,7 @@ emulator_options = stacked(
         "--duration-ratio",
         default=1.0,
         show_default=True,
-        type=float,
+        type=FINITE,
         help="Scale every metadata.duration (0.5: transcripts that cover half their audio).",
     ),
     click.option(

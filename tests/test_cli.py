@@ -742,3 +742,25 @@ def test_a_state_that_cannot_be_named_is_refused_by_name(
             else dgbatch(command, *args)
         )
         assert result.exit_code == 2 and message in result.output, (command, result.output)
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--max-cost", "--max-audio-hours", "--price-per-hour", "--timeout", "--grace",
+     "--backoff-base", "--backoff-cap"],
+)  # fmt: skip
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_a_number_option_must_be_a_finite_number(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, option: str, value: str
+) -> None:
+    """``--max-cost nan`` (a ``$BUDGET`` a script left empty) was taken, and every item was
+    sent past the cap: no comparison with nan stops anything. It is exit 2 now, unsent."""
+    make_wav(tmp_path / "a.wav")
+    result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), option, value)
+    assert result.exit_code == 2 and f"'{value}' is not a finite number" in result.output
+    assert emulator.log == []
+
+
+def test_an_emulator_number_option_must_be_a_finite_number() -> None:
+    result = CliRunner().invoke(cli, ["emulator", "--latency", "nan"])
+    assert result.exit_code == 2 and "'nan' is not a finite number" in result.output
