@@ -202,8 +202,12 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     if is_s3_uri(run_report):
         if is_s3_output_place(run_report, out):
             raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
+        if _is_s3_lock(run_report):
+            raise UsageError(f"--run-report {run_report!r}: {_LOCK}")
         return
     report = Path(run_report).resolve()
+    if _is_lock(report):
+        raise UsageError(f"--run-report {run_report!r}: {_LOCK}")
     if report == report_path(state).resolve():
         msg = f"--run-report {run_report!r}: is the run's own report (report.jsonl)"
         raise UsageError(msg)
@@ -236,6 +240,15 @@ def _is_state_file(path: Path, state: Path) -> bool:
         return path.resolve() in {file.resolve() for file in own}
     except RuntimeError:  # a link loop is none of them (and opening it fails, named)
         return False
+
+
+_LOCK = "is a run's lock: replaced, it would let a second run take the batch over"
+
+
+def _is_s3_lock(uri: str) -> bool:
+    """An S3 output prefix's lock, ``<prefix>/.dgbatch/lock[-shard-K-of-N].json``."""
+    parts = uri.split("/")
+    return len(parts) > 1 and parts[-2] == ".dgbatch" and parts[-1].startswith("lock")
 
 
 def _is_lock(path: Path) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import secrets as tokens
@@ -41,7 +42,12 @@ from batch.realsources import RealSources
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
-from batch.runreport import RunReport, refusal_may_write, write_run_report
+from batch.runreport import (
+    RunReport,
+    refusal_may_write,
+    report_place_taken,
+    save_run_report,
+)
 from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
@@ -133,7 +139,12 @@ async def _run_batch(
         out=redact_source(config.out),
         shard=config.shard.suffix() if config.shard else None,
     )
+    taken = None
     try:
+        if config.run_report is not None:  # before anything is paid for: not at the end
+            taken = await report_place_taken(config.run_report, s3)
+            if taken is not None:
+                raise UsageError(f"--run-report {redact_source(config.run_report)!r}: {taken}")
         if config.preflight:  # a refused key is the commonest nightly failure: reported too
             details = await check_key(config.api_url, config.api_key)
             if details is not None:
@@ -141,32 +152,36 @@ async def _run_batch(
         outcome = await _run_locked(config, progress, stdin, s3, report, cap, signals)
         report.exit_code = outcome.exit_code
         report.error = str(outcome.error) if outcome.error else None
-        return outcome
     except BatchError as exc:
         report.exit_code, report.error = exc.exit_code, redact_text(str(exc))
         raise
     finally:
         report.finished = time.time()
-        try:
-            await _save_run_report(config, report, s3)
+        try:  # not where something else is (``taken``): that is what the run stops for
+            unsaved = None if taken else await _save_run_report(config, report, s3)
         finally:
             s3.close()
+    if unsaved is not None and outcome.exit_code == 0:  # a monitor would read last night's
+        return dataclasses.replace(outcome, exit_code=1, error=unsaved)
+    return outcome
 
 
-async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> None:
-    """A report that cannot be written is logged: it must not change the run's outcome.
-    A run refused for bad input (exit 2: a SOURCE that is not there) writes it only where
-    a refused run may: the options that named the place may be the wrong ones too."""
+async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> OutputError | None:
+    """Write the run report, if asked for; why it is not written, logged. A run refused
+    for bad input (exit 2: a SOURCE that is not there) writes it only where a refused run
+    may: the options that named the place may be the wrong ones too."""
     dest = config.run_report
     if dest is None:
-        return
+        return None
     if report.exit_code == UsageError.exit_code and not refusal_may_write(dest, config.out):
-        log.warning("%s: run report not written over a file that is not one", redact_source(dest))
-        return
+        log.warning("%s: a refused run writes no run report there", redact_source(dest))
+        return None
     try:
-        await write_run_report(dest, report, s3)
-    except BatchError as exc:
+        await save_run_report(dest, report, s3)
+    except OutputError as exc:
         log.error("%s", exc)
+        return exc
+    return None
 
 
 async def _run_locked(

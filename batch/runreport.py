@@ -146,11 +146,25 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
 
     s3 = S3(S3Options(endpoint_url=endpoint_url))
     try:
-        asyncio.run(write_run_report(dest, report, s3))
+        asyncio.run(save_run_report(dest, report, s3))
+    except OutputError as exc:  # it names the place
+        log.warning("%s", exc)
     except Exception as exc:
         log.warning("%s: cannot write the run report: %s", redact_source(dest), exc)
     finally:
         s3.close()
+
+
+async def save_run_report(dest: str, report: RunReport, s3: S3) -> None:
+    """Write the report, unless something else than an earlier run report is there now.
+
+    Raises:
+        OutputError: it is not written (the reason named).
+    """
+    reason = await report_place_taken(dest, s3)
+    if reason is not None:
+        raise OutputError(f"{redact_source(dest)}: run report not written: {reason}")
+    await write_run_report(dest, report, s3)
 
 
 def refusal_may_write(dest: str, out: str) -> bool:
@@ -158,17 +172,62 @@ def refusal_may_write(dest: str, out: str) -> bool:
     checked the place (``--out``, ``--state``) may be the wrong ones, so only over an
     earlier run report, or as a new ``.json`` file outside any ``.dgbatch`` folder, or at
     an S3 key outside ``--out``'s outputs; never over the state, a transcript or a file
-    of the user's."""
+    of the user's (``save_run_report`` looks at what is there)."""
     if is_s3_uri(dest):
         return not is_s3_output_place(dest, out)
     if "://" in dest:  # an http(s) URL is no place for it (and no local path either)
         return False
     path = Path(dest)
+    return path.exists() or (path.suffix == ".json" and ".dgbatch" not in path.parts)
+
+
+#: why a run report is not written over what is there
+TAKEN = "something else than a run report is there (a run report replaces only an earlier one)"
+
+
+async def report_place_taken(dest: str, s3: S3) -> str | None:
+    """Why the run report must not be written at ``dest``, or None: a run report replaces
+    only an earlier one, never a recording, a lock (another run would take its batch
+    over), a transcript or a file of the user's that a mistyped option names."""
+    if is_s3_uri(dest):
+        head = await s3.call(_s3_head_bytes, dest, s3)
+        return None if head is None or is_run_report(head) else TAKEN
+    path = Path(dest)
+    if path.is_dir():
+        return "is a folder"
     if not path.exists():
-        return path.suffix == ".json" and ".dgbatch" not in path.parts
+        return None
     try:
         with path.open("rb") as handle:
-            earlier = json.loads(handle.read(1 << 20))
-    except (OSError, ValueError):
+            head = handle.read(_READ)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    return None if is_run_report(head) else TAKEN
+
+
+def is_run_report(data: bytes) -> bool:
+    """Whether ``data`` is a run report dgbatch wrote (JSON with its fields)."""
+    try:
+        earlier = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
         return False
     return isinstance(earlier, dict) and {"exit_code", "started", "command"} <= set(earlier)
+
+
+#: a run report is a few KB (100 failures at most); more than this is no run report
+_READ = 1 << 20
+
+
+def _s3_head_bytes(dest: str, s3: S3) -> bytes | None:
+    """The first ``_READ`` bytes of the object at ``dest``, or None when there is none (or
+    it cannot be read: the put will then say why it fails)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from batch.s3 import parse_s3_uri
+
+    bucket, key = parse_s3_uri(dest)
+    try:
+        answer = s3.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{_READ - 1}")
+        return bytes(answer["Body"].read())
+    except (BotoCoreError, ClientError):
+        return None

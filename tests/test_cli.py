@@ -756,7 +756,8 @@ def test_a_number_option_must_be_a_finite_number(
     """``--max-cost nan`` (a ``$BUDGET`` a script left empty) was taken, and every item was
     sent past the cap: no comparison with nan stops anything. It is exit 2 now, unsent."""
     make_wav(tmp_path / "a.wav")
-    result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), option, value)
+    args = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--api-url", emulator.url)
+    result = Cli(None)(*args, option, value)  # not ``dgbatch``, which gives --backoff-base
     assert result.exit_code == 2 and f"'{value}' is not a finite number" in result.output
     assert emulator.log == []
 
@@ -764,3 +765,27 @@ def test_a_number_option_must_be_a_finite_number(
 def test_an_emulator_number_option_must_be_a_finite_number() -> None:
     result = CliRunner().invoke(cli, ["emulator", "--latency", "nan"])
     assert result.exit_code == 2 and "'nan' is not a finite number" in result.output
+
+
+def test_a_run_report_replaces_only_an_earlier_one(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """``--run-report`` onto one of the run's recordings, a file of the user's or the run's
+    lock replaced it at the end of the run (the lock then let a second run in); each is
+    refused before anything is sent. One that cannot be written is exit 1, not 0."""
+    make_wavs(tmp_path / "in", 2)
+    (tmp_path / "notes.txt").write_text("important notes")
+    wav = sorted((tmp_path / "in").iterdir())[0]
+    before = wav.read_bytes()
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--run-report")
+    for place, said in (
+        (wav, "something else than a run report is there"),
+        (tmp_path / "notes.txt", "something else than a run report is there"),
+        (tmp_path / "out" / ".dgbatch" / "out.lock", "is a run's lock"),
+    ):
+        refused = dgbatch(*args, str(place))
+        assert refused.exit_code == 2 and said in refused.output, refused.output
+    assert emulator.log == [] and wav.read_bytes() == before
+    assert (tmp_path / "notes.txt").read_text() == "important notes"
+    unwritable = dgbatch(*args, str(tmp_path / "notes.txt" / "r.json"))
+    assert unwritable.exit_code == 1 and "cannot write the run report" in unwritable.output

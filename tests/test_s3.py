@@ -512,6 +512,30 @@ def test_s3_run_report(dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path:
     assert report["started"] <= report["finished"]
 
 
+def test_an_s3_run_report_replaces_only_an_earlier_one(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--run-report`` onto a recording of the input prefix replaced it (the next night
+    paid for its JSON as audio), and onto a shard's lock let a third run take the batch
+    over: both are refused, unsent. One that cannot be put is exit 1, not 0: a monitor
+    would read last night's success."""
+    objects = audio_objects(tmp_path, ["in/a.wav"])
+    moto.bucket("rrep", objects)
+    args = ("run", "s3://rrep/in/", "--out", "s3://rrep/tx/", "--run-report")
+    for place in ("s3://rrep/in/a.wav", "s3://rrep/tx/.dgbatch/lock-shard-1-of-2.json"):
+        refused = run_s3(dgbatch, tmp_path, *args, place)
+        assert refused.exit_code == 2, refused.output
+        assert listen_log(emulator) == []
+    assert (
+        moto.client.get_object(Bucket="rrep", Key="in/a.wav")["Body"].read() == objects["in/a.wav"]
+    )
+    unwritable = run_s3(dgbatch, tmp_path, *args, "s3://no-such-bucket-zz/r.json")
+    assert unwritable.exit_code == 1, unwritable.output
+    assert "s3://no-such-bucket-zz/r.json: cannot write the run report" in unwritable.output
+    assert run_s3(dgbatch, tmp_path, *args, "s3://rrep/reports/r.json").exit_code == 0
+    assert run_s3(dgbatch, tmp_path, *args, "s3://rrep/reports/r.json").exit_code == 0  # over it
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
