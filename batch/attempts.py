@@ -197,9 +197,13 @@ class Attempts:
             )
         where = answer.location if answer is not None else None
         to = f" to {retry.plain(self.client.redacted(where))}" if where else ""
-        what = "no such path" if status == 404 else f"a redirect{to}, which dgbatch does not follow"
+        what = (
+            "(no such path)"
+            if status == 404
+            else f"(a redirect{to}), which dgbatch does not follow"
+        )
         return ApiUnreachable(
-            f"the API answered HTTP {status or '3xx'} ({what}): point --api-url (or "
+            f"the API answered HTTP {status or '3xx'} {what}: point --api-url (or "
             "DEEPGRAM_API_URL) at the API itself, then run the same command; unfinished "
             "items stay pending"
         )

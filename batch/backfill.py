@@ -81,7 +81,7 @@ async def backfill(
         return 0
     lacking = " OR ".join("outputs NOT LIKE ?" for _ in formats)
     rows: Iterator[Any] = state.iter_tuples(
-        f"SELECT id, source, fingerprint, out_name, outputs {_DONE} AND ({lacking})",
+        f"SELECT id, source, fingerprint, out_name, outputs, created_at {_DONE} AND ({lacking})",
         tuple(map(_lacks, formats)),
     )
     filled = 0
@@ -110,7 +110,7 @@ async def _fill(
     state: State, sink: OutputSink, row: Any, formats: tuple[str, ...], line_length: int | None
 ) -> bool:
     """One item's missing formats, from its json; False when it has none to read."""
-    item_id, source, fingerprint, out_name, outputs = row
+    item_id, source, fingerprint, out_name, outputs, planned_at = row
     have: list[str] = json.loads(outputs)
     missing = tuple(fmt for fmt in formats if not _has(have, fmt))
     if not _has(have, "json"):
@@ -124,7 +124,7 @@ async def _fill(
         return False
     files = render_all(missing, body, response, line_length=line_length, source=source)
     try:
-        written = await sink.write(out_name, files, OutputMeta(source, fingerprint))
+        written = await sink.write(out_name, files, OutputMeta(source, fingerprint, planned_at))
     except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it
         log.warning("%s", exc)
         return False

@@ -33,7 +33,14 @@ from batch.keeping import Keeping, kept_audio
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
-from batch.outputs import LocalSink, OutputSink, check_spares_source
+from batch.outputs import (
+    LocalSink,
+    OutputSink,
+    check_outputs_free,
+    check_spares_inputs,
+    check_spares_source,
+    run_inputs,
+)
 from batch.params import request_params, run_tags
 from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
@@ -302,18 +309,22 @@ def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Send
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     if not is_s3_uri(config.out):
-        senders[ItemKind.FILE] = _sparing_sources(senders[ItemKind.FILE], config)
+        senders = {kind: _sparing(sender, config) for kind, sender in senders.items()}
     return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
 
 
-def _sparing_sources(sender: Sender, config: RunConfig) -> Sender:
-    """Refuse, unsent, a file whose own output would replace it: a recording named
-    ``rec.json`` (or ``voice.srt`` with ``--formats srt``) transcribed into its own folder
-    was overwritten by its transcript."""
-    root = Path(config.out)
+def _sparing(sender: Sender, config: RunConfig) -> Sender:
+    """Refuse, unsent, an item whose outputs would replace a file this batch did not
+    write (``check_outputs_free``), or a file whose own output would replace it: a
+    recording named ``rec.json`` transcribed into its own folder was overwritten by its
+    transcript. Nothing is paid for an answer with no place to go."""
+    root, inputs = Path(config.out), run_inputs(config.sources)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        check_spares_source(root, item.out_name, config.formats, source)  # before it is paid
+        if item.kind is ItemKind.FILE:
+            check_spares_source(root, item.out_name, config.formats, source)
+        check_spares_inputs(root, item.out_name, config.formats, inputs)
+        check_outputs_free(root, item.out_name, config.formats, item.replaces_before)
         return await sender(client, item, source)
 
     return send

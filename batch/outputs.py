@@ -34,6 +34,13 @@ from batch.naming import output_relpath, resolve_inside
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
+#: a file at an output's place older than its item's plan, less this (filesystems whose
+#: clocks are coarse: FAT's 2 s), was not written by this batch
+PLAN_SLACK = 2.0
+FOREIGN = (
+    "is already there, older than this batch (a file of yours, another batch's, or one "
+    "whose state was lost): not replaced; move it away, choose another --out, or --force"
+)
 #: seconds an abandoned item's outputs may take to land, once its answer is in (a group
 #: write is a few ms; a second Ctrl-C must still end the run promptly)
 OUTPUT_GRACE = 2.0
@@ -48,6 +55,9 @@ class OutputMeta:
 
     source: str
     fingerprint: str
+    #: when the state first planned the item: a local file older than that is not this
+    #: batch's, and is not replaced (``check_not_foreign``); None replaces it (``--force``)
+    planned_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +195,65 @@ def check_spares_source(root: Path, out_name: str, formats: Collection[str], sou
         raise ItemError(msg, code="output_path")
 
 
+def check_not_foreign(path: str, planned_at: float | None) -> None:
+    """Refuse to replace a file this batch did not write: a subtitle made by hand beside
+    the video, the manifest of the run, an earlier batch's paid transcript (its own
+    ``--state``, the same ``--out``) were replaced without a word. One written after the
+    item was planned is the batch's own (an earlier answer, a crash's leftover).
+
+    Raises:
+        ItemError: ``output_exists``, naming the file.
+    """
+    if planned_at is None:
+        return
+    try:
+        written = os.lstat(path).st_mtime
+    except OSError:
+        return
+    if written < planned_at - PLAN_SLACK:
+        raise ItemError(f"{path}: {FOREIGN}", code="output_exists")
+
+
+def check_outputs_free(
+    root: Path, out_name: str, formats: Collection[str], planned_at: float | None
+) -> None:
+    """``check_not_foreign`` for every output of an item, before it is sent (nothing is
+    paid for an answer with no place to go); the writer checks again, at the real paths."""
+    if planned_at is None:
+        return
+    for fmt in formats:
+        check_not_foreign(os.path.join(root, output_relpath(out_name, fmt)), planned_at)
+
+
+def run_inputs(sources: Collection[str]) -> dict[str, str]:
+    """The local files given as SOURCEs (manifests, recordings), by name: no output may
+    replace one (``check_spares_inputs``). A manifest written by the script that runs
+    dgbatch is as new as the batch, so its age does not protect it."""
+    inputs = {}
+    for source in sources:
+        if os.path.isfile(source):
+            inputs[os.path.basename(source)] = os.path.realpath(source)
+    return inputs
+
+
+def check_spares_inputs(
+    root: Path, out_name: str, formats: Collection[str], inputs: dict[str, str]
+) -> None:
+    """Refuse outputs of which one would be a SOURCE of the run: ``dgbatch run list.txt
+    --out .`` wrote ``list.wav``'s transcript over the manifest. Only an output named as
+    an input is resolved, so the check costs nothing for the others.
+
+    Raises:
+        ItemError: ``output_path``, naming the input.
+    """
+    leaf = out_name.rpartition("/")[2]
+    for fmt in formats:
+        named = inputs.get(f"{leaf}.{fmt}")
+        if named is not None and os.path.realpath(root / output_relpath(out_name, fmt)) == named:
+            msg = f"its {fmt} output would replace {named}, a SOURCE of this run"
+            raise ItemError(f"{out_name}: {msg}; choose another --out", code="output_path")
+
+
 def _output_in_the_way(path: Path) -> Path | None:
     """The output file of another item that stands where a folder of ``path`` must be
     (``q.wav``'s ``q.json`` and ``q.json/z.wav``'s ``q.json/z.json``): only that item
@@ -253,6 +322,7 @@ class _Job:
 
     out_name: str
     files: dict[str, bytes]
+    planned_at: float | None = None
     paths: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
     error: Exception | None = None
@@ -320,10 +390,13 @@ class _GroupWriter:
         try:
             for fmt in job.files:
                 job.paths.append(self._path_for(job.out_name, fmt))
+                check_not_foreign(job.paths[-1], job.planned_at)
         except ValueError:  # a symlink in --out leads outside: this item fails, the run goes on
             relpath = output_relpath(job.out_name, fmt)
             msg = f"{relpath}: output path escapes --out (a symlink inside it?); not written"
             job.fail(ItemError(msg, code="unsafe_output"))
+        except ItemError as exc:
+            job.fail(exc)
 
     def _barrier(self, files: list[str], folders: set[str]) -> None:
         """Make ``files`` and the entries of ``folders`` durable."""
@@ -413,7 +486,7 @@ class LocalSink:
         them before they were sent)."""
         check_spares_source(self.root, out_name, files, meta.source)
         loop = asyncio.get_running_loop()
-        job = _Job(out_name, files)
+        job = _Job(out_name, files, meta.planned_at)
         done = loop.create_future()
         self._queue.append((job, done))
         if self._committer is None:

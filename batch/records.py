@@ -32,6 +32,14 @@ class WorkItem:
     status: ItemStatus
     #: re-queued by a ``--force``: outputs already in place are the ones it redoes
     forced: bool = False
+    #: when the state first planned it: older files where its outputs go are not its own
+    planned_at: float | None = None
+
+    @property
+    def replaces_before(self) -> float | None:
+        """The time before which a file at an output's place is not replaced: a forced
+        item replaces whatever is there (``--force``)."""
+        return None if self.forced else self.planned_at
 
     def with_params(self, params: Params) -> WorkItem:
         """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
@@ -49,6 +57,7 @@ class WorkItem:
             self.claimed_at,
             self.status,
             self.forced,
+            self.planned_at,
         )
 
 
@@ -89,7 +98,7 @@ class PlanStats:
 #: the columns a claim reads, in ``work_item``'s order
 COLUMNS = (
     "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced"
+    "forced, created_at"
 )
 #: kinds and statuses of rows read from the state: a dict lookup, cheaper than calling the enum
 _ITEM_KINDS = {kind.value: kind for kind in ItemKind}
@@ -99,9 +108,8 @@ _STATUSES = {status.value: status for status in ItemStatus}
 def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem:
     """The item a ``COLUMNS`` row holds; a claim passes its own ``claimed_at``, as it read the
     row before marking it claimed."""
-    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status, forced = (
-        row
-    )
+    rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row[:11]
+    forced, planned_at = row[11:]
     return WorkItem(
         rowid,
         item_id,
@@ -115,6 +123,7 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
         claimed_at if claimed_at is not None else claimed,
         _STATUSES[status],
         bool(forced),
+        planned_at,
     )
 
 

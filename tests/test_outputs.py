@@ -14,7 +14,15 @@ from conftest import Cli, make_wav, outputs_under, read_state_rows, sha256_of
 from batch.emulator import Emulator, build_response
 from batch.errors import ItemError, OutputError
 from batch.formats import render_txt
-from batch.outputs import Found, LocalSink, OutputMeta, output_error, write_atomic
+from batch.outputs import (
+    PLAN_SLACK,
+    Found,
+    LocalSink,
+    OutputMeta,
+    check_not_foreign,
+    output_error,
+    write_atomic,
+)
 
 
 def _files(root: Path) -> list[str]:
@@ -339,3 +347,28 @@ def test_outputs_without_json_written_after_the_claim_count_as_complete(tmp_path
         sink.close()
     assert before is None and stale is None
     assert after == Found([str(tmp_path / "a.txt")], None)
+
+
+@pytest.mark.parametrize(
+    ("age", "planned", "refused"),
+    [
+        (None, 1000.0, False),  # nothing there
+        (10.0, 1000.0, True),  # there before the batch
+        (1000.0 - PLAN_SLACK + 0.5, 1000.0, False),  # a coarse clock's own write
+        (1500.0, 1000.0, False),  # written after the plan: the batch's
+        (10.0, None, False),  # --force replaces it
+    ],
+)
+def test_a_file_older_than_the_batch_is_not_its_own(
+    tmp_path: Path, age: float | None, planned: float | None, refused: bool
+) -> None:
+    target = tmp_path / "a.json"
+    if age is not None:
+        target.write_text("{}")
+        os.utime(target, (age, age))
+    if refused:
+        with pytest.raises(ItemError, match="is already there, older than this batch") as caught:
+            check_not_foreign(str(target), planned)
+        assert caught.value.code == "output_exists"
+    else:
+        check_not_foreign(str(target), planned)

@@ -1131,3 +1131,70 @@ def test_a_model_refused_on_one_manifest_line_fails_only_that_line(tmp_path: Pat
         )  # fmt: skip
         assert whole.exit_code == 3, whole.output
         assert "Deepgram refused the API key, or the model" in whole.output
+
+
+def _aged(*paths: Path, seconds: float = 3600) -> None:
+    """Make files older than a batch planned now, as a user's or an earlier batch's are."""
+    when = time.time() - seconds
+    for path in paths:
+        os.utime(path, (when, when))
+
+
+def test_a_file_this_batch_did_not_write_is_not_replaced(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A subtitle made by hand beside the video, the manifest of the run, and an earlier
+    batch's transcript (its own --state, the same --out) were replaced by transcripts
+    without a word. Such an item fails unsent (``output_exists``, ``output_path`` for the
+    manifest), the file stays, and the rest of the run goes on; --force replaces it."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "videos" / "movie.wav")
+    make_wav(tmp_path / "videos" / "other.wav", tone=1)
+    subtitle = tmp_path / "videos" / "movie.srt"
+    subtitle.write_text("1\n00:00:00,000 --> 00:00:02,000\nmade by hand\n")
+    _aged(subtitle)
+    result = dgbatch("run", "videos", "--out", "videos", "--formats", "json,srt")
+    assert result.exit_code == 1, result.output
+    assert subtitle.read_text().endswith("made by hand\n") and len(emulator.log) == 1
+    rows = {
+        Path(str(r["source"])).name: r
+        for r in read_state_rows(tmp_path / "videos/.dgbatch/state.sqlite")
+    }
+    assert (rows["movie.wav"]["err_code"], rows["other.wav"]["status"]) == ("output_exists", "done")
+    assert "videos/movie.srt: is already there, older than this batch" in str(
+        rows["movie.wav"]["error"]
+    )
+    forced = dgbatch("run", "videos", "--out", "videos", "--formats", "json,srt", "--force")
+    assert forced.exit_code == 0 and "made by hand" not in subtitle.read_text()
+
+    make_wav(tmp_path / "d" / "list.wav", tone=2)  # a manifest as new as the batch
+    (tmp_path / "d" / "list.txt").write_text("list.wav\n")
+    listed = dgbatch("run", "d/list.txt", "--out", "d")
+    assert listed.exit_code == 1 and (tmp_path / "d" / "list.txt").read_text() == "list.wav\n"
+    (row,) = read_state_rows(tmp_path / "d/.dgbatch/state.sqlite")
+    assert row["err_code"] == "output_path" and "a SOURCE of this run" in str(row["error"])
+
+    make_wav(tmp_path / "day1" / "a.wav", tone=3)
+    make_wav(tmp_path / "day2" / "a.wav", tone=4)
+    assert dgbatch("run", "day1", "--out", "p", "--state", "s1/").exit_code == 0
+    first = (tmp_path / "p" / "a.json").read_bytes()
+    _aged(tmp_path / "p" / "a.json", tmp_path / "p" / "a.txt")
+    second = dgbatch("run", "day2", "--out", "p", "--state", "s2/")
+    assert second.exit_code == 1 and (tmp_path / "p" / "a.json").read_bytes() == first
+    assert dgbatch("run", "day1", "--out", "p", "--state", "s1/").exit_code == 0  # its own
+
+
+def test_a_format_rendered_later_does_not_replace_a_file_of_the_users(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A format added later is rendered from the json, unsent, and written by no check
+    made before a request: the writer itself keeps a user's file (made before the batch)."""
+    make_wav(tmp_path / "in" / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    mine = out / "a.srt"
+    mine.write_text("mine\n")
+    _aged(mine)
+    again = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--formats", "json,srt")
+    assert mine.read_text() == "mine\n" and len(emulator.log) == 1
+    assert "out/a.srt: is already there, older than this batch" in again.output
