@@ -9,13 +9,28 @@ already holds for the same source fingerprint, under their name or their other o
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 
 from batch import retry
+from batch.errors import ItemError
 from batch.models import ItemStatus
 from batch.outputs import OutputMeta, OutputSink
 from batch.placing import Placer
+from batch.redact import redact_source
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem
+
+
+class ForeignOutputs(ItemError):
+    """Outputs of another source are where the item's go: they are not replaced (a night
+    whose state was lost wrote over the night before's transcript of another recording)."""
+
+    def __init__(self, location: str, other: str) -> None:
+        super().__init__(
+            f"{location}: already there for another source ({redact_source(other)}), not "
+            "replaced; move it away, choose another --out, or --force",
+            code="output_exists",
+        )
 
 
 class Adoption:
@@ -46,7 +61,7 @@ class Adoption:
         for item in leftovers:
             # a forced item's undated outputs may be the very ones it was redoing
             undated = item.forced and not self.settings.dated_outputs
-            done = None if undated else await self.existing_outputs(item, item.claimed_at)
+            done = None if undated else await self._own_outputs(item, item.claimed_at)
             if done is not None:
                 self.stats.recovered += 1
                 self.state.record(done)
@@ -54,25 +69,52 @@ class Adoption:
                 self.state.record(Result(item.id, ItemStatus.PENDING, item.attempts))
         await asyncio.to_thread(self.state.flush)
 
+    async def elsewhere(self, item: WorkItem) -> WorkItem | None:
+        """The item named by its other name (its full one, ``a.wav`` for ``a``), when
+        outputs of another source hold its own and nothing of another source is there:
+        where a state that knew the other item would have named it (an S3 ``--out``
+        whose state was lost, a dated prefix per night). None when there is no such name."""
+        meta = OutputMeta(item.source, item.fingerprint)
+        for name in await asyncio.to_thread(self.state.other_names, item.id):
+            found = await self.sink.find_complete(name, self.settings.formats, meta, None)
+            if found is None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
+                return dataclasses.replace(item, out_name=name)
+        return None
+
     async def under_other_name(self, item: WorkItem) -> Result | None:
         """Outputs found under the other name the item could have (its stem or its full
         name, as the items planned beside it decide: a state that was lost named them
         among other items, say before ``a.mp3`` arrived beside ``a.wav``). The item then
         takes that name, unless another item has it."""
         for name in await asyncio.to_thread(self.state.other_names, item.id):
-            done = await self.existing_outputs(item, None, name)
+            done = await self._own_outputs(item, None, name)
             if done is not None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
                 return done
         return None
+
+    async def _own_outputs(
+        self, item: WorkItem, since: float | None, name: str | None = None
+    ) -> Result | None:
+        """``existing_outputs``, another source's being none of the item's."""
+        try:
+            return await self.existing_outputs(item, since, name)
+        except ForeignOutputs:
+            return None
 
     async def existing_outputs(
         self, item: WorkItem, since: float | None, name: str | None = None
     ) -> Result | None:
         """The item's ``done`` result when the sink already holds all its outputs (under
-        its name, or under ``name``)."""
+        its name, or under ``name``).
+
+        Raises:
+            ForeignOutputs: another source's outputs hold the item's name (S3).
+        """
         meta = OutputMeta(item.source, item.fingerprint)
         formats = self.settings.formats
         found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
+        if found is not None and found.foreign is not None:
+            raise ForeignOutputs(*found.foreign)
         if found is None:
             return None
         if found.json is None:  # complete, without a transcript to read: nothing to warn of

@@ -11,7 +11,7 @@ import random
 from collections.abc import Callable
 
 from batch import retry
-from batch.adoption import Adoption
+from batch.adoption import Adoption, ForeignOutputs
 from batch.client import Answer, DeepgramClient, TransportError
 from batch.errors import ApiUnreachable, BatchError, FatalApiError, ItemError, UsageError
 from batch.limiter import AdaptiveLimit
@@ -77,7 +77,7 @@ class Attempts:
         if sender is None:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
-        settled = await self._settled_unsent(item)
+        item, settled = await self._settled_unsent(item)
         if settled is not None:
             return settled
         attempts, timeouts, paid_200s = item.attempts, 0, 0
@@ -121,19 +121,32 @@ class Attempts:
                 self._tries[item.id] = (attempts, timeouts)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
-    async def _settled_unsent(self, item: WorkItem) -> Result | None:
+    async def _settled_unsent(self, item: WorkItem) -> tuple[WorkItem, Result | None]:
         """The item's result when nothing need be sent: an answer an earlier run paid for
-        and could not write, or outputs already there (``--skip-existing``)."""
+        and could not write, or outputs already there (``--skip-existing``); and the item
+        to send otherwise, renamed when another source's outputs hold its name.
+
+        Raises:
+            ForeignOutputs: they do, and its other name is taken too.
+        """
         kept = await self._placer.kept_result(item)
         if kept is not None:
-            return kept
-        if self.settings.skip_existing and not item.forced:
-            adopt = self._adoption
+            return item, kept
+        if not self.settings.skip_existing or item.forced:
+            return item, None
+        adopt = self._adoption
+        try:
             done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
-            if done is not None:
-                self.stats.skipped += 1
-                return done
-        return None
+        except ForeignOutputs:
+            done = await adopt.under_other_name(item)
+            if done is None:
+                renamed = await adopt.elsewhere(item)
+                if renamed is None:
+                    raise
+                return renamed, None
+        if done is not None:
+            self.stats.skipped += 1
+        return item, done
 
     def _not_sent(self, item: WorkItem, attempts: int, timeouts: int) -> int:
         """The try counted in ``attempts`` reached no one (found before the request, or no

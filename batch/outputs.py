@@ -68,6 +68,9 @@ class Found:
 
     locations: list[str]
     json: bytes | None
+    #: none of the item's own, but an output of another source is there (S3 metadata
+    #: names it): its location, and that source
+    foreign: tuple[str, str] | None = None
 
 
 class OutputSink(Protocol):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from batch.errors import ItemError, OutputError
 from batch.formats import CONTENT_TYPES
@@ -122,7 +122,13 @@ class S3Sink:
             and head.get(META_SOURCE) in sources
         }
         found = adoptable(mine, formats)
-        return Found([self._uri(key) for key in found.values()], None) if found else None
+        if found:
+            return Found([self._uri(key) for key in found.values()], None)
+        for key, head in zip(keys.values(), heads, strict=True):
+            if head is not None and head.get(META_SOURCE) not in sources:
+                other = unquote(head.get(META_SOURCE) or "") or "no source of dgbatch's"
+                return Found([], None, foreign=(self._uri(key), other))
+        return None
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
         """An output put earlier, or None when it is not there (``OutputError`` when it

@@ -536,6 +536,41 @@ def test_an_s3_run_report_replaces_only_an_earlier_one(
     assert run_s3(dgbatch, tmp_path, *args, "s3://rrep/reports/r.json").exit_code == 0  # over it
 
 
+def test_a_night_without_its_state_never_writes_over_another_recordings_transcript(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Each night's prefix into one --out, each night in a fresh container (no state):
+    the 28th's ``call.wav`` replaced the 27th's transcript of its own ``call.wav``. It
+    takes its full name instead (``call.wav.json``, as a state that knew the other would
+    have named it), as it does beside a file that is not dgbatch's; with that name taken
+    too, it fails unsent (``output_exists``). Nothing is replaced."""
+    keys = ["inc/27/call.wav", "inc/28/call.wav", "inc/29/call.wav", "inc/30/x.wav"]
+    objects = audio_objects(tmp_path, keys)
+    moto.bucket("nights", objects | {"tr/x.txt": b"a file of the user's"})
+
+    def night(day: str) -> Any:
+        out = ("run", f"s3://nights/inc/{day}/", "--out", "s3://nights/tr/")
+        return run_s3(dgbatch, tmp_path, *out, state=f"night{day}")
+
+    def body(key: str) -> bytes:
+        return bytes(moto.client.get_object(Bucket="nights", Key=key)["Body"].read())
+
+    assert night("27").exit_code == 0
+    first = body("tr/call.json")
+    assert night("28").exit_code == 0, "the 28th's takes its full name"
+    assert body("tr/call.json") == first
+    assert sha(objects["inc/28/call.wav"]) in body("tr/call.wav.json").decode()
+    sent = len(listen_log(emulator))
+    third = night("29")  # both names are other recordings'
+    assert third.exit_code == 1 and len(listen_log(emulator)) == sent
+    assert "tr/call.json: already there for another source (s3://nights/inc/27/call.wav)" in (
+        third.output + str(read_state_rows(tmp_path / "night29" / "state.sqlite")[0]["error"])
+    )
+    assert body("tr/call.json") == first
+    assert night("30").exit_code == 0  # a file not dgbatch's holds x.txt: x.wav.* then
+    assert body("tr/x.txt") == b"a file of the user's" and body("tr/x.wav.json")
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
