@@ -12,25 +12,13 @@ import asyncio
 import dataclasses
 
 from batch import retry
-from batch.errors import ItemError
+from batch.errors import ForeignOutputs
 from batch.models import ItemStatus
 from batch.outputs import OutputMeta, OutputSink
 from batch.placing import Placer
 from batch.redact import redact_source
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem
-
-
-class ForeignOutputs(ItemError):
-    """Outputs of another source are where the item's go: they are not replaced (a night
-    whose state was lost wrote over the night before's transcript of another recording)."""
-
-    def __init__(self, location: str, other: str) -> None:
-        super().__init__(
-            f"{location}: already there for another source ({redact_source(other)}), not "
-            "replaced; move it away, choose another --out, or --force",
-            code="output_exists",
-        )
 
 
 class Adoption:
@@ -114,7 +102,11 @@ class Adoption:
         formats = self.settings.formats
         found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
         if found is not None and found.foreign is not None:
-            raise ForeignOutputs(*found.foreign)
+            location, other = found.foreign
+            raise ForeignOutputs(
+                f"{location}: already there for another source ({redact_source(other)}), "
+                "not replaced; move it away, choose another --out, or --force"
+            )
         if found is None:
             return None
         if found.json is None:  # complete, without a transcript to read: nothing to warn of

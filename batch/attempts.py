@@ -11,9 +11,16 @@ import random
 from collections.abc import Callable
 
 from batch import retry
-from batch.adoption import Adoption, ForeignOutputs
+from batch.adoption import Adoption
 from batch.client import Answer, DeepgramClient, TransportError
-from batch.errors import ApiUnreachable, BatchError, FatalApiError, ItemError, UsageError
+from batch.errors import (
+    ApiUnreachable,
+    BatchError,
+    FatalApiError,
+    ForeignOutputs,
+    ItemError,
+    UsageError,
+)
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender
 from batch.models import ItemKind, ItemStatus

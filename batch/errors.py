@@ -46,6 +46,15 @@ class ItemError(BatchError):
         self.code = code
 
 
+class ForeignOutputs(ItemError):
+    """Outputs of another source are where an item's go (S3 metadata names it): they are
+    not replaced; a night whose state was lost wrote over the night before's transcript
+    of another recording."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="output_exists")
+
+
 class StateError(BatchError):
     """Raised when the state file is corrupt or not a dgbatch state file."""
 

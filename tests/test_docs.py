@@ -92,6 +92,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         errors.OutputError: "output",
         errors.Interrupted: "interrupted",
         errors.ItemError: "failed",
+        errors.ForeignOutputs: "failed",
         errors.BudgetExceeded: "budget",
         errors.AccountError: "account",
         errors.ApiUnreachable: "could not be reached",
