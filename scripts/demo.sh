@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check .
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .  # as scripts/test.sh: one .venv, edits live
 
 OUT="${DEMO_OUT:-demo-out}"
 rm -rf "$OUT"

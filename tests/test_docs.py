@@ -201,3 +201,17 @@ def test_the_documented_chunk_is_the_planners() -> None:
 
     assert f"planned in chunks of {CHUNK:,}" in README
     assert f"once {CHUNK:,} lines" in README
+
+
+def test_the_demo_and_the_tests_install_the_same_editable_venv() -> None:
+    """``scripts/demo.sh`` installed the package plainly into the ``.venv`` that
+    ``scripts/test.sh`` installs editable: a developer who ran the demo then tested and ran
+    a stale copy of the code. Both install it editable."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    for name in ("demo.sh", "test.sh"):
+        installs = [
+            line
+            for line in (scripts / name).read_text().splitlines()
+            if "pip install" in line and "--upgrade pip" not in line
+        ]
+        assert installs and all(" -e " in line for line in installs), (name, installs)
