@@ -41,7 +41,7 @@ from batch.outputs import (
     check_spares_source,
     run_inputs,
 )
-from batch.params import request_params, run_tags
+from batch.params import project_limit, request_params, run_tags
 from batch.planner import BackgroundPlan
 from batch.pricing import model_of, price_per_hour
 from batch.progress import Progress
@@ -139,6 +139,7 @@ async def _run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
     cap = _cap_seconds(config)
+    _warn_over_deepgrams_limit(config)
     s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
     report = RunReport(
         started=time.time(),
@@ -171,6 +172,21 @@ async def _run_batch(
     if unsaved is not None and outcome.exit_code == 0:  # a monitor would read last night's
         return dataclasses.replace(outcome, exit_code=1, error=unsaved)
     return outcome
+
+
+def _warn_over_deepgrams_limit(config: RunConfig) -> None:
+    """Deepgram takes 100 requests of a project at once (5 with Whisper, 10 or 5 with
+    Audio Intelligence): above that, it answers 429 until the run's limit comes down,
+    which makes it slower, not faster."""
+    limit = project_limit(config.params)
+    if config.concurrency > limit:
+        log.warning(
+            "--concurrency %d is above the %d requests Deepgram takes at once for this "
+            "run's params: the rest get 429 and wait; -c %d is as fast",
+            config.concurrency,
+            limit,
+            limit,
+        )
 
 
 async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> OutputError | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from urllib.parse import urlencode
 
@@ -32,6 +32,17 @@ __all__ = [
 ]
 
 DEFAULT_PARAMS: Params = (("model", "nova-3"), ("smart_format", "true"))
+#: Deepgram's concurrent requests per project (PAYG/Growth): 100, lower for a Whisper model
+#: and for each Audio Intelligence feature; a request with several gets the lowest
+PROJECT_CONCURRENCY = 100
+FEATURE_CONCURRENCY: dict[str, int] = {
+    "whisper": 5,
+    "sentiment": 10,
+    "intents": 10,
+    "topics": 10,
+    "summarize": 10,
+    "detect_entities": 5,
+}
 #: Output formats that read ``results.utterances`` when Deepgram returns them.
 CAPTION_FORMATS = frozenset({"srt", "vtt"})
 #: The tag every dgbatch request carries, beside its run's own tag.
@@ -207,3 +218,21 @@ def request_params(
     if "tag" not in keys:
         extra.extend(tags)
     return merged + tuple(extra)
+
+
+def limited_features(params: Iterable[tuple[str, str]]) -> tuple[str, ...]:
+    """The features of a request's params that Deepgram holds to a lower concurrency: a
+    Whisper model, and each Audio Intelligence feature turned on (any value but false);
+    the last value of a key counts, as in the query Deepgram reads."""
+    given = dict(params)
+    features = tuple(
+        name
+        for name in FEATURE_CONCURRENCY
+        if name != "whisper" and given.get(name, "false").lower() != "false"
+    )
+    return ("whisper", *features) if given.get("model", "").startswith("whisper") else features
+
+
+def project_limit(params: Iterable[tuple[str, str]]) -> int:
+    """How many requests with these params Deepgram takes at once."""
+    return min([PROJECT_CONCURRENCY, *(FEATURE_CONCURRENCY[f] for f in limited_features(params))])

@@ -17,6 +17,7 @@ from batch.params import (
     merge_params,
     params_from_mapping,
     parse_param,
+    project_limit,
 )
 
 
@@ -165,3 +166,18 @@ def test_encode_query_round_trips(pairs: list[tuple[str, str]]) -> None:
     # parse_qsl cannot tell a pair with NUL or lone surrogates apart; skip those.
     if all(k.isprintable() and v.isprintable() for k, v in params):
         assert tuple(decoded) == params
+
+
+@pytest.mark.parametrize(
+    ("params", "limit"),
+    [
+        ((("model", "nova-3"),), 100),
+        ((("model", "whisper-large"),), 5),
+        ((("model", "nova-3"), ("sentiment", "true")), 10),
+        ((("summarize", "v2"), ("detect_entities", "true")), 5),
+        ((("sentiment", "false"),), 100),
+        ((("model", "whisper"), ("model", "nova-2")), 100),  # the last one counts
+    ],
+)
+def test_deepgrams_limit_for_a_runs_params(params: tuple[tuple[str, str], ...], limit: int) -> None:
+    assert project_limit(params) == limit

@@ -10,8 +10,9 @@ control endpoints serve the log without auth, which is why they answer only loop
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
+
+from batch.params import FEATURE_CONCURRENCY, PROJECT_CONCURRENCY
 
 #: Faults drawn by default when ``fault_rate`` > 0.
 DEFAULT_FAULTS: tuple[str, ...] = ("429", "500", "502", "503", "reset", "truncated", "garbage")
@@ -22,31 +23,9 @@ AUTH_MODES: tuple[str, ...] = ("ok", "401", "402", "403")
 #: Deepgram's documented file-size limit; above it the emulator answers 413 (an inference).
 MAX_UPLOAD_BYTES = 2 * 1024**3
 #: Deepgram's pre-recorded concurrency limit per project (PAYG/Growth), in requests in flight.
-DEEPGRAM_CONCURRENCY = 100
+DEEPGRAM_CONCURRENCY = PROJECT_CONCURRENCY
 #: The same for ``model=whisper*`` requests, which are counted apart.
-WHISPER_CONCURRENCY = 5
-#: Lower limits of features, each counted apart (Deepgram's PAYG/Growth limits): a request
-#: with several of them is held to the lowest.
-FEATURE_CONCURRENCY: dict[str, int] = {
-    "whisper": WHISPER_CONCURRENCY,
-    "sentiment": 10,
-    "intents": 10,
-    "topics": 10,
-    "summarize": 10,
-    "detect_entities": 5,
-}
-
-
-def limited_features(query: Mapping[str, str]) -> tuple[str, ...]:
-    """The features of a request's query that have a lower concurrency limit: a Whisper
-    model, and each Audio Intelligence feature turned on (any value but ``false``)."""
-    features = tuple(
-        name
-        for name in ("sentiment", "intents", "topics", "summarize", "detect_entities")
-        if query.get(name, "false").lower() != "false"
-    )
-    whisper = query.get("model", "").startswith("whisper")
-    return ("whisper", *features) if whisper else features
+WHISPER_CONCURRENCY = FEATURE_CONCURRENCY["whisper"]
 
 
 @dataclass

@@ -28,11 +28,9 @@ from batch.emulator.callbacks import Deliveries, callback_target
 from batch.emulator.config import (
     AUTH_MODES,
     DEEPGRAM_CONCURRENCY,
-    FEATURE_CONCURRENCY,
     MAX_UPLOAD_BYTES,
     EmulatorConfig,
     RequestRecord,
-    limited_features,
 )
 from batch.emulator.control import ControlApi
 from batch.emulator.faults import (
@@ -63,6 +61,7 @@ from batch.emulator.fetch import (
 )
 from batch.emulator.management import ManagementApi
 from batch.emulator.responses import build_response, model_info
+from batch.params import FEATURE_CONCURRENCY, limited_features
 
 _CORRUPT = "Bad Request: failed to process audio: corrupt or unsupported data"
 
@@ -164,7 +163,7 @@ class Emulator(ManagementApi, ControlApi):
     async def _listen(self, request: web.Request) -> web.StreamResponse:
         """Count the request as in flight for its whole life and log it however it ends."""
         record = _new_record(request)
-        limited = limited_features(request.query)
+        limited = limited_features(request.query.items())
         self._in_flight += 1
         for feature in limited:
             self._feature_in_flight[feature] += 1
