@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from batch.client import USER_AGENT
+from batch.client import USER_AGENT, transport_reason
 from batch.errors import AccountError, FatalApiError
 from batch.redact import redact_text
 from batch.retry import parse_error_body, status_reason
@@ -75,7 +75,7 @@ class AccountClient:
                 status, body = resp.status, await resp.read()
                 location = resp.headers.get("Location", "")
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            text = redact_text(f"{type(exc).__name__}: {exc}", self._secrets).rstrip(": ")
+            text = redact_text(transport_reason(exc), self._secrets)
             raise TransientAccountError(f"GET {path}: no answer ({text})") from exc
         if 300 <= status < 400:
             to = redact_text(location, self._secrets)
@@ -116,7 +116,7 @@ def _status_error(
     body is read as a ``/v1/listen`` error is: any of Deepgram's shapes, or a gateway's text."""
     detail = redact_text(status_reason(status, parse_error_body(body)), secrets)
     if status in (401, 403):
-        return FatalApiError(f"Deepgram refused the API key ({detail}); nothing was sent")
+        return FatalApiError(f"Deepgram refused the API key ({detail}); no audio was sent")
     if status == 429 or status >= 500:
         return TransientAccountError(f"GET {path}: {detail}")
     return AccountError(f"GET {path}: {detail}")

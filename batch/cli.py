@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import re
 import select
 import socket
 import sys
@@ -22,10 +23,17 @@ from typing import Any, NoReturn
 import click
 
 from batch import __version__, eventloop
-from batch.config import check_api_url, check_report_target, load_api_key
+from batch.config import check_report_target, load_api_key
 from batch.errors import BatchError, UsageError
 from batch.job import run_batch
-from batch.options import api_options, build_config, emulator_options, run_options, state_option
+from batch.options import (
+    api_options,
+    build_config,
+    emulator_options,
+    given_api_url,
+    run_options,
+    state_option,
+)
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_message, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
@@ -215,7 +223,7 @@ def check(
 
     key = ""
     try:
-        url = check_api_url(api_url, allow_insecure=allow_insecure_http)
+        url = given_api_url(api_url, allow_insecure=allow_insecure_http)
         key = load_api_key(api_key_file)
         details = asyncio.run(fetch_key_details(url, key))
     except BatchError as exc:
@@ -248,7 +256,7 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
 
     key = ""
     try:
-        url = check_api_url(api["api_url"], allow_insecure=api["allow_insecure_http"])
+        url = given_api_url(api["api_url"], allow_insecure=api["allow_insecure_http"])
         key = load_api_key(api["api_key_file"])
         result = asyncio.run(reconcile_run(state_path, url, key, project, run_id))
     except BatchError as exc:
@@ -273,8 +281,9 @@ def emulator(**opts: Any) -> None:
     opts["retry_after"] = {"random": None, "always": True, "never": False}[opts["retry_after"]]
     try:
         config = EmulatorConfig(**opts)
-    except ValueError as exc:
-        fail(UsageError(f"emulator: {exc}"))
+    except ValueError as exc:  # named by its field ('fault_rate'): the user gave --fault-rate
+        said = re.sub(r"^'([a-z_]+)'", lambda m: "--" + m[1].replace("_", "-"), str(exc))
+        fail(UsageError(f"emulator: {said}"))
     try:
         serve(config)
     except (OverflowError, OSError) as exc:

@@ -214,24 +214,28 @@ class DeepgramClient:
             raise error from exc
 
     def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
-        is_timeout = isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError)
-        if is_timeout:
-            text = "timeout: no complete answer in time"
-        elif isinstance(exc, aiohttp.ClientConnectorError):
-            text = f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
-        elif isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
-            text = f"connection dropped before a complete answer ({type(exc).__name__})"
-        else:  # a reset, a broken status line: what aiohttp said, after what it was
-            text = f"connection failed ({type(exc).__name__}: {exc})".replace(": )", ")")
         return TransportError(
-            redact_text(text, self._secrets),
+            redact_text(transport_reason(exc), self._secrets),
             body_sent=body_sent,
-            timeout=is_timeout,
+            timeout=isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError),
             connect_failed=no_connection(exc),
             reached=not isinstance(
                 exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
             ),
         )
+
+
+def transport_reason(exc: BaseException) -> str:
+    """Why a request got no answer, in words (``cannot connect to h:443: connection
+    refused``), not in aiohttp's (``Connect call failed ('127.0.0.1', 1)``)."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout: no complete answer in time"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return f"connection dropped before a complete answer ({type(exc).__name__})"
+    # a reset, a broken status line: what aiohttp said, after what it was
+    return f"connection failed ({type(exc).__name__}: {exc})".replace(": )", ")")
 
 
 #: a connection the peer began and then dropped (a server shedding load): that peer is up

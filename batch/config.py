@@ -343,14 +343,15 @@ def _names_v1(path: str) -> bool:
     return path.rstrip("/").endswith(("/v1", "/v1/listen"))
 
 
-def check_api_url(url: str, *, allow_insecure: bool = False) -> str:
+def check_api_url(url: str, *, allow_insecure: bool = False, named: str = "--api-url") -> str:
     """Only https, or http to a loopback host (the emulator) unless explicitly allowed.
 
     The URL is shown redacted: a password in it must not reach the terminal or a
     log. Credentials in it are refused: the key is sent as a ``Token`` header,
-    which cannot go with a user and password (aiohttp refuses the request).
+    which cannot go with a user and password (aiohttp refuses the request). ``named``:
+    where it came from (``DEEPGRAM_API_URL``), for the message.
     """
-    shown = f"--api-url {redact_url(url)!r}"
+    shown = f"{named} {redact_url(url)!r}"
     expected = f"{shown}: expected https://HOST[:PORT]"
     try:
         parts = urlsplit(url)

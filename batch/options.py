@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import click
+from click.core import ParameterSource
 
 from batch.client import DEFAULT_TIMEOUT
 from batch.config import (
@@ -67,6 +68,20 @@ def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
         return fn
 
     return apply
+
+
+def given_api_url(url: str, *, allow_insecure: bool) -> str:
+    """``check_api_url``, naming where the URL came from: a bad ``DEEPGRAM_API_URL`` was
+    blamed on ``--api-url``, which the user never gave. An empty one is refused: click
+    takes it for unset, and a script meaning the emulator (``$EMU_URL`` unset) sent the
+    real key to the real API, and paid."""
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("api_url") if ctx is not None else None
+    if source is ParameterSource.DEFAULT and os.environ.get(URL_ENV) == "":
+        msg = f"{URL_ENV} is set but empty: unset it for https://api.deepgram.com, or give a URL"
+        raise UsageError(msg)
+    named = URL_ENV if source is ParameterSource.ENVIRONMENT else "--api-url"
+    return check_api_url(url, allow_insecure=allow_insecure, named=named)
 
 
 def _state_path(given: str | None) -> Path | None:
@@ -408,7 +423,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
     except ValueError as exc:
         raise UsageError(f"--formats: {exc}") from exc
     params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
-    api_url = check_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
+    api_url = given_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
     shard = parse_shard(opts["shard"]) if opts["shard"] else None
     state_path = _state_path(opts["state_path"]) or default_state_path(out, shard)
     check_own_paths(out, state_path, opts["run_report"])

@@ -97,7 +97,7 @@ SECRET = "sk-account-0123456789"
             b'{"err_code":"INVALID_AUTH","err_msg":"Invalid credentials."}',
             FatalApiError,
             "Deepgram refused the API key (HTTP 401 INVALID_AUTH: Invalid credentials.); "
-            "nothing was sent",
+            "no audio was sent",  # true of ``dgbatch check`` too
         ),
         (
             404,
@@ -172,6 +172,9 @@ def test_preflight_unreachable_proceeds_and_run_reports_it(tmp_path: Path) -> No
     assert result.exit_code == 1
     assert "key check failed" in result.output and "proceeding without it" in result.output
     assert "cannot connect" in (tmp_path / "out" / ".dgbatch" / "report.jsonl").read_text()
+    check = Cli(None)("check", "--api-url", "http://127.0.0.1:9")
+    assert check.exit_code == 1  # said as a run says it, not in aiohttp's words
+    assert "no answer (cannot connect to 127.0.0.1:9: connection refused)" in check.output
 
 
 def test_every_request_carries_the_run_tags(

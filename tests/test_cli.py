@@ -807,3 +807,35 @@ def test_a_concurrency_over_deepgrams_limit_is_warned_of(
     result = dgbatch("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), *args)
     assert result.exit_code == 0, result.output
     assert (warned in result.output) if warned else ("is above the" not in result.output)
+
+
+@pytest.mark.parametrize("command", [["run", "a.wav", "--out", "o"], ["check"]])
+def test_the_api_url_from_the_environment_is_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    """A bad ``DEEPGRAM_API_URL`` was reported as ``--api-url``, which the user never
+    gave; an empty one silently meant the real API (a script whose emulator URL was
+    unset sent the real key there, and paid)."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "a.wav")
+    env = {"DEEPGRAM_API_KEY": KEY}
+    bad = CliRunner().invoke(cli, command, env={**env, "DEEPGRAM_API_URL": "http://127.0.0.1:9/v1"})
+    assert (
+        bad.exit_code == 2 and "DEEPGRAM_API_URL 'http://127.0.0.1:9/v1': leave out" in bad.output
+    )
+    empty = CliRunner().invoke(cli, command, env={**env, "DEEPGRAM_API_URL": ""})
+    assert empty.exit_code == 2 and "DEEPGRAM_API_URL is set but empty" in empty.output
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--fault-rate", "2"], "emulator: --fault-rate must be between 0 and 1"),
+        (["--max-concurrency", "0"], "emulator: --max-concurrency must be >= 1"),
+        (["--duration-ratio", "0"], "emulator: --duration-ratio must be > 0"),
+    ],
+)
+def test_an_emulator_option_out_of_range_is_named_as_typed(args: list[str], said: str) -> None:
+    """The messages named the config's fields ('fault_rate'), not the options typed."""
+    result = CliRunner().invoke(cli, ["emulator", *args])
+    assert result.exit_code == 2 and said in result.output

@@ -81,7 +81,7 @@ class EmulatorConfig:
             msg = "'duration_ratio' must be > 0"
             raise ValueError(msg)
         if self.max_concurrency is not None and self.max_concurrency < 1:
-            msg = "'max_concurrency' must be >= 1 (or None for Deepgram's limits)"
+            msg = "'max_concurrency' must be >= 1 (unset: Deepgram's limits)"
             raise ValueError(msg)
         if self.callback_retry_gap < 0:
             msg = "'callback_retry_gap' must be >= 0"
