@@ -49,7 +49,7 @@ class Attempts:
         stats: RunStats,
         *,
         secret_sources: RealSources,
-        tries: dict[str, tuple[int, int]],
+        tries: dict[str, tuple[int, int, int]],
         stopped: asyncio.Event,
         stop: Callable[[BatchError], None],
         sleep: Sleep,
@@ -67,6 +67,9 @@ class Attempts:
         self._adoption = adoption
         #: the runner's per in-flight item (attempts, possibly billed retries) so far
         self._tries = tries
+        #: items whose request is out now: one abandoned (a second signal, the end of
+        #: ``--grace``) may have been processed, and billed
+        self.requesting: set[str] = set()
         self._stopped = stopped
         self._sleep = sleep
         self._rng = rng
@@ -87,13 +90,13 @@ class Attempts:
         item, settled = await self._settled_unsent(item)
         if settled is not None:
             return settled
-        attempts, timeouts, paid_200s = item.attempts, 0, 0
+        attempts, timeouts, paid_200s = item.attempts, 0, item.paid_200s
         # tries an earlier run made count (a stop left the item pending): --max-retries
         # bounds the item's requests, not each run's; a pending item gets one try at least
         first = min(item.attempts, self.settings.max_retries) + 1
         for tries in range(first, self.settings.max_retries + 2):
             attempts += 1
-            self._tries[item.id] = (attempts, timeouts)
+            self._tries[item.id] = (attempts, timeouts, paid_200s)
             unreachable = False
             epoch = self.limit.epoch
             answer: Answer | None
@@ -118,6 +121,7 @@ class Attempts:
                 raise
             if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
                 paid_200s += 1
+                self._tries[item.id] = (attempts, timeouts, paid_200s)
                 decision = _once_more_at_most(decision, paid_200s)
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:  # every way out keeps the possibly billed retries
@@ -125,7 +129,7 @@ class Attempts:
             if billed:  # retried a request Deepgram may have processed, and billed: count it
                 timeouts += 1
                 self.stats.timeout_retries += 1
-                self._tries[item.id] = (attempts, timeouts)
+                self._tries[item.id] = (attempts, timeouts, paid_200s)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
     async def _settled_unsent(self, item: WorkItem) -> tuple[WorkItem, Result | None]:
@@ -159,7 +163,7 @@ class Attempts:
         """The try counted in ``attempts`` reached no one (found before the request, or no
         connection made): it is no attempt, and was not sent. The attempts without it."""
         self.stats.sent -= 1
-        self._tries[item.id] = (attempts - 1, timeouts)
+        self._tries[item.id] = (attempts - 1, timeouts, self._tries[item.id][2])
         return attempts - 1
 
     def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
@@ -179,7 +183,15 @@ class Attempts:
         self, sender: Sender, item: WorkItem, source: str
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
-        answer = await sender(self.client, item, source)
+        self.requesting.add(item.id)
+        try:
+            answer = await sender(self.client, item, source)
+        except asyncio.CancelledError:
+            raise  # abandoned while out: left in ``requesting`` for the runner to count
+        except BaseException:
+            self.requesting.discard(item.id)
+            raise
+        self.requesting.discard(item.id)
         if answer.truncated and answer.status == 200:  # cut the same way on every try: a
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
             return answer, Decision(Action.FAIL, reason)  # retry would pay for it again

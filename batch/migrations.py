@@ -190,6 +190,14 @@ def m008_retry_next(db: sqlite3.Connection) -> None:
     add_column(db, "items", "retry_next INTEGER NOT NULL DEFAULT 0")
 
 
+@migration
+def m009_paid_200s(db: sqlite3.Connection) -> None:
+    """Per item, ``paid_200s``: the 200s without a transcript it got (each one billed) since
+    it was last queued. A 200 like that is tried once more at most, and a stop between the
+    two made the next run forget the first: three paid answers for one recording."""
+    add_column(db, "items", "paid_200s INTEGER NOT NULL DEFAULT 0")
+
+
 def _request_id(body: bytes) -> str | None:
     """A kept answer's Deepgram request id (a BOM allowed, as when it was parsed)."""
     try:

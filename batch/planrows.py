@@ -63,6 +63,10 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
         WHEN {requeued} THEN 0
         ELSE items.attempts END,
+    paid_200s = CASE
+        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
+        WHEN {requeued} THEN 0
+        ELSE items.paid_200s END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1

@@ -34,6 +34,8 @@ class WorkItem:
     forced: bool = False
     #: when the state first planned it: older files where its outputs go are not its own
     planned_at: float | None = None
+    #: 200s without a transcript it got since it was queued (an earlier run's count)
+    paid_200s: int = 0
 
     @property
     def replaces_before(self) -> float | None:
@@ -58,6 +60,7 @@ class WorkItem:
             self.status,
             self.forced,
             self.planned_at,
+            self.paid_200s,
         )
 
 
@@ -83,6 +86,8 @@ class Result:
     kept: bool = False
     #: it gave up on Deepgram being busy or down (429, 5xx): the next run sends it again
     retry_next: bool = False
+    #: 200s without a transcript it got so far (``WorkItem.paid_200s``); kept at least
+    paid_200s: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +103,7 @@ class PlanStats:
 #: the columns a claim reads, in ``work_item``'s order
 COLUMNS = (
     "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced, created_at"
+    "forced, created_at, paid_200s"
 )
 #: kinds and statuses of rows read from the state: a dict lookup, cheaper than calling the enum
 _ITEM_KINDS = {kind.value: kind for kind in ItemKind}
@@ -109,7 +114,7 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
     """The item a ``COLUMNS`` row holds; a claim passes its own ``claimed_at``, as it read the
     row before marking it claimed."""
     rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row[:11]
-    forced, planned_at = row[11:]
+    forced, planned_at, paid_200s = row[11:]
     return WorkItem(
         rowid,
         item_id,
@@ -124,6 +129,7 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
         _STATUSES[status],
         bool(forced),
         planned_at,
+        paid_200s,
     )
 
 
@@ -144,7 +150,7 @@ UPDATE items SET status = ?, attempts = ?, http_status = NULLIF(?, -1), error = 
     timeout_retries = timeout_retries + ?, warning = NULLIF(?, ''), copy_of = NULLIF(?, ''),
     local_duration = COALESCE(NULLIF(?, -1.0), local_duration), updated_at = ?,
     forced = CASE ? WHEN 'done' THEN 0 ELSE forced END,
-    retry_next = ? * (timeout_retries + ? = 0)
+    retry_next = ? * (timeout_retries + ? = 0), paid_200s = MAX(paid_200s, ?)
 WHERE id = ?
 """
 
@@ -169,5 +175,6 @@ def result_row(r: Result, now: float) -> tuple[object, ...]:
         r.status.value,  # a forced item done again is an item like any other
         int(r.retry_next),  # only if no try of it, in any run, may have been billed
         r.timeout_retries,
+        r.paid_200s,
         r.id,
     )

@@ -93,7 +93,9 @@ class Runner:
         self._done_before = 0
         #: per in-flight item: (attempts, possibly billed retries) so far, for the result
         #: of an item that an exception or a cancel takes out of ``Attempts.process``
-        self._tries: dict[str, tuple[int, int]] = {}
+        self._tries: dict[str, tuple[int, int, int]] = {}
+        #: the in-flight items were abandoned (and the user told so)
+        self._grace_over = False
         #: items whose slot went back when their answer arrived (``_release_slot``)
         self._early: set[str] = set()
         #: items alive at once: those in flight and those placing their outputs (each
@@ -354,6 +356,15 @@ class Runner:
             if deadline is None and isinstance(self.stats.stop_reason, Interrupted):
                 deadline = loop.time() + self.settings.grace
             if deadline is not None and loop.time() >= deadline:
+                if not self._grace_over:
+                    self._grace_over = True
+                    log.warning(
+                        "--grace %gs is over: abandoning %d in-flight item(s); Deepgram may "
+                        "have them already (counted as possibly billed), and the next run "
+                        "sends them again",
+                        self.settings.grace,
+                        len(self._tasks),
+                    )
                 _abandon(self._tasks, again=loop.time() >= deadline + _RECANCEL_AFTER)
             await asyncio.wait(set(self._tasks), timeout=0.25)
 
@@ -363,7 +374,7 @@ class Runner:
         try:
             result = await self._deduped(item)
         except asyncio.CancelledError:
-            self.state.record(self._cut_short(item, ItemStatus.PENDING))
+            self.state.record(self._cut_short(item, ItemStatus.PENDING, abandoned=True))
             self.stats.audio_seconds += self._placer.unwritten.pop(item.id, 0.0)  # kept
             raise
         except ItemError as exc:  # raised after the answer, e.g. an unusable output path
@@ -385,13 +396,31 @@ class Runner:
         self._account(item.id, result)
 
     def _cut_short(
-        self, item: WorkItem, status: ItemStatus, error: str | None = None, code: str | None = None
+        self,
+        item: WorkItem,
+        status: ItemStatus,
+        error: str | None = None,
+        code: str | None = None,
+        *,
+        abandoned: bool = False,
     ) -> Result:
         """The result of an item taken out of ``Attempts.process`` by an exception or a cancel,
-        with the attempts it made (they were paid for)."""
-        attempts, timeouts = self._tries.get(item.id, (item.attempts, 0))
+        with the attempts it made (they were paid for). A request ``abandoned`` while out
+        (a second signal, the end of ``--grace``) may have been processed: it counts as a
+        possibly billed retry, as a timeout does, since the next run sends it again."""
+        attempts, timeouts, paid_200s = self._tries.get(item.id, (item.attempts, 0, 0))
+        if abandoned and item.id in self._attempts.requesting:
+            self._attempts.requesting.discard(item.id)
+            timeouts += 1
+            self.stats.timeout_retries += 1
         return Result(
-            item.id, status, attempts, error=error, err_code=code, timeout_retries=timeouts
+            item.id,
+            status,
+            attempts,
+            error=error,
+            err_code=code,
+            timeout_retries=timeouts,
+            paid_200s=paid_200s,
         )
 
     async def _deduped(self, item: WorkItem) -> Result:
@@ -464,8 +493,12 @@ class Runner:
         if self._signals == 1:
             log.warning("%s: finishing %d in-flight item(s)…", name, len(self._tasks))
             return
+        self._grace_over = True  # said here
         log.warning(
-            "%s again: abandoning %d in-flight item(s) (they stay pending)", name, len(self._tasks)
+            "%s again: abandoning %d in-flight item(s); Deepgram may have them already "
+            "(counted as possibly billed), and the next run sends them again",
+            name,
+            len(self._tasks),
         )
         _abandon(self._tasks)
 

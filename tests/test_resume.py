@@ -225,7 +225,10 @@ def test_sigterm_is_an_interruption_too(tmp_path: Path) -> None:
 def test_slow_requests_are_abandoned_after_the_grace_period_or_a_second_signal(
     tmp_path: Path, options: list[str], signals: int
 ) -> None:
-    """In-flight requests get ``--grace`` seconds after Ctrl-C; a second Ctrl-C abandons them."""
+    """In-flight requests get ``--grace`` seconds after Ctrl-C; a second Ctrl-C abandons them.
+    Either way the user is told, and the abandoned requests count as possibly billed (the
+    emulator has their whole bodies: Deepgram would bill them, and the next run sends them
+    again): the grace ran out without a word, and "0 possibly billed" was reported."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 3)
     with emulator_with(latency=20.0) as emu:
@@ -244,8 +247,11 @@ def test_slow_requests_are_abandoned_after_the_grace_period_or_a_second_signal(
     assert proc.returncode == 130, stderr.decode()
     assert _statuses(out / ".dgbatch" / "state.sqlite") == ["pending"] * 3
     assert b"SIGINT: finishing 3 in-flight item(s)" in stderr
-    abandoned = b"SIGINT again: abandoning 3 in-flight item(s) (they stay pending)"
-    assert (abandoned in stderr) is (signals == 2)
+    said = b"SIGINT again: abandoning 3" if signals == 2 else b"--grace 0.3s is over: abandoning 3"
+    assert said in stderr and b"(counted as possibly billed)" in stderr
+    assert b"retried 0 (3 possibly billed)" in stderr
+    rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert [r["timeout_retries"] for r in rows] == [1, 1, 1]
 
 
 def test_done_items_are_not_sent_again(tmp_path: Path, dgbatch: Cli, emulator: Emulator) -> None:
@@ -463,3 +469,31 @@ def test_the_output_lock_knows_the_state_through_a_linked_out(
         "--state", str(tmp_path / "real" / ".dgbatch" / "out"),
     )  # fmt: skip
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.timeout(60)
+def test_a_200_without_a_transcript_is_tried_once_more_across_runs(tmp_path: Path) -> None:
+    """A 200 that is no transcript was billed, so the item gets one more try at most; a
+    stop between the two made the next run forget the first, and pay twice more. Here the
+    second try is abandoned by the stop: the next run makes one try, not two."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 1)
+    with emulator_with(latency=1.0, fault_rate=1.0, faults=("garbage",)) as emu:
+        proc = start_run(emu, str(src), "--out", str(out), "--grace", "0.1")
+        try:
+            wait_for(lambda: len(emu.log) >= 1 or proc.poll() is not None)
+            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert proc.returncode == 130
+        (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+        assert (row["status"], row["paid_200s"]) == ("pending", 1)
+        again = start_run(emu, str(src), "--out", str(out))
+        again.communicate(timeout=30)
+        wait_for(lambda: emu.in_flight() == 0)
+        assert again.returncode == 1 and len(emu.log) == 3  # 1, 2 (abandoned), and one more
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert row["status"] == "failed" and "a second 200 without a transcript" in str(row["error"])

@@ -55,6 +55,10 @@ class ControlApi:
     _in_flight: int
     _in_flight_max: int
 
+    def in_flight(self) -> int:
+        """The ``/v1/listen`` requests in flight now."""
+        return self._in_flight
+
     def in_flight_max(self) -> int:
         """The most ``/v1/listen`` requests that were in flight at once (reset clears it)."""
         return self._in_flight_max
