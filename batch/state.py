@@ -171,7 +171,7 @@ class State:
 
     def start_run(self, command: str) -> int:
         """Record a new run and return its id."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             cur = self._db.execute(
                 "INSERT INTO runs (started_at, pid, host, command) VALUES (?, ?, ?, ?)",
                 (time.time(), os.getpid(), socket.gethostname(), command),
@@ -180,7 +180,7 @@ class State:
 
     def finish_run(self, run_id: int, exit_code: int, summary: dict[str, Any]) -> None:
         """Record how a run ended."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._db.execute(
                 "UPDATE runs SET finished_at = ?, exit_code = ?, summary = ? WHERE id = ?",
                 (time.time(), exit_code, json.dumps(summary), run_id),
@@ -188,7 +188,7 @@ class State:
 
     def set_run_tag(self, run_id: int, tag: str) -> None:
         """Remember the Deepgram ``tag`` this run's requests carry (for ``dgbatch usage``)."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._db.execute("UPDATE runs SET tag = ? WHERE id = ?", (tag, run_id))
 
     # -- planning ------------------------------------------------------------------------
@@ -250,7 +250,7 @@ class State:
     def adopt_name(self, item_id: str, name: str) -> bool:
         """Give the item ``name`` (its outputs were found under it), unless another item
         has it; True if it took it."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             cursor = self._db.execute(
                 "UPDATE items SET out_name = ? WHERE id = ? AND NOT EXISTS "
                 "(SELECT 1 FROM items WHERE out_name = ? AND id != ?)",
@@ -261,7 +261,7 @@ class State:
     def set_outputs(self, item_id: str, outputs: list[str]) -> None:
         """A done item's outputs, grown by formats rendered later (``batch.backfill``);
         ``updated_at`` stays: the item was not redone."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._db.execute(
                 "UPDATE items SET outputs = ? WHERE id = ?", (json.dumps(outputs), item_id)
             )
@@ -343,7 +343,7 @@ class State:
         that did not finish is continued (by a run with ``--force`` or without it), a new
         one begins now; None when no force is asked for or underway. Kept in the state
         until ``end_force``."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             row = self._db.execute("SELECT value FROM meta WHERE key = 'force_since'").fetchone()
             if row is not None:
                 return float(row[0]), False
@@ -357,7 +357,7 @@ class State:
 
     def end_force(self) -> None:
         """The forced run finished: every item is redone (or failed), none is left."""
-        with self._mutex, self._db:
+        with self._mutex, self._writing(), self._db:
             self._db.execute("DELETE FROM meta WHERE key = 'force_since'")
 
     def _insert_named(self, batch: Batch) -> int:

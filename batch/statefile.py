@@ -7,6 +7,7 @@ a ``StateError`` naming it, and left untouched.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import logging
@@ -22,7 +23,7 @@ from typing import IO
 from urllib.parse import quote
 
 from batch import migrations
-from batch.errors import StateError, StateLocked
+from batch.errors import StateError, StateLocked, StateWriteError
 
 log = logging.getLogger("dgbatch")
 
@@ -138,8 +139,9 @@ def _lock_beside(path: Path, busy: str) -> IO[str]:
         raise StateLocked(busy.format(holder=holder)) from None
     handle.seek(0)
     handle.truncate()
-    handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-    handle.flush()
+    owner = f"pid {os.getpid()} on {socket.gethostname()}".encode()
+    with contextlib.suppress(OSError):  # a full disk: the flock holds all the same (and
+        os.write(handle.fileno(), owner)  # unbuffered: nothing left to fail at close)
     return handle
 
 
@@ -156,10 +158,22 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         db.execute("PRAGMA busy_timeout = 5000")
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
+        if _disk_error(exc):
+            msg = (
+                f"{path}: cannot read or write the state file ({exc}): a full disk? "
+                "free some space (or fix the disk) and run the same command"
+            )
+            raise StateWriteError(msg) from exc
         raise StateError(
             f"{path}: not a usable dgbatch state file ({exc}); not touching it"
         ) from exc
     return db
+
+
+def _disk_error(exc: sqlite3.DatabaseError) -> bool:
+    """The disk failed SQLite (full, or an I/O error), not the file's contents."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR)
 
 
 def check_readable(db: sqlite3.Connection, path: Path) -> sqlite3.Connection:

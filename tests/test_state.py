@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import resource
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from conftest import (
     KEY,
+    SRC_ROOT,
     Cli,
     make_wav,
     read_state_rows,
@@ -26,7 +29,7 @@ from conftest import (
 )
 
 from batch.emulator import Emulator
-from batch.errors import StateError, StateLocked
+from batch.errors import StateError, StateLocked, StateWriteError
 from batch.models import Item, ItemKind, ItemStatus
 from batch.state import Result, State, WorkItem
 from batch.urls import url_id
@@ -723,3 +726,49 @@ def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
     assert sorted(str(r["id"]) for r in rows) == sorted(url_id(u) for u in urls)
     assert all(r["status"] == "done" for r in rows)
     assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        lambda s: s.start_run("dgbatch run"),
+        lambda s: s.finish_run(1, 0, {}),
+        lambda s: s.set_run_tag(1, "t"),
+        lambda s: s.adopt_name("u0", "x"),
+        lambda s: s.set_outputs("u0", ["/o/x.json"]),
+        lambda s: s.begin_force(True),
+        lambda s: s.end_force(),
+    ],
+    ids=["start_run", "finish_run", "set_run_tag", "adopt_name", "set_outputs", "begin", "end"],
+)
+def test_a_write_the_disk_refuses_names_the_state_file(
+    tmp_path: Path, write: Callable[[State], object]
+) -> None:
+    """A full disk made the next run's first write (its row in ``runs``) an "internal
+    error: database or disk is full"; every write names the state file and what to do."""
+    state = State.open(tmp_path / "state.sqlite")
+    state.plan([Item("u0", "https://h/0.wav", ItemKind.URL, "0")], run_id=state.start_run("t"))
+    state._db.execute("PRAGMA query_only = 1")  # every write fails, as on a full disk
+    with pytest.raises(StateWriteError, match=r"state\.sqlite: cannot write the state file"):
+        write(state)
+    state._db.execute("PRAGMA query_only = 0")
+    state.close()
+
+
+def test_a_state_on_a_disk_that_fails_is_not_called_unusable(tmp_path: Path) -> None:
+    """Opened on a full disk, the state was "not a usable dgbatch state file", and the
+    run before it "internal error: File too large" (its lock's owner line)."""
+    state = State.open(tmp_path / "state.sqlite")
+    state.plan([Item("u0", "https://h/0.wav", ItemKind.URL, "0")], run_id=state.start_run("t"))
+    state.close()
+
+    def full_disk() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
+
+    path = str(tmp_path / "state.sqlite")
+    reopen = f"import pathlib; from batch.state import State; State.open(pathlib.Path({path!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", reopen], preexec_fn=full_disk, capture_output=True, cwd=SRC_ROOT
+    )
+    assert b"StateWriteError" in done.stderr and b"a full disk?" in done.stderr, done.stderr
