@@ -12,6 +12,7 @@ taken from the paragraphs (diarize=true), one section per channel.
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 from typing import Any
 
@@ -68,6 +69,7 @@ def _captions(
     empty: bytes,
     response: Response,
     line_length: int | None,
+    converter: type[DeepgramConverter] | None = None,
 ) -> bytes:
     """Run a deepgram-captions writer on channel 0, answering ``empty`` where it would
     raise (channel 0 silent counts as empty, whatever the other channels hold)."""
@@ -75,7 +77,7 @@ def _captions(
     if is_empty_transcript(response):
         return empty
     try:
-        return writer(_Converter(response), line_length).encode()
+        return writer((converter or _Converter)(response), line_length).encode()
     except (ConverterException, EmptyTranscriptException):
         return empty
 
@@ -91,9 +93,27 @@ class _Converter(DeepgramConverter):
         return [line for line in super().get_lines(line_length) if line] or [[]]
 
 
+class _VttConverter(_Converter):
+    """Cue text escaped as WebVTT requires: ``AT&T`` or a ``<b>`` in a transcript is a
+    character reference or a tag to a player, and ``-->`` in one ends the cue text."""
+
+    def get_lines(self, line_length: int = 8) -> list[list[dict[str, Any]]]:
+        return [[_escaped(word) for word in line] for line in super().get_lines(line_length)]
+
+
+def _escaped(word: dict[str, Any]) -> dict[str, Any]:
+    """``word`` with its texts escaped (a copy; most words need nothing)."""
+    changed = {}
+    for key in ("word", "punctuated_word"):
+        text = word.get(key)
+        if isinstance(text, str) and any(c in text for c in "&<>"):
+            changed[key] = html.escape(text, quote=False)
+    return {**word, **changed} if changed else word
+
+
 def render_vtt(response: Response, line_length: int | None = None) -> bytes:
     """WebVTT with Deepgram's NOTE header; ``EMPTY_VTT`` for an empty transcript."""
-    return _captions(webvtt, EMPTY_VTT, response, line_length)
+    return _captions(webvtt, EMPTY_VTT, response, line_length, _VttConverter)
 
 
 def render_srt(response: Response, line_length: int | None = None) -> bytes:

@@ -295,3 +295,18 @@ def test_a_multichannel_run_captions_channel_zero(
         times = cue_times(text, pattern)
         assert len(times) >= 2 and all(a[1] <= b[0] for a, b in itertools.pairwise(times))
         assert "on channel 1" not in text.lower() and "speaker 1" in text.lower()  # diarized
+
+
+def test_vtt_cue_text_is_escaped() -> None:
+    """``AT&T``, a ``<b>`` or a ``-->`` in a transcript were written raw into WebVTT cue
+    text, where they are a character reference, a tag, or the end of the cue; SRT has no
+    escaping and keeps them as they are."""
+    words = [
+        {"word": "at&t", "start": 0.0, "end": 0.5, "punctuated_word": "AT&T"},
+        {"word": "<b>", "start": 0.5, "end": 1.0, "punctuated_word": "<b>"},
+        {"word": "-->", "start": 1.0, "end": 1.5, "punctuated_word": "-->."},
+    ]
+    vtt_text = render_vtt(_words_answer(words)).decode()
+    assert "AT&amp;T &lt;b&gt; --&gt;." in vtt_text
+    assert vtt_text.count(" --> ") == 1  # the cue's timing line only
+    assert "AT&T <b> -->." in render_srt(_words_answer(words)).decode()
