@@ -178,20 +178,24 @@ def status(state_path: Path, as_json: bool) -> None:
 @cli.command()
 @state_option
 @click.option(
-    "--format", "fmt", type=click.Choice(sorted(WRITERS)), default="jsonl", show_default=True
+    "--format",
+    "fmt",
+    type=click.Choice(sorted(WRITERS)),
+    help="[default: csv for an -o FILE ending in .csv, else jsonl]",
 )
 @click.option("--failed", is_flag=True, help="Only failed items.")
 @click.option("--warnings", is_flag=True, help="Only items with a warning (empty, truncated).")
 @click.option(
     "-o", "--output", type=click.Path(allow_dash=True), default="-", help="File (default stdout)."
 )
-def report(state_path: Path, fmt: str, failed: bool, warnings: bool, output: str) -> None:
+def report(state_path: Path, fmt: str | None, failed: bool, warnings: bool, output: str) -> None:
     """One row per item: id, source, status, attempts, http_status, error, request_id, …
 
     \b
     Example:
         dgbatch report --out out --format csv --failed -o failed.csv
     """
+    fmt = fmt or ("csv" if output.lower().endswith(".csv") else "jsonl")  # -o x.csv got JSONL
     try:
         check_report_target(output, state_path)
         State.open(state_path, readonly=True).close()  # refused before a FIFO -o waits

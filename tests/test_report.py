@@ -433,3 +433,25 @@ def test_a_broken_pipe_that_is_not_stdout_is_an_error() -> None:
 
     with pytest.raises(RuntimeError, match="broken pipe"):
         CliRunner().invoke(group, ["send"], catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "first"),
+    [
+        ("r.csv", [], "id,source,"),
+        ("R.CSV", [], "id,source,"),
+        ("r.jsonl", [], '{"id":'),
+        ("r.txt", [], '{"id":'),
+        ("r.csv", ["--format", "jsonl"], '{"id":'),  # said: as said
+    ],
+)
+def test_report_o_csv_is_csv_unless_told_otherwise(
+    tmp_path: Path, name: str, args: list[str], first: str
+) -> None:
+    """``report -o failed.csv`` wrote JSON lines into the .csv, without a word."""
+    state = _report_state(tmp_path)
+    target = tmp_path / name
+    command = [*dgbatch_subprocess_cmd(), "report", "--state", str(state), "-o", str(target)]
+    done = subprocess.run([*command, *args], env=subprocess_env(), capture_output=True)
+    assert done.returncode == 0, done.stderr
+    assert target.read_text().startswith(first)
