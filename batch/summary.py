@@ -17,7 +17,13 @@ def format_summary(outcome: RunOutcome) -> str:
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
+    earlier = c["failed"] - outcome.unlisted_failed if not s.failed else 0
     counted = [
+        (
+            earlier,
+            "{} item(s) of this run's sources failed in earlier runs, so the exit code is 1 "
+            "(dgbatch report --failed lists them; --retry-failed sends them again)",
+        ),
         (
             outcome.unlisted_failed,
             "{} failed item(s) of earlier runs are not among this run's sources (deleted, or a "

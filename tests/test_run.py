@@ -1198,3 +1198,17 @@ def test_a_format_rendered_later_does_not_replace_a_file_of_the_users(
     again = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--formats", "json,srt")
     assert mine.read_text() == "mine\n" and len(emulator.log) == 1
     assert "out/a.srt: is already there, older than this batch" in again.output
+
+
+def test_a_run_that_fails_nothing_says_why_it_exits_1(tmp_path: Path, dgbatch: Cli) -> None:
+    """A failure of an earlier night kept every later night at exit 1 while the summary
+    said "failed 0", and nothing pointed at the item."""
+    make_wav(tmp_path / "in" / "ok.wav")
+    (tmp_path / "in" / "bad.wav").write_bytes(b"not audio at all" * 10)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert dgbatch(*args).exit_code == 1
+    again = dgbatch(*args)
+    assert again.exit_code == 1 and "done 0, failed 0" in again.output
+    assert "1 item(s) of this run's sources failed in earlier runs, so the exit code is 1" in (
+        again.output
+    )
