@@ -364,7 +364,8 @@ def format_estimate(estimate: Estimate) -> str:
     lines = [
         f"dry run: nothing sent, {e['state']} not modified",
         f"would send {e['to_send']} item(s): {kinds}"
-        f" ({e['already_done']} already done, {e['failed']} failed and not retried)",
+        f" ({e['already_done']} already done, {e['failed']} failed, not sent: inputs found"
+        " broken while planning, or earlier runs' failures)",
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
         *_failing(e["fail_locally"]),

@@ -105,13 +105,20 @@ def _parse_jsonl(text: str) -> Entry | None:
         obj = _json_value(stripped)
     except RecursionError:
         raise LineError("invalid JSON: nested too deeply") from None
+    except json.JSONDecodeError as exc:  # one clause: status groups failures by the last
+        reason = exc.msg.partition(" (")[0].lower()  # "Unexpected UTF-8 BOM (decode using …)"
+        raise LineError(f"invalid JSON ({reason} at column {exc.colno})") from None
     except ValueError as exc:
-        raise LineError(f"invalid JSON: {exc}") from None
+        raise LineError(f"invalid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise LineError(f"expected a JSON object, got {type(obj).__name__}")
     source = obj.get("source")
-    if not isinstance(source, str) or not source.strip():
-        raise LineError("missing or empty 'source'")
+    if source is None:
+        raise LineError("missing 'source'")
+    if not isinstance(source, str):
+        raise LineError(f"'source' is not text (a JSON {type(source).__name__})")
+    if not source.strip():
+        raise LineError("empty 'source'")
     entry = Entry(source.strip(), _entry_id(obj.get("id")), _entry_params(obj.get("params")))
     if "\\u" in stripped:
         _check_escaped_text(entry)

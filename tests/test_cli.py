@@ -405,7 +405,7 @@ def test_an_unreadable_file_fails_naming_the_reason(tmp_path: Path, dgbatch: Cli
             "m.jsonl",
             '{"source": "a.wav"}\n{"id": "x"}\n{"source": "b.wav"}\n',
             2,
-            "missing or empty 'source'",
+            "missing 'source'",
         ),
         ("m.jsonl", '{"source": "a.wav"}\n[1]\n{"source": "b.wav"}\n', 2, "expected a JSON object"),
         ("m.csv", 'source,id\na.wav,\n"b.wav,broken\nb.wav,\n', 3, "invalid CSV"),

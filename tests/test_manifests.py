@@ -25,6 +25,7 @@ from batch.manifests import (
     iter_manifest_stream,
 )
 from batch.models import Filters, Item, ItemKind
+from batch.report import error_kind
 
 
 def _write(path: Path, data: bytes | str) -> Path:
@@ -124,7 +125,7 @@ def test_ndjson_bad_lines_fail_alone(audio: Path) -> None:
     errors = [item.error or "" for item in items if item.error]
     assert errors[0].startswith("m.ndjson:2: invalid JSON")
     assert errors[1] == "m.ndjson:3: expected a JSON object, got list"
-    assert errors[2] == "m.ndjson:4: missing or empty 'source'"
+    assert errors[2] == "m.ndjson:4: missing 'source'"
     assert items[1].id == f"{manifest}:2"
     assert items[1].source == "{not json"
 
@@ -319,8 +320,8 @@ _GOOD = '{"source": "a.wav"}'
             b'{"source": "a.wav", "params": {"redact": {"a": 1}}}',
             "nested objects are not supported",
         ),
-        (b'{"source": 42}', "missing or empty 'source'"),
-        (b'{"source": "   "}', "missing or empty 'source'"),
+        (b'{"source": 42}', "'source' is not text (a JSON int)"),
+        (b'{"source": "   "}', "empty 'source'"),
         (b'"a.wav"', "expected a JSON object, got str"),
         (b"[" * 100_000, f"line longer than {MAX_LINE_BYTES} bytes"),
         (b"[" * 60_000, "invalid JSON: nested too deeply"),
@@ -585,12 +586,17 @@ def test_streams_lazily_in_constant_memory(tmp_path: Path) -> None:
     ],
 )
 def test_invalid_json_names_json_loads_reason(tmp_path: Path, line: str) -> None:
-    """A line JSON rejects carries json.loads's own message: its reason, line and column."""
-    with pytest.raises(ValueError) as expected:
+    """A line JSON rejects carries json.loads's reason and column, in one clause after
+    "invalid JSON": ``status`` groups failures by their last clause, which was
+    ``line … column … …``."""
+    with pytest.raises(json.JSONDecodeError) as expected:
         json.loads(line)
     manifest = _write(tmp_path / "m.jsonl", '{"source": "https://h/a.wav"}\n' + line + "\n")
     items = list(iter_manifest(manifest))
-    assert [item.error for item in items] == [None, f"m.jsonl:2: invalid JSON: {expected.value}"]
+    said = expected.value.msg.partition(" (")[0].lower()
+    reason = f"{said} at column {expected.value.colno}"
+    assert [item.error for item in items] == [None, f"m.jsonl:2: invalid JSON ({reason})"]
+    assert error_kind(str(items[1].error)) == "invalid JSON …"
 
 
 _JSON = st.recursive(

@@ -1212,3 +1212,15 @@ def test_a_run_that_fails_nothing_says_why_it_exits_1(tmp_path: Path, dgbatch: C
     assert "1 item(s) of this run's sources failed in earlier runs, so the exit code is 1" in (
         again.output
     )
+
+
+def test_a_dry_run_does_not_call_a_broken_line_of_a_new_manifest_not_retried(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """On a fresh --out, nothing was retried or not: the dry run said "1 failed and not
+    retried" of a manifest line that is not JSON."""
+    make_wav(tmp_path / "a.wav")
+    (tmp_path / "m.jsonl").write_text('{"source": "a.wav"}\n{"source": \n')
+    dry = dgbatch("run", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--dry-run")
+    assert dry.exit_code == 0, dry.output
+    assert "1 failed, not sent: inputs found broken while planning, or earlier runs'" in dry.output
