@@ -340,7 +340,7 @@ def _sparing(sender: Sender, config: RunConfig) -> Sender:
         if item.kind is ItemKind.FILE:
             check_spares_source(root, item.out_name, config.formats, source)
         check_spares_inputs(root, item.out_name, config.formats, inputs)
-        check_outputs_free(root, item.out_name, config.formats, item.replaces_before)
+        check_outputs_free(config.out, item.out_name, config.formats, item.replaces_before)
         return await sender(client, item, source)
 
     return send

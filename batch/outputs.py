@@ -207,8 +207,8 @@ def check_not_foreign(path: str, planned_at: float | None) -> None:
     Raises:
         ItemError: ``output_exists``, naming the file.
     """
-    if planned_at is None:
-        return
+    if planned_at is None or not os.access(path, os.F_OK, follow_symlinks=False):
+        return  # (``access`` first: most outputs are new, and a failed lstat costs more)
     try:
         written = os.lstat(path).st_mtime
     except OSError:
@@ -218,14 +218,14 @@ def check_not_foreign(path: str, planned_at: float | None) -> None:
 
 
 def check_outputs_free(
-    root: Path, out_name: str, formats: Collection[str], planned_at: float | None
+    root: str, out_name: str, formats: Collection[str], planned_at: float | None
 ) -> None:
     """``check_not_foreign`` for every output of an item, before it is sent (nothing is
     paid for an answer with no place to go); the writer checks again, at the real paths."""
     if planned_at is None:
         return
     for fmt in formats:
-        check_not_foreign(os.path.join(root, output_relpath(out_name, fmt)), planned_at)
+        check_not_foreign(f"{root}/{output_relpath(out_name, fmt)}", planned_at)
 
 
 def run_inputs(sources: Collection[str]) -> dict[str, str]:
