@@ -21,6 +21,7 @@ from typing import Any
 from batch.errors import ItemError, OutputError
 from batch.formats import render_all
 from batch.outputs import OutputMeta, OutputSink
+from batch.records import Ownership
 from batch.retry import parse_transcript
 from batch.state import State
 
@@ -81,7 +82,7 @@ async def backfill(
         return 0
     lacking = " OR ".join("outputs NOT LIKE ?" for _ in formats)
     rows: Iterator[Any] = state.iter_tuples(
-        f"SELECT id, source, fingerprint, out_name, outputs, created_at {_DONE} AND ({lacking})",
+        f"SELECT id, source, fingerprint, out_name, outputs {_DONE} AND ({lacking})",
         tuple(map(_lacks, formats)),
     )
     filled = 0
@@ -110,7 +111,7 @@ async def _fill(
     state: State, sink: OutputSink, row: Any, formats: tuple[str, ...], line_length: int | None
 ) -> bool:
     """One item's missing formats, from its json; False when it has none to read."""
-    item_id, source, fingerprint, out_name, outputs, planned_at = row
+    item_id, source, fingerprint, out_name, outputs = row
     have: list[str] = json.loads(outputs)
     missing = tuple(fmt for fmt in formats if not _has(have, fmt))
     if not _has(have, "json"):
@@ -124,7 +125,8 @@ async def _fill(
         return False
     files = render_all(missing, body, response, line_length=line_length, source=source)
     try:
-        written = await sink.write(out_name, files, OutputMeta(source, fingerprint, planned_at))
+        owner = Ownership(frozenset(have))  # nothing of it is sent now: no crashed attempt
+        written = await sink.write(out_name, files, OutputMeta(source, fingerprint, owner))
     except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it
         log.warning("%s", exc)
         return False

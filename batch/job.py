@@ -37,7 +37,6 @@ from batch.outputs import (
     LocalSink,
     OutputSink,
     check_outputs_free,
-    check_spares_inputs,
     check_spares_source,
     run_inputs,
 )
@@ -339,8 +338,7 @@ def _sparing(sender: Sender, config: RunConfig) -> Sender:
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         if item.kind is ItemKind.FILE:
             check_spares_source(root, item.out_name, config.formats, source)
-        check_spares_inputs(root, item.out_name, config.formats, inputs)
-        check_outputs_free(config.out, item.out_name, config.formats, item.replaces_before)
+        check_outputs_free(config.out, item.out_name, config.formats, item.owner, inputs)
         return await sender(client, item, source)
 
     return send
@@ -486,7 +484,7 @@ async def _execute(
         caption_line_length=config.caption_line_length,
     )
     threads = min(32, max(4, config.concurrency))
-    local = None if remote else LocalSink(Path(config.out), threads=threads)
+    local = None if remote else LocalSink(Path(config.out), threads, run_inputs(config.sources))
     sink: OutputSink = local or S3Sink(s3, config.out)
     try:
         async with make_session(config.concurrency) as session:

@@ -21,7 +21,9 @@ import errno
 import glob
 import os
 import secrets
+import stat
 import sys
+import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,15 +33,17 @@ from typing import BinaryIO, Protocol, TypeVar
 from batch.errors import ItemError, OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import output_relpath, resolve_inside
+from batch.records import Ownership
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
-#: a file at an output's place older than its item's plan, less this (filesystems whose
-#: clocks are coarse: FAT's 2 s), was not written by this batch
-PLAN_SLACK = 2.0
+#: a file written within this of the time its item was queued (filesystems whose clocks
+#: are coarse: FAT's 2 s) may be the item's own
+QUEUE_SLACK = 2.0
 FOREIGN = (
-    "is already there, older than this batch (a file of yours, another batch's, or one "
-    "whose state was lost): not replaced; move it away, choose another --out, or --force"
+    "is already there, and this batch did not write it (a file of yours, another batch's, "
+    "or one whose state was lost): not replaced; move it away and run again with "
+    "--retry-failed, or choose another --out"
 )
 #: seconds an abandoned item's outputs may take to land, once its answer is in (a group
 #: write is a few ms; a second Ctrl-C must still end the run promptly)
@@ -55,9 +59,9 @@ class OutputMeta:
 
     source: str
     fingerprint: str
-    #: when the state first planned the item: a local file older than that is not this
-    #: batch's, and is not replaced (``check_not_foreign``); None replaces it (``--force``)
-    planned_at: float | None = None
+    #: which files at the item's output places are its own, to replace (a local
+    #: ``--out``, ``check_not_foreign``); None replaces any (``--force``)
+    owner: Ownership | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,63 +202,84 @@ def check_spares_source(root: Path, out_name: str, formats: Collection[str], sou
         raise ItemError(msg, code="output_path")
 
 
-def check_not_foreign(path: str, planned_at: float | None) -> None:
+def check_not_foreign(
+    path: str, owner: Ownership | None, inputs: Inputs, data: bytes | None = None
+) -> None:
     """Refuse to replace a file this batch did not write: a subtitle made by hand beside
-    the video, the manifest of the run, an earlier batch's paid transcript (its own
-    ``--state``, the same ``--out``) were replaced without a word. One written after the
-    item was planned is the batch's own (an earlier answer, a crash's leftover).
+    the video, the run's manifest, an earlier batch's paid transcript (its own
+    ``--state``, the same ``--out``) were replaced without a word. The item's own files
+    are those the state records as its outputs, those written since it was queued (a
+    crashed attempt's), and one holding just what it would write (``data``).
 
     Raises:
-        ItemError: ``output_exists``, naming the file.
+        ItemError: ``output_path`` for a SOURCE of the run, or a folder when writing,
+            whatever the owner; ``output_exists`` for a file of another.
     """
-    if planned_at is None or not os.access(path, os.F_OK, follow_symlinks=False):
+    if not os.access(path, os.F_OK, follow_symlinks=False):
         return  # (``access`` first: most outputs are new, and a failed lstat costs more)
     try:
-        written = os.lstat(path).st_mtime
+        found = os.lstat(path)
     except OSError:
         return
-    if written < planned_at - PLAN_SLACK:
-        raise ItemError(f"{path}: {FOREIGN}", code="output_exists")
+    if (found.st_dev, found.st_ino) in inputs:
+        raise ItemError(
+            f"{path}: is a SOURCE of this run; choose another --out", code="output_path"
+        )
+    if stat.S_ISDIR(found.st_mode):  # before sending, left to the writer: "names that meet"
+        if data is None:
+            return
+        raise ItemError(f"{path}: is a folder, where an output goes", code="output_path")
+    if owner is None or _written_by(owner, path, found.st_mtime) or _holds(path, data):
+        return
+    raise ItemError(f"{path}: {FOREIGN}", code="output_exists")
+
+
+def _written_by(owner: Ownership, path: str, mtime: float) -> bool:
+    """``path`` (there, written at ``mtime``) is the item's own (see ``check_not_foreign``)."""
+    since = owner.queued_at
+    if since is not None and since - QUEUE_SLACK <= mtime <= time.time() + QUEUE_SLACK:
+        return True
+    return bool(owner.recorded) and os.path.realpath(path) in owner.recorded
+
+
+def _holds(path: str, data: bytes | None) -> bool:
+    """The file holds ``data`` already: writing it again changes nothing (a format
+    rendered earlier from the same json, by a run stopped before it recorded it)."""
+    if data is None:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(len(data) + 1) == data
+    except OSError:
+        return False
 
 
 def check_outputs_free(
-    root: str, out_name: str, formats: Collection[str], planned_at: float | None
+    root: str, out_name: str, formats: Collection[str], owner: Ownership | None, inputs: Inputs
 ) -> None:
     """``check_not_foreign`` for every output of an item, before it is sent (nothing is
     paid for an answer with no place to go); the writer checks again, at the real paths."""
-    if planned_at is None:
-        return
     for fmt in formats:
-        check_not_foreign(f"{root}/{output_relpath(out_name, fmt)}", planned_at)
+        check_not_foreign(f"{root}/{output_relpath(out_name, fmt)}", owner, inputs)
 
 
-def run_inputs(sources: Collection[str]) -> dict[str, str]:
-    """The local files given as SOURCEs (manifests, recordings), by name: no output may
-    replace one (``check_spares_inputs``). A manifest written by the script that runs
-    dgbatch is as new as the batch, so its age does not protect it."""
-    inputs = {}
+#: the local files given as SOURCEs, by (device, inode)
+Inputs = frozenset[tuple[int, int]]
+
+
+def run_inputs(sources: Collection[str]) -> Inputs:
+    """The local files given as SOURCEs (manifests, recordings): no output replaces one,
+    however new (a manifest written by the script that runs dgbatch is as new as the
+    batch). Told by inode: two manifests of one name in two folders are two files."""
+    found = set()
     for source in sources:
-        if os.path.isfile(source):
-            inputs[os.path.basename(source)] = os.path.realpath(source)
-    return inputs
-
-
-def check_spares_inputs(
-    root: Path, out_name: str, formats: Collection[str], inputs: dict[str, str]
-) -> None:
-    """Refuse outputs of which one would be a SOURCE of the run: ``dgbatch run list.txt
-    --out .`` wrote ``list.wav``'s transcript over the manifest. Only an output named as
-    an input is resolved, so the check costs nothing for the others.
-
-    Raises:
-        ItemError: ``output_path``, naming the input.
-    """
-    leaf = out_name.rpartition("/")[2]
-    for fmt in formats:
-        named = inputs.get(f"{leaf}.{fmt}")
-        if named is not None and os.path.realpath(root / output_relpath(out_name, fmt)) == named:
-            msg = f"its {fmt} output would replace {named}, a SOURCE of this run"
-            raise ItemError(f"{out_name}: {msg}; choose another --out", code="output_path")
+        try:
+            info = os.stat(source)
+        except (OSError, ValueError):
+            continue
+        if stat.S_ISREG(info.st_mode):
+            found.add((info.st_dev, info.st_ino))
+    return frozenset(found)
 
 
 def _output_in_the_way(path: Path) -> Path | None:
@@ -325,7 +350,7 @@ class _Job:
 
     out_name: str
     files: dict[str, bytes]
-    planned_at: float | None = None
+    owner: Ownership | None = None
     paths: list[str] = field(default_factory=list)
     temps: list[str] = field(default_factory=list)
     error: Exception | None = None
@@ -359,11 +384,16 @@ class _GroupWriter:
     """Writes the jobs of one group: temp files, a durability barrier, renames, another."""
 
     def __init__(
-        self, pool: ThreadPoolExecutor, threads: int, path_for: Callable[[str, str], str]
+        self,
+        pool: ThreadPoolExecutor,
+        threads: int,
+        path_for: Callable[[str, str], str],
+        inputs: Inputs = frozenset(),
     ) -> None:
         self._pool = pool
         self._parallel = threads > 1  # run() itself holds one of the pool's threads
         self._path_for = path_for
+        self._inputs = inputs
 
     def run(self, jobs: list[_Job]) -> None:
         """Write ``jobs``: every temp file, one barrier, the renames, another barrier."""
@@ -391,9 +421,9 @@ class _GroupWriter:
     def _place(self, job: _Job) -> None:
         fmt = ""
         try:
-            for fmt in job.files:
+            for fmt, data in job.files.items():
                 job.paths.append(self._path_for(job.out_name, fmt))
-                check_not_foreign(job.paths[-1], job.planned_at)
+                check_not_foreign(job.paths[-1], job.owner, self._inputs, data)
         except ValueError:  # a symlink in --out leads outside: this item fails, the run goes on
             relpath = output_relpath(job.out_name, fmt)
             msg = f"{relpath}: output path escapes --out (a symlink inside it?); not written"
@@ -453,10 +483,10 @@ def _rename_temps(job: _Job) -> None:
 class LocalSink:
     """Outputs under a local folder, mirroring the items' names."""
 
-    def __init__(self, root: Path, threads: int = 8) -> None:
+    def __init__(self, root: Path, threads: int = 8, inputs: Inputs = frozenset()) -> None:
         self.root = root
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="dgbatch-out")
-        self._writer = _GroupWriter(self._pool, threads, self._write_path)
+        self._writer = _GroupWriter(self._pool, threads, self._write_path, inputs)
         self._folders: dict[str, str] = {}
         self._queue: list[tuple[_Job, asyncio.Future[None]]] = []
         self._committer: asyncio.Task[None] | None = None
@@ -489,7 +519,7 @@ class LocalSink:
         them before they were sent)."""
         check_spares_source(self.root, out_name, files, meta.source)
         loop = asyncio.get_running_loop()
-        job = _Job(out_name, files, meta.planned_at)
+        job = _Job(out_name, files, meta.owner)
         done = loop.create_future()
         self._queue.append((job, done))
         if self._committer is None:

@@ -105,7 +105,7 @@ class Placer:
         async with self._unplaced:
             self._release_slot(item.id, early=True)
             # (abandoned meanwhile, a paid answer still lands: see ``outputs.landed``)
-            meta = OutputMeta(item.source, item.fingerprint, item.replaces_before)
+            meta = OutputMeta(item.source, item.fingerprint, item.owner)
             return await self.sink.write(item.out_name, files, meta)
 
     def done_result(

@@ -16,6 +16,18 @@ from batch.models import ItemKind, ItemStatus, Params
 
 
 @dataclass(frozen=True, slots=True)
+class Ownership:
+    """What tells an item's own files, at its output places, from files it did not write."""
+
+    #: its outputs as the state records them (written when it was done)
+    recorded: frozenset[str] = frozenset()
+    #: when it was last queued or recorded: a file written since then, before its answer
+    #: is written, is a crashed attempt's (None: nothing of it is sent now, as for a
+    #: format rendered later from its json)
+    queued_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class WorkItem:
     """An item as the runner sees it: claimed from the state, ready to send."""
 
@@ -32,16 +44,19 @@ class WorkItem:
     status: ItemStatus
     #: re-queued by a ``--force``: outputs already in place are the ones it redoes
     forced: bool = False
-    #: when the state first planned it: older files where its outputs go are not its own
-    planned_at: float | None = None
+    #: when it was last queued or recorded (``updated_at``), and its outputs as recorded
+    #: (JSON): together they tell its own files from others' (``owner``)
+    queued_at: float | None = None
+    recorded: str | None = None
     #: 200s without a transcript it got since it was queued (an earlier run's count)
     paid_200s: int = 0
 
     @property
-    def replaces_before(self) -> float | None:
-        """The time before which a file at an output's place is not replaced: a forced
-        item replaces whatever is there (``--force``)."""
-        return None if self.forced else self.planned_at
+    def owner(self) -> Ownership | None:
+        """What of its output places is its own; None replaces any (``--force``)."""
+        if self.forced:
+            return None
+        return Ownership(_recorded(self.recorded), self.queued_at)
 
     def with_params(self, params: Params) -> WorkItem:
         """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
@@ -59,7 +74,8 @@ class WorkItem:
             self.claimed_at,
             self.status,
             self.forced,
-            self.planned_at,
+            self.queued_at,
+            self.recorded,
             self.paid_200s,
         )
 
@@ -103,7 +119,7 @@ class PlanStats:
 #: the columns a claim reads, in ``work_item``'s order
 COLUMNS = (
     "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced, created_at, paid_200s"
+    "forced, updated_at, outputs, paid_200s"
 )
 #: kinds and statuses of rows read from the state: a dict lookup, cheaper than calling the enum
 _ITEM_KINDS = {kind.value: kind for kind in ItemKind}
@@ -114,7 +130,7 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
     """The item a ``COLUMNS`` row holds; a claim passes its own ``claimed_at``, as it read the
     row before marking it claimed."""
     rowid, item_id, source, kind, out_name, params, attempts, size, fp, claimed, status = row[:11]
-    forced, planned_at, paid_200s = row[11:]
+    forced, queued_at, recorded, paid_200s = row[11:]
     return WorkItem(
         rowid,
         item_id,
@@ -128,9 +144,21 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
         claimed_at if claimed_at is not None else claimed,
         _STATUSES[status],
         bool(forced),
-        planned_at,
+        queued_at,
+        recorded,
         paid_200s,
     )
+
+
+def _recorded(outputs: str | None) -> frozenset[str]:
+    """An item's recorded outputs (the ``outputs`` column), read only when asked for."""
+    if not outputs:
+        return frozenset()
+    try:
+        found = json.loads(outputs)
+    except ValueError:
+        return frozenset()
+    return frozenset(str(path) for path in found) if isinstance(found, list) else frozenset()
 
 
 @functools.lru_cache(maxsize=1024)

@@ -126,12 +126,16 @@ def test_a_full_disk_keeps_the_answer_it_could_not_write(
 def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answer(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
-    """A folder where ``a.json`` goes fails only that item; its answer is kept. A plain run
-    leaves it failed (and sends nothing); ``--retry-failed`` after the path is cleared writes
-    the kept answer, with the request id Deepgram gave it, and still sends nothing."""
-    wavs = make_wavs(tmp_path / "in", 2)
+    """An output folder that leads out of --out (a symlink) fails only that item, once
+    its answer is paid for (a folder right where ``a.json`` goes is found before sending);
+    its answer is kept. A plain run leaves it failed (and sends nothing); ``--retry-failed``
+    after the path is cleared writes the kept answer, with the request id Deepgram gave
+    it, and still sends nothing."""
+    wavs = [make_wav(tmp_path / "in" / "f000.wav"), make_wav(tmp_path / "in/x/f001.wav", tone=1)]
     out = tmp_path / "out"
-    (out / "f001.json").mkdir(parents=True)
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "x").symlink_to(tmp_path / "elsewhere")
     first = dgbatch("run", str(tmp_path / "in"), "--out", str(out))
     assert first.exit_code == 1, first.output
     assert statuses(out) == {"f000.wav": "done", "f001.wav": "failed"}
@@ -145,11 +149,11 @@ def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answe
 
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 1
     assert answered_ids(emulator) == paid
-    (out / "f001.json").rmdir()
+    (out / "x").unlink()
     again = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--retry-failed")
     assert again.exit_code == 0, again.output
     assert answered_ids(emulator) == paid
-    assert_outputs_match(wavs[1], out / "f001")
+    assert_outputs_match(wavs[1], out / "x" / "f001")
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(out))}
     assert rows["f001.wav"]["request_id"] in paid
 

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,6 @@ from batch.emulator import Emulator, build_response
 from batch.errors import ItemError, OutputError
 from batch.formats import render_txt
 from batch.outputs import (
-    PLAN_SLACK,
     Found,
     LocalSink,
     OutputMeta,
@@ -23,6 +23,7 @@ from batch.outputs import (
     output_error,
     write_atomic,
 )
+from batch.records import Ownership
 
 
 def _files(root: Path) -> list[str]:
@@ -66,7 +67,7 @@ def test_a_folder_in_the_place_of_an_output_fails_that_item(tmp_path: Path) -> N
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "a.json").mkdir()
     try:
-        with pytest.raises(ItemError, match=r"a\.json: cannot write output: Is a directory"):
+        with pytest.raises(ItemError, match=r"a\.json: is a folder, where an output goes"):
             asyncio.run(sink.write("a", {"json": b"{}"}, OutputMeta("a.wav", "")))
     finally:
         sink.close()
@@ -324,7 +325,7 @@ def test_an_output_that_cannot_be_written_fails_its_item_and_a_retry_recovers(
     assert result.exit_code == 1
     rows = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert [(r["status"], r["error"], r["attempts"]) for r in rows] == [
-        ("failed", f"{out}/a.json: cannot write output: Is a directory", 1),  # it was paid
+        ("failed", f"{out}/a.json: is a folder, where an output goes", 1),  # it was paid
         ("done", None, 1),
     ]
     (out / "a.json").rmdir()
@@ -349,26 +350,39 @@ def test_outputs_without_json_written_after_the_claim_count_as_complete(tmp_path
     assert after == Found([str(tmp_path / "a.txt")], None)
 
 
-@pytest.mark.parametrize(
-    ("age", "planned", "refused"),
-    [
-        (None, 1000.0, False),  # nothing there
-        (10.0, 1000.0, True),  # there before the batch
-        (1000.0 - PLAN_SLACK + 0.5, 1000.0, False),  # a coarse clock's own write
-        (1500.0, 1000.0, False),  # written after the plan: the batch's
-        (10.0, None, False),  # --force replaces it
-    ],
-)
-def test_a_file_older_than_the_batch_is_not_its_own(
-    tmp_path: Path, age: float | None, planned: float | None, refused: bool
-) -> None:
+def _owner_table(tmp: Path) -> list[tuple[str, Ownership | None, bytes | None, str | None]]:
+    """(what is at the place, the item's ownership, what it writes, the code refused)."""
+    mine = os.path.realpath(tmp / "a.json")
+    return [
+        ("nothing", Ownership(), b"{}", None),
+        ("old", None, b"{}", None),  # --force replaces it
+        ("old", Ownership(frozenset({mine})), b"{}", None),  # recorded as its output
+        ("old", Ownership(queued_at=time.time() - 7200), b"{}", None),  # a crash's leftover
+        ("old", Ownership(queued_at=time.time()), b"{}", "output_exists"),  # older: another's
+        ("old", Ownership(), b"{}", "output_exists"),  # a format rendered later: not its own
+        ("future", Ownership(queued_at=time.time()), b"{}", "output_exists"),
+        ("old", Ownership(), b"same", None),  # holds what it would write: nothing changes
+        ("input", None, b"{}", "output_path"),  # a SOURCE of the run, even with --force
+        ("folder", None, b"{}", "output_path"),
+    ]
+
+
+@pytest.mark.parametrize("row", range(10))
+def test_a_file_the_item_did_not_write_is_not_replaced(tmp_path: Path, row: int) -> None:
+    there, owner, data, refused = _owner_table(tmp_path)[row]
     target = tmp_path / "a.json"
-    if age is not None:
-        target.write_text("{}")
-        os.utime(target, (age, age))
-    if refused:
-        with pytest.raises(ItemError, match="is already there, older than this batch") as caught:
-            check_not_foreign(str(target), planned)
-        assert caught.value.code == "output_exists"
-    else:
-        check_not_foreign(str(target), planned)
+    inputs: frozenset[tuple[int, int]] = frozenset()
+    if there == "folder":
+        target.mkdir()
+    elif there != "nothing":
+        target.write_bytes(b"same")
+        when = time.time() + (86400 if there == "future" else -3600)
+        os.utime(target, (when, when))
+        info = target.stat()
+        inputs = frozenset({(info.st_dev, info.st_ino)}) if there == "input" else inputs
+    if refused is None:
+        check_not_foreign(str(target), owner, inputs, data)
+        return
+    with pytest.raises(ItemError) as caught:
+        check_not_foreign(str(target), owner, inputs, data)
+    assert caught.value.code == refused

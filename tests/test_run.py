@@ -1161,7 +1161,7 @@ def test_a_file_this_batch_did_not_write_is_not_replaced(
         for r in read_state_rows(tmp_path / "videos/.dgbatch/state.sqlite")
     }
     assert (rows["movie.wav"]["err_code"], rows["other.wav"]["status"]) == ("output_exists", "done")
-    assert "videos/movie.srt: is already there, older than this batch" in str(
+    assert "videos/movie.srt: is already there, and this batch did not write it" in str(
         rows["movie.wav"]["error"]
     )
     forced = dgbatch("run", "videos", "--out", "videos", "--formats", "json,srt", "--force")
@@ -1197,7 +1197,7 @@ def test_a_format_rendered_later_does_not_replace_a_file_of_the_users(
     _aged(mine)
     again = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--formats", "json,srt")
     assert mine.read_text() == "mine\n" and len(emulator.log) == 1
-    assert "out/a.srt: is already there, older than this batch" in again.output
+    assert "out/a.srt: is already there, and this batch did not write it" in again.output
 
 
 def test_a_run_that_fails_nothing_says_why_it_exits_1(tmp_path: Path, dgbatch: Cli) -> None:
@@ -1224,3 +1224,41 @@ def test_a_dry_run_does_not_call_a_broken_line_of_a_new_manifest_not_retried(
     dry = dgbatch("run", str(tmp_path / "m.jsonl"), "--out", str(tmp_path / "o"), "--dry-run")
     assert dry.exit_code == 0, dry.output
     assert "1 failed, not sent: inputs found broken while planning, or earlier runs'" in dry.output
+
+
+def test_no_write_of_any_kind_replaces_a_file_the_item_did_not_write(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The second review of the guard: a format rendered later (written by no check made
+    before a request) wrote over the run's manifest, and over a subtitle made after the
+    item was done; of two manifests named list.txt, the one at an output's place was
+    replaced; a failed item queued again replaced another batch's newer transcript."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "a" / "list.wav", tone=1)
+    make_wav(tmp_path / "b" / "other.wav", tone=2)
+    (tmp_path / "a" / "list.txt").write_text("list.wav\n")
+    (tmp_path / "b" / "list.txt").write_text("other.wav\n")
+    assert (
+        dgbatch("run", "a/list.txt", "b/list.txt", "--out", "a", "--formats", "json").exit_code == 0
+    )
+    mine = tmp_path / "a" / "list.srt"
+    mine.write_text("made after it was done\n")
+    later = dgbatch("run", "a/list.txt", "b/list.txt", "--out", "a", "--formats", "json,txt,srt")
+    assert (tmp_path / "a" / "list.txt").read_text() == "list.wav\n"
+    assert mine.read_text() == "made after it was done\n"
+    assert "a/list.txt: is a SOURCE of this run" in later.output
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "a.wav").write_bytes(b"not audio at all" * 10)  # batch A: fails
+    make_wav(tmp_path / "e" / "a.wav", tone=3)
+    assert dgbatch("run", "d", "--out", "p").exit_code == 1
+    with sqlite3.connect(tmp_path / "p/.dgbatch/state.sqlite") as db:  # an hour ago
+        db.execute(
+            "UPDATE items SET created_at = created_at - 3600, updated_at = updated_at - 3600"
+        )
+    assert dgbatch("run", "e", "--out", "p", "--state", "sb/").exit_code == 0
+    theirs = (tmp_path / "p" / "a.json").read_bytes()
+    _aged(tmp_path / "p" / "a.json", tmp_path / "p" / "a.txt", seconds=1800)  # after A's plan
+    make_wav(tmp_path / "d" / "a.wav", tone=4)  # changed: A's item is queued again, now
+    assert dgbatch("run", "d", "--out", "p").exit_code == 1
+    assert (tmp_path / "p" / "a.json").read_bytes() == theirs
