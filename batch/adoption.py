@@ -14,9 +14,8 @@ import dataclasses
 from batch import retry
 from batch.errors import ForeignOutputs
 from batch.models import ItemStatus
-from batch.outputs import OutputMeta, OutputSink
+from batch.outputs import OutputMeta, OutputSink, foreign_message
 from batch.placing import Placer
-from batch.redact import redact_source
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem
 
@@ -102,11 +101,7 @@ class Adoption:
         formats = self.settings.formats
         found = await self.sink.find_complete(name or item.out_name, formats, meta, since)
         if found is not None and found.foreign is not None:
-            location, other = found.foreign
-            raise ForeignOutputs(
-                f"{location}: already there for another source ({redact_source(other)}), "
-                "not replaced; move it away, choose another --out, or --force"
-            )
+            raise ForeignOutputs(foreign_message(*found.foreign))
         if found is None:
             return None
         if found.json is None:  # complete, without a transcript to read: nothing to warn of

@@ -29,11 +29,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Protocol, TypeVar
+from urllib.parse import unquote
 
 from batch.errors import ItemError, OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import output_relpath, resolve_inside
 from batch.records import Ownership
+from batch.redact import redact_source
 
 #: a crashed run's output counts as its own when written after the claim (clock slack)
 CLAIM_SLACK = 0.1
@@ -200,6 +202,16 @@ def check_spares_source(root: Path, out_name: str, formats: Collection[str], sou
     if replaced:
         msg = f"{source}: its {fmt} output would replace the recording itself; choose another --out"
         raise ItemError(msg, code="output_path")
+
+
+def foreign_message(location: str, other: str) -> str:
+    """Why an object of an S3 ``--out`` is not written over: ``other`` is the source its
+    metadata names (percent-encoded, maybe none)."""
+    named = redact_source(unquote(other)) if other else "no source of dgbatch's"
+    return (
+        f"{location}: already there for another source ({named}), not replaced; move it "
+        "away and run again with --retry-failed, or choose another --out"
+    )
 
 
 def check_not_foreign(

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from urllib.parse import quote, unquote
+from urllib.parse import quote
 
-from batch.errors import ItemError, OutputError
+from batch.errors import ForeignOutputs, ItemError, OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import folder_prefix, output_relpath
-from batch.outputs import Found, OutputMeta, adoptable, landed
+from batch.outputs import Found, OutputMeta, adoptable, foreign_message, landed
 from batch.redact import redact_source
 from batch.s3 import S3, describe_error, error_code, is_not_found, parse_s3_uri
 
@@ -31,6 +31,8 @@ SOURCE_META_BYTES = 1800
 #: S3 errors about one output object, not the store: that item fails (as a local path too
 #: long does) and the run goes on; any other stops the run, every put would meet it
 _OBJECT_ERRORS = frozenset({"KeyTooLongError", "MetadataTooLarge", "EntityTooLarge"})
+#: keys seen free kept at most (an item stopped before its write leaves its own)
+_FREE_MOST = 100_000
 #: a key too long (over 1,024 bytes) is the item's own when the prefix leaves room for
 #: names: past this, it is the prefix's, which every item would meet, each paid
 _PREFIX_ROOM = 512
@@ -62,6 +64,8 @@ class S3Sink:
         self.s3 = s3
         self.bucket = bucket
         self.prefix = folder_prefix(prefix)
+        #: keys ``find_complete`` saw free (absent, or this source's), for that source
+        self._free: dict[str, str] = {}
 
     def describe(self) -> str:
         return self._uri(self.prefix)
@@ -74,9 +78,12 @@ class S3Sink:
         return f"s3://{self.bucket}/{key}"
 
     async def write(self, out_name: str, files: dict[str, bytes], meta: OutputMeta) -> list[str]:
-        """Put every format; the item is done only if all of them succeed."""
+        """Put every format; the item is done only if all of them succeed. Never over an
+        object of another source, or not dgbatch's (``--force`` aside)."""
         metadata = _metadata(meta)
         keys = [self.key_for(out_name, fmt) for fmt in files]
+        if meta.owner is not None:
+            await self._refuse_foreign(keys, meta)
         puts = asyncio.gather(
             *(
                 self._put(key, data, CONTENT_TYPES.get(fmt, "application/octet-stream"), metadata)
@@ -102,6 +109,21 @@ class S3Sink:
                 raise ItemError(msg, code="output_path") from exc
             raise OutputError(msg) from exc
 
+    async def _refuse_foreign(self, keys: list[str], meta: OutputMeta) -> None:
+        """HEAD the keys ``find_complete`` did not see free for this source (a format
+        rendered later, a kept answer, a ``--dedupe`` copy): one of another source, or
+        not dgbatch's, fails the item (its answer, if paid, is kept).
+
+        Raises:
+            ForeignOutputs: naming the object and its source.
+        """
+        unseen = [key for key in keys if self._free.pop(key, None) != meta.source]
+        heads = await asyncio.gather(*(self._head(key) for key in unseen))
+        sources = _source_forms(meta)
+        for key, head in zip(unseen, heads, strict=True):
+            if head is not None and head.get(META_SOURCE) not in sources:
+                raise ForeignOutputs(foreign_message(self._uri(key), head.get(META_SOURCE) or ""))
+
     async def find_complete(
         self, out_name: str, formats: tuple[str, ...], meta: OutputMeta, since: float | None
     ) -> Found | None:
@@ -126,9 +148,11 @@ class S3Sink:
             return Found([self._uri(key) for key in found.values()], None)
         for key, head in zip(keys.values(), heads, strict=True):
             if head is not None and head.get(META_SOURCE) not in sources:
-                other = unquote(head.get(META_SOURCE) or "") or "no source of dgbatch's"
-                return Found([], None, foreign=(self._uri(key), other))
-        return None
+                return Found([], None, foreign=(self._uri(key), head.get(META_SOURCE) or ""))
+        if len(self._free) > _FREE_MOST:  # items stopped before their write: forget them
+            self._free.clear()
+        self._free.update(dict.fromkeys(keys.values(), meta.source))  # seen free: its write
+        return None  # need not HEAD them again
 
     async def read(self, out_name: str, fmt: str) -> bytes | None:
         """An output put earlier, or None when it is not there (``OutputError`` when it

@@ -571,6 +571,24 @@ def test_a_night_without_its_state_never_writes_over_another_recordings_transcri
     assert body("tr/x.txt") == b"a file of the user's" and body("tr/x.wav.json")
 
 
+def test_a_format_rendered_later_never_writes_over_an_object_of_another(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Asking for srt after json and txt were done rendered it from the json and put it
+    over the user's own ``a.srt`` (no dgbatch metadata): only a send was checked. It is
+    skipped with a warning naming the object; the other formats are rendered."""
+    moto.bucket("later", audio_objects(tmp_path, ["in/a.wav"]))
+    args = ("run", "s3://later/in/", "--out", "s3://later/out/")
+    assert run_s3(dgbatch, tmp_path, *args).exit_code == 0
+    moto.client.put_object(Bucket="later", Key="out/a.srt", Body=b"HAND MADE")
+    again = run_s3(dgbatch, tmp_path, *args, "--formats", "json,txt,srt,vtt")
+    assert "s3://later/out/a.srt: already there for another source (no source of dgbatch" in (
+        again.output
+    )
+    body = moto.client.get_object(Bucket="later", Key="out/a.srt")["Body"].read()
+    assert body == b"HAND MADE" and len(listen_log(emulator)) == 1
+
+
 # -- bad input -----------------------------------------------------------------------------
 
 
