@@ -67,9 +67,6 @@ class Attempts:
         self._adoption = adoption
         #: the runner's per in-flight item (attempts, possibly billed retries) so far
         self._tries = tries
-        #: items whose request is out now: one abandoned (a second signal, the end of
-        #: ``--grace``) may have been processed, and billed
-        self.requesting: set[str] = set()
         self._stopped = stopped
         self._sleep = sleep
         self._rng = rng
@@ -108,7 +105,7 @@ class Attempts:
                 failed = Result(
                     item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
                 )
-                return _with_timeouts(failed, timeouts)
+                return _with_tallies(failed, timeouts, paid_200s)
             except TransportError as exc:
                 answer = exc.partial  # a 200 cut short: its status and request id are kept
                 decision = Decision(Action.RETRY, str(exc))  # made for the report
@@ -125,7 +122,8 @@ class Attempts:
                 decision = _once_more_at_most(decision, paid_200s)
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
             if outcome is not None:  # every way out keeps the possibly billed retries
-                return self._unless_unreachable(_with_timeouts(outcome, timeouts), unreachable)
+                tallied = _with_tallies(outcome, timeouts, paid_200s)
+                return self._unless_unreachable(tallied, unreachable)
             if billed:  # retried a request Deepgram may have processed, and billed: count it
                 timeouts += 1
                 self.stats.timeout_retries += 1
@@ -183,15 +181,7 @@ class Attempts:
         self, sender: Sender, item: WorkItem, source: str
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
-        self.requesting.add(item.id)
-        try:
-            answer = await sender(self.client, item, source)
-        except asyncio.CancelledError:
-            raise  # abandoned while out: left in ``requesting`` for the runner to count
-        except BaseException:
-            self.requesting.discard(item.id)
-            raise
-        self.requesting.discard(item.id)
+        answer = await sender(self.client, item, source)
         if answer.truncated and answer.status == 200:  # cut the same way on every try: a
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
             return answer, Decision(Action.FAIL, reason)  # retry would pay for it again
@@ -365,5 +355,10 @@ def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:
     return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
 
 
-def _with_timeouts(result: Result, timeouts: int) -> Result:
-    return dataclasses.replace(result, timeout_retries=timeouts) if timeouts else result
+def _with_tallies(result: Result, timeouts: int, paid_200s: int) -> Result:
+    """The result with the item's possibly billed retries and its 200s without a
+    transcript so far: a stop in a backoff left it pending and forgot them, and the next
+    run paid for more."""
+    if not timeouts and not paid_200s:
+        return result
+    return dataclasses.replace(result, timeout_retries=timeouts, paid_200s=paid_200s)

@@ -14,6 +14,7 @@ import json
 import os
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 import aiohttp
 
@@ -136,6 +137,9 @@ class DeepgramClient:
         self._secrets = (api_key,)
         self._timeout = timeout
         self._stall_timeout = stall_timeout
+        #: per task whose request was abandoned (cancelled) while out: whether Deepgram
+        #: may have had its whole body (then it may be billed); the runner takes it
+        self.abandoned: dict[asyncio.Task[Any], bool] = {}
 
     async def send_url(self, url: str, params: Params) -> Answer:
         """Ask Deepgram to fetch ``url`` itself."""
@@ -206,6 +210,11 @@ class DeepgramClient:
                     resp.headers.get("Location"),
                     truncated,
                 )
+        except asyncio.CancelledError:  # abandoned (a second signal, --grace over)
+            if (task := asyncio.current_task()) is not None:
+                sent = answered is not None or body_sent()
+                self.abandoned[task] = sent is None or sent
+            raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             sent = answered is not None or body_sent()
             error = self._translate(exc, sent is None or sent)

@@ -353,15 +353,17 @@ class Runner:
         loop = asyncio.get_running_loop()
         deadline: float | None = None
         while self._tasks:
-            if deadline is None and isinstance(self.stats.stop_reason, Interrupted):
+            if deadline is None and (
+                self._signals or isinstance(self.stats.stop_reason, Interrupted)
+            ):
                 deadline = loop.time() + self.settings.grace
             if deadline is not None and loop.time() >= deadline:
                 if not self._grace_over:
                     self._grace_over = True
                     log.warning(
                         "--grace %gs is over: abandoning %d in-flight item(s); Deepgram may "
-                        "have them already (counted as possibly billed), and the next run "
-                        "sends them again",
+                        "have those whose request was out (counted as possibly billed), "
+                        "and the next run sends them again",
                         self.settings.grace,
                         len(self._tasks),
                     )
@@ -406,11 +408,12 @@ class Runner:
     ) -> Result:
         """The result of an item taken out of ``Attempts.process`` by an exception or a cancel,
         with the attempts it made (they were paid for). A request ``abandoned`` while out
-        (a second signal, the end of ``--grace``) may have been processed: it counts as a
-        possibly billed retry, as a timeout does, since the next run sends it again."""
+        (a second signal, the end of ``--grace``) once its whole body was out may have been
+        processed: it counts as a possibly billed retry, as a timeout does, since the next
+        run sends it again."""
         attempts, timeouts, paid_200s = self._tries.get(item.id, (item.attempts, 0, 0))
-        if abandoned and item.id in self._attempts.requesting:
-            self._attempts.requesting.discard(item.id)
+        task = asyncio.current_task()
+        if abandoned and task is not None and self._attempts.client.abandoned.pop(task, False):
             timeouts += 1
             self.stats.timeout_retries += 1
         return Result(
@@ -495,8 +498,8 @@ class Runner:
             return
         self._grace_over = True  # said here
         log.warning(
-            "%s again: abandoning %d in-flight item(s); Deepgram may have them already "
-            "(counted as possibly billed), and the next run sends them again",
+            "%s again: abandoning %d in-flight item(s); Deepgram may have those whose "
+            "request was out (counted as possibly billed), and the next run sends them again",
             name,
             len(self._tasks),
         )

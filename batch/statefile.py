@@ -159,15 +159,17 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
         db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
     except sqlite3.DatabaseError as exc:
         if _disk_error(exc):
-            msg = (
-                f"{path}: cannot read or write the state file ({exc}): a full disk? "
-                "free some space (or fix the disk) and run the same command"
-            )
-            raise StateWriteError(msg) from exc
+            raise StateWriteError(_DISK.format(path=path, exc=exc)) from exc
         raise StateError(
             f"{path}: not a usable dgbatch state file ({exc}); not touching it"
         ) from exc
     return db
+
+
+_DISK = (
+    "{path}: cannot read or write the state file ({exc}): a full disk? free some space "
+    "(or fix the disk) and run the same command; the state is as it was"
+)
 
 
 def _disk_error(exc: sqlite3.DatabaseError) -> bool:
@@ -249,6 +251,8 @@ def prepare(db: sqlite3.Connection, path: Path) -> None:
             migrations.migrate(db)
             db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('format', ?)", (MAGIC,))
     except sqlite3.DatabaseError as exc:
+        if _disk_error(exc):  # "damaged" would invite deleting it, and paying again
+            raise StateWriteError(_DISK.format(path=path, exc=exc)) from exc
         raise StateError(f"{path}: state file is damaged ({exc}); not touching it") from exc
 
 

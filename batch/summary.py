@@ -17,7 +17,9 @@ def format_summary(outcome: RunOutcome) -> str:
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
-    earlier = c["failed"] - outcome.unlisted_failed if not s.failed else 0
+    earlier = (
+        c["failed"] - outcome.unlisted_failed if outcome.exit_code == 1 and not s.failed else 0
+    )
     counted = [
         (
             earlier,

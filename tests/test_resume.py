@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -497,3 +499,94 @@ def test_a_200_without_a_transcript_is_tried_once_more_across_runs(tmp_path: Pat
         assert again.returncode == 1 and len(emu.log) == 3  # 1, 2 (abandoned), and one more
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert row["status"] == "failed" and "a second 200 without a transcript" in str(row["error"])
+
+
+def _run_cmd(emu: Emulator, *args: str) -> list[str]:
+    """``dgbatch run ARGS`` against ``emu``, without ``start_run``'s fast backoff."""
+    return [
+        *dgbatch_subprocess_cmd(), "run", *args, "--api-url", emu.url, "--progress", "none"
+    ]  # fmt: skip
+
+
+@pytest.mark.timeout(60)
+def test_a_stop_in_the_backoff_after_a_200_without_a_transcript_remembers_it(
+    tmp_path: Path,
+) -> None:
+    """The second review: a Ctrl-C in the backoff after a broken 200 left the item pending
+    with ``paid_200s`` 0 (only a cancelled request kept it): five paid 200s for one
+    recording over five runs. The next run makes one try, not two."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 1)
+    with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
+        cmd = _run_cmd(emu, str(src), "--out", str(out), "--backoff-base", "30")
+        proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE)
+        try:
+            wait_for(lambda: len(emu.log) >= 1 or proc.poll() is not None)
+            time.sleep(0.3)  # in the backoff now
+            proc.send_signal(signal.SIGINT)
+            proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+        assert (proc.returncode, row["status"], row["paid_200s"]) == (130, "pending", 1)
+        again = subprocess.run(_run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env())
+        assert again.returncode == 1 and len(emu.log) == 2
+
+
+@pytest.mark.timeout(60)
+def test_the_grace_holds_when_the_run_was_stopping_already(tmp_path: Path) -> None:
+    """A Ctrl-C while the run was stopping for its budget waited for every request (15 s
+    here), ignoring --grace: a service manager's stop timeout would kill it."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 6)
+    with emulator_with(latency=15.0) as emu:
+        cmd = _run_cmd(emu, str(src), "--out", str(out), "-c", "6", "--grace", "0.5")
+        proc = subprocess.Popen(
+            [*cmd, "--max-audio-hours", "0.00002"], env=subprocess_env(), stderr=subprocess.PIPE
+        )
+        try:
+            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
+            time.sleep(0.5)
+            started = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            _, stderr = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert time.monotonic() - started < 5, stderr.decode()
+        assert b"audio budget" in stderr and b"--grace 0.5s is over" in stderr
+
+
+@pytest.mark.timeout(60)
+def test_an_abandoned_upload_whose_body_was_not_out_is_not_possibly_billed(
+    tmp_path: Path,
+) -> None:
+    """Abandoned at the end of --grace, an upload the server had not read counted as
+    possibly billed: only a request whose whole body was out can have been processed."""
+    make_wav(tmp_path / "calls" / "big.wav", seconds=1000, rate=16000)  # 32 MB: over the buffers
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    accepted: list[socket.socket] = []
+    threading.Thread(target=lambda: accepted.append(listener.accept()[0]), daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    cmd = [
+        *dgbatch_subprocess_cmd(), "run", str(tmp_path / "calls"), "--out", str(tmp_path / "o"),
+        "--api-url", url, "--no-preflight", "--grace", "0.2", "--progress", "none",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: bool(accepted) or proc.poll() is not None)
+        time.sleep(1.0)  # the socket's buffers are full: the body is not out
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        listener.close()
+    assert proc.returncode == 130, stderr.decode()
+    (row,) = read_state_rows(tmp_path / "o" / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["timeout_retries"]) == ("pending", 0)
+    assert b"(0 possibly billed)" in stderr

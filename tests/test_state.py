@@ -766,9 +766,11 @@ def test_a_state_on_a_disk_that_fails_is_not_called_unusable(tmp_path: Path) -> 
         resource.setrlimit(resource.RLIMIT_FSIZE, (1, 1))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write fails with EFBIG instead
 
-    path = str(tmp_path / "state.sqlite")
-    reopen = f"import pathlib; from batch.state import State; State.open(pathlib.Path({path!r}))"
-    done = subprocess.run(
-        [sys.executable, "-c", reopen], preexec_fn=full_disk, capture_output=True, cwd=SRC_ROOT
-    )
-    assert b"StateWriteError" in done.stderr and b"a full disk?" in done.stderr, done.stderr
+    for path in (str(tmp_path / "state.sqlite"), str(tmp_path / "new" / "state.sqlite")):
+        opening = (
+            f"import pathlib; from batch.state import State; State.open(pathlib.Path({path!r}))"
+        )
+        done = subprocess.run(
+            [sys.executable, "-c", opening], preexec_fn=full_disk, capture_output=True, cwd=SRC_ROOT
+        )  # a new one too: "damaged", exit 2, invited deleting it
+        assert b"StateWriteError" in done.stderr and b"a full disk?" in done.stderr, done.stderr
