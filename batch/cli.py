@@ -73,6 +73,8 @@ class _Commands(click.Group):
     broken pipe is an error like any other."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if sys.stdout is None:  # started with stdout closed (``>&-``): discarded, as print
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout
         try:
             try:
                 return super().invoke(ctx)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import math
 import os
 import shlex
 import stat
@@ -191,7 +192,7 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     """Refuse a ``--state`` or ``--run-report`` where dgbatch would overwrite its own
     files: a run report over the state (the batch's only record) or the run's JSONL
     report, or either one where a transcript goes in a local ``--out`` (``a.json``),
-    where one would replace the other."""
+    where one would replace the other; a ``--run-report`` that names no file."""
     if _is_output_place(state, out):
         raise UsageError(f"--state {str(state)!r}: {_OUTPUT_PLACE}")
     if run_report is None:
@@ -199,23 +200,35 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     if "://" in run_report and not is_s3_uri(run_report):
         msg = f"--run-report {redact_source(run_report)!r}: give a local path or s3://bucket/key"
         raise UsageError(msg)
-    if is_s3_uri(run_report):
-        if is_s3_output_place(run_report, out):
-            raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
-        if _is_s3_lock(run_report):
-            raise UsageError(f"--run-report {run_report!r}: {_LOCK}")
-        return
-    report = Path(run_report).resolve()
-    if _is_lock(report):
-        raise UsageError(f"--run-report {run_report!r}: {_LOCK}")
-    if report == report_path(state).resolve():
-        msg = f"--run-report {run_report!r}: is the run's own report (report.jsonl)"
-        raise UsageError(msg)
-    if _is_state_file(report, state):
-        msg = f"--run-report {run_report!r}: is the state file (or one of its own files)"
-        raise UsageError(msg)
-    if _is_output_place(report, out):
-        raise UsageError(f"--run-report {run_report!r}: {_OUTPUT_PLACE}")
+    check = _s3_report_problem if is_s3_uri(run_report) else _local_report_problem
+    problem = check(run_report, out, state)
+    if problem is not None:
+        raise UsageError(f"--run-report {run_report!r}: {problem}")
+
+
+def _s3_report_problem(report: str, out: str, state: Path) -> str | None:
+    if report.endswith("/") or not report[len("s3://") :].partition("/")[2]:
+        return "give an object key, s3://bucket/r.json"
+    if is_s3_output_place(report, out):
+        return _OUTPUT_PLACE
+    return _LOCK if _is_s3_lock(report) else None
+
+
+def _local_report_problem(report: str, out: str, state: Path) -> str | None:
+    if not report.strip():
+        return "is empty"
+    if report.endswith(("/", os.sep)):
+        return "names a folder: give a file name"
+    path = Path(report).resolve()
+    if path.parent.exists() and not path.parent.is_dir():
+        return f"{path.parent} is a file, not a folder"
+    if _is_lock(path):
+        return _LOCK
+    if path == report_path(state).resolve():
+        return "is the run's own report (report.jsonl)"
+    if _is_state_file(path, state):
+        return "is the state file (or one of its own files)"
+    return _OUTPUT_PLACE if _is_output_place(path, out) else None
 
 
 def check_report_target(output: str, state: Path) -> None:
@@ -286,13 +299,22 @@ def is_s3_output_place(report: str, out: str) -> bool:
 
 
 def _check_positive(name: str, value: float) -> None:
+    _check_finite(name, value)
     if value <= 0:
         raise UsageError(f"{name} must be > 0 (got {value})")
 
 
 def _check_non_negative(name: str, value: float) -> None:
+    _check_finite(name, value)
     if value < 0:
         raise UsageError(f"{name} must be >= 0 (got {value})")
+
+
+def _check_finite(name: str, value: float) -> None:
+    """``nan`` (a budget a script computed wrongly) passes every comparison: ``--max-cost
+    nan`` turned the cap off, ``--timeout nan`` the timeout."""
+    if not math.isfinite(value):
+        raise UsageError(f"{name} must be a finite number (got {value})")
 
 
 def load_api_key(key_file: Path | None, environ: dict[str, str] | None = None) -> str:

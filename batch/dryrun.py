@@ -30,7 +30,7 @@ import aiohttp
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import Interrupted, ItemError, StateError
-from batch.job import start_plan
+from batch.job import refuse_report_place, start_plan, warn_over_deepgrams_limit
 from batch.keeping import Keeping
 from batch.media import check_path, sniff_path
 from batch.models import ItemKind, Params
@@ -148,6 +148,8 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         secrets = RealSources()  # kept only to tell URLs differing in a secret apart
         try:
+            await refuse_report_place(config, s3)  # what the run would refuse, or warn of
+            warn_over_deepgrams_limit(config)
             run_id = state.start_run("dry-run")
             with latched_signals() as signals:
                 force_since, _ = state.begin_force(config.force)

@@ -138,7 +138,7 @@ async def _run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
     cap = _cap_seconds(config)
-    _warn_over_deepgrams_limit(config)
+    warn_over_deepgrams_limit(config)
     s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
     report = RunReport(
         started=time.time(),
@@ -146,12 +146,13 @@ async def _run_batch(
         out=redact_source(config.out),
         shard=config.shard.suffix() if config.shard else None,
     )
-    taken = None
+    taken = False
     try:
-        if config.run_report is not None:  # before anything is paid for: not at the end
-            taken = await report_place_taken(config.run_report, s3)
-            if taken is not None:
-                raise UsageError(f"--run-report {redact_source(config.run_report)!r}: {taken}")
+        try:
+            await refuse_report_place(config, s3)
+        except UsageError:
+            taken = True
+            raise
         if config.preflight:  # a refused key is the commonest nightly failure: reported too
             details = await check_key(config.api_url, config.api_key)
             if details is not None:
@@ -173,7 +174,7 @@ async def _run_batch(
     return outcome
 
 
-def _warn_over_deepgrams_limit(config: RunConfig) -> None:
+def warn_over_deepgrams_limit(config: RunConfig) -> None:
     """Deepgram takes 100 requests of a project at once (5 with Whisper, 10 or 5 with
     Audio Intelligence): above that, it answers 429 until the run's limit comes down,
     which makes it slower, not faster."""
@@ -186,6 +187,19 @@ def _warn_over_deepgrams_limit(config: RunConfig) -> None:
             limit,
             limit,
         )
+
+
+async def refuse_report_place(config: RunConfig, s3: S3) -> None:
+    """Refuse a ``--run-report`` place before anything is paid for, not at the end.
+
+    Raises:
+        UsageError: something else than an earlier run report is there, or no bucket.
+    """
+    if config.run_report is None:
+        return
+    taken = await report_place_taken(config.run_report, s3)
+    if taken is not None:
+        raise UsageError(f"--run-report {redact_source(config.run_report)!r}: {taken}")
 
 
 async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> OutputError | None:

@@ -159,7 +159,10 @@ def state_option(fn: F) -> F:
             "or in the cache for s3://.",
         ),
         click.option(
-            "--shard", metavar="K/N", help="With --out: the state of that run's shard K of N."
+            "--shard",
+            envvar=SHARD_ENV,
+            metavar="K/N",
+            help=f"With --out: the state of that run's shard K of N (env {SHARD_ENV}).",
         ),
     )(cast(F, resolved))
 
@@ -230,7 +233,7 @@ run_options = stacked(
         "--timeout",
         default=DEFAULT_TIMEOUT,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Seconds per request, plus an allowance that grows with the upload size.",
     ),
     click.option(
@@ -276,7 +279,8 @@ run_options = stacked(
     click.option(
         "--run-report",
         metavar="PATH|s3://...",
-        help="Write a JSON summary of the run there (for monitoring).",
+        help="Write a JSON summary of the run there (for monitoring); it replaces only an "
+        "earlier one.",
     ),
     api_options,
     click.option(
@@ -286,21 +290,21 @@ run_options = stacked(
         "--backoff-base",
         default=1.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="First retry waits up to this many seconds (doubling, full jitter).",
     ),
     click.option(
         "--backoff-cap",
         default=60.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Longest wait between retries, in seconds.",
     ),
     click.option(
         "--grace",
         default=30.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Seconds in-flight requests get to finish after Ctrl-C/SIGTERM.",
     ),
     click.option(
@@ -321,14 +325,14 @@ run_options = stacked(
     ),
     click.option(
         "--max-audio-hours",
-        type=FINITE,
+        type=float,
         metavar="H",
         help="Stop dispatching before audio transcribed (whole state) + in flight passes H.",
     ),
-    click.option("--max-cost", type=FINITE, metavar="USD", help="The same cap in US dollars."),
+    click.option("--max-cost", type=float, metavar="USD", help="The same cap in US dollars."),
     click.option(
         "--price-per-hour",
-        type=FINITE,
+        type=float,
         metavar="USD",
         help="Price of an audio hour for estimates and --max-cost (default: batch/pricing.py).",
     ),

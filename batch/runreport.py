@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import re
 import socket
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -103,8 +106,8 @@ async def write_run_report(dest: str, report: RunReport, s3: S3) -> None:
     if is_s3_uri(dest):
         await _put(dest, data, s3)
         return
-    try:
-        await s3.call(write_atomic, Path(dest), data)
+    try:  # through a link, the file it leads to (a monitor reads that one)
+        await s3.call(write_atomic, Path(os.path.realpath(dest)), data)
     except OSError as exc:
         raise OutputError(f"{dest}: cannot write the run report: {exc.strerror}") from exc
 
@@ -174,7 +177,7 @@ def refusal_may_write(dest: str, out: str) -> bool:
     an S3 key outside ``--out``'s outputs; never over the state, a transcript or a file
     of the user's (``save_run_report`` looks at what is there)."""
     if is_s3_uri(dest):
-        return not is_s3_output_place(dest, out)
+        return not is_s3_output_place(dest, out) and ".dgbatch" not in dest.split("/")
     if "://" in dest:  # an http(s) URL is no place for it (and no local path either)
         return False
     path = Path(dest)
@@ -191,12 +194,25 @@ async def report_place_taken(dest: str, s3: S3) -> str | None:
     over), a transcript or a file of the user's that a mistyped option names."""
     if is_s3_uri(dest):
         head = await s3.call(_s3_head_bytes, dest, s3)
+        if head is _NO_BUCKET:
+            return "no such bucket"
         return None if head is None or is_run_report(head) else TAKEN
-    path = Path(dest)
-    if path.is_dir():
-        return "is a folder"
-    if not path.exists():
+    return await asyncio.to_thread(_local_place_taken, Path(dest))
+
+
+def _local_place_taken(path: Path) -> str | None:
+    """``report_place_taken`` for a local path (a link: the file it leads to). Only a
+    regular file is read: a FIFO there would block the run for ever."""
+    try:
+        found = path.stat()
+    except FileNotFoundError:
         return None
+    except OSError as exc:
+        return f"cannot be looked at ({exc.strerror})"
+    if stat.S_ISDIR(found.st_mode):
+        return "is a folder"
+    if not stat.S_ISREG(found.st_mode):
+        return "is not a regular file (a pipe, a device)"
     try:
         with path.open("rb") as handle:
             head = handle.read(_READ)
@@ -206,16 +222,20 @@ async def report_place_taken(dest: str, s3: S3) -> str | None:
 
 
 def is_run_report(data: bytes) -> bool:
-    """Whether ``data`` is a run report dgbatch wrote (JSON with its fields)."""
+    """Whether ``data`` (a file's first ``_READ`` bytes) is a run report dgbatch wrote:
+    JSON with its fields, or, cut short (a report of thousands of SOURCEs on its command
+    line is longer), one that begins as dgbatch writes them."""
     try:
         earlier = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        return False
+        return len(data) >= _READ and _BEGINNING.match(data) is not None
     return isinstance(earlier, dict) and {"exit_code", "started", "command"} <= set(earlier)
 
 
-#: a run report is a few KB (100 failures at most); more than this is no run report
+#: how much of a place is read to tell a run report; one longer is told by its beginning
 _READ = 1 << 20
+#: how ``RunReport.document`` begins (``json.dumps(indent=2)``)
+_BEGINNING = re.compile(rb'\{\s*"version": "[^"]*",\s*"host": "[^"]*",\s*"command": "')
 
 
 def _s3_head_bytes(dest: str, s3: S3) -> bytes | None:
@@ -223,11 +243,17 @@ def _s3_head_bytes(dest: str, s3: S3) -> bytes | None:
     it cannot be read: the put will then say why it fails)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
-    from batch.s3 import parse_s3_uri
+    from batch.s3 import error_code, parse_s3_uri
 
     bucket, key = parse_s3_uri(dest)
     try:
         answer = s3.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{_READ - 1}")
         return bytes(answer["Body"].read())
-    except (BotoCoreError, ClientError):
+    except ClientError as exc:
+        return _NO_BUCKET if error_code(exc) == "NoSuchBucket" else None
+    except BotoCoreError:
         return None
+
+
+#: what ``_s3_head_bytes`` gives for a bucket that is not there (known before any put)
+_NO_BUCKET = b"\0no such bucket"

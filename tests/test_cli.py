@@ -8,11 +8,20 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import KEY, Cli, make_wav, make_wavs, read_state_rows
+from conftest import (
+    KEY,
+    Cli,
+    dgbatch_subprocess_cmd,
+    make_wav,
+    make_wavs,
+    read_state_rows,
+    subprocess_env,
+)
 
 import batch.planner
 from batch.cli import cli
@@ -757,8 +766,11 @@ def test_a_number_option_must_be_a_finite_number(
     sent past the cap: no comparison with nan stops anything. It is exit 2 now, unsent."""
     make_wav(tmp_path / "a.wav")
     args = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--api-url", emulator.url)
-    result = Cli(None)(*args, option, value)  # not ``dgbatch``, which gives --backoff-base
-    assert result.exit_code == 2 and f"'{value}' is not a finite number" in result.output
+    report = tmp_path / "night.json"
+    result = Cli(None)(*args, option, value, "--run-report", str(report))  # not ``dgbatch``,
+    assert result.exit_code == 2, result.output  # which gives --backoff-base
+    assert f"{option} must be a finite number (got {float(value)})" in result.output
+    assert json.loads(report.read_text())["exit_code"] == 2  # a monitor sees it
     assert emulator.log == []
 
 
@@ -772,7 +784,7 @@ def test_a_run_report_replaces_only_an_earlier_one(
 ) -> None:
     """``--run-report`` onto one of the run's recordings, a file of the user's or the run's
     lock replaced it at the end of the run (the lock then let a second run in); each is
-    refused before anything is sent. One that cannot be written is exit 1, not 0."""
+    refused before anything is sent, as is a place that names no file or cannot be."""
     make_wavs(tmp_path / "in", 2)
     (tmp_path / "notes.txt").write_text("important notes")
     wav = sorted((tmp_path / "in").iterdir())[0]
@@ -787,8 +799,12 @@ def test_a_run_report_replaces_only_an_earlier_one(
         assert refused.exit_code == 2 and said in refused.output, refused.output
     assert emulator.log == [] and wav.read_bytes() == before
     assert (tmp_path / "notes.txt").read_text() == "important notes"
-    unwritable = dgbatch(*args, str(tmp_path / "notes.txt" / "r.json"))
-    assert unwritable.exit_code == 1 and "cannot write the run report" in unwritable.output
+    under_a_file = dgbatch(*args, str(tmp_path / "notes.txt" / "r.json"))
+    assert under_a_file.exit_code == 2 and "is a file, not a folder" in under_a_file.output
+    for named in ("", f"{tmp_path}/reports/"):  # no file named
+        assert dgbatch(*args, named).exit_code == 2
+    deeper = dgbatch(*args, str(tmp_path / "notes.txt" / "deeper" / "r.json"))
+    assert deeper.exit_code == 2 and "cannot be looked at (Not a directory)" in deeper.output
 
 
 @pytest.mark.parametrize(
@@ -825,3 +841,65 @@ def test_the_api_url_from_the_environment_is_named_so(
     )
     empty = CliRunner().invoke(cli, command, env={**env, "DEEPGRAM_API_URL": ""})
     assert empty.exit_code == 2 and "DEEPGRAM_API_URL is set but empty" in empty.output
+
+
+def test_a_run_report_is_told_by_its_contents_and_written_through_a_link(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """The third review: a run report over 1 MiB (thousands of SOURCEs on its command line)
+    was taken for something else the next night, exit 2; a FIFO at --run-report blocked
+    the run for ever, deaf to signals; a link to the monitor's file was replaced by a
+    file, and the monitor kept reading last night's."""
+    make_wav(tmp_path / "in" / "a.wav")
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--run-report")
+    big = tmp_path / "big.json"
+    document = {"version": "0", "host": "h", "command": "x" * 2_000_000, "out": "o"}
+    big.write_text(json.dumps({**document, "started": 1, "exit_code": 0}, indent=2))
+    assert dgbatch(*args, str(big)).exit_code == 0
+    assert json.loads(big.read_text())["exit_code"] == 0 and big.stat().st_size < 100_000
+    os.mkfifo(tmp_path / "fifo")
+    fifo = dgbatch(*args, str(tmp_path / "fifo"))
+    assert fifo.exit_code == 2 and "is not a regular file" in fifo.output
+    (tmp_path / "mon").mkdir()
+    assert dgbatch(*args, str(tmp_path / "mon" / "latest.json")).exit_code == 0
+    (tmp_path / "link.json").symlink_to(tmp_path / "mon" / "latest.json")
+    before = (tmp_path / "mon" / "latest.json").read_text()
+    assert dgbatch(*args, str(tmp_path / "link.json")).exit_code == 0
+    assert (tmp_path / "link.json").is_symlink()
+    assert (tmp_path / "mon" / "latest.json").read_text() != before
+
+
+def test_status_and_report_with_stdout_closed_and_the_shard_from_the_environment(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``dgbatch report >&-`` was an internal error; ``--out`` ignored DGBATCH_SHARD, which
+    ``run`` takes."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "a.wav")
+    assert dgbatch("run", "a.wav", "--out", "out", "--shard", "0/1").exit_code == 0
+    sharded = CliRunner().invoke(
+        cli, ["status", "--out", "out", "--json"], env={"DGBATCH_SHARD": "0/1"}
+    )
+    assert sharded.exit_code == 0 and json.loads(sharded.output)["counts"]["done"] == 1
+    closed = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "report", "--out", "out", "--shard", "0/1"],
+        env=subprocess_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert (closed.returncode, closed.stderr) == (0, b"")
+
+
+def test_the_dry_run_says_what_the_run_would_refuse_or_warn_of(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    """The dry run passed a --run-report the run then refused (exit 2), and said nothing
+    of a --concurrency above what Deepgram takes at once."""
+    make_wav(tmp_path / "a.wav")
+    (tmp_path / "notes.txt").write_text("mine\n")
+    args = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "o"), "--dry-run")
+    refused = dgbatch(*args, "--run-report", str(tmp_path / "notes.txt"))
+    assert refused.exit_code == 2 and "something else than a run report" in refused.output
+    warned = dgbatch(*args, "-c", "11", "--param", "topics=true")
+    assert warned.exit_code == 0 and "--concurrency 11 is above the 10 requests" in warned.output

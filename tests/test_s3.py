@@ -25,7 +25,16 @@ from botocore.exceptions import (
     NoCredentialsError,
     ReadTimeoutError,
 )
-from conftest import Cli, MotoS3, make_wav, read_state_rows, serve_app
+from conftest import (
+    Cli,
+    MotoS3,
+    emulator_with,
+    make_wav,
+    read_state_rows,
+    serve_app,
+    start_run,
+    wait_for,
+)
 
 from batch.client import TransportError
 from batch.emulator import Emulator
@@ -517,8 +526,8 @@ def test_an_s3_run_report_replaces_only_an_earlier_one(
 ) -> None:
     """``--run-report`` onto a recording of the input prefix replaced it (the next night
     paid for its JSON as audio), and onto a shard's lock let a third run take the batch
-    over: both are refused, unsent. One that cannot be put is exit 1, not 0: a monitor
-    would read last night's success."""
+    over: both are refused, unsent, as is a bucket that is not there (it was found once
+    every item was paid for) and a key that names no object."""
     objects = audio_objects(tmp_path, ["in/a.wav"])
     moto.bucket("rrep", objects)
     args = ("run", "s3://rrep/in/", "--out", "s3://rrep/tx/", "--run-report")
@@ -529,9 +538,14 @@ def test_an_s3_run_report_replaces_only_an_earlier_one(
     assert (
         moto.client.get_object(Bucket="rrep", Key="in/a.wav")["Body"].read() == objects["in/a.wav"]
     )
-    unwritable = run_s3(dgbatch, tmp_path, *args, "s3://no-such-bucket-zz/r.json")
-    assert unwritable.exit_code == 1, unwritable.output
-    assert "s3://no-such-bucket-zz/r.json: cannot write the run report" in unwritable.output
+    for place, said in (
+        ("s3://no-such-bucket-zz/r.json", "no such bucket"),  # found before sending
+        ("s3://rrep", "give an object key"),
+        ("s3://rrep/reports/", "give an object key"),
+    ):
+        refused = run_s3(dgbatch, tmp_path, *args, place)
+        assert refused.exit_code == 2 and said in refused.output, refused.output
+        assert listen_log(emulator) == []
     assert run_s3(dgbatch, tmp_path, *args, "s3://rrep/reports/r.json").exit_code == 0
     assert run_s3(dgbatch, tmp_path, *args, "s3://rrep/reports/r.json").exit_code == 0  # over it
 
@@ -587,6 +601,29 @@ def test_a_format_rendered_later_never_writes_over_an_object_of_another(
     )
     body = moto.client.get_object(Bucket="later", Key="out/a.srt")["Body"].read()
     assert body == b"HAND MADE" and len(listen_log(emulator)) == 1
+
+
+def test_a_run_report_that_cannot_be_put_at_the_end_makes_the_run_exit_1(
+    moto: MotoS3, tmp_path: Path
+) -> None:
+    """The reports' bucket went away while the run was sending: the run exited 0 while a
+    monitor kept reading last night's report. It exits 1, naming the place."""
+    make_wav(tmp_path / "in" / "a.wav")
+    moto.bucket("gone-soon")
+    with emulator_with(latency=2.0) as emu:
+        proc = start_run(
+            emu, str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+            "--run-report", "s3://gone-soon/r.json",
+        )  # fmt: skip
+        try:
+            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
+            moto.client.delete_bucket(Bucket="gone-soon")
+            _, stderr = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 1, stderr.decode()
+    assert b"Error: s3://gone-soon/r.json: run report not written: no such bucket" in stderr
 
 
 # -- bad input -----------------------------------------------------------------------------
