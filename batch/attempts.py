@@ -201,26 +201,34 @@ class Attempts:
             request_id=self._key_free(decision.request_id),
         )
 
-    def _stopping_error(self, decision: Decision, answer: Answer | None) -> BatchError:
-        """What stops the run: the key refused (exit 3), or a redirect or a 404 (exit 1),
-        which mean that ``--api-url`` does not point at the API itself."""
+    def _stopping_error(
+        self, decision: Decision, answer: Answer | None, item: WorkItem
+    ) -> BatchError:
+        """What stops the run: the key, the model or the query refused (exit 3, 2), or a
+        redirect or a 404 (exit 1), which mean that ``--api-url`` is not the API itself."""
         status = answer.status if answer is not None else None
         if decision.action is Action.BAD_PARAMS:
+            fix = "--param" if not item.params else f"--param or the params of {item.source}"
             return UsageError(
-                f"Deepgram refused the run's query parameters ({decision.reason}); nothing "
-                "more was sent and unfinished items stay pending: fix --param, then run the "
-                "same command again"
+                f"Deepgram refused the query parameters ({decision.reason}); nothing more "
+                f"was sent and unfinished items stay pending: fix {fix}, then run the same "
+                "command again"
             )
         if decision.action is Action.FATAL:
+            fix = (
+                "the key, the account, or the model (--param model=…)"
+                if status == 403
+                else ("the key or the account")
+            )
             return FatalApiError(
                 f"Deepgram refused {retry.refused(status)} ({decision.reason}); "
-                "nothing more was sent and unfinished items stay pending: "
-                "fix the key or the account, then run the same command again"
+                f"nothing more was sent and unfinished items stay pending: fix {fix}, "
+                "then run the same command again"
             )
         where = answer.location if answer is not None else None
         to = f" to {retry.plain(self.client.redacted(where))}" if where else ""
         what = (
-            "(no such path)"
+            f"(no such path: {decision.reason})"
             if status == 404
             else f"(a redirect{to}), which dgbatch does not follow"
         )
@@ -262,10 +270,9 @@ class Attempts:
                     item.id, ItemStatus.FAILED, attempts, 200, str(exc), exc.code, paid_id
                 )
             done = self._placer.done_result(item, attempts, decision.response, outputs)
-            warning = done.warning and self.client.redacted(done.warning)  # Deepgram's quoted
-            return dataclasses.replace(done, request_id=paid_id, warning=warning)
+            return dataclasses.replace(done, request_id=paid_id)
         if decision.action in (Action.FATAL, Action.MISDIRECTED, Action.BAD_PARAMS):
-            self.stop(self._stopping_error(decision, answer))
+            self.stop(self._stopping_error(decision, answer, item))
             code, reason = decision.err_code, decision.reason
             return Result(item.id, ItemStatus.PENDING, attempts, status, reason, code, request_id)
         failed = Result(

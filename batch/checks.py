@@ -72,14 +72,18 @@ def deepgram_warnings(response: dict[str, Any]) -> list[str]:
     it ignored, ``keywords`` on a model without them, say. The batch was paid for as if
     it had worked, so the item says so."""
     found = (response.get("metadata") or {}).get("warnings")
-    if not isinstance(found, list):
+    if found in (None, [], {}, ""):
         return []
     said = []
-    for warning in found[:_MOST_WARNINGS]:
-        if isinstance(warning, dict):
-            parts = (warning.get(key) for key in ("parameter", "type", "message"))
-            text = ": ".join(str(part) for part in parts if part not in (None, ""))
-            said.append(f"Deepgram: {whole_words(redact_text(text), _WARNING_CHARS) or '?'}")
+    for warning in (found if isinstance(found, list) else [found])[:_MOST_WARNINGS]:
+        parts = (
+            [warning.get(key) for key in ("parameter", "type", "message")]
+            if isinstance(warning, dict)
+            else [warning]  # a string, say: not Deepgram's shape, but said all the same
+        )
+        text = ": ".join(str(part) for part in parts if part not in (None, ""))
+        if text:
+            said.append(f"Deepgram: {whole_words(redact_text(text), _WARNING_CHARS)}")
     return said
 
 

@@ -27,6 +27,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from batch.client import USER_AGENT
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import Interrupted, ItemError, StateError
@@ -212,7 +213,9 @@ async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Pro
     """
     remotes = _remote_items(state)
     found: dict[str, Probed] = {}
-    async with aiohttp.ClientSession(timeout=PROBE_TIMEOUT) as session:
+    async with aiohttp.ClientSession(
+        timeout=PROBE_TIMEOUT, headers={"User-Agent": USER_AGENT}
+    ) as session:
 
         async def worker() -> None:
             for item_id, kind, source, size in remotes:

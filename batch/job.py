@@ -50,7 +50,6 @@ from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
 from batch.runreport import (
     RunReport,
-    refusal_may_write,
     report_place_taken,
     save_run_report,
 )
@@ -203,14 +202,10 @@ async def refuse_report_place(config: RunConfig, s3: S3) -> None:
 
 
 async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> OutputError | None:
-    """Write the run report, if asked for; why it is not written, logged. A run refused
-    for bad input (exit 2: a SOURCE that is not there) writes it only where a refused run
-    may: the options that named the place may be the wrong ones too."""
+    """Write the run report, if asked for (its place was checked before the run began);
+    why it is not written, logged."""
     dest = config.run_report
     if dest is None:
-        return None
-    if report.exit_code == UsageError.exit_code and not refusal_may_write(dest, config.out):
-        log.warning("%s: a refused run writes no run report there", redact_source(dest))
         return None
     try:
         await save_run_report(dest, report, s3)

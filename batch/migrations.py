@@ -196,6 +196,9 @@ def m009_paid_200s(db: sqlite3.Connection) -> None:
     it was last queued. A 200 like that is tried once more at most, and a stop between the
     two made the next run forget the first: three paid answers for one recording."""
     add_column(db, "items", "paid_200s INTEGER NOT NULL DEFAULT 0")
+    # a 504 ("processing exceeded the maximum time") is no longer sent again by the next
+    # run: one an earlier release marked so would be, once
+    db.execute("UPDATE items SET retry_next = 0 WHERE http_status = 504")
 
 
 def _request_id(body: bytes) -> str | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Callable
 from typing import Protocol
 
 from batch import retry
@@ -37,6 +38,7 @@ class Placer:
         release_slot: ReleaseSlot,
         captured: dict[str, bytes] | None,
         keeping: Keeping | None = None,
+        redact: Callable[[str], str] = str,
     ) -> None:
         self.settings = settings
         self.sink = sink
@@ -49,6 +51,8 @@ class Placer:
         #: re-sends at most twice ``--concurrency`` items (``write``)
         self._unplaced = asyncio.Semaphore(settings.concurrency)
         self._keeping = keeping
+        #: the key out of what is quoted from an answer (its warnings): a proxy may echo it
+        self._redact = redact
         #: per item, the audio Deepgram billed for an answer whose outputs could not be
         #: written: the run's budget counts it (``Runner._account`` takes it back out)
         self.unwritten: dict[str, float] = {}
@@ -126,6 +130,8 @@ class Placer:
             request_id=retry.transcript_request_id(response),
             duration=reported_duration(response),
             outputs=tuple(outputs),
-            warning=transcript_warning(response, local),
+            warning=self._redact(warning)
+            if (warning := transcript_warning(response, local))
+            else None,
             local_duration=local,
         )

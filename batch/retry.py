@@ -206,19 +206,28 @@ def _callback_acknowledgement(body: bytes) -> str | None:
 def own_refusal(decision: Decision, status: int | None, own_params: Params) -> Decision:
     """Whose request Deepgram refused: the item's, or the run's.
 
-    A 403 to an item whose own params (its manifest line) name a model is Deepgram
-    refusing that model to the project: the item fails, and the items on the run's model
-    go on; a 403 otherwise (the run's model, or a weak key's ``FORBIDDEN``) stops the run.
-    A 400 ``INVALID_QUERY_PARAMETER`` to an item without params of its own is the run's
-    ``--param``: every item would fail, so the run stops (``BAD_PARAMS``)."""
-    if status == 400 and decision.err_code == "INVALID_QUERY_PARAMETER" and not own_params:
+    A 403 ``INSUFFICIENT_PERMISSIONS`` (Deepgram's "no access to the requested model") to
+    an item whose own params (its manifest line) name a model fails that item, and the
+    items on the run's model go on; any other 403 (the run's model, a weak key's
+    ``FORBIDDEN``, a proxy's page) stops the run. A 400 ``INVALID_QUERY_PARAMETER`` fails
+    the item when its message names one of the item's own params, and otherwise stops the
+    run (``BAD_PARAMS``): it is the run's ``--param`` (every item would fail), or a line
+    whose fault cannot be told, which stops rather than failing every line for good."""
+    if status == 400 and decision.err_code == "INVALID_QUERY_PARAMETER":
+        if _names_one(decision.reason, own_params):
+            return dataclasses.replace(decision, action=Action.FAIL)
         return dataclasses.replace(decision, action=Action.BAD_PARAMS)
-    if decision.action is not Action.FATAL or status != 403 or decision.err_code == "FORBIDDEN":
+    if decision.action is not Action.FATAL or status != 403:
         return decision
-    if not any(name == "model" for name, _ in own_params):
+    if decision.err_code != "INSUFFICIENT_PERMISSIONS" or "model" not in dict(own_params):
         return decision
     reason = f"{decision.reason} (the model its manifest line asks for)"
     return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
+
+
+def _names_one(text: str, own_params: Params) -> bool:
+    """``text`` names (as a word) one of the keys of ``own_params``."""
+    return any(re.search(rf"\b{re.escape(key)}\b", text) for key, _ in own_params)
 
 
 def busy_or_down(status: int | None) -> bool:

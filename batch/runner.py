@@ -114,6 +114,7 @@ class Runner:
             release_slot=self._release_slot,
             captured=self._captured if dedupe is not None else None,
             keeping=self.keeping,
+            redact=client.redacted,
         )
         adoption = Adoption(settings, state, sink, self._placer, self.stats, local=self._local)
         self._adoption = adoption

@@ -13,7 +13,12 @@ import pytest
 from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
 from reliability_helpers import full_project
 
-from batch.checks import reported_duration, transcript_warning, truncation_warning
+from batch.checks import (
+    deepgram_warnings,
+    reported_duration,
+    transcript_warning,
+    truncation_warning,
+)
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.emulator import EmulatorConfig, run_in_thread
@@ -422,3 +427,19 @@ def test_when_an_original_fails_one_copy_is_sent_and_the_others_wait_for_it(
         result = Cli(None)(*args, "--api-url", url, "--no-preflight", "--max-retries", "0")
     assert result.exit_code == 1, result.output  # the original failed
     assert len(calls) == 2 and "1 item(s) were copies" in result.output
+
+
+@pytest.mark.parametrize(
+    ("warnings", "said"),
+    [
+        ([{"parameter": "keywords", "type": "unsupported_model", "message": "m"}],
+         ["Deepgram: keywords: unsupported_model: m"]),
+        ("plain string", ["Deepgram: plain string"]),  # not Deepgram's shape: said all the same
+        (["a", 42, None], ["Deepgram: a", "Deepgram: 42"]),
+        ([{}, {"parameter": None}], []),  # nothing to say: no "Deepgram: ?"
+        (None, []),
+        ([{"message": "x"}] * 9, ["Deepgram: x"] * 5),
+    ],
+)  # fmt: skip
+def test_deepgrams_warnings_of_every_shape(warnings: object, said: list[str]) -> None:
+    assert deepgram_warnings({"metadata": {"warnings": warnings}}) == said

@@ -335,7 +335,9 @@ _MODEL_403 = _err(
         (403, _MODEL_403, (), Action.FATAL),
         (403, _err("FORBIDDEN", "weak key"), (("model", "x"),), Action.FATAL),  # the key
         (400, _err("INVALID_QUERY_PARAMETER", "bad"), (), Action.BAD_PARAMS),  # the run's
-        (400, _err("INVALID_QUERY_PARAMETER", "bad"), (("diarize", "x"),), Action.FAIL),
+        (400, _err("INVALID_QUERY_PARAMETER", "bad diarize"), (("diarize", "x"),), Action.FAIL),
+        (400, _err("INVALID_QUERY_PARAMETER", "bad"), (("diarize", "x"),), Action.BAD_PARAMS),
+        (403, b"<html>403 by a WAF</html>", (("model", "x"),), Action.FATAL),  # not Deepgram's
         (401, _err("INVALID_AUTH", "Invalid credentials."), (("model", "x"),), Action.FATAL),
         (402, _err("ASR_PAYMENT_REQUIRED", "no credit"), (("model", "x"),), Action.FATAL),
         (400, _err("Bad Request", "corrupt"), (("model", "x"),), Action.FAIL),

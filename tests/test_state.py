@@ -774,3 +774,17 @@ def test_a_state_on_a_disk_that_fails_is_not_called_unusable(tmp_path: Path) -> 
             [sys.executable, "-c", opening], preexec_fn=full_disk, capture_output=True, cwd=SRC_ROOT
         )  # a new one too: "damaged", exit 2, invited deleting it
         assert b"StateWriteError" in done.stderr and b"a full disk?" in done.stderr, done.stderr
+
+
+def test_m009_stops_an_earlier_release_re_queuing_a_504(tmp_path: Path) -> None:
+    """A 504 (processing over Deepgram's limit) that an earlier release marked to be sent
+    again by the next run was sent again once more after the upgrade."""
+    path = tmp_path / "state.sqlite"
+    state = State.open(path)
+    state.plan([Item("u0", "https://h/0.wav", ItemKind.URL, "0")], run_id=state.start_run("t"))
+    state.close()
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE items SET status = 'failed', http_status = 504, retry_next = 1")
+        db.execute("DELETE FROM _migrations WHERE name = 'm009_paid_200s'")
+    State.open(path).close()
+    assert read_state_rows(path)[0]["retry_next"] == 0
