@@ -13,8 +13,9 @@ import dataclasses
 
 from batch import retry
 from batch.errors import ForeignOutputs
+from batch.localfiles import file_sha256
 from batch.models import ItemStatus
-from batch.outputs import OutputMeta, OutputSink, foreign_message
+from batch.outputs import LocalSink, OutputMeta, OutputSink, foreign_message
 from batch.placing import Placer
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem
@@ -67,6 +68,26 @@ class Adoption:
             if found is None and await asyncio.to_thread(self.state.adopt_name, item.id, name):
                 return dataclasses.replace(item, out_name=name)
         return None
+
+    async def same_audio(self, item: WorkItem) -> Result | None:
+        """A local file's outputs already in a local ``--out`` that this state did not
+        record (it was lost, or this is another state), adopted when the json's
+        ``metadata.sha256`` is the file's: Deepgram transcribed this very audio, so it is
+        not paid for again (as an S3 ``--out`` adopts by its objects' metadata). A json
+        of other audio is left to the writer's guard (``output_exists``)."""
+        if not isinstance(self.sink, LocalSink) or not self.sink.has(item.out_name, "json"):
+            return None  # (the common case, answered without a thread)
+        body = await self.sink.read(item.out_name, "json")
+        response = retry.parse_transcript(body) if body is not None else None
+        said = (response or {}).get("metadata", {}).get("sha256")
+        if not isinstance(said, str) or not said:
+            return None
+        try:
+            if await asyncio.to_thread(file_sha256, item.source) != said:
+                return None
+        except OSError:
+            return None  # gone or changed: the send says so
+        return await self.existing_outputs(item, 0.0)  # every output there (since 1970)
 
     async def under_other_name(self, item: WorkItem) -> Result | None:
         """Outputs found under the other name the item could have (its stem or its full

@@ -141,8 +141,15 @@ class Attempts:
         kept = await self._placer.kept_result(item)
         if kept is not None:
             return item, kept
-        if not self.settings.skip_existing or item.forced:
+        if item.forced:
             return item, None
+        if not self.settings.skip_existing:  # a local --out
+            done = None
+            if item.kind is ItemKind.FILE and not item.recorded:  # never done in this state
+                done = await self._adoption.same_audio(item)
+            if done is not None:
+                self.stats.skipped += 1
+            return item, done
         adopt = self._adoption
         try:
             done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)

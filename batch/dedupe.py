@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -34,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from batch import retry
 from batch.attempts import Attempts
 from batch.limiter import AdaptiveLimit
-from batch.localfiles import open_regular
+from batch.localfiles import file_sha256
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
 from batch.state import Result, WorkItem
@@ -42,7 +41,6 @@ from batch.state import Result, WorkItem
 if TYPE_CHECKING:
     from batch.config import RunConfig
 
-_READ = 1 << 20
 log = logging.getLogger("dgbatch")
 
 #: An item's own params (its manifest layer) → the params its request carries.
@@ -130,11 +128,7 @@ class Spool:
 
 def content_key(path: str, params: Params) -> str:
     """sha256 of the file's bytes (read in chunks) and of its params."""
-    digest = hashlib.sha256()
-    with open_regular(path) as handle:  # a pipe or a device: OSError, not a wait for ever
-        while chunk := handle.read(_READ):
-            digest.update(chunk)
-    return f"{digest.hexdigest()}:{json.dumps(sorted(params))}"
+    return f"{file_sha256(path)}:{json.dumps(sorted(params))}"
 
 
 class Dedupe:

@@ -10,6 +10,7 @@ of what was opened (not of the name, which may change again) decides.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 from typing import BinaryIO
@@ -34,3 +35,16 @@ def open_regular(path: str) -> BinaryIO:
     except BaseException:
         os.close(fd)
         raise
+
+
+def file_sha256(path: str) -> str:
+    """The hex sha256 of a file's bytes, read in chunks (a pipe or a device put in its
+    place: ``NotRegular``, not a wait for ever)."""
+    digest = hashlib.sha256()
+    with open_regular(path) as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+_CHUNK = 1 << 20

@@ -506,6 +506,10 @@ class LocalSink:
     def describe(self) -> str:
         return str(self.root)
 
+    def has(self, out_name: str, fmt: str) -> bool:
+        """Whether a file is at the output's place (cheap: no thread, no resolving)."""
+        return os.access(f"{self.root}/{output_relpath(out_name, fmt)}", os.F_OK)
+
     def path_for(self, out_name: str, fmt: str) -> Path:
         """The output path, guaranteed inside the root."""
         return resolve_inside(self.root, output_relpath(out_name, fmt))

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -1262,3 +1263,25 @@ def test_no_write_of_any_kind_replaces_a_file_the_item_did_not_write(
     make_wav(tmp_path / "d" / "a.wav", tone=4)  # changed: A's item is queued again, now
     assert dgbatch("run", "d", "--out", "p").exit_code == 1
     assert (tmp_path / "p" / "a.json").read_bytes() == theirs
+
+
+def test_a_local_out_whose_state_was_lost_is_not_paid_for_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """The state deleted (or a new --state on the same --out): every item was paid for
+    again, then, with the output guard, failed as output_exists for ever. A json whose
+    metadata.sha256 is the file's is this audio's transcript: adopted, nothing sent. A
+    file whose audio changed meanwhile is not adopted: its old transcript is not its own."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    wavs = [make_wav(src / f"{n}.wav", tone=i) for i, n in enumerate("abc")]
+    assert dgbatch("run", str(src), "--out", str(out), "--formats", "json").exit_code == 0
+    shutil.rmtree(out / ".dgbatch")
+    _aged(*out.glob("*.json"))  # written long before this state plans them
+    make_wav(wavs[2], tone=9)  # c.wav is other audio now
+    again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt")
+    assert again.exit_code == 1, again.output
+    assert "skipped 2 item(s) whose outputs already existed" in again.output
+    assert len(emulator.log) == 3  # nothing sent again: c.wav failed unsent
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
+    assert (rows["a.wav"]["status"], rows["c.wav"]["err_code"]) == ("done", "output_exists")
+    assert (out / "a.txt").is_file()  # the format it lacked, rendered from its json
