@@ -222,8 +222,9 @@ class Attempts:
                 "command again"
             )
         if decision.action is Action.FATAL:
+            model = f"{item.source}'s params" if "model" in dict(item.params) else "--param"
             fix = (
-                "the key, the account, or the model (--param model=…)"
+                f"the key, the account, or the model ({model})"
                 if status == 403
                 else ("the key or the account")
             )

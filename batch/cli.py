@@ -73,8 +73,9 @@ class _Commands(click.Group):
     broken pipe is an error like any other."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        if sys.stdout is None:  # started with stdout closed (``>&-``): discarded, as print
-            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - the process's stdout
+        for name in ("stdout", "stderr"):  # started closed (``>&-``): discarded, as print
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - the process's
         try:
             try:
                 return super().invoke(ctx)

@@ -176,7 +176,9 @@ _OUTPUT_SUFFIXES = frozenset(f".{fmt}" for fmt in RENDERERS)
 
 def state_files(state: Path) -> tuple[Path, ...]:
     """The state file and the files SQLite and the run lock keep beside it."""
-    return tuple(state.with_name(state.name + tail) for tail in ("", "-wal", "-shm", ".lock"))
+    return tuple(
+        state.with_name(state.name + tail) for tail in ("", "-wal", "-shm", "-journal", ".lock")
+    )
 
 
 def report_path(state_path: Path) -> Path:
@@ -200,10 +202,20 @@ def check_own_paths(out: str, state: Path, run_report: str | None) -> None:
     if "://" in run_report and not is_s3_uri(run_report):
         msg = f"--run-report {redact_source(run_report)!r}: give a local path or s3://bucket/key"
         raise UsageError(msg)
-    check = _s3_report_problem if is_s3_uri(run_report) else _local_report_problem
-    problem = check(run_report, out, state)
+    problem = run_report_problem(run_report, out, state)
     if problem is not None:
         raise UsageError(f"--run-report {run_report!r}: {problem}")
+
+
+def run_report_problem(report: str, out: str, state: Path | None = None) -> str | None:
+    """Why ``--run-report`` must not go at ``report`` (checked for a run, and for the report
+    a refused run writes), or None. ``state`` defaults to the one ``out`` keeps."""
+    try:
+        state = state or default_state_path(out)
+        check = _s3_report_problem if is_s3_uri(report) else _local_report_problem
+        return check(report, out, state)
+    except (OSError, ValueError, RuntimeError) as exc:  # a link loop, a path not usable
+        return f"cannot be looked at ({exc})"
 
 
 def _s3_report_problem(report: str, out: str, state: Path) -> str | None:
@@ -233,7 +245,9 @@ def _local_report_problem(report: str, out: str, state: Path) -> str | None:
 
 def check_report_target(output: str, state: Path) -> None:
     """``report -o`` onto the state file would replace the batch's record with its report,
-    and onto a lock (``OUT/.dgbatch/out.lock``) would let a second run in."""
+    onto a lock (``OUT/.dgbatch/out.lock``) would let a second run in, and onto a
+    transcript's place in the state's ``OUT`` would replace a paid transcript for good
+    (the state says it is done)."""
     if output == "-":
         return
     try:
@@ -241,6 +255,9 @@ def check_report_target(output: str, state: Path) -> None:
             raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
         if _is_lock(Path(output).resolve()):
             raise UsageError(f"-o {output!r}: is a lock of a dgbatch run")
+        out = state.resolve().parent.parent  # OUT of OUT/.dgbatch/state.sqlite
+        if state.resolve().parent.name == ".dgbatch" and _is_output_place(Path(output), str(out)):
+            raise UsageError(f"-o {output!r}: {_OUTPUT_PLACE}")
     except RuntimeError as exc:  # Path.resolve of a link loop
         raise UsageError(f"-o {output!r}: a symbolic link loop") from exc
 

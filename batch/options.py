@@ -143,6 +143,9 @@ def state_option(fn: F) -> F:
     def resolved(state_path: str | None, out: str | None, shard: str | None, **kw: Any) -> Any:
         if state_path is not None and out is not None:
             raise click.UsageError("give --state or --out, not both")
+        source = click.get_current_context().get_parameter_source("shard")
+        if source is ParameterSource.ENVIRONMENT and out is None:
+            shard = None  # a sharded worker's environment: a --state names its own file
         return fn(state_path=_state_to_read(state_path or _READ_DEFAULT, out, shard), **kw)
 
     return stacked(

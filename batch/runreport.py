@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import socket
 import stat
 import time
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch import __version__
-from batch.config import invoked_command, is_s3_output_place
+from batch.config import invoked_command, run_report_problem
 from batch.errors import BatchError, OutputError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
@@ -176,11 +175,14 @@ def refusal_may_write(dest: str, out: str) -> bool:
     earlier run report, or as a new ``.json`` file outside any ``.dgbatch`` folder, or at
     an S3 key outside ``--out``'s outputs; never over the state, a transcript or a file
     of the user's (``save_run_report`` looks at what is there)."""
-    if is_s3_uri(dest):
-        return not is_s3_output_place(dest, out) and ".dgbatch" not in dest.split("/")
-    if "://" in dest:  # an http(s) URL is no place for it (and no local path either)
+    if not dest.strip() or ("://" in dest and not is_s3_uri(dest)):  # an http(s) URL
         return False
-    path = Path(dest)
+    real = dest if is_s3_uri(dest) else os.path.realpath(dest)  # where it would be written
+    if run_report_problem(dest, out) or run_report_problem(real, out):  # what the refusal
+        return False  # may be about
+    if is_s3_uri(dest):
+        return ".dgbatch" not in dest.split("/")
+    path = Path(real)
     return path.exists() or (path.suffix == ".json" and ".dgbatch" not in path.parts)
 
 
@@ -223,19 +225,17 @@ def _local_place_taken(path: Path) -> str | None:
 
 def is_run_report(data: bytes) -> bool:
     """Whether ``data`` (a file's first ``_READ`` bytes) is a run report dgbatch wrote:
-    JSON with its fields, or, cut short (a report of thousands of SOURCEs on its command
-    line is longer), one that begins as dgbatch writes them."""
+    JSON, whole, with its fields."""
     try:
         earlier = json.loads(data)
     except (ValueError, UnicodeDecodeError):
-        return len(data) >= _READ and _BEGINNING.match(data) is not None
+        return False
     return isinstance(earlier, dict) and {"exit_code", "started", "command"} <= set(earlier)
 
 
-#: how much of a place is read to tell a run report; one longer is told by its beginning
-_READ = 1 << 20
-#: how ``RunReport.document`` begins (``json.dumps(indent=2)``)
-_BEGINNING = re.compile(rb'\{\s*"version": "[^"]*",\s*"host": "[^"]*",\s*"command": "')
+#: how much of a place is read to tell a run report: one is a few KB, and at most a few MB
+#: when thousands of SOURCEs are on its command line (which the system caps at 2 MB)
+_READ = 32 << 20
 
 
 def _s3_head_bytes(dest: str, s3: S3) -> bytes | None:

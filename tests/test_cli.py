@@ -903,3 +903,41 @@ def test_the_dry_run_says_what_the_run_would_refuse_or_warn_of(
     assert refused.exit_code == 2 and "something else than a run report" in refused.output
     warned = dgbatch(*args, "-c", "11", "--param", "topics=true")
     assert warned.exit_code == 0 and "--concurrency 11 is above the 10 requests" in warned.output
+
+
+def test_what_the_third_review_of_run_reports_found(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An archive of run reports over 1 MiB was taken for one by how it began, and
+    replaced; a refused run wrote its report at the very place refused (a transcript's
+    place in --out; through a dangling link, the state's -journal, which SQLite then took
+    for a hot journal); ``report -o OUT/a.json`` replaced a paid transcript for good; a
+    closed stderr crashed the run; DGBATCH_SHARD broke ``status --state``."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "in" / "a.wav")
+    assert dgbatch("run", "in", "--out", "o", "--run-report", "one.json").exit_code == 0
+    (tmp_path / "archive.json").write_text((tmp_path / "one.json").read_text() * 2000)
+    archive = (tmp_path / "archive.json").read_bytes()
+    assert len(archive) > 1 << 20
+    assert dgbatch("run", "in", "--out", "o", "--run-report", "archive.json").exit_code == 2
+    assert (tmp_path / "archive.json").read_bytes() == archive
+    refused = Cli(None)("run", "in", "--out", "o", "--run-report", "o/b.json")  # no key
+    assert refused.exit_code == 2 and not (tmp_path / "o" / "b.json").exists()
+    (tmp_path / "rr.json").symlink_to("o/.dgbatch/state.sqlite-journal")
+    assert Cli(None)("run", "in", "--out", "o", "--run-report", "rr.json").exit_code == 2
+    assert not (tmp_path / "o" / ".dgbatch" / "state.sqlite-journal").exists()
+    paid = (tmp_path / "o" / "a.json").read_bytes()
+    onto = dgbatch("report", "--out", "o", "-o", "o/a.json")
+    assert onto.exit_code == 2 and (tmp_path / "o" / "a.json").read_bytes() == paid
+    closed = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "run", "in", "--out", "o", "--run-report", "one.json"],
+        env={**subprocess_env(), "DEEPGRAM_API_URL": dgbatch.emulator.url},  # type: ignore[union-attr]
+        stdout=subprocess.DEVNULL,
+        preexec_fn=lambda: os.close(2),
+    )
+    assert (
+        closed.returncode == 0 and json.loads((tmp_path / "one.json").read_text())["exit_code"] == 0
+    )
+    env = {"DGBATCH_SHARD": "1/2"}
+    state = CliRunner().invoke(cli, ["status", "--state", "o/.dgbatch/state.sqlite"], env=env)
+    assert state.exit_code == 0, state.output
