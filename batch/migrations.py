@@ -194,8 +194,12 @@ def m008_retry_next(db: sqlite3.Connection) -> None:
 def m009_paid_200s(db: sqlite3.Connection) -> None:
     """Per item, ``paid_200s``: the 200s without a transcript it got (each one billed) since
     it was last queued. A 200 like that is tried once more at most, and a stop between the
-    two made the next run forget the first: three paid answers for one recording."""
+    two made the next run forget the first: three paid answers for one recording. And
+    ``queued_at``, for the output guard (``batch.records.Ownership``)."""
     add_column(db, "items", "paid_200s INTEGER NOT NULL DEFAULT 0")
+    # when the plan last queued the item (NULL: when it was created); files at its output
+    # places written after both that and an earlier claim of it are a crashed attempt's
+    add_column(db, "items", "queued_at REAL")
     # a 504 ("processing exceeded the maximum time") is no longer sent again by the next
     # run: one an earlier release marked so would be, once
     db.execute("UPDATE items SET retry_next = 0 WHERE http_status = 504")

@@ -241,17 +241,23 @@ def check_not_foreign(
         if data is None:
             return
         raise ItemError(f"{path}: is a folder, where an output goes", code="output_path")
-    if owner is None or _written_by(owner, path, found.st_mtime) or _holds(path, data):
+    if owner is None or _written_by(owner, path, found.st_mtime):
+        return
+    if stat.S_ISREG(found.st_mode) and _holds(path, data):  # (a FIFO would block on open)
         return
     raise ItemError(f"{path}: {FOREIGN}", code="output_exists")
 
 
 def _written_by(owner: Ownership, path: str, mtime: float) -> bool:
-    """``path`` (there, written at ``mtime``) is the item's own (see ``check_not_foreign``)."""
+    """``path`` (there, written at ``mtime``) is the item's own (see ``check_not_foreign``):
+    a recorded output of its (by name: ``--out`` may have been moved since), or a file
+    written by a crashed attempt of it."""
     since = owner.queued_at
     if since is not None and since - QUEUE_SLACK <= mtime <= time.time() + QUEUE_SLACK:
         return True
-    return bool(owner.recorded) and os.path.realpath(path) in owner.recorded
+    return bool(owner.recorded) and os.path.basename(path) in {
+        os.path.basename(recorded) for recorded in owner.recorded
+    }
 
 
 def _holds(path: str, data: bytes | None) -> bool:
@@ -286,11 +292,11 @@ def run_inputs(sources: Collection[str]) -> Inputs:
     found = set()
     for source in sources:
         try:
-            info = os.stat(source)
+            info, link = os.stat(source), os.lstat(source)
         except (OSError, ValueError):
             continue
-        if stat.S_ISREG(info.st_mode):
-            found.add((info.st_dev, info.st_ino))
+        if stat.S_ISREG(info.st_mode):  # a link given as the SOURCE counts, and its file
+            found |= {(info.st_dev, info.st_ino), (link.st_dev, link.st_ino)}
     return frozenset(found)
 
 

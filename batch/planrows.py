@@ -74,7 +74,11 @@ ON CONFLICT (id) DO UPDATE SET
     updated_at = CASE
         WHEN items.fingerprint != excluded.fingerprint OR {force}
             OR ({requeued})
-        THEN excluded.updated_at ELSE items.updated_at END
+        THEN excluded.updated_at ELSE items.updated_at END,
+    queued_at = CASE
+        WHEN items.fingerprint != excluded.fingerprint OR {force}
+            OR ({requeued})
+        THEN excluded.updated_at ELSE items.queued_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
     OR same_params(items.params, excluded.params)
 """

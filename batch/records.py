@@ -21,9 +21,9 @@ class Ownership:
 
     #: its outputs as the state records them (written when it was done)
     recorded: frozenset[str] = frozenset()
-    #: when it was last queued or recorded: a file written since then, before its answer
-    #: is written, is a crashed attempt's (None: nothing of it is sent now, as for a
-    #: format rendered later from its json)
+    #: since when a file at its output places is a crashed attempt's: after an earlier
+    #: claim of it, and after it was last queued (None: no such attempt, or nothing of it
+    #: is sent now, as for a format rendered later from its json)
     queued_at: float | None = None
 
 
@@ -44,10 +44,11 @@ class WorkItem:
     status: ItemStatus
     #: re-queued by a ``--force``: outputs already in place are the ones it redoes
     forced: bool = False
-    #: when it was last queued or recorded (``updated_at``), and its outputs as recorded
-    #: (JSON): together they tell its own files from others' (``owner``)
+    #: when the plan last queued it, when it was claimed before this claim (None: never),
+    #: and its outputs as recorded (JSON): they tell its own files from others' (``owner``)
     queued_at: float | None = None
     recorded: str | None = None
+    claimed_before: float | None = None
     #: 200s without a transcript it got since it was queued (an earlier run's count)
     paid_200s: int = 0
 
@@ -56,7 +57,10 @@ class WorkItem:
         """What of its output places is its own; None replaces any (``--force``)."""
         if self.forced:
             return None
-        return Ownership(_recorded(self.recorded), self.queued_at)
+        since = self.claimed_before  # a crashed attempt's files: after a claim of it, and
+        if since is not None and self.queued_at is not None:  # since it was last queued
+            since = max(since, self.queued_at)
+        return Ownership(_recorded(self.recorded), since)
 
     def with_params(self, params: Params) -> WorkItem:
         """The item with the params a request sends (``dataclasses.replace`` is ~5 times slower,
@@ -76,6 +80,7 @@ class WorkItem:
             self.forced,
             self.queued_at,
             self.recorded,
+            self.claimed_before,
             self.paid_200s,
         )
 
@@ -119,7 +124,7 @@ class PlanStats:
 #: the columns a claim reads, in ``work_item``'s order
 COLUMNS = (
     "rowid, id, source, kind, out_name, params, attempts, size, fingerprint, claimed_at, status, "
-    "forced, updated_at, outputs, paid_200s"
+    "forced, COALESCE(queued_at, created_at), outputs, paid_200s"
 )
 #: kinds and statuses of rows read from the state: a dict lookup, cheaper than calling the enum
 _ITEM_KINDS = {kind.value: kind for kind in ItemKind}
@@ -146,6 +151,7 @@ def work_item(row: tuple[Any, ...], claimed_at: float | None = None) -> WorkItem
         bool(forced),
         queued_at,
         recorded,
+        claimed,
         paid_200s,
     )
 

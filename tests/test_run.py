@@ -1285,3 +1285,42 @@ def test_a_local_out_whose_state_was_lost_is_not_paid_for_again(
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
     assert (rows["a.wav"]["status"], rows["c.wav"]["err_code"]) == ("done", "output_exists")
     assert (out / "a.txt").is_file()  # the format it lacked, rendered from its json
+
+
+@pytest.mark.timeout(60)
+def test_what_the_third_review_of_the_output_guard_found(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FIFO at an output's place hung a format rendered later for ever; a manifest
+    given as a link was replaced (the link is what the guard meets); after ``mv out
+    transcripts`` a changed source's own recorded outputs were taken for another's; a
+    file written after an item was queued but before it was ever claimed counted as a
+    crashed attempt's, and was replaced."""
+    monkeypatch.chdir(tmp_path)
+    make_wav(tmp_path / "calls" / "a.wav")
+    make_wav(tmp_path / "calls" / "b.wav", tone=1)
+    assert dgbatch("run", "calls", "--out", "out").exit_code == 0
+    os.mkfifo(tmp_path / "out" / "a.srt")
+    later = dgbatch("run", "calls", "--out", "out", "--formats", "json,txt,srt")
+    assert "out/a.srt: is already there, and this batch did not write it" in later.output
+    assert (tmp_path / "out" / "b.srt").is_file()
+
+    (tmp_path / "lists").mkdir()
+    make_wav(tmp_path / "list.wav", tone=2)
+    (tmp_path / "lists" / "today.txt").write_text("list.wav\n")
+    (tmp_path / "list.txt").symlink_to("lists/today.txt")
+    assert dgbatch("run", "list.txt", "--out", ".").exit_code == 1
+    assert (tmp_path / "list.txt").is_symlink()
+
+    (tmp_path / "out").rename(tmp_path / "transcripts")
+    make_wav(tmp_path / "calls" / "a.wav", seconds=0.3, tone=3)  # changed: sent again
+    moved = dgbatch("run", "calls", "--out", "transcripts", "--formats", "json,txt")
+    assert moved.exit_code == 0, moved.output
+
+    for n in "cde":
+        make_wav(tmp_path / "q" / f"{n}.wav", tone=ord(n))
+    budget = ("--max-audio-hours", "0.00008", "-c", "1")  # c.wav is sent, d and e wait
+    assert dgbatch("run", "q", "--out", "p", *budget).exit_code == 1
+    (tmp_path / "p" / "e.json").write_text("another batch's\n")  # after e was queued
+    assert dgbatch("run", "q", "--out", "p").exit_code == 1
+    assert (tmp_path / "p" / "e.json").read_text() == "another batch's\n"
