@@ -198,6 +198,27 @@ def start_run(
     )
 
 
+def stop_when(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    act: Callable[[], object],
+    *,
+    pause: float = 0.0,
+    timeout: float = 30.0,
+) -> bytes:
+    """Once ``ready`` (or the process ended), wait ``pause`` and ``act`` on the running
+    process (a signal, a fault); its stderr once it ends. Killed if it outlives that."""
+    try:
+        wait_for(lambda: ready() or proc.poll() is not None)
+        time.sleep(pause)
+        act()
+        _, stderr = proc.communicate(timeout=timeout)
+        return stderr or b""
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.02) -> None:
     """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -28,6 +28,7 @@ from conftest import (
     sent_sha256s,
     sha256_of,
     start_run,
+    stop_when,
     subprocess_env,
     wait_for,
 )
@@ -178,13 +179,8 @@ def test_sigint_exits_130_with_a_consistent_state_and_the_rerun_finishes(tmp_pat
     state = out / ".dgbatch" / "state.sqlite"
     with emulator_with(latency=0.2) as emu:
         proc = start_run(emu, str(src), "--out", str(out), "-c", "3")
-        try:
-            wait_for(lambda: len(outputs_under(out)) >= 3 or proc.poll() is not None)
-            proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        interrupt = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
+        stderr = stop_when(proc, lambda: len(outputs_under(out)) >= 3, interrupt)
         assert proc.returncode == 130, stderr.decode()
         assert b"interrupted by SIGINT" in stderr
         rows = read_state_rows(state)
@@ -482,14 +478,8 @@ def test_a_200_without_a_transcript_is_tried_once_more_across_runs(tmp_path: Pat
     make_wavs(src, 1)
     with emulator_with(latency=1.0, fault_rate=1.0, faults=("garbage",)) as emu:
         proc = start_run(emu, str(src), "--out", str(out), "--grace", "0.1")
-        try:
-            wait_for(lambda: len(emu.log) >= 1 or proc.poll() is not None)
-            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=10)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        wait_for(lambda: len(emu.log) >= 1 or proc.poll() is not None)
+        stop_when(proc, lambda: emu.in_flight() >= 1, lambda: proc.send_signal(signal.SIGINT))
         assert proc.returncode == 130
         (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
         assert (row["status"], row["paid_200s"]) == ("pending", 1)
@@ -520,14 +510,8 @@ def test_a_stop_in_the_backoff_after_a_200_without_a_transcript_remembers_it(
     with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
         cmd = _run_cmd(emu, str(src), "--out", str(out), "--backoff-base", "30")
         proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE)
-        try:
-            wait_for(lambda: len(emu.log) >= 1 or proc.poll() is not None)
-            time.sleep(0.3)  # in the backoff now
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        interrupt = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
+        stop_when(proc, lambda: len(emu.log) >= 1, interrupt, pause=0.3)  # in the backoff
         (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
         assert (proc.returncode, row["status"], row["paid_200s"]) == (130, "pending", 1)
         again = subprocess.run(_run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env())
@@ -545,16 +529,14 @@ def test_the_grace_holds_when_the_run_was_stopping_already(tmp_path: Path) -> No
         proc = subprocess.Popen(
             [*cmd, "--max-audio-hours", "0.00002"], env=subprocess_env(), stderr=subprocess.PIPE
         )
-        try:
-            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
-            time.sleep(0.5)
-            started = time.monotonic()
+        started: list[float] = []
+
+        def interrupt() -> None:
+            started.append(time.monotonic())
             proc.send_signal(signal.SIGINT)
-            _, stderr = proc.communicate(timeout=20)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-        assert time.monotonic() - started < 5, stderr.decode()
+
+        stderr = stop_when(proc, lambda: emu.in_flight() >= 1, interrupt, pause=0.5)
+        assert time.monotonic() - started[0] < 5, stderr.decode()
         assert b"audio budget" in stderr and b"--grace 0.5s is over" in stderr
 
 
@@ -577,14 +559,10 @@ def test_an_abandoned_upload_whose_body_was_not_out_is_not_possibly_billed(
         "--api-url", url, "--no-preflight", "--grace", "0.2", "--progress", "none",
     ]  # fmt: skip
     proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE)
-    try:
-        wait_for(lambda: bool(accepted) or proc.poll() is not None)
-        time.sleep(1.0)  # the socket's buffers are full: the body is not out
-        proc.send_signal(signal.SIGINT)
-        _, stderr = proc.communicate(timeout=20)
+    interrupt = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
+    try:  # after a second, the socket's buffers are full: the body is not out
+        stderr = stop_when(proc, lambda: bool(accepted), interrupt, pause=1.0)
     finally:
-        if proc.poll() is None:
-            proc.kill()
         listener.close()
     assert proc.returncode == 130, stderr.decode()
     (row,) = read_state_rows(tmp_path / "o" / ".dgbatch" / "state.sqlite")

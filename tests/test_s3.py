@@ -33,7 +33,7 @@ from conftest import (
     read_state_rows,
     serve_app,
     start_run,
-    wait_for,
+    stop_when,
 )
 
 from batch.client import TransportError
@@ -615,13 +615,8 @@ def test_a_run_report_that_cannot_be_put_at_the_end_makes_the_run_exit_1(
             emu, str(tmp_path / "in"), "--out", str(tmp_path / "out"),
             "--run-report", "s3://gone-soon/r.json",
         )  # fmt: skip
-        try:
-            wait_for(lambda: emu.in_flight() >= 1 or proc.poll() is not None)
-            moto.client.delete_bucket(Bucket="gone-soon")
-            _, stderr = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        gone = lambda: moto.client.delete_bucket(Bucket="gone-soon")  # noqa: E731
+        stderr = stop_when(proc, lambda: emu.in_flight() >= 1, gone)
     assert proc.returncode == 1, stderr.decode()
     assert b"Error: s3://gone-soon/r.json: run report not written: no such bucket" in stderr
 
