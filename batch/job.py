@@ -35,8 +35,8 @@ from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
 from batch.outputs import (
     LocalSink,
+    OutputPlaces,
     OutputSink,
-    check_outputs_free,
     check_spares_source,
     run_inputs,
 )
@@ -342,12 +342,12 @@ def _sparing(sender: Sender, config: RunConfig) -> Sender:
     write (``check_outputs_free``), or a file whose own output would replace it: a
     recording named ``rec.json`` transcribed into its own folder was overwritten by its
     transcript. Nothing is paid for an answer with no place to go."""
-    root, inputs = Path(config.out), run_inputs(config.sources)
+    root, places = Path(config.out), OutputPlaces(config.out, run_inputs(config.sources))
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         if item.kind is ItemKind.FILE:
             check_spares_source(root, item.out_name, config.formats, source)
-        check_outputs_free(config.out, item.out_name, config.formats, item.owner, inputs)
+        places.check_free(item.out_name, config.formats, item.owner)
         return await sender(client, item, source)
 
     return send

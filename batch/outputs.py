@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import errno
 import glob
+import itertools
 import os
 import secrets
 import stat
@@ -272,13 +273,45 @@ def _holds(path: str, data: bytes | None) -> bool:
         return False
 
 
-def check_outputs_free(
-    root: str, out_name: str, formats: Collection[str], owner: Ownership | None, inputs: Inputs
-) -> None:
-    """``check_not_foreign`` for every output of an item, before it is sent (nothing is
-    paid for an answer with no place to go); the writer checks again, at the real paths."""
-    for fmt in formats:
-        check_not_foreign(f"{root}/{output_relpath(out_name, fmt)}", owner, inputs)
+class OutputPlaces:
+    """What was in each output folder when the run first looked there, for the check made
+    before an item is sent (``check_free``). A path looked up on the event loop while the
+    writer renames files into that folder waits on the folder's lock (32 µs a lookup was
+    measured); one listing per folder does not. A file that turns up later, mid-run, is
+    still met by the writer's own check."""
+
+    #: a folder holding more names than this is not listed: its names are looked up
+    MOST = 100_000
+
+    def __init__(self, root: str, inputs: Inputs) -> None:
+        self.root = root
+        self.inputs = inputs
+        self._seen: dict[str, frozenset[str] | None] = {}
+
+    def check_free(self, out_name: str, formats: Collection[str], owner: Ownership | None) -> None:
+        """``check_not_foreign`` for every output of an item that was there at the start.
+
+        Raises:
+            ItemError: as ``check_not_foreign``.
+        """
+        for fmt in formats:
+            folder, _, leaf = output_relpath(out_name, fmt).rpartition("/")
+            names = self._seen[folder] if folder in self._seen else self._list(folder)
+            if names is None or leaf in names:
+                place = f"{folder}/{leaf}" if folder else leaf
+                check_not_foreign(f"{self.root}/{place}", owner, self.inputs)
+
+    def _list(self, folder: str) -> frozenset[str] | None:
+        """The folder's names (none: it is not there); None when it is too big to keep."""
+        names: frozenset[str] | None = frozenset()
+        try:
+            with os.scandir(f"{self.root}/{folder}" if folder else self.root) as entries:
+                found = list(itertools.islice((entry.name for entry in entries), self.MOST + 1))
+            names = frozenset(found) if len(found) <= self.MOST else None
+        except OSError:  # not there (yet), or not a folder: the writer meets that
+            pass
+        self._seen[folder] = names
+        return names
 
 
 #: the local files given as SOURCEs, by (device, inode)

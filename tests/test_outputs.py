@@ -19,6 +19,7 @@ from batch.outputs import (
     Found,
     LocalSink,
     OutputMeta,
+    OutputPlaces,
     check_not_foreign,
     output_error,
     write_atomic,
@@ -386,3 +387,30 @@ def test_a_file_the_item_did_not_write_is_not_replaced(tmp_path: Path, row: int)
     with pytest.raises(ItemError) as caught:
         check_not_foreign(str(target), owner, inputs, data)
     assert caught.value.code == refused
+
+
+@pytest.mark.parametrize("most", [100_000, 1])
+def test_the_check_before_sending_lists_each_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, most: int
+) -> None:
+    """Before an item is sent, its places are looked up in one listing of their folder
+    (a lookup on the event loop waited on the folder's lock while the writer renamed into
+    it); a file that was there is checked as the writer checks it, and a folder too big to
+    keep listed is looked up name by name."""
+    monkeypatch.setattr(OutputPlaces, "MOST", most)
+    (tmp_path / "day1").mkdir()
+    for name in ("a.json", "other.json"):
+        (tmp_path / "day1" / name).write_text("{}")
+        os.utime(tmp_path / "day1" / name, (1, 1))
+    places = OutputPlaces(str(tmp_path), frozenset())
+    with pytest.raises(ItemError, match=r"day1/a\.json: is already there"):
+        places.check_free("day1/a", ("json", "txt"), Ownership())
+    places.check_free("day1/b", ("json", "txt"), Ownership())
+    places.check_free("day2/a", ("json",), Ownership())  # a folder not there yet
+    (tmp_path / "day1" / "c.json").write_text("{}")  # mid-run: the writer meets it
+    os.utime(tmp_path / "day1" / "c.json", (1, 1))
+    if most == 1:
+        with pytest.raises(ItemError):
+            places.check_free("day1/c", ("json",), Ownership())
+    else:
+        places.check_free("day1/c", ("json",), Ownership())
