@@ -43,10 +43,15 @@ CLAIM_SLACK = 0.1
 #: a file written within this of the time its item was queued (filesystems whose clocks
 #: are coarse: FAT's 2 s) may be the item's own
 QUEUE_SLACK = 2.0
+#: what to do about a file in an output's place: a failed item needs --retry-failed, a
+#: format rendered later is rendered by any next run
+_MOVE_IT = (
+    "move it away and run again (with --retry-failed for an item that failed), or choose "
+    "another --out"
+)
 FOREIGN = (
     "is already there, and this batch did not write it (a file of yours, another batch's, "
-    "or one whose state was lost): not replaced; move it away and run again with "
-    "--retry-failed, or choose another --out"
+    f"or one whose state was lost): not replaced; {_MOVE_IT}"
 )
 #: seconds an abandoned item's outputs may take to land, once its answer is in (a group
 #: write is a few ms; a second Ctrl-C must still end the run promptly)
@@ -208,11 +213,10 @@ def check_spares_source(root: Path, out_name: str, formats: Collection[str], sou
 def foreign_message(location: str, other: str) -> str:
     """Why an object of an S3 ``--out`` is not written over: ``other`` is the source its
     metadata names (percent-encoded, maybe none)."""
-    named = redact_source(unquote(other)) if other else "no source of dgbatch's"
-    return (
-        f"{location}: already there for another source ({named}), not replaced; move it "
-        "away and run again with --retry-failed, or choose another --out"
+    named = (
+        f"for another source ({redact_source(unquote(other))})" if other else ("and not dgbatch's")
     )
+    return f"{location}: already there {named}, not replaced; {_MOVE_IT}"
 
 
 def check_not_foreign(

@@ -596,7 +596,7 @@ def test_a_format_rendered_later_never_writes_over_an_object_of_another(
     assert run_s3(dgbatch, tmp_path, *args).exit_code == 0
     moto.client.put_object(Bucket="later", Key="out/a.srt", Body=b"HAND MADE")
     again = run_s3(dgbatch, tmp_path, *args, "--formats", "json,txt,srt,vtt")
-    assert "s3://later/out/a.srt: already there for another source (no source of dgbatch" in (
+    assert "s3://later/out/a.srt: already there and not dgbatch's, not replaced; move it" in (
         again.output
     )
     body = moto.client.get_object(Bucket="later", Key="out/a.srt")["Body"].read()
