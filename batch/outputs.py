@@ -255,14 +255,19 @@ def check_not_foreign(
 
 def _written_by(owner: Ownership, path: str, mtime: float) -> bool:
     """``path`` (there, written at ``mtime``) is the item's own (see ``check_not_foreign``):
-    a recorded output of its (by name: ``--out`` may have been moved since), or a file
-    written by a crashed attempt of it."""
+    a recorded output of its (or one of its name, when the recorded one is gone: ``--out``
+    was moved), or a file written by a crashed attempt of it."""
     since = owner.queued_at
     if since is not None and since - QUEUE_SLACK <= mtime <= time.time() + QUEUE_SLACK:
         return True
-    return bool(owner.recorded) and os.path.basename(path) in {
-        os.path.basename(recorded) for recorded in owner.recorded
-    }
+    if not owner.recorded:
+        return False
+    real, name = os.path.realpath(path), os.path.basename(path)
+    return any(
+        recorded == real
+        or (os.path.basename(recorded) == name and not os.path.exists(recorded))  # moved
+        for recorded in owner.recorded
+    )
 
 
 def _holds(path: str, data: bytes | None) -> bool:

@@ -57,9 +57,9 @@ class WorkItem:
         """What of its output places is its own; None replaces any (``--force``)."""
         if self.forced:
             return None
-        since = self.claimed_before  # a crashed attempt's files: after a claim of it, and
-        if since is not None and self.queued_at is not None:  # since it was last queued
-            since = max(since, self.queued_at)
+        since = self.claimed_before  # a crashed attempt's files: a claim of it since it
+        if since is not None and self.queued_at is not None and since < self.queued_at:
+            since = None  # was last queued (an older claim is of an attempt that ended)
         return Ownership(_recorded(self.recorded), since)
 
     def with_params(self, params: Params) -> WorkItem:

@@ -15,6 +15,7 @@ from conftest import Cli, make_wav, outputs_under, read_state_rows, sha256_of
 from batch.emulator import Emulator, build_response
 from batch.errors import ItemError, OutputError
 from batch.formats import render_txt
+from batch.models import ItemKind, ItemStatus
 from batch.outputs import (
     Found,
     LocalSink,
@@ -24,7 +25,7 @@ from batch.outputs import (
     output_error,
     write_atomic,
 )
-from batch.records import Ownership
+from batch.records import Ownership, WorkItem
 
 
 def _files(root: Path) -> list[str]:
@@ -414,3 +415,39 @@ def test_the_check_before_sending_lists_each_folder_once(
             places.check_free("day1/c", ("json",), Ownership())
     else:
         places.check_free("day1/c", ("json",), Ownership())
+
+
+def test_a_recorded_output_of_the_same_name_elsewhere_is_no_claim_here(tmp_path: Path) -> None:
+    """Recorded outputs were told by name alone: ``outA/a.txt`` recorded made the user's
+    ``outB/a.txt`` the item's own (one --state, two --out). By name only when the
+    recorded file is gone: the --out was moved."""
+    (tmp_path / "outA").mkdir()
+    (tmp_path / "outB").mkdir()
+    recorded = tmp_path / "outA" / "a.txt"
+    recorded.write_text("transcript")
+    mine = tmp_path / "outB" / "a.txt"
+    mine.write_text("my notes")
+    os.utime(mine, (1, 1))
+    owner = Ownership(frozenset({str(recorded)}))
+    with pytest.raises(ItemError, match="is already there"):
+        check_not_foreign(str(mine), owner, frozenset())
+    recorded.unlink()  # outA moved to outB: the name is its own
+    check_not_foreign(str(mine), owner, frozenset())
+
+
+@pytest.mark.parametrize(
+    ("claimed_before", "queued_at", "since"),
+    [
+        (None, 100.0, None),  # never claimed: no crashed attempt
+        (200.0, 100.0, 200.0),  # claimed since it was queued: that attempt's files
+        (50.0, 100.0, None),  # an older claim: its attempt ended, then it was queued again
+    ],
+)
+def test_a_crashed_attempt_is_one_since_the_item_was_last_queued(
+    claimed_before: float | None, queued_at: float, since: float | None
+) -> None:
+    item = WorkItem(
+        1, "u", "/a.wav", ItemKind.FILE, "a", (), 0, None, "", None, ItemStatus.PENDING,
+        queued_at=queued_at, claimed_before=claimed_before,
+    )  # fmt: skip
+    assert item.owner is not None and item.owner.queued_at == since
