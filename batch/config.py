@@ -255,8 +255,8 @@ def check_report_target(output: str, state: Path) -> None:
             raise UsageError(f"-o {output!r}: is the state file (or one of its own files)")
         if _is_lock(Path(output).resolve()):
             raise UsageError(f"-o {output!r}: is a lock of a dgbatch run")
-        out = state.resolve().parent.parent  # OUT of OUT/.dgbatch/state.sqlite
-        if state.resolve().parent.name == ".dgbatch" and _is_output_place(Path(output), str(out)):
+        folder = state.resolve().parent  # OUT/.dgbatch of OUT/.dgbatch/state.sqlite
+        if folder.name == ".dgbatch" and _is_output_place(Path(output), str(folder.parent)):
             raise UsageError(f"-o {output!r}: {_OUTPUT_PLACE}")
     except RuntimeError as exc:  # Path.resolve of a link loop
         raise UsageError(f"-o {output!r}: a symbolic link loop") from exc

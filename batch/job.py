@@ -34,6 +34,7 @@ from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
 from batch.naming import is_s3_uri
 from batch.outputs import (
+    Inputs,
     LocalSink,
     OutputPlaces,
     OutputSink,
@@ -325,7 +326,9 @@ def used_audio(state: State) -> tuple[float, float]:
     return float(seconds) + sum(kept), max([float(longest), *kept])
 
 
-def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Sender]:
+def make_senders(
+    config: RunConfig, tags: Params, s3: S3, inputs: Inputs = frozenset()
+) -> dict[ItemKind, Sender]:
     """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
     the chosen ``--url-mode``, and every request's params completed by ``request_params``
     (defaults, captions, run tags)."""
@@ -333,16 +336,17 @@ def make_senders(config: RunConfig, tags: Params, s3: S3) -> dict[ItemKind, Send
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     if not is_s3_uri(config.out):
-        senders = {kind: _sparing(sender, config) for kind, sender in senders.items()}
+        places = OutputPlaces(config.out, inputs)
+        senders = {kind: _sparing(sender, config, places) for kind, sender in senders.items()}
     return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
 
 
-def _sparing(sender: Sender, config: RunConfig) -> Sender:
+def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
     """Refuse, unsent, an item whose outputs would replace a file this batch did not
-    write (``check_outputs_free``), or a file whose own output would replace it: a
+    write (``OutputPlaces.check_free``), or a file whose own output would replace it: a
     recording named ``rec.json`` transcribed into its own folder was overwritten by its
     transcript. Nothing is paid for an answer with no place to go."""
-    root, places = Path(config.out), OutputPlaces(config.out, run_inputs(config.sources))
+    root = Path(config.out)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         if item.kind is ItemKind.FILE:
@@ -493,7 +497,8 @@ async def _execute(
         caption_line_length=config.caption_line_length,
     )
     threads = min(32, max(4, config.concurrency))
-    local = None if remote else LocalSink(Path(config.out), threads, run_inputs(config.sources))
+    inputs = frozenset() if remote else run_inputs(config.sources)  # the SOURCE files: stat once
+    local = None if remote else LocalSink(Path(config.out), threads, inputs)
     sink: OutputSink = local or S3Sink(s3, config.out)
     try:
         async with make_session(config.concurrency) as session:
@@ -503,7 +508,7 @@ async def _execute(
                 state,
                 client,
                 sink,
-                make_senders(config, tags, s3),
+                make_senders(config, tags, s3, inputs),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,

@@ -7,7 +7,6 @@ API's) are one decorator each, so their help and defaults cannot drift apart.
 from __future__ import annotations
 
 import functools
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -36,27 +35,6 @@ from batch.s3 import URL_MODES
 from batch.shard import SHARD_ENV, Shard, parse_shard
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class _Finite(click.ParamType[float]):
-    """A float that is a number: ``nan`` (a ``$BUDGET`` left empty by a script, say) was
-    taken, and turned off the budget caps and the timeouts, which no comparison stops."""
-
-    name = "float"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> float:
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            self.fail(f"{value!r} is not a number", param, ctx)
-        if not math.isfinite(number):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return number
-
-
-FINITE = _Finite()
 
 
 def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
@@ -353,14 +331,14 @@ emulator_options = stacked(
         "--latency",
         default=0.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Seconds per request from its arrival, the emulator's own work included.",
     ),
     click.option(
         "--fault-rate",
         default=0.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Share of requests answered with 429/5xx/reset/truncated/garbage.",
     ),
     click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight."),
@@ -382,7 +360,7 @@ emulator_options = stacked(
         "--duration-ratio",
         default=1.0,
         show_default=True,
-        type=FINITE,
+        type=float,
         help="Scale every metadata.duration (0.5: transcripts that cover half their audio).",
     ),
     click.option(

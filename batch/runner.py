@@ -360,14 +360,7 @@ class Runner:
                 deadline = loop.time() + self.settings.grace
             if deadline is not None and loop.time() >= deadline:
                 if not self._grace_over:
-                    self._grace_over = True
-                    log.warning(
-                        "--grace %gs is over: abandoning %d in-flight item(s); Deepgram may "
-                        "have those whose request was out (counted as possibly billed), "
-                        "and the next run sends them again",
-                        self.settings.grace,
-                        len(self._tasks),
-                    )
+                    self._say_abandoning(f"--grace {self.settings.grace:g}s is over")
                 _abandon(self._tasks, again=loop.time() >= deadline + _RECANCEL_AFTER)
             await asyncio.wait(set(self._tasks), timeout=0.25)
 
@@ -497,14 +490,18 @@ class Runner:
         if self._signals == 1:
             log.warning("%s: finishing %d in-flight item(s)…", name, len(self._tasks))
             return
-        self._grace_over = True  # said here
+        self._say_abandoning(f"{name} again")
+        _abandon(self._tasks)
+
+    def _say_abandoning(self, why: str) -> None:
+        """Tell, once, that the in-flight items are abandoned, and what that may cost."""
+        self._grace_over = True
         log.warning(
-            "%s again: abandoning %d in-flight item(s); Deepgram may have those whose "
-            "request was out (counted as possibly billed), and the next run sends them again",
-            name,
+            "%s: abandoning %d in-flight item(s); Deepgram may have those whose request was "
+            "out (counted as possibly billed), and the next run sends them again",
+            why,
             len(self._tasks),
         )
-        _abandon(self._tasks)
 
 
 def _abandon(tasks: set[asyncio.Task[None]], *, again: bool = False) -> None:

@@ -10,6 +10,7 @@ control endpoints serve the log without auth, which is why they answer only loop
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from batch.params import FEATURE_CONCURRENCY, PROJECT_CONCURRENCY
@@ -66,7 +67,12 @@ class EmulatorConfig:
     forbidden_models: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        """Fail at construction: a misspelt fault name would otherwise silently never fire."""
+        """Fail at construction: a misspelt fault name would otherwise silently never fire,
+        and ``nan`` passes every comparison below."""
+        for name in ("latency", "fault_rate", "duration_ratio", "callback_retry_gap"):
+            value = getattr(self, name)
+            if not math.isfinite(value):
+                raise ValueError(f"'{name}' {str(value)!r} is not a finite number")
         unknown = sorted(set(self.faults) - set(DEFAULT_FAULTS) - set(EXTRA_FAULTS))
         if unknown:
             msg = f"'faults' has unknown names {unknown}; known: {DEFAULT_FAULTS + EXTRA_FAULTS}"
