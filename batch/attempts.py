@@ -108,8 +108,9 @@ class Attempts:
                 return _with_tallies(failed, timeouts, paid_200s)
             except TransportError as exc:
                 answer = exc.partial  # a 200 cut short: its status and request id are kept
-                decision = Decision(Action.RETRY, str(exc))  # made for the report
                 billed = exc.body_sent and exc.reached  # Deepgram may have it
+                unbilled = not billed and answer is None
+                decision = Decision(Action.RETRY, str(exc), unbilled=unbilled)  # for the report
                 unreachable = exc.connect_failed
                 if not exc.reached:
                     attempts = self._not_sent(item, attempts, timeouts)
@@ -313,7 +314,7 @@ class Attempts:
             error = f"{decision.reason} ({_gave_up(attempts, tries)})"
             # sent again by the next run only if nothing of it may have been billed (this
             # run's tries here, earlier runs' in the state's flush)
-            again = retry.busy_or_down(status) and failed.timeout_retries == 0
+            again = retry.busy_or_down(status, decision) and failed.timeout_retries == 0
             return dataclasses.replace(failed, error=error, retry_next=again)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)

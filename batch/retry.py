@@ -37,6 +37,12 @@ _PREVIEW_READ = 4096
 #: how much of a JSON error message is kept: Deepgram's are one sentence, so only a
 #: runaway one (a proxy echoing a whole request) is cut, and every report line stays short
 _MESSAGE_CHARS = 1000
+#: Deepgram's fetch of a URL failed for the media host's sake, not the URL's: the host sent
+#: nothing valid ("failed to return valid data", intermittent and host-side, a Deepgram
+#: maintainer said) or answered a 5xx, 429 or 408. Deepgram quotes the host's status as
+#: "returned a client error: 404 Not Found"
+_HOST_STATUS_RE = re.compile(r"\b(?:client|server) error: (\d{3})\b")
+_HOST_SENT_NOTHING = "failed to return valid data"
 
 
 class Action(StrEnum):
@@ -67,6 +73,9 @@ class Decision:
     err_code: str | None = None
     request_id: str | None = None
     retry_after: float | None = None
+    #: no answer, and Deepgram never had the whole request (an upload cut off, the audio
+    #: not read): nothing was processed, so the next run may send it again
+    unbilled: bool = False
     #: the parsed transcript, for SUCCEED (parsed once, here)
     response: dict[str, Any] | None = field(default=None, compare=False)
 
@@ -182,7 +191,7 @@ def classify_response(
         action = Action.FATAL
     elif 300 <= status < 400 or status == 404:  # Deepgram does not redirect /v1/listen,
         action = Action.MISDIRECTED  # and a 404 is its path: a wrong --api-url, every item
-    elif status in RETRYABLE_STATUSES:
+    elif status in RETRYABLE_STATUSES or media_host_trouble(status, err):
         action = Action.RETRY
     elif 400 <= status < 500:
         action = Action.FAIL
@@ -190,6 +199,19 @@ def classify_response(
         action = Action.RETRY
     delay = parse_retry_after(retry_after, now=now) if action is Action.RETRY else None
     return Decision(action, reason, err.code, err.request_id, delay)
+
+
+def media_host_trouble(status: int | None, err: ErrorBody) -> bool:
+    """Whether a 400 ``REMOTE_CONTENT_ERROR`` is the media host's passing trouble (a 5xx,
+    a 429 or 408, or no valid data), which a later fetch of the same URL may get past:
+    unbilled, so it is retried as a 503 is. A client error (a 404, an expired signature's
+    403) or a URL that is not public fails the item."""
+    if status != 400 or err.code != "REMOTE_CONTENT_ERROR" or not err.message:
+        return False
+    if _HOST_SENT_NOTHING in err.message.lower():
+        return True
+    found = _HOST_STATUS_RE.search(err.message)
+    return found is not None and (found[1] in {"408", "429"} or found[1].startswith("5"))
 
 
 def _callback_acknowledgement(body: bytes) -> str | None:
@@ -230,12 +252,17 @@ def _names_one(text: str, own_params: Params) -> bool:
     return any(re.search(rf"\b{re.escape(key)}\b", text) for key, _ in own_params)
 
 
-def busy_or_down(status: int | None) -> bool:
+def busy_or_down(status: int | None, decision: Decision | None = None) -> bool:
     """Whether an item that gave up on ``status`` failed for Deepgram's sake (throttled,
-    or a 5xx: nothing billed), not its own: the next run sends it again. Timeouts and
-    dropped connections may have been billed, so they wait for ``--retry-failed``; so
-    does a 504, Deepgram's "processing exceeded the maximum time": the same recording
-    would take as long every night."""
+    or a 5xx: nothing billed), its media host's (a retried 400) or the network's before
+    the request was whole (an upload cut off), not its own: the next run sends it again.
+    Other timeouts and dropped connections may have been billed, so they wait for
+    ``--retry-failed``; so does a 504, Deepgram's "processing exceeded the maximum time":
+    the same recording would take as long every night."""
+    if decision is not None and decision.unbilled:
+        return True
+    if status == 400:  # retried only when the media host was at fault
+        return decision is not None and decision.action is Action.RETRY
     return status is not None and (status == 429 or (500 <= status <= 599 and status != 504))
 
 

@@ -30,6 +30,9 @@ VALID = json.dumps(
 ).encode()
 
 
+_HOST = "The remote server hosting the media"
+
+
 def _err(code: str, msg: str, request_id: str = "req-9") -> bytes:
     return json.dumps({"err_code": code, "err_msg": msg, "request_id": request_id}).encode()
 
@@ -43,6 +46,14 @@ def _err(code: str, msg: str, request_id: str = "req-9") -> bytes:
         (200, b"", Action.RETRY),
         (200, b"[1, 2]", Action.RETRY),
         (400, _err("Bad Request", "corrupt or unsupported data"), Action.FAIL),
+        (400, _err("REMOTE_CONTENT_ERROR", _HOST + " failed to return valid data"), Action.RETRY),
+        (400, _err("REMOTE_CONTENT_ERROR", _HOST + " returned a server error: 503"), Action.RETRY),
+        (400, _err("REMOTE_CONTENT_ERROR", _HOST + " returned a client error: 429"), Action.RETRY),
+        (400, _err("REMOTE_CONTENT_ERROR", _HOST + " returned a client error: 404"), Action.FAIL),
+        (400, _err("REMOTE_CONTENT_ERROR", _HOST + " returned a client error: 403"), Action.FAIL),
+        (400, _err("REMOTE_CONTENT_ERROR", "URL must be publicly routable."), Action.FAIL),
+        (400, _err("Bad Request", _HOST + " failed to return valid data"), Action.FAIL),
+        (422, _err("REMOTE_CONTENT_ERROR", _HOST + " failed to return valid data"), Action.FAIL),
         (401, _err("INVALID_AUTH", "Invalid credentials."), Action.FATAL),
         (402, _err("ASR_PAYMENT_REQUIRED", "no credits"), Action.FATAL),
         (403, _err("INSUFFICIENT_PERMISSIONS", "no access"), Action.FATAL),
@@ -305,6 +316,19 @@ def test_only_deepgram_busy_or_down_is_sent_again_by_the_next_run(
     """429 and 5xx were Deepgram's, and unbilled; a timeout or a dropped connection (no
     status) may have been billed, and waits for ``--retry-failed``."""
     assert retry.busy_or_down(status) is again
+
+
+@pytest.mark.parametrize(
+    ("message", "again"),
+    [(_HOST + " failed to return valid data", True),
+     (_HOST + " returned a server error: 502 Bad Gateway", True),
+     (_HOST + " returned a client error: 404 Not Found", False)],
+)  # fmt: skip
+def test_a_media_hosts_trouble_is_sent_again_by_the_next_run(message: str, again: bool) -> None:
+    """A 400 for the media host's trouble was nobody's fault of the item's, and unbilled:
+    the next run fetches the URL again, as after a 503; a 404 of the host waits."""
+    decision = classify_response(400, _err("REMOTE_CONTENT_ERROR", message))
+    assert retry.busy_or_down(400, decision) is again
 
 
 @pytest.mark.parametrize(

@@ -148,6 +148,36 @@ def test_a_url_is_submitted_as_json_and_fetched_by_deepgram(
     assert read_state_rows(out / ".dgbatch" / "state.sqlite")[0]["kind"] == "url"
 
 
+def test_a_media_host_in_trouble_is_fetched_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """Deepgram's 400 ``REMOTE_CONTENT_ERROR`` for a host that answered 503 (unbilled,
+    intermittent) is retried like a 503 of Deepgram's own; the host's 404 fails at once."""
+    wav = make_wav(tmp_path / "ep1.wav")
+    gets: list[str] = []
+
+    async def flaky(request: web.Request) -> web.StreamResponse:
+        gets.append(request.path)
+        if request.path == "/gone.wav":
+            return web.Response(status=404)
+        if gets.count(request.path) == 1:
+            return web.Response(status=503)
+        return web.FileResponse(wav)
+
+    app = web.Application()
+    app.router.add_get("/{name}", flaky)
+    out = tmp_path / "out"
+    with serve_app(app) as base:
+        urls = [f"{base}/ep1.wav", f"{base}/gone.wav"]
+        result = dgbatch("run", *urls, "--out", str(out), "--backoff-base", "0.01")
+    assert result.exit_code == 1, result.output
+    assert sorted(gets) == ["/ep1.wav", "/ep1.wav", "/gone.wav"]
+    rows = {row["source"]: row for row in read_state_rows(out / ".dgbatch" / "state.sqlite")}
+    assert (rows[urls[0]]["status"], rows[urls[0]]["attempts"]) == ("done", 2)
+    assert (rows[urls[1]]["status"], rows[urls[1]]["attempts"]) == ("failed", 1)
+    assert rows[urls[1]]["err_code"] == "REMOTE_CONTENT_ERROR"
+
+
 def test_manifests_of_every_format_resolve_paths_against_their_folder(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
@@ -496,6 +526,40 @@ def test_retries_of_requests_deepgram_may_have_billed_are_counted(
     assert result.exit_code == 0, result.output
     assert f"retried 1 ({billed} possibly billed)" in result.output
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, billed)
+
+
+def test_an_upload_cut_off_every_time_is_sent_again_by_the_next_run(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A server that hangs up before the body is in never had the request, so nothing was
+    billed: the item that gave up on it is re-queued by the next run without
+    ``--retry-failed``, as after a 503. Once the body was whole, it waits for it."""
+    wav = make_wav(tmp_path / "in" / "a.wav")
+    with wav.open("r+b") as handle:  # a long recording: more than the sockets buffer
+        handle.truncate(32 << 20)
+    seen: list[int] = []
+
+    async def hang_up(request: web.Request) -> web.StreamResponse:
+        seen.append(len(seen))
+        assert request.transport is not None
+        request.transport.abort()
+        return web.Response(status=500)
+
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--max-retries", "1")
+    with serve_app(_app_of(hang_up)) as url:
+        result = _run_against(url, *args)
+    assert result.exit_code == 1, result.output
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["status"], row["retry_next"], row["timeout_retries"], len(seen)) == (
+        "failed",
+        1,
+        0,
+        2,
+    )
+    again = Cli(emulator)(*args)
+    assert again.exit_code == 0, again.output
+    assert [record.sha256 for record in emulator.log] == [sha256_of(wav)]
 
 
 def _one_file_against(tmp_path: Path, app: web.Application) -> tuple[Result, dict[str, object]]:
