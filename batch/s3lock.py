@@ -14,6 +14,7 @@ import functools
 import json
 import logging
 import os
+import re
 import socket
 import time
 import uuid
@@ -26,6 +27,7 @@ from batch.errors import BatchError, StateLocked, UsageError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
+from batch.shard import overlap, overlap_message
 from batch.statefile import take_output_lock
 
 __all__ = ["LOCK_TTL", "LockWatch", "S3Lock", "output_lock"]
@@ -34,6 +36,8 @@ log = logging.getLogger("dgbatch")
 
 #: A lock not refreshed for this long is abandoned (its run died) and may be taken over.
 LOCK_TTL = 900.0
+#: the lock objects of ``S3Lock.for_output``, and the shard tag each names ('' for none)
+_LOCK_NAME_RE = re.compile(r"lock(?:-(shard-\d+-of-\d+))?\.json")
 #: roughly when this process started (a lock with our pid from before is a previous life's)
 _PROCESS_STARTED = time.time()
 
@@ -184,6 +188,35 @@ class S3Lock:
         except _TakenOver as exc:  # another run took it between our read and our put
             raise self._refused(exc.holder) from None
 
+    async def refuse_overlapping_shards(self, suffix: str) -> None:
+        """Refuse the run, once it holds its own lock, while another run with other
+        ``--shard`` settings (none and a shard, or shards of two N) holds one on this
+        prefix: each has its own state, so both would send the items they share.
+
+        Raises:
+            StateLocked: naming that run and its shard.
+        """
+        await self.s3.call(self._refuse_overlapping, suffix)
+
+    def _refuse_overlapping(self, suffix: str) -> None:
+        folder = self.key.rpartition("/")[0] + "/"
+        pages = self.s3.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=folder + "lock"
+        )
+        try:
+            keys = [obj["Key"] for page in pages for obj in page.get("Contents", ())]
+        except Exception as exc:
+            raise self._error(exc) from exc
+        for key in keys:
+            found = _LOCK_NAME_RE.fullmatch(key[len(folder) :])
+            if found is None or key == self.key or not overlap(suffix, found[1] or ""):
+                continue
+            holder = self._read(key)
+            if holder is not None and not holder.stale(time.time()):
+                place = self.uri.rpartition("/.dgbatch/")[0]
+                message = overlap_message(place, _who(holder), found[1] or "", suffix)
+                raise StateLocked(message)
+
     def _document(self) -> bytes:
         now = time.time()
         doc = {
@@ -225,9 +258,9 @@ class S3Lock:
         log.warning("%s: the store ignores conditional puts; lock is best-effort", self.uri)
         return dict(put())
 
-    def _read(self) -> _Holder | None:
+    def _read(self, key: str | None = None) -> _Holder | None:
         try:
-            obj = self.s3.client.get_object(Bucket=self.bucket, Key=self.key)
+            obj = self.s3.client.get_object(Bucket=self.bucket, Key=key or self.key)
             raw = obj["Body"].read()
         except Exception as exc:
             if is_not_found(exc):
@@ -318,6 +351,11 @@ async def output_lock(
         return
     lock = S3Lock.for_output(s3, out, shard)
     await lock.acquire()
+    try:
+        await lock.refuse_overlapping_shards(shard)
+    except BaseException:
+        await lock.release()
+        raise
     refresher = asyncio.create_task(_refresh_periodically(lock, watch))
     try:
         yield watch

@@ -13,12 +13,13 @@ like Kubernetes' ``JOB_COMPLETION_INDEX`` and ``AWS_BATCH_JOB_ARRAY_INDEX``.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 
 from batch.errors import UsageError
 from batch.naming import name_root, safe_name
 
-__all__ = ["SHARD_ENV", "Shard", "in_shard", "parse_shard"]
+__all__ = ["SHARD_ENV", "Shard", "in_shard", "overlap", "overlap_message", "parse_shard"]
 
 #: Environment variable read when ``--shard`` is not given.
 SHARD_ENV = "DGBATCH_SHARD"
@@ -38,6 +39,31 @@ class Shard:
     def takes(self, name: str) -> bool:
         """Tell whether this shard owns the item named ``name`` (``Item.name``)."""
         return in_shard(name_root(safe_name(name)), self.index, self.count)
+
+
+_TAG_RE = re.compile(r"shard-\d+-of-(\d+)")
+
+
+def overlap(tag: str, other: str) -> bool:
+    """Whether runs tagged ``tag`` and ``other`` (``Shard.suffix``, '' without ``--shard``)
+    on one ``--out`` take items in common: each keeps its own state, so both would send
+    them. Only shards of one N (each its own K) share nothing."""
+    mine, theirs = _TAG_RE.fullmatch(tag), _TAG_RE.fullmatch(other)
+    return tag == other or mine is None or theirs is None or mine[1] != theirs[1]
+
+
+def overlap_message(place: str, holder: str, tag: str, mine: str) -> str:
+    """Why a run tagged ``mine`` may not write to ``place`` while ``holder`` writes there
+    tagged ``tag`` (they ``overlap``)."""
+
+    def said(tag: str) -> str:
+        return f"as {tag.replace('-', ' ')}" if tag else "without --shard"
+
+    return (
+        f"{place}: another dgbatch run ({holder}) writes its transcripts there {said(tag)}, "
+        f"and this run would {said(mine)}: each has its own state, so both would send the "
+        "items they share. Wait for it to finish, or run every worker with the same N"
+    )
 
 
 def in_shard(key: str, k: int, n: int) -> bool:

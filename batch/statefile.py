@@ -12,6 +12,7 @@ import fcntl
 import hashlib
 import logging
 import os
+import re
 import socket
 import sqlite3
 import stat
@@ -24,6 +25,7 @@ from urllib.parse import quote
 
 from batch import migrations
 from batch.errors import StateError, StateLocked, StateWriteError
+from batch.shard import overlap, overlap_message
 
 log = logging.getLogger("dgbatch")
 
@@ -53,6 +55,8 @@ _OUT_BUSY = (
     "{out}: another dgbatch run ({holder}) writes its transcripts there, with another state "
     "file; both would send every item: wait for it to finish, or give each its own --out"
 )
+#: the output locks of ``take_output_lock``, and the shard tag each names ('' for none)
+_OUT_LOCK_RE = re.compile(r"out(?:-(shard-\d+-of-\d+))?\.lock")
 
 
 def take_lock(path: Path, *, host: bool = True) -> StateLock:
@@ -115,10 +119,50 @@ def take_output_lock(out: Path, suffix: str = "", *, state: Path | None = None) 
         return None
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        return _lock_beside(lock_path, _OUT_BUSY.format(out=out, holder="{holder}"))
+        handle = _lock_beside(lock_path, _OUT_BUSY.format(out=out, holder="{holder}"))
     except (OSError, StateError) as exc:  # StateLocked, another run holding it, is raised
         log.warning("%s: no lock on the output folder (%s); go on without it", out, exc)
         return None
+    try:
+        _refuse_overlapping_shards(out, suffix)
+    except BaseException:
+        handle.close()
+        raise
+    return handle
+
+
+def _refuse_overlapping_shards(out: Path, suffix: str) -> None:
+    """Refuse a run while another one with other ``--shard`` settings holds its lock on
+    this ``--out`` (one without ``--shard`` and a shard, or shards of two N): each has its
+    own state, so both would send the items they share. Taken after the run's own lock,
+    so that of two such runs starting together at least one sees the other.
+
+    Raises:
+        StateLocked: naming that run and its shard.
+    """
+    with contextlib.suppress(OSError), os.scandir(out / ".dgbatch") as entries:
+        for entry in entries:
+            found = _OUT_LOCK_RE.fullmatch(entry.name)
+            if found is None:
+                continue
+            tag = found[1] or ""
+            if tag != suffix and overlap(suffix, tag):
+                holder = _held_by(Path(entry.path))
+                if holder is not None:
+                    raise StateLocked(overlap_message(str(out), holder, tag, suffix))
+
+
+def _held_by(lock_path: Path) -> str | None:
+    """Who holds the lock file at ``lock_path``, or None when nobody does."""
+    try:
+        with open(lock_path) as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return handle.read().strip() or "another process"
+    except OSError:
+        return None
+    return None
 
 
 def _lock_beside(path: Path, busy: str) -> IO[str]:

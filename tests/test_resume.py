@@ -128,6 +128,32 @@ def test_a_second_state_on_the_same_out_exits_4(tmp_path: Path) -> None:
         assert sum(sent_sha256s(emu).values()) == 6
 
 
+@pytest.mark.timeout(60)
+def test_runs_with_other_shard_settings_on_one_out_exclude_each_other(tmp_path: Path) -> None:
+    """A shard's run and one without ``--shard`` (or a shard of another N) each have their
+    own state on one ``--out``: both sent the items they shared (464 requests for 300).
+    The later exits 4, naming the first; another shard of the same N goes on."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 6)
+    with emulator_with(latency=0.25) as emu:
+        first = start_run(emu, str(src), "--out", str(out), "--shard", "0/2", "-c", "1")
+        try:
+            wait_for(lambda: len(emu.log) >= 1 or first.poll() is not None)
+            assert first.poll() is None, "the first run must still be going"
+            whole = Cli(emu)("run", str(src), "--out", str(out))
+            other_n = Cli(emu)("run", str(src), "--out", str(out), "--shard", "1/3")
+            same_n = Cli(emu)("run", str(src), "--out", str(out), "--shard", "1/2")
+        finally:
+            first.communicate(timeout=30)
+        for refused, said in ((whole, "without --shard"), (other_n, "as shard 1 of 3")):
+            assert refused.exit_code == 4, refused.output
+            assert f"pid {first.pid}" in refused.output
+            assert f"as shard 0 of 2, and this run would {said}" in refused.output
+        assert same_n.exit_code == 0, same_n.output
+        assert first.returncode == 0
+        assert sum(sent_sha256s(emu).values()) == 6
+
+
 def test_the_output_lock_never_keeps_a_run_out_alone(tmp_path: Path, emulator: Emulator) -> None:
     """The lock of a local ``--out`` is not a reason to refuse a run on its own: a state
     named ``OUT/.dgbatch/out`` (whose lock is that file) ran, and so does an ``--out``

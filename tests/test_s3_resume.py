@@ -64,6 +64,30 @@ async def test_only_one_of_two_racing_runs_gets_the_lock(moto: MotoS3) -> None:
     s3.close()
 
 
+async def test_s3_runs_with_other_shard_settings_exclude_each_other(moto: MotoS3) -> None:
+    """On an S3 ``--out`` too, a run without ``--shard`` or with another N is refused
+    while a shard holds its lock (each has its own state: both would pay); another
+    shard of the same N, or a stale lock, is no reason."""
+    from batch.s3lock import output_lock
+
+    moto.bucket("mix")
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    stale = json.dumps({"host": "elsewhere", "pid": 1, "expires": 10.0}).encode()
+    moto.client.put_object(Bucket="mix", Key="tx/.dgbatch/lock-shard-0-of-5.json", Body=stale)
+    async with output_lock(s3, "s3://mix/tx", "shard-0-of-2"):
+        for tag, said in (("", "without --shard"), ("shard-1-of-3", "as shard 1 of 3")):
+            with pytest.raises(StateLocked, match=f"shard 0 of 2, and this run would {said}"):
+                async with output_lock(s3, "s3://mix/tx", tag):
+                    pass
+        async with output_lock(s3, "s3://mix/tx", "shard-1-of-2"):
+            pass
+    async with output_lock(s3, "s3://mix/tx", ""):  # the shard is done: the whole may run
+        pass
+    keys = [o["Key"] for o in moto.client.list_objects_v2(Bucket="mix")["Contents"]]
+    assert keys == ["tx/.dgbatch/lock-shard-0-of-5.json"]  # the refused left no lock behind
+    s3.close()
+
+
 async def test_a_lock_taken_over_or_not_refreshed_in_time_is_lost(moto: MotoS3) -> None:
     """A refresh that finds another run's lock, or that failed so long that the lock
     would expire before the next try, raises StateLocked; a failed refresh with time to

@@ -13,7 +13,7 @@ from conftest import Cli, MotoS3, load_json, make_wav, outputs_under
 from batch.config import default_state_path
 from batch.emulator import Emulator
 from batch.errors import UsageError
-from batch.shard import Shard, in_shard, parse_shard
+from batch.shard import Shard, in_shard, overlap, parse_shard
 
 TX_DIGEST = hashlib.sha256(b"s3://media/tx").hexdigest()[:16]
 
@@ -41,6 +41,18 @@ def test_shards_partition_and_balance() -> None:
     assert owners == {1: 8000}
     sizes = Counter(next(k for k in range(8) if in_shard(i, k, 8)) for i in ids)
     assert min(sizes.values()) > 850 and max(sizes.values()) < 1150
+
+
+@pytest.mark.parametrize(
+    ("tag", "other", "shared"),
+    [("", "", True), ("", "shard-0-of-2", True), ("shard-0-of-2", "", True),
+     ("shard-0-of-2", "shard-1-of-2", False), ("shard-0-of-2", "shard-0-of-2", True),
+     ("shard-0-of-2", "shard-1-of-3", True), ("shard-0-of-1", "", True),
+     ("shard-3-of-16", "shard-15-of-16", False)],
+)  # fmt: skip
+def test_runs_of_other_shard_settings_overlap(tag: str, other: str, shared: bool) -> None:
+    """Only shards of one N, each its own K, take no item in common."""
+    assert overlap(tag, other) is shared
 
 
 @pytest.mark.parametrize(
