@@ -31,6 +31,7 @@ from batch.models import Item, ItemStatus
 from batch.naming import disambiguate
 from batch.planrows import (
     FIELDS,
+    FREE,
     ID,
     PARAMS,
     STATEMENT_ROWS,
@@ -384,7 +385,10 @@ class State:
             self._statement_rows = fitting_rows(STATEMENT_ROWS, (limit - TAIL) // FIELDS)
         skipped = self._execute(batch)
         if skipped:  # a clash's own clash (one origin, id and other params) is not kept
-            self._execute(batch.clashes(skipped))
+            clashes = batch.clashes(skipped)
+            if clashes.rows[0][FREE]:  # named as they go in: two with one stem, as in a batch
+                clashes = clashes.crowded(self._crowded_stems(clashes.rows))
+            self._execute(clashes)
         return len(skipped)
 
     def _execute(self, batch: Batch) -> list[int]:

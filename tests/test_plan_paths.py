@@ -98,6 +98,16 @@ def _reset(*states: State) -> None:
 @example(  # the same id twice in one batch is one item
     rounds=[[Item("/1", "/1", ItemKind.FILE, "a.wav"), Item("/1", "/1", ItemKind.FILE, "a.mp3")]]
 )
+@example(  # two clashes (ids planned again with other params) of one stem: named as a batch
+    rounds=[
+        [
+            Item("/src/a", "/src/a", ItemKind.FILE, "a"),
+            Item("/src/a", "/src/a", ItemKind.FILE, "a", (("model", "nova-2"),)),
+            Item("/src/a.wav", "/src/a.wav", ItemKind.FILE, "a.wav"),
+            Item("/src/a.wav", "/src/a.wav", ItemKind.FILE, "a.wav", (("model", "nova-2"),)),
+        ]
+    ]
+)
 def test_named_batches_store_what_assign_names_would(
     states: tuple[State, State], monkeypatch: pytest.MonkeyPatch, rounds: list[list[Item]]
 ) -> None:
