@@ -51,38 +51,45 @@ ON CONFLICT (id) DO UPDATE SET
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 'pending'
+        WHEN {changed} OR {force} THEN 'pending'
         WHEN {requeued} THEN 'pending'
         ELSE items.status END,
     error = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN excluded.error
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN NULL
+        WHEN {changed} OR {force} THEN NULL
         WHEN {requeued} THEN NULL
         ELSE items.error END,
     attempts = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
+        WHEN {changed} OR {force} THEN 0
         WHEN {requeued} THEN 0
         ELSE items.attempts END,
     paid_200s = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force} THEN 0
+        WHEN {changed} OR {force} THEN 0
         WHEN {requeued} THEN 0
         ELSE items.paid_200s END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1
-        WHEN items.fingerprint != excluded.fingerprint THEN 0 ELSE items.forced END,
+        WHEN {changed} THEN 0 ELSE items.forced END,
     updated_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force}
+        WHEN {changed} OR {force}
             OR ({requeued})
         THEN excluded.updated_at ELSE items.updated_at END,
     queued_at = CASE
-        WHEN items.fingerprint != excluded.fingerprint OR {force}
+        WHEN {changed} OR {force}
             OR ({requeued})
         THEN excluded.updated_at ELSE items.queued_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
     OR same_params(items.params, excluded.params)
 """
 
+#: the item's source is another than the one its row was made for: a file's size or
+#: mtime (its fingerprint), an S3 object's ETag, or, for a URL (which has no fingerprint),
+#: the URL itself (a manifest ``id`` given to another recording)
+_CHANGED = (
+    "(items.fingerprint != excluded.fingerprint"
+    " OR (excluded.fingerprint = '' AND items.source != excluded.source))"
+)
 #: a failed item this plan sends again: with ``--retry-failed``, or one that gave up on
 #: Deepgram being busy or down (``retry_next``)
 _REQUEUED = "items.status = 'failed' AND ({retry} OR items.retry_next)"
@@ -119,7 +126,8 @@ class Batch:
     def sql(self, count: int) -> str:
         """``PLAN`` for ``count`` rows."""
         values = ", ".join(itertools.repeat(_ROW_VALUES, count))
-        return PLAN.format(values=values, requeued=_REQUEUED.format(**self.flags), **self.flags)
+        requeued = _REQUEUED.format(**self.flags)
+        return PLAN.format(values=values, requeued=requeued, changed=_CHANGED, **self.flags)
 
     def unnamed(self) -> Batch:
         """The same rows, left for ``assign_names``."""

@@ -28,6 +28,7 @@ from conftest import (
     sent_sha256s,
     sha256_of,
     start_run,
+    static_server,
     stop_when,
     subprocess_env,
     wait_for,
@@ -306,6 +307,29 @@ def test_a_changed_file_is_done_again_and_new_files_are_added(
     assert result.exit_code == 0, result.output
     assert sent_sha256s(emulator) == {sha256_of(p): 1 for p in (wavs[0], wavs[1], new)}
     assert sha256_of(wavs[0]) in (out / "f000.json").read_text()
+
+
+def test_a_manifest_id_given_to_another_url_is_sent_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """An ``id`` whose line now names another URL is another recording (a URL has no size
+    or mtime to tell it by): it was reported done with the old one's transcript, or
+    failed with the old one's error, and never sent."""
+    media, out = tmp_path / "media", tmp_path / "out"
+    one, two = make_wav(media / "one.wav", tone=1), make_wav(media / "two.wav", tone=2)
+    manifest = tmp_path / "m.jsonl"
+    with static_server(media) as base:
+        for name, sent in (("one.wav", one), ("gone.wav", None), ("two.wav", two)):
+            manifest.write_text(f'{{"source": "{base}/{name}", "id": "B"}}\n')
+            emulator.log.clear()
+            result = dgbatch("run", str(manifest), "--out", str(out))
+            assert result.exit_code == (1 if sent is None else 0), result.output
+            assert [r.sha256 for r in emulator.log] == [sent and sha256_of(sent)]
+        again = dgbatch("run", str(manifest), "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert sha256_of(two) in (out / "B.json").read_text()
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["source"], row["status"], row["attempts"]) == (f"{base}/two.wav", "done", 1)
 
 
 def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
