@@ -91,8 +91,12 @@ _CHANGED = (
     " OR (excluded.fingerprint = '' AND items.source != excluded.source))"
 )
 #: a failed item this plan sends again: with ``--retry-failed``, or one that gave up on
-#: Deepgram being busy or down (``retry_next``)
-_REQUEUED = "items.status = 'failed' AND ({retry} OR items.retry_next)"
+#: Deepgram being busy or down (``retry_next``); not when it failed in this very run (a
+#: source listed again in a later chunk: it was sent, maybe paid, and would be again)
+_REQUEUED = (
+    "items.status = 'failed' AND ({retry} OR items.retry_next)"
+    " AND items.seen_run IS NOT excluded.seen_run"
+)
 
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
 PlanRow = tuple[str | int, ...]
