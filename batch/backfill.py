@@ -99,6 +99,9 @@ async def backfill(
                 failures.append(exc)
                 cancel.set()
                 return
+            except BaseException:  # nor do the others go on behind a bug's back
+                cancel.set()
+                raise
             filled += given  # not ``filled += await``: that reads ``filled`` before the wait
 
     await asyncio.gather(*(worker() for _ in range(workers)))
@@ -123,11 +126,11 @@ async def _fill(
         kept = [loc for loc in have if not loc.endswith(".json")]
         await asyncio.to_thread(state.set_outputs, item_id, kept)
         return False
-    files = render_all(missing, body, response, line_length=line_length, source=source)
-    try:
+    try:  # an answer one format cannot be made from, or this item's own path: it keeps
+        files = render_all(missing, body, response, line_length=line_length, source=source)
         owner = Ownership(frozenset(have))  # nothing of it is sent now: no crashed attempt
         written = await sink.write(out_name, files, OutputMeta(source, fingerprint, owner))
-    except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it
+    except ItemError as exc:  # what it has; the summary counts it, and the next run tries again
         log.warning("%s", exc)
         return False
     await asyncio.to_thread(state.set_outputs, item_id, [*have, *written])

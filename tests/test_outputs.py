@@ -225,6 +225,29 @@ def test_a_format_added_later_is_rendered_from_the_json_not_sent_again(
     assert "2 done item(s) have no vtt output" in lacking.output and "--force" in lacking.output
 
 
+def test_a_json_that_a_format_added_later_cannot_be_made_from_skips_that_item_alone(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """One done item whose json lacks what captions need (words without times) is named
+    and keeps what it has; the others get the format and the run ends as usual (it ended
+    with exit 1 at the first such item, without a summary or a report)."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    for n in range(3):
+        make_wav(src / f"f{n}.wav", tone=n)
+    assert dgbatch("run", str(src), "--out", str(out)).exit_code == 0
+    odd = json.loads((out / "f0.json").read_text())
+    odd["results"].pop("utterances", None)
+    for word in odd["results"]["channels"][0]["alternatives"][0]["words"]:
+        word.pop("start")
+    (out / "f0.json").write_text(json.dumps(odd))
+    more = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
+    assert more.exit_code == 0, more.output
+    assert "f0.wav: cannot render srt from Deepgram's answer" in more.output
+    assert "rendered the formats 2 done item(s) lacked" in more.output
+    assert sorted(p.name for p in out.glob("*.srt")) == ["f1.srt", "f2.srt"]
+    assert len(emulator.log) == 3
+
+
 def test_a_full_disk_stops_rendering_formats_added_later(
     tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch
 ) -> None:
