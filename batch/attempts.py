@@ -27,6 +27,7 @@ from batch.models import ItemKind, ItemStatus
 from batch.placing import Placer
 from batch.progress import Progress
 from batch.realsources import RealSources
+from batch.redact import REDACTED
 from batch.retry import Action, Decision
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, WorkItem
@@ -87,6 +88,8 @@ class Attempts:
         item, settled = await self._settled_unsent(item)
         if settled is not None:
             return settled
+        if item.kind is ItemKind.URL and REDACTED in source:  # as stored: no real one given
+            return _secret_not_given(item)
         attempts, timeouts, paid_200s = item.attempts, 0, item.paid_200s
         # tries an earlier run made count (a stop left the item pending): --max-retries
         # bounds the item's requests, not each run's; a pending item gets one try at least
@@ -369,6 +372,25 @@ def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:
         return decision
     reason = f"{decision.reason}; a second 200 without a transcript (each one billed): not retried"
     return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
+
+
+def _secret_not_given(item: WorkItem) -> Result:
+    """An item an earlier run left pending whose URL held a secret (a token, a
+    signature), which the state does not keep, and which this run's sources do not give:
+    sent as stored, it went out with ``REDACTED`` for the secret. It fails unsent, and
+    the next run that lists its URL sends it (``retry_next``)."""
+    error = (
+        f"{item.source}: its URL holds a secret that the state does not keep, and this "
+        "run's sources do not list it: not sent; list its manifest (or URL) again to send it"
+    )
+    return Result(
+        item.id,
+        ItemStatus.FAILED,
+        item.attempts,
+        error=error,
+        err_code="source_needed",
+        retry_next=True,
+    )
 
 
 def _with_tallies(result: Result, timeouts: int, paid_200s: int) -> Result:

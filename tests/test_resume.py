@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from conftest import (
     Cli,
     dgbatch_subprocess_cmd,
@@ -25,6 +26,7 @@ from conftest import (
     make_wavs,
     outputs_under,
     read_state_rows,
+    serve_app,
     sent_sha256s,
     sha256_of,
     start_run,
@@ -330,6 +332,41 @@ def test_a_manifest_id_given_to_another_url_is_sent_again(
     assert sha256_of(two) in (out / "B.json").read_text()
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["source"], row["status"], row["attempts"]) == (f"{base}/two.wav", "done", 1)
+
+
+def test_a_pending_url_whose_secret_this_run_lacks_is_not_sent_redacted(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """An earlier run left a URL with a token pending; the state keeps it without the
+    token. A later run on the same state with other sources sent it with ``REDACTED`` for
+    the token (a refused fetch, failed for good). It fails unsent now, and the next run
+    that lists the URL sends it, with its token."""
+    wav = make_wav(tmp_path / "media.wav")
+    fetched: list[str] = []
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        fetched.append(request.query_string)
+        if request.query.get("token") != "s3cr3t-t0ken":
+            return web.Response(status=403)
+        return web.FileResponse(wav)
+
+    app = web.Application()
+    app.router.add_get("/a.wav", guarded)
+    out, manifest = tmp_path / "out", tmp_path / "urls.txt"
+    with serve_app(app) as base:
+        manifest.write_text(f"{base}/a.wav?token=s3cr3t-t0ken\n")
+        down = ("--api-url", "http://127.0.0.1:9", "--no-preflight", "--backoff-base", "0.01")
+        assert Cli(None)("run", str(manifest), "--out", str(out), *down).exit_code == 1
+        other = make_wav(tmp_path / "other.wav", tone=3)
+        later = dgbatch("run", str(other), "--out", str(out))
+        assert later.exit_code == 1, later.output
+        assert fetched == []
+        report = dgbatch("report", "--out", str(out), "--failed")
+        assert "source_needed" in report.output and "list its manifest" in report.output
+        again = dgbatch("run", str(manifest), "--out", str(out))
+    assert again.exit_code == 0, again.output
+    assert fetched == ["token=s3cr3t-t0ken"]
+    assert "s3cr3t" not in (out / ".dgbatch" / "state.sqlite").read_bytes().decode("latin-1")
 
 
 def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
