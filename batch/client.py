@@ -171,6 +171,8 @@ class DeepgramClient:
                 sent = _SentTracker(chunks, length, watchdog, self._stall_timeout)
                 return await self._post(params, sent.iterate(), headers, length, sent.finished)
         except TimeoutError as exc:  # only the watchdog's: _post translates its own
+            if (task := asyncio.current_task()) is not None:
+                self.abandoned.pop(task, None)  # its cancel was the watchdog's, not a stop's
             raise self._stalled() from exc
 
     def redacted(self, text: str) -> str:

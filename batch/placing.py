@@ -45,7 +45,7 @@ class Placer:
         #: the runner's per in-flight item local durations (mutagen), for the warning
         self._local = local
         self._release_slot = release_slot
-        #: with --dedupe, leaders' answers kept for their copies (``Runner._lead``)
+        #: with --dedupe, leaders' answers kept for their copies (``Copies._lead``)
         self._captured = captured
         #: answers waiting for their outputs; bounded like the requests, so that a crash
         #: re-sends at most twice ``--concurrency`` items (``write``)

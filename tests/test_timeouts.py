@@ -54,8 +54,12 @@ async def _upload(url: str, path: Path, stall: float) -> int:
     async with aiohttp.ClientSession() as session:
         client = DeepgramClient(session, url, "k-123456", stall_timeout=stall)
         size = path.stat().st_size
-        async with aiofiles.open(path, "rb") as handle:
-            answer = await client.send_stream(file_chunks(handle, size), size, "audio/wav", ())
+        try:
+            async with aiofiles.open(path, "rb") as handle:
+                chunks = file_chunks(handle, size)
+                answer = await client.send_stream(chunks, size, "audio/wav", ())
+        finally:  # a stall's cancel is the watchdog's: no request was abandoned by a stop
+            assert client.abandoned == {}
         return answer.status
 
 
