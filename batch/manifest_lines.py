@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from batch.models import Params
-from batch.params import normalise_value, params_from_mapping
+from batch.params import DEEPGRAM_PARAMS, normalise_value, params_from_mapping
 
 __all__ = [
     "Entry",
@@ -48,6 +48,11 @@ class Entry(NamedTuple):
 
 
 Parser = Callable[[str], Entry | None]
+
+#: a JSONL line's own keys; any other is the user's (a title, an account) and is left alone
+_LINE_KEYS = frozenset({"source", "id", "params"})
+#: other keys that mean one of them, misspelled
+_NEAR_KEYS = frozenset({"param", "parameters", "url", "uri", "path", "file", "name"})
 
 
 def _entry_id(value: object) -> str | None:
@@ -119,10 +124,32 @@ def _parse_jsonl(text: str) -> Entry | None:
         raise LineError(f"'source' is not text (a JSON {type(source).__name__})")
     if not source.strip():
         raise LineError("empty 'source'")
+    if len(obj) > 1 and not _LINE_KEYS.issuperset(obj):
+        _check_other_keys(obj)
     entry = Entry(source.strip(), _entry_id(obj.get("id")), _entry_params(obj.get("params")))
     if "\\u" in stripped:
         _check_escaped_text(entry)
     return entry
+
+
+def _check_other_keys(obj: dict[str, object]) -> None:
+    """Keys besides ``source``, ``id`` and ``params`` are the user's and left alone, but a
+    Deepgram parameter beside them (``"language": "fr"``) or a misspelt one of them
+    (``"param"``, ``"ID"``) was meant to be read: sent without it, the line would be paid
+    for with the defaults. Such a line fails, saying where the key goes."""
+    meant = [key for key in obj if key not in _LINE_KEYS and _meant(key)]
+    if not meant:
+        return
+    named = ", ".join(repr(key) for key in meant)
+    raise LineError(
+        f"key(s) {named} not read: a line has 'source', 'id' and 'params' (lowercase), "
+        'and its Deepgram parameters go in \'params\' ({"params": {"language": "fr"}})'
+    )
+
+
+def _meant(key: str) -> bool:
+    lowered = key.lower()
+    return lowered in _LINE_KEYS or lowered in _NEAR_KEYS or lowered in DEEPGRAM_PARAMS
 
 
 def _check_escaped_text(entry: Entry) -> None:
@@ -167,7 +194,7 @@ class _CsvHeader:
             if name and name.lower() not in ("source", "id"):
                 _check_param_column(name)
         params = tuple(
-            (index, name)
+            (index, lowered[index] if lowered[index] in DEEPGRAM_PARAMS else name)
             for index, name in enumerate(names)
             if name and lowered[index] not in ("source", "id")
         )
@@ -281,7 +308,14 @@ def parser_for(fmt: str) -> Parser | None:
 
 def _check_param_column(name: str) -> None:
     """A CSV column other than source and id is a param: its name must be one a query
-    string can carry, as ``--param`` and a JSONL line's params keys must."""
+    string can carry, as ``--param`` and a JSONL line's params keys must; and not
+    ``params``, which would be sent as a parameter of that name (each column is one)."""
+    if name.lower() in ("params", "param"):
+        msg = (
+            f"CSV header: column {name!r} would be sent to Deepgram as a parameter of that "
+            "name: each column besides source and id is one parameter (language, diarize, …)"
+        )
+        raise UnusableManifest(msg)
     try:
         params_from_mapping({name: "set"})
     except ValueError as exc:

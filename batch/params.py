@@ -43,6 +43,19 @@ FEATURE_CONCURRENCY: dict[str, int] = {
     "summarize": 10,
     "detect_entities": 5,
 }
+#: Deepgram's query parameters for pre-recorded audio (its API spec), by their names: a
+#: manifest key or CSV column spelled as one of them (``Language``) means it
+DEEPGRAM_PARAMS = frozenset(
+    {
+        "model", "version", "language", "detect_language", "punctuate", "smart_format",
+        "paragraphs", "diarize", "diarize_model", "utterances", "utt_split", "multichannel",
+        "numerals", "measurements", "dictation", "filler_words", "profanity_filter",
+        "redact", "keywords", "keyterm", "search", "replace", "tag", "extra", "callback",
+        "callback_method", "sentiment", "topics", "intents", "detect_entities", "summarize",
+        "custom_topic", "custom_topic_mode", "custom_intent", "custom_intent_mode",
+        "mip_opt_out", "encoding", "sample_rate", "channels",
+    }
+)  # fmt: skip
 #: Output formats that read ``results.utterances`` when Deepgram returns them.
 CAPTION_FORMATS = frozenset({"srt", "vtt"})
 #: The tag every dgbatch request carries, beside its run's own tag.

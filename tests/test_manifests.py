@@ -175,6 +175,37 @@ def test_csv_header_id_and_param_columns(audio: Path) -> None:
     assert (third.source, third.name) == ("https://h/x,y.mp3", "c3")
 
 
+def test_csv_columns_named_as_deepgram_params_are_sent_lowercase(audio: Path) -> None:
+    """A ``Language`` column means ``language`` (Deepgram's names are lowercase; it was
+    sent as ``Language=fr``, which Deepgram does not know); other names are kept."""
+    manifest = _write(audio / "m.csv", "Source,ID,Language,Diarize,My_Custom\na.wav,c1,fr,true,x\n")
+    (item,) = iter_manifest(manifest)
+    assert item.params == (("language", "fr"), ("diarize", "true"), ("My_Custom", "x"))
+
+
+@pytest.mark.parametrize(
+    ("line", "error"),
+    [
+        ({"source": "a.wav", "param": {"language": "fr"}}, "key(s) 'param' not read"),
+        ({"source": "a.wav", "ID": "x", "Params": {}}, "key(s) 'ID', 'Params' not read"),
+        ({"source": "a.wav", "language": "fr"}, "key(s) 'language' not read"),
+        ({"source": "a.wav", "title": "Q3 call", "account": 7}, None),  # the user's own
+        ({"source": "a.wav", "id": "x", "params": {"diarize": True}}, None),
+    ],
+)
+def test_jsonl_keys_meant_to_be_read_are_not_dropped(
+    audio: Path, line: dict[str, object], error: str | None
+) -> None:
+    """A JSONL key that means a param or a line's own key, misspelt, fails the line (it was
+    dropped, and the line paid for with the defaults); a key of the user's own is fine."""
+    manifest = _write(audio / "m.jsonl", json.dumps(line) + "\n")
+    (item,) = iter_manifest(manifest)
+    if error is None:
+        assert item.error is None
+    else:
+        assert (item.error or "").startswith(f"m.jsonl:1: {error}: a line has 'source'")
+
+
 def test_csv_bad_rows_fail_alone(audio: Path) -> None:
     """A CSV row with an empty source, extra cells or a broken quote fails only itself."""
     manifest = _write(
@@ -260,6 +291,7 @@ def test_a_quote_left_open_reads_ahead_only_so_far(audio: Path) -> None:
         ("source,callback\na.wav,https://h/cb\n", "m.csv: CSV header: param 'callback': callback"),
         ("source,lang uage\na.wav,en\n", "m.csv: CSV header: param 'lang uage': invalid key"),
         ("source,x&y=z\na.wav,1\n", "m.csv: CSV header: param 'x&y=z': invalid key"),
+        ("source,params\na.wav,{}\n", "m.csv: CSV header: column 'params' would be sent"),
         # a header line that cannot be read is named as the header, not the next line
         (
             b"source,language\xa0\na.wav,fr\n",
