@@ -266,6 +266,7 @@ async def _run_locked(
                     lock_watch=lock_watch,
                 )
                 await plan.finish(stopped=stats.stop_reason is not None)
+                _say_asked_anew(state.asked_anew)
                 # broken inputs fail while planning, not sending: the state counts both
                 stats.failed = await asyncio.to_thread(state.failed_since, began)
                 counts = await asyncio.to_thread(state.counts)
@@ -288,6 +289,18 @@ async def _run_locked(
     finally:
         secrets.close()
         state.close()
+
+
+def _say_asked_anew(count: int) -> None:
+    """Done items are not sent again for params their manifest lines ask for now: say so,
+    or the edit would seem to have been applied."""
+    if count:
+        log.warning(
+            "%d done item(s) are listed with other params than they were sent with: not sent "
+            "again (their transcripts keep the earlier params; --force with their sources "
+            "re-sends them, paid)",
+            count,
+        )
 
 
 @contextmanager

@@ -47,7 +47,9 @@ FROM new WHERE true
 ON CONFLICT (id) DO UPDATE SET
     source = excluded.source,
     kind = excluded.kind,
-    params = excluded.params,
+    params = CASE WHEN items.status = 'done' AND items.params != excluded.params
+            AND NOT ({changed} OR {force}) AND asked_anew(items.params, excluded.params)
+        THEN excluded.params ELSE excluded.params END,
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'

@@ -118,6 +118,9 @@ class State:
         self.path = path
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
+        db.create_function("asked_anew", 2, self._asked_anew)
+        #: done items listed again with other params of their own, not sent again (PLAN)
+        self.asked_anew = 0
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
         self._file_id = file_id(path) if lock_file is not None else None
@@ -193,6 +196,14 @@ class State:
             self._db.execute("UPDATE runs SET tag = ? WHERE id = ?", (tag, run_id))
 
     # -- planning ------------------------------------------------------------------------
+
+    def _asked_anew(self, stored: str, planned: str) -> int:
+        """Count a done item listed with other params (its manifest line edited): its
+        answer was for the earlier ones, and it is not sent again. ``PLAN`` calls it."""
+        if same_params(stored, planned):
+            return 0
+        self.asked_anew += 1
+        return 1
 
     def plan(
         self,

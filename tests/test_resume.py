@@ -369,6 +369,28 @@ def test_a_pending_url_whose_secret_this_run_lacks_is_not_sent_redacted(
     assert "s3cr3t" not in (out / ".dgbatch" / "state.sqlite").read_bytes().decode("latin-1")
 
 
+def test_done_items_listed_with_other_params_are_said_not_sent_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A manifest line of a done item edited to other params is not sent again, and the
+    run says so (the edit seemed applied: nothing told the user); the same params in
+    another order are no edit."""
+    wav = make_wav(tmp_path / "a.wav")
+    manifest, out = tmp_path / "m.jsonl", tmp_path / "out"
+    said = "1 done item(s) are listed with other params than they were sent with"
+    for params, warned in (
+        ('{"language": "en", "diarize": true}', False),
+        ('{"diarize": true, "language": "en"}', False),
+        ('{"language": "fr", "diarize": true}', True),
+        ('{"language": "fr", "diarize": true}', False),
+    ):
+        manifest.write_text(f'{{"source": "{wav}", "id": "A", "params": {params}}}\n')
+        result = dgbatch("run", str(manifest), "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert (said in result.output) is warned, result.output
+    assert len(emulator.log) == 1
+
+
 def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
     tmp_path: Path,
 ) -> None:
