@@ -59,7 +59,7 @@ from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
 from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals, note_late_signals
-from batch.sources import expand_sources, hidden_clash
+from batch.sources import expand_sources, hidden_clash, manifest_paths
 from batch.state import State, WorkItem
 
 log = logging.getLogger("dgbatch")
@@ -267,6 +267,9 @@ async def _run_locked(
                 )
                 await plan.finish(stopped=stats.stop_reason is not None)
                 _say_asked_anew(state.asked_anew)
+                if stats.stop_reason is None:  # every manifest was read whole
+                    lines = manifest_paths(config.sources)
+                    await asyncio.to_thread(state.forget_stale_lines, lines, run_id)
                 # broken inputs fail while planning, not sending: the state counts both
                 stats.failed = await asyncio.to_thread(state.failed_since, began)
                 counts = await asyncio.to_thread(state.counts)

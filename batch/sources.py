@@ -46,6 +46,7 @@ __all__ = [
     "expand_sources",
     "hidden_clash",  # from batch.urls; imported from here by callers
     "item_for_source",
+    "manifest_paths",
     "scheme_of",  # from batch.urls; imported from here by callers
 ]
 
@@ -394,16 +395,31 @@ def _expand_one(
         return _expand_s3(arg, filters, s3)
     if scheme in ("http", "https"):
         return iter((_checked(item_for_source(arg, base=Path.cwd())),))
-    local = file_url_path(arg) if scheme == "file" else None
+    local = _local_path(arg, scheme)
     if local is not None:
         return _expand_path(arg, local, filters, s3, seen_ids)
-    if scheme:
-        problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
-        msg = (
-            f"{redact_source(arg)}: {problem} (expected a path, a manifest, -, http(s):// or s3://)"
-        )
-        raise SourceError(msg)
-    return _expand_path(arg, os.path.expanduser(arg), filters, s3, seen_ids)
+    problem = "not a local file URL" if scheme == "file" else f"unsupported scheme {scheme!r}"
+    msg = f"{redact_source(arg)}: {problem} (expected a path, a manifest, -, http(s):// or s3://)"
+    raise SourceError(msg)
+
+
+def _local_path(arg: str, scheme: str) -> str | None:
+    """The local path a SOURCE argument of ``scheme`` names ('' for a plain path), or None."""
+    if scheme == "file":
+        return file_url_path(arg)
+    return None if scheme else os.path.expanduser(arg)
+
+
+def manifest_paths(args: Sequence[str]) -> list[str]:
+    """The local manifest files among SOURCE arguments, each as its broken lines' ids
+    begin (``iter_manifest``: ``<absolute path>:<lineno>``)."""
+    paths = []
+    for arg in args:
+        local = _local_path(arg, scheme_of(arg)) if arg and arg != "-" else None
+        suffix = os.path.splitext(local)[1].lower() if local else ""
+        if local and suffix in MANIFEST_SUFFIXES and os.path.isfile(local):
+            paths.append(str(Path(local).absolute()))
+    return paths
 
 
 def expand_sources(

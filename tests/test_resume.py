@@ -391,6 +391,29 @@ def test_done_items_listed_with_other_params_are_said_not_sent_again(
     assert len(emulator.log) == 1
 
 
+def test_broken_lines_that_moved_or_were_fixed_are_not_failures_any_more(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """A broken line is recorded by its number; when a line is inserted above it, or it
+    is fixed, the earlier run's row named a line that is fine now, and every shift added
+    one more failure (13 listed for 8 broken lines). A run that read the manifest whole
+    forgets them."""
+    wavs = [make_wav(tmp_path / f"w{n}.wav", tone=n) for n in range(3)]
+    manifest, out = tmp_path / "m.txt", tmp_path / "out"
+    manifest.write_bytes(f"{wavs[0]}\n\xff\xfe bad\n{wavs[1]}\n".encode("latin-1"))
+    assert dgbatch("run", str(manifest), "--out", str(out)).exit_code == 1
+    manifest.write_bytes(f"{wavs[2]}\n{wavs[0]}\n\xff\xfe bad\n{wavs[1]}\n".encode("latin-1"))
+    shifted = dgbatch("run", str(manifest), "--out", str(out))
+    assert shifted.exit_code == 1, shifted.output
+    failed = dgbatch("report", "--out", str(out), "--failed").output.splitlines()
+    assert len(failed) == 1 and "m.txt:3: invalid UTF-8" in failed[0]
+    manifest.write_text(f"{wavs[2]}\n{wavs[0]}\n{wavs[1]}\n")
+    fixed = dgbatch("run", str(manifest), "--out", str(out))
+    assert fixed.exit_code == 0, fixed.output
+    assert dgbatch("report", "--out", str(out), "--failed").output == ""
+    assert len(emulator.log) == 3
+
+
 def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
     tmp_path: Path,
 ) -> None:
@@ -484,9 +507,10 @@ def test_an_unfinished_force_is_continued_without_force_and_a_failed_start_begin
 def test_a_failure_whose_source_is_gone_no_longer_fails_every_run(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
-    """The exit code is about the run's own items: once a broken manifest line is fixed
-    (or a failed file deleted), its old failed row stays in the state for the report but
-    later runs exit 0, and say it is left out. A failure still listed still exits 1."""
+    """The exit code is about the run's own items: once a failed file is no longer
+    listed, its old failed row stays in the state for the report but later runs exit 0,
+    and say it is left out (a broken line fixed is forgotten). A failure still listed
+    still exits 1."""
     make_wav(tmp_path / "one.wav")
     make_wav(tmp_path / "two.wav", tone=1)
     (tmp_path / "empty.wav").write_bytes(b"")
@@ -500,8 +524,8 @@ def test_a_failure_whose_source_is_gone_no_longer_fails_every_run(
     manifest.write_text('{"source": "one.wav"}\n{"source": "two.wav"}\n')
     fixed = dgbatch("run", str(manifest), "--out", str(out))
     assert fixed.exit_code == 0, fixed.output
-    assert "2 failed item(s) of earlier runs are not among this run's sources" in fixed.output
-    assert "state: 2 done, 2 failed, 0 pending" in fixed.output
+    assert "1 failed item(s) of earlier runs are not among this run's sources" in fixed.output
+    assert "state: 2 done, 1 failed, 0 pending" in fixed.output
     assert len(emulator.log) == 2  # one.wav and two.wav, each once
 
 
