@@ -27,11 +27,18 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from batch.budget import audio_span
 from batch.client import USER_AGENT
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import Interrupted, ItemError, StateError
-from batch.job import refuse_report_place, start_plan, warn_over_deepgrams_limit
+from batch.job import (
+    budget_seconds,
+    refuse_report_place,
+    start_plan,
+    used_audio,
+    warn_over_deepgrams_limit,
+)
 from batch.keeping import Keeping
 from batch.media import check_path, sniff_path
 from batch.models import ItemKind, Params
@@ -97,6 +104,9 @@ class Estimate:
     cost_by_model: dict[str, float | None] = field(default_factory=dict)
     price_source: str = PRICES_AS_OF
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: ``--max-audio-hours`` / ``--max-cost`` as seconds of audio, and what the state used
+    cap_seconds: float | None = None
+    used_seconds: float = 0.0
 
     @property
     def cost(self) -> float | None:
@@ -136,8 +146,18 @@ class Estimate:
                 m: None if c is None else round(c, 4) for m, c in self.cost_by_model.items()
             },
             "prices": self.price_source,
+            "budget_seconds": self.cap_seconds,
+            "budget_used_seconds": round(self.used_seconds, 3),
+            "over_budget": self.over_budget,
             "examples": self.examples,
         }
+
+    @property
+    def over_budget(self) -> bool:
+        """The audio to send, with what the state used, passes the budget cap: the run
+        would stop there (exit 1), the rest pending."""
+        total = self.used_seconds + self.measured_seconds + self.guessed_seconds
+        return self.cap_seconds is not None and total > self.cap_seconds
 
 
 async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
@@ -277,7 +297,9 @@ def _estimate(
         per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
     if config.price_per_hour is not None:
-        result.price_source = f"--price-per-hour {config.price_per_hour}"
+        result.price_source = f"--price-per-hour {config.price_per_hour:g}"
+    result.cap_seconds = budget_seconds(config)
+    result.used_seconds = used_audio(state)[0] if result.cap_seconds is not None else 0.0
     return result
 
 
@@ -384,12 +406,27 @@ def format_estimate(estimate: Estimate) -> str:
         f"item(s), {e['guessed_seconds'] / 3600:.3f} h guessed from sizes, "
         f"{e['items_without_estimate']} item(s) unknown",
         f"estimated cost: {_cost_text(e)}",
+        *_budget(e),
     ]
     lines += [f"  {x['source']} → {', '.join(x['outputs'])}" for x in e["examples"]]
     written = e["to_send"] + e["dedupe_copies"] + e["kept_answers"]
     if written > len(e["examples"]):
         lines.append(f"  … and {written - len(e['examples'])} more")
     return "\n".join(lines)
+
+
+def _budget(e: dict[str, Any]) -> list[str]:
+    """The line for ``--max-audio-hours`` / ``--max-cost`` (none without a cap)."""
+    cap = e["budget_seconds"]
+    if cap is None:
+        return []
+    used = f"{audio_span(e['budget_used_seconds'])} already transcribed in this state"
+    if not e["over_budget"]:
+        return [f"budget: {audio_span(cap)} of audio, {used}: the estimate fits"]
+    return [
+        f"budget: {audio_span(cap)} of audio, {used}: the estimate passes it, so the run "
+        "would stop there (exit 1, the rest pending)"
+    ]
 
 
 def _failing(by_code: dict[str, int]) -> list[str]:
@@ -403,14 +440,13 @@ def _failing(by_code: dict[str, int]) -> list[str]:
 def _cost_text(e: dict[str, Any]) -> str:
     """The cost, marked as a lower bound (``≥``) when items of unknown length add to it."""
     cost = e["estimated_cost_usd"]
+    prices = e["prices"]
+    at = f"at {prices}" if prices.startswith("--") else f"at list prices {prices}"
     if cost is None:
-        return f"unknown (pass --price-per-hour) at list prices {e['prices']}"
+        return f"unknown (pass --price-per-hour) {at}"
     if not e["cost_is_lower_bound"]:
-        return f"{_usd(cost)} at list prices {e['prices']}"
-    return (
-        f"≥ {_usd(cost)} at list prices {e['prices']}, "
-        f"plus {e['items_without_estimate']} item(s) of unknown length"
-    )
+        return f"{_usd(cost)} {at}"
+    return f"≥ {_usd(cost)} {at}, plus {e['items_without_estimate']} item(s) of unknown length"
 
 
 #: items written without being sent: what --dedupe folded, and those an earlier run paid

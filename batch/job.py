@@ -137,7 +137,7 @@ async def run_batch(
 async def _run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
-    cap = _cap_seconds(config)
+    cap = budget_seconds(config)
     warn_over_deepgrams_limit(config)
     s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
     report = RunReport(
@@ -319,7 +319,7 @@ def _recorded_if_stopped(state: State, run_id: int) -> Iterator[None]:
         raise
 
 
-def _cap_seconds(config: RunConfig) -> float | None:
+def budget_seconds(config: RunConfig) -> float | None:
     """The budget in seconds of audio, from hours and/or USD (the stricter wins)."""
     per_hour = None
     if config.max_cost is not None:

@@ -312,6 +312,32 @@ def test_max_cost_converts_with_the_price(dgbatch: Cli, emulator: Emulator, tmp_
     assert len(emulator.log) == 1
 
 
+def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A dry run under ``--max-cost`` or ``--max-audio-hours`` says whether the estimate
+    fits the cap (counting what the state transcribed), as the run then behaves: it
+    printed a cost over the cap and exit 0, and the run stopped halfway."""
+    for n in range(4):
+        make_wav(tmp_path / "in" / f"{n}.wav", 1.0, tone=n)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1")
+    over = dgbatch(*args, "--dry-run", "--max-cost", "0.0025", "--price-per-hour", "3.6")
+    assert over.exit_code == 0, over.output
+    assert "at --price-per-hour 3.6" in over.output
+    assert (
+        "budget: 2.5 s of audio, 0.0 s already transcribed in this state: the estimate "
+        "passes it, so the run would stop there" in over.output
+    )
+    dry = dgbatch(*args, "--dry-run", "--json", "--max-audio-hours", str(5 / 3600))
+    estimate = json.loads(dry.output)
+    assert (estimate["over_budget"], estimate["budget_seconds"]) == (False, 5.0)
+    assert emulator.log == []
+    ran = dgbatch(*args, "--max-cost", "0.0025", "--price-per-hour", "3.6")
+    assert ran.exit_code == 1 and "audio budget reached" in ran.output
+    after = dgbatch(*args, "--dry-run", "--max-audio-hours", str(5 / 3600))
+    assert "2.0 s already transcribed in this state: the estimate fits" in after.output
+
+
 def test_json_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
     """``--json`` without ``--dry-run`` is a usage error and sends nothing."""
     make_wav(tmp_path / "in" / "a.wav")

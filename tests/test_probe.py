@@ -249,7 +249,7 @@ def test_dry_run_cost_of_urls_of_unknown_length_is_a_lower_bound(
         only_urls = dgbatch("run", *urls, *options, "--dry-run", key=None).output
     assert estimate["cost_is_lower_bound"] is True and estimate["items_without_estimate"] == 2
     assert estimate["estimated_cost_usd"] == pytest.approx(0.02)  # 2 s at $36/h
-    assert "estimated cost: ≥ $0.0200 at list prices --price-per-hour 36.0, plus 2 item(s)" in text
+    assert "estimated cost: ≥ $0.0200 at --price-per-hour 36, plus 2 item(s)" in text
     assert "(+2 item(s) of unknown size)" in text
     assert "estimated cost: ≥ $0.0000" in only_urls
     assert "plus 2 item(s) of unknown length" in only_urls
