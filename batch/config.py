@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import math
 import os
+import re
 import shlex
 import stat
 import sys
@@ -133,6 +134,18 @@ def default_state_path(
     cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     digest = hashlib.sha256(out.rstrip("/").encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
+
+
+def shard_states(out: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The shards (``K/N``) whose states for ``out`` are on this machine
+    (``default_state_path``), for a reader that named none."""
+    probe = default_state_path(out, Shard(0, 1), environ).parent
+    pattern = probe.name.replace("shard-0-of-1", "shard-*-of-*") + "/state.sqlite"
+    found = (_SHARD_DIR_RE.search(path.parent.name) for path in probe.parent.glob(pattern))
+    return sorted(f"{m[1]}/{m[2]}" for m in found if m)
+
+
+_SHARD_DIR_RE = re.compile(r"shard-(\d+)-of-(\d+)$")
 
 
 def invoked_command() -> str:

@@ -25,6 +25,7 @@ from batch.config import (
     default_state_path,
     invoked_command,
     load_api_key,
+    shard_states,
 )
 from batch.errors import UsageError
 from batch.formats import parse_formats
@@ -78,9 +79,11 @@ def _state_to_read(given: str, out: str | None, shard: str | None) -> Path:
     if out is not None:
         kept = default_state_path(out, _shard(shard))
         if not kept.exists():
+            shards = shard_states(out) if shard is None else []
+            hint = f"; shards here: pass --shard {' or '.join(shards)}" if shards else ""
             msg = (
                 f"no state for {out} on this machine: {kept} does not exist "
-                "(a run given --state keeps it where that named)"
+                f"(a run given --state keeps it where that named){hint}"
             )
             raise click.BadParameter(msg, param_hint="--out")
         return kept

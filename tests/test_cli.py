@@ -29,6 +29,7 @@ from batch.config import check_api_url, check_out, default_state_path
 from batch.emulator import Emulator
 from batch.errors import UsageError
 from batch.report import REPORT_FIELDS
+from batch.shard import Shard
 
 
 def _failed(out: Path) -> dict[str, str]:
@@ -727,6 +728,21 @@ def test_status_and_report_find_a_runs_state_by_its_out(
         assert '"status":"done"' in dgbatch("report", *where).output
     shard = dgbatch("status", "--out", "out", "--shard", "0/2", "--json")
     assert json.loads(shard.output)["state"] == str(Path("out/.dgbatch/shard-0-of-2/state.sqlite"))
+
+
+@pytest.mark.parametrize("out", ["out", "s3://bucket/night/"])
+def test_reading_a_sharded_out_without_shard_names_its_shards(
+    tmp_path: Path, dgbatch: Cli, monkeypatch: pytest.MonkeyPatch, out: str
+) -> None:
+    """``status --out OUT`` on an OUT run only as shards said no state was there; it
+    names the shards it has (the S3 states in the cache too)."""
+    monkeypatch.chdir(tmp_path)
+    for shard in (Shard(1, 2), Shard(0, 2)):
+        default_state_path(out, shard).parent.mkdir(parents=True)
+        default_state_path(out, shard).write_bytes(b"")
+    result = dgbatch("status", "--out", out)
+    assert result.exit_code == 2
+    assert "shards here: pass --shard 0/2 or 1/2" in result.output
 
 
 @pytest.mark.parametrize(
