@@ -159,12 +159,13 @@ def test_the_temporary_database_failing_with_requests_in_flight_loses_no_paid_an
     kept). Files never look it up (their paths are never redacted), and a failure reading it
     no longer left the dispatch loop without waiting for the requests in flight."""
     calls = [0]
+    real_get = RealSources.get
 
     def failing_after_8(self: RealSources, item_id: str, default: str) -> str:
         calls[0] += 1
         if calls[0] > 8:
             return _unreadable(self, item_id, default)
-        return default
+        return real_get(self, item_id, default)
 
     make_wav(tmp_path / "media" / "a.wav", 0.2)
     files = [make_wav(tmp_path / "in" / f"f{n:03}.wav", 0.2, tone=n) for n in range(40)]
