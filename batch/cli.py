@@ -8,6 +8,7 @@ Exit codes (each ``BatchError`` subclass carries its own, see ``batch.errors``):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import errno
 import json
@@ -88,6 +89,50 @@ class _Commands(click.Group):
             ctx.exit(0)
 
 
+#: a write whose reader is gone: a closed pipe, a terminal that was closed (EIO)
+_READER_GONE = frozenset({errno.EPIPE, errno.EIO})
+
+
+class _Unread:
+    """A stream that goes on when its reader is gone (``dgbatch run … | logger`` whose
+    logger died, ``2>&1 | head``, a closed terminal): from the first broken pipe on, what
+    is written goes to /dev/null. A run stopped by it left items in flight, re-sent and
+    paid again by the next run; it finishes instead, as under ``nohup``."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            self._discard(exc)
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self._discard(exc)
+
+    def _discard(self, exc: OSError) -> None:
+        if exc.errno not in _READER_GONE:
+            raise exc
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+        with contextlib.suppress(OSError):
+            self._stream.flush()  # what was buffered for the reader that left
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _outlive_readers() -> None:
+    """Keep a run going whatever becomes of the readers of its stdout and stderr."""
+    sys.stdout, sys.stderr = _Unread(sys.stdout), _Unread(sys.stderr)
+
+
 def _reader_gone(stream: Any) -> bool:
     """Whether ``stream`` is a pipe or socket whose reading end is closed (POLLERR)."""
     try:
@@ -128,6 +173,7 @@ def run(**opts: Any) -> None:
             report_refusal(opts["run_report"], str(opts["out"]), opts["s3_endpoint_url"], exc)
             fail(exc)
         try:
+            _outlive_readers()
             setup_logging(opts["verbose"], (config.api_key,))
             progress = make_progress("none" if opts["quiet"] else opts["progress"])
             outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))

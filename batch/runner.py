@@ -33,6 +33,7 @@ from batch.progress import Progress
 from batch.realsources import RealSources
 from batch.redact import redact_text
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
+from batch.signals import stop_signals
 from batch.state import Result, State, WorkItem
 
 __all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
@@ -470,7 +471,7 @@ class Runner:
         if not self._handle_signals:
             return
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.interrupt, sig)
 
@@ -478,12 +479,12 @@ class Runner:
         if not self._handle_signals:
             return
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.remove_signal_handler(sig)
 
     def interrupt(self, sig: signal.Signals) -> None:
-        """SIGINT/SIGTERM: stop dispatching; a second one cancels in-flight requests."""
+        """SIGINT/SIGTERM/SIGHUP: stop dispatching; a second one cancels in-flight requests."""
         self._signals += 1
         name = signal.Signals(sig).name
         self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))

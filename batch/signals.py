@@ -1,4 +1,4 @@
-"""One SIGINT/SIGTERM handler for a whole run, routed to whichever phase is running."""
+"""One SIGINT/SIGTERM/SIGHUP handler for a whole run, routed to whichever phase is running."""
 
 from __future__ import annotations
 
@@ -10,6 +10,19 @@ import threading
 from collections.abc import Callable, Iterator
 
 from batch.errors import Interrupted
+
+#: SIGHUP (the terminal closed: an ssh session that dropped) was ignored when this
+#: process started (``nohup``): it stays ignored
+_HUP_IGNORED = signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+
+def stop_signals() -> tuple[signal.Signals, ...]:
+    """The signals that stop a run cleanly: SIGINT, SIGTERM, and SIGHUP (by default it
+    killed the run as ``kill -9`` does, its in-flight requests paid again), unless the
+    run was started ignoring it."""
+    if _HUP_IGNORED:
+        return (signal.SIGINT, signal.SIGTERM)
+    return (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 class SignalLatch:
@@ -52,12 +65,12 @@ def latched_signals() -> Iterator[SignalLatch]:
     """Install the latch on the running loop for the duration of the block."""
     latch = SignalLatch()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in stop_signals():
         loop.add_signal_handler(sig, latch, sig)
     try:
         yield latch
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             loop.remove_signal_handler(sig)  # which restores the default (KeyboardInterrupt)
 
 
@@ -66,7 +79,7 @@ def note_late_signals() -> None:
     (see ``_after_the_run``). Only a run calls it: a dry run still probes after its plan,
     and a Ctrl-C must stop that."""
     if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in stop_signals():
             signal.signal(sig, _after_the_run)
 
 
@@ -94,3 +107,4 @@ def defaults_restored() -> Iterator[None]:
         if threading.current_thread() is threading.main_thread():  # signal.signal's rule
             signal.signal(signal.SIGINT, signal.default_int_handler)
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.signal(signal.SIGHUP, signal.SIG_IGN if _HUP_IGNORED else signal.SIG_DFL)

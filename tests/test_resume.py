@@ -157,6 +157,27 @@ def test_runs_with_other_shard_settings_on_one_out_exclude_each_other(tmp_path: 
         assert sum(sent_sha256s(emu).values()) == 6
 
 
+@pytest.mark.timeout(60)
+def test_a_run_whose_output_reader_goes_away_finishes(tmp_path: Path) -> None:
+    """``dgbatch run … 2>&1 | head -1`` (or a ``| logger`` that died): the run ended at
+    its next progress line with exit 0, items left in flight, re-sent and paid again by
+    the next run. It finishes now, its output discarded."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 12)
+    with emulator_with(latency=0.1) as emu:
+        command = [*dgbatch_subprocess_cmd(), "run", str(src), "--out", str(out), "-c", "2",
+                   "--api-url", emu.url, "--progress", "log", "-v"]  # fmt: skip
+        proc = subprocess.Popen(
+            command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert proc.stdout is not None
+        assert proc.stdout.readline()  # the first line, as ``head -1`` reads it
+        proc.stdout.close()
+        assert proc.wait(timeout=50) == 0
+        assert sum(sent_sha256s(emu).values()) == 12
+    assert _statuses(out / ".dgbatch" / "state.sqlite") == ["done"] * 12
+
+
 def test_the_output_lock_never_keeps_a_run_out_alone(tmp_path: Path, emulator: Emulator) -> None:
     """The lock of a local ``--out`` is not a reason to refuse a run on its own: a state
     named ``OUT/.dgbatch/out`` (whose lock is that file) ran, and so does an ``--out``
@@ -234,17 +255,22 @@ def _json_list(text: object) -> list[str]:
 
 
 @pytest.mark.timeout(60)
-def test_sigterm_is_an_interruption_too(tmp_path: Path) -> None:
-    """SIGTERM (systemd, Kubernetes) stops the run like Ctrl-C: exit 130, nothing left running."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_and_sighup_are_interruptions_too(tmp_path: Path, sig: signal.Signals) -> None:
+    """SIGTERM (systemd, Kubernetes) and SIGHUP (the terminal closed, an ssh session that
+    dropped) stop the run like Ctrl-C: exit 130, nothing left running, and the next run
+    sends nothing twice. SIGHUP killed the run as ``kill -9`` does (exit 129)."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 20)
     with emulator_with(latency=0.2) as emu:
         proc = start_run(emu, str(src), "--out", str(out), "-c", "2")
         wait_for(lambda: len(emu.log) >= 2 or proc.poll() is not None)
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.communicate(timeout=30)
-    assert proc.returncode == 130
-    assert "running" not in _statuses(out / ".dgbatch" / "state.sqlite")
+        assert proc.returncode == 130
+        assert "running" not in _statuses(out / ".dgbatch" / "state.sqlite")
+        assert Cli(emu)("run", str(src), "--out", str(out)).exit_code == 0
+        assert set(sent_sha256s(emu).values()) == {1}
 
 
 @pytest.mark.timeout(60)
