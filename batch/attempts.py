@@ -51,6 +51,7 @@ class Attempts:
         *,
         secret_sources: RealSources,
         tries: dict[str, tuple[int, int, int]],
+        note_tries: Callable[[str, int, int], None],
         stopped: asyncio.Event,
         stop: Callable[[BatchError], None],
         sleep: Sleep,
@@ -68,6 +69,8 @@ class Attempts:
         self._adoption = adoption
         #: the runner's per in-flight item (attempts, possibly billed retries) so far
         self._tries = tries
+        #: keeps the tries of an item that will try again in the state (``State.note_tries``)
+        self._note_tries = note_tries
         self._stopped = stopped
         self._sleep = sleep
         self._rng = rng
@@ -86,10 +89,9 @@ class Attempts:
             error = f"{item.source}: no sender for {item.kind.value} items in this run"
             return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
         item, settled = await self._settled_unsent(item)
+        settled = settled or _secret_not_given(item, source)
         if settled is not None:
             return settled
-        if item.kind is ItemKind.URL and REDACTED in source:  # as stored: no real one given
-            return _secret_not_given(item)
         attempts, timeouts, paid_200s = item.attempts, 0, item.paid_200s
         # tries an earlier run made count (a stop left the item pending): --max-retries
         # bounds the item's requests, not each run's; a pending item gets one try at least
@@ -321,6 +323,8 @@ class Attempts:
             return dataclasses.replace(failed, error=error, retry_next=again)
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
+        tried, _, paid_200s = self._tries[item.id]  # kept, should a kill -9 cut the backoff
+        self._note_tries(item.id, tried, paid_200s)
         self.stats.retries += 1
         self.progress.retried()
         delay = retry.retry_delay(
@@ -374,11 +378,14 @@ def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:
     return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
 
 
-def _secret_not_given(item: WorkItem) -> Result:
-    """An item an earlier run left pending whose URL held a secret (a token, a
-    signature), which the state does not keep, and which this run's sources do not give:
-    sent as stored, it went out with ``REDACTED`` for the secret. It fails unsent, and
-    the next run that lists its URL sends it (``retry_next``)."""
+def _secret_not_given(item: WorkItem, source: str) -> Result | None:
+    """The result of a URL an earlier run left pending whose secret (a token, a
+    signature) the state does not keep, and which this run's sources do not give
+    (``source`` is the stored one): sent as stored, it went out with ``REDACTED`` for the
+    secret. It fails unsent, and the next run that lists its URL sends it (``retry_next``).
+    None for any other item."""
+    if item.kind is not ItemKind.URL or REDACTED not in source:
+        return None
     error = (
         f"{item.source}: its URL holds a secret that the state does not keep, and this "
         "run's sources do not list it: not sent; list its manifest (or URL) again to send it"

@@ -189,6 +189,14 @@ WHERE id = ?
 """
 
 
+# The tries of an item still running (it waits to try again): its result, when it comes,
+# has them too; an item recorded meanwhile is left alone.
+TRIES = """
+UPDATE items SET attempts = MAX(attempts, ?), paid_200s = MAX(paid_200s, ?)
+WHERE id = ? AND status = 'running'
+"""
+
+
 def result_row(r: Result, now: float) -> tuple[object, ...]:
     """``FLUSH``'s parameters. No None: sqlite3 runs each None through its adapter lookup,
     so "not known" is '' for text and -1 for numbers, as in ``batch.planrows.PLAN``."""

@@ -130,6 +130,7 @@ class Runner:
             self.stats,
             secret_sources=self.secret_sources,
             tries=self._tries,
+            note_tries=state.note_tries,
             stopped=self._stopped,
             stop=self.stop,
             sleep=sleep,

@@ -46,6 +46,7 @@ from batch.planrows import (
 from batch.records import (
     COLUMNS,
     FLUSH,
+    TRIES,
     PlanStats,
     Result,
     WorkItem,
@@ -129,6 +130,8 @@ class State:
         #: append and popleft are atomic), so recording never waits for a statement that
         #: another thread is running; flushes drain it under the mutex
         self._buffer: deque[Result] = deque()
+        #: (attempts, paid 200s, id) of items waiting to try again (``note_tries``)
+        self._tries: deque[tuple[int, int, str]] = deque()
         #: rows per plan statement, from SQLite's parameter limit (0: not asked yet)
         self._statement_rows = 0
 
@@ -536,9 +539,16 @@ class State:
         """Buffer a result; ``flush`` (called by the runner's flusher) commits the group."""
         self._buffer.append(result)
 
+    def note_tries(self, item_id: str, attempts: int, paid_200s: int) -> None:
+        """Buffer the tries of an item that will try again (its result comes later): a
+        ``kill -9`` in its backoff lost them, and the next run sent it as if new, so
+        neither ``--max-retries`` nor "a 200 without a transcript once more at most" held
+        across kills. Committed with the next group of results."""
+        self._tries.append((attempts, paid_200s, item_id))
+
     def pending_results(self) -> int:
-        """How many results wait to be committed."""
-        return len(self._buffer)
+        """How many results (and tries) wait to be committed."""
+        return len(self._buffer) + len(self._tries)
 
     def flush(self) -> None:
         """Commit every buffered result in one transaction."""
@@ -546,12 +556,14 @@ class State:
             self._flush_locked()
 
     def _flush_locked(self) -> None:
-        if not self._buffer:
+        if not self._buffer and not self._tries:
             return
         batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
+        tries = [self._tries.popleft() for _ in range(len(self._tries))]
         now = time.time()
         with self._writing(batch), self._db:
             self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
+            self._db.executemany(TRIES, tries)  # after: an item's own result supersedes it
             kept = [(r.id,) for r in batch if r.kept]
             for statement in _KEPT_WRITTEN if kept else ():
                 self._db.executemany(statement, kept)

@@ -678,6 +678,34 @@ def test_a_stop_in_the_backoff_after_a_200_without_a_transcript_remembers_it(
 
 
 @pytest.mark.timeout(60)
+def test_a_kill_9_in_the_backoff_keeps_the_tries_made(tmp_path: Path) -> None:
+    """Tries were written only with the item's result: a ``kill -9`` while it waited to
+    try again lost them, and each next run sent it as if new (5 paid 200s without a
+    transcript for one recording over three kills; 7 requests under ``--max-retries 2``).
+    The state keeps them once the item is to try again: one more try, not two."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    make_wavs(src, 1)
+    state = out / ".dgbatch" / "state.sqlite"
+    with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
+        slow = ("--backoff-base", "1000", "--backoff-cap", "1000")
+        proc = subprocess.Popen(
+            _run_cmd(emu, str(src), "--out", str(out), *slow),
+            env=subprocess_env(),
+            stderr=subprocess.PIPE,
+        )
+
+        def tried() -> bool:
+            rows = read_state_rows(state) if state.exists() else []
+            return bool(rows) and int(str(rows[0]["attempts"])) >= 1
+
+        stop_when(proc, tried, proc.kill)
+        (row,) = read_state_rows(state)
+        assert (row["attempts"], row["paid_200s"]) == (1, 1)
+        again = subprocess.run(_run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env())
+        assert again.returncode == 1 and len(emu.log) == 2
+
+
+@pytest.mark.timeout(60)
 def test_the_grace_holds_when_the_run_was_stopping_already(tmp_path: Path) -> None:
     """A Ctrl-C while the run was stopping for its budget waited for every request (15 s
     here), ignoring --grace: a service manager's stop timeout would kill it."""
