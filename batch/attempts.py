@@ -103,7 +103,7 @@ class Attempts:
             epoch = self.limit.epoch
             answer: Answer | None
             try:
-                answer, decision = await self._attempt(sender, item, source)
+                answer, decision = await self._attempt(sender, item, source, tries)
                 billed = answer.status == 200  # a 200 retried (not a transcript) was paid
             except ItemError as exc:  # found before the request went out: no attempt
                 attempts = self._not_sent(item, attempts, timeouts)
@@ -127,13 +127,11 @@ class Attempts:
                 self._tries[item.id] = (attempts, timeouts, paid_200s)
                 decision = _once_more_at_most(decision, paid_200s)
             outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
+            timeouts = self._billed_retries(timeouts, billed, decision, outcome)
+            self._tries[item.id] = (attempts, timeouts, paid_200s)
             if outcome is not None:  # every way out keeps the possibly billed retries
                 tallied = _with_tallies(outcome, timeouts, paid_200s)
                 return self._unless_unreachable(tallied, unreachable)
-            if billed:  # retried a request Deepgram may have processed, and billed: count it
-                timeouts += 1
-                self.stats.timeout_retries += 1
-                self._tries[item.id] = (attempts, timeouts, paid_200s)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
     async def _settled_unsent(self, item: WorkItem) -> tuple[WorkItem, Result | None]:
@@ -170,6 +168,18 @@ class Attempts:
             self.stats.skipped += 1
         return item, done
 
+    def _billed_retries(
+        self, counted: int, billed: bool, decision: Decision, outcome: Result | None
+    ) -> int:
+        """``counted`` retries of requests Deepgram may have processed (and billed), and
+        this try's when it is ``billed`` and is retried: now (no ``outcome`` yet), or by
+        the next run, a stop in its backoff having left it pending (it went uncounted)."""
+        stopped = outcome is not None and outcome.status is ItemStatus.PENDING
+        if not billed or (outcome is not None and not stopped) or decision.action != Action.RETRY:
+            return counted
+        self.stats.timeout_retries += 1
+        return counted + 1
+
     def _not_sent(self, item: WorkItem, attempts: int, timeouts: int) -> int:
         """The try counted in ``attempts`` reached no one (found before the request, or no
         connection made): it is no attempt, and was not sent. The attempts without it."""
@@ -191,9 +201,12 @@ class Attempts:
         return dataclasses.replace(result, status=ItemStatus.PENDING)
 
     async def _attempt(
-        self, sender: Sender, item: WorkItem, source: str
+        self, sender: Sender, item: WorkItem, source: str, tries: int
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
+        if tries > 1:  # a retry, of this run's try or of an earlier run's (a stop between)
+            self.stats.retries += 1
+            self.progress.retried()
         answer = await sender(self.client, item, source)
         if answer.truncated and answer.status == 200:  # cut the same way on every try: a
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
@@ -325,8 +338,6 @@ class Attempts:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
         tried, _, paid_200s = self._tries[item.id]  # kept, should a kill -9 cut the backoff
         self._note_tries(item.id, tried, paid_200s)
-        self.stats.retries += 1
-        self.progress.retried()
         delay = retry.retry_delay(
             decision,
             tries,

@@ -663,18 +663,26 @@ def test_a_stop_in_the_backoff_after_a_200_without_a_transcript_remembers_it(
 ) -> None:
     """The second review: a Ctrl-C in the backoff after a broken 200 left the item pending
     with ``paid_200s`` 0 (only a cancelled request kept it): five paid 200s for one
-    recording over five runs. The next run makes one try, not two."""
+    recording over five runs. The next run makes one try, not two. Its retry of a paid
+    request counts as possibly billed (it went uncounted when a stop came between), and
+    as a retry where it is made (the stopped run said "retried 1", the next "retried 0")."""
     src, out = tmp_path / "calls", tmp_path / "out"
     make_wavs(src, 1)
     with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
         cmd = _run_cmd(emu, str(src), "--out", str(out), "--backoff-base", "30")
         proc = subprocess.Popen(cmd, env=subprocess_env(), stderr=subprocess.PIPE)
         interrupt = lambda: proc.send_signal(signal.SIGINT)  # noqa: E731
-        stop_when(proc, lambda: len(emu.log) >= 1, interrupt, pause=0.3)  # in the backoff
+        said = stop_when(proc, lambda: len(emu.log) >= 1, interrupt, pause=0.3)  # in the backoff
         (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
         assert (proc.returncode, row["status"], row["paid_200s"]) == (130, "pending", 1)
-        again = subprocess.run(_run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env())
+        assert row["timeout_retries"] == 1 and b"retried 0 (1 possibly billed)" in said
+        again = subprocess.run(
+            _run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env(), capture_output=True
+        )
         assert again.returncode == 1 and len(emu.log) == 2
+        assert b"retried 1 (0 possibly billed)" in again.stderr
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["attempts"], row["timeout_retries"]) == (2, 1)
 
 
 @pytest.mark.timeout(60)
