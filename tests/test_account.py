@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
-from conftest import KEY, Cli, make_wav, serve_app
+from conftest import KEY, Cli, emulator_with, make_wav, serve_app
 
 from batch.account import KeyDetails, TransientAccountError, _status_error, preflight
 from batch.emulator import Emulator
@@ -230,6 +230,25 @@ def test_usage_finds_a_duplicated_request(dgbatch: Cli, emulator: Emulator, tmp_
     assert report["transcribed_hours"] == pytest.approx(3 * 0.5 / 3600, abs=1e-6)
     assert report["usage_requests"] == 4
     assert dgbatch(*args, key="bad").exit_code == 3
+
+
+def test_usage_does_not_call_an_injected_error_paid(tmp_path: Path) -> None:
+    """The emulator listed its injected 503s as billed 200s, so ``dgbatch usage`` said
+    "paid but unused: 2" for a run whose two 503s Deepgram bills nothing; they are listed
+    with their status now."""
+    make_wav(tmp_path / "in" / "a.wav", 0.5)
+    out = tmp_path / "out"
+    state = out / ".dgbatch" / "state.sqlite"
+    with emulator_with(fault_rate=1.0, faults=("503",)) as emu:
+        cli = Cli(emu)
+        run = cli("run", str(tmp_path / "in"), "--out", str(out), "--max-retries", "1",
+                  "--backoff-base", "0.01")  # fmt: skip
+        assert run.exit_code == 1, run.output
+        usage = cli("usage", "--project", "p-1", "--state", str(state), "--api-url", emu.url,
+                    "--json")  # fmt: skip
+    assert usage.exit_code == 0, usage.output
+    report = json.loads(usage.output)
+    assert (report["requests"], report["unmatched_requests"], report["billed_hours"]) == (2, [], 0)
 
 
 def test_reconcile_pages_and_tags() -> None:

@@ -128,9 +128,12 @@ def _tags_of(record: RequestRecord) -> list[str]:
 
 def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
     """One request as Deepgram's management API lists it. A request the emulator processed
-    counts as a 200 even if a fault then spoiled the answer: Deepgram bills those too."""
-    seconds = record.duration
-    code = 200 if seconds is not None else record.status
+    counts as a 200 even if a fault then spoiled the answer on its way (cut short, garbage,
+    a dropped connection): Deepgram bills those too. One answered with an error status
+    (an injected 429 or 5xx) was not processed, and is listed with that status, unbilled."""
+    billed = record.duration is not None and not (record.fault or "").isdigit()
+    seconds = record.duration if billed else None
+    code = 200 if billed else record.status
     query = "&".join(f"{key}={value}" for key, value in record.params)
     created = _iso_time(record.time)
     details: dict[str, Any] = {
