@@ -210,7 +210,8 @@ def format_reconciliation(result: Reconciliation) -> str:
     """The human-readable reconciliation."""
     r = result
     lines = [
-        f"run #{r.run_id} (tag {r.tag or 'none: whole window'}), {r.window[0]} → {r.window[1]}",
+        f"run #{r.run_id} (tag {r.tag or 'none: whole window'}), Deepgram's log searched "
+        f"{r.window[0]} → {r.window[1]} (the run ± {WINDOW_SLACK / 60:g} min)",
         f"Deepgram recorded {r.requests} request(s) for it: {r.succeeded} succeeded, "
         f"{r.failed} failed; billed audio {r.billed_seconds / 3600:.4f} h",
         f"state: {r.items_done} item(s) done by this run, {r.items_matched} matched to a "

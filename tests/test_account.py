@@ -217,6 +217,7 @@ def test_usage_finds_a_duplicated_request(dgbatch: Cli, emulator: Emulator, tmp_
     clean = dgbatch(*args)
     assert clean.exit_code == 0, clean.output
     assert "3 succeeded" in clean.output and "3 matched" in clean.output
+    assert "Deepgram's log searched" in clean.output and "(the run ± 2 min)" in clean.output
     db = sqlite3.connect(state)
     (tag,) = db.execute("SELECT tag FROM runs").fetchone()
     db.close()
