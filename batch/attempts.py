@@ -115,7 +115,8 @@ class Attempts:
                 answer = exc.partial  # a 200 cut short: its status and request id are kept
                 billed = exc.body_sent and exc.reached  # Deepgram may have it
                 unbilled = not billed and answer is None
-                decision = Decision(Action.RETRY, str(exc), unbilled=unbilled)  # for the report
+                code = "timeout" if exc.timeout else "connection_failed"
+                decision = Decision(Action.RETRY, str(exc), code, unbilled=unbilled)
                 unreachable = exc.connect_failed
                 if not exc.reached:
                     attempts = self._not_sent(item, attempts, timeouts)
@@ -210,7 +211,7 @@ class Attempts:
         answer = await sender(self.client, item, source)
         if answer.truncated and answer.status == 200:  # cut the same way on every try: a
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
-            return answer, Decision(Action.FAIL, reason)  # retry would pay for it again
+            return answer, Decision(Action.FAIL, reason, "answer_too_long")  # paid at each try
         decision = retry.classify_response(answer.status, answer.body, answer.retry_after)
         return answer, retry.own_refusal(self._without_key(decision), answer.status, item.params)
 
@@ -386,7 +387,9 @@ def _once_more_at_most(decision: Decision, paid_200s: int) -> Decision:
     if paid_200s < 2:
         return decision
     reason = f"{decision.reason}; a second 200 without a transcript (each one billed): not retried"
-    return dataclasses.replace(decision, action=Action.FAIL, reason=reason)
+    return dataclasses.replace(
+        decision, action=Action.FAIL, reason=reason, err_code=retry.NO_TRANSCRIPT
+    )
 
 
 def _secret_not_given(item: WorkItem, source: str) -> Result | None:

@@ -45,6 +45,13 @@ _HOST_STATUS_RE = re.compile(r"\b(?:client|server) error: (\d{3})\b")
 _HOST_SENT_NOTHING = "failed to return valid data"
 
 
+#: the ``err_code`` of a 200 that is no transcript (cut short, garbage): Deepgram's
+#: answers carry a code only when they are errors; this one is dgbatch's, as are
+#: ``http_<status>`` (an error answer without one: a gateway's page), ``timeout`` and
+#: ``connection_failed``
+NO_TRANSCRIPT = "not_a_transcript"
+
+
 class Action(StrEnum):
     """What the runner does next with an item."""
 
@@ -183,8 +190,11 @@ def classify_response(
         accepted = _callback_acknowledgement(body)
         if accepted is not None:  # resending would be accepted (and billed) again
             reason = "200 callback acknowledgement: the transcript goes to the callback URL"
-            return Decision(Action.FAIL, reason, request_id=request_id_of(accepted))
-        return Decision(Action.RETRY, "200 with a body that is not a Deepgram transcript")
+            accepted_id = request_id_of(accepted)
+            return Decision(Action.FAIL, reason, "callback_acknowledged", accepted_id)
+        return Decision(
+            Action.RETRY, "200 with a body that is not a Deepgram transcript", NO_TRANSCRIPT
+        )
     err = parse_error_body(body)
     reason = status_reason(status, err)
     if status in FATAL_STATUSES:
@@ -198,7 +208,7 @@ def classify_response(
     else:
         action = Action.RETRY
     delay = parse_retry_after(retry_after, now=now) if action is Action.RETRY else None
-    return Decision(action, reason, err.code, err.request_id, delay)
+    return Decision(action, reason, err.code or f"http_{status}", err.request_id, delay)
 
 
 def media_host_trouble(status: int | None, err: ErrorBody) -> bool:

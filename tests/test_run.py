@@ -599,6 +599,7 @@ def test_a_200_without_a_transcript_is_paid_for_twice_at_most(tmp_path: Path, ki
     assert (row["status"], row["attempts"], row["http_status"]) == ("failed", 2, 200)
     assert row["request_id"] == seen[-1]
     assert "a second 200 without a transcript (each one billed): not retried" in str(row["error"])
+    assert row["err_code"] == "not_a_transcript"  # status groups failures by it
 
 
 def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
@@ -614,9 +615,11 @@ def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "retried 1 (1 possibly billed)" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
-    assert (row["status"], row["attempts"]) == ("failed", 2)
+    assert (row["status"], row["attempts"], row["err_code"]) == ("failed", 2, "timeout")
     assert "timeout" in str(row["error"])
     assert row["timeout_retries"] == 1
+    status = Cli(None)("status", "--state", str(out / ".dgbatch" / "state.sqlite"), "--json")
+    assert json.loads(status.output)["errors"][0]["error"] == "timeout"
 
 
 def test_a_project_concurrency_limit_slows_the_whole_pool(tmp_path: Path) -> None:
