@@ -82,6 +82,8 @@ class RunOutcome:
     #: failed items of earlier runs that this run's sources did not list (a source since
     #: deleted, a manifest line since fixed): not in the exit code
     unlisted_failed: int = 0
+    #: failed items of this run that the next run sends again by itself (``retry_next``)
+    sent_next: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The numbers recorded in the runs table and printed at the end."""
@@ -285,6 +287,7 @@ async def _run_locked(
                 outcome = RunOutcome(code, stats, counts, wall, saved, stats.stop_reason, missing)
                 outcome.to_render = await asyncio.to_thread(done_to_render, state, config.formats)
                 outcome.unlisted_failed = counts["failed"] - mine["failed"]
+                outcome.sent_next = await asyncio.to_thread(state.failed_sent_next, run_id)
                 state.finish_run(run_id, code, outcome.summary())
                 report.counts, report.summary = counts, outcome.summary()
                 await asyncio.to_thread(report.read_failures, state)

@@ -603,6 +603,16 @@ class State:
         sent: what its exit code is about."""
         return self._counts("WHERE run_id = ? OR seen_run = ?", (run_id, run_id))
 
+    def failed_sent_next(self, run_id: int) -> int:
+        """Failed items of run ``run_id`` that the next run sends again by itself
+        (``retry_next``: Deepgram or the media host was busy, nothing billed)."""
+        ((count,),) = self.query(
+            "SELECT COUNT(*) FROM items WHERE status = 'failed' AND retry_next "
+            "AND (run_id = ? OR seen_run = ?)",
+            (run_id, run_id),
+        )
+        return int(count)
+
     def _counts(self, where: str, args: tuple[object, ...] = ()) -> dict[str, int]:
         with self._mutex:
             rows = self._db.execute(

@@ -45,6 +45,12 @@ def format_summary(outcome: RunOutcome) -> str:
         (s.rendered, "rendered the formats {} done item(s) lacked from their json (not sent)"),
     ]
     lines += [text.format(count) for count, text in counted if count]
+    if s.failed and outcome.sent_next:
+        lines.append(
+            f"{outcome.sent_next} of the failed item(s) gave up on Deepgram or their media "
+            "host being busy or down, or on uploads cut off (nothing billed): the next run "
+            "sends them again by itself; the others need --retry-failed"
+        )
     if outcome.to_render:
         lines.append(
             f"{outcome.to_render} done item(s) lack a format asked for: the next run renders "

@@ -450,6 +450,7 @@ def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
     with emulator_with(fault_rate=1.0, faults=("500", "429", "503")) as down:
         result = Cli(down)("run", str(src), "--out", str(out), "--max-retries", "1")
     assert result.exit_code == 1
+    assert "3 of the failed item(s) gave up on Deepgram or their media host" in result.output
     state = out / ".dgbatch" / "state.sqlite"
     assert set(_statuses(state)) == {"failed"}
     with emulator_with() as healthy:
