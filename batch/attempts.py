@@ -50,8 +50,8 @@ class Attempts:
         stats: RunStats,
         *,
         secret_sources: RealSources,
-        tries: dict[str, tuple[int, int, int]],
-        note_tries: Callable[[str, int, int], None],
+        tries: dict[str, tuple[int, int]],
+        note_tries: Callable[[str, int, int, int], None],
         stopped: asyncio.Event,
         stop: Callable[[BatchError], None],
         sleep: Sleep,
@@ -67,7 +67,7 @@ class Attempts:
         self.stop = stop
         self._placer = placer
         self._adoption = adoption
-        #: the runner's per in-flight item (attempts, possibly billed retries) so far
+        #: the runner's per in-flight item (attempts, 200s without a transcript) so far
         self._tries = tries
         #: keeps the tries of an item that will try again in the state (``State.note_tries``)
         self._note_tries = note_tries
@@ -92,46 +92,40 @@ class Attempts:
         settled = settled or _secret_not_given(item, source)
         if settled is not None:
             return settled
-        attempts, timeouts, paid_200s = item.attempts, 0, item.paid_200s
+        attempts, paid_200s = item.attempts, item.paid_200s
         # tries an earlier run made count (a stop left the item pending): --max-retries
         # bounds the item's requests, not each run's; a pending item gets one try at least
         first = min(item.attempts, self.settings.max_retries) + 1
         for tries in range(first, self.settings.max_retries + 2):
             attempts += 1
-            self._tries[item.id] = (attempts, timeouts, paid_200s)
+            self._tries[item.id] = (attempts, paid_200s)
             unreachable = False
             epoch = self.limit.epoch
             answer: Answer | None
             try:
                 answer, decision = await self._attempt(sender, item, source, tries)
-                billed = answer.status == 200  # a 200 retried (not a transcript) was paid
             except ItemError as exc:  # found before the request went out: no attempt
-                attempts = self._not_sent(item, attempts, timeouts)
+                attempts = self._not_sent(item, attempts)
                 failed = Result(
                     item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
                 )
-                return _with_tallies(failed, timeouts, paid_200s)
+                return _with_tallies(failed, paid_200s)
             except TransportError as exc:
                 answer = exc.partial  # a 200 cut short: its status and request id are kept
-                billed = exc.body_sent and exc.reached  # Deepgram may have it
-                unbilled = not billed and answer is None
-                code = "timeout" if exc.timeout else "connection_failed"
-                decision = Decision(Action.RETRY, str(exc), code, unbilled=unbilled)
+                decision = _transport_decision(exc)
                 unreachable = exc.connect_failed
                 if not exc.reached:
-                    attempts = self._not_sent(item, attempts, timeouts)
+                    attempts = self._not_sent(item, attempts)
             except BatchError:  # the run's (S3 unreachable), found before the request
-                self._not_sent(item, attempts, timeouts)
+                self._not_sent(item, attempts)
                 raise
             if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
-                paid_200s += 1
-                self._tries[item.id] = (attempts, timeouts, paid_200s)
-                decision = _once_more_at_most(decision, paid_200s)
-            outcome = await self._decide(item, attempts, tries, answer, decision, timeouts, epoch)
-            timeouts = self._billed_retries(timeouts, billed, decision, outcome)
-            self._tries[item.id] = (attempts, timeouts, paid_200s)
-            if outcome is not None:  # every way out keeps the possibly billed retries
-                tallied = _with_tallies(outcome, timeouts, paid_200s)
+                paid_200s += 1  # processed, and billed
+                self._tries[item.id] = (attempts, paid_200s)
+                decision = _once_more_at_most(dataclasses.replace(decision, billed=True), paid_200s)
+            outcome = await self._decide(item, attempts, tries, answer, decision, epoch)
+            if outcome is not None:
+                tallied = _with_tallies(outcome, paid_200s)
                 return self._unless_unreachable(tallied, unreachable)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
 
@@ -169,23 +163,11 @@ class Attempts:
             self.stats.skipped += 1
         return item, done
 
-    def _billed_retries(
-        self, counted: int, billed: bool, decision: Decision, outcome: Result | None
-    ) -> int:
-        """``counted`` retries of requests Deepgram may have processed (and billed), and
-        this try's when it is ``billed`` and is retried: now (no ``outcome`` yet), or by
-        the next run, a stop in its backoff having left it pending (it went uncounted)."""
-        stopped = outcome is not None and outcome.status is ItemStatus.PENDING
-        if not billed or (outcome is not None and not stopped) or decision.action != Action.RETRY:
-            return counted
-        self.stats.timeout_retries += 1
-        return counted + 1
-
-    def _not_sent(self, item: WorkItem, attempts: int, timeouts: int) -> int:
+    def _not_sent(self, item: WorkItem, attempts: int) -> int:
         """The try counted in ``attempts`` reached no one (found before the request, or no
         connection made): it is no attempt, and was not sent. The attempts without it."""
         self.stats.sent -= 1
-        self._tries[item.id] = (attempts - 1, timeouts, self._tries[item.id][2])
+        self._tries[item.id] = (attempts - 1, self._tries[item.id][1])
         return attempts - 1
 
     def _unless_unreachable(self, result: Result, unreachable: bool) -> Result:
@@ -280,7 +262,6 @@ class Attempts:
         tries: int,
         answer: Answer | None,
         decision: Decision,
-        timeouts: int,
         epoch: int,
     ) -> Result | None:
         """The result of the item, or None to try again (after sleeping here)."""
@@ -311,7 +292,6 @@ class Attempts:
             decision.reason,
             decision.err_code,
             request_id,
-            timeout_retries=timeouts,
         )
         if decision.action is Action.FAIL:
             return failed
@@ -331,14 +311,16 @@ class Attempts:
             self.limit.on_throttle(epoch)
         if tries > self.settings.max_retries:
             error = f"{decision.reason} ({_gave_up(attempts, tries)})"
-            # sent again by the next run only if nothing of it may have been billed (this
-            # run's tries here, earlier runs' in the state's flush)
-            again = retry.busy_or_down(status, decision) and failed.timeout_retries == 0
+            # sent again by the next run only if none of its tries, in any run, may have
+            # been billed: the state's flush knows them all (``timeout_retries``)
+            again = retry.busy_or_down(status, decision)
             return dataclasses.replace(failed, error=error, retry_next=again)
+        if decision.billed:  # a retry of a request Deepgram may have processed: counted
+            self.stats.timeout_retries += 1  # now, should a stop leave it to the next run
+        tried, paid_200s = self._tries[item.id]  # kept, should a kill -9 cut the backoff
+        self._note_tries(item.id, tried, paid_200s, int(decision.billed))
         if self.stopping:
             return Result(item.id, ItemStatus.PENDING, attempts, status, decision.reason)
-        tried, _, paid_200s = self._tries[item.id]  # kept, should a kill -9 cut the backoff
-        self._note_tries(item.id, tried, paid_200s)
         delay = retry.retry_delay(
             decision,
             tries,
@@ -414,10 +396,20 @@ def _secret_not_given(item: WorkItem, source: str) -> Result | None:
     )
 
 
-def _with_tallies(result: Result, timeouts: int, paid_200s: int) -> Result:
-    """The result with the item's possibly billed retries and its 200s without a
-    transcript so far: a stop in a backoff left it pending and forgot them, and the next
-    run paid for more."""
-    if not timeouts and not paid_200s:
+def _with_tallies(result: Result, paid_200s: int) -> Result:
+    """The result with the item's 200s without a transcript so far: a stop in a backoff
+    left it pending and forgot them, and the next run paid for more. (Its possibly billed
+    retries are in the state already: ``State.note_tries``.)"""
+    if not paid_200s:
         return result
-    return dataclasses.replace(result, timeout_retries=timeouts, paid_200s=paid_200s)
+    return dataclasses.replace(result, paid_200s=paid_200s)
+
+
+def _transport_decision(exc: TransportError) -> Decision:
+    """What a request without a complete answer means: try again. It may have been
+    processed (``billed``) once Deepgram had its whole body; one that never had it
+    (``unbilled``: an upload cut off, the audio not read) was not."""
+    billed = exc.body_sent and exc.reached
+    unbilled = not billed and exc.partial is None
+    code = "timeout" if exc.timeout else "connection_failed"
+    return Decision(Action.RETRY, str(exc), code, unbilled=unbilled, billed=billed)

@@ -189,11 +189,13 @@ WHERE id = ?
 """
 
 
-# The tries of an item still running (it waits to try again): its result, when it comes,
-# has them too; an item recorded meanwhile is left alone.
+# The tries of an item that waits to try again (its result, when it comes, has the same
+# attempts and 200s or more), and its retries of requests Deepgram may have billed, which
+# are counted here only. Run before ``FLUSH``: its ``retry_next`` reads them.
 TRIES = """
-UPDATE items SET attempts = MAX(attempts, ?), paid_200s = MAX(paid_200s, ?)
-WHERE id = ? AND status = 'running'
+UPDATE items SET attempts = MAX(attempts, ?), paid_200s = MAX(paid_200s, ?),
+    timeout_retries = timeout_retries + ?
+WHERE id = ?
 """
 
 

@@ -83,6 +83,9 @@ class Decision:
     #: no answer, and Deepgram never had the whole request (an upload cut off, the audio
     #: not read): nothing was processed, so the next run may send it again
     unbilled: bool = False
+    #: Deepgram may have processed (and billed) this try: a 200 without a transcript, or
+    #: no complete answer once it had the whole request; its retry is counted as such
+    billed: bool = False
     #: the parsed transcript, for SUCCEED (parsed once, here)
     response: dict[str, Any] | None = field(default=None, compare=False)
 

@@ -92,9 +92,9 @@ class Runner:
         #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
         self._handle_signals = handle_signals
         self._done_before = 0
-        #: per in-flight item: (attempts, possibly billed retries) so far, for the result
+        #: per in-flight item: (attempts, 200s without a transcript) so far, for the result
         #: of an item that an exception or a cancel takes out of ``Attempts.process``
-        self._tries: dict[str, tuple[int, int, int]] = {}
+        self._tries: dict[str, tuple[int, int]] = {}
         #: the in-flight items were abandoned (and the user told so)
         self._grace_over = False
         #: items whose slot went back when their answer arrived (``_release_slot``)
@@ -407,10 +407,11 @@ class Runner:
         (a second signal, the end of ``--grace``) once its whole body was out may have been
         processed: it counts as a possibly billed retry, as a timeout does, since the next
         run sends it again."""
-        attempts, timeouts, paid_200s = self._tries.get(item.id, (item.attempts, 0, 0))
+        attempts, paid_200s = self._tries.get(item.id, (item.attempts, 0))
+        timeouts = 0
         task = asyncio.current_task()
         if abandoned and task is not None and self._attempts.client.abandoned.pop(task, False):
-            timeouts += 1
+            timeouts = 1
             self.stats.timeout_retries += 1
         return Result(
             item.id,

@@ -42,6 +42,7 @@ from batch.planrows import (
     fitting_rows,
     plan_stats,
     same_params,
+    same_url,
 )
 from batch.records import (
     COLUMNS,
@@ -119,6 +120,7 @@ class State:
         self.path = path
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
+        db.create_function("same_url", 2, same_url, deterministic=True)
         db.create_function("asked_anew", 2, self._asked_anew)
         #: done items listed again with other params of their own, not sent again (PLAN)
         self.asked_anew = 0
@@ -130,8 +132,8 @@ class State:
         #: append and popleft are atomic), so recording never waits for a statement that
         #: another thread is running; flushes drain it under the mutex
         self._buffer: deque[Result] = deque()
-        #: (attempts, paid 200s, id) of items waiting to try again (``note_tries``)
-        self._tries: deque[tuple[int, int, str]] = deque()
+        #: (attempts, paid 200s, billed retries, id) of items to try again (``note_tries``)
+        self._tries: deque[tuple[int, int, int, str]] = deque()
         #: rows per plan statement, from SQLite's parameter limit (0: not asked yet)
         self._statement_rows = 0
 
@@ -539,12 +541,14 @@ class State:
         """Buffer a result; ``flush`` (called by the runner's flusher) commits the group."""
         self._buffer.append(result)
 
-    def note_tries(self, item_id: str, attempts: int, paid_200s: int) -> None:
-        """Buffer the tries of an item that will try again (its result comes later): a
+    def note_tries(self, item_id: str, attempts: int, paid_200s: int, billed: int) -> None:
+        """Buffer the tries of an item that will try again (its result comes later), and
+        ``billed``, 1 when this retry is of a request Deepgram may have billed: a
         ``kill -9`` in its backoff lost them, and the next run sent it as if new, so
         neither ``--max-retries`` nor "a 200 without a transcript once more at most" held
-        across kills. Committed with the next group of results."""
-        self._tries.append((attempts, paid_200s, item_id))
+        across kills, and the possibly billed request went uncounted. Committed with the
+        next group of results."""
+        self._tries.append((attempts, paid_200s, billed, item_id))
 
     def pending_results(self) -> int:
         """How many results (and tries) wait to be committed."""
@@ -562,8 +566,8 @@ class State:
         tries = [self._tries.popleft() for _ in range(len(self._tries))]
         now = time.time()
         with self._writing(batch), self._db:
+            self._db.executemany(TRIES, tries)  # first: FLUSH's retry_next reads them
             self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
-            self._db.executemany(TRIES, tries)  # after: an item's own result supersedes it
             kept = [(r.id,) for r in batch if r.kept]
             for statement in _KEPT_WRITTEN if kept else ():
                 self._db.executemany(statement, kept)

@@ -395,6 +395,28 @@ def test_a_pending_url_whose_secret_this_run_lacks_is_not_sent_redacted(
     assert "s3cr3t" not in (out / ".dgbatch" / "state.sqlite").read_bytes().decode("latin-1")
 
 
+@pytest.mark.parametrize("with_id", [False, True])
+def test_a_url_signed_again_is_not_sent_again(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, with_id: bool
+) -> None:
+    """A presigned URL signed again for the next night (its date, expiry and signature
+    changed) is the same recording: a review of the fix above found it sent again every
+    night, its stored URL keeping the signing date."""
+    make_wav(tmp_path / "media" / "a.wav")
+    out = tmp_path / "out"
+    with static_server(tmp_path / "media") as base:
+        for day, sig in (("20260101", "aaaa"), ("20260102", "bbbb")):
+            url = (
+                f"{base}/a.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={day}T000000Z"
+                f"&X-Amz-Expires=3600&X-Amz-Signature={sig}"
+            )
+            line = json.dumps({"source": url, "id": "call-1"} if with_id else {"source": url})
+            (tmp_path / "m.jsonl").write_text(line + "\n")
+            result = dgbatch("run", str(tmp_path / "m.jsonl"), "--out", str(out))
+            assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 1
+
+
 def test_done_items_listed_with_other_params_are_said_not_sent_again(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
@@ -708,10 +730,12 @@ def test_a_kill_9_in_the_backoff_keeps_the_tries_made(tmp_path: Path) -> None:
             return bool(rows) and int(str(rows[0]["attempts"])) >= 1
 
         stop_when(proc, tried, proc.kill)
-        (row,) = read_state_rows(state)
-        assert (row["attempts"], row["paid_200s"]) == (1, 1)
+        (row,) = read_state_rows(state)  # and its retry of a paid request is counted
+        assert (row["attempts"], row["paid_200s"], row["timeout_retries"]) == (1, 1, 1)
         again = subprocess.run(_run_cmd(emu, str(src), "--out", str(out)), env=subprocess_env())
         assert again.returncode == 1 and len(emu.log) == 2
+    (row,) = read_state_rows(state)
+    assert (row["attempts"], row["timeout_retries"]) == (2, 1)
 
 
 @pytest.mark.timeout(60)
