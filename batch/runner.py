@@ -486,7 +486,11 @@ class Runner:
                 loop.remove_signal_handler(sig)
 
     def interrupt(self, sig: signal.Signals) -> None:
-        """SIGINT/SIGTERM/SIGHUP: stop dispatching; a second one cancels in-flight requests."""
+        """SIGINT/SIGTERM/SIGHUP: stop dispatching; a second one cancels in-flight requests,
+        unless it is a SIGHUP: a closed terminal sends it twice (the kernel, then the
+        shell), and no one is there to ask twice."""
+        if sig == signal.SIGHUP and self._signals:
+            return
         self._signals += 1
         name = signal.Signals(sig).name
         self.stop(Interrupted(f"interrupted by {name}; the same command resumes the run"))

@@ -91,6 +91,8 @@ def _after_the_run(signum: int, frame: object) -> None:
     loop shuts down and the summary prints: noted, so that the exit is the run's (130 for
     the Ctrl-C that stopped it) rather than click's "Aborted!" and 1; the next one exits
     at once, with 130, should the teardown be stuck."""
+    if signum == signal.SIGHUP:  # a closed terminal: it comes twice, and asks nothing
+        return
     _late.append(signum)
     if len(_late) > 1:
         os._exit(130)
