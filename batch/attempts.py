@@ -27,7 +27,7 @@ from batch.models import ItemKind, ItemStatus
 from batch.placing import Placer
 from batch.progress import Progress
 from batch.realsources import RealSources
-from batch.redact import REDACTED
+from batch.redact import was_redacted
 from batch.retry import Action, Decision
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, WorkItem
@@ -380,7 +380,7 @@ def _secret_not_given(item: WorkItem, source: str) -> Result | None:
     (``source`` is the stored one): sent as stored, it went out with ``REDACTED`` for the
     secret. It fails unsent, and the next run that lists its URL sends it (``retry_next``).
     None for any other item."""
-    if item.kind is not ItemKind.URL or REDACTED not in source:
+    if item.kind is not ItemKind.URL or not was_redacted(source):
         return None
     error = (
         f"{item.source}: its URL holds a secret that the state does not keep, and this "

@@ -33,6 +33,7 @@ __all__ = [
     "redact_text",
     "redact_url",
     "url_may_hold_secret",
+    "was_redacted",
 ]
 
 REDACTED = "REDACTED"
@@ -236,6 +237,16 @@ def _redact_parts(match: re.Match[str], extra_keys: frozenset[str]) -> str:
 def redact_source(source: str) -> str:
     """Return what may be stored or shown for a source (URLs lose their secrets)."""
     return redact_url(source) if "://" in source else source
+
+
+def was_redacted(stored: str) -> bool:
+    """Whether a source as the state keeps it (``redact_source``) had secrets taken out:
+    its ``REDACTED`` stands where redaction puts one (a secret query value, a password),
+    not in the URL's own text (``/REDACTED.wav``)."""
+    if REDACTED not in stored:
+        return False
+    probe = stored.replace(REDACTED, "x")
+    return redact_source(probe) != probe
 
 
 def _replace_secrets(text: str, secrets: Iterable[str]) -> str:

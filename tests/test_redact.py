@@ -17,6 +17,7 @@ from batch.redact import (
     redact_source,
     redact_text,
     redact_url,
+    was_redacted,
 )
 
 SIGV4 = (
@@ -100,6 +101,22 @@ SIGV4_REDACTED = (
 def test_redact_url_table(url: str, expected: str) -> None:
     """Signatures, credentials and userinfo are blanked while everything else stays byte-exact."""
     assert redact_url(url) == expected
+
+
+@pytest.mark.parametrize(
+    ("stored", "redacted"),
+    [
+        ("http://h/REDACTED.wav", False),  # the URL's own text
+        ("http://h/a.wav?x=REDACTED", False),
+        ("http://h/REDACTED.wav?token=REDACTED", True),
+        ("http://REDACTED@h/a.wav", True),
+        ("https://h/a.wav?X-Amz-Signature=REDACTED&X-Amz-Date=1", True),
+        ("/calls/REDACTED.wav", False),
+    ],
+)
+def test_was_redacted_tells_a_taken_secret_from_the_urls_text(stored: str, redacted: bool) -> None:
+    """A source the state keeps had a secret taken out only where redaction puts one."""
+    assert was_redacted(stored) is redacted
 
 
 def test_redact_url_extra_keys() -> None:

@@ -396,6 +396,10 @@ def test_a_pending_url_whose_secret_this_run_lacks_is_not_sent_redacted(
         again = dgbatch("run", str(manifest), "--out", str(out))
     assert again.exit_code == 0, again.output
     assert fetched == ["token=s3cr3t-t0ken"]
+    make_wav(tmp_path / "media" / "REDACTED.wav")  # that word in a URL's own text is no sign
+    with static_server(tmp_path / "media") as base:
+        named = dgbatch("run", f"{base}/REDACTED.wav", "--out", str(tmp_path / "named"))
+    assert named.exit_code == 0, named.output
     assert "s3cr3t" not in (out / ".dgbatch" / "state.sqlite").read_bytes().decode("latin-1")
 
 
