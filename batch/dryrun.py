@@ -104,6 +104,8 @@ class Estimate:
     cost_by_model: dict[str, float | None] = field(default_factory=dict)
     price_source: str = PRICES_AS_OF
     examples: list[dict[str, Any]] = field(default_factory=list)
+    #: done items listed with other params than they were sent with: not sent again
+    asked_anew: int = 0
     #: ``--max-audio-hours`` / ``--max-cost`` as seconds of audio, and what the state used
     cap_seconds: float | None = None
     used_seconds: float = 0.0
@@ -129,6 +131,7 @@ class Estimate:
             "to_send": self.to_send,
             "by_kind": dict(self.by_kind),
             "already_done": self.already_done,
+            "done_with_other_params": self.asked_anew,
             "failed": self.failed,
             "dedupe_copies": self.copies,
             "kept_answers": self.kept,
@@ -298,6 +301,7 @@ def _estimate(
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
     if config.price_per_hour is not None:
         result.price_source = f"--price-per-hour {config.price_per_hour:g}"
+    result.asked_anew = state.asked_anew
     result.cap_seconds = budget_seconds(config)
     result.used_seconds = used_audio(state)[0] if result.cap_seconds is not None else 0.0
     return result
@@ -393,6 +397,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed, not sent: inputs found"
         " broken while planning, or earlier runs' failures)",
+        *_asked_anew(e["done_with_other_params"]),
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
         *_failing(e["fail_locally"]),
@@ -456,6 +461,16 @@ _COPIES = (
     "come from the original's answer)"
 )
 _KEPT = "have a paid answer an earlier run kept: written from it, not sent nor priced"
+
+
+def _asked_anew(count: int) -> list[str]:
+    """The line for done items whose lines ask for other params now (none: no line)."""
+    if not count:
+        return []
+    return [
+        f"{count} of the done item(s) are listed with other params than they were sent "
+        "with: not sent again (--force with their sources re-sends them, paid)"
+    ]
 
 
 def _not_sent(count: int, why: str) -> list[str]:

@@ -222,7 +222,7 @@ class State:
 
     def _asked_anew(self, stored: str, planned: str) -> int:
         """Count a done item listed with other params (its manifest line edited): its
-        answer was for the earlier ones, and it is not sent again. ``PLAN`` calls it."""
+        answer was for the ones it keeps, and it is not sent again. ``PLAN`` calls it."""
         if same_params(stored, planned):
             return 0
         self.asked_anew += 1

@@ -428,9 +428,10 @@ def test_a_url_signed_again_is_not_sent_again(
 def test_done_items_listed_with_other_params_are_said_not_sent_again(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator
 ) -> None:
-    """A manifest line of a done item edited to other params is not sent again, and the
-    run says so (the edit seemed applied: nothing told the user); the same params in
-    another order are no edit."""
+    """A manifest line of a done item edited to other params is not sent again, and
+    every run says so while the line differs (the edit seemed applied: nothing told the
+    user); the state keeps the params it was sent with. The same params in another order,
+    or the line put back, are no edit."""
     wav = make_wav(tmp_path / "a.wav")
     manifest, out = tmp_path / "m.jsonl", tmp_path / "out"
     said = "1 done item(s) are listed with other params than they were sent with"
@@ -438,12 +439,17 @@ def test_done_items_listed_with_other_params_are_said_not_sent_again(
         ('{"language": "en", "diarize": true}', False),
         ('{"diarize": true, "language": "en"}', False),
         ('{"language": "fr", "diarize": true}', True),
-        ('{"language": "fr", "diarize": true}', False),
+        ('{"language": "fr", "diarize": true}', True),
+        ('{"diarize": true, "language": "en"}', False),
     ):
         manifest.write_text(f'{{"source": "{wav}", "id": "A", "params": {params}}}\n')
+        dry = dgbatch("run", str(manifest), "--out", str(out), "--dry-run")
+        assert ("1 of the done item(s) are listed with other params" in dry.output) is warned
         result = dgbatch("run", str(manifest), "--out", str(out))
         assert result.exit_code == 0, result.output
         assert (said in result.output) is warned, result.output
+        (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+        assert dict(json.loads(str(row["params"]))) == {"language": "en", "diarize": "true"}
     assert len(emulator.log) == 1
 
 

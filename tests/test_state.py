@@ -114,6 +114,19 @@ def test_plan_upsert_semantics(
         assert error is None
 
 
+def test_a_done_item_keeps_the_params_it_was_sent_with(state: State) -> None:
+    """Listed again with other params (twice in one run: one file on two edited lines),
+    a done item keeps those it was sent with, is no clash, and each listing is counted."""
+    item = _item("a.wav", params=(("language", "en"),))
+    state.plan([item], run_id=1)
+    _finish(state, ItemStatus.DONE, item)
+    edited = _item("a.wav", params=(("language", "fr"),))
+    state.plan([edited, edited], run_id=2)
+    rows = state.query("SELECT id, params, status FROM items")
+    assert rows == [(item.id, '[["language", "en"]]', "done")]
+    assert state.asked_anew == 2
+
+
 def test_plan_records_broken_items_as_failed_but_never_undoes_done(state: State) -> None:
     """A malformed entry is a failed item with its reason; a done item stays done."""
     good, broken = _item("a.wav"), _item("b.wav", error="list.jsonl:2: invalid JSON")
