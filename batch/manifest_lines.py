@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, TypeVar
 
 from batch.models import Params
-from batch.params import DEEPGRAM_PARAMS, normalise_value, params_from_mapping
+from batch.params import DEEPGRAM_PARAMS, deepgram_key, normalise_value, params_from_mapping
 
 __all__ = [
     "Entry",
@@ -51,8 +51,9 @@ Parser = Callable[[str], Entry | None]
 
 #: a JSONL line's own keys; any other is the user's (a title, an account) and is left alone
 _LINE_KEYS = frozenset({"source", "id", "params"})
-#: other keys that mean one of them, misspelled
-_NEAR_KEYS = frozenset({"param", "parameters", "url", "uri", "path", "file", "name"})
+#: other keys that mean one of them, misspelled (one letter off ``params`` or ``source``
+#: is too: ``parms``, ``paramss``, ``sources``)
+_NEAR_KEYS = frozenset({"param", "parameters", "options", "query", "parmas"})
 
 
 def _entry_id(value: object) -> str | None:
@@ -148,8 +149,23 @@ def _check_other_keys(obj: dict[str, object]) -> None:
 
 
 def _meant(key: str) -> bool:
-    lowered = key.lower()
-    return lowered in _LINE_KEYS or lowered in _NEAR_KEYS or lowered in DEEPGRAM_PARAMS
+    """Whether ``key`` (not a line key itself) means a line key or a Deepgram parameter."""
+    near = key.strip().lower()
+    if near in _LINE_KEYS or near in _NEAR_KEYS or near in DEEPGRAM_PARAMS:
+        return True
+    return _one_edit(near, "params") or _one_edit(near, "source")
+
+
+def _one_edit(word: str, target: str) -> bool:
+    """``word`` is ``target`` with one letter added, dropped or changed."""
+    if abs(len(word) - len(target)) > 1:
+        return False
+    short, long = sorted((word, target), key=len)
+    for i, (a, b) in enumerate(zip(short, long, strict=False)):
+        if a != b:
+            rest = i + 1 if len(short) == len(long) else i
+            return short[rest:] == long[i + 1 :]
+    return True  # equal, or one letter added at the end
 
 
 def _check_escaped_text(entry: Entry) -> None:
@@ -194,7 +210,7 @@ class _CsvHeader:
             if name and name.lower() not in ("source", "id"):
                 _check_param_column(name)
         params = tuple(
-            (index, lowered[index] if lowered[index] in DEEPGRAM_PARAMS else name)
+            (index, deepgram_key(name))
             for index, name in enumerate(names)
             if name and lowered[index] not in ("source", "id")
         )

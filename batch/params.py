@@ -74,6 +74,13 @@ _SEQUENCE_TYPES = (list, tuple)
 _BOOLEAN_SPELLINGS = {"True": "true", "False": "false", "TRUE": "true", "FALSE": "false"}
 
 
+def deepgram_key(name: str) -> str:
+    """A parameter's name as Deepgram spells it: one of its own in any case (``Language``
+    from a CSV header, a JSONL line or ``--param``) is lowercase; any other is kept."""
+    lowered = name.lower()
+    return lowered if lowered != name and lowered in DEEPGRAM_PARAMS else name
+
+
 def normalise_value(value: str) -> str:
     """Spell Python-style booleans (``True``) the way Deepgram parses them (``true``)."""
     return _BOOLEAN_SPELLINGS.get(value, value)
@@ -86,7 +93,7 @@ def parse_param(text: str) -> tuple[str, str]:
         UsageError: no ``=``, or a key that cannot be a Deepgram parameter name.
     """
     key, sep, value = text.partition("=")
-    key = key.strip()
+    key = deepgram_key(key.strip())
     if not sep:
         msg = f"--param {text!r}: expected KEY=VALUE"
         raise UsageError(msg)
@@ -178,7 +185,7 @@ def params_from_mapping(obj: Mapping[str, object]) -> Params:
             msg = f"param {key!r}: invalid key"
             raise ValueError(msg)
         check_not_callback(key, value)
-        pairs += _pairs_of(key, value)
+        pairs += _pairs_of(deepgram_key(key), value)
     return tuple(pairs)
 
 

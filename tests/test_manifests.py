@@ -175,6 +175,13 @@ def test_csv_header_id_and_param_columns(audio: Path) -> None:
     assert (third.source, third.name) == ("https://h/x,y.mp3", "c3")
 
 
+def test_jsonl_params_named_as_deepgram_params_are_sent_lowercase(audio: Path) -> None:
+    """``{"LANGUAGE": "fr"}`` in a line's params means ``language``, as a CSV column does."""
+    line = {"source": "a.wav", "params": {"LANGUAGE": "fr", "Diarize": True, "My_Custom": 1}}
+    (item,) = iter_manifest(_write(audio / "m.jsonl", json.dumps(line) + "\n"))
+    assert item.params == (("language", "fr"), ("diarize", "true"), ("My_Custom", "1"))
+
+
 def test_csv_columns_named_as_deepgram_params_are_sent_lowercase(audio: Path) -> None:
     """A ``Language`` column means ``language`` (Deepgram's names are lowercase; it was
     sent as ``Language=fr``, which Deepgram does not know); other names are kept."""
@@ -189,7 +196,10 @@ def test_csv_columns_named_as_deepgram_params_are_sent_lowercase(audio: Path) ->
         ({"source": "a.wav", "param": {"language": "fr"}}, "key(s) 'param' not read"),
         ({"source": "a.wav", "ID": "x", "Params": {}}, "key(s) 'ID', 'Params' not read"),
         ({"source": "a.wav", "language": "fr"}, "key(s) 'language' not read"),
+        ({"source": "a.wav", "prams": {}, "params ": {}}, "key(s) 'prams', 'params ' not read"),
+        ({"source": "a.wav", "sources": "b.wav"}, "key(s) 'sources' not read"),
         ({"source": "a.wav", "title": "Q3 call", "account": 7}, None),  # the user's own
+        ({"source": "a.wav", "name": "Ana", "url": "https://crm/2", "path": "/x"}, None),
         ({"source": "a.wav", "id": "x", "params": {"diarize": True}}, None),
     ],
 )

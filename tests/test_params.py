@@ -105,6 +105,18 @@ def test_merge_params_later_layer_wins(layers: list[Params]) -> None:
 
 
 @pytest.mark.parametrize(
+    ("text", "expected"),
+    [("Language=fr", ("language", "fr")), ("DIARIZE=true", ("diarize", "true")),
+     ("My_Custom=1", ("My_Custom", "1"))],
+)  # fmt: skip
+def test_a_deepgram_param_in_another_case_is_sent_lowercase(
+    text: str, expected: tuple[str, str]
+) -> None:
+    """Deepgram's parameter names are lowercase: ``--param Language=fr`` means ``language``."""
+    assert parse_param(text) == expected
+
+
+@pytest.mark.parametrize(
     ("obj", "expected"),
     [
         ({"diarize": True, "punctuate": False}, (("diarize", "true"), ("punctuate", "false"))),
