@@ -250,6 +250,7 @@ def test_usage_does_not_call_an_injected_error_paid(tmp_path: Path) -> None:
     assert usage.exit_code == 0, usage.output
     report = json.loads(usage.output)
     assert (report["requests"], report["unmatched_requests"], report["billed_hours"]) == (2, [], 0)
+    assert (report["usage_hours"], report["usage_requests"]) == (0, 0)  # its /usage agrees
 
 
 def test_reconcile_pages_and_tags() -> None:

@@ -82,9 +82,7 @@ class ManagementApi:
             return refused
         tags = set(request.query.getall("tag", []))
         processed = [
-            r
-            for r in self._window(request)
-            if r.duration is not None and (not tags or tags & set(_tags_of(r)))
+            r for r in self._window(request) if _billed(r) and (not tags or tags & set(_tags_of(r)))
         ]
         hours = sum(r.duration or 0.0 for r in processed) / 3600
         bucket = {
@@ -126,12 +124,18 @@ def _tags_of(record: RequestRecord) -> list[str]:
     return [value for key, value in record.params if key == "tag"]
 
 
+def _billed(record: RequestRecord) -> bool:
+    """Whether Deepgram would bill the request: it processed the audio, and answered it
+    (or a fault spoiled the answer on its way), not with an injected error status."""
+    return record.duration is not None and not (record.fault or "").isdigit()
+
+
 def _log_entry(record: RequestRecord, project: str) -> dict[str, Any]:
     """One request as Deepgram's management API lists it. A request the emulator processed
     counts as a 200 even if a fault then spoiled the answer on its way (cut short, garbage,
     a dropped connection): Deepgram bills those too. One answered with an error status
     (an injected 429 or 5xx) was not processed, and is listed with that status, unbilled."""
-    billed = record.duration is not None and not (record.fault or "").isdigit()
+    billed = _billed(record)
     seconds = record.duration if billed else None
     code = 200 if billed else record.status
     query = "&".join(f"{key}={value}" for key, value in record.params)
