@@ -609,10 +609,11 @@ class State:
 
     def failed_sent_next(self, run_id: int) -> int:
         """Failed items of run ``run_id`` that the next run sends again by itself
-        (``retry_next``: Deepgram or the media host was busy, nothing billed)."""
+        (``retry_next``: Deepgram or the media host was busy, nothing billed), not those
+        that wait for their URL to be listed again (``source_needed``)."""
         ((count,),) = self.query(
             "SELECT COUNT(*) FROM items WHERE status = 'failed' AND retry_next "
-            "AND (run_id = ? OR seen_run = ?)",
+            "AND err_code IS NOT 'source_needed' AND (run_id = ? OR seen_run = ?)",
             (run_id, run_id),
         )
         return int(count)
