@@ -426,6 +426,12 @@ def _budget(e: dict[str, Any]) -> list[str]:
     if cap is None:
         return []
     used = f"{audio_span(e['budget_used_seconds'])} already transcribed in this state"
+    unknown = e["items_without_estimate"]
+    if not e["over_budget"] and unknown:
+        return [
+            f"budget: {audio_span(cap)} of audio, {used}: the rest of the estimate fits, but "
+            f"{unknown} item(s) of unknown length may pass it (the run stops there, exit 1)"
+        ]
     if not e["over_budget"]:
         return [f"budget: {audio_span(cap)} of audio, {used}: the estimate fits"]
     return [

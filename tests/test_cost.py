@@ -336,6 +336,11 @@ def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
     assert ran.exit_code == 1 and "audio budget reached" in ran.output
     after = dgbatch(*args, "--dry-run", "--max-audio-hours", str(5 / 3600))
     assert "2.0 s already transcribed in this state: the estimate fits" in after.output
+    urls = tmp_path / "urls.txt"  # no length known before Deepgram answers: no verdict
+    urls.write_text("https://example.com/a.wav\n")
+    unknown = dgbatch("run", str(urls), "--out", str(tmp_path / "u"), "--dry-run",
+                      "--max-audio-hours", "1")  # fmt: skip
+    assert "1 item(s) of unknown length may pass it" in unknown.output
 
 
 def test_json_needs_dry_run(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
