@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import secrets as tokens
 import sqlite3
 import threading
@@ -61,6 +62,7 @@ from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals, note_late_signals
 from batch.sources import expand_sources, hidden_clash, manifest_paths
 from batch.state import State, WorkItem
+from batch.statefile import remove_unused
 
 log = logging.getLogger("dgbatch")
 
@@ -229,11 +231,14 @@ async def _run_locked(
 ) -> RunOutcome:
     """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
     started = time.monotonic()
+    fresh = not os.path.lexists(config.state_path)
     state = State.open(config.state_path)
     secrets = RealSources()
+    locked = False
     try:
         shard = config.shard.suffix() if config.shard else ""
         async with output_lock(s3, config.out, shard, config.state_path) as lock_watch:
+            locked = True
             run_id = state.start_run(redact_text(config.command, (config.api_key,)))
             with _recorded_if_stopped(state, run_id):
                 run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
@@ -295,6 +300,8 @@ async def _run_locked(
     finally:
         secrets.close()
         state.close()
+        if fresh and not locked:  # another run writes there (exit 4): the state this run
+            remove_unused(config.state_path)  # made is not left, empty, for status to read
 
 
 def _say_asked_anew(count: int) -> None:

@@ -189,6 +189,14 @@ def _lock_beside(path: Path, busy: str) -> IO[str]:
     return handle
 
 
+def remove_unused(path: Path) -> None:
+    """Remove a state file a run made and never used (and SQLite's files beside it; the
+    run lock stays: a run waiting on it must find the one it waits on)."""
+    for tail in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path.with_name(path.name + tail))
+
+
 def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     """Connect and read the schema at once, so that a file that is not SQLite is refused
     here, named, before anything writes to it."""

@@ -155,6 +155,11 @@ def test_runs_with_other_shard_settings_on_one_out_exclude_each_other(tmp_path: 
         assert same_n.exit_code == 0, same_n.output
         assert first.returncode == 0
         assert sum(sent_sha256s(emu).values()) == 6
+    # the refused runs left no state of theirs, which status would read instead of naming
+    # the shards (an empty "items: 0")
+    assert not (out / ".dgbatch" / "state.sqlite").exists()
+    assert not (out / ".dgbatch" / "shard-1-of-3" / "state.sqlite").exists()
+    assert "shards here: pass --shard 0/2 or 1/2" in Cli(None)("status", "--out", str(out)).output
 
 
 @pytest.mark.timeout(60)
