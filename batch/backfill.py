@@ -16,6 +16,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from batch.errors import ItemError, OutputError
@@ -62,6 +63,16 @@ def done_to_render(state: State, formats: tuple[str, ...]) -> int:
     return int(count)
 
 
+@dataclass
+class Backfilled:
+    """What ``backfill`` did: items given the formats they lacked, and items whose json
+    a format cannot be made from (not Deepgram's usual shape), which keep what they have
+    and lack it still (named in a warning each run)."""
+
+    rendered: int = 0
+    unrenderable: int = 0
+
+
 async def backfill(
     state: State,
     sink: OutputSink,
@@ -70,31 +81,30 @@ async def backfill(
     line_length: int | None,
     workers: int,
     cancel: threading.Event,
-) -> int:
-    """Render the formats done items lack from their json; the number of items given
-    their missing outputs. Stops between items once ``cancel`` is set.
+) -> Backfilled:
+    """Render the formats done items lack from their json. Stops between items once
+    ``cancel`` is set.
 
     Raises:
         OutputError: the outputs cannot be written or read at all (disk full, S3
             refusing): every item would meet it.
     """
+    done = Backfilled()
     if not formats:
-        return 0
+        return done
     lacking = " OR ".join("outputs NOT LIKE ?" for _ in formats)
     rows: Iterator[Any] = state.iter_tuples(
         f"SELECT id, source, fingerprint, out_name, outputs {_DONE} AND ({lacking})",
         tuple(map(_lacks, formats)),
     )
-    filled = 0
     failures: list[OutputError] = []
 
     async def worker() -> None:
-        nonlocal filled
         for row in rows:
             if cancel.is_set():
                 return
             try:
-                given = await _fill(state, sink, row, formats, line_length)
+                given, lacking = await _fill(state, sink, row, formats, line_length)
             except OutputError as exc:  # the others stop at their next item
                 failures.append(exc)
                 cancel.set()
@@ -102,36 +112,68 @@ async def backfill(
             except BaseException:  # nor do the others go on behind a bug's back
                 cancel.set()
                 raise
-            filled += given  # not ``filled += await``: that reads ``filled`` before the wait
+            done.rendered += given  # not ``+= await``: that reads it before the wait
+            done.unrenderable += lacking
 
     await asyncio.gather(*(worker() for _ in range(workers)))
     if failures:
         raise failures[0]
-    return filled
+    return done
 
 
 async def _fill(
     state: State, sink: OutputSink, row: Any, formats: tuple[str, ...], line_length: int | None
-) -> bool:
-    """One item's missing formats, from its json; False when it has none to read."""
+) -> tuple[bool, bool]:
+    """One item's missing formats, from its json: whether it was given any, and whether
+    one of them cannot be made from it (it keeps what it has, named in a warning)."""
     item_id, source, fingerprint, out_name, outputs = row
     have: list[str] = json.loads(outputs)
     missing = tuple(fmt for fmt in formats if not _has(have, fmt))
     if not _has(have, "json"):
-        return False
+        return False, False
     body = await sink.read(out_name, "json")
     response = parse_transcript(body) if body is not None else None
     if body is None or response is None:
         log.warning("%s: its json output is gone or not a transcript; not listed any more", source)
         kept = [loc for loc in have if not loc.endswith(".json")]
         await asyncio.to_thread(state.set_outputs, item_id, kept)
-        return False
-    try:  # an answer one format cannot be made from, or this item's own path: it keeps
-        files = render_all(missing, body, response, line_length=line_length, source=source)
+        return False, False
+    files, unrenderable = _rendered(missing, body, response, line_length, source)
+    if not files:
+        return False, bool(unrenderable)
+    try:
         owner = Ownership(frozenset(have))  # nothing of it is sent now: no crashed attempt
         written = await sink.write(out_name, files, OutputMeta(source, fingerprint, owner))
-    except ItemError as exc:  # what it has; the summary counts it, and the next run tries again
+    except ItemError as exc:  # this item's own path: it keeps what it has, the summary counts it
         log.warning("%s", exc)
-        return False
+        return False, bool(unrenderable)
     await asyncio.to_thread(state.set_outputs, item_id, [*have, *written])
-    return True
+    return True, bool(unrenderable)
+
+
+def _rendered(
+    formats: tuple[str, ...],
+    body: bytes,
+    response: dict[str, Any],
+    line_length: int | None,
+    source: str,
+) -> tuple[dict[str, bytes], list[str]]:
+    """The formats that can be made from the answer, and those that cannot (named in one
+    warning: an answer not of Deepgram's usual shape, such as words without times)."""
+    files: dict[str, bytes] = {}
+    failed: list[str] = []
+    for fmt in formats:
+        try:
+            files.update(render_all((fmt,), body, response, line_length=line_length, source=source))
+        except ItemError as exc:
+            failed.append(fmt)
+            reason = str(exc)
+    if failed:
+        log.warning(
+            "%s: cannot render %s from its json, not of Deepgram's usual shape (%s); it keeps "
+            "the outputs it has",
+            source,
+            ", ".join(failed),
+            reason.rpartition("(")[2].rstrip(")"),
+        )
+    return files, failed

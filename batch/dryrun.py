@@ -186,7 +186,9 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
             if signals.received is not None:  # came as the plan ended: still a stop
                 raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
             keeping = Keeping.for_run(config, state, run_id, force_since)
-            return _estimate(config, state, probed, keeping)
+            estimate = _estimate(config, state, probed, keeping)
+            estimate.asked_anew = state.done_asked_anew(run_id)
+            return estimate
         finally:
             secrets.close()
             state.close()
@@ -301,7 +303,6 @@ def _estimate(
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
     if config.price_per_hour is not None:
         result.price_source = f"--price-per-hour {config.price_per_hour:g}"
-    result.asked_anew = state.asked_anew
     result.cap_seconds = budget_seconds(config)
     result.used_seconds = used_audio(state)[0] if result.cap_seconds is not None else 0.0
     return result

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from batch.account import check_key
-from batch.backfill import backfill, done_to_render, done_without
+from batch.backfill import Backfilled, backfill, done_to_render, done_without
 from batch.budget import Budget, cap_seconds
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
@@ -273,7 +273,7 @@ async def _run_locked(
                     lock_watch=lock_watch,
                 )
                 await plan.finish(stopped=stats.stop_reason is not None)
-                _say_asked_anew(state.asked_anew)
+                _say_asked_anew(await asyncio.to_thread(state.done_asked_anew, run_id))
                 if stats.stop_reason is None:  # every manifest was read whole
                     lines = manifest_paths(config.sources)
                     await asyncio.to_thread(state.forget_stale_lines, lines, run_id)
@@ -290,7 +290,8 @@ async def _run_locked(
                 missing = await asyncio.to_thread(done_without, state, config.formats)
                 wall = time.monotonic() - started
                 outcome = RunOutcome(code, stats, counts, wall, saved, stats.stop_reason, missing)
-                outcome.to_render = await asyncio.to_thread(done_to_render, state, config.formats)
+                lacking = await asyncio.to_thread(done_to_render, state, config.formats)
+                outcome.to_render = lacking - stats.unrenderable  # those never will be
                 outcome.unlisted_failed = counts["failed"] - mine["failed"]
                 outcome.sent_next = await asyncio.to_thread(state.failed_sent_next, run_id)
                 state.finish_run(run_id, code, outcome.summary())
@@ -400,7 +401,7 @@ async def _render_added_formats(
     sink: OutputSink,
     signals: SignalLatch,
     lock_watch: LockWatch,
-) -> int:
+) -> Backfilled:
     """Formats done items lack, rendered from their json (nothing is sent); a signal or
     the loss of the output lock stops it between items, and the next run goes on."""
     cancel = threading.Event()
@@ -550,9 +551,8 @@ async def _execute(
                 stats = await runner.run()
             if stats.stop_reason is None:
                 try:
-                    stats.rendered = await _render_added_formats(
-                        config, state, sink, signals, lock_watch
-                    )
+                    filled = await _render_added_formats(config, state, sink, signals, lock_watch)
+                    stats.rendered, stats.unrenderable = filled.rendered, filled.unrenderable
                 except OutputError as exc:
                     stats.stop_reason = exc
                 stats.stop_reason = stats.stop_reason or lock_watch.lost

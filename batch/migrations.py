@@ -205,6 +205,14 @@ def m009_paid_200s(db: sqlite3.Connection) -> None:
     db.execute("UPDATE items SET retry_next = 0 WHERE http_status = 504")
 
 
+@migration
+def m010_sent_params(db: sqlite3.Connection) -> None:
+    """Per item, ``sent_params``: its own params when it was last sent (claimed), so that
+    a done item whose manifest line was edited since is told apart (it is not sent
+    again; the run says so). NULL for items sent before: not known."""
+    add_column(db, "items", "sent_params TEXT")
+
+
 def _request_id(body: bytes) -> str | None:
     """A kept answer's Deepgram request id (a BOM allowed, as when it was parsed)."""
     try:

@@ -29,10 +29,8 @@ from batch.urls import url_id
 # step of a statement and then waits for the GIL, so row by row a busy event loop made
 # every row of the plan wait for it. A row whose id this run already planned with other
 # params (one file on two manifest lines, each with its own params) changes nothing: the
-# first stays, and ``batch.state`` fails the later one (see ``clash_item``). A done item
-# keeps the params it was sent with, whatever its line asks for now (``asked_anew``
-# counts those lines; it is not sent again), so it is no clash either. No parameter is
-# None and none is a bool: sqlite3 looks those up in its adapters, several times the
+# first stays, and ``batch.state`` fails the later one (see ``clash_item``). No parameter
+# is None and none is a bool: sqlite3 looks those up in its adapters, several times the
 # cost of binding a str or an int, so "no error" is '' and "no size" is -1 here.
 PLAN = """
 WITH new (id, source, kind, name, stem, params, status, error, size, fingerprint, free)
@@ -49,9 +47,7 @@ FROM new WHERE true
 ON CONFLICT (id) DO UPDATE SET
     source = excluded.source,
     kind = excluded.kind,
-    params = CASE WHEN items.status = 'done' AND items.params != excluded.params
-            AND NOT ({changed} OR {force}) AND asked_anew(items.params, excluded.params)
-        THEN items.params ELSE excluded.params END,
+    params = excluded.params,
     size = excluded.size,
     status = CASE
         WHEN excluded.status = 'failed' AND items.status != 'done' THEN 'failed'
@@ -85,7 +81,6 @@ ON CONFLICT (id) DO UPDATE SET
         THEN excluded.updated_at ELSE items.queued_at END
 WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
     OR same_params(items.params, excluded.params)
-    OR (items.status = 'done' AND NOT ({changed} OR {force}))
 """
 
 #: the item's source is another than the one its row was made for: a file's size or

@@ -52,6 +52,8 @@ class RunStats:
     timeout_retries: int = 0
     #: done items given formats they lacked, rendered from their json (``batch.backfill``)
     rendered: int = 0
+    #: done items whose json a format asked for cannot be made from (named in warnings)
+    unrenderable: int = 0
     recovered: int = 0
     skipped: int = 0
     audio_seconds: float = 0.0

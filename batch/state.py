@@ -121,9 +121,6 @@ class State:
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
         db.create_function("same_url", 2, same_url, deterministic=True)
-        db.create_function("asked_anew", 2, self._asked_anew)
-        #: done items listed again with other params of their own, not sent again (PLAN)
-        self.asked_anew = 0
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
         self._file_id = file_id(path) if lock_file is not None else None
@@ -219,14 +216,6 @@ class State:
                 args = (f"{path}:", f"{path};", head, head + 1, run_id)
                 forgotten += self._db.execute(sql, args).rowcount
         return forgotten
-
-    def _asked_anew(self, stored: str, planned: str) -> int:
-        """Count a done item listed with other params (its manifest line edited): its
-        answer was for the ones it keeps, and it is not sent again. ``PLAN`` calls it."""
-        if same_params(stored, planned):
-            return 0
-        self.asked_anew += 1
-        return 1
 
     def plan(
         self,
@@ -530,7 +519,8 @@ class State:
                 (after_rowid, limit),
             ).fetchall()
             self._db.executemany(
-                "UPDATE items SET status = 'running', claimed_at = ?, run_id = ? WHERE rowid = ?",
+                "UPDATE items SET status = 'running', claimed_at = ?, run_id = ?, "
+                "sent_params = params WHERE rowid = ?",
                 [(now, run_id, row[0]) for row in rows],
             )
         return [work_item(row, claimed_at=now) for row in rows]
@@ -606,6 +596,16 @@ class State:
         """``counts`` of the items run ``run_id`` planned (its sources listed them) or
         sent: what its exit code is about."""
         return self._counts("WHERE run_id = ? OR seen_run = ?", (run_id, run_id))
+
+    def done_asked_anew(self, run_id: int) -> int:
+        """Done items whose lines, as run ``run_id`` planned them, ask for other params
+        than those they were sent with (a manifest line edited): they are not sent again."""
+        ((count,),) = self.query(
+            "SELECT COUNT(*) FROM items WHERE status = 'done' AND seen_run = ? "
+            "AND sent_params != params AND NOT same_params(sent_params, params)",
+            (run_id,),
+        )
+        return int(count)
 
     def failed_sent_next(self, run_id: int) -> int:
         """Failed items of run ``run_id`` that the next run sends again by itself

@@ -43,6 +43,11 @@ def format_summary(outcome: RunOutcome) -> str:
         (s.recovered, "recovered {} item(s) whose outputs a crashed run had written"),
         (s.skipped, "skipped {} item(s) whose outputs already existed (--force redoes)"),
         (s.rendered, "rendered the formats {} done item(s) lacked from their json (not sent)"),
+        (
+            s.unrenderable,
+            "{} done item(s) have a json a format asked for cannot be made from (not of "
+            "Deepgram's usual shape, see the warnings): they keep the outputs they have",
+        ),
     ]
     lines += [text.format(count) for count, text in counted if count]
     if s.failed and outcome.sent_next:

@@ -240,11 +240,18 @@ def test_a_json_that_a_format_added_later_cannot_be_made_from_skips_that_item_al
     for word in odd["results"]["channels"][0]["alternatives"][0]["words"]:
         word.pop("start")
     (out / "f0.json").write_text(json.dumps(odd))
-    more = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt,srt")
-    assert more.exit_code == 0, more.output
-    assert "f0.wav: cannot render srt from Deepgram's answer" in more.output
-    assert "rendered the formats 2 done item(s) lacked" in more.output
+    formats = ("--formats", "json,txt,srt,vtt,md")
+    said = []
+    for _ in range(2):  # named every run, and never promised to "the next run"
+        more = dgbatch("run", str(src), "--out", str(out), *formats)
+        assert more.exit_code == 0, more.output
+        assert "f0.wav: cannot render srt, vtt from its json" in more.output
+        assert "1 done item(s) have a json a format asked for cannot be made from" in more.output
+        assert "the next run renders it" not in more.output
+        said.append(more.output)
+    assert "rendered the formats 3 done item(s) lacked" in said[0]  # f0's md too
     assert sorted(p.name for p in out.glob("*.srt")) == ["f1.srt", "f2.srt"]
+    assert (out / "f0.md").is_file() and not (out / "f0.vtt").exists()
     assert len(emulator.log) == 3
 
 

@@ -435,8 +435,8 @@ def test_done_items_listed_with_other_params_are_said_not_sent_again(
 ) -> None:
     """A manifest line of a done item edited to other params is not sent again, and
     every run says so while the line differs (the edit seemed applied: nothing told the
-    user); the state keeps the params it was sent with. The same params in another order,
-    or the line put back, are no edit."""
+    user); the state keeps the params it was sent with (``sent_params``). The same params
+    in another order, or the line put back, are no edit."""
     wav = make_wav(tmp_path / "a.wav")
     manifest, out = tmp_path / "m.jsonl", tmp_path / "out"
     said = "1 done item(s) are listed with other params than they were sent with"
@@ -454,7 +454,8 @@ def test_done_items_listed_with_other_params_are_said_not_sent_again(
         assert result.exit_code == 0, result.output
         assert (said in result.output) is warned, result.output
         (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
-        assert dict(json.loads(str(row["params"]))) == {"language": "en", "diarize": "true"}
+        sent = dict(json.loads(str(row["sent_params"])))
+        assert sent == {"language": "en", "diarize": "true"}
     assert len(emulator.log) == 1
 
 

@@ -116,15 +116,18 @@ def test_plan_upsert_semantics(
 
 def test_a_done_item_keeps_the_params_it_was_sent_with(state: State) -> None:
     """Listed again with other params (twice in one run: one file on two edited lines),
-    a done item keeps those it was sent with, is no clash, and each listing is counted."""
+    a done item keeps those it was sent with in ``sent_params``, is no clash, and counts
+    once among the items whose lines ask for other params than were sent."""
     item = _item("a.wav", params=(("language", "en"),))
     state.plan([item], run_id=1)
     _finish(state, ItemStatus.DONE, item)
     edited = _item("a.wav", params=(("language", "fr"),))
     state.plan([edited, edited], run_id=2)
-    rows = state.query("SELECT id, params, status FROM items")
-    assert rows == [(item.id, '[["language", "en"]]', "done")]
-    assert state.asked_anew == 2
+    rows = state.query("SELECT id, params, sent_params, status FROM items")
+    assert rows == [(item.id, '[["language", "fr"]]', '[["language", "en"]]', "done")]
+    assert (state.done_asked_anew(2), state.done_asked_anew(1)) == (1, 0)
+    state.plan([_item("a.wav", params=(("language", "en"),))], run_id=3)  # put back
+    assert state.done_asked_anew(3) == 0
 
 
 def test_plan_records_broken_items_as_failed_but_never_undoes_done(state: State) -> None:
