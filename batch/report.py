@@ -347,9 +347,10 @@ def error_kind(error: str) -> str:
 
 
 def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:
-    """One line of the commonest errors; ``example`` only when it says more than ``group``."""
+    """One line of the commonest errors; ``example`` only when it says more than ``group``
+    (``timeout`` is said more of by ``timeout: upload stalled (no progress for 60 s)``)."""
     row: dict[str, Any] = {"error": redact_text(group), "count": count}
-    if example and not example.startswith(group):
+    if example and example != group:
         row["example"] = redact_text(example)
     return row
 

@@ -619,7 +619,8 @@ def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
     assert "timeout" in str(row["error"])
     assert row["timeout_retries"] == 1
     status = Cli(None)("status", "--state", str(out / ".dgbatch" / "state.sqlite"), "--json")
-    assert json.loads(status.output)["errors"][0]["error"] == "timeout"
+    (error,) = json.loads(status.output)["errors"]
+    assert (error["error"], error["example"]) == ("timeout", str(row["error"]))
 
 
 def test_a_project_concurrency_limit_slows_the_whole_pool(tmp_path: Path) -> None:
