@@ -200,21 +200,24 @@ class State:
     # -- planning ------------------------------------------------------------------------
 
     def forget_stale_lines(self, manifests: Iterable[str], run_id: int) -> int:
-        """Forget the broken lines of ``manifests`` (read whole by run ``run_id``) that
-        earlier runs recorded and this one did not meet again: the line was fixed, or the
-        lines moved. Never sent, nothing paid; kept, each stayed a failure of a line that
-        may be fine now, one more every time lines shift. How many were forgotten."""
+        """Forget the broken lines of ``manifests`` (read whole by run ``run_id``), and
+        the clashes of their lines, that earlier runs recorded and this one did not meet
+        again: the line was fixed, or the lines moved. Never sent, nothing paid; kept,
+        each stayed a failure of a line that may be fine now, one more every time lines
+        shift. How many were forgotten."""
+        lines = "substr(id, ?) NOT GLOB '*[^0-9]*'"  # "<path>:<lineno>"
+        clashes = "substr(id, ?) GLOB '[0-9]*'"  # "clash:<name>:<lineno>[:<id>]"
         sql = (
-            "DELETE FROM items WHERE id >= ? AND id < ? AND length(id) > ? "
-            "AND substr(id, ?) NOT GLOB '*[^0-9]*' AND status = 'failed' AND attempts = 0 "
-            "AND outputs IS NULL AND seen_run IS NOT ?"
+            "DELETE FROM items WHERE id >= ? AND id < ? AND length(id) > ? AND {} "
+            "AND status = 'failed' AND attempts = 0 AND outputs IS NULL AND seen_run IS NOT ?"
         )
         forgotten = 0
         with self._mutex, self._writing(), self._db:
-            for path in manifests:  # ids "<path>:<lineno>": the range from ':' to ';'
-                head = len(path) + 1
-                args = (f"{path}:", f"{path};", head, head + 1, run_id)
-                forgotten += self._db.execute(sql, args).rowcount
+            for path in manifests:  # each id range runs from its ':' to ';'
+                for head, rule in ((path, lines), (f"clash:{Path(path).name}", clashes)):
+                    size = len(head) + 1
+                    args = (f"{head}:", f"{head};", size, size + 1, run_id)
+                    forgotten += self._db.execute(sql.format(rule), args).rowcount
         return forgotten
 
     def plan(

@@ -480,6 +480,16 @@ def test_broken_lines_that_moved_or_were_fixed_are_not_failures_any_more(
     assert fixed.exit_code == 0, fixed.output
     assert dgbatch("report", "--out", str(out), "--failed").output == ""
     assert len(emulator.log) == 3
+    clashing = tmp_path / "c.jsonl"  # a clash (one file, two params) is a line's failure too
+    clash = json.dumps({"source": str(wavs[0]), "params": {"language": "fr"}})
+    clashing.write_text(f"{json.dumps({'source': str(wavs[0])})}\n{clash}\n")
+    assert dgbatch("run", str(clashing), "--out", str(out)).exit_code == 1
+    clashing.write_text(f"{json.dumps({'source': str(wavs[2])})}\n" + clashing.read_text())
+    assert dgbatch("run", str(clashing), "--out", str(out)).exit_code == 1
+    failed = dgbatch("report", "--out", str(out), "--failed").output.splitlines()
+    assert len(failed) == 1 and "c.jsonl:3:" in failed[0]
+    clashing.write_text(f"{json.dumps({'source': str(wavs[0])})}\n")
+    assert dgbatch("run", str(clashing), "--out", str(out)).exit_code == 0
 
 
 def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
