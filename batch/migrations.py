@@ -151,6 +151,12 @@ def m007_url_ids_redacted_again(db: sqlite3.Connection) -> None:
     Redaction only ever grows, so redacting an id that is already redacted gives what
     redacting the URL gives. Two ids that become one keep the first (the later one is
     planned anew, as a clash)."""
+    _rekey_url_items(db)
+
+
+def _rekey_url_items(db: sqlite3.Connection) -> None:
+    """Redact every URL item's id and source again, as the planner now keys them, and
+    follow the ids that changed in ``copy_of`` and ``kept_answers``."""
     from batch.redact import redact_source  # here: migrations load before the rest
     from batch.urls import url_id
 
@@ -209,8 +215,22 @@ def m009_paid_200s(db: sqlite3.Connection) -> None:
 def m010_sent_params(db: sqlite3.Connection) -> None:
     """Per item, ``sent_params``: its own params when it was last sent (claimed), so that
     a done item whose manifest line was edited since is told apart (it is not sent
-    again; the run says so). NULL for items sent before: not known."""
+    again; the run says so)."""
     add_column(db, "items", "sent_params TEXT")
+    # what a done item was sent with is best known as what its line asked for until now:
+    # a line edited after the upgrade is then told apart, as on a new state
+    db.execute("UPDATE items SET sent_params = params WHERE status = 'done'")
+
+
+@migration
+def m011_url_ids_signed_again(db: sqlite3.Connection) -> None:
+    """More signing schemes are told apart from the recording they sign: Alibaba OSS,
+    Tencent COS, Cloudflare (``verify``) and Akamai (``hdnts``, ``hmac``) signatures are
+    secrets now (they were stored as they came), and an Azure user-delegation key's
+    times, OSS and COS signing times and a generic ``exp``/``expiry`` change with every
+    signing. URL items are keyed again, as m007 did, so that an upgrade does not plan
+    them anew (once more) and pay."""
+    _rekey_url_items(db)
 
 
 def _request_id(body: bytes) -> str | None:

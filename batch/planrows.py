@@ -17,7 +17,6 @@ from batch.models import Item, ItemKind
 from batch.naming import id_stem, safe_name, stem_of
 from batch.records import PlanStats
 from batch.redact import redact_source, redact_text, url_may_hold_secret
-from batch.urls import url_id
 
 # One statement inserts, updates and names many items (``new``: one row per item, see
 # ``plan_row``). ``out_name`` is chosen as a row goes in (``free`` is the name it takes
@@ -86,10 +85,10 @@ WHERE items.seen_run IS NOT excluded.seen_run OR items.params = excluded.params
 #: the item's source is another than the one its row was made for: a file's size or
 #: mtime (its fingerprint), an S3 object's ETag, or, for a URL (which has no fingerprint),
 #: the URL itself (a manifest ``id`` given to another recording), but not the URL signed
-#: again (``same_url``: a presigned URL's date and expiry change at every signing)
+#: again (``same_recording``: a presigned URL's date and expiry change at every signing)
 _CHANGED = (
     "(items.fingerprint != excluded.fingerprint OR (excluded.fingerprint = ''"
-    " AND items.source != excluded.source AND NOT same_url(items.source, excluded.source)))"
+    " AND items.source != excluded.source AND NOT same_recording(items.source, excluded.source)))"
 )
 #: a failed item this plan sends again: with ``--retry-failed``, or one that gave up on
 #: Deepgram being busy or down (``retry_next``); not when it failed in this very run (a
@@ -188,13 +187,6 @@ def plan_row(item: Item) -> PlanRow:
         item.fingerprint,
         stem,  # FREE: the name it takes if no other item has the stem
     )
-
-
-def same_url(stored: str, planned: str) -> bool:
-    """Whether two stored URLs (``plan_row``'s redacted sources) name one recording: the
-    same but for the values that change at each signing (``url_id`` leaves them out, as
-    it does for an item's id). ``PLAN`` calls it as an SQL function when they differ."""
-    return url_id(stored) == url_id(planned)
 
 
 def same_params(stored: str, planned: str) -> bool:

@@ -39,7 +39,9 @@ __all__ = [
 REDACTED = "REDACTED"
 
 #: Query keys (compared lowercased) whose values sign a URL: AWS SigV4 and SigV2, GCS V4
-#: and V2, Azure SAS, CloudFront. They change each time the URL is signed.
+#: and V2, Azure SAS, CloudFront, Alibaba OSS, Tencent COS, Cloudflare signed URLs
+#: (``verify``), Akamai tokens (``hdnts``, ``hmac``). They change each time the URL is
+#: signed. Only ever added to: migration m011 re-keys the URLs a new one redacts.
 SIGNING_QUERY_KEYS: frozenset[str] = frozenset(
     {
         "x-amz-signature",
@@ -54,6 +56,15 @@ SIGNING_QUERY_KEYS: frozenset[str] = frozenset(
         "googleaccessid",
         "key-pair-id",
         "policy",
+        "ossaccesskeyid",
+        "x-oss-signature",
+        "x-oss-credential",
+        "x-oss-security-token",
+        "q-signature",
+        "q-ak",
+        "verify",
+        "hdnts",
+        "hmac",
     }
 )
 
@@ -157,12 +168,17 @@ def _redact_pairs(query: str, extra_keys: frozenset[str]) -> str:
         return query
     semicolons = ";" in query  # rare: split on "&" alone, faster, for every presigned URL
     parts = _PAIR_SEPARATOR_RE.split(query) if semicolons else query.split("&")
-    for index in range(0, len(parts), 2 if semicolons else 1):
+    redacted = False  # the pair before was: what follows it after a ";" (COS's
+    for index in range(0, len(parts), 2 if semicolons else 1):  # "q-sign-time=1;2") too
         key, sep, value = parts[index].partition("=")
+        if not sep and redacted and parts[index - 1] == ";":
+            parts[index] = REDACTED
+            continue
+        redacted = False
         if not (sep and value):
             continue
         if _is_secret_raw_key(key, extra_keys):
-            parts[index] = f"{key}={REDACTED}"
+            parts[index], redacted = f"{key}={REDACTED}", True
         elif "%" in value:
             parts[index] = f"{key}={_redact_encoded(value, extra_keys)}"
     return "".join(parts) if semicolons else "&".join(parts)

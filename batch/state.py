@@ -42,7 +42,6 @@ from batch.planrows import (
     fitting_rows,
     plan_stats,
     same_params,
-    same_url,
 )
 from batch.records import (
     COLUMNS,
@@ -65,6 +64,7 @@ from batch.statefile import (
     take_lock,
     write_back_if_gone,
 )
+from batch.urls import same_recording
 
 __all__ = ["MAGIC", "PLAN_BATCH", "PlanStats", "Result", "State", "WorkItem", "stored_params"]
 
@@ -120,7 +120,7 @@ class State:
         self.path = path
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
-        db.create_function("same_url", 2, same_url, deterministic=True)
+        db.create_function("same_recording", 2, same_recording, deterministic=True)
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
         self._file_id = file_id(path) if lock_file is not None else None

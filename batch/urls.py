@@ -17,13 +17,25 @@ from batch.failed_items import error_item, is_utf8
 from batch.models import Item, ItemKind, Params, new_item
 from batch.redact import SIGNING_QUERY_KEYS, redact_source, redact_url, url_may_hold_secret
 
-__all__ = ["HTTP_URL_RE", "file_url_path", "hidden_clash", "scheme_of", "url_item"]
+__all__ = [
+    "HTTP_URL_RE",
+    "file_url_path",
+    "hidden_clash",
+    "same_recording",
+    "scheme_of",
+    "url_item",
+]
 
 # Query keys that change every time a presigned URL is minted (expiry, date) but
 # do not change what it points at; blanking them keeps a URL item's id stable.
 _VOLATILE_QUERY_KEYS = frozenset(
-    {"x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st"}
-)
+    {
+        "x-amz-date", "x-amz-expires", "expires", "x-goog-date", "x-goog-expires", "se", "st",
+        "skt", "ske",  # Azure user-delegation SAS: the key's start and expiry
+        "x-oss-date", "x-oss-expires", "q-sign-time", "q-key-time",  # Alibaba OSS, Tencent COS
+        "exp", "expiry", "expire",  # generic signed URLs
+    }
+)  # fmt: skip
 
 #: Query keys whose values change each time a URL is signed, not from one recording to
 #: another: two URLs with one id that differ only in these are the same recording.
@@ -88,7 +100,7 @@ def hidden_clash(first: str, item: Item, nth: int = 1) -> Item | None:
     never be sent. The same URL signed again is the same recording: None. ``nth``: the
     how-manieth clash of this id in the run (URLs on the command line have no line to
     tell their rows apart)."""
-    if first == item.source or _unsigned(first) == _unsigned(item.source):
+    if same_recording(first, item.source):
         return None
     reason = (
         f"{redact_source(item.source)}: an earlier source differs from it only in a secret "
@@ -100,6 +112,12 @@ def hidden_clash(first: str, item: Item, nth: int = 1) -> Item | None:
     numbered = item.id + (f"#{nth}" if nth > 1 else "")
     clash_id = f"clash:{item.origin or numbered}"
     return error_item(clash_id, item.source, clash_id, reason, item.origin, item.params, item.kind)
+
+
+def same_recording(url: str, other: str) -> bool:
+    """Whether two URLs (as given, or as the state keeps them, redacted) differ only in
+    the values that change each time a URL is signed: one recording, signed again."""
+    return url == other or _unsigned(url) == _unsigned(other)
 
 
 def _unsigned(url: str) -> str:

@@ -96,8 +96,15 @@ SIGV4_REDACTED = (
         ("calls/a.wav", "calls/a.wav"),
         ("", ""),
         ("not a url ?sig=abc", "not a url ?sig=abc"),
+        # the rest of a secret after a ";" (it was left in clear), and other schemes'
+        ("https://h/a?token=abc;def&x=1;2", "https://h/a?token=REDACTED;REDACTED&x=1;2"),
+        ("https://h/a?q-sign-time=1;2&q-signature=f00d", "https://h/a?q-sign-time=1;2&q-signature=REDACTED"),
+        ("https://h/a?verify=1700000000-f00d", "https://h/a?verify=REDACTED"),
+        ("https://h/a?hdnts=exp%3D1~hmac%3Df00d", "https://h/a?hdnts=REDACTED"),
+        ("https://h/a?OSSAccessKeyId=id&Expires=1&Signature=f00d",
+         "https://h/a?OSSAccessKeyId=REDACTED&Expires=1&Signature=REDACTED"),
     ],
-)
+)  # fmt: skip
 def test_redact_url_table(url: str, expected: str) -> None:
     """Signatures, credentials and userinfo are blanked while everything else stays byte-exact."""
     assert redact_url(url) == expected

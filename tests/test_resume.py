@@ -408,26 +408,42 @@ def test_a_pending_url_whose_secret_this_run_lacks_is_not_sent_redacted(
     assert "s3cr3t" not in (out / ".dgbatch" / "state.sqlite").read_bytes().decode("latin-1")
 
 
+_SIGNED = {  # one recording, signed on two nights: the query of each signing
+    "aws": ("X-Amz-Date=20260101T000000Z&X-Amz-Expires=3600&X-Amz-Signature=aaaa1111",
+            "X-Amz-Date=20260102T000000Z&X-Amz-Expires=3600&X-Amz-Signature=bbbb2222"),
+    "azure-ud": ("sv=2024&skt=2026-01-01&ske=2026-01-02&se=2026-01-02&sig=aaaa1111",
+                 "sv=2024&skt=2026-01-02&ske=2026-01-03&se=2026-01-03&sig=bbbb2222"),
+    "cos": ("q-sign-time=1;2&q-key-time=1;2&q-signature=aaaa1111",
+            "q-sign-time=3;4&q-key-time=3;4&q-signature=bbbb2222"),
+    "cloudflare": ("verify=1700000000-aaaa1111", "verify=1700086400-bbbb2222"),
+    "akamai": ("hdnts=exp%3D1~acl%3D*~hmac%3Daaaa1111", "hdnts=exp%3D2~acl%3D*~hmac%3Dbbbb2222"),
+    "generic": ("exp=1700000000&token=aaaa1111", "exp=1700086400&token=bbbb2222"),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("with_id", [False, True])
+@pytest.mark.parametrize("scheme", list(_SIGNED))
 def test_a_url_signed_again_is_not_sent_again(
-    tmp_path: Path, dgbatch: Cli, emulator: Emulator, with_id: bool
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, with_id: bool, scheme: str
 ) -> None:
-    """A presigned URL signed again for the next night (its date, expiry and signature
-    changed) is the same recording: a review of the fix above found it sent again every
-    night, its stored URL keeping the signing date."""
+    """A URL signed again for the next night (its date, expiry and signature changed) is
+    the same recording: a review of the fix above found it sent again every night, its
+    stored URL keeping the signing date; and a second review, with schemes other than
+    AWS's (whose signatures were also stored as they came)."""
     make_wav(tmp_path / "media" / "a.wav")
     out = tmp_path / "out"
     with static_server(tmp_path / "media") as base:
-        for day, sig in (("20260101", "aaaa"), ("20260102", "bbbb")):
-            url = (
-                f"{base}/a.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={day}T000000Z"
-                f"&X-Amz-Expires=3600&X-Amz-Signature={sig}"
-            )
+        for query in _SIGNED[scheme]:
+            url = f"{base}/a.wav?{query}"
             line = json.dumps({"source": url, "id": "call-1"} if with_id else {"source": url})
             (tmp_path / "m.jsonl").write_text(line + "\n")
             result = dgbatch("run", str(tmp_path / "m.jsonl"), "--out", str(out))
             assert result.exit_code == 0, result.output
     assert len(emulator.log) == 1
+    stored = (out / ".dgbatch" / "state.sqlite").read_bytes() + (
+        out / ".dgbatch" / "report.jsonl"
+    ).read_bytes()
+    assert b"aaaa1111" not in stored and b"bbbb2222" not in stored
 
 
 def test_done_items_listed_with_other_params_are_said_not_sent_again(

@@ -720,24 +720,35 @@ def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -
         State.open(path, readonly=readonly)
 
 
+@pytest.mark.parametrize(
+    ("migration", "queries"),
+    [
+        ("m007_url_ids_redacted_again",
+         ["x-api-key=k1", "src=https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3Dabc"]),
+        ("m011_url_ids_signed_again",
+         ["verify=1700000000-k1mac", "hdnts=exp%3D17~acl%3D*~hmac%3Dk1mac",
+          "sv=2024&skt=2026-01-01&ske=2026-01-02&sig=k1sig", "exp=17&token=k1tok"]),
+    ],
+)  # fmt: skip
 def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
-    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator, migration: str, queries: list[str]
 ) -> None:
     """This release redacts more of a URL (``x-api-key``, a signature nested in a query
-    value), and a URL item's id is its redacted form: a state an earlier release wrote is
-    re-keyed when opened (m007), so its done items are not planned anew and paid again."""
-    make_wav(tmp_path / "www" / "a.wav")
-    make_wav(tmp_path / "www" / "b.wav")
-    nested = "https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3Dabc"
+    value; m011: Cloudflare's and Akamai's signatures, an Azure user-delegation key's
+    times), and a URL item's id is its redacted form: a state an earlier release wrote is
+    re-keyed when opened, so its done items are not planned anew and paid again."""
+    names = [f"{n}.wav" for n in "abcd"[: len(queries)]]
+    for name in names:
+        make_wav(tmp_path / "www" / name)
     out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
     with static_server(tmp_path / "www") as host:
-        urls = [f"{host}/a.wav?x-api-key=k1", f"{host}/b.wav?src={nested}"]
+        urls = [f"{host}/{name}?{query}" for name, query in zip(names, queries, strict=True)]
         (tmp_path / "urls.txt").write_text("".join(f"{u}\n" for u in urls))
         assert dgbatch("run", str(tmp_path / "urls.txt"), "--out", str(out)).exit_code == 0
         db = sqlite3.connect(state)  # as the earlier release keyed them: those parts shown
         for url in urls:
             db.execute("UPDATE items SET id = ?, source = ? WHERE id = ?", (url, url, url_id(url)))
-        db.execute("DELETE FROM _migrations WHERE name = 'm007_url_ids_redacted_again'")
+        db.execute("DELETE FROM _migrations WHERE name = ?", (migration,))
         db.commit()
         db.close()
         sent = len(emulator.log)
@@ -748,6 +759,27 @@ def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
     assert sorted(str(r["id"]) for r in rows) == sorted(url_id(u) for u in urls)
     assert all(r["status"] == "done" for r in rows)
     assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
+
+
+def test_m010_takes_a_done_items_params_as_those_it_was_sent_with(tmp_path: Path) -> None:
+    """Done items of an earlier release have no ``sent_params``: their lines' params
+    until now stand in, so that an edit after the upgrade is told, as on a new state."""
+    state = State.open(tmp_path / "state.sqlite")
+    item = Item("/a.wav", "/a.wav", ItemKind.FILE, "a", params=(("language", "en"),), size=1)
+    state.plan([item], run_id=state.start_run("t"))
+    _finish(state, ItemStatus.DONE, item)
+    state.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("UPDATE items SET sent_params = NULL")
+    db.execute("DELETE FROM _migrations WHERE name = 'm010_sent_params'")
+    db.commit()
+    db.close()
+    state = State.open(tmp_path / "state.sqlite")
+    edited = Item("/a.wav", "/a.wav", ItemKind.FILE, "a", params=(("language", "fr"),), size=1)
+    run = state.start_run("t")
+    state.plan([edited], run_id=run)
+    assert state.done_asked_anew(run) == 1
+    state.close()
 
 
 @pytest.mark.parametrize(
