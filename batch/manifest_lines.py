@@ -53,7 +53,7 @@ Parser = Callable[[str], Entry | None]
 _LINE_KEYS = frozenset({"source", "id", "params"})
 #: other keys that mean one of them, misspelled (one letter off ``params`` or ``source``
 #: is too: ``parms``, ``paramss``, ``sources``)
-_NEAR_KEYS = frozenset({"param", "parameters", "options", "query", "parmas"})
+_NEAR_KEYS = frozenset({"param", "parameters", "options", "parmas"})
 
 
 def _entry_id(value: object) -> str | None:

@@ -66,6 +66,10 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN {changed} OR {force} THEN 0
         WHEN {requeued} THEN 0
         ELSE items.paid_200s END,
+    timeout_retries = CASE
+        WHEN {changed} OR {force} THEN 0
+        WHEN {requeued} THEN 0
+        ELSE items.timeout_retries END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1

@@ -200,24 +200,23 @@ class State:
     # -- planning ------------------------------------------------------------------------
 
     def forget_stale_lines(self, manifests: Iterable[str], run_id: int) -> int:
-        """Forget the broken lines of ``manifests`` (read whole by run ``run_id``), and
-        the clashes of their lines, that earlier runs recorded and this one did not meet
-        again: the line was fixed, or the lines moved. Never sent, nothing paid; kept,
-        each stayed a failure of a line that may be fine now, one more every time lines
-        shift. How many were forgotten."""
-        lines = "substr(id, ?) NOT GLOB '*[^0-9]*'"  # "<path>:<lineno>"
-        clashes = "substr(id, ?) GLOB '[0-9]*'"  # "clash:<name>:<lineno>[:<id>]"
+        """Forget the broken lines of ``manifests`` (read whole by run ``run_id``) that
+        earlier runs recorded and this one did not meet again: the line was fixed, or the
+        lines moved. Never sent, nothing paid; kept, each stayed a failure of a line that
+        may be fine now, one more every time lines shift. (A clash's id names its manifest
+        by file name only, which another manifest may share: clashes stay.) How many were
+        forgotten."""
         sql = (
-            "DELETE FROM items WHERE id >= ? AND id < ? AND length(id) > ? AND {} "
-            "AND status = 'failed' AND attempts = 0 AND outputs IS NULL AND seen_run IS NOT ?"
+            "DELETE FROM items WHERE id >= ? AND id < ? AND length(id) > ? "
+            "AND substr(id, ?) NOT GLOB '*[^0-9]*' AND status = 'failed' AND attempts = 0 "
+            "AND outputs IS NULL AND seen_run IS NOT ?"
         )
         forgotten = 0
         with self._mutex, self._writing(), self._db:
-            for path in manifests:  # each id range runs from its ':' to ';'
-                for head, rule in ((path, lines), (f"clash:{Path(path).name}", clashes)):
-                    size = len(head) + 1
-                    args = (f"{head}:", f"{head};", size, size + 1, run_id)
-                    forgotten += self._db.execute(sql.format(rule), args).rowcount
+            for path in manifests:  # ids "<path>:<lineno>": the range from ':' to ';'
+                head = len(path) + 1
+                args = (f"{path}:", f"{path};", head, head + 1, run_id)
+                forgotten += self._db.execute(sql, args).rowcount
         return forgotten
 
     def plan(
@@ -558,7 +557,7 @@ class State:
         batch = [self._buffer.popleft() for _ in range(len(self._buffer))]
         tries = [self._tries.popleft() for _ in range(len(self._tries))]
         now = time.time()
-        with self._writing(batch), self._db:
+        with self._writing(batch, tries), self._db:
             self._db.executemany(TRIES, tries)  # first: FLUSH's retry_next reads them
             self._db.executemany(FLUSH, [result_row(r, now) for r in batch])
             kept = [(r.id,) for r in batch if r.kept]
@@ -574,7 +573,11 @@ class State:
             ).rowcount
 
     @contextlib.contextmanager
-    def _writing(self, unsaved: list[Result] | None = None) -> Iterator[None]:
+    def _writing(
+        self,
+        unsaved: list[Result] | None = None,
+        tries: list[tuple[int, int, int, str]] | None = None,
+    ) -> Iterator[None]:
         """Turn a failed write (disk full, I/O error) into a ``StateError`` naming the file;
         results that were not committed stay buffered. The transaction rolled back, so
         the file is as consistent as before: the next run recovers from it."""
@@ -583,6 +586,8 @@ class State:
         except sqlite3.Error as exc:
             if unsaved:
                 self._buffer.extendleft(reversed(unsaved))
+            if tries:
+                self._tries.extendleft(reversed(tries))
             msg = (
                 f"{self.path}: cannot write the state file ({exc}); the run stopped and the "
                 "state is consistent: free some space (or fix the disk) and run the same command"

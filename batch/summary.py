@@ -12,8 +12,8 @@ def format_summary(outcome: RunOutcome) -> str:
     """One paragraph: what happened, how long it took, where the report is."""
     s, c = outcome.stats, outcome.counts
     lines = [
-        f"done {s.done}, failed {s.failed}, retried {s.retries} "
-        f"({s.timeout_retries} possibly billed), audio {s.audio_seconds / 3600:.2f} h, "
+        f"done {s.done}, failed {s.failed}, retried {s.retries}, "
+        f"possibly billed {s.timeout_retries}, audio {s.audio_seconds / 3600:.2f} h, "
         f"wall {outcome.wall_seconds:.1f} s",
         f"state: {c['done']} done, {c['failed']} failed, {c['pending'] + c['running']} pending",
     ]
@@ -54,7 +54,7 @@ def format_summary(outcome: RunOutcome) -> str:
         lines.append(
             f"{outcome.sent_next} of the failed item(s) gave up on Deepgram or their media "
             "host being busy or down, or on uploads cut off (nothing billed): the next run "
-            "sends them again by itself; the others need --retry-failed"
+            "sends them again by itself (dgbatch report --failed says what the others need)"
         )
     if outcome.to_render:
         lines.append(

@@ -469,7 +469,7 @@ def test_a_timeout_after_the_upload_is_retried_and_counted_separately(tmp_path: 
             url, "run", str(tmp_path / "a.wav"), "--out", str(out), "--timeout", "0.3"
         )
     assert result.exit_code == 0, result.output
-    assert "retried 1 (1 possibly billed)" in result.output
+    assert "retried 1, possibly billed 1" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, 1)
     status = Cli(None)("status", "--state", str(out / ".dgbatch" / "state.sqlite"), "--json")
@@ -524,7 +524,7 @@ def test_retries_of_requests_deepgram_may_have_billed_are_counted(
     seen: list[float] = []
     result, row = _one_file_against(tmp_path, _first_answer_app(kind, seen))
     assert result.exit_code == 0, result.output
-    assert f"retried 1 ({billed} possibly billed)" in result.output
+    assert f"retried 1, possibly billed {billed}" in result.output
     assert (row["status"], row["attempts"], row["timeout_retries"]) == ("done", 2, billed)
 
 
@@ -613,7 +613,7 @@ def test_timeout_retries_agree_when_an_item_gives_up(tmp_path: Path) -> None:
             "--max-retries", "1",
         )  # fmt: skip
     assert result.exit_code == 1
-    assert "retried 1 (1 possibly billed)" in result.output
+    assert "retried 1, possibly billed 1" in result.output
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["err_code"]) == ("failed", 2, "timeout")
     assert "timeout" in str(row["error"])

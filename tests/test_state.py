@@ -130,6 +130,35 @@ def test_a_done_item_keeps_the_params_it_was_sent_with(state: State) -> None:
     assert state.done_asked_anew(3) == 0
 
 
+def test_a_requeued_item_starts_its_possibly_billed_retries_again(state: State) -> None:
+    """A changed source is another recording: its earlier possibly billed retries kept it
+    from being re-queued after a 503 (``retry_next`` needs none), as attempts would."""
+    item = _item("a.wav")
+    state.plan([item], run_id=1)
+    state.claim(10, 0, 1)
+    state.record(Result(item.id, ItemStatus.FAILED, 2, 0, "timeout", timeout_retries=1))
+    state.flush()
+    state.plan([item], run_id=2)
+    assert state.query("SELECT timeout_retries FROM items") == [(1,)]
+    state.plan([_item("a.wav", "11:2")], run_id=3)
+    assert state.query("SELECT status, attempts, timeout_retries FROM items") == [("pending", 0, 0)]
+
+
+def test_tries_noted_before_a_failed_write_are_written_by_the_next(state: State) -> None:
+    """A write the disk refused kept the results for the next flush, not the tries noted
+    for items waiting to try again (their possibly billed retries among them)."""
+    item = _item("a.wav")
+    state.plan([item], run_id=1)
+    state.claim(10, 0, 1)
+    state.note_tries(item.id, 1, 0, 1)
+    state._db.execute("PRAGMA query_only = 1")  # every write fails, as on a full disk
+    with pytest.raises(StateWriteError):
+        state.flush()
+    state._db.execute("PRAGMA query_only = 0")
+    state.flush()
+    assert state.query("SELECT attempts, timeout_retries FROM items") == [(1, 1)]
+
+
 def test_plan_records_broken_items_as_failed_but_never_undoes_done(state: State) -> None:
     """A malformed entry is a failed item with its reason; a done item stays done."""
     good, broken = _item("a.wav"), _item("b.wav", error="list.jsonl:2: invalid JSON")
