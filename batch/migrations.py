@@ -160,9 +160,9 @@ def _rekey_url_items(db: sqlite3.Connection) -> None:
     from batch.redact import redact_source  # here: migrations load before the rest
     from batch.urls import url_id
 
-    rows = db.execute(
+    rows = db.execute(  # a done row first: two ids that become one keep the done one
         "SELECT rowid, id, source FROM items WHERE kind = 'url' AND id LIKE '%://%' "
-        "AND id NOT LIKE 'id:%' AND id NOT LIKE 'clash:%'"
+        "AND id NOT LIKE 'id:%' AND id NOT LIKE 'clash:%' ORDER BY status != 'done', rowid"
     ).fetchall()
     db.execute("CREATE TEMP TABLE rekeyed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
     for rowid, old_id, source in rows:
@@ -231,6 +231,25 @@ def m011_url_ids_signed_again(db: sqlite3.Connection) -> None:
     signing. URL items are keyed again, as m007 did, so that an upgrade does not plan
     them anew (once more) and pay."""
     _rekey_url_items(db)
+
+
+@migration
+def m012_named_url_sources_redacted_again(db: sqlite3.Connection) -> None:
+    """The sources of URL items keyed by a manifest ``id`` are redacted again as well (m011
+    redacted those keyed by their URL): their new secrets were left in clear, and the
+    plan, which compares a stored URL with the one it redacts now, took each for another
+    recording and sent it again. And a done item without ``sent_params`` (a state m010
+    met before it set them) takes its params as those it was sent with."""
+    from batch.redact import redact_source  # here: migrations load before the rest
+
+    rows = db.execute("SELECT rowid, source FROM items WHERE kind = 'url' AND id LIKE 'id:%'")
+    for rowid, source in rows.fetchall():
+        redacted = redact_source(source)
+        if redacted != source:
+            db.execute("UPDATE items SET source = ? WHERE rowid = ?", (redacted, rowid))
+    db.execute(
+        "UPDATE items SET sent_params = params WHERE status = 'done' AND sent_params IS NULL"
+    )
 
 
 def _request_id(body: bytes) -> str | None:

@@ -76,7 +76,8 @@ PLAN_BATCH = 5000
 #: run's options too: ``kept_answer`` compares them)
 _KEPT_FOR_ITEM = (
     "items.id = kept_answers.id AND items.status != 'done' "
-    "AND items.source = kept_answers.source AND items.fingerprint = kept_answers.fingerprint"
+    "AND same_recording(items.source, kept_answers.source) "
+    "AND items.fingerprint = kept_answers.fingerprint"
 )
 #: the same, as a condition on a row of ``kept_answers``
 _KEPT_LIVE = f"EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM})"

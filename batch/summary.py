@@ -51,10 +51,11 @@ def format_summary(outcome: RunOutcome) -> str:
     ]
     lines += [text.format(count) for count, text in counted if count]
     if s.failed and outcome.sent_next:
+        others = " (dgbatch report --failed says what the others need)"
         lines.append(
             f"{outcome.sent_next} of the failed item(s) gave up on Deepgram or their media "
             "host being busy or down, or on uploads cut off (nothing billed): the next run "
-            "sends them again by itself (dgbatch report --failed says what the others need)"
+            f"sends them again by itself{others if s.failed > outcome.sent_next else ''}"
         )
     if outcome.to_render:
         lines.append(

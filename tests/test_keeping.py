@@ -25,6 +25,7 @@ from conftest import (
     read_state_rows,
     sent_sha256s,
     serve_app,
+    static_server,
 )
 from reliability_helpers import assert_outputs_match, digest, disk_full_after
 
@@ -156,6 +157,29 @@ def test_a_path_in_the_way_fails_the_item_and_retry_failed_writes_its_kept_answe
     assert_outputs_match(wavs[1], out / "x" / "f001")
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(out))}
     assert rows["f001.wav"]["request_id"] in paid
+
+
+def test_a_kept_answer_is_written_for_its_url_signed_again(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A presigned URL whose answer was kept (a path in the way) is signed again for the
+    next night: the same recording, so its kept answer is written, not paid again (it was
+    dropped as for a changed source)."""
+    make_wav(tmp_path / "media" / "r.wav")
+    out = tmp_path / "out"
+    (out / "r.txt").mkdir(parents=True)  # where the txt goes: the answer is kept
+    lists = []
+    with static_server(tmp_path / "media") as base:
+        for day, sig in (("20260101", "AAA"), ("20260102", "BBB")):
+            url = (f"{base}/r.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date={day}T000000Z"
+                   f"&X-Amz-Expires=3600&X-Amz-Signature={sig}")  # fmt: skip
+            lists.append(tmp_path / f"{day}.txt")
+            lists[-1].write_text(url + "\n")
+        assert dgbatch("run", str(lists[0]), "--out", str(out)).exit_code == 1
+        (out / "r.txt").rmdir()
+        again = dgbatch("run", str(lists[1]), "--out", str(out), "--retry-failed")
+    assert again.exit_code == 0, again.output
+    assert len(emulator.log) == 1 and (out / "r.txt").is_file()
 
 
 def test_a_kept_answer_is_dropped_when_its_source_changed(

@@ -417,7 +417,7 @@ _SIGNED = {  # one recording, signed on two nights: the query of each signing
             "q-sign-time=3;4&q-key-time=3;4&q-signature=bbbb2222"),
     "cloudflare": ("verify=1700000000-aaaa1111", "verify=1700086400-bbbb2222"),
     "akamai": ("hdnts=exp%3D1~acl%3D*~hmac%3Daaaa1111", "hdnts=exp%3D2~acl%3D*~hmac%3Dbbbb2222"),
-    "generic": ("exp=1700000000&token=aaaa1111", "exp=1700086400&token=bbbb2222"),
+    "semicolons": ("a=1;Expires=100;Signature=aaaa1111", "a=1;Expires=200;Signature=bbbb2222"),
 }  # fmt: skip
 
 
@@ -444,6 +444,20 @@ def test_a_url_signed_again_is_not_sent_again(
         out / ".dgbatch" / "report.jsonl"
     ).read_bytes()
     assert b"aaaa1111" not in stored and b"bbbb2222" not in stored
+
+
+def test_an_expiry_that_signs_nothing_is_part_of_the_recording(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """``exp`` or ``expiry`` in an unsigned URL (an export's number, a date) names another
+    recording: a review found ``?exp=export-1001`` never sent beside ``export-1002``."""
+    make_wav(tmp_path / "media" / "get")
+    with static_server(tmp_path / "media") as base:
+        urls = [f"{base}/get?exp=export-1001", f"{base}/get?exp=export-1002",
+                f"{base}/get?expiry=2025-01-01", f"{base}/get?expiry=2026-01-01"]  # fmt: skip
+        result = dgbatch("run", *urls, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 4
 
 
 def test_done_items_listed_with_other_params_are_said_not_sent_again(
@@ -520,6 +534,7 @@ def test_an_item_deepgram_was_too_busy_for_is_sent_again_by_the_next_run(
         result = Cli(down)("run", str(src), "--out", str(out), "--max-retries", "1")
     assert result.exit_code == 1
     assert "3 of the failed item(s) gave up on Deepgram or their media host" in result.output
+    assert "the others" not in result.output  # there are none
     state = out / ".dgbatch" / "state.sqlite"
     assert set(_statuses(state)) == {"failed"}
     with emulator_with() as healthy:

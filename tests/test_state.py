@@ -756,7 +756,7 @@ def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -
          ["x-api-key=k1", "src=https%3A%2F%2Fb.s3%2Fk.wav%3FX-Amz-Signature%3Dabc"]),
         ("m011_url_ids_signed_again",
          ["verify=1700000000-k1mac", "hdnts=exp%3D17~acl%3D*~hmac%3Dk1mac",
-          "sv=2024&skt=2026-01-01&ske=2026-01-02&sig=k1sig", "exp=17&token=k1tok"]),
+          "sv=2024&skt=2026-01-01&ske=2026-01-02&sig=k1sig", "exp=17&token=k1a;k1b"]),
     ],
 )  # fmt: skip
 def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
@@ -788,6 +788,45 @@ def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
     assert sorted(str(r["id"]) for r in rows) == sorted(url_id(u) for u in urls)
     assert all(r["status"] == "done" for r in rows)
     assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
+
+
+def test_m012_redacts_the_sources_of_url_items_named_by_an_id(tmp_path: Path) -> None:
+    """m011 re-keyed URL items keyed by their URL, not those named by a manifest ``id``:
+    their new secrets stayed in clear, and the plan took each for another recording."""
+    state = State.open(tmp_path / "state.sqlite")
+    url = "https://h/a.wav?Expires=1&token=t1;TAIL&verify=1-CFMAC"
+    state.plan([Item("id:ep", url, ItemKind.URL, "ep")], run_id=state.start_run("t"))
+    state.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")
+    db.execute("UPDATE items SET source = ?", (url,))  # as an earlier release stored it
+    db.execute("DELETE FROM _migrations WHERE name = 'm012_named_url_sources_redacted_again'")
+    db.commit()
+    db.close()
+    state = State.open(tmp_path / "state.sqlite")
+    ((source,),) = state.query("SELECT source FROM items")
+    state.close()
+    assert source == "https://h/a.wav?Expires=1&token=REDACTED;REDACTED&verify=REDACTED"
+
+
+def test_rekeying_gives_a_shared_id_to_the_done_item(tmp_path: Path) -> None:
+    """An expired signing (failed) and the working one (done) were two items; keyed again
+    as one, the done one keeps the id (the failed one took it, and the next run reported
+    the recording failed and --retry-failed paid again)."""
+    from batch.migrations import m011_url_ids_signed_again
+
+    state = State.open(tmp_path / "state.sqlite")
+    first, second = "https://h/a.wav?verify=1-AAAA", "https://h/a.wav?verify=2-BBBB"
+    run = state.start_run("t")
+    state.plan([Item(u, u, ItemKind.URL, "a") for u in (first, second)], run_id=run)
+    state.claim(10, 0, run)
+    state.record(Result(first, ItemStatus.FAILED, 1, 400, "HTTP 400"))
+    state.record(Result(second, ItemStatus.DONE, 1, 200))
+    state.flush()
+    db = state._db  # keyed by their URLs, as an earlier release keyed them
+    m011_url_ids_signed_again(db)
+    rows = dict(db.execute("SELECT id, status FROM items").fetchall())
+    state.close()
+    assert rows["https://h/a.wav?verify=REDACTED"] == "done"
 
 
 def test_m010_takes_a_done_items_params_as_those_it_was_sent_with(tmp_path: Path) -> None:
