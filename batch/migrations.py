@@ -172,16 +172,7 @@ def _rekey_url_items(db: sqlite3.Connection) -> None:
         update = "UPDATE OR IGNORE items SET id = ?, source = ? WHERE rowid = ?"
         if db.execute(update, (new_id, new_source, rowid)).rowcount and new_id != old_id:
             db.execute("INSERT INTO rekeyed VALUES (?, ?)", (old_id, new_id))
-    for table in ("items", "kept_answers"):
-        db.execute(
-            f"UPDATE {table} SET copy_of = rekeyed.new FROM rekeyed "
-            f"WHERE {table}.copy_of = rekeyed.old"
-        )
-    db.execute(
-        "UPDATE OR IGNORE kept_answers SET id = rekeyed.new FROM rekeyed "
-        "WHERE kept_answers.id = rekeyed.old"
-    )
-    db.execute("DROP TABLE rekeyed")
+    _follow_rekeyed(db)
     for kept_id, source in db.execute("SELECT id, source FROM kept_answers").fetchall():
         redacted = redact_source(source)  # compared with the item's, to be written
         if redacted != source:
@@ -250,6 +241,65 @@ def m012_named_url_sources_redacted_again(db: sqlite3.Connection) -> None:
     db.execute(
         "UPDATE items SET sent_params = params WHERE status = 'done' AND sent_params IS NULL"
     )
+
+
+@migration
+def m013_url_ids_from_their_sources(db: sqlite3.Connection) -> None:
+    """Every URL item keyed by its URL is keyed as the planner keys it now, from its
+    stored source (``url_id`` of it), not from its old id: a key that stopped being a
+    signing time (a generic ``exp``) comes back, and a row an earlier m011 left with its
+    old id (it lost the shared id to a failed row) loses its secrets too.
+
+    When two rows want one id, the done one takes it; a row that is not done and holds it
+    without a kept answer is the same recording, and goes; otherwise the later row keeps
+    the id with ``#<rowid>`` after it, without its secrets."""
+    from batch.redact import redact_source  # here: migrations load before the rest
+    from batch.urls import url_id
+
+    rows = db.execute(
+        "SELECT rowid, id, source, status FROM items WHERE kind = 'url' AND id LIKE '%://%' "
+        "AND id NOT LIKE 'id:%' AND id NOT LIKE 'clash:%' ORDER BY status != 'done', rowid"
+    ).fetchall()
+    db.execute("CREATE TEMP TABLE rekeyed (old TEXT PRIMARY KEY, new TEXT NOT NULL)")
+    for rowid, old_id, source, status in rows:
+        new_source = redact_source(source)
+        new_id = _free_id(db, url_id(new_source), rowid, status == "done")
+        if new_id is None or (new_id, new_source) == (old_id, source):
+            continue
+        db.execute(
+            "UPDATE items SET id = ?, source = ? WHERE rowid = ?", (new_id, new_source, rowid)
+        )
+        if new_id != old_id:
+            db.execute("INSERT OR REPLACE INTO rekeyed VALUES (?, ?)", (old_id, new_id))
+    _follow_rekeyed(db)
+
+
+def _free_id(db: sqlite3.Connection, wanted: str, rowid: int, done: bool) -> str | None:
+    """The id row ``rowid`` takes (None: the row is gone, taken by a done one before)."""
+    if db.execute("SELECT 1 FROM items WHERE rowid = ?", (rowid,)).fetchone() is None:
+        return None
+    holder = db.execute("SELECT rowid, status FROM items WHERE id = ?", (wanted,)).fetchone()
+    if holder is None or holder[0] == rowid:
+        return wanted
+    kept = db.execute("SELECT 1 FROM kept_answers WHERE id = ?", (wanted,)).fetchone()
+    if done and holder[1] != "done" and kept is None:
+        db.execute("DELETE FROM items WHERE rowid = ?", (holder[0],))
+        return wanted
+    return f"{wanted}#{rowid}"
+
+
+def _follow_rekeyed(db: sqlite3.Connection) -> None:
+    """Point ``copy_of`` and kept answers at the ids that changed (``rekeyed``)."""
+    for table in ("items", "kept_answers"):
+        db.execute(
+            f"UPDATE {table} SET copy_of = rekeyed.new FROM rekeyed "
+            f"WHERE {table}.copy_of = rekeyed.old"
+        )
+    db.execute(
+        "UPDATE OR IGNORE kept_answers SET id = rekeyed.new FROM rekeyed "
+        "WHERE kept_answers.id = rekeyed.old"
+    )
+    db.execute("DROP TABLE rekeyed")
 
 
 def _request_id(body: bytes) -> str | None:

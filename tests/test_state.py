@@ -829,6 +829,58 @@ def test_rekeying_gives_a_shared_id_to_the_done_item(tmp_path: Path) -> None:
     assert rows["https://h/a.wav?verify=REDACTED"] == "done"
 
 
+def _reopened_without(
+    path: Path, migration: str, *updates: tuple[str, tuple[object, ...]]
+) -> State:
+    """The state at ``path`` as an earlier release left it (``updates``), opened again so
+    that ``migration`` runs."""
+    db = sqlite3.connect(path)
+    for sql, args in updates:
+        db.execute(sql, args)
+    db.execute("DELETE FROM _migrations WHERE name = ?", (migration,))
+    db.commit()
+    db.close()
+    return State.open(path)
+
+
+def test_m013_keys_url_items_from_their_sources(tmp_path: Path) -> None:
+    """A mid-pass release took a generic ``exp`` for a signing time (its ids had
+    ``exp=REDACTED``), and an m011 before the done-first order left a done row keyed by
+    its old URL, its signature in clear, while a failed row of the same recording held the
+    shared id: every run said the recording failed. Keyed from their sources, the ``exp``
+    comes back, the done row takes the shared id, and no signature stays."""
+    path = tmp_path / "state.sqlite"
+    state = State.open(path)
+    plain, expired, good = (
+        "https://h/c1.wav?exp=1", "https://h/p1.wav?verify=1-EXPIREDSIG",
+        "https://h/p1.wav?verify=2-LIVESIG",
+    )  # fmt: skip
+    run = state.start_run("t")
+    state.plan([Item(u, u, ItemKind.URL, u[10:12]) for u in (plain, expired, good)], run_id=run)
+    state.claim(10, 0, run)
+    for url, status in (
+        (plain, ItemStatus.DONE),
+        (expired, ItemStatus.FAILED),
+        (good, ItemStatus.DONE),
+    ):
+        state.record(Result(url, status, 1, 200 if status is ItemStatus.DONE else 400))
+    state.flush()
+    state.close()
+    shared = "https://h/p1.wav?verify=REDACTED"
+    rekey = "UPDATE items SET id = ?, source = ? WHERE id = ?"
+    state = _reopened_without(
+        path,
+        "m013_url_ids_from_their_sources",
+        (rekey, ("https://h/c1.wav?exp=REDACTED", plain, plain)),
+        (rekey, (shared, shared, expired)),
+        ("UPDATE items SET source = ? WHERE id = ?", (good, good)),
+    )
+    rows = dict(state.query("SELECT id, status FROM items"))
+    state.close()
+    assert rows == {plain: "done", shared: "done"}
+    assert b"LIVESIG" not in path.read_bytes() and b"EXPIREDSIG" not in path.read_bytes()
+
+
 def test_m010_takes_a_done_items_params_as_those_it_was_sent_with(tmp_path: Path) -> None:
     """Done items of an earlier release have no ``sent_params``: their lines' params
     until now stand in, so that an edit after the upgrade is told, as on a new state."""
