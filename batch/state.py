@@ -22,7 +22,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,22 @@ def _in_the_way(path: Path, exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def _asked_again(fn: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
+    """``fn``, answering without calling it again when asked about the two texts it was
+    asked about last: ``PLAN`` asks ``same_recording`` in each ``CASE`` of a row it
+    updates, eight times a row, and a manifest of URLs signed again asks it of every row
+    (58 µs a row, against 13 µs for one that keeps its URL)."""
+    last: tuple[str, str, bool] | None = None
+
+    def answer(stored: str, planned: str) -> bool:
+        nonlocal last
+        if last is None or last[0] != stored or last[1] != planned:
+            last = (stored, planned, fn(stored, planned))
+        return last[2]
+
+    return answer
+
+
 class State:
     """One open state file. Thread-safe: every call holds the connection's lock."""
 
@@ -121,7 +137,7 @@ class State:
         self.path = path
         self._db = db
         db.create_function("same_params", 2, same_params, deterministic=True)  # for PLAN
-        db.create_function("same_recording", 2, same_recording, deterministic=True)
+        db.create_function("same_recording", 2, _asked_again(same_recording), deterministic=True)
         self._lock_file = lock_file
         #: the file this run holds, to tell when it was deleted or replaced under it
         self._file_id = file_id(path) if lock_file is not None else None

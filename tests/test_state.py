@@ -881,6 +881,19 @@ def test_m013_keys_url_items_from_their_sources(tmp_path: Path) -> None:
     assert b"LIVESIG" not in path.read_bytes() and b"EXPIREDSIG" not in path.read_bytes()
 
 
+def test_same_recording_is_asked_once_a_row_when_a_plan_updates_it(tmp_path: Path) -> None:
+    """``PLAN`` asks whether a URL is the one stored in each of a row's ``CASE``s: the
+    answer for the same two URLs is given again, not worked out eight times a row."""
+    from batch.state import _asked_again
+
+    asked: list[tuple[str, str]] = []
+    same = _asked_again(lambda a, b: asked.append((a, b)) or a[0] == b[0])
+    assert [same("ab", "ac"), same("ab", "ac"), same("ab", "xy"), same("ab", "ac")] == [
+        True, True, False, True
+    ]  # fmt: skip
+    assert asked == [("ab", "ac"), ("ab", "xy"), ("ab", "ac")]
+
+
 def test_m010_takes_a_done_items_params_as_those_it_was_sent_with(tmp_path: Path) -> None:
     """Done items of an earlier release have no ``sent_params``: their lines' params
     until now stand in, so that an edit after the upgrade is told, as on a new state."""
