@@ -162,18 +162,19 @@ def _rendered(
     warning: an answer not of Deepgram's usual shape, such as words without times)."""
     files: dict[str, bytes] = {}
     failed: list[str] = []
+    reason = ""
     for fmt in formats:
         try:
             files.update(render_all((fmt,), body, response, line_length=line_length, source=source))
-        except ItemError as exc:
+        except ItemError as exc:  # render_all's, raised from what the renderer met
             failed.append(fmt)
-            reason = str(exc)
+            reason = f"{type(exc.__cause__).__name__}: {exc.__cause__}"[:200]
     if failed:
         log.warning(
             "%s: cannot render %s from its json, not of Deepgram's usual shape (%s); it keeps "
             "the outputs it has",
             source,
             ", ".join(failed),
-            reason.rpartition("(")[2].rstrip(")"),
+            reason,
         )
     return files, failed

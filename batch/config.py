@@ -28,6 +28,7 @@ from batch.naming import is_s3_uri
 from batch.params import request_params
 from batch.redact import redact_source, redact_url
 from batch.shard import Shard
+from batch.statefile import SQLITE_TAILS
 
 DEFAULT_API_URL = "https://api.deepgram.com"
 KEY_ENV = "DEEPGRAM_API_KEY"
@@ -189,9 +190,7 @@ _OUTPUT_SUFFIXES = frozenset(f".{fmt}" for fmt in RENDERERS)
 
 def state_files(state: Path) -> tuple[Path, ...]:
     """The state file and the files SQLite and the run lock keep beside it."""
-    return tuple(
-        state.with_name(state.name + tail) for tail in ("", "-wal", "-shm", "-journal", ".lock")
-    )
+    return tuple(state.with_name(state.name + tail) for tail in (*SQLITE_TAILS, ".lock"))
 
 
 def report_path(state_path: Path) -> Path:

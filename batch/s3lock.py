@@ -14,7 +14,6 @@ import functools
 import json
 import logging
 import os
-import re
 import socket
 import time
 import uuid
@@ -27,7 +26,7 @@ from batch.errors import BatchError, StateLocked, UsageError
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
-from batch.shard import overlap, overlap_message
+from batch.shard import lock_tag, overlap, overlap_message
 from batch.statefile import take_output_lock
 
 __all__ = ["LOCK_TTL", "LockWatch", "S3Lock", "output_lock"]
@@ -36,8 +35,6 @@ log = logging.getLogger("dgbatch")
 
 #: A lock not refreshed for this long is abandoned (its run died) and may be taken over.
 LOCK_TTL = 900.0
-#: the lock objects of ``S3Lock.for_output``, and the shard tag each names ('' for none)
-_LOCK_NAME_RE = re.compile(r"lock(?:-(shard-\d+-of-\d+))?\.json")
 #: roughly when this process started (a lock with our pid from before is a previous life's)
 _PROCESS_STARTED = time.time()
 
@@ -208,14 +205,13 @@ class S3Lock:
         except Exception as exc:
             raise self._error(exc) from exc
         for key in keys:
-            found = _LOCK_NAME_RE.fullmatch(key[len(folder) :])
-            if found is None or key == self.key or not overlap(suffix, found[1] or ""):
+            tag = lock_tag(key[len(folder) :], "lock", "json")  # for_output's
+            if tag is None or key == self.key or not overlap(suffix, tag):
                 continue
             holder = self._read(key)
             if holder is not None and not holder.stale(time.time()):
                 place = self.uri.rpartition("/.dgbatch/")[0]
-                message = overlap_message(place, _who(holder), found[1] or "", suffix)
-                raise StateLocked(message)
+                raise StateLocked(overlap_message(place, _who(holder), tag, suffix))
 
     def _document(self) -> bytes:
         now = time.time()

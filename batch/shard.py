@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from batch.errors import UsageError
 from batch.naming import name_root, safe_name
 
-__all__ = ["SHARD_ENV", "Shard", "in_shard", "overlap", "overlap_message", "parse_shard"]
+__all__ = [
+    "SHARD_ENV",
+    "Shard",
+    "in_shard",
+    "lock_tag",
+    "overlap",
+    "overlap_message",
+    "parse_shard",
+]
 
 #: Environment variable read when ``--shard`` is not given.
 SHARD_ENV = "DGBATCH_SHARD"
@@ -42,6 +50,17 @@ class Shard:
 
 
 _TAG_RE = re.compile(r"shard-\d+-of-(\d+)")
+#: a run lock's file name: ``<stem>.<ext>`` without ``--shard``, ``<stem>-<tag>.<ext>``
+_LOCK_RE = re.compile(r"(?P<stem>[a-z]+)(?:-(?P<tag>shard-\d+-of-\d+))?\.(?P<ext>[a-z]+)")
+
+
+def lock_tag(name: str, stem: str, ext: str) -> str | None:
+    """The shard tag ('' for none) of a run lock named ``name`` (``out.lock``,
+    ``lock-shard-0-of-2.json``), or None when ``name`` is no lock of ``stem`` and ``ext``."""
+    found = _LOCK_RE.fullmatch(name)
+    if found is None or (found["stem"], found["ext"]) != (stem, ext):
+        return None
+    return found["tag"] or ""
 
 
 def overlap(tag: str, other: str) -> bool:

@@ -12,7 +12,6 @@ import fcntl
 import hashlib
 import logging
 import os
-import re
 import socket
 import sqlite3
 import stat
@@ -25,7 +24,7 @@ from urllib.parse import quote
 
 from batch import migrations
 from batch.errors import StateError, StateLocked, StateWriteError
-from batch.shard import overlap, overlap_message
+from batch.shard import lock_tag, overlap, overlap_message
 
 log = logging.getLogger("dgbatch")
 
@@ -55,8 +54,6 @@ _OUT_BUSY = (
     "{out}: another dgbatch run ({holder}) writes its transcripts there, with another state "
     "file; both would send every item: wait for it to finish, or give each its own --out"
 )
-#: the output locks of ``take_output_lock``, and the shard tag each names ('' for none)
-_OUT_LOCK_RE = re.compile(r"out(?:-(shard-\d+-of-\d+))?\.lock")
 
 
 def take_lock(path: Path, *, host: bool = True) -> StateLock:
@@ -142,11 +139,8 @@ def _refuse_overlapping_shards(out: Path, suffix: str) -> None:
     """
     with contextlib.suppress(OSError), os.scandir(out / ".dgbatch") as entries:
         for entry in entries:
-            found = _OUT_LOCK_RE.fullmatch(entry.name)
-            if found is None:
-                continue
-            tag = found[1] or ""
-            if tag != suffix and overlap(suffix, tag):
+            tag = lock_tag(entry.name, "out", "lock")  # take_output_lock's
+            if tag is not None and tag != suffix and overlap(suffix, tag):
                 holder = _held_by(Path(entry.path))
                 if holder is not None:
                     raise StateLocked(overlap_message(str(out), holder, tag, suffix))
@@ -189,10 +183,15 @@ def _lock_beside(path: Path, busy: str) -> IO[str]:
     return handle
 
 
+#: what SQLite keeps under a state file's name: the file, and its write-ahead log, shared
+#: memory and rollback journal beside it
+SQLITE_TAILS = ("", "-wal", "-shm", "-journal")
+
+
 def remove_unused(path: Path) -> None:
     """Remove a state file a run made and never used (and SQLite's files beside it; the
     run lock stays: a run waiting on it must find the one it waits on)."""
-    for tail in ("", "-wal", "-shm", "-journal"):
+    for tail in SQLITE_TAILS:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path.with_name(path.name + tail))
 

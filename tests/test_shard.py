@@ -13,7 +13,7 @@ from conftest import Cli, MotoS3, load_json, make_wav, outputs_under
 from batch.config import default_state_path
 from batch.emulator import Emulator
 from batch.errors import UsageError
-from batch.shard import Shard, in_shard, overlap, parse_shard
+from batch.shard import Shard, in_shard, lock_tag, overlap, parse_shard
 
 TX_DIGEST = hashlib.sha256(b"s3://media/tx").hexdigest()[:16]
 
@@ -41,6 +41,21 @@ def test_shards_partition_and_balance() -> None:
     assert owners == {1: 8000}
     sizes = Counter(next(k for k in range(8) if in_shard(i, k, 8)) for i in ids)
     assert min(sizes.values()) > 850 and max(sizes.values()) < 1150
+
+
+@pytest.mark.parametrize(
+    ("name", "stem", "ext", "tag"),
+    [("out.lock", "out", "lock", ""), ("out-shard-0-of-2.lock", "out", "lock", "shard-0-of-2"),
+     ("lock.json", "lock", "json", ""), ("lock-shard-1-of-3.json", "lock", "json", "shard-1-of-3"),
+     ("lock.json", "out", "lock", None), ("state.sqlite.lock", "out", "lock", None),
+     ("out-shard-x.lock", "out", "lock", None)],
+)  # fmt: skip
+def test_lock_tag_reads_the_shard_a_lock_is_of(
+    name: str, stem: str, ext: str, tag: str | None
+) -> None:
+    """A run lock's name says which shard's run holds it: local (``out…lock``) or S3
+    (``lock….json``); any other file is no lock of theirs."""
+    assert lock_tag(name, stem, ext) == tag
 
 
 @pytest.mark.parametrize(
