@@ -1,11 +1,13 @@
-"""The audio budget of ``--max-audio-hours`` / ``--max-cost`` (pure accounting).
+"""The budget of ``--max-audio-hours`` / ``--max-cost`` (pure accounting).
 
-The cap counts audio transcribed across the whole state file (every run, copies made
+The cap counts what was transcribed across the whole state file (every run, copies made
 by ``--dedupe`` excluded), not only this run: a budget is a ceiling on what a batch may
 cost, so Ctrl-C and the same command again must not grant a fresh one. To continue
-past it, run again with a higher cap. An item is admitted only if audio already
+past it, run again with a higher cap. An item is admitted only if what was already
 transcribed, plus the estimates of items in flight, plus its own estimate stays within
-the cap; its reservation is replaced by Deepgram's ``metadata.duration`` when it ends.
+each cap; its reservation is replaced by Deepgram's ``metadata.duration`` when it ends.
+A dollar cap prices each item at the model it is sent with (``ItemPrices``): a manifest
+line may ask for a dearer model than the run's.
 An item of unknown length (a URL: no local header, no size) is estimated at the longest
 length measured so far; before there is one, such items go one at a time. URLs much longer
 than any measured can still pass the cap, by at most the items in flight.
@@ -13,9 +15,11 @@ than any measured can still pass the cap, by at most the items in flight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from batch.errors import BudgetExceeded
+from batch.models import Params
+from batch.pricing import ItemPrices
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,60 +29,116 @@ class Reservation:
     seconds: float
     #: an item of unknown length admitted before any item's length was known
     blind: bool = False
+    #: USD per second of the item's audio (0 without a dollar cap)
+    rate: float = 0.0
+
+
+@dataclass
+class Ledger:
+    """One cap and what counts against it, in seconds of audio or in US dollars."""
+
+    cap: float
+    used: float = 0.0
+    reserved: float = 0.0
+    dollars: bool = False
+
+    def full(self) -> bool:
+        return self.used + self.reserved >= self.cap
+
+    def fits(self, amount: float) -> bool:
+        return self.used + self.reserved + amount <= self.cap
+
+    def show(self, amount: float) -> str:
+        return dollars(amount) if self.dollars else audio_span(amount)
 
 
 @dataclass
 class Budget:
-    """Seconds of audio allowed, used and reserved by in-flight items."""
+    """The caps (audio and/or dollars) and the items in flight against them."""
 
-    cap_seconds: float
-    used_seconds: float = 0.0
-    reserved_seconds: float = 0.0
+    audio: Ledger | None = None
+    cost: Ledger | None = None
+    #: the price of an item's audio; needed with a dollar cap only
+    prices: ItemPrices | None = None
     #: the longest length measured so far (in the state, then in this run): it stands in
     #: for the length of an item nobody could measure (a URL); 0 before any
     longest: float = 0.0
     #: items of unknown length in flight before any length was measured
     blind: int = 0
+    _ledgers: tuple[Ledger, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._ledgers = tuple(ledger for ledger in (self.audio, self.cost) if ledger)
+
+    def rate(self, params: Params) -> float | None:
+        """USD per second of an item sent with ``params``: 0 without a dollar cap, None
+        when its model has no known price (what it would cost cannot be told)."""
+        if self.cost is None or self.prices is None:
+            return 0.0
+        return self.prices.per_second(params)
 
     def must_wait(self, estimate: float | None) -> bool:
         """An item of unknown length waits while another one is in flight and no length is
         known yet: the first one's length, once Deepgram gives it, stands in for the rest."""
         return estimate is None and not self.longest and self.blind > 0
 
-    def admit(self, estimate: float | None) -> Reservation | None:
-        """Reserve the item's seconds if they fit, else None (the run stops). An unknown
-        estimate is the longest length measured so far (an estimate that stops early rather
-        than late); with none measured yet, the item goes alone (see ``must_wait``),
-        reserving nothing."""
-        committed = self.used_seconds + self.reserved_seconds
-        if committed >= self.cap_seconds:
+    def admit(self, estimate: float | None, rate: float = 0.0) -> Reservation | None:
+        """Reserve the item's seconds (and their price at ``rate``) if they fit each cap,
+        else None (the run stops). An unknown estimate is the longest length measured so
+        far (an estimate that stops early rather than late); with none measured yet, the
+        item goes alone (see ``must_wait``), reserving nothing."""
+        if any(ledger.full() for ledger in self._ledgers):
             return None
         if estimate is None and not self.longest:
             self.blind += 1
-            return Reservation(0.0, blind=True)
+            return Reservation(0.0, blind=True, rate=rate)
         seconds = estimate if estimate is not None else self.longest
-        if committed + seconds > self.cap_seconds:
+        amounts = self._amounts(seconds, rate)
+        if not all(ledger.fits(amount) for ledger, amount in amounts):
             return None
-        self.reserved_seconds += seconds
-        return Reservation(seconds)
+        for ledger, amount in amounts:
+            ledger.reserved += amount
+        return Reservation(seconds, rate=rate)
 
     def settle(self, reservation: Reservation | None, actual: float | None) -> None:
         """Replace an item's reservation by the audio it really used (0 if it failed)."""
+        rate = 0.0 if reservation is None else reservation.rate
         if reservation is not None:
-            self.reserved_seconds -= reservation.seconds
+            for ledger, amount in self._amounts(reservation.seconds, rate):
+                ledger.reserved -= amount
             self.blind -= reservation.blind
         if actual:
-            self.used_seconds += actual
+            for ledger, amount in self._amounts(actual, rate):
+                ledger.used += amount
             self.longest = max(self.longest, actual)
 
-    def exceeded(self, source: str, estimate: float | None) -> BudgetExceeded:
-        """The error that stops the run, naming the cap, the usage and the next item."""
+    def _amounts(self, seconds: float, rate: float) -> list[tuple[Ledger, float]]:
+        """What ``seconds`` of audio at ``rate`` count against each cap."""
+        return [(ledger, seconds * rate if ledger.dollars else seconds) for ledger in self._ledgers]
+
+    def exceeded(self, source: str, estimate: float | None, rate: float = 0.0) -> BudgetExceeded:
+        """The error that stops the run, naming the cap passed, its usage and the next item."""
+        seconds = estimate if estimate is not None else self.longest
         guess = f"~{audio_span(estimate)}" if estimate else "unknown length"
+        passed = [ledger for ledger, amount in self._amounts(seconds, rate)
+                  if ledger.full() or not ledger.fits(amount)]  # fmt: skip
+        ledger = (passed or list(self._ledgers))[0]
+        if ledger.dollars and seconds:
+            guess += f", ~{dollars(seconds * rate)}"
         return BudgetExceeded(
-            f"audio budget reached: {audio_span(self.used_seconds)} transcribed and "
-            f"{audio_span(self.reserved_seconds)} in flight of a {audio_span(self.cap_seconds)} "
-            f"cap; next item {source} ({guess}) would pass it. Remaining items stay pending: "
-            "run again with a higher --max-audio-hours/--max-cost to continue"
+            f"{'cost' if ledger.dollars else 'audio'} budget reached: "
+            f"{ledger.show(ledger.used)} transcribed and {ledger.show(ledger.reserved)} in "
+            f"flight of a {ledger.show(ledger.cap)} cap; next item {source} ({guess}) would "
+            "pass it. Remaining items stay pending: run again with a higher "
+            "--max-audio-hours/--max-cost to continue"
+        )
+
+    def unpriced(self, source: str, params: Params) -> BudgetExceeded:
+        """The error that stops a ``--max-cost`` run at an item whose model has no price."""
+        model = self.prices.model(params) if self.prices is not None else None
+        return BudgetExceeded(
+            f"--max-cost: no list price known for model {model!r}, which item {source} is "
+            "sent with; pass --price-per-hour to price it. Remaining items stay pending"
         )
 
 
@@ -92,14 +152,7 @@ def audio_span(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def cap_seconds(
-    max_hours: float | None, max_cost: float | None, per_hour: float | None
-) -> float | None:
-    """The stricter of ``--max-audio-hours`` and ``--max-cost`` (at ``per_hour`` USD), in
-    seconds of audio; None when neither is set."""
-    caps = []
-    if max_hours is not None:
-        caps.append(max_hours * 3600)
-    if max_cost is not None and per_hour:
-        caps.append(max_cost / per_hour * 3600)
-    return min(caps) if caps else None
+def dollars(amount: float) -> str:
+    """US dollars, to the cent, or to a hundredth of a cent below a dollar (a minute of
+    audio costs less than one)."""
+    return f"${amount:,.2f}" if amount >= 1 else f"${amount:.4f}"

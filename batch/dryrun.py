@@ -27,16 +27,15 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from batch.budget import audio_span
+from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
-    budget_seconds,
+    make_budget,
     refuse_report_place,
     start_plan,
-    used_audio,
     warn_over_deepgrams_limit,
 )
 from batch.keeping import Keeping
@@ -106,9 +105,11 @@ class Estimate:
     examples: list[dict[str, Any]] = field(default_factory=list)
     #: done items listed with other params than they were sent with: not sent again
     asked_anew: int = 0
-    #: ``--max-audio-hours`` / ``--max-cost`` as seconds of audio, and what the state used
+    #: ``--max-audio-hours`` in seconds and ``--max-cost`` in USD, and what the state used
     cap_seconds: float | None = None
     used_seconds: float = 0.0
+    cap_usd: float | None = None
+    used_usd: float = 0.0
 
     @property
     def cost(self) -> float | None:
@@ -151,16 +152,20 @@ class Estimate:
             "prices": self.price_source,
             "budget_seconds": self.cap_seconds,
             "budget_used_seconds": round(self.used_seconds, 3),
+            "budget_usd": self.cap_usd,
+            "budget_used_usd": round(self.used_usd, 6),
             "over_budget": self.over_budget,
             "examples": self.examples,
         }
 
     @property
     def over_budget(self) -> bool:
-        """The audio to send, with what the state used, passes the budget cap: the run
-        would stop there (exit 1), the rest pending."""
+        """The audio to send (or its cost), with what the state used, passes a budget cap:
+        the run would stop there (exit 1), the rest pending."""
         total = self.used_seconds + self.measured_seconds + self.guessed_seconds
-        return self.cap_seconds is not None and total > self.cap_seconds
+        audio = self.cap_seconds is not None and total > self.cap_seconds
+        cost = self.cap_usd is not None and self.used_usd + (self.cost or 0.0) > self.cap_usd
+        return audio or cost
 
 
 async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
@@ -303,8 +308,11 @@ def _estimate(
         result.cost_by_model[model] = estimate_cost(seconds, per_hour)
     if config.price_per_hour is not None:
         result.price_source = f"--price-per-hour {config.price_per_hour:g}"
-    result.cap_seconds = budget_seconds(config)
-    result.used_seconds = used_audio(state)[0] if result.cap_seconds is not None else 0.0
+    budget = make_budget(config, state)
+    if budget is not None and budget.audio is not None:
+        result.cap_seconds, result.used_seconds = budget.audio.cap, budget.audio.used
+    if budget is not None and budget.cost is not None:
+        result.cap_usd, result.used_usd = budget.cost.cap, budget.cost.used
     return result
 
 
@@ -422,23 +430,42 @@ def format_estimate(estimate: Estimate) -> str:
 
 
 def _budget(e: dict[str, Any]) -> list[str]:
-    """The line for ``--max-audio-hours`` / ``--max-cost`` (none without a cap)."""
-    cap = e["budget_seconds"]
-    if cap is None:
-        return []
-    used = f"{audio_span(e['budget_used_seconds'])} already transcribed in this state"
+    """A line per cap of ``--max-audio-hours`` / ``--max-cost`` (none without a cap)."""
+    lines = []
+    if e["budget_seconds"] is not None:
+        cap, used = e["budget_seconds"], e["budget_used_seconds"]
+        over = used + e["duration_seconds"] + e["guessed_seconds"] > cap
+        lines.append(
+            f"budget: {audio_span(cap)} of audio, {audio_span(used)} already transcribed in "
+            f"this state: {_verdict(e, over)}"
+        )
+    if e["budget_usd"] is not None:
+        cap, used, cost = e["budget_usd"], e["budget_used_usd"], e["estimated_cost_usd"]
+        unpriced = sorted(m for m, c in e["cost_by_model"].items() if c is None)
+        verdict = (
+            f"no price is known for {', '.join(unpriced)}: the run stops at its first item "
+            "(exit 1; --price-per-hour prices it)"
+            if unpriced
+            else _verdict(e, used + cost > cap)
+        )
+        lines.append(
+            f"budget: {dollars(cap)}, {dollars(used)} already transcribed in this state, "
+            f"each item at its model's price: {verdict}"
+        )
+    return lines
+
+
+def _verdict(e: dict[str, Any], over: bool) -> str:
+    """Whether the estimate fits one cap, as the run would then behave."""
     unknown = e["items_without_estimate"]
-    if not e["over_budget"] and unknown:
-        return [
-            f"budget: {audio_span(cap)} of audio, {used}: the rest of the estimate fits, but "
-            f"{unknown} item(s) of unknown length may pass it (the run stops there, exit 1)"
-        ]
-    if not e["over_budget"]:
-        return [f"budget: {audio_span(cap)} of audio, {used}: the estimate fits"]
-    return [
-        f"budget: {audio_span(cap)} of audio, {used}: the estimate passes it, so the run "
-        "would stop there (exit 1, the rest pending)"
-    ]
+    if over:
+        return "the estimate passes it, so the run would stop there (exit 1, the rest pending)"
+    if unknown:
+        return (
+            f"the rest of the estimate fits, but {unknown} item(s) of unknown length may pass "
+            "it (the run stops there, exit 1)"
+        )
+    return "the estimate fits"
 
 
 def _failing(by_code: dict[str, int]) -> list[str]:

@@ -25,7 +25,7 @@ from typing import Any, TextIO
 
 from batch.account import check_key
 from batch.backfill import Backfilled, backfill, done_to_render, done_without
-from batch.budget import Budget, cap_seconds
+from batch.budget import Budget, Ledger
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
@@ -44,9 +44,10 @@ from batch.outputs import (
 )
 from batch.params import project_limit, request_params, run_tags
 from batch.planner import BackgroundPlan
-from batch.pricing import model_of, price_per_hour
+from batch.pricing import ItemPrices, model_of, price_per_hour
 from batch.progress import Progress
 from batch.realsources import RealSources
+from batch.records import stored_params
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
@@ -141,7 +142,7 @@ async def run_batch(
 async def _run_batch(
     config: RunConfig, progress: Progress, stdin: TextIO | None, signals: SignalLatch
 ) -> RunOutcome:
-    cap = budget_seconds(config)
+    check_budget(config)
     warn_over_deepgrams_limit(config)
     s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
     report = RunReport(
@@ -161,7 +162,7 @@ async def _run_batch(
             details = await check_key(config.api_url, config.api_key)
             if details is not None:
                 log.info("%s", details.describe())
-        outcome = await _run_locked(config, progress, stdin, s3, report, cap, signals)
+        outcome = await _run_locked(config, progress, stdin, s3, report, signals)
         report.exit_code = outcome.exit_code
         report.error = str(outcome.error) if outcome.error else None
     except BatchError as exc:
@@ -226,7 +227,6 @@ async def _run_locked(
     stdin: TextIO | None,
     s3: S3,
     report: RunReport,
-    cap: float | None,
     signals: SignalLatch,
 ) -> RunOutcome:
     """Hold the state lock (and the output lock of an S3 ``--out``) for the whole run."""
@@ -253,10 +253,7 @@ async def _run_locked(
                     if new_force:  # nothing was sent: the force did not begin
                         state.end_force()
                     raise
-                budget = None
-                if cap is not None:
-                    used, longest = await asyncio.to_thread(used_audio, state)
-                    budget = Budget(cap, used_seconds=used, longest=longest)
+                budget = await asyncio.to_thread(make_budget, config, state)
                 tags = run_tags(run_tag)
                 stats = await _execute(
                     config,
@@ -330,16 +327,42 @@ def _recorded_if_stopped(state: State, run_id: int) -> Iterator[None]:
         raise
 
 
-def budget_seconds(config: RunConfig) -> float | None:
-    """The budget in seconds of audio, from hours and/or USD (the stricter wins)."""
-    per_hour = None
+def check_budget(config: RunConfig) -> None:
+    """Refuse ``--max-cost`` before anything starts when the run's own model has no price
+    (an item of a manifest line asking for an unpriced model stops the run when reached)."""
     if config.max_cost is not None:
         model = model_of(config.params)
-        per_hour = price_per_hour(model, config.price_per_hour)
-        if per_hour is None:
+        if price_per_hour(model, config.price_per_hour) is None:
             msg = f"--max-cost: no list price known for model {model!r}; pass --price-per-hour"
             raise UsageError(msg)
-    return cap_seconds(config.max_audio_hours, config.max_cost, per_hour)
+
+
+def make_budget(config: RunConfig, state: State) -> Budget | None:
+    """The run's caps, with what the state already transcribed counted against them; None
+    without ``--max-audio-hours`` and ``--max-cost``."""
+    if config.max_audio_hours is None and config.max_cost is None:
+        return None
+    check_budget(config)
+    used, longest = used_audio(state)
+    prices = ItemPrices(config.params, config.price_per_hour)
+    audio = cost = None
+    if config.max_audio_hours is not None:
+        audio = Ledger(config.max_audio_hours * 3600, used=used)
+    if config.max_cost is not None:
+        cost = Ledger(config.max_cost, used=used_cost(state, prices), dollars=True)
+    return Budget(audio, cost, prices, longest=longest)
+
+
+def used_cost(state: State, prices: ItemPrices) -> float:
+    """USD of the audio the state transcribed, each item at the model it was sent with
+    (the run's model for one that has no price, and for answers kept unwritten)."""
+    fallback = prices.per_second(()) or 0.0
+    rows = state.query(
+        "SELECT COALESCE(sent_params, params), SUM(duration) FROM items "
+        "WHERE status = 'done' AND copy_of IS NULL AND duration > 0 GROUP BY 1"
+    )
+    total = sum(float(s) * (prices.per_second(stored_params(p)) or fallback) for p, s in rows)
+    return total + sum(kept_audio(state)) * fallback
 
 
 def used_audio(state: State) -> tuple[float, float]:

@@ -313,7 +313,12 @@ run_options = stacked(
         metavar="H",
         help="Stop dispatching before audio transcribed (whole state) + in flight passes H.",
     ),
-    click.option("--max-cost", type=float, metavar="USD", help="The same cap in US dollars."),
+    click.option(
+        "--max-cost",
+        type=float,
+        metavar="USD",
+        help="A cap in US dollars, each item at its own model's price.",
+    ),
     click.option(
         "--price-per-hour",
         type=float,

@@ -10,6 +10,11 @@ Intelligence) cost extra and are not included. ``--price-per-hour`` overrides th
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+
+from batch.models import Params
+from batch.params import merge_params
 
 #: When the table was written; printed with every estimate.
 PRICES_AS_OF = "2025-06 (verify on deepgram.com/pricing)"
@@ -57,3 +62,30 @@ def estimate_cost(seconds: float, per_hour: float | None) -> float | None:
     if per_hour is None:
         return None
     return seconds / 3600 * per_hour
+
+
+@dataclass(frozen=True, slots=True)
+class ItemPrices:
+    """What an item's audio costs at the model it is sent with: a manifest line's own
+    params over the run's (``--param``), merged as its request merges them. A dollar cap
+    priced at the run's model alone let lines asking for a dearer model pass it."""
+
+    #: the run's params (``RunConfig.params``)
+    defaults: Params
+    #: ``--price-per-hour``: every model at this price
+    override: float | None = None
+
+    def model(self, own: Params) -> str | None:
+        """The model an item with ``own`` params is sent with."""
+        return model_of(merge_params(self.defaults, own))
+
+    def per_second(self, own: Params) -> float | None:
+        """USD per second of audio for an item with ``own`` params; None if unknown."""
+        return _per_second(self, own)
+
+
+@lru_cache(maxsize=256)
+def _per_second(prices: ItemPrices, own: Params) -> float | None:
+    """Cached: it is asked for every item admitted, and a run's items share a few params."""
+    per_hour = price_per_hour(prices.model(own), prices.override)
+    return None if per_hour is None else per_hour / 3600

@@ -259,6 +259,10 @@ class Runner:
             return True
         if self.keeping.may_have(item) and await self.keeping.answer(item) is not None:
             return True  # paid for already: writing it costs nothing (``Placer.kept_result``)
+        rate = self.budget.rate(item.params)
+        if rate is None:  # priced at no model's price, it could pass the cap unseen
+            self.stop(self.budget.unpriced(item.source, item.params))
+            return False
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
         if self.budget.must_wait(estimate):
@@ -267,15 +271,15 @@ class Runner:
             await self.limit.without_slot(self._wait_for_budget(self.budget, estimate))
         if self.stopping:
             return False
-        reservation = self.budget.admit(estimate)
+        reservation = self.budget.admit(estimate, rate)
         if reservation is None and self._copies is not None:
             free = await self._free_copy(item)
             if self.stopping:  # a signal while it waited: nothing more is dispatched
                 return False
             # else its original ended meanwhile, giving back what it had reserved
-            reservation = Reservation(0.0) if free else self.budget.admit(estimate)
+            reservation = Reservation(0.0) if free else self.budget.admit(estimate, rate)
         if reservation is None:
-            self.stop(self.budget.exceeded(item.source, estimate))
+            self.stop(self.budget.exceeded(item.source, estimate, rate))
             return False
         self._reserved[item.id] = reservation
         return True

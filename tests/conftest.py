@@ -207,9 +207,17 @@ def stop_when(
     timeout: float = 30.0,
 ) -> bytes:
     """Once ``ready`` (or the process ended), wait ``pause`` and ``act`` on the running
-    process (a signal, a fault); its stderr once it ends. Killed if it outlives that."""
+    process (a signal, a fault); its stderr once it ends. Killed if it outlives that, or if
+    it is never ready: the failure then shows what it printed (a loaded machine, or a hang)."""
     try:
-        wait_for(lambda: ready() or proc.poll() is not None)
+        try:
+            wait_for(lambda: ready() or proc.poll() is not None, timeout=timeout)
+        except pytest.fail.Exception:
+            proc.kill()
+            _, stderr = proc.communicate()
+            pytest.fail(
+                f"never ready in {timeout} s; it printed: {stderr.decode(errors='replace')}"
+            )
         time.sleep(pause)
         act()
         _, stderr = proc.communicate(timeout=timeout)

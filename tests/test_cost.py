@@ -22,7 +22,7 @@ from conftest import (
     static_server,
 )
 
-from batch.budget import Budget, Reservation, audio_span, cap_seconds
+from batch.budget import Budget, Ledger, Reservation, audio_span, dollars
 from batch.emulator import Emulator
 from batch.models import Params
 from batch.pricing import estimate_cost, model_of, price_per_hour
@@ -55,25 +55,9 @@ def test_model_and_cost_helpers() -> None:
     assert estimate_cost(1800, None) is None
 
 
-@pytest.mark.parametrize(
-    ("hours", "cost", "per_hour", "expected"),
-    [
-        (None, None, None, None),
-        (2.0, None, None, 7200.0),
-        (None, 1.0, 0.5, 7200.0),
-        (1.0, 1.0, 0.5, 3600.0),
-    ],
-)
-def test_cap_seconds(
-    hours: float | None, cost: float | None, per_hour: float | None, expected: float | None
-) -> None:
-    """The stricter of the hour and dollar caps applies."""
-    assert cap_seconds(hours, cost, per_hour) == expected
-
-
 def test_budget_reserves_and_settles() -> None:
     """In-flight estimates count against the cap until replaced by the real duration."""
-    budget = Budget(cap_seconds=10.0, used_seconds=2.0, longest=2.0)
+    budget = Budget(Ledger(10.0, used=2.0), longest=2.0)
     five = budget.admit(5.0)
     assert five == Reservation(5.0)
     assert budget.admit(4.0) is None  # 2 + 5 + 4 > 10
@@ -81,7 +65,7 @@ def test_budget_reserves_and_settles() -> None:
     assert three is not None
     assert budget.admit(None) is None  # the cap is reached: unknown lengths wait too
     budget.settle(five, 4.0)
-    assert budget.used_seconds == 6.0 and budget.reserved_seconds == 3.0
+    assert budget.audio == Ledger(10.0, used=6.0, reserved=3.0)
     budget.settle(three, 0.0)  # failed: nothing used
     assert budget.admit(None) == Reservation(4.0)  # unknown: the longest measured, 4 s
     assert str(budget.exceeded("a.wav", 60.0)) == (
@@ -89,6 +73,65 @@ def test_budget_reserves_and_settles() -> None:
         "item a.wav (~1.0 min) would pass it. Remaining items stay pending: run again with a "
         "higher --max-audio-hours/--max-cost to continue"
     )
+
+
+#: USD per second: the run's nova-3 at $0.0043 a minute, a line's enhanced at $0.0145
+NOVA, ENHANCED = 0.0043 / 60, 0.0145 / 60
+
+
+@pytest.mark.parametrize(
+    ("hours", "usd", "items", "admitted", "passed"),
+    [
+        # a dollar cap weighs each item at its own model: 60 s of enhanced is $0.0145
+        (None, 0.02, [(60.0, ENHANCED), (60.0, ENHANCED)], 1, "cost"),
+        (None, 0.02, [(60.0, NOVA)] * 4, 4, None),
+        (None, 0.02, [(60.0, NOVA), (60.0, ENHANCED), (60.0, NOVA)], 2, "cost"),
+        # with both caps, the one the item at hand would pass stops it
+        (2 / 60, 1.0, [(60.0, ENHANCED), (60.0, ENHANCED), (60.0, NOVA)], 2, "audio"),
+        (1.0, 0.015, [(60.0, NOVA), (60.0, ENHANCED)], 1, "cost"),
+    ],
+)
+def test_each_cap_counts_each_item_at_its_own_price(
+    hours: float | None,
+    usd: float | None,
+    items: list[tuple[float, float]],
+    admitted: int,
+    passed: str | None,
+) -> None:
+    """A manifest line asking for a dearer model than the run's is priced as it is sent:
+    the cap was converted to hours once, at the run's model, and let such lines pass it."""
+    audio = None if hours is None else Ledger(hours * 3600)
+    cost = None if usd is None else Ledger(usd, dollars=True)
+    budget = Budget(audio, cost)
+    taken = 0
+    for seconds, rate in items:
+        if budget.admit(seconds, rate) is None:
+            assert passed is not None
+            assert str(budget.exceeded("x.wav", seconds, rate)).startswith(f"{passed} budget")
+            break
+        taken += 1
+    assert taken == admitted
+
+
+def test_a_settled_item_counts_its_price_once() -> None:
+    """The reservation carries the item's rate: what it really used is priced at it."""
+    budget = Budget(cost=Ledger(1.0, dollars=True))
+    dear = budget.admit(60.0, ENHANCED)
+    assert dear == Reservation(60.0, rate=ENHANCED)
+    budget.settle(dear, 30.0)
+    assert budget.cost is not None
+    assert budget.cost.reserved == pytest.approx(0.0)
+    assert budget.cost.used == pytest.approx(0.0145 / 2)
+    blind = Budget(cost=Ledger(1.0, dollars=True)).admit(None, NOVA)
+    assert blind == Reservation(0.0, blind=True, rate=NOVA)
+
+
+@pytest.mark.parametrize(
+    ("amount", "shown"),
+    [(0.0, "$0.0000"), (0.00431, "$0.0043"), (5.0, "$5.00"), (1234.5, "$1,234.50")],
+)
+def test_dollars_show_cents_or_below_a_dollar_hundredths_of_one(amount: float, shown: str) -> None:
+    assert dollars(amount) == shown
 
 
 @pytest.mark.parametrize(
@@ -269,7 +312,7 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
 def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:
     """A URL has no length before Deepgram answers: the first goes alone (the others wait,
     they do not stop the run); then the longest measured length stands in for theirs."""
-    budget = Budget(cap_seconds=100.0)
+    budget = Budget(Ledger(100.0))
     first = budget.admit(None)
     assert first == Reservation(0.0, blind=True)
     assert budget.must_wait(None) and not budget.must_wait(5.0)  # a known length may go
@@ -300,16 +343,57 @@ def test_a_budget_holds_for_urls_of_unknown_length(
     assert len(emulator.log) == 1
 
 
-def test_max_cost_converts_with_the_price(dgbatch: Cli, emulator: Emulator, tmp_path: Path) -> None:
-    """``--max-cost`` caps audio at cost / price; an unpriced model needs --price-per-hour."""
+def test_max_cost_caps_the_price_of_the_audio(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--max-cost`` caps the audio's price; an unpriced model needs --price-per-hour."""
     for n in range(3):
         make_wav(tmp_path / "in" / f"{n}.wav", 1.0, tone=n)
     args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1")
     refused = dgbatch(*args, "--param", "model=custom-x", "--max-cost", "1")
     assert refused.exit_code == 2 and "--price-per-hour" in refused.output
     result = dgbatch(*args, "--max-cost", "0.01", "--price-per-hour", "24")  # 1.5 s of audio
-    assert result.exit_code == 1 and "audio budget reached" in result.output
+    assert result.exit_code == 1 and "cost budget reached" in result.output
+    assert "of a $0.0100 cap; next item" in result.output and "~$0.0067)" in result.output
     assert len(emulator.log) == 1
+
+
+def test_max_cost_prices_each_line_at_the_model_it_is_sent_with(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Lines asking for ``enhanced`` ($0.0145 a minute) under a run of nova-3 ($0.0043):
+    the cap was converted to audio at nova-3's price, so all four 10 s lines ($0.0097)
+    passed a $0.005 cap; the dry run said they fit. A line whose model has no price stops
+    the run before it is sent (its cost could not be told), until --price-per-hour."""
+    lines = []
+    for n in range(4):
+        wav = make_wav(tmp_path / "in" / f"{n}.wav", 10.0, tone=n)
+        lines.append({"source": str(wav), "params": {"model": "enhanced"}})
+    manifest = tmp_path / "dear.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = ("run", str(manifest), "--out", str(tmp_path / "out"), "-c", "1", "--max-cost")
+    dry = dgbatch(*args, "0.005", "--dry-run")
+    assert "the estimate passes it, so the run would stop there" in dry.output, dry.output
+    result = dgbatch(*args, "0.005")
+    assert result.exit_code == 1 and "cost budget reached" in result.output, result.output
+    assert [dict(req.params)["model"] for req in emulator.log] == ["enhanced", "enhanced"]
+    again = dgbatch(*args, "0.007")  # what is done counts at its price too: $0.0048 + $0.0024
+    assert again.exit_code == 1 and "$0.0048 transcribed" in again.output, again.output
+    assert len(emulator.log) == 2
+    custom = tmp_path / "custom.jsonl"
+    custom.write_text(json.dumps({"source": lines[3]["source"], "params": {"model": "x-1"}}))
+    args = ("run", str(custom), "--out", str(tmp_path / "custom"), "--max-cost")
+    dry = dgbatch(*args, "1", "--dry-run")
+    assert "no price is known for x-1: the run stops at its first item" in dry.output
+    stopped = dgbatch(*args, "1")
+    assert stopped.exit_code == 1, stopped.output
+    assert (
+        "--max-cost: no list price known for model 'x-1', which item "
+        f"{lines[3]['source']} is sent with; pass --price-per-hour" in stopped.output
+    )
+    assert len(emulator.log) == 2  # nothing was sent
+    priced = dgbatch(*args, "1", "--price-per-hour", "0.5")
+    assert priced.exit_code == 0 and len(emulator.log) == 3, priced.output
 
 
 def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
@@ -325,15 +409,15 @@ def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
     assert over.exit_code == 0, over.output
     assert "at --price-per-hour 3.6" in over.output
     assert (
-        "budget: 2.5 s of audio, 0.0 s already transcribed in this state: the estimate "
-        "passes it, so the run would stop there" in over.output
+        "budget: $0.0025, $0.0000 already transcribed in this state, each item at its model's "
+        "price: the estimate passes it, so the run would stop there" in over.output
     )
     dry = dgbatch(*args, "--dry-run", "--json", "--max-audio-hours", str(5 / 3600))
     estimate = json.loads(dry.output)
     assert (estimate["over_budget"], estimate["budget_seconds"]) == (False, 5.0)
     assert emulator.log == []
     ran = dgbatch(*args, "--max-cost", "0.0025", "--price-per-hour", "3.6")
-    assert ran.exit_code == 1 and "audio budget reached" in ran.output
+    assert ran.exit_code == 1 and "cost budget reached" in ran.output
     after = dgbatch(*args, "--dry-run", "--max-audio-hours", str(5 / 3600))
     assert "2.0 s already transcribed in this state: the estimate fits" in after.output
     urls = tmp_path / "urls.txt"  # no length known before Deepgram answers: no verdict

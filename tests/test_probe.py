@@ -26,6 +26,7 @@ from conftest import (
     make_wav,
     serve_app,
     static_server,
+    stop_when,
     subprocess_env,
 )
 from mutagen.ogg import OggPage
@@ -308,12 +309,16 @@ def test_a_signal_stops_a_long_probe(tmp_path: Path, sig: signal.Signals) -> Non
         proc = subprocess.Popen(
             command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
-        assert asked.wait(30), "the probe never began"
-        started = time.monotonic()
-        proc.send_signal(sig)
-        _, stderr = proc.communicate(timeout=60)
+        signalled: list[float] = []
+
+        def interrupt() -> None:
+            signalled.append(time.monotonic())
+            proc.send_signal(sig)
+
+        stderr = stop_when(proc, asked.is_set, interrupt, timeout=60)
+        ended = time.monotonic()
     assert proc.returncode == 130, stderr.decode()
-    assert time.monotonic() - started < 3
+    assert ended - signalled[0] < 3
     assert b"interrupted while probing" in stderr
 
 
