@@ -33,6 +33,7 @@ from batch.config import RunConfig
 from batch.dedupe import Dedupe
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
+    asked_anew_text,
     make_budget,
     refuse_report_place,
     start_plan,
@@ -52,6 +53,7 @@ from batch.probe import (
     probe_url,
 )
 from batch.realsources import RealSources
+from batch.records import Some
 from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.signals import SignalLatch, latched_signals
@@ -104,7 +106,7 @@ class Estimate:
     price_source: str = PRICES_AS_OF
     examples: list[dict[str, Any]] = field(default_factory=list)
     #: done items listed with other params than they were sent with: not sent again
-    asked_anew: int = 0
+    asked_anew: Some = field(default_factory=lambda: Some(0, []))
     #: ``--max-audio-hours`` in seconds and ``--max-cost`` in USD, and what the state used
     cap_seconds: float | None = None
     used_seconds: float = 0.0
@@ -132,7 +134,8 @@ class Estimate:
             "to_send": self.to_send,
             "by_kind": dict(self.by_kind),
             "already_done": self.already_done,
-            "done_with_other_params": self.asked_anew,
+            "done_with_other_params": self.asked_anew.total,
+            "done_with_other_params_first": self.asked_anew.first,
             "failed": self.failed,
             "dedupe_copies": self.copies,
             "kept_answers": self.kept,
@@ -406,7 +409,7 @@ def format_estimate(estimate: Estimate) -> str:
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed, not sent: inputs found"
         " broken while planning, or earlier runs' failures)",
-        *_asked_anew(e["done_with_other_params"]),
+        *_asked_anew(Some(e["done_with_other_params"], e["done_with_other_params_first"])),
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
         *_failing(e["fail_locally"]),
@@ -497,14 +500,10 @@ _COPIES = (
 _KEPT = "have a paid answer an earlier run kept: written from it, not sent nor priced"
 
 
-def _asked_anew(count: int) -> list[str]:
+def _asked_anew(asked: Some) -> list[str]:
     """The line for done items whose lines ask for other params now (none: no line)."""
-    if not count:
-        return []
-    return [
-        f"{count} of the done item(s) are listed with other params than they were sent "
-        "with: not sent again (--force with their sources re-sends them, paid)"
-    ]
+    text = asked_anew_text(asked)
+    return [] if text is None else [text]
 
 
 def _not_sent(count: int, why: str) -> list[str]:

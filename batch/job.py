@@ -47,7 +47,7 @@ from batch.planner import BackgroundPlan
 from batch.pricing import ItemPrices, model_of, price_per_hour
 from batch.progress import Progress
 from batch.realsources import RealSources
-from batch.records import stored_params
+from batch.records import Some, stored_params
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
@@ -302,16 +302,22 @@ async def _run_locked(
             remove_unused(config.state_path)  # made is not left, empty, for status to read
 
 
-def _say_asked_anew(count: int) -> None:
+def asked_anew_text(asked: Some) -> str | None:
     """Done items are not sent again for params their manifest lines ask for now: say so,
-    or the edit would seem to have been applied."""
-    if count:
-        log.warning(
-            "%d done item(s) are listed with other params than they were sent with: not sent "
-            "again (their transcripts keep the earlier params; --force with their sources "
-            "re-sends them, paid)",
-            count,
-        )
+    naming them, or the edit would seem to have been applied."""
+    if not asked.total:
+        return None
+    return (
+        f"{asked.total} done item(s) are listed with other params than they were sent with "
+        f"({asked.named()}): not sent again (their transcripts keep the earlier params; "
+        "--force with their sources re-sends them, paid)"
+    )
+
+
+def _say_asked_anew(asked: Some) -> None:
+    text = asked_anew_text(asked)
+    if text is not None:
+        log.warning("%s", text)
 
 
 @contextmanager

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from batch.models import ItemKind, ItemStatus, Params
 
@@ -109,6 +109,18 @@ class Result:
     retry_next: bool = False
     #: 200s without a transcript it got so far (``WorkItem.paid_200s``); kept at least
     paid_200s: int = 0
+
+
+class Some(NamedTuple):
+    """A count of items and the sources of the first few of them, to name in a message."""
+
+    total: int
+    first: list[str]
+
+    def named(self) -> str:
+        """``a.wav, b.wav and 3 more``."""
+        more = self.total - len(self.first)
+        return ", ".join(self.first) + (f" and {more} more" if more > 0 else "")
 
 
 @dataclass(frozen=True, slots=True)

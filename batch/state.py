@@ -49,6 +49,7 @@ from batch.records import (
     TRIES,
     PlanStats,
     Result,
+    Some,
     WorkItem,
     result_row,
     stored_params,
@@ -622,15 +623,18 @@ class State:
         sent: what its exit code is about."""
         return self._counts("WHERE run_id = ? OR seen_run = ?", (run_id, run_id))
 
-    def done_asked_anew(self, run_id: int) -> int:
+    def done_asked_anew(self, run_id: int, named: int = 3) -> Some:
         """Done items whose lines, as run ``run_id`` planned them, ask for other params
-        than those they were sent with (a manifest line edited): they are not sent again."""
-        ((count,),) = self.query(
-            "SELECT COUNT(*) FROM items WHERE status = 'done' AND seen_run = ? "
-            "AND sent_params != params AND NOT same_params(sent_params, params)",
-            (run_id,),
+        than those they were sent with (a manifest line edited): they are not sent again.
+        The sources of the first ``named`` of them come along: a count alone left the user
+        to search a manifest for the lines edited."""
+        where = (
+            "FROM items WHERE status = 'done' AND seen_run = ? "
+            "AND sent_params != params AND NOT same_params(sent_params, params)"
         )
-        return int(count)
+        ((count,),) = self.query(f"SELECT COUNT(*) {where}", (run_id,))
+        first = self.query(f"SELECT source {where} ORDER BY rowid LIMIT ?", (run_id, named))
+        return Some(int(count), [str(source) for (source,) in first] if count else [])
 
     def failed_sent_next(self, run_id: int) -> int:
         """Failed items of run ``run_id`` that the next run sends again by itself

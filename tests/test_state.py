@@ -31,6 +31,7 @@ from conftest import (
 from batch.emulator import Emulator
 from batch.errors import StateError, StateLocked, StateWriteError
 from batch.models import Item, ItemKind, ItemStatus
+from batch.records import Some
 from batch.state import Result, State, WorkItem
 from batch.urls import url_id
 
@@ -125,9 +126,9 @@ def test_a_done_item_keeps_the_params_it_was_sent_with(state: State) -> None:
     state.plan([edited, edited], run_id=2)
     rows = state.query("SELECT id, params, sent_params, status FROM items")
     assert rows == [(item.id, '[["language", "fr"]]', '[["language", "en"]]', "done")]
-    assert (state.done_asked_anew(2), state.done_asked_anew(1)) == (1, 0)
+    assert (state.done_asked_anew(2), state.done_asked_anew(1)) == ((1, ["/src/a.wav"]), (0, []))
     state.plan([_item("a.wav", params=(("language", "en"),))], run_id=3)  # put back
-    assert state.done_asked_anew(3) == 0
+    assert state.done_asked_anew(3).total == 0
 
 
 def test_a_requeued_item_starts_its_possibly_billed_retries_again(state: State) -> None:
@@ -911,7 +912,7 @@ def test_m010_takes_a_done_items_params_as_those_it_was_sent_with(tmp_path: Path
     edited = Item("/a.wav", "/a.wav", ItemKind.FILE, "a", params=(("language", "fr"),), size=1)
     run = state.start_run("t")
     state.plan([edited], run_id=run)
-    assert state.done_asked_anew(run) == 1
+    assert state.done_asked_anew(run).total == 1
     state.close()
 
 
@@ -975,3 +976,25 @@ def test_m009_stops_an_earlier_release_re_queuing_a_504(tmp_path: Path) -> None:
         db.execute("DELETE FROM _migrations WHERE name = 'm009_paid_200s'")
     State.open(path).close()
     assert read_state_rows(path)[0]["retry_next"] == 0
+
+
+@pytest.mark.parametrize(
+    ("some", "named"),
+    [
+        (Some(1, ["a.wav"]), "a.wav"),
+        (Some(3, ["a.wav", "b.wav", "c.wav"]), "a.wav, b.wav, c.wav"),
+        (Some(5, ["a.wav", "b.wav", "c.wav"]), "a.wav, b.wav, c.wav and 2 more"),
+    ],
+)
+def test_a_few_items_are_named_and_the_rest_counted(some: Some, named: str) -> None:
+    assert some.named() == named
+
+
+def test_the_items_asked_anew_are_named_first_few_only(state: State) -> None:
+    """Five done items whose lines were edited: the first three are named, all counted."""
+    items = [_item(f"{n}.wav", params=(("language", "en"),)) for n in range(5)]
+    state.plan(items, run_id=1)
+    for item in items:
+        _finish(state, ItemStatus.DONE, item)
+    state.plan([_item(f"{n}.wav", params=(("language", "fr"),)) for n in range(5)], run_id=2)
+    assert state.done_asked_anew(2) == (5, ["/src/0.wav", "/src/1.wav", "/src/2.wav"])
