@@ -114,6 +114,14 @@ class RunConfig:
         ``--dedupe`` keys copies on and what a kept answer must have been asked with."""
         return request_params(self.params, own, formats=self.formats)
 
+    def answering_params(self, own: Params) -> tuple[Params, ...]:
+        """The params of the requests whose answer serves an item of this run: as this run
+        sends it first, then as a run with other formats did (``utterances=true`` added for
+        captions, or not): captions are made from an answer's words without utterances, as
+        for a done item, so a kept answer is not paid for again when a format is added."""
+        layers = (self.formats, (), ("srt",))
+        return tuple(dict.fromkeys(request_params(self.params, own, formats=f) for f in layers))
+
 
 def default_state_path(
     out: str, shard: Shard | None = None, environ: Mapping[str, str] | None = None

@@ -40,13 +40,14 @@ class Keeping:
         state: State,
         run_id: int,
         *,
-        sent: Callable[[Params], Params] = lambda own: own,
+        sent: Callable[[Params], tuple[Params, ...]] = lambda own: (own,),
         not_before: float | None = None,
     ) -> None:
         self.state = state
         self.run_id = run_id
-        #: the params a request of this run sends for an item's own ones (tags left out):
-        #: an answer is written only for the params it answers
+        #: the params of the requests whose answer serves an item of this run, for its own
+        #: ones (tags left out; the first as this run sends it): an answer is written only
+        #: for the params it answers
         self._sent = sent
         #: when the ``--force`` underway began: answers kept before it are what it redoes
         self._not_before = not_before
@@ -59,9 +60,9 @@ class Keeping:
     def for_run(
         cls, config: RunConfig, state: State, run_id: int, force_since: float | None
     ) -> Keeping:
-        """Keyed on the params a request sends (``RunConfig.sent_params``, as ``--dedupe``):
-        a ``--param`` changed since is another request."""
-        return cls(state, run_id, sent=config.sent_params, not_before=force_since)
+        """Keyed on the params a request sends (``RunConfig.answering_params``): a
+        ``--param`` changed since is another request, a caption format added is not."""
+        return cls(state, run_id, sent=config.answering_params, not_before=force_since)
 
     async def load(self) -> None:
         """Read which items have an answer to write (after a crashed run's items are
@@ -80,7 +81,8 @@ class Keeping:
     def answer_now(self, item_id: str, own: Params) -> tuple[bytes, str | None] | None:
         """``answer`` for an item whose own params are ``own``, in this thread (the dry
         run's estimate asks it per item, without a loop)."""
-        return self.state.kept_answer(item_id, self._asked(own), self._not_before or 0.0)
+        asked = tuple(json.dumps(params) for params in self._sent(own))
+        return self.state.kept_answer(item_id, asked, self._not_before or 0.0)
 
     async def keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
         """Keep ``item``'s paid answer (a --dedupe copy's: its original's, ``copy_of``);
@@ -89,13 +91,8 @@ class Keeping:
         keeping = asyncio.ensure_future(asyncio.to_thread(self._keep, item, body, copy_of))
         await asyncio.shield(keeping)
 
-    def _asked(self, own: Params) -> str:
-        """The params a request of this run sends for ``own``, as a kept answer stores
-        them: an answer is kept and found under the same string."""
-        return json.dumps(self._sent(own))
-
     def _keep(self, item: WorkItem, body: bytes, copy_of: str | None) -> None:
-        params = self._asked(item.params)
+        params = json.dumps(self._sent(item.params)[0])  # as this run sent it
         try:
             self.state.keep_answer(item, params, self.run_id, body, copy_of)
         except (StateError, sqlite3.Error) as exc:  # a full disk, or the state closed

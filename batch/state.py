@@ -328,17 +328,19 @@ class State:
             )
 
     def kept_answer(
-        self, item_id: str, params: str, since: float
+        self, item_id: str, params: tuple[str, ...], since: float
     ) -> tuple[bytes, str | None] | None:
         """The answer kept for this item and the original it was a copy of (if any), if it
-        answers the item as the state has it now, asked with ``params``, and was kept at
-        ``since`` or later."""
+        answers the item as the state has it now, asked with one of ``params``, and was
+        kept at ``since`` or later."""
+        marks = ", ".join("?" * len(params))
         with self._mutex, self._writing():
             row = self._db.execute(
                 "SELECT body, kept_answers.copy_of FROM kept_answers "
                 f"JOIN items ON {_KEPT_FOR_ITEM} "
-                "WHERE kept_answers.id = ? AND kept_answers.params = ? AND kept_at >= ?",
-                (item_id, params, since),
+                f"WHERE kept_answers.id = ? AND kept_answers.params IN ({marks}) "
+                "AND kept_at >= ? ORDER BY kept_at DESC",
+                (item_id, *params, since),
             ).fetchone()
         return None if row is None else (bytes(row[0]), row[1])
 

@@ -275,6 +275,32 @@ def test_an_s3_output_bucket_gone_mid_run_keeps_the_answers(
     )
 
 
+@pytest.mark.parametrize(
+    ("first", "then"), [("json,txt", "json,txt,srt"), ("json,vtt", "json,txt")]
+)
+def test_a_kept_answer_is_written_whatever_formats_are_added_or_dropped(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, first: str, then: str
+) -> None:
+    """Captions ask Deepgram for ``utterances=true``: a kept answer asked without them was
+    dropped, and paid for again, by the run that added ``srt`` (a review found it); the
+    captions are made from its words, as for a done item."""
+    wav = make_wav(tmp_path / "in" / "x" / "a.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "x").symlink_to(tmp_path / "elsewhere")  # its outputs cannot go: kept
+    args = ("run", str(tmp_path / "in"), "--out", str(out))
+    assert dgbatch(*args, "--formats", first).exit_code == 1
+    paid = answered_ids(emulator)
+    (out / "x").unlink()
+    again = dgbatch(*args, "--formats", then, "--retry-failed")
+    assert again.exit_code == 0, again.output
+    assert answered_ids(emulator) == paid
+    for suffix in then.split(","):
+        assert (out / "x" / f"a.{suffix}").stat().st_size > 0
+    assert_outputs_match(wav, out / "x" / "a")
+
+
 def test_force_sends_again_instead_of_writing_a_kept_answer(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
@@ -561,7 +587,7 @@ def test_a_kept_answer_unreadable_is_a_state_error(tmp_path: Path) -> None:
         with state._db:
             state._db.execute("DROP TABLE kept_answers")
         with pytest.raises(StateError, match=r"state\.sqlite: cannot"):
-            state.kept_answer("a", "[]", 0.0)
+            state.kept_answer("a", ("[]",), 0.0)
     finally:
         state.close()
 
