@@ -45,7 +45,7 @@ from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_location, output_relpath
 from batch.outputs import check_spares_source
 from batch.params import merge_params
-from batch.pricing import PRICES_AS_OF, estimate_cost, model_of, price_per_hour
+from batch.pricing import PRICES_AS_OF, estimate_cost, price_per_hour, priced_model
 from batch.probe import (
     guess_seconds,
     local_duration,
@@ -304,7 +304,7 @@ def _estimate(
             result.kept += 1
             continue
         seconds = _add_item(result, row, probed.get(row["id"], NOT_PROBED))
-        model = model_of(sent) or "(default)"
+        model = priced_model(sent) or "(default)"
         seconds_by_model[model] = seconds_by_model.get(model, 0.0) + (seconds or 0.0)
     for model, seconds in seconds_by_model.items():
         per_hour = price_per_hour(None if model == "(default)" else model, config.price_per_hour)

@@ -44,7 +44,7 @@ from batch.outputs import (
 )
 from batch.params import project_limit, request_params, run_tags
 from batch.planner import BackgroundPlan
-from batch.pricing import ItemPrices, model_of, price_per_hour
+from batch.pricing import ItemPrices, price_per_hour, priced_model
 from batch.progress import Progress
 from batch.realsources import RealSources
 from batch.records import Some, stored_params
@@ -337,7 +337,7 @@ def check_budget(config: RunConfig) -> None:
     """Refuse ``--max-cost`` before anything starts when the run's own model has no price
     (an item of a manifest line asking for an unpriced model stops the run when reached)."""
     if config.max_cost is not None:
-        model = model_of(config.params)
+        model = priced_model(config.params)
         if price_per_hour(model, config.price_per_hour) is None:
             msg = f"--max-cost: no list price known for model {model!r}; pass --price-per-hour"
             raise UsageError(msg)

@@ -50,10 +50,25 @@ def price_per_hour(model: str | None, override: float | None = None) -> float | 
 
 def model_of(params: Iterable[tuple[str, str]]) -> str | None:
     """The ``model`` a request asks for (the last value wins, as in a query string)."""
-    model = None
-    for key, value in params:
-        if key == "model":
-            model = value
+    return _last(params, "model")
+
+
+def _last(params: Iterable[tuple[str, str]], key: str) -> str | None:
+    found = None
+    for name, value in params:
+        if name == key:
+            found = value
+    return found
+
+
+def priced_model(params: Iterable[tuple[str, str]]) -> str | None:
+    """The model a request is billed as: its ``model``, except that Nova-3 asked for
+    ``language=multi`` is Nova-3 Multilingual, which has a price of its own (Deepgram selects
+    it so: "Nova-3 Language Prompting", developers.deepgram.com)."""
+    values = list(params)
+    model, language = _last(values, "model"), _last(values, "language")
+    if model is not None and model.lower() == "nova-3" and (language or "").lower() == "multi":
+        return "nova-3-multilingual"
     return model
 
 
@@ -77,7 +92,7 @@ class ItemPrices:
 
     def model(self, own: Params) -> str | None:
         """The model an item with ``own`` params is sent with."""
-        return model_of(merge_params(self.defaults, own))
+        return priced_model(merge_params(self.defaults, own))
 
     def per_second(self, own: Params) -> float | None:
         """USD per second of audio for an item with ``own`` params; None if unknown."""

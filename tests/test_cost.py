@@ -25,7 +25,7 @@ from conftest import (
 from batch.budget import Budget, Ledger, Reservation, audio_span, dollars
 from batch.emulator import Emulator
 from batch.models import Params
-from batch.pricing import estimate_cost, model_of, price_per_hour
+from batch.pricing import estimate_cost, model_of, price_per_hour, priced_model
 
 
 @pytest.mark.parametrize(
@@ -53,6 +53,25 @@ def test_model_and_cost_helpers() -> None:
     assert model_of(()) is None
     assert estimate_cost(1800, 0.5) == pytest.approx(0.25)
     assert estimate_cost(1800, None) is None
+
+
+@pytest.mark.parametrize(
+    ("params", "billed_as"),
+    [
+        ((("model", "nova-3"), ("language", "multi")), "nova-3-multilingual"),
+        ((("model", "Nova-3"), ("language", "MULTI")), "nova-3-multilingual"),
+        ((("model", "nova-3"), ("language", "multi"), ("language", "en")), "nova-3"),
+        ((("model", "nova-2"), ("language", "multi")), "nova-2"),
+        ((("model", "nova-3"),), "nova-3"),
+        ((("language", "multi"),), None),
+    ],
+)
+def test_nova_3_asked_for_every_language_is_priced_as_multilingual(
+    params: Params, billed_as: str | None
+) -> None:
+    """Deepgram's Nova-3 Multilingual is ``model=nova-3&language=multi``: the table's
+    ``nova-3-multilingual`` price was never used, and such audio was priced 17 % low."""
+    assert priced_model(params) == billed_as
 
 
 def test_budget_reserves_and_settles() -> None:
