@@ -41,6 +41,15 @@ class Ledger:
     used: float = 0.0
     reserved: float = 0.0
     dollars: bool = False
+    #: ``used`` when the run began: what the state transcribed before it
+    before: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self.before = self.used
+
+    @property
+    def kind(self) -> str:
+        return "cost" if self.dollars else "audio"
 
     def full(self) -> bool:
         return self.used + self.reserved >= self.cap
@@ -126,12 +135,25 @@ class Budget:
         if ledger.dollars and seconds:
             guess += f", ~{dollars(seconds * rate)}"
         return BudgetExceeded(
-            f"{'cost' if ledger.dollars else 'audio'} budget reached: "
+            f"{ledger.kind} budget reached: "
             f"{ledger.show(ledger.used)} transcribed and {ledger.show(ledger.reserved)} in "
             f"flight of a {ledger.show(ledger.cap)} cap; next item {source} ({guess}) would "
             "pass it. Remaining items stay pending: run again with a higher "
             "--max-audio-hours/--max-cost to continue"
         )
+
+    def passed(self) -> BudgetExceeded | None:
+        """A cap this run's items passed after all, which the run cannot stop before: URLs
+        longer than the estimate they were admitted at. Said, with exit 1, else the run
+        ended as if within its budget; a cap passed by earlier runs is not this run's."""
+        for ledger in self._ledgers:
+            if ledger.used > max(ledger.cap, ledger.before) + 1e-9:
+                return BudgetExceeded(
+                    f"{ledger.kind} budget passed: {ledger.show(ledger.used)} transcribed of a "
+                    f"{ledger.show(ledger.cap)} cap; items of unknown length (URLs) were longer "
+                    "than estimated (each counts as the longest measured before it)"
+                )
+        return None
 
     def unpriced(self, source: str, params: Params) -> BudgetExceeded:
         """The error that stops a ``--max-cost`` run at an item whose model has no price."""

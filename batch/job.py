@@ -281,6 +281,10 @@ async def _run_locked(
                 saved = await _save_report(state, report_path(config.state_path))
                 stats.stop_reason = stats.stop_reason or signals.interruption()
                 code = exit_code_for(mine, stats.stop_reason)
+                passed = budget.passed() if budget is not None else None
+                if passed is not None:
+                    log.warning("%s", passed)
+                    code = code or passed.exit_code
                 finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
                 if force_since is not None and finished:
                     state.end_force()

@@ -362,6 +362,27 @@ def test_a_budget_holds_for_urls_of_unknown_length(
     assert len(emulator.log) == 1
 
 
+def test_a_cap_passed_by_urls_longer_than_estimated_is_said_with_exit_1(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A URL counts as the longest length measured before it: a 3 s URL after a 1 s one
+    passes a 2.5 s cap, which the run cannot stop before. It ended with exit 0 and no word
+    (a review billed 107 s against a 36 s cap so); now it says so, with exit 1. A later
+    run that sends nothing more has passed nothing."""
+    make_wav(tmp_path / "media" / "a.wav", 1.0)
+    make_wav(tmp_path / "media" / "b.wav", 3.0, tone=1)
+    with static_server(tmp_path / "media") as base:
+        manifest = tmp_path / "urls.txt"
+        manifest.write_text(f"{base}/a.wav\n{base}/b.wav\n")
+        args = ("run", str(manifest), "--out", str(tmp_path / "out"), "-c", "1")
+        passed = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
+        assert passed.exit_code == 1, passed.output
+        assert "audio budget passed: 4.0 s transcribed of a 2.5 s cap" in passed.output
+        assert len(emulator.log) == 2
+        again = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
+        assert again.exit_code == 0 and "budget passed" not in again.output, again.output
+
+
 def test_max_cost_caps_the_price_of_the_audio(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
