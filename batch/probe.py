@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
 from typing import TYPE_CHECKING, Any
 
@@ -40,7 +41,7 @@ def local_duration(path: str) -> float | None:
     except OSError:
         return None
     with handle:
-        return _duration_of(handle, path)
+        return _duration_of(handle, path, os.fstat(handle.fileno()).st_size)
 
 
 def guess_seconds(size: int | None) -> float | None:
@@ -156,11 +157,12 @@ def sparse_duration(head: bytes, size: int | None, tail: bytes = b"") -> float |
     """
     if not head:
         return None
-    return _duration_of(SparseReader(head, size or len(head), tail), "probed object")
+    return _duration_of(SparseReader(head, size or len(head), tail), "probed object", size)
 
 
-def _duration_of(source: Any, label: str) -> float | None:
-    """mutagen's length for a path or file object; None for anything it cannot read."""
+def _duration_of(source: Any, label: str, size: int | None = None) -> float | None:
+    """mutagen's length for a file object of ``size`` bytes; None for anything it cannot
+    read. Uncompressed audio is held to what its bytes can hold (``pcm_ceiling``)."""
     import mutagen  # imported when first needed: URL-only runs start faster
 
     try:
@@ -173,7 +175,22 @@ def _duration_of(source: Any, label: str) -> float | None:
     length = getattr(parsed.info, "length", None)
     if not isinstance(length, int | float) or length <= 0:
         return None
-    return float(length)
+    ceiling = pcm_ceiling(parsed.info, size)
+    return float(length) if ceiling is None else min(float(length), ceiling)
+
+
+def pcm_ceiling(info: object, size: int | None) -> float | None:
+    """The most seconds ``size`` bytes of uncompressed audio (WAV, AIFF) can hold; None for
+    other formats. A WAV written by a stream (ffmpeg to a pipe, a recorder that crashed)
+    states a data size of 4 GiB, which mutagen reads as hours: a budget stopped at such a
+    file, and its transcript was flagged as truncated."""
+    from mutagen.aiff import AIFFInfo
+    from mutagen.wave import WaveStreamInfo
+
+    bitrate = getattr(info, "bitrate", 0)
+    if not (size and isinstance(info, WaveStreamInfo | AIFFInfo) and bitrate):
+        return None
+    return float(size * 8 / bitrate)
 
 
 async def probe_s3(s3: S3, source: str, size: int | None) -> float | None:

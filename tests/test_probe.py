@@ -371,3 +371,47 @@ def test_a_pipe_in_a_files_place_is_neither_sniffed_nor_hashed(tmp_path: Path) -
         sniff_path(str(pipe), ())
     with pytest.raises(OSError, match="not a regular file"):
         content_key(str(pipe), ())
+
+
+def _wav_stating(path: Path, data_size: int | None) -> Path:
+    """A 2 s WAV whose header states ``data_size`` bytes of samples (None: as written)."""
+    make_wav(path, 2.0)
+    if data_size is not None:
+        body = bytearray(path.read_bytes())
+        at = body.index(b"data")
+        body[at + 4 : at + 8] = struct.pack("<I", data_size)
+        body[4:8] = struct.pack("<I", min(data_size + 36, 0xFFFFFFFF))
+        path.write_bytes(bytes(body))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("data_size", "seconds"),
+    [
+        (None, 2.0),  # as written
+        (0xFFFFFFFF, 2.0),  # written by a stream: mutagen read 74 hours
+        (8000 * 2 * 60, 2.0),  # cut short: the header says a minute, 2 s are there
+        (8000 * 2 * 1, 1.0),  # the header says less than the bytes: the header wins
+    ],
+)
+def test_uncompressed_audio_is_as_long_as_its_bytes_can_hold_at_most(
+    tmp_path: Path, data_size: int | None, seconds: float
+) -> None:
+    """A budget stopped for good at a streamed WAV (74 h of audio per its header), and the
+    truncation check flagged its transcript; a WAV is measured at most by its bytes."""
+    wav = _wav_stating(tmp_path / "a.wav", data_size)
+    assert local_duration(str(wav)) == pytest.approx(seconds, abs=0.01)
+    assert sparse_duration(wav.read_bytes()[:4096], wav.stat().st_size) == pytest.approx(
+        seconds, abs=0.01
+    )
+
+
+def test_a_budget_lets_a_streamed_wav_through(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Under a 10 s cap, a 2 s WAV whose header states 4 GiB of samples is sent."""
+    _wav_stating(tmp_path / "in" / "a.wav", 0xFFFFFFFF)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 1
