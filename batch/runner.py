@@ -24,7 +24,7 @@ from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, StateError
 from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
-from batch.media import Sender
+from batch.media import Sender, sniff_path
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OUTPUT_GRACE, OutputSink
 from batch.placing import Placer
@@ -265,6 +265,8 @@ class Runner:
             return False
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
+        if local is None and await self._not_audio(item):
+            estimate = 0.0  # it fails unsent: a guess from its size stopped the run at it
         if self.budget.must_wait(estimate):
             # without the request slot taken for it: the item it waits for may need that
             # very slot to retry (a 429 cuts the limit to one)
@@ -283,6 +285,16 @@ class Runner:
             return False
         self._reserved[item.id] = reservation
         return True
+
+    async def _not_audio(self, item: WorkItem) -> bool:
+        """A local file the send-time sniff will refuse (``sniff_path``): it costs nothing."""
+        if not self.settings.sniff or item.kind is not ItemKind.FILE:
+            return False
+        try:
+            await asyncio.to_thread(sniff_path, item.source, item.params)
+        except ItemError:
+            return True
+        return False
 
     async def _free_copy(self, item: WorkItem) -> bool:
         """With ``--dedupe``, an item the cap would stop at is let through if it is a copy

@@ -39,6 +39,9 @@ class RunnerSettings:
     #: the sink tells outputs written after a claim from older ones (local files, by
     #: mtime); S3 objects are matched by source and fingerprint only
     dated_outputs: bool = True
+    #: local files are sniffed before they are sent (``--no-sniff`` turns it off): one
+    #: that is not audio fails unsent, so a budget sets nothing aside for it
+    sniff: bool = False
 
 
 @dataclass

@@ -328,6 +328,23 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
     assert len(emulator.log) == 4
 
 
+def test_a_file_that_is_not_audio_takes_nothing_from_the_budget(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A 2 MB file that is not audio was counted at a guess from its size (minutes) and
+    stopped the run for good, though it fails unsent; the audio after it was never sent."""
+    make_wav(tmp_path / "in" / "a.wav", 1.0)
+    (tmp_path / "in" / "b.wav").write_bytes(b"x" * 2_000_000)
+    make_wav(tmp_path / "in" / "c.wav", 1.0, tone=1)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1")
+    result = dgbatch(*args, "--max-audio-hours", str(2.5 / 3600))
+    assert result.exit_code == 1 and "budget reached" not in result.output, result.output
+    assert len(emulator.log) == 2
+    statuses = {Path(str(r["source"])).name: r["status"] for r in read_state_rows(
+        tmp_path / "out" / ".dgbatch" / "state.sqlite")}  # fmt: skip
+    assert statuses == {"a.wav": "done", "b.wav": "failed", "c.wav": "done"}
+
+
 def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:
     """A URL has no length before Deepgram answers: the first goes alone (the others wait,
     they do not stop the run); then the longest measured length stands in for theirs."""
