@@ -109,16 +109,20 @@ class Budget:
             ledger.reserved += amount
         return Reservation(seconds, rate=rate)
 
-    def settle(self, reservation: Reservation | None, actual: float | None) -> None:
-        """Replace an item's reservation by the audio it really used (0 if it failed)."""
+    def settle(
+        self, reservation: Reservation | None, actual: float | None, unanswered: float = 0.0
+    ) -> None:
+        """Replace an item's reservation by the audio it really used (0 if it failed), plus
+        ``unanswered`` seconds billed for 200s that held no transcript."""
         rate = 0.0 if reservation is None else reservation.rate
         if reservation is not None:
             for ledger, amount in self._amounts(reservation.seconds, rate):
                 ledger.reserved -= amount
             self.blind -= reservation.blind
-        if actual:
-            for ledger, amount in self._amounts(actual, rate):
+        if actual or unanswered:
+            for ledger, amount in self._amounts((actual or 0.0) + unanswered, rate):
                 ledger.used += amount
+        if actual:
             self.longest = max(self.longest, actual)
 
     def _amounts(self, seconds: float, rate: float) -> list[tuple[Ledger, float]]:

@@ -368,19 +368,28 @@ def used_cost(state: State, prices: ItemPrices) -> float:
     (the run's model for one that has no price, and for answers kept unwritten)."""
     fallback = prices.per_second(()) or 0.0
     rows = state.query(
-        "SELECT COALESCE(sent_params, params), SUM(duration) FROM items "
-        "WHERE status = 'done' AND copy_of IS NULL AND duration > 0 GROUP BY 1"
+        f"SELECT COALESCE(sent_params, params), SUM({_BILLED}) FROM items "
+        "WHERE copy_of IS NULL GROUP BY 1"
     )
     total = sum(float(s) * (prices.per_second(stored_params(p)) or fallback) for p, s in rows)
     return total + sum(kept_audio(state)) * fallback
 
 
+#: the seconds an item was billed for: its transcript, and each 200 without one (at its
+#: local length when Deepgram's is unknown; a URL's is)
+_BILLED = (
+    "CASE WHEN status = 'done' THEN COALESCE(duration, 0) ELSE 0 END "
+    "+ paid_200s * COALESCE(duration, local_duration, 0)"
+)
+
+
 def used_audio(state: State) -> tuple[float, float]:
-    """Audio already transcribed in the state, and the longest item of it (copies made by
-    --dedupe were not paid; answers kept unwritten were)."""
+    """Audio the state was billed for (transcripts, and 200s that held none), and the
+    longest transcript (copies made by --dedupe were not paid; answers kept unwritten were)."""
     ((seconds, longest),) = state.query(
-        "SELECT COALESCE(SUM(duration), 0), COALESCE(MAX(duration), 0) FROM items "
-        "WHERE status = 'done' AND copy_of IS NULL"
+        f"SELECT COALESCE(SUM({_BILLED}), 0), "
+        "COALESCE(MAX(CASE WHEN status = 'done' THEN duration END), 0) "
+        "FROM items WHERE copy_of IS NULL"
     )
     kept = kept_audio(state)
     return float(seconds) + sum(kept), max([float(longest), *kept])

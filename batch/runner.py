@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import signal
@@ -321,16 +322,19 @@ class Runner:
             self._settled.clear()
             await until_stopped(self._settled.wait(), self._stopped)
 
-    def _account(self, item_id: str, result: Result) -> None:
+    def _account(self, item: WorkItem, result: Result) -> None:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
-        self._local.pop(item_id, None)
-        self._captured.pop(item_id, None)
-        unwritten = self._placer.unwritten.pop(item_id, 0.0)  # billed, outputs failed: kept
+        local = self._local.pop(item.id, None)
+        self._captured.pop(item.id, None)
+        unwritten = self._placer.unwritten.pop(item.id, 0.0)  # billed, outputs failed: kept
         paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
         self.stats.audio_seconds += unwritten  # paid for by this run, all the same
         if self.budget is not None:
+            reservation = self._reserved.pop(item.id, None)
             billed = result.duration if paid else unwritten
-            self.budget.settle(self._reserved.pop(item_id, None), billed)
+            garbage = max(0, result.paid_200s - item.paid_200s)  # billed without a transcript
+            length = result.duration or local or (reservation.seconds if reservation else 0.0)
+            self.budget.settle(reservation, billed, garbage * length)
             self._settled.set()
         self.stats.warnings += result.warning is not None
         self.stats.copies += result.copy_of is not None
@@ -406,8 +410,11 @@ class Runner:
             if self._copies is not None:  # however it ended
                 self._copies.keyed(item.id)
                 self._copies.free.discard(item.id)
+        if result.local_duration is None and result.paid_200s > item.paid_200s:
+            # stored: the next run's budget counts its 200s without a transcript at it
+            result = dataclasses.replace(result, local_duration=self._local.get(item.id))
         self._record(result)
-        self._account(item.id, result)
+        self._account(item, result)
 
     def _cut_short(
         self,

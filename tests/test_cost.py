@@ -514,6 +514,23 @@ def test_a_throttled_first_url_under_a_budget_does_not_hang_the_run(tmp_path: Pa
     assert sent == 9  # three URLs, three tries each, one at a time
 
 
+def test_200s_without_a_transcript_count_against_the_budget(tmp_path: Path) -> None:
+    """Deepgram bills a 200 whose body is no transcript: two of them for a 2 s file (its
+    one retry) are 4 s, so a 5 s cap stops at the next file, in this run and the next.
+    They counted nothing: a review saw 34 s billed against a 20 s cap over two runs."""
+    for n in range(3):
+        make_wav(tmp_path / "in" / f"{n}.wav", 2.0, tone=n)
+    with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
+        args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "1",
+                "--max-audio-hours", str(5 / 3600), "--no-preflight")  # fmt: skip
+        first = Cli(emu)(*args)
+        assert first.exit_code == 1 and "audio budget reached: 4.0 s" in first.output, first.output
+        assert len(emu.log) == 2
+        again = Cli(emu)(*args)
+        assert again.exit_code == 1 and "audio budget reached: 4.0 s" in again.output
+        assert len(emu.log) == 2
+
+
 def test_a_dedupe_copy_whose_answer_the_run_has_is_not_stopped_by_the_budget(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
