@@ -77,7 +77,7 @@ class RunConfig:
     preflight: bool = True
     #: refuse local files whose first bytes are no known audio container
     sniff: bool = True
-    #: send identical audio with identical params once per run
+    #: send identical audio with identical params once per state (across runs)
     dedupe: bool = False
     #: how many ``source → output`` lines a dry run prints
     dry_run_examples: int = 5

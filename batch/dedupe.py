@@ -1,4 +1,4 @@
-"""``--dedupe``: identical audio asked with identical params is sent once per run.
+"""``--dedupe``: identical audio asked with identical params is sent once per state.
 
 The key is the sha256 of the file's bytes plus the params its request would carry (the
 run's defaults and ``--param`` completed by the item's own layer, as at send time, but
@@ -6,9 +6,12 @@ without the run tags, which differ per run and say nothing about the audio), so 
 recording under two paths (a copy in another folder, a re-export, a manifest line that
 spells out a default) costs one request; every copy gets its own outputs, rendered from
 the one answer, and the report's ``copy_of`` names the item whose request produced them.
-Scope: items of one run (a copy of an item finished in an earlier run is sent again),
-local files only (URL and S3 bodies are not read). The dry run keys items with the same
-``Dedupe.for_run``, so its count cannot drift from what the run sends.
+Scope: local files only (URL and S3 bodies are not read), across runs on one state: an
+item sent and done under ``--dedupe`` leaves its key in the state (``content_keys``), and a
+copy listed by a later run (a batch stopped by its budget and continued, a folder that
+gets a copy tomorrow) is written from that item's json while its file is unchanged. The
+dry run keys items with the same ``Dedupe.for_run``, so its count cannot drift from what
+the run sends.
 
 A copy may come at any point of the run, so every leader's answer must stay at hand until
 the run ends. They stay on disk (``Spool``, an unnamed file beside the state), not in
@@ -21,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -32,11 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from batch import retry
 from batch.attempts import Attempts
+from batch.errors import BatchError
 from batch.limiter import AdaptiveLimit
 from batch.localfiles import file_sha256
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
-from batch.state import Result, WorkItem
+from batch.state import Result, State, WorkItem
 
 if TYPE_CHECKING:
     from batch.config import RunConfig
@@ -131,6 +136,20 @@ def content_key(path: str, params: Params) -> str:
     return f"{file_sha256(path)}:{json.dumps(sorted(params))}"
 
 
+def _answers(response: dict[str, Any], key: str) -> bool:
+    """Whether Deepgram's answer is of the audio ``key`` names: its ``metadata.sha256`` is
+    the digest of the bytes it was sent, so a json written over since (the item sent again
+    for a changed file meanwhile) never serves another recording's copy."""
+    metadata = response.get("metadata")
+    digest = metadata.get("sha256") if isinstance(metadata, dict) else None
+    return isinstance(digest, str) and digest.lower() == key.split(":", 1)[0]
+
+
+def stored_key(key: str) -> str:
+    """A content key as the state stores it: hashed, since params may hold a secret."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
 class Dedupe:
     """Who leads for each content key, and the answer copies wait for."""
 
@@ -203,8 +222,11 @@ class Copies:
         *,
         captured: dict[str, bytes],
         stopped: asyncio.Event,
+        state: State,
     ) -> None:
         self.dedupe = dedupe
+        #: where items sent and done leave their keys, for the copies of later runs
+        self._state = state
         self.limit = limit
         #: copies the budget let through for free (``Runner._free_copy``): they never send
         self.free: set[str] = set()
@@ -235,7 +257,9 @@ class Copies:
         """Whether this run has the answer for ``key`` at hand for any copy, once every
         item dispatched before has its key and the one leading ``key``, if any, has ended."""
         await self._all_keyed.wait()
-        return await self.dedupe.answered(key)
+        if await self.dedupe.answered(key):
+            return True
+        return await asyncio.to_thread(self._state.done_content, stored_key(key), "") is not None
 
     async def process(self, item: WorkItem) -> Result:
         """A local file's result: sent when it leads its key (or its key is unknown),
@@ -261,10 +285,33 @@ class Copies:
             if lead is not None:  # its answer cannot be read back: sent on its own
                 return await self._sent(item)
             leader = self.dedupe.follow(key)  # it failed: one copy leads, the others wait
+        earlier = await self._earlier(item, key)
+        if earlier is not None:  # an item of an earlier run has its answer
+            self.dedupe.publish(key, (earlier.item_id, earlier.body))
+            return await self._copy(item, earlier)
         if item.id in self.free:  # its answer went meanwhile: do not lead, past the cap
             self.dedupe.publish(key, None)
             return Result(item.id, ItemStatus.PENDING, item.attempts)
         return await self._lead(item, key)
+
+    async def _earlier(self, item: WorkItem, key: str) -> Shared | None:
+        """The answer an item of an earlier run got for ``key``, read from its json; None
+        for an item ``--force`` re-queued (it asks for a new answer), or when there is none
+        or it cannot be read (the item is then sent)."""
+        if item.forced:
+            return None
+        found = await asyncio.to_thread(self._state.done_content, stored_key(key), item.id)
+        if found is None:
+            return None
+        try:
+            body = await self._placer.sink.read(found[1], "json")
+        except (OSError, BatchError) as exc:
+            log.warning("json of %s unreadable for its --dedupe copy: %s", found[0], exc)
+            return None
+        response = None if body is None else retry.parse_transcript(body)
+        if body is None or response is None or not _answers(response, key):
+            return None
+        return Shared(found[0], body, response)
 
     async def _sent(self, item: WorkItem) -> Result:
         """The item sent on its own; a copy the budget let through for free stays pending."""
@@ -276,10 +323,14 @@ class Copies:
         """The leader's result; its answer goes to its copies also when its own outputs
         failed (its path in the way, the run stopping): they need not pay for it again."""
         try:
-            return await self._attempts.process(item)
+            result = await self._attempts.process(item)
         finally:
             captured = self._captured.pop(item.id, None)
             self.dedupe.publish(key, None if captured is None else (item.id, captured))
+        if result.status is ItemStatus.DONE and result.copy_of is None:
+            remember = self._state.remember_content
+            await asyncio.to_thread(remember, stored_key(key), item)
+        return result
 
     async def _answer(self, lead: Handed | Spooled) -> Shared | None:
         """The leader's answer, handed over or read back from the spool (None if it cannot

@@ -30,7 +30,7 @@ import aiohttp
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
-from batch.dedupe import Dedupe
+from batch.dedupe import Dedupe, stored_key
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
     asked_anew_text,
@@ -285,7 +285,7 @@ def _estimate(
     counts = state.counts()
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
-    is_copy = _copy_finder(config)
+    is_copy = _copy_finder(config, state)
     kept = state.kept_ids()
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         own = stored_params(row["params"])
@@ -336,8 +336,10 @@ def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | N
     return None
 
 
-def _copy_finder(config: RunConfig) -> Callable[[sqlite3.Row, Params], bool]:
-    """Whether an item is a ``--dedupe`` copy of one counted before (never without it).
+def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Params], bool]:
+    """Whether an item is a ``--dedupe`` copy of one counted before, or of one an earlier
+    run sent and finished (``State.done_content``; not for an item ``--force`` re-queued),
+    never without ``--dedupe``.
 
     Keys are the run's (``Dedupe.key_now``); a file that cannot be read has no key and is
     counted, as the run sends it (and fails it) on its own.
@@ -357,7 +359,7 @@ def _copy_finder(config: RunConfig) -> Callable[[sqlite3.Row, Params], bool]:
         if key in seen:
             return True
         seen.add(key)
-        return False
+        return not row["forced"] and state.done_content(stored_key(key), row["id"]) is not None
 
     return is_copy
 

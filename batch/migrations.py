@@ -312,6 +312,17 @@ def _request_id(body: bytes) -> str | None:
     return request_id if isinstance(request_id, str) else None
 
 
+@migration
+def m014_content_keys(db: sqlite3.Connection) -> None:
+    """``--dedupe`` keys of items sent and done (a sha256 of the key: params may hold a
+    secret), with the fingerprint their file had: a copy listed in a later run is written
+    from that item's json instead of being paid for again."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS content_keys (key TEXT PRIMARY KEY, item_id TEXT NOT NULL, "
+        "fingerprint TEXT NOT NULL)"
+    )
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

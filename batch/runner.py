@@ -146,6 +146,7 @@ class Runner:
                 self.limit,
                 captured=self._captured,
                 stopped=self._stopped,
+                state=state,
             )
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -140,6 +140,66 @@ def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -
     assert json.loads(summary)["audio_hours"] == round(sent / 3600, 4)
 
 
+def test_dedupe_writes_a_copy_from_an_earlier_runs_answer(dgbatch: Cli, tmp_path: Path) -> None:
+    """A copy of a file an earlier ``--dedupe`` run sent and finished is written from its
+    json, unsent: a folder that gets a copy tomorrow, or a batch its budget stopped and a
+    higher cap continued (a review paid twice so: the copy after the stop point was sent
+    again). The dry run counts it as a copy."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args).exit_code == 0
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    dry = dgbatch(*args, "--dry-run", "--json")
+    assert (json.loads(dry.output)["to_send"], json.loads(dry.output)["dedupe_copies"]) == (0, 1)
+    result = dgbatch(*args)
+    assert result.exit_code == 0, result.output
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 1
+    assert (out / "again.json").read_bytes() == (out / "call.json").read_bytes()
+    rows = {
+        Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
+    }
+    assert rows["again.wav"]["copy_of"] == rows["call.wav"]["id"]
+
+
+def test_dedupe_across_runs_is_stopped_by_a_change_or_a_force(dgbatch: Cli, tmp_path: Path) -> None:
+    """The earlier answer serves a copy only while the file it answered is unchanged (the
+    key would name another recording's transcript), and never an item ``--force`` asks a
+    new answer for."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    old = call.read_bytes()
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args).exit_code == 0
+    make_wav(call, 0.7, tone=9)  # another recording under the same name
+    (tmp_path / "in" / "again.wav").write_bytes(old)
+    assert dgbatch(*args).exit_code == 0
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 3  # both sent: nothing answers them
+    forced = dgbatch(*args, "--force")
+    assert forced.exit_code == 0, forced.output
+    assert len(emulator.log) == 5
+
+
+def test_dedupe_across_runs_needs_the_answer_to_be_of_the_same_audio(
+    dgbatch: Cli, tmp_path: Path
+) -> None:
+    """A json whose ``metadata.sha256`` is not the copy's (written over since) serves
+    no copy: the copy is sent."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args).exit_code == 0
+    answer = json.loads((out / "call.json").read_bytes())
+    answer["metadata"]["sha256"] = "0" * 64
+    (out / "call.json").write_text(json.dumps(answer))
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    assert dgbatch(*args).exit_code == 0
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 2
+
+
 @pytest.mark.parametrize(
     ("run", "first", "second", "same"),
     [
