@@ -94,6 +94,12 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         _check_positive("--concurrency", self.concurrency)
+        if self.concurrency > MAX_CONCURRENCY:
+            msg = (
+                f"--concurrency must be at most {MAX_CONCURRENCY} (got {self.concurrency}): "
+                "Deepgram takes 100 requests of a project at once"
+            )
+            raise UsageError(msg)
         _check_non_negative("--max-retries", self.max_retries)
         _check_positive("--timeout", self.timeout)
         _check_non_negative("--grace", self.grace)
@@ -333,6 +339,11 @@ def is_s3_output_place(report: str, out: str) -> bool:
     if bucket != out_bucket or not key.startswith(folder):
         return False
     return ".dgbatch" not in key[len(folder) :].split("/")
+
+
+#: ``--concurrency`` above this is refused: ten times Deepgram's project limit, and the
+#: run sizes its workers and threads by it (``-c 100000000`` ran the machine out of memory)
+MAX_CONCURRENCY = 1000
 
 
 def _check_positive(name: str, value: float) -> None:

@@ -51,6 +51,7 @@ def _failed(out: Path) -> dict[str, str]:
         (["{tmp}/in", "--include", "*.WAV"], "--include/--exclude left none: their globs match"),
         (["ftp://example.com/a.wav"], "unsupported scheme 'ftp'"),
         (["{tmp}/a.wav", "--concurrency", "0"], "--concurrency must be > 0"),
+        (["{tmp}/a.wav", "-c", "100000000"], "--concurrency must be at most 1000 (got 100000000)"),
         (["{tmp}/a.wav", "--max-retries", "-1"], "--max-retries must be >= 0"),
         (["{tmp}/a.wav", "--param", "diarize"], "--param 'diarize': expected KEY=VALUE"),
         (["{tmp}/a.wav", "--formats", "json,doc"], "unknown format(s) doc"),
