@@ -396,16 +396,21 @@ def used_audio(state: State) -> tuple[float, float]:
 
 
 def make_senders(
-    config: RunConfig, tags: Params, s3: S3, inputs: Inputs = frozenset()
+    config: RunConfig,
+    tags: Params,
+    s3: S3,
+    inputs: Inputs = frozenset(),
+    unwritable: str | None = None,
 ) -> dict[ItemKind, Sender]:
     """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
     the chosen ``--url-mode``, and every request's params completed by ``request_params``
-    (defaults, captions, run tags)."""
+    (defaults, captions, run tags). A local ``--out`` nothing can be written into
+    (``unwritable``, why) stops the run before its first request."""
     senders = {**SENDERS, ItemKind.S3: s3.sender(config.url_mode)}
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     if not is_s3_uri(config.out):
-        places = OutputPlaces(config.out, inputs)
+        places = OutputPlaces(config.out, inputs, unwritable)
         senders = {kind: _sparing(sender, config, places) for kind, sender in senders.items()}
     return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
 
@@ -578,7 +583,7 @@ async def _execute(
                 state,
                 client,
                 sink,
-                make_senders(config, tags, s3, inputs),
+                make_senders(config, tags, s3, inputs, lock_watch.unwritable),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,

@@ -292,17 +292,27 @@ class OutputPlaces:
     #: a folder holding more names than this is not listed: its names are looked up
     MOST = 100_000
 
-    def __init__(self, root: str, inputs: Inputs) -> None:
+    def __init__(self, root: str, inputs: Inputs, unwritable: str | None = None) -> None:
         self.root = root
         self.inputs = inputs
+        #: why nothing can be written under ``root`` (``unwritable_reason``), or None
+        self.unwritable = unwritable
         self._seen: dict[str, frozenset[str] | None] = {}
 
     def check_free(self, out_name: str, formats: Collection[str], owner: Ownership | None) -> None:
         """``check_not_foreign`` for every output of an item that was there at the start.
 
         Raises:
+            OutputError: nothing can be written under the root: the run stops, unsent (each
+                answer would be paid for, then kept in the state unwritten).
             ItemError: as ``check_not_foreign``.
         """
+        if self.unwritable is not None:
+            msg = (
+                f"{self.root}: cannot write outputs there ({self.unwritable}); nothing more "
+                "is sent, since no answer could be written"
+            )
+            raise OutputError(msg)
         for fmt in formats:
             folder, _, leaf = output_relpath(out_name, fmt).rpartition("/")
             names = self._seen[folder] if folder in self._seen else self._list(folder)
@@ -459,9 +469,11 @@ class _GroupWriter:
         """Write ``jobs``: every temp file, one barrier, the renames, another barrier."""
         for job in jobs:
             self._place(job)
-        for folder in _folders_of(jobs):
-            with contextlib.suppress(OSError):  # a failure shows up when writing into it
-                os.makedirs(folder, exist_ok=True)
+        unmade = _make_folders(_folders_of(jobs))
+        for job in jobs:  # why a folder could not be made (read-only, full): not ENOENT
+            path = next((p for p in job.paths if os.path.dirname(p) in unmade), None)
+            if job.error is None and path is not None:
+                job.fail(output_error(Path(path), unmade[os.path.dirname(path)]))
         tag = secrets.token_hex(4)  # temp names differ by their output's name already
         for job in jobs:  # one thread: more would fight the event loop for the GIL
             if job.error is None:
@@ -503,6 +515,17 @@ class _GroupWriter:
             return
         for _ in self._pool.map(_fsync_file, paths):
             pass
+
+
+def _make_folders(folders: set[str]) -> dict[str, OSError]:
+    """Make each folder (and its parents); the error of each that could not be made."""
+    unmade = {}
+    for folder in folders:
+        try:
+            os.makedirs(folder, exist_ok=True)
+        except OSError as exc:
+            unmade[folder] = exc
+    return unmade
 
 
 def _folders_of(jobs: list[_Job]) -> set[str]:

@@ -27,7 +27,7 @@ from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.s3 import S3, describe_error, is_not_found, parse_s3_uri
 from batch.shard import lock_tag, overlap, overlap_message
-from batch.statefile import take_output_lock
+from batch.statefile import take_output_lock, unwritable_reason
 
 __all__ = ["LOCK_TTL", "LockWatch", "S3Lock", "output_lock"]
 
@@ -315,6 +315,9 @@ class LockWatch:
     def __init__(self) -> None:
         self.lost: BatchError | None = None
         self._stop: Callable[[BatchError], None] | None = None
+        #: why nothing can be written into a local ``--out`` whose lock could not be made
+        #: (``unwritable_reason``); None where it can
+        self.unwritable: str | None = None
 
     def lose(self, reason: BatchError) -> None:
         self.lost = reason
@@ -339,6 +342,8 @@ async def output_lock(
     watch = LockWatch()
     if not is_s3_uri(out):
         handle = take_output_lock(Path(out), shard, state=state)
+        if handle is None:
+            watch.unwritable = await asyncio.to_thread(unwritable_reason, Path(out))
         try:
             yield watch
         finally:

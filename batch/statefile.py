@@ -128,6 +128,20 @@ def take_output_lock(out: Path, suffix: str = "", *, state: Path | None = None) 
     return handle
 
 
+def unwritable_reason(out: Path) -> str | None:
+    """Why nothing can be written into ``out`` (a read-only mount, no permission, a full
+    disk), None where a file can be made there: asked when its lock could not be."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(dir=out, prefix=".dgbatch-probe-")
+    except OSError as exc:
+        return exc.strerror or type(exc).__name__
+    os.close(fd)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return None
+
+
 def _refuse_overlapping_shards(out: Path, suffix: str) -> None:
     """Refuse a run while another one with other ``--shard`` settings holds its lock on
     this ``--out`` (one without ``--shard`` and a shard, or shards of two N): each has its
