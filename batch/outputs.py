@@ -518,11 +518,14 @@ class _GroupWriter:
 
 
 def _make_folders(folders: set[str]) -> dict[str, OSError]:
-    """Make each folder (and its parents); the error of each that could not be made."""
+    """Make each folder (and its parents); the error of each that could not be made, but
+    for a file in its place, which the write into it tells better (``output_error``)."""
     unmade = {}
     for folder in folders:
         try:
             os.makedirs(folder, exist_ok=True)
+        except FileExistsError:
+            pass
         except OSError as exc:
             unmade[folder] = exc
     return unmade
