@@ -176,7 +176,7 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
     with tempfile.TemporaryDirectory(prefix="dgbatch-dry-run-") as tmp:
         copy = Path(tmp) / "state.sqlite"
         _copy_state(config.state_path, copy)
-        state = State.open(copy, private=True)
+        state = _open_copy(copy, config.state_path)
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
         secrets = RealSources()  # kept only to tell URLs differing in a secret apart
         try:
@@ -218,6 +218,15 @@ async def _probed(
             return await probe_remote(config, state, s3)
         except asyncio.CancelledError:
             raise Interrupted("interrupted while probing; nothing was sent") from None
+
+
+def _open_copy(copy: Path, real: Path) -> State:
+    """The dry run's copy of the state, opened; an error about it names the real file
+    (the copy's folder is gone by the time the user reads it)."""
+    try:
+        return State.open(copy, private=True)
+    except StateError as exc:
+        raise type(exc)(str(exc).replace(str(copy), str(real))) from exc
 
 
 def _copy_state(source: Path, target: Path) -> None:

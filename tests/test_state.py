@@ -750,6 +750,24 @@ def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -
         State.open(path, readonly=readonly)
 
 
+def test_a_dry_runs_refusal_names_the_state_not_its_copy(
+    tmp_path: Path, dgbatch: Cli, emulator: Emulator
+) -> None:
+    """The dry run plans into a copy of the state: its errors named the copy, in a
+    temporary folder gone by the time the user read them."""
+    wav = make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    assert dgbatch("run", str(wav), "--out", str(out)).exit_code == 0
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    db.execute("INSERT INTO _migrations VALUES ('m999_from_the_future', datetime('now'))")
+    db.commit()
+    db.close()
+    dry = dgbatch("run", str(wav), "--out", str(out), "--dry-run")
+    assert dry.exit_code == 2
+    assert f"{out / '.dgbatch' / 'state.sqlite'}: written by a newer dgbatch" in dry.output
+    assert "dgbatch-dry-run-" not in dry.output
+
+
 @pytest.mark.parametrize(
     ("migration", "queries"),
     [
