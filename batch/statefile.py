@@ -214,14 +214,12 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
     """Connect and read the schema at once, so that a file that is not SQLite is refused
     here, named, before anything writes to it."""
     try:
-        if readonly:
-            # quoted: a '?' or '#' in the path would end it and open another file
-            uri = f"file:{quote(str(path))}?mode=ro"
-            db = sqlite3.connect(uri, uri=True, check_same_thread=False)
-        else:
-            db = sqlite3.connect(path, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout = 5000")
-        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        try:
+            db = _open(path, "mode=ro" if readonly else None)
+        except sqlite3.OperationalError:
+            if not readonly or not _read_only_folder(path):
+                raise
+            db = _open(path, "immutable=1")  # nothing can write it, nor its WAL (none)
     except sqlite3.DatabaseError as exc:
         if _disk_error(exc):
             raise StateWriteError(_DISK.format(path=path, exc=exc)) from exc
@@ -229,6 +227,30 @@ def connect(path: Path, *, readonly: bool) -> sqlite3.Connection:
             f"{path}: not a usable dgbatch state file ({exc}); not touching it"
         ) from exc
     return db
+
+
+def _open(path: Path, mode: str | None) -> sqlite3.Connection:
+    """A connection that has read the schema (a file that is not SQLite fails here)."""
+    if mode is None:
+        db = sqlite3.connect(path, check_same_thread=False)
+    else:  # quoted: a '?' or '#' in the path would end it and open another file
+        db = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, check_same_thread=False)
+    try:
+        db.execute("PRAGMA busy_timeout = 5000")
+        db.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _read_only_folder(path: Path) -> bool:
+    """Whether the state lies in a folder nothing can write (a read-only mount, no
+    permission) and has no write-ahead log to read: SQLite then cannot make the
+    ``-shm`` file a read of a WAL-mode file needs, and reads it as immutable instead
+    (status and report called such a state "not a usable dgbatch state file")."""
+    wal = path.with_name(path.name + "-wal")
+    return not os.access(path.parent, os.W_OK) and not (wal.exists() and wal.stat().st_size)
 
 
 _DISK = (

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -345,3 +346,24 @@ def api_failing_first() -> tuple[web.Application, list[int]]:
     app = web.Application()
     app.router.add_post("/v1/listen", listen)
     return app, calls
+
+
+def on_read_only_mount(mount: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` (bash) after a tmpfs is mounted at ``mount``, in a mount namespace
+    of its own (root only: skipped elsewhere); the script makes it read-only when it is
+    ready."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare for a read-only mount")
+    mount.mkdir(parents=True)
+    full = f"set -e; mount -t tmpfs tmpfs {mount}; {script}"
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
+    if probe.returncode != 0:
+        pytest.skip("unshare -m is not allowed here")
+    return subprocess.run(
+        ["unshare", "-m", "bash", "-c", full],
+        capture_output=True,
+        text=True,
+        env=subprocess_env(),
+        timeout=120,
+        check=False,
+    )

@@ -6,8 +6,6 @@ import asyncio
 import errno
 import json
 import os
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,10 +15,10 @@ from conftest import (
     dgbatch_subprocess_cmd,
     make_wav,
     make_wavs,
+    on_read_only_mount,
     outputs_under,
     read_state_rows,
     sha256_of,
-    subprocess_env,
 )
 
 from batch.emulator import Emulator, build_response
@@ -494,27 +492,6 @@ def test_a_crashed_attempt_is_one_since_the_item_was_last_queued(
     assert item.owner is not None and item.owner.queued_at == since
 
 
-def _on_read_only(mount: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """Run ``script`` (bash) after a tmpfs is mounted at ``mount``, in a mount namespace
-    of its own (root only: skipped elsewhere); the script makes it read-only when it is
-    ready."""
-    if os.geteuid() != 0 or shutil.which("unshare") is None:
-        pytest.skip("needs root and unshare for a read-only mount")
-    mount.mkdir(parents=True)
-    full = f"set -e; mount -t tmpfs tmpfs {mount}; {script}"
-    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True, check=False)
-    if probe.returncode != 0:
-        pytest.skip("unshare -m is not allowed here")
-    return subprocess.run(
-        ["unshare", "-m", "bash", "-c", full],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(),
-        timeout=120,
-        check=False,
-    )
-
-
 def test_an_out_nothing_can_be_written_into_stops_the_run_unsent(
     tmp_path: Path, emulator: Emulator
 ) -> None:
@@ -524,7 +501,7 @@ def test_an_out_nothing_can_be_written_into_stops_the_run_unsent(
     cmd = " ".join([*dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out",
                     str(tmp_path / "ro" / "out"), "--state", str(tmp_path / "state.sqlite"),
                     "--api-url", emulator.url, "--progress", "none"])  # fmt: skip
-    done = _on_read_only(
+    done = on_read_only_mount(
         tmp_path / "ro", f"mkdir {tmp_path}/ro/out; mount -o remount,ro {tmp_path}/ro; {cmd}"
     )
     assert done.returncode == 1, done.stderr
@@ -542,7 +519,7 @@ def test_a_folder_that_cannot_be_made_is_named_with_its_own_reason(
     (out / "s").mkdir(parents=True)
     cmd = " ".join([*dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out", str(out),
                     "--api-url", emulator.url, "--progress", "none"])  # fmt: skip
-    done = _on_read_only(
+    done = on_read_only_mount(
         tmp_path / "ro",
         f"mount -o remount,ro {tmp_path}/ro; mount --bind {tmp_path}/ro {out}/s; {cmd}",
     )

@@ -20,7 +20,9 @@ from conftest import (
     KEY,
     SRC_ROOT,
     Cli,
+    dgbatch_subprocess_cmd,
     make_wav,
+    on_read_only_mount,
     read_state_rows,
     sent_sha256s,
     sha256_of,
@@ -748,6 +750,25 @@ def test_a_state_of_a_newer_dgbatch_is_refused(tmp_path: Path, readonly: bool) -
     db.close()
     with pytest.raises(StateError, match="written by a newer dgbatch"):
         State.open(path, readonly=readonly)
+
+
+def test_status_and_report_read_a_state_in_a_read_only_folder(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A state on a read-only mount (a snapshot, an operator without write access): SQLite
+    cannot make the ``-shm`` file its read-only mode needs, and status called the healthy
+    state "not a usable dgbatch state file"."""
+    wav = make_wav(tmp_path / "a.wav")
+    out = tmp_path / "ro" / "out"
+    dg = " ".join(dgbatch_subprocess_cmd())
+    done = on_read_only_mount(
+        tmp_path / "ro",
+        f"{dg} run {wav} --out {out} --api-url {emulator.url} --progress none; "
+        f"mount -o remount,ro {tmp_path}/ro; {dg} status --out {out}; "
+        f"{dg} report --out {out} --format csv",
+    )
+    assert done.returncode == 0, done.stderr
+    assert "  done     1" in done.stdout and "a.wav,file,done," in done.stdout, done.stdout
 
 
 def test_a_dry_runs_refusal_names_the_state_not_its_copy(
