@@ -341,9 +341,10 @@ _SPECIFIC = re.compile(r"'[^']*'|\"[^\"]*\"|\([^)]*\)|\d+")
 
 def error_kind(error: str) -> str:
     """The kind of failure a message without a code tells: its last clause, with names,
-    numbers and parentheses shown as ``…``."""
-    reason = error.rsplit(": ", 1)[-1]
-    return " ".join(_SPECIFIC.sub("…", reason).split())[:80]
+    numbers and parentheses shown as ``…`` (first: a ``": "`` inside them, as in a JSON
+    example, is no clause)."""
+    reason = _SPECIFIC.sub("…", error).rsplit(": ", 1)[-1]
+    return " ".join(reason.split())[:80]
 
 
 def _error_row(group: str, count: int, example: str | None) -> dict[str, Any]:

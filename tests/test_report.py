@@ -125,6 +125,11 @@ def test_a_state_from_before_the_last_migration_reports_in_python(tmp_path: Path
         ("m2.jsonl:1: duplicate id 'standup' (first at m1.jsonl:1)", "duplicate id … …"),
         ("m.csv:7: expected 2 fields, got 3", "expected … fields, got …"),
         ("https://h/a b.mp3: URL contains whitespace", "URL contains whitespace"),
+        # a ": " inside a quoted or bracketed example is no clause (status showed "…}})")
+        (
+            """m.jsonl:2: key(s) 'language' not read: keys go in 'params' ({"params": {"a": 1}})""",
+            "keys go in … …",
+        ),
         ("", ""),
     ],
 )
