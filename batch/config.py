@@ -168,6 +168,10 @@ def invoked_command() -> str:
     return shlex.join(["dgbatch", *sys.argv[1:]])
 
 
+#: a scheme and a colon where a local ``--out`` begins: ``s3:/media``, ``S3://``, ``https:``
+_URI_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|$)")
+
+
 def check_out(out: str) -> str:
     """Refuse a local ``--out`` that cannot be a folder, before anything is planned.
 
@@ -180,7 +184,13 @@ def check_out(out: str) -> str:
     if not out.strip():  # ``--out "$OUT"`` with OUT unset: not the current folder
         raise UsageError(f"--out {out!r}: is empty (name a folder or s3://bucket/prefix)")
     if is_s3_uri(out):
+        if not out[len("s3://") :].split("/", 1)[0]:
+            raise UsageError(f"--out {out!r}: names no bucket (s3://bucket/prefix)")
         return out
+    scheme = _URI_LIKE.match(out)
+    if scheme is not None:  # ``s3:/media/x``, ``S3://…``: a typo, not a folder named "s3:"
+        msg = f"--out {out!r}: looks like a mistyped URI; name a folder or s3://bucket/prefix"
+        raise UsageError(msg)
     path = Path(out)
     for candidate in (path, *path.parents):
         try:

@@ -129,6 +129,9 @@ def test_a_negative_backoff_exits_2(tmp_path: Path, option: str, value: str) -> 
     assert f"Error: {option} must be >= 0 (got {float(value)})" in result.output
 
 
+_MISTYPED = "--out '{}': looks like a mistyped URI; name a folder or s3://bucket/prefix"
+
+
 @pytest.mark.parametrize(
     ("out", "message"),
     [
@@ -142,6 +145,14 @@ def test_a_negative_backoff_exits_2(tmp_path: Path, option: str, value: str) -> 
         ("new/sub", None),
         ("folder/new", None),
         ("s3://bucket/outfile", None),
+        ("S3://bucket", None),
+        ("s3://", "--out 's3://': names no bucket (s3://bucket/prefix)"),
+        ("s3:///prefix", "--out 's3:///prefix': names no bucket (s3://bucket/prefix)"),
+        # a typo of a URI wrote into a local folder named "s3:" (exit 0)
+        ("s3:/media/x", _MISTYPED.format("s3:/media/x")),
+        ("s3:", _MISTYPED.format("s3:")),
+        ("https://host/out", _MISTYPED.format("https://host/out")),
+        ("a:b", None),  # a colon in a folder's name
     ],
 )
 def test_check_out_table(
