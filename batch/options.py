@@ -103,9 +103,20 @@ def _state_to_read(given: str, out: str | None, shard: str | None) -> Path:
 
 def _shard(text: str | None) -> Shard | None:
     try:
-        return parse_shard(text) if text else None
+        return given_shard(text)
     except UsageError as exc:
         raise click.UsageError(str(exc)) from exc
+
+
+def given_shard(text: str | None) -> Shard | None:
+    """``--shard``'s value, read; an error names ``DGBATCH_SHARD`` when the value came
+    from there (the user looked for a ``--shard`` in a command that had none)."""
+    if not text:
+        return None
+    ctx = click.get_current_context(silent=True)
+    source = ctx.get_parameter_source("shard") if ctx is not None else None
+    from_env = source is click.core.ParameterSource.ENVIRONMENT
+    return parse_shard(text, SHARD_ENV if from_env else "--shard")
 
 
 def _state_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -417,7 +428,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         raise UsageError(f"--formats: {exc}") from exc
     params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
     api_url = given_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
-    shard = parse_shard(opts["shard"]) if opts["shard"] else None
+    shard = given_shard(opts["shard"])
     state_path = _state_path(opts["state_path"]) or default_state_path(out, shard)
     check_own_paths(out, state_path, opts["run_report"])
     return RunConfig(

@@ -93,14 +93,15 @@ def in_shard(key: str, k: int, n: int) -> bool:
     return int.from_bytes(digest, "big") % n == k
 
 
-def parse_shard(text: str) -> Shard:
-    """Read ``K/N`` (e.g. ``3/16``); anything else is a usage error naming the value."""
+def parse_shard(text: str, given_as: str = "--shard") -> Shard:
+    """Read ``K/N`` (e.g. ``3/16``); anything else is a usage error naming the value and
+    where it was given (``--shard``, or ``DGBATCH_SHARD`` when it came from there)."""
     index, slash, count = text.strip().partition("/")
     if not slash or not index.strip().isdigit() or not count.strip().isdigit():
-        msg = f"--shard {text!r}: expected K/N with 0 <= K < N, e.g. 3/16"
+        msg = f"{given_as} {text!r}: expected K/N with 0 <= K < N, e.g. 3/16"
         raise UsageError(msg)
     shard = Shard(int(index), int(count))
     if shard.count < 1 or shard.index >= shard.count:
-        msg = f"--shard {text!r}: K must be between 0 and N-1 (shards are 0-based)"
+        msg = f"{given_as} {text!r}: K must be between 0 and N-1 (shards are 0-based)"
         raise UsageError(msg)
     return shard

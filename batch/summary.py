@@ -28,9 +28,9 @@ def format_summary(outcome: RunOutcome) -> str:
         ),
         (
             outcome.unlisted_failed,
-            "{} failed item(s) of earlier runs are not among this run's sources (deleted, or a "
-            "manifest line since fixed): they do not count in the exit code (dgbatch report "
-            "--failed lists them)",
+            "{} failed item(s) of earlier runs are not among this run's sources (not given "
+            "this time, deleted, or a manifest line since fixed): they do not count in the exit "
+            "code (dgbatch report --failed lists them)",
         ),
         (s.warnings, "{} item(s) with a warning (dgbatch report --warnings)"),
         (s.copies, "{} item(s) were copies of identical audio (--dedupe): not sent"),

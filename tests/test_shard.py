@@ -86,6 +86,22 @@ def test_parse_shard_rejects(text: str) -> None:
         parse_shard(text)
 
 
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_bad_shard_from_the_environment_names_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    """``DGBATCH_SHARD=zz`` was reported as ``--shard 'zz'``: the user looked for a
+    ``--shard`` in a command that had none."""
+    make_wav(tmp_path / "a.wav")
+    monkeypatch.setenv("DGBATCH_SHARD", "zz")
+    args = [str(tmp_path / "a.wav")] if command == "run" else []
+    result = Cli(None)(command, *args, "--out", str(tmp_path / "out"))
+    assert result.exit_code == 2
+    assert "DGBATCH_SHARD 'zz': expected K/N" in result.output, result.output
+    given = Cli(None)(command, *args, "--out", str(tmp_path / "out"), "--shard", "yy")
+    assert "--shard 'yy': expected K/N" in given.output, given.output
+
+
 @pytest.mark.parametrize(
     ("out", "shard", "expected"),
     [
