@@ -10,9 +10,11 @@ from pathlib import Path
 
 import pytest
 from aiohttp import web
+from click.testing import CliRunner
 from conftest import KEY, Cli, emulator_with, make_wav, serve_app
 
 from batch.account import KeyDetails, TransientAccountError, _status_error, preflight
+from batch.cli import cli
 from batch.emulator import Emulator
 from batch.errors import AccountError, FatalApiError
 from batch.params import request_params, run_tags
@@ -231,6 +233,29 @@ def test_usage_finds_a_duplicated_request(dgbatch: Cli, emulator: Emulator, tmp_
     assert report["transcribed_hours"] == pytest.approx(3 * 0.5 / 3600, abs=1e-6)
     assert report["usage_requests"] == 4
     assert dgbatch(*args, key="bad").exit_code == 3
+
+
+@pytest.mark.parametrize(
+    ("given", "env", "named"),
+    [
+        (["--project", ""], {}, "--project '': not a Deepgram project id"),
+        (["--project", "a/b?c"], {}, "--project 'a/b?c': not a Deepgram project id"),
+        ([], {"DEEPGRAM_PROJECT_ID": ""}, "Missing option '--project'"),  # click: unset
+        ([], {"DEEPGRAM_PROJECT_ID": "p 1"}, "DEEPGRAM_PROJECT_ID 'p 1': not a Deepgram"),
+    ],
+)
+def test_usage_refuses_a_project_id_that_is_none(
+    emulator: Emulator, tmp_path: Path, given: list[str], env: dict[str, str], named: str
+) -> None:
+    """An empty project id asked for ``/v1/projects//requests`` (a 404, exit 1); one with
+    a ``/`` or ``?`` went into the URL as it was. Exit 2, naming where it came from."""
+    result = CliRunner().invoke(
+        cli, ["usage", *given, "--state", str(tmp_path), "--api-url", emulator.url],
+        env={"DEEPGRAM_API_KEY": KEY, **env},
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert named in result.output
+    assert emulator.log == []
 
 
 def test_usage_does_not_call_an_injected_error_paid(tmp_path: Path) -> None:
