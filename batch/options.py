@@ -108,6 +108,17 @@ def _shard(text: str | None) -> Shard | None:
         raise click.UsageError(str(exc)) from exc
 
 
+def _api_key(opts: dict[str, Any]) -> str:
+    """The run's key. A dry run sends nothing and needs none, but an ``--api-key-file``
+    it is given is checked as the run checks it: a script's dry run before the real one
+    passed with a key file the run then refused (missing, readable by others)."""
+    if not opts["dry_run"]:
+        return load_api_key(opts["api_key_file"])
+    if opts["api_key_file"] is not None:
+        load_api_key(opts["api_key_file"])
+    return ""
+
+
 def given_shard(text: str | None) -> Shard | None:
     """``--shard``'s value, read; an error names ``DGBATCH_SHARD`` when the value came
     from there (the user looked for a ``--shard`` in a command that had none)."""
@@ -435,7 +446,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
         sources=tuple(opts["sources"]),
         out=out,
         state_path=state_path,
-        api_key="" if opts["dry_run"] else load_api_key(opts["api_key_file"]),
+        api_key=_api_key(opts),
         api_url=api_url,
         formats=formats,
         params=params,

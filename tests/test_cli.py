@@ -343,6 +343,21 @@ def test_a_key_file_readable_by_others_is_refused(
     else:
         assert emulator.log[0].authorization == f"Token {KEY}"
     assert KEY not in result.output
+    dry = dgbatch(
+        "run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "dry"), "--dry-run",
+        "--api-key-file", str(key_file), key=None,
+    )  # fmt: skip
+    assert dry.exit_code == code, dry.output  # a script's dry run catches what the run refuses
+
+
+def test_a_dry_run_needs_no_key_but_refuses_a_key_file_that_is_not_there(
+    tmp_path: Path, dgbatch: Cli
+) -> None:
+    make_wav(tmp_path / "a.wav")
+    run = ("run", str(tmp_path / "a.wav"), "--out", str(tmp_path / "out"), "--dry-run")
+    assert dgbatch(*run, key=None).exit_code == 0
+    missing = dgbatch(*run, "--api-key-file", str(tmp_path / "nokey"), key=None)
+    assert missing.exit_code == 2 and "nokey" in missing.output, missing.output
 
 
 def test_an_empty_or_missing_key_file_is_refused(tmp_path: Path, dgbatch: Cli) -> None:
