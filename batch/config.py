@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 from batch.client import DEFAULT_TIMEOUT
 from batch.errors import UsageError
 from batch.formats import RENDERERS
+from batch.localfiles import open_regular
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
 from batch.params import request_params
@@ -294,8 +295,23 @@ def check_report_target(output: str, state: Path) -> None:
         folder = state.resolve().parent  # OUT/.dgbatch of OUT/.dgbatch/state.sqlite
         if folder.name == ".dgbatch" and _is_output_place(Path(output), str(folder.parent)):
             raise UsageError(f"-o {output!r}: {_OUTPUT_PLACE}")
+        if _is_recording(Path(output)):
+            raise UsageError(f"-o {output!r}: is a recording (audio), not a report; not replaced")
     except RuntimeError as exc:  # Path.resolve of a link loop
         raise UsageError(f"-o {output!r}: a symbolic link loop") from exc
+
+
+def _is_recording(path: Path) -> bool:
+    """Whether a regular file at ``path`` begins as audio does (``-o calls/a.wav``, a
+    slip of the shell, replaced a recording with a report; ``--run-report`` refused it)."""
+    from batch.sniff import sniff_container
+
+    try:
+        with open_regular(str(path)) as handle:
+            head = handle.read(4096)
+    except OSError:  # NotRegular too: a pipe is no recording to keep
+        return False
+    return bool(head) and sniff_container(head) is not None
 
 
 def _is_state_file(path: Path, state: Path) -> bool:

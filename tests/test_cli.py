@@ -972,6 +972,10 @@ def test_what_the_third_review_of_run_reports_found(
     paid = (tmp_path / "o" / "a.json").read_bytes()
     onto = dgbatch("report", "--out", "o", "-o", "o/a.json")
     assert onto.exit_code == 2 and (tmp_path / "o" / "a.json").read_bytes() == paid
+    recording = (tmp_path / "in" / "a.wav").read_bytes()  # -o onto a source, a slip
+    onto = dgbatch("report", "--out", "o", "-o", "in/a.wav")
+    assert onto.exit_code == 2 and "is a recording (audio), not a report" in onto.output
+    assert (tmp_path / "in" / "a.wav").read_bytes() == recording
     closed = subprocess.run(
         [*dgbatch_subprocess_cmd(), "run", "in", "--out", "o", "--run-report", "one.json"],
         env={**subprocess_env(), "DEEPGRAM_API_URL": dgbatch.emulator.url},  # type: ignore[union-attr]
