@@ -16,6 +16,7 @@ function, so the two cannot drift) and each key is counted and priced once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sqlite3
 import tempfile
@@ -27,6 +28,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from batch import retry
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
@@ -40,6 +42,7 @@ from batch.job import (
     warn_over_deepgrams_limit,
 )
 from batch.keeping import Keeping
+from batch.localfiles import file_sha256, open_regular
 from batch.media import check_path, sniff_path
 from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_location, output_relpath
@@ -92,6 +95,9 @@ class Estimate:
     copies: int = 0
     #: items with a paid answer an earlier run kept (``batch.keeping``): written, not sent
     kept: int = 0
+    #: outputs already in a local ``--out`` for the item's very audio (a state lost):
+    #: adopted by the run, not sent
+    adopted: int = 0
     #: local files the run would fail before sending them, by ``err_code`` (empty, missing,
     #: not_audio, ...): not sent, not priced
     fail_locally: Counter[str] = field(default_factory=Counter)
@@ -139,6 +145,7 @@ class Estimate:
             "failed": self.failed,
             "dedupe_copies": self.copies,
             "kept_answers": self.kept,
+            "adopted": self.adopted,
             "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
@@ -300,7 +307,10 @@ def _estimate(
         own = stored_params(row["params"])
         sent = merge_params(config.params, own)
         has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None
-        problem = None if has_kept else _local_problem(config, row, sent)
+        problem = None if has_kept else _local_problem(config, row, sent) or _in_out(config, row)
+        if problem == "adopted":
+            result.adopted += 1
+            continue
         if problem is not None:  # a kept answer is written whatever became of its file
             result.fail_locally[problem] += 1
             continue
@@ -343,6 +353,26 @@ def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | N
     except ItemError as exc:
         return exc.code
     return None
+
+
+def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:
+    """What the run does with an item whose json is already where its own goes in a local
+    ``--out``, written by no run this state knows (a state lost): adopts it when it is of
+    the file's very audio (``Adoption.same_audio``: "adopted"), fails it unsent otherwise
+    (``output_exists``); None when there is none, or ``--force`` redoes it."""
+    if is_s3_uri(config.out) or row["forced"] or row["outputs"] is not None:
+        return None
+    try:
+        with open_regular(str(Path(config.out) / output_relpath(row["out_name"], "json"))) as f:
+            response = retry.parse_transcript(f.read())
+    except OSError:
+        return None
+    said = (response or {}).get("metadata", {}).get("sha256")
+    if row["kind"] == ItemKind.FILE.value and isinstance(said, str) and said:
+        with contextlib.suppress(OSError):
+            if file_sha256(row["source"]) == said:
+                return "adopted"
+    return "output_exists"
 
 
 def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Params], bool]:
@@ -423,6 +453,7 @@ def format_estimate(estimate: Estimate) -> str:
         *_asked_anew(Some(e["done_with_other_params"], e["done_with_other_params_first"])),
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
+        *_not_sent(e["adopted"], _ADOPTED),
         *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
@@ -509,6 +540,10 @@ _COPIES = (
     "come from the original's answer)"
 )
 _KEPT = "have a paid answer an earlier run kept: written from it, not sent nor priced"
+_ADOPTED = (
+    "have their transcript in --out already, of their very audio (a state lost): adopted, "
+    "not sent nor priced"
+)
 
 
 def _asked_anew(asked: Some) -> list[str]:

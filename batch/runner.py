@@ -27,7 +27,7 @@ from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
 from batch.media import Sender, sniff_path
 from batch.models import ItemKind, ItemStatus
-from batch.outputs import OUTPUT_GRACE, OutputSink
+from batch.outputs import OUTPUT_GRACE, LocalSink, OutputSink
 from batch.placing import Placer
 from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
@@ -267,8 +267,8 @@ class Runner:
             return False
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
-        if local is None and await self._not_audio(item):
-            estimate = 0.0  # it fails unsent: a guess from its size stopped the run at it
+        if self._outputs_there(item) or (local is None and await self._not_audio(item)):
+            estimate = 0.0  # adopted, or it fails unsent: it stopped the run all the same
         if self.budget.must_wait(estimate):
             # without the request slot taken for it: the item it waits for may need that
             # very slot to retry (a 429 cuts the limit to one)
@@ -287,6 +287,15 @@ class Runner:
             return False
         self._reserved[item.id] = reservation
         return True
+
+    def _outputs_there(self, item: WorkItem) -> bool:
+        """A json already where the item's goes in a local ``--out``, written by no run
+        this state knows (a state lost): the item is adopted (the json is of its audio) or
+        fails unsent (another's), free either way, unless ``--force`` redoes it."""
+        sink = self._placer.sink
+        if not isinstance(sink, LocalSink) or item.forced or item.recorded is not None:
+            return False
+        return sink.has(item.out_name, "json")
 
     async def _not_audio(self, item: WorkItem) -> bool:
         """A local file the send-time sniff will refuse (``sniff_path``): it costs nothing."""

@@ -345,6 +345,32 @@ def test_a_file_that_is_not_audio_takes_nothing_from_the_budget(
     assert statuses == {"a.wav": "done", "b.wav": "failed", "c.wav": "done"}
 
 
+def test_outputs_already_in_out_are_neither_sent_nor_priced_nor_capped(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A state lost beside outputs of the very audio: the dry run said it would send and
+    price them all, and a budget stopped the run at them, though the run adopts them for
+    free. A json of other audio at an item's place fails it unsent: counted so."""
+    for n in range(3):
+        make_wav(tmp_path / "in" / f"{n}.wav", 2.0, tone=n)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out))
+    assert dgbatch(*args).exit_code == 0
+    shutil.rmtree(out / ".dgbatch")
+    (out / "2.json").write_bytes((out / "1.json").read_bytes())  # another recording's
+    dry = json.loads(dgbatch(*args, "--dry-run", "--json").output)
+    assert (dry["to_send"], dry["adopted"], dry["fail_locally"]) == (0, 2, {"output_exists": 1})
+    text = dgbatch(*args, "--dry-run").output
+    assert "2 more item(s) have their transcript in --out already" in text, text
+    capped = dgbatch(*args, "--max-audio-hours", str(1 / 3600))  # less than any one file
+    assert "budget reached" not in capped.output, capped.output
+    assert len(emulator.log) == 3
+    rows = {
+        Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
+    }
+    assert rows["2.wav"]["err_code"] == "output_exists" and rows["0.wav"]["status"] == "done"
+
+
 def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:
     """A URL has no length before Deepgram answers: the first goes alone (the others wait,
     they do not stop the run); then the longest measured length stands in for theirs."""
