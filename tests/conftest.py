@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -99,6 +100,20 @@ def dgbatch(emulator: Emulator) -> Cli:
     return Cli(emulator)
 
 
+def rows_so_far(state: Path) -> list[dict[str, object]]:
+    """``read_state_rows`` of a run still starting: none before the file is there, nor
+    while it is there without its tables (SQLite makes the file first; a poll in between
+    failed a test now and then, "no such table: items")."""
+    import sqlite3
+
+    if not state.exists():
+        return []
+    try:
+        return read_state_rows(state)
+    except sqlite3.OperationalError:
+        return []
+
+
 def read_state_rows(state: Path) -> list[dict[str, object]]:
     """Every item row of a state file, as dicts."""
     import sqlite3
@@ -189,14 +204,20 @@ def start_run(
         "--progress",
         "none",
     ]
-    return subprocess.Popen(
-        cmd,
-        cwd=cwd,
-        env=subprocess_env(key),
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    # SIGHUP as a terminal leaves it: under ``nohup`` (a CI wrapper) the child inherited it
+    # ignored, and kept it so (a run started under nohup is meant to), failing SIGHUP tests
+    inherited = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        return subprocess.Popen(
+            cmd,
+            cwd=cwd,
+            env=subprocess_env(key),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    finally:
+        signal.signal(signal.SIGHUP, inherited)
 
 
 def stop_when(

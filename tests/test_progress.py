@@ -12,11 +12,11 @@ def test_a_log_line_comes_while_every_request_waits() -> None:
     """``--progress log`` printed only when an item finished: a run whose requests all
     waited on a long Retry-After (or hung) printed nothing for minutes."""
     stream = io.StringIO()
-    progress = LogProgress(stream, interval=0.05)
+    progress = LogProgress(stream, interval=60)  # a tick right after the start: too soon
     progress.start(10, 0)
-    progress.tick()  # too soon: nothing
+    progress.tick()
     assert stream.getvalue().count("\n") == 1
-    time.sleep(0.06)
+    progress._last -= 61  # a minute on, without waiting one (a sleep of 50 ms was flaky)
     progress.tick()
     assert stream.getvalue().splitlines()[-1].startswith("progress: 0/10 items")
     assert stream.getvalue().count("\n") == 2

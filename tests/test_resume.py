@@ -26,6 +26,7 @@ from conftest import (
     make_wavs,
     outputs_under,
     read_state_rows,
+    rows_so_far,
     sent_sha256s,
     serve_app,
     sha256_of,
@@ -788,7 +789,7 @@ def test_a_kill_9_in_the_backoff_keeps_the_tries_made(tmp_path: Path) -> None:
         )
 
         def tried() -> bool:
-            rows = read_state_rows(state) if state.exists() else []
+            rows = rows_so_far(state)
             return bool(rows) and int(str(rows[0]["attempts"])) >= 1
 
         stop_when(proc, tried, proc.kill)
