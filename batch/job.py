@@ -400,19 +400,21 @@ def make_senders(
     tags: Params,
     s3: S3,
     inputs: Inputs = frozenset(),
-    unwritable: str | None = None,
+    watch: LockWatch | None = None,
 ) -> dict[ItemKind, Sender]:
     """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
     the chosen ``--url-mode``, and every request's params completed by ``request_params``
-    (defaults, captions, run tags). A local ``--out`` nothing can be written into
-    (``unwritable``, why) stops the run before its first request."""
+    (defaults, captions, run tags). Each request first asks the output lock's ``watch``
+    (``LockWatch.check``); a local ``--out`` nothing can be written into
+    (``LockWatch.unwritable``) stops the run before its first request."""
+    watch = watch or LockWatch()
     senders = {**SENDERS, ItemKind.S3: s3.sender(config.url_mode)}
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     if not is_s3_uri(config.out):
-        places = OutputPlaces(config.out, inputs, unwritable)
+        places = OutputPlaces(config.out, inputs, watch.unwritable)
         senders = {kind: _sparing(sender, config, places) for kind, sender in senders.items()}
-    return {kind: _completing(sender, config, tags) for kind, sender in senders.items()}
+    return {kind: _completing(sender, config, tags, watch) for kind, sender in senders.items()}
 
 
 def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
@@ -431,11 +433,13 @@ def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
     return send
 
 
-def _completing(sender: Sender, config: RunConfig, tags: Params) -> Sender:
+def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatch) -> Sender:
     """Merge the run's layers over the item's own params (stored as the manifest gave
-    them) at send time, so a resumed run sends with the current command's options."""
+    them) at send time, so a resumed run sends with the current command's options; no
+    request once the output lock may be lost (``LockWatch.check``)."""
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        watch.check()
         params = request_params(config.params, item.params, formats=config.formats, tags=tags)
         return await sender(client, item.with_params(params), source)
 
@@ -583,7 +587,7 @@ async def _execute(
                 state,
                 client,
                 sink,
-                make_senders(config, tags, s3, inputs, lock_watch.unwritable),
+                make_senders(config, tags, s3, inputs, lock_watch),
                 progress,
                 run_id=run_id,
                 secret_sources=secrets,

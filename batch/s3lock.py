@@ -167,6 +167,20 @@ class S3Lock:
             raise StateLocked(f"{msg}, and expires before the next try; {_STOPPED}") from exc
         self._refreshed = time.time()
 
+    def safe_until(self) -> float:
+        """When the lock may be another run's, unless refreshed before: its expiry as last
+        written, less a tenth of its life for the clocks of other hosts."""
+        return self._refreshed + self.ttl * 0.9
+
+    def expired(self) -> StateLocked:
+        """The error of a run whose lock outlived its last refresh (``LockWatch.check``)."""
+        since = time.time() - self._refreshed
+        msg = (
+            f"{self.uri}: this run's output lock was last refreshed {since:.0f} s ago and may "
+            "be another run's now (the host was suspended, or the run stalled)"
+        )
+        return StateLocked(f"{msg}; {_STOPPED}")
+
     async def release(self) -> None:
         """Delete the lock if it is still ours; never raises (it runs on error paths)."""
         try:
@@ -318,6 +332,22 @@ class LockWatch:
         #: why nothing can be written into a local ``--out`` whose lock could not be made
         #: (``unwritable_reason``); None where it can
         self.unwritable: str | None = None
+        #: the S3 lock, while this run holds it (a local lock cannot expire)
+        self.lock: S3Lock | None = None
+
+    def check(self) -> None:
+        """Refuse to send once the S3 lock may have expired unrefreshed: a host suspended
+        (or a run stopped) past its life wakes with its refresh still asleep, and sent new
+        requests until that refresh found the lock another run's (a review paid twice so).
+
+        Raises:
+            StateLocked: the lock's time is up (less a margin for clocks between hosts).
+        """
+        lock = self.lock
+        if self.lost is None and lock is not None and time.time() > lock.safe_until():
+            self.lose(lock.expired())
+        if self.lost is not None:
+            raise self.lost
 
     def lose(self, reason: BatchError) -> None:
         self.lost = reason
@@ -358,9 +388,11 @@ async def output_lock(
         await lock.release()
         raise
     refresher = asyncio.create_task(_refresh_periodically(lock, watch))
+    watch.lock = lock
     try:
         yield watch
     finally:
+        watch.lock = None
         refresher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await refresher

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -460,6 +461,41 @@ def test_lock_refused_while_held_and_taken_over_when_expired(
     taken = run_s3(dgbatch, tmp_path, *cmd)
     assert taken.exit_code == 0, taken.output
     assert len(listen_log(emulator)) == 1
+
+
+def test_a_run_that_wakes_past_its_locks_life_sends_nothing_more(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A host suspended past the lock's life wakes with its refresh still asleep (the
+    event loop's clock stood still): it sent new requests until that refresh found the
+    lock another run's, paying twice for what that run sent (a review saw it). The wall
+    clock jumps here as it does on waking: no request goes out after it."""
+    names = [f"in/{n:02}.wav" for n in range(16)]
+    moto.bucket("slept", audio_objects(tmp_path, names))
+    emulator.config.latency = 0.3
+    offset = [0.0]
+    monkeypatch.setattr("batch.s3lock.time", SimpleNamespace(time=lambda: time.time() + offset[0]))
+
+    def wake_later() -> None:
+        deadline = time.monotonic() + 10
+        while not emulator.log and time.monotonic() < deadline:
+            time.sleep(0.01)
+        offset[0] = 1000.0  # the lock's 900 s are past
+
+    waker = threading.Thread(target=wake_later)
+    waker.start()
+    result = run_s3(
+        dgbatch, tmp_path, "run", "s3://slept/in/", "--out", "s3://slept/tx/", "-c", "1"
+    )
+    waker.join()
+    assert result.exit_code == 4, result.output
+    assert "may be another run's now (the host was suspended" in result.output
+    assert len(listen_log(emulator)) <= 4  # those in flight when it woke (-c 4 of FAST)
+    assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
 
 
 def test_a_run_whose_lock_is_taken_over_stops(
