@@ -29,7 +29,7 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol, TypeVar
+from typing import Any, BinaryIO, Protocol, TypeVar
 from urllib.parse import unquote
 
 from batch.errors import ItemError, OutputError
@@ -124,8 +124,17 @@ async def landed(write: asyncio.Future[_T]) -> _T:
     except asyncio.CancelledError:
         finished, _ = await asyncio.wait({write}, timeout=OUTPUT_GRACE)
         if write not in finished or write.cancelled() or write.exception() is not None:
+            write.add_done_callback(_retrieved)  # nobody waits for it any more
             raise
         return write.result()
+
+
+def _retrieved(write: asyncio.Future[Any]) -> None:
+    """Take the outcome of a write left behind, so that asyncio does not log it with a
+    traceback ("exception was never retrieved") when the loop cancels it at shutdown:
+    the item's answer is kept, and the summary says so."""
+    if not write.cancelled():
+        write.exception()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

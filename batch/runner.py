@@ -537,8 +537,10 @@ class Runner:
         """Tell, once, that the in-flight items are abandoned, and what that may cost."""
         self._grace_over = True
         log.warning(
-            "%s: abandoning %d in-flight item(s); Deepgram may have those whose request was "
-            "out (counted as possibly billed), and the next run sends them again",
+            "%s: abandoning %d in-flight item(s): an answer that came and waits for its "
+            "outputs is kept in the state, for the next run to write unsent; Deepgram may have "
+            "those whose request was still out (counted as possibly billed), which the next "
+            "run sends again",
             why,
             len(self._tasks),
         )

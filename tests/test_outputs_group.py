@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 from pathlib import Path
 
 import pytest
 
 from batch import outputs
 from batch.errors import ItemError, OutputError
-from batch.outputs import LocalSink, OutputMeta
+from batch.outputs import LocalSink, OutputMeta, landed
 
 META = OutputMeta("src", "fp")
 
@@ -52,3 +54,29 @@ async def test_unwritable_folder_is_an_output_error(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="cannot write output"):
         await sink.write("a", {"json": b"{}"}, META)
     sink.close()
+
+
+def test_a_write_left_behind_is_not_logged_with_a_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A put that outlives ``--grace`` and then the grace of its answer is left behind
+    (the answer is kept); the loop cancelled it at shutdown and asyncio logged
+    "_GatheringFuture exception was never retrieved" with three tracebacks, into syslog."""
+    monkeypatch.setattr("batch.outputs.OUTPUT_GRACE", 0.01)
+    said: list[str] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: said.append(ctx["message"]))
+        write = asyncio.gather(asyncio.sleep(10), asyncio.sleep(10))
+        waiter = asyncio.ensure_future(landed(write))
+        await asyncio.sleep(0.01)
+        waiter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiter
+        for task in asyncio.all_tasks() - {asyncio.current_task()}:
+            task.cancel()  # as the loop does at shutdown
+        await asyncio.sleep(0.01)
+
+    asyncio.run(main())
+    gc.collect()
+    assert said == []
