@@ -593,6 +593,10 @@ class LocalSink:
         """Whether a file is at the output's place (cheap: no thread, no resolving)."""
         return os.access(f"{self.root}/{output_relpath(out_name, fmt)}", os.F_OK)
 
+    def has_file(self, out_name: str, fmt: str) -> bool:
+        """Whether a regular file (not a folder in the way) is at the output's place."""
+        return os.path.isfile(f"{self.root}/{output_relpath(out_name, fmt)}")
+
     def path_for(self, out_name: str, fmt: str) -> Path:
         """The output path, guaranteed inside the root."""
         return resolve_inside(self.root, output_relpath(out_name, fmt))

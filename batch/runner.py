@@ -295,7 +295,7 @@ class Runner:
         sink = self._placer.sink
         if not isinstance(sink, LocalSink) or item.forced or item.recorded is not None:
             return False
-        return sink.has(item.out_name, "json")
+        return sink.has_file(item.out_name, "json")
 
     async def _not_audio(self, item: WorkItem) -> bool:
         """A local file the send-time sniff will refuse (``sniff_path``): it costs nothing."""
