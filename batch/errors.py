@@ -38,6 +38,13 @@ class SourceError(UsageError):
     """Raised when a source argument (path, manifest, URL) cannot be expanded into items."""
 
 
+class PlanCutShort(BatchError):
+    """Raised when a source fails after some of its items were planned (and sent): the
+    run did part of the batch, not nothing for a bad argument."""
+
+    exit_code = 1
+
+
 class ItemError(BatchError):
     """Raised for a problem with a single item; the item fails and the run continues."""
 

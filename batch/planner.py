@@ -18,7 +18,7 @@ import itertools
 import threading
 from collections.abc import Awaitable, Callable, Iterable
 
-from batch.errors import BatchError
+from batch.errors import BatchError, PlanCutShort, SourceError
 from batch.models import Item
 from batch.redact import redact_text
 from batch.state import PlanStats, State
@@ -28,6 +28,14 @@ from batch.state import PlanStats, State
 CHUNK = 5_000
 #: seconds between two progress updates while the plan grows
 GROWTH_INTERVAL = 2.0
+
+
+#: what a source that fails once items are planned adds to its error (an S3 listing whose
+#: credentials expired at page 9 read as a finished batch: "0 pending", exit 2)
+_CUT_SHORT = (
+    "(the sources stopped after {seen} item(s), which this run sends; the rest was not "
+    "listed, and the next run lists it again)"
+)
 
 
 class BackgroundPlan:
@@ -77,7 +85,12 @@ class BackgroundPlan:
         seen = broken = 0
         stream = iter(items)
         while True:
-            chunk = plan_chunk(itertools.islice(stream, CHUNK))
+            try:
+                chunk = plan_chunk(itertools.islice(stream, CHUNK))
+            except SourceError as exc:
+                if not seen:
+                    raise
+                raise PlanCutShort(f"{exc} {_CUT_SHORT.format(seen=seen)}") from exc
             if chunk.seen == 0:
                 return PlanStats(seen, broken)
             seen, broken = seen + chunk.seen, broken + chunk.broken

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from batch import planner
-from batch.errors import BatchError, SourceError
+from batch.errors import BatchError, PlanCutShort, SourceError
 from batch.models import Item, ItemKind
 from batch.planner import BackgroundPlan
 from batch.state import PlanStats, State
@@ -51,6 +51,30 @@ async def test_names_across_chunks_are_first_come(
     rows = state.query("SELECT out_name FROM items ORDER BY rowid")
     state.close()
     assert [r[0] for r in rows] == ["a.wav", "a.mp3", "b", "c", "b.mp3"]
+
+
+async def test_a_source_failing_once_items_are_planned_says_so_with_exit_1(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An S3 listing cut off at page 9 (credentials expired) read as a bad argument (exit
+    2) after the run had sent the items of pages 1 to 8, and "0 pending" as a finished
+    batch. The error says the sources stopped after those items (exit 1)."""
+    monkeypatch.setattr(planner, "CHUNK", 2)
+
+    def stream() -> Iterator[Item]:
+        yield from _items(["a.wav", "b.wav", "c.wav"])
+        raise SourceError("s3://b/in/: S3 refused the AWS credentials")
+
+    state = State.open(tmp_path / "state.sqlite")
+    plan = BackgroundPlan(state, stream(), _chunk(state), cancel=threading.Event())
+    with pytest.raises(PlanCutShort) as caught:
+        await plan.finish(stopped=False)
+    state.close()
+    assert caught.value.exit_code == 1
+    assert str(caught.value) == (
+        "s3://b/in/: S3 refused the AWS credentials (the sources stopped after 2 item(s), "
+        "which this run sends; the rest was not listed, and the next run lists it again)"
+    )
 
 
 async def test_a_failing_source_is_raised_by_wait_more(tmp_path: Path) -> None:
