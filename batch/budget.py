@@ -147,15 +147,17 @@ class Budget:
         )
 
     def passed(self) -> BudgetExceeded | None:
-        """A cap this run's items passed after all, which the run cannot stop before: URLs
-        longer than the estimate they were admitted at. Said, with exit 1, else the run
-        ended as if within its budget; a cap passed by earlier runs is not this run's."""
+        """A cap this run's items passed after all, which the run cannot stop before: items
+        billed for more than the estimate they were admitted at (URLs above all). Said,
+        with exit 1, else the run ended as if within its budget; a cap passed by earlier
+        runs is not this run's."""
         for ledger in self._ledgers:
             if ledger.used > max(ledger.cap, ledger.before) + 1e-9:
                 return BudgetExceeded(
                     f"{ledger.kind} budget passed: {ledger.show(ledger.used)} transcribed of a "
-                    f"{ledger.show(ledger.cap)} cap; items of unknown length (URLs) were longer "
-                    "than estimated (each counts as the longest measured before it)"
+                    f"{ledger.show(ledger.cap)} cap: items were billed for more than their "
+                    "estimate (a URL counts as the longest length measured before it, a file as "
+                    "its header's length, and a 200 without a transcript was billed too)"
                 )
         return None
 

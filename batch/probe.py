@@ -162,7 +162,7 @@ def sparse_duration(head: bytes, size: int | None, tail: bytes = b"") -> float |
 
 def _duration_of(source: Any, label: str, size: int | None = None) -> float | None:
     """mutagen's length for a file object of ``size`` bytes; None for anything it cannot
-    read. Uncompressed audio is held to what its bytes can hold (``pcm_ceiling``)."""
+    read. A WAV is held to what its bytes can hold (``pcm_ceiling``)."""
     import mutagen  # imported when first needed: URL-only runs start faster
 
     try:
@@ -180,15 +180,15 @@ def _duration_of(source: Any, label: str, size: int | None = None) -> float | No
 
 
 def pcm_ceiling(info: object, size: int | None) -> float | None:
-    """The most seconds ``size`` bytes of uncompressed audio (WAV, AIFF) can hold; None for
-    other formats. A WAV written by a stream (ffmpeg to a pipe, a recorder that crashed)
-    states a data size of 4 GiB, which mutagen reads as hours: a budget stopped at such a
-    file, and its transcript was flagged as truncated."""
-    from mutagen.aiff import AIFFInfo
+    """The most seconds ``size`` bytes of a WAV can hold; None for other formats. A WAV
+    written by a stream (ffmpeg to a pipe, a recorder that crashed) states a data size of
+    4 GiB, which mutagen reads as hours: a budget stopped at such a file, and its
+    transcript was flagged as truncated. Not AIFF: an AIFF-C of 8-bit mu-law states
+    16-bit samples, so its bytes would hold half its length."""
     from mutagen.wave import WaveStreamInfo
 
     bitrate = getattr(info, "bitrate", 0)
-    if not (size and isinstance(info, WaveStreamInfo | AIFFInfo) and bitrate):
+    if not (size and isinstance(info, WaveStreamInfo) and bitrate):
         return None
     return float(size * 8 / bitrate)
 

@@ -129,8 +129,8 @@ def take_output_lock(out: Path, suffix: str = "", *, state: Path | None = None) 
 
 
 def unwritable_reason(out: Path) -> str | None:
-    """Why nothing can be written into ``out`` (a read-only mount, no permission, a full
-    disk), None where a file can be made there: asked when its lock could not be."""
+    """Why nothing can be written into ``out`` (a read-only mount, no permission), None
+    where a file can be made there: asked when its lock could not be."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         fd, name = tempfile.mkstemp(dir=out, prefix=".dgbatch-probe-")

@@ -99,6 +99,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
         errors.ScratchError: "temporary files",
         errors.StateWriteError: "the state file (its disk full",
         errors.StoreUnreachable: "nor s3 for an item's audio",
+        errors.PlanCutShort: "a source failed once some of its items were planned",
     }
     expected_words |= {cls: "account" for cls in classes if issubclass(cls, errors.AccountError)}
     for cls in classes[1:]:
