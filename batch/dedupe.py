@@ -136,7 +136,7 @@ def content_key(path: str, params: Params) -> str:
     return f"{file_sha256(path)}:{json.dumps(sorted(params))}"
 
 
-def _answers(response: dict[str, Any], key: str) -> bool:
+def answers(response: dict[str, Any], key: str) -> bool:
     """Whether Deepgram's answer is of the audio ``key`` names: its ``metadata.sha256`` is
     the digest of the bytes it was sent, so a json written over since (the item sent again
     for a changed file meanwhile) never serves another recording's copy."""
@@ -253,13 +253,14 @@ class Copies:
         if not self._unkeyed:
             self._all_keyed.set()
 
-    async def answered(self, key: str) -> bool:
-        """Whether this run has the answer for ``key`` at hand for any copy, once every
-        item dispatched before has its key and the one leading ``key``, if any, has ended."""
+    async def answered(self, item: WorkItem, key: str) -> bool:
+        """Whether the answer for ``item``'s ``key`` is at hand: this run's, once every
+        item dispatched before has its key and the one leading ``key``, if any, has ended,
+        or an earlier run's that ``process`` will take (``_earlier``: checked the same)."""
         await self._all_keyed.wait()
         if await self.dedupe.answered(key):
             return True
-        return await asyncio.to_thread(self._state.done_content, stored_key(key), "") is not None
+        return await self._earlier(item, key) is not None
 
     async def process(self, item: WorkItem) -> Result:
         """A local file's result: sent when it leads its key (or its key is unknown),
@@ -309,7 +310,7 @@ class Copies:
             log.warning("json of %s unreadable for its --dedupe copy: %s", found[0], exc)
             return None
         response = None if body is None else retry.parse_transcript(body)
-        if body is None or response is None or not _answers(response, key):
+        if body is None or response is None or not answers(response, key):
             return None
         return Shared(found[0], body, response)
 
@@ -327,9 +328,9 @@ class Copies:
         finally:
             captured = self._captured.pop(item.id, None)
             self.dedupe.publish(key, None if captured is None else (item.id, captured))
-        if result.status is ItemStatus.DONE and result.copy_of is None:
+        if result.status is ItemStatus.DONE and result.copy_of is None and result.request_id:
             remember = self._state.remember_content
-            await asyncio.to_thread(remember, stored_key(key), item)
+            await asyncio.to_thread(remember, stored_key(key), item, result.request_id)
         return result
 
     async def _answer(self, lead: Handed | Spooled) -> Shared | None:

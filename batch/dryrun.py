@@ -32,7 +32,7 @@ from batch import retry
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
-from batch.dedupe import Dedupe, stored_key
+from batch.dedupe import Dedupe, answers, stored_key
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
     asked_anew_text,
@@ -375,6 +375,19 @@ def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:
     return "output_exists"
 
 
+def _answers_there(config: RunConfig, out_name: str, key: str) -> bool:
+    """Whether the json at ``out_name`` in a local ``--out`` is the answer for ``key``, as
+    the run checks it (``Copies._earlier``); an S3 ``--out`` is taken at the state's word."""
+    if is_s3_uri(config.out):
+        return True
+    try:
+        with open_regular(str(Path(config.out) / output_relpath(out_name, "json"))) as handle:
+            response = retry.parse_transcript(handle.read())
+    except OSError:
+        return False
+    return response is not None and answers(response, key)
+
+
 def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Params], bool]:
     """Whether an item is a ``--dedupe`` copy of one counted before, or of one an earlier
     run sent and finished (``State.done_content``; not for an item ``--force`` re-queued),
@@ -398,7 +411,8 @@ def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Para
         if key in seen:
             return True
         seen.add(key)
-        return not row["forced"] and state.done_content(stored_key(key), row["id"]) is not None
+        found = None if row["forced"] else state.done_content(stored_key(key), row["id"])
+        return found is not None and _answers_there(config, found[1], key)
 
     return is_copy
 

@@ -315,11 +315,12 @@ def _request_id(body: bytes) -> str | None:
 @migration
 def m014_content_keys(db: sqlite3.Connection) -> None:
     """``--dedupe`` keys of items sent and done (a sha256 of the key: params may hold a
-    secret), with the fingerprint their file had: a copy listed in a later run is written
-    from that item's json instead of being paid for again."""
+    secret), with the fingerprint their file had and the request that answered them: a
+    copy listed in a later run is written from that item's json, while it holds that
+    answer, instead of being paid for again."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS content_keys (key TEXT PRIMARY KEY, item_id TEXT NOT NULL, "
-        "fingerprint TEXT NOT NULL)"
+        "fingerprint TEXT NOT NULL, request_id TEXT NOT NULL)"
     )
 
 

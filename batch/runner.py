@@ -318,7 +318,7 @@ class Runner:
         key = await self._copies.dedupe.key(item.source, item.params)
         if key is None:
             return False
-        answered = self._copies.answered(key)
+        answered = self._copies.answered(item, key)
         waited = await self.limit.without_slot(until_stopped(answered, self._stopped))
         if waited is None or not waited.result():
             return False

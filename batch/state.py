@@ -362,21 +362,24 @@ class State:
             rows = self._db.execute("SELECT id FROM kept_answers").fetchall()
         return {row[0] for row in rows}
 
-    def remember_content(self, key: str, item: WorkItem) -> None:
-        """``item`` was sent and is done: its json answers ``key`` (``--dedupe``) while its
-        file keeps the fingerprint it has now."""
+    def remember_content(self, key: str, item: WorkItem, request_id: str) -> None:
+        """``item`` was sent and is done: its json, Deepgram's answer ``request_id``, answers
+        ``key`` (``--dedupe``) while its file keeps the fingerprint it has now."""
         with self._mutex, self._writing(), self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?)",
-                (key, item.id, item.fingerprint),
+                "INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?, ?)",
+                (key, item.id, item.fingerprint, request_id),
             )
 
     def done_content(self, key: str, other_than: str) -> tuple[str, str] | None:
         """(id, out_name) of a done item (not ``other_than``) whose json answers ``key``:
-        its file unchanged since it was sent, its json among its outputs."""
+        its file unchanged since it was sent, its answer still the one it got then (sent
+        again with other params, by ``--force``, it answers another key), its json among
+        its outputs."""
         rows = self.query(
             "SELECT items.id, items.out_name FROM content_keys JOIN items "
             "ON items.id = content_keys.item_id AND items.fingerprint = content_keys.fingerprint "
+            "AND items.request_id = content_keys.request_id "
             "WHERE content_keys.key = ? AND items.status = 'done' AND items.id != ? "
             "AND items.outputs LIKE '%.json\"%'",
             (key, other_than),

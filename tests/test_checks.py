@@ -182,6 +182,43 @@ def test_dedupe_across_runs_is_stopped_by_a_change_or_a_force(dgbatch: Cli, tmp_
     assert len(emulator.log) == 5
 
 
+def test_dedupe_across_runs_takes_no_answer_asked_with_other_params(
+    dgbatch: Cli, tmp_path: Path
+) -> None:
+    """An item sent again with other params (``--force``) holds another answer: a copy
+    asked with the first params got that one (nova-2 for a nova-3 copy, a review found)."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args, "--param", "model=nova-3").exit_code == 0
+    assert dgbatch(*args, "--param", "model=nova-2", "--force").exit_code == 0
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    dry = json.loads(dgbatch(*args, "--param", "model=nova-3", "--dry-run", "--json").output)
+    assert (dry["to_send"], dry["dedupe_copies"]) == (1, 0)
+    assert dgbatch(*args, "--param", "model=nova-3").exit_code == 0
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 3
+    assert dict(emulator.log[-1].params)["model"] == "nova-3"
+
+
+def test_a_copy_whose_earlier_answer_is_gone_is_weighed_by_the_budget(
+    dgbatch: Cli, tmp_path: Path
+) -> None:
+    """Under a full cap, a copy whose original's json was deleted was let through as free
+    and then left pending without a word (exit 1, every run); the dry run called it a
+    copy. It is an item to pay for: the cap stops the run at it, saying so."""
+    call = make_wav(tmp_path / "in" / "call.wav", 3.0, tone=3)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe", "--max-audio-hours")
+    assert dgbatch(*args, str(4 / 3600)).exit_code == 0
+    (out / "call.json").unlink()
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    dry = json.loads(dgbatch(*args, str(4 / 3600), "--dry-run", "--json").output)
+    assert (dry["to_send"], dry["dedupe_copies"]) == (1, 0)
+    stopped = dgbatch(*args, str(4 / 3600))
+    assert stopped.exit_code == 1 and "audio budget reached" in stopped.output, stopped.output
+
+
 def test_dedupe_across_runs_needs_the_answer_to_be_of_the_same_audio(
     dgbatch: Cli, tmp_path: Path
 ) -> None:
