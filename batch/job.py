@@ -44,6 +44,7 @@ from batch.outputs import (
 )
 from batch.params import project_limit, request_params, run_tags
 from batch.planner import BackgroundPlan
+from batch.planrows import BILLED
 from batch.pricing import ItemPrices, price_per_hour, priced_model
 from batch.progress import Progress
 from batch.realsources import RealSources
@@ -368,19 +369,14 @@ def used_cost(state: State, prices: ItemPrices) -> float:
     (the run's model for one that has no price, and for answers kept unwritten)."""
     fallback = prices.per_second(()) or 0.0
     rows = state.query(
-        f"SELECT COALESCE(sent_params, params), SUM({_BILLED}) FROM items "
-        "WHERE copy_of IS NULL GROUP BY 1"
+        f"SELECT COALESCE(sent_params, params), SUM({_BILLED}) FROM items GROUP BY 1"
     )
     total = sum(float(s) * (prices.per_second(stored_params(p)) or fallback) for p, s in rows)
     return total + sum(kept_audio(state)) * fallback
 
 
-#: the seconds an item was billed for: its transcript, and each 200 without one (at its
-#: local length when Deepgram's is unknown; a URL's is)
-_BILLED = (
-    "CASE WHEN status = 'done' THEN COALESCE(duration, 0) ELSE 0 END "
-    "+ paid_200s * COALESCE(duration, local_duration, 0)"
-)
+#: the seconds an item was billed for: before it was last queued, and since
+_BILLED = f"items.billed_before + {BILLED}"
 
 
 def used_audio(state: State) -> tuple[float, float]:
@@ -388,8 +384,8 @@ def used_audio(state: State) -> tuple[float, float]:
     longest transcript (copies made by --dedupe were not paid; answers kept unwritten were)."""
     ((seconds, longest),) = state.query(
         f"SELECT COALESCE(SUM({_BILLED}), 0), "
-        "COALESCE(MAX(CASE WHEN status = 'done' THEN duration END), 0) "
-        "FROM items WHERE copy_of IS NULL"
+        "COALESCE(MAX(CASE WHEN status = 'done' AND copy_of IS NULL THEN duration END), 0) "
+        "FROM items"
     )
     kept = kept_audio(state)
     return float(seconds) + sum(kept), max([float(longest), *kept])

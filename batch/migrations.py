@@ -324,6 +324,15 @@ def m014_content_keys(db: sqlite3.Connection) -> None:
     )
 
 
+@migration
+def m015_billed_before(db: sqlite3.Connection) -> None:
+    """Per item, ``billed_before``: seconds of audio Deepgram billed for it before it was
+    queued again (``--retry-failed``, ``--force``, a changed source), which a re-queue's
+    reset of its counts dropped from the budget: 200s without a transcript, a done
+    item's transcript."""
+    add_column(db, "items", "billed_before REAL NOT NULL DEFAULT 0")
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

@@ -70,6 +70,9 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN {changed} OR {force} THEN 0
         WHEN {requeued} THEN 0
         ELSE items.timeout_retries END,
+    billed_before = CASE
+        WHEN {changed} OR {force} OR ({requeued}) THEN items.billed_before + {billed}
+        ELSE items.billed_before END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1
@@ -100,6 +103,15 @@ _CHANGED = (
 _REQUEUED = (
     "items.status = 'failed' AND ({retry} OR items.retry_next)"
     " AND items.seen_run IS NOT excluded.seen_run"
+)
+
+#: seconds of audio Deepgram billed for an item since it was last queued: its transcript
+#: (not a ``--dedupe`` copy's), and each 200 without one, at the answer's or the file's
+#: length; a re-queue adds them to ``billed_before``, the budget counts both
+BILLED = (
+    "(CASE WHEN items.status = 'done' AND items.copy_of IS NULL "
+    "THEN COALESCE(items.duration, 0) ELSE 0 END "
+    "+ items.paid_200s * COALESCE(items.duration, items.local_duration, 0))"
 )
 
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
@@ -135,7 +147,9 @@ class Batch:
         """``PLAN`` for ``count`` rows."""
         values = ", ".join(itertools.repeat(_ROW_VALUES, count))
         requeued = _REQUEUED.format(**self.flags)
-        return PLAN.format(values=values, requeued=requeued, changed=_CHANGED, **self.flags)
+        return PLAN.format(
+            values=values, requeued=requeued, changed=_CHANGED, billed=BILLED, **self.flags
+        )
 
     def unnamed(self) -> Batch:
         """The same rows, left for ``assign_names``."""

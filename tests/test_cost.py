@@ -557,6 +557,31 @@ def test_200s_without_a_transcript_count_against_the_budget(tmp_path: Path) -> N
         assert len(emu.log) == 2
 
 
+def test_what_was_billed_before_a_requeue_still_counts(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``--retry-failed`` and ``--force`` queue an item again and reset its counts: what
+    it was billed before left the budget, so a 3 s file forced four times under a 7.2 s
+    cap was sent four times, and 200s without a transcript, retried, counted no more (a
+    review billed 12 s against a 5.4 s cap so)."""
+    make_wav(tmp_path / "in" / "a.wav", 3.0)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    cap = ("--max-audio-hours", str(7.2 / 3600))
+    assert dgbatch(*args, *cap).exit_code == 0
+    assert dgbatch(*args, *cap, "--force").exit_code == 0  # 3 + 3 s: fits
+    again = dgbatch(*args, *cap, "--force")
+    assert again.exit_code == 1 and "audio budget reached: 6.0 s transcribed" in again.output
+    assert len(emulator.log) == 2
+    make_wav(tmp_path / "other" / "b.wav", 3.0, tone=1)
+    with emulator_with(fault_rate=1.0, faults=("garbage",)) as emu:
+        garbage = ("run", str(tmp_path / "other"), "--out", str(tmp_path / "g"), "--no-preflight")
+        small = ("--max-audio-hours", str(5.4 / 3600))
+        assert Cli(emu)(*garbage, *small).exit_code == 1  # two 200s without a transcript: 6 s
+        retried = Cli(emu)(*garbage, *small, "--retry-failed")
+        assert retried.exit_code == 1 and "audio budget reached: 6.0 s" in retried.output
+        assert len(emu.log) == 2
+
+
 def test_a_dedupe_copy_whose_answer_the_run_has_is_not_stopped_by_the_budget(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
