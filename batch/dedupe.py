@@ -328,7 +328,13 @@ class Copies:
         finally:
             captured = self._captured.pop(item.id, None)
             self.dedupe.publish(key, None if captured is None else (item.id, captured))
-        if result.status is ItemStatus.DONE and result.copy_of is None and result.request_id:
+        sent = result.attempts > item.attempts  # not adopted: its params are this run's
+        if (
+            result.status is ItemStatus.DONE
+            and result.copy_of is None
+            and sent
+            and result.request_id
+        ):
             remember = self._state.remember_content
             await asyncio.to_thread(remember, stored_key(key), item, result.request_id)
         return result

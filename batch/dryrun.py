@@ -362,6 +362,8 @@ def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:
     (``output_exists``); None when there is none, or ``--force`` redoes it."""
     if is_s3_uri(config.out) or row["forced"] or row["outputs"] is not None:
         return None
+    if "json" not in config.formats:  # adopted with every format asked for, json first
+        return None
     try:
         with open_regular(str(Path(config.out) / output_relpath(row["out_name"], "json"))) as f:
             response = retry.parse_transcript(f.read())

@@ -333,6 +333,13 @@ def m015_billed_before(db: sqlite3.Connection) -> None:
     add_column(db, "items", "billed_before REAL NOT NULL DEFAULT 0")
 
 
+@migration
+def m016_content_keys_request_id(db: sqlite3.Connection) -> None:
+    """``content_keys.request_id`` in a table an earlier m014 made without it: its rows
+    (of no known answer) then match no item, and their copies are sent once more."""
+    add_column(db, "content_keys", "request_id TEXT NOT NULL DEFAULT ''")
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

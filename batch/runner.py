@@ -294,8 +294,8 @@ class Runner:
         fails unsent (another's), free either way, unless ``--force`` redoes it."""
         sink = self._placer.sink
         if not isinstance(sink, LocalSink) or item.forced or item.recorded is not None:
-            return False
-        return sink.has_file(item.out_name, "json")
+            return False  # adopted only with every format asked for: json first
+        return "json" in self.settings.formats and sink.has_file(item.out_name, "json")
 
     async def _not_audio(self, item: WorkItem) -> bool:
         """A local file the send-time sniff will refuse (``sniff_path``): it costs nothing."""

@@ -367,7 +367,8 @@ class State:
         ``key`` (``--dedupe``) while its file keeps the fingerprint it has now."""
         with self._mutex, self._writing(), self._db:
             self._db.execute(
-                "INSERT OR REPLACE INTO content_keys VALUES (?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO content_keys (key, item_id, fingerprint, request_id) "
+                "VALUES (?, ?, ?, ?)",
                 (key, item.id, item.fingerprint, request_id),
             )
 

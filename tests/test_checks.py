@@ -219,6 +219,52 @@ def test_a_copy_whose_earlier_answer_is_gone_is_weighed_by_the_budget(
     assert stopped.exit_code == 1 and "audio budget reached" in stopped.output, stopped.output
 
 
+def test_dedupe_across_runs_takes_no_answer_a_run_adopted(dgbatch: Cli, tmp_path: Path) -> None:
+    """Outputs adopted after a lost state answer params nobody knows (nova-2 here): a copy
+    in a nova-3 run was written from them (a review found it). Only an answer a
+    ``--dedupe`` run got for its own request serves later copies."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    out = tmp_path / "out"
+    assert (
+        dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--param", "model=nova-2").exit_code
+        == 0
+    )
+    shutil.rmtree(out / ".dgbatch")
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args).exit_code == 0  # adopted
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    assert dgbatch(*args).exit_code == 0
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == 2
+    assert dict(emulator.log[-1].params)["model"] == "nova-3"
+
+
+def test_dedupe_keys_of_a_state_made_before_they_held_a_request_id_are_dropped(
+    dgbatch: Cli, tmp_path: Path
+) -> None:
+    """A state whose m014 made ``content_keys`` without ``request_id`` (mid-pass commits):
+    every new item failed with "no such column", and a forced copy was paid every run."""
+    call = make_wav(tmp_path / "in" / "call.wav", 0.5, tone=3)
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dedupe")
+    assert dgbatch(*args).exit_code == 0
+    db = sqlite3.connect(out / ".dgbatch" / "state.sqlite")
+    db.executescript(
+        "DROP TABLE content_keys; CREATE TABLE content_keys (key TEXT PRIMARY KEY, "
+        "item_id TEXT NOT NULL, fingerprint TEXT NOT NULL); "
+        "DELETE FROM _migrations WHERE name = 'm016_content_keys_request_id';"
+    )
+    db.close()
+    shutil.copy(call, tmp_path / "in" / "again.wav")
+    make_wav(tmp_path / "in" / "new.wav", 0.5, tone=4)
+    result = dgbatch(*args)
+    assert result.exit_code == 0, result.output
+    again = dgbatch(*args, "--force")
+    assert again.exit_code == 0, again.output
+    third = dgbatch(*args)
+    assert third.exit_code == 0 and "would" not in third.output
+
+
 def test_dedupe_across_runs_needs_the_answer_to_be_of_the_same_audio(
     dgbatch: Cli, tmp_path: Path
 ) -> None:

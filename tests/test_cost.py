@@ -362,6 +362,8 @@ def test_outputs_already_in_out_are_neither_sent_nor_priced_nor_capped(
     assert (dry["to_send"], dry["adopted"], dry["fail_locally"]) == (0, 2, {"output_exists": 1})
     text = dgbatch(*args, "--dry-run").output
     assert "2 more item(s) have their transcript in --out already" in text, text
+    txt_only = json.loads(dgbatch(*args, "--dry-run", "--json", "--formats", "txt").output)
+    assert txt_only["adopted"] == 0  # adopted only with every format asked for: sent again
     capped = dgbatch(*args, "--max-audio-hours", str(1 / 3600))  # less than any one file
     assert "budget reached" not in capped.output, capped.output
     assert len(emulator.log) == 3
