@@ -71,7 +71,8 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN {requeued} THEN 0
         ELSE items.timeout_retries END,
     billed_before = CASE
-        WHEN {changed} OR {force} OR ({requeued}) THEN items.billed_before + {billed}
+        WHEN {changed} OR {force} THEN items.billed_before + {billed} + {kept}
+        WHEN {requeued} THEN items.billed_before + {billed}
         ELSE items.billed_before END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
@@ -114,6 +115,21 @@ BILLED = (
     "+ items.paid_200s * COALESCE(items.duration, items.local_duration, 0))"
 )
 
+#: the seconds of a paid answer kept for an item (not a --dedupe copy's: its leader's
+#: request), while it still counts (``state._KEPT_LIVE``): a changed source or a ``--force``
+#: drops it, so the re-queue adds it to ``billed_before``; ``--retry-failed`` keeps it, to
+#: be written (and then counted as the item's transcript)
+BILLED_KEPT = """COALESCE((
+    SELECT CASE WHEN NOT json_valid(text) THEN 0
+                WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real')
+                THEN json_extract(text, '$.metadata.duration') ELSE 0 END
+    FROM (SELECT CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4)
+                           ELSE body END AS TEXT) AS text
+          FROM kept_answers
+          WHERE kept_answers.id = items.id AND kept_answers.copy_of IS NULL
+              AND kept_answers.fingerprint = items.fingerprint AND items.status != 'done')
+), 0)"""
+
 #: a plan row: one item's fields as ``PLAN``'s ``new`` has them (see ``plan_row``)
 PlanRow = tuple[str | int, ...]
 FIELDS = 11
@@ -148,7 +164,12 @@ class Batch:
         values = ", ".join(itertools.repeat(_ROW_VALUES, count))
         requeued = _REQUEUED.format(**self.flags)
         return PLAN.format(
-            values=values, requeued=requeued, changed=_CHANGED, billed=BILLED, **self.flags
+            values=values,
+            requeued=requeued,
+            changed=_CHANGED,
+            billed=BILLED,
+            kept=BILLED_KEPT,
+            **self.flags,
         )
 
     def unnamed(self) -> Batch:

@@ -83,14 +83,16 @@ _KEPT_FOR_ITEM = (
 #: the same, as a condition on a row of ``kept_answers``
 _KEPT_LIVE = f"EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM})"
 #: per Deepgram request of the kept answers still to write, its duration (see
-#: ``kept_durations``); an answer without a request id counts on its own
+#: ``kept_durations``); an answer without a request id counts on its own. A --dedupe
+#: copy's is its leader's request, counted with the leader (done, kept, or billed before
+#: a re-queue)
 _KEPT_DURATIONS = f"""
 SELECT MAX(CASE WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real')
            THEN json_extract(text, '$.metadata.duration') END) FROM (
     SELECT kept_answers.id AS kept_id,
            CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4) ELSE body END
                 AS TEXT) AS text
-    FROM kept_answers WHERE {_KEPT_LIVE})
+    FROM kept_answers WHERE {_KEPT_LIVE} AND kept_answers.copy_of IS NULL)
 WHERE json_valid(text)
 GROUP BY COALESCE(json_extract(text, '$.metadata.request_id'), 'kept:' || kept_id)
 HAVING COALESCE(json_extract(text, '$.metadata.request_id'), '') NOT IN (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import time
@@ -484,6 +485,42 @@ def test_a_budget_counts_the_answers_it_paid_for_and_could_not_write(
     again = dgbatch(*args, *cap)
     assert again.exit_code == 1, again.output
     assert "audio budget reached: 2.0 s transcribed" in again.output, again.output
+    assert len(emulator.log) == 2
+
+
+@pytest.mark.parametrize("requeue", ["changed", "force"])
+def test_a_kept_answer_still_counts_once_its_item_is_queued_again(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, requeue: str
+) -> None:
+    """A paid answer kept unwritten stopped counting when its file changed or ``--force``
+    queued it again (the answer is dropped then): the file was sent again past a 5 s cap,
+    exit 0 (a review found it). It counts as billed before the re-queue."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 3.0)
+    (tmp_path / "out" / "a.txt").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    cap = ("--max-audio-hours", str(5 / 3600))
+    assert dgbatch(*args, *cap).exit_code == 1
+    (tmp_path / "out" / "a.txt").rmdir()
+    if requeue == "changed":
+        os.utime(wav, (time.time() + 5, time.time() + 5))
+    again = dgbatch(*args, *cap, *(["--force"] if requeue == "force" else []))
+    assert again.exit_code == 1 and "audio budget reached: 3.0 s transcribed" in again.output
+    assert len(emulator.log) == 1
+
+
+def test_a_copys_kept_answer_is_its_leaders_request_counted_once(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A ``--dedupe`` copy that kept its leader's answer, the leader then forced: the
+    budget counted the leader's first request twice (9 s for 6 s billed)."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 3.0)
+    shutil.copy(wav, tmp_path / "in" / "b.wav")
+    (tmp_path / "out" / "b.txt").mkdir(parents=True)
+    args = ("run", "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    dgbatch(*args, str(tmp_path / "in"))
+    assert dgbatch(*args, str(wav), "--force").exit_code == 0
+    dry = dgbatch(*args, str(tmp_path / "in"), "--dry-run", "--max-audio-hours", "1")
+    assert "6.0 s already transcribed" in dry.output, dry.output
     assert len(emulator.log) == 2
 
 
