@@ -140,6 +140,13 @@ def test_dedupe_sends_one_request_for_two_copies(dgbatch: Cli, tmp_path: Path) -
     assert json.loads(summary)["audio_hours"] == round(sent / 3600, 4)
 
 
+def _assert_sent(dgbatch: Cli, requests: int, *, last_model: str) -> None:
+    """The emulator had ``requests`` requests, the last asking for ``last_model``."""
+    emulator = dgbatch.emulator
+    assert emulator is not None and len(emulator.log) == requests
+    assert dict(emulator.log[-1].params)["model"] == last_model
+
+
 def test_dedupe_writes_a_copy_from_an_earlier_runs_answer(dgbatch: Cli, tmp_path: Path) -> None:
     """A copy of a file an earlier ``--dedupe`` run sent and finished is written from its
     json, unsent: a folder that gets a copy tomorrow, or a batch its budget stopped and a
@@ -196,9 +203,7 @@ def test_dedupe_across_runs_takes_no_answer_asked_with_other_params(
     dry = json.loads(dgbatch(*args, "--param", "model=nova-3", "--dry-run", "--json").output)
     assert (dry["to_send"], dry["dedupe_copies"]) == (1, 0)
     assert dgbatch(*args, "--param", "model=nova-3").exit_code == 0
-    emulator = dgbatch.emulator
-    assert emulator is not None and len(emulator.log) == 3
-    assert dict(emulator.log[-1].params)["model"] == "nova-3"
+    _assert_sent(dgbatch, 3, last_model="nova-3")
 
 
 def test_a_copy_whose_earlier_answer_is_gone_is_weighed_by_the_budget(
@@ -234,9 +239,7 @@ def test_dedupe_across_runs_takes_no_answer_a_run_adopted(dgbatch: Cli, tmp_path
     assert dgbatch(*args).exit_code == 0  # adopted
     shutil.copy(call, tmp_path / "in" / "again.wav")
     assert dgbatch(*args).exit_code == 0
-    emulator = dgbatch.emulator
-    assert emulator is not None and len(emulator.log) == 2
-    assert dict(emulator.log[-1].params)["model"] == "nova-3"
+    _assert_sent(dgbatch, 2, last_model="nova-3")
 
 
 def test_dedupe_keys_of_a_state_made_before_they_held_a_request_id_are_dropped(

@@ -9,7 +9,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -463,6 +463,44 @@ def test_lock_refused_while_held_and_taken_over_when_expired(
     assert len(listen_log(emulator)) == 1
 
 
+#: objects of a run that ``run_s3_stopped`` stops
+STOPPED_ITEMS = 16
+
+
+def run_s3_stopped(
+    dgbatch: Cli,
+    moto: MotoS3,
+    emulator: Emulator,
+    tmp_path: Path,
+    bucket: str,
+    act: Callable[[], object],
+) -> Any:
+    """A run over ``STOPPED_ITEMS`` objects of ``s3://BUCKET/in/`` into
+    ``s3://BUCKET/tx/``, answered in 0.3 s, that ``act`` (done once the first request is
+    in) stops: exit 4, the rest pending."""
+    names = [f"in/{n:02}.wav" for n in range(STOPPED_ITEMS)]
+    moto.bucket(bucket, audio_objects(tmp_path, names))
+    emulator.config.latency = 0.3
+
+    def after_first() -> None:
+        deadline = time.monotonic() + 10
+        while not emulator.log and time.monotonic() < deadline:
+            time.sleep(0.01)
+        act()
+
+    thread = threading.Thread(target=after_first)
+    thread.start()
+    try:
+        result = run_s3(
+            dgbatch, tmp_path, "run", f"s3://{bucket}/in/", "--out", f"s3://{bucket}/tx/"
+        )
+    finally:
+        thread.join()
+    assert result.exit_code == 4, result.output
+    assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
+    return result
+
+
 def test_a_run_that_wakes_past_its_locks_life_sends_nothing_more(
     dgbatch: Cli,
     moto: MotoS3,
@@ -474,28 +512,15 @@ def test_a_run_that_wakes_past_its_locks_life_sends_nothing_more(
     event loop's clock stood still): it sent new requests until that refresh found the
     lock another run's, paying twice for what that run sent (a review saw it). The wall
     clock jumps here as it does on waking: no request goes out after it."""
-    names = [f"in/{n:02}.wav" for n in range(16)]
-    moto.bucket("slept", audio_objects(tmp_path, names))
-    emulator.config.latency = 0.3
     offset = [0.0]
     monkeypatch.setattr("batch.s3lock.time", SimpleNamespace(time=lambda: time.time() + offset[0]))
 
-    def wake_later() -> None:
-        deadline = time.monotonic() + 10
-        while not emulator.log and time.monotonic() < deadline:
-            time.sleep(0.01)
+    def wake() -> None:
         offset[0] = 1000.0  # the lock's 900 s are past
 
-    waker = threading.Thread(target=wake_later)
-    waker.start()
-    result = run_s3(
-        dgbatch, tmp_path, "run", "s3://slept/in/", "--out", "s3://slept/tx/", "-c", "1"
-    )
-    waker.join()
-    assert result.exit_code == 4, result.output
+    result = run_s3_stopped(dgbatch, moto, emulator, tmp_path, "slept", wake)
     assert "may be another run's now (the host was suspended" in result.output
     assert len(listen_log(emulator)) <= 4  # those in flight when it woke (-c 4 of FAST)
-    assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
 
 
 def test_a_run_whose_lock_is_taken_over_stops(
@@ -509,29 +534,16 @@ def test_a_run_whose_lock_is_taken_over_stops(
     lock's life, say): at its next refresh this run stops sending (exit 4, naming the
     other run), so the two do not pay for the same items; the rest stays pending."""
     monkeypatch.setattr("batch.s3lock.LOCK_TTL", 0.6)  # refreshed every 0.2 s
-    names = [f"in/{n:02}.wav" for n in range(16)]
-    moto.bucket("taken", audio_objects(tmp_path, names))
-    emulator.config.latency = 0.3
     other = {"owner": "ops:2", "host": "worker-9", "pid": 99, "started": 1.0, "expires": 4e9}
+    body = json.dumps(other).encode()
 
     def take_over() -> None:
-        deadline = time.monotonic() + 10
-        while not emulator.log and time.monotonic() < deadline:
-            time.sleep(0.01)
-        body = json.dumps(other).encode()
         moto.client.put_object(Bucket="taken", Key="tx/.dgbatch/lock.json", Body=body)
 
-    thief = threading.Thread(target=take_over)
-    thief.start()
-    result = run_s3(
-        dgbatch, tmp_path, "run", "s3://taken/in/", "--out", "s3://taken/tx/", "-c", "1"
-    )
-    thief.join()
-    assert result.exit_code == 4, result.output
+    result = run_s3_stopped(dgbatch, moto, emulator, tmp_path, "taken", take_over)
     assert "another run took this run's output lock over" in result.output
     assert "worker-9" in result.output and "this run stopped sending" in result.output
-    assert len(listen_log(emulator)) < len(names)
-    assert "pending" in {r["status"] for r in read_state_rows(tmp_path / "s1" / "state.sqlite")}
+    assert len(listen_log(emulator)) < STOPPED_ITEMS
 
 
 def test_s3_run_report(dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path) -> None:
