@@ -132,7 +132,7 @@ class Budget:
     def exceeded(self, source: str, estimate: float | None, rate: float = 0.0) -> BudgetExceeded:
         """The error that stops the run, naming the cap passed, its usage and the next item."""
         seconds = estimate if estimate is not None else self.longest
-        guess = f"~{audio_span(estimate)}" if estimate else "unknown length"
+        guess = "unknown length" if estimate is None else f"~{audio_span(estimate)}"
         passed = [ledger for ledger, amount in self._amounts(seconds, rate)
                   if ledger.full() or not ledger.fits(amount)]  # fmt: skip
         ledger = (passed or list(self._ledgers))[0]

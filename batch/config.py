@@ -148,7 +148,8 @@ def default_state_path(
         local = Path(out) / ".dgbatch"
         return (local / shard.suffix() if shard else local) / "state.sqlite"
     cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    digest = hashlib.sha256(out.rstrip("/").encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    uri = "s3://" + out[len("s3://") :].rstrip("/")  # S3://b/x is s3://b/x: one state
+    digest = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
 
 
@@ -169,7 +170,7 @@ def invoked_command() -> str:
     return shlex.join(["dgbatch", *sys.argv[1:]])
 
 
-#: a scheme and a colon where a local ``--out`` begins: ``s3:/media``, ``S3://``, ``https:``
+#: a scheme and a colon where a local ``--out`` begins: ``s3:/media``, ``https://``, ``file:``
 _URI_LIKE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:(/|$)")
 
 
@@ -184,12 +185,14 @@ def check_out(out: str) -> str:
     """
     if not out.strip():  # ``--out "$OUT"`` with OUT unset: not the current folder
         raise UsageError(f"--out {out!r}: is empty (name a folder or s3://bucket/prefix)")
+    if out != out.strip():  # `` s3://b/x`` was a local folder named " s3:"
+        raise UsageError(f"--out {out!r}: begins or ends with a space")
     if is_s3_uri(out):
         if not out[len("s3://") :].split("/", 1)[0]:
             raise UsageError(f"--out {out!r}: names no bucket (s3://bucket/prefix)")
         return out
-    scheme = _URI_LIKE.match(out)
-    if scheme is not None:  # ``s3:/media/x``, ``S3://…``: a typo, not a folder named "s3:"
+    scheme = _URI_LIKE.match(out) or out[:3].lower() == "s3:"
+    if scheme:  # ``s3:/media/x``, ``s3:media/x``: a typo, not a folder named "s3:"
         msg = f"--out {out!r}: looks like a mistyped URI; name a folder or s3://bucket/prefix"
         raise UsageError(msg)
     path = Path(out)

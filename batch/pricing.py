@@ -67,7 +67,8 @@ def priced_model(params: Iterable[tuple[str, str]]) -> str | None:
     it so: "Nova-3 Language Prompting", developers.deepgram.com)."""
     values = list(params)
     model, language = _last(values, "model"), _last(values, "language")
-    if model is not None and model.lower() == "nova-3" and (language or "").lower() == "multi":
+    nova_3 = (model or "").lower() in ("nova-3", "nova-3-general")
+    if nova_3 and (language or "").lower() == "multi":
         return "nova-3-multilingual"
     return model
 

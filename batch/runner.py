@@ -25,7 +25,7 @@ from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, StateError
 from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
-from batch.media import Sender, sniff_path
+from batch.media import Sender, check_path, sniff_path
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OUTPUT_GRACE, LocalSink, OutputSink
 from batch.placing import Placer
@@ -267,7 +267,7 @@ class Runner:
             return False
         local = await self._measure(item)
         estimate = local if local is not None else guess_seconds(item.size)
-        if self._outputs_there(item) or (local is None and await self._not_audio(item)):
+        if self._outputs_there(item) or await self._fails_unsent(item, sniff=local is None):
             estimate = 0.0  # adopted, or it fails unsent: it stopped the run all the same
         if self.budget.must_wait(estimate):
             # without the request slot taken for it: the item it waits for may need that
@@ -297,12 +297,15 @@ class Runner:
             return False  # adopted only with every format asked for: json first
         return "json" in self.settings.formats and sink.has_file(item.out_name, "json")
 
-    async def _not_audio(self, item: WorkItem) -> bool:
-        """A local file the send-time sniff will refuse (``sniff_path``): it costs nothing."""
-        if not self.settings.sniff or item.kind is not ItemKind.FILE:
+    async def _fails_unsent(self, item: WorkItem, *, sniff: bool) -> bool:
+        """A local file the send-time checks will refuse (gone, changed, empty, over 2 GB:
+        ``check_path``; not audio, when ``sniff``: ``sniff_path``): it costs nothing."""
+        if item.kind is not ItemKind.FILE:
             return False
         try:
-            await asyncio.to_thread(sniff_path, item.source, item.params)
+            await asyncio.to_thread(check_path, item.source, item.fingerprint)
+            if sniff and self.settings.sniff:
+                await asyncio.to_thread(sniff_path, item.source, item.params)
         except ItemError:
             return True
         return False
@@ -337,7 +340,12 @@ class Runner:
         local = self._local.pop(item.id, None)
         self._captured.pop(item.id, None)
         unwritten = self._placer.unwritten.pop(item.id, 0.0)  # billed, outputs failed: kept
-        paid = result.status is ItemStatus.DONE and result.copy_of is None and not result.kept
+        paid = (  # not a copy, a kept answer written, nor outputs adopted: no request
+            result.status is ItemStatus.DONE
+            and result.copy_of is None
+            and not result.kept
+            and result.attempts > item.attempts
+        )
         self.stats.audio_seconds += unwritten  # paid for by this run, all the same
         if self.budget is not None:
             reservation = self._reserved.pop(item.id, None)
@@ -460,9 +468,16 @@ class Runner:
         """Measure the item, then process it (``batch.attempts``); with ``--dedupe``, a
         local file is sent only if it leads its content key (``batch.dedupe``)."""
         await self._measure(item)
-        if self._copies is None or item.kind is not ItemKind.FILE:
+        if self._copies is None or item.kind is not ItemKind.FILE or await self._has_kept(item):
             return await self._attempts.process(item)
         return await self._copies.process(item)
+
+    async def _has_kept(self, item: WorkItem) -> bool:
+        """Whether an answer kept for the item will be written: it is written as it was
+        kept (a copy's as that copy), outside the run's --dedupe leads. Leading its key, a
+        copy's kept answer made its original a copy of it, and the request that was paid
+        counted nowhere (a review found such pairs)."""
+        return self.keeping.may_have(item) and await self.keeping.answer(item) is not None
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
         """Give the item's request slot back, once. ``early``: its answer is in, so the

@@ -152,6 +152,8 @@ _MISTYPED = "--out '{}': looks like a mistyped URI; name a folder or s3://bucket
         ("s3:/media/x", _MISTYPED.format("s3:/media/x")),
         ("s3:", _MISTYPED.format("s3:")),
         ("https://host/out", _MISTYPED.format("https://host/out")),
+        ("s3:media/x", _MISTYPED.format("s3:media/x")),
+        (" s3://b/x", "--out ' s3://b/x': begins or ends with a space"),
         ("a:b", None),  # a colon in a folder's name
     ],
 )

@@ -61,6 +61,7 @@ def test_model_and_cost_helpers() -> None:
         ((("model", "nova-3"), ("language", "multi")), "nova-3-multilingual"),
         ((("model", "Nova-3"), ("language", "MULTI")), "nova-3-multilingual"),
         ((("model", "nova-3"), ("language", "multi"), ("language", "en")), "nova-3"),
+        ((("model", "nova-3-general"), ("language", "multi")), "nova-3-multilingual"),
         ((("model", "nova-2"), ("language", "multi")), "nova-2"),
         ((("model", "nova-3"),), "nova-3"),
         ((("language", "multi"),), None),
@@ -371,6 +372,32 @@ def test_outputs_already_in_out_are_neither_sent_nor_priced_nor_capped(
         Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
     }
     assert rows["2.wav"]["err_code"] == "output_exists" and rows["0.wav"]["status"] == "done"
+
+
+def test_a_file_over_2_gb_and_outputs_adopted_take_nothing_from_the_budget(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A WAV over Deepgram's 2 GB fails unsent, yet its header's 40 hours stopped the run
+    for good; outputs adopted after a lost state were counted as paid, and the run stopped
+    after two of them (review findings). Both are free: the new file is sent."""
+    for n in range(3):
+        make_wav(tmp_path / "in" / f"{n}.wav", 2.0, tone=n)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert dgbatch(*args).exit_code == 0
+    shutil.rmtree(tmp_path / "out" / ".dgbatch")
+    make_wav(tmp_path / "in" / "new.wav", 2.0, tone=9)
+    big = tmp_path / "in" / "big.wav"
+    big.write_bytes(make_wav(tmp_path / "h.wav", 0.1).read_bytes()[:44])
+    os.truncate(big, 2_300_000_000)  # sparse
+    result = dgbatch(*args, "--max-audio-hours", str(3 / 3600))
+    assert result.exit_code == 1, result.output  # big.wav failed, unsent
+    assert "budget" not in result.output, result.output
+    assert len(emulator.log) == 4  # the three first runs', then new.wav alone
+    rows = {
+        Path(str(r["source"])).name: r
+        for r in read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    }
+    assert rows["big.wav"]["err_code"] == "too_large" and rows["new.wav"]["status"] == "done"
 
 
 def test_items_of_unknown_length_go_alone_until_one_is_measured() -> None:

@@ -524,6 +524,31 @@ def test_a_copys_kept_answer_is_its_leaders_request_counted_once(
     assert len(emulator.log) == 2
 
 
+def test_kept_answers_of_dedupe_pairs_are_written_as_they_were_kept(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Pairs of identical files, neither writable: the original keeps its answer, the copy
+    its original's. Written by the next run, a copy's kept answer could lead the pair and
+    make its original a copy of it: each named the other in ``copy_of`` and the request
+    that was paid counted nowhere (a review found such pairs, one run in three)."""
+    for n in range(4):
+        wav = make_wav(tmp_path / "in" / f"p{n}a.wav", 1.0, tone=n)
+        shutil.copy(wav, tmp_path / "in" / f"p{n}b.wav")
+        for side in "ab":
+            (tmp_path / "out" / f"p{n}{side}.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "8")
+    assert dgbatch(*args).exit_code == 1
+    for folder in (tmp_path / "out").glob("*.json"):
+        folder.rmdir()
+    assert dgbatch(*args, "--retry-failed").exit_code == 0
+    assert len(emulator.log) == 4
+    rows = read_state_rows(state_of(tmp_path / "out"))
+    by_id = {r["id"]: r for r in rows}
+    originals = [r for r in rows if r["copy_of"] is None]
+    assert len(originals) == 4
+    assert all(by_id[str(r["copy_of"])]["copy_of"] is None for r in rows if r["copy_of"])
+
+
 def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:

@@ -110,6 +110,7 @@ def test_a_bad_shard_from_the_environment_names_the_variable(
         ("s3://media/tx/", None, f"/c/dgbatch/{TX_DIGEST}/state.sqlite"),
         ("s3://media/tx", None, f"/c/dgbatch/{TX_DIGEST}/state.sqlite"),
         ("s3://media/tx", Shard(0, 2), f"/c/dgbatch/{TX_DIGEST}-shard-0-of-2/state.sqlite"),
+        ("S3://media/tx/", None, f"/c/dgbatch/{TX_DIGEST}/state.sqlite"),  # one prefix
     ],
 )
 def test_default_state_path(out: str, shard: Shard | None, expected: str) -> None:
