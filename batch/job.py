@@ -45,7 +45,7 @@ from batch.outputs import (
 from batch.params import project_limit, request_params, run_tags
 from batch.planner import BackgroundPlan
 from batch.planrows import BILLED
-from batch.pricing import ItemPrices, price_per_hour, priced_model
+from batch.pricing import ItemPrices, price_params, price_per_hour, priced_model
 from batch.progress import Progress
 from batch.realsources import RealSources
 from batch.records import Some, stored_params
@@ -240,7 +240,8 @@ async def _run_locked(
         shard = config.shard.suffix() if config.shard else ""
         async with output_lock(s3, config.out, shard, config.state_path) as lock_watch:
             locked = True
-            run_id = state.start_run(redact_text(config.command, (config.api_key,)))
+            command = redact_text(config.command, (config.api_key,))
+            run_id = state.start_run(command, price_params(config.params))
             with _recorded_if_stopped(state, run_id):
                 run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
                 state.set_run_tag(run_id, run_tag)
@@ -365,13 +366,18 @@ def make_budget(config: RunConfig, state: State) -> Budget | None:
 
 
 def used_cost(state: State, prices: ItemPrices) -> float:
-    """USD of the audio the state transcribed, each item at the model it was sent with
-    (the run's model for one that has no price, and for answers kept unwritten)."""
+    """USD of the audio the state billed, each item at the model it was sent with: its
+    own params over those of the run that sent it (this run's for a run that recorded
+    none; this run's model for one that has no price, and for answers kept unwritten)."""
     fallback = prices.per_second(()) or 0.0
     rows = state.query(
-        f"SELECT COALESCE(sent_params, params), SUM({_BILLED}) FROM items GROUP BY 1"
+        f"SELECT COALESCE(sent_params, params), runs.priced, SUM({_BILLED}) "
+        "FROM items LEFT JOIN runs ON runs.id = items.run_id GROUP BY 1, 2"
     )
-    total = sum(float(s) * (prices.per_second(stored_params(p)) or fallback) for p, s in rows)
+    total = 0.0
+    for own, priced, seconds in rows:
+        run = prices if priced is None else ItemPrices(stored_params(priced), prices.override)
+        total += float(seconds) * (run.per_second(stored_params(own)) or fallback)
     return total + sum(kept_audio(state)) * fallback
 
 

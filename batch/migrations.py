@@ -340,6 +340,14 @@ def m016_content_keys_request_id(db: sqlite3.Connection) -> None:
     add_column(db, "content_keys", "request_id TEXT NOT NULL DEFAULT ''")
 
 
+@migration
+def m017_run_priced_params(db: sqlite3.Connection) -> None:
+    """Per run, ``priced``: its ``model`` and ``language`` params (JSON pairs; nothing
+    else of ``--param``, which may hold a secret), so a budget prices what an earlier run
+    sent at the model it sent it with, not at today's ``--param model``."""
+    add_column(db, "runs", "priced TEXT")
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

@@ -61,6 +61,12 @@ def _last(params: Iterable[tuple[str, str]], key: str) -> str | None:
     return found
 
 
+def price_params(params: Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    """The params a price depends on (``model``, ``language``): what a run records of its
+    ``--param``s (the others may hold a secret)."""
+    return tuple((key, value) for key, value in params if key in ("model", "language"))
+
+
 def priced_model(params: Iterable[tuple[str, str]]) -> str | None:
     """The model a request is billed as: its ``model``, except that Nova-3 asked for
     ``language=multi`` is Nova-3 Multilingual, which has a price of its own (Deepgram selects

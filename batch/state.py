@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.errors import StateError, StateWriteError
-from batch.models import Item, ItemStatus
+from batch.models import Item, ItemStatus, Params
 from batch.naming import disambiguate
 from batch.planrows import (
     FIELDS,
@@ -195,12 +195,13 @@ class State:
 
     # -- runs ----------------------------------------------------------------------------
 
-    def start_run(self, command: str) -> int:
-        """Record a new run and return its id."""
+    def start_run(self, command: str, priced: Params = ()) -> int:
+        """Record a new run, with the params that price what it sends (``priced``: its
+        model and language), and return its id."""
         with self._mutex, self._writing(), self._db:
             cur = self._db.execute(
-                "INSERT INTO runs (started_at, pid, host, command) VALUES (?, ?, ?, ?)",
-                (time.time(), os.getpid(), socket.gethostname(), command),
+                "INSERT INTO runs (started_at, pid, host, command, priced) VALUES (?, ?, ?, ?, ?)",
+                (time.time(), os.getpid(), socket.gethostname(), command, json.dumps(priced)),
             )
             return int(cur.lastrowid or 0)
 

@@ -508,6 +508,26 @@ def test_max_cost_prices_each_line_at_the_model_it_is_sent_with(
     assert priced.exit_code == 0 and len(emulator.log) == 3, priced.output
 
 
+def test_an_earlier_runs_audio_is_priced_at_the_model_that_run_sent(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A batch begun with ``--param model=enhanced`` and continued with the default nova-3
+    under the same ``--max-cost``: the audio already billed was priced at nova-3, and the
+    cap passed by 25 % (a review found it)."""
+    for name in ("a", "b"):
+        make_wav(tmp_path / "s1" / f"{name}.wav", 20.0, tone=ord(name))
+    for name in ("c", "d"):
+        make_wav(tmp_path / "s2" / f"{name}.wav", 20.0, tone=ord(name))
+    out = ("--out", str(tmp_path / "out"), "--max-cost", "0.01", "-c", "1")
+    first = dgbatch("run", str(tmp_path / "s1"), *out, "--param", "model=enhanced")
+    assert first.exit_code == 0, first.output  # $0.0097
+    dry = dgbatch("run", str(tmp_path / "s2"), *out, "--dry-run")
+    assert "$0.0097 already transcribed" in dry.output, dry.output
+    second = dgbatch("run", str(tmp_path / "s2"), *out)
+    assert second.exit_code == 1 and "cost budget reached" in second.output, second.output
+    assert len(emulator.log) == 2
+
+
 def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
