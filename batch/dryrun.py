@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import sqlite3
 import tempfile
@@ -98,6 +99,8 @@ class Estimate:
     #: outputs already in a local ``--out`` for the item's very audio (a state lost):
     #: adopted by the run, not sent
     adopted: int = 0
+    #: why nothing can be written into a local ``--out`` (read-only), or None
+    out_unwritable: str | None = None
     #: local files the run would fail before sending them, by ``err_code`` (empty, missing,
     #: not_audio, ...): not sent, not priced
     fail_locally: Counter[str] = field(default_factory=Counter)
@@ -146,6 +149,7 @@ class Estimate:
             "dedupe_copies": self.copies,
             "kept_answers": self.kept,
             "adopted": self.adopted,
+            "out_unwritable": self.out_unwritable,
             "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
@@ -203,6 +207,7 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
             keeping = Keeping.for_run(config, state, run_id, force_since)
             estimate = _estimate(config, state, probed, keeping)
             estimate.asked_anew = state.done_asked_anew(run_id)
+            estimate.out_unwritable = _out_unwritable(config.out)
             return estimate
         finally:
             secrets.close()
@@ -225,6 +230,23 @@ async def _probed(
             return await probe_remote(config, state, s3)
         except asyncio.CancelledError:
             raise Interrupted("interrupted while probing; nothing was sent") from None
+
+
+def _out_unwritable(out: str) -> str | None:
+    """Why nothing can be written into a local ``--out`` (its nearest existing folder on a
+    read-only mount, or not writable by this user), without making anything there."""
+    if is_s3_uri(out):
+        return None
+    folder = Path(out).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if os.access(folder, os.W_OK):
+        return None
+    return "Read-only file system" if _read_only_mount(folder) else "Permission denied"
+
+
+def _read_only_mount(folder: Path) -> bool:
+    return bool(os.statvfs(folder).f_flag & os.ST_RDONLY)
 
 
 def _open_copy(copy: Path, real: Path) -> State:
@@ -470,6 +492,7 @@ def format_estimate(estimate: Estimate) -> str:
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
         *_not_sent(e["adopted"], _ADOPTED),
+        *_unwritable(e["out_unwritable"]),
         *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
@@ -560,6 +583,16 @@ _ADOPTED = (
     "have their transcript in --out already, of their very audio (a state lost): adopted, "
     "not sent nor priced"
 )
+
+
+def _unwritable(reason: str | None) -> list[str]:
+    """The line for a local ``--out`` nothing can be written into (none: no line)."""
+    if reason is None:
+        return []
+    return [
+        f"--out: cannot write outputs there ({reason}): the run would stop before its first "
+        "request (exit 1)"
+    ]
 
 
 def _asked_anew(asked: Some) -> list[str]:

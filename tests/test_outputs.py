@@ -496,16 +496,19 @@ def test_an_out_nothing_can_be_written_into_stops_the_run_unsent(
     tmp_path: Path, emulator: Emulator
 ) -> None:
     """A read-only ``--out`` was warned of (no lock) and sent to: each answer was paid for,
-    then kept unwritten (a review paid 20). The run stops before its first request."""
+    then kept unwritten (a review paid 20). The run stops before its first request, and
+    the dry run says it would (it said it would send them)."""
     make_wavs(tmp_path / "in", 3)
     cmd = " ".join([*dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out",
                     str(tmp_path / "ro" / "out"), "--state", str(tmp_path / "state.sqlite"),
                     "--api-url", emulator.url, "--progress", "none"])  # fmt: skip
     done = on_read_only_mount(
-        tmp_path / "ro", f"mkdir {tmp_path}/ro/out; mount -o remount,ro {tmp_path}/ro; {cmd}"
+        tmp_path / "ro",
+        f"mkdir {tmp_path}/ro/out; mount -o remount,ro {tmp_path}/ro; {cmd} --dry-run; {cmd}",
     )
     assert done.returncode == 1, done.stderr
     assert "cannot write outputs there (Read-only file system)" in done.stderr
+    assert "(Read-only file system): the run would stop before its first" in done.stdout
     assert emulator.log == []
 
 
