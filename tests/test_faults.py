@@ -33,7 +33,7 @@ import batch.state
 from batch.client import Answer, DeepgramClient, no_connection
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
 from batch.media import SENDERS, send_file
-from batch.models import Filters, ItemKind, ItemStatus
+from batch.models import Filters, ItemKind, ItemStatus, Params
 from batch.sources import expand_sources
 from batch.state import Result, WorkItem
 
@@ -453,8 +453,8 @@ def test_state_disk_full_while_planning_stops_the_run_cleanly(
     out = tmp_path / "out"
     start_run = batch.state.State.start_run
 
-    def then_fill_disk(self: batch.state.State, command: str) -> int:
-        run_id = start_run(self, command)
+    def then_fill_disk(self: batch.state.State, command: str, priced: Params = ()) -> int:
+        run_id = start_run(self, command, priced)
         pages = self.query("PRAGMA page_count")[0][0]
         self.query(f"PRAGMA max_page_count = {pages}")
         return run_id
