@@ -86,6 +86,10 @@ class Budget:
             return 0.0
         return self.prices.per_second(params)
 
+    def holds(self) -> bool:
+        """Whether items in flight hold a reservation (they may give some of it back)."""
+        return self.blind > 0 or any(ledger.reserved > 1e-9 for ledger in self._ledgers)
+
     def must_wait(self, estimate: float | None) -> bool:
         """An item of unknown length waits while another one is in flight and no length is
         known yet: the first one's length, once Deepgram gives it, stands in for the rest."""
@@ -96,6 +100,8 @@ class Budget:
         else None (the run stops). An unknown estimate is the longest length measured so
         far (an estimate that stops early rather than late); with none measured yet, the
         item goes alone (see ``must_wait``), reserving nothing."""
+        if estimate == 0:  # it costs nothing (it fails unsent, or is adopted): never stopped
+            return Reservation(0.0, rate=rate)
         if any(ledger.full() for ledger in self._ledgers):
             return None
         if estimate is None and not self.longest:

@@ -147,10 +147,17 @@ def default_state_path(
     if not is_s3_uri(out):
         local = Path(out) / ".dgbatch"
         return (local / shard.suffix() if shard else local) / "state.sqlite"
-    cache = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    cache = Path(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
     uri = "s3://" + out[len("s3://") :].rstrip("/")  # S3://b/x is s3://b/x: one state
-    digest = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    return Path(cache) / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
+    state = cache / "dgbatch" / f"{_digest(uri)}{tag}" / "state.sqlite"
+    typed = cache / "dgbatch" / f"{_digest(out.rstrip('/'))}{tag}" / "state.sqlite"
+    if typed != state and typed.exists() and not state.exists():
+        return typed  # kept by a release that named it as typed (S3://): found again
+    return state
+
+
+def _digest(uri: str) -> str:
+    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def shard_states(out: str, environ: Mapping[str, str] | None = None) -> list[str]:

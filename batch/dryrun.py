@@ -207,7 +207,9 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
             keeping = Keeping.for_run(config, state, run_id, force_since)
             estimate = _estimate(config, state, probed, keeping)
             estimate.asked_anew = state.done_asked_anew(run_id)
-            estimate.out_unwritable = _out_unwritable(config.out)
+            if estimate.to_send or estimate.copies or estimate.kept or estimate.adopted:
+                estimate.out_unwritable = _out_unwritable(config.out)  # with nothing to write,
+                # the run goes on without its lock and ends well
             return estimate
         finally:
             secrets.close()

@@ -275,7 +275,7 @@ class Runner:
             await self.limit.without_slot(self._wait_for_budget(self.budget, estimate))
         if self.stopping:
             return False
-        reservation = self.budget.admit(estimate, rate)
+        reservation = await self._reserve(self.budget, estimate, rate)
         if reservation is None and self._copies is not None:
             free = await self._free_copy(item)
             if self.stopping:  # a signal while it waited: nothing more is dispatched
@@ -287,6 +287,19 @@ class Runner:
             return False
         self._reserved[item.id] = reservation
         return True
+
+    async def _reserve(
+        self, budget: Budget, estimate: float | None, rate: float
+    ) -> Reservation | None:
+        """``Budget.admit``, waiting (without a request slot) while items in flight hold
+        what it lacks: one may cost less than it reserved (outputs found in S3, a file
+        that fails unsent), and the run stopped for good at the next item."""
+        while True:
+            self._settled.clear()  # before admit: a settle after it is not missed
+            reservation = budget.admit(estimate, rate)
+            if reservation is not None or not budget.holds() or self.stopping:
+                return reservation
+            await self.limit.without_slot(until_stopped(self._settled.wait(), self._stopped))
 
     def _outputs_there(self, item: WorkItem) -> bool:
         """A json already where the item's goes in a local ``--out``, written by no run
@@ -473,11 +486,15 @@ class Runner:
         return await self._copies.process(item)
 
     async def _has_kept(self, item: WorkItem) -> bool:
-        """Whether an answer kept for the item will be written: it is written as it was
-        kept (a copy's as that copy), outside the run's --dedupe leads. Leading its key, a
-        copy's kept answer made its original a copy of it, and the request that was paid
-        counted nowhere (a review found such pairs)."""
-        return self.keeping.may_have(item) and await self.keeping.answer(item) is not None
+        """Whether a --dedupe copy's kept answer (its original's) will be written for the
+        item: it is written as that copy, outside the run's --dedupe leads. Leading its
+        key, it made its original a copy of it, and the request that was paid counted
+        nowhere (a review found such pairs). An original's kept answer leads its key, so
+        that its copies get it rather than pay again."""
+        if not self.keeping.may_have(item):
+            return False
+        kept = await self.keeping.answer(item)
+        return kept is not None and kept[1] is not None
 
     def _release_slot(self, item_id: str, *, early: bool = False) -> None:
         """Give the item's request slot back, once. ``early``: its answer is in, so the

@@ -323,7 +323,8 @@ def test_budget_cap_stops_at_the_right_item_and_resumes(
     # 2 s done + 1 s next fits 3.5 s: the longest done item was counted "in flight" too
     one_more = dgbatch(*args, "--max-audio-hours", str(3.5 / 3600))
     assert one_more.exit_code == 1 and len(emulator.log) == 3, one_more.output
-    assert "2.0 s transcribed and 1.0 s in flight of a 3.5 s cap" in one_more.output
+    # the stop waits for the item in flight to end (it might cost less than reserved)
+    assert "3.0 s transcribed and 0.0 s in flight of a 3.5 s cap" in one_more.output
     result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
     assert result.exit_code == 0, result.output
     assert len(emulator.log) == 4
@@ -372,6 +373,24 @@ def test_outputs_already_in_out_are_neither_sent_nor_priced_nor_capped(
         Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch" / "state.sqlite")
     }
     assert rows["2.wav"]["err_code"] == "output_exists" and rows["0.wav"]["status"] == "done"
+
+
+def test_a_full_budget_fails_an_empty_file_instead_of_stopping_at_it(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A cap used up to the second stopped the run at an empty file ("~0.0 s would pass
+    it"), which stayed pending for ever; it fails unsent, as it would without a cap."""
+    make_wav(tmp_path / "in" / "a.wav", 3.0)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert dgbatch(*args).exit_code == 0
+    (tmp_path / "in" / "z.wav").write_bytes(b"")
+    result = dgbatch(*args, "--max-audio-hours", str(3 / 3600))
+    assert result.exit_code == 1 and "budget reached" not in result.output, result.output
+    rows = {
+        Path(str(r["source"])).name: r
+        for r in read_state_rows(tmp_path / "out" / ".dgbatch" / "state.sqlite")
+    }
+    assert rows["z.wav"]["err_code"] == "empty"
 
 
 def test_a_file_over_2_gb_and_outputs_adopted_take_nothing_from_the_budget(

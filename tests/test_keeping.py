@@ -549,6 +549,24 @@ def test_kept_answers_of_dedupe_pairs_are_written_as_they_were_kept(
     assert all(by_id[str(r["copy_of"])]["copy_of"] is None for r in rows if r["copy_of"])
 
 
+def test_an_originals_kept_answer_serves_a_copy_found_by_the_next_run(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """An answer kept for its original (its outputs failed) and a copy of the file added
+    before the next run: the kept answer was written apart from the --dedupe pairing, and
+    the copy led its key and was paid for again (a review found it)."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 1.0)
+    (tmp_path / "out" / "a.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    assert dgbatch(*args).exit_code == 1
+    (tmp_path / "out" / "a.json").rmdir()
+    shutil.copy(wav, tmp_path / "in" / "c.wav")
+    assert dgbatch(*args, "--retry-failed").exit_code == 0
+    assert len(emulator.log) == 1
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
+    assert rows["c.wav"]["copy_of"] == rows["a.wav"]["id"] and rows["a.wav"]["copy_of"] is None
+
+
 def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:

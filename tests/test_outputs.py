@@ -512,6 +512,23 @@ def test_an_out_nothing_can_be_written_into_stops_the_run_unsent(
     assert emulator.log == []
 
 
+def test_a_read_only_out_with_nothing_left_to_write_is_no_problem(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """A finished batch on a mount made read-only since: the run goes on without its lock
+    and ends well, and the dry run does not say it would stop (it said so)."""
+    make_wavs(tmp_path / "in", 2)
+    cmd = " ".join([*dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out",
+                    str(tmp_path / "ro" / "out"), "--state", str(tmp_path / "state.sqlite"),
+                    "--api-url", emulator.url, "--progress", "none"])  # fmt: skip
+    done = on_read_only_mount(
+        tmp_path / "ro", f"{cmd}; mount -o remount,ro {tmp_path}/ro; {cmd} --dry-run; {cmd}"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "would send 0 item(s)" in done.stdout and "cannot write" not in done.stdout
+    assert len(emulator.log) == 2
+
+
 def test_a_folder_that_cannot_be_made_is_named_with_its_own_reason(
     tmp_path: Path, emulator: Emulator
 ) -> None:

@@ -463,6 +463,28 @@ def test_lock_refused_while_held_and_taken_over_when_expired(
     assert len(listen_log(emulator)) == 1
 
 
+def test_a_budget_waits_for_items_that_turn_out_free_before_it_stops(
+    dgbatch: Cli, moto: MotoS3, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A fresh state (a new container) over an S3 prefix already transcribed: each item
+    reserves its estimate until its outputs are found there, and the cap stopped the run
+    at the next one for good, though nothing was sent; the new object was never reached (a
+    review found it). The stop now waits for the items in flight to give back what they
+    did not use."""
+    keys = [f"in/{n}.wav" for n in range(4)]
+    objects = audio_objects(tmp_path, keys)
+    moto.bucket("again", {key: objects[key] for key in keys[:3]})
+    assert (
+        run_s3(dgbatch, tmp_path, "run", "s3://again/in/", "--out", "s3://again/tx/").exit_code == 0
+    )
+    moto.client.put_object(Bucket="again", Key=keys[3], Body=objects[keys[3]])
+    cap = ("--max-audio-hours", str(0.4 / 3600))  # one 0.25 s object fits, two do not
+    fresh = run_s3(dgbatch, tmp_path, "run", "s3://again/in/", "--out", "s3://again/tx/",
+                   *cap, state="s2")  # fmt: skip
+    assert fresh.exit_code == 0, fresh.output
+    assert "skipped 3 item(s)" in fresh.output and len(listen_log(emulator)) == 4
+
+
 #: objects of a run that ``run_s3_stopped`` stops
 STOPPED_ITEMS = 16
 

@@ -86,6 +86,18 @@ def test_parse_shard_rejects(text: str) -> None:
         parse_shard(text)
 
 
+def test_a_state_kept_under_an_s3_uri_as_typed_is_found_again(tmp_path: Path) -> None:
+    """``S3://b/x`` and ``s3://b/x`` share one state now; a release before kept it under the
+    URI as typed: that state is found again, not left behind for a new one."""
+    env = {"XDG_CACHE_HOME": str(tmp_path)}
+    fresh = default_state_path("S3://media/tx", environ=env)
+    assert fresh == default_state_path("s3://media/tx", environ=env)
+    typed = tmp_path / "dgbatch" / hashlib.sha256(b"S3://media/tx").hexdigest()[:16]
+    (typed / "state.sqlite").parent.mkdir(parents=True)
+    (typed / "state.sqlite").write_bytes(b"")
+    assert default_state_path("S3://media/tx/", environ=env) == typed / "state.sqlite"
+
+
 @pytest.mark.parametrize("command", ["run", "status"])
 def test_a_bad_shard_from_the_environment_names_the_variable(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
