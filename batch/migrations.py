@@ -344,8 +344,33 @@ def m016_content_keys_request_id(db: sqlite3.Connection) -> None:
 def m017_run_priced_params(db: sqlite3.Connection) -> None:
     """Per run, ``priced``: its ``model`` and ``language`` params (JSON pairs; nothing
     else of ``--param``, which may hold a secret), so a budget prices what an earlier run
-    sent at the model it sent it with, not at today's ``--param model``."""
+    sent at the model it sent it with, not at today's ``--param model``. Runs recorded
+    before are read from their command line (``--param model=…`` over the defaults)."""
     add_column(db, "runs", "priced TEXT")
+    for run_id, command in db.execute("SELECT id, command FROM runs WHERE priced IS NULL"):
+        priced = _priced_of_command(str(command or ""))
+        db.execute("UPDATE runs SET priced = ? WHERE id = ?", (json.dumps(priced), run_id))
+
+
+def _priced_of_command(command: str) -> list[tuple[str, str]]:
+    """The model and language a recorded command line asked for (the defaults' model
+    where it named none); a command that cannot be read gives the defaults."""
+    import shlex
+
+    from batch.params import DEFAULT_PARAMS, merge_params  # here: migrations load first
+    from batch.pricing import price_params
+
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = []
+    given = []
+    for before, word in zip(["", *words], words, strict=False):
+        text = word.removeprefix("--param=") if word.startswith("--param=") else word
+        if (before == "--param" or word.startswith("--param=")) and "=" in text:
+            key, _, value = text.partition("=")
+            given.append((key.strip().lower(), value))
+    return list(price_params(merge_params(DEFAULT_PARAMS, tuple(given))))
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:

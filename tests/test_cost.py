@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -540,6 +541,13 @@ def test_an_earlier_runs_audio_is_priced_at_the_model_that_run_sent(
     out = ("--out", str(tmp_path / "out"), "--max-cost", "0.01", "-c", "1")
     first = dgbatch("run", str(tmp_path / "s1"), *out, "--param", "model=enhanced")
     assert first.exit_code == 0, first.output  # $0.0097
+    db = sqlite3.connect(tmp_path / "out" / ".dgbatch" / "state.sqlite")  # as if recorded
+    db.execute(  # by a release before runs.priced: read from the command it recorded
+        "UPDATE runs SET priced = NULL, command = 'dgbatch run s1 --param model=enhanced'"
+    )
+    db.execute("DELETE FROM _migrations WHERE name = 'm017_run_priced_params'")
+    db.commit()
+    db.close()
     dry = dgbatch("run", str(tmp_path / "s2"), *out, "--dry-run")
     assert "$0.0097 already transcribed" in dry.output, dry.output
     second = dgbatch("run", str(tmp_path / "s2"), *out)
