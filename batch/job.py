@@ -367,17 +367,22 @@ def make_budget(config: RunConfig, state: State) -> Budget | None:
 
 def used_cost(state: State, prices: ItemPrices) -> float:
     """USD of the audio the state billed, each item at the model it was sent with: its
-    own params over those of the run that sent it (this run's for a run that recorded
-    none; this run's model for one that has no price, and for answers kept unwritten)."""
+    own params over those of the run that sent it (``billed_run`` for what it was billed
+    before a re-queue; this run's for a run that recorded none; this run's model for one
+    that has no price, and for answers kept unwritten)."""
     fallback = prices.per_second(()) or 0.0
     rows = state.query(
-        f"SELECT COALESCE(sent_params, params), runs.priced, SUM({_BILLED}) "
-        "FROM items LEFT JOIN runs ON runs.id = items.run_id GROUP BY 1, 2"
+        f"SELECT COALESCE(sent_params, params), sent.priced, billed.priced, SUM({BILLED}), "
+        "SUM(items.billed_before) FROM items "
+        "LEFT JOIN runs AS sent ON sent.id = items.run_id "
+        "LEFT JOIN runs AS billed ON billed.id = COALESCE(items.billed_run, items.run_id) "
+        "GROUP BY 1, 2, 3"
     )
     total = 0.0
-    for own, priced, seconds in rows:
-        run = prices if priced is None else ItemPrices(stored_params(priced), prices.override)
-        total += float(seconds) * (run.per_second(stored_params(own)) or fallback)
+    for own, now_run, before_run, now, before in rows:
+        for priced, seconds in ((now_run, now), (before_run, before)):
+            run = prices if priced is None else ItemPrices(stored_params(priced), prices.override)
+            total += float(seconds) * (run.per_second(stored_params(own)) or fallback)
     return total + sum(kept_audio(state)) * fallback
 
 

@@ -373,6 +373,14 @@ def _priced_of_command(command: str) -> list[tuple[str, str]]:
     return list(price_params(merge_params(DEFAULT_PARAMS, tuple(given))))
 
 
+@migration
+def m018_billed_run(db: sqlite3.Connection) -> None:
+    """Per item, ``billed_run``: the run that sent what ``billed_before`` holds, which
+    prices it (the item's ``run_id`` moves to every run that claims it, one that the budget
+    stops before it sends included)."""
+    add_column(db, "items", "billed_run INTEGER")
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

@@ -74,6 +74,10 @@ ON CONFLICT (id) DO UPDATE SET
         WHEN {changed} OR {force} THEN items.billed_before + {billed} + {kept}
         WHEN {requeued} THEN items.billed_before + {billed}
         ELSE items.billed_before END,
+    billed_run = CASE
+        WHEN ({changed} OR {force}) AND {billed} + {kept} > 0 THEN items.run_id
+        WHEN ({requeued}) AND {billed} > 0 THEN items.run_id
+        ELSE items.billed_run END,
     fingerprint = excluded.fingerprint,
     seen_run = excluded.run_id,
     forced = CASE WHEN {force} THEN 1

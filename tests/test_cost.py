@@ -555,6 +555,22 @@ def test_an_earlier_runs_audio_is_priced_at_the_model_that_run_sent(
     assert len(emulator.log) == 2
 
 
+def test_what_was_billed_before_a_requeue_is_priced_at_the_run_that_sent_it(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A minute sent at enhanced, its file touched (re-queued), a run under ``--max-cost``
+    stopped before sending it: that run had claimed the item, and the next run priced the
+    enhanced minute at its own nova-3 and sent it past the cap (a review found it)."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 60.0)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    assert dgbatch(*args, "--param", "model=enhanced").exit_code == 0  # $0.0145
+    os.utime(wav, (time.time() + 10, time.time() + 10))
+    for _ in range(2):  # the same command again: the same answer
+        stopped = dgbatch(*args, "--max-cost", "0.016")
+        assert stopped.exit_code == 1 and "$0.0145 transcribed" in stopped.output, stopped.output
+    assert len(emulator.log) == 1
+
+
 def test_the_dry_run_says_whether_the_budget_would_stop_the_run(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
