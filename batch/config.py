@@ -27,7 +27,7 @@ from batch.localfiles import open_regular
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
 from batch.params import request_params
-from batch.redact import redact_source, redact_url
+from batch.redact import redact_source, redact_text, redact_url
 from batch.shard import Shard
 from batch.statefile import SQLITE_TAILS
 
@@ -148,16 +148,21 @@ def default_state_path(
         local = Path(out) / ".dgbatch"
         return (local / shard.suffix() if shard else local) / "state.sqlite"
     cache = Path(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
-    uri = "s3://" + out[len("s3://") :].rstrip("/")  # S3://b/x is s3://b/x: one state
-    state = cache / "dgbatch" / f"{_digest(uri)}{tag}" / "state.sqlite"
-    typed = cache / "dgbatch" / f"{_digest(out.rstrip('/'))}{tag}" / "state.sqlite"
-    if typed != state and typed.exists() and not state.exists():
-        return typed  # kept by a release that named it as typed (S3://): found again
+    rest = out[len("s3://") :].rstrip("/")
+    state = _cached(cache, "s3://" + rest, tag)  # S3://b/x is s3://b/x: one state
+    if state.exists():
+        return state
+    for scheme in (out[: len("s3://")], "S3://"):  # an earlier release hashed it as typed:
+        old = _cached(cache, scheme + rest, tag)  # its state is found again, however typed
+        if old.exists():
+            return old
     return state
 
 
-def _digest(uri: str) -> str:
-    return hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+def _cached(cache: Path, uri: str, tag: str) -> Path:
+    """The state of ``uri`` in the cache (``default_state_path``)."""
+    digest = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return cache / "dgbatch" / f"{digest}{tag}" / "state.sqlite"
 
 
 def shard_states(out: str, environ: Mapping[str, str] | None = None) -> list[str]:
@@ -173,8 +178,11 @@ _SHARD_DIR_RE = re.compile(r"shard-(\d+)-of-(\d+)$")
 
 
 def invoked_command() -> str:
-    """The command line as typed (not yet redacted), for the state's runs and reports."""
-    return shlex.join(["dgbatch", *sys.argv[1:]])
+    """The command line as typed, for the state's runs and reports: each word redacted
+    before it is quoted (quoting split a URL's password with a ``'`` in it, which was then
+    stored in clear); the API key is redacted from the whole later."""
+    words = (redact_text(redact_source(w) if "://" in w else w) for w in sys.argv[1:])
+    return shlex.join(["dgbatch", *words])
 
 
 #: a scheme and a colon where a local ``--out`` begins: ``s3:/media``, ``https://``, ``file:``

@@ -276,6 +276,8 @@ class Runner:
         if self.stopping:
             return False
         reservation = await self._reserve(self.budget, estimate, rate)
+        if reservation is None and self.stopping:  # a signal while it waited
+            return False
         if reservation is None and self._copies is not None:
             free = await self._free_copy(item)
             if self.stopping:  # a signal while it waited: nothing more is dispatched

@@ -804,13 +804,18 @@ def test_a_kill_9_in_the_backoff_keeps_the_tries_made(tmp_path: Path) -> None:
 @pytest.mark.timeout(60)
 def test_the_grace_holds_when_the_run_was_stopping_already(tmp_path: Path) -> None:
     """A Ctrl-C while the run was stopping for its budget waited for every request (15 s
-    here), ignoring --grace: a service manager's stop timeout would kill it."""
+    here), ignoring --grace: a service manager's stop timeout would kill it. (The budget
+    stops here at a line whose model has no price, with three requests in flight.)"""
     src, out = tmp_path / "calls", tmp_path / "out"
-    make_wavs(src, 6)
+    wavs = make_wavs(src, 4)
+    manifest = tmp_path / "m.jsonl"
+    lines = [{"source": str(wav)} for wav in wavs[:3]]
+    lines.append({"source": str(wavs[3]), "params": {"model": "x-1"}})
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     with emulator_with(latency=15.0) as emu:
-        cmd = _run_cmd(emu, str(src), "--out", str(out), "-c", "6", "--grace", "0.5")
+        cmd = _run_cmd(emu, str(manifest), "--out", str(out), "-c", "6", "--grace", "0.5")
         proc = subprocess.Popen(
-            [*cmd, "--max-audio-hours", "0.00002"], env=subprocess_env(), stderr=subprocess.PIPE
+            [*cmd, "--max-cost", "100"], env=subprocess_env(), stderr=subprocess.PIPE
         )
         started: list[float] = []
 
@@ -820,7 +825,35 @@ def test_the_grace_holds_when_the_run_was_stopping_already(tmp_path: Path) -> No
 
         stderr = stop_when(proc, lambda: emu.in_flight() >= 1, interrupt, pause=0.5)
         assert time.monotonic() - started[0] < 5, stderr.decode()
-        assert b"audio budget" in stderr and b"--grace 0.5s is over" in stderr
+        assert b"no list price known" in stderr and b"--grace 0.5s is over" in stderr
+
+
+@pytest.mark.timeout(60)
+def test_a_ctrl_c_while_the_budget_waits_for_items_in_flight_stops_at_once(
+    tmp_path: Path,
+) -> None:
+    """At a full cap, the budget waits for the items in flight (they may cost less than
+    they reserved) before it stops: a Ctrl-C meanwhile is an interruption (exit 130,
+    within --grace), not a budget stop."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    for n in range(3):
+        make_wav(src / f"{n}.wav", 1.0, tone=n)
+    with emulator_with(latency=15.0) as emu:
+        cmd = _run_cmd(emu, str(src), "--out", str(out), "-c", "3", "--grace", "0.5")
+        proc = subprocess.Popen(
+            [*cmd, "--max-audio-hours", str(1.5 / 3600)],
+            env=subprocess_env(),
+            stderr=subprocess.PIPE,
+        )
+        started: list[float] = []
+
+        def interrupt() -> None:
+            started.append(time.monotonic())
+            proc.send_signal(signal.SIGINT)
+
+        stderr = stop_when(proc, lambda: emu.in_flight() >= 1, interrupt, pause=0.5)
+        assert proc.returncode == 130, stderr.decode()
+        assert time.monotonic() - started[0] < 5 and b"audio budget" not in stderr
 
 
 @pytest.mark.timeout(60)

@@ -96,6 +96,7 @@ def test_a_state_kept_under_an_s3_uri_as_typed_is_found_again(tmp_path: Path) ->
     (typed / "state.sqlite").parent.mkdir(parents=True)
     (typed / "state.sqlite").write_bytes(b"")
     assert default_state_path("S3://media/tx/", environ=env) == typed / "state.sqlite"
+    assert default_state_path("s3://media/tx", environ=env) == typed / "state.sqlite"
 
 
 @pytest.mark.parametrize("command", ["run", "status"])
