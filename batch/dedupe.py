@@ -279,6 +279,8 @@ class Copies:
             # others.
             lead = await self.limit.without_slot(asyncio.shield(leader))
             shared = None if lead is None else await self._answer(lead)
+            if shared is not None and shared.item_id == item.id:  # its own kept answer,
+                return await self._sent(item)  # which a copy took: written as kept
             if shared is not None:
                 return await self._copy(item, shared)
             if self._stopped.is_set():  # the leader was stopped: do not send after a stop
@@ -303,7 +305,7 @@ class Copies:
             return None
         found = await asyncio.to_thread(self._state.done_content, stored_key(key), item.id)
         if found is None:
-            return None
+            return await self._kept_earlier(item, key)
         try:
             body = await self._placer.sink.read(found[1], "json")
         except (OSError, BatchError) as exc:
@@ -313,6 +315,18 @@ class Copies:
         if body is None or response is None or not answers(response, key):
             return None
         return Shared(found[0], body, response)
+
+    async def _kept_earlier(self, item: WorkItem, key: str) -> Shared | None:
+        """The answer an original of an earlier run got for ``key`` and keeps unwritten
+        (its outputs failed): a copy read before that original, in the run that writes it,
+        led its key and was paid again."""
+        kept = await asyncio.to_thread(self._state.kept_content, stored_key(key), item.id)
+        if kept is None:
+            return None
+        response = retry.parse_transcript(kept[1])
+        if response is None or not answers(response, key):
+            return None
+        return Shared(kept[0], kept[1], response)
 
     async def _sent(self, item: WorkItem) -> Result:
         """The item sent on its own; a copy the budget let through for free stays pending."""
@@ -329,12 +343,8 @@ class Copies:
             captured = self._captured.pop(item.id, None)
             self.dedupe.publish(key, None if captured is None else (item.id, captured))
         sent = result.attempts > item.attempts  # not adopted: its params are this run's
-        if (
-            result.status is ItemStatus.DONE
-            and result.copy_of is None
-            and sent
-            and result.request_id
-        ):
+        answered = result.status is ItemStatus.DONE or captured is not None  # or kept
+        if answered and result.copy_of is None and sent and result.request_id:
             remember = self._state.remember_content
             await asyncio.to_thread(remember, stored_key(key), item, result.request_id)
         return result

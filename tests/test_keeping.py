@@ -557,14 +557,16 @@ def test_an_originals_kept_answer_serves_a_copy_found_by_the_next_run(
     the copy led its key and was paid for again (a review found it)."""
     wav = make_wav(tmp_path / "in" / "a.wav", 1.0)
     (tmp_path / "out" / "a.json").mkdir(parents=True)
-    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "1")
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "8")
     assert dgbatch(*args).exit_code == 1
     (tmp_path / "out" / "a.json").rmdir()
-    shutil.copy(wav, tmp_path / "in" / "c.wav")
+    for n in range(3):  # copies read before the original or after it: none is sent
+        shutil.copy(wav, tmp_path / "in" / f"b{n}.wav")
     assert dgbatch(*args, "--retry-failed").exit_code == 0
     assert len(emulator.log) == 1
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state_of(tmp_path / "out"))}
-    assert rows["c.wav"]["copy_of"] == rows["a.wav"]["id"] and rows["a.wav"]["copy_of"] is None
+    assert rows["a.wav"]["copy_of"] is None
+    assert {rows[f"b{n}.wav"]["copy_of"] for n in range(3)} == {rows["a.wav"]["id"]}
 
 
 def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
