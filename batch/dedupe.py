@@ -153,10 +153,18 @@ def stored_key(key: str) -> str:
 class Dedupe:
     """Who leads for each content key, and the answer copies wait for."""
 
-    def __init__(self, complete: Completer, spool: Spool) -> None:
+    def __init__(
+        self,
+        complete: Completer,
+        spool: Spool,
+        answering: Callable[[Params], tuple[Params, ...]] = lambda sent: (sent,),
+    ) -> None:
         #: an item's own params → its request's: two items are copies only if they would
         #: ask the same, whichever layer said it
         self._complete = complete
+        #: an item's own params → the params of requests whose answer serves it (as a
+        #: kept answer is served: ``RunConfig.answering_params``)
+        self._answering = answering
         self._leaders: dict[str, asyncio.Future[Lead]] = {}
         self.spool = spool
 
@@ -165,7 +173,15 @@ class Dedupe:
         """Keyed on the params ``job._completing`` sends, without the run tags: they differ
         per run and say nothing about the audio (a ``tag`` the user set is kept). Answers
         are spooled beside the state."""
-        return cls(config.sent_params, Spool(config.state_path.parent))
+        return cls(config.sent_params, Spool(config.state_path.parent), config.answering_params)
+
+    def answering_keys(self, key: str, own: Params) -> list[str]:
+        """``key`` and the keys of the same audio asked by a run of other formats (with or
+        without the ``utterances=true`` captions add): an earlier answer to any of them
+        serves the item, as a kept answer does."""
+        digest = key.split(":", 1)[0]
+        others = (f"{digest}:{json.dumps(sorted(sent))}" for sent in self._answering(own))
+        return list(dict.fromkeys([key, *others]))
 
     def key_now(self, path: str, own: Params) -> str:
         """The content key of a file whose own params are ``own`` (reads the whole file;
@@ -303,6 +319,14 @@ class Copies:
         or it cannot be read (the item is then sent)."""
         if item.forced:
             return None
+        for candidate in self.dedupe.answering_keys(key, item.params):
+            shared = await self._earlier_of(item, candidate)
+            if shared is not None:
+                return shared
+        return None
+
+    async def _earlier_of(self, item: WorkItem, key: str) -> Shared | None:
+        """``_earlier`` for one key: a done original's json, else a kept original answer."""
         found = await asyncio.to_thread(self._state.done_content, stored_key(key), item.id)
         if found is None:
             return await self._kept_earlier(item, key)

@@ -569,6 +569,26 @@ def test_an_originals_kept_answer_serves_a_copy_found_by_the_next_run(
     assert {rows[f"b{n}.wav"]["copy_of"] for n in range(3)} == {rows["a.wav"]["id"]}
 
 
+@pytest.mark.parametrize("kept", [True, False])
+def test_an_earlier_answer_serves_a_copy_whatever_formats_were_added(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, kept: bool
+) -> None:
+    """Captions add ``utterances=true`` to what a request asks: a copy in a run that added
+    ``srt`` had another key than its original (done, or its answer kept), and was sent
+    again; its captions are made from the earlier answer's words."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 1.0)
+    if kept:
+        (tmp_path / "out" / "a.json").mkdir(parents=True)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dedupe", "-c", "16")
+    dgbatch(*args)
+    if kept:
+        (tmp_path / "out" / "a.json").rmdir()
+    shutil.copy(wav, tmp_path / "in" / "b.wav")
+    assert dgbatch(*args, "--retry-failed", "--formats", "json,srt").exit_code == 0
+    assert len(emulator.log) == 1
+    assert (tmp_path / "out" / "b.srt").stat().st_size > 0
+
+
 def test_a_dedupe_copy_that_cannot_write_its_leaders_answer_adds_no_audio(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
