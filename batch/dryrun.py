@@ -416,8 +416,9 @@ def _answers_there(config: RunConfig, out_name: str, key: str) -> bool:
 
 def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Params], bool]:
     """Whether an item is a ``--dedupe`` copy of one counted before, or of one an earlier
-    run sent and finished (``State.done_content``; not for an item ``--force`` re-queued),
-    never without ``--dedupe``.
+    run sent and finished or whose answer is kept (``State.done_content``,
+    ``State.kept_content``, under any of its ``Dedupe.answering_keys``, as the run looks;
+    not for an item ``--force`` re-queued), never without ``--dedupe``.
 
     Keys are the run's (``Dedupe.key_now``); a file that cannot be read has no key and is
     counted, as the run sends it (and fails it) on its own.
@@ -437,8 +438,17 @@ def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Para
         if key in seen:
             return True
         seen.add(key)
-        found = None if row["forced"] else state.done_content(stored_key(key), row["id"])
-        return found is not None and _answers_there(config, found[1], key)
+        if row["forced"]:
+            return False
+        return any(_earlier(row["id"], k) for k in dedupe.answering_keys(key, own))
+
+    def _earlier(item_id: str, key: str) -> bool:
+        found = state.done_content(stored_key(key), item_id)
+        if found is not None:
+            return _answers_there(config, found[1], key)
+        kept = state.kept_content(stored_key(key), item_id)
+        response = None if kept is None else retry.parse_transcript(kept[1])
+        return response is not None and answers(response, key)
 
     return is_copy
 

@@ -584,7 +584,10 @@ def test_an_earlier_answer_serves_a_copy_whatever_formats_were_added(
     if kept:
         (tmp_path / "out" / "a.json").rmdir()
     shutil.copy(wav, tmp_path / "in" / "b.wav")
-    assert dgbatch(*args, "--retry-failed", "--formats", "json,srt").exit_code == 0
+    again = (*args, "--retry-failed", "--formats", "json,srt")
+    dry = json.loads(dgbatch(*again, "--dry-run", "--json").output)
+    assert (dry["to_send"], dry["dedupe_copies"]) == (0, 1)  # as the run then does
+    assert dgbatch(*again).exit_code == 0
     assert len(emulator.log) == 1
     assert (tmp_path / "out" / "b.srt").stat().st_size > 0
 
