@@ -44,7 +44,7 @@ from batch.job import (
 )
 from batch.keeping import Keeping
 from batch.localfiles import file_sha256, open_regular
-from batch.media import check_path, sniff_path
+from batch.media import local_problem
 from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_location, output_relpath
 from batch.outputs import check_spares_source
@@ -371,12 +371,9 @@ def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | N
     try:
         if not is_s3_uri(config.out):
             check_spares_source(Path(config.out), row["out_name"], config.formats, row["source"])
-        check_path(row["source"], row["fingerprint"])
-        if config.sniff:
-            sniff_path(row["source"], sent)
     except ItemError as exc:
         return exc.code
-    return None
+    return local_problem(row["source"], row["fingerprint"], sent, sniff=config.sniff)
 
 
 def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:

@@ -580,7 +580,7 @@ async def _execute(
         skip_existing=remote and force_since is None,
         dated_outputs=not remote,
         caption_line_length=config.caption_line_length,
-        sniff=config.sniff,
+        sniff=config.sniff and "encoding" not in dict(config.params),  # none is sniffed
     )
     threads = min(32, max(4, config.concurrency))
     inputs = frozenset() if remote else run_inputs(config.sources)  # the SOURCE files: stat once

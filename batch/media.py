@@ -99,6 +99,19 @@ def sniff_file(item: WorkItem, path: str) -> None:
     sniff_path(path, item.params)
 
 
+def local_problem(path: str, fingerprint: str, params: Params, *, sniff: bool) -> str | None:
+    """The ``err_code`` a local file fails with before it is sent (gone, changed, empty,
+    over 2 GB: ``check_path``; not audio, when ``sniff``: ``sniff_path``), or None: such
+    an item costs nothing (the dry run's count and the budget ask it)."""
+    try:
+        check_path(path, fingerprint)
+        if sniff:
+            sniff_path(path, params)
+    except ItemError as exc:
+        return exc.code
+    return None
+
+
 def sniff_path(path: str, params: Params) -> None:
     """``sniff_file`` of a file to be sent with ``params`` (the dry run has no WorkItem)."""
     if any(key == "encoding" for key, _ in params):

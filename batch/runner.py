@@ -25,7 +25,7 @@ from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, StateError
 from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
-from batch.media import Sender, check_path, sniff_path
+from batch.media import Sender, local_problem
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OUTPUT_GRACE, LocalSink, OutputSink
 from batch.placing import Placer
@@ -317,13 +317,11 @@ class Runner:
         ``check_path``; not audio, when ``sniff``: ``sniff_path``): it costs nothing."""
         if item.kind is not ItemKind.FILE:
             return False
-        try:
-            await asyncio.to_thread(check_path, item.source, item.fingerprint)
-            if sniff and self.settings.sniff:
-                await asyncio.to_thread(sniff_path, item.source, item.params)
-        except ItemError:
-            return True
-        return False
+        sniff = sniff and self.settings.sniff
+        problem = await asyncio.to_thread(
+            local_problem, item.source, item.fingerprint, item.params, sniff=sniff
+        )
+        return problem is not None
 
     async def _free_copy(self, item: WorkItem) -> bool:
         """With ``--dedupe``, an item the cap would stop at is let through if it is a copy

@@ -376,6 +376,22 @@ def test_outputs_already_in_out_are_neither_sent_nor_priced_nor_capped(
     assert rows["2.wav"]["err_code"] == "output_exists" and rows["0.wav"]["status"] == "done"
 
 
+def test_headerless_audio_sent_with_its_encoding_counts_against_the_budget(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Raw PCM with ``--param encoding=linear16`` has no header to sniff: the budget took
+    it for a file that fails unsent and counted nothing, though the run sends it (and
+    Deepgram bills it). It counts at a guess from its size (2 s here), which a 1 s cap
+    does not hold."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.pcm").write_bytes(b"\x01\x02" * 16_000)
+    args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
+    raw = ("--param", "encoding=linear16", "--param", "sample_rate=8000")
+    result = dgbatch(*args, *raw, "--max-audio-hours", str(1 / 3600))
+    assert result.exit_code == 1 and "audio budget reached" in result.output, result.output
+    assert emulator.log == []
+
+
 def test_a_full_budget_fails_an_empty_file_instead_of_stopping_at_it(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
