@@ -133,7 +133,11 @@ class Spool:
 
 def content_key(path: str, params: Params) -> str:
     """sha256 of the file's bytes (read in chunks) and of its params."""
-    return f"{file_sha256(path)}:{json.dumps(sorted(params))}"
+    return _key(file_sha256(path), params)
+
+
+def _key(digest: str, params: Params) -> str:
+    return f"{digest}:{json.dumps(sorted(params))}"
 
 
 def answers(response: dict[str, Any], key: str) -> bool:
@@ -143,6 +147,19 @@ def answers(response: dict[str, Any], key: str) -> bool:
     metadata = response.get("metadata")
     digest = metadata.get("sha256") if isinstance(metadata, dict) else None
     return isinstance(digest, str) and digest.lower() == key.split(":", 1)[0]
+
+
+def kept_answer(kept: tuple[str, bytes, str] | None, key: str) -> Shared | None:
+    """A kept original answer (``State.kept_content``: its item, body and the request
+    ``key`` remembers) that serves a copy of ``key``: that very request, of that audio."""
+    if kept is None:
+        return None
+    item_id, body, request_id = kept
+    response = retry.parse_transcript(body)
+    if response is None or not answers(response, key):
+        return None
+    same = response["metadata"].get("request_id") == request_id
+    return Shared(item_id, body, response) if same else None
 
 
 def stored_key(key: str) -> str:
@@ -180,7 +197,7 @@ class Dedupe:
         without the ``utterances=true`` captions add): an earlier answer to any of them
         serves the item, as a kept answer does."""
         digest = key.split(":", 1)[0]
-        others = (f"{digest}:{json.dumps(sorted(sent))}" for sent in self._answering(own))
+        others = (_key(digest, sent) for sent in self._answering(own))
         return list(dict.fromkeys([key, *others]))
 
     def key_now(self, path: str, own: Params) -> str:
@@ -345,12 +362,7 @@ class Copies:
         (its outputs failed): a copy read before that original, in the run that writes it,
         led its key and was paid again."""
         kept = await asyncio.to_thread(self._state.kept_content, stored_key(key), item.id)
-        if kept is None:
-            return None
-        response = retry.parse_transcript(kept[1])
-        if response is None or not answers(response, key):
-            return None
-        return Shared(kept[0], kept[1], response)
+        return kept_answer(kept, key)
 
     async def _sent(self, item: WorkItem) -> Result:
         """The item sent on its own; a copy the budget let through for free stays pending."""

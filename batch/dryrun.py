@@ -33,7 +33,7 @@ from batch import retry
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
-from batch.dedupe import Dedupe, answers, stored_key
+from batch.dedupe import Dedupe, answers, kept_answer, stored_key
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
     asked_anew_text,
@@ -443,9 +443,7 @@ def _copy_finder(config: RunConfig, state: State) -> Callable[[sqlite3.Row, Para
         found = state.done_content(stored_key(key), item_id)
         if found is not None:
             return _answers_there(config, found[1], key)
-        kept = state.kept_content(stored_key(key), item_id)
-        response = None if kept is None else retry.parse_transcript(kept[1])
-        return response is not None and answers(response, key)
+        return kept_answer(state.kept_content(stored_key(key), item_id), key) is not None
 
     return is_copy
 

@@ -133,17 +133,6 @@ def _asked_again(fn: Callable[[str, str], bool]) -> Callable[[str, str], bool]:
     return answer
 
 
-def _request_id_of(body: bytes) -> str | None:
-    """``metadata.request_id`` of a kept answer (None for one that is not JSON)."""
-    try:
-        answer = json.loads(body.removeprefix(b"\xef\xbb\xbf"))
-    except (ValueError, UnicodeDecodeError):
-        return None
-    metadata = answer.get("metadata") if isinstance(answer, dict) else None
-    found = metadata.get("request_id") if isinstance(metadata, dict) else None
-    return found if isinstance(found, str) else None
-
-
 class State:
     """One open state file. Thread-safe: every call holds the connection's lock."""
 
@@ -401,9 +390,10 @@ class State:
         )
         return None if not rows else (str(rows[0][0]), str(rows[0][1]))
 
-    def kept_content(self, key: str, other_than: str) -> tuple[str, bytes] | None:
-        """(id, body) of the answer kept for an original (not ``other_than``), live (its
-        item not done, its file unchanged), whose request answered ``key`` (``--dedupe``)."""
+    def kept_content(self, key: str, other_than: str) -> tuple[str, bytes, str] | None:
+        """(id, body, request id) of the answer kept for an original (not ``other_than``),
+        live (its item not done, its file unchanged), whose request answered ``key``
+        (``--dedupe``; ``dedupe.kept_answer`` checks the body is that request's)."""
         rows = self.query(
             "SELECT kept_answers.id, kept_answers.body, content_keys.request_id "
             "FROM content_keys JOIN kept_answers ON kept_answers.id = content_keys.item_id "
@@ -412,10 +402,7 @@ class State:
             "WHERE content_keys.key = ? AND kept_answers.id != ?",
             (key, other_than),
         )
-        for item_id, body, request_id in rows:
-            if request_id and _request_id_of(bytes(body)) == request_id:
-                return str(item_id), bytes(body)
-        return None
+        return None if not rows else (str(rows[0][0]), bytes(rows[0][1]), str(rows[0][2]))
 
     def kept_count(self) -> int:
         """Kept answers still to write (none in a state older than migration m005)."""
