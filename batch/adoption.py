@@ -79,8 +79,8 @@ class Adoption:
             return None  # (the common case, answered without a thread)
         body = await self.sink.read(item.out_name, "json")
         response = retry.parse_transcript(body) if body is not None else None
-        said = (response or {}).get("metadata", {}).get("sha256")
-        if not isinstance(said, str) or not said:
+        said = retry.audio_digest(response)
+        if said is None:
             return None
         try:
             if await asyncio.to_thread(file_sha256, item.source) != said:

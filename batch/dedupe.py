@@ -144,9 +144,7 @@ def answers(response: dict[str, Any], key: str) -> bool:
     """Whether Deepgram's answer is of the audio ``key`` names: its ``metadata.sha256`` is
     the digest of the bytes it was sent, so a json written over since (the item sent again
     for a changed file meanwhile) never serves another recording's copy."""
-    metadata = response.get("metadata")
-    digest = metadata.get("sha256") if isinstance(metadata, dict) else None
-    return isinstance(digest, str) and digest.lower() == key.split(":", 1)[0]
+    return retry.audio_digest(response) == key.split(":", 1)[0]
 
 
 def kept_answer(kept: tuple[str, bytes, str] | None, key: str) -> Shared | None:

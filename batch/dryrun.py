@@ -385,17 +385,24 @@ def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:
         return None
     if "json" not in config.formats:  # adopted with every format asked for, json first
         return None
-    try:
-        with open_regular(str(Path(config.out) / output_relpath(row["out_name"], "json"))) as f:
-            response = retry.parse_transcript(f.read())
-    except OSError:
+    body = _json_in_out(config, row["out_name"])
+    if body is None:
         return None
-    said = (response or {}).get("metadata", {}).get("sha256")
-    if row["kind"] == ItemKind.FILE.value and isinstance(said, str) and said:
+    said = retry.audio_digest(retry.parse_transcript(body))
+    if row["kind"] == ItemKind.FILE.value and said is not None:
         with contextlib.suppress(OSError):
             if file_sha256(row["source"]) == said:
                 return "adopted"
     return "output_exists"
+
+
+def _json_in_out(config: RunConfig, out_name: str) -> bytes | None:
+    """The json at ``out_name`` in a local ``--out`` (None: no such file)."""
+    try:
+        with open_regular(str(Path(config.out) / output_relpath(out_name, "json"))) as handle:
+            return handle.read()
+    except OSError:
+        return None
 
 
 def _answers_there(config: RunConfig, out_name: str, key: str) -> bool:
@@ -403,11 +410,8 @@ def _answers_there(config: RunConfig, out_name: str, key: str) -> bool:
     the run checks it (``Copies._earlier``); an S3 ``--out`` is taken at the state's word."""
     if is_s3_uri(config.out):
         return True
-    try:
-        with open_regular(str(Path(config.out) / output_relpath(out_name, "json"))) as handle:
-            response = retry.parse_transcript(handle.read())
-    except OSError:
-        return False
+    body = _json_in_out(config, out_name)
+    response = None if body is None else retry.parse_transcript(body)
     return response is not None and answers(response, key)
 
 

@@ -182,6 +182,14 @@ def parse_transcript(body: bytes) -> dict[str, Any] | None:
     return None
 
 
+def audio_digest(response: dict[str, Any] | None) -> str | None:
+    """``metadata.sha256`` of an answer, lowercase: the digest of the bytes Deepgram was
+    sent, which ties a json to the audio it transcribes."""
+    metadata = (response or {}).get("metadata")
+    digest = metadata.get("sha256") if isinstance(metadata, dict) else None
+    return digest.lower() if isinstance(digest, str) and digest else None
+
+
 def classify_response(
     status: int, body: bytes, retry_after: str | None = None, *, now: datetime | None = None
 ) -> Decision:

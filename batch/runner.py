@@ -297,11 +297,10 @@ class Runner:
         what it lacks: one may cost less than it reserved (outputs found in S3, a file
         that fails unsent), and the run stopped for good at the next item."""
         while True:
-            self._settled.clear()  # before admit: a settle after it is not missed
             reservation = budget.admit(estimate, rate)
             if reservation is not None or not budget.holds() or self.stopping:
                 return reservation
-            await self.limit.without_slot(until_stopped(self._settled.wait(), self._stopped))
+            await self.limit.without_slot(self._next_settle())
 
     def _outputs_there(self, item: WorkItem) -> bool:
         """A json already where the item's goes in a local ``--out``, written by no run
@@ -345,8 +344,13 @@ class Runner:
         """Hold the dispatch while the budget asks an item to wait (``Budget.must_wait``),
         or until the run stops."""
         while budget.must_wait(estimate) and not self.stopping:
-            self._settled.clear()
-            await until_stopped(self._settled.wait(), self._stopped)
+            await self._next_settle()
+
+    async def _next_settle(self) -> None:
+        """Until an item settles its budget reservation, or the run stops. Cleared here,
+        with no await since the caller's look at the budget: no settle is missed."""
+        self._settled.clear()
+        await until_stopped(self._settled.wait(), self._stopped)
 
     def _account(self, item: WorkItem, result: Result) -> None:
         """Settle the item's budget reservation and forget its per-item bookkeeping."""
