@@ -123,12 +123,18 @@ BILLED = (
 #: request), while it still counts (``state._KEPT_LIVE``): a changed source or a ``--force``
 #: drops it, so the re-queue adds it to ``billed_before``; ``--retry-failed`` keeps it, to
 #: be written (and then counted as the item's transcript)
-BILLED_KEPT = """COALESCE((
-    SELECT CASE WHEN NOT json_valid(text) THEN 0
-                WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real')
-                THEN json_extract(text, '$.metadata.duration') ELSE 0 END
-    FROM (SELECT CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4)
-                           ELSE body END AS TEXT) AS text
+#: a kept answer's body as text, a UTF-8 byte order mark left out (``kept_answers.body``)
+KEPT_TEXT = (
+    "CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4) ELSE body END AS TEXT)"
+)
+#: its ``metadata.duration`` when it is a number (on text known to be valid JSON)
+KEPT_DURATION = (
+    "CASE WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real') "
+    "THEN json_extract(text, '$.metadata.duration') END"
+)
+BILLED_KEPT = f"""COALESCE((
+    SELECT CASE WHEN json_valid(text) THEN {KEPT_DURATION} END
+    FROM (SELECT {KEPT_TEXT} AS text
           FROM kept_answers
           WHERE kept_answers.id = items.id AND kept_answers.copy_of IS NULL
               AND kept_answers.fingerprint = items.fingerprint AND items.status != 'done')

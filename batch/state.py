@@ -33,6 +33,8 @@ from batch.planrows import (
     FIELDS,
     FREE,
     ID,
+    KEPT_DURATION,
+    KEPT_TEXT,
     PARAMS,
     STATEMENT_ROWS,
     STEM,
@@ -87,11 +89,8 @@ _KEPT_LIVE = f"EXISTS (SELECT 1 FROM items WHERE {_KEPT_FOR_ITEM})"
 #: copy's is its leader's request, counted with the leader (done, kept, or billed before
 #: a re-queue)
 _KEPT_DURATIONS = f"""
-SELECT MAX(CASE WHEN json_type(text, '$.metadata.duration') IN ('integer', 'real')
-           THEN json_extract(text, '$.metadata.duration') END) FROM (
-    SELECT kept_answers.id AS kept_id,
-           CAST(CASE WHEN substr(body, 1, 3) = X'EFBBBF' THEN substr(body, 4) ELSE body END
-                AS TEXT) AS text
+SELECT MAX({KEPT_DURATION}) FROM (
+    SELECT kept_answers.id AS kept_id, {KEPT_TEXT} AS text
     FROM kept_answers WHERE {_KEPT_LIVE} AND kept_answers.copy_of IS NULL)
 WHERE json_valid(text)
 GROUP BY COALESCE(json_extract(text, '$.metadata.request_id'), 'kept:' || kept_id)
