@@ -32,6 +32,7 @@ from batch.options import (
     build_config,
     emulator_options,
     given_api_url,
+    given_as,
     run_options,
     state_option,
 )
@@ -284,14 +285,12 @@ def check(
     show(json.dumps(dataclasses.asdict(details), indent=2) if as_json else details.describe(), key)
 
 
-def _project_id(ctx: click.Context, value: str) -> str:
+def _project_id(value: str) -> str:
     """A project id as Deepgram gives them (a UUID: letters, digits, ``-``, ``_``): an
     empty one asked for ``/v1/projects//requests`` (a 404, exit 1), and one with a ``/``
     or ``?`` went into the URL as it was."""
     if not _PROJECT_ID.fullmatch(value.strip()):
-        given = "--project"
-        if ctx.get_parameter_source("project") is click.core.ParameterSource.ENVIRONMENT:
-            given = "DEEPGRAM_PROJECT_ID"
+        given = given_as("project", "--project", "DEEPGRAM_PROJECT_ID")
         msg = f"{given} {value!r}: not a Deepgram project id (letters, digits, '-', '_')"
         raise click.UsageError(msg)
     return value.strip()
@@ -307,7 +306,7 @@ _PROJECT_ID = re.compile(r"[A-Za-z0-9_-]+")
     "--project",
     required=True,
     envvar="DEEPGRAM_PROJECT_ID",
-    callback=lambda ctx, param, value: _project_id(ctx, value),
+    callback=lambda ctx, param, value: _project_id(value),
     help="Deepgram project id the key belongs to (env DEEPGRAM_PROJECT_ID).",
 )
 @click.option("--run", "run_id", type=int, help="Run number in the state [default: the last].")

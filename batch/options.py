@@ -49,13 +49,25 @@ def stacked(*decorators: Callable[[Any], Any]) -> Callable[[F], F]:
     return apply
 
 
+def parameter_source(name: str) -> ParameterSource | None:
+    """Where the current command's parameter ``name`` came from (None outside click)."""
+    ctx = click.get_current_context(silent=True)
+    return ctx.get_parameter_source(name) if ctx is not None else None
+
+
+def given_as(name: str, option: str, envvar: str) -> str:
+    """How the user gave parameter ``name``, for an error about its value: its
+    environment variable when the value came from there (an error naming the option sent
+    the user looking for one the command did not have), else its option."""
+    return envvar if parameter_source(name) is ParameterSource.ENVIRONMENT else option
+
+
 def given_api_url(url: str, *, allow_insecure: bool) -> str:
     """``check_api_url``, naming where the URL came from: a bad ``DEEPGRAM_API_URL`` was
     blamed on ``--api-url``, which the user never gave. An empty one is refused: click
     takes it for unset, and a script meaning the emulator (``$EMU_URL`` unset) sent the
     real key to the real API, and paid."""
-    ctx = click.get_current_context(silent=True)
-    source = ctx.get_parameter_source("api_url") if ctx is not None else None
+    source = parameter_source("api_url")
     if source is ParameterSource.DEFAULT and os.environ.get(URL_ENV) == "":
         msg = f"{URL_ENV} is set but empty: unset it for https://api.deepgram.com, or give a URL"
         raise UsageError(msg)
@@ -124,10 +136,7 @@ def given_shard(text: str | None) -> Shard | None:
     from there (the user looked for a ``--shard`` in a command that had none)."""
     if not text:
         return None
-    ctx = click.get_current_context(silent=True)
-    source = ctx.get_parameter_source("shard") if ctx is not None else None
-    from_env = source is click.core.ParameterSource.ENVIRONMENT
-    return parse_shard(text, SHARD_ENV if from_env else "--shard")
+    return parse_shard(text, given_as("shard", "--shard", SHARD_ENV))
 
 
 def _state_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
