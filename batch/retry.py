@@ -269,8 +269,9 @@ def own_refusal(decision: Decision, status: int | None, own_params: Params) -> D
 
 
 def _names_one(text: str, own_params: Params) -> bool:
-    """``text`` names (as a word) one of the keys of ``own_params``."""
-    return any(re.search(rf"\b{re.escape(key)}\b", text) for key, _ in own_params)
+    """``text`` names (as a word, in any case: "Keywords are not supported for Nova-3")
+    one of the keys of ``own_params``."""
+    return any(re.search(rf"\b{re.escape(key)}\b", text, re.I) for key, _ in own_params)
 
 
 def busy_or_down(status: int | None, decision: Decision | None = None) -> bool:

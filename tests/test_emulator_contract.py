@@ -27,6 +27,7 @@ from test_emulator import AUTH, KEY, WAV, WAV_SHA, emulator_with, make_wav, serv
 from batch.emulator import (
     CALLBACK_RETRIES,
     DEEPGRAM_CONCURRENCY,
+    KEYWORDS_ON_NOVA3,
     WHISPER_CONCURRENCY,
     Emulator,
     EmulatorConfig,
@@ -421,3 +422,25 @@ async def test_control_endpoints_over_a_real_interface(session: aiohttp.ClientSe
             assert response.status == 403
         assert (await post(session, emulator))[0] == 200
     assert emulator.auth_mode == "ok" and len(emulator.log) == 1
+
+
+@pytest.mark.parametrize(
+    ("query", "status"),
+    [
+        ("?keywords=Northwind:2", 400),  # nova-3, the default
+        ("?model=nova-3-medical&keywords=Northwind:2", 400),
+        ("?model=nova-2&keywords=Northwind:2", 200),
+        ("?keyterm=Northwind", 200),
+    ],
+)
+async def test_keywords_are_refused_with_nova3(
+    session: aiohttp.ClientSession, query: str, status: int
+) -> None:
+    """Deepgram refuses ``keywords`` with Nova-3 models in a 400 of its own wording; an
+    emulator answering 200 let a client that could not handle it pass its tests."""
+    async with emulator_with() as emulator:
+        got, answer, _ = await post(session, emulator, query)
+    assert got == status
+    if status == 400:
+        assert answer["err_code"] == "INVALID_QUERY_PARAMETER"
+        assert answer["err_msg"] == KEYWORDS_ON_NOVA3

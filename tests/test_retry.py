@@ -11,7 +11,7 @@ import pytest
 
 from batch import retry
 from batch.attempts import _gave_up
-from batch.emulator import build_response
+from batch.emulator import KEYWORDS_ON_NOVA3, build_response
 from batch.retry import (
     MAX_RETRY_AFTER,
     Action,
@@ -361,6 +361,12 @@ _MODEL_403 = _err(
         (400, _err("INVALID_QUERY_PARAMETER", "bad"), (), Action.BAD_PARAMS),  # the run's
         (400, _err("INVALID_QUERY_PARAMETER", "bad diarize"), (("diarize", "x"),), Action.FAIL),
         (400, _err("INVALID_QUERY_PARAMETER", "bad"), (("diarize", "x"),), Action.BAD_PARAMS),
+        (
+            400,
+            _err("INVALID_QUERY_PARAMETER", KEYWORDS_ON_NOVA3),
+            (("keywords", "a:2"),),
+            Action.FAIL,
+        ),
         (403, b"<html>403 by a WAF</html>", (("model", "x"),), Action.FATAL),  # not Deepgram's
         (401, _err("INVALID_AUTH", "Invalid credentials."), (("model", "x"),), Action.FATAL),
         (402, _err("ASR_PAYMENT_REQUIRED", "no credit"), (("model", "x"),), Action.FATAL),

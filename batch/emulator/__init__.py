@@ -37,7 +37,7 @@ from batch.emulator.control import control_allowed
 from batch.emulator.fetch import safe_url
 from batch.emulator.responses import build_response, model_info
 from batch.emulator.running import run_in_thread, serve
-from batch.emulator.server import Emulator, answer_delay
+from batch.emulator.server import KEYWORDS_ON_NOVA3, Emulator, answer_delay
 
 __all__ = [
     "AUTH_MODES",
@@ -46,6 +46,7 @@ __all__ = [
     "DEEPGRAM_CONCURRENCY",
     "DEFAULT_FAULTS",
     "EXTRA_FAULTS",
+    "KEYWORDS_ON_NOVA3",
     "MAX_UPLOAD_BYTES",
     "WHISPER_CONCURRENCY",
     "Emulator",
