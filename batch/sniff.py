@@ -2,14 +2,19 @@
 
 Deepgram auto-detects the container of an upload and answers 400 "corrupt or
 unsupported data" to anything else; a text file named ``.wav`` would cost a request
-and a retry-free failure. The same table is what the bundled emulator accepts, so the
-two can never disagree about what "looks like audio" means.
+and a retry-free failure. Every container a folder walk takes by its extension
+(``naming.AUDIO_EXTENSIONS``) and that has a signature is here: a video the walk
+takes must not be refused as "not an audio file". The same table is what the bundled
+emulator accepts, so the two can never disagree about what "looks like audio" means.
 """
 
 from __future__ import annotations
 
 #: Bytes to read from a file to recognise it (the longest signature ends before this).
 HEAD_BYTES = 16
+
+#: top-level atoms a QuickTime (.mov) file may start with instead of ``ftyp``
+_QUICKTIME_ATOMS = (b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot")
 
 #: container name → every ``(offset, bytes)`` that must match.
 SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
@@ -19,6 +24,10 @@ SIGNATURES: tuple[tuple[str, tuple[tuple[int, bytes], ...]], ...] = (
     ("flac", ((0, b"fLaC"),)),
     ("ogg", ((0, b"OggS"),)),
     ("mp4/m4a/mov/3gp", ((4, b"ftyp"),)),
+    # QuickTime files older than ``ftyp`` start with another top-level atom
+    *((f"quicktime ({atom.decode()})", ((4, atom),)) for atom in _QUICKTIME_ATOMS),
+    ("avi", ((0, b"RIFF"), (8, b"AVI "))),
+    ("ac-3", ((0, b"\x0b\x77"),)),
     ("webm/matroska", ((0, b"\x1a\x45\xdf\xa3"),)),
     ("aiff", ((0, b"FORM"), (8, b"AIFF"))),
     ("aiff-c", ((0, b"FORM"), (8, b"AIFC"))),

@@ -220,7 +220,7 @@ async def test_containers_recognised_by_magic_bytes(
     assert answer["metadata"]["duration"] == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("body", [b"", b"hello, this is not audio", b"RIFF\x00\x00\x00\x00AVI "])
+@pytest.mark.parametrize("body", [b"", b"hello, this is not audio", b"RIFF\x00\x00\x00\x00RMID"])
 async def test_non_audio_is_refused(
     emulator: Emulator, session: aiohttp.ClientSession, body: bytes
 ) -> None:
@@ -700,10 +700,10 @@ def test_wav_duration_never_exceeds_the_bytes_received() -> None:
 
 
 def test_looks_like_audio_rejects_near_misses() -> None:
-    """Text, short bytes and a RIFF that is not WAVE are not audio."""
+    """Text, short bytes and a RIFF that is neither WAVE nor AVI are not audio."""
     assert not looks_like_audio(b"")
     assert not looks_like_audio(b"\xff")
-    assert not looks_like_audio(b"RIFF\x00\x00\x00\x00AVI ")
+    assert not looks_like_audio(b"RIFF\x00\x00\x00\x00RMID")
     assert looks_like_audio(WAV[:12])
 
 
