@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 
-from batch.client import USER_AGENT, transport_reason
+from batch.client import api_session, transport_reason
 from batch.errors import AccountError, FatalApiError
 from batch.redact import redact_text
 from batch.retry import parse_error_body, status_reason
@@ -154,11 +154,11 @@ async def preflight(
 
 async def check_key(api_url: str, api_key: str) -> KeyDetails | None:
     """The run's preflight (see ``preflight``) on a short-lived session."""
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with api_session(api_url) as session:
         return await preflight(AccountClient(session, api_url, api_key))
 
 
 async def fetch_key_details(api_url: str, api_key: str) -> KeyDetails:
     """``dgbatch check``: the key's details, every failure raised."""
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with api_session(api_url) as session:
         return await AccountClient(session, api_url, api_key).key_details()

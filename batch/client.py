@@ -17,12 +17,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from aiohttp.helpers import get_env_proxy_for_url
+from yarl import URL
 
 from batch import __version__
 from batch.models import Params
 from batch.params import encode_query
 from batch.redact import redact_text
 from batch.retry import request_id_of
+from batch.urls import is_loopback
 
 CHUNK_SIZE = 1 << 20
 #: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;
@@ -99,17 +102,49 @@ def request_timeout(size: int | None, base: float = DEFAULT_TIMEOUT) -> aiohttp.
 USER_AGENT = f"dgbatch/{__version__}"
 
 
-def make_session(concurrency: int, *, user_agent: str = USER_AGENT) -> aiohttp.ClientSession:
+def make_session(
+    concurrency: int, api_url: str, *, user_agent: str = USER_AGENT
+) -> aiohttp.ClientSession:
     """One session per run, its pool sized to the concurrency (no per-request setup)."""
     connector = aiohttp.TCPConnector(
         limit=concurrency, limit_per_host=concurrency, ttl_dns_cache=300, enable_cleanup_closed=True
     )
+    return api_session(api_url, connector=connector, user_agent=user_agent)
+
+
+def api_session(
+    api_url: str,
+    *,
+    connector: aiohttp.BaseConnector | None = None,
+    user_agent: str = USER_AGENT,
+) -> aiohttp.ClientSession:
+    """A session to Deepgram, through the proxy the environment names for it, if any."""
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": user_agent},
         auto_decompress=True,
         timeout=aiohttp.ClientTimeout(total=None),
+        proxy=env_proxy(api_url),
     )
+
+
+def env_proxy(api_url: str) -> URL | None:
+    """The proxy ``HTTPS_PROXY``/``HTTP_PROXY`` name for ``api_url`` (``NO_PROXY`` and
+    loopback hosts, the emulator's, excepted), as curl, boto3 and Deepgram's SDKs use
+    them: behind a corporate proxy, S3 worked and Deepgram could not be reached.
+    Looked up once per session: aiohttp's ``trust_env`` asks a thread at every request,
+    and adds ``~/.netrc`` credentials beside the ``Authorization`` header. Credentials
+    stay in the URL, whence aiohttp sends them to the proxy only."""
+    url = URL(api_url)
+    if is_loopback(url.host):
+        return None
+    try:
+        proxy, auth = get_env_proxy_for_url(url)
+    except LookupError:
+        return None
+    if auth is None:
+        return proxy
+    return proxy.with_user(auth.login).with_password(auth.password)
 
 
 def _cut_short(resp: aiohttp.ClientResponse) -> Answer:

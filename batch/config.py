@@ -8,7 +8,6 @@ answers waiting in memory for their outputs to be written.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import math
 import os
 import re
@@ -30,6 +29,7 @@ from batch.params import request_params
 from batch.redact import redact_source, redact_text, redact_url
 from batch.shard import Shard
 from batch.statefile import SQLITE_TAILS
+from batch.urls import is_loopback
 
 DEFAULT_API_URL = "https://api.deepgram.com"
 KEY_ENV = "DEEPGRAM_API_KEY"
@@ -487,19 +487,10 @@ def check_api_url(url: str, *, allow_insecure: bool = False, named: str = "--api
             f"the key comes from {KEY_ENV} or --api-key-file"
         )
         raise UsageError(msg)
-    if parts.scheme == "http" and not allow_insecure and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_insecure and not is_loopback(parts.hostname):
         msg = (
             f"{shown}: plain http would send the API key unencrypted; "
             "use https, a loopback host, or --allow-insecure-http"
         )
         raise UsageError(msg)
     return url.rstrip("/")
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

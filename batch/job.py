@@ -587,7 +587,7 @@ async def _execute(
     local = None if remote else LocalSink(Path(config.out), threads, inputs)
     sink: OutputSink = local or S3Sink(s3, config.out)
     try:
-        async with make_session(config.concurrency) as session:
+        async with make_session(config.concurrency, config.api_url) as session:
             client = DeepgramClient(session, config.api_url, config.api_key, timeout=config.timeout)
             runner = Runner(
                 settings,

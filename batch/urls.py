@@ -10,6 +10,7 @@ parsing are here too: every source is sorted by its scheme first.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from urllib.parse import unquote, unquote_plus, urlsplit
 
@@ -162,3 +163,14 @@ def file_url_path(url: str) -> str | None:
     if parts.netloc not in ("", "localhost") or not parts.path:
         return None
     return unquote(parts.path)
+
+
+def is_loopback(host: str | None) -> bool:
+    """``localhost`` or a loopback address: the emulator's host, never proxied, and the
+    only one plain ``http://`` may reach without ``--allow-insecure-http``."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host or "").is_loopback
+    except ValueError:
+        return False

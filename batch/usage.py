@@ -17,10 +17,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import aiohttp
-
 from batch.account import AccountClient
-from batch.client import USER_AGENT
+from batch.client import api_session
 from batch.errors import StateError
 from batch.isotime import utc_iso
 from batch.state import State
@@ -250,7 +248,7 @@ async def reconcile_run(
     finally:
         state.close()
     start, end = window.bounds()
-    async with aiohttp.ClientSession(headers={"User-Agent": USER_AGENT}) as session:
+    async with api_session(api_url) as session:
         client = AccountClient(session, api_url, api_key)
         requests = await fetch_requests(client, project, start, end)
         hours, count = await fetch_usage(client, project, start, end, window.tag)

@@ -37,9 +37,9 @@ SRC_ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test sees the developer's Deepgram or AWS settings, or their cache."""
+    """No test sees the developer's Deepgram, AWS or proxy settings, or their cache."""
     for name in list(os.environ):
-        if name.startswith(("DEEPGRAM_", "AWS_", "DGBATCH_")):
+        if name.startswith(("DEEPGRAM_", "AWS_", "DGBATCH_")) or name.lower().endswith("_proxy"):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -594,6 +594,92 @@ def test_an_answer_about_the_run_not_the_item_stops_the_run(
     assert {r["status"] for r in state_rows(out)} == {"pending"}
 
 
+def test_deepgram_is_reached_through_the_proxy_the_environment_names(
+    emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``HTTP_PROXY``/``HTTPS_PROXY`` were ignored: behind a corporate proxy S3 worked
+    (boto3 honours them) and Deepgram could not be reached. The emulator stands in for
+    the proxy: a host that does not resolve is reached only through it, by the key check
+    and the run."""
+    monkeypatch.setenv("HTTP_PROXY", emulator.url)
+    make_tiny_wavs(tmp_path / "in", 2)
+    api = ["--api-url", "http://api.deepgram.invalid", "--allow-insecure-http"]
+    result = Cli(None)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *api)
+    assert result.exit_code == 0, result.output
+    assert len(emulator.log) == 2
+    assert Cli(None)("check", *api).exit_code == 0
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # loopback APIs are never proxied
+    again = Cli(emulator)("run", str(tmp_path / "in"), "--out", str(tmp_path / "o2"))
+    assert again.exit_code == 0, again.output
+
+
+@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 407 Proxy Authentication Required\r\n"])
+def test_a_proxy_password_is_never_shown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: bytes | None
+) -> None:
+    """A proxy that cannot be reached, or refuses its credentials, is named by its host,
+    never with its password."""
+    with _raw_server(answer) as port:
+        monkeypatch.setenv("HTTPS_PROXY", f"http://me:pr0xy-s3cret@127.0.0.1:{port}")
+        make_tiny_wavs(tmp_path / "in", 1)
+        out = tmp_path / "out"
+        run = ["run", str(tmp_path / "in"), "--out", str(out), "--max-retries", "0"]
+        for args in (["check"], run):
+            result = Cli(None)(*args, "--api-url", "https://api.deepgram.invalid")
+            assert result.exit_code != 0 and f"127.0.0.1:{port}" in result.output, result.output
+            assert "pr0xy-s3cret" not in result.output
+    assert all(b"pr0xy-s3cret" not in data for data in all_bytes_under(out).values())
+
+
+@contextlib.contextmanager
+def _raw_server(answer: bytes | None) -> Iterator[int]:
+    """A port where ``answer`` is said to every connection and it is closed; with None,
+    a port nothing listens on."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+        if answer is None:
+            listener.close()
+            yield port
+            return
+        listener.listen()
+        listener.settimeout(0.1)
+        stop = threading.Event()
+
+        def serve() -> None:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    conn, _ = listener.accept()
+                    with conn:
+                        conn.recv(65536)
+                        conn.sendall(answer + b"Content-Length: 0\r\n\r\n")
+
+        thread = threading.Thread(target=serve, daemon=True)
+        thread.start()
+        try:
+            yield port
+        finally:
+            stop.set()
+            thread.join()
+
+
+def test_a_line_asking_for_keywords_on_nova3_fails_alone(dgbatch: Cli, tmp_path: Path) -> None:
+    """Deepgram refuses ``keywords`` with Nova-3 in a 400 that names it "Keywords": read
+    case-sensitively, it was taken for the run's own query and stopped the whole batch,
+    at the same line every night. That line fails now, and the others are sent."""
+    wavs = make_tiny_wavs(tmp_path / "in", 3)
+    lines = [{"source": str(w), "id": w.stem} for w in wavs]
+    lines[1]["params"] = {"keywords": ["Northwind:2"]}
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out), "-c", "1")
+    assert result.exit_code == 1, result.output
+    rows = {row["id"]: row for row in state_rows(out)}
+    assert [rows[f"id:{w.stem}"]["status"] for w in wavs] == ["done", "failed", "done"]
+    assert "Keywords are not supported for Nova-3" in str(rows[f"id:{wavs[1].stem}"]["error"])
+
+
 def test_deepgrams_own_warnings_reach_the_report(tmp_path: Path) -> None:
     """Deepgram says in ``metadata.warnings`` that it ignored a parameter (``keywords`` on
     nova-3): the item was paid for as if it had worked, and nobody was told. The warning
