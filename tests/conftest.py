@@ -35,6 +35,13 @@ hypothesis.settings.load_profile("dgbatch")
 SRC_ROOT = Path(__file__).resolve().parent.parent
 
 
+def documentation() -> str:
+    """The user documentation: README.md (where a user starts: the common case, the options
+    table, exit codes and retry rules) and docs/REFERENCE.md (the detailed reference it
+    links to). A test of a rule's exact wording reads both; one of README's tables, README."""
+    return "\n".join((SRC_ROOT / name).read_text() for name in ("README.md", "docs/REFERENCE.md"))
+
+
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """No test sees the developer's Deepgram, AWS or proxy settings, or their cache."""

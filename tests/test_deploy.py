@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import SRC_ROOT
+from conftest import SRC_ROOT, documentation
 
 from batch.shard import Shard, parse_shard
 
@@ -47,13 +47,13 @@ def test_aws_batch_maps_array_index_to_shard(index: int) -> None:
 
 
 def test_cronjob_and_files_are_well_formed() -> None:
-    """The CronJob parses and runs dgbatch; every example named in the README exists."""
+    """The CronJob parses and runs dgbatch; every example is named in the documentation."""
     cron = yaml.safe_load((DEPLOY / "k8s-cronjob.yaml").read_text())
     container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][:2] == ["run", "s3://media/incoming/"]
-    readme = (SRC_ROOT / "README.md").read_text()
+    docs = documentation()
     for path in sorted(DEPLOY.iterdir()):
-        assert f"scripts/deploy/{path.name}" in readme, path.name
+        assert f"scripts/deploy/{path.name}" in docs, path.name
 
 
 def test_crontab_line_has_five_time_fields() -> None:

@@ -1,4 +1,5 @@
-"""README.md is kept honest: commands, options, defaults, exit codes and retry rules."""
+"""README.md is kept honest: commands, options, defaults, exit codes and retry rules; so is
+docs/REFERENCE.md, the detailed reference README links to, where a rule's wording moved there."""
 
 from __future__ import annotations
 
@@ -7,20 +8,23 @@ from pathlib import Path
 
 import click
 import pytest
-from conftest import Cli, make_wav, read_state_rows
+from conftest import Cli, documentation, make_wav, read_state_rows
 
 from batch import errors, retry
 from batch.cli import cli
 from batch.emulator import Emulator
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / "README.md").read_text()
+REFERENCE = (ROOT / "docs" / "REFERENCE.md").read_text()
+DOCS = documentation()
 RUN = cli.commands["run"]
 
 
-def _section(title: str) -> str:
-    """The README text under ``## title`` up to the next level-2 heading."""
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.M | re.S)
-    assert match, f"README has no section {title!r}"
+def _section(title: str, text: str = README) -> str:
+    """The text (README's unless told) under ``## title`` up to the next level-2 heading."""
+    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    assert match, f"no section {title!r}"
     return match.group(1)
 
 
@@ -114,9 +118,11 @@ def _subclasses(cls: type) -> list[type]:
     return found
 
 
-def test_readme_retry_table_matches_the_retry_rules() -> None:
-    """Statuses README calls retried/failed/fatal are the ones ``batch.retry`` treats so."""
-    rows = _table(_section("Options of `dgbatch run`").split("### Retries", 1)[1])
+@pytest.mark.parametrize("text", [README, REFERENCE], ids=["README", "REFERENCE"])
+def test_readme_retry_table_matches_the_retry_rules(text: str) -> None:
+    """Statuses README's short table and the reference's full one call retried/failed/fatal
+    are the ones ``batch.retry`` treats so."""
+    rows = _table(_section("Options of `dgbatch run`", text).split("### Retries", 1)[1])
     cells = (f"{re.sub(r'[(][^)]*[)]', '', row[0])} {row[1]}" for row in rows)
     statuses = ({int(s) for s in re.findall(r"\b(\d{3})\b", cell)} for cell in cells)
     retried, failed, fatal, redirected = statuses
@@ -176,8 +182,8 @@ def test_readme_single_file_names_hold(
 
 
 def test_readme_folder_line_message_is_the_real_one(dgbatch: Cli, tmp_path: Path) -> None:
-    """A folder in a manifest fails with the message README quotes; the files run."""
-    quoted = re.search(r"a folder line fails with\s+`…: ([^`]+)`", README)
+    """A folder in a manifest fails with the message the reference quotes; the files run."""
+    quoted = re.search(r"a folder line fails with\s+`…: ([^`]+)`", DOCS)
     assert quoted
     make_wav(tmp_path / "calls" / "a.wav")
     (tmp_path / "list.txt").write_text("calls\ncalls/a.wav\n")
@@ -220,3 +226,32 @@ def test_the_demo_and_the_tests_install_the_same_editable_venv() -> None:
             if "pip install" in line and "--upgrade pip" not in line
         ]
         assert installs and all(" -e " in line for line in installs), (name, installs)
+
+
+def _anchors(text: str) -> set[str]:
+    """The anchors GitHub gives the headings of a markdown text: lowercase, punctuation
+    dropped, spaces to ``-``, a repeated one numbered."""
+    found: set[str] = set()
+    for heading in re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M):
+        slug = re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+        number = 0
+        while (slug if number == 0 else f"{slug}-{number}") in found:
+            number += 1
+        found.add(slug if number == 0 else f"{slug}-{number}")
+    return found
+
+
+@pytest.mark.parametrize("name", ["README.md", "docs/REFERENCE.md"])
+def test_links_resolve(name: str) -> None:
+    """Every relative link of README and the reference names a file that is there and, for
+    ``#anchor``, one of its headings: README's "Details:" links land on their section."""
+    page = ROOT / name
+    text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+    targets = [t for t in re.findall(r"\]\(([^)\s]+)\)", text) if not t.startswith("http")]
+    assert len(targets) >= 5
+    for target in targets:
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path).resolve() if path else page
+        assert linked.exists(), target
+        if anchor:
+            assert anchor in _anchors(linked.read_text()), target
