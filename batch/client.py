@@ -12,6 +12,7 @@ import errno
 import functools
 import json
 import os
+import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -313,7 +314,10 @@ async def _read_body(resp: aiohttp.ClientResponse) -> tuple[bytes, bool]:
 
 
 def _os_reason(exc: OSError) -> str:
-    """``Connection refused`` rather than asyncio's ``Connect call failed (...)``."""
+    """``Connection refused`` rather than asyncio's ``Connect call failed (...)``; a DNS
+    failure in its own words (``os.strerror`` of getaddrinfo's -2 is "Unknown error -2")."""
+    if isinstance(exc, socket.gaierror):
+        return exc.strerror or str(exc)
     if exc.errno:
         return os.strerror(exc.errno)
     return exc.strerror or str(exc)

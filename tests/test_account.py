@@ -179,6 +179,15 @@ def test_preflight_unreachable_proceeds_and_run_reports_it(tmp_path: Path) -> No
     assert "no answer (cannot connect to 127.0.0.1:9: connection refused)" in check.output
 
 
+def test_a_host_that_does_not_resolve_is_said_so(tmp_path: Path) -> None:
+    """A DNS failure read "unknown error -2" (getaddrinfo's errno through os.strerror)."""
+    check = Cli(None)("check", "--api-url", "https://api.deepgram.invalid")
+    assert check.exit_code == 1
+    said = check.output.lower()
+    assert "cannot connect to api.deepgram.invalid:443" in said and "unknown error" not in said
+    assert "name" in said  # "name or service not known", "temporary failure in name resolution"
+
+
 def test_every_request_carries_the_run_tags(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
