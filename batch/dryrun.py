@@ -44,7 +44,7 @@ from batch.job import (
 )
 from batch.keeping import Keeping
 from batch.localfiles import file_sha256, open_regular
-from batch.media import local_problem
+from batch.media import local_problem, size_problem
 from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_location, output_relpath
 from batch.outputs import check_spares_source
@@ -365,7 +365,10 @@ def _estimate(
 def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | None:
     """The ``err_code`` a local file fails with before it is sent (the run's own checks,
     in its order: its output would replace it, gone, changed, empty, not audio), or None:
-    such an item costs nothing."""
+    such an item costs nothing. An S3 object fails so when it was listed empty or over
+    2 GB."""
+    if row["kind"] == ItemKind.S3.value:
+        return size_problem(None if row["size"] < 0 else row["size"])
     if row["kind"] != ItemKind.FILE.value:
         return None
     try:

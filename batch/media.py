@@ -47,12 +47,29 @@ def check_path(path: str, fingerprint: str) -> int:
         raise ItemError(msg, code="changed")
     if not stat.S_ISREG(st.st_mode):  # a pipe or a device put in its place since planning
         raise ItemError(f"{path}: not a regular file", code="unreadable")
-    if st.st_size == 0:
-        raise ItemError(f"{path}: file is empty", code="empty")
-    if st.st_size > MAX_UPLOAD_BYTES:
-        msg = f"{path}: {st.st_size:,} bytes, over Deepgram's 2 GB limit for a file (not sent)"
-        raise ItemError(msg, code="too_large")
+    check_size(path, st.st_size)
     return st.st_size
+
+
+def check_size(shown: str, size: int, noun: str = "file") -> None:
+    """Refuse what Deepgram refuses whatever it holds: nothing, or over 2 GB (a 413 after
+    uploading gigabytes, or after Deepgram fetched them)."""
+    if size == 0:
+        raise ItemError(f"{shown}: {noun} is empty", code="empty")
+    if size > MAX_UPLOAD_BYTES:
+        msg = f"{shown}: {size:,} bytes, over Deepgram's 2 GB limit for a file (not sent)"
+        raise ItemError(msg, code="too_large")
+
+
+def size_problem(size: int | None) -> str | None:
+    """The ``err_code`` of ``check_size`` for a size known without reading (an S3
+    object's, listed), or None: such an item costs nothing (the dry run and the budget)."""
+    try:
+        if size is not None:
+            check_size("", size)
+    except ItemError as exc:
+        return exc.code
+    return None
 
 
 class FileShrank(OSError):

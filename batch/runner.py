@@ -25,7 +25,7 @@ from batch.dedupe import Copies, Dedupe
 from batch.errors import BatchError, Interrupted, ItemError, StateError
 from batch.keeping import Keeping
 from batch.limiter import AdaptiveLimit
-from batch.media import Sender, local_problem
+from batch.media import Sender, local_problem, size_problem
 from batch.models import ItemKind, ItemStatus
 from batch.outputs import OUTPUT_GRACE, LocalSink, OutputSink
 from batch.placing import Placer
@@ -313,7 +313,10 @@ class Runner:
 
     async def _fails_unsent(self, item: WorkItem, *, sniff: bool) -> bool:
         """A local file the send-time checks will refuse (gone, changed, empty, over 2 GB:
-        ``check_path``; not audio, when ``sniff``: ``sniff_path``): it costs nothing."""
+        ``check_path``; not audio, when ``sniff``: ``sniff_path``), or an S3 object listed
+        empty or over 2 GB: it costs nothing."""
+        if item.kind is ItemKind.S3:
+            return size_problem(item.size) is not None
         if item.kind is not ItemKind.FILE:
             return False
         sniff = sniff and self.settings.sniff

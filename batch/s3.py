@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient, TransportError
 from batch.errors import ItemError, SourceError, StoreUnreachable
-from batch.media import Sender
+from batch.media import Sender, check_size
 from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, is_s3_uri
 from batch.redact import redact_source
@@ -312,8 +312,7 @@ class S3:
             raise read_error(source, exc) from exc
         body = obj["Body"]
         try:
-            if obj["ContentLength"] == 0:
-                raise ItemError(f"{redact_source(source)}: object is empty", code="empty")
+            check_size(redact_source(source), obj["ContentLength"], "object")
             chunks = self._chunks(body, source)
             return await client.send_stream(
                 chunks, obj["ContentLength"], content_type_for(key), item.params
@@ -405,13 +404,14 @@ def _object_item(bucket: str, key: str, name: str, size: int, obj: Any) -> Item:
 
 
 def _object_of(item: WorkItem, source: str) -> tuple[str, str]:
-    """The item's bucket and key; an empty object fails before anything is sent."""
+    """The item's bucket and key; an empty object, or one over 2 GB, fails before
+    anything is sent (as a local file does), in either ``--url-mode``."""
     try:
         bucket, key = parse_s3_uri(source)
     except SourceError as exc:
         raise ItemError(str(exc), code="bad_source") from None
-    if item.size == 0:
-        raise ItemError(f"{redact_source(source)}: object is empty", code="empty")
+    if item.size is not None:
+        check_size(redact_source(source), item.size, "object")
     return bucket, key
 
 

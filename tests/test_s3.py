@@ -27,6 +27,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 from conftest import (
+    KEY,
     Cli,
     MotoS3,
     emulator_with,
@@ -37,11 +38,14 @@ from conftest import (
     stop_when,
 )
 
-from batch.client import TransportError
+from batch import dryrun
+from batch.client import DeepgramClient, TransportError, make_session
 from batch.emulator import Emulator
 from batch.errors import ItemError, StoreUnreachable
-from batch.models import Filters, ItemKind
+from batch.media import MAX_UPLOAD_BYTES, size_problem
+from batch.models import Filters, ItemKind, ItemStatus
 from batch.s3 import S3, S3Options, describe_error, parse_s3_uri, read_error
+from batch.state import WorkItem
 
 FAST = ("--concurrency", "4")
 
@@ -217,6 +221,32 @@ def test_single_object_and_prefix_without_slash(moto: MotoS3, tmp_path: Path) ->
 
 
 # -- sending -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["presign", "upload"])
+async def test_an_object_over_2_gb_fails_unsent(
+    moto: MotoS3, emulator: Emulator, tmp_path: Path, mode: str
+) -> None:
+    """An object over Deepgram's 2 GB was sent (uploaded to a 413, or fetched by Deepgram),
+    and counted by the dry run and the budget; a local file so big fails unsent. So does
+    the object now (its listed size), and it costs nothing."""
+    moto.bucket("huge", audio_objects(tmp_path, ["a.wav"]))
+    size = MAX_UPLOAD_BYTES + 1
+    item = WorkItem(
+        1, "s3://huge/a.wav", "s3://huge/a.wav", ItemKind.S3, "a", (), 0, size, "", None,
+        ItemStatus.PENDING,
+    )  # fmt: skip
+    s3 = S3(S3Options(endpoint_url=moto.url))
+    async with make_session(4, emulator.url) as session:
+        client = DeepgramClient(session, emulator.url, KEY)
+        with pytest.raises(ItemError, match="over Deepgram's 2 GB limit") as refused:
+            await s3.sender(mode)(client, item, item.source)
+    s3.close()
+    assert refused.value.code == "too_large" and emulator.log == []
+    assert size_problem(size) == "too_large" and size_problem(0) == "empty"
+    assert size_problem(MAX_UPLOAD_BYTES) is None and size_problem(None) is None
+    listed = {"kind": "s3", "size": size}  # the dry run's row: it counts the item as failing
+    assert dryrun._local_problem(Any, listed, ()) == "too_large"  # type: ignore[arg-type]
 
 
 def test_presign_mode_submits_a_signed_url(
