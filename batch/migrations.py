@@ -381,6 +381,16 @@ def m018_billed_run(db: sqlite3.Connection) -> None:
     add_column(db, "items", "billed_run INTEGER")
 
 
+@migration
+def m019_listed_pending(db: sqlite3.Connection) -> None:
+    """Pending items by the run that last listed them: while a resumed run's plan still
+    grows, it sends only what it listed again (an earlier run's pending row would go
+    with the params its line no longer has), without scanning the rest at each claim."""
+    db.execute(
+        "CREATE INDEX IF NOT EXISTS items_listed ON items (seen_run) WHERE status = 'pending'"
+    )
+
+
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:
     """``ALTER TABLE table ADD COLUMN column`` unless the column is there: SQLite commits
     it at once, outside the migration's transaction, so a migration cut short after it (a

@@ -380,15 +380,18 @@ class Runner:
     async def _claim(self, cursor: int) -> list[WorkItem]:
         """The next items, or none when the state cannot be written (the run stops)."""
         try:
+            listed = self._more is not None  # the plan grows: what it listed again only
             return await asyncio.to_thread(
-                self.state.claim, self.settings.concurrency, cursor, self.run_id
+                self.state.claim, self.settings.concurrency, cursor, self.run_id, listed=listed
             )
         except StateError as exc:
             self.stop(exc)
             return []
 
     async def _more_planned(self) -> bool:
-        """Wait for the plan's next chunk; False when planning is over or the run stops."""
+        """Wait for the plan's next chunk; False when planning is over or the run stops.
+        True once more when the plan ends: earlier runs' pending items it did not list
+        (claimed only now) are sent too."""
         if self._more is None or self.stopping:
             return False
         more = await until_stopped(self._more(), self._stopped)
@@ -402,7 +405,7 @@ class Runner:
             return False
         self._more = None
         await self.plan_grew()
-        return False
+        return not self.stopping
 
     async def plan_grew(self) -> None:
         """The plan added items while running: show the new total."""

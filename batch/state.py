@@ -571,15 +571,19 @@ class State:
             ).fetchall()
         return [work_item(row) for row in rows]
 
-    def claim(self, limit: int, after_rowid: int, run_id: int) -> list[WorkItem]:
-        """Mark the next pending items ``running`` and commit before anything is sent."""
+    def claim(
+        self, limit: int, after_rowid: int, run_id: int, *, listed: bool = False
+    ) -> list[WorkItem]:
+        """Mark the next pending items ``running`` and commit before anything is sent;
+        ``listed``: only those this run's plan listed (again), while it is growing."""
         now = time.time()
         with self._mutex, self._writing(), self._db:
             self._flush_locked()
             rows = self._db.execute(
                 f"SELECT {COLUMNS} FROM items WHERE status = 'pending' AND rowid > ? "
-                "ORDER BY rowid LIMIT ?",
-                (after_rowid, limit),
+                + ("AND seen_run = ? " if listed else "")
+                + "ORDER BY rowid LIMIT ?",
+                (after_rowid, run_id, limit) if listed else (after_rowid, limit),
             ).fetchall()
             self._db.executemany(
                 "UPDATE items SET status = 'running', claimed_at = ?, run_id = ?, "

@@ -14,7 +14,9 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -39,6 +41,7 @@ from conftest import (
 
 from batch.emulator import Emulator
 from batch.planner import CHUNK
+from batch.state import PlanStats, State
 
 
 def _statuses(state: Path) -> list[str]:
@@ -884,3 +887,56 @@ def test_an_abandoned_upload_whose_body_was_not_out_is_not_possibly_billed(
     (row,) = read_state_rows(tmp_path / "o" / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["timeout_retries"]) == ("pending", 0)
     assert b"possibly billed 0" in stderr
+
+
+def test_a_resumed_run_sends_pending_items_as_their_lines_now_say(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan runs in the background: a resumed run whose first chunk was all done
+    claimed the earlier run's pending rows before the plan listed their lines again, and
+    sent them with the params the user had just edited out (paid for, then recorded done;
+    a presigned URL's failed as ``source_needed``). Until the plan is over, only rows it
+    listed again are sent."""
+    wavs = make_wavs(tmp_path / "in", 200)
+    manifest = tmp_path / "m.jsonl"
+
+    def write(language: str) -> None:
+        lines = [{"source": str(w), "params": {"language": language}} for w in wavs]
+        manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    write("en")
+    out = tmp_path / "out"
+    emulator.auth_mode = "401"  # all planned in one chunk, nothing sent: every row pending
+    run1 = dgbatch("run", str(manifest), "--out", str(out), "-c", "4", "--no-preflight")
+    assert run1.exit_code == 3, run1.output
+    emulator.auth_mode = "ok"
+    write("fr")
+    monkeypatch.setattr("batch.planner.CHUNK", 5)  # run 2 lists them again 5 at a time,
+    plan = State.plan  # and slowly: the runner is ready for more before the plan is
+
+    def slow_plan(self: State, *args: Any, **kwargs: Any) -> PlanStats:
+        time.sleep(0.01)
+        return plan(self, *args, **kwargs)
+
+    monkeypatch.setattr(State, "plan", slow_plan)
+    result = dgbatch("run", str(manifest), "--out", str(out), "-c", "64")
+    assert result.exit_code == 0, result.output
+    sent = [dict(record.params).get("language") for record in emulator.log if record.status == 200]
+    assert sent == ["fr"] * len(wavs), Counter(sent)
+
+
+def test_pending_items_no_source_lists_are_sent_once_the_plan_is_over(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An earlier run's pending items that this run's sources do not list are still sent
+    (README: exit 0 covers "any earlier run's unfinished ones it sent"), after the plan."""
+    first = make_wavs(tmp_path / "a", 3)
+    out = tmp_path / "out"
+    emulator.auth_mode = "401"
+    assert dgbatch("run", str(tmp_path / "a"), "--out", str(out), "--no-preflight").exit_code == 3
+    emulator.auth_mode = "ok"
+    monkeypatch.setattr("batch.planner.CHUNK", 5)  # a plan that grows while the run sends
+    second = make_wavs(tmp_path / "b", 30)
+    result = dgbatch("run", str(tmp_path / "b"), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert sent_sha256s(emulator) == Counter(sha256_of(w) for w in first + second)
