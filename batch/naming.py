@@ -223,10 +223,16 @@ def resolve_inside(root: Path, relpath: str) -> Path:
     against a future caller or a symlink inside the output folder.
 
     Raises:
-        ValueError: the resolved path is ``root`` itself or lies outside it.
+        ValueError: the resolved path is ``root`` itself or lies outside it, or a symlink
+            loop under ``root`` leaves it nowhere (Python 3.11 raises ``RuntimeError`` for
+            that, 3.13 ``OSError``: one bad link stopped every run).
     """
-    base = root.resolve()
-    target = (base / relpath).resolve()
+    try:
+        base = root.resolve()
+        target = (base / relpath).resolve()
+    except (RuntimeError, OSError) as exc:
+        msg = f"output path {relpath!r} cannot be resolved under {str(root)!r} ({exc})"
+        raise ValueError(msg) from None
     if target == base or not target.is_relative_to(base):
         msg = f"output path {relpath!r} escapes the output folder {str(root)!r}"
         raise ValueError(msg)

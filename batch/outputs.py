@@ -505,9 +505,12 @@ class _GroupWriter:
             for fmt, data in job.files.items():
                 job.paths.append(self._path_for(job.out_name, fmt))
                 check_not_foreign(job.paths[-1], job.owner, self._inputs, data)
-        except ValueError:  # a symlink in --out leads outside: this item fails, the run goes on
+        except ValueError:  # a symlink in --out leads outside or loops: this item fails
             relpath = output_relpath(job.out_name, fmt)
-            msg = f"{relpath}: output path escapes --out (a symlink inside it?); not written"
+            msg = (
+                f"{relpath}: output path escapes --out or cannot be resolved (a symlink "
+                "inside it?); not written"
+            )
             job.fail(ItemError(msg, code="unsafe_output"))
         except ItemError as exc:
             job.fail(exc)
@@ -646,7 +649,10 @@ class LocalSink:
                         job.error = job.error or OutputError(
                             f"{self.root}: output write failed: {exc!r}"
                         )
-                    raise
+                    if not isinstance(exc, Exception):
+                        raise
+                    # each job carries the error to its writer; the groups queued
+                    # meanwhile still need a committer, or their writers wait for good
                 finally:
                     for _, done in group:
                         if not done.done():
@@ -667,7 +673,10 @@ class LocalSink:
     def _find_sync(
         self, out_name: str, formats: tuple[str, ...], since: float | None
     ) -> Found | None:
-        paths = {fmt: self.path_for(out_name, fmt) for fmt in formats}
+        try:
+            paths = {fmt: self.path_for(out_name, fmt) for fmt in formats}
+        except ValueError:  # a symlink leads outside or loops: nothing there is the item's
+            return None
         for path in paths.values():
             remove_partial_writes(path)
         if since is None:

@@ -80,3 +80,49 @@ def test_a_write_left_behind_is_not_logged_with_a_traceback(
     asyncio.run(main())
     gc.collect()
     assert said == []
+
+
+async def test_a_symlink_loop_fails_only_the_items_under_it(tmp_path: Path) -> None:
+    """A link in ``--out`` that loops (``out/day1 -> day1``) raised RuntimeError out of the
+    group writer (Python 3.11): the whole group failed, asyncio logged "Task exception was
+    never retrieved", and every later run stopped the same way. Only items under it fail."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "day1").symlink_to("day1")
+    sink = LocalSink(tmp_path / "out")
+    said: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(lambda _, ctx: said.append(ctx["message"]))
+    good, bad = await asyncio.gather(
+        sink.write("day2/ok", {"json": b"{}"}, META),
+        sink.write("day1/loop", {"json": b"{}"}, META),
+        return_exceptions=True,
+    )
+    assert isinstance(bad, ItemError) and bad.code == "unsafe_output", bad
+    assert good == [str((tmp_path / "out" / "day2" / "ok.json").resolve())]
+    assert await sink.find_complete("day1/loop", ("json",), META, 0.0) is None
+    sink.close()
+    assert said == []
+
+
+async def test_a_group_that_fails_whole_leaves_the_next_ones_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unforeseen error of one group's writer failed its items and ended the committer
+    with the error unretrieved; writes queued meanwhile waited for a committer for good."""
+    run = outputs._GroupWriter.run
+    failed: list[bool] = []
+
+    def first_fails(self: outputs._GroupWriter, jobs: list[outputs._Job]) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("unforeseen")
+        run(self, jobs)
+
+    monkeypatch.setattr(outputs._GroupWriter, "run", first_fails)
+    sink = LocalSink(tmp_path / "out")
+    first = asyncio.ensure_future(sink.write("a", {"json": b"{}"}, META))
+    await asyncio.sleep(0)
+    later = [sink.write(f"b{i}", {"json": b"{}"}, META) for i in range(3)]
+    results = await asyncio.wait_for(asyncio.gather(first, *later, return_exceptions=True), 10)
+    sink.close()
+    assert isinstance(results[0], OutputError) and "unforeseen" in str(results[0])
+    assert all(isinstance(paths, list) for paths in results[1:]), results

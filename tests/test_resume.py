@@ -940,3 +940,28 @@ def test_pending_items_no_source_lists_are_sent_once_the_plan_is_over(
     result = dgbatch("run", str(tmp_path / "b"), "--out", str(out))
     assert result.exit_code == 0, result.output
     assert sent_sha256s(emulator) == Counter(sha256_of(w) for w in first + second)
+
+
+def test_a_crashed_item_under_a_symlink_out_of_out_is_recovered(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """Recovery looks for the outputs a crashed attempt wrote; under a folder of ``--out``
+    that is a symlink leading out of it, that look raised ValueError: every later run
+    crashed with "internal error", its run report without an exit code. The item is sent
+    and fails as it does in a run that did not crash (``unsafe_output``)."""
+    make_wav(tmp_path / "calls" / "day1" / "a.wav")
+    make_wav(tmp_path / "calls" / "day2" / "b.wav", tone=2)
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    emulator.auth_mode = "401"
+    run = ["run", str(tmp_path / "calls"), "--out", str(out)]
+    assert dgbatch(*run, "--no-preflight").exit_code == 3
+    emulator.auth_mode = "ok"
+    with sqlite3.connect(state) as db:  # as kill -9 leaves an item sent and not recorded
+        db.execute("UPDATE items SET status = 'running', claimed_at = 1")
+    (tmp_path / "elsewhere").mkdir()
+    (out / "day1").symlink_to(tmp_path / "elsewhere")
+    result = dgbatch(*run)
+    assert result.exit_code == 1, result.output
+    rows = {Path(str(r["source"])).name: r for r in read_state_rows(state)}
+    assert rows["a.wav"]["err_code"] == "unsafe_output" and rows["b.wav"]["status"] == "done"
+    assert list((tmp_path / "elsewhere").iterdir()) == []
