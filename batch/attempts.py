@@ -99,11 +99,11 @@ class Attempts:
         for tries in range(first, self.settings.max_retries + 2):
             attempts += 1
             self._tries[item.id] = (attempts, paid_200s)
-            unreachable = False
+            unreachable, reached = False, True
             epoch = self.limit.epoch
             answer: Answer | None
             try:
-                answer, decision = await self._attempt(sender, item, source, tries)
+                answer, decision = await self._attempt(sender, item, source)
             except ItemError as exc:  # found before the request went out: no attempt
                 attempts = self._not_sent(item, attempts)
                 failed = Result(
@@ -111,14 +111,17 @@ class Attempts:
                 )
                 return _with_tallies(failed, paid_200s)
             except TransportError as exc:
-                answer = exc.partial  # a 200 cut short: its status and request id are kept
+                answer = exc.partial  # an answer cut short: its status and request id are kept
                 decision = _transport_decision(exc)
                 unreachable = exc.connect_failed
                 if not exc.reached:
-                    attempts = self._not_sent(item, attempts)
+                    reached, attempts = False, self._not_sent(item, attempts)
             except BatchError:  # the run's (S3 unreachable), found before the request
                 self._not_sent(item, attempts)
                 raise
+            if reached and attempts > 1:  # a retry of a request Deepgram saw (any run's)
+                self.stats.retries += 1
+                self.progress.retried()
             if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
                 paid_200s += 1  # processed, and billed
                 self._tries[item.id] = (attempts, paid_200s)
@@ -184,12 +187,9 @@ class Attempts:
         return dataclasses.replace(result, status=ItemStatus.PENDING)
 
     async def _attempt(
-        self, sender: Sender, item: WorkItem, source: str, tries: int
+        self, sender: Sender, item: WorkItem, source: str
     ) -> tuple[Answer, Decision]:
         self.stats.sent += 1
-        if tries > 1:  # a retry, of this run's try or of an earlier run's (a stop between)
-            self.stats.retries += 1
-            self.progress.retried()
         answer = await sender(self.client, item, source)
         if answer.truncated and answer.status == 200:  # cut the same way on every try: a
             reason = "200 with an answer too long to read (over 1 GiB); paid, not sent again"
@@ -409,7 +409,11 @@ def _transport_decision(exc: TransportError) -> Decision:
     """What a request without a complete answer means: try again. It may have been
     processed (``billed``) once Deepgram had its whole body; one that never had it
     (``unbilled``: an upload cut off, the audio not read) was not."""
+    partial = exc.partial
+    if partial is not None and partial.status != 200:  # its status came, and decides: a 503
+        decision = retry.classify_response(partial.status, b"", partial.retry_after)  # unbilled
+        return dataclasses.replace(decision, reason=f"{decision.reason} ({exc})")
     billed = exc.body_sent and exc.reached
-    unbilled = not billed and exc.partial is None
+    unbilled = not billed and partial is None
     code = "timeout" if exc.timeout else "connection_failed"
     return Decision(Action.RETRY, str(exc), code, unbilled=unbilled, billed=billed)

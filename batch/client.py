@@ -202,6 +202,7 @@ class DeepgramClient:
             "Content-Length": str(length),
             "Authorization": self._auth,
         }
+        sent: _SentTracker | None = None
         try:
             async with asyncio.timeout(None) as watchdog:
                 sent = _SentTracker(chunks, length, watchdog, self._stall_timeout)
@@ -210,6 +211,17 @@ class DeepgramClient:
             if (task := asyncio.current_task()) is not None:
                 self.abandoned.pop(task, None)  # its cancel was the watchdog's, not a stop's
             raise self._stalled() from exc
+        except TransportError as exc:
+            if sent is None or sent.source_error is None:
+                raise
+            raise self._source_failed(sent.source_error) from exc
+
+    def _source_failed(self, exc: Exception) -> TransportError:
+        """The audio's own source failed mid-upload (an S3 read, a file cut short), which
+        aiohttp reports as a broken connection to Deepgram: said as what it was, and no
+        attempt (Deepgram never had the whole request)."""
+        text = redact_text(str(exc) or type(exc).__name__, self._secrets)
+        return TransportError(text, body_sent=False, timeout=False, reached=False)
 
     def redacted(self, text: str) -> str:
         """``text`` from an answer (an error body's code or message) without the key this
@@ -339,14 +351,20 @@ class _SentTracker:
         self._watchdog = watchdog
         self._stall = stall
         self._done = False
+        #: what the chunks raised (the audio's source failed, not the connection)
+        self.source_error: Exception | None = None
 
     async def iterate(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        async for chunk in self._chunks:
-            self._watchdog.reschedule(loop.time() + self._stall)
-            self._left -= len(chunk)
-            self._done = self._left <= 0
-            yield chunk
+        try:
+            async for chunk in self._chunks:
+                self._watchdog.reschedule(loop.time() + self._stall)
+                self._left -= len(chunk)
+                self._done = self._left <= 0
+                yield chunk
+        except Exception as exc:
+            self.source_error = exc
+            raise
         self._watchdog.reschedule(None)
         self._done = True
 

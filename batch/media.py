@@ -76,7 +76,7 @@ class FileShrank(OSError):
     """The file ended before the size its request promised (truncated while being sent)."""
 
 
-async def file_chunks(handle: AsyncBufferedReader, size: int) -> AsyncIterator[bytes]:
+async def file_chunks(handle: AsyncBufferedReader, size: int, path: str) -> AsyncIterator[bytes]:
     """Read ``size`` bytes of an open file in chunks off the event loop; never the whole
     file in memory. A file cut short meanwhile raises: the request's ``Content-Length``
     promised ``size`` bytes, and Deepgram would wait for the rest (minutes) instead of
@@ -86,7 +86,7 @@ async def file_chunks(handle: AsyncBufferedReader, size: int) -> AsyncIterator[b
     while left > 0:
         chunk = await handle.read(min(CHUNK_SIZE, left))
         if not chunk:
-            raise FileShrank(f"file ended {left} bytes short of its planned size")
+            raise FileShrank(f"{path}: file ended {left} bytes short of its planned size")
         left -= len(chunk)
         yield chunk
 
@@ -101,7 +101,7 @@ async def send_file(client: DeepgramClient, item: WorkItem, source: str) -> Answ
         raise ItemError(f"{source}: cannot read file: {exc.strerror}", code="unreadable") from exc
     try:
         return await client.send_stream(
-            file_chunks(handle, size), size, content_type_for(source), item.params
+            file_chunks(handle, size, source), size, content_type_for(source), item.params
         )
     finally:
         await handle.close()

@@ -771,7 +771,7 @@ def test_a_refused_connection_is_retried_then_reported(tmp_path: Path) -> None:
         "--max-retries", "2",
     )  # fmt: skip
     assert result.exit_code == 1
-    assert "retried 2" in result.output
+    assert "retried 0" in result.output  # three tries, none sent (README: requests sent)
     (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
     assert (row["status"], row["attempts"], row["http_status"]) == ("pending", 0, None)
     assert f"cannot connect to 127.0.0.1:{port}" in str(row["error"])
@@ -1158,6 +1158,30 @@ def _cut_short_then_busy_app(seen: list[int]) -> web.Application:
         return await _cut_short_200(request, {"Content-Type": "application/json"})
 
     return _app_of(listen)
+
+
+def test_a_503_cut_short_is_a_503(tmp_path: Path) -> None:
+    """A 503 whose body the line dropped was taken for a request Deepgram may have
+    processed: counted as possibly billed, and left for ``--retry-failed``. Its status
+    came, and a 503 is unbilled: the next run sends it again by itself."""
+
+    async def listen(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        started = web.StreamResponse(status=503, headers={"Content-Length": "1000"})
+        await started.prepare(request)
+        await started.write(b'{"err_code": ')
+        assert request.transport is not None
+        request.transport.close()
+        return started
+
+    make_wav(tmp_path / "a.wav")
+    out = tmp_path / "out"
+    with serve_app(_app_of(listen)) as url:
+        result = _run_against(url, "run", str(tmp_path / "a.wav"), "--out", str(out),
+                              "--max-retries", "1")  # fmt: skip
+    assert result.exit_code == 1 and "possibly billed 0" in result.output, result.output
+    (row,) = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (row["http_status"], row["timeout_retries"], row["retry_next"]) == (503, 0, 1)
 
 
 def test_an_item_that_may_have_been_billed_is_not_sent_again_by_itself(tmp_path: Path) -> None:
