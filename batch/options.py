@@ -381,6 +381,14 @@ emulator_options = stacked(
         help="Share of requests answered with 429/5xx/reset/truncated/garbage.",
     ),
     click.option("--max-concurrency", type=int, help="Answer 429 above this many in flight."),
+    click.option(
+        "--max-processing",
+        default=600.0,
+        show_default=True,
+        type=float,
+        help="Seconds a request may take (twice for Whisper) before it is answered 504, as "
+        "Deepgram cancels it.",
+    ),
     click.option("--key", envvar="DGBATCH_EMULATOR_KEY", help="Accepted API key (default: any)."),
     click.option("--seed", type=int, help="Seed the fault RNG for reproducible runs."),
     click.option(

@@ -444,3 +444,23 @@ async def test_keywords_are_refused_with_nova3(
     if status == 400:
         assert answer["err_code"] == "INVALID_QUERY_PARAMETER"
         assert answer["err_msg"] == KEYWORDS_ON_NOVA3
+
+
+@pytest.mark.parametrize(
+    ("latency", "query", "status"),
+    [(0.3, "", 504), (0.3, "?model=whisper-large", 504), (0.15, "?model=whisper-large", 200)],
+)
+async def test_processing_past_the_limit_is_a_504(
+    session: aiohttp.ClientSession, latency: float, query: str, status: int
+) -> None:
+    """Deepgram cancels processing past 10 minutes (20 with Whisper) and answers 504; the
+    emulator held any latency and answered 200, so no test met the real case: a slot held
+    for the whole limit, then a 504."""
+    async with emulator_with(latency=latency, max_processing=0.1) as emulator:
+        started = time.monotonic()
+        got, answer, _ = await post(session, emulator, query)
+        took = time.monotonic() - started
+    assert got == status
+    if status == 504:
+        assert answer["err_code"] == "GATEWAY_TIMEOUT"
+        assert took < latency  # answered at the limit, not after the latency

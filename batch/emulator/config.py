@@ -65,11 +65,16 @@ class EmulatorConfig:
     callback_ports_only: bool = False
     #: models the project has no access to: a request for one is answered 403
     forbidden_models: tuple[str, ...] = ()
+    #: seconds Deepgram processes a request before it cancels it with a 504 (10 minutes;
+    #: Whisper gets twice as long): a ``latency`` over it is answered so
+    max_processing: float = 600.0
 
     def __post_init__(self) -> None:
         """Fail at construction: a misspelt fault name would otherwise silently never fire,
         and ``nan`` passes every comparison below."""
-        for name in ("latency", "fault_rate", "duration_ratio", "callback_retry_gap"):
+        for name in (
+            "latency", "fault_rate", "duration_ratio", "callback_retry_gap", "max_processing"
+        ):  # fmt: skip
             value = getattr(self, name)
             if not math.isfinite(value):
                 raise ValueError(f"'{name}' {str(value)!r} is not a finite number")
@@ -88,6 +93,9 @@ class EmulatorConfig:
             raise ValueError(msg)
         if self.max_concurrency is not None and self.max_concurrency < 1:
             msg = "'max_concurrency' must be >= 1 (unset: Deepgram's limits)"
+            raise ValueError(msg)
+        if not self.max_processing > 0:
+            msg = "'max_processing' must be > 0"
             raise ValueError(msg)
         if self.callback_retry_gap < 0:
             msg = "'callback_retry_gap' must be >= 0"

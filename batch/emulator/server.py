@@ -196,10 +196,20 @@ class Emulator(ManagementApi, ControlApi):
         if record.fault == "concurrency":
             return response
         if self.config.latency > 0 and record.callback is None:
-            await asyncio.sleep(answer_delay(self.config.latency, time.monotonic() - arrived))
+            limit = self._processing_limit(record)
+            held = min(self.config.latency, limit)
+            await asyncio.sleep(answer_delay(held, time.monotonic() - arrived))
+            if self.config.latency > limit and response.status == 200:
+                return _reject_response(record, _Reject(504, _PROCESSING_TOO_LONG))
         if fault is None:
             return response
         return await self._inject(request, record, fault, response)
+
+    def _processing_limit(self, record: RequestRecord) -> float:
+        """Deepgram cancels processing past 10 minutes, 20 with Whisper (``max_processing``
+        and twice it)."""
+        whisper = model_info(record.params)[2] == "whisper"
+        return self.config.max_processing * (2 if whisper else 1)
 
     def _authorize(self, header: str) -> None:
         """401 for a missing or wrong key; otherwise the runtime ``auth_mode`` decides."""
@@ -405,3 +415,9 @@ def _check_params(record: RequestRecord) -> None:
     """Deepgram refuses some parameters with some models before it reads the audio."""
     if model_info(record.params)[2] == "nova-3" and any(k == "keywords" for k, _ in record.params):
         raise _Reject(400, _err("INVALID_QUERY_PARAMETER", KEYWORDS_ON_NOVA3))
+
+
+#: the 504 of a request Deepgram cancelled for taking too long to process
+_PROCESSING_TOO_LONG = _err(
+    "GATEWAY_TIMEOUT", "Processing exceeded the maximum time; the request was cancelled."
+)
