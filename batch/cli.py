@@ -40,7 +40,7 @@ from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_message, redact_text
 from batch.report import WRITERS, format_status, open_output, status_summary
 from batch.runreport import report_refusal
-from batch.signals import defaults_restored
+from batch.signals import defaults_restored, until_exit
 from batch.state import State
 from batch.summary import format_summary
 
@@ -378,6 +378,7 @@ def _cannot_listen(exc: Exception) -> bool:
 
 def main() -> None:
     """Console-script entry point; secrets never reach a traceback's message."""
+    until_exit()
     try:
         cli()
     except KeyboardInterrupt:

@@ -246,6 +246,7 @@ async def _run_locked(
                 run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
                 state.set_run_tag(run_id, run_tag)
                 force_since, new_force = state.begin_force(config.force)
+                state.hold_unlisted()  # before the plan lists anything again
                 began = time.time()
                 try:
                     plan = await start_plan(

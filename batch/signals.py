@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import os
 import signal
@@ -98,15 +99,46 @@ def _after_the_run(signum: int, frame: object) -> None:
         os._exit(130)
 
 
+#: the command is the process's last (the console script): see ``until_exit``
+_process_ends: list[bool] = []
+
+
+def until_exit() -> None:
+    """The command runs as the process itself: once a run is over, its late-signal
+    handlers stay until the process exits. Restoring the defaults at the command's end
+    let a SIGTERM during the interpreter's teardown kill it (143 for a run that ended 0;
+    a SIGINT there printed a KeyboardInterrupt traceback)."""
+    _process_ends.append(True)
+    atexit.register(_ignored_at_exit)
+
+
+def _ignored_at_exit() -> None:
+    """The interpreter's finalization resets Python signal handlers to the default, which
+    kills the process (143, for a run that ended 0): from the exit handlers on, a stop
+    signal is ignored. The exit code is decided; a stuck teardown still ends with SIGKILL
+    (and while threads are joined, before this, a second signal exits 130)."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in stop_signals():
+            signal.signal(sig, signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def defaults_restored() -> Iterator[None]:
     """Around a command that runs a batch: the default handlers again at its end (tests
-    run commands in-process; the next must not find ``_after_the_run`` installed)."""
+    run commands in-process; the next must not find ``_after_the_run`` installed), unless
+    the process ends with it (``until_exit``): then a late signal is still only noted."""
     try:
         yield
     finally:
-        _late.clear()
-        if threading.current_thread() is threading.main_thread():  # signal.signal's rule
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            signal.signal(signal.SIGHUP, signal.SIG_IGN if _HUP_IGNORED else signal.SIG_DFL)
+        if _process_ends:
+            note_late_signals()
+        else:
+            _restore_defaults()
+
+
+def _restore_defaults() -> None:
+    _late.clear()
+    if threading.current_thread() is threading.main_thread():  # signal.signal's rule
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if _HUP_IGNORED else signal.SIG_DFL)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from batch.errors import StateError, StateWriteError
+from batch.migrations import LISTED_INDEX
 from batch.models import Item, ItemStatus, Params
 from batch.naming import disambiguate
 from batch.planrows import (
@@ -152,6 +153,8 @@ class State:
         self._tries: deque[tuple[int, int, int, str]] = deque()
         #: rows per plan statement, from SQLite's parameter limit (0: not asked yet)
         self._statement_rows = 0
+        #: earlier runs left items pending: claim only what this run listed (``claim``)
+        self._hold_unlisted = False
 
     # -- opening -------------------------------------------------------------------------
 
@@ -571,11 +574,27 @@ class State:
             ).fetchall()
         return [work_item(row) for row in rows]
 
+    def hold_unlisted(self) -> None:
+        """Before a run plans: when earlier runs left items pending (or running: a crash),
+        ``claim(listed=True)`` takes only rows this run's plan listed again, until the
+        plan is over (a row's params and real source are its line's as listed now), and
+        the index that keeps that claim a range is made. A run without such rows needs
+        neither: every pending row is one it listed."""
+        with self._mutex, self._writing(), self._db:
+            found = self._db.execute(
+                "SELECT 1 FROM items WHERE status IN ('pending', 'running') LIMIT 1"
+            ).fetchone()
+            if found is not None:
+                self._db.execute(LISTED_INDEX)
+        self._hold_unlisted = found is not None
+
     def claim(
         self, limit: int, after_rowid: int, run_id: int, *, listed: bool = False
     ) -> list[WorkItem]:
         """Mark the next pending items ``running`` and commit before anything is sent;
-        ``listed``: only those this run's plan listed (again), while it is growing."""
+        ``listed``: only those this run's plan listed (again) while it is growing, when
+        earlier runs left some pending (``hold_unlisted``)."""
+        listed = listed and self._hold_unlisted
         now = time.time()
         with self._mutex, self._writing(), self._db:
             self._flush_locked()

@@ -731,6 +731,31 @@ def test_a_ctrl_c_once_the_run_is_over_keeps_its_exit_code(
         time.sleep(1)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_as_the_process_exits_keeps_the_runs_exit_code(
+    tmp_path: Path, emulator: Emulator, sig: signal.Signals
+) -> None:
+    """The command restored the default handlers at its end, before the interpreter's
+    teardown: a SIGTERM then (a service manager stopping a run as it ends) killed the
+    process, 143 for a run that ended 0, and a SIGINT printed a KeyboardInterrupt trace.
+    As the console script, a late signal is only noted: the exit is the run's."""
+    make_wavs(tmp_path / "in", 2)
+    for pause in (0.0, 0.005, 0.01, 0.02):  # the teardown lasts some tens of ms
+        out = tmp_path / f"out{pause}"
+        proc = start_run(emulator, str(tmp_path / "in"), "--out", str(out))
+        assert proc.stderr is not None
+        said = b""
+        for line in proc.stderr:  # the summary's last line: the run is over, the process ends
+            said += line
+            if line.startswith(b"report:"):
+                time.sleep(pause)
+                proc.send_signal(sig)
+                break
+        said += proc.stderr.read()
+        assert proc.wait(timeout=30) == 0, said
+        assert b"Traceback" not in said and b"KeyboardInterrupt" not in said
+
+
 def test_an_item_writing_its_outputs_when_grace_ends_is_let_finish_them(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
