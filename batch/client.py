@@ -13,6 +13,7 @@ import functools
 import json
 import os
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -330,6 +331,10 @@ def _os_reason(exc: OSError) -> str:
     failure in its own words (``os.strerror`` of getaddrinfo's -2 is "Unknown error -2")."""
     if isinstance(exc, socket.gaierror):
         return exc.strerror or str(exc)
+    if isinstance(exc, ssl.SSLCertVerificationError):  # errno 1 reads "operation not permitted"
+        return f"TLS certificate verify failed: {exc.verify_message or exc.reason}"
+    if isinstance(exc, ssl.SSLError):  # a plain-http port, a proxy inspecting TLS
+        return f"TLS error: {str(exc.reason or exc).replace('_', ' ').lower()}"
     if exc.errno:
         return os.strerror(exc.errno)
     return exc.strerror or str(exc)

@@ -270,8 +270,14 @@ def own_refusal(decision: Decision, status: int | None, own_params: Params) -> D
 
 def _names_one(text: str, own_params: Params) -> bool:
     """``text`` names (as a word, in any case: "Keywords are not supported for Nova-3")
-    one of the keys of ``own_params``."""
-    return any(re.search(rf"\b{re.escape(key)}\b", text, re.I) for key, _ in own_params)
+    one of the keys of ``own_params``; not the one it suggests instead ("Please use
+    `keyterm` instead": a line asking for keyterm is not at fault)."""
+    blamed = _SUGGESTED.sub("", text)
+    return any(re.search(rf"\b{re.escape(key)}\b", blamed, re.I) for key, _ in own_params)
+
+
+#: a parameter an error message suggests using instead of the one at fault
+_SUGGESTED = re.compile(r"\buse\s+`[^`]*`", re.I)
 
 
 def busy_or_down(status: int | None, decision: Decision | None = None) -> bool:

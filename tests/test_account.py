@@ -179,6 +179,15 @@ def test_preflight_unreachable_proceeds_and_run_reports_it(tmp_path: Path) -> No
     assert "no answer (cannot connect to 127.0.0.1:9: connection refused)" in check.output
 
 
+def test_a_tls_failure_is_said_as_one(emulator: Emulator) -> None:
+    """TLS to a plain-http port (or a proxy inspecting TLS) read "operation not
+    permitted": ssl's errno 1 through os.strerror."""
+    check = Cli(None)("check", "--api-url", emulator.url.replace("http://", "https://"))
+    assert check.exit_code == 1
+    assert "tls error: wrong version number" in check.output.lower(), check.output
+    assert "operation not permitted" not in check.output
+
+
 def test_a_host_that_does_not_resolve_is_said_so(tmp_path: Path) -> None:
     """A DNS failure read "unknown error -2" (getaddrinfo's errno through os.strerror)."""
     check = Cli(None)("check", "--api-url", "https://api.deepgram.invalid")
