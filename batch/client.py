@@ -19,15 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
 
 from batch import __version__
 from batch.models import Params
 from batch.params import encode_query
+from batch.proxies import proxy_for
 from batch.redact import redact_text
 from batch.retry import request_id_of
-from batch.urls import is_loopback
 
 CHUNK_SIZE = 1 << 20
 #: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;
@@ -126,27 +124,8 @@ def api_session(
         headers={"User-Agent": user_agent},
         auto_decompress=True,
         timeout=aiohttp.ClientTimeout(total=None),
-        proxy=env_proxy(api_url),
+        proxy=proxy_for(api_url),
     )
-
-
-def env_proxy(api_url: str) -> URL | None:
-    """The proxy ``HTTPS_PROXY``/``HTTP_PROXY`` name for ``api_url`` (``NO_PROXY`` and
-    loopback hosts, the emulator's, excepted), as curl, boto3 and Deepgram's SDKs use
-    them: behind a corporate proxy, S3 worked and Deepgram could not be reached.
-    Looked up once per session: aiohttp's ``trust_env`` asks a thread at every request,
-    and adds ``~/.netrc`` credentials beside the ``Authorization`` header. Credentials
-    stay in the URL, whence aiohttp sends them to the proxy only."""
-    url = URL(api_url)
-    if is_loopback(url.host):
-        return None
-    try:
-        proxy, auth = get_env_proxy_for_url(url)
-    except LookupError:
-        return None
-    if auth is None:
-        return proxy
-    return proxy.with_user(auth.login).with_password(auth.password)
 
 
 def _cut_short(resp: aiohttp.ClientResponse) -> Answer:
@@ -279,9 +258,7 @@ class DeepgramClient:
             body_sent=body_sent,
             timeout=isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError),
             connect_failed=no_connection(exc),
-            reached=not isinstance(
-                exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
-            ),
+            reached=not isinstance(exc, _NO_REQUEST),
         )
 
 
@@ -292,6 +269,9 @@ def transport_reason(exc: BaseException) -> str:
         return "timeout: no complete answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # no tunnel: Deepgram saw nothing
+        proxy, refused = exc.request_info.real_url, f"HTTP {exc.status} {exc.message}"
+        return f"the proxy {proxy.host}:{proxy.port} would not connect ({refused})"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return f"connection dropped before a complete answer ({type(exc).__name__})"
     # a reset, a broken status line: what aiohttp said, after what it was
@@ -302,9 +282,20 @@ def transport_reason(exc: BaseException) -> str:
 _DROPPED = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.EPIPE})
 
 
+#: failures before any request went out: no connection, or a proxy that would not tunnel
+_NO_REQUEST = (
+    aiohttp.ClientConnectorError,
+    aiohttp.ConnectionTimeoutError,
+    aiohttp.ClientHttpProxyError,
+)
+
+
 def no_connection(exc: BaseException) -> bool:
-    """No connection could be made at all (refused, DNS, TLS, no route): every item would
-    fail the same way, so the run stops rather than failing them all."""
+    """No connection could be made at all (refused, DNS, TLS, no route, a proxy refusing
+    the tunnel): every item would fail the same way, so the run stops rather than failing
+    them all."""
+    if isinstance(exc, aiohttp.ClientHttpProxyError):
+        return True
     if not isinstance(exc, aiohttp.ClientConnectorError):
         return False
     return exc.os_error.errno not in _DROPPED

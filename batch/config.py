@@ -26,6 +26,7 @@ from batch.localfiles import open_regular
 from batch.models import Filters, Params
 from batch.naming import is_s3_uri
 from batch.params import request_params
+from batch.proxies import proxy_for
 from batch.redact import redact_source, redact_text, redact_url
 from batch.shard import Shard
 from batch.statefile import SQLITE_TAILS
@@ -493,4 +494,5 @@ def check_api_url(url: str, *, allow_insecure: bool = False, named: str = "--api
             "use https, a loopback host, or --allow-insecure-http"
         )
         raise UsageError(msg)
+    proxy_for(url)  # a proxy variable that cannot be used is said now, not per request
     return url.rstrip("/")

@@ -286,8 +286,8 @@ async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Pro
     """
     remotes = _remote_items(state)
     found: dict[str, Probed] = {}
-    async with aiohttp.ClientSession(  # media hosts, each behind the proxy the env names
-        timeout=PROBE_TIMEOUT, headers={"User-Agent": USER_AGENT}, trust_env=True
+    async with aiohttp.ClientSession(
+        timeout=PROBE_TIMEOUT, headers={"User-Agent": USER_AGENT}
     ) as session:
 
         async def worker() -> None:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 from batch.localfiles import open_regular
+from batch.proxies import proxy_for
 from batch.redact import redact_source, redact_url
 
 if TYPE_CHECKING:
@@ -253,7 +254,7 @@ async def _url_range(
     session: aiohttp.ClientSession, url: str, byte_range: str, limit: int
 ) -> tuple[bytes, int | None]:
     """Up to ``limit`` bytes of a ranged GET and the total size (Content-Range/-Length)."""
-    async with session.get(url, headers={"Range": byte_range}) as response:
+    async with session.get(url, headers={"Range": byte_range}, proxy=proxy_for(url)) as response:
         response.raise_for_status()
         data = await _read_at_most(response.content, limit)
         if response.status == 206:
@@ -265,7 +266,7 @@ async def _url_range(
 
 async def _url_tail(session: aiohttp.ClientSession, url: str) -> bytes:
     """The last ``TAIL_BYTES`` by a suffix range; nothing if the server ignores ranges."""
-    async with session.get(url, headers={"Range": TAIL_RANGE}) as response:
+    async with session.get(url, headers={"Range": TAIL_RANGE}, proxy=proxy_for(url)) as response:
         response.raise_for_status()
         if response.status != 206:
             return b""

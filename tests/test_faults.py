@@ -601,7 +601,7 @@ def test_deepgram_is_reached_through_the_proxy_the_environment_names(
     (boto3 honours them) and Deepgram could not be reached. The emulator stands in for
     the proxy: a host that does not resolve is reached only through it, by the key check
     and the run."""
-    monkeypatch.setenv("HTTP_PROXY", emulator.url)
+    monkeypatch.setenv("HTTP_PROXY", emulator.url.removeprefix("http://"))  # as curl reads it
     make_tiny_wavs(tmp_path / "in", 2)
     api = ["--api-url", "http://api.deepgram.invalid", "--allow-insecure-http"]
     result = Cli(None)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), *api)
@@ -611,6 +611,31 @@ def test_deepgram_is_reached_through_the_proxy_the_environment_names(
     monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")  # loopback APIs are never proxied
     again = Cli(emulator)("run", str(tmp_path / "in"), "--out", str(tmp_path / "o2"))
     assert again.exit_code == 0, again.output
+    monkeypatch.setenv("NO_PROXY", "deepgram.invalid")  # nor NO_PROXY's: DNS fails, directly
+    direct = Cli(None)("check", *api)
+    assert direct.exit_code == 1 and "api.deepgram.invalid:80" in direct.output, direct.output
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ("https://me:pr0xy-s3cret@proxy.corp:3129", "only an http:// proxy is supported"),
+        ("socks5://me:pr0xy-s3cret@proxy.corp:1080", "only an http:// proxy is supported"),
+        ("http://me:pr0xy#s3cret@proxy.corp:3128", "not a proxy URL"),
+    ],
+)
+def test_a_proxy_that_cannot_be_used_is_refused_unshown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, value: str, said: str
+) -> None:
+    """aiohttp tunnels only through an http proxy: an https:// one was ignored with a
+    warning, and Deepgram reached directly; a password with a ``#`` ended the run as an
+    internal error. Both are refused before anything starts, the value never shown."""
+    monkeypatch.setenv("HTTPS_PROXY", value)
+    make_tiny_wavs(tmp_path / "in", 1)
+    for args in (["check"], ["run", str(tmp_path / "in"), "--out", str(tmp_path / "out")]):
+        result = Cli(None)(*args)
+        assert result.exit_code == 2 and f"HTTPS_PROXY: {said}" in result.output, result.output
+        assert "s3cret" not in result.output
 
 
 @pytest.mark.parametrize("answer", [None, b"HTTP/1.1 407 Proxy Authentication Required\r\n"])
@@ -629,6 +654,8 @@ def test_a_proxy_password_is_never_shown(
             assert result.exit_code != 0 and f"127.0.0.1:{port}" in result.output, result.output
             assert "pr0xy-s3cret" not in result.output
     assert all(b"pr0xy-s3cret" not in data for data in all_bytes_under(out).values())
+    (row,) = state_rows(out)  # nothing reached Deepgram: the run stopped, the item waits
+    assert (row["status"], row["attempts"]) == ("pending", 0)
 
 
 @contextlib.contextmanager

@@ -415,3 +415,29 @@ def test_a_budget_lets_a_streamed_wav_through(
     result = dgbatch(*args, "--max-audio-hours", str(10 / 3600))
     assert result.exit_code == 0, result.output
     assert len(emulator.log) == 1
+
+
+def test_dry_run_probes_urls_through_the_proxy_and_never_with_netrc(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The probe reaches a media host through the proxy ``HTTP_PROXY`` names (here the
+    test server, for a host that does not resolve), and never sends ``~/.netrc``
+    credentials to it (aiohttp's ``trust_env`` would: a ``default`` entry matches any)."""
+    netrc = tmp_path / "netrc"
+    netrc.write_text("default login alice password NETRC-S3CRET\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    seen: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        seen.append(request.headers.get("Authorization"))
+        return web.Response(body=wav_bytes(4.0))
+
+    app = web.Application()
+    app.router.add_get("/calls/a.wav", handle)
+    with serve_app(app) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        url = "http://media.invalid/calls/a.wav"
+        estimate = _dry(dgbatch, url, "--out", str(tmp_path / "out"), "--probe")
+    assert estimate["duration_seconds"] == pytest.approx(4.0, abs=1e-3)
+    assert seen and seen == [None] * len(seen)
