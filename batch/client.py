@@ -190,6 +190,9 @@ class DeepgramClient:
         except TimeoutError as exc:  # only the watchdog's: _post translates its own
             if (task := asyncio.current_task()) is not None:
                 self.abandoned.pop(task, None)  # its cancel was the watchdog's, not a stop's
+            if sent is not None and sent.reading:  # the audio's source, not the connection
+                stalled = f"reading the audio stalled (no data for {self._stall_timeout:g} s)"
+                raise self._source_failed(TimeoutError(stalled)) from exc
             raise self._stalled() from exc
         except TransportError as exc:
             if sent is None or sent.source_error is None:
@@ -349,20 +352,32 @@ class _SentTracker:
         self._done = False
         #: what the chunks raised (the audio's source failed, not the connection)
         self.source_error: Exception | None = None
+        #: the source is being read (its stall is not the connection's)
+        self.reading = False
 
     async def iterate(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
+        while (chunk := await self._next_chunk()) is not None:
+            self._watchdog.reschedule(loop.time() + self._stall)
+            self._left -= len(chunk)
+            self._done = self._left <= 0
+            yield chunk
+        self._watchdog.reschedule(None)
+        self._done = True
+
+    async def _next_chunk(self) -> bytes | None:
+        """The source's next chunk, None at its end; ``reading`` while it is awaited, so
+        a stall there is told from one of the connection (aiohttp not taking chunks)."""
+        self.reading = True
         try:
-            async for chunk in self._chunks:
-                self._watchdog.reschedule(loop.time() + self._stall)
-                self._left -= len(chunk)
-                self._done = self._left <= 0
-                yield chunk
+            return await anext(self._chunks)
+        except StopAsyncIteration:
+            return None
         except Exception as exc:
             self.source_error = exc
             raise
-        self._watchdog.reschedule(None)
-        self._done = True
+        finally:
+            self.reading = False
 
     def finished(self) -> bool:
         return self._done

@@ -88,6 +88,28 @@ async def test_stalled_upload_times_out(tmp_path: Path) -> None:
     assert caught.value.timeout and not caught.value.body_sent
 
 
+async def test_a_stalled_source_is_not_a_stalled_connection() -> None:
+    """An S3 read that hangs mid-upload was reported as Deepgram's upload stall and
+    counted as an attempt: the source stalled, and Deepgram never had the request."""
+
+    async def reads_all(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_headers(reader)
+        while await reader.read(65536):
+            pass
+
+    async def hangs_after_one_chunk() -> AsyncIterator[bytes]:
+        yield bytes(1000)
+        await asyncio.sleep(3600)
+        yield b""  # pragma: no cover - never reached
+
+    async with raw_server(reads_all) as url, aiohttp.ClientSession() as session:
+        client = DeepgramClient(session, url, "k-123456", stall_timeout=0.3)
+        with pytest.raises(TransportError) as caught:
+            await client.send_stream(hangs_after_one_chunk(), 10_000, "audio/wav", ())
+    assert "reading the audio stalled" in str(caught.value)
+    assert not caught.value.reached and not caught.value.body_sent
+
+
 async def test_slow_upload_and_slow_answer_are_not_stalls(tmp_path: Path) -> None:
     """Steady progress, then a long think after the upload (Deepgram's processing) is fine."""
 
