@@ -965,3 +965,24 @@ def test_a_crashed_item_under_a_symlink_out_of_out_is_recovered(
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(state)}
     assert rows["a.wav"]["err_code"] == "unsafe_output" and rows["b.wav"]["status"] == "done"
     assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
+def test_the_listed_only_index_is_made_only_for_a_run_that_needs_it(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A plan pays for every index of its rows: the one that keeps a resumed run's
+    listed-only claims a range is made when a run starts with pending rows, not before."""
+    make_wavs(tmp_path / "in", 3)
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+
+    def indexed() -> bool:
+        with sqlite3.connect(state) as db:
+            sql = "SELECT 1 FROM sqlite_master WHERE name = 'items_listed'"
+            return db.execute(sql).fetchone() is not None
+
+    emulator.auth_mode = "401"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out), "--no-preflight").exit_code == 3
+    assert not indexed()
+    emulator.auth_mode = "ok"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    assert indexed()
