@@ -58,6 +58,7 @@ class BackgroundPlan:
         self.on_growth: Callable[[], Awaitable[None]] | None = None
         self._last_growth = self._loop.time()
         self._growth: asyncio.Task[None] | None = None
+        self._growth_timer: asyncio.TimerHandle | None = None
         work = asyncio.to_thread(self._plan, state, items, plan_chunk)
         self._task: asyncio.Task[PlanStats] = asyncio.ensure_future(work)
         self._task.add_done_callback(lambda _: self._changed.set())
@@ -100,10 +101,25 @@ class BackgroundPlan:
     def _chunk_ready(self) -> None:
         self._chunks += 1
         self._changed.set()
-        now = self._loop.time()
-        busy = self._growth is not None and not self._growth.done()
-        if self.on_growth is not None and not busy and now - self._last_growth >= GROWTH_INTERVAL:
-            self._last_growth = now
+        self._grow_soon()
+
+    def _grow_soon(self) -> None:
+        """Show the new total at most every ``GROWTH_INTERVAL``, and once more after the
+        last chunk: the chunks of a window were never shown (a 100,000-file folder ran
+        to its end against a total of 70,000, its ETA wrong)."""
+        if self.on_growth is None or self._growth_timer is not None:
+            return
+        wait = max(0.0, self._last_growth + GROWTH_INTERVAL - self._loop.time())
+        self._growth_timer = self._loop.call_later(wait, self._grow)
+
+    def _grow(self) -> None:
+        self._growth_timer = None
+        if self._growth is not None and not self._growth.done():  # the last one is slow
+            self._last_growth = self._loop.time()
+            self._grow_soon()
+            return
+        if self.on_growth is not None:
+            self._last_growth = self._loop.time()
             self._growth = asyncio.ensure_future(self.on_growth())
 
     @property
@@ -147,3 +163,13 @@ class BackgroundPlan:
             if stopped:
                 return PlanStats(0, 0)
             raise
+        finally:
+            await self._stop_growing()
+
+    async def _stop_growing(self) -> None:
+        """No progress update after the run: it reads the state, which is then closed."""
+        if self._growth_timer is not None:
+            self._growth_timer.cancel()
+            self._growth_timer = None
+        if self._growth is not None and not self._growth.done():
+            await asyncio.gather(self._growth, return_exceptions=True)

@@ -14,6 +14,7 @@ import dataclasses
 import logging
 import random
 import signal
+import sqlite3
 from collections import deque
 from collections.abc import Awaitable, Callable
 
@@ -409,7 +410,11 @@ class Runner:
 
     async def plan_grew(self) -> None:
         """The plan added items while running: show the new total."""
-        counts = await asyncio.to_thread(self.state.counts)
+        try:
+            counts = await asyncio.to_thread(self.state.counts)
+        except (StateError, sqlite3.Error) as exc:  # the display waits for the next one
+            log.debug("progress total not updated: %s", exc)
+            return
         self.progress.start(sum(counts.values()), self._done_before)
 
     async def _drain(self) -> None:

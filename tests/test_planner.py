@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -112,3 +114,34 @@ async def test_a_bug_while_planning_stops_the_run_as_a_bad_source_does(tmp_path:
 
 def _chunk(state: State) -> Callable[[Iterable[Item]], PlanStats]:
     return functools.partial(state.plan, run_id=1, retry_failed=False)
+
+
+async def test_the_total_shown_catches_up_with_the_plan(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The progress total was updated at most every GROWTH_INTERVAL, by a chunk arriving
+    after it; chunks of the last window were never shown, so a 100,000-file folder ran to
+    its end against a total of 70,000. A last update follows the last chunk."""
+    monkeypatch.setattr(planner, "CHUNK", 3)
+    monkeypatch.setattr(planner, "GROWTH_INTERVAL", 0.05)
+    state = State.open(tmp_path / "state.sqlite")
+    shown: list[int] = []
+
+    def slowly(items: list[Item]) -> Iterator[Item]:
+        for item in items:
+            time.sleep(0.004)
+            yield item
+
+    async def grew() -> None:
+        shown.append(sum(state.counts().values()))
+
+    items = slowly(_items([f"n{i}.wav" for i in range(40)]))
+    plan = BackgroundPlan(state, items, _chunk(state), cancel=threading.Event())
+    plan.on_growth = grew
+    await plan.started()
+    while await plan.wait_more():
+        pass
+    await asyncio.sleep(0.2)  # the run goes on sending: the total is shown meanwhile
+    await plan.finish(stopped=False)
+    state.close()
+    assert shown and shown[-1] == 40, shown
