@@ -193,7 +193,7 @@ def run_dry(opts: dict[str, Any]) -> None:
 
     try:
         config = build_config(opts)
-        estimate = asyncio.run(dry_run(config, stdin=sys.stdin))
+        estimate = asyncio.run(dry_run(config, sys.stdin, lambda text: click.echo(text, err=True)))
     except BatchError as exc:
         fail(exc)
     if opts["as_json"]:

@@ -21,6 +21,8 @@ import os
 import signal
 import sqlite3
 import tempfile
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -182,8 +184,13 @@ class Estimate:
         return audio or cost
 
 
-async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
-    """Plan into a copy of the state and estimate what would be sent."""
+async def dry_run(
+    config: RunConfig,
+    stdin: TextIO | None = None,
+    say: Callable[[str], object] = lambda text: None,
+) -> Estimate:
+    """Plan into a copy of the state and estimate what would be sent; ``say`` how far the
+    estimate got, every ``ESTIMATE_NEWS`` seconds (100,000 files: half a minute)."""
     with tempfile.TemporaryDirectory(prefix="dgbatch-dry-run-") as tmp:
         copy = Path(tmp) / "state.sqlite"
         _copy_state(config.state_path, copy)
@@ -196,16 +203,24 @@ async def dry_run(config: RunConfig, stdin: TextIO | None = None) -> Estimate:
             run_id = state.start_run("dry-run")
             with latched_signals() as signals:
                 force_since, _ = state.begin_force(config.force)
-                plan = await start_plan(
-                    config, state, run_id, stdin, s3, signals, secrets, force_since
-                )
-                with signals.routed_to(lambda sig: plan.cancel.set()):  # the planner stops
-                    await plan.finish(stopped=False)  # and raises Interrupted (exit 130)
+                try:
+                    plan = await start_plan(
+                        config, state, run_id, stdin, s3, signals, secrets, force_since
+                    )
+                    with signals.routed_to(lambda sig: plan.cancel.set()):  # the planner stops
+                        await plan.finish(stopped=False)  # and raises Interrupted (exit 130)
+                except Interrupted:  # said as a run says it ("the same command resumes")
+                    raise Interrupted("interrupted while planning; nothing was sent") from None
                 probed = await _probed(config, state, s3, signals) if config.probe else {}
-            if signals.received is not None:  # came as the plan ended: still a stop
-                raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
-            keeping = Keeping.for_run(config, state, run_id, force_since)
-            estimate = _estimate(config, state, probed, keeping)
+                if signals.received is not None:  # came as the plan ended: still a stop
+                    raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
+                keeping = Keeping.for_run(config, state, run_id, force_since)
+                stop = threading.Event()
+                with signals.routed_to(lambda sig: stop.set()):  # Ctrl-C: 130, not "Aborted!"
+                    tick = _ticker(stop, state.counts(), say)
+                    estimate = await asyncio.to_thread(
+                        _estimate, config, state, probed, keeping, tick
+                    )
             estimate.asked_anew = state.done_asked_anew(run_id)
             if estimate.to_send or estimate.copies or estimate.kept or estimate.adopted:
                 estimate.out_unwritable = _out_unwritable(config.out)  # with nothing to write,
@@ -318,8 +333,37 @@ async def _probe_one(
     return Probed(*await probe_url(session, source, size))
 
 
+#: seconds between two lines saying how far a long estimate got
+ESTIMATE_NEWS = 5.0
+
+
+def _ticker(
+    stop: threading.Event, counts: dict[str, int], say: Callable[[str], object]
+) -> Callable[[], None]:
+    """Called once per item estimated: raises ``Interrupted`` once ``stop`` is set, and
+    says how far it got every ``ESTIMATE_NEWS`` s (reading each local file's duration
+    makes a 100,000-file folder's estimate take half a minute)."""
+    total, seen = counts["pending"] + counts["running"], 0
+    last = time.monotonic()
+
+    def tick() -> None:
+        nonlocal seen, last
+        seen += 1
+        if stop.is_set():
+            raise Interrupted("interrupted while estimating; nothing was sent")
+        if time.monotonic() - last >= ESTIMATE_NEWS:
+            last = time.monotonic()
+            say(f"dry run: {seen:,} of {total:,} item(s) estimated …")
+
+    return tick
+
+
 def _estimate(
-    config: RunConfig, state: State, probed: dict[str, Probed], keeping: Keeping
+    config: RunConfig,
+    state: State,
+    probed: dict[str, Probed],
+    keeping: Keeping,
+    tick: Callable[[], None] = lambda: None,
 ) -> Estimate:
     result = Estimate(state=str(config.state_path))
     counts = state.counts()
@@ -328,6 +372,7 @@ def _estimate(
     is_copy = _copy_finder(config, state)
     kept = state.kept_ids()
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
+        tick()
         own = stored_params(row["params"])
         sent = merge_params(config.params, own)
         has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None

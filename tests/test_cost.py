@@ -18,6 +18,7 @@ from conftest import (
     api_failing_first,
     emulator_with,
     make_wav,
+    make_wavs,
     read_state_rows,
     serve_app,
     static_server,
@@ -808,3 +809,29 @@ def test_a_dry_run_leaves_no_lock_file_behind(
         args = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
         assert dgbatch(*args, key=None).exit_code == 0
     assert [p.name for p in (tmp_path / "tmp").rglob("*.lock")] == []
+
+
+def test_a_long_estimate_says_how_far_it_got_and_stops_on_ctrl_c(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dry run of 100,000 files reads each one's duration: half a minute with nothing
+    shown, and a Ctrl-C then was click's "Aborted!", exit 1 (README: a dry run stops with
+    130). It says how far it got, and stops with 130, nothing sent."""
+    import batch.dryrun
+
+    make_wavs(tmp_path / "in", 3)
+    monkeypatch.setattr(batch.dryrun, "ESTIMATE_NEWS", 0.0)
+    said = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
+    assert said.exit_code == 0 and "dry run: 1 of 3 item(s) estimated" in said.output
+    real = batch.dryrun._add_item
+
+    def interrupted(*args: object) -> float | None:
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.05)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch.dryrun, "_add_item", interrupted)
+    stopped = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
+    assert stopped.exit_code == 130, stopped.output
+    assert "interrupted while estimating; nothing was sent" in stopped.output
+    assert emulator.log == []
