@@ -331,7 +331,7 @@ def usage(state_path: Path, project: str, run_id: int | None, as_json: bool, **a
     except BatchError as exc:
         fail(exc, (key,))
     show(json.dumps(result.as_dict(), indent=2) if as_json else format_reconciliation(result), key)
-    sys.exit(1 if result.unmatched else 0)
+    sys.exit(1 if result.unmatched or result.log_cut else 0)
 
 
 @cli.command()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,8 @@ class Reconciliation:
     missing: list[str] = field(default_factory=list)
     usage_hours: float | None = None
     usage_requests: int | None = None
+    #: Deepgram's log held more than ``MAX_PAGES`` pages for the window: the rest unread
+    log_cut: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready, hours rounded for humans and scripts alike."""
@@ -81,6 +84,7 @@ class Reconciliation:
             "items_without_request": self.missing,
             "usage_hours": self.usage_hours,
             "usage_requests": self.usage_requests,
+            "log_cut": self.log_cut,
         }
 
 
@@ -122,14 +126,7 @@ def reconcile(
         done: ``(item id, request_id, duration)`` of items this run finished.
     """
     result = Reconciliation(window.run_id, window.tag, window.bounds())
-    answered = {request_id for _, request_id, _ in done if request_id}  # own tag or not
-    mine = [
-        r
-        for r in requests
-        if window.tag is None
-        or window.tag in request_tags(r)
-        or str(r.get("request_id")) in answered
-    ]
+    mine = filter(run_requests(window, done), requests)
     seen = set()
     for request in mine:
         request_id = str(request.get("request_id"))
@@ -157,21 +154,59 @@ def reconcile(
     return result
 
 
+def run_requests(
+    window: RunWindow, done: list[tuple[str, str | None, float | None]]
+) -> Callable[[dict[str, Any]], bool]:
+    """Whether a logged request is the run's: it has the run's tag (any request of the
+    window without one), or answered one of its items (a tag the user set)."""
+    answered = {request_id for _, request_id, _ in done if request_id}
+
+    def mine(request: dict[str, Any]) -> bool:
+        return (
+            window.tag is None
+            or window.tag in request_tags(request)
+            or str(request.get("request_id")) in answered
+        )
+
+    return mine
+
+
 async def fetch_requests(
-    client: AccountClient, project: str, start: str, end: str
-) -> list[dict[str, Any]]:
-    """Every page of the project's request log between ``start`` and ``end``."""
+    client: AccountClient,
+    project: str,
+    start: str,
+    end: str,
+    keep: Callable[[dict[str, Any]], bool] = lambda request: True,
+) -> tuple[list[dict[str, Any]], bool]:
+    """The requests of the project's log between ``start`` and ``end`` that ``keep``
+    takes, each cut to what ``reconcile`` reads (a 283,615-request run's whole entries
+    took 800 MB), and whether the log went on past ``MAX_PAGES`` pages (unread)."""
     found: list[dict[str, Any]] = []
     for page in range(MAX_PAGES):
         query = [("start", start), ("end", end), ("limit", str(PAGE_SIZE)), ("page", str(page))]
         doc = await client.get_json(f"/v1/projects/{project}/requests", query)
         batch = doc.get("requests") if isinstance(doc, dict) else None
         if not isinstance(batch, list):
-            break
-        found.extend(r for r in batch if isinstance(r, dict))
+            return found, False
+        found.extend(_slim(r) for r in batch if isinstance(r, dict) and keep(r))
         if len(batch) < PAGE_SIZE:
-            break
-    return found
+            return found, False
+    return found, True
+
+
+def _slim(request: dict[str, Any]) -> dict[str, Any]:
+    """A logged request as ``reconcile`` reads it, nothing more."""
+    response = request.get("response") or {}
+    details = response.get("details") or {} if isinstance(response, dict) else {}
+    return {
+        "request_id": request.get("request_id"),
+        "created": request.get("created"),
+        "tags": request_tags(request),
+        "response": {
+            "code": response.get("code") if isinstance(response, dict) else None,
+            "details": {"duration": details.get("duration") if isinstance(details, dict) else None},
+        },
+    }
 
 
 async def fetch_usage(
@@ -230,6 +265,11 @@ def format_reconciliation(result: Reconciliation) -> str:
             f"{len(r.missing)} done item(s) have no request in Deepgram's log yet "
             "(log lag, or outside the window)"
         )
+    if r.log_cut:
+        lines.append(
+            f"Deepgram's log holds more than {MAX_PAGES * PAGE_SIZE:,} requests in this "
+            "window: the rest was not read, so the counts above are partial"
+        )
     return "\n".join(lines)
 
 
@@ -250,8 +290,9 @@ async def reconcile_run(
     start, end = window.bounds()
     async with api_session(api_url) as session:
         client = AccountClient(session, api_url, api_key)
-        requests = await fetch_requests(client, project, start, end)
+        keep = run_requests(window, done)
+        requests, cut = await fetch_requests(client, project, start, end, keep)
         hours, count = await fetch_usage(client, project, start, end, window.tag)
     result = reconcile(window, requests, ids, done)
-    result.usage_hours, result.usage_requests = hours, count
+    result.usage_hours, result.usage_requests, result.log_cut = hours, count, cut
     return result

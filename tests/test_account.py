@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from click.testing import CliRunner
-from conftest import KEY, Cli, emulator_with, make_wav, serve_app
+from conftest import KEY, Cli, emulator_with, make_wav, make_wavs, serve_app
 
 from batch.account import KeyDetails, TransientAccountError, _status_error, preflight
 from batch.cli import cli
@@ -251,6 +251,26 @@ def test_usage_finds_a_duplicated_request(dgbatch: Cli, emulator: Emulator, tmp_
     assert report["transcribed_hours"] == pytest.approx(3 * 0.5 / 3600, abs=1e-6)
     assert report["usage_requests"] == 4
     assert dgbatch(*args, key="bad").exit_code == 3
+
+
+def test_usage_says_when_deepgrams_log_was_cut_off(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The log is read up to MAX_PAGES pages: past that (a run of a million requests, a
+    busy project), the reconciliation ended as if the log had, exit 0, blaming "log lag"
+    for the items it never read. It says the counts are partial, exit 1; only the run's
+    requests are kept while paging (the whole window's entries took 800 MB)."""
+    make_wavs(tmp_path / "in", 5)
+    out, state = tmp_path / "out", tmp_path / "out" / ".dgbatch" / "state.sqlite"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    monkeypatch.setattr("batch.usage.PAGE_SIZE", 2)
+    args = ("usage", "--project", "p-1", "--state", str(state), "--api-url", emulator.url)
+    whole = dgbatch(*args, "--json")
+    assert whole.exit_code == 0 and json.loads(whole.output)["items_matched"] == 5
+    monkeypatch.setattr("batch.usage.MAX_PAGES", 2)
+    cut = dgbatch(*args)
+    assert cut.exit_code == 1, cut.output
+    assert "holds more than 4 requests in this window: the rest was not read" in cut.output
 
 
 @pytest.mark.parametrize(
