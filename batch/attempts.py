@@ -149,9 +149,7 @@ class Attempts:
             done = None
             if item.kind is ItemKind.FILE and not item.recorded:  # never done in this state
                 done = await self._adoption.same_audio(item)
-            if done is not None:
-                self.stats.skipped += 1
-            return item, done
+            return item, self._adopted(done)
         adopt = self._adoption
         try:
             done = await adopt.existing_outputs(item, None) or await adopt.under_other_name(item)
@@ -162,9 +160,14 @@ class Attempts:
                 if renamed is None:
                     raise
                 return renamed, None
-        if done is not None:
-            self.stats.skipped += 1
-        return item, done
+        return item, self._adopted(done)
+
+    def _adopted(self, done: Result | None) -> Result | None:
+        """An item whose outputs were already there, counted as skipped."""
+        if done is None:
+            return None
+        self.stats.skipped += 1
+        return dataclasses.replace(done, adopted=True)
 
     def _not_sent(self, item: WorkItem, attempts: int) -> int:
         """The try counted in ``attempts`` reached no one (found before the request, or no

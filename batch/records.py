@@ -109,6 +109,9 @@ class Result:
     retry_next: bool = False
     #: 200s without a transcript it got so far (``WorkItem.paid_200s``); kept at least
     paid_200s: int = 0
+    #: outputs already there were adopted: this run sent nothing for it, so its audio is
+    #: not the run's (a run adopting 100,000 outputs after a lost state said 2.78 h)
+    adopted: bool = False
 
 
 class Some(NamedTuple):

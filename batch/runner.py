@@ -527,7 +527,7 @@ class Runner:
             self.stats.done += 1
             if result.kept:  # paid for by the run that kept it
                 self.stats.from_kept += 1
-            elif result.copy_of is None:  # a --dedupe copy was not sent: no audio transcribed
+            elif result.copy_of is None and not result.adopted:  # neither was sent
                 self.stats.audio_seconds += result.duration or 0.0
             self.progress.item_finished(True, result.duration)
         elif result.status is ItemStatus.FAILED:

@@ -1398,6 +1398,9 @@ def test_a_local_out_whose_state_was_lost_is_not_paid_for_again(
     again = dgbatch("run", str(src), "--out", str(out), "--formats", "json,txt")
     assert again.exit_code == 1, again.output
     assert "skipped 2 item(s) whose outputs already existed" in again.output
+    with sqlite3.connect(out / ".dgbatch/state.sqlite") as db:  # nor is it audio it sent
+        (summary,) = db.execute("SELECT summary FROM runs ORDER BY id DESC LIMIT 1").fetchone()
+    assert json.loads(summary)["audio_hours"] == 0
     assert len(emulator.log) == 3  # nothing sent again: c.wav failed unsent
     rows = {Path(str(r["source"])).name: r for r in read_state_rows(out / ".dgbatch/state.sqlite")}
     assert (rows["a.wav"]["status"], rows["c.wav"]["err_code"]) == ("done", "output_exists")
