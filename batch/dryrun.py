@@ -103,6 +103,9 @@ class Estimate:
     adopted: int = 0
     #: why nothing can be written into a local ``--out`` (read-only), or None
     out_unwritable: str | None = None
+    #: an S3 ``--out`` with a new (or lost) state: its outputs were not looked for, so
+    #: items whose transcripts are there already (the run skips them) count as to send
+    s3_outputs_unchecked: bool = False
     #: local files the run would fail before sending them, by ``err_code`` (empty, missing,
     #: not_audio, ...): not sent, not priced
     fail_locally: Counter[str] = field(default_factory=Counter)
@@ -152,6 +155,7 @@ class Estimate:
             "kept_answers": self.kept,
             "adopted": self.adopted,
             "out_unwritable": self.out_unwritable,
+            "s3_outputs_unchecked": self.s3_outputs_unchecked,
             "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
@@ -225,6 +229,8 @@ async def dry_run(
             if estimate.to_send or estimate.copies or estimate.kept or estimate.adopted:
                 estimate.out_unwritable = _out_unwritable(config.out)  # with nothing to write,
                 # the run goes on without its lock and ends well
+            fresh = estimate.already_done == 0  # a fresh container, or a state lost
+            estimate.s3_outputs_unchecked = is_s3_uri(config.out) and fresh and estimate.to_send > 0
             return estimate
         finally:
             secrets.close()
@@ -552,6 +558,7 @@ def format_estimate(estimate: Estimate) -> str:
         *_not_sent(e["kept_answers"], _KEPT),
         *_not_sent(e["adopted"], _ADOPTED),
         *_unwritable(e["out_unwritable"]),
+        *_unchecked(e["s3_outputs_unchecked"]),
         *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
@@ -642,6 +649,16 @@ _ADOPTED = (
     "have their transcript in --out already, of their very audio (a state lost): adopted, "
     "not sent nor priced"
 )
+
+
+def _unchecked(unchecked: bool) -> list[str]:
+    """The line for an S3 ``--out`` whose outputs the dry run did not look for."""
+    if not unchecked:
+        return []
+    return [
+        "the state knows no done item: outputs already in the S3 --out were not looked for, "
+        "so items whose transcripts are there count as to send (the run skips them)"
+    ]
 
 
 def _unwritable(reason: str | None) -> list[str]:

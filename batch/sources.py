@@ -17,6 +17,7 @@ URL items are built by :mod:`batch.urls`, failed items by :mod:`batch.failed_ite
 from __future__ import annotations
 
 import fnmatch
+import logging
 import operator
 import os
 import re
@@ -34,6 +35,8 @@ from batch.naming import AUDIO_EXTENSIONS, stem_of
 from batch.pipes import stoppable
 from batch.redact import redact_source
 from batch.urls import HTTP_URL_RE, file_url_path, hidden_clash, scheme_of, url_item
+
+log = logging.getLogger("dgbatch")
 
 if TYPE_CHECKING:
     from batch.manifests import SeenIds
@@ -248,6 +251,15 @@ def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
         return True
 
 
+def _say_link_not_walked(path: str) -> None:
+    """A link to a folder is not walked (a loop, or a way out of the tree): said, or the
+    recordings under it were left out of an exit-0 run without a word."""
+    log.warning(
+        "%s: a link to a folder, not walked; give it as a SOURCE to send what is in it",
+        printable(path),
+    )
+
+
 def _folder_prefix(path: str) -> str:
     """The absolute path of a folder, ending in ``/``: ``os.path.abspath(entry.path)`` of
     each entry listed from it is this plus the entry's name (a name is one component,
@@ -282,7 +294,10 @@ def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
                     continue
                 stack.append((rel + "/", folder + name + os.sep, iter(listing)))
                 break
-            if _is_walkable_file(entry) and rules.takes(rel, name):
+            if not _is_walkable_file(entry):
+                if not rules.prunes(rel, name):
+                    _say_link_not_walked(folder + name)
+            elif rules.takes(rel, name):
                 yield _walk_item(entry, folder + name, rel, origin)
         else:
             stack.pop()

@@ -20,10 +20,11 @@ trap 'kill $EMU 2>/dev/null || true; wait $EMU 2>/dev/null || true; rm -f "$LOG"
 
 for _ in $(seq 1 100); do
     grep -q "listening on" "$LOG" && break
+    kill -0 "$EMU" 2>/dev/null || break  # it exited: no use waiting
     sleep 0.1
 done
-API_URL="$(grep -o 'http://[0-9.:]*' "$LOG" | head -1)"
-[ -n "$API_URL" ] || { echo "emulator did not start:"; cat "$LOG"; exit 1; }
+API_URL="$(grep -o 'http://[0-9.:]*' "$LOG" | head -1 || true)"  # none: said below
+[ -n "$API_URL" ] || { echo "emulator did not start:" >&2; cat "$LOG" >&2; exit 1; }
 echo "emulator: $API_URL"
 
 export DEEPGRAM_API_KEY="$KEY"

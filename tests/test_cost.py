@@ -198,16 +198,22 @@ def test_dry_run_sends_nothing_and_measures_durations(
 
 @pytest.mark.parametrize("out", ["s3://media/dry/", "s3://media/dry"])
 def test_dry_run_shows_s3_outputs_as_s3_uris(dgbatch: Cli, tmp_path: Path, out: str) -> None:
-    """An S3 ``--out`` is shown as ``s3://bucket/prefix/name``, in text and in JSON."""
+    """An S3 ``--out`` is shown as ``s3://bucket/prefix/name``, in text and in JSON. With
+    a new (or lost) state the dry run does not look in S3, as the run does, for outputs
+    already there: it says so (a fresh container counted every done item as to send)."""
     make_wav(tmp_path / "in" / "day1" / "f01.wav")
     expected = ["s3://media/dry/day1/f01.json", "s3://media/dry/day1/f01.txt"]
     args = ("run", str(tmp_path / "in"), "--out", out, "--dry-run")
     text = dgbatch(*args, key=None)
     assert text.exit_code == 0, text.output
     assert f"f01.wav → {', '.join(expected)}\n" in text.output
+    assert "outputs already in the S3 --out were not looked for" in text.output
     as_json = dgbatch(*args, "--json", key=None)
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.output)["examples"][0]["outputs"] == expected
+    assert json.loads(as_json.output)["s3_outputs_unchecked"] is True
+    local = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--dry-run")
+    assert "were not looked for" not in local.output
 
 
 def test_dry_run_prices_each_item_by_the_model_of_its_own_params(

@@ -257,13 +257,19 @@ def test_directory_filters_table(tree: Path, filters: Filters, expected: list[st
     assert _names(expand_sources([str(tree)], filters)) == expected
 
 
-def test_symlinked_dirs_are_not_followed(tree: Path) -> None:
-    """A symlink to a folder (here a loop) is skipped; a symlink to a file is taken."""
+def test_symlinked_dirs_are_not_followed(tree: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A symlink to a folder (here a loop) is skipped, and said (the recordings under it
+    were left out of an exit-0 run without a word), unless excluded; a symlink to a file
+    is taken."""
     (tree / "day1" / "loop").symlink_to(tree)
+    (tree / "skipped").symlink_to(tree / "day1")
     (tree / "link.wav").symlink_to(tree / "b.mp3")
-    names = _names(expand_sources([str(tree)], Filters(exclude=(".git",))))
+    names = _names(expand_sources([str(tree)], Filters(exclude=(".git", "skipped/"))))
     assert "link.wav" in names
     assert not any(name.startswith("day1/loop") for name in names)
+    said = [r.getMessage() for r in caplog.records if "not walked" in r.getMessage()]
+    assert said == [f"{tree / 'day1' / 'loop'}: a link to a folder, not walked; give it as a "
+                    "SOURCE to send what is in it"]  # fmt: skip
 
 
 def test_broken_symlink_is_failed_item(tmp_path: Path) -> None:
