@@ -271,7 +271,9 @@ def transport_reason(exc: BaseException) -> str:
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         return "timeout: no complete answer in time"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect to {exc.host}:{exc.port}: {_os_reason(exc.os_error).lower()}"
+        which = "the proxy " if isinstance(exc, aiohttp.ClientProxyConnectionError) else ""
+        reason = _os_reason(exc.os_error).lower()
+        return f"cannot connect to {which}{exc.host}:{exc.port}: {reason}"
     if isinstance(exc, aiohttp.ClientHttpProxyError):  # no tunnel: Deepgram saw nothing
         proxy, refused = exc.request_info.real_url, f"HTTP {exc.status} {exc.message}"
         return f"the proxy {proxy.host}:{proxy.port} would not connect ({refused})"

@@ -651,7 +651,9 @@ def test_a_proxy_password_is_never_shown(
         run = ["run", str(tmp_path / "in"), "--out", str(out), "--max-retries", "0"]
         for args in (["check"], run):
             result = Cli(None)(*args, "--api-url", "https://api.deepgram.invalid")
-            assert result.exit_code != 0 and f"127.0.0.1:{port}" in result.output, result.output
+            assert result.exit_code != 0 and f"proxy 127.0.0.1:{port}" in result.output, (
+                result.output
+            )
             assert "pr0xy-s3cret" not in result.output
     assert all(b"pr0xy-s3cret" not in data for data in all_bytes_under(out).values())
     (row,) = state_rows(out)  # nothing reached Deepgram: the run stopped, the item waits
