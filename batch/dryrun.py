@@ -64,6 +64,7 @@ from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.signals import SignalLatch, latched_signals
 from batch.state import State, stored_params
+from batch.statefile import holder_of
 
 #: One probe's limit: a stalled server must not hold up the estimate.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -103,6 +104,8 @@ class Estimate:
     adopted: int = 0
     #: why nothing can be written into a local ``--out`` (read-only), or None
     out_unwritable: str | None = None
+    #: the run holding the real state while the dry run copied it (``pid N on HOST``)
+    running: str | None = None
     #: an S3 ``--out`` with a new (or lost) state: its outputs were not looked for, so
     #: items whose transcripts are there already (the run skips them) count as to send
     s3_outputs_unchecked: bool = False
@@ -156,6 +159,7 @@ class Estimate:
             "adopted": self.adopted,
             "out_unwritable": self.out_unwritable,
             "s3_outputs_unchecked": self.s3_outputs_unchecked,
+            "state_held_by": self.running,
             "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
@@ -229,6 +233,7 @@ async def dry_run(
             if estimate.to_send or estimate.copies or estimate.kept or estimate.adopted:
                 estimate.out_unwritable = _out_unwritable(config.out)  # with nothing to write,
                 # the run goes on without its lock and ends well
+            estimate.running = holder_of(config.state_path)
             fresh = estimate.already_done == 0  # a fresh container, or a state lost
             estimate.s3_outputs_unchecked = is_s3_uri(config.out) and fresh and estimate.to_send > 0
             return estimate
@@ -559,6 +564,7 @@ def format_estimate(estimate: Estimate) -> str:
         *_not_sent(e["adopted"], _ADOPTED),
         *_unwritable(e["out_unwritable"]),
         *_unchecked(e["s3_outputs_unchecked"]),
+        *_held(e["state_held_by"]),
         *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
@@ -649,6 +655,16 @@ _ADOPTED = (
     "have their transcript in --out already, of their very audio (a state lost): adopted, "
     "not sent nor priced"
 )
+
+
+def _held(holder: str | None) -> list[str]:
+    """The line for a state a run was writing while the dry run copied it."""
+    if holder is None:
+        return []
+    return [
+        f"a run holds the state ({holder}): these counts are a snapshot; items it is "
+        "sending count as to send, and outputs it wrote since as adopted"
+    ]
 
 
 def _unchecked(unchecked: bool) -> list[str]:

@@ -173,6 +173,22 @@ def _held_by(lock_path: Path) -> str | None:
     return None
 
 
+def holder_of(path: Path) -> str | None:
+    """Who holds the state's lock now (``pid N on HOST``), or None: for the dry run, whose
+    snapshot of a state a run is writing is only that."""
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return None
+    with open(fd, encoding="utf-8", errors="replace") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return handle.read().strip() or "another process"
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
 def _lock_beside(path: Path, busy: str) -> IO[str]:
     """Keep other runs out of ``path`` for as long as the handle is open: flock, so a
     crashed run's lock goes with its process. The holder is written in the lock file for

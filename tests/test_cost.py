@@ -841,3 +841,24 @@ def test_a_long_estimate_says_how_far_it_got_and_stops_on_ctrl_c(
     assert stopped.exit_code == 130, stopped.output
     assert "interrupted while estimating; nothing was sent" in stopped.output
     assert emulator.log == []
+
+
+def test_a_dry_run_of_a_state_a_run_holds_says_its_counts_are_a_snapshot(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A dry run while a run writes the state counted the items that run was sending as
+    to send, and the outputs it wrote since as "a state lost": it says a run holds it."""
+    from batch.statefile import take_lock
+
+    make_wavs(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--dry-run")
+    assert "a run holds the state" not in dgbatch(*args).output
+    lock = take_lock(out / ".dgbatch" / "state.sqlite", host=False)
+    try:
+        held = dgbatch(*args)
+    finally:
+        lock.close()
+    assert held.exit_code == 0, held.output
+    assert f"a run holds the state (pid {os.getpid()} on" in held.output
