@@ -16,6 +16,7 @@ import socket
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -118,14 +119,42 @@ def api_session(
     connector: aiohttp.BaseConnector | None = None,
     user_agent: str = USER_AGENT,
 ) -> aiohttp.ClientSession:
-    """A session to Deepgram, through the proxy the environment names for it, if any."""
+    """A session to Deepgram, through the proxy the environment names for it, if any
+    (then traced: see ``_Wire``)."""
+    proxy = proxy_for(api_url)
     return aiohttp.ClientSession(
         connector=connector,
         headers={"User-Agent": user_agent},
         auto_decompress=True,
         timeout=aiohttp.ClientTimeout(total=None),
-        proxy=proxy_for(api_url),
+        proxy=proxy,
+        trace_configs=[_WIRE_TRACE] if proxy is not None else None,
     )
+
+
+class _Wire:
+    """Whether a proxied request's headers went out: a proxy that drops or garbles the
+    tunnel (a SOCKS port named as an http proxy) fails it before, and aiohttp then raises
+    what a dropped request raises, so every item burned its retries as "attempts"."""
+
+    __slots__ = ("headers_sent",)
+
+    def __init__(self) -> None:
+        self.headers_sent = False
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    if isinstance(context.trace_request_ctx, _Wire):
+        context.trace_request_ctx.headers_sent = True
+
+
+_WIRE_TRACE = aiohttp.TraceConfig()
+_WIRE_TRACE.on_request_headers_sent.append(_on_headers_sent)
+_WIRE_TRACE.freeze()
 
 
 def _cut_short(resp: aiohttp.ClientResponse) -> Answer:
@@ -151,6 +180,8 @@ class DeepgramClient:
         self._endpoint = api_url.rstrip("/") + "/v1/listen"
         self._auth = f"Token {api_key}"
         self._secrets = (api_key,)
+        #: the proxy, if any: each request through it is traced (``_Wire``)
+        self._proxy = proxy_for(api_url)
         self._timeout = timeout
         self._stall_timeout = stall_timeout
         #: per task whose request was abandoned (cancelled) while out: whether Deepgram
@@ -225,6 +256,7 @@ class DeepgramClient:
     ) -> Answer:
         url = f"{self._endpoint}?{encode_query(params)}" if params else self._endpoint
         answered: aiohttp.ClientResponse | None = None
+        wire = _Wire() if self._proxy is not None else None
         try:
             async with self._session.post(
                 url,
@@ -232,7 +264,10 @@ class DeepgramClient:
                 headers=headers,
                 timeout=request_timeout(size, self._timeout),
                 allow_redirects=False,  # a redirect is reported, never followed (Action)
+                trace_request_ctx=wire,
             ) as resp:
+                if resp.status == 407 and self._proxy is not None:  # plain http through it
+                    raise self._proxy_refused(f"HTTP 407 {resp.reason or ''}".strip())
                 answered = resp  # an answer began: Deepgram had the whole body
                 body, truncated = await _read_body(resp)
                 return Answer(
@@ -249,11 +284,23 @@ class DeepgramClient:
                 self.abandoned[task] = sent is None or sent
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            if wire is not None and not (wire.headers_sent or isinstance(exc, _NO_REQUEST)):
+                raise self._proxy_refused(transport_reason(exc)) from exc
             sent = answered is not None or body_sent()
             error = self._translate(exc, sent is None or sent)
             if answered is not None:
                 error.partial = _cut_short(answered)
             raise error from exc
+
+    def _proxy_refused(self, reason: str) -> TransportError:
+        """Nothing reached Deepgram: the proxy would not carry the request (it refused,
+        dropped or garbled the tunnel). Every item would meet it: the run stops, the
+        items pending."""
+        where = f"{self._proxy.host}:{self._proxy.port}" if self._proxy is not None else ""
+        text = f"the proxy {where} did not pass the request on ({reason})"
+        return TransportError(
+            redact_text(text, self._secrets), body_sent=False, timeout=False, connect_failed=True
+        )
 
     def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
         return TransportError(
@@ -279,6 +326,9 @@ def transport_reason(exc: BaseException) -> str:
         return f"the proxy {proxy.host}:{proxy.port} would not connect ({refused})"
     if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
         return f"connection dropped before a complete answer ({type(exc).__name__})"
+    if isinstance(exc, aiohttp.ClientResponseError):  # its text names the URL it asked:
+        said = f"{exc.status}, {exc.message}"  # a proxy's, with the proxy's password
+        return f"connection failed ({type(exc).__name__}: {said})"
     # a reset, a broken status line: what aiohttp said, after what it was
     return f"connection failed ({type(exc).__name__}: {exc})".replace(": )", ")")
 
@@ -364,6 +414,8 @@ class _SentTracker:
             self._left -= len(chunk)
             self._done = self._left <= 0
             yield chunk
+            if self._done:  # all it promised: a source slow to say it has ended (an S3
+                break  # read past the last byte) must not fail a request Deepgram has whole
         self._watchdog.reschedule(None)
         self._done = True
 

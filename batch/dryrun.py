@@ -58,6 +58,7 @@ from batch.probe import (
     probe_s3,
     probe_url,
 )
+from batch.proxies import check_proxies
 from batch.realsources import RealSources
 from batch.records import Some
 from batch.redact import redact_source
@@ -204,7 +205,7 @@ async def dry_run(
         _copy_state(config.state_path, copy)
         state = _open_copy(copy, config.state_path)
         s3 = S3(S3Options(endpoint_url=config.s3_endpoint_url, threads=config.concurrency + 8))
-        secrets = RealSources()  # kept only to tell URLs differing in a secret apart
+        secrets = RealSources()  # to tell URLs differing in a secret apart, and to probe
         try:
             await refuse_report_place(config, s3)  # what the run would refuse, or warn of
             warn_over_deepgrams_limit(config)
@@ -219,7 +220,9 @@ async def dry_run(
                         await plan.finish(stopped=False)  # and raises Interrupted (exit 130)
                 except Interrupted:  # said as a run says it ("the same command resumes")
                     raise Interrupted("interrupted while planning; nothing was sent") from None
-                probed = await _probed(config, state, s3, signals) if config.probe else {}
+                if config.probe:
+                    check_proxies()  # each media host's: a bad one failed every probe unsaid
+                probed = await _probed(config, state, s3, signals, secrets) if config.probe else {}
                 if signals.received is not None:  # came as the plan ended: still a stop
                     raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
                 keeping = Keeping.for_run(config, state, run_id, force_since)
@@ -244,7 +247,7 @@ async def dry_run(
 
 
 async def _probed(
-    config: RunConfig, state: State, s3: S3, signals: SignalLatch
+    config: RunConfig, state: State, s3: S3, signals: SignalLatch, secrets: RealSources
 ) -> dict[str, Probed]:
     """``probe_remote``, stopped by a signal (exit 130): a probe of many URLs takes long."""
     task = asyncio.current_task()
@@ -255,7 +258,7 @@ async def _probed(
 
     with signals.routed_to(cancel):
         try:
-            return await probe_remote(config, state, s3)
+            return await probe_remote(config, state, s3, secrets)
         except asyncio.CancelledError:
             raise Interrupted("interrupted while probing; nothing was sent") from None
 
@@ -303,14 +306,16 @@ def _copy_state(source: Path, target: Path) -> None:
         raise StateError(f"{source}: cannot read the state file ({exc})") from exc
 
 
-async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Probed]:
+async def probe_remote(
+    config: RunConfig, state: State, s3: S3, secrets: RealSources | None = None
+) -> dict[str, Probed]:
     """What could be learned of each S3/URL item to send, by item id.
 
     ``config.concurrency`` workers share one lazy iterator over the state, so at most
     that many probes (128 KiB each at most) are in flight whatever the batch size.
     Items missing from the result fall back to the size guess.
     """
-    remotes = _remote_items(state)
+    remotes = _remote_items(state, secrets)
     found: dict[str, Probed] = {}
     async with aiohttp.ClientSession(
         timeout=PROBE_TIMEOUT, headers={"User-Agent": USER_AGENT}
@@ -326,12 +331,14 @@ async def probe_remote(config: RunConfig, state: State, s3: S3) -> dict[str, Pro
     return found
 
 
-def _remote_items(state: State) -> Iterator[Remote]:
-    """S3 and URL items still to send, read lazily (a prefix may hold millions)."""
+def _remote_items(state: State, secrets: RealSources | None) -> Iterator[Remote]:
+    """S3 and URL items still to send, read lazily (a prefix may hold millions), each with
+    its real source: the state's is redacted (``?sig=REDACTED``), and its host refused it."""
     kinds = (ItemKind.S3.value, ItemKind.URL.value)
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         if row["kind"] in kinds:
-            yield row["id"], row["kind"], row["source"], row["size"]
+            source = row["source"] if secrets is None else secrets.get(row["id"], row["source"])
+            yield row["id"], row["kind"], source, row["size"]
 
 
 async def _probe_one(

@@ -17,6 +17,18 @@ from batch.errors import UsageError
 from batch.urls import is_loopback
 
 
+def check_proxies() -> None:
+    """Refuse every proxy variable that is set and unusable, whatever host it would serve
+    (the dry run's probes reach many hosts: a bad one made each probe fail unsaid).
+
+    Raises:
+        UsageError: as ``proxy_for``.
+    """
+    for named, raw in urllib.request.getproxies_environment().items():
+        if named in ("http", "https", "all") and raw:
+            _parsed(raw, f"{named.upper()}_PROXY")
+
+
 def proxy_for(url: str) -> URL | None:
     """The proxy to reach ``url`` through, credentials in it, or None.
 
@@ -32,12 +44,19 @@ def proxy_for(url: str) -> URL | None:
     raw = proxies.get(named)
     if not raw:
         return None
-    variable = f"{named.upper()}_PROXY"
+    return _parsed(raw, f"{named.upper()}_PROXY")
+
+
+def _parsed(raw: str, variable: str) -> URL:
+    """The proxy URL ``variable`` holds (``raw``: never shown)."""
     try:
         proxy = URL(raw if "://" in raw else f"http://{raw}")
         proxy.port  # noqa: B018 - raises ValueError for a port that is no number
     except ValueError:
-        msg = f"{variable}: not a proxy URL (expected http://[user:password@]host:port)"
+        msg = (
+            f"{variable}: not a proxy URL (expected http://host:port, with user:password@ "
+            "before the host if it needs them)"
+        )
         raise UsageError(msg) from None
     if proxy.scheme != "http" or not proxy.host:
         msg = (

@@ -132,6 +132,12 @@ _SIGNING_RE = re.compile(
     r"|x-goog-credential|signature|sig)(=|%3d)(?!REDACTED)((?:(?!%26)[^&\s'\"<>\\,;)])+)"
 )
 
+# A URL's password, up to its ``@`` whatever it holds: a ``'`` in it ended
+# ``_URL_IN_TEXT_RE`` there (``url="http://u:Summer'26@proxy"`` in aiohttp's repr).
+_USERINFO_RE = re.compile(
+    r"([A-Za-z][A-Za-z0-9+.\-]{0,31}://[^/\s@:'\"<>]{0,256}:)([^@\s/]{1,256})(?=@)"
+)
+
 # A whole URL percent-encoded inside text (``http%3A%2F%2Fuser%3Apass%40host``).
 _ENCODED_URL_RE = re.compile(r"(?i)[a-z][a-z0-9+.\-]{0,31}%3A%2F%2F[^\s'\"<>&]+")
 
@@ -341,6 +347,7 @@ def _redact_urls(text: str) -> str:
     if "%" in text:
         text = _ENCODED_URL_RE.sub(lambda m: _redact_encoded(m.group(0), frozenset()), text)
     if "://" in text:
+        text = _USERINFO_RE.sub(lambda m: f"{m.group(1)}{REDACTED}", text)
         text = _URL_IN_TEXT_RE.sub(lambda m: redact_url(m.group(0)), text)
     return text
 

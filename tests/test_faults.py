@@ -621,7 +621,7 @@ def test_deepgram_is_reached_through_the_proxy_the_environment_names(
     [
         ("https://me:pr0xy-s3cret@proxy.corp:3129", "only an http:// proxy is supported"),
         ("socks5://me:pr0xy-s3cret@proxy.corp:1080", "only an http:// proxy is supported"),
-        ("http://me:pr0xy#s3cret@proxy.corp:3128", "not a proxy URL"),
+        ("http://me:pr0xy#s3cret@proxy.corp:3128", "not a proxy URL (expected http://host:port"),
     ],
 )
 def test_a_proxy_that_cannot_be_used_is_refused_unshown(
@@ -638,26 +638,46 @@ def test_a_proxy_that_cannot_be_used_is_refused_unshown(
         assert "s3cret" not in result.output
 
 
-@pytest.mark.parametrize("answer", [None, b"HTTP/1.1 407 Proxy Authentication Required\r\n"])
+@pytest.mark.parametrize(
+    "answer",
+    [None, b"HTTP/1.1 407 Proxy Authentication Required\r\n", b"", b"\x05\xff"],
+    ids=["unreachable", "407", "drops", "socks"],
+)
 def test_a_proxy_password_is_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answer: bytes | None
 ) -> None:
-    """A proxy that cannot be reached, or refuses its credentials, is named by its host,
-    never with its password."""
+    """A proxy that cannot be reached, refuses its credentials, or drops or garbles the
+    tunnel (a SOCKS port named as an http proxy) is named by its host, never with its
+    password (a ``'`` in it escaped aiohttp's garbled-answer message), and the run stops
+    with nothing counted: those items burned their retries as attempts."""
     with _raw_server(answer) as port:
-        monkeypatch.setenv("HTTPS_PROXY", f"http://me:pr0xy-s3cret@127.0.0.1:{port}")
+        monkeypatch.setenv("HTTPS_PROXY", f"http://me:pr0xy's3cret@127.0.0.1:{port}")
         make_tiny_wavs(tmp_path / "in", 1)
         out = tmp_path / "out"
         run = ["run", str(tmp_path / "in"), "--out", str(out), "--max-retries", "0"]
         for args in (["check"], run):
             result = Cli(None)(*args, "--api-url", "https://api.deepgram.invalid")
-            assert result.exit_code != 0 and f"proxy 127.0.0.1:{port}" in result.output, (
-                result.output
-            )
-            assert "pr0xy-s3cret" not in result.output
-    assert all(b"pr0xy-s3cret" not in data for data in all_bytes_under(out).values())
+            assert result.exit_code != 0 and "s3cret" not in result.output, result.output
+        assert f"proxy 127.0.0.1:{port}" in result.output, result.output  # the run's says so
+    assert all(b"s3cret" not in data for data in all_bytes_under(out).values())
     (row,) = state_rows(out)  # nothing reached Deepgram: the run stopped, the item waits
     assert (row["status"], row["attempts"]) == ("pending", 0)
+
+
+def test_a_407_of_a_proxy_passing_plain_http_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through a proxy without a tunnel (an http ``--api-url``, allowed), its 407 was taken
+    for Deepgram's answer: every item failed for good (``http_407``). Nothing reached
+    Deepgram: the run stops, the items pending."""
+    with _raw_server(b"HTTP/1.1 407 Proxy Authentication Required\r\n") as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        make_tiny_wavs(tmp_path / "in", 2)
+        out = tmp_path / "out"
+        api = ["--api-url", "http://api.deepgram.invalid", "--allow-insecure-http"]
+        run = Cli(None)("run", str(tmp_path / "in"), "--out", str(out), "--no-preflight", *api)
+    assert run.exit_code == 1 and "did not pass the request on (HTTP 407" in run.output
+    assert {(r["status"], r["attempts"]) for r in state_rows(out)} == {("pending", 0)}
 
 
 @contextlib.contextmanager
@@ -671,6 +691,7 @@ def _raw_server(answer: bytes | None) -> Iterator[int]:
             listener.close()
             yield port
             return
+        said = answer + b"Content-Length: 0\r\n\r\n" if answer.startswith(b"HTTP/") else answer
         listener.listen()
         listener.settimeout(0.1)
         stop = threading.Event()
@@ -681,7 +702,7 @@ def _raw_server(answer: bytes | None) -> Iterator[int]:
                     conn, _ = listener.accept()
                     with conn:
                         conn.recv(65536)
-                        conn.sendall(answer + b"Content-Length: 0\r\n\r\n")
+                        conn.sendall(said)
 
         thread = threading.Thread(target=serve, daemon=True)
         thread.start()

@@ -180,13 +180,19 @@ def test_dry_run_without_probe_guesses_s3_from_size(
 
 
 @contextmanager
-def ranged_server(files: dict[str, bytes], ranges: list[str | None]) -> Iterator[str]:
+def ranged_server(
+    files: dict[str, bytes], ranges: list[str | None], tokens: dict[str, str] | None = None
+) -> Iterator[str]:
     """``/r/NAME`` honours Range (206), ``/full/NAME`` ignores it (200, whole body);
-    every request's Range header is appended to ``ranges``."""
+    every request's Range header is appended to ``ranges``. A file of ``tokens`` is served
+    only to a request whose ``token`` is its own (403 otherwise, as a signing host)."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ranges.append(request.headers.get("Range"))
-        data = files[request.match_info["name"]]
+        name = request.match_info["name"]
+        if (tokens or {}).get(name, request.query.get("token")) != request.query.get("token"):
+            return web.Response(status=403)
+        data = files[name]
         if request.match_info["mode"] == "full":
             return web.Response(body=data)
         spec = request.http_range
@@ -206,10 +212,11 @@ def test_dry_run_probe_measures_urls_with_ranges(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path
 ) -> None:
     """URL items are timed from Range GETs (a suffix range for Ogg), also from a server
-    that ignores Range; the URL's secret never appears in the output."""
+    that ignores Range; the URL's secret never appears in the output, and the probe asks
+    with it (it asked with ``?token=REDACTED``, which a signing host refuses)."""
     files = {"a.wav": wav_bytes(6.0), "b.ogg": ogg_bytes(48000, 20.0), "c.wav": wav_bytes(2.0)}
     ranges: list[str | None] = []
-    with ranged_server(files, ranges) as base:
+    with ranged_server(files, ranges, {"a.wav": "sekrit123"}) as base:
         urls = [
             f"{base}/r/a.wav?token=sekrit123",
             f"{base}/r/b.ogg",
@@ -441,3 +448,16 @@ def test_dry_run_probes_urls_through_the_proxy_and_never_with_netrc(
         estimate = _dry(dgbatch, url, "--out", str(tmp_path / "out"), "--probe")
     assert estimate["duration_seconds"] == pytest.approx(4.0, abs=1e-3)
     assert seen and seen == [None] * len(seen)
+
+
+def test_a_probe_through_an_unusable_proxy_is_refused(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bad ``HTTP_PROXY`` (a socks one) made every probe of an http media host fail,
+    said only at -vv, and the estimate counted them unknown: refused, exit 2, unshown."""
+    monkeypatch.setenv("HTTP_PROXY", "socks5://me:pw-s3cret@proxy.corp:1080")
+    args = ("run", "http://media.invalid/a.wav", "--out", str(tmp_path / "o"), "--dry-run")
+    probed = dgbatch(*args, "--probe")
+    assert probed.exit_code == 2 and "HTTP_PROXY: only an http:// proxy" in probed.output
+    assert "s3cret" not in probed.output
+    assert dgbatch(*args).exit_code == 0  # without --probe no media host is reached

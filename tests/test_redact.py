@@ -251,6 +251,13 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
             [],
             "bad http%3A%2F%2FREDACTED%40h%2Fa.wav here",
         ),
+        # a password holding a quote, in aiohttp's repr of a proxy's URL
+        (
+            'url="http://proxyuser:Summer\'2026@127.0.0.1:3128"',
+            [],
+            'url="http://REDACTED@127.0.0.1:3128"',
+        ),
+        ("http://h:3128/x and h:p@q", [], "http://h:3128/x and h:p@q"),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:

@@ -110,6 +110,28 @@ async def test_a_stalled_source_is_not_a_stalled_connection() -> None:
     assert not caught.value.reached and not caught.value.body_sent
 
 
+async def test_a_source_slow_to_end_after_its_last_byte_is_no_stall() -> None:
+    """A source that has given every byte and is slow to say it has ended (an S3 read past
+    the last byte, its thread pool busy) failed a request Deepgram had whole as "reading
+    the audio stalled": unbilled, no attempt, and its retry paid again."""
+
+    async def answers(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        remaining = await _read_headers(reader)
+        while remaining:
+            remaining -= len(await reader.read(remaining))
+        await asyncio.sleep(0.6)  # Deepgram thinks
+        await _answer(writer)
+
+    async def slow_to_end() -> AsyncIterator[bytes]:
+        yield bytes(10_000)
+        await asyncio.sleep(3600)
+
+    async with raw_server(answers) as url, aiohttp.ClientSession() as session:
+        client = DeepgramClient(session, url, "k-123456", stall_timeout=0.3)
+        answer = await client.send_stream(slow_to_end(), 10_000, "audio/wav", ())
+    assert answer.status == 200
+
+
 async def test_slow_upload_and_slow_answer_are_not_stalls(tmp_path: Path) -> None:
     """Steady progress, then a long think after the upload (Deepgram's processing) is fine."""
 
