@@ -565,13 +565,15 @@ def format_estimate(estimate: Estimate) -> str:
         f"would send {e['to_send']} item(s): {kinds}"
         f" ({e['already_done']} already done, {e['failed']} failed, not sent: inputs found"
         " broken while planning, or earlier runs' failures)",
-        *_asked_anew(Some(e["done_with_other_params"], e["done_with_other_params_first"])),
+        *_said(
+            asked_anew_text(Some(e["done_with_other_params"], e["done_with_other_params_first"]))
+        ),
         *_not_sent(e["dedupe_copies"], _COPIES),
         *_not_sent(e["kept_answers"], _KEPT),
         *_not_sent(e["adopted"], _ADOPTED),
-        *_unwritable(e["out_unwritable"]),
-        *_unchecked(e["s3_outputs_unchecked"]),
-        *_held(e["state_held_by"]),
+        *_said(_unwritable(e["out_unwritable"])),
+        *_said(_unchecked(e["s3_outputs_unchecked"])),
+        *_said(_held(e["state_held_by"])),
         *_failing(e["fail_locally"]),
         f"bytes: {e['bytes']:,}"
         + (
@@ -664,40 +666,39 @@ _ADOPTED = (
 )
 
 
-def _held(holder: str | None) -> list[str]:
+def _said(text: str | None) -> list[str]:
+    """A line of the summary, or none."""
+    return [] if text is None else [text]
+
+
+def _held(holder: str | None) -> str | None:
     """The line for a state a run was writing while the dry run copied it."""
     if holder is None:
-        return []
-    return [
+        return None
+    return (
         f"a run holds the state ({holder}): these counts are a snapshot; items it is "
         "sending count as to send, and outputs it wrote since as adopted"
-    ]
+    )
 
 
-def _unchecked(unchecked: bool) -> list[str]:
+def _unchecked(unchecked: bool) -> str | None:
     """The line for an S3 ``--out`` whose outputs the dry run did not look for."""
     if not unchecked:
-        return []
-    return [
+        return None
+    return (
         "the state knows no done item: outputs already in the S3 --out were not looked for, "
         "so items whose transcripts are there count as to send (the run skips them)"
-    ]
+    )
 
 
-def _unwritable(reason: str | None) -> list[str]:
-    """The line for a local ``--out`` nothing can be written into (none: no line)."""
+def _unwritable(reason: str | None) -> str | None:
+    """The line for a local ``--out`` nothing can be written into."""
     if reason is None:
-        return []
-    return [
+        return None
+    return (
         f"--out: cannot write outputs there ({reason}): the run would stop before its first "
         "request (exit 1)"
-    ]
-
-
-def _asked_anew(asked: Some) -> list[str]:
-    """The line for done items whose lines ask for other params now (none: no line)."""
-    text = asked_anew_text(asked)
-    return [] if text is None else [text]
+    )
 
 
 def _not_sent(count: int, why: str) -> list[str]:
