@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 PYTHON="${PYTHON:-python3}"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e .  # as scripts/test.sh: one .venv, edits live
+PIPLOG="$(mktemp)"  # setuptools' editable-install notice is noise; shown if pip fails
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e . 2>"$PIPLOG" \
+    || { cat "$PIPLOG" >&2; rm -f "$PIPLOG"; exit 1; }  # as scripts/test.sh: one .venv
+rm -f "$PIPLOG"
 
 OUT="${DEMO_OUT:-demo-out}"
 rm -rf "$OUT"
