@@ -193,7 +193,13 @@ def run_dry(opts: dict[str, Any]) -> None:
 
     try:
         config = build_config(opts)
-        estimate = asyncio.run(dry_run(config, sys.stdin, lambda text: click.echo(text, err=True)))
+        quiet = opts["quiet"] or opts["progress"] == "none"  # its progress: none then
+
+        def say(text: str) -> None:
+            if not quiet:
+                click.echo(text, err=True)
+
+        estimate = asyncio.run(dry_run(config, sys.stdin, say))
     except BatchError as exc:
         fail(exc)
     if opts["as_json"]:

@@ -58,7 +58,6 @@ from batch.probe import (
     probe_s3,
     probe_url,
 )
-from batch.proxies import check_proxies
 from batch.realsources import RealSources
 from batch.records import Some
 from batch.redact import redact_source
@@ -220,8 +219,6 @@ async def dry_run(
                         await plan.finish(stopped=False)  # and raises Interrupted (exit 130)
                 except Interrupted:  # said as a run says it ("the same command resumes")
                     raise Interrupted("interrupted while planning; nothing was sent") from None
-                if config.probe:
-                    check_proxies()  # each media host's: a bad one failed every probe unsaid
                 probed = await _probed(config, state, s3, signals, secrets) if config.probe else {}
                 if signals.received is not None:  # came as the plan ended: still a stop
                     raise Interrupted(f"interrupted by {signals.received.name}; nothing was sent")
@@ -238,7 +235,8 @@ async def dry_run(
                 # the run goes on without its lock and ends well
             estimate.running = holder_of(config.state_path)
             fresh = estimate.already_done == 0  # a fresh container, or a state lost
-            estimate.s3_outputs_unchecked = is_s3_uri(config.out) and fresh and estimate.to_send > 0
+            unchecked = is_s3_uri(config.out) and fresh and not config.force  # --force: sent
+            estimate.s3_outputs_unchecked = unchecked and estimate.to_send > 0
             return estimate
         finally:
             secrets.close()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from batch.errors import UsageError
 from batch.localfiles import open_regular
 from batch.proxies import proxy_for
 from batch.redact import redact_source, redact_url
@@ -244,7 +245,9 @@ async def probe_url(
         tail = b""
         if needs_tail(head, size):
             tail = await _url_tail(session, url)
-    except Exception as exc:  # a probe never fails the dry run
+    except UsageError:  # the proxy variable for this host is unusable: said, exit 2
+        raise
+    except Exception as exc:  # a probe never fails the dry run otherwise
         log.debug("cannot probe %s: %s", redact_url(url), type(exc).__name__)
         return None, total
     return sparse_duration(head, size, tail), total

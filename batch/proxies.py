@@ -17,18 +17,6 @@ from batch.errors import UsageError
 from batch.urls import is_loopback
 
 
-def check_proxies() -> None:
-    """Refuse every proxy variable that is set and unusable, whatever host it would serve
-    (the dry run's probes reach many hosts: a bad one made each probe fail unsaid).
-
-    Raises:
-        UsageError: as ``proxy_for``.
-    """
-    for named, raw in urllib.request.getproxies_environment().items():
-        if named in ("http", "https", "all") and raw:
-            _parsed(raw, f"{named.upper()}_PROXY")
-
-
 def proxy_for(url: str) -> URL | None:
     """The proxy to reach ``url`` through, credentials in it, or None.
 
@@ -60,8 +48,8 @@ def _parsed(raw: str, variable: str) -> URL:
         raise UsageError(msg) from None
     if proxy.scheme != "http" or not proxy.host:
         msg = (
-            f"{variable}: only an http:// proxy is supported (the connection to Deepgram "
-            "through it is TLS all the same)"
+            f"{variable}: only an http:// proxy is supported (an https:// URL still goes "
+            "through it encrypted, in a tunnel)"
         )
         raise UsageError(msg)
     return proxy

@@ -525,11 +525,11 @@ class Runner:
         self.state.record(result)
         if result.status is ItemStatus.DONE:
             self.stats.done += 1
-            if result.kept:  # paid for by the run that kept it
-                self.stats.from_kept += 1
-            elif result.copy_of is None and not result.adopted:  # neither was sent
-                self.stats.audio_seconds += result.duration or 0.0
-            self.progress.item_finished(True, result.duration)
+            self.stats.from_kept += result.kept  # paid for by the run that kept it
+            sent = not (result.kept or result.adopted or result.copy_of is not None)
+            seconds = (result.duration or 0.0) if sent else None  # no audio this run sent
+            self.stats.audio_seconds += seconds or 0.0
+            self.progress.item_finished(True, seconds)
         elif result.status is ItemStatus.FAILED:
             self.stats.failed += 1
             kind = result.err_code or (result.error or "error").split(":")[0]

@@ -251,12 +251,18 @@ def _is_walkable_file(entry: os.DirEntry[str]) -> bool:
         return True
 
 
-def _say_link_not_walked(path: str) -> None:
-    """A link to a folder is not walked (a loop, or a way out of the tree): said, or the
-    recordings under it were left out of an exit-0 run without a word."""
+def _say_links_not_walked(links: list[str], count: int) -> None:
+    """Links to folders are not walked (a loop, or a way out of the tree): said once, at
+    the end of a whole walk (not of the try of its first item), naming the first few, or
+    the recordings under them were left out of an exit-0 run without a word."""
+    if not count:
+        return
+    named = ", ".join(printable(path) for path in links)
+    more = f" and {count - len(links)} more" if count > len(links) else ""
     log.warning(
-        "%s: a link to a folder, not walked; give it as a SOURCE to send what is in it",
-        printable(path),
+        "%s%s: link(s) to folders, not walked; give them as SOURCEs to send what is in them",
+        named,
+        more,
     )
 
 
@@ -278,6 +284,8 @@ def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
     """
     listing = _sorted_entries(root)
     stack = [("", _folder_prefix(root), iter(listing))]
+    links: list[str] = []
+    linked = 0
     while stack:
         prefix, folder, entries = stack[-1]
         for entry in entries:
@@ -296,11 +304,14 @@ def _walk(root: str, rules: WalkRules, origin: str) -> Iterator[Item]:
                 break
             if not _is_walkable_file(entry):
                 if not rules.prunes(rel, name):
-                    _say_link_not_walked(folder + name)
+                    linked += 1
+                    if len(links) < 3:
+                        links.append(folder + name)
             elif rules.takes(rel, name):
                 yield _walk_item(entry, folder + name, rel, origin)
         else:
             stack.pop()
+    _say_links_not_walked(links, linked)
 
 
 def _expand_dir(arg: str, filters: Filters) -> Iterator[Item]:

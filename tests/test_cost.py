@@ -214,6 +214,8 @@ def test_dry_run_shows_s3_outputs_as_s3_uris(dgbatch: Cli, tmp_path: Path, out: 
     assert json.loads(as_json.output)["s3_outputs_unchecked"] is True
     local = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "o"), "--dry-run")
     assert "were not looked for" not in local.output
+    forced = dgbatch(*args, "--force", key=None)  # the run sends them all: nothing to say
+    assert forced.exit_code == 0 and "were not looked for" not in forced.output
 
 
 def test_dry_run_prices_each_item_by_the_model_of_its_own_params(
@@ -827,8 +829,11 @@ def test_a_long_estimate_says_how_far_it_got_and_stops_on_ctrl_c(
 
     make_wavs(tmp_path / "in", 3)
     monkeypatch.setattr(batch.dryrun, "ESTIMATE_NEWS", 0.0)
-    said = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
+    dry = ("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--dry-run")
+    said = Cli(None)(*dry)  # (the fixture's runs ask for --progress none)
     assert said.exit_code == 0 and "dry run: 1 of 3 item(s) estimated" in said.output
+    quiet = Cli(None)(*dry, "-q")
+    assert quiet.exit_code == 0 and "estimated …" not in quiet.output  # -q: no progress
     real = batch.dryrun._add_item
 
     def interrupted(*args: object) -> float | None:

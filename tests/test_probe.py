@@ -461,3 +461,5 @@ def test_a_probe_through_an_unusable_proxy_is_refused(
     assert probed.exit_code == 2 and "HTTP_PROXY: only an http:// proxy" in probed.output
     assert "s3cret" not in probed.output
     assert dgbatch(*args).exit_code == 0  # without --probe no media host is reached
+    monkeypatch.setenv("NO_PROXY", "media.invalid")  # a variable no probe uses is no matter
+    assert dgbatch(*args, "--probe").exit_code == 0

@@ -1407,6 +1407,23 @@ def test_a_local_out_whose_state_was_lost_is_not_paid_for_again(
     assert (out / "a.txt").is_file()  # the format it lacked, rendered from its json
 
 
+def test_adopted_outputs_are_no_audio_in_the_progress_either(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """The summary left adopted outputs' audio out, the progress lines did not (a log
+    scraper read 0.17 h for a run that sent nothing)."""
+    src, out = tmp_path / "calls", tmp_path / "out"
+    for n in range(2):
+        make_wav(src / f"{n}.wav", seconds=40.0, tone=n)
+    run = ("run", str(src), "--out", str(out), "--api-url", emulator.url, "--progress", "log")
+    assert "audio=0.02h" in Cli(None)(*run).output  # 80 s, sent
+    shutil.rmtree(out / ".dgbatch")
+    _aged(*out.glob("*.json"))
+    again = Cli(None)(*run)
+    assert again.exit_code == 0 and "skipped 2 item(s)" in again.output, again.output
+    assert "audio=0.02h" not in again.output and "2/2 items" in again.output
+
+
 @pytest.mark.timeout(60)
 def test_what_the_third_review_of_the_output_guard_found(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch

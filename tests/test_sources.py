@@ -268,8 +268,24 @@ def test_symlinked_dirs_are_not_followed(tree: Path, caplog: pytest.LogCaptureFi
     assert "link.wav" in names
     assert not any(name.startswith("day1/loop") for name in names)
     said = [r.getMessage() for r in caplog.records if "not walked" in r.getMessage()]
-    assert said == [f"{tree / 'day1' / 'loop'}: a link to a folder, not walked; give it as a "
-                    "SOURCE to send what is in it"]  # fmt: skip
+    assert said == [f"{tree / 'day1' / 'loop'}: link(s) to folders, not walked; give them "
+                    "as SOURCEs to send what is in them"]  # fmt: skip
+
+
+def test_links_to_folders_are_said_once_per_walk(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One line per link was noise (300 folders each with ``up -> ..``), and the links
+    before the first file were said twice (the SOURCE is tried up to its first item,
+    then walked): one line at the end of the walk, naming three."""
+    for n in range(5):
+        (tmp_path / f"d{n}").mkdir()
+        (tmp_path / f"d{n}" / "a.wav").write_bytes(b"RIFF")
+        (tmp_path / f"d{n}" / "up").symlink_to("..")
+    assert len(list(expand_sources([str(tmp_path)], Filters()))) == 5
+    said = [r.getMessage() for r in caplog.records if "not walked" in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith(f"{tmp_path / 'd0' / 'up'}, ")
+    assert " and 2 more: link(s) to folders" in said[0]
 
 
 def test_broken_symlink_is_failed_item(tmp_path: Path) -> None:
