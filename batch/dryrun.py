@@ -235,7 +235,8 @@ async def dry_run(
                 # the run goes on without its lock and ends well
             estimate.running = holder_of(config.state_path)
             fresh = estimate.already_done == 0  # a fresh container, or a state lost
-            unchecked = is_s3_uri(config.out) and fresh and not config.force  # --force: sent
+            # under a --force (this one, or one underway) the run sends them all
+            unchecked = is_s3_uri(config.out) and fresh and force_since is None
             estimate.s3_outputs_unchecked = unchecked and estimate.to_send > 0
             return estimate
         finally:

@@ -12,6 +12,7 @@ import logging
 import os
 import re
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -245,8 +246,13 @@ async def probe_url(
         tail = b""
         if needs_tail(head, size):
             tail = await _url_tail(session, url)
-    except UsageError:  # the proxy variable for this host is unusable: said, exit 2
-        raise
+    except UsageError as exc:  # the proxy variable for this host is unusable: exit 2
+        host = urlsplit(url).hostname
+        msg = (
+            f"{exc}; it is the proxy for {host}, a media host --probe reads: add the host "
+            "to NO_PROXY, or run without --probe"
+        )
+        raise UsageError(msg) from None
     except Exception as exc:  # a probe never fails the dry run otherwise
         log.debug("cannot probe %s: %s", redact_url(url), type(exc).__name__)
         return None, total

@@ -28,6 +28,7 @@ from batch.budget import Budget, Ledger, Reservation, audio_span, dollars
 from batch.emulator import Emulator
 from batch.models import Params
 from batch.pricing import estimate_cost, model_of, price_per_hour, priced_model
+from batch.state import State
 
 
 @pytest.mark.parametrize(
@@ -216,6 +217,14 @@ def test_dry_run_shows_s3_outputs_as_s3_uris(dgbatch: Cli, tmp_path: Path, out: 
     assert "were not looked for" not in local.output
     forced = dgbatch(*args, "--force", key=None)  # the run sends them all: nothing to say
     assert forced.exit_code == 0 and "were not looked for" not in forced.output
+    state = tmp_path / "s1.sqlite"  # a force underway, carried on without --force
+    State.open(state).close()
+    db = sqlite3.connect(state)
+    with db:
+        db.execute("INSERT INTO meta (key, value) VALUES ('force_since', ?)", (repr(time.time()),))
+    db.close()
+    underway = dgbatch(*args, "--state", str(state), key=None)
+    assert underway.exit_code == 0 and "were not looked for" not in underway.output
 
 
 def test_dry_run_prices_each_item_by_the_model_of_its_own_params(

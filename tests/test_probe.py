@@ -459,6 +459,7 @@ def test_a_probe_through_an_unusable_proxy_is_refused(
     args = ("run", "http://media.invalid/a.wav", "--out", str(tmp_path / "o"), "--dry-run")
     probed = dgbatch(*args, "--probe")
     assert probed.exit_code == 2 and "HTTP_PROXY: only an http:// proxy" in probed.output
+    assert "it is the proxy for media.invalid, a media host --probe reads" in probed.output
     assert "s3cret" not in probed.output
     assert dgbatch(*args).exit_code == 0  # without --probe no media host is reached
     monkeypatch.setenv("NO_PROXY", "media.invalid")  # a variable no probe uses is no matter
