@@ -18,6 +18,7 @@ import aiohttp
 
 from batch.client import api_session, transport_reason
 from batch.errors import AccountError, FatalApiError
+from batch.proxies import proxy_for
 from batch.redact import redact_text
 from batch.retry import parse_error_body, status_reason
 
@@ -61,6 +62,7 @@ class AccountClient:
         self._base = api_url.rstrip("/")
         self._headers = {"Authorization": f"Token {api_key}"}
         self._secrets = (api_key,)
+        self._proxy = proxy_for(api_url)  # a 407 is its, never Deepgram's
 
     async def get_json(self, path: str, query: list[tuple[str, str]] | None = None) -> Any:
         """The parsed JSON of a 200; typed errors for everything else."""
@@ -84,6 +86,10 @@ class AccountClient:
                 f"{f' to {to}' if to else ''}), which dgbatch does not follow: point "
                 "--api-url (or DEEPGRAM_API_URL) at the API itself"
             )
+        if status == 407 and self._proxy is not None:
+            where = f"{self._proxy.host}:{self._proxy.port}"
+            msg = f"GET {path}: no answer (the proxy {where} did not pass the request on: HTTP 407)"
+            raise AccountError(msg)  # not passing: trying again would not help
         if status != 200:
             raise _status_error(path, status, body, self._secrets)
         try:

@@ -675,8 +675,13 @@ def test_a_407_of_a_proxy_passing_plain_http_stops_the_run(
         make_tiny_wavs(tmp_path / "in", 2)
         out = tmp_path / "out"
         api = ["--api-url", "http://api.deepgram.invalid", "--allow-insecure-http"]
-        run = Cli(None)("run", str(tmp_path / "in"), "--out", str(out), "--no-preflight", *api)
+        fast = ("--no-preflight", "--backoff-base", "0.01")
+        run = Cli(None)("run", str(tmp_path / "in"), "--out", str(out), *fast, *api)
     assert run.exit_code == 1 and "did not pass the request on (HTTP 407" in run.output
+    with _raw_server(b"HTTP/1.1 407 Proxy Authentication Required\r\n") as port:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{port}")
+        check = Cli(None)("check", *api)  # the key check says whose 407 it is too
+    assert check.exit_code == 1 and f"the proxy 127.0.0.1:{port} did not pass" in check.output
     assert {(r["status"], r["attempts"]) for r in state_rows(out)} == {("pending", 0)}
 
 
