@@ -56,9 +56,9 @@ class _Counts:
     def finished(self, ok: bool, audio_seconds: float | None) -> None:
         if ok:
             self.done += 1
-            self.audio += audio_seconds or 0.0
         else:
             self.failed += 1
+        self.audio += audio_seconds or 0.0  # a failed item's: its paid answer, kept unwritten
 
     def postfix(self) -> str:
         text = f"failed={self.failed} retries={self.retries} audio={self.audio / 3600:.2f}h"

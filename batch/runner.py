@@ -534,7 +534,8 @@ class Runner:
             self.stats.failed += 1
             kind = result.err_code or (result.error or "error").split(":")[0]
             self.stats.errors[kind] = self.stats.errors.get(kind, 0) + 1
-            self.progress.item_finished(False, None)
+            kept = self._placer.unwritten.get(result.id)  # paid, outputs failed: the run's audio
+            self.progress.item_finished(False, kept)
 
     # -- plumbing --------------------------------------------------------------------------
 

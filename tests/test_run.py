@@ -1424,6 +1424,23 @@ def test_adopted_outputs_are_no_audio_in_the_progress_either(
     assert "audio=0.02h" not in again.output and "2/2 items" in again.output
 
 
+def test_a_paid_answer_kept_unwritten_is_audio_in_the_progress_too(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """The summary counted a paid answer whose outputs could not be written (kept for the
+    next run), the progress lines did not: they read 0.01 h where the summary said 0.02."""
+    for n in range(2):
+        make_wav(tmp_path / f"{n}.wav", seconds=40.0, tone=n)
+    manifest = tmp_path / "m.jsonl"  # names that meet: the second's folder is the first's json
+    manifest.write_text('{"source": "0.wav", "id": "x"}\n{"source": "1.wav", "id": "x.json/y"}\n')
+    out = tmp_path / "out"
+    run = ("run", str(manifest), "--out", str(out), "--api-url", emulator.url, "--progress", "log")
+    result = Cli(None)(*run)
+    assert result.exit_code == 1 and "audio 0.02 h" in result.output, result.output
+    last = [line for line in result.output.splitlines() if line.startswith("progress:")][-1]
+    assert "audio=0.02h" in last, last
+
+
 @pytest.mark.timeout(60)
 def test_what_the_third_review_of_the_output_guard_found(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
