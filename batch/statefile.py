@@ -176,24 +176,19 @@ def _held_by(lock_path: Path) -> str | None:
 def holder_of(path: Path) -> str | None:
     """Who holds the state's lock now (``pid N on HOST``), or None: for the dry run, whose
     snapshot of a state a run is writing is only that."""
-    try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with open(fd, encoding="utf-8", errors="replace") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return handle.read().strip() or "another process"
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return None
+    return _held_by(_lock_file(path))
+
+
+def _lock_file(path: Path) -> Path:
+    """The lock file beside the state file ``path``."""
+    return path.with_name(path.name + ".lock")
 
 
 def _lock_beside(path: Path, busy: str) -> IO[str]:
     """Keep other runs out of ``path`` for as long as the handle is open: flock, so a
     crashed run's lock goes with its process. The holder is written in the lock file for
     the message (``busy``, with ``{holder}``) another run shows."""
-    lock_path = path.with_name(path.name + ".lock")
+    lock_path = _lock_file(path)
     try:
         handle = open(lock_path, "a+")  # noqa: SIM115 - held for the run's lifetime
     except OSError as exc:
