@@ -18,7 +18,7 @@ import aiohttp
 
 from batch.client import api_session, transport_reason
 from batch.errors import AccountError, FatalApiError
-from batch.proxies import proxy_for
+from batch.proxies import proxy_for, refused_by
 from batch.redact import redact_text
 from batch.retry import parse_error_body, status_reason
 
@@ -86,10 +86,8 @@ class AccountClient:
                 f"{f' to {to}' if to else ''}), which dgbatch does not follow: point "
                 "--api-url (or DEEPGRAM_API_URL) at the API itself"
             )
-        if status == 407 and self._proxy is not None:
-            where = f"{self._proxy.host}:{self._proxy.port}"
-            msg = f"GET {path}: no answer (the proxy {where} did not pass the request on: HTTP 407)"
-            raise AccountError(msg)  # not passing: trying again would not help
+        if status == 407 and self._proxy is not None:  # not passing: no use trying again
+            raise AccountError(f"GET {path}: no answer ({refused_by(self._proxy, 'HTTP 407')})")
         if status != 200:
             raise _status_error(path, status, body, self._secrets)
         try:

@@ -20,11 +20,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
+from yarl import URL
 
 from batch import __version__
 from batch.models import Params
 from batch.params import encode_query
-from batch.proxies import proxy_for
+from batch.proxies import proxy_for, refused_by
 from batch.redact import redact_text
 from batch.retry import request_id_of
 
@@ -137,9 +138,10 @@ class _Wire:
     tunnel (a SOCKS port named as an http proxy) fails it before, and aiohttp then raises
     what a dropped request raises, so every item burned its retries as "attempts"."""
 
-    __slots__ = ("headers_sent",)
+    __slots__ = ("headers_sent", "proxy")
 
-    def __init__(self) -> None:
+    def __init__(self, proxy: URL) -> None:
+        self.proxy = proxy
         self.headers_sent = False
 
 
@@ -256,7 +258,7 @@ class DeepgramClient:
     ) -> Answer:
         url = f"{self._endpoint}?{encode_query(params)}" if params else self._endpoint
         answered: aiohttp.ClientResponse | None = None
-        wire = _Wire() if self._proxy is not None else None
+        wire = _Wire(self._proxy) if self._proxy is not None else None
         try:
             async with self._session.post(
                 url,
@@ -267,7 +269,8 @@ class DeepgramClient:
                 trace_request_ctx=wire,
             ) as resp:
                 if resp.status == 407 and self._proxy is not None:  # plain http through it
-                    raise self._proxy_refused(f"HTTP 407 {resp.reason or ''}".strip())
+                    reason = f"HTTP 407 {resp.reason or ''}".strip()
+                    raise self._proxy_refused(self._proxy, reason)
                 answered = resp  # an answer began: Deepgram had the whole body
                 body, truncated = await _read_body(resp)
                 return Answer(
@@ -285,22 +288,19 @@ class DeepgramClient:
             raise
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             if wire is not None and not (wire.headers_sent or isinstance(exc, _NO_REQUEST)):
-                raise self._proxy_refused(transport_reason(exc)) from exc
+                raise self._proxy_refused(wire.proxy, transport_reason(exc)) from exc
             sent = answered is not None or body_sent()
             error = self._translate(exc, sent is None or sent)
             if answered is not None:
                 error.partial = _cut_short(answered)
             raise error from exc
 
-    def _proxy_refused(self, reason: str) -> TransportError:
+    def _proxy_refused(self, proxy: URL, reason: str) -> TransportError:
         """Nothing reached Deepgram: the proxy would not carry the request (it refused,
         dropped or garbled the tunnel). Every item would meet it: the run stops, the
         items pending."""
-        where = f"{self._proxy.host}:{self._proxy.port}" if self._proxy is not None else ""
-        text = f"the proxy {where} did not pass the request on ({reason})"
-        return TransportError(
-            redact_text(text, self._secrets), body_sent=False, timeout=False, connect_failed=True
-        )
+        text = redact_text(refused_by(proxy, reason), self._secrets)
+        return TransportError(text, body_sent=False, timeout=False, connect_failed=True)
 
     def _translate(self, exc: BaseException, body_sent: bool) -> TransportError:
         return TransportError(

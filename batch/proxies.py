@@ -35,6 +35,11 @@ def proxy_for(url: str) -> URL | None:
     return _parsed(raw, f"{named.upper()}_PROXY")
 
 
+def refused_by(proxy: URL, reason: str) -> str:
+    """What a request the proxy would not pass on is said as (nothing reached Deepgram)."""
+    return f"the proxy {proxy.host}:{proxy.port} did not pass the request on ({reason})"
+
+
 def _parsed(raw: str, variable: str) -> URL:
     """The proxy URL ``variable`` holds (``raw``: never shown)."""
     try:
