@@ -105,7 +105,7 @@ class Estimate:
     #: why nothing can be written into a local ``--out`` (read-only), or None
     out_unwritable: str | None = None
     #: the run holding the real state while the dry run copied it (``pid N on HOST``)
-    running: str | None = None
+    held_by: str | None = None
     #: an S3 ``--out`` with a new (or lost) state: its outputs were not looked for, so
     #: items whose transcripts are there already (the run skips them) count as to send
     s3_outputs_unchecked: bool = False
@@ -159,7 +159,7 @@ class Estimate:
             "adopted": self.adopted,
             "out_unwritable": self.out_unwritable,
             "s3_outputs_unchecked": self.s3_outputs_unchecked,
-            "state_held_by": self.running,
+            "state_held_by": self.held_by,
             "fail_locally": dict(self.fail_locally),
             "bytes": self.bytes,
             "items_without_size": self.unsized,
@@ -225,7 +225,7 @@ async def dry_run(
                 keeping = Keeping.for_run(config, state, run_id, force_since)
                 stop = threading.Event()
                 with signals.routed_to(lambda sig: stop.set()):  # Ctrl-C: 130, not "Aborted!"
-                    tick = _ticker(stop, state.counts(), say)
+                    tick = _ticker(stop, say)
                     estimate = await asyncio.to_thread(
                         _estimate, config, state, probed, keeping, tick
                     )
@@ -233,7 +233,7 @@ async def dry_run(
             if estimate.to_send or estimate.copies or estimate.kept or estimate.adopted:
                 estimate.out_unwritable = _out_unwritable(config.out)  # with nothing to write,
                 # the run goes on without its lock and ends well
-            estimate.running = holder_of(config.state_path)
+            estimate.held_by = holder_of(config.state_path)
             fresh = estimate.already_done == 0  # a fresh container, or a state lost
             # under a --force (this one, or one underway) the run sends them all
             unchecked = is_s3_uri(config.out) and fresh and force_since is None
@@ -306,7 +306,7 @@ def _copy_state(source: Path, target: Path) -> None:
 
 
 async def probe_remote(
-    config: RunConfig, state: State, s3: S3, secrets: RealSources | None = None
+    config: RunConfig, state: State, s3: S3, secrets: RealSources
 ) -> dict[str, Probed]:
     """What could be learned of each S3/URL item to send, by item id.
 
@@ -330,14 +330,13 @@ async def probe_remote(
     return found
 
 
-def _remote_items(state: State, secrets: RealSources | None) -> Iterator[Remote]:
+def _remote_items(state: State, secrets: RealSources) -> Iterator[Remote]:
     """S3 and URL items still to send, read lazily (a prefix may hold millions), each with
     its real source: the state's is redacted (``?sig=REDACTED``), and its host refused it."""
     kinds = (ItemKind.S3.value, ItemKind.URL.value)
     for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
         if row["kind"] in kinds:
-            source = row["source"] if secrets is None else secrets.get(row["id"], row["source"])
-            yield row["id"], row["kind"], source, row["size"]
+            yield row["id"], row["kind"], secrets.get(row["id"], row["source"]), row["size"]
 
 
 async def _probe_one(
@@ -354,18 +353,15 @@ async def _probe_one(
 ESTIMATE_NEWS = 5.0
 
 
-def _ticker(
-    stop: threading.Event, counts: dict[str, int], say: Callable[[str], object]
-) -> Callable[[], None]:
-    """Called once per item estimated: raises ``Interrupted`` once ``stop`` is set, and
-    says how far it got every ``ESTIMATE_NEWS`` s (reading each local file's duration
-    makes a 100,000-file folder's estimate take half a minute)."""
-    total, seen = counts["pending"] + counts["running"], 0
+def _ticker(stop: threading.Event, say: Callable[[str], object]) -> Callable[[int, int], None]:
+    """Called with each item estimated (the how-manieth, of how many): raises
+    ``Interrupted`` once ``stop`` is set, and says how far it got every ``ESTIMATE_NEWS``
+    s (reading each local file's duration makes a 100,000-file folder's estimate take
+    half a minute)."""
     last = time.monotonic()
 
-    def tick() -> None:
-        nonlocal seen, last
-        seen += 1
+    def tick(seen: int, total: int) -> None:
+        nonlocal last
         if stop.is_set():
             raise Interrupted("interrupted while estimating; nothing was sent")
         if time.monotonic() - last >= ESTIMATE_NEWS:
@@ -380,16 +376,17 @@ def _estimate(
     state: State,
     probed: dict[str, Probed],
     keeping: Keeping,
-    tick: Callable[[], None] = lambda: None,
+    tick: Callable[[int, int], None] = lambda seen, total: None,
 ) -> Estimate:
     result = Estimate(state=str(config.state_path))
     counts = state.counts()
+    total = counts["pending"] + counts["running"]
     result.already_done, result.failed = counts["done"], counts["failed"]
     seconds_by_model: dict[str, float] = {}
     is_copy = _copy_finder(config, state)
     kept = state.kept_ids()
-    for row in state.iter_rows("WHERE status IN ('pending', 'running')"):
-        tick()
+    for seen, row in enumerate(state.iter_rows("WHERE status IN ('pending', 'running')"), 1):
+        tick(seen, total)
         own = stored_params(row["params"])
         sent = merge_params(config.params, own)
         has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None
