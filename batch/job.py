@@ -243,63 +243,10 @@ async def _run_locked(
             command = redact_text(config.command, (config.api_key,))
             run_id = state.start_run(command, price_params(config.params))
             with _recorded_if_stopped(state, run_id):
-                run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
-                state.set_run_tag(run_id, run_tag)
-                force_since, new_force = state.begin_force(config.force)
-                state.hold_unlisted()  # before the plan lists anything again
-                began = time.time()
-                try:
-                    plan = await start_plan(
-                        config, state, run_id, stdin, s3, signals, secrets, force_since
-                    )
-                except BatchError:
-                    if new_force:  # nothing was sent: the force did not begin
-                        state.end_force()
-                    raise
-                budget = await asyncio.to_thread(make_budget, config, state)
-                tags = run_tags(run_tag)
-                stats = await _execute(
-                    config,
-                    state,
-                    run_id,
-                    secrets,
-                    progress,
-                    s3,
-                    tags,
-                    budget,
-                    signals,
-                    plan,
-                    force_since=force_since,
-                    lock_watch=lock_watch,
-                )
-                await plan.finish(stopped=stats.stop_reason is not None)
-                _say_asked_anew(await asyncio.to_thread(state.done_asked_anew, run_id))
-                if stats.stop_reason is None:  # every manifest was read whole
-                    lines = manifest_paths(config.sources)
-                    await asyncio.to_thread(state.forget_stale_lines, lines, run_id)
-                # broken inputs fail while planning, not sending: the state counts both
-                stats.failed = await asyncio.to_thread(state.failed_since, began)
-                counts = await asyncio.to_thread(state.counts)
-                mine = await asyncio.to_thread(state.run_counts, run_id)
-                saved = await _save_report(state, report_path(config.state_path))
-                stats.stop_reason = stats.stop_reason or signals.interruption()
-                code = exit_code_for(mine, stats.stop_reason)
-                passed = budget.passed() if budget is not None else None
-                if passed is not None:
-                    log.warning("%s", passed)
-                    code = code or passed.exit_code
-                finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
-                if force_since is not None and finished:
-                    state.end_force()
-                missing = await asyncio.to_thread(done_without, state, config.formats)
-                wall = time.monotonic() - started
-                outcome = RunOutcome(code, stats, counts, wall, saved, stats.stop_reason, missing)
-                lacking = await asyncio.to_thread(done_to_render, state, config.formats)
-                outcome.to_render = lacking - stats.unrenderable  # those never will be
-                outcome.unlisted_failed = counts["failed"] - mine["failed"]
-                outcome.sent_next = await asyncio.to_thread(state.failed_sent_next, run_id)
-                state.finish_run(run_id, code, outcome.summary())
-                report.counts, report.summary = counts, outcome.summary()
+                run = _LockedRun(config, state, run_id, s3, signals, secrets, lock_watch)
+                sent = await run.plan_and_send(progress, stdin)
+                outcome = await run.conclude(sent, started)
+                report.counts, report.summary = outcome.counts, outcome.summary()
                 await asyncio.to_thread(report.read_failures, state)
                 return outcome
     finally:
@@ -307,6 +254,107 @@ async def _run_locked(
         state.close()
         if fresh and not locked:  # another run writes there (exit 4): the state this run
             remove_unused(config.state_path)  # made is not left, empty, for status to read
+
+
+@dataclass
+class _Sent:
+    """What sending left for the run's conclusion."""
+
+    stats: RunStats
+    began: float  # wall clock: items failed since then are this run's
+    budget: Budget | None
+    force_since: float | None
+
+
+@dataclass
+class _LockedRun:
+    """One run inside its locks: the steps share its state, its id and its watchers."""
+
+    config: RunConfig
+    state: State
+    run_id: int
+    s3: S3
+    signals: SignalLatch
+    secrets: RealSources
+    lock_watch: LockWatch
+
+    async def plan_and_send(self, progress: Progress, stdin: TextIO | None) -> _Sent:
+        """Plan in the background and send as the plan grows; a ``--force`` whose plan
+        could not start sent nothing, so it did not begin."""
+        config, state, run_id = self.config, self.state, self.run_id
+        run_tag = f"dgbatch-run-{run_id}-{tokens.token_hex(3)}"
+        state.set_run_tag(run_id, run_tag)
+        force_since, new_force = state.begin_force(config.force)
+        state.hold_unlisted()  # before the plan lists anything again
+        began = time.time()
+        try:
+            plan = await start_plan(
+                config, state, run_id, stdin, self.s3, self.signals, self.secrets, force_since
+            )
+        except BatchError:
+            if new_force:
+                state.end_force()
+            raise
+        budget = await asyncio.to_thread(make_budget, config, state)
+        stats = await _execute(
+            config,
+            state,
+            run_id,
+            self.secrets,
+            progress,
+            self.s3,
+            run_tags(run_tag),
+            budget,
+            self.signals,
+            plan,
+            force_since=force_since,
+            lock_watch=self.lock_watch,
+        )
+        await plan.finish(stopped=stats.stop_reason is not None)
+        return _Sent(stats, began, budget, force_since)
+
+    async def conclude(self, sent: _Sent, started: float) -> RunOutcome:
+        """Count what the run did, decide its exit code and record both in the state."""
+        state, stats = self.state, sent.stats
+        _say_asked_anew(await asyncio.to_thread(state.done_asked_anew, self.run_id))
+        if stats.stop_reason is None:  # every manifest was read whole
+            lines = manifest_paths(self.config.sources)
+            await asyncio.to_thread(state.forget_stale_lines, lines, self.run_id)
+        # broken inputs fail while planning, not sending: the state counts both
+        stats.failed = await asyncio.to_thread(state.failed_since, sent.began)
+        counts = await asyncio.to_thread(state.counts)
+        mine = await asyncio.to_thread(state.run_counts, self.run_id)
+        saved = await _save_report(state, report_path(self.config.state_path))
+        stats.stop_reason = stats.stop_reason or self.signals.interruption()
+        code = _exit_code(mine, stats.stop_reason, sent.budget)
+        finished = stats.stop_reason is None and counts["pending"] == counts["running"] == 0
+        if sent.force_since is not None and finished:
+            state.end_force()
+        wall = time.monotonic() - started
+        outcome = RunOutcome(code, stats, counts, wall, saved, stats.stop_reason)
+        await self._left_over(outcome, mine)
+        state.finish_run(self.run_id, code, outcome.summary())
+        return outcome
+
+    async def _left_over(self, outcome: RunOutcome, mine: dict[str, int]) -> None:
+        """What the summary says is left for later: formats missing or still to render,
+        failures of earlier runs, failures the next run sends by itself."""
+        state, formats = self.state, self.config.formats
+        outcome.missing = await asyncio.to_thread(done_without, state, formats)
+        lacking = await asyncio.to_thread(done_to_render, state, formats)
+        outcome.to_render = lacking - outcome.stats.unrenderable  # those never will be
+        outcome.unlisted_failed = outcome.counts["failed"] - mine["failed"]
+        outcome.sent_next = await asyncio.to_thread(state.failed_sent_next, self.run_id)
+
+
+def _exit_code(mine: dict[str, int], stop: BatchError | None, budget: Budget | None) -> int:
+    """The run's exit code; a budget passed on the way (said here) makes a clean run's 1."""
+    code = exit_code_for(mine, stop)
+    passed = budget.passed() if budget is not None else None
+    if passed is not None:
+        log.warning("%s", passed)
+        code = code or passed.exit_code
+    return code
 
 
 def asked_anew_text(asked: Some) -> str | None:
