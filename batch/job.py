@@ -153,6 +153,7 @@ async def _run_batch(
         shard=config.shard.suffix() if config.shard else None,
     )
     taken = False
+    outcome: RunOutcome | None = None
     try:
         try:
             await refuse_report_place(config, s3)
@@ -175,8 +176,10 @@ async def _run_batch(
             unsaved = None if taken else await _save_run_report(config, report, s3)
         finally:
             s3.close()
+        if unsaved is not None and (outcome is None or outcome.exit_code != 0):
+            log.error("%s", unsaved)  # beside the error the run stops for, which cli prints
     if unsaved is not None and outcome.exit_code == 0:  # a monitor would read last night's
-        return dataclasses.replace(outcome, exit_code=1, error=unsaved)
+        return dataclasses.replace(outcome, exit_code=1, error=unsaved)  # cli prints it
     return outcome
 
 
@@ -210,14 +213,13 @@ async def refuse_report_place(config: RunConfig, s3: S3) -> None:
 
 async def _save_run_report(config: RunConfig, report: RunReport, s3: S3) -> OutputError | None:
     """Write the run report, if asked for (its place was checked before the run began);
-    why it is not written, logged."""
+    why it is not written, returned: a clean run's exit code becomes 1 for it."""
     dest = config.run_report
     if dest is None:
         return None
     try:
         await save_run_report(dest, report, s3)
     except OutputError as exc:
-        log.error("%s", exc)
         return exc
     return None
 

@@ -6,9 +6,17 @@ on open, and a newer one is refused rather than misread.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shlex
 import sqlite3
 from collections.abc import Callable
+
+from batch.errors import UsageError
+from batch.params import merge_params, parse_param
+from batch.pricing import price_params
+from batch.redact import redact_source
+from batch.urls import url_id
 
 Migration = Callable[[sqlite3.Connection], None]
 MIGRATIONS: list[Migration] = []
@@ -164,8 +172,6 @@ def m007_url_ids_redacted_again(db: sqlite3.Connection) -> None:
 def _rekey_url_items(db: sqlite3.Connection) -> None:
     """Redact every URL item's id and source again, as the planner now keys them, and
     follow the ids that changed in ``copy_of`` and ``kept_answers``."""
-    from batch.redact import redact_source  # here: migrations load before the rest
-    from batch.urls import url_id
 
     rows = db.execute(  # a done row first: two ids that become one keep the done one
         "SELECT rowid, id, source FROM items WHERE kind = 'url' AND id LIKE '%://%' "
@@ -238,7 +244,6 @@ def m012_named_url_sources_redacted_again(db: sqlite3.Connection) -> None:
     plan, which compares a stored URL with the one it redacts now, took each for another
     recording and sent it again. And a done item without ``sent_params`` (a state m010
     met before it set them) takes its params as those it was sent with."""
-    from batch.redact import redact_source  # here: migrations load before the rest
 
     rows = db.execute("SELECT rowid, source FROM items WHERE kind = 'url' AND id LIKE 'id:%'")
     for rowid, source in rows.fetchall():
@@ -260,8 +265,6 @@ def m013_url_ids_from_their_sources(db: sqlite3.Connection) -> None:
     When two rows want one id, the done one takes it; a row that is not done and holds it
     without a kept answer is the same recording, and goes; otherwise the later row keeps
     the id with ``#<rowid>`` after it, without its secrets."""
-    from batch.redact import redact_source  # here: migrations load before the rest
-    from batch.urls import url_id
 
     rows = db.execute(
         "SELECT rowid, id, source, status FROM items WHERE kind = 'url' AND id LIKE '%://%' "
@@ -359,14 +362,14 @@ def m017_run_priced_params(db: sqlite3.Connection) -> None:
         db.execute("UPDATE runs SET priced = ? WHERE id = ?", (json.dumps(priced), run_id))
 
 
+#: the defaults of the runs this migration prices: frozen, as a later change of
+#: ``params.DEFAULT_PARAMS`` would re-price runs that did not use it
+_DEFAULTS_BEFORE_M017 = (("model", "nova-3"), ("smart_format", "true"))
+
+
 def _priced_of_command(command: str) -> list[tuple[str, str]]:
     """The model and language a recorded command line asked for (the defaults' model
     where it named none); a command that cannot be read gives the defaults."""
-    import shlex
-
-    from batch.params import DEFAULT_PARAMS, merge_params  # here: migrations load first
-    from batch.pricing import price_params
-
     try:
         words = shlex.split(command)
     except ValueError:
@@ -374,10 +377,10 @@ def _priced_of_command(command: str) -> list[tuple[str, str]]:
     given = []
     for before, word in zip(["", *words], words, strict=False):
         text = word.removeprefix("--param=") if word.startswith("--param=") else word
-        if (before == "--param" or word.startswith("--param=")) and "=" in text:
-            key, _, value = text.partition("=")
-            given.append((key.strip().lower(), value))
-    return list(price_params(merge_params(DEFAULT_PARAMS, tuple(given))))
+        if before == "--param" or word.startswith("--param="):
+            with contextlib.suppress(UsageError):  # the run took it: read as it was
+                given.append(parse_param(text))
+    return list(price_params(merge_params(_DEFAULTS_BEFORE_M017, tuple(given))))
 
 
 @migration

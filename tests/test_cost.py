@@ -24,6 +24,7 @@ from conftest import (
     static_server,
 )
 
+from batch import migrations, params
 from batch.budget import Budget, Ledger, Reservation, audio_span, dollars
 from batch.emulator import Emulator
 from batch.models import Params
@@ -587,6 +588,26 @@ def test_an_earlier_runs_audio_is_priced_at_the_model_that_run_sent(
     second = dgbatch("run", str(tmp_path / "s2"), *out)
     assert second.exit_code == 1 and "cost budget reached" in second.output, second.output
     assert len(emulator.log) == 2
+
+
+@pytest.mark.parametrize(
+    ("command", "priced"),
+    [
+        ("dgbatch run in", [("model", "nova-3")]),
+        ("dgbatch run in --param model=enhanced", [("model", "enhanced")]),
+        ("dgbatch run in --param=model=base --param language=fr", [("language", "fr"), ("model", "base")]),  # noqa: E501
+        ("dgbatch run in --param 'MODEL= nova-2'", [("model", "nova-2")]),
+        ("dgbatch run 'unclosed --param model=enhanced", [("model", "nova-3")]),
+        ("dgbatch run in --out model=enhanced", [("model", "nova-3")]),
+    ],
+)  # fmt: skip
+def test_runs_recorded_before_priced_params_are_priced_from_their_command(
+    command: str, priced: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """m017 reads what an old run's command asked for, over the defaults of the release
+    that ran it: a later change of today's defaults does not re-price them."""
+    monkeypatch.setattr(params, "DEFAULT_PARAMS", (("model", "nova-4"),))
+    assert sorted(migrations._priced_of_command(command)) == priced
 
 
 def test_what_was_billed_before_a_requeue_is_priced_at_the_run_that_sent_it(

@@ -703,12 +703,16 @@ def test_a_format_rendered_later_never_writes_over_an_object_of_another(
     assert body == b"HAND MADE" and len(listen_log(emulator)) == 1
 
 
+@pytest.mark.parametrize("broken", [False, True], ids=["clean", "an-item-failed"])
 def test_a_run_report_that_cannot_be_put_at_the_end_makes_the_run_exit_1(
-    moto: MotoS3, tmp_path: Path
+    moto: MotoS3, tmp_path: Path, broken: bool
 ) -> None:
     """The reports' bucket went away while the run was sending: the run exited 0 while a
-    monitor kept reading last night's report. It exits 1, naming the place."""
+    monitor kept reading last night's report. It exits 1, naming the place, once (it was
+    logged, then printed as the run's error); a run that fails anyway says it too."""
     make_wav(tmp_path / "in" / "a.wav")
+    if broken:
+        (tmp_path / "in" / "b.wav").write_bytes(b"not audio at all")
     moto.bucket("gone-soon")
     with emulator_with(latency=2.0) as emu:
         proc = start_run(
@@ -718,7 +722,9 @@ def test_a_run_report_that_cannot_be_put_at_the_end_makes_the_run_exit_1(
         gone = lambda: moto.client.delete_bucket(Bucket="gone-soon")  # noqa: E731
         stderr = stop_when(proc, lambda: emu.in_flight() >= 1, gone)
     assert proc.returncode == 1, stderr.decode()
-    assert b"Error: s3://gone-soon/r.json: run report not written: no such bucket" in stderr
+    said = b"s3://gone-soon/r.json: run report not written: no such bucket"
+    assert (b"Error: " + said in stderr) is not broken, stderr.decode()
+    assert stderr.count(said) == 1, stderr.decode()
 
 
 # -- bad input -----------------------------------------------------------------------------
