@@ -84,10 +84,7 @@ class Attempts:
         """The item's result once an answer decides it, its tries run out or the run
         stops; meanwhile ``tries`` holds its tallies, in case a cancel cuts it short."""
         source = self.secret_sources.get(item.id, item.source)
-        sender = self.senders.get(item.kind)
-        if sender is None:
-            error = f"{item.source}: no sender for {item.kind.value} items in this run"
-            return Result(item.id, ItemStatus.FAILED, item.attempts, error=error)
+        sender = self.senders[item.kind]  # every kind has one (``job.make_senders``)
         item, settled = await self._settled_unsent(item)
         settled = settled or _secret_not_given(item, source)
         if settled is not None:

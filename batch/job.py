@@ -652,7 +652,6 @@ async def _execute(
                 budget=budget,
                 dedupe=Dedupe.for_run(config) if config.dedupe else None,
                 keeping=Keeping.for_run(config, state, run_id, force_since),
-                handle_signals=False,
                 more=plan.wait_more,
             )
             plan.on_growth = runner.plan_grew

@@ -48,11 +48,6 @@ def price_per_hour(model: str | None, override: float | None = None) -> float | 
     return PRICE_PER_MINUTE[max(matches, key=len)] * 60
 
 
-def model_of(params: Iterable[tuple[str, str]]) -> str | None:
-    """The ``model`` a request asks for (the last value wins, as in a query string)."""
-    return _last(params, "model")
-
-
 def _last(params: Iterable[tuple[str, str]], key: str) -> str | None:
     found = None
     for name, value in params:

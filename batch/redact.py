@@ -378,11 +378,6 @@ class RedactingFilter(logging.Filter):
         super().__init__(name)
         self._secrets = tuple(s for s in secrets if s)
 
-    def add_secret(self, secret: str) -> None:
-        """Also scrub ``secret`` from later records (a key read after logging started)."""
-        if secret:
-            self._secrets = (*self._secrets, secret)
-
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place; never drop it."""
         try:

@@ -34,8 +34,7 @@ from batch.probe import guess_seconds, local_duration
 from batch.progress import Progress
 from batch.realsources import RealSources
 from batch.redact import redact_text
-from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
-from batch.signals import stop_signals
+from batch.runtypes import RunnerSettings, RunStats, until_stopped
 from batch.state import Result, State, WorkItem
 
 __all__ = ["FLUSH_INTERVAL", "RunStats", "Runner", "RunnerSettings"]
@@ -61,20 +60,17 @@ class Runner:
         progress: Progress,
         *,
         run_id: int,
-        secret_sources: RealSources | None = None,
-        sleep: Sleep = asyncio.sleep,
-        rng: random.Random | None = None,
+        secret_sources: RealSources,
+        keeping: Keeping,
         budget: Budget | None = None,
         dedupe: Dedupe | None = None,
-        keeping: Keeping | None = None,
-        handle_signals: bool = True,
         more: Callable[[], Awaitable[bool]] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.progress = progress
         self.run_id = run_id
-        self.secret_sources = secret_sources if secret_sources is not None else RealSources()
+        self.secret_sources = secret_sources
         self.stats = RunStats()
         self.limit = AdaptiveLimit(
             settings.concurrency, adaptive=settings.adaptive, on_change=progress.limit_changed
@@ -91,8 +87,6 @@ class Runner:
         self._settled = asyncio.Event()
         #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
         self._captured: dict[str, bytes] = {}
-        #: False when the caller owns SIGINT/SIGTERM and forwards them to ``interrupt``
-        self._handle_signals = handle_signals
         self._done_before = 0
         #: per in-flight item: (attempts, 200s without a transcript) so far, for the result
         #: of an item that an exception or a cancel takes out of ``Attempts.process``
@@ -107,7 +101,7 @@ class Runner:
         self._live = asyncio.Semaphore(2 * settings.concurrency)
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
         #: paid answers whose outputs could not be written, for the next run to write
-        self.keeping = keeping or Keeping(state, run_id)
+        self.keeping = keeping
         # What one item goes through, each piece handed the bookkeeping above it needs
         # (shared, not copied: the runner reads it back when an item ends or is cut short).
         self._placer = Placer(
@@ -135,8 +129,8 @@ class Runner:
             note_tries=state.note_tries,
             stopped=self._stopped,
             stop=self.stop,
-            sleep=sleep,
-            rng=rng or random.Random(),
+            sleep=asyncio.sleep,
+            rng=random.Random(),
         )
         self._copies: Copies | None = None
         if dedupe is not None:
@@ -155,7 +149,6 @@ class Runner:
     async def run(self) -> RunStats:
         """Recover a crashed run's items, then dispatch until the queue is empty or a stop."""
         flusher = asyncio.create_task(self._flush_periodically())
-        self._install_signals()
         try:
             await self._adoption.recover()
             await self.keeping.load()
@@ -170,7 +163,6 @@ class Runner:
                 self.stop(exc)
             await self._drain()
         finally:
-            self._remove_signals()
             flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
@@ -549,22 +541,6 @@ class Runner:
                 except StateError as exc:
                     self.stop(exc)
                     return
-
-    def _install_signals(self) -> None:
-        if not self._handle_signals:
-            return
-        loop = asyncio.get_running_loop()
-        for sig in stop_signals():
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.interrupt, sig)
-
-    def _remove_signals(self) -> None:
-        if not self._handle_signals:
-            return
-        loop = asyncio.get_running_loop()
-        for sig in stop_signals():
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.remove_signal_handler(sig)
 
     def interrupt(self, sig: signal.Signals) -> None:
         """SIGINT/SIGTERM/SIGHUP: stop dispatching; a second one cancels in-flight requests,

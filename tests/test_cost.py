@@ -28,7 +28,7 @@ from batch import migrations, params
 from batch.budget import Budget, Ledger, Reservation, audio_span, dollars
 from batch.emulator import Emulator
 from batch.models import Params
-from batch.pricing import estimate_cost, model_of, price_per_hour, priced_model
+from batch.pricing import estimate_cost, price_per_hour, priced_model
 from batch.state import State
 
 
@@ -51,10 +51,8 @@ def test_price_per_hour(model: str | None, override: float | None, expected: flo
     assert price == (pytest.approx(expected) if expected is not None else None)
 
 
-def test_model_and_cost_helpers() -> None:
-    """The last ``model`` value wins and cost scales with hours."""
-    assert model_of((("model", "nova-2"), ("x", "y"), ("model", "nova-3"))) == "nova-3"
-    assert model_of(()) is None
+def test_cost_scales_with_hours() -> None:
+    """Cost scales with hours; no price, no cost."""
     assert estimate_cost(1800, 0.5) == pytest.approx(0.25)
     assert estimate_cost(1800, None) is None
 

@@ -322,13 +322,14 @@ def test_filter_redacts_tracebacks() -> None:
     assert "u:p@" not in formatted
 
 
-def test_filter_add_secret(caplog: pytest.LogCaptureFixture) -> None:
-    """A secret learned later is scrubbed from later records through a real handler."""
+def test_filter_scrubs_its_secrets_through_a_real_handler(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A secret given to the filter is scrubbed from records through a real handler."""
     logger = logging.getLogger("batch.test_redact")
-    redacting = RedactingFilter()
+    redacting = RedactingFilter(("late_secret_value",))
     caplog.handler.addFilter(redacting)
     try:
-        redacting.add_secret("late_secret_value")
         logger.warning("key=%s", "late_secret_value")
     finally:
         caplog.handler.removeFilter(redacting)
