@@ -24,7 +24,7 @@ from batch.errors import UsageError
 from batch.formats import RENDERERS
 from batch.localfiles import open_regular
 from batch.models import Filters, Params
-from batch.naming import is_s3_uri
+from batch.naming import folder_prefix, is_s3_uri, split_s3_uri
 from batch.params import request_params
 from batch.proxies import proxy_for
 from batch.redact import redact_source, redact_text, redact_url
@@ -204,7 +204,7 @@ def check_out(out: str) -> str:
     if out != out.strip():  # `` s3://b/x`` was a local folder named " s3:"
         raise UsageError(f"--out {out!r}: begins or ends with a space")
     if is_s3_uri(out):
-        if not out[len("s3://") :].split("/", 1)[0]:
+        if not split_s3_uri(out)[0]:
             raise UsageError(f"--out {out!r}: names no bucket (s3://bucket/prefix)")
         return out
     scheme = _URI_LIKE.match(out) or out[:3].lower() == "s3:"
@@ -275,7 +275,7 @@ def run_report_problem(report: str, out: str, state: Path | None = None) -> str 
 
 
 def _s3_report_problem(report: str, out: str, state: Path) -> str | None:
-    if report.endswith("/") or not report[len("s3://") :].partition("/")[2]:
+    if report.endswith("/") or not split_s3_uri(report)[1]:
         return "give an object key, s3://bucket/r.json"
     if is_s3_output_place(report, out):
         return _OUTPUT_PLACE
@@ -378,9 +378,9 @@ def is_s3_output_place(report: str, out: str) -> bool:
     put there, and the report would replace it at the end of the run."""
     if not is_s3_uri(out) or Path(report).suffix.lower() not in _OUTPUT_SUFFIXES:
         return False
-    bucket, _, key = report[len("s3://") :].partition("/")
-    out_bucket, _, prefix = out[len("s3://") :].partition("/")
-    folder = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+    bucket, key = split_s3_uri(report)
+    out_bucket, prefix = split_s3_uri(out)
+    folder = folder_prefix(prefix.rstrip("/"))
     if bucket != out_bucket or not key.startswith(folder):
         return False
     return ".dgbatch" not in key[len(folder) :].split("/")

@@ -27,6 +27,7 @@ __all__ = [
     "output_relpath",
     "resolve_inside",
     "safe_name",
+    "split_s3_uri",
     "stem_of",
 ]
 
@@ -199,6 +200,14 @@ def is_s3_uri(text: str) -> bool:
     return text[:5].lower() == "s3://"
 
 
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/key`` as ``(bucket, key)``, the key taken literally; ``uri`` is one
+    (``is_s3_uri``), checked by the caller (``s3.parse_s3_uri`` refuses one without a
+    bucket)."""
+    bucket, _, key = uri[len("s3://") :].partition("/")
+    return bucket, key
+
+
 def folder_prefix(prefix: str) -> str:
     """An S3 key prefix as a folder: empty, or ending in one ``/``."""
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
@@ -212,7 +221,7 @@ def output_location(out: str, relpath: str) -> str:
     """
     if not is_s3_uri(out):
         return str(Path(out) / relpath)
-    bucket, _, prefix = out[5:].partition("/")
+    bucket, prefix = split_s3_uri(out)
     return f"s3://{bucket}/{folder_prefix(prefix)}{relpath}"
 
 

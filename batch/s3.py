@@ -31,7 +31,7 @@ from batch.client import CHUNK_SIZE, Answer, DeepgramClient, TransportError
 from batch.errors import ItemError, SourceError, StoreUnreachable
 from batch.media import Sender, check_size
 from batch.models import Filters, Item, ItemKind
-from batch.naming import content_type_for, is_s3_uri
+from batch.naming import content_type_for, is_s3_uri, split_s3_uri
 from batch.redact import redact_source
 from batch.sources import WalkRules
 from batch.state import WorkItem
@@ -100,7 +100,7 @@ def parse_s3_uri(uri: str) -> tuple[str, str]:
     """
     if not is_s3_uri(uri):
         raise SourceError(f"{redact_source(uri)}: not an s3:// URI")
-    bucket, _, key = uri[5:].partition("/")
+    bucket, key = split_s3_uri(uri)
     if not bucket:
         raise SourceError(f"{redact_source(uri)}: no bucket (expected s3://BUCKET/KEY)")
     return bucket, key

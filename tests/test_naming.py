@@ -19,6 +19,7 @@ from batch.naming import (
     output_relpath,
     resolve_inside,
     safe_name,
+    split_s3_uri,
 )
 
 
@@ -211,3 +212,18 @@ def test_audio_extensions_are_normalised() -> None:
     """Every audio extension is lowercase with a leading dot, and the common ones are there."""
     assert all(ext.startswith(".") and ext == ext.lower() for ext in AUDIO_EXTENSIONS)
     assert {".wav", ".mp3", ".flac", ".m4a", ".ogg", ".opus", ".webm", ".mp4"} <= AUDIO_EXTENSIONS
+
+
+@pytest.mark.parametrize(
+    ("uri", "split"),
+    [
+        ("s3://b/k.wav", ("b", "k.wav")),
+        ("S3://b/in/", ("b", "in/")),
+        ("s3://b", ("b", "")),
+        ("s3://b//a b/%2e.wav", ("b", "/a b/%2e.wav")),
+        ("s3:///k", ("", "k")),
+    ],
+)
+def test_an_s3_uri_splits_into_bucket_and_literal_key(uri: str, split: tuple[str, str]) -> None:
+    """One split for every place that takes an ``s3://`` apart; the key is never cleaned."""
+    assert split_s3_uri(uri) == split
