@@ -196,7 +196,8 @@ def check_not_callback(key: str, value: object = "set") -> None:
 
 
 def _is_callback(key: str, value: object) -> bool:
-    return key in _CALLBACK_KEYS and value not in ("", None)
+    """In any case: ``deepgram_key`` sends ``CALLBACK`` as ``callback``."""
+    return key.lower() in _CALLBACK_KEYS and value not in ("", None)
 
 
 @lru_cache(maxsize=1024)

@@ -146,6 +146,8 @@ def test_params_from_mapping_table(obj: Mapping[str, object], expected: Params) 
         ({"": "1"}, "invalid key"),
         ({"callback": "https://x.example/cb"}, "param 'callback': callback mode sends"),
         ({"callback_method": "put"}, "param 'callback_method': callback mode"),
+        ({"CALLBACK": "https://x.example/cb"}, "param 'CALLBACK': callback mode sends"),
+        ({"Callback_Method": "put"}, "param 'Callback_Method': callback mode"),
     ],
 )
 def test_params_from_mapping_errors(obj: Mapping[str, object], message: str) -> None:
