@@ -29,11 +29,11 @@ from batch.budget import Budget, Ledger
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, OutputError, UsageError
+from batch.errors import BatchError, Interrupted, ItemError, OutputError, UsageError
 from batch.keeping import Keeping, kept_audio
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
-from batch.naming import is_s3_uri
+from batch.naming import is_s3_uri, output_place_problem
 from batch.outputs import (
     Inputs,
     LocalSink,
@@ -494,10 +494,15 @@ def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
 def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatch) -> Sender:
     """Merge the run's layers over the item's own params (stored as the manifest gave
     them) at send time, so a resumed run sends with the current command's options; no
-    request once the output lock may be lost (``LockWatch.check``)."""
+    request once the output lock may be lost (``LockWatch.check``), nor for an item whose
+    outputs could never be written (``output_place_problem``: a path or key too long)."""
+    root = config.out if is_s3_uri(config.out) else os.path.abspath(config.out)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         watch.check()
+        problem = output_place_problem(root, item.out_name, config.formats)
+        if problem is not None:
+            raise ItemError(problem, code="output_path")
         params = request_params(config.params, item.params, formats=config.formats, tags=tags)
         return await sender(client, item.with_params(params), source)
 

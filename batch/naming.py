@@ -10,9 +10,11 @@ out of the output directory.
 from __future__ import annotations
 
 import hashlib
+import os
 import posixpath
 import re
 import unicodedata
+from collections.abc import Iterable
 from pathlib import Path
 
 __all__ = [
@@ -24,6 +26,7 @@ __all__ = [
     "is_s3_uri",
     "name_variants",
     "output_location",
+    "output_place_problem",
     "output_relpath",
     "resolve_inside",
     "safe_name",
@@ -211,6 +214,35 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
 def folder_prefix(prefix: str) -> str:
     """An S3 key prefix as a folder: empty, or ending in one ``/``."""
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
+
+
+#: Linux's PATH_MAX, its terminating NUL included: a longer path cannot be opened
+PATH_MAX = 4096
+#: what a temporary output adds to its output's path (``.NAME.XXXXXXXX.tmp``)
+TEMP_EXTRA = len("..12345678.tmp")
+#: S3's longest object key, in UTF-8 bytes
+S3_KEY_MAX = 1024
+
+
+def output_place_problem(out_root: str, out_name: str, formats: Iterable[str]) -> str | None:
+    """Why an item's outputs could never be written (a path or an S3 key too long), or
+    None. Asked before sending: the answer would be paid for, then kept unwritten.
+
+    Args:
+        out_root: an S3 ``--out`` as given, or a local one made absolute.
+    """
+    relpath = output_relpath(out_name, max(formats, key=len))
+    if is_s3_uri(out_root):
+        key = folder_prefix(split_s3_uri(out_root)[1]) + relpath
+        size, most, what = len(key.encode("utf-8", "surrogateescape")), S3_KEY_MAX, "S3 key"
+    else:
+        path = f"{out_root.rstrip('/')}/{relpath}"
+        size, most = len(os.fsencode(path)) + TEMP_EXTRA + 1, PATH_MAX
+        what = "path"
+    if size <= most:
+        return None
+    reason = f"output {what} too long ({size} bytes, at most {most})"
+    return f"{output_location(out_root, relpath)}: {reason}"
 
 
 def output_location(out: str, relpath: str) -> str:

@@ -535,12 +535,30 @@ def _make_folders(folders: set[str]) -> dict[str, OSError]:
     unmade = {}
     for folder in folders:
         try:
-            os.makedirs(folder, exist_ok=True)
+            _make_folder(folder)
         except FileExistsError:
             pass
         except OSError as exc:
             unmade[folder] = exc
     return unmade
+
+
+def _make_folder(folder: str) -> None:
+    """``os.makedirs(folder, exist_ok=True)`` without its recursion: a name 1,000 folders
+    deep raised RecursionError, which failed every write of its group and stopped the run."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not os.path.isdir(path):  # a file in the way: the write tells it better
+                raise
 
 
 def _folders_of(jobs: list[_Job]) -> set[str]:

@@ -142,6 +142,54 @@ def test_symlink_inside_out_cannot_lead_outside(
     assert str(row["error"]).startswith("etc/evil.json: output path escapes"), row["error"]
 
 
+def test_a_name_a_thousand_folders_deep_is_written_and_stops_nothing(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """``os.makedirs`` recursed once per folder: a manifest id (or URL path) 1,000 folders
+    deep raised RecursionError, which failed every write of its group and stopped every
+    run on that --out (a review found it). It is written, and so is everyone else."""
+    make_tiny_wavs(tmp_path / "m", 1, prefix="good")
+    lines = [{"source": "good00000.wav", "id": "d/" * 1000 + "deep"}]
+    lines += [{"source": "good00000.wav", "id": f"n{i}"} for i in range(20)]
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert (out / ("d/" * 1000 + "deep.json")).is_file()
+    assert len(list(out.glob("n*.txt"))) == 20
+
+
+@pytest.mark.parametrize("kind", ["id", "url"])
+def test_an_output_path_too_long_to_write_fails_unsent(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, media_server: str, kind: str
+) -> None:
+    """A name whose output path is past PATH_MAX was sent and paid, then kept unwritten
+    for a ``--retry-failed`` that could never write it (a review found it). It fails
+    unsent, naming the reason; the other items are written."""
+    make_tiny_wavs(tmp_path / "m", 1, prefix="good")
+    deep = "/".join(["s" * 199] * 25)
+    first = (
+        {"source": "good00000.wav", "id": deep}
+        if kind == "id"
+        else {"source": f"http://{media_server}/{deep}/remote00000.wav"}
+    )
+    lines = [first, {"source": "good00000.wav", "id": "fine"}]
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    out = tmp_path / "out"
+    result = dgbatch("run", str(manifest), "--out", str(out))
+    assert result.exit_code == 1, result.output
+    assert len(emulator.log) == 1 and (out / "fine.json").is_file()
+    failed, done = read_state_rows(out / ".dgbatch" / "state.sqlite")
+    assert (failed["status"], failed["attempts"], failed["err_code"]) == (
+        "failed",
+        0,
+        "output_path",
+    )
+    assert "output path too long (" in str(failed["error"]) and done["status"] == "done"
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=st.lists(

@@ -11,11 +11,13 @@ from hypothesis import strategies as st
 
 from batch.naming import (
     AUDIO_EXTENSIONS,
+    TEMP_EXTRA,
     content_type_for,
     disambiguate,
     id_stem,
     name_variants,
     output_location,
+    output_place_problem,
     output_relpath,
     resolve_inside,
     safe_name,
@@ -227,3 +229,24 @@ def test_audio_extensions_are_normalised() -> None:
 def test_an_s3_uri_splits_into_bucket_and_literal_key(uri: str, split: tuple[str, str]) -> None:
     """One split for every place that takes an ``s3://`` apart; the key is never cleaned."""
     assert split_s3_uri(uri) == split
+
+
+@pytest.mark.parametrize(
+    ("root", "name_bytes", "problem"),
+    [
+        ("s3://b/out", 1024 - len("out/") - len(".json"), None),
+        ("s3://b/out", 1025 - len("out/") - len(".json"), "key too long (1025 bytes, at most"),
+        ("s3://b", 1024 - len(".json"), None),
+        ("/o", 4096 - len("/o/") - len(".json") - TEMP_EXTRA - 1, None),
+        ("/o", 4097 - len("/o/") - len(".json") - TEMP_EXTRA - 1, "path too long (4097 bytes"),
+        ("/o/", 4097 - len("/o/") - len(".json") - TEMP_EXTRA - 1, "path too long (4097 bytes"),
+    ],
+)  # fmt: skip
+def test_an_output_place_too_long_is_told_before_sending(
+    root: str, name_bytes: int, problem: str | None
+) -> None:
+    """The longest output (``json`` here) decides; a local one counts its temporary file."""
+    name = ("d" * 99 + "/") * (name_bytes // 100) + "n" * (name_bytes % 100)  # 100-byte folders
+    assert len(name) == name_bytes
+    found = output_place_problem(root, name, ("txt", "json", "srt"))
+    assert (found is None) if problem is None else (problem in str(found)), found
