@@ -43,6 +43,7 @@ from batch.runreport import report_refusal
 from batch.signals import defaults_restored, until_exit
 from batch.state import State
 from batch.summary import format_summary
+from batch.terminal import shown
 
 log = logging.getLogger("dgbatch")
 
@@ -50,23 +51,37 @@ log = logging.getLogger("dgbatch")
 def setup_logging(verbose: int, secrets: tuple[str, ...] = ()) -> None:
     """Log to stderr through a filter that scrubs the key and URL signatures."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setFormatter(_ShownFormatter("%(levelname)s %(message)s"))
     handler.addFilter(RedactingFilter(secrets))
     log.handlers[:] = [handler]
     log.propagate = False
     log.setLevel(logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING)
 
 
+class _ShownFormatter(logging.Formatter):
+    """A message quotes names others chose: its control characters are shown, inert."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = shown(record.message)
+        return super().formatMessage(record)
+
+
+def say_error(message: str) -> None:
+    """Print ``Error: message`` on stderr, its control characters inert."""
+    click.echo(f"Error: {shown(message)}", err=True)
+
+
 def fail(exc: BatchError, secrets: tuple[str, ...] = ()) -> NoReturn:
     """Print ``Error: message`` once, without secrets (a library's message may quote an
     endpoint's token), and exit with the error's code."""
-    click.echo(f"Error: {redact_message(str(exc), secrets)}", err=True)
+    say_error(redact_message(str(exc), secrets))
     sys.exit(exc.exit_code)
 
 
 def show(text: str, key: str) -> None:
-    """Print what an API answered, without the key: a proxy may echo it anywhere."""
-    click.echo(redact_text(text, (key,)))
+    """Print what an API answered, without the key: a proxy may echo it anywhere; nor
+    its control characters (a project's name is the account owner's)."""
+    click.echo("\n".join(shown(line) for line in redact_text(text, (key,)).split("\n")))
 
 
 class _Commands(click.Group):
@@ -183,7 +198,7 @@ def run(**opts: Any) -> None:
         if not opts["quiet"]:
             click.echo(format_summary(outcome), err=True)
         if outcome.error is not None:
-            click.echo(f"Error: {redact_message(str(outcome.error), (config.api_key,))}", err=True)
+            say_error(redact_message(str(outcome.error), (config.api_key,)))
     sys.exit(outcome.exit_code)
 
 
@@ -391,5 +406,5 @@ def main() -> None:
         click.echo("Error: interrupted", err=True)
         sys.exit(130)
     except Exception as exc:  # last line of defence: no raw traceback for users
-        click.echo(f"Error: internal error: {redact_text(str(exc))}", err=True)
+        say_error(f"internal error: {redact_text(str(exc))}")
         sys.exit(1)

@@ -65,6 +65,7 @@ from batch.s3 import S3, S3Options
 from batch.signals import SignalLatch, latched_signals
 from batch.state import State, stored_params
 from batch.statefile import holder_of
+from batch.terminal import shown
 
 #: One probe's limit: a stalled server must not hold up the estimate.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -587,7 +588,7 @@ def format_estimate(estimate: Estimate) -> str:
     written = e["to_send"] + e["dedupe_copies"] + e["kept_answers"]
     if written > len(e["examples"]):
         lines.append(f"  … and {written - len(e['examples'])} more")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)  # names others chose: inert
 
 
 def _budget(e: dict[str, Any]) -> list[str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from batch.terminal import shown
+
 if TYPE_CHECKING:
     from batch.job import RunOutcome
 
@@ -71,4 +73,4 @@ def format_summary(outcome: RunOutcome) -> str:
         )
     if outcome.report_path is not None:
         lines.append(f"report: {outcome.report_path}")
-    return "\n".join(lines)
+    return "\n".join(shown(line) for line in lines)  # names others chose: inert

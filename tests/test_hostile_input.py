@@ -190,6 +190,30 @@ def test_an_output_path_too_long_to_write_fails_unsent(
     assert "output path too long (" in str(failed["error"]) and done["status"] == "done"
 
 
+def test_control_characters_of_names_never_reach_the_terminal(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path
+) -> None:
+    """A file named ``x ESC]0;PWNED BEL y.wav`` (an S3 key, a URL: others choose them) was
+    printed as it is by the dry run, by warnings and by errors: a terminal ran the
+    sequence (retitled, cleared, or a line forged). Each control character is shown as
+    its escape (a review found it)."""
+    evil = "x\x1b]0;PWNED\x07\ny"
+    calls = tmp_path / "calls"
+    (wav,) = make_tiny_wavs(calls, 1, prefix="ok")
+    wav.rename(calls / f"{evil}.wav")
+    (calls / f"{evil}-link").symlink_to(tmp_path, target_is_directory=True)
+    out = ("--out", str(tmp_path / "out"))
+    dry = dgbatch("run", str(calls), *out, "--dry-run")
+    ran = dgbatch("run", str(calls), *out)
+    missing = dgbatch("run", str(calls / f"{evil}.mp3"), *out)
+    assert (dry.exit_code, ran.exit_code, missing.exit_code) == (0, 0, 2), ran.output
+    shown = "x\\x1b]0;PWNED\\x07\\x0ay"
+    for said in (dry.output, ran.output, missing.output):
+        assert shown in said and "\x07" not in said and "\x1b" not in said, said
+    assert "PWNED\\x07\\x0ay-link: link(s) to folders" in ran.output, ran.output
+    assert len(list((tmp_path / "out").glob("*PWNED*.json"))) == 1  # written, named safely
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     lines=st.lists(
