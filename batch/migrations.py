@@ -15,7 +15,7 @@ from collections.abc import Callable
 from batch.errors import UsageError
 from batch.params import merge_params, parse_param
 from batch.pricing import price_params
-from batch.redact import redact_source
+from batch.redact import redact_source, redact_text
 from batch.urls import url_id
 
 Migration = Callable[[sqlite3.Connection], None]
@@ -186,8 +186,13 @@ def _rekey_url_items(db: sqlite3.Connection) -> None:
         if db.execute(update, (new_id, new_source, rowid)).rowcount and new_id != old_id:
             db.execute("INSERT INTO rekeyed VALUES (?, ?)", (old_id, new_id))
     _follow_rekeyed(db)
+    _redact_kept_sources(db)
+
+
+def _redact_kept_sources(db: sqlite3.Connection) -> None:
+    """Redact kept answers' sources again: each is compared with its item's, to be written."""
     for kept_id, source in db.execute("SELECT id, source FROM kept_answers").fetchall():
-        redacted = redact_source(source)  # compared with the item's, to be written
+        redacted = redact_source(source)
         if redacted != source:
             db.execute("UPDATE kept_answers SET source = ? WHERE id = ?", (redacted, kept_id))
 
@@ -245,14 +250,19 @@ def m012_named_url_sources_redacted_again(db: sqlite3.Connection) -> None:
     recording and sent it again. And a done item without ``sent_params`` (a state m010
     met before it set them) takes its params as those it was sent with."""
 
+    _redact_named_url_sources(db)
+    db.execute(
+        "UPDATE items SET sent_params = params WHERE status = 'done' AND sent_params IS NULL"
+    )
+
+
+def _redact_named_url_sources(db: sqlite3.Connection) -> None:
+    """Redact again the sources of URL items keyed by a manifest ``id``."""
     rows = db.execute("SELECT rowid, source FROM items WHERE kind = 'url' AND id LIKE 'id:%'")
     for rowid, source in rows.fetchall():
         redacted = redact_source(source)
         if redacted != source:
             db.execute("UPDATE items SET source = ? WHERE rowid = ?", (redacted, rowid))
-    db.execute(
-        "UPDATE items SET sent_params = params WHERE status = 'done' AND sent_params IS NULL"
-    )
 
 
 @migration
@@ -265,7 +275,11 @@ def m013_url_ids_from_their_sources(db: sqlite3.Connection) -> None:
     When two rows want one id, the done one takes it; a row that is not done and holds it
     without a kept answer is the same recording, and goes; otherwise the later row keeps
     the id with ``#<rowid>`` after it, without its secrets."""
+    _key_url_items_from_sources(db)
 
+
+def _key_url_items_from_sources(db: sqlite3.Connection) -> None:
+    """m013's keying: each URL item keyed by its URL takes ``url_id`` of its source."""
     rows = db.execute(
         "SELECT rowid, id, source, status FROM items WHERE kind = 'url' AND id LIKE '%://%' "
         "AND id NOT LIKE 'id:%' AND id NOT LIKE 'clash:%' ORDER BY status != 'done', rowid"
@@ -405,6 +419,21 @@ def m020_listed_on_demand(db: sqlite3.Connection) -> None:
     """m019's index costs every planned row ~0.4 µs, and only a run that starts with
     pending rows needs it: ``State.hold_unlisted`` makes it then."""
     db.execute("DROP INDEX IF EXISTS items_listed")
+
+
+@migration
+def m021_url_ids_signed_by_md5_and_sign(db: sqlite3.Connection) -> None:
+    """nginx's ``secure_link`` (``md5``) and Tencent CDN's ``sign`` are signatures now:
+    they were stored, reported and shown, and a URL signed again was another item, paid
+    again. URL items are keyed and their sources redacted again (m013, m012), kept
+    answers' sources and recorded commands too, so an upgrade plans none anew."""
+    _key_url_items_from_sources(db)
+    _redact_named_url_sources(db)
+    _redact_kept_sources(db)
+    for run_id, command in db.execute("SELECT id, command FROM runs").fetchall():
+        redacted = redact_text(command)
+        if redacted != command:
+            db.execute("UPDATE runs SET command = ? WHERE id = ?", (redacted, run_id))
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:

@@ -65,6 +65,8 @@ SIGNING_QUERY_KEYS: frozenset[str] = frozenset(
         "verify",
         "hdnts",
         "hmac",
+        "md5",  # nginx secure_link
+        "sign",  # Tencent CDN
     }
 )
 

@@ -422,6 +422,8 @@ _SIGNED = {  # one recording, signed on two nights: the query of each signing
     "cloudflare": ("verify=1700000000-aaaa1111", "verify=1700086400-bbbb2222"),
     "akamai": ("hdnts=exp%3D1~acl%3D*~hmac%3Daaaa1111", "hdnts=exp%3D2~acl%3D*~hmac%3Dbbbb2222"),
     "semicolons": ("a=1;Expires=100;Signature=aaaa1111", "a=1;Expires=200;Signature=bbbb2222"),
+    "nginx": ("md5=aaaa1111&expires=1700000000", "md5=bbbb2222&expires=1700086400"),
+    "tencent-cdn": ("sign=1700000000-r1-0-aaaa1111", "sign=1700086400-r2-0-bbbb2222"),
 }  # fmt: skip
 
 

@@ -797,6 +797,7 @@ def test_a_dry_runs_refusal_names_the_state_not_its_copy(
         ("m011_url_ids_signed_again",
          ["verify=1700000000-k1mac", "hdnts=exp%3D17~acl%3D*~hmac%3Dk1mac",
           "sv=2024&skt=2026-01-01&ske=2026-01-02&sig=k1sig", "exp=17&token=k1a;k1b"]),
+        ("m021_url_ids_signed_by_md5_and_sign", ["md5=k1md5&expires=1700000001", "sign=k1-17"]),
     ],
 )  # fmt: skip
 def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
