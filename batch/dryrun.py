@@ -64,7 +64,7 @@ from batch.redact import redact_source
 from batch.s3 import S3, S3Options
 from batch.signals import SignalLatch, latched_signals
 from batch.state import State, stored_params
-from batch.statefile import holder_of
+from batch.statefile import connect, holder_of
 from batch.terminal import shown
 
 #: One probe's limit: a stalled server must not hold up the estimate.
@@ -293,8 +293,8 @@ def _copy_state(source: Path, target: Path) -> None:
     """An online backup (safe while another run writes it); nothing when there is none."""
     if not source.exists():
         return
+    src = connect(source, readonly=True)  # its path quoted ('#'), and read in a read-only folder
     try:
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
         try:
             dst = sqlite3.connect(target)
             with dst:

@@ -522,6 +522,24 @@ def test_readonly_open_of_a_missing_state_is_an_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("folder", ["q#x", "a?b", "100%", "sp ace"])
+def test_a_dry_run_reads_a_state_whose_path_has_uri_characters(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
+) -> None:
+    """The dry run's copy of the state opened ``file:q#x/…?mode=ro`` unquoted: SQLite
+    made an empty ``q`` beside it and read that, so every done item was to send again
+    (``%``: "cannot read the state file"); a review found it."""
+    monkeypatch.chdir(tmp_path)
+    wav = make_wav(tmp_path / "a.wav")
+    args = ("run", str(wav), "--out", "out", "--state", f"{folder}/state.sqlite")
+    assert dgbatch(*args).exit_code == 0
+    before = sorted(p.name for p in tmp_path.iterdir())
+    dry = dgbatch(*args, "--dry-run", "--json")
+    assert dry.exit_code == 0, dry.output
+    assert json.loads(dry.output[dry.output.index("{") :])["already_done"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+@pytest.mark.parametrize("folder", ["q#x", "a?b", "100%", "sp ace"])
 def test_readonly_open_of_a_path_with_uri_characters(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, folder: str
 ) -> None:
@@ -765,10 +783,12 @@ def test_status_and_report_read_a_state_in_a_read_only_folder(
         tmp_path / "ro",
         f"{dg} run {wav} --out {out} --api-url {emulator.url} --progress none; "
         f"mount -o remount,ro {tmp_path}/ro; {dg} status --out {out}; "
-        f"{dg} report --out {out} --format csv",
+        f"{dg} report --out {out} --format csv; "
+        f"{dg} run {wav} --out {out} --api-url {emulator.url} --dry-run --json",
     )
     assert done.returncode == 0, done.stderr
     assert "  done     1" in done.stdout and "a.wav,file,done," in done.stdout, done.stdout
+    assert '"already_done": 1' in done.stdout, done.stdout  # the dry run read it too
 
 
 def test_a_dry_runs_refusal_names_the_state_not_its_copy(
