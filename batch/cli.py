@@ -25,7 +25,7 @@ import click
 
 from batch import __version__, eventloop
 from batch.config import check_report_target, load_api_key
-from batch.errors import BatchError, UsageError
+from batch.errors import BatchError, OutputError, UsageError
 from batch.job import run_batch
 from batch.options import (
     api_options,
@@ -90,9 +90,10 @@ class _Commands(click.Group):
     broken pipe is an error like any other."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        for name in ("stdout", "stderr"):  # started closed (``>&-``): discarded, as print
-            if getattr(sys, name) is None:
-                setattr(sys, name, open(os.devnull, "w"))  # noqa: SIM115 - the process's
+        for name, mode in _STANDARD_STREAMS:  # started closed (``<&-``, ``>&-``): as if
+            if getattr(sys, name) is None:  # /dev/null (a daemon's job): empty, discarded
+                setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 - the process's
+        sys.stdout = _Answer(sys.stdout)
         try:
             try:
                 return super().invoke(ctx)
@@ -100,9 +101,43 @@ class _Commands(click.Group):
                 sys.stdout.flush()  # inside: an answer cut short shows here, not at exit
         except BrokenPipeError as exc:
             if not _reader_gone(sys.stdout):
-                raise RuntimeError(f"broken pipe: {exc}") from exc
+                fail(OutputError(f"cannot write the answer: {exc.strerror or exc}"))
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
             ctx.exit(0)
+        except OutputError as exc:  # stdout could not take the answer (a full disk)
+            fail(exc)
+
+
+_STANDARD_STREAMS = (("stdin", "r"), ("stdout", "w"), ("stderr", "w"))
+
+
+class _Answer:
+    """stdout, where a failed write (``> /dev/full``) is said as such, not as an internal
+    error; a reader gone stays a ``BrokenPipeError`` (``_Commands.invoke``)."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return int(self._stream.write(text))
+        except OSError as exc:
+            raise _not_written(exc) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            raise _not_written(exc) from exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _not_written(exc: OSError) -> OSError | OutputError:
+    if exc.errno in _READER_GONE:
+        return exc
+    return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
 #: a write whose reader is gone: a closed pipe, a terminal that was closed (EIO)

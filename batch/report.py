@@ -177,7 +177,7 @@ def open_output(path: str) -> Iterator[TextIO]:
     given = Path(path)
     fd = _own_descriptor(path)
     if fd is not None or (given.exists() and not given.is_file() and not given.is_dir()):
-        with _opened(path, lambda: _direct(given, fd)) as stream:
+        with _opened(path, lambda: _direct(given, fd), replaced=False, stdout=fd == 1) as stream:
             yield stream
         return
     target = Path(os.path.realpath(path))  # a link's file is replaced, not the link
@@ -187,7 +187,7 @@ def open_output(path: str) -> Iterator[TextIO]:
     if problem is not None:
         raise UsageError(f"-o {path!r}: cannot write the report: {problem}")
     mode = target.stat().st_mode & 0o7777 if target.exists() else None
-    with _opened(path, lambda: _atomic_text(target, mode)) as stream:
+    with _opened(path, lambda: _atomic_text(target, mode), replaced=True) as stream:
         yield stream
 
 
@@ -271,9 +271,17 @@ def _folder_resolved(path: str) -> str:
 
 
 @contextmanager
-def _opened(path: str, opener: Callable[[], AbstractContextManager[_T]]) -> Iterator[_T]:
+def _opened(
+    path: str,
+    opener: Callable[[], AbstractContextManager[_T]],
+    *,
+    replaced: bool,
+    stdout: bool = False,
+) -> Iterator[_T]:
     """``opener``'s file; one that cannot be opened is bad input (exit 2), one that cannot
-    be written whole (a full disk) an output error (exit 1), each naming ``path``."""
+    be written whole (a full disk) an output error (exit 1), each naming ``path``. Into
+    ``stdout``, a reader gone stays a ``BrokenPipeError``: one that read what it wanted
+    (``-o /dev/stdout | head``) is no failure (``cli``)."""
     opened = False
     try:
         with opener() as handle:
@@ -283,8 +291,10 @@ def _opened(path: str, opener: Callable[[], AbstractContextManager[_T]]) -> Iter
         reason = exc.strerror or str(exc)
         if not opened:
             raise UsageError(f"-o {path!r}: cannot write the report: {reason}") from exc
-        msg = f"-o {path!r}: cannot write the report: {reason}; the file there is unchanged"
-        raise OutputError(msg) from exc
+        if isinstance(exc, BrokenPipeError) and stdout:
+            raise
+        unchanged = "; the file there is unchanged" if replaced else ""
+        raise OutputError(f"-o {path!r}: cannot write the report: {reason}{unchanged}") from exc
 
 
 def save_report(state: State, path: Path) -> Path:

@@ -990,3 +990,23 @@ def test_what_the_third_review_of_run_reports_found(
     env = {"DGBATCH_SHARD": "1/2"}
     state = CliRunner().invoke(cli, ["status", "--state", "o/.dgbatch/state.sqlite"], env=env)
     assert state.exit_code == 0, state.output
+
+
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_run_of_stdin_started_with_stdin_closed_finds_no_sources(
+    tmp_path: Path, emulator: Emulator, dry: bool
+) -> None:
+    """A daemon or scheduler may start a job with descriptor 0 closed (``<&-``): Python's
+    ``sys.stdin`` is then None, and ``dgbatch run -`` was an internal error ("'NoneType'
+    object is not iterable", exit 1, recorded in the state). It reads as /dev/null does."""
+    command = [*dgbatch_subprocess_cmd(), "run", "-", "--out", str(tmp_path / "out")]
+    command += ["--api-url", emulator.url, *(["--dry-run"] if dry else [])]
+    done = subprocess.run(
+        command,
+        env={**subprocess_env(), "DEEPGRAM_API_KEY": KEY},
+        capture_output=True,
+        preexec_fn=lambda: os.close(0),  # the closed descriptor is the case
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.endswith(b"Error: no audio sources found in: -\n"), done.stderr

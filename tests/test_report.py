@@ -409,11 +409,15 @@ def _big_state(tmp_path: Path, count: int = 2000) -> Path:
     return tmp_path / "state.sqlite"
 
 
-@pytest.mark.parametrize("command", [["report"], ["report", "--format", "csv"]])
+@pytest.mark.parametrize(
+    "command",
+    [["report"], ["report", "--format", "csv"], ["report", "-o", "/dev/stdout"]],
+)
 def test_a_reader_that_stops_reading_is_no_failure(tmp_path: Path, command: list[str]) -> None:
     """``dgbatch report | head`` exited 1 without a word (click's way with a broken pipe),
     which failed a ``set -o pipefail`` script; the reader had what it wanted: exit 0,
-    nothing on stderr."""
+    nothing on stderr (``-o /dev/stdout`` said "Broken pipe; the file there is
+    unchanged", exit 1: a review found it)."""
     state = _big_state(tmp_path)
     proc = subprocess.Popen(
         [*dgbatch_subprocess_cmd(), *command, "--state", str(state)],
@@ -429,15 +433,54 @@ def test_a_reader_that_stops_reading_is_no_failure(tmp_path: Path, command: list
 
 def test_a_broken_pipe_that_is_not_stdout_is_an_error() -> None:
     """Only stdout's reader going away is quiet; a broken pipe elsewhere (a socket) is an
-    error that ``main`` prints, where click alone exits 1 without a word."""
+    error, said, where click alone exits 1 without a word."""
     group = _Commands()
 
     @group.command()
     def send() -> None:
         raise BrokenPipeError(32, "Broken pipe")
 
-    with pytest.raises(RuntimeError, match="broken pipe"):
-        CliRunner().invoke(group, ["send"], catch_exceptions=False)
+    result = CliRunner().invoke(group, ["send"], catch_exceptions=False)
+    assert result.exit_code == 1
+    assert "Error: cannot write the answer: Broken pipe" in result.output, result.output
+
+
+def test_a_report_into_another_descriptor_whose_reader_left_names_it(tmp_path: Path) -> None:
+    """``-o /dev/fd/N`` whose reader is gone: the report is not written, said as such
+    (exit 1), not as a file left unchanged."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [*dgbatch_subprocess_cmd(), "report", "--state", str(_big_state(tmp_path, 10)),
+             "-o", f"/dev/fd/{write}"],
+            env=subprocess_env(), capture_output=True, pass_fds=(write,),
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == 1
+    assert (
+        done.stderr
+        == f"Error: -o '/dev/fd/{write}': cannot write the report: Broken pipe\n".encode()
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [["status", "--json"], ["report"], ["report", "--format", "csv"]]
+)
+def test_a_stdout_that_cannot_take_the_answer_is_said_so(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """``> /dev/full``: "internal error: [Errno 28] …" (a review found it); it is said as
+    what it is, exit 1."""
+    state = _big_state(tmp_path, 10)
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*dgbatch_subprocess_cmd(), *command, "--state", str(state)],
+            env=subprocess_env(), stdout=full, stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == b"Error: cannot write to standard output: No space left on device\n"
 
 
 @pytest.mark.parametrize(
