@@ -148,7 +148,7 @@ def default_state_path(
     if not is_s3_uri(out):
         local = Path(out) / ".dgbatch"
         return (local / shard.suffix() if shard else local) / "state.sqlite"
-    cache = Path(env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"))
+    cache = _cache_folder(env)
     rest = out[len("s3://") :].rstrip("/")
     state = _cached(cache, "s3://" + rest, tag)  # S3://b/x is s3://b/x: one state
     if state.exists():
@@ -158,6 +158,27 @@ def default_state_path(
         if old.exists():
             return old
     return state
+
+
+def _cache_folder(env: Mapping[str, str]) -> Path:
+    """``$XDG_CACHE_HOME``, else ``~/.cache``.
+
+    Raises:
+        UsageError: neither is an absolute path (no ``HOME`` and a user without a passwd
+            entry: ``~`` stays ``~``), which would put the state under the working folder,
+            where a run from another folder would not find it and start a new one.
+    """
+    given = env.get("XDG_CACHE_HOME")
+    if given:  # relative too: where earlier runs put their states
+        return Path(given)
+    home = env.get("HOME") or os.path.expanduser("~")
+    if not os.path.isabs(home):
+        msg = (
+            "no folder for the state of an S3 --out: set XDG_CACHE_HOME or HOME to an "
+            "absolute path, or give --state"
+        )
+        raise UsageError(msg)
+    return Path(home) / ".cache"
 
 
 def _cached(cache: Path, uri: str, tag: str) -> Path:

@@ -1010,3 +1010,28 @@ def test_a_run_of_stdin_started_with_stdin_closed_finds_no_sources(
     )
     assert done.returncode == 2, done.stderr
     assert done.stderr.endswith(b"Error: no audio sources found in: -\n"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("environ", "expected"),
+    [
+        ({"XDG_CACHE_HOME": "/c", "HOME": "/h"}, "/c/dgbatch/"),
+        ({"HOME": "/h"}, "/h/.cache/dgbatch/"),
+        ({"XDG_CACHE_HOME": "", "HOME": "/h"}, "/h/.cache/dgbatch/"),
+        ({"XDG_CACHE_HOME": "rel"}, "rel/dgbatch/"),  # where earlier runs put theirs
+        ({}, None),
+        ({"HOME": "relative"}, None),
+    ],
+)
+def test_the_state_of_an_s3_out_needs_a_cache_folder(
+    monkeypatch: pytest.MonkeyPatch, environ: dict[str, str], expected: str | None
+) -> None:
+    """No ``HOME`` and a user without a passwd entry (a container's uid): ``~`` stayed
+    ``~``, and the state went under ``./~/.cache`` of the working folder, so a run from
+    another folder started a new one (a review found it). It is refused, saying what to set."""
+    monkeypatch.setattr(os.path, "expanduser", lambda path: path)  # no passwd entry
+    if expected is not None:
+        assert str(default_state_path("s3://b/x/", None, environ)).startswith(expected)
+        return
+    with pytest.raises(UsageError, match="set XDG_CACHE_HOME or HOME to an absolute path"):
+        default_state_path("s3://b/x/", None, environ)
