@@ -25,7 +25,7 @@ import click
 
 from batch import __version__, eventloop
 from batch.config import check_report_target, load_api_key
-from batch.errors import BatchError, OutputError, UsageError
+from batch.errors import BatchError, OutputError, UsageError, exit_code_of
 from batch.job import run_batch
 from batch.options import (
     api_options,
@@ -75,7 +75,7 @@ def fail(exc: BatchError, secrets: tuple[str, ...] = ()) -> NoReturn:
     """Print ``Error: message`` once, without secrets (a library's message may quote an
     endpoint's token), and exit with the error's code."""
     say_error(redact_message(str(exc), secrets))
-    sys.exit(exc.exit_code)
+    sys.exit(exit_code_of(exc))
 
 
 def show(text: str, key: str) -> None:

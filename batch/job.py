@@ -29,7 +29,14 @@ from batch.budget import Budget, Ledger
 from batch.client import Answer, DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
-from batch.errors import BatchError, Interrupted, ItemError, OutputError, UsageError
+from batch.errors import (
+    BatchError,
+    Interrupted,
+    ItemError,
+    OutputError,
+    UsageError,
+    exit_code_of,
+)
 from batch.keeping import Keeping, kept_audio
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import Item, ItemKind, Params
@@ -119,7 +126,7 @@ def exit_code_for(counts: dict[str, int], stop: BatchError | None) -> int:
     """0 only when every item of the run (``State.run_counts``) is done; a stop reason wins
     over counts."""
     if stop is not None:
-        return stop.exit_code
+        return exit_code_of(stop)
     if counts["failed"] or counts["pending"] or counts["running"]:
         return 1
     return 0
@@ -168,7 +175,7 @@ async def _run_batch(
         report.exit_code = outcome.exit_code
         report.error = str(outcome.error) if outcome.error else None
     except BatchError as exc:
-        report.exit_code, report.error = exc.exit_code, redact_text(str(exc))
+        report.exit_code, report.error = exit_code_of(exc), redact_text(str(exc))
         raise
     finally:
         report.finished = time.time()
@@ -355,7 +362,7 @@ def _exit_code(mine: dict[str, int], stop: BatchError | None, budget: Budget | N
     passed = budget.passed() if budget is not None else None
     if passed is not None:
         log.warning("%s", passed)
-        code = code or passed.exit_code
+        code = code or exit_code_of(passed)
     return code
 
 
@@ -384,9 +391,10 @@ def _recorded_if_stopped(state: State, run_id: int) -> Iterator[None]:
     try:
         yield
     except BatchError as exc:
-        summary = {"exit_code": exc.exit_code, "error": redact_text(str(exc))}
+        code = exit_code_of(exc)
+        summary = {"exit_code": code, "error": redact_text(str(exc))}
         with contextlib.suppress(sqlite3.Error, BatchError):  # the state may be the problem
-            state.finish_run(run_id, exc.exit_code, summary)
+            state.finish_run(run_id, code, summary)
         raise
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch import __version__
 from batch.config import invoked_command, run_report_problem
-from batch.errors import BatchError, OutputError
+from batch.errors import BatchError, OutputError, exit_code_of
 from batch.isotime import utc_iso
 from batch.naming import is_s3_uri
 from batch.outputs import write_atomic
@@ -141,7 +141,7 @@ def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: 
         command=redact_text(invoked_command()),
         out=redact_source(out),
         finished=now,
-        exit_code=error.exit_code,
+        exit_code=exit_code_of(error),
         error=redact_text(str(error)),
     )
     from batch.s3 import S3, S3Options  # here: a refusal is rare, boto3 is slow to load

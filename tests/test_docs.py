@@ -86,7 +86,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
     """The exit-code table lists exactly 0 and every ``BatchError`` subclass's code."""
     rows = {int(cells[0]): cells[1].lower() for cells in _table(_section("Exit codes"))}
     classes = [errors.BatchError, *_subclasses(errors.BatchError)]
-    assert set(rows) == {0} | {cls.exit_code for cls in classes}
+    assert set(rows) == {0} | {errors.exit_code_of(cls("")) for cls in classes}
     expected_words = {
         errors.UsageError: "bad usage",
         errors.SourceError: "bad usage",
@@ -108,7 +108,7 @@ def test_readme_exit_codes_match_the_error_classes() -> None:
     expected_words |= {cls: "account" for cls in classes if issubclass(cls, errors.AccountError)}
     for cls in classes[1:]:
         assert cls in expected_words, f"{cls.__name__} is not checked against README"
-        assert expected_words[cls] in rows[cls.exit_code], cls.__name__
+        assert expected_words[cls] in rows[errors.exit_code_of(cls(""))], cls.__name__
 
 
 def _subclasses(cls: type) -> list[type]:
@@ -255,3 +255,25 @@ def test_links_resolve(name: str) -> None:
         assert linked.exists(), target
         if anchor:
             assert anchor in _anchors(linked.read_text()), target
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (errors.BatchError, 1),
+        (errors.UsageError, 2),
+        (errors.SourceError, 2),  # its parent's
+        (errors.StateError, 2),
+        (errors.StateWriteError, 1),  # its own, over its parent's
+        (errors.StateLocked, 4),
+        (errors.FatalApiError, 3),
+        (errors.Interrupted, 130),
+        (errors.PlanCutShort, 1),
+        (errors.BudgetExceeded, 1),
+    ],
+)
+def test_each_error_takes_the_code_of_its_nearest_listed_class(
+    error: type[errors.BatchError], code: int
+) -> None:
+    """One table of exit codes: a class not listed takes its nearest listed base's."""
+    assert errors.exit_code_of(error("x")) == code

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from batch import planner
-from batch.errors import BatchError, PlanCutShort, SourceError
+from batch.errors import BatchError, PlanCutShort, SourceError, exit_code_of
 from batch.models import Item, ItemKind
 from batch.planner import BackgroundPlan
 from batch.state import PlanStats, State
@@ -72,7 +72,7 @@ async def test_a_source_failing_once_items_are_planned_says_so_with_exit_1(
     with pytest.raises(PlanCutShort) as caught:
         await plan.finish(stopped=False)
     state.close()
-    assert caught.value.exit_code == 1
+    assert exit_code_of(caught.value) == 1
     assert str(caught.value) == (
         "s3://b/in/: S3 refused the AWS credentials (the sources stopped after 2 item(s), "
         "which this run sends; the rest was not listed, and the next run lists it again)"

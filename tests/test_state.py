@@ -31,7 +31,7 @@ from conftest import (
 )
 
 from batch.emulator import Emulator
-from batch.errors import StateError, StateLocked, StateWriteError
+from batch.errors import StateError, StateLocked, StateWriteError, exit_code_of
 from batch.models import Item, ItemKind, ItemStatus
 from batch.records import Some
 from batch.state import Result, State, WorkItem
@@ -503,7 +503,7 @@ def test_only_one_writer_may_hold_a_state_file(tmp_path: Path) -> None:
     try:
         with pytest.raises(StateLocked, match="in use by another dgbatch run") as info:
             State.open(path)
-        assert info.value.exit_code == 4
+        assert exit_code_of(info.value) == 4
         assert "pid" in str(info.value)
         reader = State.open(path, readonly=True)
         assert reader.counts()["pending"] == 0
