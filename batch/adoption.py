@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 
-from batch import retry
 from batch.errors import ForeignOutputs
 from batch.localfiles import file_sha256
 from batch.models import ItemStatus
@@ -19,6 +18,7 @@ from batch.outputs import LocalSink, OutputMeta, OutputSink, foreign_message
 from batch.placing import Placer
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem
+from batch.transcripts import audio_digest, parse_transcript
 
 
 class Adoption:
@@ -78,8 +78,8 @@ class Adoption:
         if not isinstance(self.sink, LocalSink) or not self.sink.has(item.out_name, "json"):
             return None  # (the common case, answered without a thread)
         body = await self.sink.read(item.out_name, "json")
-        response = retry.parse_transcript(body) if body is not None else None
-        said = retry.audio_digest(response)
+        response = parse_transcript(body) if body is not None else None
+        said = audio_digest(response)
         if said is None:
             return None
         try:
@@ -131,7 +131,7 @@ class Adoption:
             return Result(
                 item.id, ItemStatus.DONE, item.attempts, 200, outputs=outputs, local_duration=local
             )
-        response = retry.parse_transcript(found.json)
+        response = parse_transcript(found.json)
         if response is None:
             return None
         return self._placer.done_result(item, item.attempts, response, found.locations)

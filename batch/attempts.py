@@ -31,6 +31,8 @@ from batch.redact import was_redacted
 from batch.retry import Action, Decision
 from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
 from batch.state import Result, WorkItem
+from batch.terminal import plain
+from batch.transcripts import transcript_request_id
 
 log = logging.getLogger("dgbatch")
 
@@ -236,7 +238,7 @@ class Attempts:
                 "then run the same command again"
             )
         where = answer.location if answer is not None else None
-        to = f" to {retry.plain(self.client.redacted(where))}" if where else ""
+        to = f" to {plain(self.client.redacted(where))}" if where else ""
         what = (
             f"(no such path: {decision.reason})"
             if status == 404
@@ -271,7 +273,7 @@ class Attempts:
         if decision.action is Action.SUCCEED and decision.response is not None:
             self.limit.on_success()
             assert answer is not None  # a decision to succeed is made on an answer
-            paid_id = self._key_free(retry.transcript_request_id(decision.response))
+            paid_id = self._key_free(transcript_request_id(decision.response))
             try:
                 outputs = await self._placer.write_paid(item, answer.body, decision.response)
             except ItemError as exc:  # paid, yet no output can be written (a path in the way)

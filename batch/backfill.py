@@ -23,8 +23,8 @@ from batch.errors import ItemError, OutputError
 from batch.formats import render_all
 from batch.outputs import OutputMeta, OutputSink
 from batch.records import Ownership
-from batch.retry import parse_transcript
 from batch.state import State
+from batch.transcripts import parse_transcript
 
 log = logging.getLogger("dgbatch")
 

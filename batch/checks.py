@@ -11,8 +11,7 @@ import math
 from typing import Any
 
 from batch.captions import is_empty_transcript
-from batch.redact import redact_text
-from batch.retry import whole_words
+from batch.redact import redact_text, whole_words
 
 #: A transcript covering less than this share of the local audio is flagged.
 TRUNCATION_RATIO = 0.9

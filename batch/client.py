@@ -27,7 +27,7 @@ from batch.models import Params
 from batch.params import encode_query
 from batch.proxies import proxy_for, refused_by
 from batch.redact import redact_text
-from batch.retry import request_id_of
+from batch.transcripts import request_id_of
 
 CHUNK_SIZE = 1 << 20
 #: Deepgram cancels processing after 10 minutes (20 for Whisper) and answers 504;

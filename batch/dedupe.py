@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from batch import retry
 from batch.attempts import Attempts
 from batch.errors import BatchError
 from batch.limiter import AdaptiveLimit
@@ -42,6 +41,7 @@ from batch.localfiles import file_sha256
 from batch.models import ItemStatus, Params
 from batch.placing import Placer
 from batch.state import Result, State, WorkItem
+from batch.transcripts import audio_digest, parse_transcript
 
 if TYPE_CHECKING:
     from batch.config import RunConfig
@@ -144,7 +144,7 @@ def answers(response: dict[str, Any], key: str) -> bool:
     """Whether Deepgram's answer is of the audio ``key`` names: its ``metadata.sha256`` is
     the digest of the bytes it was sent, so a json written over since (the item sent again
     for a changed file meanwhile) never serves another recording's copy."""
-    return retry.audio_digest(response) == key.split(":", 1)[0]
+    return audio_digest(response) == key.split(":", 1)[0]
 
 
 def kept_answer(kept: tuple[str, bytes, str] | None, key: str) -> Shared | None:
@@ -153,7 +153,7 @@ def kept_answer(kept: tuple[str, bytes, str] | None, key: str) -> Shared | None:
     if kept is None:
         return None
     item_id, body, request_id = kept
-    response = retry.parse_transcript(body)
+    response = parse_transcript(body)
     if response is None or not answers(response, key):
         return None
     same = response["metadata"].get("request_id") == request_id
@@ -350,7 +350,7 @@ class Copies:
         except (OSError, BatchError) as exc:
             log.warning("json of %s unreadable for its --dedupe copy: %s", found[0], exc)
             return None
-        response = None if body is None else retry.parse_transcript(body)
+        response = None if body is None else parse_transcript(body)
         if body is None or response is None or not answers(response, key):
             return None
         return Shared(found[0], body, response)
@@ -394,7 +394,7 @@ class Copies:
             except OSError as exc:
                 log.warning("answer of %s unreadable for its --dedupe copy: %s", lead.item_id, exc)
                 return None
-        response = retry.parse_transcript(body)
+        response = parse_transcript(body)
         return None if response is None else Shared(lead.item_id, body, response)
 
     async def _copy(self, item: WorkItem, shared: Shared) -> Result:

@@ -31,7 +31,6 @@ from typing import Any, TextIO
 
 import aiohttp
 
-from batch import retry
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
@@ -66,6 +65,7 @@ from batch.signals import SignalLatch, latched_signals
 from batch.state import State, stored_params
 from batch.statefile import connect, holder_of
 from batch.terminal import shown
+from batch.transcripts import audio_digest, parse_transcript
 
 #: One probe's limit: a stalled server must not hold up the estimate.
 PROBE_TIMEOUT = aiohttp.ClientTimeout(total=30, connect=10)
@@ -451,7 +451,7 @@ def _in_out(config: RunConfig, row: sqlite3.Row) -> str | None:
     body = _json_in_out(config, row["out_name"])
     if body is None:
         return None
-    said = retry.audio_digest(retry.parse_transcript(body))
+    said = audio_digest(parse_transcript(body))
     if row["kind"] == ItemKind.FILE.value and said is not None:
         with contextlib.suppress(OSError):
             if file_sha256(row["source"]) == said:
@@ -474,7 +474,7 @@ def _answers_there(config: RunConfig, out_name: str, key: str) -> bool:
     if is_s3_uri(config.out):
         return True
     body = _json_in_out(config, out_name)
-    response = None if body is None else retry.parse_transcript(body)
+    response = None if body is None else parse_transcript(body)
     return response is not None and answers(response, key)
 
 

@@ -10,7 +10,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Protocol
 
-from batch import retry
 from batch.checks import reported_duration, transcript_warning
 from batch.formats import render_all
 from batch.keeping import Keeping
@@ -18,6 +17,7 @@ from batch.models import ItemStatus
 from batch.outputs import OutputMeta, OutputSink
 from batch.runtypes import RunnerSettings
 from batch.state import Result, WorkItem
+from batch.transcripts import Response, parse_transcript, transcript_request_id
 
 
 class ReleaseSlot(Protocol):
@@ -61,7 +61,7 @@ class Placer:
         self,
         item: WorkItem,
         body: bytes,
-        response: retry.Response,
+        response: Response,
         *,
         copy_of: str | None = None,
     ) -> list[str]:
@@ -87,14 +87,14 @@ class Placer:
         if kept is None:
             return None
         body, copy_of = kept
-        response = retry.parse_transcript(body)
+        response = parse_transcript(body)
         if response is None:
             return None
         outputs = await self.write(item, body, response)
         result = self.done_result(item, item.attempts, response, outputs)
         return dataclasses.replace(result, kept=True, copy_of=copy_of)
 
-    async def write(self, item: WorkItem, body: bytes, response: retry.Response) -> list[str]:
+    async def write(self, item: WorkItem, body: bytes, response: Response) -> list[str]:
         """Where the answer's outputs now are; the request slot goes back meanwhile."""
         if self._captured is not None:
             self._captured[item.id] = body
@@ -116,7 +116,7 @@ class Placer:
         self,
         item: WorkItem,
         attempts: int,
-        response: retry.Response,
+        response: Response,
         outputs: list[str] | tuple[str, ...],
     ) -> Result:
         """Deepgram's duration is what the item is billed for; its local one (when known)
@@ -127,7 +127,7 @@ class Placer:
             ItemStatus.DONE,
             attempts,
             200,
-            request_id=retry.transcript_request_id(response),
+            request_id=transcript_request_id(response),
             duration=reported_duration(response),
             outputs=tuple(outputs),
             warning=self._redact(warning)

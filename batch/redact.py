@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from functools import lru_cache
 from urllib.parse import quote, quote_plus, unquote_plus
 
+from batch.terminal import plain
+
 __all__ = [
     "REDACTED",
     "SECRET_QUERY_KEYS",
@@ -395,3 +397,20 @@ class RedactingFilter(logging.Filter):
         if record.stack_info:
             record.stack_info = redact_text(record.stack_info, self._secrets)
         return True
+
+
+def whole_words(text: str, limit: int) -> str | None:
+    """The first whole words of ``text`` that fit in ``limit`` characters, with `` …`` when
+    some are left out: a secret the text echoes is either whole, so redaction still finds
+    it, or left out, never cut in two."""
+    kept: list[str] = []
+    size = 0
+    words = plain(text).split()
+    for word in words:
+        size += len(word) + bool(kept)
+        if size > limit:
+            break
+        kept.append(word)
+    if not kept:
+        return None
+    return " ".join(kept) + (" …" if len(kept) < len(words) else "")

@@ -26,8 +26,8 @@ from typing import Any, TextIO, TypeVar
 from batch.errors import OutputError, UsageError
 from batch.outputs import atomic_file
 from batch.redact import may_hold_secret, redact_source, redact_text
-from batch.retry import plain
 from batch.state import State
+from batch.terminal import plain
 
 _T = TypeVar("_T")
 

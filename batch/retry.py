@@ -19,20 +19,15 @@ from enum import StrEnum
 from typing import Any
 
 from batch.models import Params
-
-Response = dict[str, Any]
+from batch.redact import whole_words
+from batch.terminal import plain
+from batch.transcripts import parse_transcript, request_id_of
 
 RETRYABLE_STATUSES = frozenset({408, 429, 499, 500, 502, 503, 504})
 FATAL_STATUSES = frozenset({401, 402, 403})
 MAX_RETRY_AFTER = 600.0
 #: how much of a non-JSON error body (a gateway's page) a message quotes, and reads for it
 _PREVIEW_CHARS = 200
-#: what a request id may look like (Deepgram's are UUIDs): anything else in that field (a
-#: proxy echoing the ``Authorization`` header it refused) is not recorded
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
-#: control characters (C0, DEL, C1) in text quoted from an answer: an escape sequence
-#: would reach the terminal (``\x1b]0;…\x07`` retitles it) or forge a line of the summary
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]+")
 _PREVIEW_READ = 4096
 #: how much of a JSON error message is kept: Deepgram's are one sentence, so only a
 #: runaway one (a proxy echoing a whole request) is cut, and every report line stays short
@@ -122,72 +117,12 @@ def parse_error_body(body: bytes) -> ErrorBody:
     return ErrorBody(code and plain(code), message, request_id_of(data.get("request_id")))
 
 
-def request_id_of(value: object) -> str | None:
-    """``value`` when it can be a request id, else None: the field is stored and shown as
-    it is, so text that is not an id (a quoted header, a key) never gets there."""
-    if isinstance(value, str) and _REQUEST_ID_RE.fullmatch(value):
-        return value
-    return None
-
-
-def transcript_request_id(response: Response) -> str | None:
-    """The ``metadata.request_id`` of a transcript, when it can be one."""
-    metadata = response.get("metadata")
-    return request_id_of(metadata.get("request_id")) if isinstance(metadata, dict) else None
-
-
-def plain(text: str) -> str:
-    """``text`` from an answer on one line, without control characters (each run of them
-    is one space): quoted to a terminal, an escape sequence would act on it."""
-    return _CONTROL_RE.sub(" ", text).strip()
-
-
-def whole_words(text: str, limit: int) -> str | None:
-    """The first whole words of ``text`` that fit in ``limit`` characters, with `` …`` when
-    some are left out: a secret the text echoes is either whole, so redaction still finds
-    it, or left out, never cut in two."""
-    kept: list[str] = []
-    size = 0
-    words = plain(text).split()
-    for word in words:
-        size += len(word) + bool(kept)
-        if size > limit:
-            break
-        kept.append(word)
-    if not kept:
-        return None
-    return " ".join(kept) + (" …" if len(kept) < len(words) else "")
-
-
 def _first_str(data: dict[str, Any], *keys: str) -> str | None:
     for key in keys:
         value = data.get(key)
         if isinstance(value, str) and value:
             return value
     return None
-
-
-def parse_transcript(body: bytes) -> dict[str, Any] | None:
-    """The parsed response when a 200 body is a Deepgram transcript (not truncated,
-    not garbage, not a callback acknowledgement), else None."""
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    results, metadata = data.get("results"), data.get("metadata")
-    if isinstance(results, dict) and isinstance(metadata, dict):
-        return data
-    return None
-
-
-def audio_digest(response: dict[str, Any] | None) -> str | None:
-    """``metadata.sha256`` of an answer, lowercase: the digest of the bytes Deepgram was
-    sent, which ties a json to the audio it transcribes."""
-    metadata = (response or {}).get("metadata")
-    digest = metadata.get("sha256") if isinstance(metadata, dict) else None
-    return digest.lower() if isinstance(digest, str) and digest else None
 
 
 def classify_response(

@@ -20,9 +20,9 @@ from batch.retry import (
     classify_response,
     parse_error_body,
     parse_retry_after,
-    parse_transcript,
     retry_delay,
 )
+from batch.transcripts import parse_transcript
 
 NOW = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 VALID = json.dumps(
