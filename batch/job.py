@@ -67,6 +67,7 @@ from batch.runreport import (
 from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
+from batch.s3sources import expand as expand_s3
 from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals, note_late_signals
 from batch.sources import expand_sources, hidden_clash, manifest_paths
@@ -565,7 +566,13 @@ async def start_plan(
     Ctrl-C stops it between items."""
     cancel = threading.Event()
     listed = [0]
-    sources = expand_sources(config.sources, config.filters, stdin=stdin, s3=s3.expand, stop=cancel)
+    sources = expand_sources(
+        config.sources,
+        config.filters,
+        stdin=stdin,
+        s3=functools.partial(expand_s3, s3),
+        stop=cancel,
+    )
     items = _watch(_counted(sources, listed, config.shard), secrets, cancel)
     chunk = functools.partial(
         state.plan,

@@ -48,3 +48,8 @@ def file_sha256(path: str) -> str:
 
 
 _CHUNK = 1 << 20
+
+
+def file_fingerprint(st: os.stat_result) -> str:
+    """Size and mtime in ns: cheap, and changes whenever the content is rewritten."""
+    return f"{st.st_size}:{st.st_mtime_ns}"

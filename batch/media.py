@@ -14,12 +14,11 @@ from aiofiles.threadpool.binary import AsyncBufferedReader
 
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient
 from batch.errors import ItemError
-from batch.localfiles import NotRegular, open_regular
+from batch.localfiles import NotRegular, file_fingerprint, open_regular
 from batch.models import ItemKind, Params
 from batch.naming import content_type_for
+from batch.records import WorkItem
 from batch.sniff import HEAD_BYTES, describe_head, sniff_container
-from batch.sources import file_fingerprint
-from batch.state import WorkItem
 
 #: Deepgram's limit for one file, "Maximum 2 GB" (DEEPGRAM-API.md §4): a larger one is
 #: refused before its upload, not after gigabytes have been sent for a 413

@@ -1,10 +1,10 @@
-"""S3 in: list sources and send objects to Deepgram (outputs: ``s3sink``; lock: ``s3lock``).
+"""S3 in: send objects to Deepgram (listing them: ``s3sources``; outputs: ``s3sink``;
+lock: ``s3lock``).
 
 boto3 is synchronous, so every call runs in this module's own thread pool (sized to
 the run's concurrency, so a slow S3 never starves the default executor) and the event
 loop never blocks. Listing is the exception: the planner already runs in a thread and
-pulls items from :meth:`S3.expand` one page at a time, so a prefix of a million keys
-is never held in memory.
+pulls items from ``s3sources.expand`` one page at a time.
 
 botocore errors are translated here and only here, by :func:`describe_error`, into
 the reason shown to the user; callers wrap it in the error type their stage needs
@@ -19,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import posixpath
-import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,11 +28,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from batch.client import CHUNK_SIZE, Answer, DeepgramClient, TransportError
 from batch.errors import ItemError, SourceError, StoreUnreachable
 from batch.media import Sender, check_size
-from batch.models import Filters, Item, ItemKind
 from batch.naming import content_type_for, is_s3_uri, split_s3_uri
+from batch.records import WorkItem
 from batch.redact import redact_source
-from batch.sources import WalkRules
-from batch.state import WorkItem
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -151,11 +147,6 @@ def is_not_found(exc: BaseException) -> bool:
     return describe_error(exc)[0] in ("missing", "no_bucket")
 
 
-def _etag(value: str) -> str:
-    """ETags come quoted; the fingerprint is the bare value."""
-    return value.strip('"')
-
-
 class S3:
     """One boto3 client and the threads that run its calls, shared by a whole run."""
 
@@ -198,73 +189,6 @@ class S3:
     def close(self) -> None:
         """Stop the threads once every call has returned."""
         self._pool.shutdown(wait=True)
-
-    # -- sources ---------------------------------------------------------------------------
-
-    def expand(self, uri: str, filters: Filters) -> Iterator[Item]:
-        """The ``S3Expander``: one object, or the audio objects under a prefix, lazily.
-
-        ``s3://b/k`` is an object; when there is none, ``s3://b/k/`` is tried as a
-        prefix. ``s3://b/p/`` and ``s3://b`` are prefixes. A named object is taken
-        whatever its extension (like a file named on the command line).
-
-        Raises:
-            SourceError: while iterating: no bucket, no such key, nothing under the
-                prefix, access denied, S3 unreachable.
-        """
-        bucket, key = parse_s3_uri(uri)
-        if key and not key.endswith("/"):
-            single = self._head_item(bucket, key)
-            if single is not None:
-                yield single
-                return
-            yield from self._expand_prefix(uri, bucket, key + "/", filters, missing="no such key")
-            return
-        yield from self._expand_prefix(uri, bucket, key, filters, missing="")
-
-    def _head_item(self, bucket: str, key: str) -> Item | None:
-        """The item of one named object, or None when there is no such key."""
-        uri = f"s3://{bucket}/{key}"
-        try:
-            head = self.client.head_object(Bucket=bucket, Key=key)
-        except Exception as exc:
-            if is_not_found(exc):
-                return None
-            raise SourceError(f"{uri}: {describe_error(exc)[1]}") from exc
-        return _object_item(bucket, key, posixpath.basename(key), head["ContentLength"], head)
-
-    def _expand_prefix(
-        self, uri: str, bucket: str, prefix: str, filters: Filters, *, missing: str
-    ) -> Iterator[Item]:
-        """Yield a prefix's items page by page; an empty result is a usage error."""
-        counts = [0, 0]  # objects listed, items yielded
-        for item in self._list(uri, bucket, prefix, WalkRules(filters), counts):
-            counts[1] += 1
-            yield item
-        if counts[1] == 0:
-            raise SourceError(f"{redact_source(uri)}: {missing or _empty_reason(counts[0])}")
-
-    def _list(
-        self, uri: str, bucket: str, prefix: str, rules: WalkRules, counts: list[int]
-    ) -> Iterator[Item]:
-        """List ``prefix``; a failure names ``uri`` as the user gave it (``s3://b/k.wav``,
-        not the ``s3://b/k.wav/`` that is tried after the key was not found)."""
-        paginator = self.client.get_paginator("list_objects_v2")
-        pages = paginator.paginate(
-            Bucket=bucket, Prefix=prefix, PaginationConfig={"PageSize": self.options.page_size}
-        )
-        try:
-            for page in _prefetched(iter(pages)):
-                for obj in page.get("Contents", []):
-                    counts[0] += 1
-                    rel = obj["Key"][len(prefix) :]
-                    if rel and _takes(rules, rel):
-                        yield _object_item(bucket, obj["Key"], rel, obj["Size"], obj)
-        except SourceError:
-            raise
-        except Exception as exc:
-            msg = f"{redact_source(uri)}: {describe_error(exc)[1]}"
-            raise SourceError(msg) from exc
 
     # -- sending ---------------------------------------------------------------------------
 
@@ -331,76 +255,6 @@ class S3:
             if not chunk:
                 return
             yield chunk
-
-
-def _prefetched(pages: Iterator[T], depth: int = 1) -> Iterator[T]:
-    """Fetch the next page in a thread while the caller plans this one.
-
-    Listing waits on the network and planning on SQLite; overlapping them makes a big
-    prefix cost about the longer of the two instead of their sum. At most ``depth + 2``
-    pages exist at once (one planned, ``depth`` queued, one being fetched), and the
-    thread stops when the caller stops reading. Errors come out in order.
-    """
-    box: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def offer(entry: tuple[bool, Any]) -> bool:
-        while not stop.is_set():
-            try:
-                box.put(entry, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def pump() -> None:
-        try:
-            for page in pages:
-                if not offer((True, page)):
-                    return
-            offer((False, None))
-        except BaseException as exc:  # handed to the caller, who raises it
-            offer((False, exc))
-
-    threading.Thread(target=pump, name="dgbatch-s3-list", daemon=True).start()
-    try:
-        while True:
-            is_page, value = box.get()
-            if not is_page:
-                if value is not None:
-                    raise value
-                return
-            yield value
-    finally:
-        stop.set()
-
-
-def _takes(rules: WalkRules, rel: str) -> bool:
-    """Folder semantics for keys: a pruned "folder" on the way drops the key too."""
-    parts = rel.split("/")
-    for depth in range(1, len(parts)):
-        if rules.prunes("/".join(parts[:depth]), parts[depth - 1]):
-            return False
-    return rules.takes(rel, parts[-1])
-
-
-def _empty_reason(listed: int) -> str:
-    if listed == 0:
-        return "no objects under this prefix"
-    return f"no audio objects under this prefix ({listed} listed, none matched the filters)"
-
-
-def _object_item(bucket: str, key: str, name: str, size: int, obj: Any) -> Item:
-    uri = f"s3://{bucket}/{key}"
-    return Item(
-        id=uri,
-        source=uri,
-        kind=ItemKind.S3,
-        name=name,
-        size=size,
-        fingerprint=_etag(str(obj.get("ETag", ""))),
-        origin=uri,
-    )
 
 
 def _object_of(item: WorkItem, source: str) -> tuple[str, str]:

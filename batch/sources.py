@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, TextIO
 
 from batch.errors import SourceError
 from batch.failed_items import error_item, is_utf8, not_utf8_item, printable
+from batch.localfiles import file_fingerprint
 from batch.models import Filters, Item, ItemKind, Params, new_item
 from batch.naming import AUDIO_EXTENSIONS, stem_of
 from batch.pipes import stoppable
@@ -234,11 +235,6 @@ def _stat_item(
     # new_item and _FILE, as in url_item: once per file of a folder walk
     fingerprint = file_fingerprint(st)
     return new_item(item_id, path, _FILE, name, params, st.st_size, fingerprint, None, origin)
-
-
-def file_fingerprint(st: os.stat_result) -> str:
-    """Size and mtime in ns: cheap, and changes whenever the content is rewritten."""
-    return f"{st.st_size}:{st.st_mtime_ns}"
 
 
 def _is_walkable_file(entry: os.DirEntry[str]) -> bool:

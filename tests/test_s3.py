@@ -45,6 +45,7 @@ from batch.errors import ItemError, StoreUnreachable
 from batch.media import MAX_UPLOAD_BYTES, size_problem
 from batch.models import Filters, ItemKind, ItemStatus
 from batch.s3 import S3, S3Options, describe_error, parse_s3_uri, read_error
+from batch.s3sources import expand as expand_s3
 from batch.state import WorkItem
 
 FAST = ("--concurrency", "4")
@@ -163,7 +164,7 @@ def test_prefix_listing_streams_page_by_page(moto: MotoS3, tmp_path: Path) -> No
     s3 = S3(S3Options(endpoint_url=moto.url, page_size=7))
     calls: list[str] = []
     s3.client.meta.events.register("before-call.s3.ListObjectsV2", lambda **_: calls.append("p"))
-    items = s3.expand("s3://listing/in/", Filters(exclude=(".git",)))
+    items = expand_s3(s3, "s3://listing/in/", Filters(exclude=(".git",)))
     first = next(items)
     time.sleep(0.3)
     assert len(calls) <= 3  # one page planned, one queued, one being fetched: not all 5
@@ -181,7 +182,7 @@ def test_prefetch_keeps_order_errors_and_stops() -> None:
     """Prefetched pages keep their order, re-raise a listing error, and stop with the reader."""
     import threading
 
-    from batch.s3 import _prefetched
+    from batch.s3sources import _prefetched
 
     def pages() -> Iterator[int]:
         yield 1
@@ -205,7 +206,7 @@ def test_listing_over_a_thousand_keys(moto: MotoS3) -> None:
     """A prefix of more than 1,000 keys is listed completely (two real S3 pages)."""
     moto.bucket("big", {f"k/{n:05}.mp3": b"ID3" for n in range(1234)})
     s3 = S3(S3Options(endpoint_url=moto.url))
-    assert sum(1 for _ in s3.expand("s3://big/k/", Filters())) == 1234
+    assert sum(1 for _ in expand_s3(s3, "s3://big/k/", Filters())) == 1234
     s3.close()
 
 
@@ -213,9 +214,9 @@ def test_single_object_and_prefix_without_slash(moto: MotoS3, tmp_path: Path) ->
     """A key is one item named by its basename; a key-less name falls back to its prefix."""
     moto.bucket("single", audio_objects(tmp_path, ["calls/a.mp3", "calls/sub/b.wav"]))
     s3 = S3(S3Options(endpoint_url=moto.url))
-    (item,) = list(s3.expand("s3://single/calls/a.mp3", Filters()))
+    (item,) = list(expand_s3(s3, "s3://single/calls/a.mp3", Filters()))
     assert (item.id, item.name) == ("s3://single/calls/a.mp3", "a.mp3")
-    names = sorted(i.name for i in s3.expand("s3://single/calls", Filters()))
+    names = sorted(i.name for i in expand_s3(s3, "s3://single/calls", Filters()))
     assert names == ["a.mp3", "sub/b.wav"]
     s3.close()
 
