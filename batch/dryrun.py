@@ -31,6 +31,7 @@ from typing import Any, TextIO
 
 import aiohttp
 
+from batch.billing import make_budget
 from batch.budget import audio_span, dollars
 from batch.client import USER_AGENT
 from batch.config import RunConfig
@@ -38,7 +39,6 @@ from batch.dedupe import Dedupe, answers, kept_answer, stored_key
 from batch.errors import Interrupted, ItemError, StateError
 from batch.job import (
     asked_anew_text,
-    make_budget,
     refuse_report_place,
     start_plan,
     warn_over_deepgrams_limit,

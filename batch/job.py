@@ -25,37 +25,32 @@ from typing import Any, TextIO
 
 from batch.account import check_key
 from batch.backfill import Backfilled, backfill, done_to_render, done_without
-from batch.budget import Budget, Ledger
-from batch.client import Answer, DeepgramClient, make_session
+from batch.billing import check_budget, make_budget
+from batch.budget import Budget
+from batch.client import DeepgramClient, make_session
 from batch.config import RunConfig, report_path
 from batch.dedupe import Dedupe
 from batch.errors import (
     BatchError,
     Interrupted,
-    ItemError,
     OutputError,
     UsageError,
     exit_code_of,
 )
-from batch.keeping import Keeping, kept_audio
-from batch.media import SENDERS, Sender, send_sniffed_file
-from batch.models import Item, ItemKind, Params
-from batch.naming import is_s3_uri, output_place_problem
+from batch.keeping import Keeping
+from batch.models import Item, Params
+from batch.naming import is_s3_uri
 from batch.outputs import (
-    Inputs,
     LocalSink,
-    OutputPlaces,
     OutputSink,
-    check_spares_source,
     run_inputs,
 )
-from batch.params import project_limit, request_params, run_tags
+from batch.params import project_limit, run_tags
 from batch.planner import BackgroundPlan
-from batch.planrows import BILLED
-from batch.pricing import ItemPrices, price_params, price_per_hour, priced_model
+from batch.pricing import price_params
 from batch.progress import Progress
 from batch.realsources import RealSources
-from batch.records import Some, stored_params
+from batch.records import Some
 from batch.redact import redact_source, redact_text
 from batch.report import save_report
 from batch.runner import Runner, RunnerSettings, RunStats
@@ -68,10 +63,11 @@ from batch.s3 import S3, S3Options
 from batch.s3lock import LockWatch, output_lock
 from batch.s3sink import S3Sink
 from batch.s3sources import expand as expand_s3
+from batch.sending import make_senders
 from batch.shard import Shard
 from batch.signals import SignalLatch, latched_signals, note_late_signals
 from batch.sources import expand_sources, hidden_clash, manifest_paths
-from batch.state import State, WorkItem
+from batch.state import State
 from batch.statefile import remove_unused
 
 log = logging.getLogger("dgbatch")
@@ -397,125 +393,6 @@ def _recorded_if_stopped(state: State, run_id: int) -> Iterator[None]:
         with contextlib.suppress(sqlite3.Error, BatchError):  # the state may be the problem
             state.finish_run(run_id, code, summary)
         raise
-
-
-def check_budget(config: RunConfig) -> None:
-    """Refuse ``--max-cost`` before anything starts when the run's own model has no price
-    (an item of a manifest line asking for an unpriced model stops the run when reached)."""
-    if config.max_cost is not None:
-        model = priced_model(config.params)
-        if price_per_hour(model, config.price_per_hour) is None:
-            msg = f"--max-cost: no list price known for model {model!r}; pass --price-per-hour"
-            raise UsageError(msg)
-
-
-def make_budget(config: RunConfig, state: State) -> Budget | None:
-    """The run's caps, with what the state already transcribed counted against them; None
-    without ``--max-audio-hours`` and ``--max-cost``."""
-    if config.max_audio_hours is None and config.max_cost is None:
-        return None
-    check_budget(config)
-    used, longest = used_audio(state)
-    prices = ItemPrices(config.params, config.price_per_hour)
-    audio = cost = None
-    if config.max_audio_hours is not None:
-        audio = Ledger(config.max_audio_hours * 3600, used=used)
-    if config.max_cost is not None:
-        cost = Ledger(config.max_cost, used=used_cost(state, prices), dollars=True)
-    return Budget(audio, cost, prices, longest=longest)
-
-
-def used_cost(state: State, prices: ItemPrices) -> float:
-    """USD of the audio the state billed, each item at the model it was sent with: its
-    own params over those of the run that sent it (``billed_run`` for what it was billed
-    before a re-queue; this run's for a run that recorded none; this run's model for one
-    that has no price, and for answers kept unwritten)."""
-    fallback = prices.per_second(()) or 0.0
-    rows = state.query(
-        f"SELECT COALESCE(sent_params, params), sent.priced, billed.priced, SUM({BILLED}), "
-        "SUM(items.billed_before) FROM items "
-        "LEFT JOIN runs AS sent ON sent.id = items.run_id "
-        "LEFT JOIN runs AS billed ON billed.id = COALESCE(items.billed_run, items.run_id) "
-        "GROUP BY 1, 2, 3"
-    )
-    total = 0.0
-    for own, now_run, before_run, now, before in rows:
-        for priced, seconds in ((now_run, now), (before_run, before)):
-            run = prices if priced is None else ItemPrices(stored_params(priced), prices.override)
-            total += float(seconds) * (run.per_second(stored_params(own)) or fallback)
-    return total + sum(kept_audio(state)) * fallback
-
-
-#: the seconds an item was billed for: before it was last queued, and since
-_BILLED = f"items.billed_before + {BILLED}"
-
-
-def used_audio(state: State) -> tuple[float, float]:
-    """Audio the state was billed for (transcripts, and 200s that held none), and the
-    longest transcript (copies made by --dedupe were not paid; answers kept unwritten were)."""
-    ((seconds, longest),) = state.query(
-        f"SELECT COALESCE(SUM({_BILLED}), 0), "
-        "COALESCE(MAX(CASE WHEN status = 'done' AND copy_of IS NULL THEN duration END), 0) "
-        "FROM items"
-    )
-    kept = kept_audio(state)
-    return float(seconds) + sum(kept), max([float(longest), *kept])
-
-
-def make_senders(
-    config: RunConfig,
-    tags: Params,
-    s3: S3,
-    inputs: Inputs = frozenset(),
-    watch: LockWatch | None = None,
-) -> dict[ItemKind, Sender]:
-    """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
-    the chosen ``--url-mode``, and every request's params completed by ``request_params``
-    (defaults, captions, run tags). Each request first asks the output lock's ``watch``
-    (``LockWatch.check``); a local ``--out`` nothing can be written into
-    (``LockWatch.unwritable``) stops the run before its first request."""
-    watch = watch or LockWatch()
-    senders = {**SENDERS, ItemKind.S3: s3.sender(config.url_mode)}
-    if config.sniff:
-        senders[ItemKind.FILE] = send_sniffed_file
-    if not is_s3_uri(config.out):
-        places = OutputPlaces(config.out, inputs, watch.unwritable)
-        senders = {kind: _sparing(sender, config, places) for kind, sender in senders.items()}
-    return {kind: _completing(sender, config, tags, watch) for kind, sender in senders.items()}
-
-
-def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
-    """Refuse, unsent, an item whose outputs would replace a file this batch did not
-    write (``OutputPlaces.check_free``), or a file whose own output would replace it: a
-    recording named ``rec.json`` transcribed into its own folder was overwritten by its
-    transcript. Nothing is paid for an answer with no place to go."""
-    root = Path(config.out)
-
-    async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        if item.kind is ItemKind.FILE:
-            check_spares_source(root, item.out_name, config.formats, source)
-        places.check_free(item.out_name, config.formats, item.owner)
-        return await sender(client, item, source)
-
-    return send
-
-
-def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatch) -> Sender:
-    """Merge the run's layers over the item's own params (stored as the manifest gave
-    them) at send time, so a resumed run sends with the current command's options; no
-    request once the output lock may be lost (``LockWatch.check``), nor for an item whose
-    outputs could never be written (``output_place_problem``: a path or key too long)."""
-    root = config.out if is_s3_uri(config.out) else os.path.abspath(config.out)
-
-    async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        watch.check()
-        problem = output_place_problem(root, item.out_name, config.formats)
-        if problem is not None:
-            raise ItemError(problem, code="output_path")
-        params = request_params(config.params, item.params, formats=config.formats, tags=tags)
-        return await sender(client, item.with_params(params), source)
-
-    return send
 
 
 async def _render_added_formats(

@@ -26,9 +26,9 @@ from aiohttp.client_reqrep import ConnectionKey
 from conftest import KEY, Cli, read_state_rows, serve_app, sha256_of
 from reliability_helpers import all_bytes_under, disk_full_after, make_tiny_wavs
 
-import batch.job
 import batch.outputs
 import batch.report
+import batch.sending
 import batch.state
 from batch.client import Answer, DeepgramClient, no_connection
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
@@ -197,7 +197,7 @@ def test_source_deleted_or_changed_before_sending(
             os.utime(b, ns=(0, 10**18))
         return await send_file(client, item, source)
 
-    monkeypatch.setattr(batch.job, "SENDERS", {**SENDERS, ItemKind.FILE: meddling})
+    monkeypatch.setattr(batch.sending, "SENDERS", {**SENDERS, ItemKind.FILE: meddling})
     out = tmp_path / "out"
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1", "--no-sniff")
     assert result.exit_code == 1

@@ -30,10 +30,12 @@ from conftest import (
 )
 from reliability_helpers import assert_outputs_match, digest, disk_full_after
 
+import batch.billing
 import batch.job
 import batch.keeping
 import batch.outputs
 import batch.planner
+import batch.sending
 from batch.checks import UNUSUAL_SHAPE
 from batch.client import Answer, DeepgramClient
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
@@ -255,14 +257,14 @@ def test_an_s3_output_bucket_gone_mid_run_keeps_the_answers(
             s3_backends.bucket_accounts.pop("txout", None)
         return await send_file(client, item, source)
 
-    monkeypatch.setattr(batch.job, "SENDERS", {**SENDERS, ItemKind.FILE: bucket_gone_after_two})
+    monkeypatch.setattr(batch.sending, "SENDERS", {**SENDERS, ItemKind.FILE: bucket_gone_after_two})
     state = tmp_path / "st" / "state.sqlite"
     out = ("--out", "s3://txout/out/", "--state", str(state), "-c", "1", "--no-sniff")
     cmd = ("run", str(tmp_path / "in"), *out)
     first = dgbatch(*cmd)
     assert first.exit_code == 1, first.output
     assert "paid answer(s) whose outputs could not be written are kept" in first.output
-    monkeypatch.setattr(batch.job, "SENDERS", SENDERS)
+    monkeypatch.setattr(batch.sending, "SENDERS", SENDERS)
     moto.bucket("txout")
     second = dgbatch(*cmd)
     assert second.exit_code == 0, second.output
@@ -761,7 +763,7 @@ def assert_used_audio(out: Path, expected: tuple[float, float]) -> None:
     """The audio a budget finds used in ``out``'s state, and the longest item of it."""
     state = State.open(state_of(out))
     try:
-        assert batch.job.used_audio(state) == expected
+        assert batch.billing.used_audio(state) == expected
     finally:
         state.close()
 

@@ -177,7 +177,7 @@ def _run_first_try_failing(
     sent, when None); the output and the item's row."""
     from conftest import Cli, make_wav, read_state_rows
 
-    import batch.job
+    import batch.sending
     from batch.emulator import EmulatorConfig, run_in_thread
     from batch.media import send_file
 
@@ -189,7 +189,7 @@ def _run_first_try_failing(
             raise error
         return await send_file(client, item, source)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(batch.job, "send_sniffed_file", sender)
+    monkeypatch.setattr(batch.sending, "send_sniffed_file", sender)
     make_wav(tmp_path / "in" / "a.wav")
     with run_in_thread(EmulatorConfig()) as emu:
         result = Cli(emu)("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"))
