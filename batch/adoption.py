@@ -14,7 +14,8 @@ import dataclasses
 from batch.errors import ForeignOutputs
 from batch.localfiles import file_sha256
 from batch.models import ItemStatus
-from batch.outputs import LocalSink, OutputMeta, OutputSink, foreign_message
+from batch.outputguard import foreign_message
+from batch.outputs import LocalSink, OutputMeta, OutputSink
 from batch.placing import Placer
 from batch.runtypes import RunnerSettings, RunStats
 from batch.state import Result, State, WorkItem

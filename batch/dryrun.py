@@ -48,7 +48,7 @@ from batch.localfiles import file_sha256, open_regular
 from batch.media import local_problem, size_problem
 from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_location, output_relpath
-from batch.outputs import check_spares_source
+from batch.outputguard import check_spares_source
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, price_per_hour, priced_model
 from batch.probe import (

@@ -40,11 +40,8 @@ from batch.errors import (
 from batch.keeping import Keeping
 from batch.models import Item, Params
 from batch.naming import is_s3_uri
-from batch.outputs import (
-    LocalSink,
-    OutputSink,
-    run_inputs,
-)
+from batch.outputguard import run_inputs
+from batch.outputs import LocalSink, OutputSink
 from batch.params import project_limit, run_tags
 from batch.planner import BackgroundPlan
 from batch.pricing import price_params

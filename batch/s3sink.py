@@ -11,7 +11,8 @@ from urllib.parse import quote
 from batch.errors import ForeignOutputs, ItemError, OutputError
 from batch.formats import CONTENT_TYPES
 from batch.naming import folder_prefix, output_relpath
-from batch.outputs import Found, OutputMeta, adoptable, foreign_message, landed
+from batch.outputguard import foreign_message
+from batch.outputs import Found, OutputMeta, adoptable, landed
 from batch.redact import redact_source
 from batch.s3 import S3, describe_error, error_code, is_not_found, parse_s3_uri
 

@@ -12,7 +12,7 @@ from batch.errors import ItemError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import ItemKind, Params
 from batch.naming import is_s3_uri, output_place_problem
-from batch.outputs import Inputs, OutputPlaces, check_spares_source
+from batch.outputguard import Inputs, OutputPlaces, check_spares_source
 from batch.params import request_params
 from batch.records import WorkItem
 from batch.s3 import S3

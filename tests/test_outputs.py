@@ -25,15 +25,8 @@ from batch.emulator import Emulator, build_response
 from batch.errors import ItemError, OutputError
 from batch.formats import render_txt
 from batch.models import ItemKind, ItemStatus
-from batch.outputs import (
-    Found,
-    LocalSink,
-    OutputMeta,
-    OutputPlaces,
-    check_not_foreign,
-    output_error,
-    write_atomic,
-)
+from batch.outputguard import OutputPlaces, check_not_foreign, output_error
+from batch.outputs import Found, LocalSink, OutputMeta, write_atomic
 from batch.records import Ownership, WorkItem
 
 
