@@ -8,14 +8,12 @@ Exit codes (each ``BatchError`` subclass carries its own, see ``batch.errors``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import errno
 import json
 import logging
 import os
 import re
-import select
 import socket
 import sys
 from pathlib import Path
@@ -38,10 +36,12 @@ from batch.options import (
 )
 from batch.progress import make_progress
 from batch.redact import RedactingFilter, redact_message, redact_text
-from batch.report import WRITERS, format_status, open_output, status_summary
+from batch.report import WRITERS, format_status, status_summary
+from batch.reportfile import open_output
 from batch.runreport import report_refusal
 from batch.signals import defaults_restored, until_exit
 from batch.state import State
+from batch.streams import Answer, outlive_readers, reader_gone, reopen_closed
 from batch.summary import format_summary
 from batch.terminal import shown
 
@@ -90,108 +90,20 @@ class _Commands(click.Group):
     broken pipe is an error like any other."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        for name, mode in _STANDARD_STREAMS:  # started closed (``<&-``, ``>&-``): as if
-            if getattr(sys, name) is None:  # /dev/null (a daemon's job): empty, discarded
-                setattr(sys, name, open(os.devnull, mode))  # noqa: SIM115 - the process's
-        sys.stdout = _Answer(sys.stdout)
+        reopen_closed()
+        sys.stdout = Answer(sys.stdout)
         try:
             try:
                 return super().invoke(ctx)
             finally:
                 sys.stdout.flush()  # inside: an answer cut short shows here, not at exit
         except BrokenPipeError as exc:
-            if not _reader_gone(sys.stdout):
+            if not reader_gone(sys.stdout):
                 fail(OutputError(f"cannot write the answer: {exc.strerror or exc}"))
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
             ctx.exit(0)
         except OutputError as exc:  # stdout could not take the answer (a full disk)
             fail(exc)
-
-
-_STANDARD_STREAMS = (("stdin", "r"), ("stdout", "w"), ("stderr", "w"))
-
-
-class _Answer:
-    """stdout, where a failed write (``> /dev/full``) is said as such, not as an internal
-    error; a reader gone stays a ``BrokenPipeError`` (``_Commands.invoke``)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except OSError as exc:
-            raise _not_written(exc) from exc
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            raise _not_written(exc) from exc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def _not_written(exc: OSError) -> OSError | OutputError:
-    if exc.errno in _READER_GONE:
-        return exc
-    return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
-
-
-#: a write whose reader is gone: a closed pipe, a terminal that was closed (EIO)
-_READER_GONE = frozenset({errno.EPIPE, errno.EIO})
-
-
-class _Unread:
-    """A stream that goes on when its reader is gone (``dgbatch run … | logger`` whose
-    logger died, ``2>&1 | head``, a closed terminal): from the first broken pipe on, what
-    is written goes to /dev/null. A run stopped by it left items in flight, re-sent and
-    paid again by the next run; it finishes instead, as under ``nohup``."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except OSError as exc:
-            self._discard(exc)
-            return len(text)
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            self._discard(exc)
-
-    def _discard(self, exc: OSError) -> None:
-        if exc.errno not in _READER_GONE:
-            raise exc
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, self._stream.fileno())
-        os.close(null)
-        with contextlib.suppress(OSError):
-            self._stream.flush()  # what was buffered for the reader that left
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def _outlive_readers() -> None:
-    """Keep a run going whatever becomes of the readers of its stdout and stderr."""
-    sys.stdout, sys.stderr = _Unread(sys.stdout), _Unread(sys.stderr)
-
-
-def _reader_gone(stream: Any) -> bool:
-    """Whether ``stream`` is a pipe or socket whose reading end is closed (POLLERR)."""
-    try:
-        poller = select.poll()
-        poller.register(stream.fileno(), 0)
-        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -224,7 +136,7 @@ def run(**opts: Any) -> None:
             report_refusal(opts["run_report"], str(opts["out"]), opts["s3_endpoint_url"], exc)
             fail(exc)
         try:
-            _outlive_readers()
+            outlive_readers()
             setup_logging(opts["verbose"], (config.api_key,))
             progress = make_progress("none" if opts["quiet"] else opts["progress"])
             outcome = eventloop.run(run_batch(config, progress, stdin=sys.stdin))
