@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 from batch.errors import SourceError
+from batch.itembuild import S3Expander, build_item
 from batch.manifest_lines import (
     Entry,
     LineError,
@@ -35,7 +36,6 @@ from batch.manifest_lines import (
 )
 from batch.models import Filters, Item, ItemKind
 from batch.redact import redact_text
-from batch.sources import S3Expander, build_item
 
 __all__ = [
     "MAX_LINE_BYTES",
