@@ -220,13 +220,8 @@ async def _s3_range(
     s3: S3, bucket: str, key: str, byte_range: str, limit: int
 ) -> tuple[bytes, int | None]:
     """At most ``limit`` bytes of one ranged GET, and the object's size if S3 says it."""
-    answer = await s3.call(s3.client.get_object, Bucket=bucket, Key=key, Range=byte_range)
-    body = answer["Body"]
-    try:
-        data = await s3.call(body.read, limit)
-    finally:
-        body.close()
-    return data, size_from_content_range(answer.get("ContentRange"))
+    data, content_range = await s3.call(s3.read_range, bucket, key, byte_range, limit)
+    return data, size_from_content_range(content_range)
 
 
 async def probe_url(

@@ -247,8 +247,7 @@ def _s3_head_bytes(dest: str, s3: S3) -> bytes | None:
 
     bucket, key = parse_s3_uri(dest)
     try:
-        answer = s3.client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{_READ - 1}")
-        return bytes(answer["Body"].read())
+        return s3.read_range(bucket, key, f"bytes=0-{_READ - 1}", _READ)[0]
     except ClientError as exc:
         return _NO_BUCKET if error_code(exc) == "NoSuchBucket" else None
     except BotoCoreError:

@@ -190,6 +190,18 @@ class S3:
         """Stop the threads once every call has returned."""
         self._pool.shutdown(wait=True)
 
+    def read_range(
+        self, bucket: str, key: str, byte_range: str, limit: int
+    ) -> tuple[bytes, str | None]:
+        """At most ``limit`` bytes of one ranged GET (blocking: ``call`` it from the event
+        loop), and its ``Content-Range``; botocore's errors as they come."""
+        answer = self.client.get_object(Bucket=bucket, Key=key, Range=byte_range)
+        body = answer["Body"]
+        try:
+            return bytes(body.read(limit)), answer.get("ContentRange")
+        finally:
+            body.close()
+
     # -- sending ---------------------------------------------------------------------------
 
     def sender(self, mode: str) -> Sender:
