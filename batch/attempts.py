@@ -37,6 +37,19 @@ from batch.transcripts import transcript_request_id
 log = logging.getLogger("dgbatch")
 
 
+@dataclasses.dataclass(slots=True)
+class _Try:
+    """One request's answer (None: none came), what it means, and the item's attempts."""
+
+    answer: Answer | None
+    decision: Decision
+    attempts: int
+    #: Deepgram saw the request (a try that reached no one is no attempt, nor a retry)
+    reached: bool = True
+    #: no connection could be made (the run stops when every item meets it)
+    unreachable: bool = False
+
+
 class Attempts:
     """The retry loop of one run's items, under the run's limiter and stop."""
 
@@ -98,38 +111,50 @@ class Attempts:
         for tries in range(first, self.settings.max_retries + 2):
             attempts += 1
             self._tries[item.id] = (attempts, paid_200s)
-            unreachable, reached = False, True
             epoch = self.limit.epoch
-            answer: Answer | None
-            try:
-                answer, decision = await self._attempt(sender, item, source)
-            except ItemError as exc:  # found before the request went out: no attempt
-                attempts = self._not_sent(item, attempts)
-                failed = Result(
-                    item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code
-                )
-                return _with_tallies(failed, paid_200s)
-            except TransportError as exc:
-                answer = exc.partial  # an answer cut short: its status and request id are kept
-                decision = _transport_decision(exc)
-                unreachable = exc.connect_failed
-                if not exc.reached:
-                    reached, attempts = False, self._not_sent(item, attempts)
-            except BatchError:  # the run's (S3 unreachable), found before the request
-                self._not_sent(item, attempts)
-                raise
-            if reached and attempts > 1:  # a retry of a request Deepgram saw (any run's)
-                self.stats.retries += 1
-                self.progress.retried()
-            if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
-                paid_200s += 1  # processed, and billed
-                self._tries[item.id] = (attempts, paid_200s)
-                decision = _once_more_at_most(dataclasses.replace(decision, billed=True), paid_200s)
-            outcome = await self._decide(item, attempts, tries, answer, decision, epoch)
+            done = await self._try_once(sender, item, source, attempts)
+            if isinstance(done, Result):  # failed before the request went out
+                return _with_tallies(done, paid_200s)
+            attempts = done.attempts
+            decision, paid_200s = self._tally(item, done, paid_200s)
+            outcome = await self._decide(item, attempts, tries, done.answer, decision, epoch)
             if outcome is not None:
                 tallied = _with_tallies(outcome, paid_200s)
-                return self._unless_unreachable(tallied, unreachable)
+                return self._unless_unreachable(tallied, done.unreachable)
         raise AssertionError("unreachable: the last try always decides")  # pragma: no cover
+
+    async def _try_once(
+        self, sender: Sender, item: WorkItem, source: str, attempts: int
+    ) -> _Try | Result:
+        """One request and what its answer means; the item's result when it failed before
+        the request went out (no attempt), and a try that reached no one is none either."""
+        try:
+            answer, decision = await self._attempt(sender, item, source)
+        except ItemError as exc:  # found before the request went out: no attempt
+            attempts = self._not_sent(item, attempts)
+            return Result(item.id, ItemStatus.FAILED, attempts, error=str(exc), err_code=exc.code)
+        except TransportError as exc:  # an answer cut short keeps its status and request id
+            if not exc.reached:
+                attempts = self._not_sent(item, attempts)
+            decision = _transport_decision(exc)
+            return _Try(exc.partial, decision, attempts, exc.reached, exc.connect_failed)
+        except BatchError:  # the run's (S3 unreachable), found before the request
+            self._not_sent(item, attempts)
+            raise
+        return _Try(answer, decision, attempts)
+
+    def _tally(self, item: WorkItem, done: _Try, paid_200s: int) -> tuple[Decision, int]:
+        """Count a retry Deepgram saw (any run's), and a 200 without a transcript: it was
+        processed and billed, so it is tried once more at most."""
+        if done.reached and done.attempts > 1:
+            self.stats.retries += 1
+            self.progress.retried()
+        decision, answer = done.decision, done.answer
+        if answer is not None and answer.status == 200 and decision.action is Action.RETRY:
+            paid_200s += 1
+            self._tries[item.id] = (done.attempts, paid_200s)
+            decision = _once_more_at_most(dataclasses.replace(decision, billed=True), paid_200s)
+        return decision, paid_200s
 
     async def _settled_unsent(self, item: WorkItem) -> tuple[WorkItem, Result | None]:
         """The item's result when nothing need be sent: an answer an earlier run paid for

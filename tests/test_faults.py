@@ -27,7 +27,7 @@ from conftest import KEY, Cli, read_state_rows, serve_app, sha256_of
 from reliability_helpers import all_bytes_under, disk_full_after, make_tiny_wavs
 
 import batch.outputs
-import batch.report
+import batch.reportfile
 import batch.sending
 import batch.state
 from batch.client import Answer, DeepgramClient, no_connection
@@ -167,7 +167,7 @@ def test_disk_full_stops_the_run(
 
     # the second item's txt and everything after
     monkeypatch.setattr(batch.outputs, "_write_new_file", disk_full_after(3))
-    monkeypatch.setattr(batch.report, "atomic_file", full_disk)  # same disk
+    monkeypatch.setattr(batch.reportfile, "atomic_file", full_disk)  # same disk
     result = dgbatch("run", str(tmp_path / "in"), "--out", str(out), "-c", "1")
     assert result.exit_code == 1, result.output
     assert "No space left on device (disk full)" in result.output
