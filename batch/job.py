@@ -299,22 +299,68 @@ class _LockedRun:
                 state.end_force()
             raise
         budget = await asyncio.to_thread(make_budget, config, state)
-        stats = await _execute(
-            config,
-            state,
-            run_id,
-            self.secrets,
-            progress,
-            self.s3,
-            run_tags(run_tag),
-            budget,
-            self.signals,
-            plan,
-            force_since=force_since,
-            lock_watch=self.lock_watch,
-        )
+        stats = await self._send(progress, run_tags(run_tag), budget, plan, force_since)
         await plan.finish(stopped=stats.stop_reason is not None)
         return _Sent(stats, began, budget, force_since)
+
+    async def _send(
+        self,
+        progress: Progress,
+        tags: Params,
+        budget: Budget | None,
+        plan: BackgroundPlan,
+        force_since: float | None,
+    ) -> RunStats:
+        """Run the pool. While a ``--force`` is underway (``force_since``), an S3 ``--out``'s
+        outputs are not adopted and answers kept before it are not written: they are what
+        it redoes."""
+        config, state, watch = self.config, self.state, self.lock_watch
+        remote = is_s3_uri(config.out)
+        threads = min(32, max(4, config.concurrency))
+        inputs = frozenset() if remote else run_inputs(config.sources)  # stat'ed once
+        local = None if remote else LocalSink(Path(config.out), threads, inputs)
+        sink: OutputSink = local or S3Sink(self.s3, config.out)
+        try:
+            async with make_session(config.concurrency, config.api_url) as session:
+                client = DeepgramClient(
+                    session, config.api_url, config.api_key, timeout=config.timeout
+                )
+                runner = Runner(
+                    runner_settings(config, force_since),
+                    state,
+                    client,
+                    sink,
+                    make_senders(config, tags, self.s3, inputs, watch),
+                    progress,
+                    run_id=self.run_id,
+                    secret_sources=self.secrets,
+                    budget=budget,
+                    dedupe=Dedupe.for_run(config) if config.dedupe else None,
+                    keeping=Keeping.for_run(config, state, self.run_id, force_since),
+                    more=plan.wait_more,
+                )
+                plan.on_growth = runner.plan_grew
+                watch.stop_with(runner.stop)
+                with self.signals.routed_to(runner.interrupt):
+                    stats = await runner.run()
+                if stats.stop_reason is None:
+                    await self._render_added(stats, sink)
+                return stats
+        finally:
+            if local is not None:
+                local.close()
+
+    async def _render_added(self, stats: RunStats, sink: OutputSink) -> None:
+        """Formats asked for now that done items lack, rendered from their json; a lost
+        output lock stops the run as an output error does."""
+        try:
+            filled = await _render_added_formats(
+                self.config, self.state, sink, self.signals, self.lock_watch
+            )
+            stats.rendered, stats.unrenderable = filled.rendered, filled.unrenderable
+        except OutputError as exc:
+            stats.stop_reason = exc
+        stats.stop_reason = stats.stop_reason or self.lock_watch.lost
 
     async def conclude(self, sent: _Sent, started: float) -> RunOutcome:
         """Count what the run did, decide its exit code and record both in the state."""
@@ -496,26 +542,11 @@ def _watch(items: Iterable[Item], secrets: RealSources, cancel: threading.Event)
         yield item
 
 
-async def _execute(
-    config: RunConfig,
-    state: State,
-    run_id: int,
-    secrets: RealSources,
-    progress: Progress,
-    s3: S3,
-    tags: Params,
-    budget: Budget | None,
-    signals: SignalLatch,
-    plan: BackgroundPlan,
-    *,
-    force_since: float | None,
-    lock_watch: LockWatch,
-) -> RunStats:
-    """Run the pool. While a ``--force`` is underway (``force_since``), an S3 ``--out``'s
-    outputs are not adopted and answers kept before it are not written: they are what
-    it redoes."""
+def runner_settings(config: RunConfig, force_since: float | None) -> RunnerSettings:
+    """What the runner needs of the config: an S3 ``--out``'s outputs already there are
+    skipped unless a ``--force`` is underway (it redoes them), a local one's are dated."""
     remote = is_s3_uri(config.out)
-    settings = RunnerSettings(
+    return RunnerSettings(
         concurrency=config.concurrency,
         max_retries=config.max_retries,
         formats=config.formats,
@@ -527,39 +558,3 @@ async def _execute(
         caption_line_length=config.caption_line_length,
         sniff=config.sniff and "encoding" not in dict(config.params),  # none is sniffed
     )
-    threads = min(32, max(4, config.concurrency))
-    inputs = frozenset() if remote else run_inputs(config.sources)  # the SOURCE files: stat once
-    local = None if remote else LocalSink(Path(config.out), threads, inputs)
-    sink: OutputSink = local or S3Sink(s3, config.out)
-    try:
-        async with make_session(config.concurrency, config.api_url) as session:
-            client = DeepgramClient(session, config.api_url, config.api_key, timeout=config.timeout)
-            runner = Runner(
-                settings,
-                state,
-                client,
-                sink,
-                make_senders(config, tags, s3, inputs, lock_watch),
-                progress,
-                run_id=run_id,
-                secret_sources=secrets,
-                budget=budget,
-                dedupe=Dedupe.for_run(config) if config.dedupe else None,
-                keeping=Keeping.for_run(config, state, run_id, force_since),
-                more=plan.wait_more,
-            )
-            plan.on_growth = runner.plan_grew
-            lock_watch.stop_with(runner.stop)
-            with signals.routed_to(runner.interrupt):
-                stats = await runner.run()
-            if stats.stop_reason is None:
-                try:
-                    filled = await _render_added_formats(config, state, sink, signals, lock_watch)
-                    stats.rendered, stats.unrenderable = filled.rendered, filled.unrenderable
-                except OutputError as exc:
-                    stats.stop_reason = exc
-                stats.stop_reason = stats.stop_reason or lock_watch.lost
-            return stats
-    finally:
-        if local is not None:
-            local.close()

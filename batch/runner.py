@@ -102,27 +102,45 @@ class Runner:
         self._more = more  # a plan still growing: waits for its next chunk (batch.planner)
         #: paid answers whose outputs could not be written, for the next run to write
         self.keeping = keeping
-        # What one item goes through, each piece handed the bookkeeping above it needs
-        # (shared, not copied: the runner reads it back when an item ends or is cut short).
-        self._placer = Placer(
+        self._placer, self._adoption, self._attempts = self._stages(client, sink, senders)
+        self._copies = (
+            None
+            if dedupe is None
+            else Copies(
+                dedupe,
+                self._attempts,
+                self._placer,
+                self.limit,
+                captured=self._captured,
+                stopped=self._stopped,
+                state=state,
+            )
+        )
+
+    def _stages(
+        self, client: DeepgramClient, sink: OutputSink, senders: dict[ItemKind, Sender]
+    ) -> tuple[Placer, Adoption, Attempts]:
+        """What one item goes through, each piece handed the bookkeeping above it needs
+        (shared, not copied: the runner reads it back when an item ends or is cut short)."""
+        settings, state = self.settings, self.state
+        placer = Placer(
             settings,
             sink,
             local=self._local,
             release_slot=self._release_slot,
-            captured=self._captured if dedupe is not None else None,
+            captured=self._captured if self.dedupe is not None else None,
             keeping=self.keeping,
             redact=client.redacted,
         )
-        adoption = Adoption(settings, state, sink, self._placer, self.stats, local=self._local)
-        self._adoption = adoption
-        self._attempts = Attempts(
+        adoption = Adoption(settings, state, sink, placer, self.stats, local=self._local)
+        attempts = Attempts(
             settings,
             client,
             senders,
             self.limit,
-            self._placer,
+            placer,
             adoption,
-            progress,
+            self.progress,
             self.stats,
             secret_sources=self.secret_sources,
             tries=self._tries,
@@ -132,17 +150,7 @@ class Runner:
             sleep=asyncio.sleep,
             rng=random.Random(),
         )
-        self._copies: Copies | None = None
-        if dedupe is not None:
-            self._copies = Copies(
-                dedupe,
-                self._attempts,
-                self._placer,
-                self.limit,
-                captured=self._captured,
-                stopped=self._stopped,
-                state=state,
-            )
+        return placer, adoption, attempts
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -258,30 +266,43 @@ class Runner:
         if rate is None:  # priced at no model's price, it could pass the cap unseen
             self.stop(self.budget.unpriced(item.source, item.params))
             return False
-        local = await self._measure(item)
-        estimate = local if local is not None else guess_seconds(item.size)
-        if self._outputs_there(item) or await self._fails_unsent(item, sniff=local is None):
-            estimate = 0.0  # adopted, or it fails unsent: it stopped the run all the same
-        if self.budget.must_wait(estimate):
-            # without the request slot taken for it: the item it waits for may need that
-            # very slot to retry (a 429 cuts the limit to one)
-            await self.limit.without_slot(self._wait_for_budget(self.budget, estimate))
-        if self.stopping:
-            return False
-        reservation = await self._reserve(self.budget, estimate, rate)
-        if reservation is None and self.stopping:  # a signal while it waited
-            return False
-        if reservation is None and self._copies is not None:
-            free = await self._free_copy(item)
-            if self.stopping:  # a signal while it waited: nothing more is dispatched
-                return False
-            # else its original ended meanwhile, giving back what it had reserved
-            reservation = Reservation(0.0) if free else self.budget.admit(estimate, rate)
+        reservation = await self._reservation(self.budget, item, await self._estimate(item), rate)
         if reservation is None:
-            self.stop(self.budget.exceeded(item.source, estimate, rate))
             return False
         self._reserved[item.id] = reservation
         return True
+
+    async def _estimate(self, item: WorkItem) -> float | None:
+        """The audio the item will be billed for: measured (a local file's headers), else
+        guessed from its size; none for one adopted or failing unsent (it is not sent)."""
+        local = await self._measure(item)
+        if self._outputs_there(item) or await self._fails_unsent(item, sniff=local is None):
+            return 0.0
+        return local if local is not None else guess_seconds(item.size)
+
+    async def _reservation(
+        self, budget: Budget, item: WorkItem, estimate: float | None, rate: float
+    ) -> Reservation | None:
+        """The item's share of the budget, waited for while items in flight hold it; None
+        when the run stops: a signal came meanwhile, or the item would pass the cap."""
+        if budget.must_wait(estimate):
+            # without the request slot taken for it: the item it waits for may need that
+            # very slot to retry (a 429 cuts the limit to one)
+            await self.limit.without_slot(self._wait_for_budget(budget, estimate))
+        if self.stopping:
+            return None
+        reservation = await self._reserve(budget, estimate, rate)
+        if reservation is None and self.stopping:  # a signal while it waited
+            return None
+        if reservation is None and self._copies is not None:
+            free = await self._free_copy(item)
+            if self.stopping:  # a signal while it waited: nothing more is dispatched
+                return None
+            # else its original ended meanwhile, giving back what it had reserved
+            reservation = Reservation(0.0) if free else budget.admit(estimate, rate)
+        if reservation is None:
+            self.stop(budget.exceeded(item.source, estimate, rate))
+        return reservation
 
     async def _reserve(
         self, budget: Budget, estimate: float | None, rate: float
