@@ -27,44 +27,12 @@ def reopen_closed() -> None:
 _STANDARD_STREAMS = (("stdin", "r"), ("stdout", "w"), ("stderr", "w"))
 
 
-class Answer:
-    """stdout, where a failed write (``> /dev/full``) is said as such, not as an internal
-    error; a reader gone stays a ``BrokenPipeError`` (``cli``)."""
-
-    def __init__(self, stream: Any) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return int(self._stream.write(text))
-        except OSError as exc:
-            raise _not_written(exc) from exc
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except OSError as exc:
-            raise _not_written(exc) from exc
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
-
-
-def _not_written(exc: OSError) -> OSError | OutputError:
-    if exc.errno in _READER_GONE:
-        return exc
-    return OutputError(f"cannot write to standard output: {exc.strerror or exc}")
-
-
 #: a write whose reader is gone: a closed pipe, a terminal that was closed (EIO)
 _READER_GONE = frozenset({errno.EPIPE, errno.EIO})
 
 
-class _Unread:
-    """A stream that goes on when its reader is gone (``dgbatch run … | logger`` whose
-    logger died, ``2>&1 | head``, a closed terminal): from the first broken pipe on, what
-    is written goes to /dev/null. A run stopped by it left items in flight, re-sent and
-    paid again by the next run; it finishes instead, as under ``nohup``."""
+class _Wrapped:
+    """A stream whose failed writes and flushes go through ``_failed``."""
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
@@ -73,16 +41,39 @@ class _Unread:
         try:
             return int(self._stream.write(text))
         except OSError as exc:
-            self._discard(exc)
+            self._failed(exc)
             return len(text)
 
     def flush(self) -> None:
         try:
             self._stream.flush()
         except OSError as exc:
-            self._discard(exc)
+            self._failed(exc)
 
-    def _discard(self, exc: OSError) -> None:
+    def _failed(self, exc: OSError) -> None:
+        raise exc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+class Answer(_Wrapped):
+    """stdout, where a failed write (``> /dev/full``) is said as such, not as an internal
+    error; a reader gone stays a ``BrokenPipeError`` (``cli``)."""
+
+    def _failed(self, exc: OSError) -> None:
+        if exc.errno in _READER_GONE:
+            raise exc
+        raise OutputError(f"cannot write to standard output: {exc.strerror or exc}") from exc
+
+
+class _Unread(_Wrapped):
+    """A stream that goes on when its reader is gone (``dgbatch run … | logger`` whose
+    logger died, ``2>&1 | head``, a closed terminal): from the first broken pipe on, what
+    is written goes to /dev/null. A run stopped by it left items in flight, re-sent and
+    paid again by the next run; it finishes instead, as under ``nohup``."""
+
+    def _failed(self, exc: OSError) -> None:
         if exc.errno not in _READER_GONE:
             raise exc
         null = os.open(os.devnull, os.O_WRONLY)
@@ -90,9 +81,6 @@ class _Unread:
         os.close(null)
         with contextlib.suppress(OSError):
             self._stream.flush()  # what was buffered for the reader that left
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._stream, name)
 
 
 def outlive_readers() -> None:
