@@ -178,6 +178,9 @@ def test_an_output_path_too_long_to_write_fails_unsent(
     manifest = tmp_path / "m" / "items.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
+    dry = dgbatch("run", str(manifest), "--out", str(out), "--dry-run", "--json")
+    estimate = json.loads(dry.output[dry.output.index("{") :])
+    assert (estimate["to_send"], estimate["fail_locally"]) == (1, {"output_path": 1}), estimate
     result = dgbatch("run", str(manifest), "--out", str(out))
     assert result.exit_code == 1, result.output
     assert len(emulator.log) == 1 and (out / "fine.json").is_file()
