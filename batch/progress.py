@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class Progress(Protocol):
     """What the runner tells whoever watches it."""
 
-    def start(self, total: int, done: int) -> None: ...
+    def start(self, total: int, done: int, failed: int = 0) -> None: ...
     def item_finished(self, ok: bool, audio_seconds: float | None) -> None: ...
     def retried(self) -> None: ...
     def limit_changed(self, limit: int) -> None: ...
@@ -28,7 +28,7 @@ class Progress(Protocol):
 class NullProgress:
     """``--quiet``: nothing at all."""
 
-    def start(self, total: int, done: int) -> None:
+    def start(self, total: int, done: int, failed: int = 0) -> None:
         pass
 
     def item_finished(self, ok: bool, audio_seconds: float | None) -> None:
@@ -48,8 +48,12 @@ class NullProgress:
 
 
 class _Counts:
+    """This run's counts, over the state's when it started (``start``): the line says
+    ``failed=`` as the summary does, earlier runs' and planning's failures included."""
+
     def __init__(self) -> None:
         self.total = self.done = self.failed = self.retries = 0
+        self.failed_before = 0
         self.audio = 0.0
         self.limit: int | None = None
 
@@ -61,7 +65,8 @@ class _Counts:
         self.audio += audio_seconds or 0.0  # a failed item's: its paid answer, kept unwritten
 
     def postfix(self) -> str:
-        text = f"failed={self.failed} retries={self.retries} audio={self.audio / 3600:.2f}h"
+        failed = self.failed_before + self.failed
+        text = f"failed={failed} retries={self.retries} audio={self.audio / 3600:.2f}h"
         return f"{text} limit={self.limit}" if self.limit is not None else text
 
 
@@ -74,8 +79,8 @@ class BarProgress(_Counts):
         self._bar: tqdm[Any] | None = None
         self._last = 0.0
 
-    def start(self, total: int, done: int) -> None:
-        self.total = total
+    def start(self, total: int, done: int, failed: int = 0) -> None:
+        self.total, self.failed_before = total, failed
         if self._bar is not None:  # again, once a plan that grew while running is complete
             self._bar.total = total
             self._bar.refresh()
@@ -135,8 +140,8 @@ class LogProgress(_Counts):
         self._last = time.monotonic()
         self._base = 0
 
-    def start(self, total: int, done: int) -> None:
-        self.total, self._base = total, done
+    def start(self, total: int, done: int, failed: int = 0) -> None:
+        self.total, self._base, self.failed_before = total, done, failed
         self._line()
 
     def item_finished(self, ok: bool, audio_seconds: float | None) -> None:

@@ -87,7 +87,7 @@ class Runner:
         self._settled = asyncio.Event()
         #: leaders' answers kept for their --dedupe copies (``Placer.write``, ``Copies``)
         self._captured: dict[str, bytes] = {}
-        self._done_before = 0
+        self._done_before = self._failed_before = 0
         #: per in-flight item: (attempts, 200s without a transcript) so far, for the result
         #: of an item that an exception or a cancel takes out of ``Attempts.process``
         self._tries: dict[str, tuple[int, int]] = {}
@@ -162,7 +162,8 @@ class Runner:
             await self.keeping.load()
             counts = await asyncio.to_thread(self.state.counts)
             self._done_before = counts["done"] + counts["failed"]
-            self.progress.start(sum(counts.values()), self._done_before)
+            self._failed_before = counts["failed"]
+            self.progress.start(sum(counts.values()), self._done_before, self._failed_before)
             if self.settings.adaptive:
                 self.progress.limit_changed(self.limit.limit)
             try:
@@ -428,7 +429,7 @@ class Runner:
         except (StateError, sqlite3.Error) as exc:  # the display waits for the next one
             log.debug("progress total not updated: %s", exc)
             return
-        self.progress.start(sum(counts.values()), self._done_before)
+        self.progress.start(sum(counts.values()), self._done_before, self._failed_before)
 
     async def _drain(self) -> None:
         """Wait for in-flight items; after a signal, only for the grace period."""

@@ -33,3 +33,17 @@ def test_the_bar_ticks_only_on_a_terminal() -> None:
     progress.tick()
     assert stream.getvalue() == written
     progress.close()
+
+
+def test_a_log_line_counts_failures_as_the_summary_does() -> None:
+    """``failed=`` counted only what this run's requests failed: a rerun of a batch with
+    two failed items said ``5/5 items failed=0`` (a review found it). The state's
+    failures when the run started (earlier runs', planning's) count too."""
+    stream = io.StringIO()
+    progress = LogProgress(stream, interval=60)
+    progress.start(9, 5, 2)
+    progress.item_finished(False, None)
+    progress.item_finished(True, 1.0)
+    progress.close()
+    assert stream.getvalue().splitlines()[0].startswith("progress: 5/9 items failed=2 ")
+    assert stream.getvalue().splitlines()[-1].startswith("progress: 7/9 items failed=3 ")

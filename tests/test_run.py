@@ -1441,6 +1441,26 @@ def test_a_paid_answer_kept_unwritten_is_audio_in_the_progress_too(
     assert "audio=0.02h" in last, last
 
 
+def test_the_progress_lines_count_failures_as_the_summary_does(
+    tmp_path: Path, emulator: Emulator
+) -> None:
+    """``failed=`` left out what failed while planning (a missing file, a broken line) and
+    earlier runs' failures: ``progress: 5/5 items failed=0`` for a rerun with two failed
+    items (a review found it)."""
+    make_wav(tmp_path / "a.wav")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"source": "a.wav"}\n{"source": "missing.wav"}\n{broken\n'
+                        '{"source": "empty.wav"}\n')  # fmt: skip
+    out = tmp_path / "out"
+    run = ("run", str(manifest), "--out", str(out), "--api-url", emulator.url, "--progress", "log")
+    for _ in range(2):  # the rerun sends nothing: its failures are all earlier ones
+        result = Cli(None)(*run)
+        assert result.exit_code == 1 and "state: 1 done, 3 failed" in result.output, result.output
+        last = [line for line in result.output.splitlines() if line.startswith("progress:")][-1]
+        assert last.startswith("progress: 4/4 items failed=3 "), last
+
+
 @pytest.mark.timeout(60)
 def test_what_the_third_review_of_the_output_guard_found(
     tmp_path: Path, dgbatch: Cli, emulator: Emulator, monkeypatch: pytest.MonkeyPatch
