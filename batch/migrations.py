@@ -256,9 +256,13 @@ def m012_named_url_sources_redacted_again(db: sqlite3.Connection) -> None:
     )
 
 
-def _redact_named_url_sources(db: sqlite3.Connection) -> None:
-    """Redact again the sources of URL items keyed by a manifest ``id``."""
-    rows = db.execute("SELECT rowid, source FROM items WHERE kind = 'url' AND id LIKE 'id:%'")
+def _redact_named_url_sources(db: sqlite3.Connection, *others: str) -> None:
+    """Redact again the sources of URL items keyed by a manifest ``id`` (and of those whose
+    id is like one of ``others``)."""
+    where = " OR ".join(["id LIKE ?"] * (1 + len(others)))
+    rows = db.execute(
+        f"SELECT rowid, source FROM items WHERE kind = 'url' AND ({where})", ("id:%", *others)
+    )
     for rowid, source in rows.fetchall():
         redacted = redact_source(source)
         if redacted != source:
@@ -423,17 +427,37 @@ def m020_listed_on_demand(db: sqlite3.Connection) -> None:
 
 @migration
 def m021_url_ids_signed_by_md5_and_sign(db: sqlite3.Connection) -> None:
-    """nginx's ``secure_link`` (``md5``) and Tencent CDN's ``sign`` are signatures now:
-    they were stored, reported and shown, and a URL signed again was another item, paid
-    again. URL items are keyed and their sources redacted again (m013, m012), kept
-    answers' sources and recorded commands too, so an upgrade plans none anew."""
+    """nginx's ``secure_link`` (``md5``) and Tencent CDN's ``sign`` are secrets now: they
+    were stored, reported and shown, and a URL signed again was another item, paid
+    again. URL items are keyed and their sources redacted again (m013, m012; clash rows
+    too), as are errors quoting them, kept answers' sources and recorded commands, so an
+    upgrade plans none anew and keeps none in clear."""
     _key_url_items_from_sources(db)
-    _redact_named_url_sources(db)
+    _redact_named_url_sources(db, "clash:%")
+    _redact_clash_ids(db)
+    errors = db.execute("SELECT rowid, error FROM items WHERE error IS NOT NULL").fetchall()
+    for rowid, error in errors:
+        redacted = redact_text(error)
+        if redacted != error:
+            db.execute("UPDATE items SET error = ? WHERE rowid = ?", (redacted, rowid))
     _redact_kept_sources(db)
     for run_id, command in db.execute("SELECT id, command FROM runs").fetchall():
         redacted = redact_text(command)
         if redacted != command:
             db.execute("UPDATE runs SET command = ? WHERE id = ?", (redacted, run_id))
+
+
+def _redact_clash_ids(db: sqlite3.Connection) -> None:
+    """A clash row's id and name quote the id of the item it clashed with: redacted again
+    (``#<rowid>`` after one that another clash row now has)."""
+    rows = db.execute("SELECT rowid, id FROM items WHERE id LIKE 'clash:%'").fetchall()
+    for rowid, old in rows:
+        new = redact_text(old)
+        if new == old:
+            continue
+        taken = db.execute("SELECT 1 FROM items WHERE id = ?", (new,)).fetchone()
+        new = f"{new}#{rowid}" if taken else new
+        db.execute("UPDATE items SET id = ?, name = ? WHERE rowid = ?", (new, new, rowid))
 
 
 def add_column(db: sqlite3.Connection, table: str, column: str) -> None:

@@ -67,8 +67,6 @@ SIGNING_QUERY_KEYS: frozenset[str] = frozenset(
         "verify",
         "hdnts",
         "hmac",
-        "md5",  # nginx secure_link
-        "sign",  # Tencent CDN
     }
 )
 
@@ -91,6 +89,8 @@ SECRET_QUERY_KEYS: frozenset[str] = SIGNING_QUERY_KEYS | frozenset(
         "pwd",
         "secret",
         "client_secret",
+        "md5",  # nginx secure_link's signature (or a file's digest: part of the recording)
+        "sign",  # Tencent CDN's
     }
 )
 

@@ -593,6 +593,9 @@ _SIGNED = "https://b.s3.amazonaws.com/a.wav?X-Amz-Algorithm=AWS4-HMAC-SHA256"
         ),
         ("https://h/a.wav?sig=aaaa&se=2026-11-27", "https://h/a.wav?sig=bbbb&se=2026-11-28", False),
         ("https://h/a.wav?Signature=aa&Expires=1", "https://h/a.wav?Signature=bb&Expires=2", False),
+        # secrets that may name the recording (a file's digest): told apart, not merged
+        ("https://h/get?md5=aaa111", "https://h/get?md5=bbb222", True),
+        ("https://h/get?sign=1-r-0-aa&t=1", "https://h/get?sign=1-r-0-bb&t=1", True),
     ],
 )
 def test_hidden_clash_table(first: str, later: str, clash: bool) -> None:

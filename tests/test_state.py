@@ -851,6 +851,28 @@ def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
     assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
 
 
+def test_m021_redacts_md5_and_sign_in_clash_rows_and_errors(tmp_path: Path) -> None:
+    """m021 re-keyed URL items and redacted sources named by an id; a clash row's source
+    and any row's error quoting its URL kept ``md5=``/``sign=`` in clear (a review found
+    it)."""
+    state = State.open(tmp_path / "state.sqlite")
+    url = "https://h/get?key=a&md5=SECRETMD5&sign=SECRETSIGN"
+    state.plan([Item("https://h/x.wav", "https://h/x.wav", ItemKind.URL, "x")], run_id=1)
+    state.close()
+    db = sqlite3.connect(tmp_path / "state.sqlite")  # as an earlier release stored them
+    db.execute(
+        "UPDATE items SET id = ?, name = ?, source = ?, status = 'failed', error = ?",
+        (f"clash:urls.txt:2:{url}", f"clash:urls.txt:2:{url}", url, f"{url} is already an item"),
+    )
+    db.execute("DELETE FROM _migrations WHERE name = 'm021_url_ids_signed_by_md5_and_sign'")
+    db.commit()
+    db.close()
+    State.open(tmp_path / "state.sqlite").close()
+    (row,) = read_state_rows(tmp_path / "state.sqlite")
+    stored = f"{row['id']} {row['name']} {row['source']} {row['error']}"
+    assert "SECRET" not in stored and "md5=REDACTED&sign=REDACTED" in stored, stored
+
+
 def test_m012_redacts_the_sources_of_url_items_named_by_an_id(tmp_path: Path) -> None:
     """m011 re-keyed URL items keyed by their URL, not those named by a manifest ``id``:
     their new secrets stayed in clear, and the plan took each for another recording."""
