@@ -47,7 +47,13 @@ from batch.keeping import Keeping
 from batch.localfiles import file_sha256, open_regular
 from batch.media import local_problem, size_problem
 from batch.models import ItemKind, Params
-from batch.naming import is_s3_uri, output_location, output_place_problem, output_relpath
+from batch.naming import (
+    is_s3_uri,
+    output_location,
+    output_place_problem,
+    output_relpath,
+    output_root,
+)
 from batch.outputguard import check_spares_source
 from batch.params import merge_params
 from batch.pricing import PRICES_AS_OF, estimate_cost, price_per_hour, priced_model
@@ -428,7 +434,7 @@ def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | N
     such an item costs nothing. An S3 object fails so when it was listed empty or over
     2 GB. Any item whose outputs could never be written (a path or key too long) fails
     first (``sending``)."""
-    root = config.out if is_s3_uri(config.out) else os.path.abspath(config.out)
+    root = output_root(config.out)
     if output_place_problem(root, row["out_name"], config.formats) is not None:
         return "output_path"
     if row["kind"] == ItemKind.S3.value:

@@ -28,6 +28,7 @@ __all__ = [
     "output_location",
     "output_place_problem",
     "output_relpath",
+    "output_root",
     "resolve_inside",
     "safe_name",
     "split_s3_uri",
@@ -224,12 +225,19 @@ TEMP_EXTRA = len("..12345678.tmp")
 S3_KEY_MAX = 1024
 
 
+def output_root(out: str) -> str:
+    """Where an ``--out``'s outputs are written: an S3 one as given, a local one resolved
+    (its links followed, as ``resolve_inside`` does: a link to a longer path makes every
+    output's path longer)."""
+    return out if is_s3_uri(out) else os.path.realpath(out)
+
+
 def output_place_problem(out_root: str, out_name: str, formats: Iterable[str]) -> str | None:
     """Why an item's outputs could never be written (a path or an S3 key too long), or
     None. Asked before sending: the answer would be paid for, then kept unwritten.
 
     Args:
-        out_root: an S3 ``--out`` as given, or a local one made absolute.
+        out_root: ``output_root`` of the ``--out``.
     """
     relpath = output_relpath(out_name, max(formats, key=len))
     if is_s3_uri(out_root):

@@ -3,7 +3,6 @@ request goes out (the output lock, an output's place) and the params it goes wit
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from batch.client import Answer, DeepgramClient
@@ -11,7 +10,7 @@ from batch.config import RunConfig
 from batch.errors import ItemError
 from batch.media import SENDERS, Sender, send_sniffed_file
 from batch.models import ItemKind, Params
-from batch.naming import is_s3_uri, output_place_problem
+from batch.naming import is_s3_uri, output_place_problem, output_root
 from batch.outputguard import Inputs, OutputPlaces, check_spares_source
 from batch.params import request_params
 from batch.records import WorkItem
@@ -64,7 +63,7 @@ def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatc
     them) at send time, so a resumed run sends with the current command's options; no
     request once the output lock may be lost (``LockWatch.check``), nor for an item whose
     outputs could never be written (``output_place_problem``: a path or key too long)."""
-    root = config.out if is_s3_uri(config.out) else os.path.abspath(config.out)
+    root = output_root(config.out)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
         watch.check()

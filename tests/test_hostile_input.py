@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from reliability_helpers import make_tiny_wavs, serve_folder
 from batch.emulator import Emulator
 from batch.errors import SourceError
 from batch.manifests import iter_manifest_stream
-from batch.naming import output_relpath, resolve_inside, safe_name
+from batch.naming import TEMP_EXTRA, output_relpath, resolve_inside, safe_name
 
 PASSWORD = "s3cret-Passw0rd-xyz"
 NASTY = [
@@ -191,6 +192,32 @@ def test_an_output_path_too_long_to_write_fails_unsent(
         "output_path",
     )
     assert "output path too long (" in str(failed["error"]) and done["status"] == "done"
+
+
+@pytest.mark.parametrize("longer", ["the-folder", "the-link"])
+def test_an_output_path_is_measured_where_it_is_written(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, longer: str
+) -> None:
+    """An --out that is a link: outputs go under the folder it leads to, and the length
+    check measured the link's path. A link to a longer path was sent, paid and never
+    written; a long link to a short folder was refused what it could write (a review of
+    the fix found both)."""
+    make_tiny_wavs(tmp_path / "m", 1, prefix="good")
+    folder = tmp_path / ("f" * 200 if longer == "the-folder" else "f")
+    link = tmp_path / ("l" if longer == "the-folder" else "l" * 200)
+    folder.mkdir()
+    link.symlink_to(folder, target_is_directory=True)
+    room = 4096 - len(os.fsencode(str(tmp_path))) - len("/f/.json") - TEMP_EXTRA - 1
+    name = ("d" * 99 + "/") * (room // 100) + "n" * (room % 100)  # fits under /f exactly
+    manifest = tmp_path / "m" / "items.jsonl"
+    manifest.write_text(json.dumps({"source": "good00000.wav", "id": name}) + "\n")
+    result = dgbatch("run", str(manifest), "--out", str(link))
+    (row,) = read_state_rows(folder / ".dgbatch" / "state.sqlite")
+    if longer == "the-folder":  # 199 bytes too long where it is written: unsent
+        assert (row["status"], row["attempts"], row["err_code"]) == ("failed", 0, "output_path")
+        assert len(emulator.log) == 0, result.output
+    else:
+        assert result.exit_code == 0 and row["status"] == "done", result.output
 
 
 def test_control_characters_of_names_never_reach_the_terminal(
