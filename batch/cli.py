@@ -31,6 +31,7 @@ from batch.options import (
     emulator_options,
     given_api_url,
     given_as,
+    given_state_path,
     run_options,
     state_option,
 )
@@ -90,8 +91,6 @@ class _Commands(click.Group):
     broken pipe is an error like any other."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        reopen_closed()
-        sys.stdout = Answer(sys.stdout)
         try:
             try:
                 return super().invoke(ctx)
@@ -133,7 +132,10 @@ def run(**opts: Any) -> None:
         try:
             config = build_config(opts)
         except BatchError as exc:  # refused before it began: the monitor learns it too
-            report_refusal(opts["run_report"], str(opts["out"]), opts["s3_endpoint_url"], exc)
+            state = given_state_path(opts["state_path"])
+            report_refusal(
+                opts["run_report"], str(opts["out"]), opts["s3_endpoint_url"], exc, state
+            )
             fail(exc)
         try:
             outlive_readers()
@@ -347,11 +349,15 @@ def _cannot_listen(exc: Exception) -> bool:
 def main() -> None:
     """Console-script entry point; secrets never reach a traceback's message."""
     until_exit()
+    reopen_closed()
+    sys.stdout = Answer(sys.stdout)  # before click: ``--help > /dev/full`` too
     try:
         cli()
     except KeyboardInterrupt:
         click.echo("Error: interrupted", err=True)
         sys.exit(130)
+    except BatchError as exc:  # raised where click runs our code (an option's callback)
+        fail(exc)
     except Exception as exc:  # last line of defence: no raw traceback for users
         say_error(f"internal error: {redact_text(str(exc))}")
         sys.exit(1)

@@ -291,8 +291,8 @@ def run_report_problem(report: str, out: str, state: Path | None = None) -> str 
         state = state or default_state_path(out)
         check = _s3_report_problem if is_s3_uri(report) else _local_report_problem
         return check(report, out, state)
-    except (OSError, ValueError, RuntimeError) as exc:  # a link loop, a path not usable
-        return f"cannot be looked at ({exc})"
+    except (OSError, ValueError, RuntimeError, UsageError) as exc:  # a link loop, a path
+        return f"cannot be looked at ({exc})"  # not usable, no folder for an S3 --out's state
 
 
 def _s3_report_problem(report: str, out: str, state: Path) -> str | None:

@@ -75,7 +75,7 @@ def given_api_url(url: str, *, allow_insecure: bool) -> str:
     return check_api_url(url, allow_insecure=allow_insecure, named=named)
 
 
-def _state_path(given: str | None) -> Path | None:
+def given_state_path(given: str | None) -> Path | None:
     """``--state``: a folder that does not exist yet when it ends in ``/`` (the state is
     ``state.sqlite`` in it), else the file itself."""
     if not given:
@@ -105,7 +105,7 @@ def _state_to_read(given: str, out: str | None, shard: str | None) -> Path:
         )
     folder = Path(given)
     if not folder.is_dir():
-        return _state_path(given) or folder
+        return given_state_path(given) or folder
     for inside in (folder / "state.sqlite", folder / ".dgbatch" / "state.sqlite"):
         if inside.is_file():
             return inside
@@ -142,7 +142,7 @@ def given_shard(text: str | None) -> Shard | None:
 def _state_to_write(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """``--state`` of run, checked as for reading (``DIR/`` names ``DIR/state.sqlite``,
     also once the first run has made the folder), kept a str for ``build_config``."""
-    if value and (_state_path(value) or Path(value)).is_dir():
+    if value and (given_state_path(value) or Path(value)).is_dir():
         raise click.BadParameter(f"{value!r} is a folder: name its state file, or end it in /")
     return value
 
@@ -457,7 +457,7 @@ def build_config(opts: dict[str, Any]) -> RunConfig:
     params = merge_params(DEFAULT_PARAMS, tuple(parse_param(p) for p in opts["params"]))
     api_url = given_api_url(opts["api_url"], allow_insecure=opts["allow_insecure_http"])
     shard = given_shard(opts["shard"])
-    state_path = _state_path(opts["state_path"]) or default_state_path(out, shard)
+    state_path = given_state_path(opts["state_path"]) or default_state_path(out, shard)
     check_own_paths(out, state_path, opts["run_report"])
     return RunConfig(
         sources=tuple(opts["sources"]),

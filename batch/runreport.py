@@ -128,12 +128,19 @@ async def _put(dest: str, data: bytes, s3: S3) -> None:
         raise OutputError(msg) from exc
 
 
-def report_refusal(dest: str | None, out: str, endpoint_url: str | None, error: BatchError) -> None:
+def report_refusal(
+    dest: str | None,
+    out: str,
+    endpoint_url: str | None,
+    error: BatchError,
+    state: Path | None = None,
+) -> None:
     """Write the run report of a run refused before it began (a key missing, an option
     wrong: exit 2), so that a monitor reading it learns of tonight's failure instead of
     last night's success. Never over what the refusal is about (the ``--run-report``
-    itself), and never raises: the refusal is what the user must see."""
-    if dest is None or not refusal_may_write(dest, out):
+    itself), and never raises: the refusal is what the user must see. ``state``: the
+    ``--state`` given, if any."""
+    if dest is None or not refusal_may_write(dest, out, state):
         return
     now = time.time()
     report = RunReport(
@@ -169,7 +176,7 @@ async def save_run_report(dest: str, report: RunReport, s3: S3) -> None:
     await write_run_report(dest, report, s3)
 
 
-def refusal_may_write(dest: str, out: str) -> bool:
+def refusal_may_write(dest: str, out: str, state: Path | None = None) -> bool:
     """Whether a refused run may write its report at ``dest``: the options that would have
     checked the place (``--out``, ``--state``) may be the wrong ones, so only over an
     earlier run report, or as a new ``.json`` file outside any ``.dgbatch`` folder, or at
@@ -178,8 +185,8 @@ def refusal_may_write(dest: str, out: str) -> bool:
     if not dest.strip() or ("://" in dest and not is_s3_uri(dest)):  # an http(s) URL
         return False
     real = dest if is_s3_uri(dest) else os.path.realpath(dest)  # where it would be written
-    if run_report_problem(dest, out) or run_report_problem(real, out):  # what the refusal
-        return False  # may be about
+    if run_report_problem(dest, out, state) or run_report_problem(real, out, state):  # what the
+        return False  # refusal may be about
     if is_s3_uri(dest):
         return ".dgbatch" not in dest.split("/")
     path = Path(real)

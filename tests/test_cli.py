@@ -1035,3 +1035,43 @@ def test_the_state_of_an_s3_out_needs_a_cache_folder(
         return
     with pytest.raises(UsageError, match="set XDG_CACHE_HOME or HOME to an absolute path"):
         default_state_path("s3://b/x/", None, environ)
+
+
+def test_without_a_home_folder_every_command_says_so_or_goes_on_with_state(
+    tmp_path: Path,
+) -> None:
+    """No usable HOME: a run refused for another reason, given --state, hid that reason
+    behind "internal error" (exit 1) and wrote no run report; ``status --out s3://…``
+    was an internal error too (a review found both)."""
+    env = {**subprocess_env(), "HOME": "relative", "DEEPGRAM_API_KEY": KEY}
+    env.pop("XDG_CACHE_HOME", None)
+    report = tmp_path / "r.json"
+    refused = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "run", "s3://b/in/", "--out", "s3://b/out/",
+         "--state", f"{tmp_path}/st/", "--run-report", str(report), "--param", "callback=x"],
+        env=env, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert refused.returncode == 2, refused.stderr
+    assert b"Error: --param callback: callback mode" in refused.stderr
+    assert json.loads(report.read_text())["exit_code"] == 2
+    status = subprocess.run(
+        [*dgbatch_subprocess_cmd(), "status", "--out", "s3://b/out/"],
+        env=env, capture_output=True, cwd=tmp_path,
+    )  # fmt: skip
+    assert status.returncode == 2
+    assert status.stderr.endswith(
+        b"set XDG_CACHE_HOME or HOME to an absolute path, or give --state\n"
+    )
+
+
+@pytest.mark.parametrize("option", ["--help", "--version"])
+def test_the_groups_own_options_into_a_full_stdout_say_so(option: str) -> None:
+    """``dgbatch --help > /dev/full`` was an internal error: the group's eager options
+    write before a command runs (a review found it)."""
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [*dgbatch_subprocess_cmd(), option], env=subprocess_env(), stdout=full,
+            stderr=subprocess.PIPE,
+        )  # fmt: skip
+    assert done.returncode == 1
+    assert done.stderr == b"Error: cannot write to standard output: No space left on device\n"
