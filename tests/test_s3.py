@@ -246,8 +246,9 @@ async def test_an_object_over_2_gb_fails_unsent(
     assert refused.value.code == "too_large" and emulator.log == []
     assert size_problem(size) == "too_large" and size_problem(0) == "empty"
     assert size_problem(MAX_UPLOAD_BYTES) is None and size_problem(None) is None
-    listed = {"kind": "s3", "size": size}  # the dry run's row: it counts the item as failing
-    assert dryrun._local_problem(Any, listed, ()) == "too_large"  # type: ignore[arg-type]
+    listed = {"kind": "s3", "size": size, "out_name": "big"}  # the dry run's row: it counts
+    config = SimpleNamespace(out="s3://b/out/", formats=("json", "txt"))  # the item as failing
+    assert dryrun._local_problem(config, listed, ()) == "too_large"  # type: ignore[arg-type]
 
 
 def test_presign_mode_submits_a_signed_url(
