@@ -14,8 +14,9 @@ from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
 from reliability_helpers import full_project
 
 from batch.config import RunConfig
-from batch.dedupe import Dedupe
+from batch.dedupe import Dedupe, kept_answer, stored_key
 from batch.emulator import EmulatorConfig, run_in_thread
+from batch.emulator.responses import build_response
 from batch.models import Params
 from batch.params import DEFAULT_PARAMS, merge_params
 
@@ -438,3 +439,35 @@ def test_when_an_original_fails_one_copy_is_sent_and_the_others_wait_for_it(
         result = Cli(None)(*args, "--api-url", url, "--no-preflight", "--max-retries", "0")
     assert result.exit_code == 1, result.output  # the original failed
     assert len(calls) == 2 and "1 item(s) were copies" in result.output
+
+
+def test_a_forced_copy_is_sent_not_served_an_earlier_answer(dgbatch: Cli, tmp_path: Path) -> None:
+    """``--force`` asks a new answer: a copy of audio an earlier run transcribed was served
+    that answer, the force silently ignored (a mutation test found nothing checked it)."""
+    b = make_wav(tmp_path / "in" / "b.wav", 0.5, tone=4)
+    a = tmp_path / "in2" / "a.wav"
+    a.parent.mkdir()
+    a.write_bytes(b.read_bytes())
+    out = ("--out", str(tmp_path / "out"), "--dedupe")
+    assert dgbatch("run", str(b), *out).exit_code == 0
+    copied = dgbatch("run", str(a), *out)
+    assert copied.exit_code == 0 and "copies of identical audio" in copied.output, copied.output
+    assert dgbatch.emulator is not None and len(dgbatch.emulator.log) == 1
+    forced = dgbatch("run", str(a), *out, "--force")
+    assert forced.exit_code == 0 and "copies of identical audio" not in forced.output
+    assert len(dgbatch.emulator.log) == 2
+
+
+def test_a_kept_answer_serves_a_copy_only_for_the_request_its_key_remembers() -> None:
+    """An original sent again with other params keeps that answer: it must not serve a
+    copy whose key remembers the earlier request (a mutation test found nothing checked
+    it); a key is stored hashed, as its params may hold a secret."""
+    digest = "ab" * 32
+    response = build_response(request_id="r-1", sha256=digest, size=10, duration=1.0, params=())
+    body = json.dumps(response).encode()
+    key = f"{digest}:language=fr&token=s3cret"
+    assert kept_answer(("i", body, "r-1"), key) is not None
+    assert kept_answer(("i", body, "r-2"), key) is None
+    assert kept_answer(("i", body, "r-1"), "cd" * 32 + ":language=fr") is None  # other audio
+    assert kept_answer(None, key) is None
+    assert "s3cret" not in stored_key(key) and len(stored_key(key)) == 64

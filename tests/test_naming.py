@@ -250,3 +250,11 @@ def test_an_output_place_too_long_is_told_before_sending(
     assert len(name) == name_bytes
     found = output_place_problem(root, name, ("txt", "json", "srt"))
     assert (found is None) if problem is None else (problem in str(found)), found
+
+
+def test_a_long_extension_is_no_extension_when_a_name_is_capped() -> None:
+    """``v1.final cut of the interview …``: splitext calls 280 bytes an extension, and a
+    name kept with it was 279 bytes, never writable (a mutation test found nothing
+    checked it)."""
+    name = safe_name("v1." + "final cut of the interview " * 10)
+    assert len(name.encode()) <= 200

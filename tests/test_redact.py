@@ -258,6 +258,9 @@ def test_plain_text_takes_the_quick_path(text: str, monkeypatch: pytest.MonkeyPa
             'url="http://REDACTED@127.0.0.1:3128"',
         ),
         ("http://h:3128/x and h:p@q", [], "http://h:3128/x and h:p@q"),
+        # a bearer token quoted outside a header; prose that names a token keeps its words
+        ("upstream said: Bearer abcdef123456", [], "upstream said: Bearer REDACTED"),
+        ("token validation failed", [], "token validation failed"),
     ],
 )
 def test_redact_text_table(text: str, secrets: list[str], expected: str) -> None:

@@ -184,6 +184,11 @@ def test_error_bodies_of_every_shape_are_read(
     assert decision.reason == expected
 
 
+def test_a_retry_after_waits_ten_minutes_at_most() -> None:
+    """The table below compares with the constant; REFERENCE promises ten minutes."""
+    assert parse_retry_after("99999") == 600.0
+
+
 @pytest.mark.parametrize(
     ("value", "seconds"),
     [

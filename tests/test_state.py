@@ -851,6 +851,21 @@ def test_url_ids_of_an_earlier_release_are_redacted_again_when_opened(
     assert not any("k1" in str(r["id"]) + str(r["source"]) for r in rows)
 
 
+def test_a_name_another_item_has_is_not_adopted(tmp_path: Path) -> None:
+    """Outputs found under another name (a lost state) are adopted only if no other item
+    has that name: two items would share one output (a mutation test found nothing
+    checked it)."""
+    state = State.open(tmp_path / "state.sqlite")
+    items = [Item(f"/src/{n}.wav", f"/src/{n}.wav", ItemKind.FILE, f"{n}.wav") for n in "ab"]
+    state.plan(items, run_id=state.start_run("t"))
+    names = {str(r["id"]): r["out_name"] for r in read_state_rows(state.path)}
+    assert state.adopt_name("/src/a.wav", str(names["/src/b.wav"])) is False
+    assert state.adopt_name("/src/a.wav", "c") is True
+    after = {str(r["id"]): r["out_name"] for r in read_state_rows(state.path)}
+    state.close()
+    assert after == {"/src/a.wav": "c", "/src/b.wav": names["/src/b.wav"]}
+
+
 def test_m021_redacts_md5_and_sign_in_clash_rows_and_errors(tmp_path: Path) -> None:
     """m021 re-keyed URL items and redacted sources named by an id; a clash row's source
     and any row's error quoting its URL kept ``md5=``/``sign=`` in clear (a review found
