@@ -32,6 +32,7 @@ import batch.sending
 import batch.state
 from batch.client import Answer, DeepgramClient, no_connection
 from batch.emulator import Emulator, EmulatorConfig, run_in_thread
+from batch.errors import ItemError
 from batch.media import SENDERS, send_file
 from batch.models import Filters, ItemKind, ItemStatus, Params
 from batch.sources import expand_sources
@@ -178,6 +179,32 @@ def test_disk_full_stops_the_run(
     monkeypatch.undo()
     assert dgbatch("run", str(tmp_path / "in"), "--out", str(out)).exit_code == 0
     assert assert_consistent(out) == {"done": 6}
+
+
+def test_a_paid_200_is_counted_when_the_next_try_fails_unsent(
+    dgbatch: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 200 without a transcript is billed; when the try after it failed before its
+    request went out (the file changed), the item's result lost the 200 and its length,
+    so the budget of this run and the next counted 0 s for it (a mutation test found
+    nothing checked it)."""
+    make_tiny_wavs(tmp_path / "in", 1)
+    tries = iter([Answer(200, b"garbage", None, None)])
+
+    async def garbage_then_changed(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        answer = next(tries, None)
+        if answer is None:
+            raise ItemError(f"{source}: file changed between planning and sending")
+        return answer
+
+    monkeypatch.setattr(batch.sending, "SENDERS", {**SENDERS, ItemKind.FILE: garbage_then_changed})
+    out = tmp_path / "out"
+    args = ("run", str(tmp_path / "in"), "--out", str(out), "--max-audio-hours", "1", "--no-sniff")
+    result = dgbatch(*args, "--backoff-base", "0")
+    assert result.exit_code == 1, result.output
+    (row,) = state_rows(out)
+    assert (row["status"], row["paid_200s"]) == ("failed", 1), row
+    assert row["local_duration"] is not None, row
 
 
 def test_source_deleted_or_changed_before_sending(
