@@ -10,7 +10,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import KEY, Cli, dgbatch_subprocess_cmd, make_wav, read_state_rows
+from conftest import (
+    KEY,
+    Cli,
+    dgbatch_subprocess_cmd,
+    emulator_with,
+    make_wav,
+    read_state_rows,
+    stop_when,
+    subprocess_env,
+)
 from reliability_helpers import full_project
 
 from batch.config import RunConfig
@@ -471,3 +480,22 @@ def test_a_kept_answer_serves_a_copy_only_for_the_request_its_key_remembers() ->
     assert kept_answer(("i", body, "r-1"), "cd" * 32 + ":language=fr") is None  # other audio
     assert kept_answer(None, key) is None
     assert "s3cret" not in stored_key(key) and len(stored_key(key)) == 64
+
+
+@pytest.mark.timeout(60)
+def test_a_copy_sends_nothing_once_its_leader_was_stopped(tmp_path: Path) -> None:
+    """Ctrl-C while the leader waits out a backoff: it ends pending without an answer,
+    and its waiting copy must not lead and send after the stop (a mutation test found
+    nothing checked it)."""
+    wav = make_wav(tmp_path / "in" / "a.wav", 0.5, tone=5)
+    (tmp_path / "in" / "b.wav").write_bytes(wav.read_bytes())
+    with emulator_with(fault_rate=1.0, faults=("503",)) as emu:
+        cmd = [*dgbatch_subprocess_cmd(), "run", str(tmp_path / "in"), "--out",
+               str(tmp_path / "out"), "--dedupe", "--api-url", emu.url, "--backoff-base", "30",
+               "--backoff-cap", "30", "--progress", "none"]  # fmt: skip
+        proc = subprocess.Popen(
+            cmd, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        stderr = stop_when(proc, lambda: len(emu.log) >= 1, lambda: proc.send_signal(2), pause=0.5)
+        assert proc.returncode == 130, stderr.decode()
+        assert len(emu.log) == 1, stderr.decode()
