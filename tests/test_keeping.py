@@ -203,6 +203,30 @@ def test_a_kept_answer_is_dropped_when_its_source_changed(
     assert kept_ids(out) == []
 
 
+def test_a_slow_disk_slows_the_requests_down(
+    dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer waits for room among the answers being written while it still holds its
+    request slot: a disk slower than Deepgram then holds the requests back, instead of
+    piling up paid answers that a ``kill -9`` would pay for again (REFERENCE: at most
+    ``-c`` in flight and ``-c`` waiting for outputs). A mutation test found nothing
+    checked it."""
+    make_wavs(tmp_path / "in", 12)
+    real_write = batch.outputs._write_new_file
+    seen: list[int] = []
+
+    def slow_disk(path: str, data: bytes, created: list[str]) -> None:
+        if not seen:  # the first write: let the requests go on meanwhile, and count them
+            time.sleep(1.0)
+            seen.append(len(emulator.log))
+        real_write(path, data, created)
+
+    monkeypatch.setattr(batch.outputs, "_write_new_file", slow_disk)
+    result = dgbatch("run", str(tmp_path / "in"), "--out", str(tmp_path / "out"), "-c", "2")
+    assert result.exit_code == 0, result.output
+    assert seen[0] <= 2 * 2, seen  # in flight, and waiting to be written: each at most -c
+
+
 def test_an_answer_abandoned_before_its_outputs_land_is_kept(
     dgbatch: Cli, emulator: Emulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
