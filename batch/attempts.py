@@ -29,7 +29,7 @@ from batch.progress import Progress
 from batch.realsources import RealSources
 from batch.redact import was_redacted
 from batch.retry import Action, Decision
-from batch.runtypes import RunnerSettings, RunStats, Sleep, until_stopped
+from batch.runtypes import RunnerSettings, RunStats, until_stopped
 from batch.state import Result, WorkItem
 from batch.terminal import plain
 from batch.transcripts import transcript_request_id
@@ -69,8 +69,6 @@ class Attempts:
         note_tries: Callable[[str, int, int, int], None],
         stopped: asyncio.Event,
         stop: Callable[[BatchError], None],
-        sleep: Sleep,
-        rng: random.Random,
     ) -> None:
         self.settings = settings
         self.client = client
@@ -87,8 +85,7 @@ class Attempts:
         #: keeps the tries of an item that will try again in the state (``State.note_tries``)
         self._note_tries = note_tries
         self._stopped = stopped
-        self._sleep = sleep
-        self._rng = rng
+        self._rng = random.Random()
 
     @property
     def stopping(self) -> bool:
@@ -378,7 +375,7 @@ class Attempts:
 
     async def _sleep_unless_stopped(self, delay: float) -> None:
         if delay > 0:
-            await until_stopped(self._sleep(delay), self._stopped)
+            await until_stopped(asyncio.sleep(delay), self._stopped)
 
 
 def _gave_up(attempts: int, tries: int) -> str:

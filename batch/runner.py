@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
-import random
 import signal
 import sqlite3
 from collections import deque
@@ -147,8 +146,6 @@ class Runner:
             note_tries=state.note_tries,
             stopped=self._stopped,
             stop=self.stop,
-            sleep=asyncio.sleep,
-            rng=random.Random(),
         )
         return placer, adoption, attempts
 

@@ -9,13 +9,12 @@ Apart from ``batch.runner`` so that the pieces it hands work to (``batch.attempt
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from batch.errors import BatchError
 
-Sleep = Callable[[float], Coroutine[Any, Any, None]]
 _T = TypeVar("_T")
 
 
