@@ -392,12 +392,15 @@ def _estimate(
     seconds_by_model: dict[str, float] = {}
     is_copy = _copy_finder(config, state)
     kept = state.kept_ids()
+    root = output_root(config.out)  # resolved once: its links do not change per item
     for seen, row in enumerate(state.iter_rows("WHERE status IN ('pending', 'running')"), 1):
         tick(seen, total)
         own = stored_params(row["params"])
         sent = merge_params(config.params, own)
         has_kept = row["id"] in kept and keeping.answer_now(row["id"], own) is not None
-        problem = None if has_kept else _local_problem(config, row, sent) or _in_out(config, row)
+        problem = (
+            None if has_kept else _local_problem(config, root, row, sent) or _in_out(config, row)
+        )
         if problem == "adopted":
             result.adopted += 1
             continue
@@ -428,13 +431,12 @@ def _estimate(
     return result
 
 
-def _local_problem(config: RunConfig, row: sqlite3.Row, sent: Params) -> str | None:
+def _local_problem(config: RunConfig, root: str, row: sqlite3.Row, sent: Params) -> str | None:
     """The ``err_code`` a local file fails with before it is sent (the run's own checks,
     in its order: its output would replace it, gone, changed, empty, not audio), or None:
     such an item costs nothing. An S3 object fails so when it was listed empty or over
     2 GB. Any item whose outputs could never be written (a path or key too long) fails
-    first (``sending``)."""
-    root = output_root(config.out)
+    first (``sending``); ``root`` is ``output_root`` of ``--out``."""
     if output_place_problem(root, row["out_name"], config.formats) is not None:
         return "output_path"
     if row["kind"] == ItemKind.S3.value:

@@ -24,21 +24,21 @@ def make_senders(
     config: RunConfig,
     tags: Params,
     s3: S3,
-    inputs: Inputs = frozenset(),
-    watch: LockWatch | None = None,
+    inputs: Inputs,
+    watch: LockWatch,
 ) -> dict[ItemKind, Sender]:
     """The senders of this run: local files sniffed unless ``--no-sniff``, S3 objects in
     the chosen ``--url-mode``, and every request's params completed by ``request_params``
     (defaults, captions, run tags). Each request first asks the output lock's ``watch``
     (``LockWatch.check``); a local ``--out`` nothing can be written into
     (``LockWatch.unwritable``) stops the run before its first request."""
-    watch = watch or LockWatch()
     senders = {**SENDERS, ItemKind.S3: s3.sender(config.url_mode)}
     if config.sniff:
         senders[ItemKind.FILE] = send_sniffed_file
     if not is_s3_uri(config.out):
         places = OutputPlaces(config.out, inputs, watch.unwritable)
         senders = {kind: _sparing(sender, config, places) for kind, sender in senders.items()}
+    senders = {kind: _placeable(sender, config) for kind, sender in senders.items()}
     return {kind: _completing(sender, config, tags, watch) for kind, sender in senders.items()}
 
 
@@ -58,18 +58,27 @@ def _sparing(sender: Sender, config: RunConfig, places: OutputPlaces) -> Sender:
     return send
 
 
-def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatch) -> Sender:
-    """Merge the run's layers over the item's own params (stored as the manifest gave
-    them) at send time, so a resumed run sends with the current command's options; no
-    request once the output lock may be lost (``LockWatch.check``), nor for an item whose
-    outputs could never be written (``output_place_problem``: a path or key too long)."""
+def _placeable(sender: Sender, config: RunConfig) -> Sender:
+    """Refuse, unsent, an item whose outputs could never be written, in a local or an S3
+    ``--out`` (``output_place_problem``: a path or key too long)."""
     root = output_root(config.out)
 
     async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
-        watch.check()
         problem = output_place_problem(root, item.out_name, config.formats)
         if problem is not None:
             raise ItemError(problem, code="output_path")
+        return await sender(client, item, source)
+
+    return send
+
+
+def _completing(sender: Sender, config: RunConfig, tags: Params, watch: LockWatch) -> Sender:
+    """Merge the run's layers over the item's own params (stored as the manifest gave
+    them) at send time, so a resumed run sends with the current command's options; no
+    request once the output lock may be lost (``LockWatch.check``)."""
+
+    async def send(client: DeepgramClient, item: WorkItem, source: str) -> Answer:
+        watch.check()
         params = request_params(config.params, item.params, formats=config.formats, tags=tags)
         return await sender(client, item.with_params(params), source)
 

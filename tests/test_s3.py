@@ -248,7 +248,7 @@ async def test_an_object_over_2_gb_fails_unsent(
     assert size_problem(MAX_UPLOAD_BYTES) is None and size_problem(None) is None
     listed = {"kind": "s3", "size": size, "out_name": "big"}  # the dry run's row: it counts
     config = SimpleNamespace(out="s3://b/out/", formats=("json", "txt"))  # the item as failing
-    assert dryrun._local_problem(config, listed, ()) == "too_large"  # type: ignore[arg-type]
+    assert dryrun._local_problem(config, config.out, listed, ()) == "too_large"  # type: ignore[arg-type]
 
 
 def test_presign_mode_submits_a_signed_url(
