@@ -155,10 +155,31 @@ def test_a_name_a_thousand_folders_deep_is_written_and_stops_nothing(
     manifest = tmp_path / "m" / "items.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
     out = tmp_path / "out"
-    result = dgbatch("run", str(manifest), "--out", str(out))
-    assert result.exit_code == 0, result.output
-    assert (out / ("d/" * 1000 + "deep.json")).is_file()
-    assert len(list(out.glob("n*.txt"))) == 20
+    try:
+        result = dgbatch("run", str(manifest), "--out", str(out))
+        assert result.exit_code == 0, result.output
+        assert (out / ("d/" * 1000 + "deep.json")).is_file()
+        assert len(list(out.glob("n*.txt"))) == 20
+    finally:
+        _remove_deep(out / "d")
+
+
+def _remove_deep(root: Path) -> None:
+    """Remove a tree too deep for ``shutil.rmtree``, which recurses once per folder: left
+    in the temporary folder, pytest's own clean-up of old ones met it in every later run
+    on the machine and printed a RecursionError at its end."""
+    stack = [str(root)]
+    while stack:
+        with os.scandir(stack[-1]) as found:
+            entries = list(found)
+        folders = [entry.path for entry in entries if entry.is_dir(follow_symlinks=False)]
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        if folders:
+            stack += folders
+        else:
+            os.rmdir(stack.pop())
 
 
 @pytest.mark.parametrize("kind", ["id", "url"])
