@@ -101,8 +101,6 @@ class _Commands(click.Group):
                 fail(OutputError(f"cannot write the answer: {exc.strerror or exc}"))
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing at exit
             ctx.exit(0)
-        except OutputError as exc:  # stdout could not take the answer (a full disk)
-            fail(exc)
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
